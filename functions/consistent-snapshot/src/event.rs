@@ -1,0 +1,370 @@
+//! The three input shapes of the one Lambda binary, told apart by their own fields.
+//!
+//! The payload is read as JSON once and matched in order: an SQS batch (`Records` from
+//! `aws:sqs`), a classic EventBridge rule's `Scheduled Event`, an EventBridge Scheduler target
+//! input (`schedule_arn` + `scheduled_time`, as the template sets it), and a direct on-demand call
+//! (`action`). Anything else, and any malformed field, is an error that names the field.
+
+use aws_lambda_events::event::eventbridge::EventBridgeEvent;
+use aws_lambda_events::event::sqs::SqsEvent;
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::Error;
+
+/// At most this many instance ids in one on-demand call.
+pub const MAX_INSTANCE_IDS: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Scheduled(ScheduledRun),
+    Sqs(SqsEvent),
+    OnDemand(Action),
+}
+
+/// A scheduled run: the schedule (rule or Scheduler schedule ARN) and its scheduled time, from
+/// which the run id is derived so that a duplicated delivery is the same run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledRun {
+    pub schedule: String,
+    pub scheduled_time: DateTime<Utc>,
+}
+
+impl ScheduledRun {
+    /// `YYYYMMDDTHHMMSSZ-<8 hex of the schedule ARN>`: deterministic, sortable, tag-safe.
+    pub fn run_id(&self) -> String {
+        format!(
+            "{}-{:08x}",
+            self.scheduled_time.format("%Y%m%dT%H%M%SZ"),
+            fnv1a32(self.schedule.as_bytes())
+        )
+    }
+}
+
+/// FNV-1a: a stable hash (std's hasher may change between Rust releases; run ids must not).
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    Snapshot(SnapshotRequest),
+    Retention(RetentionRequest),
+    Report(ReportRequest),
+    Restore(RestoreRequest),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// Only these instances (each must carry the target tag); all tagged instances when absent.
+    #[serde(default)]
+    pub instance_ids: Option<Vec<String>>,
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+    /// Re-use a run id (for example to resume a run); a fresh one when absent.
+    #[serde(default)]
+    pub run_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRequest {
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    pub instance_id: String,
+    pub run_id: String,
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+    pub mode: RestoreMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestoreMode {
+    Volumes,
+    Replace,
+}
+
+/// The input of an EventBridge Scheduler schedule, as the template writes it with the
+/// Scheduler's context attributes.
+#[derive(Debug, Deserialize)]
+struct SchedulerInput {
+    schedule_arn: String,
+    scheduled_time: DateTime<Utc>,
+}
+
+impl Event {
+    pub fn parse(payload: Value) -> Result<Event, Error> {
+        let Some(object) = payload.as_object() else {
+            return Err(Error::Event(format!(
+                "expected a JSON object (a scheduled event, an SQS batch or {{\"action\": ...}}), got {}",
+                kind_of(&payload)
+            )));
+        };
+        if object.contains_key("Records") {
+            let event: SqsEvent = from_value(payload, "SQS event")?;
+            if let Some((i, r)) = event
+                .records
+                .iter()
+                .enumerate()
+                .find(|(_, r)| r.event_source.as_deref() != Some("aws:sqs"))
+            {
+                return Err(Error::Event(format!(
+                    "Records[{i}].eventSource is {:?}, only aws:sqs records are accepted",
+                    r.event_source
+                )));
+            }
+            return Ok(Event::Sqs(event));
+        }
+        if object.contains_key("detail-type") {
+            let event: EventBridgeEvent<Value> = from_value(payload, "EventBridge event")?;
+            if event.detail_type != "Scheduled Event" {
+                return Err(Error::Event(format!(
+                    "detail-type {:?} is not handled: only \"Scheduled Event\" starts a run",
+                    event.detail_type
+                )));
+            }
+            let schedule = event.resources.and_then(|r| r.into_iter().next()).ok_or_else(|| {
+                Error::Event("field `resources`: a scheduled event names its rule in resources[0]".into())
+            })?;
+            let scheduled_time = event
+                .time
+                .ok_or_else(|| Error::Event("field `time`: a scheduled event carries its scheduled time".into()))?;
+            return Ok(Event::Scheduled(ScheduledRun { schedule, scheduled_time }));
+        }
+        if object.contains_key("schedule_arn") || object.contains_key("scheduled_time") {
+            let input: SchedulerInput = from_value(payload, "EventBridge Scheduler input")?;
+            return Ok(Event::Scheduled(ScheduledRun {
+                schedule: input.schedule_arn,
+                scheduled_time: input.scheduled_time,
+            }));
+        }
+        if let Some(action) = object.get("action") {
+            return parse_action(action.clone(), payload).map(Event::OnDemand);
+        }
+        Err(Error::Event(
+            "unrecognised payload: expected an EventBridge scheduled event, an SQS event, or an \
+             on-demand call with an `action` field (snapshot, retention, report, restore)"
+                .into(),
+        ))
+    }
+}
+
+fn parse_action(action: Value, mut payload: Value) -> Result<Action, Error> {
+    let Value::String(name) = action else {
+        return Err(Error::Event(format!("field `action`: expected a string, got {}", kind_of(&action))));
+    };
+    if let Some(object) = payload.as_object_mut() {
+        object.remove("action");
+    }
+    let action = match name.as_str() {
+        "snapshot" => Action::Snapshot(from_value(payload, "snapshot request")?),
+        "retention" => Action::Retention(from_value(payload, "retention request")?),
+        "report" => Action::Report(from_value(payload, "report request")?),
+        "restore" => Action::Restore(from_value(payload, "restore request")?),
+        other => {
+            return Err(Error::Event(format!(
+                "field `action`: unknown action {other:?}, expected one of snapshot, retention, report, restore"
+            )))
+        }
+    };
+    if let Action::Snapshot(request) = &action {
+        validate_snapshot_request(request)?;
+    }
+    Ok(action)
+}
+
+fn validate_snapshot_request(request: &SnapshotRequest) -> Result<(), Error> {
+    if let Some(ids) = &request.instance_ids {
+        if ids.is_empty() {
+            return Err(Error::Event(
+                "field `instance_ids`: an empty list selects nothing; omit the field for the whole fleet".into(),
+            ));
+        }
+        if ids.len() > MAX_INSTANCE_IDS {
+            return Err(Error::Event(format!(
+                "field `instance_ids`: {} ids, at most {MAX_INSTANCE_IDS} in one call",
+                ids.len()
+            )));
+        }
+        if let Some((i, bad)) = ids.iter().enumerate().find(|(_, id)| !is_instance_id(id)) {
+            return Err(Error::Event(format!(
+                "field `instance_ids[{i}]`: {bad:?} is not an EC2 instance id (i- and 8 or 17 hex digits)"
+            )));
+        }
+    }
+    if let Some(run_id) = &request.run_id {
+        if !is_run_id(run_id) {
+            return Err(Error::Event(format!(
+                "field `run_id`: {run_id:?} must be 1 to 64 letters, digits, '-', '_', '.' or ':'"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub fn is_instance_id(id: &str) -> bool {
+    id.strip_prefix("i-").is_some_and(|hex| {
+        (hex.len() == 8 || hex.len() == 17) && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+pub fn is_run_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+/// Deserializes with the path of the failing field in the message.
+fn from_value<T: DeserializeOwned>(payload: Value, what: &str) -> Result<T, Error> {
+    serde_path_to_error::deserialize(payload).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if path == "." {
+            Error::Event(format!("{what}: {inner}"))
+        } else {
+            Error::Event(format!("{what}: field `{path}`: {inner}"))
+        }
+    })
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn err(payload: Value) -> String {
+        Event::parse(payload).expect_err("must be rejected").to_string()
+    }
+
+    #[test]
+    fn classic_scheduled_event() {
+        let event = Event::parse(json!({
+            "version": "0", "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+            "detail-type": "Scheduled Event", "source": "aws.events", "account": "123456789012",
+            "time": "2026-11-23T00:00:00Z", "region": "eu-west-1",
+            "resources": ["arn:aws:events:eu-west-1:123456789012:rule/nightly"], "detail": {}
+        }))
+        .expect("scheduled");
+        let Event::Scheduled(run) = event else { panic!("not scheduled: {event:?}") };
+        assert_eq!(run.schedule, "arn:aws:events:eu-west-1:123456789012:rule/nightly");
+        assert!(run.run_id().starts_with("20261123T000000Z-"), "{}", run.run_id());
+    }
+
+    #[test]
+    fn scheduler_input_gives_the_same_run_id_for_a_duplicate_delivery() {
+        let input = json!({
+            "schedule_arn": "arn:aws:scheduler:eu-west-1:123456789012:schedule/default/nightly",
+            "scheduled_time": "2026-11-23T00:00:00Z", "execution_id": "d32c5kddcf5bb8c3"
+        });
+        let Event::Scheduled(a) = Event::parse(input.clone()).expect("a") else { panic!("a") };
+        let mut retry = input;
+        retry["execution_id"] = json!("other-attempt");
+        let Event::Scheduled(b) = Event::parse(retry).expect("b") else { panic!("b") };
+        assert_eq!(a.run_id(), b.run_id());
+        let other = ScheduledRun { schedule: "arn:other".into(), scheduled_time: a.scheduled_time };
+        assert_ne!(a.run_id(), other.run_id(), "two schedules at one time are two runs");
+    }
+
+    #[test]
+    fn sqs_event() {
+        let event = Event::parse(json!({"Records": [{
+            "messageId": "m1", "receiptHandle": "r1", "body": "{}", "attributes": {},
+            "messageAttributes": {}, "md5OfBody": "x", "eventSource": "aws:sqs",
+            "eventSourceARN": "arn:aws:sqs:eu-west-1:123456789012:q", "awsRegion": "eu-west-1"
+        }]}))
+        .expect("sqs");
+        assert!(matches!(event, Event::Sqs(ref e) if e.records.len() == 1));
+    }
+
+    #[test]
+    fn records_from_another_source_are_refused() {
+        let text = err(json!({"Records": [{"eventSource": "aws:s3", "messageId": "m"}]}));
+        assert!(text.contains("Records[0].eventSource"), "{text}");
+    }
+
+    #[test]
+    fn on_demand_snapshot() {
+        let event = Event::parse(json!({"action": "snapshot", "instance_ids": ["i-0123456789abcdef0"], "dry_run": true}))
+            .expect("snapshot");
+        assert_eq!(
+            event,
+            Event::OnDemand(Action::Snapshot(SnapshotRequest {
+                instance_ids: Some(vec!["i-0123456789abcdef0".into()]),
+                dry_run: Some(true),
+                run_id: None
+            }))
+        );
+    }
+
+    #[test]
+    fn malformed_on_demand_calls_name_the_field() {
+        let cases = [
+            (json!({"action": "snapshot", "instance_ids": "i-0123456789abcdef0"}), "field `instance_ids`"),
+            (json!({"action": "snapshot", "instance_ids": ["i-0123456789abcdef0", 7]}), "field `instance_ids[1]`"),
+            (json!({"action": "snapshot", "instance_ids": ["vol-0123456789abcdef0"]}), "field `instance_ids[0]`"),
+            (json!({"action": "snapshot", "instance_ids": []}), "field `instance_ids`"),
+            (json!({"action": "snapshot", "dry_run": "yes"}), "field `dry_run`"),
+            (json!({"action": "snapshot", "instance": "i-0123456789abcdef0"}), "unknown field `instance`"),
+            (json!({"action": "snapshot", "run_id": "a;b"}), "field `run_id`"),
+            (json!({"action": "backup"}), "field `action`"),
+            (json!({"action": 3}), "field `action`"),
+            (json!({"action": "restore", "instance_id": "i-0123456789abcdef0", "run_id": "latest", "mode": "swap"}), "field `mode`"),
+            (json!({"action": "restore", "run_id": "latest", "mode": "volumes"}), "instance_id"),
+        ];
+        for (payload, expected) in cases {
+            let text = err(payload.clone());
+            assert!(text.contains(expected), "{payload}: {text:?} does not contain {expected:?}");
+        }
+    }
+
+    #[test]
+    fn too_many_ids_are_refused() {
+        let ids: Vec<String> = (0..=MAX_INSTANCE_IDS).map(|i| format!("i-{i:017x}")).collect();
+        let text = err(json!({"action": "snapshot", "instance_ids": ids}));
+        assert!(text.contains("at most 1000"), "{text}");
+    }
+
+    #[test]
+    fn other_shapes_are_clear_errors() {
+        assert!(err(json!([1, 2])).contains("expected a JSON object"));
+        assert!(err(json!({"hello": "world"})).contains("unrecognised payload"));
+        assert!(err(json!({"detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2",
+            "time": "2026-11-23T00:00:00Z", "resources": [], "detail": {}, "id": "x", "version": "0",
+            "account": "1", "region": "r"})).contains("only \"Scheduled Event\""));
+        assert!(err(json!({"schedule_arn": "arn:x", "scheduled_time": "yesterday"})).contains("field `scheduled_time`"));
+    }
+
+    #[test]
+    fn instance_ids() {
+        assert!(is_instance_id("i-0123456789abcdef0"));
+        assert!(is_instance_id("i-12345678"));
+        assert!(!is_instance_id("i-0123456789ABCDEF0"));
+        assert!(!is_instance_id("i-123"));
+        assert!(!is_instance_id("vol-12345678"));
+    }
+}

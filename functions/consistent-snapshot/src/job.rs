@@ -1,0 +1,156 @@
+//! The tracking messages: what a queued job carries between two looks at the world.
+//!
+//! The schema is versioned (`v`); a message of an unknown version or shape is a poison message,
+//! reported and left to the queue's redrive policy, never guessed at.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::fleet::{AttachedVolume, SkipReason};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u32,
+    #[serde(flatten)]
+    pub job: Job,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Job {
+    /// One instance's snapshot set, from its command to completed, tagged snapshots.
+    Instance(InstanceJob),
+    /// The whole run, which ends with the run's summary once every instance is final.
+    Run(RunJob),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Waiting for the SSM invocation to reach a final status.
+    Command,
+    /// The command is final; waiting for the snapshots to be `completed`.
+    Snapshots,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceJob {
+    pub run_id: String,
+    pub instance_id: String,
+    pub name: String,
+    pub command_id: String,
+    /// The volumes the set must contain (the boot volume left out when it was excluded).
+    pub volumes: Vec<AttachedVolume>,
+    pub stage: Stage,
+    pub stage_deadline: DateTime<Utc>,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCommand {
+    pub command_id: String,
+    pub exclude_boot_volume: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub instance_id: String,
+    pub name: String,
+    pub reason: SkipReason,
+}
+
+/// An instance whose command could not be sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsent {
+    pub instance_id: String,
+    pub name: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunJob {
+    pub run_id: String,
+    pub started_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+    pub commands: Vec<RunCommand>,
+    pub skipped: Vec<Skipped>,
+    pub unsent: Vec<Unsent>,
+    pub attempt: u32,
+}
+
+impl Envelope {
+    pub fn new(job: Job) -> Self {
+        Envelope { v: SCHEMA_VERSION, job }
+    }
+
+    pub fn to_body(&self) -> String {
+        // Serialising these plain structs cannot fail: no maps with non-string keys, no floats.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads a message body; the error says why it is poison.
+    pub fn from_body(body: &str) -> Result<Self, String> {
+        let value: serde_json::Value =
+            serde_json::from_str(body).map_err(|e| format!("body is not JSON: {e}"))?;
+        match value.get("v").and_then(serde_json::Value::as_u64) {
+            Some(v) if v == u64::from(SCHEMA_VERSION) => {}
+            Some(v) => return Err(format!("schema version {v} is not understood (this function reads {SCHEMA_VERSION})")),
+            None => return Err("field `v` (schema version) is missing".into()),
+        }
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            format!("field `{path}`: {}", e.into_inner())
+        })
+    }
+}
+
+/// The delay before the next look: doubling from `initial`, capped at `max` (SQS allows 900 s).
+pub fn backoff_seconds(attempt: u32, initial: u32, max: u32) -> i32 {
+    let delay = u64::from(initial).saturating_mul(1_u64 << attempt.min(16));
+    delay.min(u64::from(max)).min(900) as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance_job() -> InstanceJob {
+        InstanceJob {
+            run_id: "r".into(),
+            instance_id: "i-1".into(),
+            name: "sql01".into(),
+            command_id: "c".into(),
+            volumes: vec![AttachedVolume { volume_id: "vol-1".into(), device: "xvdf".into() }],
+            stage: Stage::Command,
+            stage_deadline: DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
+            attempt: 0,
+        }
+    }
+
+    #[test]
+    fn a_job_survives_the_queue() {
+        let envelope = Envelope::new(Job::Instance(instance_job()));
+        assert_eq!(Envelope::from_body(&envelope.to_body()), Ok(envelope));
+    }
+
+    #[test]
+    fn poison_messages_say_what_is_wrong() {
+        let body = Envelope::new(Job::Instance(instance_job())).to_body();
+        assert!(Envelope::from_body("not json").unwrap_err().contains("not JSON"));
+        assert!(Envelope::from_body(&body.replace("\"v\":1", "\"v\":9")).unwrap_err().contains("version 9"));
+        assert!(Envelope::from_body(&body.replace("\"v\":1,", "")).unwrap_err().contains("`v`"));
+        assert!(Envelope::from_body(&body.replace("\"command_id\"", "\"cmd\"")).unwrap_err().contains("command_id"));
+        assert!(Envelope::from_body(&body.replace("\"instance\"", "\"volume\"")).unwrap_err().contains("volume"));
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff_seconds(0, 30, 900), 30);
+        assert_eq!(backoff_seconds(1, 30, 900), 60);
+        assert_eq!(backoff_seconds(5, 30, 900), 900);
+        assert_eq!(backoff_seconds(40, 30, 120), 120);
+        assert_eq!(backoff_seconds(3, 1, 2), 2);
+    }
+}

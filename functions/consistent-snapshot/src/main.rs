@@ -1,0 +1,25 @@
+//! Lambda entry point: configuration, clients, logging, then the runtime loop.
+
+use aws_config::retry::RetryConfig;
+use aws_config::BehaviorVersion;
+use consistent_snapshot::{App, Config};
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    // JSON logs when the function's LoggingConfig says JSON (the template does).
+    lambda_runtime::tracing::init_default_subscriber();
+    let config = Config::from_env().inspect_err(|err| tracing::error!(error = %err, "refusing to start"))?;
+    // The SDK's adaptive retry rate-limits itself against EC2 and SSM throttling.
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::adaptive().with_max_attempts(5))
+        .load()
+        .await;
+    let app = App::new(config, &sdk);
+    let app = &app;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        app.handle(event.payload).await.map_err(Error::from)
+    }))
+    .await
+}

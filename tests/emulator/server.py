@@ -1,0 +1,506 @@
+"""Local AWS emulator for the end-to-end tests and the demo.
+
+moto's server (pinned in requirements.txt) runs in this process on 127.0.0.1, extended so that it
+behaves like AWS where this project depends on it:
+
+* SSM plays the Windows side. moto runs no document: it marks every invocation Success at once.
+  Here each invocation of a VSS snapshot document on a simulated instance follows a timeline
+  (InvocationDoesNotExist for a moment, Pending/InProgress, then a final status) and, when it
+  "runs", creates one EBS snapshot per attached volume with the document's tags plus
+  `AppConsistent` and `Device`, as AWSEC2-CreateVssSnapshot does.
+* SSM's view of the fleet: DescribeInstanceInformation and ListCommandInvocations, which moto
+  does not implement, answer from the simulated agents.
+* moto's SendCommand sends to every instance when `Targets` is empty; here it sends to exactly
+  the given InstanceIds, as AWS does.
+
+The Rust code under test only talks AWS APIs over HTTP and sees what AWS would say. The harness
+steers the simulation through plain HTTP under /_sim/ on the same port:
+
+  POST /_sim/instances  {"i-...": {"ssm": "online"|"offline"|"unmanaged",
+                                    "agent_version": "3.3.40.0",
+                                    "outcome": "success"|"vss_failure"|"no_ebs"|"undeliverable",
+                                    "lag": 0.2, "duration": 0.3, "delivery_timeout": 2.0}}
+  GET  /_sim/invocations   every simulated invocation (command id, instance, document, status)
+  POST /_sim/reset         forget the simulation (moto's own state: POST /moto-api/reset)
+
+Usage: python server.py [--port 0]; prints "READY <port>" on stdout once it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from moto.core.responses import ActionResult
+from moto.ec2.models import ec2_backends
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from moto.ssm import models as ssm_models
+from moto.ssm import responses as ssm_responses
+from moto.ssm.exceptions import SSMException as RESTError
+
+VSS_DOCUMENTS = {"AWSEC2-CreateVssSnapshot", "AWSEC2-VssInstallAndSnapshot"}
+RESERVED_TAG_KEYS = {"Device", "AppConsistent", "AwsVssConfig"}
+# Characters the documents accept in their `tags` parameter.
+TAG_PARAM_RE = re.compile(r"^[A-Za-z0-9()./\\\-\"'@_+:={} ]*$")
+FINAL = {"Success", "Cancelled", "TimedOut", "Failed"}
+DEFAULT_AGENT = "3.3.40.0"
+
+
+@dataclass
+class SimInstance:
+    ssm: str = "online"  # online | offline | unmanaged
+    agent_version: str = DEFAULT_AGENT
+    outcome: str = "success"  # success | vss_failure | no_ebs | undeliverable
+    lag: float = 0.2  # seconds during which GetCommandInvocation says InvocationDoesNotExist
+    duration: float = 0.3  # seconds InProgress before the document finishes
+    delivery_timeout: float | None = None  # seconds before an undeliverable command times out
+
+
+@dataclass
+class SimInvocation:
+    command_id: str
+    instance_id: str
+    document_name: str
+    comment: str
+    parameters: dict[str, list[str]]
+    account_id: str
+    region: str
+    sent_at: float
+    sim: SimInstance
+    timeout_seconds: int
+    status: str = "Pending"
+    status_details: str = "Pending"
+    response_code: int = -1
+    stdout: str = ""
+    stderr: str = ""
+    started: dt.datetime | None = None
+    ended: dt.datetime | None = None
+    snapshots: list[str] = field(default_factory=list)
+
+
+class Simulation:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.instances: dict[str, SimInstance] = {}
+        self.invocations: dict[tuple[str, str], SimInvocation] = {}
+
+    def reset(self) -> None:
+        with self.lock:
+            self.instances.clear()
+            self.invocations.clear()
+
+    def configure(self, spec: dict[str, dict[str, Any]]) -> None:
+        with self.lock:
+            for instance_id, fields in spec.items():
+                current = self.instances.get(instance_id, SimInstance())
+                for key, value in fields.items():
+                    if not hasattr(current, key):
+                        raise ValueError(f"unknown simulation field {key!r} for {instance_id}")
+                    setattr(current, key, value)
+                self.instances[instance_id] = current
+
+    # --- the Windows side --------------------------------------------------------------
+    def on_send_command(self, command: Any, region: str) -> None:
+        if command.document_name not in VSS_DOCUMENTS:
+            return
+        now = time.monotonic()
+        with self.lock:
+            for instance_id in command.instance_ids:
+                sim = self.instances.get(instance_id, SimInstance())
+                inv = SimInvocation(
+                    command_id=command.command_id,
+                    instance_id=instance_id,
+                    document_name=command.document_name,
+                    comment=command.comment,
+                    parameters=dict(command.parameters or {}),
+                    account_id=command.account_id,
+                    region=region,
+                    sent_at=now,
+                    sim=SimInstance(**sim.__dict__),
+                    timeout_seconds=int(command.timeout_seconds or 3600),
+                )
+                if sim.ssm != "online":
+                    # A command sent to an agent that is not connected is never delivered.
+                    inv.sim.outcome = "undeliverable"
+                self.invocations[(command.command_id, instance_id)] = inv
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            for inv in self.invocations.values():
+                if inv.status in FINAL:
+                    continue
+                elapsed = now - inv.sent_at
+                if inv.sim.outcome == "undeliverable":
+                    limit = inv.sim.delivery_timeout
+                    if limit is None:
+                        limit = float(inv.timeout_seconds)
+                    if elapsed >= limit:
+                        inv.status, inv.status_details = "TimedOut", "DeliveryTimedOut"
+                    continue
+                if elapsed < inv.sim.lag:
+                    continue
+                if inv.status == "Pending":
+                    inv.status = inv.status_details = "InProgress"
+                    inv.started = utcnow()
+                if elapsed >= inv.sim.lag + inv.sim.duration:
+                    self._run_document(inv)
+
+    def _run_document(self, inv: SimInvocation) -> None:
+        inv.ended = utcnow()
+        ec2 = ec2_backends[inv.account_id][inv.region]
+        params = {k: (v[0] if isinstance(v, list) and v else v) for k, v in inv.parameters.items()}
+        tags, error = parse_tags_param(params.get("tags", ""))
+        if error:
+            return self._finish(inv, "Failed", 1, "", error)
+        try:
+            instance = ec2.get_instance(inv.instance_id)
+        except Exception:  # noqa: BLE001 - the instance is gone
+            return self._finish(inv, "Failed", 1, "", f"Instance {inv.instance_id} not found")
+        exclude_boot = str(params.get("ExcludeBootVolume", "False")).lower() == "true"
+        devices = [
+            (device, block.volume_id)
+            for device, block in instance.block_device_mapping.items()
+            if block.volume_id and not (exclude_boot and device == instance.root_device_name)
+        ]
+        if inv.sim.outcome == "no_ebs" or not devices:
+            return self._finish(
+                inv,
+                "Failed",
+                1,
+                "",
+                "Exception: No EBS volumes are attached to this instance, nothing to snapshot.",
+            )
+        consistent = inv.sim.outcome != "vss_failure"
+        lines = []
+        description = params.get("description", "")
+        for device, volume_id in sorted(devices):
+            snapshot = ec2.create_snapshot(volume_id, description)
+            all_tags = dict(tags)
+            all_tags["Device"] = device
+            all_tags["AppConsistent"] = "True" if consistent else "False"
+            all_tags["AwsVssConfig"] = "AwsVssComponents 2.5.0 (simulated)"
+            if not all_tags.get("Name"):
+                all_tags.pop("Name", None)
+            ec2.create_tags([snapshot.id], all_tags)
+            inv.snapshots.append(snapshot.id)
+            lines.append(f"Created {snapshot.id} from {volume_id} device: {device}")
+        if consistent:
+            lines.append("Tagging snapshots completed. VSS snapshot set is application-consistent.")
+            return self._finish(inv, "Success", 0, "\n".join(lines), "")
+        return self._finish(
+            inv,
+            "Failed",
+            1,
+            "\n".join(lines),
+            "Thaw pipe connection timed out. error on thaw: the VSS writers did not thaw in "
+            "time; snapshots were created without application consistency.",
+        )
+
+    def _finish(self, inv: SimInvocation, status: str, code: int, out: str, err: str) -> None:
+        inv.status = status
+        inv.status_details = status
+        inv.response_code = code
+        inv.stdout = out[:24000]
+        inv.stderr = err[:8000]
+        if inv.started is None:
+            inv.started = utcnow()
+        inv.ended = inv.ended or utcnow()
+
+    # --- what SSM answers --------------------------------------------------------------
+    def invocation_view(self, command_id: str, instance_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            inv = self.invocations.get((command_id, instance_id))
+            if inv is None:
+                return None
+            if inv.sim.outcome != "undeliverable" and time.monotonic() - inv.sent_at < inv.sim.lag:
+                # Right after SendCommand AWS does not know the invocation yet.
+                raise RESTError("InvocationDoesNotExist", "")
+            return {
+                "CommandId": inv.command_id,
+                "InstanceId": inv.instance_id,
+                "Comment": inv.comment,
+                "DocumentName": inv.document_name,
+                "PluginName": "runPowerShellScript",
+                "ResponseCode": inv.response_code,
+                "ExecutionStartDateTime": iso(inv.started),
+                "ExecutionElapsedTime": "",
+                "ExecutionEndDateTime": iso(inv.ended),
+                "Status": inv.status,
+                "StatusDetails": inv.status_details,
+                "StandardOutputContent": inv.stdout,
+                "StandardOutputUrl": "",
+                "StandardErrorContent": inv.stderr,
+                "StandardErrorUrl": "",
+            }
+
+    def list_view(self, command_id: str | None, instance_id: str | None, details: bool) -> list:
+        with self.lock:
+            rows = []
+            for (cid, iid), inv in self.invocations.items():
+                if command_id and cid != command_id:
+                    continue
+                if instance_id and iid != instance_id:
+                    continue
+                row = {
+                    "CommandId": cid,
+                    "InstanceId": iid,
+                    "Comment": inv.comment,
+                    "DocumentName": inv.document_name,
+                    "RequestedDateTime": 0,
+                    "Status": inv.status,
+                    "StatusDetails": inv.status_details,
+                    "CommandPlugins": [],
+                }
+                if details:
+                    output = (inv.stdout + ("\n----------ERROR-------\n" + inv.stderr if inv.stderr else ""))
+                    row["CommandPlugins"] = [
+                        {
+                            "Name": "runPowerShellScript",
+                            "Status": inv.status,
+                            "StatusDetails": inv.status_details,
+                            "ResponseCode": inv.response_code,
+                            # ListCommandInvocations cuts plugin output at 2,500 characters.
+                            "Output": output[:2500],
+                        }
+                    ]
+                rows.append(row)
+            return rows
+
+    def snapshot_of_invocations(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [
+                {
+                    "command_id": inv.command_id,
+                    "instance_id": inv.instance_id,
+                    "document_name": inv.document_name,
+                    "comment": inv.comment,
+                    "parameters": inv.parameters,
+                    "status": inv.status,
+                    "snapshots": inv.snapshots,
+                }
+                for inv in self.invocations.values()
+            ]
+
+
+SIM = Simulation()
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def iso(value: dt.datetime | None) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else ""
+
+
+def parse_tags_param(text: str) -> tuple[dict[str, str], str | None]:
+    """Parses `Key=k,Value=v;Key=k2,Value=v2` the way the VSS documents do, with their checks."""
+    tags: dict[str, str] = {"Name": ""}
+    if not text:
+        return tags, None
+    if not TAG_PARAM_RE.match(text.replace(";", "").replace(",", "")):
+        return tags, f"Invalid characters in tags parameter: {text!r}"
+    for item in text.split(";"):
+        if not item:
+            continue
+        match = re.fullmatch(r"Key=([^,]*),Value=([^,]*)", item)
+        if not match:
+            return tags, f"Invalid tag format {item!r}: expected Key=<key>,Value=<value>"
+        key, value = match.group(1), match.group(2)
+        if key in RESERVED_TAG_KEYS:
+            return tags, f"Tag key {key} is reserved and cannot be specified"
+        tags[key] = value
+    return tags, None
+
+
+# --- moto patches ------------------------------------------------------------------------
+_original_targets = ssm_models.Command._get_instance_ids_from_targets
+
+
+def _targets_only_when_given(self: Any) -> list[str]:
+    # moto reads an empty target list as "every instance of the region"; AWS sends to exactly
+    # the InstanceIds given.
+    if not self.targets:
+        return []
+    return _original_targets(self)
+
+
+ssm_models.Command._get_instance_ids_from_targets = _targets_only_when_given
+
+_original_send = ssm_models.SimpleSystemManagerBackend.send_command
+
+
+def _send_command(self: Any, **kwargs: Any) -> Any:
+    command = _original_send(self, **kwargs)
+    SIM.on_send_command(command, self.region_name)
+    if command.document_name in VSS_DOCUMENTS:
+        command.status = "Pending"
+        command.status_details = "Pending"
+        command.completed_count = 0
+    return command
+
+
+ssm_models.SimpleSystemManagerBackend.send_command = _send_command
+
+_original_get_invocation = ssm_models.SimpleSystemManagerBackend.get_command_invocation
+
+
+def _get_command_invocation(self: Any, command_id: str, instance_id: str, plugin_name: Any) -> Any:
+    view = SIM.invocation_view(command_id, instance_id)
+    if view is None:
+        return _original_get_invocation(self, command_id, instance_id, plugin_name)
+    return view
+
+
+ssm_models.SimpleSystemManagerBackend.get_command_invocation = _get_command_invocation
+
+
+def _paginate(rows: list, token: str | None, page_size: int) -> tuple[list, str | None]:
+    start = int(token) if token else 0
+    end = start + page_size
+    return rows[start:end], (str(end) if end < len(rows) else None)
+
+
+def _describe_instance_information(self: Any) -> ActionResult:
+    wanted: set[str] | None = None
+    for flt in self._get_param("Filters", []) or []:
+        if flt.get("Key") in ("InstanceIds", "InstanceId"):
+            wanted = set(flt.get("Values", []))
+    for flt in self._get_param("InstanceInformationFilterList", []) or []:
+        if flt.get("key") == "InstanceIds":
+            wanted = set(flt.get("valueSet", []))
+    if wanted is not None and len(wanted) > 50:
+        raise RESTError("InvalidFilterValue", "At most 50 values are allowed for InstanceIds")
+    max_results = int(self._get_param("MaxResults") or 50)
+    if not 5 <= max_results <= 50:
+        raise RESTError("ValidationException", "MaxResults must be between 5 and 50")
+    rows = []
+    ec2 = ec2_backends[self.current_account][self.region]
+    with SIM.lock:
+        for instance_id, sim in sorted(SIM.instances.items()):
+            if sim.ssm == "unmanaged" or (wanted is not None and instance_id not in wanted):
+                continue
+            try:
+                instance = ec2.get_instance(instance_id)
+            except Exception:  # noqa: BLE001 - not an instance of this region
+                continue
+            tags = {t["key"]: t["value"] for t in instance.get_tags()}
+            name = tags.get("Name", instance_id)
+            rows.append(
+                {
+                    "InstanceId": instance_id,
+                    "PingStatus": "Online" if sim.ssm == "online" else "ConnectionLost",
+                    "LastPingDateTime": time.time(),
+                    "AgentVersion": sim.agent_version,
+                    "IsLatestVersion": False,
+                    "PlatformType": "Windows",
+                    "PlatformName": "Microsoft Windows Server 2022 Datacenter",
+                    "PlatformVersion": "10.0.20348",
+                    "ResourceType": "EC2Instance",
+                    "ComputerName": str(name),
+                }
+            )
+    page, token = _paginate(rows, self._get_param("NextToken"), max_results)
+    result: dict[str, Any] = {"InstanceInformationList": page}
+    if token:
+        result["NextToken"] = token
+    return ActionResult(result)
+
+
+def _list_command_invocations(self: Any) -> ActionResult:
+    max_results = int(self._get_param("MaxResults") or 50)
+    if not 1 <= max_results <= 50:
+        raise RESTError("ValidationException", "MaxResults must be between 1 and 50")
+    rows = SIM.list_view(
+        self._get_param("CommandId"),
+        self._get_param("InstanceId"),
+        bool(self._get_param("Details", False)),
+    )
+    page, token = _paginate(rows, self._get_param("NextToken"), max_results)
+    result: dict[str, Any] = {"CommandInvocations": page}
+    if token:
+        result["NextToken"] = token
+    return ActionResult(result)
+
+
+ssm_responses.SimpleSystemManagerResponse.describe_instance_information = (
+    _describe_instance_information
+)
+ssm_responses.SimpleSystemManagerResponse.list_command_invocations = _list_command_invocations
+
+
+class QuietHandler(MotoRequestHandler):
+    def log_request(self, *args: Any, **kwargs: Any) -> None:  # one line per call is noise here
+        pass
+
+
+# --- the server --------------------------------------------------------------------------
+class App:
+    def __init__(self) -> None:
+        self.moto = DomainDispatcherApplication(create_backend_app)
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if not path.startswith("/_sim/"):
+            return self.moto(environ, start_response)
+        request = Request(environ)
+        try:
+            if path == "/_sim/instances" and request.method == "POST":
+                SIM.configure(json.loads(request.get_data() or b"{}"))
+                body: Any = {"ok": True}
+            elif path == "/_sim/invocations":
+                body = SIM.snapshot_of_invocations()
+            elif path == "/_sim/reset" and request.method == "POST":
+                SIM.reset()
+                body = {"ok": True}
+            else:
+                return Response("not found", status=404)(environ, start_response)
+        except (ValueError, TypeError) as err:
+            return Response(json.dumps({"error": str(err)}), status=400)(environ, start_response)
+        return Response(json.dumps(body), mimetype="application/json")(environ, start_response)
+
+
+def ticker(stop: threading.Event) -> None:
+    while not stop.wait(0.05):
+        try:
+            SIM.tick()
+        except Exception as err:  # noqa: BLE001 - keep simulating, but say why
+            print(f"simulation error: {err!r}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        parser.error("the emulator only listens on loopback")
+    server = make_server(
+        args.host, args.port, App(), threaded=True, request_handler=QuietHandler
+    )
+    stop = threading.Event()
+    threading.Thread(target=ticker, args=(stop,), daemon=True).start()
+    print(f"READY {server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        stop.set()
+
+
+if __name__ == "__main__":
+    main()
