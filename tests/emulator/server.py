@@ -401,6 +401,7 @@ def _describe_instance_information(self: Any) -> ActionResult:
                 continue
             tags = {t["key"]: t["value"] for t in instance.get_tags()}
             name = tags.get("Name", instance_id)
+            windows = str(getattr(instance, "platform", "") or "").lower() == "windows"
             rows.append(
                 {
                     "InstanceId": instance_id,
@@ -408,9 +409,11 @@ def _describe_instance_information(self: Any) -> ActionResult:
                     "LastPingDateTime": time.time(),
                     "AgentVersion": sim.agent_version,
                     "IsLatestVersion": False,
-                    "PlatformType": "Windows",
-                    "PlatformName": "Microsoft Windows Server 2022 Datacenter",
-                    "PlatformVersion": "10.0.20348",
+                    "PlatformType": "Windows" if windows else "Linux",
+                    "PlatformName": "Microsoft Windows Server 2022 Datacenter"
+                    if windows
+                    else "Amazon Linux",
+                    "PlatformVersion": "10.0.20348" if windows else "2023",
                     "ResourceType": "EC2Instance",
                     "ComputerName": str(name),
                 }

@@ -1,1 +1,447 @@
+//! Test harness: the local AWS emulator, a seeded Windows fleet, and a local SQS event source.
+//!
+//! The emulator (tests/emulator/server.py: moto plus the simulated Windows side) runs as a child
+//! process on 127.0.0.1 at a free port. The function under test is the real `App::handle`, fed
+//! real event payloads; it only talks AWS APIs over HTTP.
 
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice, Filter, InstanceType, ResourceType, Tag, TagSpecification};
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use consistent_snapshot::report::RunReport;
+use consistent_snapshot::{App, Config};
+use serde_json::{json, Value};
+
+pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+pub const REGION: &str = "us-east-1";
+pub const TAG_KEY: &str = "ConsistentSnapshot";
+pub const TAG_VALUE: &str = "WindowsVSS";
+
+/// The workspace root (the harness crate lives in tests/).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A running emulator; stopped when dropped.
+pub struct Emulator {
+    child: Child,
+    pub port: u16,
+    pub sdk: SdkConfig,
+}
+
+impl Emulator {
+    pub async fn start() -> Result<Self> {
+        let root = workspace_root();
+        let python = std::env::var("EMULATOR_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join(".venv/bin/python"));
+        if !python.exists() {
+            return Err(format!("{} not found: run `make setup` first (it installs the pinned emulator)", python.display()).into());
+        }
+        let mut child = Command::new(&python)
+            .arg(root.join("tests/emulator/server.py"))
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "true")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("emulator has no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let port: u16 = line
+            .strip_prefix("READY ")
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| format!("emulator did not start: {line:?}"))?;
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .endpoint_url(format!("http://127.0.0.1:{port}"))
+            .region(Region::new(REGION))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "emulator"))
+            // moto answers unimplemented calls with HTTP 500: fail at once rather than retry.
+            .retry_config(RetryConfig::standard().with_max_attempts(1))
+            .load()
+            .await;
+        Ok(Emulator { child, port, sdk })
+    }
+
+    pub fn ec2(&self) -> aws_sdk_ec2::Client {
+        aws_sdk_ec2::Client::new(&self.sdk)
+    }
+
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.sdk)
+    }
+
+    /// A plain HTTP call to the emulator's own API (/_sim/..., /moto-api/...).
+    pub fn http(&self, method: &str, path: &str, body: &Value) -> Result<Value> {
+        let body = body.to_string();
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (head, payload) = response.split_once("\r\n\r\n").ok_or("malformed HTTP answer")?;
+        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+            return Err(format!("{method} {path}: {head}: {payload}").into());
+        }
+        Ok(serde_json::from_str(payload).unwrap_or(Value::Null))
+    }
+
+    /// Sets how simulated instances behave (see server.py for the fields).
+    pub fn simulate(&self, spec: Value) -> Result<()> {
+        self.http("POST", "/_sim/instances", &spec).map(|_| ())
+    }
+
+    /// Every simulated SSM invocation so far.
+    pub fn invocations(&self) -> Result<Vec<Value>> {
+        Ok(self.http("GET", "/_sim/invocations", &json!({}))?.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Creates the tracking queue (standard, with a DLQ as the template has); answers its URL.
+    pub async fn create_queue(&self, name: &str, visibility_seconds: u32) -> Result<String> {
+        let sqs = self.sqs();
+        let dlq = sqs.create_queue().queue_name(format!("{name}-dlq")).send().await?;
+        let dlq_url = dlq.queue_url().ok_or("no DLQ url")?;
+        let dlq_arn = sqs
+            .get_queue_attributes()
+            .queue_url(dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await?
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+            .ok_or("no DLQ arn")?;
+        let queue = sqs
+            .create_queue()
+            .queue_name(name)
+            .attributes(QueueAttributeName::VisibilityTimeout, visibility_seconds.to_string())
+            .attributes(
+                QueueAttributeName::RedrivePolicy,
+                json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5}).to_string(),
+            )
+            .send()
+            .await?;
+        Ok(queue.queue_url().ok_or("no queue url")?.to_string())
+    }
+
+    /// The function, configured as a deployment would be, plus `overrides`.
+    pub fn app(&self, queue_url: &str, overrides: &[(&str, &str)]) -> Result<App> {
+        let mut env: HashMap<String, String> = [
+            ("QUEUE_URL", queue_url),
+            ("MANAGED_BY", "vss-test"),
+            ("TRACK_POLL_INITIAL_SECONDS", "1"),
+            ("TRACK_POLL_MAX_SECONDS", "2"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let config = Config::from_lookup(|name| env.get(name).cloned())?;
+        Ok(App::new(config, &self.sdk))
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One simulated server of the fleet.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    pub name: String,
+    pub windows: bool,
+    pub tagged: bool,
+    pub data_volumes: usize,
+    pub stopped: bool,
+    pub extra_tags: Vec<(String, String)>,
+    /// How the simulated Windows side behaves (server.py's fields).
+    pub sim: Value,
+}
+
+impl ServerSpec {
+    pub fn windows(name: &str, data_volumes: usize) -> Self {
+        ServerSpec {
+            name: name.into(),
+            windows: true,
+            tagged: true,
+            data_volumes,
+            stopped: false,
+            extra_tags: vec![],
+            sim: json!({}),
+        }
+    }
+
+    pub fn sim(mut self, sim: Value) -> Self {
+        self.sim = sim;
+        self
+    }
+}
+
+pub const DATA_DEVICES: [&str; 4] = ["xvdf", "xvdg", "xvdh", "xvdi"];
+
+pub async fn image_ids(ec2: &aws_sdk_ec2::Client) -> Result<(String, String)> {
+    let windows = ec2
+        .describe_images()
+        .filters(Filter::builder().name("platform").values("windows").build())
+        .send()
+        .await?;
+    let windows = windows.images().first().and_then(|i| i.image_id()).ok_or("no Windows AMI in the emulator")?;
+    let all = ec2.describe_images().owners("amazon").send().await?;
+    let linux = all
+        .images()
+        .iter()
+        .find(|i| i.platform().is_none())
+        .and_then(|i| i.image_id())
+        .ok_or("no Linux AMI in the emulator")?;
+    Ok((windows.to_string(), linux.to_string()))
+}
+
+fn mappings(data_volumes: usize) -> Vec<BlockDeviceMapping> {
+    // moto creates no root volume when mappings are given: list the root device too.
+    std::iter::once("/dev/sda1")
+        .chain(DATA_DEVICES.iter().copied().take(data_volumes))
+        .enumerate()
+        .map(|(i, device)| {
+            BlockDeviceMapping::builder()
+                .device_name(device)
+                .ebs(EbsBlockDevice::builder().volume_size(if i == 0 { 50 } else { 100 }).build())
+                .build()
+        })
+        .collect()
+}
+
+/// Launches the servers (one reservation each) and configures their simulated Windows side.
+pub async fn seed(emulator: &Emulator, servers: &[ServerSpec]) -> Result<Vec<String>> {
+    let ec2 = emulator.ec2();
+    let (windows, linux) = image_ids(&ec2).await?;
+    let mut ids = Vec::new();
+    let mut sim = serde_json::Map::new();
+    for server in servers {
+        let mut tags = vec![Tag::builder().key("Name").value(&server.name).build()];
+        if server.tagged {
+            tags.push(Tag::builder().key(TAG_KEY).value(TAG_VALUE).build());
+        }
+        tags.extend(server.extra_tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()));
+        let out = ec2
+            .run_instances()
+            .image_id(if server.windows { &windows } else { &linux })
+            .instance_type(InstanceType::M5Large)
+            .min_count(1)
+            .max_count(1)
+            .set_block_device_mappings(Some(mappings(server.data_volumes)))
+            .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags)).build())
+            .send()
+            .await?;
+        let id = out.instances().first().and_then(|i| i.instance_id()).ok_or("no instance launched")?.to_string();
+        if server.stopped {
+            ec2.stop_instances().instance_ids(&id).send().await?;
+        }
+        sim.insert(id.clone(), server.sim.clone());
+        ids.push(id);
+    }
+    emulator.simulate(Value::Object(sim))?;
+    Ok(ids)
+}
+
+/// Launches `count` tagged Windows servers, `per_reservation` at a time, all behaving well.
+pub async fn seed_bulk(emulator: &Emulator, count: usize, per_reservation: usize, data_volumes: usize) -> Result<Vec<String>> {
+    let ec2 = emulator.ec2();
+    let (windows, _) = image_ids(&ec2).await?;
+    let mut ids = Vec::new();
+    while ids.len() < count {
+        let n = per_reservation.min(count - ids.len()) as i32;
+        let out = ec2
+            .run_instances()
+            .image_id(&windows)
+            .min_count(n)
+            .max_count(n)
+            .set_block_device_mappings(Some(mappings(data_volumes)))
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Instance)
+                    .tags(Tag::builder().key(TAG_KEY).value(TAG_VALUE).build())
+                    .build(),
+            )
+            .send()
+            .await?;
+        ids.extend(out.instances().iter().filter_map(|i| i.instance_id().map(str::to_string)));
+    }
+    let sim: serde_json::Map<String, Value> = ids.iter().map(|id| (id.clone(), json!({"lag": 0.05, "duration": 0.1}))).collect();
+    emulator.simulate(Value::Object(sim))?;
+    Ok(ids)
+}
+
+/// What the local event source did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Drained {
+    pub invocations: usize,
+    pub messages: usize,
+    pub failures: usize,
+}
+
+/// Does what the Lambda event source mapping does: receives up to `batch_size` messages,
+/// invokes the function with a real `SqsEvent`, deletes what succeeded and leaves the failures
+/// to come back after their visibility timeout. Returns once the queue is empty.
+pub async fn drain(emulator: &Emulator, app: &App, queue_url: &str, batch_size: i32, limit: Duration) -> Result<Drained> {
+    let sqs = emulator.sqs();
+    let arn = format!("arn:aws:sqs:{REGION}:123456789012:{}", queue_url.rsplit('/').next().unwrap_or("queue"));
+    let started = Instant::now();
+    let mut drained = Drained::default();
+    loop {
+        if started.elapsed() > limit {
+            return Err(format!("queue not drained within {limit:?}: {drained:?}").into());
+        }
+        let received = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(batch_size)
+            .wait_time_seconds(1)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await?;
+        let messages = received.messages();
+        if messages.is_empty() {
+            if queue_is_empty(&sqs, queue_url).await? {
+                return Ok(drained);
+            }
+            continue;
+        }
+        let records: Vec<Value> = messages
+            .iter()
+            .map(|m| {
+                let attributes: serde_json::Map<String, Value> = m
+                    .attributes()
+                    .map(|a| a.iter().map(|(k, v)| (k.as_str().to_string(), Value::String(v.clone()))).collect())
+                    .unwrap_or_default();
+                json!({
+                    "messageId": m.message_id(),
+                    "receiptHandle": m.receipt_handle(),
+                    "body": m.body(),
+                    "attributes": attributes,
+                    "messageAttributes": {},
+                    "md5OfBody": m.md5_of_body(),
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": arn,
+                    "awsRegion": REGION,
+                })
+            })
+            .collect();
+        let response = app.handle(json!({ "Records": records })).await?;
+        let failed: Vec<String> = response["batchItemFailures"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|f| f["itemIdentifier"].as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        drained.invocations += 1;
+        drained.messages += messages.len();
+        drained.failures += failed.len();
+        for m in messages {
+            if failed.iter().any(|f| Some(f.as_str()) == m.message_id()) {
+                continue;
+            }
+            if let Some(handle) = m.receipt_handle() {
+                sqs.delete_message().queue_url(queue_url).receipt_handle(handle).send().await?;
+            }
+        }
+    }
+}
+
+async fn queue_is_empty(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Result<bool> {
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+        .send()
+        .await?;
+    let attributes = out.attributes().cloned().unwrap_or_default();
+    Ok(attributes.values().all(|v| v == "0"))
+}
+
+/// A scheduled event as an EventBridge rule delivers it.
+pub fn scheduled_event(rule: &str, time: &str) -> Value {
+    json!({
+        "version": "0",
+        "id": "89d1a02d-5ec7-412e-82f5-13505f849b41",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "123456789012",
+        "time": time,
+        "region": REGION,
+        "resources": [format!("arn:aws:events:{REGION}:123456789012:rule/{rule}")],
+        "detail": {}
+    })
+}
+
+/// Captures the function's JSON log lines, as CloudWatch would receive them.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>, Option<Arc<Mutex<std::fs::File>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut all) = self.0.lock() {
+            all.extend_from_slice(buf);
+        }
+        if let Some(file) = &self.1 {
+            if let Ok(mut file) = file.lock() {
+                file.write_all(buf)?;
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    /// Installs JSON logging for the current thread (tests run the function on their own
+    /// current-thread runtime); a copy goes to `file` when given.
+    pub fn capture(file: Option<&std::path::Path>) -> Result<(Self, tracing::subscriber::DefaultGuard)> {
+        let logs = Logs::default();
+        let buf = logs.0.clone();
+        let file = match file {
+            Some(path) => Some(Arc::new(Mutex::new(std::fs::File::create(path)?))),
+            None => None,
+        };
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || LogWriter(buf.clone(), file.clone()))
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        Ok((logs, guard))
+    }
+
+    pub fn records(&self) -> Vec<Value> {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// The run's summary as the function logged it, if it did.
+    pub fn run_report(&self, run_id: &str) -> Option<RunReport> {
+        self.records()
+            .iter()
+            .filter(|r| r["run_id"] == run_id)
+            .find_map(|r| r["report"].as_str().and_then(|s| serde_json::from_str(s).ok()))
+    }
+}
