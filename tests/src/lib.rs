@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice, Filter, InstanceType, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, InstanceType, ResourceType, Tag, TagSpecification,
+};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use consistent_snapshot::report::RunReport;
 use consistent_snapshot::{App, Config};
@@ -28,7 +30,8 @@ pub const TAG_VALUE: &str = "WindowsVSS";
 
 /// The workspace root (the harness crate lives in tests/).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize().unwrap_or(root)
 }
 
 /// A running emulator; stopped when dropped.
@@ -45,7 +48,11 @@ impl Emulator {
             .map(PathBuf::from)
             .unwrap_or_else(|_| root.join(".venv/bin/python"));
         if !python.exists() {
-            return Err(format!("{} not found: run `make setup` first (it installs the pinned emulator)", python.display()).into());
+            return Err(format!(
+                "{} not found: run `make setup` first (it installs the pinned emulator)",
+                python.display()
+            )
+            .into());
         }
         let mut child = Command::new(&python)
             .arg(root.join("tests/emulator/server.py"))
@@ -66,7 +73,9 @@ impl Emulator {
         let sdk = aws_config::defaults(BehaviorVersion::latest())
             .endpoint_url(format!("http://127.0.0.1:{port}"))
             .region(Region::new(REGION))
-            .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "emulator"))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "testing", "testing", None, None, "emulator",
+            ))
             // moto answers unimplemented calls with HTTP 500: fail at once rather than retry.
             .retry_config(RetryConfig::standard().with_max_attempts(1))
             .load()
@@ -93,7 +102,9 @@ impl Emulator {
         )?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
-        let (head, payload) = response.split_once("\r\n\r\n").ok_or("malformed HTTP answer")?;
+        let (head, payload) = response
+            .split_once("\r\n\r\n")
+            .ok_or("malformed HTTP answer")?;
         if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
             return Err(format!("{method} {path}: {head}: {payload}").into());
         }
@@ -107,13 +118,21 @@ impl Emulator {
 
     /// Every simulated SSM invocation so far.
     pub fn invocations(&self) -> Result<Vec<Value>> {
-        Ok(self.http("GET", "/_sim/invocations", &json!({}))?.as_array().cloned().unwrap_or_default())
+        Ok(self
+            .http("GET", "/_sim/invocations", &json!({}))?
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
     }
 
     /// Creates the tracking queue (standard, with a DLQ as the template has); answers its URL.
     pub async fn create_queue(&self, name: &str, visibility_seconds: u32) -> Result<String> {
         let sqs = self.sqs();
-        let dlq = sqs.create_queue().queue_name(format!("{name}-dlq")).send().await?;
+        let dlq = sqs
+            .create_queue()
+            .queue_name(format!("{name}-dlq"))
+            .send()
+            .await?;
         let dlq_url = dlq.queue_url().ok_or("no DLQ url")?;
         let dlq_arn = sqs
             .get_queue_attributes()
@@ -127,7 +146,10 @@ impl Emulator {
         let queue = sqs
             .create_queue()
             .queue_name(name)
-            .attributes(QueueAttributeName::VisibilityTimeout, visibility_seconds.to_string())
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                visibility_seconds.to_string(),
+            )
             .attributes(
                 QueueAttributeName::RedrivePolicy,
                 json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5}).to_string(),
@@ -148,7 +170,11 @@ impl Emulator {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env.extend(
+            overrides
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
         let config = Config::from_lookup(|name| env.get(name).cloned())?;
         Ok(App::new(config, &self.sdk))
     }
@@ -201,7 +227,11 @@ pub async fn image_ids(ec2: &aws_sdk_ec2::Client) -> Result<(String, String)> {
         .filters(Filter::builder().name("platform").values("windows").build())
         .send()
         .await?;
-    let windows = windows.images().first().and_then(|i| i.image_id()).ok_or("no Windows AMI in the emulator")?;
+    let windows = windows
+        .images()
+        .first()
+        .and_then(|i| i.image_id())
+        .ok_or("no Windows AMI in the emulator")?;
     let all = ec2.describe_images().send().await?;
     let linux = all
         .images()
@@ -220,7 +250,11 @@ fn mappings(data_volumes: usize) -> Vec<BlockDeviceMapping> {
         .map(|(i, device)| {
             BlockDeviceMapping::builder()
                 .device_name(device)
-                .ebs(EbsBlockDevice::builder().volume_size(if i == 0 { 50 } else { 100 }).build())
+                .ebs(
+                    EbsBlockDevice::builder()
+                        .volume_size(if i == 0 { 50 } else { 100 })
+                        .build(),
+                )
                 .build()
         })
         .collect()
@@ -237,7 +271,12 @@ pub async fn seed(emulator: &Emulator, servers: &[ServerSpec]) -> Result<Vec<Str
         if server.tagged {
             tags.push(Tag::builder().key(TAG_KEY).value(TAG_VALUE).build());
         }
-        tags.extend(server.extra_tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()));
+        tags.extend(
+            server
+                .extra_tags
+                .iter()
+                .map(|(k, v)| Tag::builder().key(k).value(v).build()),
+        );
         let out = ec2
             .run_instances()
             .image_id(if server.windows { &windows } else { &linux })
@@ -245,10 +284,20 @@ pub async fn seed(emulator: &Emulator, servers: &[ServerSpec]) -> Result<Vec<Str
             .min_count(1)
             .max_count(1)
             .set_block_device_mappings(Some(mappings(server.data_volumes)))
-            .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags)).build())
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Instance)
+                    .set_tags(Some(tags))
+                    .build(),
+            )
             .send()
             .await?;
-        let id = out.instances().first().and_then(|i| i.instance_id()).ok_or("no instance launched")?.to_string();
+        let id = out
+            .instances()
+            .first()
+            .and_then(|i| i.instance_id())
+            .ok_or("no instance launched")?
+            .to_string();
         if server.stopped {
             ec2.stop_instances().instance_ids(&id).send().await?;
         }
@@ -260,7 +309,12 @@ pub async fn seed(emulator: &Emulator, servers: &[ServerSpec]) -> Result<Vec<Str
 }
 
 /// Launches `count` tagged Windows servers, `per_reservation` at a time, all behaving well.
-pub async fn seed_bulk(emulator: &Emulator, count: usize, per_reservation: usize, data_volumes: usize) -> Result<Vec<String>> {
+pub async fn seed_bulk(
+    emulator: &Emulator,
+    count: usize,
+    per_reservation: usize,
+    data_volumes: usize,
+) -> Result<Vec<String>> {
     let ec2 = emulator.ec2();
     let (windows, _) = image_ids(&ec2).await?;
     let mut ids = Vec::new();
@@ -280,9 +334,16 @@ pub async fn seed_bulk(emulator: &Emulator, count: usize, per_reservation: usize
             )
             .send()
             .await?;
-        ids.extend(out.instances().iter().filter_map(|i| i.instance_id().map(str::to_string)));
+        ids.extend(
+            out.instances()
+                .iter()
+                .filter_map(|i| i.instance_id().map(str::to_string)),
+        );
     }
-    let sim: serde_json::Map<String, Value> = ids.iter().map(|id| (id.clone(), json!({"lag": 0.05, "duration": 0.1}))).collect();
+    let sim: serde_json::Map<String, Value> = ids
+        .iter()
+        .map(|id| (id.clone(), json!({"lag": 0.05, "duration": 0.1})))
+        .collect();
     emulator.simulate(Value::Object(sim))?;
     Ok(ids)
 }
@@ -298,9 +359,18 @@ pub struct Drained {
 /// Does what the Lambda event source mapping does: receives up to `batch_size` messages,
 /// invokes the function with a real `SqsEvent`, deletes what succeeded and leaves the failures
 /// to come back after their visibility timeout. Returns once the queue is empty.
-pub async fn drain(emulator: &Emulator, app: &App, queue_url: &str, batch_size: i32, limit: Duration) -> Result<Drained> {
+pub async fn drain(
+    emulator: &Emulator,
+    app: &App,
+    queue_url: &str,
+    batch_size: i32,
+    limit: Duration,
+) -> Result<Drained> {
     let sqs = emulator.sqs();
-    let arn = format!("arn:aws:sqs:{REGION}:123456789012:{}", queue_url.rsplit('/').next().unwrap_or("queue"));
+    let arn = format!(
+        "arn:aws:sqs:{REGION}:123456789012:{}",
+        queue_url.rsplit('/').next().unwrap_or("queue")
+    );
     let started = Instant::now();
     let mut drained = Drained::default();
     loop {
@@ -327,7 +397,11 @@ pub async fn drain(emulator: &Emulator, app: &App, queue_url: &str, batch_size: 
             .map(|m| {
                 let attributes: serde_json::Map<String, Value> = m
                     .attributes()
-                    .map(|a| a.iter().map(|(k, v)| (k.as_str().to_string(), Value::String(v.clone()))).collect())
+                    .map(|a| {
+                        a.iter()
+                            .map(|(k, v)| (k.as_str().to_string(), Value::String(v.clone())))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 json!({
                     "messageId": m.message_id(),
@@ -345,7 +419,11 @@ pub async fn drain(emulator: &Emulator, app: &App, queue_url: &str, batch_size: 
         let response = app.handle(json!({ "Records": records })).await?;
         let failed: Vec<String> = response["batchItemFailures"]
             .as_array()
-            .map(|a| a.iter().filter_map(|f| f["itemIdentifier"].as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| f["itemIdentifier"].as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         drained.invocations += 1;
         drained.messages += messages.len();
@@ -355,7 +433,11 @@ pub async fn drain(emulator: &Emulator, app: &App, queue_url: &str, batch_size: 
                 continue;
             }
             if let Some(handle) = m.receipt_handle() {
-                sqs.delete_message().queue_url(queue_url).receipt_handle(handle).send().await?;
+                sqs.delete_message()
+                    .queue_url(queue_url)
+                    .receipt_handle(handle)
+                    .send()
+                    .await?;
             }
         }
     }
@@ -416,7 +498,9 @@ impl Write for LogWriter {
 impl Logs {
     /// Installs JSON logging for the current thread (tests run the function on their own
     /// current-thread runtime); a copy goes to `file` when given.
-    pub fn capture(file: Option<&std::path::Path>) -> Result<(Self, tracing::subscriber::DefaultGuard)> {
+    pub fn capture(
+        file: Option<&std::path::Path>,
+    ) -> Result<(Self, tracing::subscriber::DefaultGuard)> {
         let logs = Logs::default();
         let buf = logs.0.clone();
         let file = match file {
@@ -436,7 +520,10 @@ impl Logs {
 
     pub fn records(&self) -> Vec<Value> {
         let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
-        String::from_utf8_lossy(&bytes).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// The run's summary as the function logged it, if it did.
@@ -444,6 +531,10 @@ impl Logs {
         self.records()
             .iter()
             .filter(|r| r["run_id"] == run_id)
-            .find_map(|r| r["report"].as_str().and_then(|s| serde_json::from_str(s).ok()))
+            .find_map(|r| {
+                r["report"]
+                    .as_str()
+                    .and_then(|s| serde_json::from_str(s).ok())
+            })
     }
 }

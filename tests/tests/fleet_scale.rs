@@ -11,7 +11,12 @@ async fn run_snapshots(emulator: &Emulator, run_id: &str) -> Vec<aws_sdk_ec2::ty
     emulator
         .ec2()
         .describe_snapshots()
-        .filters(Filter::builder().name("tag:ConsistentSnapshot:RunId").values(run_id).build())
+        .filters(
+            Filter::builder()
+                .name("tag:ConsistentSnapshot:RunId")
+                .values(run_id)
+                .build(),
+        )
         .send()
         .await
         .expect("DescribeSnapshots")
@@ -20,7 +25,11 @@ async fn run_snapshots(emulator: &Emulator, run_id: &str) -> Vec<aws_sdk_ec2::ty
 }
 
 fn tag<'a>(snapshot: &'a aws_sdk_ec2::types::Snapshot, key: &str) -> Option<&'a str> {
-    snapshot.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+    snapshot
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
 }
 
 #[tokio::test]
@@ -29,16 +38,29 @@ async fn exclude_boot_volume_by_setting_and_by_instance_tag() {
     let emulator = Emulator::start().await.expect("emulator");
     let queue = emulator.create_queue("tracking", 3).await.expect("queue");
     let mut keeps_boot = ServerSpec::windows("keepsboot01", 2);
-    keeps_boot.extra_tags.push(("ConsistentSnapshot:ExcludeBootVolume".into(), "False".into()));
+    keeps_boot.extra_tags.push((
+        "ConsistentSnapshot:ExcludeBootVolume".into(),
+        "False".into(),
+    ));
     let mut bad_tag = ServerSpec::windows("badtag01", 1);
-    bad_tag.extra_tags.push(("ConsistentSnapshot:ExcludeBootVolume".into(), "perhaps".into()));
+    bad_tag.extra_tags.push((
+        "ConsistentSnapshot:ExcludeBootVolume".into(),
+        "perhaps".into(),
+    ));
     let servers = vec![ServerSpec::windows("data01", 2), keeps_boot, bad_tag];
     let ids = seed(&emulator, &servers).await.expect("seed");
 
-    let app = emulator.app(&queue, &[("EXCLUDE_BOOT_VOLUME", "true")]).expect("app");
-    let start = app.handle(scheduled_event("nightly", "2026-11-23T01:00:00Z")).await.expect("run");
+    let app = emulator
+        .app(&queue, &[("EXCLUDE_BOOT_VOLUME", "true")])
+        .expect("app");
+    let start = app
+        .handle(scheduled_event("nightly", "2026-11-23T01:00:00Z"))
+        .await
+        .expect("run");
     let run_id = start["run_id"].as_str().expect("run id").to_string();
-    drain(&emulator, &app, &queue, 10, Duration::from_secs(60)).await.expect("drain");
+    drain(&emulator, &app, &queue, 10, Duration::from_secs(60))
+        .await
+        .expect("drain");
 
     let snapshots = run_snapshots(&emulator, &run_id).await;
     let devices = |id: &str| -> Vec<String> {
@@ -50,23 +72,53 @@ async fn exclude_boot_volume_by_setting_and_by_instance_tag() {
         d.sort();
         d
     };
-    assert_eq!(devices(&ids[0]), vec!["xvdf", "xvdg"], "boot volume excluded by EXCLUDE_BOOT_VOLUME");
-    assert_eq!(devices(&ids[1]), vec!["/dev/sda1", "xvdf", "xvdg"], "the instance tag overrides the setting");
+    assert_eq!(
+        devices(&ids[0]),
+        vec!["xvdf", "xvdg"],
+        "boot volume excluded by EXCLUDE_BOOT_VOLUME"
+    );
+    assert_eq!(
+        devices(&ids[1]),
+        vec!["/dev/sda1", "xvdf", "xvdg"],
+        "the instance tag overrides the setting"
+    );
     assert!(devices(&ids[2]).is_empty());
 
     let report = logs.run_report(&run_id).expect("report");
-    let kind = |id: &str| report.outcomes.iter().find(|o| o.instance_id == id).map(|o| o.kind);
+    let kind = |id: &str| {
+        report
+            .outcomes
+            .iter()
+            .find(|o| o.instance_id == id)
+            .map(|o| o.kind)
+    };
     assert_eq!(kind(&ids[0]), Some(OutcomeKind::Consistent));
     assert_eq!(kind(&ids[1]), Some(OutcomeKind::Consistent));
-    assert_eq!(kind(&ids[2]), Some(OutcomeKind::Skipped), "an invalid override is reported, never guessed");
-    let reason = report.outcomes.iter().find(|o| o.instance_id == ids[2]).and_then(|o| o.reason.clone());
+    assert_eq!(
+        kind(&ids[2]),
+        Some(OutcomeKind::Skipped),
+        "an invalid override is reported, never guessed"
+    );
+    let reason = report
+        .outcomes
+        .iter()
+        .find(|o| o.instance_id == ids[2])
+        .and_then(|o| o.reason.clone());
     assert!(reason.unwrap_or_default().contains("perhaps"));
 
     // The two parameter sets went out as two commands.
     let invocations = emulator.invocations().expect("invocations");
     let excluded: HashMap<String, String> = invocations
         .iter()
-        .map(|i| (i["instance_id"].as_str().unwrap_or_default().to_string(), i["parameters"]["ExcludeBootVolume"][0].as_str().unwrap_or_default().to_string()))
+        .map(|i| {
+            (
+                i["instance_id"].as_str().unwrap_or_default().to_string(),
+                i["parameters"]["ExcludeBootVolume"][0]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
         .collect();
     assert_eq!(excluded.get(&ids[0]).map(String::as_str), Some("True"));
     assert_eq!(excluded.get(&ids[1]).map(String::as_str), Some("False"));
@@ -80,30 +132,50 @@ async fn a_fleet_of_120_goes_out_in_commands_of_at_most_50_across_paginated_desc
     // 24 reservations of 5 and a page size of 5: DescribeInstances must follow 5 pages (moto
     // pages by reservation), so a run that ignored NextToken would miss 95 instances.
     let ids = seed_bulk(&emulator, 120, 5, 1).await.expect("seed");
-    let app = emulator.app(&queue, &[("DESCRIBE_PAGE_SIZE", "5")]).expect("app");
+    let app = emulator
+        .app(&queue, &[("DESCRIBE_PAGE_SIZE", "5")])
+        .expect("app");
 
-    let start = app.handle(scheduled_event("nightly", "2026-11-23T02:00:00Z")).await.expect("run");
+    let start = app
+        .handle(scheduled_event("nightly", "2026-11-23T02:00:00Z"))
+        .await
+        .expect("run");
     let run_id = start["run_id"].as_str().expect("run id").to_string();
     assert_eq!(start["dispatched"].as_array().map(Vec::len), Some(120));
-    let commands = start["commands"].as_array().map(Vec::len).unwrap_or_default();
+    let commands = start["commands"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or_default();
     assert_eq!(commands, 3, "⌈120/50⌉ commands");
 
     let invocations = emulator.invocations().expect("invocations");
     assert_eq!(invocations.len(), 120, "one invocation per instance");
     let mut per_command: HashMap<String, usize> = HashMap::new();
     for i in &invocations {
-        *per_command.entry(i["command_id"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+        *per_command
+            .entry(i["command_id"].as_str().unwrap_or_default().to_string())
+            .or_default() += 1;
     }
     assert!(per_command.values().all(|n| *n <= 50), "{per_command:?}");
 
-    let drained = drain(&emulator, &app, &queue, 10, Duration::from_secs(120)).await.expect("drain");
+    let drained = drain(&emulator, &app, &queue, 10, Duration::from_secs(120))
+        .await
+        .expect("drain");
     assert_eq!(drained.failures, 0);
     let report = logs.run_report(&run_id).expect("report");
-    assert_eq!(report.count(OutcomeKind::Consistent), 120, "{}", report.summary_line());
+    assert_eq!(
+        report.count(OutcomeKind::Consistent),
+        120,
+        "{}",
+        report.summary_line()
+    );
     let snapshots = run_snapshots(&emulator, &run_id).await;
     assert_eq!(snapshots.len(), 240, "boot + 1 data volume each");
     for id in &ids {
-        let n = snapshots.iter().filter(|s| tag(s, "ConsistentSnapshot:InstanceId") == Some(id.as_str())).count();
+        let n = snapshots
+            .iter()
+            .filter(|s| tag(s, "ConsistentSnapshot:InstanceId") == Some(id.as_str()))
+            .count();
         assert_eq!(n, 2, "{id}");
     }
 }

@@ -13,7 +13,12 @@ async fn snapshots_of_run(emulator: &Emulator, run_id: &str) -> Vec<aws_sdk_ec2:
     emulator
         .ec2()
         .describe_snapshots()
-        .filters(Filter::builder().name("tag:ConsistentSnapshot:RunId").values(run_id).build())
+        .filters(
+            Filter::builder()
+                .name("tag:ConsistentSnapshot:RunId")
+                .values(run_id)
+                .build(),
+        )
         .send()
         .await
         .expect("DescribeSnapshots")
@@ -25,7 +30,12 @@ fn tags(snapshot: &aws_sdk_ec2::types::Snapshot) -> BTreeMap<String, String> {
     snapshot
         .tags()
         .iter()
-        .map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string()))
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -46,7 +56,8 @@ async fn every_outcome_of_a_mixed_fleet() {
         ServerSpec::windows("slow01", 1).sim(json!({"duration": 3.0})),
         ServerSpec::windows("vssfail01", 2).sim(json!({"outcome": "vss_failure"})),
         ServerSpec::windows("noebs01", 1).sim(json!({"outcome": "no_ebs"})),
-        ServerSpec::windows("lost01", 1).sim(json!({"outcome": "undeliverable", "delivery_timeout": 2.0})),
+        ServerSpec::windows("lost01", 1)
+            .sim(json!({"outcome": "undeliverable", "delivery_timeout": 2.0})),
         ServerSpec::windows("offline01", 1).sim(json!({"ssm": "offline"})),
         ServerSpec::windows("unmanaged01", 1).sim(json!({"ssm": "unmanaged"})),
         ServerSpec::windows("oldagent01", 1).sim(json!({"agent_version": "2.2.45.0"})),
@@ -58,25 +69,50 @@ async fn every_outcome_of_a_mixed_fleet() {
     let id = |name: &str| ids[servers.iter().position(|s| s.name == name).expect("server")].clone();
 
     let app = emulator.app(&queue, &[]).expect("app");
-    let start = app.handle(scheduled_event("nightly", "2026-11-23T00:00:00Z")).await.expect("run");
+    let start = app
+        .handle(scheduled_event("nightly", "2026-11-23T00:00:00Z"))
+        .await
+        .expect("run");
     let run_id = start["run_id"].as_str().expect("run id").to_string();
     assert!(run_id.starts_with("20261123T000000Z-"), "{run_id}");
-    assert_eq!(start["dispatched"].as_array().map(Vec::len), Some(6), "{start:#}");
+    assert_eq!(
+        start["dispatched"].as_array().map(Vec::len),
+        Some(6),
+        "{start:#}"
+    );
 
-    let drained = drain(&emulator, &app, &queue, 10, Duration::from_secs(90)).await.expect("drain");
+    let drained = drain(&emulator, &app, &queue, 10, Duration::from_secs(90))
+        .await
+        .expect("drain");
     assert_eq!(drained.failures, 0, "{drained:?}");
 
     let report = logs.run_report(&run_id).expect("the run logs its summary");
     let outcome = |name: &str| {
-        report.outcomes.iter().find(|o| o.instance_id == id(name)).unwrap_or_else(|| panic!("{name} missing from {report:#?}")).clone()
+        report
+            .outcomes
+            .iter()
+            .find(|o| o.instance_id == id(name))
+            .unwrap_or_else(|| panic!("{name} missing from {report:#?}"))
+            .clone()
     };
     for name in ["sql01", "exch01", "slow01"] {
-        assert_eq!(outcome(name).kind, OutcomeKind::Consistent, "{name}: {:?}", outcome(name));
+        assert_eq!(
+            outcome(name).kind,
+            OutcomeKind::Consistent,
+            "{name}: {:?}",
+            outcome(name)
+        );
     }
     assert_eq!(outcome("vssfail01").kind, OutcomeKind::CrashConsistent);
-    assert!(outcome("vssfail01").reason.unwrap_or_default().contains("Thaw pipe"));
+    assert!(outcome("vssfail01")
+        .reason
+        .unwrap_or_default()
+        .contains("Thaw pipe"));
     assert_eq!(outcome("noebs01").kind, OutcomeKind::Failed);
-    assert!(outcome("noebs01").reason.unwrap_or_default().contains("No EBS volumes"));
+    assert!(outcome("noebs01")
+        .reason
+        .unwrap_or_default()
+        .contains("No EBS volumes"));
     assert_eq!(outcome("lost01").kind, OutcomeKind::TimedOut);
     let skipped = [
         ("offline01", "not Online"),
@@ -88,37 +124,66 @@ async fn every_outcome_of_a_mixed_fleet() {
     for (name, why) in skipped {
         let o = outcome(name);
         assert_eq!(o.kind, OutcomeKind::Skipped, "{name}");
-        assert!(o.reason.clone().unwrap_or_default().contains(why), "{name}: {o:?}");
+        assert!(
+            o.reason.clone().unwrap_or_default().contains(why),
+            "{name}: {o:?}"
+        );
     }
-    assert!(report.outcomes.iter().all(|o| o.instance_id != id("untagged01")), "untagged instances are not part of the fleet");
+    assert!(
+        report
+            .outcomes
+            .iter()
+            .all(|o| o.instance_id != id("untagged01")),
+        "untagged instances are not part of the fleet"
+    );
     assert_eq!(report.outcomes.len(), 11);
     assert_eq!(report.count(OutcomeKind::Consistent), 3);
 
     // What the operator checks in EC2: one snapshot per volume, with the contract tags.
     let snapshots = snapshots_of_run(&emulator, &run_id).await;
     let per_instance = |name: &str| -> Vec<BTreeMap<String, String>> {
-        snapshots.iter().map(tags).filter(|t| t.get("ConsistentSnapshot:InstanceId") == Some(&id(name))).collect()
+        snapshots
+            .iter()
+            .map(tags)
+            .filter(|t| t.get("ConsistentSnapshot:InstanceId") == Some(&id(name)))
+            .collect()
     };
     assert_eq!(per_instance("sql01").len(), 3, "boot + 2 data volumes");
     assert_eq!(per_instance("exch01").len(), 4);
     assert_eq!(per_instance("vssfail01").len(), 3);
     for t in per_instance("sql01") {
         assert_eq!(t.get("AppConsistent").map(String::as_str), Some("True"));
-        assert_eq!(t.get("ConsistentSnapshot:ManagedBy").map(String::as_str), Some("vss-test"));
+        assert_eq!(
+            t.get("ConsistentSnapshot:ManagedBy").map(String::as_str),
+            Some("vss-test")
+        );
         let device = t.get("Device").cloned().unwrap_or_default();
         assert_eq!(t.get("Name"), Some(&format!("sql01 {device}")));
     }
-    assert!(per_instance("vssfail01").iter().all(|t| t.get("AppConsistent").map(String::as_str) == Some("False")));
+    assert!(per_instance("vssfail01")
+        .iter()
+        .all(|t| t.get("AppConsistent").map(String::as_str) == Some("False")));
     // 3 + 4 + 2 (slow01) + 3 (VSS failure): nobody else got a snapshot.
     assert_eq!(snapshots.len(), 12);
     for name in ["untagged01", "stopped01", "offline01", "noebs01", "lost01"] {
-        assert!(per_instance(name).is_empty(), "{name} must have no snapshot");
+        assert!(
+            per_instance(name).is_empty(),
+            "{name} must have no snapshot"
+        );
     }
     // One VSS command per dispatched instance, none to anyone else.
     let invocations = emulator.invocations().expect("invocations");
     assert_eq!(invocations.len(), 6);
 
     let summary = report.summary_line();
-    assert!(summary.contains("needs attention") && summary.contains("11 instances"), "{summary}");
-    assert!(logs.records().iter().any(|r| r["message"].as_str() == Some(summary.as_str())), "the summary line is logged");
+    assert!(
+        summary.contains("needs attention") && summary.contains("11 instances"),
+        "{summary}"
+    );
+    assert!(
+        logs.records()
+            .iter()
+            .any(|r| r["message"].as_str() == Some(summary.as_str())),
+        "the summary line is logged"
+    );
 }

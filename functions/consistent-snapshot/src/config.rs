@@ -75,10 +75,12 @@ impl Config {
                 "MANAGED_BY={managed_by} must be at most 200 letters, digits, spaces or ( ) . / - @ _ + : = {{ }}"
             ));
         }
-        let mut flag = |name: &str, value: &str| parse_bool(value).unwrap_or_else(|| {
-            problems.push(format!("{name}={value} is not true or false"));
-            false
-        });
+        let mut flag = |name: &str, value: &str| {
+            parse_bool(value).unwrap_or_else(|| {
+                problems.push(format!("{name}={value} is not true or false"));
+                false
+            })
+        };
         let exclude_boot_volume = flag("EXCLUDE_BOOT_VOLUME", &exclude_boot_volume);
         let vss_copy_only = flag("VSS_COPY_ONLY", &vss_copy_only);
         let dry_run = flag("DRY_RUN", &dry_run);
@@ -86,7 +88,9 @@ impl Config {
             match value.parse::<u32>() {
                 Ok(n) if (min..=max).contains(&n) => n,
                 _ => {
-                    problems.push(format!("{name}={value} must be a whole number from {min} to {max}"));
+                    problems.push(format!(
+                        "{name}={value} must be a whole number from {min} to {max}"
+                    ));
                     min
                 }
             }
@@ -97,8 +101,12 @@ impl Config {
             number("COMMAND_DELIVERY_TIMEOUT_SECONDS", &delivery, 30, 2_592_000);
         let vss_execution_timeout_seconds =
             number("VSS_EXECUTION_TIMEOUT_SECONDS", &execution, 120, 172_800);
-        let snapshot_completion_timeout_seconds =
-            number("SNAPSHOT_COMPLETION_TIMEOUT_SECONDS", &completion, 60, 1_209_600);
+        let snapshot_completion_timeout_seconds = number(
+            "SNAPSHOT_COMPLETION_TIMEOUT_SECONDS",
+            &completion,
+            60,
+            1_209_600,
+        );
         let describe_page_size = number("DESCRIBE_PAGE_SIZE", &page, 5, 1000) as i32;
         if poll_max_seconds < poll_initial_seconds {
             problems.push(format!(
@@ -199,8 +207,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn config(pairs: &[(&str, &str)]) -> Result<Config, Error> {
-        let env: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|name| env.get(name).cloned())
     }
 
@@ -211,13 +221,17 @@ mod tests {
         assert_eq!(c.target_tag_value, "WindowsVSS");
         assert_eq!(c.ssm_document, "AWSEC2-CreateVssSnapshot");
         assert!(!c.exclude_boot_volume && !c.vss_copy_only && !c.dry_run);
-        assert_eq!(c.min_ssm_agent_version, AgentVersion::parse("2.2.58.0").expect("v"));
+        assert_eq!(
+            c.min_ssm_agent_version,
+            AgentVersion::parse("2.2.58.0").expect("v")
+        );
         assert_eq!(c.managed_by, "consistent-snapshot");
     }
 
     #[test]
     fn managed_by_defaults_to_the_function_name() {
-        let c = config(&[("QUEUE_URL", "q"), ("AWS_LAMBDA_FUNCTION_NAME", "prod-vss")]).expect("valid");
+        let c =
+            config(&[("QUEUE_URL", "q"), ("AWS_LAMBDA_FUNCTION_NAME", "prod-vss")]).expect("valid");
         assert_eq!(c.managed_by, "prod-vss");
     }
 
@@ -231,7 +245,13 @@ mod tests {
         ])
         .expect_err("invalid");
         let text = err.to_string();
-        for name in ["QUEUE_URL", "EXCLUDE_BOOT_VOLUME=maybe", "SSM_DOCUMENT", "MIN_SSM_AGENT_VERSION", "TRACK_POLL_MAX_SECONDS"] {
+        for name in [
+            "QUEUE_URL",
+            "EXCLUDE_BOOT_VOLUME=maybe",
+            "SSM_DOCUMENT",
+            "MIN_SSM_AGENT_VERSION",
+            "TRACK_POLL_MAX_SECONDS",
+        ] {
             assert!(text.contains(name), "{name} missing from: {text}");
         }
     }

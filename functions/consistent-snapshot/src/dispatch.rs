@@ -28,9 +28,16 @@ pub struct CommandPlan {
 pub fn plan_commands(targets: &[Target]) -> Vec<CommandPlan> {
     let mut plans = Vec::new();
     for exclude in [false, true] {
-        let group: Vec<Target> = targets.iter().filter(|t| t.exclude_boot_volume == exclude).cloned().collect();
+        let group: Vec<Target> = targets
+            .iter()
+            .filter(|t| t.exclude_boot_volume == exclude)
+            .cloned()
+            .collect();
         for chunk in group.chunks(MAX_INSTANCES_PER_COMMAND) {
-            plans.push(CommandPlan { exclude_boot_volume: exclude, targets: chunk.to_vec() });
+            plans.push(CommandPlan {
+                exclude_boot_volume: exclude,
+                targets: chunk.to_vec(),
+            });
         }
     }
     plans
@@ -40,7 +47,13 @@ pub fn plan_commands(targets: &[Target]) -> Vec<CommandPlan> {
 /// `( ) . / \ - " ' @ _ + : = { }`); anything else, `;` and `,` included, becomes `_`.
 pub fn sanitize_tag_text(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || " ().\\/-\"'@_+:={}".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " ().\\/-\"'@_+:={}".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -49,7 +62,13 @@ pub fn sanitize_tag_text(text: &str) -> String {
 pub fn tags_parameter(run_id: &str, managed_by: &str) -> String {
     [(TAG_RUN_ID, run_id), (TAG_MANAGED_BY, managed_by)]
         .iter()
-        .map(|(k, v)| format!("Key={},Value={}", sanitize_tag_text(k), sanitize_tag_text(v)))
+        .map(|(k, v)| {
+            format!(
+                "Key={},Value={}",
+                sanitize_tag_text(k),
+                sanitize_tag_text(v)
+            )
+        })
         .collect::<Vec<_>>()
         .join(";")
 }
@@ -62,7 +81,9 @@ pub fn comment(run_id: &str) -> String {
 }
 
 pub fn description(run_id: &str, managed_by: &str) -> String {
-    sanitize_tag_text(&format!("Consistent VSS snapshot, run {run_id}, by {managed_by}"))
+    sanitize_tag_text(&format!(
+        "Consistent VSS snapshot, run {run_id}, by {managed_by}"
+    ))
 }
 
 fn flag(value: bool) -> String {
@@ -70,9 +91,18 @@ fn flag(value: bool) -> String {
 }
 
 /// Sends one planned command; answers its command id.
-pub async fn send(ssm: &SsmClient, config: &Config, run_id: &str, plan: &CommandPlan) -> Result<String, Error> {
+pub async fn send(
+    ssm: &SsmClient,
+    config: &Config,
+    run_id: &str,
+    plan: &CommandPlan,
+) -> Result<String, Error> {
     let ids: Vec<String> = plan.targets.iter().map(|t| t.instance_id.clone()).collect();
-    let subject = format!("{} instances from {}", ids.len(), ids.first().map(String::as_str).unwrap_or("-"));
+    let subject = format!(
+        "{} instances from {}",
+        ids.len(),
+        ids.first().map(String::as_str).unwrap_or("-")
+    );
     let output = ssm
         .send_command()
         .document_name(&config.ssm_document)
@@ -81,7 +111,10 @@ pub async fn send(ssm: &SsmClient, config: &Config, run_id: &str, plan: &Command
         .timeout_seconds(config.command_delivery_timeout_seconds as i32)
         .parameters("ExcludeBootVolume", vec![flag(plan.exclude_boot_volume)])
         .parameters("CopyOnly", vec![flag(config.vss_copy_only)])
-        .parameters("executionTimeout", vec![config.vss_execution_timeout_seconds.to_string()])
+        .parameters(
+            "executionTimeout",
+            vec![config.vss_execution_timeout_seconds.to_string()],
+        )
         .parameters("description", vec![description(run_id, &config.managed_by)])
         .parameters("tags", vec![tags_parameter(run_id, &config.managed_by)])
         .send()
@@ -109,7 +142,10 @@ mod tests {
             instance_id: format!("i-{i:017x}"),
             name: format!("web{i}"),
             exclude_boot_volume: exclude,
-            volumes: vec![AttachedVolume { volume_id: format!("vol-{i}"), device: "xvdf".into() }],
+            volumes: vec![AttachedVolume {
+                volume_id: format!("vol-{i}"),
+                device: "xvdf".into(),
+            }],
         }
     }
 
@@ -117,8 +153,13 @@ mod tests {
     fn commands_hold_at_most_fifty_instances_of_one_parameter_set() {
         let targets: Vec<Target> = (0..120).map(|i| target(i, i % 4 == 0)).collect();
         let plans = plan_commands(&targets);
-        assert!(plans.iter().all(|p| !p.targets.is_empty() && p.targets.len() <= 50));
-        assert!(plans.iter().all(|p| p.targets.iter().all(|t| t.exclude_boot_volume == p.exclude_boot_volume)));
+        assert!(plans
+            .iter()
+            .all(|p| !p.targets.is_empty() && p.targets.len() <= 50));
+        assert!(plans.iter().all(|p| p
+            .targets
+            .iter()
+            .all(|t| t.exclude_boot_volume == p.exclude_boot_volume)));
         let total: usize = plans.iter().map(|p| p.targets.len()).sum();
         assert_eq!(total, 120);
         // 90 keep the boot volume (2 commands), 30 exclude it (1 command).
@@ -129,7 +170,10 @@ mod tests {
     #[test]
     fn tags_are_sanitised_for_the_document() {
         assert_eq!(sanitize_tag_text("SQL;prod,eu #1"), "SQL_prod_eu _1");
-        assert_eq!(sanitize_tag_text("a(b).c/d\\e-f\"g'h@i_j+k:l=m{n}"), "a(b).c/d\\e-f\"g'h@i_j+k:l=m{n}");
+        assert_eq!(
+            sanitize_tag_text("a(b).c/d\\e-f\"g'h@i_j+k:l=m{n}"),
+            "a(b).c/d\\e-f\"g'h@i_j+k:l=m{n}"
+        );
         assert_eq!(
             tags_parameter("20261123T000000Z-ab12", "prod;vss"),
             "Key=ConsistentSnapshot:RunId,Value=20261123T000000Z-ab12;Key=ConsistentSnapshot:ManagedBy,Value=prod_vss"

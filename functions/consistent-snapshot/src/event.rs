@@ -45,7 +45,9 @@ impl ScheduledRun {
 
 /// FNV-1a: a stable hash (std's hasher may change between Rust releases; run ids must not).
 fn fnv1a32(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+    bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -137,13 +139,22 @@ impl Event {
                     event.detail_type
                 )));
             }
-            let schedule = event.resources.and_then(|r| r.into_iter().next()).ok_or_else(|| {
-                Error::Event("field `resources`: a scheduled event names its rule in resources[0]".into())
+            let schedule = event
+                .resources
+                .and_then(|r| r.into_iter().next())
+                .ok_or_else(|| {
+                    Error::Event(
+                        "field `resources`: a scheduled event names its rule in resources[0]"
+                            .into(),
+                    )
+                })?;
+            let scheduled_time = event.time.ok_or_else(|| {
+                Error::Event("field `time`: a scheduled event carries its scheduled time".into())
             })?;
-            let scheduled_time = event
-                .time
-                .ok_or_else(|| Error::Event("field `time`: a scheduled event carries its scheduled time".into()))?;
-            return Ok(Event::Scheduled(ScheduledRun { schedule, scheduled_time }));
+            return Ok(Event::Scheduled(ScheduledRun {
+                schedule,
+                scheduled_time,
+            }));
         }
         if object.contains_key("schedule_arn") || object.contains_key("scheduled_time") {
             let input: SchedulerInput = from_value(payload, "EventBridge Scheduler input")?;
@@ -165,7 +176,10 @@ impl Event {
 
 fn parse_action(action: Value, mut payload: Value) -> Result<Action, Error> {
     let Value::String(name) = action else {
-        return Err(Error::Event(format!("field `action`: expected a string, got {}", kind_of(&action))));
+        return Err(Error::Event(format!(
+            "field `action`: expected a string, got {}",
+            kind_of(&action)
+        )));
     };
     if let Some(object) = payload.as_object_mut() {
         object.remove("action");
@@ -218,14 +232,19 @@ fn validate_snapshot_request(request: &SnapshotRequest) -> Result<(), Error> {
 
 pub fn is_instance_id(id: &str) -> bool {
     id.strip_prefix("i-").is_some_and(|hex| {
-        (hex.len() == 8 || hex.len() == 17) && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        (hex.len() == 8 || hex.len() == 17)
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
 pub fn is_run_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
 /// Deserializes with the path of the failing field in the message.
@@ -258,7 +277,9 @@ mod tests {
     use serde_json::json;
 
     fn err(payload: Value) -> String {
-        Event::parse(payload).expect_err("must be rejected").to_string()
+        Event::parse(payload)
+            .expect_err("must be rejected")
+            .to_string()
     }
 
     #[test]
@@ -270,9 +291,18 @@ mod tests {
             "resources": ["arn:aws:events:eu-west-1:123456789012:rule/nightly"], "detail": {}
         }))
         .expect("scheduled");
-        let Event::Scheduled(run) = event else { panic!("not scheduled: {event:?}") };
-        assert_eq!(run.schedule, "arn:aws:events:eu-west-1:123456789012:rule/nightly");
-        assert!(run.run_id().starts_with("20261123T000000Z-"), "{}", run.run_id());
+        let Event::Scheduled(run) = event else {
+            panic!("not scheduled: {event:?}")
+        };
+        assert_eq!(
+            run.schedule,
+            "arn:aws:events:eu-west-1:123456789012:rule/nightly"
+        );
+        assert!(
+            run.run_id().starts_with("20261123T000000Z-"),
+            "{}",
+            run.run_id()
+        );
     }
 
     #[test]
@@ -281,13 +311,24 @@ mod tests {
             "schedule_arn": "arn:aws:scheduler:eu-west-1:123456789012:schedule/default/nightly",
             "scheduled_time": "2026-11-23T00:00:00Z", "execution_id": "d32c5kddcf5bb8c3"
         });
-        let Event::Scheduled(a) = Event::parse(input.clone()).expect("a") else { panic!("a") };
+        let Event::Scheduled(a) = Event::parse(input.clone()).expect("a") else {
+            panic!("a")
+        };
         let mut retry = input;
         retry["execution_id"] = json!("other-attempt");
-        let Event::Scheduled(b) = Event::parse(retry).expect("b") else { panic!("b") };
+        let Event::Scheduled(b) = Event::parse(retry).expect("b") else {
+            panic!("b")
+        };
         assert_eq!(a.run_id(), b.run_id());
-        let other = ScheduledRun { schedule: "arn:other".into(), scheduled_time: a.scheduled_time };
-        assert_ne!(a.run_id(), other.run_id(), "two schedules at one time are two runs");
+        let other = ScheduledRun {
+            schedule: "arn:other".into(),
+            scheduled_time: a.scheduled_time,
+        };
+        assert_ne!(
+            a.run_id(),
+            other.run_id(),
+            "two schedules at one time are two runs"
+        );
     }
 
     #[test]
@@ -309,8 +350,10 @@ mod tests {
 
     #[test]
     fn on_demand_snapshot() {
-        let event = Event::parse(json!({"action": "snapshot", "instance_ids": ["i-0123456789abcdef0"], "dry_run": true}))
-            .expect("snapshot");
+        let event = Event::parse(
+            json!({"action": "snapshot", "instance_ids": ["i-0123456789abcdef0"], "dry_run": true}),
+        )
+        .expect("snapshot");
         assert_eq!(
             event,
             Event::OnDemand(Action::Snapshot(SnapshotRequest {
@@ -324,27 +367,59 @@ mod tests {
     #[test]
     fn malformed_on_demand_calls_name_the_field() {
         let cases = [
-            (json!({"action": "snapshot", "instance_ids": "i-0123456789abcdef0"}), "field `instance_ids`"),
-            (json!({"action": "snapshot", "instance_ids": ["i-0123456789abcdef0", 7]}), "field `instance_ids[1]`"),
-            (json!({"action": "snapshot", "instance_ids": ["vol-0123456789abcdef0"]}), "field `instance_ids[0]`"),
-            (json!({"action": "snapshot", "instance_ids": []}), "field `instance_ids`"),
-            (json!({"action": "snapshot", "dry_run": "yes"}), "field `dry_run`"),
-            (json!({"action": "snapshot", "instance": "i-0123456789abcdef0"}), "unknown field `instance`"),
-            (json!({"action": "snapshot", "run_id": "a;b"}), "field `run_id`"),
+            (
+                json!({"action": "snapshot", "instance_ids": "i-0123456789abcdef0"}),
+                "field `instance_ids`",
+            ),
+            (
+                json!({"action": "snapshot", "instance_ids": ["i-0123456789abcdef0", 7]}),
+                "field `instance_ids[1]`",
+            ),
+            (
+                json!({"action": "snapshot", "instance_ids": ["vol-0123456789abcdef0"]}),
+                "field `instance_ids[0]`",
+            ),
+            (
+                json!({"action": "snapshot", "instance_ids": []}),
+                "field `instance_ids`",
+            ),
+            (
+                json!({"action": "snapshot", "dry_run": "yes"}),
+                "field `dry_run`",
+            ),
+            (
+                json!({"action": "snapshot", "instance": "i-0123456789abcdef0"}),
+                "unknown field `instance`",
+            ),
+            (
+                json!({"action": "snapshot", "run_id": "a;b"}),
+                "field `run_id`",
+            ),
             (json!({"action": "backup"}), "field `action`"),
             (json!({"action": 3}), "field `action`"),
-            (json!({"action": "restore", "instance_id": "i-0123456789abcdef0", "run_id": "latest", "mode": "swap"}), "field `mode`"),
-            (json!({"action": "restore", "run_id": "latest", "mode": "volumes"}), "instance_id"),
+            (
+                json!({"action": "restore", "instance_id": "i-0123456789abcdef0", "run_id": "latest", "mode": "swap"}),
+                "field `mode`",
+            ),
+            (
+                json!({"action": "restore", "run_id": "latest", "mode": "volumes"}),
+                "instance_id",
+            ),
         ];
         for (payload, expected) in cases {
             let text = err(payload.clone());
-            assert!(text.contains(expected), "{payload}: {text:?} does not contain {expected:?}");
+            assert!(
+                text.contains(expected),
+                "{payload}: {text:?} does not contain {expected:?}"
+            );
         }
     }
 
     #[test]
     fn too_many_ids_are_refused() {
-        let ids: Vec<String> = (0..=MAX_INSTANCE_IDS).map(|i| format!("i-{i:017x}")).collect();
+        let ids: Vec<String> = (0..=MAX_INSTANCE_IDS)
+            .map(|i| format!("i-{i:017x}"))
+            .collect();
         let text = err(json!({"action": "snapshot", "instance_ids": ids}));
         assert!(text.contains("at most 1000"), "{text}");
     }
@@ -356,7 +431,44 @@ mod tests {
         assert!(err(json!({"detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2",
             "time": "2026-11-23T00:00:00Z", "resources": [], "detail": {}, "id": "x", "version": "0",
             "account": "1", "region": "r"})).contains("only \"Scheduled Event\""));
-        assert!(err(json!({"schedule_arn": "arn:x", "scheduled_time": "yesterday"})).contains("field `scheduled_time`"));
+        assert!(
+            err(json!({"schedule_arn": "arn:x", "scheduled_time": "yesterday"}))
+                .contains("field `scheduled_time`")
+        );
+    }
+
+    #[test]
+    fn the_sample_events_shipped_in_events_parse_as_their_shape() {
+        let sample =
+            |text: &str| Event::parse(serde_json::from_str(text).expect("JSON")).expect("parses");
+        assert!(matches!(
+            sample(include_str!("../../../events/scheduled-rule.json")),
+            Event::Scheduled(_)
+        ));
+        assert!(matches!(
+            sample(include_str!("../../../events/scheduler-input.json")),
+            Event::Scheduled(_)
+        ));
+        assert!(matches!(
+            sample(include_str!("../../../events/sqs-tracking.json")),
+            Event::Sqs(_)
+        ));
+        assert!(matches!(
+            sample(include_str!("../../../events/snapshot-dry-run.json")),
+            Event::OnDemand(Action::Snapshot(_))
+        ));
+        assert!(matches!(
+            sample(include_str!("../../../events/snapshot-instances.json")),
+            Event::OnDemand(Action::Snapshot(_))
+        ));
+        let Event::Sqs(sqs) = sample(include_str!("../../../events/sqs-tracking.json")) else {
+            return;
+        };
+        let body = sqs.records[0].body.clone().unwrap_or_default();
+        assert!(
+            crate::job::Envelope::from_body(&body).is_ok(),
+            "the sample tracking message is a valid job"
+        );
     }
 
     #[test]

@@ -42,9 +42,18 @@ impl InstanceFacts {
     }
 
     fn is_windows(&self, agent: Option<&AgentFacts>) -> bool {
-        let ec2_says = self.platform.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("windows"))
-            || self.platform_details.as_deref().is_some_and(|p| p.to_ascii_lowercase().contains("windows"));
-        ec2_says || agent.and_then(|a| a.platform_type.as_deref()).is_some_and(|p| p.eq_ignore_ascii_case("windows"))
+        let ec2_says = self
+            .platform
+            .as_deref()
+            .is_some_and(|p| p.eq_ignore_ascii_case("windows"))
+            || self
+                .platform_details
+                .as_deref()
+                .is_some_and(|p| p.to_ascii_lowercase().contains("windows"));
+        ec2_says
+            || agent
+                .and_then(|a| a.platform_type.as_deref())
+                .is_some_and(|p| p.eq_ignore_ascii_case("windows"))
     }
 }
 
@@ -69,13 +78,25 @@ pub struct Target {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SkipReason {
-    NotRunning { state: String },
-    NotWindows { platform: String },
+    NotRunning {
+        state: String,
+    },
+    NotWindows {
+        platform: String,
+    },
     SsmUnmanaged,
-    SsmOffline { ping_status: String },
-    AgentTooOld { found: String, minimum: String },
+    SsmOffline {
+        ping_status: String,
+    },
+    AgentTooOld {
+        found: String,
+        minimum: String,
+    },
     NoEbsVolumes,
-    InvalidOverride { tag: String, value: String },
+    InvalidOverride {
+        tag: String,
+        value: String,
+    },
     /// Asked for by id in an on-demand call but not found with the target tag.
     NotTargeted,
 }
@@ -84,9 +105,13 @@ impl fmt::Display for SkipReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SkipReason::NotRunning { state } => write!(f, "instance is {state}, not running"),
-            SkipReason::NotWindows { platform } => write!(f, "not a Windows instance (platform {platform})"),
+            SkipReason::NotWindows { platform } => {
+                write!(f, "not a Windows instance (platform {platform})")
+            }
             SkipReason::SsmUnmanaged => f.write_str("not managed by SSM (no agent registered)"),
-            SkipReason::SsmOffline { ping_status } => write!(f, "SSM agent is {ping_status}, not Online"),
+            SkipReason::SsmOffline { ping_status } => {
+                write!(f, "SSM agent is {ping_status}, not Online")
+            }
             SkipReason::AgentTooOld { found, minimum } => {
                 write!(f, "SSM agent {found} is older than the minimum {minimum}")
             }
@@ -94,7 +119,9 @@ impl fmt::Display for SkipReason {
             SkipReason::InvalidOverride { tag, value } => {
                 write!(f, "tag {tag}={value:?} is not true or false")
             }
-            SkipReason::NotTargeted => f.write_str("not found as a running or stopped instance with the target tag"),
+            SkipReason::NotTargeted => {
+                f.write_str("not found as a running or stopped instance with the target tag")
+            }
         }
     }
 }
@@ -107,7 +134,9 @@ pub fn preflight(
     config: &Config,
 ) -> Result<Target, SkipReason> {
     if instance.state != "running" {
-        return Err(SkipReason::NotRunning { state: instance.state.clone() });
+        return Err(SkipReason::NotRunning {
+            state: instance.state.clone(),
+        });
     }
     if !instance.is_windows(agent) {
         let platform = instance
@@ -119,7 +148,9 @@ pub fn preflight(
     }
     let agent = agent.ok_or(SkipReason::SsmUnmanaged)?;
     if agent.ping_status != "Online" {
-        return Err(SkipReason::SsmOffline { ping_status: agent.ping_status.clone() });
+        return Err(SkipReason::SsmOffline {
+            ping_status: agent.ping_status.clone(),
+        });
     }
     let minimum = &config.min_ssm_agent_version;
     match AgentVersion::parse(&agent.agent_version) {
@@ -141,7 +172,9 @@ pub fn preflight(
     let volumes: Vec<AttachedVolume> = instance
         .volumes
         .iter()
-        .filter(|v| !(exclude_boot_volume && instance.root_device.as_deref() == Some(v.device.as_str())))
+        .filter(|v| {
+            !(exclude_boot_volume && instance.root_device.as_deref() == Some(v.device.as_str()))
+        })
         .cloned()
         .collect();
     if volumes.is_empty() {
@@ -161,7 +194,12 @@ pub fn facts_of(instance: &Instance) -> Option<InstanceFacts> {
     let tags: BTreeMap<String, String> = instance
         .tags()
         .iter()
-        .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_string(),
+                t.value().unwrap_or_default().to_string(),
+            ))
+        })
         .collect();
     let mut volumes: Vec<AttachedVolume> = instance
         .block_device_mappings()
@@ -204,7 +242,9 @@ pub async fn discover(
     let states = Filter::builder()
         .name("instance-state-name")
         .set_values(Some(
-            ["pending", "running", "stopping", "stopped"].map(String::from).to_vec(),
+            ["pending", "running", "stopping", "stopped"]
+                .map(String::from)
+                .to_vec(),
         ))
         .build();
     // DescribeInstances takes at most 200 values in one filter.
@@ -220,12 +260,22 @@ pub async fn discover(
             .filters(states.clone())
             .max_results(config.describe_page_size);
         if let Some(chunk) = chunk {
-            request = request.filters(Filter::builder().name("instance-id").set_values(Some(chunk)).build());
+            request = request.filters(
+                Filter::builder()
+                    .name("instance-id")
+                    .set_values(Some(chunk))
+                    .build(),
+            );
         }
         let mut pages = request.into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| aws("DescribeInstances", "the tagged fleet", e))?;
-            found.extend(page.reservations().iter().flat_map(|r| r.instances()).filter_map(facts_of));
+            found.extend(
+                page.reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .filter_map(facts_of),
+            );
         }
     }
     found.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
@@ -255,14 +305,23 @@ pub async fn agents(
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| {
-                aws("DescribeInstanceInformation", format!("{} instances from {}", chunk.len(), chunk[0]), e)
+                aws(
+                    "DescribeInstanceInformation",
+                    format!("{} instances from {}", chunk.len(), chunk[0]),
+                    e,
+                )
             })?;
             for info in page.instance_information_list() {
-                let Some(id) = info.instance_id() else { continue };
+                let Some(id) = info.instance_id() else {
+                    continue;
+                };
                 agents.insert(
                     id.to_string(),
                     AgentFacts {
-                        ping_status: info.ping_status().map(|p| p.as_str().to_string()).unwrap_or_default(),
+                        ping_status: info
+                            .ping_status()
+                            .map(|p| p.as_str().to_string())
+                            .unwrap_or_default(),
                         agent_version: info.agent_version().unwrap_or_default().to_string(),
                         platform_type: info.platform_type().map(|p| p.as_str().to_string()),
                     },
@@ -290,15 +349,25 @@ mod tests {
             platform_details: Some("Windows".into()),
             root_device: Some("/dev/sda1".into()),
             volumes: vec![
-                AttachedVolume { volume_id: "vol-1".into(), device: "/dev/sda1".into() },
-                AttachedVolume { volume_id: "vol-2".into(), device: "xvdf".into() },
+                AttachedVolume {
+                    volume_id: "vol-1".into(),
+                    device: "/dev/sda1".into(),
+                },
+                AttachedVolume {
+                    volume_id: "vol-2".into(),
+                    device: "xvdf".into(),
+                },
             ],
             tags: BTreeMap::new(),
         }
     }
 
     fn online() -> AgentFacts {
-        AgentFacts { ping_status: "Online".into(), agent_version: "3.3.40.0".into(), platform_type: Some("Windows".into()) }
+        AgentFacts {
+            ping_status: "Online".into(),
+            agent_version: "3.3.40.0".into(),
+            platform_type: Some("Windows".into()),
+        }
     }
 
     #[test]
@@ -314,37 +383,73 @@ mod tests {
         let c = config();
         let mut stopped = windows("i-1");
         stopped.state = "stopped".into();
-        assert_eq!(preflight(&stopped, Some(&online()), &c), Err(SkipReason::NotRunning { state: "stopped".into() }));
+        assert_eq!(
+            preflight(&stopped, Some(&online()), &c),
+            Err(SkipReason::NotRunning {
+                state: "stopped".into()
+            })
+        );
 
         let mut linux = windows("i-1");
         linux.platform = None;
         linux.platform_details = Some("Linux/UNIX".into());
-        let linux_agent = AgentFacts { platform_type: Some("Linux".into()), ..online() };
+        let linux_agent = AgentFacts {
+            platform_type: Some("Linux".into()),
+            ..online()
+        };
         assert_eq!(
             preflight(&linux, Some(&linux_agent), &c),
-            Err(SkipReason::NotWindows { platform: "Linux/UNIX".into() })
+            Err(SkipReason::NotWindows {
+                platform: "Linux/UNIX".into()
+            })
         );
 
-        assert_eq!(preflight(&windows("i-1"), None, &c), Err(SkipReason::SsmUnmanaged));
+        assert_eq!(
+            preflight(&windows("i-1"), None, &c),
+            Err(SkipReason::SsmUnmanaged)
+        );
 
-        let lost = AgentFacts { ping_status: "ConnectionLost".into(), ..online() };
+        let lost = AgentFacts {
+            ping_status: "ConnectionLost".into(),
+            ..online()
+        };
         assert_eq!(
             preflight(&windows("i-1"), Some(&lost), &c),
-            Err(SkipReason::SsmOffline { ping_status: "ConnectionLost".into() })
+            Err(SkipReason::SsmOffline {
+                ping_status: "ConnectionLost".into()
+            })
         );
 
-        let old = AgentFacts { agent_version: "2.2.45.0".into(), ..online() };
-        assert!(matches!(preflight(&windows("i-1"), Some(&old), &c), Err(SkipReason::AgentTooOld { .. })));
-        let garbled = AgentFacts { agent_version: String::new(), ..online() };
-        assert!(matches!(preflight(&windows("i-1"), Some(&garbled), &c), Err(SkipReason::AgentTooOld { .. })));
+        let old = AgentFacts {
+            agent_version: "2.2.45.0".into(),
+            ..online()
+        };
+        assert!(matches!(
+            preflight(&windows("i-1"), Some(&old), &c),
+            Err(SkipReason::AgentTooOld { .. })
+        ));
+        let garbled = AgentFacts {
+            agent_version: String::new(),
+            ..online()
+        };
+        assert!(matches!(
+            preflight(&windows("i-1"), Some(&garbled), &c),
+            Err(SkipReason::AgentTooOld { .. })
+        ));
 
         let mut bare = windows("i-1");
         bare.volumes.clear();
-        assert_eq!(preflight(&bare, Some(&online()), &c), Err(SkipReason::NoEbsVolumes));
+        assert_eq!(
+            preflight(&bare, Some(&online()), &c),
+            Err(SkipReason::NoEbsVolumes)
+        );
 
         let mut bad = windows("i-1");
         bad.tags.insert(TAG_EXCLUDE_BOOT.into(), "sometimes".into());
-        assert!(matches!(preflight(&bad, Some(&online()), &c), Err(SkipReason::InvalidOverride { .. })));
+        assert!(matches!(
+            preflight(&bad, Some(&online()), &c),
+            Err(SkipReason::InvalidOverride { .. })
+        ));
     }
 
     #[test]
@@ -360,14 +465,29 @@ mod tests {
         let mut c = config();
         c.exclude_boot_volume = true;
         let target = preflight(&windows("i-1"), Some(&online()), &c).expect("target");
-        assert_eq!(target.volumes, vec![AttachedVolume { volume_id: "vol-2".into(), device: "xvdf".into() }]);
+        assert_eq!(
+            target.volumes,
+            vec![AttachedVolume {
+                volume_id: "vol-2".into(),
+                device: "xvdf".into()
+            }]
+        );
 
         let mut tagged = windows("i-1");
         tagged.tags.insert(TAG_EXCLUDE_BOOT.into(), "False".into());
-        assert_eq!(preflight(&tagged, Some(&online()), &c).expect("target").volumes.len(), 2);
+        assert_eq!(
+            preflight(&tagged, Some(&online()), &c)
+                .expect("target")
+                .volumes
+                .len(),
+            2
+        );
 
         let mut only_root = windows("i-1");
         only_root.volumes.truncate(1);
-        assert_eq!(preflight(&only_root, Some(&online()), &c), Err(SkipReason::NoEbsVolumes));
+        assert_eq!(
+            preflight(&only_root, Some(&online()), &c),
+            Err(SkipReason::NoEbsVolumes)
+        );
     }
 }

@@ -16,7 +16,9 @@ use crate::dispatch::{self, plan_commands};
 use crate::error::{aws, Error};
 use crate::event::{Action, Event, SnapshotRequest};
 use crate::fleet::{self, preflight, AttachedVolume, Target};
-use crate::job::{backoff_seconds, Envelope, InstanceJob, Job, RunCommand, RunJob, Skipped, Stage, Unsent};
+use crate::job::{
+    backoff_seconds, Envelope, InstanceJob, Job, RunCommand, RunJob, Skipped, Stage, Unsent,
+};
 use crate::outcome::{classify, is_final_status, FinalInvocation, Outcome, OutcomeKind};
 use crate::report::RunReport;
 use crate::track::{self, Look, Next};
@@ -65,7 +67,9 @@ impl App {
         match Event::parse(payload)? {
             Event::Scheduled(run) => {
                 info!(schedule = %run.schedule, scheduled_time = %run.scheduled_time, "scheduled run");
-                let start = self.start_run(run.run_id(), None, self.config.dry_run).await?;
+                let start = self
+                    .start_run(run.run_id(), None, self.config.dry_run)
+                    .await?;
                 Ok(to_json(&start))
             }
             Event::Sqs(event) => Ok(to_json(&self.process_batch(event).await)),
@@ -88,18 +92,32 @@ impl App {
             format!("{}-od-{}", Utc::now().format("%Y%m%dT%H%M%SZ"), &id[..8])
         });
         let dry_run = request.dry_run.unwrap_or(self.config.dry_run);
-        let start = self.start_run(run_id, request.instance_ids.as_deref(), dry_run).await?;
+        let start = self
+            .start_run(run_id, request.instance_ids.as_deref(), dry_run)
+            .await?;
         Ok(to_json(&start))
     }
 
     /// Discovers, preflights and dispatches a run, then queues its tracking messages.
-    pub async fn start_run(&self, run_id: String, ids: Option<&[String]>, dry_run: bool) -> Result<RunStart, Error> {
+    pub async fn start_run(
+        &self,
+        run_id: String,
+        ids: Option<&[String]>,
+        dry_run: bool,
+    ) -> Result<RunStart, Error> {
         let started_at = Utc::now();
         let instances = fleet::discover(&self.ec2, &self.config, ids).await?;
         let mut skipped: Vec<Skipped> = Vec::new();
         if let Some(ids) = ids {
-            for id in ids.iter().filter(|id| !instances.iter().any(|i| &i.instance_id == *id)) {
-                skipped.push(Skipped { instance_id: id.clone(), name: id.clone(), reason: fleet::SkipReason::NotTargeted });
+            for id in ids
+                .iter()
+                .filter(|id| !instances.iter().any(|i| &i.instance_id == *id))
+            {
+                skipped.push(Skipped {
+                    instance_id: id.clone(),
+                    name: id.clone(),
+                    reason: fleet::SkipReason::NotTargeted,
+                });
             }
         }
         // Ask SSM only about instances that could pass: running Windows ones.
@@ -126,7 +144,14 @@ impl App {
         info!(run_id = %run_id, tagged = instances.len(), targets = targets.len(), skipped = skipped.len(), dry_run, "preflight done");
 
         let plans = plan_commands(&targets);
-        let mut start = RunStart { run_id: run_id.clone(), dry_run, dispatched: vec![], skipped, unsent: vec![], commands: vec![] };
+        let mut start = RunStart {
+            run_id: run_id.clone(),
+            dry_run,
+            dispatched: vec![],
+            skipped,
+            unsent: vec![],
+            commands: vec![],
+        };
         if dry_run {
             start.dispatched = targets.iter().map(|t| dispatched(t, None)).collect();
             info!(run_id = %run_id, would_dispatch = targets.len(), commands = plans.len(), "dry run: nothing sent");
@@ -143,7 +168,10 @@ impl App {
             match dispatch::send(&self.ssm, &self.config, &run_id, plan).await {
                 Ok(command_id) => {
                     info!(run_id = %run_id, command_id = %command_id, instances = plan.targets.len(), exclude_boot_volume = plan.exclude_boot_volume, "command sent");
-                    start.commands.push(RunCommand { command_id: command_id.clone(), exclude_boot_volume: plan.exclude_boot_volume });
+                    start.commands.push(RunCommand {
+                        command_id: command_id.clone(),
+                        exclude_boot_volume: plan.exclude_boot_volume,
+                    });
                     for target in &plan.targets {
                         start.dispatched.push(dispatched(target, Some(&command_id)));
                         jobs.push(Envelope::new(Job::Instance(InstanceJob {
@@ -180,7 +208,15 @@ impl App {
             unsent: start.unsent.clone(),
             attempt: 0,
         })));
-        self.enqueue(&jobs, backoff_seconds(0, self.config.poll_initial_seconds, self.config.poll_max_seconds)).await?;
+        self.enqueue(
+            &jobs,
+            backoff_seconds(
+                0,
+                self.config.poll_initial_seconds,
+                self.config.poll_max_seconds,
+            ),
+        )
+        .await?;
         info!(
             run_id = %run_id,
             dispatched = start.dispatched.len(),
@@ -263,7 +299,11 @@ impl App {
     }
 
     async fn requeue(&self, job: Job, attempt: u32) -> Result<(), Error> {
-        let delay = backoff_seconds(attempt, self.config.poll_initial_seconds, self.config.poll_max_seconds);
+        let delay = backoff_seconds(
+            attempt,
+            self.config.poll_initial_seconds,
+            self.config.poll_max_seconds,
+        );
         self.sqs
             .send_message()
             .queue_url(&self.config.queue_url)
@@ -284,7 +324,8 @@ impl App {
             }
             Look::NotYet { .. } => Vec::new(),
         };
-        let completion = Duration::seconds(i64::from(self.config.snapshot_completion_timeout_seconds));
+        let completion =
+            Duration::seconds(i64::from(self.config.snapshot_completion_timeout_seconds));
         match track::next_instance_step(&job, &look, &snapshots, Utc::now(), completion) {
             Next::Wait { job, why } => {
                 info!(run_id = %job.run_id, instance_id = %job.instance_id, attempt = job.attempt, waiting_for = %why, "not final yet");
@@ -302,7 +343,8 @@ impl App {
     async fn track_run(&self, job: RunJob) -> Result<(), Error> {
         let now = Utc::now();
         let past_deadline = now > job.deadline;
-        let mut invocations: BTreeMap<String, (String, Option<FinalInvocation>, bool)> = BTreeMap::new();
+        let mut invocations: BTreeMap<String, (String, Option<FinalInvocation>, bool)> =
+            BTreeMap::new();
         for command in &job.commands {
             let mut pages = self
                 .ssm
@@ -313,55 +355,91 @@ impl App {
                 .into_paginator()
                 .send();
             while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| aws("ListCommandInvocations", format!("command {} of run {}", command.command_id, job.run_id), e))?;
+                let page = page.map_err(|e| {
+                    aws(
+                        "ListCommandInvocations",
+                        format!("command {} of run {}", command.command_id, job.run_id),
+                        e,
+                    )
+                })?;
                 for inv in page.command_invocations() {
-                    let Some(instance_id) = inv.instance_id() else { continue };
-                    let status = inv.status().map(|s| s.as_str().to_string()).unwrap_or_default();
+                    let Some(instance_id) = inv.instance_id() else {
+                        continue;
+                    };
+                    let status = inv
+                        .status()
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default();
                     let fin = is_final_status(&status).then(|| FinalInvocation {
                         status: status.clone(),
                         status_details: inv.status_details().unwrap_or_default().to_string(),
-                        output: inv.command_plugins().iter().filter_map(|p| p.output()).collect::<Vec<_>>().join("\n"),
+                        output: inv
+                            .command_plugins()
+                            .iter()
+                            .filter_map(|p| p.output())
+                            .collect::<Vec<_>>()
+                            .join("\n"),
                     });
-                    invocations.insert(instance_id.to_string(), (status, fin, command.exclude_boot_volume));
+                    invocations.insert(
+                        instance_id.to_string(),
+                        (status, fin, command.exclude_boot_volume),
+                    );
                 }
             }
         }
-        let open = invocations.values().filter(|(_, fin, _)| fin.is_none()).count();
+        let open = invocations
+            .values()
+            .filter(|(_, fin, _)| fin.is_none())
+            .count();
         if open > 0 && !past_deadline {
             info!(run_id = %job.run_id, open, "run not final yet");
             let attempt = job.attempt + 1;
-            return self.requeue(Job::Run(RunJob { attempt, ..job }), attempt).await;
+            return self
+                .requeue(Job::Run(RunJob { attempt, ..job }), attempt)
+                .await;
         }
         let snapshots = track::run_snapshots(&self.ec2, &job.run_id, None).await?;
         let pending = snapshots.iter().filter(|s| s.state == "pending").count();
         if pending > 0 && !past_deadline {
             info!(run_id = %job.run_id, pending, "run waiting for snapshots to complete");
             let attempt = job.attempt + 1;
-            return self.requeue(Job::Run(RunJob { attempt, ..job }), attempt).await;
+            return self
+                .requeue(Job::Run(RunJob { attempt, ..job }), attempt)
+                .await;
         }
         let ids: Vec<String> = invocations.keys().cloned().collect();
         let instances = self.describe_by_id(&ids).await?;
         let mut outcomes = Vec::new();
         for (instance_id, (status, fin, exclude_boot)) in &invocations {
             let facts = instances.get(instance_id);
-            let name = facts.map(|f| f.display_name().to_string()).unwrap_or_else(|| instance_id.clone());
+            let name = facts
+                .map(|f| f.display_name().to_string())
+                .unwrap_or_else(|| instance_id.clone());
             let expected: Vec<AttachedVolume> = facts
                 .map(|f| {
                     f.volumes
                         .iter()
-                        .filter(|v| !(*exclude_boot && f.root_device.as_deref() == Some(v.device.as_str())))
+                        .filter(|v| {
+                            !(*exclude_boot && f.root_device.as_deref() == Some(v.device.as_str()))
+                        })
                         .cloned()
                         .collect()
                 })
                 .unwrap_or_default();
             let mine: Vec<_> = snapshots
                 .iter()
-                .filter(|s| expected.iter().any(|v| v.volume_id == s.volume_id) || s.tags.get(crate::dispatch::TAG_INSTANCE_ID) == Some(instance_id))
+                .filter(|s| {
+                    expected.iter().any(|v| v.volume_id == s.volume_id)
+                        || s.tags.get(crate::dispatch::TAG_INSTANCE_ID) == Some(instance_id)
+                })
                 .cloned()
                 .collect();
             let (kind, reason) = match fin {
                 Some(fin) => classify(&expected, fin, &mine),
-                None => (OutcomeKind::TimedOut, Some(format!("SSM invocation still {status} at the run deadline"))),
+                None => (
+                    OutcomeKind::TimedOut,
+                    Some(format!("SSM invocation still {status} at the run deadline")),
+                ),
             };
             outcomes.push(Outcome {
                 instance_id: instance_id.clone(),
@@ -399,19 +477,38 @@ impl App {
         Ok(())
     }
 
-    async fn describe_by_id(&self, ids: &[String]) -> Result<HashMap<String, fleet::InstanceFacts>, Error> {
+    async fn describe_by_id(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, fleet::InstanceFacts>, Error> {
         let mut found = HashMap::new();
         for chunk in ids.chunks(200) {
             let mut pages = self
                 .ec2
                 .describe_instances()
-                .filters(Filter::builder().name("instance-id").set_values(Some(chunk.to_vec())).build())
+                .filters(
+                    Filter::builder()
+                        .name("instance-id")
+                        .set_values(Some(chunk.to_vec()))
+                        .build(),
+                )
                 .max_results(self.config.describe_page_size)
                 .into_paginator()
                 .send();
             while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| aws("DescribeInstances", format!("{} instances from {}", chunk.len(), chunk[0]), e))?;
-                for facts in page.reservations().iter().flat_map(|r| r.instances()).filter_map(fleet::facts_of) {
+                let page = page.map_err(|e| {
+                    aws(
+                        "DescribeInstances",
+                        format!("{} instances from {}", chunk.len(), chunk[0]),
+                        e,
+                    )
+                })?;
+                for facts in page
+                    .reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .filter_map(fleet::facts_of)
+                {
                     found.insert(facts.instance_id.clone(), facts);
                 }
             }

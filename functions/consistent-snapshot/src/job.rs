@@ -82,7 +82,10 @@ pub struct RunJob {
 
 impl Envelope {
     pub fn new(job: Job) -> Self {
-        Envelope { v: SCHEMA_VERSION, job }
+        Envelope {
+            v: SCHEMA_VERSION,
+            job,
+        }
     }
 
     pub fn to_body(&self) -> String {
@@ -96,7 +99,11 @@ impl Envelope {
             serde_json::from_str(body).map_err(|e| format!("body is not JSON: {e}"))?;
         match value.get("v").and_then(serde_json::Value::as_u64) {
             Some(v) if v == u64::from(SCHEMA_VERSION) => {}
-            Some(v) => return Err(format!("schema version {v} is not understood (this function reads {SCHEMA_VERSION})")),
+            Some(v) => {
+                return Err(format!(
+                    "schema version {v} is not understood (this function reads {SCHEMA_VERSION})"
+                ))
+            }
             None => return Err("field `v` (schema version) is missing".into()),
         }
         serde_path_to_error::deserialize(value).map_err(|e| {
@@ -122,7 +129,10 @@ mod tests {
             instance_id: "i-1".into(),
             name: "sql01".into(),
             command_id: "c".into(),
-            volumes: vec![AttachedVolume { volume_id: "vol-1".into(), device: "xvdf".into() }],
+            volumes: vec![AttachedVolume {
+                volume_id: "vol-1".into(),
+                device: "xvdf".into(),
+            }],
             stage: Stage::Command,
             stage_deadline: DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
             attempt: 0,
@@ -138,11 +148,25 @@ mod tests {
     #[test]
     fn poison_messages_say_what_is_wrong() {
         let body = Envelope::new(Job::Instance(instance_job())).to_body();
-        assert!(Envelope::from_body("not json").unwrap_err().contains("not JSON"));
-        assert!(Envelope::from_body(&body.replace("\"v\":1", "\"v\":9")).unwrap_err().contains("version 9"));
-        assert!(Envelope::from_body(&body.replace("\"v\":1,", "")).unwrap_err().contains("`v`"));
-        assert!(Envelope::from_body(&body.replace("\"command_id\"", "\"cmd\"")).unwrap_err().contains("command_id"));
-        assert!(Envelope::from_body(&body.replace("\"instance\"", "\"volume\"")).unwrap_err().contains("volume"));
+        assert!(Envelope::from_body("not json")
+            .unwrap_err()
+            .contains("not JSON"));
+        assert!(Envelope::from_body(&body.replace("\"v\":1", "\"v\":9"))
+            .unwrap_err()
+            .contains("version 9"));
+        assert!(Envelope::from_body(&body.replace("\"v\":1,", ""))
+            .unwrap_err()
+            .contains("`v`"));
+        assert!(
+            Envelope::from_body(&body.replace("\"command_id\"", "\"cmd\""))
+                .unwrap_err()
+                .contains("command_id")
+        );
+        assert!(
+            Envelope::from_body(&body.replace("\"instance\"", "\"volume\""))
+                .unwrap_err()
+                .contains("volume")
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@ use serde_json::Value;
 async fn main() -> Result<(), Error> {
     // JSON logs when the function's LoggingConfig says JSON (the template does).
     lambda_runtime::tracing::init_default_subscriber();
-    let config = Config::from_env().inspect_err(|err| tracing::error!(error = %err, "refusing to start"))?;
+    let config =
+        Config::from_env().inspect_err(|err| tracing::error!(error = %err, "refusing to start"))?;
     // The SDK's adaptive retry rate-limits itself against EC2 and SSM throttling.
     let sdk = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::adaptive().with_max_attempts(5))

@@ -48,7 +48,9 @@ pub struct SnapshotFacts {
 
 impl SnapshotFacts {
     pub fn app_consistent(&self) -> bool {
-        self.tags.get("AppConsistent").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        self.tags
+            .get("AppConsistent")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
     }
 }
 
@@ -91,10 +93,18 @@ const KNOWN_FAILURES: [&str; 8] = [
 
 /// The line of the document's output that says why it failed.
 pub fn failure_reason(output: &str) -> Option<String> {
-    let lines: Vec<&str> = output.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("-----")).collect();
+    let lines: Vec<&str> = output
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("-----"))
+        .collect();
     let found = KNOWN_FAILURES
         .iter()
-        .find_map(|needle| lines.iter().find(|l| l.to_ascii_lowercase().contains(needle)))
+        .find_map(|needle| {
+            lines
+                .iter()
+                .find(|l| l.to_ascii_lowercase().contains(needle))
+        })
         .or_else(|| lines.last())?;
     let mut line = found.to_string();
     if line.len() > 240 {
@@ -121,7 +131,11 @@ pub fn classify(
             .unwrap_or_else(|| format!("{} ({})", invocation.status, invocation.status_details))
     };
     if snapshots.is_empty() {
-        let kind = if invocation.status == "TimedOut" { OutcomeKind::TimedOut } else { OutcomeKind::Failed };
+        let kind = if invocation.status == "TimedOut" {
+            OutcomeKind::TimedOut
+        } else {
+            OutcomeKind::Failed
+        };
         let reason = if invocation.status == "Success" {
             "Success, but no snapshot carries this run's tag".to_string()
         } else {
@@ -131,20 +145,42 @@ pub fn classify(
     }
     let missing: Vec<String> = expected
         .iter()
-        .filter(|v| !snapshots.iter().any(|s| s.volume_id == v.volume_id && s.state == "completed"))
+        .filter(|v| {
+            !snapshots
+                .iter()
+                .any(|s| s.volume_id == v.volume_id && s.state == "completed")
+        })
         .map(|v| format!("{} ({})", v.volume_id, v.device))
         .collect();
     if !missing.is_empty() {
-        return (OutcomeKind::Incomplete, Some(format!("no completed snapshot of {}; {}", missing.join(", "), ssm_reason())));
+        return (
+            OutcomeKind::Incomplete,
+            Some(format!(
+                "no completed snapshot of {}; {}",
+                missing.join(", "),
+                ssm_reason()
+            )),
+        );
     }
-    let crash: Vec<&str> = snapshots.iter().filter(|s| !s.app_consistent()).map(|s| s.snapshot_id.as_str()).collect();
+    let crash: Vec<&str> = snapshots
+        .iter()
+        .filter(|s| !s.app_consistent())
+        .map(|s| s.snapshot_id.as_str())
+        .collect();
     if !crash.is_empty() {
         return (
             OutcomeKind::CrashConsistent,
-            Some(format!("VSS failed, {} without AppConsistent=True; {}", crash.join(", "), ssm_reason())),
+            Some(format!(
+                "{}; {} of {} snapshots without AppConsistent=True ({})",
+                ssm_reason(),
+                crash.len(),
+                snapshots.len(),
+                crash.join(", ")
+            )),
         );
     }
-    let reason = (invocation.status != "Success").then(|| format!("all snapshots AppConsistent=True, yet {}", ssm_reason()));
+    let reason = (invocation.status != "Success")
+        .then(|| format!("all snapshots AppConsistent=True, yet {}", ssm_reason()));
     (OutcomeKind::Consistent, reason)
 }
 
@@ -156,7 +192,10 @@ mod tests {
         ["vol-1", "vol-2"]
             .iter()
             .enumerate()
-            .map(|(i, v)| AttachedVolume { volume_id: v.to_string(), device: format!("xvd{}", i) })
+            .map(|(i, v)| AttachedVolume {
+                volume_id: v.to_string(),
+                device: format!("xvd{}", i),
+            })
             .collect()
     }
 
@@ -170,12 +209,20 @@ mod tests {
     }
 
     fn inv(status: &str, output: &str) -> FinalInvocation {
-        FinalInvocation { status: status.into(), status_details: status.into(), output: output.into() }
+        FinalInvocation {
+            status: status.into(),
+            status_details: status.into(),
+            output: output.into(),
+        }
     }
 
     #[test]
     fn all_volumes_app_consistent_is_consistent() {
-        let (kind, reason) = classify(&volumes(), &inv("Success", ""), &[snap("vol-1", "True"), snap("vol-2", "True")]);
+        let (kind, reason) = classify(
+            &volumes(),
+            &inv("Success", ""),
+            &[snap("vol-1", "True"), snap("vol-2", "True")],
+        );
         assert_eq!((kind, reason), (OutcomeKind::Consistent, None));
     }
 
@@ -187,15 +234,28 @@ mod tests {
             &[snap("vol-1", "False"), snap("vol-2", "False")],
         );
         assert_eq!(kind, OutcomeKind::CrashConsistent);
-        assert!(reason.unwrap_or_default().contains("Thaw pipe connection timed out"));
+        assert!(reason
+            .unwrap_or_default()
+            .contains("Thaw pipe connection timed out"));
     }
 
     #[test]
     fn success_status_does_not_make_a_set_consistent() {
-        let (kind, _) = classify(&volumes(), &inv("Success", ""), &[snap("vol-1", "True"), snap("vol-2", "False")]);
+        let (kind, _) = classify(
+            &volumes(),
+            &inv("Success", ""),
+            &[snap("vol-1", "True"), snap("vol-2", "False")],
+        );
         assert_eq!(kind, OutcomeKind::CrashConsistent);
-        let untagged = SnapshotFacts { tags: BTreeMap::new(), ..snap("vol-2", "True") };
-        let (kind, _) = classify(&volumes(), &inv("Success", ""), &[snap("vol-1", "True"), untagged]);
+        let untagged = SnapshotFacts {
+            tags: BTreeMap::new(),
+            ..snap("vol-2", "True")
+        };
+        let (kind, _) = classify(
+            &volumes(),
+            &inv("Success", ""),
+            &[snap("vol-1", "True"), untagged],
+        );
         assert_eq!(kind, OutcomeKind::CrashConsistent);
     }
 
@@ -204,21 +264,45 @@ mod tests {
         let (kind, reason) = classify(&volumes(), &inv("Success", ""), &[snap("vol-1", "True")]);
         assert_eq!(kind, OutcomeKind::Incomplete);
         assert!(reason.unwrap_or_default().contains("vol-2 (xvd1)"));
-        let errored = SnapshotFacts { state: "error".into(), ..snap("vol-2", "True") };
-        assert_eq!(classify(&volumes(), &inv("Success", ""), &[snap("vol-1", "True"), errored]).0, OutcomeKind::Incomplete);
+        let errored = SnapshotFacts {
+            state: "error".into(),
+            ..snap("vol-2", "True")
+        };
+        assert_eq!(
+            classify(
+                &volumes(),
+                &inv("Success", ""),
+                &[snap("vol-1", "True"), errored]
+            )
+            .0,
+            OutcomeKind::Incomplete
+        );
     }
 
     #[test]
     fn no_snapshot_is_failed_or_timed_out() {
-        let (kind, reason) = classify(&volumes(), &inv("Failed", "Exception: No EBS volumes are attached"), &[]);
+        let (kind, reason) = classify(
+            &volumes(),
+            &inv("Failed", "Exception: No EBS volumes are attached"),
+            &[],
+        );
         assert_eq!(kind, OutcomeKind::Failed);
         assert!(reason.unwrap_or_default().contains("No EBS volumes"));
-        let timed_out = FinalInvocation { status_details: "DeliveryTimedOut".into(), ..inv("TimedOut", "") };
+        let timed_out = FinalInvocation {
+            status_details: "DeliveryTimedOut".into(),
+            ..inv("TimedOut", "")
+        };
         let (kind, reason) = classify(&volumes(), &timed_out, &[]);
         assert_eq!(kind, OutcomeKind::TimedOut);
         assert!(reason.unwrap_or_default().contains("DeliveryTimedOut"));
-        assert_eq!(classify(&volumes(), &inv("Cancelled", ""), &[]).0, OutcomeKind::Failed);
-        assert!(classify(&volumes(), &inv("Success", ""), &[]).1.unwrap_or_default().contains("no snapshot"));
+        assert_eq!(
+            classify(&volumes(), &inv("Cancelled", ""), &[]).0,
+            OutcomeKind::Failed
+        );
+        assert!(classify(&volumes(), &inv("Success", ""), &[])
+            .1
+            .unwrap_or_default()
+            .contains("no snapshot"));
     }
 
     #[test]
@@ -233,8 +317,17 @@ mod tests {
 
     #[test]
     fn the_reason_is_the_telling_line_and_bounded() {
-        assert_eq!(failure_reason("ok\nTimeout waiting for VSS Freeze\nmore"), Some("Timeout waiting for VSS Freeze".into()));
+        assert_eq!(
+            failure_reason("ok\nTimeout waiting for VSS Freeze\nmore"),
+            Some("Timeout waiting for VSS Freeze".into())
+        );
         assert_eq!(failure_reason("   \n"), None);
-        assert!(failure_reason(&"é".repeat(400)).unwrap_or_default().chars().count() <= 241);
+        assert!(
+            failure_reason(&"é".repeat(400))
+                .unwrap_or_default()
+                .chars()
+                .count()
+                <= 241
+        );
     }
 }

@@ -17,7 +17,12 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    pub fn new(run_id: &str, started_at: DateTime<Utc>, finished_at: DateTime<Utc>, mut outcomes: Vec<Outcome>) -> Self {
+    pub fn new(
+        run_id: &str,
+        started_at: DateTime<Utc>,
+        finished_at: DateTime<Utc>,
+        mut outcomes: Vec<Outcome>,
+    ) -> Self {
         // What needs attention first, then by name.
         outcomes.sort_by(|a, b| {
             let rank = |k: OutcomeKind| match k {
@@ -32,7 +37,13 @@ impl RunReport {
         for o in &outcomes {
             *totals.entry(o.kind).or_insert(0) += 1;
         }
-        RunReport { run_id: run_id.to_string(), started_at, finished_at, outcomes, totals }
+        RunReport {
+            run_id: run_id.to_string(),
+            started_at,
+            finished_at,
+            outcomes,
+            totals,
+        }
     }
 
     pub fn count(&self, kind: OutcomeKind) -> usize {
@@ -41,18 +52,28 @@ impl RunReport {
 
     /// True when every instance that was attempted ended with a consistent set.
     pub fn all_consistent(&self) -> bool {
-        self.outcomes.iter().all(|o| matches!(o.kind, OutcomeKind::Consistent | OutcomeKind::Skipped))
+        self.outcomes
+            .iter()
+            .all(|o| matches!(o.kind, OutcomeKind::Consistent | OutcomeKind::Skipped))
     }
 
     /// One line an operator reads at 3 a.m.
     pub fn summary_line(&self) -> String {
-        let totals: Vec<String> = self.totals.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let totals: Vec<String> = self
+            .totals
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
         let snapshots: usize = self.outcomes.iter().map(|o| o.snapshots.len()).sum();
         let minutes = (self.finished_at - self.started_at).num_seconds() as f64 / 60.0;
         format!(
             "run {} {}: {} instances ({}), {snapshots} snapshots, {minutes:.1} min",
             self.run_id,
-            if self.all_consistent() { "succeeded" } else { "needs attention" },
+            if self.all_consistent() {
+                "succeeded"
+            } else {
+                "needs attention"
+            },
             self.outcomes.len(),
             totals.join(", "),
         )
@@ -60,7 +81,14 @@ impl RunReport {
 
     /// A fixed-width table: instance, name, volumes, snapshots, outcome, reason.
     pub fn table(&self) -> String {
-        let headers = ["INSTANCE", "NAME", "VOLUMES", "SNAPSHOTS", "OUTCOME", "REASON"];
+        let headers = [
+            "INSTANCE",
+            "NAME",
+            "VOLUMES",
+            "SNAPSHOTS",
+            "OUTCOME",
+            "REASON",
+        ];
         let rows: Vec<[String; 6]> = self
             .outcomes
             .iter()
@@ -91,7 +119,10 @@ impl RunReport {
             text.trim_end().to_string()
         };
         let mut out = vec![line(headers)];
-        out.extend(rows.iter().map(|r| line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]])));
+        out.extend(
+            rows.iter()
+                .map(|r| line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]])),
+        );
         out.push(String::new());
         out.push(self.summary_line());
         out.join("\n")
@@ -120,22 +151,43 @@ mod tests {
             "r1",
             t,
             t,
-            vec![outcome("i-1", OutcomeKind::Consistent, 2), outcome("i-2", OutcomeKind::Failed, 0), outcome("i-3", OutcomeKind::Skipped, 0)],
+            vec![
+                outcome("i-1", OutcomeKind::Consistent, 2),
+                outcome("i-2", OutcomeKind::Failed, 0),
+                outcome("i-3", OutcomeKind::Skipped, 0),
+            ],
         );
         assert_eq!(report.outcomes[0].kind, OutcomeKind::Failed);
         assert_eq!(report.count(OutcomeKind::Consistent), 1);
         assert!(!report.all_consistent());
         let line = report.summary_line();
-        assert!(line.contains("needs attention") && line.contains("3 instances") && line.contains("2 snapshots"), "{line}");
+        assert!(
+            line.contains("needs attention")
+                && line.contains("3 instances")
+                && line.contains("2 snapshots"),
+            "{line}"
+        );
         let table = report.table();
         assert_eq!(table.lines().count(), 6);
-        assert!(table.lines().next().unwrap_or_default().starts_with("INSTANCE"));
+        assert!(table
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .starts_with("INSTANCE"));
     }
 
     #[test]
     fn skipped_instances_do_not_fail_a_run() {
         let t = Utc::now();
-        let report = RunReport::new("r", t, t, vec![outcome("i-1", OutcomeKind::Consistent, 2), outcome("i-2", OutcomeKind::Skipped, 0)]);
+        let report = RunReport::new(
+            "r",
+            t,
+            t,
+            vec![
+                outcome("i-1", OutcomeKind::Consistent, 2),
+                outcome("i-2", OutcomeKind::Skipped, 0),
+            ],
+        );
         assert!(report.all_consistent());
         assert!(report.summary_line().contains("succeeded"));
     }

@@ -10,20 +10,27 @@ use chrono::{DateTime, Duration, Utc};
 use crate::dispatch::{TAG_INSTANCE_ID, TAG_RUN_ID};
 use crate::error::{aws, Error};
 use crate::job::{InstanceJob, Stage};
-use crate::outcome::{classify, is_final_status, FinalInvocation, Outcome, OutcomeKind, SnapshotFacts};
+use crate::outcome::{
+    classify, is_final_status, FinalInvocation, Outcome, OutcomeKind, SnapshotFacts,
+};
 
 /// What SSM says of an invocation right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Look {
     /// Not final yet (`InvocationDoesNotExist` right after sending reads as `NotYet` too).
-    NotYet { status: String },
+    NotYet {
+        status: String,
+    },
     Final(FinalInvocation),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
     /// Look again later with this job.
-    Wait { job: InstanceJob, why: String },
+    Wait {
+        job: InstanceJob,
+        why: String,
+    },
     Finish(Outcome),
 }
 
@@ -45,13 +52,22 @@ pub fn next_instance_step(
             reason,
         })
     };
-    let wait = |job: InstanceJob, why: String| Next::Wait { job: InstanceJob { attempt: job.attempt + 1, ..job }, why };
+    let wait = |job: InstanceJob, why: String| Next::Wait {
+        job: InstanceJob {
+            attempt: job.attempt + 1,
+            ..job
+        },
+        why,
+    };
     match look {
         Look::NotYet { status } => {
             if now > job.stage_deadline {
                 return finish(
                     OutcomeKind::TimedOut,
-                    Some(format!("SSM invocation still {status} at the deadline {}", job.stage_deadline.to_rfc3339())),
+                    Some(format!(
+                        "SSM invocation still {status} at the deadline {}",
+                        job.stage_deadline.to_rfc3339()
+                    )),
                 );
             }
             wait(job.clone(), format!("invocation {status}"))
@@ -79,10 +95,23 @@ pub fn next_instance_step(
 }
 
 /// One look at an invocation through GetCommandInvocation.
-pub async fn look(ssm: &aws_sdk_ssm::Client, command_id: &str, instance_id: &str) -> Result<Look, Error> {
-    match ssm.get_command_invocation().command_id(command_id).instance_id(instance_id).send().await {
+pub async fn look(
+    ssm: &aws_sdk_ssm::Client,
+    command_id: &str,
+    instance_id: &str,
+) -> Result<Look, Error> {
+    match ssm
+        .get_command_invocation()
+        .command_id(command_id)
+        .instance_id(instance_id)
+        .send()
+        .await
+    {
         Ok(out) => {
-            let status = out.status().map(|s| s.as_str().to_string()).unwrap_or_default();
+            let status = out
+                .status()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default();
             if !is_final_status(&status) {
                 return Ok(Look::NotYet { status });
             }
@@ -99,9 +128,15 @@ pub async fn look(ssm: &aws_sdk_ssm::Client, command_id: &str, instance_id: &str
                 .as_service_error()
                 .is_some_and(|e| e.is_invocation_does_not_exist());
             if is_not_yet {
-                Ok(Look::NotYet { status: "not yet registered".into() })
+                Ok(Look::NotYet {
+                    status: "not yet registered".into(),
+                })
             } else {
-                Err(aws("GetCommandInvocation", format!("{instance_id} (command {command_id})"), err))
+                Err(aws(
+                    "GetCommandInvocation",
+                    format!("{instance_id} (command {command_id})"),
+                    err,
+                ))
             }
         }
     }
@@ -111,11 +146,19 @@ pub fn snapshot_facts(snapshot: &Snapshot) -> Option<SnapshotFacts> {
     Some(SnapshotFacts {
         snapshot_id: snapshot.snapshot_id()?.to_string(),
         volume_id: snapshot.volume_id().unwrap_or_default().to_string(),
-        state: snapshot.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+        state: snapshot
+            .state()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
         tags: snapshot
             .tags()
             .iter()
-            .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or_default().to_string())))
+            .filter_map(|t| {
+                Some((
+                    t.key()?.to_string(),
+                    t.value().unwrap_or_default().to_string(),
+                ))
+            })
             .collect(),
     })
 }
@@ -126,12 +169,19 @@ pub async fn run_snapshots(
     run_id: &str,
     volume_ids: Option<Vec<String>>,
 ) -> Result<Vec<SnapshotFacts>, Error> {
-    let mut request = ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(Filter::builder().name(format!("tag:{TAG_RUN_ID}")).values(run_id).build());
+    let mut request = ec2.describe_snapshots().owner_ids("self").filters(
+        Filter::builder()
+            .name(format!("tag:{TAG_RUN_ID}"))
+            .values(run_id)
+            .build(),
+    );
     if let Some(ids) = volume_ids {
-        request = request.filters(Filter::builder().name("volume-id").set_values(Some(ids)).build());
+        request = request.filters(
+            Filter::builder()
+                .name("volume-id")
+                .set_values(Some(ids))
+                .build(),
+        );
     }
     let mut pages = request.max_results(1000).into_paginator().send();
     let mut found = Vec::new();
@@ -151,8 +201,11 @@ pub async fn tag_instance_snapshots(
     job: &InstanceJob,
     snapshots: &[SnapshotFacts],
 ) -> Result<usize, Error> {
-    let devices: HashMap<&str, &str> =
-        job.volumes.iter().map(|v| (v.volume_id.as_str(), v.device.as_str())).collect();
+    let devices: HashMap<&str, &str> = job
+        .volumes
+        .iter()
+        .map(|v| (v.volume_id.as_str(), v.device.as_str()))
+        .collect();
     let mut tagged = 0;
     for snapshot in snapshots {
         let device = snapshot
@@ -161,18 +214,30 @@ pub async fn tag_instance_snapshots(
             .map(String::as_str)
             .or_else(|| devices.get(snapshot.volume_id.as_str()).copied())
             .unwrap_or("unknown-device");
-        let wanted: BTreeMap<&str, String> =
-            [(TAG_INSTANCE_ID, job.instance_id.clone()), ("Name", format!("{} {device}", job.name))].into();
+        let wanted: BTreeMap<&str, String> = [
+            (TAG_INSTANCE_ID, job.instance_id.clone()),
+            ("Name", format!("{} {device}", job.name)),
+        ]
+        .into();
         if wanted.iter().all(|(k, v)| snapshot.tags.get(*k) == Some(v)) {
             continue;
         }
-        let tags: Vec<Tag> = wanted.iter().map(|(k, v)| Tag::builder().key(*k).value(v).build()).collect();
+        let tags: Vec<Tag> = wanted
+            .iter()
+            .map(|(k, v)| Tag::builder().key(*k).value(v).build())
+            .collect();
         ec2.create_tags()
             .resources(&snapshot.snapshot_id)
             .set_tags(Some(tags))
             .send()
             .await
-            .map_err(|e| aws("CreateTags", format!("{} of {}", snapshot.snapshot_id, job.instance_id), e))?;
+            .map_err(|e| {
+                aws(
+                    "CreateTags",
+                    format!("{} of {}", snapshot.snapshot_id, job.instance_id),
+                    e,
+                )
+            })?;
         tagged += 1;
     }
     Ok(tagged)
@@ -189,7 +254,10 @@ mod tests {
             instance_id: "i-1".into(),
             name: "sql01".into(),
             command_id: "c".into(),
-            volumes: vec![AttachedVolume { volume_id: "vol-1".into(), device: "xvdf".into() }],
+            volumes: vec![AttachedVolume {
+                volume_id: "vol-1".into(),
+                device: "xvdf".into(),
+            }],
             stage,
             stage_deadline: now() + Duration::seconds(deadline_in),
             attempt: 2,
@@ -210,31 +278,63 @@ mod tests {
     }
 
     fn success() -> Look {
-        Look::Final(FinalInvocation { status: "Success".into(), status_details: "Success".into(), output: String::new() })
+        Look::Final(FinalInvocation {
+            status: "Success".into(),
+            status_details: "Success".into(),
+            output: String::new(),
+        })
     }
 
     const DAY: Duration = Duration::days(1);
 
     #[test]
     fn not_final_before_the_deadline_waits_with_one_more_attempt() {
-        let next = next_instance_step(&job(Stage::Command, 60), &Look::NotYet { status: "InProgress".into() }, &[], now(), DAY);
-        let Next::Wait { job, why } = next else { panic!("must wait: {next:?}") };
+        let next = next_instance_step(
+            &job(Stage::Command, 60),
+            &Look::NotYet {
+                status: "InProgress".into(),
+            },
+            &[],
+            now(),
+            DAY,
+        );
+        let Next::Wait { job, why } = next else {
+            panic!("must wait: {next:?}")
+        };
         assert_eq!(job.attempt, 3);
         assert!(why.contains("InProgress"));
     }
 
     #[test]
     fn not_final_after_the_deadline_times_out_with_the_reason() {
-        let next = next_instance_step(&job(Stage::Command, -1), &Look::NotYet { status: "Pending".into() }, &[], now(), DAY);
-        let Next::Finish(outcome) = next else { panic!("must finish: {next:?}") };
+        let next = next_instance_step(
+            &job(Stage::Command, -1),
+            &Look::NotYet {
+                status: "Pending".into(),
+            },
+            &[],
+            now(),
+            DAY,
+        );
+        let Next::Finish(outcome) = next else {
+            panic!("must finish: {next:?}")
+        };
         assert_eq!(outcome.kind, OutcomeKind::TimedOut);
         assert!(outcome.reason.unwrap_or_default().contains("still Pending"));
     }
 
     #[test]
     fn pending_snapshots_move_the_job_to_the_snapshot_stage_with_a_fresh_deadline() {
-        let next = next_instance_step(&job(Stage::Command, -1), &success(), &[snap("pending")], now(), DAY);
-        let Next::Wait { job, .. } = next else { panic!("must wait: {next:?}") };
+        let next = next_instance_step(
+            &job(Stage::Command, -1),
+            &success(),
+            &[snap("pending")],
+            now(),
+            DAY,
+        );
+        let Next::Wait { job, .. } = next else {
+            panic!("must wait: {next:?}")
+        };
         assert_eq!(job.stage, Stage::Snapshots);
         assert_eq!(job.stage_deadline, now() + DAY);
         assert_eq!(job.attempt, 1);
@@ -242,16 +342,42 @@ mod tests {
 
     #[test]
     fn snapshots_still_pending_at_their_deadline_are_incomplete() {
-        let next = next_instance_step(&job(Stage::Snapshots, -1), &success(), &[snap("pending")], now(), DAY);
-        assert!(matches!(next, Next::Finish(ref o) if o.kind == OutcomeKind::Incomplete), "{next:?}");
-        let next = next_instance_step(&job(Stage::Snapshots, 60), &success(), &[snap("pending")], now(), DAY);
+        let next = next_instance_step(
+            &job(Stage::Snapshots, -1),
+            &success(),
+            &[snap("pending")],
+            now(),
+            DAY,
+        );
+        assert!(
+            matches!(next, Next::Finish(ref o) if o.kind == OutcomeKind::Incomplete),
+            "{next:?}"
+        );
+        let next = next_instance_step(
+            &job(Stage::Snapshots, 60),
+            &success(),
+            &[snap("pending")],
+            now(),
+            DAY,
+        );
         assert!(matches!(next, Next::Wait { .. }));
     }
 
     #[test]
     fn a_final_invocation_with_completed_snapshots_finishes_classified() {
-        let next = next_instance_step(&job(Stage::Command, 60), &success(), &[snap("completed")], now(), DAY);
-        let Next::Finish(outcome) = next else { panic!("must finish") };
-        assert_eq!((outcome.kind, outcome.snapshots), (OutcomeKind::Consistent, vec!["snap-1".to_string()]));
+        let next = next_instance_step(
+            &job(Stage::Command, 60),
+            &success(),
+            &[snap("completed")],
+            now(),
+            DAY,
+        );
+        let Next::Finish(outcome) = next else {
+            panic!("must finish")
+        };
+        assert_eq!(
+            (outcome.kind, outcome.snapshots),
+            (OutcomeKind::Consistent, vec!["snap-1".to_string()])
+        );
     }
 }
