@@ -456,6 +456,34 @@ async fn queue_is_empty(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Result<bo
     Ok(attributes.values().all(|v| v == "0"))
 }
 
+/// The snapshots carrying this run id, as an operator would list them.
+pub async fn run_snapshots(
+    emulator: &Emulator,
+    run_id: &str,
+) -> Result<Vec<aws_sdk_ec2::types::Snapshot>> {
+    let out = emulator
+        .ec2()
+        .describe_snapshots()
+        .filters(
+            Filter::builder()
+                .name("tag:ConsistentSnapshot:RunId")
+                .values(run_id)
+                .build(),
+        )
+        .send()
+        .await?;
+    Ok(out.snapshots().to_vec())
+}
+
+/// A snapshot's tag value.
+pub fn snapshot_tag<'a>(snapshot: &'a aws_sdk_ec2::types::Snapshot, key: &str) -> Option<&'a str> {
+    snapshot
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
 /// A scheduled event as an EventBridge rule delivers it.
 pub fn scheduled_event(rule: &str, time: &str) -> Value {
     json!({

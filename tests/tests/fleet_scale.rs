@@ -3,34 +3,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::Filter;
 use consistent_snapshot::outcome::OutcomeKind;
-use harness::{drain, scheduled_event, seed, seed_bulk, Emulator, Logs, ServerSpec};
-
-async fn run_snapshots(emulator: &Emulator, run_id: &str) -> Vec<aws_sdk_ec2::types::Snapshot> {
-    emulator
-        .ec2()
-        .describe_snapshots()
-        .filters(
-            Filter::builder()
-                .name("tag:ConsistentSnapshot:RunId")
-                .values(run_id)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("DescribeSnapshots")
-        .snapshots()
-        .to_vec()
-}
-
-fn tag<'a>(snapshot: &'a aws_sdk_ec2::types::Snapshot, key: &str) -> Option<&'a str> {
-    snapshot
-        .tags()
-        .iter()
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value())
-}
+use harness::{
+    drain, run_snapshots, scheduled_event, seed, seed_bulk, snapshot_tag, Emulator, Logs,
+    ServerSpec,
+};
 
 #[tokio::test]
 async fn exclude_boot_volume_by_setting_and_by_instance_tag() {
@@ -62,12 +39,14 @@ async fn exclude_boot_volume_by_setting_and_by_instance_tag() {
         .await
         .expect("drain");
 
-    let snapshots = run_snapshots(&emulator, &run_id).await;
+    let snapshots = run_snapshots(&emulator, &run_id)
+        .await
+        .expect("DescribeSnapshots");
     let devices = |id: &str| -> Vec<String> {
         let mut d: Vec<String> = snapshots
             .iter()
-            .filter(|s| tag(s, "ConsistentSnapshot:InstanceId") == Some(id))
-            .filter_map(|s| tag(s, "Device").map(str::to_string))
+            .filter(|s| snapshot_tag(s, "ConsistentSnapshot:InstanceId") == Some(id))
+            .filter_map(|s| snapshot_tag(s, "Device").map(str::to_string))
             .collect();
         d.sort();
         d
@@ -169,12 +148,14 @@ async fn a_fleet_of_120_goes_out_in_commands_of_at_most_50_across_paginated_desc
         "{}",
         report.summary_line()
     );
-    let snapshots = run_snapshots(&emulator, &run_id).await;
+    let snapshots = run_snapshots(&emulator, &run_id)
+        .await
+        .expect("DescribeSnapshots");
     assert_eq!(snapshots.len(), 240, "boot + 1 data volume each");
     for id in &ids {
         let n = snapshots
             .iter()
-            .filter(|s| tag(s, "ConsistentSnapshot:InstanceId") == Some(id.as_str()))
+            .filter(|s| snapshot_tag(s, "ConsistentSnapshot:InstanceId") == Some(id.as_str()))
             .count();
         assert_eq!(n, 2, "{id}");
     }

@@ -4,27 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::Filter;
 use consistent_snapshot::outcome::OutcomeKind;
-use harness::{drain, scheduled_event, seed, Emulator, Logs, ServerSpec};
+use harness::{drain, run_snapshots, scheduled_event, seed, Emulator, Logs, ServerSpec};
 use serde_json::json;
-
-async fn snapshots_of_run(emulator: &Emulator, run_id: &str) -> Vec<aws_sdk_ec2::types::Snapshot> {
-    emulator
-        .ec2()
-        .describe_snapshots()
-        .filters(
-            Filter::builder()
-                .name("tag:ConsistentSnapshot:RunId")
-                .values(run_id)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("DescribeSnapshots")
-        .snapshots()
-        .to_vec()
-}
 
 fn tags(snapshot: &aws_sdk_ec2::types::Snapshot) -> BTreeMap<String, String> {
     snapshot
@@ -140,7 +122,9 @@ async fn every_outcome_of_a_mixed_fleet() {
     assert_eq!(report.count(OutcomeKind::Consistent), 3);
 
     // What the operator checks in EC2: one snapshot per volume, with the contract tags.
-    let snapshots = snapshots_of_run(&emulator, &run_id).await;
+    let snapshots = run_snapshots(&emulator, &run_id)
+        .await
+        .expect("DescribeSnapshots");
     let per_instance = |name: &str| -> Vec<BTreeMap<String, String>> {
         snapshots
             .iter()

@@ -41,6 +41,17 @@ impl InstanceFacts {
         self.name.as_deref().unwrap_or(&self.instance_id)
     }
 
+    /// The volumes a snapshot set of this instance must contain.
+    pub fn expected_volumes(&self, exclude_boot_volume: bool) -> Vec<AttachedVolume> {
+        self.volumes
+            .iter()
+            .filter(|v| {
+                !(exclude_boot_volume && self.root_device.as_deref() == Some(v.device.as_str()))
+            })
+            .cloned()
+            .collect()
+    }
+
     fn is_windows(&self, agent: Option<&AgentFacts>) -> bool {
         let ec2_says = self
             .platform
@@ -169,14 +180,7 @@ pub fn preflight(
             value: value.clone(),
         })?,
     };
-    let volumes: Vec<AttachedVolume> = instance
-        .volumes
-        .iter()
-        .filter(|v| {
-            !(exclude_boot_volume && instance.root_device.as_deref() == Some(v.device.as_str()))
-        })
-        .cloned()
-        .collect();
+    let volumes = instance.expected_volumes(exclude_boot_volume);
     if volumes.is_empty() {
         return Err(SkipReason::NoEbsVolumes);
     }
@@ -188,19 +192,22 @@ pub fn preflight(
     })
 }
 
-/// Reads an SDK instance into plain facts.
-pub fn facts_of(instance: &Instance) -> Option<InstanceFacts> {
-    let instance_id = instance.instance_id()?.to_string();
-    let tags: BTreeMap<String, String> = instance
-        .tags()
-        .iter()
+/// EC2 tags as a map.
+pub fn tag_map(tags: &[aws_sdk_ec2::types::Tag]) -> BTreeMap<String, String> {
+    tags.iter()
         .filter_map(|t| {
             Some((
                 t.key()?.to_string(),
                 t.value().unwrap_or_default().to_string(),
             ))
         })
-        .collect();
+        .collect()
+}
+
+/// Reads an SDK instance into plain facts.
+pub fn facts_of(instance: &Instance) -> Option<InstanceFacts> {
+    let instance_id = instance.instance_id()?.to_string();
+    let tags = tag_map(instance.tags());
     let mut volumes: Vec<AttachedVolume> = instance
         .block_device_mappings()
         .iter()
@@ -247,29 +254,47 @@ pub async fn discover(
                 .to_vec(),
         ))
         .build();
+    describe(ec2, &[tag, states], ids, config.describe_page_size).await
+}
+
+/// DescribeInstances with these filters (and these ids, when given), every page followed;
+/// sorted by instance id, each instance once.
+pub async fn describe(
+    ec2: &aws_sdk_ec2::Client,
+    filters: &[Filter],
+    ids: Option<&[String]>,
+    page_size: i32,
+) -> Result<Vec<InstanceFacts>, Error> {
     // DescribeInstances takes at most 200 values in one filter.
-    let id_chunks: Vec<Option<Vec<String>>> = match ids {
+    let id_chunks: Vec<Option<&[String]>> = match ids {
         None => vec![None],
-        Some(ids) => ids.chunks(200).map(|c| Some(c.to_vec())).collect(),
+        Some(ids) => ids.chunks(200).map(Some).collect(),
     };
     let mut found = Vec::new();
     for chunk in id_chunks {
         let mut request = ec2
             .describe_instances()
-            .filters(tag.clone())
-            .filters(states.clone())
-            .max_results(config.describe_page_size);
-        if let Some(chunk) = chunk {
-            request = request.filters(
-                Filter::builder()
-                    .name("instance-id")
-                    .set_values(Some(chunk))
-                    .build(),
-            );
-        }
+            .set_filters(Some(filters.to_vec()))
+            .max_results(page_size);
+        let subject = match chunk {
+            Some(chunk) => {
+                request = request.filters(
+                    Filter::builder()
+                        .name("instance-id")
+                        .set_values(Some(chunk.to_vec()))
+                        .build(),
+                );
+                format!(
+                    "{} instances from {}",
+                    chunk.len(),
+                    chunk.first().map(String::as_str).unwrap_or("-")
+                )
+            }
+            None => "the tagged fleet".to_string(),
+        };
         let mut pages = request.into_paginator().send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| aws("DescribeInstances", "the tagged fleet", e))?;
+            let page = page.map_err(|e| aws("DescribeInstances", subject.clone(), e))?;
             found.extend(
                 page.reservations()
                     .iter()

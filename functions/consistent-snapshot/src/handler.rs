@@ -4,7 +4,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use aws_config::SdkConfig;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use aws_sdk_ec2::types::Filter;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use chrono::{Duration, Utc};
 use serde::Serialize;
@@ -416,15 +415,7 @@ impl App {
                 .map(|f| f.display_name().to_string())
                 .unwrap_or_else(|| instance_id.clone());
             let expected: Vec<AttachedVolume> = facts
-                .map(|f| {
-                    f.volumes
-                        .iter()
-                        .filter(|v| {
-                            !(*exclude_boot && f.root_device.as_deref() == Some(v.device.as_str()))
-                        })
-                        .cloned()
-                        .collect()
-                })
+                .map(|f| f.expected_volumes(*exclude_boot))
                 .unwrap_or_default();
             let mine: Vec<_> = snapshots
                 .iter()
@@ -481,39 +472,12 @@ impl App {
         &self,
         ids: &[String],
     ) -> Result<HashMap<String, fleet::InstanceFacts>, Error> {
-        let mut found = HashMap::new();
-        for chunk in ids.chunks(200) {
-            let mut pages = self
-                .ec2
-                .describe_instances()
-                .filters(
-                    Filter::builder()
-                        .name("instance-id")
-                        .set_values(Some(chunk.to_vec()))
-                        .build(),
-                )
-                .max_results(self.config.describe_page_size)
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| {
-                    aws(
-                        "DescribeInstances",
-                        format!("{} instances from {}", chunk.len(), chunk[0]),
-                        e,
-                    )
-                })?;
-                for facts in page
-                    .reservations()
-                    .iter()
-                    .flat_map(|r| r.instances())
-                    .filter_map(fleet::facts_of)
-                {
-                    found.insert(facts.instance_id.clone(), facts);
-                }
-            }
-        }
-        Ok(found)
+        let found =
+            fleet::describe(&self.ec2, &[], Some(ids), self.config.describe_page_size).await?;
+        Ok(found
+            .into_iter()
+            .map(|f| (f.instance_id.clone(), f))
+            .collect())
     }
 }
 

@@ -150,16 +150,7 @@ pub fn snapshot_facts(snapshot: &Snapshot) -> Option<SnapshotFacts> {
             .state()
             .map(|s| s.as_str().to_string())
             .unwrap_or_default(),
-        tags: snapshot
-            .tags()
-            .iter()
-            .filter_map(|t| {
-                Some((
-                    t.key()?.to_string(),
-                    t.value().unwrap_or_default().to_string(),
-                ))
-            })
-            .collect(),
+        tags: crate::fleet::tag_map(snapshot.tags()),
     })
 }
 
