@@ -251,8 +251,12 @@ class Simulation:
     def list_view(self, command_id: str | None, instance_id: str | None, details: bool) -> list:
         with self.lock:
             rows = []
+            now = time.monotonic()
             for (cid, iid), inv in self.invocations.items():
                 if command_id and cid != command_id:
+                    continue
+                if inv.sim.outcome != "undeliverable" and now - inv.sent_at < inv.sim.lag:
+                    # Right after SendCommand AWS does not list the invocation yet either.
                     continue
                 if instance_id and iid != instance_id:
                     continue

@@ -35,7 +35,8 @@ async fn every_outcome_of_a_mixed_fleet() {
     let servers = vec![
         ServerSpec::windows("sql01", 2),
         ServerSpec::windows("exch01", 3),
-        ServerSpec::windows("slow01", 1).sim(json!({"duration": 3.0})),
+        // Not even listed by SSM for 1.5 s, then 3 s in progress: the run must wait for it.
+        ServerSpec::windows("slow01", 1).sim(json!({"lag": 1.5, "duration": 3.0})),
         ServerSpec::windows("vssfail01", 2).sim(json!({"outcome": "vss_failure"})),
         ServerSpec::windows("noebs01", 1).sim(json!({"outcome": "no_ebs"})),
         ServerSpec::windows("lost01", 1)
@@ -170,4 +171,35 @@ async fn every_outcome_of_a_mixed_fleet() {
             .any(|r| r["message"].as_str() == Some(summary.as_str())),
         "the summary line is logged"
     );
+}
+
+#[tokio::test]
+async fn a_run_does_not_end_before_ssm_lists_every_instance() {
+    let (logs, _guard) = Logs::capture(None).expect("logs");
+    let emulator = Emulator::start().await.expect("emulator");
+    let queue = emulator.create_queue("tracking", 3).await.expect("queue");
+    // web02's invocation is unknown to SSM for 2.5 s, past the run's first look at ~1 s,
+    // while web01 is already final by then.
+    let servers = [
+        ServerSpec::windows("web01", 1).sim(json!({"lag": 0.05, "duration": 0.05})),
+        ServerSpec::windows("web02", 1).sim(json!({"lag": 2.5, "duration": 0.1})),
+    ];
+    let ids = seed(&emulator, &servers).await.expect("seed");
+    let app = emulator.app(&queue, &[]).expect("app");
+    app.handle(json!({"action": "snapshot", "run_id": "late-listing"}))
+        .await
+        .expect("run");
+    drain(&emulator, &app, &queue, 10, Duration::from_secs(60))
+        .await
+        .expect("drain");
+    let report = logs.run_report("late-listing").expect("report");
+    assert_eq!(report.outcomes.len(), 2, "{report:#?}");
+    for id in &ids {
+        let outcome = report.outcomes.iter().find(|o| &o.instance_id == id);
+        assert_eq!(
+            outcome.map(|o| o.kind),
+            Some(OutcomeKind::Consistent),
+            "{id}"
+        );
+    }
 }

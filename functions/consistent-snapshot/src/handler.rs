@@ -170,6 +170,7 @@ impl App {
                     start.commands.push(RunCommand {
                         command_id: command_id.clone(),
                         exclude_boot_volume: plan.exclude_boot_volume,
+                        instances: plan.targets.len(),
                     });
                     for target in &plan.targets {
                         start.dispatched.push(dispatched(target, Some(&command_id)));
@@ -344,7 +345,10 @@ impl App {
         let past_deadline = now > job.deadline;
         let mut invocations: BTreeMap<String, (String, Option<FinalInvocation>, bool)> =
             BTreeMap::new();
+        // Commands whose invocations SSM does not list in full (yet).
+        let mut unlisted: Vec<(&str, usize)> = Vec::new();
         for command in &job.commands {
+            let mut listed = 0;
             let mut pages = self
                 .ssm
                 .list_command_invocations()
@@ -383,13 +387,18 @@ impl App {
                         instance_id.to_string(),
                         (status, fin, command.exclude_boot_volume),
                     );
+                    listed += 1;
                 }
+            }
+            if listed < command.instances {
+                unlisted.push((&command.command_id, command.instances - listed));
             }
         }
         let open = invocations
             .values()
             .filter(|(_, fin, _)| fin.is_none())
-            .count();
+            .count()
+            + unlisted.iter().map(|(_, n)| n).sum::<usize>();
         if open > 0 && !past_deadline {
             info!(run_id = %job.run_id, open, "run not final yet");
             let attempt = job.attempt + 1;
@@ -448,6 +457,17 @@ impl App {
             volumes: 0,
             snapshots: vec![],
             reason: Some(s.reason.to_string()),
+        }));
+        // Past the deadline, instances SSM never listed are still accounted for.
+        outcomes.extend(unlisted.iter().map(|(command_id, missing)| Outcome {
+            instance_id: format!("command {command_id}"),
+            name: format!("{missing} instance(s)"),
+            kind: OutcomeKind::TimedOut,
+            volumes: 0,
+            snapshots: vec![],
+            reason: Some(format!(
+                "SSM never listed {missing} of this command's invocations by the run deadline"
+            )),
         }));
         outcomes.extend(job.unsent.iter().map(|u| Outcome {
             instance_id: u.instance_id.clone(),

@@ -52,6 +52,9 @@ pub struct InstanceJob {
 pub struct RunCommand {
     pub command_id: String,
     pub exclude_boot_volume: bool,
+    /// How many instances the command was sent to: right after SendCommand, SSM may list fewer
+    /// invocations, and the run must not end with an instance silently missing.
+    pub instances: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
