@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, InstanceType, ResourceType, Tag, TagSpecification,
@@ -78,6 +79,12 @@ impl Emulator {
             ))
             // moto answers unimplemented calls with HTTP 500: fail at once rather than retry.
             .retry_config(RetryConfig::standard().with_max_attempts(1))
+            // A call that hangs is a failed test, not a stuck CI run.
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(Duration::from_secs(30))
+                    .build(),
+            )
             .load()
             .await;
         Ok(Emulator { child, port, sdk })
@@ -93,13 +100,21 @@ impl Emulator {
 
     /// A plain HTTP call to the emulator's own API (/_sim/..., /moto-api/...).
     pub fn http(&self, method: &str, path: &str, body: &Value) -> Result<Value> {
-        let body = body.to_string();
+        let body = if method == "GET" {
+            String::new()
+        } else {
+            body.to_string()
+        };
         let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         write!(
             stream,
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )?;
+        // Half-close: the server (werkzeug) drains the socket after answering and must see EOF,
+        // or both sides wait for each other.
+        stream.shutdown(std::net::Shutdown::Write)?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
         let (head, payload) = response
