@@ -8,7 +8,10 @@
 use std::time::{Duration, Instant};
 
 use chrono::{Timelike, Utc};
-use harness::{drain, scheduled_event, seed, workspace_root, Emulator, Logs, ServerSpec};
+use consistent_snapshot::outcome::OutcomeKind;
+use harness::{
+    drain, run_snapshots, scheduled_event, seed, workspace_root, Emulator, Logs, ServerSpec,
+};
 use serde_json::json;
 
 #[tokio::main(flavor = "current_thread")]
@@ -88,6 +91,52 @@ async fn main() -> harness::Result<()> {
         )
     })?;
     println!("\n{}\n", report.table());
+
+    // What an operator would check in EC2 itself: the snapshots carrying the run id, and none
+    // of an instance that was not (or could not be) backed up.
+    let snapshots = run_snapshots(&emulator, &run_id).await?;
+    let reported: usize = report.outcomes.iter().map(|o| o.snapshots.len()).sum();
+    println!(
+        "EC2 check: {} snapshots carry run id {run_id} (the summary counts {reported})",
+        snapshots.len()
+    );
+    let ec2 = emulator.ec2();
+    for (server, id) in fleet.iter().zip(&ids) {
+        let outcome = report
+            .outcomes
+            .iter()
+            .find(|o| &o.instance_id == id)
+            .map(|o| o.kind);
+        if matches!(
+            outcome,
+            Some(OutcomeKind::Consistent | OutcomeKind::CrashConsistent)
+        ) {
+            continue;
+        }
+        let described = ec2.describe_instances().instance_ids(id).send().await?;
+        let volumes: Vec<String> = described
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .flat_map(|i| i.block_device_mappings())
+            .filter_map(|m| m.ebs().and_then(|e| e.volume_id()).map(str::to_string))
+            .collect();
+        let taken = snapshots
+            .iter()
+            .filter(|s| {
+                s.volume_id()
+                    .is_some_and(|v| volumes.contains(&v.to_string()))
+            })
+            .count();
+        let why = outcome.map_or("not tagged: not part of the fleet".to_string(), |k| {
+            k.to_string()
+        });
+        println!(
+            "           {:<12} {taken} snapshots of its {} volumes ({why})",
+            server.name,
+            volumes.len()
+        );
+    }
     println!(
         "function logs (JSON, as CloudWatch receives them): {}",
         log_path.display()
