@@ -232,6 +232,28 @@ impl ServerSpec {
         self.sim = sim;
         self
     }
+
+    /// Without the target tag: not part of the fleet.
+    pub fn untagged(mut self) -> Self {
+        self.tagged = false;
+        self
+    }
+
+    pub fn stopped(mut self) -> Self {
+        self.stopped = true;
+        self
+    }
+
+    /// Launched from a Linux AMI.
+    pub fn linux(mut self) -> Self {
+        self.windows = false;
+        self
+    }
+
+    pub fn tag(mut self, key: &str, value: &str) -> Self {
+        self.extra_tags.push((key.into(), value.into()));
+        self
+    }
 }
 
 pub const DATA_DEVICES: [&str; 4] = ["xvdf", "xvdg", "xvdh", "xvdi"];

@@ -50,8 +50,7 @@ async fn on_demand_snapshot_of_chosen_instances() {
     let (logs, _guard) = Logs::capture(None).expect("logs");
     let emulator = Emulator::start().await.expect("emulator");
     let queue = emulator.create_queue("tracking", 3).await.expect("queue");
-    let mut untagged = ServerSpec::windows("untagged01", 1);
-    untagged.tagged = false;
+    let untagged = ServerSpec::windows("untagged01", 1).untagged();
     let ids = seed(
         &emulator,
         &[

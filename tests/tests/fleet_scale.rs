@@ -14,16 +14,10 @@ async fn exclude_boot_volume_by_setting_and_by_instance_tag() {
     let (logs, _guard) = Logs::capture(None).expect("logs");
     let emulator = Emulator::start().await.expect("emulator");
     let queue = emulator.create_queue("tracking", 3).await.expect("queue");
-    let mut keeps_boot = ServerSpec::windows("keepsboot01", 2);
-    keeps_boot.extra_tags.push((
-        "ConsistentSnapshot:ExcludeBootVolume".into(),
-        "False".into(),
-    ));
-    let mut bad_tag = ServerSpec::windows("badtag01", 1);
-    bad_tag.extra_tags.push((
-        "ConsistentSnapshot:ExcludeBootVolume".into(),
-        "perhaps".into(),
-    ));
+    let keeps_boot =
+        ServerSpec::windows("keepsboot01", 2).tag("ConsistentSnapshot:ExcludeBootVolume", "False");
+    let bad_tag =
+        ServerSpec::windows("badtag01", 1).tag("ConsistentSnapshot:ExcludeBootVolume", "perhaps");
     let servers = vec![ServerSpec::windows("data01", 2), keeps_boot, bad_tag];
     let ids = seed(&emulator, &servers).await.expect("seed");
 

@@ -26,12 +26,9 @@ async fn every_outcome_of_a_mixed_fleet() {
     let (logs, _guard) = Logs::capture(None).expect("logs");
     let emulator = Emulator::start().await.expect("emulator");
     let queue = emulator.create_queue("tracking", 3).await.expect("queue");
-    let mut untagged = ServerSpec::windows("untagged01", 1);
-    untagged.tagged = false;
-    let mut stopped = ServerSpec::windows("stopped01", 1);
-    stopped.stopped = true;
-    let mut linux = ServerSpec::windows("linux01", 1);
-    linux.windows = false;
+    let untagged = ServerSpec::windows("untagged01", 1).untagged();
+    let stopped = ServerSpec::windows("stopped01", 1).stopped();
+    let linux = ServerSpec::windows("linux01", 1).linux();
     let servers = vec![
         ServerSpec::windows("sql01", 2),
         ServerSpec::windows("exch01", 3),

@@ -28,10 +28,8 @@ async fn main() -> harness::Result<()> {
         .create_queue("consistent-snapshot-tracking", 5)
         .await?;
 
-    let mut untagged = ServerSpec::windows("print01", 1);
-    untagged.tagged = false;
-    let mut stopped = ServerSpec::windows("legacy01", 2);
-    stopped.stopped = true;
+    let untagged = ServerSpec::windows("print01", 1).untagged();
+    let stopped = ServerSpec::windows("legacy01", 2).stopped();
     let fleet = vec![
         ServerSpec::windows("sql-prod-01", 3),
         ServerSpec::windows("sql-prod-02", 2).sim(json!({"duration": 2.5})),
