@@ -119,7 +119,8 @@ impl App {
                 });
             }
         }
-        // Ask SSM only about instances that could pass: running Windows ones.
+        // Ask SSM only about running instances: no other state can pass preflight. Platform is
+        // not filtered here, since SSM's PlatformType is one way Windows is recognised.
         let candidates: Vec<String> = instances
             .iter()
             .filter(|i| i.state == "running")
@@ -298,7 +299,12 @@ impl App {
         }
     }
 
-    async fn requeue(&self, job: Job, attempt: u32) -> Result<(), Error> {
+    /// Puts a job back on the queue, delayed by its attempt's backoff.
+    async fn requeue(&self, job: Job) -> Result<(), Error> {
+        let attempt = match &job {
+            Job::Instance(j) => j.attempt,
+            Job::Run(j) => j.attempt,
+        };
         let delay = backoff_seconds(
             attempt,
             self.config.poll_initial_seconds,
@@ -329,8 +335,7 @@ impl App {
         match track::next_instance_step(&job, &look, &snapshots, Utc::now(), completion) {
             Next::Wait { job, why } => {
                 info!(run_id = %job.run_id, instance_id = %job.instance_id, attempt = job.attempt, waiting_for = %why, "not final yet");
-                let attempt = job.attempt;
-                self.requeue(Job::Instance(job), attempt).await
+                self.requeue(Job::Instance(job)).await
             }
             Next::Finish(outcome) => {
                 let tagged = track::tag_instance_snapshots(&self.ec2, &job, &snapshots).await?;
@@ -402,18 +407,14 @@ impl App {
         if open > 0 && !past_deadline {
             info!(run_id = %job.run_id, open, "run not final yet");
             let attempt = job.attempt + 1;
-            return self
-                .requeue(Job::Run(RunJob { attempt, ..job }), attempt)
-                .await;
+            return self.requeue(Job::Run(RunJob { attempt, ..job })).await;
         }
         let snapshots = track::run_snapshots(&self.ec2, &job.run_id, None).await?;
         let pending = snapshots.iter().filter(|s| s.state == "pending").count();
         if pending > 0 && !past_deadline {
             info!(run_id = %job.run_id, pending, "run waiting for snapshots to complete");
             let attempt = job.attempt + 1;
-            return self
-                .requeue(Job::Run(RunJob { attempt, ..job }), attempt)
-                .await;
+            return self.requeue(Job::Run(RunJob { attempt, ..job })).await;
         }
         let ids: Vec<String> = invocations.keys().cloned().collect();
         let instances = self.describe_by_id(&ids).await?;
