@@ -2,10 +2,12 @@
 //!
 //! `plan_commands`, `tags_parameter` and `sanitize_tag_text` are pure; `send` is the AWS edge.
 
+use aws_sdk_ssm::config::retry::RetryConfig;
+use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ssm::Client as SsmClient;
 
 use crate::config::Config;
-use crate::error::{aws, Error};
+use crate::error::{aws, is_throttling, Error};
 use crate::fleet::Target;
 
 /// SendCommand takes at most 50 instance ids.
@@ -16,6 +18,8 @@ pub const MAX_COMMENT: usize = 100;
 pub const TAG_RUN_ID: &str = "ConsistentSnapshot:RunId";
 pub const TAG_INSTANCE_ID: &str = "ConsistentSnapshot:InstanceId";
 pub const TAG_MANAGED_BY: &str = "ConsistentSnapshot:ManagedBy";
+/// The Comment of every command this tool sends starts so, followed by the run id.
+pub const COMMENT_PREFIX: &str = "ConsistentSnapshot run ";
 
 /// One SendCommand: instances that share the same parameters, at most 50 of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +79,7 @@ pub fn tags_parameter(run_id: &str, managed_by: &str) -> String {
 
 /// The command's Comment, which carries the run id (at most 100 characters).
 pub fn comment(run_id: &str) -> String {
-    let mut text = format!("ConsistentSnapshot run {run_id}");
+    let mut text = format!("{COMMENT_PREFIX}{run_id}");
     text.truncate(MAX_COMMENT);
     text
 }
@@ -90,20 +94,44 @@ fn flag(value: bool) -> String {
     if value { "True" } else { "False" }.to_string()
 }
 
-/// Sends one planned command; answers its command id.
+/// Why a SendCommand did not answer a command id.
+#[derive(Debug)]
+pub enum SendFailure {
+    /// Throttled: the command was not sent; try again after a pause.
+    Throttled(Error),
+    /// Refused for good (bad parameters, access denied): the command was not sent.
+    Refused(Error),
+    /// No answer, or a server error: the command may or may not have been sent. Only the
+    /// command history can tell, so it must be read before sending again.
+    Unknown(Error),
+}
+
+impl SendFailure {
+    pub fn error(&self) -> &Error {
+        match self {
+            SendFailure::Throttled(e) | SendFailure::Refused(e) | SendFailure::Unknown(e) => e,
+        }
+    }
+}
+
+/// Sends one planned command once; answers its command id.
+///
+/// SendCommand is not idempotent (SSM takes no client token), so the SDK must not retry it
+/// blindly: a retry after a lost answer would freeze every instance a second time. Retries
+/// are left to the caller, which reads the history first when the outcome is unknown.
 pub async fn send(
     ssm: &SsmClient,
     config: &Config,
     run_id: &str,
     plan: &CommandPlan,
-) -> Result<String, Error> {
+) -> Result<String, SendFailure> {
     let ids: Vec<String> = plan.targets.iter().map(|t| t.instance_id.clone()).collect();
     let subject = format!(
-        "{} instances from {}",
+        "{} instances from {} (run {run_id})",
         ids.len(),
         ids.first().map(String::as_str).unwrap_or("-")
     );
-    let output = ssm
+    let result = ssm
         .send_command()
         .document_name(&config.ssm_document)
         .set_instance_ids(Some(ids))
@@ -117,18 +145,41 @@ pub async fn send(
         )
         .parameters("description", vec![description(run_id, &config.managed_by)])
         .parameters("tags", vec![tags_parameter(run_id, &config.managed_by)])
+        .customize()
+        .config_override(
+            aws_sdk_ssm::config::Builder::default().retry_config(RetryConfig::disabled()),
+        )
         .send()
-        .await
-        .map_err(|e| aws("SendCommand", subject.clone(), e))?;
+        .await;
+    let output = match result {
+        Ok(output) => output,
+        Err(err) => {
+            let kind = match &err {
+                SdkError::ServiceError(ctx) if is_throttling(ctx.err().code()) => {
+                    SendFailure::Throttled
+                }
+                SdkError::ServiceError(ctx) if ctx.raw().status().is_server_error() => {
+                    SendFailure::Unknown
+                }
+                SdkError::ServiceError(_) | SdkError::ConstructionFailure(_) => {
+                    SendFailure::Refused
+                }
+                _ => SendFailure::Unknown,
+            };
+            return Err(kind(aws("SendCommand", subject, err)));
+        }
+    };
     output
         .command()
         .and_then(|c| c.command_id())
         .map(str::to_string)
-        .ok_or_else(|| Error::Aws {
-            call: "SendCommand",
-            subject,
-            code: "NoCommandId".into(),
-            message: "the answer carried no command id".into(),
+        .ok_or_else(|| {
+            SendFailure::Unknown(Error::Aws {
+                call: "SendCommand",
+                subject,
+                code: "NoCommandId".into(),
+                message: "the answer carried no command id".into(),
+            })
         })
 }
 

@@ -35,6 +35,32 @@ impl Error {
             _ => None,
         }
     }
+
+    /// Whether AWS throttled the call (after the SDK's own retries).
+    pub fn is_throttling(&self) -> bool {
+        is_throttling(self.aws_code())
+    }
+}
+
+/// Error codes with which AWS services say "too many requests" (the SDK's own list).
+const THROTTLING_CODES: [&str; 12] = [
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "TransactionInProgressException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "LimitExceededException",
+    "RequestThrottled",
+    "SlowDown",
+];
+
+/// Whether an AWS error code means throttling: the request was not carried out.
+pub fn is_throttling(code: Option<&str>) -> bool {
+    code.is_some_and(|c| THROTTLING_CODES.contains(&c))
 }
 
 /// Wraps an SDK error with the call and the resource it concerned.

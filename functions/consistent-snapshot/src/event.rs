@@ -43,8 +43,9 @@ impl ScheduledRun {
     }
 }
 
-/// FNV-1a: a stable hash (std's hasher may change between Rust releases; run ids must not).
-fn fnv1a32(bytes: &[u8]) -> u32 {
+/// FNV-1a, 32 bits: a stable hash for names (std's hasher may change between Rust releases;
+/// run ids must not). Not for security.
+pub fn fnv1a32(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
     })
@@ -223,7 +224,7 @@ fn validate_snapshot_request(request: &SnapshotRequest) -> Result<(), Error> {
     if let Some(run_id) = &request.run_id {
         if !is_run_id(run_id) {
             return Err(Error::Event(format!(
-                "field `run_id`: {run_id:?} must be 1 to 64 letters, digits, '-', '_', '.' or ':'"
+                "field `run_id`: {run_id:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
             )));
         }
     }
@@ -244,7 +245,7 @@ pub fn is_run_id(id: &str) -> bool {
         && id.len() <= 64
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// Deserializes with the path of the failing field in the message.
@@ -392,7 +393,7 @@ mod tests {
                 "unknown field `instance`",
             ),
             (
-                json!({"action": "snapshot", "run_id": "a;b"}),
+                json!({"action": "snapshot", "run_id": "a:b"}),
                 "field `run_id`",
             ),
             (json!({"action": "backup"}), "field `action`"),

@@ -110,6 +110,12 @@ pub enum SkipReason {
     },
     /// Asked for by id in an on-demand call but not found with the target tag.
     NotTargeted,
+    /// Another VSS command is running on the instance (another run, or one sent by hand):
+    /// VSS takes one shadow copy at a time, and the instance is not frozen twice.
+    VssInProgress {
+        command_id: String,
+        run_id: Option<String>,
+    },
 }
 
 impl fmt::Display for SkipReason {
@@ -133,6 +139,13 @@ impl fmt::Display for SkipReason {
             SkipReason::NotTargeted => {
                 f.write_str("not found as a running or stopped instance with the target tag")
             }
+            SkipReason::VssInProgress { command_id, run_id } => match run_id {
+                Some(run) => write!(f, "VSS command {command_id} of run {run} is still running"),
+                None => write!(
+                    f,
+                    "VSS command {command_id} (not sent by this tool) is still running"
+                ),
+            },
         }
     }
 }

@@ -24,6 +24,9 @@ pub enum Job {
     Instance(InstanceJob),
     /// The whole run, which ends with the run's summary once every instance is final.
     Run(RunJob),
+    /// Queued before a run is claimed: once the claimant's lease is over, finishes a dispatch
+    /// that its claimant did not (because that Lambda was stopped half-way).
+    Watch(WatchJob),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +84,35 @@ pub struct RunJob {
     pub skipped: Vec<Skipped>,
     pub unsent: Vec<Unsent>,
     pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchJob {
+    pub run_id: String,
+    pub started_at: DateTime<Utc>,
+    /// The instances an on-demand run asked for (`None`: the whole fleet).
+    pub instance_ids: Option<Vec<String>>,
+    /// When to look: just after the lease it watches ends.
+    pub check_at: DateTime<Utc>,
+}
+
+impl Job {
+    pub fn run_id(&self) -> &str {
+        match self {
+            Job::Instance(j) => &j.run_id,
+            Job::Run(j) => &j.run_id,
+            Job::Watch(j) => &j.run_id,
+        }
+    }
+
+    /// How long the queue holds this job before delivering it (SQS allows at most 900 s).
+    pub fn delay_seconds(&self, now: DateTime<Utc>, initial: u32, max: u32) -> i32 {
+        match self {
+            Job::Instance(j) => backoff_seconds(j.attempt, initial, max),
+            Job::Run(j) => backoff_seconds(j.attempt, initial, max),
+            Job::Watch(j) => (j.check_at - now).num_seconds().clamp(0, 900) as i32,
+        }
+    }
 }
 
 impl Envelope {
@@ -170,6 +202,44 @@ mod tests {
                 .unwrap_err()
                 .contains("volume")
         );
+        // A field of the wrong type, an empty body, a JSON value that is not an object, and
+        // a watch without its run id.
+        let wrong_type =
+            Envelope::from_body(&body.replace("\"attempt\":0", "\"attempt\":\"zero\""));
+        assert!(
+            wrong_type.as_ref().is_err_and(|e| e.contains("zero")),
+            "{wrong_type:?}"
+        );
+        assert!(Envelope::from_body("").unwrap_err().contains("not JSON"));
+        assert!(Envelope::from_body("[1,2]").unwrap_err().contains("`v`"));
+        assert!(Envelope::from_body(
+            r#"{"v":1,"kind":"watch","started_at":"2026-11-23T00:00:00Z","check_at":"2026-11-23T00:00:00Z"}"#
+        )
+        .unwrap_err()
+        .contains("run_id"));
+    }
+
+    #[test]
+    fn a_watch_is_delivered_when_its_lease_ends_within_what_sqs_allows() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let watch = |secs| {
+            Job::Watch(WatchJob {
+                run_id: "r".into(),
+                started_at: now,
+                instance_ids: None,
+                check_at: now + chrono::Duration::seconds(secs),
+            })
+        };
+        assert_eq!(watch(42).delay_seconds(now, 30, 900), 42);
+        assert_eq!(watch(-5).delay_seconds(now, 30, 900), 0);
+        assert_eq!(watch(5_000).delay_seconds(now, 30, 900), 900);
+        let job = Job::Instance(InstanceJob {
+            attempt: 2,
+            ..instance_job()
+        });
+        assert_eq!(job.delay_seconds(now, 30, 900), 120);
+        let body = Envelope::new(watch(42)).to_body();
+        assert_eq!(Envelope::from_body(&body).map(|e| e.job), Ok(watch(42)));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Application-consistent (VSS) EBS snapshots of a tagged Windows fleet, as one AWS Lambda.
 //!
 //! Decisions are pure functions over plain data (`fleet::preflight`, `dispatch::plan_commands`,
-//! `outcome::classify`, `track::next_instance_step`); AWS calls stay at the edges.
+//! `history::plan_dispatch`, `run_claim::decide`, `outcome::classify`,
+//! `track::next_instance_step`); AWS calls stay at the edges.
 
 pub mod config;
 pub mod dispatch;
@@ -9,9 +10,13 @@ pub mod error;
 pub mod event;
 pub mod fleet;
 pub mod handler;
+pub mod history;
 pub mod job;
 pub mod outcome;
 pub mod report;
+pub mod run_claim;
+pub mod run_start;
+mod run_tracking;
 pub mod track;
 
 pub use config::Config;

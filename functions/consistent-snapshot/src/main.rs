@@ -20,7 +20,15 @@ async fn main() -> Result<(), Error> {
     let app = App::new(config, &sdk);
     let app = &app;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        app.handle(event.payload).await.map_err(Error::from)
+        // Lambda stops the invocation at its deadline: a run claimed here is held until then.
+        let deadline = i64::try_from(event.context.deadline)
+            .ok()
+            .and_then(chrono::DateTime::from_timestamp_millis);
+        match deadline {
+            Some(deadline) => app.handle_until(event.payload, deadline).await,
+            None => app.handle(event.payload).await,
+        }
+        .map_err(Error::from)
     }))
     .await
 }

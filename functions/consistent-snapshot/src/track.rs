@@ -371,4 +371,110 @@ mod tests {
             (OutcomeKind::Consistent, vec!["snap-1".to_string()])
         );
     }
+
+    fn final_look(status: &str, details: &str) -> Look {
+        Look::Final(FinalInvocation {
+            status: status.into(),
+            status_details: details.into(),
+            output: String::new(),
+        })
+    }
+
+    fn snap_with(state: &str, app_consistent: &str) -> SnapshotFacts {
+        SnapshotFacts {
+            tags: [("AppConsistent".to_string(), app_consistent.to_string())].into(),
+            ..snap(state)
+        }
+    }
+
+    /// Every final SSM status SSM reports for an invocation, with what the snapshots say.
+    #[test]
+    fn every_final_status_ends_the_job_with_the_snapshots_deciding_consistency() {
+        use OutcomeKind::*;
+        let finals = [
+            ("Success", "Success"),
+            ("Failed", "Failed"),
+            ("Cancelled", "Cancelled"),
+            ("TimedOut", "ExecutionTimedOut"),
+            ("TimedOut", "DeliveryTimedOut"),
+            ("Failed", "Undeliverable"),
+            ("Failed", "InvalidPlatform"),
+            ("Failed", "AccessDenied"),
+            ("Cancelled", "Terminated"),
+        ];
+        for (status, details) in finals {
+            let look = final_look(status, details);
+            let with = |snapshots: &[SnapshotFacts]| match next_instance_step(
+                &job(Stage::Command, 60),
+                &look,
+                snapshots,
+                now(),
+                DAY,
+            ) {
+                Next::Finish(outcome) => outcome.kind,
+                Next::Wait { .. } => panic!("{status}/{details} with {snapshots:?} must finish"),
+            };
+            let no_snapshot = if status == "TimedOut" {
+                TimedOut
+            } else {
+                Failed
+            };
+            assert_eq!(with(&[]), no_snapshot, "{status}/{details}, no snapshot");
+            // Consistency is read from the snapshots, never from the status alone.
+            assert_eq!(
+                with(&[snap_with("completed", "True")]),
+                Consistent,
+                "{status}/{details}"
+            );
+            assert_eq!(
+                with(&[snap_with("completed", "False")]),
+                CrashConsistent,
+                "{status}/{details}"
+            );
+            assert_eq!(
+                with(&[snap_with("error", "True")]),
+                Incomplete,
+                "{status}/{details}"
+            );
+            // Pending snapshots move the job to the snapshot stage, whatever the status.
+            let next = next_instance_step(
+                &job(Stage::Command, 60),
+                &look,
+                &[snap("pending")],
+                now(),
+                DAY,
+            );
+            assert!(
+                matches!(next, Next::Wait { ref job, .. } if job.stage == Stage::Snapshots),
+                "{status}/{details}: {next:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_non_final_status_waits_until_the_stage_deadline_then_times_out() {
+        for status in [
+            "Pending",
+            "InProgress",
+            "Delayed",
+            "Cancelling",
+            "not yet registered",
+        ] {
+            let look = Look::NotYet {
+                status: status.into(),
+            };
+            for stage in [Stage::Command, Stage::Snapshots] {
+                assert!(matches!(
+                    next_instance_step(&job(stage, 1), &look, &[], now(), DAY),
+                    Next::Wait { .. }
+                ));
+                let next = next_instance_step(&job(stage, -1), &look, &[], now(), DAY);
+                assert!(
+                    matches!(next, Next::Finish(ref o) if o.kind == OutcomeKind::TimedOut
+                        && o.reason.as_deref().is_some_and(|r| r.contains(status))),
+                    "{status}: {next:?}"
+                );
+            }
+        }
+    }
 }

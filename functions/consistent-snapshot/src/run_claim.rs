@@ -1,0 +1,377 @@
+//! Who may dispatch a run: create-once markers in SSM Parameter Store.
+//!
+//! Sending the VSS command is the one step that must never happen twice, and a duplicated
+//! schedule can reach two Lambdas at the same moment, both seeing an empty command history. The
+//! run is therefore claimed first. `PutParameter` without `Overwrite` is an atomic create, so
+//! every transition of a run is a marker that only one caller can create, under
+//! `/consistent-snapshot/<deployment>/runs/<run id>/`:
+//!
+//! * `lease-<n>`: the invocation that created it dispatches the run, until its lease ends (its
+//!   own Lambda deadline: after that, it has been stopped). A lease that ended without
+//!   `dispatched` is taken over by creating `lease-<n+1>`.
+//! * `dispatched`: every command of the run is sent and every tracking message queued.
+//! * `reported`: the run's summary is written (so a duplicated final message writes nothing).
+//!
+//! `decide` is the pure decision; the functions below it are the Parameter Store edge. Every
+//! marker carries its writer's token, so a create whose answer was lost and whose retry meets
+//! `ParameterAlreadyExists` can still tell that it won.
+
+use aws_sdk_ssm::types::ParameterType;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{aws, Error};
+
+pub const ROOT: &str = "/consistent-snapshot";
+const DISPATCHED: &str = "dispatched";
+const REPORTED: &str = "reported";
+const LEASE: &str = "lease-";
+
+/// What one marker says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkerValue {
+    pub token: String,
+    /// When a lease ends (absent on the other markers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// A run's markers as read from Parameter Store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunMarkers {
+    /// Lease epochs and their ends.
+    pub leases: Vec<(u32, Option<DateTime<Utc>>)>,
+    pub dispatched: bool,
+    pub reported: bool,
+}
+
+/// What an invocation that wants to dispatch a run may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Nobody holds the run: try to create lease `epoch`.
+    Take { epoch: u32 },
+    /// Another invocation holds the run until `until`.
+    Held { epoch: u32, until: DateTime<Utc> },
+    /// The run's commands are sent: nothing left to dispatch.
+    Dispatched,
+    /// The run's summary is written.
+    Reported,
+}
+
+/// Decides from the markers whether to claim, wait or leave the run alone.
+pub fn decide(markers: &RunMarkers, now: DateTime<Utc>) -> Claim {
+    if markers.reported {
+        return Claim::Reported;
+    }
+    if markers.dispatched {
+        return Claim::Dispatched;
+    }
+    match markers.leases.iter().max_by_key(|(epoch, _)| *epoch) {
+        None => Claim::Take { epoch: 0 },
+        // A lease without a readable end is treated as ended: its writer is gone or broken.
+        Some((epoch, Some(until))) if *until > now => Claim::Held {
+            epoch: *epoch,
+            until: *until,
+        },
+        Some((epoch, _)) => Claim::Take { epoch: epoch + 1 },
+    }
+}
+
+/// Parameter names allow letters, digits and `. - _`; anything else becomes `_`, and a short
+/// hash of the original keeps two deployments whose names differ only there apart.
+pub fn path_segment(text: &str) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if clean == text {
+        clean
+    } else {
+        format!("{clean}-{:08x}", crate::event::fnv1a32(text.as_bytes()))
+    }
+}
+
+/// The Parameter Store path of a run's markers.
+pub fn run_path(managed_by: &str, run_id: &str) -> String {
+    format!(
+        "{ROOT}/{}/runs/{}",
+        path_segment(managed_by),
+        path_segment(run_id)
+    )
+}
+
+/// Reads the markers from the parameters found under a run's path (name, value).
+pub fn parse_markers<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -> RunMarkers {
+    let mut markers = RunMarkers::default();
+    for (name, value) in params {
+        let leaf = name.rsplit('/').next().unwrap_or_default();
+        if leaf == DISPATCHED {
+            markers.dispatched = true;
+        } else if leaf == REPORTED {
+            markers.reported = true;
+        } else if let Some(epoch) = leaf.strip_prefix(LEASE).and_then(|n| n.parse().ok()) {
+            let until = serde_json::from_str::<MarkerValue>(value)
+                .ok()
+                .and_then(|v| v.until);
+            markers.leases.push((epoch, until));
+        }
+    }
+    markers
+}
+
+/// The Parameter Store edge of one run's markers.
+pub struct RunMarkerStore<'a> {
+    pub ssm: &'a aws_sdk_ssm::Client,
+    pub path: String,
+    pub run_id: &'a str,
+    /// This invocation's token, written into every marker it creates.
+    pub token: String,
+}
+
+impl<'a> RunMarkerStore<'a> {
+    pub fn new(ssm: &'a aws_sdk_ssm::Client, managed_by: &str, run_id: &'a str) -> Self {
+        RunMarkerStore {
+            ssm,
+            path: run_path(managed_by, run_id),
+            run_id,
+            token: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+
+    pub async fn read(&self) -> Result<RunMarkers, Error> {
+        let mut pages = self
+            .ssm
+            .get_parameters_by_path()
+            .path(&self.path)
+            .recursive(false)
+            .max_results(10)
+            .into_paginator()
+            .send();
+        let mut found: Vec<(String, String)> = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws("GetParametersByPath", self.subject(), e))?;
+            for p in page.parameters() {
+                if let (Some(name), Some(value)) = (p.name(), p.value()) {
+                    found.push((name.to_string(), value.to_string()));
+                }
+            }
+        }
+        Ok(parse_markers(
+            found.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        ))
+    }
+
+    /// Tries to create lease `epoch` ending at `until`; answers whether this invocation holds it.
+    pub async fn take_lease(&self, epoch: u32, until: DateTime<Utc>) -> Result<bool, Error> {
+        self.create(&format!("{LEASE}{epoch}"), Some(until)).await
+    }
+
+    /// Marks the run dispatched; answers whether this invocation was the first to.
+    pub async fn mark_dispatched(&self) -> Result<bool, Error> {
+        self.create(DISPATCHED, None).await
+    }
+
+    /// Marks the run reported; answers whether this invocation was the first to (and so writes
+    /// the summary).
+    pub async fn mark_reported(&self) -> Result<bool, Error> {
+        self.create(REPORTED, None).await
+    }
+
+    /// Deletes the run's lease and dispatch markers once its summary is written; `reported`
+    /// stays so that a late duplicate of the final message writes no second summary.
+    pub async fn release(&self, markers: &RunMarkers) -> Result<(), Error> {
+        let mut names: Vec<String> = markers
+            .leases
+            .iter()
+            .map(|(epoch, _)| format!("{}/{LEASE}{epoch}", self.path))
+            .collect();
+        if markers.dispatched {
+            names.push(format!("{}/{DISPATCHED}", self.path));
+        }
+        for chunk in names.chunks(10) {
+            self.ssm
+                .delete_parameters()
+                .set_names(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| aws("DeleteParameters", self.subject(), e))?;
+        }
+        Ok(())
+    }
+
+    async fn create(&self, leaf: &str, until: Option<DateTime<Utc>>) -> Result<bool, Error> {
+        let name = format!("{}/{leaf}", self.path);
+        let value = serde_json::to_string(&MarkerValue {
+            token: self.token.clone(),
+            until,
+        })
+        .unwrap_or_default();
+        let put = self
+            .ssm
+            .put_parameter()
+            .name(&name)
+            .value(&value)
+            .r#type(ParameterType::String)
+            .overwrite(false)
+            .description(format!("consistent-snapshot run {} ({leaf})", self.run_id))
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(true),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_parameter_already_exists()) =>
+            {
+                // Either another invocation created it, or this one did and the answer was
+                // lost before a retry: the token says which.
+                let current = self
+                    .ssm
+                    .get_parameter()
+                    .name(&name)
+                    .send()
+                    .await
+                    .map_err(|e| aws("GetParameter", format!("{} ({leaf})", self.subject()), e))?;
+                let mine = current
+                    .parameter()
+                    .and_then(|p| p.value())
+                    .and_then(|v| serde_json::from_str::<MarkerValue>(v).ok())
+                    .is_some_and(|v| v.token == self.token);
+                Ok(mine)
+            }
+            Err(err) => Err(aws(
+                "PutParameter",
+                format!("{} ({leaf})", self.subject()),
+                err,
+            )),
+        }
+    }
+
+    fn subject(&self) -> String {
+        format!("run {} ({})", self.run_id, self.path)
+    }
+}
+
+/// How long a finished run's `reported` marker is kept: far longer than any redelivery.
+pub const KEEP_REPORTED_DAYS: i64 = 8;
+
+/// Deletes this deployment's markers older than `cutoff` (Standard parameters are limited to
+/// 10,000 a region); answers how many it deleted.
+pub async fn sweep(
+    ssm: &aws_sdk_ssm::Client,
+    managed_by: &str,
+    cutoff: DateTime<Utc>,
+) -> Result<usize, Error> {
+    let path = format!("{ROOT}/{}/runs", path_segment(managed_by));
+    let mut pages = ssm
+        .get_parameters_by_path()
+        .path(&path)
+        .recursive(true)
+        .max_results(10)
+        .into_paginator()
+        .send();
+    let mut old = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| aws("GetParametersByPath", path.clone(), e))?;
+        for p in page.parameters() {
+            let modified = p
+                .last_modified_date()
+                .and_then(|d| DateTime::from_timestamp(d.secs(), 0));
+            if let (Some(name), Some(modified)) = (p.name(), modified) {
+                if modified < cutoff {
+                    old.push(name.to_string());
+                }
+            }
+        }
+    }
+    for chunk in old.chunks(10) {
+        ssm.delete_parameters()
+            .set_names(Some(chunk.to_vec()))
+            .send()
+            .await
+            .map_err(|e| aws("DeleteParameters", path.clone(), e))?;
+    }
+    Ok(old.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
+    }
+
+    fn lease(epoch: u32, ends_in: i64) -> (String, String) {
+        let value = MarkerValue {
+            token: format!("t{epoch}"),
+            until: Some(now() + Duration::seconds(ends_in)),
+        };
+        (
+            format!("/consistent-snapshot/d/runs/r/lease-{epoch}"),
+            serde_json::to_string(&value).unwrap_or_default(),
+        )
+    }
+
+    fn markers(params: &[(String, String)]) -> RunMarkers {
+        parse_markers(params.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+    }
+
+    #[test]
+    fn an_unclaimed_run_is_taken_at_epoch_zero() {
+        assert_eq!(decide(&markers(&[]), now()), Claim::Take { epoch: 0 });
+    }
+
+    #[test]
+    fn a_live_lease_is_held_and_an_ended_one_is_taken_over_by_the_next_epoch() {
+        let live = markers(&[lease(0, -100), lease(1, 30)]);
+        assert_eq!(
+            decide(&live, now()),
+            Claim::Held {
+                epoch: 1,
+                until: now() + Duration::seconds(30)
+            }
+        );
+        let ended = markers(&[lease(0, -100), lease(1, -1)]);
+        assert_eq!(decide(&ended, now()), Claim::Take { epoch: 2 });
+        // A lease whose end cannot be read is over: its writer was not this version.
+        let broken = markers(&[("/x/runs/r/lease-4".into(), "not json".into())]);
+        assert_eq!(decide(&broken, now()), Claim::Take { epoch: 5 });
+    }
+
+    #[test]
+    fn dispatched_and_reported_runs_are_left_alone_whatever_the_leases_say() {
+        let mut params = vec![lease(0, 60), ("/x/runs/r/dispatched".into(), "{}".into())];
+        assert_eq!(decide(&markers(&params), now()), Claim::Dispatched);
+        params.push(("/x/runs/r/reported".into(), "{}".into()));
+        assert_eq!(decide(&markers(&params), now()), Claim::Reported);
+    }
+
+    #[test]
+    fn unknown_leaves_are_ignored() {
+        let m = markers(&[("/x/runs/r/lease-x".into(), "{}".into())]);
+        assert_eq!(m, RunMarkers::default());
+    }
+
+    #[test]
+    fn paths_keep_only_parameter_name_characters_and_stay_distinct() {
+        assert_eq!(
+            run_path("vss-prod", "20261123T000000Z-ab12cd34"),
+            "/consistent-snapshot/vss-prod/runs/20261123T000000Z-ab12cd34"
+        );
+        let a = path_segment("prod vss");
+        let b = path_segment("prod_vss");
+        assert_ne!(a, b);
+        assert!(a.starts_with("prod_vss-"));
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
+    }
+}

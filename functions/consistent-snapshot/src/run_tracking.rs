@@ -1,0 +1,234 @@
+//! Tracking messages: each look at an instance's (or a whole run's) progress either queues
+//! the next look or finishes, and a run finishes with exactly one summary.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{Duration, Utc};
+use tracing::{info, warn};
+
+use crate::error::{aws, Error};
+use crate::fleet::{self, AttachedVolume};
+use crate::handler::App;
+use crate::job::{InstanceJob, Job, RunJob};
+use crate::outcome::{classify, is_final_status, FinalInvocation, Outcome, OutcomeKind};
+use crate::report::RunReport;
+use crate::run_claim::{self, RunMarkerStore};
+use crate::track::{self, Look, Next};
+
+impl App {
+    pub(crate) async fn track_instance(&self, job: InstanceJob) -> Result<(), Error> {
+        let look = track::look(&self.ssm, &job.command_id, &job.instance_id).await?;
+        let snapshots = match look {
+            Look::Final(_) => {
+                let volumes = job.volumes.iter().map(|v| v.volume_id.clone()).collect();
+                track::run_snapshots(&self.ec2, &job.run_id, Some(volumes)).await?
+            }
+            Look::NotYet { .. } => Vec::new(),
+        };
+        let completion =
+            Duration::seconds(i64::from(self.config.snapshot_completion_timeout_seconds));
+        match track::next_instance_step(&job, &look, &snapshots, Utc::now(), completion) {
+            Next::Wait { job, why } => {
+                info!(run_id = %job.run_id, instance_id = %job.instance_id, attempt = job.attempt, waiting_for = %why, "not final yet");
+                self.requeue(Job::Instance(job)).await
+            }
+            Next::Finish(outcome) => {
+                let tagged = track::tag_instance_snapshots(&self.ec2, &job, &snapshots).await?;
+                log_outcome(&job.run_id, &outcome, tagged);
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) async fn track_run(&self, job: RunJob) -> Result<(), Error> {
+        let now = Utc::now();
+        let past_deadline = now > job.deadline;
+        let mut invocations: BTreeMap<String, (String, Option<FinalInvocation>, bool)> =
+            BTreeMap::new();
+        // Commands whose invocations SSM does not list in full (yet).
+        let mut unlisted: Vec<(&str, usize)> = Vec::new();
+        for command in &job.commands {
+            let mut listed = 0;
+            let mut pages = self
+                .ssm
+                .list_command_invocations()
+                .command_id(&command.command_id)
+                .details(true)
+                .max_results(50)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| {
+                    aws(
+                        "ListCommandInvocations",
+                        format!("command {} of run {}", command.command_id, job.run_id),
+                        e,
+                    )
+                })?;
+                for inv in page.command_invocations() {
+                    let Some(instance_id) = inv.instance_id() else {
+                        continue;
+                    };
+                    let status = inv
+                        .status()
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default();
+                    let fin = is_final_status(&status).then(|| FinalInvocation {
+                        status: status.clone(),
+                        status_details: inv.status_details().unwrap_or_default().to_string(),
+                        output: inv
+                            .command_plugins()
+                            .iter()
+                            .filter_map(|p| p.output())
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                    });
+                    invocations.insert(
+                        instance_id.to_string(),
+                        (status, fin, command.exclude_boot_volume),
+                    );
+                    listed += 1;
+                }
+            }
+            if listed < command.instances {
+                unlisted.push((&command.command_id, command.instances - listed));
+            }
+        }
+        let open = invocations
+            .values()
+            .filter(|(_, fin, _)| fin.is_none())
+            .count()
+            + unlisted.iter().map(|(_, n)| n).sum::<usize>();
+        if open > 0 && !past_deadline {
+            info!(run_id = %job.run_id, open, "run not final yet");
+            let attempt = job.attempt + 1;
+            return self.requeue(Job::Run(RunJob { attempt, ..job })).await;
+        }
+        let snapshots = track::run_snapshots(&self.ec2, &job.run_id, None).await?;
+        let pending = snapshots.iter().filter(|s| s.state == "pending").count();
+        if pending > 0 && !past_deadline {
+            info!(run_id = %job.run_id, pending, "run waiting for snapshots to complete");
+            let attempt = job.attempt + 1;
+            return self.requeue(Job::Run(RunJob { attempt, ..job })).await;
+        }
+        let ids: Vec<String> = invocations.keys().cloned().collect();
+        let instances = self.describe_by_id(&ids).await?;
+        let mut outcomes = Vec::new();
+        for (instance_id, (status, fin, exclude_boot)) in &invocations {
+            let facts = instances.get(instance_id);
+            let name = facts
+                .map(|f| f.display_name().to_string())
+                .unwrap_or_else(|| instance_id.clone());
+            let expected: Vec<AttachedVolume> = facts
+                .map(|f| f.expected_volumes(*exclude_boot))
+                .unwrap_or_default();
+            let mine: Vec<_> = snapshots
+                .iter()
+                .filter(|s| {
+                    expected.iter().any(|v| v.volume_id == s.volume_id)
+                        || s.tags.get(crate::dispatch::TAG_INSTANCE_ID) == Some(instance_id)
+                })
+                .cloned()
+                .collect();
+            let (kind, reason) = match fin {
+                Some(fin) => classify(&expected, fin, &mine),
+                None => (
+                    OutcomeKind::TimedOut,
+                    Some(format!("SSM invocation still {status} at the run deadline")),
+                ),
+            };
+            outcomes.push(Outcome {
+                instance_id: instance_id.clone(),
+                name,
+                kind,
+                volumes: expected.len(),
+                snapshots: mine.iter().map(|s| s.snapshot_id.clone()).collect(),
+                reason,
+            });
+        }
+        outcomes.extend(job.skipped.iter().map(|s| Outcome {
+            instance_id: s.instance_id.clone(),
+            name: s.name.clone(),
+            kind: OutcomeKind::Skipped,
+            volumes: 0,
+            snapshots: vec![],
+            reason: Some(s.reason.to_string()),
+        }));
+        // Past the deadline, instances SSM never listed are still accounted for.
+        outcomes.extend(unlisted.iter().map(|(command_id, missing)| Outcome {
+            instance_id: format!("command {command_id}"),
+            name: format!("{missing} instance(s)"),
+            kind: OutcomeKind::TimedOut,
+            volumes: 0,
+            snapshots: vec![],
+            reason: Some(format!(
+                "SSM never listed {missing} of this command's invocations by the run deadline"
+            )),
+        }));
+        outcomes.extend(job.unsent.iter().map(|u| Outcome {
+            instance_id: u.instance_id.clone(),
+            name: u.name.clone(),
+            kind: OutcomeKind::Failed,
+            volumes: 0,
+            snapshots: vec![],
+            reason: Some(format!("command not sent: {}", u.error)),
+        }));
+        let report = RunReport::new(&job.run_id, job.started_at, now, outcomes);
+        // One summary per run, however often this message is delivered.
+        let store = RunMarkerStore::new(&self.ssm, &self.config.managed_by, &job.run_id);
+        if !store.mark_reported().await? {
+            info!(run_id = %job.run_id, "the run's summary is already written (a duplicate delivery)");
+            return Ok(());
+        }
+        let summary = report.summary_line();
+        let report_json = serde_json::to_string(&report).unwrap_or_default();
+        if report.all_consistent() {
+            info!(run_id = %job.run_id, report = %report_json, "{summary}");
+        } else {
+            warn!(run_id = %job.run_id, report = %report_json, "{summary}");
+        }
+        self.release_markers(&store).await;
+        Ok(())
+    }
+
+    /// Drops the finished run's lease and dispatch markers and any marker past its keep time.
+    /// A failure here leaves parameters behind, not a wrong backup: it is logged, not retried.
+    async fn release_markers(&self, store: &RunMarkerStore<'_>) {
+        let released = match store.read().await {
+            Ok(markers) => store.release(&markers).await,
+            Err(err) => Err(err),
+        };
+        let cutoff = Utc::now() - Duration::days(run_claim::KEEP_REPORTED_DAYS);
+        let swept = run_claim::sweep(&self.ssm, &self.config.managed_by, cutoff).await;
+        match (released, swept) {
+            (Ok(()), Ok(swept)) => {
+                info!(run_id = %store.run_id, swept, "run markers released")
+            }
+            (Err(err), _) | (_, Err(err)) => {
+                warn!(run_id = %store.run_id, error = %err, "run markers not released")
+            }
+        }
+    }
+
+    async fn describe_by_id(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, fleet::InstanceFacts>, Error> {
+        let found =
+            fleet::describe(&self.ec2, &[], Some(ids), self.config.describe_page_size).await?;
+        Ok(found
+            .into_iter()
+            .map(|f| (f.instance_id.clone(), f))
+            .collect())
+    }
+}
+
+fn log_outcome(run_id: &str, outcome: &Outcome, tagged: usize) {
+    let reason = outcome.reason.as_deref().unwrap_or("");
+    let snapshots = outcome.snapshots.join(",");
+    if outcome.kind == OutcomeKind::Consistent {
+        info!(run_id, instance_id = %outcome.instance_id, name = %outcome.name, outcome = %outcome.kind, snapshots = %snapshots, tagged, reason, "instance finished");
+    } else {
+        warn!(run_id, instance_id = %outcome.instance_id, name = %outcome.name, outcome = %outcome.kind, snapshots = %snapshots, tagged, reason, "instance finished");
+    }
+}
