@@ -9,7 +9,9 @@ behaves like AWS where this project depends on it:
   "runs", creates one EBS snapshot per attached volume with the document's tags plus
   `AppConsistent` and `Device`, as AWSEC2-CreateVssSnapshot does.
 * SSM's view of the fleet: DescribeInstanceInformation and ListCommandInvocations, which moto
-  does not implement, answer from the simulated agents.
+  does not implement, answer from the simulated agents; ListCommands gets the filters, paging
+  and per-command status moto leaves out.
+* PutParameter without Overwrite is made atomic, as it is in AWS.
 * moto's SendCommand sends to every instance when `Targets` is empty; here it sends to exactly
   the given InstanceIds, as AWS does.
 
@@ -285,6 +287,12 @@ class Simulation:
                 rows.append(row)
             return rows
 
+    def command_statuses(self, command_id: str) -> list[str]:
+        with self.lock:
+            return [
+                inv.status for (cid, _), inv in self.invocations.items() if cid == command_id
+            ]
+
     def snapshot_of_invocations(self) -> list[dict[str, Any]]:
         with self.lock:
             return [
@@ -445,10 +453,80 @@ def _list_command_invocations(self: Any) -> ActionResult:
     return ActionResult(result)
 
 
+def _naive_utc(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def _list_commands(self: Any) -> ActionResult:
+    """ListCommands with the Filters and paging moto leaves out, and a status per command that
+    follows its simulated invocations (moto reports every command Success at once)."""
+    max_results = int(self._get_param("MaxResults") or 50)
+    if not 1 <= max_results <= 50:
+        raise RESTError("ValidationException", "MaxResults must be between 1 and 50")
+    commands = self.ssm_backend.list_commands(
+        self._get_param("CommandId"), self._get_param("InstanceId")
+    )
+    rows = []
+    for command in commands:
+        row = command.response_object()
+        statuses = SIM.command_statuses(command.command_id)
+        if statuses:
+            row["Status"] = row["StatusDetails"] = command_status(statuses)
+            row["CompletedCount"] = sum(1 for s in statuses if s in FINAL)
+            row["ErrorCount"] = sum(1 for s in statuses if s in FINAL and s != "Success")
+        rows.append(row)
+    for flt in self._get_param("Filters", []) or []:
+        key, value = flt.get("key") or flt.get("Key"), flt.get("value") or flt.get("Value")
+        if key == "DocumentName":
+            rows = [r for r in rows if r["DocumentName"] == value]
+        elif key in ("InvokedAfter", "InvokedBefore"):
+            when = _naive_utc(dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")))
+            after = key == "InvokedAfter"
+            rows = [
+                r
+                for r in rows
+                if (_naive_utc(r["RequestedDateTime"]) >= when) == after
+            ]
+        elif key == "Status":
+            rows = [r for r in rows if r["Status"] == value]
+        else:
+            raise RESTError("InvalidFilterKey", f"filter key {key!r} is not supported here")
+    page, token = _paginate(rows, self._get_param("NextToken"), max_results)
+    result: dict[str, Any] = {"Commands": page}
+    if token:
+        result["NextToken"] = token
+    return ActionResult(result)
+
+
+def command_status(statuses: list[str]) -> str:
+    if any(s not in FINAL for s in statuses):
+        return "Pending" if all(s == "Pending" for s in statuses) else "InProgress"
+    for status in ("TimedOut", "Cancelled", "Failed"):
+        if status in statuses:
+            return status
+    return "Success"
+
+
 ssm_responses.SimpleSystemManagerResponse.describe_instance_information = (
     _describe_instance_information
 )
 ssm_responses.SimpleSystemManagerResponse.list_command_invocations = _list_command_invocations
+ssm_responses.SimpleSystemManagerResponse.list_commands = _list_commands
+
+# PutParameter without Overwrite is an atomic create in AWS (the function claims runs with it);
+# moto checks and then appends, so two threads could both create. One lock makes it atomic.
+_PARAMETER_LOCK = threading.Lock()
+_original_put_parameter = ssm_models.SimpleSystemManagerBackend.put_parameter
+
+
+def _put_parameter(self: Any, *args: Any, **kwargs: Any) -> Any:
+    with _PARAMETER_LOCK:
+        return _original_put_parameter(self, *args, **kwargs)
+
+
+ssm_models.SimpleSystemManagerBackend.put_parameter = _put_parameter
 
 
 class QuietHandler(MotoRequestHandler):

@@ -23,7 +23,27 @@ use consistent_snapshot::report::RunReport;
 use consistent_snapshot::{App, Config};
 use serde_json::{json, Value};
 
+pub mod chaos;
+pub mod faults;
+
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The function's timeout in the tests: `invoke` stops an invocation there, as Lambda does, and
+/// a run it claimed is held until then (plus the function's margin).
+pub const FUNCTION_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// Invokes the function as Lambda would: with its deadline, stopped when the deadline passes.
+pub async fn invoke(app: &App, payload: Value) -> Result<Value> {
+    let deadline = deadline_in(FUNCTION_TIMEOUT);
+    match tokio::time::timeout(FUNCTION_TIMEOUT, app.handle_until(payload, deadline)).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => Err(format!("the invocation timed out after {FUNCTION_TIMEOUT:?}").into()),
+    }
+}
+
+pub fn deadline_in(timeout: Duration) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() + chrono::Duration::milliseconds(timeout.as_millis() as i64)
+}
 
 pub const REGION: &str = "us-east-1";
 pub const TAG_KEY: &str = "ConsistentSnapshot";
@@ -176,6 +196,11 @@ impl Emulator {
 
     /// The function, configured as a deployment would be, plus `overrides`.
     pub fn app(&self, queue_url: &str, overrides: &[(&str, &str)]) -> Result<App> {
+        Ok(App::new(self.config(queue_url, overrides)?, &self.sdk))
+    }
+
+    /// The function's configuration as a deployment would set it, plus `overrides`.
+    pub fn config(&self, queue_url: &str, overrides: &[(&str, &str)]) -> Result<Config> {
         let mut env: HashMap<String, String> = [
             ("QUEUE_URL", queue_url),
             ("MANAGED_BY", "vss-test"),
@@ -190,8 +215,7 @@ impl Emulator {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
-        let config = Config::from_lookup(|name| env.get(name).cloned())?;
-        Ok(App::new(config, &self.sdk))
+        Ok(Config::from_lookup(|name| env.get(name).cloned())?)
     }
 }
 
@@ -404,10 +428,7 @@ pub async fn drain(
     limit: Duration,
 ) -> Result<Drained> {
     let sqs = emulator.sqs();
-    let arn = format!(
-        "arn:aws:sqs:{REGION}:123456789012:{}",
-        queue_url.rsplit('/').next().unwrap_or("queue")
-    );
+    let arn = queue_arn(queue_url);
     let started = Instant::now();
     let mut drained = Drained::default();
     loop {
@@ -429,39 +450,9 @@ pub async fn drain(
             }
             continue;
         }
-        let records: Vec<Value> = messages
-            .iter()
-            .map(|m| {
-                let attributes: serde_json::Map<String, Value> = m
-                    .attributes()
-                    .map(|a| {
-                        a.iter()
-                            .map(|(k, v)| (k.as_str().to_string(), Value::String(v.clone())))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                json!({
-                    "messageId": m.message_id(),
-                    "receiptHandle": m.receipt_handle(),
-                    "body": m.body(),
-                    "attributes": attributes,
-                    "messageAttributes": {},
-                    "md5OfBody": m.md5_of_body(),
-                    "eventSource": "aws:sqs",
-                    "eventSourceARN": arn,
-                    "awsRegion": REGION,
-                })
-            })
-            .collect();
-        let response = app.handle(json!({ "Records": records })).await?;
-        let failed: Vec<String> = response["batchItemFailures"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|f| f["itemIdentifier"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let records = sqs_records(messages, &arn);
+        let response = invoke(app, json!({ "Records": records })).await?;
+        let failed = batch_failures(&response);
         drained.invocations += 1;
         drained.messages += messages.len();
         drained.failures += failed.len();
@@ -480,7 +471,55 @@ pub async fn drain(
     }
 }
 
-async fn queue_is_empty(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Result<bool> {
+/// The records of an `SqsEvent` as the Lambda event source mapping builds them.
+pub fn sqs_records(messages: &[aws_sdk_sqs::types::Message], arn: &str) -> Vec<Value> {
+    messages
+        .iter()
+        .map(|m| {
+            let attributes: serde_json::Map<String, Value> = m
+                .attributes()
+                .map(|a| {
+                    a.iter()
+                        .map(|(k, v)| (k.as_str().to_string(), Value::String(v.clone())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "messageId": m.message_id(),
+                "receiptHandle": m.receipt_handle(),
+                "body": m.body(),
+                "attributes": attributes,
+                "messageAttributes": {},
+                "md5OfBody": m.md5_of_body(),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": arn,
+                "awsRegion": REGION,
+            })
+        })
+        .collect()
+}
+
+/// The message ids an `SqsBatchResponse` reports as failed.
+pub fn batch_failures(response: &Value) -> Vec<String> {
+    response["batchItemFailures"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f["itemIdentifier"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The queue's ARN in the emulator's account.
+pub fn queue_arn(queue_url: &str) -> String {
+    format!(
+        "arn:aws:sqs:{REGION}:123456789012:{}",
+        queue_url.rsplit('/').next().unwrap_or("queue")
+    )
+}
+
+pub async fn queue_is_empty(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Result<bool> {
     let out = sqs
         .get_queue_attributes()
         .queue_url(queue_url)
@@ -491,6 +530,24 @@ async fn queue_is_empty(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Result<bo
         .await?;
     let attributes = out.attributes().cloned().unwrap_or_default();
     Ok(attributes.values().all(|v| v == "0"))
+}
+
+/// How many messages wait in the queue called `name` (visible, in flight or delayed).
+pub async fn queue_depth(emulator: &Emulator, name: &str) -> Result<usize> {
+    let sqs = emulator.sqs();
+    let url = sqs.get_queue_url().queue_name(name).send().await?;
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(url.queue_url().unwrap_or_default())
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+        .send()
+        .await?;
+    Ok(out
+        .attributes()
+        .map(|a| a.values().filter_map(|v| v.parse::<usize>().ok()).sum())
+        .unwrap_or(0))
 }
 
 /// The snapshots carrying this run id, as an operator would list them.
@@ -593,13 +650,45 @@ impl Logs {
 
     /// The run's summary as the function logged it, if it did.
     pub fn run_report(&self, run_id: &str) -> Option<RunReport> {
+        self.run_reports(run_id).into_iter().next()
+    }
+
+    /// Every summary the function logged for the run (exactly one is right).
+    pub fn run_reports(&self, run_id: &str) -> Vec<RunReport> {
         self.records()
             .iter()
             .filter(|r| r["run_id"] == run_id)
-            .find_map(|r| {
+            .filter_map(|r| {
                 r["report"]
                     .as_str()
                     .and_then(|s| serde_json::from_str(s).ok())
             })
+            .collect()
     }
+
+    /// Log records whose message starts with `text`.
+    pub fn messages_starting(&self, text: &str) -> Vec<Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["message"].as_str().is_some_and(|m| m.starts_with(text)))
+            .collect()
+    }
+}
+
+/// SSM commands per instance for a run, as the simulated Windows side received them.
+pub fn commands_per_instance(
+    invocations: &[Value],
+    run_id: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    let comment = consistent_snapshot::dispatch::comment(run_id);
+    let mut per = std::collections::BTreeMap::new();
+    for inv in invocations
+        .iter()
+        .filter(|i| i["comment"] == comment.as_str())
+    {
+        if let Some(id) = inv["instance_id"].as_str() {
+            *per.entry(id.to_string()).or_insert(0) += 1;
+        }
+    }
+    per
 }

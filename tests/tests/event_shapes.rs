@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use harness::{drain, scheduled_event, seed, Emulator, Logs, ServerSpec};
+use harness::{drain, invoke, scheduled_event, seed, Emulator, Logs, ServerSpec};
 use serde_json::json;
 
 #[tokio::test]
@@ -19,19 +19,17 @@ async fn scheduler_input_and_rule_event_both_start_a_run_with_a_deterministic_id
         "scheduled_time": "2026-11-23T00:00:00Z",
         "execution_id": "d32c5kddcf5bb8c3"
     });
-    let a = app
-        .handle(scheduler.clone())
+    let a = invoke(&app, scheduler.clone())
         .await
         .expect("scheduler input");
     let mut retry = scheduler;
     retry["execution_id"] = json!("e0a1b2c3d4e5f6a7");
-    let b = app.handle(retry).await.expect("redelivery");
+    let b = invoke(&app, retry).await.expect("redelivery");
     assert_eq!(
         a["run_id"], b["run_id"],
         "a duplicated delivery is the same run"
     );
-    let c = app
-        .handle(scheduled_event("nightly", "2026-11-23T00:00:00Z"))
+    let c = invoke(&app, scheduled_event("nightly", "2026-11-23T00:00:00Z"))
         .await
         .expect("rule event");
     assert_ne!(a["run_id"], c["run_id"], "another schedule is another run");
@@ -63,22 +61,24 @@ async fn on_demand_snapshot_of_chosen_instances() {
     .expect("seed");
     let app = emulator.app(&queue, &[]).expect("app");
 
-    let dry = app
-        .handle(json!({"action": "snapshot", "instance_ids": [ids[0]], "dry_run": true}))
-        .await
-        .expect("dry run");
+    let dry = invoke(
+        &app,
+        json!({"action": "snapshot", "instance_ids": [ids[0]], "dry_run": true}),
+    )
+    .await
+    .expect("dry run");
     assert_eq!(dry["dispatched"][0]["instance_id"], json!(ids[0]));
     assert!(
         emulator.invocations().expect("invocations").is_empty(),
         "a dry run sends nothing"
     );
 
-    let answer = app
-        .handle(
-            json!({"action": "snapshot", "instance_ids": [ids[0], ids[2]], "run_id": "manual-1"}),
-        )
-        .await
-        .expect("snapshot");
+    let answer = invoke(
+        &app,
+        json!({"action": "snapshot", "instance_ids": [ids[0], ids[2]], "run_id": "manual-1"}),
+    )
+    .await
+    .expect("snapshot");
     assert_eq!(answer["run_id"], json!("manual-1"));
     assert_eq!(answer["dispatched"].as_array().map(Vec::len), Some(1));
     assert_eq!(
@@ -126,8 +126,7 @@ async fn malformed_payloads_are_errors_that_name_the_field() {
         ),
     ];
     for (payload, field) in cases {
-        let err = app
-            .handle(payload.clone())
+        let err = invoke(&app, payload.clone())
             .await
             .expect_err("must be refused")
             .to_string();
@@ -157,7 +156,7 @@ async fn poison_messages_fail_alone_and_the_rest_of_the_batch_goes_on() {
             .await
             .expect("send");
     }
-    app.handle(json!({"action": "snapshot", "run_id": "with-poison"}))
+    invoke(&app, json!({"action": "snapshot", "run_id": "with-poison"}))
         .await
         .expect("run");
     // The poison messages fail each time until the redrive policy (5 receives) moves them to

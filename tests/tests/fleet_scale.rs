@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use consistent_snapshot::outcome::OutcomeKind;
 use harness::{
-    drain, run_snapshots, scheduled_event, seed, seed_bulk, snapshot_tag, Emulator, Logs,
+    drain, invoke, run_snapshots, scheduled_event, seed, seed_bulk, snapshot_tag, Emulator, Logs,
     ServerSpec,
 };
 
@@ -24,8 +24,7 @@ async fn exclude_boot_volume_by_setting_and_by_instance_tag() {
     let app = emulator
         .app(&queue, &[("EXCLUDE_BOOT_VOLUME", "true")])
         .expect("app");
-    let start = app
-        .handle(scheduled_event("nightly", "2026-11-23T01:00:00Z"))
+    let start = invoke(&app, scheduled_event("nightly", "2026-11-23T01:00:00Z"))
         .await
         .expect("run");
     let run_id = start["run_id"].as_str().expect("run id").to_string();
@@ -109,8 +108,7 @@ async fn a_fleet_of_120_goes_out_in_commands_of_at_most_50_across_paginated_desc
         .app(&queue, &[("DESCRIBE_PAGE_SIZE", "5")])
         .expect("app");
 
-    let start = app
-        .handle(scheduled_event("nightly", "2026-11-23T02:00:00Z"))
+    let start = invoke(&app, scheduled_event("nightly", "2026-11-23T02:00:00Z"))
         .await
         .expect("run");
     let run_id = start["run_id"].as_str().expect("run id").to_string();

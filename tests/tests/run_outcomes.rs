@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use consistent_snapshot::outcome::OutcomeKind;
-use harness::{drain, run_snapshots, scheduled_event, seed, Emulator, Logs, ServerSpec};
+use harness::{drain, invoke, run_snapshots, scheduled_event, seed, Emulator, Logs, ServerSpec};
 use serde_json::json;
 
 fn tags(snapshot: &aws_sdk_ec2::types::Snapshot) -> BTreeMap<String, String> {
@@ -49,8 +49,7 @@ async fn every_outcome_of_a_mixed_fleet() {
     let id = |name: &str| ids[servers.iter().position(|s| s.name == name).expect("server")].clone();
 
     let app = emulator.app(&queue, &[]).expect("app");
-    let start = app
-        .handle(scheduled_event("nightly", "2026-11-23T00:00:00Z"))
+    let start = invoke(&app, scheduled_event("nightly", "2026-11-23T00:00:00Z"))
         .await
         .expect("run");
     let run_id = start["run_id"].as_str().expect("run id").to_string();
@@ -183,9 +182,12 @@ async fn a_run_does_not_end_before_ssm_lists_every_instance() {
     ];
     let ids = seed(&emulator, &servers).await.expect("seed");
     let app = emulator.app(&queue, &[]).expect("app");
-    app.handle(json!({"action": "snapshot", "run_id": "late-listing"}))
-        .await
-        .expect("run");
+    invoke(
+        &app,
+        json!({"action": "snapshot", "run_id": "late-listing"}),
+    )
+    .await
+    .expect("run");
     drain(&emulator, &app, &queue, 10, Duration::from_secs(60))
         .await
         .expect("drain");

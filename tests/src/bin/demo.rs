@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{Timelike, Utc};
 use consistent_snapshot::outcome::OutcomeKind;
 use harness::{
-    drain, run_snapshots, scheduled_event, seed, workspace_root, Emulator, Logs, ServerSpec,
+    drain, invoke, run_snapshots, scheduled_event, seed, workspace_root, Emulator, Logs, ServerSpec,
 };
 use serde_json::json;
 
@@ -65,7 +65,7 @@ async fn main() -> harness::Result<()> {
         .unwrap_or_else(Utc::now);
     let event = scheduled_event("consistent-snapshot-nightly", &now.to_rfc3339());
     println!("==> delivering an EventBridge \"Scheduled Event\" to the handler");
-    let start = app.handle(event).await?;
+    let start = invoke(&app, event).await?;
     let run_id = start["run_id"].as_str().unwrap_or_default().to_string();
     println!(
         "    run {run_id}: {} dispatched in {} command(s), {} skipped",

@@ -1,0 +1,361 @@
+//! A fault-injecting HTTP proxy on loopback, between the function under test and the emulator.
+//!
+//! A seeded share of the calls is answered as AWS answers when it is overloaded or broken:
+//! throttling in the service's own error shape (`RequestLimitExceeded` for EC2,
+//! `ThrottlingException` for SSM and SQS), HTTP 500, a connection dropped before the call
+//! reaches the emulator, or dropped after it did (the call took effect, the answer is lost).
+//!
+//! Each invocation of the function gets its own `Endpoint`, so that one invocation can be
+//! stopped at its n-th AWS call ("the Lambda died between two steps") without touching the
+//! others: from that call on, its endpoint drops every connection.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::Result;
+
+/// The faults the proxy injects, in the order of `Fault::ALL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    Throttled,
+    ServerError,
+    DroppedBefore,
+    DroppedAfter,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 4] = [
+        Fault::Throttled,
+        Fault::ServerError,
+        Fault::DroppedBefore,
+        Fault::DroppedAfter,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Throttled => "throttled",
+            Fault::ServerError => "HTTP 500",
+            Fault::DroppedBefore => "dropped before",
+            Fault::DroppedAfter => "dropped after",
+        }
+    }
+}
+
+/// What went through the proxy.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyStats {
+    /// Calls by AWS action (`ec2:DescribeInstances`, `ssm:SendCommand`, …), faulted or not.
+    pub calls: BTreeMap<String, u64>,
+    pub faults: BTreeMap<Fault, u64>,
+    /// Faults injected into SendCommand, the call that must never take effect twice.
+    pub send_command_faults: u64,
+}
+
+/// Where an invocation is stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    Never,
+    /// At its n-th AWS call (1-based): that call and every later one are dropped.
+    AtCall(u32),
+    /// At the first call after a call of this action (`ssm:SendCommand`) went through.
+    After(String),
+}
+
+struct Shared {
+    upstream: SocketAddr,
+    /// Faults forced on the next calls of an action, before any random one.
+    forced: Mutex<Vec<(String, Fault, u32)>>,
+    /// Fault rate in parts per million.
+    rate_ppm: AtomicU32,
+    rng: Mutex<fastrand::Rng>,
+    stats: Mutex<ProxyStats>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// The proxy: shared fault rate, random source and statistics for all endpoints.
+#[derive(Clone)]
+pub struct FaultProxy {
+    shared: Arc<Shared>,
+}
+
+/// One invocation's way to AWS through the proxy.
+pub struct Endpoint {
+    pub port: u16,
+    state: Arc<EndpointState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct EndpointState {
+    calls: AtomicU32,
+    stop: Stop,
+    /// The action of `Stop::After` went through: the next call stops the invocation.
+    armed: AtomicBool,
+    stopped: AtomicBool,
+    notify: Notify,
+}
+
+impl Endpoint {
+    /// Resolves once the invocation is stopped (never, if it is not to be).
+    pub async fn stopped(&self) {
+        loop {
+            let notified = self.state.notify.notified();
+            if self.state.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn calls(&self) -> u32 {
+        self.state.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FaultProxy {
+    /// A proxy to the emulator at `upstream_port`, faulting `rate` (0–1) of the calls.
+    pub fn new(upstream_port: u16, rate: f64, seed: u64) -> Self {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        FaultProxy {
+            shared: Arc::new(Shared {
+                upstream: SocketAddr::from(([127, 0, 0, 1], upstream_port)),
+                forced: Mutex::new(Vec::new()),
+                rate_ppm: AtomicU32::new((rate.clamp(0.0, 1.0) * 1e6) as u32),
+                rng: Mutex::new(fastrand::Rng::with_seed(seed)),
+                stats: Mutex::new(ProxyStats::default()),
+                client,
+            }),
+        }
+    }
+
+    pub fn set_rate(&self, rate: f64) {
+        self.shared
+            .rate_ppm
+            .store((rate.clamp(0.0, 1.0) * 1e6) as u32, Ordering::SeqCst);
+    }
+
+    /// Answers the next `times` calls of `action` (`ssm:SendCommand`) with `fault`.
+    pub fn force(&self, action: &str, fault: Fault, times: u32) {
+        if let Ok(mut forced) = self.shared.forced.lock() {
+            forced.push((action.to_string(), fault, times));
+        }
+    }
+
+    pub fn stats(&self) -> ProxyStats {
+        self.shared
+            .stats
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// A fresh endpoint on loopback for one invocation, stopped as `stop` says.
+    pub async fn endpoint(&self, stop: Stop) -> Result<Endpoint> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let port = listener.local_addr()?.port();
+        let state = Arc::new(EndpointState {
+            calls: AtomicU32::new(0),
+            stop,
+            armed: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            notify: Notify::new(),
+        });
+        let shared = self.shared.clone();
+        let endpoint_state = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let shared = shared.clone();
+                let state = endpoint_state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let shared = shared.clone();
+                        let state = state.clone();
+                        async move { handle(&shared, &state, request).await }
+                    });
+                    // An error here is a connection the proxy dropped on purpose.
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Endpoint { port, state, task })
+    }
+}
+
+/// Dropping the connection: the service answers an error and hyper closes the socket.
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by the fault proxy")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+async fn handle(
+    shared: &Shared,
+    state: &EndpointState,
+    request: Request<Incoming>,
+) -> std::result::Result<Response<Full<Bytes>>, Dropped> {
+    let call = state.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    if state.stopped.load(Ordering::SeqCst) {
+        return Err(Dropped);
+    }
+    if state.stop == Stop::AtCall(call) || state.armed.load(Ordering::SeqCst) {
+        state.stopped.store(true, Ordering::SeqCst);
+        state.notify.notify_waiters();
+        return Err(Dropped);
+    }
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
+    let protocol = Protocol::of(&parts.headers, &body);
+    let forced = shared.forced.lock().ok().and_then(|mut forced| {
+        let entry = forced
+            .iter_mut()
+            .find(|(action, _, left)| *action == protocol.action && *left > 0)?;
+        entry.2 -= 1;
+        Some(entry.1)
+    });
+    let fault = match forced {
+        Some(fault) => Some(fault),
+        None => {
+            let rate = shared.rate_ppm.load(Ordering::SeqCst);
+            let mut rng = shared.rng.lock().map_err(|_| Dropped)?;
+            (rng.u32(0..1_000_000) < rate).then(|| Fault::ALL[rng.usize(0..Fault::ALL.len())])
+        }
+    };
+    if let Ok(mut stats) = shared.stats.lock() {
+        *stats.calls.entry(protocol.action.clone()).or_default() += 1;
+        if let Some(fault) = fault {
+            *stats.faults.entry(fault).or_default() += 1;
+            if protocol.action == "ssm:SendCommand" {
+                stats.send_command_faults += 1;
+            }
+        }
+    }
+    match fault {
+        Some(Fault::Throttled) => return Ok(protocol.error(true)),
+        Some(Fault::ServerError) => return Ok(protocol.error(false)),
+        Some(Fault::DroppedBefore) => return Err(Dropped),
+        _ => {}
+    }
+    let uri = format!(
+        "http://{}{}",
+        shared.upstream,
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    );
+    let mut forward = Request::builder().method(parts.method).uri(uri);
+    for (name, value) in &parts.headers {
+        forward = forward.header(name, value);
+    }
+    let forward = forward.body(Full::new(body)).map_err(|_| Dropped)?;
+    let answer = shared.client.request(forward).await.map_err(|_| Dropped)?;
+    let (parts, body) = answer.into_parts();
+    let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
+    if matches!(&state.stop, Stop::After(action) if *action == protocol.action) {
+        state.armed.store(true, Ordering::SeqCst);
+    }
+    if fault == Some(Fault::DroppedAfter) {
+        return Err(Dropped);
+    }
+    Ok(Response::from_parts(parts, Full::new(body)))
+}
+
+/// How a call is framed, which decides the shape of the error AWS would answer.
+struct Protocol {
+    /// `ec2:Action`, `ssm:Action`, `sqs:Action`.
+    action: String,
+    json: bool,
+    service: &'static str,
+}
+
+impl Protocol {
+    fn of(headers: &hyper::HeaderMap, body: &Bytes) -> Self {
+        if let Some(target) = headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
+            let (prefix, action) = target.split_once('.').unwrap_or(("", target));
+            let service = if prefix.contains("SQS") { "sqs" } else { "ssm" };
+            return Protocol {
+                action: format!("{service}:{action}"),
+                json: true,
+                service,
+            };
+        }
+        let text = String::from_utf8_lossy(body);
+        let action = text
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("Action="))
+            .unwrap_or("Unknown");
+        Protocol {
+            action: format!("ec2:{action}"),
+            json: false,
+            service: "ec2",
+        }
+    }
+
+    fn error(&self, throttled: bool) -> Response<Full<Bytes>> {
+        let (status, code, content_type, body) = match (self.json, throttled) {
+            (false, true) => (
+                503,
+                "RequestLimitExceeded",
+                "text/xml",
+                "Request limit exceeded.",
+            ),
+            (false, false) => (
+                500,
+                "InternalError",
+                "text/xml",
+                "An internal error has occurred.",
+            ),
+            (true, true) => (400, "ThrottlingException", "", "Rate exceeded"),
+            (true, false) => (500, "InternalServerError", "", "Internal server error"),
+        };
+        let payload = if self.json {
+            format!(r#"{{"__type":"{code}","message":"{body}"}}"#)
+        } else {
+            format!(
+                r#"<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}</Code><Message>{body}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"#
+            )
+        };
+        let content_type = match (self.json, self.service) {
+            (false, _) => content_type,
+            (true, "sqs") => "application/x-amz-json-1.0",
+            (true, _) => "application/x-amz-json-1.1",
+        };
+        let mut response = Response::new(Full::new(Bytes::from(payload)));
+        *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        if let Ok(value) = content_type.parse() {
+            response.headers_mut().insert("content-type", value);
+        }
+        if self.json && self.service == "sqs" {
+            // SQS's JSON protocol carries the query-protocol code here as well.
+            if let Ok(value) = format!("{code};Sender").parse() {
+                response.headers_mut().insert("x-amzn-query-error", value);
+            }
+        }
+        response
+    }
+}

@@ -1,0 +1,341 @@
+//! End to end: duplicated and overlapping runs, a dispatch stopped half-way, an unanswered
+//! SendCommand. Each must end with one VSS command per instance per run and one summary.
+
+use std::time::Duration;
+
+use consistent_snapshot::outcome::OutcomeKind;
+use harness::chaos::{Chaos, ChaosOptions, Ended};
+use harness::faults::{Fault, Stop};
+use harness::{
+    commands_per_instance, drain, invoke, queue_depth, run_snapshots, scheduled_event, seed,
+    Emulator, Logs, ServerSpec,
+};
+use serde_json::{json, Value};
+
+fn calm() -> ChaosOptions {
+    ChaosOptions {
+        fault_rate: 0.0,
+        duplicate_messages: false,
+        stop_share: 0.0,
+        max_stop_call: 1,
+        seed: 7,
+    }
+}
+
+fn status(answer: &Value) -> &str {
+    answer["status"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_schedule_delivered_twice_at_once_and_again_later_is_one_run() {
+    let (logs, _guard) = Logs::capture(None).expect("logs");
+    let emulator = Emulator::start().await.expect("emulator");
+    let queue = emulator.create_queue("tracking", 3).await.expect("queue");
+    let ids = seed(
+        &emulator,
+        &[
+            ServerSpec::windows("sql01", 2),
+            ServerSpec::windows("exch01", 1),
+            ServerSpec::windows("files01", 1),
+        ],
+    )
+    .await
+    .expect("seed");
+    let app = emulator.app(&queue, &[]).expect("app");
+    let event = scheduled_event("nightly", "2026-11-23T00:00:00Z");
+
+    let (a, b) = tokio::join!(invoke(&app, event.clone()), invoke(&app, event.clone()));
+    let (a, b) = (a.expect("first delivery"), b.expect("second delivery"));
+    let mut statuses = vec![status(&a), status(&b)];
+    statuses.sort_unstable();
+    assert!(
+        statuses == ["already_dispatched", "dispatched"]
+            || statuses == ["dispatched", "held_by_another"],
+        "one delivery dispatches, the other is told so: {statuses:?}"
+    );
+    let run_id = a["run_id"].as_str().expect("run id").to_string();
+    assert_eq!(b["run_id"], a["run_id"]);
+    let late = invoke(&app, event.clone()).await.expect("late delivery");
+    assert_eq!(status(&late), "already_dispatched");
+
+    drain(&emulator, &app, &queue, 10, Duration::from_secs(90))
+        .await
+        .expect("drain");
+    let after = invoke(&app, event).await.expect("delivery after the run");
+    assert_eq!(status(&after), "already_reported");
+
+    let per = commands_per_instance(&emulator.invocations().expect("invocations"), &run_id);
+    assert_eq!(per.len(), 3);
+    assert!(
+        per.values().all(|n| *n == 1),
+        "one command per instance: {per:?}"
+    );
+    let snapshots = run_snapshots(&emulator, &run_id).await.expect("snapshots");
+    assert_eq!(
+        snapshots.len(),
+        3 + 2 + 2,
+        "one set per instance: boot and data volumes"
+    );
+    let reports = logs.run_reports(&run_id);
+    assert_eq!(reports.len(), 1, "exactly one summary");
+    assert_eq!(reports[0].count(OutcomeKind::Consistent), 3);
+    assert!(ids
+        .iter()
+        .all(|id| reports[0].outcomes.iter().any(|o| &o.instance_id == id)));
+    assert_eq!(
+        queue_depth(&emulator, "tracking-dlq").await.expect("dlq"),
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_overlapping_run_does_not_freeze_an_instance_twice() {
+    let (logs, _guard) = Logs::capture(None).expect("logs");
+    let emulator = Emulator::start().await.expect("emulator");
+    let queue = emulator.create_queue("tracking", 3).await.expect("queue");
+    // Long enough a freeze for the second run to meet it.
+    let slow = json!({"duration": 4.0});
+    let ids = seed(
+        &emulator,
+        &[
+            ServerSpec::windows("sql01", 1).sim(slow.clone()),
+            ServerSpec::windows("sql02", 1).sim(slow.clone()),
+            ServerSpec::windows("files01", 1).sim(slow),
+        ],
+    )
+    .await
+    .expect("seed");
+    // An operator starts the document by hand on files01.
+    let by_hand = aws_sdk_ssm::Client::new(&emulator.sdk)
+        .send_command()
+        .document_name("AWSEC2-CreateVssSnapshot")
+        .instance_ids(&ids[2])
+        .comment("before the patch window")
+        .send()
+        .await
+        .expect("SendCommand by hand");
+    let by_hand = by_hand
+        .command()
+        .and_then(|c| c.command_id())
+        .expect("command id")
+        .to_string();
+    let app = emulator.app(&queue, &[]).expect("app");
+
+    let scheduled = invoke(&app, scheduled_event("nightly", "2026-11-23T00:00:00Z"))
+        .await
+        .expect("scheduled run");
+    assert_eq!(status(&scheduled), "dispatched");
+    let run_id = scheduled["run_id"].as_str().expect("run id").to_string();
+    assert_eq!(scheduled["dispatched"].as_array().map(Vec::len), Some(2));
+    assert_eq!(scheduled["skipped"][0]["instance_id"], ids[2].as_str());
+    assert_eq!(scheduled["skipped"][0]["reason"]["kind"], "vss_in_progress");
+    assert_eq!(
+        scheduled["skipped"][0]["reason"]["command_id"],
+        by_hand.as_str()
+    );
+    let command = scheduled["commands"][0]["command_id"].clone();
+
+    let manual = invoke(&app, json!({"action": "snapshot", "run_id": "manual-1"}))
+        .await
+        .expect("manual run");
+    assert_eq!(manual["dispatched"].as_array().map(Vec::len), Some(0));
+    let skipped = manual["skipped"].as_array().cloned().unwrap_or_default();
+    assert_eq!(skipped.len(), 3, "{manual}");
+    assert!(skipped
+        .iter()
+        .all(|s| s["reason"]["kind"] == "vss_in_progress"));
+    assert!(skipped
+        .iter()
+        .filter(|s| s["reason"]["run_id"] == run_id.as_str())
+        .all(|s| s["reason"]["command_id"] == command));
+
+    drain(&emulator, &app, &queue, 10, Duration::from_secs(90))
+        .await
+        .expect("drain");
+    let invocations = emulator.invocations().expect("invocations");
+    assert_eq!(
+        invocations.len(),
+        3,
+        "one freeze per instance: {invocations:?}"
+    );
+    let report = logs.run_report(&run_id).expect("scheduled summary");
+    assert_eq!(report.count(OutcomeKind::Consistent), 2);
+    assert_eq!(report.count(OutcomeKind::Skipped), 1);
+    let manual_report = logs.run_report("manual-1").expect("manual summary");
+    assert_eq!(manual_report.count(OutcomeKind::Skipped), 3);
+    assert!(manual_report.outcomes.iter().all(|o| o
+        .reason
+        .as_deref()
+        .is_some_and(|r| r.contains("still running"))));
+}
+
+#[tokio::test]
+async fn a_dispatch_stopped_after_sending_is_finished_by_its_watch_without_sending_again() {
+    let (logs, _guard) = Logs::capture(None).expect("logs");
+    let emulator = Emulator::start().await.expect("emulator");
+    let queue = emulator.create_queue("tracking", 3).await.expect("queue");
+    seed(
+        &emulator,
+        &[
+            ServerSpec::windows("sql01", 1),
+            ServerSpec::windows("sql02", 1),
+            ServerSpec::windows("files01", 2),
+        ],
+    )
+    .await
+    .expect("seed");
+    let chaos = Chaos::new(&emulator, &queue, &[], calm()).expect("chaos");
+    let event = scheduled_event("nightly", "2026-11-23T00:00:00Z");
+
+    // The Lambda dies right after SendCommand: no tracking message, no dispatch marker.
+    let ended = chaos
+        .invoke_stopping(event, Stop::After("ssm:SendCommand".into()))
+        .await
+        .expect("invoke");
+    assert!(matches!(ended, Ended::Stopped), "{ended:?}");
+    assert_eq!(emulator.invocations().expect("invocations").len(), 3);
+
+    // Once its lease is over, the watch message takes the run over.
+    chaos
+        .drain(10, Duration::from_secs(90))
+        .await
+        .expect("drain");
+    assert!(!logs
+        .messages_starting("watch: the run's dispatch was interrupted")
+        .is_empty());
+    let invocations = emulator.invocations().expect("invocations");
+    assert_eq!(invocations.len(), 3, "not sent again: {invocations:?}");
+    let run_id = invocations[0]["comment"]
+        .as_str()
+        .and_then(|c| c.strip_prefix("ConsistentSnapshot run "))
+        .expect("run id in the comment")
+        .to_string();
+    let reports = logs.run_reports(&run_id);
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].count(OutcomeKind::Consistent), 3);
+    assert_eq!(
+        run_snapshots(&emulator, &run_id)
+            .await
+            .expect("snapshots")
+            .len(),
+        7
+    );
+}
+
+#[tokio::test]
+async fn an_unanswered_or_throttled_send_command_freezes_once() {
+    let (logs, _guard) = Logs::capture(None).expect("logs");
+    let emulator = Emulator::start().await.expect("emulator");
+    let queue = emulator.create_queue("tracking", 3).await.expect("queue");
+    seed(
+        &emulator,
+        &[
+            ServerSpec::windows("sql01", 1),
+            ServerSpec::windows("sql02", 1),
+        ],
+    )
+    .await
+    .expect("seed");
+    let chaos = Chaos::new(&emulator, &queue, &[], calm()).expect("chaos");
+
+    // The command reaches SSM, its answer is lost: the history shows it was sent.
+    chaos.proxy.force("ssm:SendCommand", Fault::DroppedAfter, 1);
+    let Ended::Answered(lost) = chaos
+        .invoke(json!({"action": "snapshot", "run_id": "lost-answer"}))
+        .await
+        .expect("invoke")
+    else {
+        panic!("the invocation must answer")
+    };
+    assert_eq!(status(&lost), "dispatched", "{lost}");
+    assert!(lost["dispatched"]
+        .as_array()
+        .is_some_and(|d| d.len() == 2 && d.iter().all(|d| d["reused"] == true)));
+
+    // Throttled twice: not sent, so simply sent again.
+    chaos.proxy.force("ssm:SendCommand", Fault::Throttled, 2);
+    let Ended::Answered(throttled) = chaos
+        .invoke(json!({"action": "snapshot", "run_id": "throttled"}))
+        .await
+        .expect("invoke")
+    else {
+        panic!("the invocation must answer")
+    };
+    assert_eq!(status(&throttled), "dispatched", "{throttled}");
+    assert!(throttled["dispatched"]
+        .as_array()
+        .is_some_and(|d| d.len() == 2 && d.iter().all(|d| d.get("reused").is_none())));
+
+    chaos
+        .drain(10, Duration::from_secs(90))
+        .await
+        .expect("drain");
+    let invocations = emulator.invocations().expect("invocations");
+    for run in ["lost-answer", "throttled"] {
+        let per = commands_per_instance(&invocations, run);
+        assert_eq!(per.len(), 2, "{run}: {per:?}");
+        assert!(per.values().all(|n| *n == 1), "{run}: {per:?}");
+        let reports = logs.run_reports(run);
+        assert_eq!(reports.len(), 1, "{run}");
+        assert_eq!(reports[0].count(OutcomeKind::Consistent), 2, "{run}");
+    }
+    assert_eq!(chaos.proxy.stats().send_command_faults, 3);
+}
+
+#[tokio::test]
+async fn a_batch_that_meets_throttling_goes_back_to_the_queue_at_once() {
+    let (logs, _guard) = Logs::capture(None).expect("logs");
+    let emulator = Emulator::start().await.expect("emulator");
+    let queue = emulator.create_queue("tracking", 2).await.expect("queue");
+    seed(
+        &emulator,
+        &[
+            ServerSpec::windows("sql01", 1),
+            ServerSpec::windows("sql02", 1),
+            ServerSpec::windows("files01", 1),
+        ],
+    )
+    .await
+    .expect("seed");
+    let app = emulator.app(&queue, &[]).expect("app");
+    let start = invoke(
+        &app,
+        json!({"action": "snapshot", "run_id": "throttled-batch"}),
+    )
+    .await
+    .expect("run");
+    assert_eq!(status(&start), "dispatched");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // SSM throttles every attempt the SDK makes at the first instance's look.
+    let chaos = Chaos::new(&emulator, &queue, &[], calm()).expect("chaos");
+    chaos
+        .proxy
+        .force("ssm:GetCommandInvocation", Fault::Throttled, 5);
+    let (batch, failed) = chaos.deliver_batch(10).await.expect("one batch");
+    assert_eq!(
+        batch.len(),
+        4,
+        "three instance jobs and the run job: {batch:?}"
+    );
+    assert_eq!(failed, batch, "the whole batch goes back to the queue");
+    assert_eq!(
+        chaos.proxy.stats().calls.get("ssm:GetCommandInvocation"),
+        Some(&5),
+        "no other instance was looked at once SSM throttled"
+    );
+    let throttled = logs
+        .messages_starting("step failed")
+        .into_iter()
+        .filter(|r| r["throttled"] == true)
+        .count();
+    assert_eq!(throttled, 1);
+
+    chaos
+        .drain(10, Duration::from_secs(90))
+        .await
+        .expect("drain");
+    let reports = logs.run_reports("throttled-batch");
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].count(OutcomeKind::Consistent), 3);
+}
