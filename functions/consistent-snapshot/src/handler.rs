@@ -24,6 +24,10 @@ pub struct App {
 
 /// The longest a Lambda invocation can run: the deadline assumed when none is given.
 pub const MAX_INVOCATION_SECONDS: i64 = 900;
+/// Time kept back at the end of an invocation to answer the batch.
+const RESERVE_MILLIS: i64 = 500;
+/// A message is not started with less time than this left.
+const MIN_STEP_MILLIS: u64 = 1_000;
 
 impl App {
     pub fn new(config: Config, sdk: &SdkConfig) -> Self {
@@ -64,7 +68,7 @@ impl App {
                     .await?;
                 Ok(to_json(&start))
             }
-            Event::Sqs(event) => Ok(to_json(&self.process_batch(event, lease_until).await)),
+            Event::Sqs(event) => Ok(to_json(&self.process_batch(event, deadline).await)),
             Event::OnDemand(Action::Snapshot(request)) => {
                 self.on_demand_snapshot(request, lease_until).await
             }
@@ -167,39 +171,62 @@ impl App {
     }
 
     /// Handles an SQS batch; failed or poison messages are reported back for the queue to retry
-    /// (and, past the redrive limit, to move to the dead-letter queue). Once AWS throttles one
-    /// step, the rest of the batch is not tried: it comes back after the visibility timeout
-    /// instead of meeting the same throttling and burning the invocation's time.
+    /// (and, past the redrive limit, to move to the dead-letter queue).
+    ///
+    /// The batch never outlives the invocation: each message gets the time left before the
+    /// deadline, and once AWS throttles a step (after the SDK's own retries) or time runs
+    /// short, the rest of the batch is handed back at once. It comes back after the visibility
+    /// timeout instead of meeting the same throttling, and messages already done are not
+    /// failed with it, as they would be if Lambda stopped the whole invocation.
     pub async fn process_batch(
         &self,
         event: SqsEvent,
-        lease_until: DateTime<Utc>,
+        deadline: DateTime<Utc>,
     ) -> SqsBatchResponse {
+        let lease_until = deadline + Duration::seconds(LEASE_MARGIN_SECONDS);
         let mut response = SqsBatchResponse::default();
-        let mut throttled = false;
+        let mut give_back: Option<&str> = None;
         for record in event.records {
             let id = record.message_id.clone().unwrap_or_default();
-            if throttled {
+            let left = (deadline - Utc::now() - Duration::milliseconds(RESERVE_MILLIS))
+                .to_std()
+                .unwrap_or_default();
+            if give_back.is_none() && left < std::time::Duration::from_millis(MIN_STEP_MILLIS) {
+                give_back = Some("too little time left in this invocation");
+            }
+            if let Some(why) = give_back {
+                info!(message_id = %id, reason = why, "message handed back to the queue untried");
                 response.add_failure(id);
                 continue;
             }
             let body = record.body.as_deref().unwrap_or_default();
-            let result = match Envelope::from_body(body) {
+            let envelope = match Envelope::from_body(body) {
+                Ok(envelope) => envelope,
                 Err(why) => {
                     error!(message_id = %id, reason = %why, "poison message: left to the queue's redrive policy");
-                    Err(())
-                }
-                Ok(envelope) => {
-                    let run_id = envelope.job.run_id().to_string();
-                    self.process_job(envelope.job, lease_until)
-                        .await
-                        .map_err(|err| {
-                            throttled = err.is_throttling();
-                            warn!(message_id = %id, run_id = %run_id, error = %err, throttled, "step failed, the message comes back after its visibility timeout");
-                        })
+                    response.add_failure(id);
+                    continue;
                 }
             };
-            if result.is_err() {
+            let run_id = envelope.job.run_id().to_string();
+            let step = tokio::time::timeout(left, self.process_job(envelope.job, lease_until));
+            let failed = match step.await {
+                Ok(Ok(())) => false,
+                Ok(Err(err)) => {
+                    let throttled = err.is_throttling();
+                    if throttled {
+                        give_back = Some("AWS throttled an earlier message of this batch");
+                    }
+                    warn!(message_id = %id, run_id = %run_id, error = %err, throttled, "step failed, the message comes back after its visibility timeout");
+                    true
+                }
+                Err(_) => {
+                    give_back = Some("the invocation's time ran out");
+                    warn!(message_id = %id, run_id = %run_id, "step not finished before the invocation's deadline, the message comes back after its visibility timeout");
+                    true
+                }
+            };
+            if failed {
                 response.add_failure(id);
             }
         }

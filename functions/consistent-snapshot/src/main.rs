@@ -1,6 +1,9 @@
 //! Lambda entry point: configuration, clients, logging, then the runtime loop.
 
+use std::time::Duration;
+
 use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 use consistent_snapshot::{App, Config};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
@@ -12,9 +15,16 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config =
         Config::from_env().inspect_err(|err| tracing::error!(error = %err, "refusing to start"))?;
-    // The SDK's adaptive retry rate-limits itself against EC2 and SSM throttling.
+    // The SDK's adaptive retry rate-limits itself against EC2 and SSM throttling; bounded in
+    // attempts and in time, so that one slow call cannot use up the invocation.
     let sdk = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::adaptive().with_max_attempts(5))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_attempt_timeout(Duration::from_secs(15))
+                .operation_timeout(Duration::from_secs(45))
+                .build(),
+        )
         .load()
         .await;
     let app = App::new(config, &sdk);

@@ -33,7 +33,14 @@ impl App {
                 self.requeue(Job::Instance(job)).await
             }
             Next::Finish(outcome) => {
-                let tagged = track::tag_instance_snapshots(&self.ec2, &job, &snapshots).await?;
+                let tagged = track::tag_instance_snapshots(
+                    &self.ec2,
+                    &job.instance_id,
+                    &job.name,
+                    &job.volumes,
+                    &snapshots,
+                )
+                .await?;
                 log_outcome(&job.run_id, &outcome, tagged);
                 Ok(())
             }
@@ -130,6 +137,10 @@ impl App {
                 })
                 .cloned()
                 .collect();
+            // The instance's own message tags its set as soon as it is final; should that
+            // message be lost (dead-lettered), the run's tags it here. Tagged snapshots cost
+            // no call.
+            track::tag_instance_snapshots(&self.ec2, instance_id, &name, &expected, &mine).await?;
             let (kind, reason) = match fin {
                 Some(fin) => classify(&expected, fin, &mine),
                 None => (

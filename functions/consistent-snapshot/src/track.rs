@@ -9,6 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::dispatch::{TAG_INSTANCE_ID, TAG_RUN_ID};
 use crate::error::{aws, Error};
+use crate::fleet::AttachedVolume;
 use crate::job::{InstanceJob, Stage};
 use crate::outcome::{
     classify, is_final_status, FinalInvocation, Outcome, OutcomeKind, SnapshotFacts,
@@ -189,11 +190,12 @@ pub async fn run_snapshots(
 /// Snapshots that already carry them are left alone, so a repeated look does nothing.
 pub async fn tag_instance_snapshots(
     ec2: &aws_sdk_ec2::Client,
-    job: &InstanceJob,
+    instance_id: &str,
+    name: &str,
+    volumes: &[AttachedVolume],
     snapshots: &[SnapshotFacts],
 ) -> Result<usize, Error> {
-    let devices: HashMap<&str, &str> = job
-        .volumes
+    let devices: HashMap<&str, &str> = volumes
         .iter()
         .map(|v| (v.volume_id.as_str(), v.device.as_str()))
         .collect();
@@ -206,8 +208,8 @@ pub async fn tag_instance_snapshots(
             .or_else(|| devices.get(snapshot.volume_id.as_str()).copied())
             .unwrap_or("unknown-device");
         let wanted: BTreeMap<&str, String> = [
-            (TAG_INSTANCE_ID, job.instance_id.clone()),
-            ("Name", format!("{} {device}", job.name)),
+            (TAG_INSTANCE_ID, instance_id.to_string()),
+            ("Name", format!("{name} {device}")),
         ]
         .into();
         if wanted.iter().all(|(k, v)| snapshot.tags.get(*k) == Some(v)) {
@@ -225,7 +227,7 @@ pub async fn tag_instance_snapshots(
             .map_err(|e| {
                 aws(
                     "CreateTags",
-                    format!("{} of {}", snapshot.snapshot_id, job.instance_id),
+                    format!("{} of {instance_id}", snapshot.snapshot_id),
                     e,
                 )
             })?;
@@ -237,7 +239,6 @@ pub async fn tag_instance_snapshots(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::AttachedVolume;
 
     fn job(stage: Stage, deadline_in: i64) -> InstanceJob {
         InstanceJob {
