@@ -2,7 +2,8 @@
 //! faulted, every SQS message delivered twice at once, invocations stopped at random AWS calls
 //! and the schedule delivered twice. The end state must be the same.
 //!
-//! Seeded: `CHAOS_SEED`, `CHAOS_FAULT_RATE` and `CHAOS_STOP_SHARE` replay or vary a run.
+//! Seeded: `CHAOS_SEED`, `CHAOS_FAULT_RATE` and `CHAOS_STOP_SHARE` replay or vary a run;
+//! `CHAOS_LOG=<file>` keeps the function's log.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -76,13 +77,24 @@ async fn end_state(emulator: &Emulator, logs: &Logs, run_id: &str) -> EndState {
     }
 }
 
+/// Messages handed back untried, and dispatches taken over by a watch, logged so far.
+fn recoveries(logs: &Logs) -> (usize, usize) {
+    (
+        logs.messages_starting("message handed back").len(),
+        logs.messages_starting("watch: the run's dispatch was interrupted")
+            .len(),
+    )
+}
+
 fn table(
     calm: &EndState,
     chaos: &EndState,
     times: (Duration, Duration),
     log: &ChaosLog,
     stats: &ProxyStats,
+    recoveries: ((usize, usize), (usize, usize)),
 ) -> String {
+    let ((calm_back, calm_takeovers), (handed_back, takeovers)) = recoveries;
     let consistent = |s: &EndState| {
         s.outcomes
             .values()
@@ -130,7 +142,7 @@ fn table(
         ("AWS calls by the function", "-".into(), calls.to_string()),
         (
             "faults: throttled / 500 / dropped before / after",
-            "0".into(),
+            "-".into(),
             format!(
                 "{} / {} / {} / {}",
                 faults(Fault::Throttled),
@@ -141,7 +153,7 @@ fn table(
         ),
         (
             "faults on SendCommand",
-            "0".into(),
+            "-".into(),
             stats.send_command_faults.to_string(),
         ),
         (
@@ -151,6 +163,11 @@ fn table(
                 "{} / {} / {} / {}",
                 log.invocations, log.stopped, log.timed_out, log.errors
             ),
+        ),
+        (
+            "messages handed back untried / dispatch takeovers",
+            format!("{calm_back} / {calm_takeovers}"),
+            format!("{handed_back} / {takeovers}"),
         ),
         (
             "schedule deliveries / message deliveries",
@@ -180,7 +197,11 @@ async fn chaos_ends_in_the_same_state_as_a_fault_free_run() {
         max_stop_call: 24,
         seed,
     };
-    let (logs, _guard) = Logs::capture(None).expect("logs");
+    // CHAOS_LOG=<file> keeps the function's JSON log of the whole test.
+    let log_file = std::env::var("CHAOS_LOG")
+        .ok()
+        .map(std::path::PathBuf::from);
+    let (logs, _guard) = Logs::capture(log_file.as_deref()).expect("logs");
     let emulator = Emulator::start().await.expect("emulator");
     let queue = emulator.create_queue("tracking", 3).await.expect("queue");
     let ids = seed_bulk(&emulator, FLEET, 10, DATA_VOLUMES)
@@ -199,6 +220,7 @@ async fn chaos_ends_in_the_same_state_as_a_fault_free_run() {
         .expect("fault-free drain");
     let calm_time = started.elapsed();
     let calm = end_state(&emulator, &logs, &calm_run).await;
+    let calm_recoveries = recoveries(&logs);
 
     // The same fleet, the next night, in a hostile world.
     let chaos = Chaos::new(&emulator, &queue, &[], options).expect("chaos");
@@ -218,11 +240,20 @@ async fn chaos_ends_in_the_same_state_as_a_fault_free_run() {
 
     let stats = chaos.proxy.stats();
     let log = chaos.log();
+    let (back, takeovers) = recoveries(&logs);
+    let chaos_recoveries = (back - calm_recoveries.0, takeovers - calm_recoveries.1);
     println!(
         "chaos: seed {seed}, fault rate {}, stop share {}\n{}",
         options.fault_rate,
         options.stop_share,
-        table(&calm, &hostile, (calm_time, chaos_time), &log, &stats)
+        table(
+            &calm,
+            &hostile,
+            (calm_time, chaos_time),
+            &log,
+            &stats,
+            (calm_recoveries, chaos_recoveries)
+        )
     );
 
     // The fault-free run is what an operator expects…

@@ -65,13 +65,20 @@ async fn main() -> harness::Result<()> {
         .unwrap_or_else(Utc::now);
     let event = scheduled_event("consistent-snapshot-nightly", &now.to_rfc3339());
     println!("==> delivering an EventBridge \"Scheduled Event\" to the handler");
-    let start = invoke(&app, event).await?;
+    let start = invoke(&app, event.clone()).await?;
     let run_id = start["run_id"].as_str().unwrap_or_default().to_string();
     println!(
         "    run {run_id}: {} dispatched in {} command(s), {} skipped",
         start["dispatched"].as_array().map_or(0, Vec::len),
         start["commands"].as_array().map_or(0, Vec::len),
         start["skipped"].as_array().map_or(0, Vec::len),
+    );
+    // EventBridge may deliver a schedule twice: the same run, nothing sent again.
+    let again = invoke(&app, event).await?;
+    println!(
+        "    the same event delivered again: run {}, {} (nothing sent twice)",
+        again["run_id"].as_str().unwrap_or_default(),
+        again["status"].as_str().unwrap_or_default()
     );
     println!(
         "==> tracking through SQS (a local event source plays the Lambda event source mapping)"
