@@ -14,6 +14,7 @@ pub mod history;
 pub mod job;
 pub mod outcome;
 pub mod report;
+pub mod retention;
 pub mod run_claim;
 pub mod run_start;
 mod run_tracking;
