@@ -22,6 +22,9 @@ steers the simulation through plain HTTP under /_sim/ on the same port:
                                     "agent_version": "3.3.40.0",
                                     "outcome": "success"|"vss_failure"|"no_ebs"|"undeliverable",
                                     "lag": 0.2, "duration": 0.3, "delivery_timeout": 2.0}}
+  POST /_sim/ebs        {"pending_seconds": 2.0, "copy_refusals": {"us-west-2": 3}}: new snapshots
+                        and copies stay pending that long; the next N copies into a region
+                        answer ResourceLimitExceeded
   GET  /_sim/invocations   every simulated invocation (command id, instance, document, status)
   POST /_sim/reset         forget the simulation (moto's own state: POST /moto-api/reset)
 
@@ -44,7 +47,9 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from moto.core.responses import ActionResult
+from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import ec2_backends
+from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -99,11 +104,42 @@ class Simulation:
         self.lock = threading.RLock()
         self.instances: dict[str, SimInstance] = {}
         self.invocations: dict[tuple[str, str], SimInvocation] = {}
+        # EBS: how long new snapshots stay pending, copies refused per destination region,
+        # and the snapshots still pending with the time they complete.
+        self.pending_seconds = 0.0
+        self.copy_refusals: dict[str, int] = {}
+        self.pending: list[tuple[float, Any]] = []
 
     def reset(self) -> None:
         with self.lock:
             self.instances.clear()
             self.invocations.clear()
+            self.pending_seconds = 0.0
+            self.copy_refusals.clear()
+            self.pending.clear()
+
+    def configure_ebs(self, spec: dict[str, Any]) -> None:
+        with self.lock:
+            for key in spec:
+                if key not in ("pending_seconds", "copy_refusals"):
+                    raise ValueError(f"unknown EBS simulation field {key!r}")
+            self.pending_seconds = float(spec.get("pending_seconds", self.pending_seconds))
+            self.copy_refusals.update({k: int(v) for k, v in spec.get("copy_refusals", {}).items()})
+
+    def new_snapshot(self, snapshot: Any) -> None:
+        """A snapshot (or copy) just made: pending for a while, as EBS keeps it."""
+        with self.lock:
+            if self.pending_seconds > 0:
+                snapshot.status = "pending"
+                self.pending.append((time.monotonic() + self.pending_seconds, snapshot))
+
+    def refuse_copy(self, region: str) -> bool:
+        with self.lock:
+            left = self.copy_refusals.get(region, 0)
+            if left > 0:
+                self.copy_refusals[region] = left - 1
+                return True
+            return False
 
     def configure(self, spec: dict[str, dict[str, Any]]) -> None:
         with self.lock:
@@ -143,6 +179,13 @@ class Simulation:
     def tick(self) -> None:
         now = time.monotonic()
         with self.lock:
+            still = []
+            for due, snapshot in self.pending:
+                if due <= now:
+                    snapshot.status = "completed"
+                else:
+                    still.append((due, snapshot))
+            self.pending = still
             for inv in self.invocations.values():
                 if inv.status in FINAL:
                     continue
@@ -192,6 +235,7 @@ class Simulation:
         description = params.get("description", "")
         for device, volume_id in sorted(devices):
             snapshot = ec2.create_snapshot(volume_id, description)
+            self.new_snapshot(snapshot)
             all_tags = dict(tags)
             all_tags["Device"] = device
             all_tags["AppConsistent"] = "True" if consistent else "False"
@@ -529,6 +573,25 @@ def _put_parameter(self: Any, *args: Any, **kwargs: Any) -> Any:
 ssm_models.SimpleSystemManagerBackend.put_parameter = _put_parameter
 
 
+_original_copy_snapshot = EBSBackend.copy_snapshot
+
+
+def _copy_snapshot(self: Any, *args: Any, **kwargs: Any) -> Any:
+    # EBS limits concurrent copies into a region (ResourceLimitExceeded); the harness can make
+    # the first copies into a region meet that limit.
+    if SIM.refuse_copy(self.region_name):
+        raise EC2ClientError(
+            "ResourceLimitExceeded",
+            "You have reached the limit for concurrent snapshot copies in this region.",
+        )
+    snapshot = _original_copy_snapshot(self, *args, **kwargs)
+    SIM.new_snapshot(snapshot)
+    return snapshot
+
+
+EBSBackend.copy_snapshot = _copy_snapshot
+
+
 class QuietHandler(MotoRequestHandler):
     def log_request(self, *args: Any, **kwargs: Any) -> None:  # one line per call is noise here
         pass
@@ -548,6 +611,9 @@ class App:
             if path == "/_sim/instances" and request.method == "POST":
                 SIM.configure(json.loads(request.get_data() or b"{}"))
                 body: Any = {"ok": True}
+            elif path == "/_sim/ebs" and request.method == "POST":
+                SIM.configure_ebs(json.loads(request.get_data() or b"{}"))
+                body = {"ok": True}
             elif path == "/_sim/invocations":
                 body = SIM.snapshot_of_invocations()
             elif path == "/_sim/reset" and request.method == "POST":

@@ -59,8 +59,10 @@ pub struct ProxyStats {
     /// Calls by AWS action (`ec2:DescribeInstances`, `ssm:SendCommand`, …), faulted or not.
     pub calls: BTreeMap<String, u64>,
     pub faults: BTreeMap<Fault, u64>,
-    /// Faults injected into SendCommand, the call that must never take effect twice.
+    /// Faults injected into SendCommand and CopySnapshot, the calls that must never take
+    /// effect twice.
     pub send_command_faults: u64,
+    pub copy_snapshot_faults: u64,
 }
 
 /// Where an invocation is stopped.
@@ -248,8 +250,10 @@ async fn handle(
         *stats.calls.entry(protocol.action.clone()).or_default() += 1;
         if let Some(fault) = fault {
             *stats.faults.entry(fault).or_default() += 1;
-            if protocol.action == "ssm:SendCommand" {
-                stats.send_command_faults += 1;
+            match protocol.action.as_str() {
+                "ssm:SendCommand" => stats.send_command_faults += 1,
+                "ec2:CopySnapshot" => stats.copy_snapshot_faults += 1,
+                _ => {}
             }
         }
     }

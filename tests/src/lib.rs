@@ -114,6 +114,19 @@ impl Emulator {
         aws_sdk_ec2::Client::new(&self.sdk)
     }
 
+    /// EC2 in another region of the emulator.
+    pub fn ec2_in(&self, region: &str) -> aws_sdk_ec2::Client {
+        let config = aws_sdk_ec2::config::Builder::from(&self.sdk)
+            .region(Region::new(region.to_string()))
+            .build();
+        aws_sdk_ec2::Client::from_conf(config)
+    }
+
+    /// Sets how EBS behaves (see server.py: pending_seconds, copy_refusals).
+    pub fn simulate_ebs(&self, spec: Value) -> Result<()> {
+        self.http("POST", "/_sim/ebs", &spec).map(|_| ())
+    }
+
     pub fn sqs(&self) -> aws_sdk_sqs::Client {
         aws_sdk_sqs::Client::new(&self.sdk)
     }
@@ -203,6 +216,7 @@ impl Emulator {
     pub fn config(&self, queue_url: &str, overrides: &[(&str, &str)]) -> Result<Config> {
         let mut env: HashMap<String, String> = [
             ("QUEUE_URL", queue_url),
+            ("AWS_REGION", REGION),
             ("MANAGED_BY", "vss-test"),
             ("TRACK_POLL_INITIAL_SECONDS", "1"),
             ("TRACK_POLL_MAX_SECONDS", "2"),

@@ -1,5 +1,5 @@
-//! Chaos: a 50-instance fleet run once with no faults and once with a fifth of all AWS calls
-//! faulted, every SQS message delivered twice at once, invocations stopped at random AWS calls
+//! Chaos: a 50-instance fleet, copied to a second region, run once with no faults and once
+//! with a fifth of all AWS calls faulted, every SQS message delivered twice at once, invocations stopped at random AWS calls
 //! and the schedule delivered twice. The end state must be the same.
 //!
 //! Seeded: `CHAOS_SEED`, `CHAOS_FAULT_RATE` and `CHAOS_STOP_SHARE` replay or vary a run;
@@ -18,6 +18,7 @@ use harness::{
 
 const FLEET: usize = 50;
 const DATA_VOLUMES: usize = 2;
+const COPY_REGION: &str = "eu-west-1";
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -39,6 +40,9 @@ struct EndState {
     one_set: usize,
     snapshots: usize,
     summaries: usize,
+    /// Copies of the run's snapshots in the copy region, and the most of one source.
+    copies: usize,
+    max_copies_of_one: usize,
 }
 
 async fn end_state(emulator: &Emulator, logs: &Logs, run_id: &str) -> EndState {
@@ -59,7 +63,27 @@ async fn end_state(emulator: &Emulator, logs: &Logs, run_id: &str) -> EndState {
         })
         .count();
     let reports = logs.run_reports(run_id);
+    let copies = emulator
+        .ec2_in(COPY_REGION)
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:ConsistentSnapshot:RunId")
+                .values(run_id)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("copies");
+    let mut per_source: BTreeMap<String, usize> = BTreeMap::new();
+    for copy in copies.snapshots() {
+        let source = snapshot_tag(copy, "ConsistentSnapshot:SourceSnapshotId").unwrap_or("none");
+        *per_source.entry(source.to_string()).or_default() += 1;
+    }
     EndState {
+        copies: copies.snapshots().len(),
+        max_copies_of_one: per_source.values().copied().max().unwrap_or(0),
         outcomes: reports
             .first()
             .map(|r| {
@@ -135,6 +159,16 @@ fn table(
             chaos.snapshots.to_string(),
         ),
         (
+            "copies in the copy region",
+            calm.copies.to_string(),
+            chaos.copies.to_string(),
+        ),
+        (
+            "most copies of one snapshot",
+            calm.max_copies_of_one.to_string(),
+            chaos.max_copies_of_one.to_string(),
+        ),
+        (
             "summaries written",
             calm.summaries.to_string(),
             chaos.summaries.to_string(),
@@ -152,9 +186,12 @@ fn table(
             ),
         ),
         (
-            "faults on SendCommand",
+            "faults on SendCommand / CopySnapshot",
             "-".into(),
-            stats.send_command_faults.to_string(),
+            format!(
+                "{} / {}",
+                stats.send_command_faults, stats.copy_snapshot_faults
+            ),
         ),
         (
             "invocations / stopped / timed out / errors",
@@ -209,7 +246,8 @@ async fn chaos_ends_in_the_same_state_as_a_fault_free_run() {
         .expect("seed");
 
     // The fault-free run.
-    let app = emulator.app(&queue, &[]).expect("app");
+    let settings = [("COPY_REGIONS", COPY_REGION)];
+    let app = emulator.app(&queue, &settings).expect("app");
     let started = Instant::now();
     let calm_start = invoke(&app, scheduled_event("nightly", "2026-11-23T00:00:00Z"))
         .await
@@ -223,7 +261,7 @@ async fn chaos_ends_in_the_same_state_as_a_fault_free_run() {
     let calm_recoveries = recoveries(&logs);
 
     // The same fleet, the next night, in a hostile world.
-    let chaos = Chaos::new(&emulator, &queue, &[], options).expect("chaos");
+    let chaos = Chaos::new(&emulator, &queue, &settings, options).expect("chaos");
     let event = scheduled_event("nightly", "2026-11-24T00:00:00Z");
     let started = Instant::now();
     let answers = chaos
@@ -264,6 +302,7 @@ async fn chaos_ends_in_the_same_state_as_a_fault_free_run() {
     assert_eq!(calm.one_command, FLEET);
     assert_eq!(calm.one_set, FLEET);
     assert_eq!(calm.summaries, 1);
+    assert_eq!((calm.copies, calm.max_copies_of_one), (calm.snapshots, 1));
     // …and chaos changes nothing of it.
     assert_eq!(hostile, calm, "seed {seed}: the end states differ");
     // The hostility was real.

@@ -29,6 +29,48 @@ pub struct Config {
     pub snapshot_completion_timeout_seconds: u32,
     /// Page size of DescribeInstances (5–1000).
     pub describe_page_size: i32,
+    /// The region the function runs in (and the fleet lives in).
+    pub region: String,
+    /// Keep the newest this many consistent sets per instance.
+    pub retain_count: u32,
+    /// Also keep every set younger than this many days.
+    pub retain_days: Option<u32>,
+    /// Regions each finished set is copied to.
+    pub copy_regions: Vec<String>,
+    /// KMS key per copy region, to encrypt the copies with.
+    pub copy_kms_key_ids: std::collections::BTreeMap<String, String>,
+    /// Keep the newest this many consistent sets per instance in each copy region.
+    pub copy_retain_count: u32,
+    /// Keep every backup of an instance that was terminated or untagged.
+    pub keep_orphaned_backups: bool,
+}
+
+/// `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`…
+pub fn is_region(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('-').collect();
+    parts.len() >= 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+        && parts
+            .last()
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A comma-separated list of regions; the error names the first bad one.
+pub fn parse_regions(text: &str) -> Result<Vec<String>, String> {
+    let mut regions = Vec::new();
+    for region in text.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+        if !is_region(region) {
+            return Err(format!("{region:?} is not a region name such as eu-west-1"));
+        }
+        if !regions.iter().any(|r| r == region) {
+            regions.push(region.to_string());
+        }
+    }
+    Ok(regions)
 }
 
 impl Config {
@@ -57,6 +99,13 @@ impl Config {
         let execution = text("VSS_EXECUTION_TIMEOUT_SECONDS", "900");
         let completion = text("SNAPSHOT_COMPLETION_TIMEOUT_SECONDS", "86400");
         let page = text("DESCRIBE_PAGE_SIZE", "1000");
+        let region = text("AWS_REGION", &text("AWS_DEFAULT_REGION", ""));
+        let retain = text("RETAIN_COUNT", "7");
+        let retain_days_text = text("RETAIN_DAYS", "");
+        let copy_regions_text = text("COPY_REGIONS", "");
+        let copy_keys_text = text("COPY_KMS_KEY_IDS", "");
+        let copy_retain = text("COPY_RETAIN_COUNT", &retain);
+        let keep_orphans = text("KEEP_ORPHANED_BACKUPS", "true");
 
         if queue_url.is_empty() {
             problems.push("QUEUE_URL is required (the URL of the tracking queue)".to_string());
@@ -84,6 +133,7 @@ impl Config {
         let exclude_boot_volume = flag("EXCLUDE_BOOT_VOLUME", &exclude_boot_volume);
         let vss_copy_only = flag("VSS_COPY_ONLY", &vss_copy_only);
         let dry_run = flag("DRY_RUN", &dry_run);
+        let keep_orphaned_backups = flag("KEEP_ORPHANED_BACKUPS", &keep_orphans);
         let mut number = |name: &str, value: &str, min: u32, max: u32| -> u32 {
             match value.parse::<u32>() {
                 Ok(n) if (min..=max).contains(&n) => n,
@@ -108,6 +158,37 @@ impl Config {
             1_209_600,
         );
         let describe_page_size = number("DESCRIBE_PAGE_SIZE", &page, 5, 1000) as i32;
+        let retain_count = number("RETAIN_COUNT", &retain, 1, 1000);
+        let copy_retain_count = number("COPY_RETAIN_COUNT", &copy_retain, 1, 1000);
+        let retain_days = (!retain_days_text.is_empty())
+            .then(|| number("RETAIN_DAYS", &retain_days_text, 1, 36_500));
+        let copy_regions = parse_regions(&copy_regions_text).unwrap_or_else(|why| {
+            problems.push(format!("COPY_REGIONS: {why}"));
+            vec![]
+        });
+        let mut copy_kms_key_ids = std::collections::BTreeMap::new();
+        for pair in copy_keys_text
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            match pair.split_once('=') {
+                Some((r, key)) if is_region(r.trim()) && !key.trim().is_empty() => {
+                    copy_kms_key_ids.insert(r.trim().to_string(), key.trim().to_string());
+                }
+                _ => problems.push(format!(
+                    "COPY_KMS_KEY_IDS: {pair:?} is not region=key (eu-west-1=arn:aws:kms:…)"
+                )),
+            }
+        }
+        if region.is_empty() && !copy_regions.is_empty() {
+            problems.push("AWS_REGION is not set: the copies' source region is unknown".into());
+        }
+        if copy_regions.contains(&region) {
+            problems.push(format!(
+                "COPY_REGIONS includes the function's own region {region}"
+            ));
+        }
         if poll_max_seconds < poll_initial_seconds {
             problems.push(format!(
                 "TRACK_POLL_MAX_SECONDS={poll_max_seconds} is below TRACK_POLL_INITIAL_SECONDS={poll_initial_seconds}"
@@ -139,6 +220,13 @@ impl Config {
             vss_execution_timeout_seconds,
             snapshot_completion_timeout_seconds,
             describe_page_size,
+            region,
+            retain_count,
+            retain_days,
+            copy_regions,
+            copy_kms_key_ids,
+            copy_retain_count,
+            keep_orphaned_backups,
         })
     }
 
@@ -226,6 +314,55 @@ mod tests {
             AgentVersion::parse("2.2.58.0").expect("v")
         );
         assert_eq!(c.managed_by, "consistent-snapshot");
+        assert_eq!(
+            (c.retain_count, c.retain_days, c.copy_retain_count),
+            (7, None, 7)
+        );
+        assert!(c.copy_regions.is_empty() && c.keep_orphaned_backups);
+    }
+
+    #[test]
+    fn copy_and_retention_settings_are_read_and_checked() {
+        let c = config(&[
+            ("QUEUE_URL", "q"),
+            ("AWS_REGION", "us-east-1"),
+            ("RETAIN_COUNT", "3"),
+            ("RETAIN_DAYS", "14"),
+            ("COPY_REGIONS", "eu-west-1, us-west-2,eu-west-1"),
+            ("COPY_KMS_KEY_IDS", "eu-west-1=alias/dr"),
+            ("KEEP_ORPHANED_BACKUPS", "false"),
+        ])
+        .expect("valid");
+        assert_eq!(c.copy_regions, vec!["eu-west-1", "us-west-2"]);
+        assert_eq!(
+            c.copy_kms_key_ids.get("eu-west-1").map(String::as_str),
+            Some("alias/dr")
+        );
+        assert_eq!(
+            (c.retain_count, c.retain_days, c.copy_retain_count),
+            (3, Some(14), 3)
+        );
+        assert!(!c.keep_orphaned_backups);
+        let err = config(&[
+            ("QUEUE_URL", "q"),
+            ("AWS_REGION", "us-east-1"),
+            ("RETAIN_COUNT", "0"),
+            ("COPY_REGIONS", "us-east-1,Europe"),
+            ("COPY_KMS_KEY_IDS", "eu-west-1"),
+        ])
+        .expect_err("invalid")
+        .to_string();
+        for name in ["RETAIN_COUNT=0", "\"Europe\"", "COPY_KMS_KEY_IDS"] {
+            assert!(err.contains(name), "{name} missing from: {err}");
+        }
+        let own = config(&[
+            ("QUEUE_URL", "q"),
+            ("AWS_REGION", "us-east-1"),
+            ("COPY_REGIONS", "us-east-1"),
+        ])
+        .expect_err("own region")
+        .to_string();
+        assert!(own.contains("own region"), "{own}");
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub enum Error {
         message: String,
     },
 
+    /// Retention could not delete what it planned to (it tries again with the next run).
+    #[error("retention: {0}")]
+    Retention(String),
+
     /// Tracking messages could not be queued: these instances would go untracked.
     #[error("could not queue tracking messages for {0}")]
     Enqueue(String),

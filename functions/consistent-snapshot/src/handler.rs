@@ -72,13 +72,17 @@ impl App {
             Event::OnDemand(Action::Snapshot(request)) => {
                 self.on_demand_snapshot(request, lease_until).await
             }
+            Event::OnDemand(Action::Retention(request)) => {
+                self.on_demand_retention(request.dry_run.unwrap_or(self.config.dry_run))
+                    .await
+            }
             Event::OnDemand(other) => {
                 let name = serde_json::to_value(&other)
                     .ok()
                     .and_then(|v| v.get("action").and_then(Value::as_str).map(str::to_string))
                     .unwrap_or_default();
                 Err(Error::Event(format!(
-                    "field `action`: {name:?} is not available in this version (available: snapshot)"
+                    "field `action`: {name:?} is not available in this version (available: snapshot, retention)"
                 )))
             }
         }
@@ -238,6 +242,8 @@ impl App {
             Job::Instance(job) => self.track_instance(job).await,
             Job::Run(job) => self.track_run(job).await,
             Job::Watch(job) => self.watch_run(job, lease_until).await,
+            Job::Copy(job) => self.copy_job(job, lease_until).await,
+            Job::Retention(job) => self.retention_job(job).await,
         }
     }
 }

@@ -27,6 +27,10 @@ pub enum Job {
     /// Queued before a run is claimed: once the claimant's lease is over, finishes a dispatch
     /// that its claimant did not (because that Lambda was stopped half-way).
     Watch(WatchJob),
+    /// After the summary: copies of the run's sets to the copy regions, until all are final.
+    Copy(CopyJob),
+    /// The run's last step: retention in every region.
+    Retention(RetentionJob),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,12 +100,37 @@ pub struct WatchJob {
     pub check_at: DateTime<Utc>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyJob {
+    pub run_id: String,
+    /// Copies not final by then are reported as timed out.
+    pub deadline: DateTime<Utc>,
+    pub attempt: u32,
+}
+
+impl CopyJob {
+    /// The same step, one look later.
+    pub fn next(self) -> Self {
+        CopyJob {
+            attempt: self.attempt + 1,
+            ..self
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionJob {
+    pub run_id: String,
+}
+
 impl Job {
     pub fn run_id(&self) -> &str {
         match self {
             Job::Instance(j) => &j.run_id,
             Job::Run(j) => &j.run_id,
             Job::Watch(j) => &j.run_id,
+            Job::Copy(j) => &j.run_id,
+            Job::Retention(j) => &j.run_id,
         }
     }
 
@@ -111,6 +140,8 @@ impl Job {
             Job::Instance(j) => backoff_seconds(j.attempt, initial, max),
             Job::Run(j) => backoff_seconds(j.attempt, initial, max),
             Job::Watch(j) => (j.check_at - now).num_seconds().clamp(0, 900) as i32,
+            Job::Copy(j) => backoff_seconds(j.attempt, initial, max),
+            Job::Retention(_) => 0,
         }
     }
 }

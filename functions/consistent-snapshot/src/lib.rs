@@ -5,6 +5,7 @@
 //! `track::next_instance_step`); AWS calls stay at the edges.
 
 pub mod config;
+pub mod copy;
 pub mod dispatch;
 pub mod error;
 pub mod event;
@@ -15,6 +16,7 @@ pub mod job;
 pub mod outcome;
 pub mod report;
 pub mod retention;
+pub mod retention_run;
 pub mod run_claim;
 pub mod run_start;
 mod run_tracking;

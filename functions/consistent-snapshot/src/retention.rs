@@ -313,6 +313,55 @@ fn decide_instance(
     decisions
 }
 
+pub const TAG_RETAIN_COUNT: &str = "ConsistentSnapshot:RetainCount";
+pub const TAG_RETAIN_DAYS: &str = "ConsistentSnapshot:RetainDays";
+
+/// What retention makes of an instance: gone or untagged, an override it cannot read, or live
+/// with its count and days (`count` and `days` are the region's defaults; the instance's
+/// override tags apply where `overrides` is true, that is in the source region).
+pub fn instance_state(
+    facts: Option<&crate::fleet::InstanceFacts>,
+    target: (&str, &str),
+    count: u32,
+    days: Option<u32>,
+    overrides: bool,
+) -> InstanceState {
+    let Some(facts) = facts else {
+        return InstanceState::Orphaned {
+            why: "instance not found (terminated long ago)".into(),
+        };
+    };
+    if matches!(facts.state.as_str(), "terminated" | "shutting-down") {
+        return InstanceState::Orphaned {
+            why: format!("instance {}", facts.state),
+        };
+    }
+    if facts.tags.get(target.0).map(String::as_str) != Some(target.1) {
+        return InstanceState::Orphaned {
+            why: format!("instance no longer tagged {}={}", target.0, target.1),
+        };
+    }
+    let read = |tag: &str, current: Option<u32>| -> Result<Option<u32>, String> {
+        match facts.tags.get(tag).filter(|_| overrides) {
+            None => Ok(current),
+            Some(v) => match v.trim().parse::<u32>() {
+                Ok(n) if (1..=36_500).contains(&n) => Ok(Some(n)),
+                _ => Err(format!("tag {tag}={v:?} is not a whole number from 1")),
+            },
+        }
+    };
+    match (
+        read(TAG_RETAIN_COUNT, Some(count)),
+        read(TAG_RETAIN_DAYS, days),
+    ) {
+        (Ok(count), Ok(days)) => InstanceState::Live {
+            retain_count: count.unwrap_or(1),
+            retain_days: days,
+        },
+        (Err(why), _) | (_, Err(why)) => InstanceState::InvalidOverride { why },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,6 +560,55 @@ mod tests {
         assert!(plan.instances["i-1"]
             .iter()
             .all(|s| s.reason.contains("RetainCount")));
+    }
+
+    #[test]
+    fn instance_state_reads_presence_tag_and_overrides() {
+        let mut facts = crate::fleet::InstanceFacts {
+            instance_id: "i-1".into(),
+            name: None,
+            state: "running".into(),
+            platform: None,
+            platform_details: None,
+            root_device: None,
+            volumes: vec![],
+            tags: [("ConsistentSnapshot".to_string(), "WindowsVSS".to_string())].into(),
+        };
+        let target = ("ConsistentSnapshot", "WindowsVSS");
+        assert_eq!(instance_state(Some(&facts), target, 7, None, true), live(7));
+        facts.tags.insert(TAG_RETAIN_COUNT.into(), "3".into());
+        facts.tags.insert(TAG_RETAIN_DAYS.into(), "30".into());
+        assert_eq!(
+            instance_state(Some(&facts), target, 7, None, true),
+            InstanceState::Live {
+                retain_count: 3,
+                retain_days: Some(30)
+            }
+        );
+        // Copy regions keep their own count.
+        assert_eq!(
+            instance_state(Some(&facts), target, 4, None, false),
+            live(4)
+        );
+        facts.tags.insert(TAG_RETAIN_COUNT.into(), "lots".into());
+        assert!(matches!(
+            instance_state(Some(&facts), target, 7, None, true),
+            InstanceState::InvalidOverride { ref why } if why.contains("lots")
+        ));
+        facts.tags.remove("ConsistentSnapshot");
+        assert!(matches!(
+            instance_state(Some(&facts), target, 7, None, true),
+            InstanceState::Orphaned { ref why } if why.contains("no longer tagged")
+        ));
+        facts.state = "terminated".into();
+        assert!(matches!(
+            instance_state(Some(&facts), target, 7, None, true),
+            InstanceState::Orphaned { ref why } if why.contains("terminated")
+        ));
+        assert!(matches!(
+            instance_state(None, target, 7, None, true),
+            InstanceState::Orphaned { .. }
+        ));
     }
 
     // --- properties ---------------------------------------------------------------------

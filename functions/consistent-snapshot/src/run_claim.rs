@@ -25,7 +25,10 @@ use crate::error::{aws, Error};
 pub const ROOT: &str = "/consistent-snapshot";
 const DISPATCHED: &str = "dispatched";
 const REPORTED: &str = "reported";
+const RETAINED: &str = "retained";
 const LEASE: &str = "lease-";
+const COPY_LEASE: &str = "copy-lease-";
+const COPIED: &str = "copied";
 
 /// What one marker says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +46,11 @@ pub struct RunMarkers {
     pub leases: Vec<(u32, Option<DateTime<Utc>>)>,
     pub dispatched: bool,
     pub reported: bool,
+    /// Leases of the copy step, and whether every copy is final.
+    pub copy_leases: Vec<(u32, Option<DateTime<Utc>>)>,
+    pub copied: bool,
+    /// Every marker's full name.
+    pub names: Vec<String>,
 }
 
 /// What an invocation that wants to dispatch a run may do.
@@ -66,7 +74,19 @@ pub fn decide(markers: &RunMarkers, now: DateTime<Utc>) -> Claim {
     if markers.dispatched {
         return Claim::Dispatched;
     }
-    match markers.leases.iter().max_by_key(|(epoch, _)| *epoch) {
+    lease_claim(&markers.leases, now)
+}
+
+/// Decides whether to take the copy step: `Dispatched` here means every copy is final.
+pub fn decide_copy(markers: &RunMarkers, now: DateTime<Utc>) -> Claim {
+    if markers.copied {
+        return Claim::Dispatched;
+    }
+    lease_claim(&markers.copy_leases, now)
+}
+
+fn lease_claim(leases: &[(u32, Option<DateTime<Utc>>)], now: DateTime<Utc>) -> Claim {
+    match leases.iter().max_by_key(|(epoch, _)| *epoch) {
         None => Claim::Take { epoch: 0 },
         // A lease without a readable end is treated as ended: its writer is gone or broken.
         Some((epoch, Some(until))) if *until > now => Claim::Held {
@@ -110,16 +130,25 @@ pub fn run_path(managed_by: &str, run_id: &str) -> String {
 pub fn parse_markers<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -> RunMarkers {
     let mut markers = RunMarkers::default();
     for (name, value) in params {
+        markers.names.push(name.to_string());
         let leaf = name.rsplit('/').next().unwrap_or_default();
         if leaf == DISPATCHED {
             markers.dispatched = true;
         } else if leaf == REPORTED {
             markers.reported = true;
-        } else if let Some(epoch) = leaf.strip_prefix(LEASE).and_then(|n| n.parse().ok()) {
-            let until = serde_json::from_str::<MarkerValue>(value)
-                .ok()
-                .and_then(|v| v.until);
-            markers.leases.push((epoch, until));
+        } else if leaf == COPIED {
+            markers.copied = true;
+        } else {
+            let until = || {
+                serde_json::from_str::<MarkerValue>(value)
+                    .ok()
+                    .and_then(|v| v.until)
+            };
+            if let Some(epoch) = leaf.strip_prefix(LEASE).and_then(|n| n.parse().ok()) {
+                markers.leases.push((epoch, until()));
+            } else if let Some(epoch) = leaf.strip_prefix(COPY_LEASE).and_then(|n| n.parse().ok()) {
+                markers.copy_leases.push((epoch, until()));
+            }
         }
     }
     markers
@@ -172,6 +201,29 @@ impl<'a> RunMarkerStore<'a> {
         self.create(&format!("{LEASE}{epoch}"), Some(until)).await
     }
 
+    /// Tries to create copy lease `epoch` ending at `until`.
+    pub async fn take_copy_lease(&self, epoch: u32, until: DateTime<Utc>) -> Result<bool, Error> {
+        self.create(&format!("{COPY_LEASE}{epoch}"), Some(until))
+            .await
+    }
+
+    /// Gives copy lease `epoch` back before it ends, so that the next pass need not wait.
+    pub async fn drop_copy_lease(&self, epoch: u32) -> Result<(), Error> {
+        let name = format!("{}/{COPY_LEASE}{epoch}", self.path);
+        self.ssm
+            .delete_parameters()
+            .names(name)
+            .send()
+            .await
+            .map_err(|e| aws("DeleteParameters", self.subject(), e))?;
+        Ok(())
+    }
+
+    /// Marks every copy of the run final; answers whether this invocation was the first to.
+    pub async fn mark_copied(&self) -> Result<bool, Error> {
+        self.create(COPIED, None).await
+    }
+
     /// Marks the run dispatched; answers whether this invocation was the first to.
     pub async fn mark_dispatched(&self) -> Result<bool, Error> {
         self.create(DISPATCHED, None).await
@@ -183,17 +235,21 @@ impl<'a> RunMarkerStore<'a> {
         self.create(REPORTED, None).await
     }
 
-    /// Deletes the run's lease and dispatch markers once its summary is written; `reported`
-    /// stays so that a late duplicate of the final message writes no second summary.
+    /// Marks the run's retention done; answers whether this invocation was the first to (and
+    /// so writes the retention summary).
+    pub async fn mark_retained(&self) -> Result<bool, Error> {
+        self.create(RETAINED, None).await
+    }
+
+    /// Deletes the run's markers once it is over, all but `reported`, which stays so that a
+    /// late duplicate of the schedule or of a message finds the run over.
     pub async fn release(&self, markers: &RunMarkers) -> Result<(), Error> {
-        let mut names: Vec<String> = markers
-            .leases
+        let names: Vec<String> = markers
+            .names
             .iter()
-            .map(|(epoch, _)| format!("{}/{LEASE}{epoch}", self.path))
+            .filter(|n| !n.ends_with(&format!("/{REPORTED}")))
+            .cloned()
             .collect();
-        if markers.dispatched {
-            names.push(format!("{}/{DISPATCHED}", self.path));
-        }
         for chunk in names.chunks(10) {
             self.ssm
                 .delete_parameters()
@@ -355,9 +411,43 @@ mod tests {
     }
 
     #[test]
+    fn the_copy_step_has_leases_of_its_own() {
+        let params = vec![
+            lease(0, -100),
+            (
+                "/x/runs/r/copy-lease-0".into(),
+                serde_json::to_string(&MarkerValue {
+                    token: "c".into(),
+                    until: Some(now() + Duration::seconds(20)),
+                })
+                .unwrap_or_default(),
+            ),
+        ];
+        let m = markers(&params);
+        assert_eq!(decide(&m, now()), Claim::Take { epoch: 1 });
+        assert!(matches!(
+            decide_copy(&m, now()),
+            Claim::Held { epoch: 0, .. }
+        ));
+        assert_eq!(
+            decide_copy(&m, now() + Duration::seconds(30)),
+            Claim::Take { epoch: 1 }
+        );
+        let mut params = params;
+        params.push(("/x/runs/r/copied".into(), "{}".into()));
+        assert_eq!(decide_copy(&markers(&params), now()), Claim::Dispatched);
+    }
+
+    #[test]
     fn unknown_leaves_are_ignored() {
         let m = markers(&[("/x/runs/r/lease-x".into(), "{}".into())]);
-        assert_eq!(m, RunMarkers::default());
+        assert_eq!(
+            m,
+            RunMarkers {
+                names: vec!["/x/runs/r/lease-x".into()],
+                ..RunMarkers::default()
+            }
+        );
     }
 
     #[test]

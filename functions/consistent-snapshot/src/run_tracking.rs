@@ -6,10 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{Duration, Utc};
 use tracing::{info, warn};
 
+use crate::copy;
 use crate::error::{aws, Error};
 use crate::fleet::{self, AttachedVolume};
 use crate::handler::App;
-use crate::job::{InstanceJob, Job, RunJob};
+use crate::job::{CopyJob, Envelope, InstanceJob, Job, RunJob};
 use crate::outcome::{classify, is_final_status, FinalInvocation, Outcome, OutcomeKind};
 use crate::report::RunReport;
 use crate::run_claim::{self, RunMarkerStore};
@@ -185,6 +186,14 @@ impl App {
             reason: Some(format!("command not sent: {}", u.error)),
         }));
         let report = RunReport::new(&job.run_id, job.started_at, now, outcomes);
+        // The copy step is queued before the summary's marker: should this invocation stop
+        // between the two, a redelivery queues it again (the step runs under its own lease).
+        self.enqueue(&[Envelope::new(Job::Copy(CopyJob {
+            run_id: job.run_id.clone(),
+            deadline: copy::copy_deadline(self.config.snapshot_completion_timeout_seconds),
+            attempt: 0,
+        }))])
+        .await?;
         // One summary per run, however often this message is delivered.
         let store = RunMarkerStore::new(&self.ssm, &self.config.managed_by, &job.run_id);
         if !store.mark_reported().await? {
@@ -198,13 +207,12 @@ impl App {
         } else {
             warn!(run_id = %job.run_id, report = %report_json, "{summary}");
         }
-        self.release_markers(&store).await;
         Ok(())
     }
 
     /// Drops the finished run's lease and dispatch markers and any marker past its keep time.
     /// A failure here leaves parameters behind, not a wrong backup: it is logged, not retried.
-    async fn release_markers(&self, store: &RunMarkerStore<'_>) {
+    pub(crate) async fn release_markers(&self, store: &RunMarkerStore<'_>) {
         let released = match store.read().await {
             Ok(markers) => store.release(&markers).await,
             Err(err) => Err(err),

@@ -1,0 +1,323 @@
+//! Retention against AWS: read this deployment's snapshots, the AMIs and the instances of
+//! every region it uses, plan with `retention::plan`, and delete what the plan says, logging
+//! each deletion with its reason. At the end of every run, and on demand.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aws_sdk_ec2::types::Filter;
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::dispatch::{TAG_INSTANCE_ID, TAG_MANAGED_BY};
+use crate::error::{aws, Error};
+use crate::fleet;
+use crate::handler::{to_json, App};
+use crate::job::RetentionJob;
+use crate::retention::{self, instance_state, Action, Policy, RegionPlan, SnapshotInfo};
+use crate::run_claim::RunMarkerStore;
+
+pub const TAG_SOURCE_SNAPSHOT: &str = "ConsistentSnapshot:SourceSnapshotId";
+
+/// What applying the plans did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RetentionOutcome {
+    pub dry_run: bool,
+    pub plans: Vec<RegionPlan>,
+    /// `region/snapshot`: deleted now.
+    pub deleted: Vec<String>,
+    /// Planned for deletion but kept, with why (an AMI uses it, …).
+    pub kept: Vec<String>,
+    /// Deletions that failed; tried again with the next run.
+    pub failed: Vec<String>,
+}
+
+impl RetentionOutcome {
+    pub fn summary_line(&self) -> String {
+        let planned: usize = self.plans.iter().map(RegionPlan::snapshots_to_delete).sum();
+        let sets: usize = self
+            .plans
+            .iter()
+            .map(|p| p.instances.values().map(Vec::len).sum::<usize>())
+            .sum();
+        if self.dry_run {
+            return format!(
+                "retention (dry run): {sets} sets in {} region(s), {planned} snapshots would be deleted",
+                self.plans.len()
+            );
+        }
+        format!(
+            "retention: {sets} sets in {} region(s), {} snapshots deleted, {} kept although planned, {} failed",
+            self.plans.len(),
+            self.deleted.len(),
+            self.kept.len(),
+            self.failed.len()
+        )
+    }
+}
+
+impl App {
+    /// An EC2 client for `region` with everything else as configured (endpoint included).
+    pub(crate) fn ec2_in(&self, region: &str) -> aws_sdk_ec2::Client {
+        if region == self.config.region || self.config.region.is_empty() {
+            return self.ec2.clone();
+        }
+        let config = self
+            .ec2
+            .config()
+            .to_builder()
+            .region(aws_sdk_ec2::config::Region::new(region.to_string()))
+            .build();
+        aws_sdk_ec2::Client::from_conf(config)
+    }
+
+    /// The regions retention looks at: the function's own, then the copy regions.
+    fn retention_regions(&self) -> Vec<String> {
+        std::iter::once(self.config.region.clone())
+            .chain(self.config.copy_regions.iter().cloned())
+            .collect()
+    }
+
+    /// Plans retention in every region.
+    pub async fn plan_retention(&self) -> Result<Vec<RegionPlan>, Error> {
+        let now = Utc::now();
+        let regions = self.retention_regions();
+        let mut per_region: Vec<(String, Vec<SnapshotInfo>)> = Vec::new();
+        for region in &regions {
+            let ec2 = self.ec2_in(region);
+            let mut snapshots = managed_snapshots(&ec2, region, &self.config.managed_by).await?;
+            let images = images_by_snapshot(&ec2, region).await?;
+            for s in &mut snapshots {
+                s.used_by_images = images.get(&s.snapshot_id).cloned().unwrap_or_default();
+            }
+            per_region.push((region.clone(), snapshots));
+        }
+        // A source snapshot with a copy still pending anywhere is kept.
+        let mut copying: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, snapshots) in per_region.iter().skip(1) {
+            for copy in snapshots.iter().filter(|s| s.state == "pending") {
+                if let Some(source) = copy.tags.get(TAG_SOURCE_SNAPSHOT) {
+                    *copying.entry(source.clone()).or_default() += 1;
+                }
+            }
+        }
+        if let Some((_, home)) = per_region.first_mut() {
+            for s in home.iter_mut() {
+                s.copies_in_progress = copying.get(&s.snapshot_id).copied().unwrap_or(0);
+            }
+        }
+        let ids: Vec<String> = per_region
+            .iter()
+            .flat_map(|(_, snapshots)| snapshots.iter())
+            .filter_map(|s| s.tags.get(TAG_INSTANCE_ID).cloned())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let facts: BTreeMap<String, fleet::InstanceFacts> = if ids.is_empty() {
+            BTreeMap::new()
+        } else {
+            fleet::describe(&self.ec2, &[], Some(&ids), self.config.describe_page_size)
+                .await?
+                .into_iter()
+                .map(|f| (f.instance_id.clone(), f))
+                .collect()
+        };
+        let target = (
+            self.config.target_tag_key.as_str(),
+            self.config.target_tag_value.as_str(),
+        );
+        let mut plans = Vec::new();
+        for (i, (region, snapshots)) in per_region.iter().enumerate() {
+            let home = i == 0;
+            let count = if home {
+                self.config.retain_count
+            } else {
+                self.config.copy_retain_count
+            };
+            let policy = Policy {
+                managed_by: self.config.managed_by.clone(),
+                retain_count: count,
+                retain_days: self.config.retain_days,
+                keep_orphans: self.config.keep_orphaned_backups,
+            };
+            let instances = ids
+                .iter()
+                .map(|id| {
+                    let state =
+                        instance_state(facts.get(id), target, count, self.config.retain_days, home);
+                    (id.clone(), state)
+                })
+                .collect();
+            plans.push(retention::plan(region, snapshots, &instances, &policy, now));
+        }
+        Ok(plans)
+    }
+
+    /// Deletes what the plans say, one snapshot at a time, each logged with its reason.
+    pub async fn apply_retention(&self, plans: Vec<RegionPlan>, dry_run: bool) -> RetentionOutcome {
+        let mut outcome = RetentionOutcome {
+            dry_run,
+            ..RetentionOutcome::default()
+        };
+        for plan in &plans {
+            let ec2 = self.ec2_in(&plan.region);
+            for (instance_id, set) in plan.deletions() {
+                for snapshot_id in &set.snapshots {
+                    let at = format!("{}/{snapshot_id}", plan.region);
+                    if dry_run {
+                        info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, reason = %set.reason, "would delete (dry run)");
+                        continue;
+                    }
+                    match ec2.delete_snapshot().snapshot_id(snapshot_id).send().await {
+                        Ok(_) => {
+                            info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, reason = %set.reason, "snapshot deleted");
+                            outcome.deleted.push(at);
+                        }
+                        Err(err) => {
+                            let code = err.as_service_error().and_then(|e| {
+                                aws_sdk_ec2::error::ProvideErrorMetadata::code(e)
+                                    .map(str::to_string)
+                            });
+                            match code.as_deref() {
+                                Some("InvalidSnapshot.NotFound") => {
+                                    info!(region = %plan.region, snapshot_id = %snapshot_id, "already deleted")
+                                }
+                                Some("InvalidSnapshot.InUse") => {
+                                    warn!(region = %plan.region, instance_id, snapshot_id = %snapshot_id, "kept: in use (by an AMI)");
+                                    outcome.kept.push(format!("{at}: in use"));
+                                }
+                                _ => {
+                                    let err = aws(
+                                        "DeleteSnapshot",
+                                        format!(
+                                            "{snapshot_id} of {instance_id} in {}",
+                                            plan.region
+                                        ),
+                                        err,
+                                    );
+                                    warn!(error = %err, "snapshot not deleted");
+                                    outcome.failed.push(format!("{at}: {err}"));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (instance_id, sets) in &plan.instances {
+                for set in sets
+                    .iter()
+                    .filter(|s| s.action == Action::Keep && s.reason.contains("AMI"))
+                {
+                    warn!(region = %plan.region, instance_id, run_id = %set.run_id, reason = %set.reason, "set kept: used by an AMI");
+                    outcome
+                        .kept
+                        .push(format!("{}/{}: {}", plan.region, set.run_id, set.reason));
+                }
+            }
+        }
+        outcome.plans = plans;
+        outcome
+    }
+
+    /// `{"action":"retention","dry_run":…}`: the plan, and what was deleted.
+    pub(crate) async fn on_demand_retention(&self, dry_run: bool) -> Result<Value, Error> {
+        let plans = self.plan_retention().await?;
+        let outcome = self.apply_retention(plans, dry_run).await;
+        info!(dry_run, "{}", outcome.summary_line());
+        Ok(to_json(&outcome))
+    }
+
+    /// The run's last step: retention in every region, then the run's markers are released.
+    pub(crate) async fn retention_job(&self, job: RetentionJob) -> Result<(), Error> {
+        let plans = self.plan_retention().await?;
+        let outcome = self.apply_retention(plans, false).await;
+        if !outcome.failed.is_empty() {
+            return Err(Error::Retention(format!(
+                "run {}: {} deletion(s) failed: {}",
+                job.run_id,
+                outcome.failed.len(),
+                outcome.failed.join("; ")
+            )));
+        }
+        let store = RunMarkerStore::new(&self.ssm, &self.config.managed_by, &job.run_id);
+        if store.mark_retained().await? {
+            let summary = serde_json::to_string(&outcome).unwrap_or_default();
+            info!(run_id = %job.run_id, retention = %summary, "{}", outcome.summary_line());
+        }
+        self.release_markers(&store).await;
+        Ok(())
+    }
+}
+
+/// This deployment's snapshots in one region (owner self, tagged with its `ManagedBy`).
+async fn managed_snapshots(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    managed_by: &str,
+) -> Result<Vec<SnapshotInfo>, Error> {
+    let mut pages = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{TAG_MANAGED_BY}"))
+                .values(managed_by)
+                .build(),
+        )
+        .max_results(1000)
+        .into_paginator()
+        .send();
+    let mut found = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page =
+            page.map_err(|e| aws("DescribeSnapshots", format!("{managed_by} in {region}"), e))?;
+        for s in page.snapshots() {
+            let (Some(id), Some(start)) = (s.snapshot_id(), s.start_time()) else {
+                continue;
+            };
+            found.push(SnapshotInfo {
+                snapshot_id: id.to_string(),
+                state: s
+                    .state()
+                    .map(|v| v.as_str().to_string())
+                    .unwrap_or_default(),
+                start_time: chrono::DateTime::from_timestamp(start.secs(), 0).unwrap_or_default(),
+                tags: fleet::tag_map(s.tags()),
+                used_by_images: vec![],
+                copies_in_progress: 0,
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// Which of the account's own AMIs use which snapshots, in one region.
+async fn images_by_snapshot(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+) -> Result<BTreeMap<String, Vec<String>>, Error> {
+    let mut pages = ec2
+        .describe_images()
+        .owners("self")
+        .max_results(1000)
+        .into_paginator()
+        .send();
+    let mut used: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| aws("DescribeImages", format!("own AMIs in {region}"), e))?;
+        for image in page.images() {
+            let Some(image_id) = image.image_id() else {
+                continue;
+            };
+            for mapping in image.block_device_mappings() {
+                if let Some(snapshot) = mapping.ebs().and_then(|e| e.snapshot_id()) {
+                    used.entry(snapshot.to_string())
+                        .or_default()
+                        .push(image_id.to_string());
+                }
+            }
+        }
+    }
+    Ok(used)
+}

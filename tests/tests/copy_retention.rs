@@ -1,0 +1,329 @@
+//! End to end: three nightly runs copied to two other regions, with `RETAIN_COUNT=2`, next
+//! to snapshots that retention must never touch.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Filter, ResourceType, Snapshot, Tag, TagSpecification};
+use harness::{drain, invoke, scheduled_event, seed, snapshot_tag, Emulator, Logs, ServerSpec};
+use serde_json::json;
+
+const HOME: &str = "us-east-1";
+const COPY_REGIONS: [&str; 2] = ["eu-west-1", "us-west-2"];
+
+async fn snapshots_in(emulator: &Emulator, region: &str) -> Vec<Snapshot> {
+    emulator
+        .ec2_in(region)
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .expect("DescribeSnapshots")
+        .snapshots()
+        .to_vec()
+}
+
+/// Run ids of an instance's sets in a region that are managed by the test deployment.
+fn managed_runs(snapshots: &[Snapshot], instance: &str) -> BTreeSet<String> {
+    snapshots
+        .iter()
+        .filter(|s| snapshot_tag(s, "ConsistentSnapshot:ManagedBy") == Some("vss-test"))
+        .filter(|s| snapshot_tag(s, "ConsistentSnapshot:InstanceId") == Some(instance))
+        .filter_map(|s| snapshot_tag(s, "ConsistentSnapshot:RunId").map(str::to_string))
+        .collect()
+}
+
+/// Plants a snapshot of `volume` with these tags, as if made earlier.
+async fn plant(emulator: &Emulator, volume: &str, tags: &[(&str, &str)]) -> String {
+    let tags: Vec<Tag> = tags
+        .iter()
+        .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+        .collect();
+    emulator
+        .ec2()
+        .create_snapshot()
+        .volume_id(volume)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Snapshot)
+                .set_tags(Some(tags))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("CreateSnapshot")
+        .snapshot_id()
+        .expect("snapshot id")
+        .to_string()
+}
+
+async fn data_volume(emulator: &Emulator, instance: &str) -> String {
+    let out = emulator
+        .ec2()
+        .describe_volumes()
+        .filters(
+            Filter::builder()
+                .name("attachment.instance-id")
+                .values(instance)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeVolumes");
+    out.volumes()
+        .iter()
+        .find(|v| {
+            v.attachments()
+                .iter()
+                .any(|a| a.device() != Some("/dev/sda1"))
+        })
+        .and_then(|v| v.volume_id())
+        .expect("a data volume")
+        .to_string()
+}
+
+async fn exists(emulator: &Emulator, snapshot: &str) -> bool {
+    snapshots_in(emulator, HOME)
+        .await
+        .iter()
+        .any(|s| s.snapshot_id() == Some(snapshot))
+}
+
+#[tokio::test]
+async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
+    let (logs, _guard) = Logs::capture(None).expect("logs");
+    let emulator = Emulator::start().await.expect("emulator");
+    let queue = emulator.create_queue("tracking", 3).await.expect("queue");
+    // Snapshots and copies stay pending for a moment; the first copies into us-west-2 meet
+    // the region's concurrent-copy limit.
+    emulator
+        .simulate_ebs(json!({"pending_seconds": 1.0, "copy_refusals": {"us-west-2": 3}}))
+        .expect("EBS simulation");
+    let ids = seed(
+        &emulator,
+        &[
+            ServerSpec::windows("sql01", 1),
+            ServerSpec::windows("files01", 1),
+        ],
+    )
+    .await
+    .expect("seed");
+    let (sql, files) = (ids[0].clone(), ids[1].clone());
+    let sql_volume = data_volume(&emulator, &sql).await;
+
+    // What retention must leave alone, or handle by its rules.
+    let ours = |run: &'static str, consistent: &'static str| {
+        vec![
+            ("ConsistentSnapshot:ManagedBy", "vss-test"),
+            ("ConsistentSnapshot:RunId", run),
+            ("AppConsistent", consistent),
+        ]
+    };
+    let mut crash_tags = ours("planted-crash", "False");
+    crash_tags.push(("ConsistentSnapshot:InstanceId", sql.as_str()));
+    let planted_crash = plant(&emulator, &sql_volume, &crash_tags).await;
+    let unmanaged = plant(
+        &emulator,
+        &sql_volume,
+        &[
+            ("ConsistentSnapshot:InstanceId", sql.as_str()),
+            ("ConsistentSnapshot:RunId", "by-hand"),
+            ("AppConsistent", "True"),
+        ],
+    )
+    .await;
+    let foreign = plant(
+        &emulator,
+        &sql_volume,
+        &[
+            ("ConsistentSnapshot:ManagedBy", "another-deployment"),
+            ("ConsistentSnapshot:InstanceId", sql.as_str()),
+            ("ConsistentSnapshot:RunId", "theirs"),
+            ("AppConsistent", "True"),
+        ],
+    )
+    .await;
+    // An operator made an AMI from an old set of ours.
+    let image = emulator
+        .ec2()
+        .register_image()
+        .name("sql01-restore-point")
+        .send()
+        .await
+        .expect("RegisterImage");
+    let image_id = image.image_id().expect("image id").to_string();
+    let described = emulator
+        .ec2()
+        .describe_images()
+        .image_ids(&image_id)
+        .send()
+        .await
+        .expect("DescribeImages");
+    let ami_snapshot = described
+        .images()
+        .first()
+        .and_then(|i| i.block_device_mappings().first())
+        .and_then(|m| m.ebs())
+        .and_then(|e| e.snapshot_id())
+        .expect("the AMI's snapshot")
+        .to_string();
+    let mut ami_tags: Vec<Tag> = ours("planted-ami", "True")
+        .iter()
+        .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+        .collect();
+    ami_tags.push(
+        Tag::builder()
+            .key("ConsistentSnapshot:InstanceId")
+            .value(&sql)
+            .build(),
+    );
+    emulator
+        .ec2()
+        .create_tags()
+        .resources(&ami_snapshot)
+        .set_tags(Some(ami_tags))
+        .send()
+        .await
+        .expect("CreateTags");
+
+    let app = emulator
+        .app(
+            &queue,
+            &[
+                ("COPY_REGIONS", "eu-west-1,us-west-2"),
+                ("RETAIN_COUNT", "2"),
+            ],
+        )
+        .expect("app");
+    let mut runs = Vec::new();
+    for night in 1..=3 {
+        if night == 3 {
+            // files01's third freeze fails: a crash-consistent set, its newest.
+            let mut spec = serde_json::Map::new();
+            spec.insert(files.clone(), json!({"outcome": "vss_failure"}));
+            emulator
+                .simulate(serde_json::Value::Object(spec))
+                .expect("simulate");
+        }
+        let start = invoke(
+            &app,
+            scheduled_event("nightly", &format!("2026-11-2{night}T00:00:00Z")),
+        )
+        .await
+        .expect("run");
+        runs.push(start["run_id"].as_str().expect("run id").to_string());
+        drain(&emulator, &app, &queue, 10, Duration::from_secs(120))
+            .await
+            .expect("drain");
+    }
+    let run = |n: usize| runs[n - 1].clone();
+
+    // The source region: sql01 keeps its two newest consistent sets (and the AMI's); files01
+    // its two consistent sets and, newest of all, the crash-consistent fallback.
+    let home = snapshots_in(&emulator, HOME).await;
+    let expected_sql: BTreeSet<String> = [run(2), run(3), "planted-ami".to_string()].into();
+    assert_eq!(managed_runs(&home, &sql), expected_sql);
+    assert_eq!(
+        managed_runs(&home, &files),
+        [run(1), run(2), run(3)].into_iter().collect()
+    );
+    assert!(
+        !exists(&emulator, &planted_crash).await,
+        "an older crash-consistent set goes"
+    );
+    for untouched in [&unmanaged, &foreign, &ami_snapshot] {
+        assert!(
+            exists(&emulator, untouched).await,
+            "{untouched} must be kept"
+        );
+    }
+
+    // Every copy region: the same sets, one copy per source snapshot, completed, tagged.
+    for region in COPY_REGIONS {
+        // (The emulator's own AMIs bring untagged snapshots of their own: not ours.)
+        let copies: Vec<Snapshot> = snapshots_in(&emulator, region)
+            .await
+            .into_iter()
+            .filter(|s| snapshot_tag(s, "ConsistentSnapshot:ManagedBy") == Some("vss-test"))
+            .collect();
+        assert_eq!(
+            managed_runs(&copies, &sql),
+            [run(2), run(3)].into_iter().collect(),
+            "{region}"
+        );
+        assert_eq!(
+            managed_runs(&copies, &files),
+            [run(1), run(2), run(3)].into_iter().collect(),
+            "{region}"
+        );
+        let mut per_source: BTreeMap<String, usize> = BTreeMap::new();
+        for copy in &copies {
+            assert_eq!(
+                snapshot_tag(copy, "ConsistentSnapshot:SourceRegion"),
+                Some(HOME)
+            );
+            assert_eq!(copy.state().map(|s| s.as_str()), Some("completed"));
+            let source = snapshot_tag(copy, "ConsistentSnapshot:SourceSnapshotId")
+                .expect("source tag")
+                .to_string();
+            *per_source.entry(source).or_default() += 1;
+        }
+        assert!(
+            per_source.values().all(|n| *n == 1),
+            "{region}: {per_source:?}"
+        );
+        // sql01: 2 sets; files01: 3 sets; 2 volumes each.
+        assert_eq!(copies.len(), (2 + 3) * 2, "{region}");
+    }
+
+    // Every deletion was logged with its reason; the AMI's set was reported.
+    let deleted = logs.messages_starting("snapshot deleted");
+    assert!(!deleted.is_empty());
+    assert!(deleted
+        .iter()
+        .all(|r| r["reason"].as_str().is_some_and(|x| !x.is_empty())));
+    assert!(!logs
+        .messages_starting("set kept: used by an AMI")
+        .is_empty());
+    assert!(!logs
+        .messages_starting("copy limit of the region reached")
+        .is_empty());
+
+    // A dry run plans, names the reason, and changes nothing; then the real call deletes.
+    let mut old_tags = ours("planted-old", "True");
+    old_tags.push(("ConsistentSnapshot:InstanceId", sql.as_str()));
+    let old = plant(&emulator, &sql_volume, &old_tags).await;
+    // Planted now, it is sql01's newest consistent set: with RETAIN_COUNT=2, run 2 must go.
+    let dry = invoke(&app, json!({"action": "retention", "dry_run": true}))
+        .await
+        .expect("dry run");
+    assert_eq!(dry["dry_run"], true);
+    let home_plan = &dry["plans"][0];
+    assert_eq!(home_plan["region"], HOME);
+    let sql_sets = home_plan["instances"][&sql]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let doomed: Vec<&serde_json::Value> = sql_sets
+        .iter()
+        .filter(|s| s["action"] == "delete")
+        .collect();
+    assert_eq!(doomed.len(), 1, "{sql_sets:?}");
+    assert_eq!(doomed[0]["run_id"], run(2).as_str());
+    assert!(doomed[0]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("newest 2")));
+    assert!(exists(&emulator, &old).await);
+    assert_eq!(
+        managed_runs(&snapshots_in(&emulator, HOME).await, &sql),
+        [run(2), run(3), "planted-ami".into(), "planted-old".into()].into()
+    );
+    let real = invoke(&app, json!({"action": "retention"}))
+        .await
+        .expect("retention");
+    assert_eq!(real["deleted"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        managed_runs(&snapshots_in(&emulator, HOME).await, &sql),
+        [run(3), "planted-ami".into(), "planted-old".into()].into()
+    );
+}
