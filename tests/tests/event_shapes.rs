@@ -120,9 +120,10 @@ async fn malformed_payloads_are_errors_that_name_the_field() {
             "eventSource",
         ),
         (json!("snapshot"), "JSON object"),
+        (json!({"action": "report"}), "not available in this version"),
         (
-            json!({"action": "retention"}),
-            "not available in this version",
+            json!({"action": "retention", "dry_run": "yes"}),
+            "field `dry_run`",
         ),
     ];
     for (payload, field) in cases {
