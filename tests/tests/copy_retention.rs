@@ -104,11 +104,13 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
         &[
             ServerSpec::windows("sql01", 1),
             ServerSpec::windows("files01", 1),
+            // Its own copy region, instead of the configured ones.
+            ServerSpec::windows("web01", 1).tag("ConsistentSnapshot:CopyRegions", "ap-southeast-2"),
         ],
     )
     .await
     .expect("seed");
-    let (sql, files) = (ids[0].clone(), ids[1].clone());
+    let (sql, files, web) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
     let sql_volume = data_volume(&emulator, &sql).await;
 
     // What retention must leave alone, or handle by its rules.
@@ -231,6 +233,16 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
         !exists(&emulator, &planted_crash).await,
         "an older crash-consistent set goes"
     );
+    assert_eq!(
+        managed_runs(&home, &web),
+        [run(2), run(3)].into_iter().collect()
+    );
+    // web01's copies are in its own region only, pruned there too.
+    let web_copies = snapshots_in(&emulator, "ap-southeast-2").await;
+    assert_eq!(
+        managed_runs(&web_copies, &web),
+        [run(2), run(3)].into_iter().collect()
+    );
     for untouched in [&unmanaged, &foreign, &ami_snapshot] {
         assert!(
             exists(&emulator, untouched).await,
@@ -256,6 +268,7 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
             [run(1), run(2), run(3)].into_iter().collect(),
             "{region}"
         );
+        assert!(managed_runs(&copies, &web).is_empty(), "{region}");
         let mut per_source: BTreeMap<String, usize> = BTreeMap::new();
         for copy in &copies {
             assert_eq!(

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::{info, warn};
 
+use crate::copy::copy_regions_of;
 use crate::dispatch::{TAG_INSTANCE_ID, TAG_MANAGED_BY};
 use crate::error::{aws, Error};
 use crate::fleet;
@@ -72,17 +73,28 @@ impl App {
         aws_sdk_ec2::Client::from_conf(config)
     }
 
-    /// The regions retention looks at: the function's own, then the copy regions.
-    fn retention_regions(&self) -> Vec<String> {
-        std::iter::once(self.config.region.clone())
+    /// The regions retention looks at: the function's own, then the copy regions, then any
+    /// region a tagged instance's `ConsistentSnapshot:CopyRegions` adds.
+    async fn retention_regions(&self) -> Result<Vec<String>, Error> {
+        let mut regions: Vec<String> = std::iter::once(self.config.region.clone())
             .chain(self.config.copy_regions.iter().cloned())
-            .collect()
+            .collect();
+        for instance in fleet::discover(&self.ec2, &self.config, None).await? {
+            let extra =
+                copy_regions_of(&instance.tags, &[], &self.config.region).unwrap_or_default();
+            for region in extra {
+                if !regions.contains(&region) {
+                    regions.push(region);
+                }
+            }
+        }
+        Ok(regions)
     }
 
     /// Plans retention in every region.
     pub async fn plan_retention(&self) -> Result<Vec<RegionPlan>, Error> {
         let now = Utc::now();
-        let regions = self.retention_regions();
+        let regions = self.retention_regions().await?;
         let mut per_region: Vec<(String, Vec<SnapshotInfo>)> = Vec::new();
         for region in &regions {
             let ec2 = self.ec2_in(region);
