@@ -9,14 +9,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use aws_config::retry::RetryConfig;
-use aws_sdk_sqs::types::MessageSystemAttributeName;
 use consistent_snapshot::{App, Config};
 use serde_json::{json, Value};
 
 use crate::faults::{Endpoint, FaultProxy, Stop};
 use crate::{
-    batch_failures, deadline_in, queue_arn, queue_is_empty, sqs_records, Drained, Emulator, Result,
-    FUNCTION_TIMEOUT,
+    batch_failures, deadline_in, queue_arn, queue_is_empty, receive, sqs_records, Drained,
+    Emulator, Result, FUNCTION_TIMEOUT,
 };
 
 /// How hostile the world is.
@@ -180,15 +179,8 @@ impl<'a> Chaos<'a> {
     /// failed. Answers the batch's message ids and the failed ones.
     pub async fn deliver_batch(&self, batch_size: i32) -> Result<(Vec<String>, Vec<String>)> {
         let sqs = self.emulator.sqs();
-        let received = sqs
-            .receive_message()
-            .queue_url(&self.queue_url)
-            .max_number_of_messages(batch_size)
-            .wait_time_seconds(2)
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .send()
-            .await?;
-        let messages = received.messages();
+        let messages = receive(&sqs, &self.queue_url, batch_size, 2).await?;
+        let messages = messages.as_slice();
         let ids: Vec<String> = messages
             .iter()
             .filter_map(|m| m.message_id().map(str::to_string))
@@ -225,15 +217,8 @@ impl<'a> Chaos<'a> {
             if started.elapsed() > limit {
                 return Err(format!("queue not drained within {limit:?}: {drained:?}").into());
             }
-            let received = sqs
-                .receive_message()
-                .queue_url(&self.queue_url)
-                .max_number_of_messages(batch_size)
-                .wait_time_seconds(1)
-                .message_system_attribute_names(MessageSystemAttributeName::All)
-                .send()
-                .await?;
-            let messages = received.messages();
+            let messages = receive(&sqs, &self.queue_url, batch_size, 1).await?;
+            let messages = messages.as_slice();
             if messages.is_empty() {
                 if queue_is_empty(&sqs, &self.queue_url).await? {
                     return Ok(drained);

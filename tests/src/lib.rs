@@ -449,15 +449,8 @@ pub async fn drain(
         if started.elapsed() > limit {
             return Err(format!("queue not drained within {limit:?}: {drained:?}").into());
         }
-        let received = sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(batch_size)
-            .wait_time_seconds(1)
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .send()
-            .await?;
-        let messages = received.messages();
+        let messages = receive(&sqs, queue_url, batch_size, 1).await?;
+        let messages = messages.as_slice();
         if messages.is_empty() {
             if queue_is_empty(&sqs, queue_url).await? {
                 return Ok(drained);
@@ -483,6 +476,25 @@ pub async fn drain(
             }
         }
     }
+}
+
+/// Receives up to `batch_size` messages with every system attribute, as the event source
+/// mapping does.
+pub async fn receive(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    batch_size: i32,
+    wait_seconds: i32,
+) -> Result<Vec<aws_sdk_sqs::types::Message>> {
+    let received = sqs
+        .receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(batch_size)
+        .wait_time_seconds(wait_seconds)
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .send()
+        .await?;
+    Ok(received.messages().to_vec())
 }
 
 /// The records of an `SqsEvent` as the Lambda event source mapping builds them.

@@ -197,21 +197,9 @@ impl App {
             .into_iter()
             .filter(|s| s.tags.contains_key(TAG_INSTANCE_ID))
             .collect();
-        let ids: Vec<String> = snapshots
-            .iter()
-            .filter_map(|s| s.tags.get(TAG_INSTANCE_ID).cloned())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let facts: BTreeMap<String, fleet::InstanceFacts> = if ids.is_empty() {
-            BTreeMap::new()
-        } else {
-            fleet::describe(&self.ec2, &[], Some(&ids), self.config.describe_page_size)
-                .await?
-                .into_iter()
-                .map(|f| (f.instance_id.clone(), f))
-                .collect()
-        };
+        let facts = self
+            .instances_named_on(snapshots.iter().map(|s| &s.tags))
+            .await?;
         let sources: Vec<(SnapshotFacts, Result<Vec<String>, String>)> = snapshots
             .into_iter()
             .map(|s| {

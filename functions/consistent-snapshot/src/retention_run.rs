@@ -119,22 +119,14 @@ impl App {
                 s.copies_in_progress = copying.get(&s.snapshot_id).copied().unwrap_or(0);
             }
         }
-        let ids: Vec<String> = per_region
+        let all = per_region
             .iter()
-            .flat_map(|(_, snapshots)| snapshots.iter())
+            .flat_map(|(_, snapshots)| snapshots.iter());
+        let ids: BTreeSet<String> = all
+            .clone()
             .filter_map(|s| s.tags.get(TAG_INSTANCE_ID).cloned())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
             .collect();
-        let facts: BTreeMap<String, fleet::InstanceFacts> = if ids.is_empty() {
-            BTreeMap::new()
-        } else {
-            fleet::describe(&self.ec2, &[], Some(&ids), self.config.describe_page_size)
-                .await?
-                .into_iter()
-                .map(|f| (f.instance_id.clone(), f))
-                .collect()
-        };
+        let facts = self.instances_named_on(all.map(|s| &s.tags)).await?;
         let target = (
             self.config.target_tag_key.as_str(),
             self.config.target_tag_value.as_str(),

@@ -229,16 +229,34 @@ impl App {
         }
     }
 
-    async fn describe_by_id(
+    /// The instances with these ids that still exist (none asked: no call).
+    pub(crate) async fn describe_by_id(
         &self,
         ids: &[String],
     ) -> Result<HashMap<String, fleet::InstanceFacts>, Error> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
         let found =
             fleet::describe(&self.ec2, &[], Some(ids), self.config.describe_page_size).await?;
         Ok(found
             .into_iter()
             .map(|f| (f.instance_id.clone(), f))
             .collect())
+    }
+
+    /// The instances named by these snapshots' `ConsistentSnapshot:InstanceId` tags.
+    pub(crate) async fn instances_named_on<'a>(
+        &self,
+        snapshots: impl IntoIterator<Item = &'a std::collections::BTreeMap<String, String>>,
+    ) -> Result<HashMap<String, fleet::InstanceFacts>, Error> {
+        let ids: Vec<String> = snapshots
+            .into_iter()
+            .filter_map(|tags| tags.get(crate::dispatch::TAG_INSTANCE_ID).cloned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        self.describe_by_id(&ids).await
     }
 }
 
