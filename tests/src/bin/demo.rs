@@ -14,6 +14,8 @@ use harness::{
 };
 use serde_json::json;
 
+const DR_REGION: &str = "eu-west-1";
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> harness::Result<()> {
     let started = Instant::now();
@@ -58,7 +60,13 @@ async fn main() -> harness::Result<()> {
         println!("    {id}  {:<12} {}", server.name, notes.join(", "));
     }
 
-    let app = emulator.app(&queue, &[("MANAGED_BY", "consistent-snapshot-demo")])?;
+    let app = emulator.app(
+        &queue,
+        &[
+            ("MANAGED_BY", "consistent-snapshot-demo"),
+            ("COPY_REGIONS", DR_REGION),
+        ],
+    )?;
     let now = Utc::now()
         .with_second(0)
         .and_then(|t| t.with_nanosecond(0))
@@ -141,6 +149,31 @@ async fn main() -> harness::Result<()> {
             server.name,
             volumes.len()
         );
+    }
+    // The disaster-recovery copies, and what retention did, as the function logged them.
+    let copies = emulator
+        .ec2_in(DR_REGION)
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:ConsistentSnapshot:RunId")
+                .values(&run_id)
+                .build(),
+        )
+        .send()
+        .await?;
+    println!(
+        "           {} copies in {DR_REGION} carry the run id",
+        copies.snapshots().len()
+    );
+    for line in logs
+        .records()
+        .iter()
+        .filter(|r| r["run_id"] == run_id.as_str())
+        .filter(|r| r.get("copies").is_some() || r.get("retention").is_some())
+    {
+        println!("    {}", line["message"].as_str().unwrap_or_default());
     }
     println!(
         "function logs (JSON, as CloudWatch receives them): {}",
