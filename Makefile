@@ -32,8 +32,9 @@ unit-test:
 e2e-test: setup
 	cargo test -p harness --tests
 
+# --show-output: the chaos test's fault-free/chaos comparison table shows in CI logs too.
 test: setup
-	cargo test --workspace
+	cargo test --workspace -- --show-output
 
 lint: setup
 	cargo fmt --all -- --check
