@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use chrono::{Duration, Utc};
 use serde::Serialize;
 use tracing::{info, warn};
@@ -330,42 +330,22 @@ async fn copies_in(
     region: &str,
     run_id: &str,
 ) -> Result<Vec<ExistingCopy>, Error> {
-    let mut pages = ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(
-            Filter::builder()
-                .name(format!("tag:{TAG_RUN_ID}"))
-                .values(run_id)
-                .build(),
-        )
-        .max_results(1000)
-        .into_paginator()
-        .send();
-    let mut found = Vec::new();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| {
-            aws(
-                "DescribeSnapshots",
-                format!("copies of run {run_id} in {region}"),
-                e,
-            )
-        })?;
-        for s in page.snapshots() {
+    let subject = format!("copies of run {run_id} in {region}");
+    let snapshots = track::own_snapshots_tagged(ec2, TAG_RUN_ID, run_id, &subject).await?;
+    Ok(snapshots
+        .iter()
+        .filter_map(|s| {
             let tags = fleet::tag_map(s.tags());
-            if let (Some(source), Some(id)) = (tags.get(TAG_SOURCE_SNAPSHOT), s.snapshot_id()) {
-                found.push(ExistingCopy {
-                    source_snapshot_id: source.clone(),
-                    snapshot_id: id.to_string(),
-                    state: s
-                        .state()
-                        .map(|v| v.as_str().to_string())
-                        .unwrap_or_default(),
-                });
-            }
-        }
-    }
-    Ok(found)
+            Some(ExistingCopy {
+                source_snapshot_id: tags.get(TAG_SOURCE_SNAPSHOT)?.clone(),
+                snapshot_id: s.snapshot_id()?.to_string(),
+                state: s
+                    .state()
+                    .map(|v| v.as_str().to_string())
+                    .unwrap_or_default(),
+            })
+        })
+        .collect())
 }
 
 /// How long the copy step may take before what is left is reported as timed out.

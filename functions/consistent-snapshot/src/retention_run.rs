@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aws_sdk_ec2::types::Filter;
 use chrono::Utc;
 use serde::Serialize;
 use serde_json::Value;
@@ -18,6 +17,7 @@ use crate::handler::{to_json, App};
 use crate::job::RetentionJob;
 use crate::retention::{self, instance_state, Action, Policy, RegionPlan, SnapshotInfo};
 use crate::run_claim::RunMarkerStore;
+use crate::track;
 
 pub const TAG_SOURCE_SNAPSHOT: &str = "ConsistentSnapshot:SourceSnapshotId";
 
@@ -260,40 +260,25 @@ async fn managed_snapshots(
     region: &str,
     managed_by: &str,
 ) -> Result<Vec<SnapshotInfo>, Error> {
-    let mut pages = ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(
-            Filter::builder()
-                .name(format!("tag:{TAG_MANAGED_BY}"))
-                .values(managed_by)
-                .build(),
-        )
-        .max_results(1000)
-        .into_paginator()
-        .send();
-    let mut found = Vec::new();
-    while let Some(page) = pages.next().await {
-        let page =
-            page.map_err(|e| aws("DescribeSnapshots", format!("{managed_by} in {region}"), e))?;
-        for s in page.snapshots() {
-            let (Some(id), Some(start)) = (s.snapshot_id(), s.start_time()) else {
-                continue;
-            };
-            found.push(SnapshotInfo {
-                snapshot_id: id.to_string(),
+    let subject = format!("{managed_by} in {region}");
+    let snapshots = track::own_snapshots_tagged(ec2, TAG_MANAGED_BY, managed_by, &subject).await?;
+    Ok(snapshots
+        .iter()
+        .filter_map(|s| {
+            Some(SnapshotInfo {
+                snapshot_id: s.snapshot_id()?.to_string(),
                 state: s
                     .state()
                     .map(|v| v.as_str().to_string())
                     .unwrap_or_default(),
-                start_time: chrono::DateTime::from_timestamp(start.secs(), 0).unwrap_or_default(),
+                start_time: chrono::DateTime::from_timestamp(s.start_time()?.secs(), 0)
+                    .unwrap_or_default(),
                 tags: fleet::tag_map(s.tags()),
                 used_by_images: vec![],
                 copies_in_progress: 0,
-            });
-        }
-    }
-    Ok(found)
+            })
+        })
+        .collect())
 }
 
 /// Which of the account's own AMIs use which snapshots, in one region.

@@ -155,6 +155,34 @@ pub fn snapshot_facts(snapshot: &Snapshot) -> Option<SnapshotFacts> {
     })
 }
 
+/// The account's own snapshots carrying tag `key` = `value`, every page of them; `subject`
+/// names what they are in an error.
+pub async fn own_snapshots_tagged(
+    ec2: &aws_sdk_ec2::Client,
+    key: &str,
+    value: &str,
+    subject: &str,
+) -> Result<Vec<Snapshot>, Error> {
+    let mut pages = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{key}"))
+                .values(value)
+                .build(),
+        )
+        .max_results(1000)
+        .into_paginator()
+        .send();
+    let mut found = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| aws("DescribeSnapshots", subject, e))?;
+        found.extend(page.snapshots().iter().cloned());
+    }
+    Ok(found)
+}
+
 /// This run's snapshots (of these volumes, when given), found by the run-id tag.
 pub async fn run_snapshots(
     ec2: &aws_sdk_ec2::Client,
