@@ -25,6 +25,8 @@ steers the simulation through plain HTTP under /_sim/ on the same port:
   POST /_sim/ebs        {"pending_seconds": 2.0, "copy_refusals": {"us-west-2": 3}}: new snapshots
                         and copies stay pending that long; the next N copies into a region
                         answer ResourceLimitExceeded
+  POST /_sim/age        {"region": "us-east-1", "snapshot_ids": ["snap-..."], "hours": 30}: those
+                        snapshots were started that many hours earlier (time passing, for RPO)
   GET  /_sim/invocations   every simulated invocation (command id, instance, document, status)
   POST /_sim/reset         forget the simulation (moto's own state: POST /moto-api/reset)
 
@@ -48,6 +50,7 @@ from werkzeug.wrappers import Request, Response
 
 from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError
+from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.moto_server.werkzeug_app import (
@@ -597,6 +600,23 @@ class QuietHandler(MotoRequestHandler):
         pass
 
 
+def age_snapshots(spec: dict[str, Any]) -> int:
+    """Moves the start time of some snapshots back, as if they had been taken earlier."""
+    unknown = set(spec) - {"region", "snapshot_ids", "hours"}
+    if unknown:
+        raise ValueError(f"unknown age field(s) {sorted(unknown)}")
+    ec2 = ec2_backends[DEFAULT_ACCOUNT_ID][spec["region"]]
+    delta = dt.timedelta(hours=float(spec["hours"]))
+    aged = 0
+    for snapshot_id in spec["snapshot_ids"]:
+        snapshot = ec2.snapshots.get(snapshot_id)
+        if snapshot is None:
+            raise ValueError(f"no snapshot {snapshot_id} in {spec['region']}")
+        snapshot.start_time = snapshot.start_time - delta
+        aged += 1
+    return aged
+
+
 # --- the server --------------------------------------------------------------------------
 class App:
     def __init__(self) -> None:
@@ -614,6 +634,8 @@ class App:
             elif path == "/_sim/ebs" and request.method == "POST":
                 SIM.configure_ebs(json.loads(request.get_data() or b"{}"))
                 body = {"ok": True}
+            elif path == "/_sim/age" and request.method == "POST":
+                body = {"aged": age_snapshots(json.loads(request.get_data() or b"{}"))}
             elif path == "/_sim/invocations":
                 body = SIM.snapshot_of_invocations()
             elif path == "/_sim/reset" and request.method == "POST":

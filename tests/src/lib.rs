@@ -19,6 +19,7 @@ use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, InstanceType, ResourceType, Tag, TagSpecification,
 };
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use consistent_snapshot::metrics::MetricsOut;
 use consistent_snapshot::report::RunReport;
 use consistent_snapshot::{App, Config};
 use serde_json::{json, Value};
@@ -131,6 +132,28 @@ impl Emulator {
         aws_sdk_sqs::Client::new(&self.sdk)
     }
 
+    /// An SNS topic with a queue subscribed to it, as an operator's inbox: answers the topic's
+    /// ARN and the queue's URL.
+    pub async fn topic_with_inbox(&self, name: &str) -> Result<(String, String)> {
+        let sns = aws_sdk_sns::Client::new(&self.sdk);
+        let topic = sns.create_topic().name(name).send().await?;
+        let topic_arn = topic.topic_arn().ok_or("no topic arn")?.to_string();
+        let inbox = self
+            .sqs()
+            .create_queue()
+            .queue_name(format!("{name}-inbox"))
+            .send()
+            .await?;
+        let inbox_url = inbox.queue_url().ok_or("no inbox url")?.to_string();
+        sns.subscribe()
+            .topic_arn(&topic_arn)
+            .protocol("sqs")
+            .endpoint(queue_arn(&inbox_url))
+            .send()
+            .await?;
+        Ok((topic_arn, inbox_url))
+    }
+
     /// A plain HTTP call to the emulator's own API (/_sim/..., /moto-api/...).
     pub fn http(&self, method: &str, path: &str, body: &Value) -> Result<Value> {
         let body = if method == "GET" {
@@ -162,6 +185,12 @@ impl Emulator {
     /// Sets how simulated instances behave (see server.py for the fields).
     pub fn simulate(&self, spec: Value) -> Result<()> {
         self.http("POST", "/_sim/instances", &spec).map(|_| ())
+    }
+
+    /// Moves these snapshots' start time `hours` back, as if taken that much earlier.
+    pub fn age_snapshots(&self, region: &str, snapshot_ids: &[String], hours: u32) -> Result<()> {
+        let spec = json!({"region": region, "snapshot_ids": snapshot_ids, "hours": hours});
+        self.http("POST", "/_sim/age", &spec).map(|_| ())
     }
 
     /// Every simulated SSM invocation so far.
@@ -208,8 +237,10 @@ impl Emulator {
     }
 
     /// The function, configured as a deployment would be, plus `overrides`.
+    /// Its EMF metric lines are dropped (a test reads them through `Metrics::attach`).
     pub fn app(&self, queue_url: &str, overrides: &[(&str, &str)]) -> Result<App> {
-        Ok(App::new(self.config(queue_url, overrides)?, &self.sdk))
+        let app = App::new(self.config(queue_url, overrides)?, &self.sdk);
+        Ok(app.with_metrics_out(MetricsOut::to(|_| {})))
     }
 
     /// The function's configuration as a deployment would set it, plus `overrides`.
@@ -697,6 +728,40 @@ impl Logs {
         self.records()
             .into_iter()
             .filter(|r| r["message"].as_str().is_some_and(|m| m.starts_with(text)))
+            .collect()
+    }
+}
+
+/// The function's EMF metric lines, captured instead of written to standard output.
+#[derive(Clone, Default)]
+pub struct Metrics(Arc<Mutex<Vec<String>>>);
+
+impl Metrics {
+    /// An app whose metric lines go here.
+    pub fn attach(&self, app: App) -> App {
+        let lines = self.0.clone();
+        app.with_metrics_out(MetricsOut::to(move |line| {
+            if let Ok(mut lines) = lines.lock() {
+                lines.push(line.to_string());
+            }
+        }))
+    }
+
+    /// Every line, parsed.
+    pub fn lines(&self) -> Vec<Value> {
+        let lines = self.0.lock().map(|l| l.clone()).unwrap_or_default();
+        lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or(Value::Null))
+            .collect()
+    }
+
+    /// The lines of one event (`run`, `copies`, `retention`, `report`), of one run if given.
+    pub fn of(&self, event: &str, run_id: Option<&str>) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l["Event"] == event)
+            .filter(|l| run_id.is_none_or(|r| l["RunId"] == r))
             .collect()
     }
 }

@@ -120,7 +120,15 @@ async fn malformed_payloads_are_errors_that_name_the_field() {
             "eventSource",
         ),
         (json!("snapshot"), "JSON object"),
-        (json!({"action": "report"}), "not available in this version"),
+        (
+            json!({"action": "restore", "instance_id": "i-0123456789abcdef0", "run_id": "latest", "mode": "volumes"}),
+            "not available in this version",
+        ),
+        (json!({"action": "report", "rpo": 4}), "rpo"),
+        (
+            json!({"action": "snapshot", "instance_ids": ["i-0123456789abcdef0", "i-xyz"]}),
+            "instance_ids[1]",
+        ),
         (
             json!({"action": "retention", "dry_run": "yes"}),
             "field `dry_run`",

@@ -43,6 +43,12 @@ pub struct Config {
     pub copy_retain_count: u32,
     /// Keep every backup of an instance that was terminated or untagged.
     pub keep_orphaned_backups: bool,
+    /// Recovery point objective: an instance whose newest consistent set is older is reported.
+    pub rpo_hours: u32,
+    /// SNS topic that receives a run's summary when the run needs attention.
+    pub notify_topic_arn: Option<String>,
+    /// CloudWatch namespace of the function's metrics.
+    pub metrics_namespace: String,
 }
 
 /// `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`…
@@ -106,6 +112,9 @@ impl Config {
         let copy_keys_text = text("COPY_KMS_KEY_IDS", "");
         let copy_retain = text("COPY_RETAIN_COUNT", &retain);
         let keep_orphans = text("KEEP_ORPHANED_BACKUPS", "true");
+        let rpo = text("RPO_HOURS", "26");
+        let notify_topic_arn = text("NOTIFY_TOPIC_ARN", "");
+        let metrics_namespace = text("METRICS_NAMESPACE", "ConsistentSnapshot");
 
         if queue_url.is_empty() {
             problems.push("QUEUE_URL is required (the URL of the tracking queue)".to_string());
@@ -159,6 +168,7 @@ impl Config {
         );
         let describe_page_size = number("DESCRIBE_PAGE_SIZE", &page, 5, 1000) as i32;
         let retain_count = number("RETAIN_COUNT", &retain, 1, 1000);
+        let rpo_hours = number("RPO_HOURS", &rpo, 1, 8760);
         let copy_retain_count = number("COPY_RETAIN_COUNT", &copy_retain, 1, 1000);
         let retain_days = (!retain_days_text.is_empty())
             .then(|| number("RETAIN_DAYS", &retain_days_text, 1, 36_500));
@@ -187,6 +197,23 @@ impl Config {
         if copy_regions.contains(&region) {
             problems.push(format!(
                 "COPY_REGIONS includes the function's own region {region}"
+            ));
+        }
+        let is_topic_arn =
+            notify_topic_arn.starts_with("arn:") && notify_topic_arn.contains(":sns:");
+        if !notify_topic_arn.is_empty() && !is_topic_arn {
+            problems.push(format!(
+                "NOTIFY_TOPIC_ARN={notify_topic_arn} is not an SNS topic ARN (arn:aws:sns:region:account:name)"
+            ));
+        }
+        if metrics_namespace.len() > 255
+            || metrics_namespace.starts_with("AWS/")
+            || !metrics_namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-_/#:".contains(c))
+        {
+            problems.push(format!(
+                "METRICS_NAMESPACE={metrics_namespace} must be at most 255 letters, digits or . - _ / # : and not start with AWS/"
             ));
         }
         if poll_max_seconds < poll_initial_seconds {
@@ -227,6 +254,9 @@ impl Config {
             copy_kms_key_ids,
             copy_retain_count,
             keep_orphaned_backups,
+            rpo_hours,
+            notify_topic_arn: (!notify_topic_arn.is_empty()).then_some(notify_topic_arn),
+            metrics_namespace,
         })
     }
 
@@ -363,6 +393,45 @@ mod tests {
         .expect_err("own region")
         .to_string();
         assert!(own.contains("own region"), "{own}");
+    }
+
+    #[test]
+    fn operations_settings_are_read_and_checked() {
+        let c = config(&[("QUEUE_URL", "q")]).expect("valid");
+        assert_eq!(
+            (
+                c.rpo_hours,
+                c.notify_topic_arn.clone(),
+                c.metrics_namespace.as_str()
+            ),
+            (26, None, "ConsistentSnapshot")
+        );
+        let topic = "arn:aws:sns:eu-west-1:123456789012:backups";
+        let c = config(&[
+            ("QUEUE_URL", "q"),
+            ("RPO_HOURS", "4"),
+            ("NOTIFY_TOPIC_ARN", topic),
+        ])
+        .expect("valid");
+        assert_eq!(
+            (c.rpo_hours, c.notify_topic_arn.as_deref()),
+            (4, Some(topic))
+        );
+        let err = config(&[
+            ("QUEUE_URL", "q"),
+            ("RPO_HOURS", "0"),
+            ("NOTIFY_TOPIC_ARN", "backups@example.com"),
+            ("METRICS_NAMESPACE", "AWS/EC2"),
+        ])
+        .expect_err("invalid")
+        .to_string();
+        for name in [
+            "RPO_HOURS=0",
+            "NOTIFY_TOPIC_ARN=backups",
+            "METRICS_NAMESPACE=AWS/EC2",
+        ] {
+            assert!(err.contains(name), "{name}: {err}");
+        }
     }
 
     #[test]

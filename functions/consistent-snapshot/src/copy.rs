@@ -177,6 +177,15 @@ impl App {
                 };
                 let text = serde_json::to_string(&summary).unwrap_or_default();
                 let done: usize = plan.completed.values().sum();
+                let pending: usize = plan.pending.values().sum();
+                self.emit_metrics(
+                    &[
+                        ("SnapshotsCopied", done),
+                        ("CopiesFailed", plan.failed.len() + plan.invalid.len()),
+                        ("CopiesTimedOut", if timed_out { pending } else { 0 }),
+                    ],
+                    &[("RunId", &job.run_id), ("Event", "copies")],
+                );
                 if plan.failed.is_empty() && plan.invalid.is_empty() && !timed_out {
                     info!(run_id = %job.run_id, copies = %text, "copies: {done} completed");
                 } else {

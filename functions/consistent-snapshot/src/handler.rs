@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::error::{aws, Error};
 use crate::event::{Action, Event, SnapshotRequest};
 use crate::job::{Envelope, Job};
+use crate::metrics::MetricsOut;
 use crate::run_start::{RunRequest, LEASE_MARGIN_SECONDS};
 
 /// The function's state between invocations: configuration and AWS clients, nothing else.
@@ -20,6 +21,9 @@ pub struct App {
     pub ec2: aws_sdk_ec2::Client,
     pub ssm: aws_sdk_ssm::Client,
     pub sqs: aws_sdk_sqs::Client,
+    pub sns: aws_sdk_sns::Client,
+    /// Where the EMF metric lines go (standard output in Lambda).
+    pub metrics: MetricsOut,
 }
 
 /// The longest a Lambda invocation can run: the deadline assumed when none is given.
@@ -36,7 +40,26 @@ impl App {
             ec2: aws_sdk_ec2::Client::new(sdk),
             ssm: aws_sdk_ssm::Client::new(sdk),
             sqs: aws_sdk_sqs::Client::new(sdk),
+            sns: aws_sdk_sns::Client::new(sdk),
+            metrics: MetricsOut::stdout(),
         }
+    }
+
+    /// Sends the EMF metric lines to `out` instead of standard output.
+    pub fn with_metrics_out(mut self, out: MetricsOut) -> Self {
+        self.metrics = out;
+        self
+    }
+
+    /// Writes one EMF line of these counts, with `properties` (run id, event) alongside.
+    pub(crate) fn emit_metrics(&self, counts: &[(&str, usize)], properties: &[(&str, &str)]) {
+        self.metrics.write(&crate::metrics::emf_line(
+            &self.config.metrics_namespace,
+            &self.config.managed_by,
+            counts,
+            properties,
+            Utc::now(),
+        ));
     }
 
     /// Handles any of the accepted payloads, assuming Lambda's longest timeout.
@@ -76,13 +99,14 @@ impl App {
                 self.on_demand_retention(request.dry_run.unwrap_or(self.config.dry_run))
                     .await
             }
+            Event::OnDemand(Action::Report(_)) => self.on_demand_report().await,
             Event::OnDemand(other) => {
                 let name = serde_json::to_value(&other)
                     .ok()
                     .and_then(|v| v.get("action").and_then(Value::as_str).map(str::to_string))
                     .unwrap_or_default();
                 Err(Error::Event(format!(
-                    "field `action`: {name:?} is not available in this version (available: snapshot, retention)"
+                    "field `action`: {name:?} is not available in this version (available: snapshot, retention, report)"
                 )))
             }
         }

@@ -25,6 +25,8 @@ pub struct PastCommand {
     pub requested_at: DateTime<Utc>,
     pub instance_ids: Vec<String>,
     pub exclude_boot_volume: bool,
+    /// The command's status as SSM reports it (`Success`, `Failed`, `InProgress`, …).
+    pub status: String,
     /// Whether the command as a whole has reached a final status.
     pub finished: bool,
     /// For an unfinished command of another run: the instances whose invocation is not final.
@@ -123,6 +125,24 @@ pub async fn read(
     since: DateTime<Utc>,
     run_id: &str,
 ) -> Result<Vec<PastCommand>, Error> {
+    let mut found = list(ssm, documents, since, &format!("run {run_id}")).await?;
+    for command in found
+        .iter_mut()
+        .filter(|c| !c.finished && c.run_id.as_deref() != Some(run_id))
+    {
+        command.in_flight_on = Some(in_flight_instances(ssm, command).await?);
+    }
+    Ok(found)
+}
+
+/// The commands of `documents` requested since `since`, every page; `why` says in an error
+/// what they were read for.
+pub async fn list(
+    ssm: &aws_sdk_ssm::Client,
+    documents: &[&str],
+    since: DateTime<Utc>,
+    why: &str,
+) -> Result<Vec<PastCommand>, Error> {
     let mut found = Vec::new();
     for document in documents {
         let mut pages = ssm
@@ -148,7 +168,7 @@ pub async fn read(
             let page = page.map_err(|e| {
                 aws(
                     "ListCommands",
-                    format!("{document} since {} (run {run_id})", since.to_rfc3339()),
+                    format!("{document} since {} ({why})", since.to_rfc3339()),
                     e,
                 )
             })?;
@@ -182,16 +202,67 @@ pub async fn read(
                     instance_ids: command.instance_ids().to_vec(),
                     exclude_boot_volume,
                     finished: is_final_status(&status),
+                    status,
                     in_flight_on: None,
                 });
             }
         }
     }
-    for command in found
-        .iter_mut()
-        .filter(|c| !c.finished && c.run_id.as_deref() != Some(run_id))
-    {
-        command.in_flight_on = Some(in_flight_instances(ssm, command).await?);
+    Ok(found)
+}
+
+/// One instance's invocation of a command, as `ListCommandInvocations` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub instance_id: String,
+    pub status: String,
+    pub status_details: String,
+    /// The plugins' output (first 2,500 characters each), when asked for with `details`.
+    pub output: String,
+}
+
+/// Every invocation of a command, every page; with `details`, their output too.
+pub async fn invocations(
+    ssm: &aws_sdk_ssm::Client,
+    command_id: &str,
+    details: bool,
+    why: &str,
+) -> Result<Vec<Invocation>, Error> {
+    let mut pages = ssm
+        .list_command_invocations()
+        .command_id(command_id)
+        .details(details)
+        .max_results(50)
+        .into_paginator()
+        .send();
+    let mut found = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| {
+            aws(
+                "ListCommandInvocations",
+                format!("command {command_id} ({why})"),
+                e,
+            )
+        })?;
+        for inv in page.command_invocations() {
+            let Some(instance_id) = inv.instance_id() else {
+                continue;
+            };
+            found.push(Invocation {
+                instance_id: instance_id.to_string(),
+                status: inv
+                    .status()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default(),
+                status_details: inv.status_details().unwrap_or_default().to_string(),
+                output: inv
+                    .command_plugins()
+                    .iter()
+                    .filter_map(|p| p.output())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            });
+        }
     }
     Ok(found)
 }
@@ -203,29 +274,11 @@ async fn in_flight_instances(
     command: &PastCommand,
 ) -> Result<BTreeSet<String>, Error> {
     let mut busy: BTreeSet<String> = command.instance_ids.iter().cloned().collect();
-    let mut pages = ssm
-        .list_command_invocations()
-        .command_id(&command.command_id)
-        .max_results(50)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| {
-            aws(
-                "ListCommandInvocations",
-                format!("command {}", command.command_id),
-                e,
-            )
-        })?;
-        for inv in page.command_invocations() {
-            let status = inv.status().map(|s| s.as_str()).unwrap_or_default();
-            if let Some(id) = inv.instance_id() {
-                if is_final_status(status) {
-                    busy.remove(id);
-                } else {
-                    busy.insert(id.to_string());
-                }
-            }
+    for inv in invocations(ssm, &command.command_id, false, "is it still running").await? {
+        if is_final_status(&inv.status) {
+            busy.remove(&inv.instance_id);
+        } else {
+            busy.insert(inv.instance_id);
         }
     }
     Ok(busy)
@@ -257,6 +310,7 @@ mod tests {
                 - Duration::minutes(minutes_ago),
             instance_ids: on.iter().map(|n| format!("i-{n:08x}")).collect(),
             exclude_boot_volume: false,
+            status: "InProgress".into(),
             finished: false,
             in_flight_on: None,
         }

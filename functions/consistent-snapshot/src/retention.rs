@@ -116,13 +116,54 @@ impl RegionPlan {
     }
 }
 
-struct Set<'a> {
-    run_id: &'a str,
-    snapshots: Vec<&'a SnapshotInfo>,
+/// The snapshots of one instance taken by one run: the unit retention keeps or deletes.
+#[derive(Debug, Clone)]
+pub struct SnapshotSet<'a> {
+    pub run_id: &'a str,
+    pub snapshots: Vec<&'a SnapshotInfo>,
 }
 
-impl Set<'_> {
-    fn started_at(&self) -> DateTime<Utc> {
+/// This deployment's snapshots grouped per instance into sets, newest first, and the ids of
+/// the deployment's snapshots that carry no instance id or run id (never deleted).
+pub fn sets_by_instance<'a>(
+    snapshots: &'a [SnapshotInfo],
+    managed_by: &str,
+) -> (BTreeMap<&'a str, Vec<SnapshotSet<'a>>>, Vec<String>) {
+    // instance -> run id -> snapshots
+    let mut grouped: BTreeMap<&str, BTreeMap<&str, Vec<&SnapshotInfo>>> = BTreeMap::new();
+    let mut unattributed = Vec::new();
+    for snapshot in snapshots {
+        if snapshot.tag(TAG_MANAGED_BY) != Some(managed_by) {
+            continue;
+        }
+        match (snapshot.tag(TAG_INSTANCE_ID), snapshot.tag(TAG_RUN_ID)) {
+            (Some(instance), Some(run)) if !instance.is_empty() && !run.is_empty() => grouped
+                .entry(instance)
+                .or_default()
+                .entry(run)
+                .or_default()
+                .push(snapshot),
+            _ => unattributed.push(snapshot.snapshot_id.clone()),
+        }
+    }
+    unattributed.sort();
+    let sets = grouped
+        .into_iter()
+        .map(|(instance, runs)| {
+            let mut sets: Vec<SnapshotSet> = runs
+                .into_iter()
+                .map(|(run_id, snapshots)| SnapshotSet { run_id, snapshots })
+                .collect();
+            sets.sort_by(|a, b| (b.started_at(), b.run_id).cmp(&(a.started_at(), a.run_id)));
+            (instance, sets)
+        })
+        .collect();
+    (sets, unattributed)
+}
+
+impl SnapshotSet<'_> {
+    /// When the set was taken: its earliest snapshot's start.
+    pub fn started_at(&self) -> DateTime<Utc> {
         self.snapshots
             .iter()
             .map(|s| s.start_time)
@@ -130,7 +171,7 @@ impl Set<'_> {
             .unwrap_or_default()
     }
 
-    fn kind(&self) -> SetKind {
+    pub fn kind(&self) -> SetKind {
         if self
             .snapshots
             .iter()
@@ -164,29 +205,9 @@ pub fn plan(
         region: region.to_string(),
         ..RegionPlan::default()
     };
-    // instance -> run id -> snapshots
-    let mut grouped: BTreeMap<&str, BTreeMap<&str, Vec<&SnapshotInfo>>> = BTreeMap::new();
-    for snapshot in snapshots {
-        if snapshot.tag(TAG_MANAGED_BY) != Some(policy.managed_by.as_str()) {
-            continue;
-        }
-        match (snapshot.tag(TAG_INSTANCE_ID), snapshot.tag(TAG_RUN_ID)) {
-            (Some(instance), Some(run)) if !instance.is_empty() && !run.is_empty() => grouped
-                .entry(instance)
-                .or_default()
-                .entry(run)
-                .or_default()
-                .push(snapshot),
-            _ => result.unattributed.push(snapshot.snapshot_id.clone()),
-        }
-    }
-    result.unattributed.sort();
-    for (instance, runs) in grouped {
-        let mut sets: Vec<Set> = runs
-            .into_iter()
-            .map(|(run_id, snapshots)| Set { run_id, snapshots })
-            .collect();
-        sets.sort_by(|a, b| (b.started_at(), b.run_id).cmp(&(a.started_at(), a.run_id)));
+    let (sets, unattributed) = sets_by_instance(snapshots, &policy.managed_by);
+    result.unattributed = unattributed;
+    for (instance, sets) in sets {
         let state = instances.get(instance);
         let decisions = decide_instance(&sets, state, policy, now);
         result.instances.insert(instance.to_string(), decisions);
@@ -195,7 +216,7 @@ pub fn plan(
 }
 
 fn decide_instance(
-    sets: &[Set],
+    sets: &[SnapshotSet],
     state: Option<&InstanceState>,
     policy: &Policy,
     now: DateTime<Utc>,
@@ -222,7 +243,7 @@ fn decide_instance(
     let newest_consistent = sets
         .iter()
         .filter(|s| s.kind() == SetKind::Consistent)
-        .map(Set::started_at)
+        .map(SnapshotSet::started_at)
         .max();
     let mut consistent_seen = 0;
     let mut decisions = Vec::new();

@@ -228,6 +228,15 @@ impl App {
     pub(crate) async fn on_demand_retention(&self, dry_run: bool) -> Result<Value, Error> {
         let plans = self.plan_retention().await?;
         let outcome = self.apply_retention(plans, dry_run).await;
+        if !dry_run {
+            self.emit_metrics(
+                &[
+                    ("SnapshotsDeleted", outcome.deleted.len()),
+                    ("DeletionsHeldBack", outcome.kept.len()),
+                ],
+                &[("Event", "retention")],
+            );
+        }
         info!(dry_run, "{}", outcome.summary_line());
         Ok(to_json(&outcome))
     }
@@ -246,6 +255,13 @@ impl App {
         }
         let store = RunMarkerStore::new(&self.ssm, &self.config.managed_by, &job.run_id);
         if store.mark_retained().await? {
+            self.emit_metrics(
+                &[
+                    ("SnapshotsDeleted", outcome.deleted.len()),
+                    ("DeletionsHeldBack", outcome.kept.len()),
+                ],
+                &[("RunId", &job.run_id), ("Event", "retention")],
+            );
             let summary = serde_json::to_string(&outcome).unwrap_or_default();
             info!(run_id = %job.run_id, retention = %summary, "{}", outcome.summary_line());
         }
@@ -255,7 +271,7 @@ impl App {
 }
 
 /// This deployment's snapshots in one region (owner self, tagged with its `ManagedBy`).
-async fn managed_snapshots(
+pub(crate) async fn managed_snapshots(
     ec2: &aws_sdk_ec2::Client,
     region: &str,
     managed_by: &str,

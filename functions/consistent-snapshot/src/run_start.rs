@@ -126,7 +126,7 @@ impl App {
             + Duration::seconds(i64::from(self.config.vss_execution_timeout_seconds))
     }
 
-    fn vss_documents(&self) -> Vec<&str> {
+    pub(crate) fn vss_documents(&self) -> Vec<&str> {
         let mut documents = vec![self.config.ssm_document.as_str()];
         documents.extend(
             VSS_DOCUMENTS

@@ -10,7 +10,9 @@ use crate::copy;
 use crate::error::{aws, Error};
 use crate::fleet::{self, AttachedVolume};
 use crate::handler::App;
+use crate::history;
 use crate::job::{CopyJob, Envelope, InstanceJob, Job, RunJob};
+use crate::metrics;
 use crate::outcome::{classify, is_final_status, FinalInvocation, Outcome, OutcomeKind};
 use crate::report::RunReport;
 use crate::run_claim::{self, RunMarkerStore};
@@ -56,48 +58,20 @@ impl App {
         // Commands whose invocations SSM does not list in full (yet).
         let mut unlisted: Vec<(&str, usize)> = Vec::new();
         for command in &job.commands {
-            let mut listed = 0;
-            let mut pages = self
-                .ssm
-                .list_command_invocations()
-                .command_id(&command.command_id)
-                .details(true)
-                .max_results(50)
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| {
-                    aws(
-                        "ListCommandInvocations",
-                        format!("command {} of run {}", command.command_id, job.run_id),
-                        e,
-                    )
-                })?;
-                for inv in page.command_invocations() {
-                    let Some(instance_id) = inv.instance_id() else {
-                        continue;
-                    };
-                    let status = inv
-                        .status()
-                        .map(|s| s.as_str().to_string())
-                        .unwrap_or_default();
-                    let fin = is_final_status(&status).then(|| FinalInvocation {
-                        status: status.clone(),
-                        status_details: inv.status_details().unwrap_or_default().to_string(),
-                        output: inv
-                            .command_plugins()
-                            .iter()
-                            .filter_map(|p| p.output())
-                            .collect::<Vec<_>>()
-                            .join("\n"),
-                    });
-                    invocations.insert(
-                        instance_id.to_string(),
-                        (status, fin, command.exclude_boot_volume),
-                    );
-                    listed += 1;
-                }
+            let why = format!("run {}", job.run_id);
+            let listed = history::invocations(&self.ssm, &command.command_id, true, &why).await?;
+            for inv in &listed {
+                let fin = is_final_status(&inv.status).then(|| FinalInvocation {
+                    status: inv.status.clone(),
+                    status_details: inv.status_details.clone(),
+                    output: inv.output.clone(),
+                });
+                invocations.insert(
+                    inv.instance_id.clone(),
+                    (inv.status.clone(), fin, command.exclude_boot_volume),
+                );
             }
+            let listed = listed.len();
             if listed < command.instances {
                 unlisted.push((&command.command_id, command.instances - listed));
             }
@@ -202,12 +176,42 @@ impl App {
         }
         let summary = report.summary_line();
         let report_json = serde_json::to_string(&report).unwrap_or_default();
+        self.emit_metrics(
+            &metrics::run_counts(&report),
+            &[("RunId", &job.run_id), ("Event", "run")],
+        );
         if report.all_consistent() {
             info!(run_id = %job.run_id, report = %report_json, "{summary}");
         } else {
             warn!(run_id = %job.run_id, report = %report_json, "{summary}");
+            self.notify(&report).await;
         }
         Ok(())
+    }
+
+    /// Sends the summary of a run that needs attention to `NOTIFY_TOPIC_ARN`, if set. The
+    /// summary is already logged and counted: a failure here is logged, not retried.
+    async fn notify(&self, report: &RunReport) {
+        let Some(topic) = &self.config.notify_topic_arn else {
+            return;
+        };
+        let subject = notification_subject(&self.config.managed_by, report);
+        let message = notification_text(report, NOTIFICATION_MAX_BYTES);
+        match self
+            .sns
+            .publish()
+            .topic_arn(topic)
+            .subject(subject)
+            .message(message)
+            .send()
+            .await
+        {
+            Ok(_) => info!(run_id = %report.run_id, topic = %topic, "run summary sent"),
+            Err(err) => {
+                let err = aws("Publish", format!("{topic} (run {})", report.run_id), err);
+                warn!(run_id = %report.run_id, error = %err, "run summary not sent");
+            }
+        }
     }
 
     /// Drops the finished run's lease and dispatch markers and any marker past its keep time.
@@ -267,5 +271,86 @@ fn log_outcome(run_id: &str, outcome: &Outcome, tagged: usize) {
         info!(run_id, instance_id = %outcome.instance_id, name = %outcome.name, outcome = %outcome.kind, snapshots = %snapshots, tagged, reason, "instance finished");
     } else {
         warn!(run_id, instance_id = %outcome.instance_id, name = %outcome.name, outcome = %outcome.kind, snapshots = %snapshots, tagged, reason, "instance finished");
+    }
+}
+
+/// SNS takes messages up to 256 KB; the table is cut well before.
+const NOTIFICATION_MAX_BYTES: usize = 200_000;
+
+/// An SNS subject: at most 100 printable ASCII characters.
+pub fn notification_subject(managed_by: &str, report: &RunReport) -> String {
+    let not_consistent = report.outcomes.len()
+        - report.count(OutcomeKind::Consistent)
+        - report.count(OutcomeKind::Skipped);
+    let text = format!(
+        "{managed_by}: {not_consistent} instance(s) not consistent in run {}",
+        report.run_id
+    );
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(100)
+        .collect()
+}
+
+/// The summary line, then the table (which lists what needs attention first), cut to
+/// `max_bytes` with a line saying how many rows were left out.
+pub fn notification_text(report: &RunReport, max_bytes: usize) -> String {
+    let table = report.table();
+    let mut text = format!("{}\n\n", report.summary_line());
+    let lines: Vec<&str> = table.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if text.len() + line.len() + 80 > max_bytes {
+            text.push_str(&format!(
+                "… {} more line(s): see the function's log for the full report\n",
+                lines.len() - i
+            ));
+            break;
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(n: usize) -> RunReport {
+        let t = Utc::now();
+        let outcomes = (0..n)
+            .map(|i| Outcome {
+                instance_id: format!("i-{i:017x}"),
+                name: format!("sql{i}"),
+                kind: if i % 2 == 0 {
+                    OutcomeKind::Failed
+                } else {
+                    OutcomeKind::Consistent
+                },
+                volumes: 3,
+                snapshots: vec![],
+                reason: (i % 2 == 0).then(|| "Failed: Thaw pipe connection timed out".into()),
+            })
+            .collect();
+        RunReport::new("20261123T020000Z-1a2b3c4d", t, t, outcomes)
+    }
+
+    #[test]
+    fn a_notification_fits_sns_and_says_what_was_cut() {
+        let big = report(5_000);
+        let text = notification_text(&big, NOTIFICATION_MAX_BYTES);
+        assert!(text.len() <= NOTIFICATION_MAX_BYTES, "{}", text.len());
+        assert!(text.contains("more line(s)"));
+        assert!(text.starts_with("run 20261123T020000Z-1a2b3c4d needs attention"));
+        let small = notification_text(&report(4), NOTIFICATION_MAX_BYTES);
+        assert!(!small.contains("more line(s)") && small.contains("Thaw pipe"));
+        let subject = notification_subject("prod", &big);
+        assert!(subject.len() <= 100 && subject.starts_with("prod: 2500 instance(s)"));
     }
 }

@@ -1,0 +1,263 @@
+//! End to end: what an operator reads. The fleet report against the RPO (before any run, and
+//! after a run with one server made stale), the EMF metric lines of a run checked against its
+//! outcome, the notification of a run that needs attention, and every action's JSON answer.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use harness::{
+    drain, invoke, receive, scheduled_event, seed, snapshot_tag, Emulator, Logs, Metrics,
+    ServerSpec, REGION,
+};
+use serde_json::{json, Value};
+
+const COPY_REGION: &str = "eu-west-1";
+
+/// Every metric a line declares is in it as a number, under the deployment's dimension.
+fn assert_valid_emf(line: &Value) {
+    let directive = &line["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(
+        directive["Namespace"],
+        json!("ConsistentSnapshot"),
+        "{line}"
+    );
+    assert_eq!(directive["Dimensions"], json!([["ManagedBy"]]), "{line}");
+    assert_eq!(line["ManagedBy"], json!("vss-test"), "{line}");
+    assert!(line["_aws"]["Timestamp"].is_i64(), "{line}");
+    let metrics = directive["Metrics"].as_array().cloned().unwrap_or_default();
+    assert!(!metrics.is_empty(), "{line}");
+    for metric in metrics {
+        let name = metric["Name"].as_str().unwrap_or_default();
+        assert!(line[name].is_u64(), "metric {name} missing from {line}");
+    }
+}
+
+fn count(line: &Value, name: &str) -> u64 {
+    line[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+}
+
+fn by_name(report: &Value) -> BTreeMap<String, Value> {
+    report["instances"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| (s["name"].as_str().unwrap_or_default().to_string(), s))
+        .collect()
+}
+
+#[tokio::test]
+async fn report_metrics_and_notification_tell_an_operator_what_needs_attention() {
+    let (logs, _guard) = Logs::capture(None).expect("logs");
+    let emulator = Emulator::start().await.expect("emulator");
+    let queue = emulator.create_queue("tracking", 2).await.expect("queue");
+    let (topic, inbox) = emulator.topic_with_inbox("ops").await.expect("topic");
+    let fleet = [
+        ServerSpec::windows("sql01", 2),
+        ServerSpec::windows("exch01", 1),
+        ServerSpec::windows("files01", 1).sim(json!({"outcome": "vss_failure"})),
+        ServerSpec::windows("branch01", 1).sim(json!({"ssm": "offline"})),
+        ServerSpec::windows("stale01", 1),
+    ];
+    let ids = seed(&emulator, &fleet).await.expect("seed");
+    let id_of: BTreeMap<&str, &str> = fleet
+        .iter()
+        .map(|s| s.name.as_str())
+        .zip(ids.iter().map(String::as_str))
+        .collect();
+    let metrics = Metrics::default();
+    let app = metrics.attach(
+        emulator
+            .app(
+                &queue,
+                &[("COPY_REGIONS", COPY_REGION), ("NOTIFY_TOPIC_ARN", &topic)],
+            )
+            .expect("app"),
+    );
+
+    // Before any run nothing is backed up, and the report says so for every server.
+    let before = invoke(&app, json!({"action": "report"}))
+        .await
+        .expect("report");
+    assert_eq!(before["totals"]["never_backed_up"], json!(5), "{before}");
+    assert_eq!(before["rpo_hours"], json!(26));
+    let first = metrics.of("report", None);
+    assert_eq!(first.len(), 1);
+    assert_valid_emf(&first[0]);
+    assert_eq!(count(&first[0], "InstancesOutOfRpo"), 5);
+
+    // A dry run and a retention dry run answer JSON and change nothing.
+    let dry = invoke(&app, json!({"action": "snapshot", "dry_run": true}))
+        .await
+        .expect("dry run");
+    assert_eq!(dry["status"], json!("dry_run"));
+    assert_eq!(dry["dispatched"].as_array().map(Vec::len), Some(4));
+    assert_eq!(dry["skipped"][0]["instance_id"], json!(id_of["branch01"]));
+    let plan = invoke(&app, json!({"action": "retention", "dry_run": true}))
+        .await
+        .expect("retention dry run");
+    let regions: Vec<&str> = plan["plans"]
+        .as_array()
+        .map(|p| p.iter().filter_map(|r| r["region"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        (plan["dry_run"].clone(), regions),
+        (json!(true), vec![REGION, COPY_REGION])
+    );
+    assert!(emulator.invocations().expect("invocations").is_empty());
+    assert!(
+        metrics.of("retention", None).is_empty(),
+        "a dry run counts nothing"
+    );
+
+    // The nightly run.
+    let start = invoke(&app, scheduled_event("nightly", "2026-11-23T02:00:00Z"))
+        .await
+        .expect("run");
+    let run_id = start["run_id"].as_str().expect("run id").to_string();
+    drain(&emulator, &app, &queue, 10, Duration::from_secs(120))
+        .await
+        .expect("drain");
+    let report = logs.run_report(&run_id).expect("the run's summary");
+
+    // The run's metrics are the run's outcome.
+    let run_lines = metrics.of("run", Some(&run_id));
+    assert_eq!(run_lines.len(), 1, "one metric line per run");
+    let line = &run_lines[0];
+    assert_valid_emf(line);
+    use consistent_snapshot::outcome::OutcomeKind::*;
+    for (name, kind) in [
+        ("Consistent", Consistent),
+        ("CrashConsistent", CrashConsistent),
+        ("Incomplete", Incomplete),
+        ("Failed", Failed),
+        ("TimedOut", TimedOut),
+        ("Skipped", Skipped),
+    ] {
+        assert_eq!(count(line, name), report.count(kind) as u64, "{name}");
+    }
+    assert_eq!(
+        (count(line, "Dispatched"), count(line, "Consistent")),
+        (4, 3)
+    );
+    assert_eq!(
+        (count(line, "CrashConsistent"), count(line, "Skipped")),
+        (1, 1)
+    );
+    assert_eq!(count(line, "NotConsistent"), 1);
+    // Copies: the count is what eu-west-1 holds for the run.
+    let copies = emulator
+        .ec2_in(COPY_REGION)
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .expect("copies");
+    let copied = copies
+        .snapshots()
+        .iter()
+        .filter(|s| snapshot_tag(s, "ConsistentSnapshot:RunId") == Some(run_id.as_str()))
+        .filter(|s| s.state().map(|v| v.as_str()) == Some("completed"))
+        .count();
+    let copy_lines = metrics.of("copies", Some(&run_id));
+    assert_eq!(copy_lines.len(), 1);
+    assert_valid_emf(&copy_lines[0]);
+    assert_eq!(count(&copy_lines[0], "SnapshotsCopied"), copied as u64);
+    assert_eq!(
+        copied, 9,
+        "3 + 2 + 2 + 2 snapshots of the four servers that ran"
+    );
+    let retention_lines = metrics.of("retention", Some(&run_id));
+    assert_eq!(retention_lines.len(), 1);
+    assert_eq!(count(&retention_lines[0], "SnapshotsDeleted"), 0);
+
+    // files01's VSS failure reached the operator's inbox, once.
+    let mail = receive(&emulator.sqs(), &inbox, 10, 1)
+        .await
+        .expect("inbox");
+    assert_eq!(mail.len(), 1, "one notification for the run");
+    let envelope: Value =
+        serde_json::from_str(mail[0].body().unwrap_or_default()).expect("SNS envelope");
+    let subject = envelope["Subject"].as_str().unwrap_or_default();
+    let message = envelope["Message"].as_str().unwrap_or_default();
+    assert!(
+        subject.contains(&run_id) && subject.contains("1 instance(s) not consistent"),
+        "{subject}"
+    );
+    assert!(
+        message.contains("files01") && message.contains("Thaw pipe connection timed out"),
+        "{message}"
+    );
+
+    // A day and a half later for stale01 only: its set is now past the 26 h RPO.
+    let stale_snapshots = report
+        .outcomes
+        .iter()
+        .find(|o| o.name == "stale01")
+        .map(|o| o.snapshots.clone())
+        .expect("stale01 in the run");
+    emulator
+        .age_snapshots(REGION, &stale_snapshots, 30)
+        .expect("age");
+
+    let after = invoke(&app, json!({"action": "report"}))
+        .await
+        .expect("report");
+    let order: Vec<&str> = after["instances"]
+        .as_array()
+        .map(|i| i.iter().filter_map(|s| s["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        order,
+        ["branch01", "files01", "stale01", "exch01", "sql01"],
+        "out of RPO first: never backed up, then the oldest"
+    );
+    let statuses = by_name(&after);
+    let branch = &statuses["branch01"];
+    assert_eq!(branch["rpo"], json!("never_backed_up"));
+    assert!(branch["next_run_skips"]
+        .as_str()
+        .is_some_and(|r| r.contains("ConnectionLost") || r.contains("not Online")));
+    let files = &statuses["files01"];
+    assert_eq!(
+        files["rpo"],
+        json!("never_backed_up"),
+        "a crash-consistent set is no backup against the RPO"
+    );
+    assert_eq!(files["last_failure"]["run_id"], json!(run_id));
+    assert_eq!(files["last_failure"]["resolved"], json!(false));
+    assert!(files["last_failure"]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("crash-consistent") && r.contains("Thaw pipe")));
+    let stale = &statuses["stale01"];
+    assert_eq!(stale["rpo"], json!("out_of_rpo"));
+    assert_eq!(stale["latest_consistent"]["run_id"], json!(run_id));
+    assert!(stale["latest_consistent"]["age_hours"]
+        .as_f64()
+        .is_some_and(|h| (30.0..31.0).contains(&h)));
+    let sql = &statuses["sql01"];
+    assert_eq!(sql["rpo"], json!("within_rpo"));
+    assert_eq!(sql["instance_id"], json!(id_of["sql01"]));
+    assert_eq!(sql["latest_consistent"]["volumes"], json!(3));
+    assert_eq!(sql["copies"][COPY_REGION], json!({"completed": 3, "of": 3}));
+    assert!(sql.get("last_failure").is_none());
+    assert_eq!(
+        after["totals"],
+        json!({
+            "instances": 5, "within_rpo": 2, "out_of_rpo": 3, "never_backed_up": 2,
+            "unresolved_failures": 1, "not_ready": 1, "copies_missing": 0
+        })
+    );
+    let report_lines = metrics.of("report", None);
+    assert_eq!(report_lines.len(), 2);
+    assert_eq!(count(&report_lines[1], "InstancesOutOfRpo"), 3);
+    assert_eq!(count(&report_lines[1], "InstancesNeverBackedUp"), 2);
+    assert!(
+        !logs
+            .messages_starting("fleet report: 5 instances, 2 within")
+            .is_empty(),
+        "the report's summary line is logged"
+    );
+}
