@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Asserts the guarantees of template.yaml that an edit could silently drop: the IAM
+conditions that keep the function to its own document, instances and snapshots, the alarms,
+and a written justification beside every skipped checkov check.
+
+Usage: check_template.py [template.yaml]; exits 1 and lists every broken guarantee.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from cfnlint.decode import decode_str
+
+READ_ONLY_PREFIXES = ("Describe", "Get", "List")
+
+
+def as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def statements(template: dict) -> list[dict]:
+    """Every statement of the function's inline policies, through Fn::If branches."""
+    found: list[dict] = []
+
+    def walk(policy: Any) -> None:
+        if isinstance(policy, dict) and "Fn::If" in policy:
+            for branch in policy["Fn::If"][1:]:
+                walk(branch)
+        elif isinstance(policy, dict) and "Statement" in policy:
+            found.extend(s for s in policy["Statement"] if isinstance(s, dict))
+
+    function = template["Resources"]["SnapshotFunction"]["Properties"]
+    for policy in function.get("Policies", []):
+        walk(policy)
+    return found
+
+
+def actions(statement: dict) -> list[str]:
+    return [str(a) for a in as_list(statement.get("Action", []))]
+
+
+def text(value: Any) -> str:
+    return repr(value)
+
+
+def check(template: dict) -> list[str]:
+    problems: list[str] = []
+    stmts = statements(template)
+    if not stmts:
+        return ["no inline policy statements found on SnapshotFunction"]
+
+    for s in stmts:
+        sid = s.get("Sid", "?")
+        for action in actions(s):
+            if action == "*" or action.endswith(":*"):
+                problems.append(f"{sid}: wildcard action {action}")
+            service, _, name = action.partition(":")
+            if s.get("Resource") == "*" and not name.startswith(READ_ONLY_PREFIXES):
+                if not (service == "kms" and "kms:ViaService" in text(s.get("Condition"))):
+                    problems.append(f"{sid}: {action} on every resource")
+
+    send = [s for s in stmts if "ssm:SendCommand" in actions(s)]
+    if not any(":document/${SsmDocument}" in text(s.get("Resource")) for s in send):
+        problems.append("ssm:SendCommand is not limited to the chosen document")
+    instance = [s for s in send if ":instance/" in text(s.get("Resource"))]
+    if not instance or not all("ssm:resourceTag/ConsistentSnapshot" in text(s.get("Condition")) for s in instance):
+        problems.append("ssm:SendCommand on instances lacks the target tag condition")
+    if any(":document/" not in text(s.get("Resource")) and ":instance/" not in text(s.get("Resource")) for s in send):
+        problems.append("ssm:SendCommand is allowed on something other than the document and instances")
+
+    delete = [s for s in stmts if "ec2:DeleteSnapshot" in actions(s)]
+    if not delete or not all(
+        "aws:ResourceTag/ConsistentSnapshot:ManagedBy" in text(s.get("Condition")) for s in delete
+    ):
+        problems.append("ec2:DeleteSnapshot is not limited to snapshots tagged with this deployment's ManagedBy")
+
+    for s in (s for s in stmts if "ec2:CreateTags" in actions(s)):
+        condition = text(s.get("Condition"))
+        if "ec2:CreateAction" not in condition and "aws:ResourceTag/ConsistentSnapshot:ManagedBy" not in condition:
+            problems.append(f"{s.get('Sid', '?')}: ec2:CreateTags without a CreateAction or ManagedBy condition")
+
+    for s in (s for s in stmts if any(a.startswith("kms:") for a in actions(s))):
+        if "kms:ViaService" not in text(s.get("Condition")):
+            problems.append(f"{s.get('Sid', '?')}: KMS use not limited to EC2 (kms:ViaService)")
+
+    for s in (s for s in stmts if "sns:Publish" in actions(s)):
+        if s.get("Resource") != {"Ref": "NotificationTopic"}:
+            problems.append("sns:Publish is not limited to the stack's notification topic")
+
+    alarms = {
+        name: r["Properties"]
+        for name, r in template["Resources"].items()
+        if r.get("Type") == "AWS::CloudWatch::Alarm"
+    }
+    wanted = {
+        "NotConsistent": "failures in a run",
+        "InstancesOutOfRpo": "instances out of RPO",
+        "ApproximateNumberOfMessagesVisible": "a dead-letter queue that is not empty",
+    }
+    for metric, what in wanted.items():
+        if not any(a.get("MetricName") == metric for a in alarms.values()):
+            problems.append(f"no alarm on {metric} ({what})")
+    for name, a in alarms.items():
+        if a.get("MetricName") == "InstancesOutOfRpo" and a.get("TreatMissingData") != "breaching":
+            problems.append(f"{name}: a report that stops must alarm (TreatMissingData: breaching)")
+        if "NotificationTopic" not in text(a.get("AlarmActions")):
+            problems.append(f"{name}: does not notify the optional topic")
+
+    for name, resource in template["Resources"].items():
+        skips = resource.get("Metadata", {}).get("checkov", {}).get("skip", [])
+        for skip in skips:
+            if len(str(skip.get("comment", "")).strip()) < 40:
+                problems.append(f"{name}: checkov skip {skip.get('id')} has no written justification")
+    return problems
+
+
+def main() -> int:
+    path = sys.argv[1] if len(sys.argv) > 1 else "template.yaml"
+    with open(path, encoding="utf-8") as f:
+        template, errors = decode_str(f.read())
+    if errors or template is None:
+        print(f"{path}: cannot be read: {errors}")
+        return 1
+    problems = check(template)
+    for problem in problems:
+        print(f"{path}: {problem}")
+    if not problems:
+        print(f"{path}: IAM conditions, alarms and checkov justifications in place")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

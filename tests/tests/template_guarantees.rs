@@ -1,0 +1,78 @@
+//! The template's guarantees (scripts/check_template.py): the key IAM conditions, the alarms
+//! and the checkov justifications hold on template.yaml, and dropping any one of them is caught.
+
+use std::process::Command;
+
+use harness::workspace_root;
+
+/// Runs the check on `template` text; answers its exit success and output.
+fn check(template: &str, name: &str) -> (bool, String) {
+    let root = workspace_root();
+    let dir = std::env::temp_dir().join(format!("template-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, template).expect("write template");
+    let out = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("scripts/check_template.py"))
+        .arg(&path)
+        .output()
+        .expect("run the check (make setup installs cfn-lint, whose parser it uses)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_template_keeps_its_iam_conditions_alarms_and_justifications() {
+    let template =
+        std::fs::read_to_string(workspace_root().join("template.yaml")).expect("template.yaml");
+    let (ok, out) = check(&template, "as-is");
+    assert!(ok, "{out}");
+
+    let mutations = [
+        (
+            "any-document",
+            "Resource: !Sub arn:${AWS::Partition}:ssm:${AWS::Region}::document/${SsmDocument}",
+            "Resource: \"*\"",
+            "not limited to the chosen document",
+        ),
+        (
+            "untagged-instances",
+            "ssm:resourceTag/ConsistentSnapshot: !Ref TargetTagValue",
+            "ssm:resourceTag/Other: !Ref TargetTagValue",
+            "lacks the target tag condition",
+        ),
+        (
+            "delete-anything",
+            "              Action: ec2:DeleteSnapshot\n              Resource: !Sub arn:${AWS::Partition}:ec2:*::snapshot/*\n              Condition:\n                StringEquals:\n                  aws:ResourceTag/ConsistentSnapshot:ManagedBy",
+            "              Action: ec2:DeleteSnapshot\n              Resource: !Sub arn:${AWS::Partition}:ec2:*::snapshot/*\n              Condition:\n                StringEquals:\n                  aws:ResourceTag/Owner",
+            "ec2:DeleteSnapshot is not limited",
+        ),
+        (
+            "kms-anywhere",
+            "kms:ViaService: ec2.*.amazonaws.com",
+            "kms:CallerAccount2: x",
+            "KMS use not limited to EC2",
+        ),
+        (
+            "silent-report",
+            "      TreatMissingData: breaching",
+            "      TreatMissingData: notBreaching",
+            "a report that stops must alarm",
+        ),
+        (
+            "unjustified-skip",
+            "comment: Encrypted at rest with SSE-SQS (SqsManagedSseEnabled), which this check does not recognise.",
+            "comment: ok",
+            "no written justification",
+        ),
+    ];
+    for (name, from, to, expected) in mutations {
+        assert!(
+            template.contains(from),
+            "{name}: the template no longer has {from:?}"
+        );
+        let (ok, out) = check(&template.replacen(from, to, 1), name);
+        assert!(!ok && out.contains(expected), "{name}: {out}");
+    }
+}
