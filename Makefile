@@ -4,14 +4,19 @@
 PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed-$(shell cksum < requirements-dev.txt | cut -d' ' -f1)
-EVENT  ?= events/snapshot-dry-run.json
+EVENT  ?= events/report.json
+# The long-lived local emulator of `make emulator` / `make invoke`, and the function's port.
+LOCAL_PORT  ?= 5005
+INVOKE_PORT ?= 9001
 
-.PHONY: help setup build test unit-test e2e-test lint demo release deploy clean
+.PHONY: help setup build test unit-test e2e-test lint demo emulator emulator-stop invoke release deploy clean
 
 help:
 	@echo "make demo    - snapshot a demo Windows fleet end to end on the local emulator"
 	@echo "make test    - unit tests and end-to-end tests against the local emulator"
-	@echo "make lint    - cargo fmt --check, clippy -D warnings, cfn-lint template.yaml"
+	@echo "make lint    - cargo fmt --check, clippy -D warnings, cfn-lint, checkov and the template's IAM guarantees"
+	@echo "make invoke EVENT=events/report.json - the function under cargo-lambda against a local emulator with the demo fleet"
+	@echo "make emulator-stop - stop the emulator make invoke left running"
 	@echo "make release - arm64 Lambda bootstrap with cargo-lambda (needs cargo-lambda)"
 	@echo "make deploy  - sam build && sam deploy --guided (needs aws-sam-cli and credentials)"
 
@@ -40,9 +45,43 @@ lint: setup
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(VENV)/bin/cfn-lint template.yaml
+	$(VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f template.yaml
+	$(VENV)/bin/python scripts/check_template.py template.yaml
 
 demo: setup
 	cargo run --quiet -p harness --bin demo
+
+# A long-lived emulator on 127.0.0.1:$(LOCAL_PORT) seeded with the demo fleet (once).
+emulator: setup
+	@mkdir -p .emulator
+	@if $(VENV)/bin/python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$(LOCAL_PORT)/_sim/invocations', timeout=2)" 2>/dev/null; then \
+		echo "==> emulator already running on 127.0.0.1:$(LOCAL_PORT)"; \
+	else \
+		echo "==> starting the emulator on 127.0.0.1:$(LOCAL_PORT) (log: .emulator/server.log)"; \
+		MOTO_AMIS_PATH=tests/emulator/amis.json nohup $(VENV)/bin/python tests/emulator/server.py \
+			--host 127.0.0.1 --port $(LOCAL_PORT) > .emulator/server.log 2>&1 & echo $$! > .emulator/server.pid; \
+		for i in $$(seq 50); do grep -q READY .emulator/server.log 2>/dev/null && break; sleep 0.2; done; \
+		cargo run --quiet -p harness --bin local-fleet -- $(LOCAL_PORT); \
+	fi
+
+emulator-stop:
+	@if [ -f .emulator/server.pid ]; then kill $$(cat .emulator/server.pid) 2>/dev/null || true; rm -f .emulator/server.pid; echo "==> emulator stopped"; fi
+
+# cargo-lambda (pinned, from PyPI) runs the real binary behind a local Lambda runtime API.
+$(VENV)/bin/cargo-lambda: requirements-invoke.txt | setup
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-invoke.txt
+	touch $@
+
+# Runs the function locally (cargo lambda watch) against the emulator and invokes it with
+# $(EVENT); the function's own log goes to .emulator/watch.log.
+invoke: emulator $(VENV)/bin/cargo-lambda
+	@export PATH="$(CURDIR)/$(VENV)/bin:$$PATH"; \
+	cargo lambda watch -p consistent-snapshot --bin consistent-snapshot --ignore-changes \
+		--invoke-port $(INVOKE_PORT) --env-file .emulator/local.env > .emulator/watch.log 2>&1 & \
+	watch=$$!; trap 'kill $$watch 2>/dev/null' EXIT; \
+	for i in $$(seq 100); do grep -q -i "listening\|invoke server" .emulator/watch.log 2>/dev/null && break; sleep 0.3; done; \
+	echo "==> invoking consistent-snapshot with $(EVENT)"; \
+	cargo lambda invoke consistent-snapshot --invoke-port $(INVOKE_PORT) --data-file $(EVENT) --output-format json
 
 release:
 	cargo lambda build --release --arm64 -p consistent-snapshot

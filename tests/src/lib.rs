@@ -47,6 +47,43 @@ pub fn deadline_in(timeout: Duration) -> chrono::DateTime<chrono::Utc> {
 }
 
 pub const REGION: &str = "us-east-1";
+
+/// The SDK configuration of a test client of the emulator on 127.0.0.1:`port`.
+async fn sdk_config(port: u16) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(format!("http://127.0.0.1:{port}"))
+        .region(Region::new(REGION))
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            "testing", "testing", None, None, "emulator",
+        ))
+        // moto answers unimplemented calls with HTTP 500: fail at once rather than retry.
+        .retry_config(RetryConfig::standard().with_max_attempts(1))
+        // A call that hangs is a failed test, not a stuck CI run.
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(Duration::from_secs(30))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+/// The demo fleet: well-behaved Windows servers, one whose VSS freeze fails, one whose SSM
+/// agent is offline, one untagged and one stopped.
+pub fn demo_fleet() -> Vec<ServerSpec> {
+    vec![
+        ServerSpec::windows("sql-prod-01", 3),
+        ServerSpec::windows("sql-prod-02", 2).sim(json!({"duration": 2.5})),
+        ServerSpec::windows("exchange-01", 3),
+        ServerSpec::windows("files-01", 2),
+        ServerSpec::windows("files-02", 3),
+        ServerSpec::windows("app-01", 2),
+        ServerSpec::windows("sql-dev-01", 2).sim(json!({"outcome": "vss_failure"})),
+        ServerSpec::windows("branch-01", 1).sim(json!({"ssm": "offline"})),
+        ServerSpec::windows("print01", 1).untagged(),
+        ServerSpec::windows("legacy01", 2).stopped(),
+    ]
+}
 pub const TAG_KEY: &str = "ConsistentSnapshot";
 pub const TAG_VALUE: &str = "WindowsVSS";
 
@@ -56,9 +93,9 @@ pub fn workspace_root() -> PathBuf {
     root.canonicalize().unwrap_or(root)
 }
 
-/// A running emulator; stopped when dropped.
+/// A running emulator; stopped when dropped if this process started it.
 pub struct Emulator {
-    child: Child,
+    child: Option<Child>,
     pub port: u16,
     pub sdk: SdkConfig,
 }
@@ -92,23 +129,23 @@ impl Emulator {
             .strip_prefix("READY ")
             .and_then(|p| p.trim().parse().ok())
             .ok_or_else(|| format!("emulator did not start: {line:?}"))?;
-        let sdk = aws_config::defaults(BehaviorVersion::latest())
-            .endpoint_url(format!("http://127.0.0.1:{port}"))
-            .region(Region::new(REGION))
-            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                "testing", "testing", None, None, "emulator",
-            ))
-            // moto answers unimplemented calls with HTTP 500: fail at once rather than retry.
-            .retry_config(RetryConfig::standard().with_max_attempts(1))
-            // A call that hangs is a failed test, not a stuck CI run.
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .operation_timeout(Duration::from_secs(30))
-                    .build(),
-            )
-            .load()
-            .await;
-        Ok(Emulator { child, port, sdk })
+        let sdk = sdk_config(port).await;
+        Ok(Emulator {
+            child: Some(child),
+            port,
+            sdk,
+        })
+    }
+
+    /// An emulator already listening on 127.0.0.1:`port` (started by `make emulator`); left
+    /// running when dropped.
+    pub async fn connect(port: u16) -> Result<Self> {
+        let sdk = sdk_config(port).await;
+        Ok(Emulator {
+            child: None,
+            port,
+            sdk,
+        })
     }
 
     pub fn ec2(&self) -> aws_sdk_ec2::Client {
@@ -266,8 +303,10 @@ impl Emulator {
 
 impl Drop for Emulator {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{Timelike, Utc};
 use consistent_snapshot::outcome::OutcomeKind;
 use harness::{
-    drain, invoke, run_snapshots, scheduled_event, seed, workspace_root, Emulator, Logs, ServerSpec,
+    demo_fleet, drain, invoke, run_snapshots, scheduled_event, seed, workspace_root, Emulator, Logs,
 };
 use serde_json::json;
 
@@ -30,20 +30,7 @@ async fn main() -> harness::Result<()> {
         .create_queue("consistent-snapshot-tracking", 5)
         .await?;
 
-    let untagged = ServerSpec::windows("print01", 1).untagged();
-    let stopped = ServerSpec::windows("legacy01", 2).stopped();
-    let fleet = vec![
-        ServerSpec::windows("sql-prod-01", 3),
-        ServerSpec::windows("sql-prod-02", 2).sim(json!({"duration": 2.5})),
-        ServerSpec::windows("exchange-01", 3),
-        ServerSpec::windows("files-01", 2),
-        ServerSpec::windows("files-02", 3),
-        ServerSpec::windows("app-01", 2),
-        ServerSpec::windows("sql-dev-01", 2).sim(json!({"outcome": "vss_failure"})),
-        ServerSpec::windows("branch-01", 1).sim(json!({"ssm": "offline"})),
-        untagged,
-        stopped,
-    ];
+    let fleet = demo_fleet();
     let ids = seed(&emulator, &fleet).await?;
     println!("==> seeded {} instances:", ids.len());
     for (server, id) in fleet.iter().zip(&ids) {
