@@ -207,10 +207,11 @@ pub fn build(input: &ReportInput) -> FleetReport {
                     .failures
                     .iter()
                     .find(|f| f.instance_id == id && f.run_id.as_deref() == Some(s.run_id));
-                let mut reason = set_failure(s.snapshots.as_slice());
-                if let Some(f) = said {
-                    reason = format!("{reason}; command {}: {}", f.command_id, f.reason);
-                }
+                let (what, detail) = set_failure(s.snapshots.as_slice());
+                let reason = match said {
+                    Some(f) => format!("{what}: {} (command {})", f.reason, f.command_id),
+                    None => format!("{what}: {detail}"),
+                };
                 Failure {
                     at: s.started_at(),
                     run_id: Some(s.run_id.to_string()),
@@ -282,15 +283,16 @@ fn count(statuses: &[InstanceStatus], pred: impl Fn(&InstanceStatus) -> bool) ->
     statuses.iter().filter(|s| pred(s)).count()
 }
 
-/// Why a set that is not consistent is not: read from its snapshots.
-fn set_failure(snapshots: &[&SnapshotInfo]) -> String {
+/// Why a set that is not consistent is not, read from its snapshots: what it is, and which
+/// snapshots say so.
+fn set_failure(snapshots: &[&SnapshotInfo]) -> (&'static str, String) {
     let failed: Vec<&str> = snapshots
         .iter()
         .filter(|s| s.state == "error")
         .map(|s| s.snapshot_id.as_str())
         .collect();
     if !failed.is_empty() {
-        return format!("snapshot(s) failed: {}", failed.join(", "));
+        return ("snapshot(s) failed", failed.join(", "));
     }
     let crash: Vec<&str> = snapshots
         .iter()
@@ -301,9 +303,12 @@ fn set_failure(snapshots: &[&SnapshotInfo]) -> String {
         })
         .map(|s| s.snapshot_id.as_str())
         .collect();
-    format!(
-        "crash-consistent: VSS did not freeze the writers (AppConsistent is not True on {})",
-        crash.join(", ")
+    (
+        "crash-consistent",
+        format!(
+            "VSS did not freeze the writers (AppConsistent is not True on {})",
+            crash.join(", ")
+        ),
     )
 }
 
@@ -444,7 +449,8 @@ mod tests {
         assert!(stale.last_failure.as_ref().is_some_and(|f| !f.resolved
             && f.run_id.as_deref() == Some("r2")
             && f.reason.contains("crash-consistent")
-            && f.reason.contains("command c-8: Failed: Thaw pipe")));
+            && f.reason.contains("crash-consistent: Failed: Thaw pipe")
+            && f.reason.contains("(command c-8)")));
         assert_eq!(
             stale.copies["eu-west-1"],
             CopyStatus {

@@ -162,6 +162,41 @@ async fn main() -> harness::Result<()> {
     {
         println!("    {}", line["message"].as_str().unwrap_or_default());
     }
+    // The fleet report an operator (or the hourly schedule) asks for next.
+    let fleet_report = invoke(&app, json!({"action": "report"})).await?;
+    println!("\n==> {{\"action\":\"report\"}}: the fleet against its RPO, out of RPO first");
+    for status in fleet_report["instances"].as_array().into_iter().flatten() {
+        let set = &status["latest_consistent"];
+        let copies: Vec<String> = status["copies"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(region, c)| format!("{region} {}/{}", c["completed"], c["of"]))
+            .collect();
+        let note = status["next_run_skips"]
+            .as_str()
+            .or(status["last_failure"]["reason"].as_str())
+            .unwrap_or_default();
+        println!(
+            "    {:<12} {:<16} {:>9} {:<16} {}",
+            status["name"].as_str().unwrap_or_default(),
+            status["rpo"].as_str().unwrap_or_default(),
+            set["age_hours"]
+                .as_f64()
+                .map_or("-".to_string(), |h| format!("{h:.1} h")),
+            copies.join(", "),
+            note.chars().take(70).collect::<String>()
+        );
+    }
+    let totals = &fleet_report["totals"];
+    println!(
+        "    {} instances: {} within the {} h RPO, {} out of it ({} never backed up)",
+        totals["instances"],
+        totals["within_rpo"],
+        fleet_report["rpo_hours"],
+        totals["out_of_rpo"],
+        totals["never_backed_up"]
+    );
     println!(
         "function logs (JSON, as CloudWatch receives them): {}",
         log_path.display()
