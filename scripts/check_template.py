@@ -78,8 +78,21 @@ def check(template: dict) -> list[str]:
 
     for s in (s for s in stmts if "ec2:CreateTags" in actions(s)):
         condition = text(s.get("Condition"))
-        if "ec2:CreateAction" not in condition and "aws:ResourceTag/ConsistentSnapshot:ManagedBy" not in condition:
-            problems.append(f"{s.get('Sid', '?')}: ec2:CreateTags without a CreateAction or ManagedBy condition")
+        if not any(k in condition for k in ("ec2:CreateAction", "aws:ResourceTag/ConsistentSnapshot:ManagedBy", "aws:TagKeys")):
+            problems.append(f"{s.get('Sid', '?')}: ec2:CreateTags without a CreateAction, ManagedBy or tag-key condition")
+
+    for s in (s for s in stmts if "ec2:DeleteVolume" in actions(s)):
+        condition = text(s.get("Condition"))
+        if "aws:ResourceTag/ConsistentSnapshot:Purpose" not in condition or "aws:ResourceTag/ConsistentSnapshot:ManagedBy" not in condition:
+            problems.append("ec2:DeleteVolume is not limited to this deployment's verification volumes")
+
+    for s in (s for s in stmts if "ec2:CreateVolume" in actions(s)):
+        if "aws:RequestTag/ConsistentSnapshot:ManagedBy" not in text(s.get("Condition")):
+            problems.append("ec2:CreateVolume does not require this deployment's ManagedBy tag")
+
+    for s in (s for s in stmts if {"ec2:StopInstances", "ec2:StartInstances"} & set(actions(s))):
+        if "aws:ResourceTag/ConsistentSnapshot" not in text(s.get("Condition")):
+            problems.append(f"{s.get('Sid', '?')}: instances stopped or started without the target tag condition")
 
     for s in (s for s in stmts if any(a.startswith("kms:") for a in actions(s))):
         if "kms:ViaService" not in text(s.get("Condition")):

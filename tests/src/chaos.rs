@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use aws_config::retry::RetryConfig;
+use consistent_snapshot::metrics::MetricsOut;
 use consistent_snapshot::{App, Config};
 use serde_json::{json, Value};
 
@@ -116,7 +117,7 @@ impl<'a> Chaos<'a> {
                     .with_max_backoff(Duration::from_millis(200)),
             )
             .build();
-        App::new(self.config.clone(), &sdk)
+        App::new(self.config.clone(), &sdk).with_metrics_out(MetricsOut::to(|_| {}))
     }
 
     /// One invocation: maybe stopped at a random AWS call, always stopped at its timeout.

@@ -122,7 +122,7 @@ async fn malformed_payloads_are_errors_that_name_the_field() {
         (json!("snapshot"), "JSON object"),
         (
             json!({"action": "restore", "instance_id": "i-0123456789abcdef0", "run_id": "latest", "mode": "volumes"}),
-            "not available in this version",
+            "the instance is gone; name the availability_zone",
         ),
         (json!({"action": "report", "rpo": 4}), "rpo"),
         (

@@ -49,6 +49,18 @@ fn the_template_keeps_its_iam_conditions_alarms_and_justifications() {
             "ec2:DeleteSnapshot is not limited",
         ),
         (
+            "delete-any-volume",
+            "aws:ResourceTag/ConsistentSnapshot:Purpose: verify",
+            "aws:ResourceTag/Owner: verify",
+            "ec2:DeleteVolume is not limited",
+        ),
+        (
+            "stop-any-instance",
+            "aws:ResourceTag/ConsistentSnapshot: !Ref TargetTagValue",
+            "aws:ResourceTag/Other: !Ref TargetTagValue",
+            "without the target tag condition",
+        ),
+        (
             "kms-anywhere",
             "kms:ViaService: ec2.*.amazonaws.com",
             "kms:CallerAccount2: x",

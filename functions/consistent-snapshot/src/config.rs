@@ -49,6 +49,8 @@ pub struct Config {
     pub notify_topic_arn: Option<String>,
     /// CloudWatch namespace of the function's metrics.
     pub metrics_namespace: String,
+    /// How many instances a verification restores when none are named.
+    pub verify_sample_size: u32,
 }
 
 /// `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`…
@@ -115,6 +117,7 @@ impl Config {
         let rpo = text("RPO_HOURS", "26");
         let notify_topic_arn = text("NOTIFY_TOPIC_ARN", "");
         let metrics_namespace = text("METRICS_NAMESPACE", "ConsistentSnapshot");
+        let verify_sample = text("VERIFY_SAMPLE_SIZE", "2");
 
         if queue_url.is_empty() {
             problems.push("QUEUE_URL is required (the URL of the tracking queue)".to_string());
@@ -169,6 +172,12 @@ impl Config {
         let describe_page_size = number("DESCRIBE_PAGE_SIZE", &page, 5, 1000) as i32;
         let retain_count = number("RETAIN_COUNT", &retain, 1, 1000);
         let rpo_hours = number("RPO_HOURS", &rpo, 1, 8760);
+        let verify_sample_size = number(
+            "VERIFY_SAMPLE_SIZE",
+            &verify_sample,
+            1,
+            crate::event::MAX_VERIFY as u32,
+        );
         let copy_retain_count = number("COPY_RETAIN_COUNT", &copy_retain, 1, 1000);
         let retain_days = (!retain_days_text.is_empty())
             .then(|| number("RETAIN_DAYS", &retain_days_text, 1, 36_500));
@@ -257,6 +266,7 @@ impl Config {
             rpo_hours,
             notify_topic_arn: (!notify_topic_arn.is_empty()).then_some(notify_topic_arn),
             metrics_namespace,
+            verify_sample_size,
         })
     }
 

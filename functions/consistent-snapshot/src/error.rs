@@ -26,6 +26,10 @@ pub enum Error {
     #[error("retention: {0}")]
     Retention(String),
 
+    /// A restore cannot be done as asked; the message says why.
+    #[error("restore: {0}")]
+    Restore(String),
+
     /// Tracking messages could not be queued: these instances would go untracked.
     #[error("could not queue tracking messages for {0}")]
     Enqueue(String),

@@ -58,6 +58,7 @@ pub enum Action {
     Retention(RetentionRequest),
     Report(ReportRequest),
     Restore(RestoreRequest),
+    Verify(VerifyRequest),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,10 +89,29 @@ pub struct ReportRequest {}
 #[serde(deny_unknown_fields)]
 pub struct RestoreRequest {
     pub instance_id: String,
+    /// `latest` (the newest consistent set) or a run id.
     pub run_id: String,
+    /// Where the volumes are created (`volumes` mode): the instance's zone when absent.
     #[serde(default)]
     pub availability_zone: Option<String>,
     pub mode: RestoreMode,
+    /// Restore a crash-consistent or incomplete set too (refused otherwise).
+    #[serde(default)]
+    pub allow_crash_consistent: Option<bool>,
+    /// `replace` only: put the volumes this restore replaced back, and start the instance.
+    #[serde(default)]
+    pub rollback: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// Verify these instances; a rotating sample of the fleet when absent.
+    #[serde(default)]
+    pub instance_ids: Option<Vec<String>>,
+    /// How many instances the sample holds (default `VERIFY_SAMPLE_SIZE`).
+    #[serde(default)]
+    pub sample: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,7 +189,7 @@ impl Event {
         }
         Err(Error::Event(
             "unrecognised payload: expected an EventBridge scheduled event, an SQS event, or an \
-             on-demand call with an `action` field (snapshot, retention, report, restore)"
+             on-demand call with an `action` field (snapshot, retention, report, restore, verify)"
                 .into(),
         ))
     }
@@ -190,16 +210,91 @@ fn parse_action(action: Value, mut payload: Value) -> Result<Action, Error> {
         "retention" => Action::Retention(from_value(payload, "retention request")?),
         "report" => Action::Report(from_value(payload, "report request")?),
         "restore" => Action::Restore(from_value(payload, "restore request")?),
+        "verify" => Action::Verify(from_value(payload, "verify request")?),
         other => {
             return Err(Error::Event(format!(
-                "field `action`: unknown action {other:?}, expected one of snapshot, retention, report, restore"
+                "field `action`: unknown action {other:?}, expected one of snapshot, retention, report, restore, verify"
             )))
         }
     };
     if let Action::Snapshot(request) = &action {
         validate_snapshot_request(request)?;
     }
+    if let Action::Restore(request) = &action {
+        validate_restore_request(request)?;
+    }
+    if let Action::Verify(request) = &action {
+        validate_verify_request(request)?;
+    }
     Ok(action)
+}
+
+fn validate_restore_request(request: &RestoreRequest) -> Result<(), Error> {
+    if !is_instance_id(&request.instance_id) {
+        return Err(Error::Event(format!(
+            "field `instance_id`: {:?} is not an EC2 instance id (i- and 8 or 17 hex digits)",
+            request.instance_id
+        )));
+    }
+    if request.run_id != "latest" && !is_run_id(&request.run_id) {
+        return Err(Error::Event(format!(
+            "field `run_id`: {:?} must be \"latest\" or a run id (1 to 64 letters, digits, '-', '_' or '.')",
+            request.run_id
+        )));
+    }
+    if let Some(zone) = &request.availability_zone {
+        if !is_availability_zone(zone) {
+            return Err(Error::Event(format!(
+                "field `availability_zone`: {zone:?} is not an Availability Zone such as eu-west-1a"
+            )));
+        }
+    }
+    if request.rollback == Some(true) && request.mode != RestoreMode::Replace {
+        return Err(Error::Event(
+            "field `rollback`: only a `replace` restore can be rolled back (`volumes` changes no instance)".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_verify_request(request: &VerifyRequest) -> Result<(), Error> {
+    if let Some(ids) = &request.instance_ids {
+        if ids.is_empty() || ids.len() > MAX_VERIFY {
+            return Err(Error::Event(format!(
+                "field `instance_ids`: 1 to {MAX_VERIFY} instances per verification"
+            )));
+        }
+        if let Some((i, bad)) = ids.iter().enumerate().find(|(_, id)| !is_instance_id(id)) {
+            return Err(Error::Event(format!(
+                "field `instance_ids[{i}]`: {bad:?} is not an EC2 instance id (i- and 8 or 17 hex digits)"
+            )));
+        }
+    }
+    if let Some(n) = request.sample {
+        if n == 0 || n as usize > MAX_VERIFY {
+            return Err(Error::Event(format!(
+                "field `sample`: {n} is not between 1 and {MAX_VERIFY}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// At most this many instances are restored in one verification.
+pub const MAX_VERIFY: usize = 20;
+
+/// `eu-west-1a`, `us-east-1-bos-1a` (a Local Zone)…: a region name and a zone letter.
+pub fn is_availability_zone(zone: &str) -> bool {
+    let Some(letter) = zone.chars().last() else {
+        return false;
+    };
+    let head = &zone[..zone.len() - letter.len_utf8()];
+    letter.is_ascii_lowercase()
+        && head.split('-').count() >= 3
+        && head
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && head.bytes().last().is_some_and(|b| b.is_ascii_digit())
 }
 
 fn validate_snapshot_request(request: &SnapshotRequest) -> Result<(), Error> {

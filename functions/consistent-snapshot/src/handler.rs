@@ -100,15 +100,8 @@ impl App {
                     .await
             }
             Event::OnDemand(Action::Report(_)) => self.on_demand_report().await,
-            Event::OnDemand(other) => {
-                let name = serde_json::to_value(&other)
-                    .ok()
-                    .and_then(|v| v.get("action").and_then(Value::as_str).map(str::to_string))
-                    .unwrap_or_default();
-                Err(Error::Event(format!(
-                    "field `action`: {name:?} is not available in this version (available: snapshot, retention, report)"
-                )))
-            }
+            Event::OnDemand(Action::Restore(request)) => self.on_demand_restore(request).await,
+            Event::OnDemand(Action::Verify(request)) => self.on_demand_verify(request).await,
         }
     }
 
@@ -268,6 +261,8 @@ impl App {
             Job::Watch(job) => self.watch_run(job, lease_until).await,
             Job::Copy(job) => self.copy_job(job, lease_until).await,
             Job::Retention(job) => self.retention_job(job).await,
+            Job::Restore(job) => self.restore_job(job).await,
+            Job::Verify(job) => self.verify_job(job).await,
         }
     }
 }

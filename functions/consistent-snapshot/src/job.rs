@@ -6,7 +6,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::event::RestoreMode;
 use crate::fleet::{AttachedVolume, SkipReason};
+use crate::restore::ChosenSet;
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -31,6 +33,10 @@ pub enum Job {
     Copy(CopyJob),
     /// The run's last step: retention in every region.
     Retention(RetentionJob),
+    /// A restore between two looks (volumes being created, the instance stopping…).
+    Restore(RestoreJob),
+    /// A restore test: waits for the volumes, measures, deletes them, reports.
+    Verify(VerifyJob),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +129,41 @@ pub struct RetentionJob {
     pub run_id: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreJob {
+    pub restore_id: String,
+    pub instance_id: String,
+    pub name: String,
+    pub mode: RestoreMode,
+    pub rollback: bool,
+    pub zone: String,
+    pub set: ChosenSet,
+    pub deadline: DateTime<Utc>,
+    pub attempt: u32,
+}
+
+/// One instance of a verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyItem {
+    pub instance_id: String,
+    pub name: String,
+    /// The restore that made its volumes (none when it could not start).
+    pub restore_id: Option<String>,
+    pub run_id: Option<String>,
+    pub volumes: usize,
+    /// Why it could not be restored, when it could not.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyJob {
+    pub verify_id: String,
+    pub started_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+    pub items: Vec<VerifyItem>,
+    pub attempt: u32,
+}
+
 impl Job {
     pub fn run_id(&self) -> &str {
         match self {
@@ -131,6 +172,8 @@ impl Job {
             Job::Watch(j) => &j.run_id,
             Job::Copy(j) => &j.run_id,
             Job::Retention(j) => &j.run_id,
+            Job::Restore(j) => &j.restore_id,
+            Job::Verify(j) => &j.verify_id,
         }
     }
 
@@ -142,6 +185,8 @@ impl Job {
             Job::Watch(j) => (j.check_at - now).num_seconds().clamp(0, 900) as i32,
             Job::Copy(j) => backoff_seconds(j.attempt, initial, max),
             Job::Retention(_) => 0,
+            Job::Restore(j) => backoff_seconds(j.attempt, initial, max),
+            Job::Verify(j) => backoff_seconds(j.attempt, initial, max),
         }
     }
 }

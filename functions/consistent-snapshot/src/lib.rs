@@ -18,12 +18,15 @@ pub mod job;
 pub mod metrics;
 pub mod outcome;
 pub mod report;
+pub mod restore;
+mod restore_aws;
 pub mod retention;
 pub mod retention_run;
 pub mod run_claim;
 pub mod run_start;
 mod run_tracking;
 pub mod track;
+mod verify;
 
 pub use config::Config;
 pub use error::Error;

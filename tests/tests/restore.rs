@@ -1,0 +1,363 @@
+//! End to end: restores from the sets a nightly run made. `replace` swaps every volume of the
+//! set in place and keeps the old ones; `volumes` restores into another zone; a replace stopped
+//! half-way and called again ends as an uninterrupted one; a rollback puts the old volumes
+//! back; `verify` restores a sample, measures, and leaves no volume behind.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Filter, Volume};
+use harness::chaos::{Chaos, ChaosOptions, Ended};
+use harness::faults::Stop;
+use harness::{drain, invoke, scheduled_event, seed, Emulator, Logs, Metrics, ServerSpec};
+use serde_json::{json, Value};
+
+fn calm() -> ChaosOptions {
+    ChaosOptions {
+        fault_rate: 0.0,
+        duplicate_messages: false,
+        stop_share: 0.0,
+        max_stop_call: 1,
+        seed: 11,
+    }
+}
+
+fn tag<'a>(volume: &'a Volume, key: &str) -> Option<&'a str> {
+    volume
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+async fn all_volumes(emulator: &Emulator) -> Vec<Volume> {
+    emulator
+        .ec2()
+        .describe_volumes()
+        .send()
+        .await
+        .expect("DescribeVolumes")
+        .volumes()
+        .to_vec()
+}
+
+/// The instance's state and device -> volume id.
+async fn instance(emulator: &Emulator, id: &str) -> (String, BTreeMap<String, String>) {
+    let out = emulator
+        .ec2()
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .expect("DescribeInstances");
+    let instance = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .next()
+        .expect("the instance");
+    let state = instance
+        .state()
+        .and_then(|s| s.name())
+        .map(|n| n.as_str().to_string())
+        .unwrap_or_default();
+    let devices = instance
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| {
+            Some((
+                m.device_name()?.to_string(),
+                m.ebs()?.volume_id()?.to_string(),
+            ))
+        })
+        .collect();
+    (state, devices)
+}
+
+/// The set's snapshot of each device, from EC2.
+async fn set_of(emulator: &Emulator, instance_id: &str, run_id: &str) -> BTreeMap<String, String> {
+    let out = emulator
+        .ec2()
+        .describe_snapshots()
+        .filters(
+            Filter::builder()
+                .name("tag:ConsistentSnapshot:InstanceId")
+                .values(instance_id)
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("tag:ConsistentSnapshot:RunId")
+                .values(run_id)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeSnapshots");
+    out.snapshots()
+        .iter()
+        .filter_map(|s| {
+            let device = s
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some("Device"))?
+                .value()?;
+            Some((device.to_string(), s.snapshot_id()?.to_string()))
+        })
+        .collect()
+}
+
+/// After a replace: running, every device of the set on a volume restored from that device's
+/// snapshot by this restore, exactly one restored volume per device, the old volumes kept,
+/// detached and tagged.
+async fn assert_replaced(
+    emulator: &Emulator,
+    instance_id: &str,
+    set: &BTreeMap<String, String>,
+    before: &BTreeMap<String, String>,
+    answer: &Value,
+) {
+    let restore_id = answer["restore_id"].as_str().expect("restore id");
+    let (state, now) = instance(emulator, instance_id).await;
+    assert_eq!(state, "running", "{answer}");
+    let volumes = all_volumes(emulator).await;
+    let by_id: BTreeMap<&str, &Volume> = volumes
+        .iter()
+        .filter_map(|v| Some((v.volume_id()?, v)))
+        .collect();
+    for (device, snapshot) in set {
+        let volume = by_id[now[device].as_str()];
+        assert_eq!(
+            tag(volume, "ConsistentSnapshot:RestoredFrom"),
+            Some(snapshot.as_str()),
+            "{device}"
+        );
+        assert_eq!(volume.snapshot_id(), Some(snapshot.as_str()), "{device}");
+        assert_eq!(
+            tag(volume, "ConsistentSnapshot:RestoreId"),
+            Some(restore_id)
+        );
+        let old = by_id
+            .get(before[device].as_str())
+            .unwrap_or_else(|| panic!("old volume of {device} was deleted"));
+        assert_eq!(
+            old.state().map(|s| s.as_str()),
+            Some("available"),
+            "{device}"
+        );
+        assert_eq!(tag(old, "ConsistentSnapshot:ReplacedBy"), Some(restore_id));
+        assert_eq!(
+            tag(old, "ConsistentSnapshot:DetachedFrom"),
+            Some(format!("{instance_id} {device}").as_str())
+        );
+    }
+    let restored = volumes
+        .iter()
+        .filter(|v| tag(v, "ConsistentSnapshot:RestoreId") == Some(restore_id))
+        .count();
+    assert_eq!(
+        restored,
+        set.len(),
+        "one restored volume per device, no duplicate"
+    );
+}
+
+#[tokio::test]
+async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify() {
+    let (logs, _guard) = Logs::capture(None).expect("logs");
+    let emulator = Emulator::start().await.expect("emulator");
+    let queue = emulator.create_queue("tracking", 2).await.expect("queue");
+    let ids = seed(
+        &emulator,
+        &[
+            ServerSpec::windows("sql01", 2),
+            ServerSpec::windows("web01", 1),
+            ServerSpec::windows("app01", 2),
+            ServerSpec::windows("files01", 1).sim(json!({"outcome": "vss_failure"})),
+        ],
+    )
+    .await
+    .expect("seed");
+    let (sql, web, app_server, files) = (&ids[0], &ids[1], &ids[2], &ids[3]);
+    let metrics = Metrics::default();
+    let app = metrics.attach(emulator.app(&queue, &[]).expect("app"));
+    let start = invoke(&app, scheduled_event("nightly", "2026-11-23T02:00:00Z"))
+        .await
+        .expect("run");
+    let run_id = start["run_id"].as_str().expect("run id").to_string();
+    drain(&emulator, &app, &queue, 10, Duration::from_secs(120))
+        .await
+        .expect("drain");
+
+    // A crash-consistent set is refused unless asked for by name and allowed.
+    let refused = invoke(
+        &app,
+        json!({"action": "restore", "instance_id": files, "run_id": "latest", "mode": "replace"}),
+    )
+    .await
+    .expect_err("no consistent set")
+    .to_string();
+    assert!(
+        refused.contains("none of its 1 sets is consistent"),
+        "{refused}"
+    );
+    let refused = invoke(
+        &app,
+        json!({"action": "restore", "instance_id": files, "run_id": run_id, "mode": "volumes"}),
+    )
+    .await
+    .expect_err("crash-consistent")
+    .to_string();
+    assert!(refused.contains("allow_crash_consistent"), "{refused}");
+
+    // replace: sql01 on its three restored volumes, the old ones kept.
+    let set = set_of(&emulator, sql, &run_id).await;
+    assert_eq!(set.len(), 3);
+    let (_, before) = instance(&emulator, sql).await;
+    let answer = invoke(
+        &app,
+        json!({"action": "restore", "instance_id": sql, "run_id": "latest", "mode": "replace"}),
+    )
+    .await
+    .expect("replace");
+    assert_eq!(answer["run_id"], json!(run_id));
+    drain(&emulator, &app, &queue, 10, Duration::from_secs(60))
+        .await
+        .expect("drain");
+    assert_replaced(&emulator, sql, &set, &before, &answer).await;
+    let again = invoke(
+        &app,
+        json!({"action": "restore", "instance_id": sql, "run_id": "latest", "mode": "replace"}),
+    )
+    .await
+    .expect("replace again");
+    assert_eq!(again["status"], json!("done"), "{again}");
+    assert_eq!(
+        again["steps"],
+        json!([]),
+        "calling a finished restore again does nothing"
+    );
+    assert_eq!(again["replaced"].as_array().map(Vec::len), Some(3));
+
+    // rollback: the old volumes go back, the restored ones are kept.
+    invoke(
+        &app,
+        json!({"action": "restore", "instance_id": sql, "run_id": run_id, "mode": "replace", "rollback": true}),
+    )
+    .await
+    .expect("rollback");
+    drain(&emulator, &app, &queue, 10, Duration::from_secs(60))
+        .await
+        .expect("drain");
+    let (state, after_rollback) = instance(&emulator, sql).await;
+    assert_eq!((state.as_str(), &after_rollback), ("running", &before));
+    let restore_id = answer["restore_id"].as_str().unwrap_or_default();
+    let kept = all_volumes(&emulator)
+        .await
+        .into_iter()
+        .filter(|v| tag(v, "ConsistentSnapshot:RestoreId") == Some(restore_id))
+        .filter(|v| v.state().map(|s| s.as_str()) == Some("available"))
+        .count();
+    assert_eq!(kept, 3, "the restored volumes are detached and kept");
+
+    // volumes: web01's set in another zone, its instance untouched.
+    let (_, web_before) = instance(&emulator, web).await;
+    let answer = invoke(
+        &app,
+        json!({"action": "restore", "instance_id": web, "run_id": "latest", "mode": "volumes", "availability_zone": "us-east-1c"}),
+    )
+    .await
+    .expect("volumes");
+    drain(&emulator, &app, &queue, 10, Duration::from_secs(60))
+        .await
+        .expect("drain");
+    let listed = answer["volumes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(listed.len(), 2, "{answer}");
+    let volumes = all_volumes(&emulator).await;
+    for entry in &listed {
+        let volume = volumes
+            .iter()
+            .find(|v| v.volume_id() == entry["volume_id"].as_str())
+            .expect("the listed volume exists");
+        assert_eq!(volume.availability_zone(), Some("us-east-1c"));
+        assert_eq!(volume.snapshot_id(), entry["snapshot_id"].as_str());
+        assert!(volume.attachments().is_empty());
+    }
+    assert_eq!(
+        instance(&emulator, web).await,
+        ("running".to_string(), web_before)
+    );
+
+    // A replace stopped right after its first DetachVolume, then called again.
+    let chaos = Chaos::new(&emulator, &queue, &[], calm()).expect("chaos");
+    let app_set = set_of(&emulator, app_server, &run_id).await;
+    let (_, app_before) = instance(&emulator, app_server).await;
+    let request = json!({"action": "restore", "instance_id": app_server, "run_id": "latest", "mode": "replace"});
+    let ended = chaos
+        .invoke_stopping(request.clone(), Stop::After("ec2:DetachVolume".into()))
+        .await
+        .expect("invoke");
+    assert!(matches!(ended, Ended::Stopped), "{ended:?}");
+    let (state, halfway) = instance(&emulator, app_server).await;
+    assert_eq!(state, "stopped");
+    assert!(
+        halfway.len() < app_before.len(),
+        "stopped with a device detached: {halfway:?}"
+    );
+    let Ended::Answered(answer) = chaos.invoke(request).await.expect("again") else {
+        panic!("the second call must answer");
+    };
+    chaos
+        .drain(10, Duration::from_secs(60))
+        .await
+        .expect("drain");
+    assert_replaced(&emulator, app_server, &app_set, &app_before, &answer).await;
+
+    // verify: two instances restorable, one with no consistent set; nothing left behind.
+    let answer = invoke(
+        &app,
+        json!({"action": "verify", "instance_ids": [sql, web, files]}),
+    )
+    .await
+    .expect("verify");
+    assert_eq!(answer["status"], json!("in_progress"));
+    drain(&emulator, &app, &queue, 10, Duration::from_secs(60))
+        .await
+        .expect("drain");
+    let verify_id = answer["verify_id"].as_str().expect("verify id");
+    let line = logs
+        .records()
+        .into_iter()
+        .find(|r| r["verify_id"] == verify_id && r.get("verify").is_some())
+        .expect("the verification's report");
+    let results: Value =
+        serde_json::from_str(line["verify"].as_str().unwrap_or_default()).expect("JSON");
+    let by_instance: BTreeMap<&str, &Value> = results
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| Some((r["instance_id"].as_str()?, r)))
+        .collect();
+    assert_eq!(by_instance[sql.as_str()]["restorable"], json!(true));
+    assert_eq!(by_instance[sql.as_str()]["volumes"], json!(3));
+    assert!(by_instance[web.as_str()]["seconds"].is_i64());
+    assert_eq!(by_instance[files.as_str()]["restorable"], json!(false));
+    assert!(by_instance[files.as_str()]["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("consistent")));
+    let left = all_volumes(&emulator)
+        .await
+        .into_iter()
+        .filter(|v| tag(v, "ConsistentSnapshot:Purpose") == Some("verify"))
+        .count();
+    assert_eq!(left, 0, "verification leaves no volume behind");
+    let emf = metrics.of("verify", None);
+    assert_eq!(emf.len(), 1);
+    assert_eq!(
+        (
+            emf[0]["RestoresVerified"].clone(),
+            emf[0]["RestoreFailures"].clone()
+        ),
+        (json!(2), json!(1))
+    );
+}
