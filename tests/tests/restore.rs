@@ -210,6 +210,15 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
     .to_string();
     assert!(refused.contains("allow_crash_consistent"), "{refused}");
 
+    let refused = invoke(
+        &app,
+        json!({"action": "restore", "instance_id": sql, "run_id": "latest", "mode": "replace", "availability_zone": "us-east-1c"}),
+    )
+    .await
+    .expect_err("a replace stays in the instance's zone")
+    .to_string();
+    assert!(refused.contains("own zone"), "{refused}");
+
     // replace: sql01 on its three restored volumes, the old ones kept.
     let set = set_of(&emulator, sql, &run_id).await;
     assert_eq!(set.len(), 3);

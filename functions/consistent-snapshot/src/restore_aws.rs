@@ -92,6 +92,16 @@ impl App {
                 "{instance_id}: no such instance to replace the volumes of (restore into new volumes with \"mode\":\"volumes\" and an availability_zone)"
             )));
         }
+        if let (RestoreMode::Replace, Some(zone), Some(view)) =
+            (request.mode, &request.availability_zone, &instance)
+        {
+            if zone != &view.zone {
+                return Err(Error::Restore(format!(
+                    "{instance_id} is in {}: a replace restores into the instance's own zone, not {zone} (use \"mode\":\"volumes\" for another zone)",
+                    view.zone
+                )));
+            }
+        }
         let zone = match (&request.availability_zone, &instance) {
             (Some(zone), _) if request.mode == RestoreMode::Volumes => zone.clone(),
             (_, Some(view)) => view.zone.clone(),
