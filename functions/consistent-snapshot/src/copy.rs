@@ -138,22 +138,38 @@ pub struct CopySummary {
 
 impl App {
     /// One pass of the copy step; see the module documentation.
+    ///
+    /// Each pass queues the next one before it works, so a pass stopped half-way still has a
+    /// successor; and only one message per pass goes on (`claim_copy_pass`), so duplicate
+    /// deliveries do not multiply the step's messages.
     pub(crate) async fn copy_job(
         &self,
         job: CopyJob,
         lease_until: chrono::DateTime<Utc>,
+        message_id: &str,
     ) -> Result<(), Error> {
         let store = RunMarkerStore::new(&self.ssm, &self.config.managed_by, &job.run_id);
-        let epoch = match run_claim::decide_copy(&store.read().await?, Utc::now()) {
-            Claim::Dispatched | Claim::Reported => {
-                info!(run_id = %job.run_id, "copies already final (a duplicate delivery)");
-                return Ok(());
-            }
-            Claim::Held { .. } => return self.requeue(Job::Copy(job.next())).await,
-            Claim::Take { epoch } => epoch,
+        let claim = run_claim::decide_copy(&store.read().await?, Utc::now());
+        if matches!(claim, Claim::Dispatched | Claim::Reported) {
+            info!(run_id = %job.run_id, "copies already final (a duplicate delivery)");
+            return Ok(());
+        }
+        let token = if message_id.is_empty() {
+            store.token.clone()
+        } else {
+            message_id.to_string()
+        };
+        if !store.claim_copy_pass(job.attempt, &token).await? {
+            info!(run_id = %job.run_id, pass = job.attempt, "copy pass already taken by another message");
+            return Ok(());
+        }
+        self.requeue(Job::Copy(job.clone().next())).await?;
+        let Claim::Take { epoch } = claim else {
+            // Another pass is still working; the successor looks again.
+            return Ok(());
         };
         if !store.take_copy_lease(epoch, lease_until).await? {
-            return self.requeue(Job::Copy(job.next())).await;
+            return Ok(());
         }
         let pass = self.copy_pass(&job).await;
         // Given back at once: the next pass, by this message or a duplicate, need not wait.
@@ -195,7 +211,7 @@ impl App {
             return Ok(());
         }
         info!(run_id = %job.run_id, started, limited, pending = plan.pending.values().sum::<usize>(), "copies in progress");
-        self.requeue(Job::Copy(job.next())).await
+        Ok(())
     }
 
     /// Reads the run's snapshots and copies, starts the missing copies; answers the plan, how

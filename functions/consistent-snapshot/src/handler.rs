@@ -230,7 +230,7 @@ impl App {
                 }
             };
             let run_id = envelope.job.run_id().to_string();
-            let step = tokio::time::timeout(left, self.process_job(envelope.job, lease_until));
+            let step = tokio::time::timeout(left, self.process_job(envelope.job, lease_until, &id));
             let failed = match step.await {
                 Ok(Ok(())) => false,
                 Ok(Err(err)) => {
@@ -254,12 +254,19 @@ impl App {
         response
     }
 
-    async fn process_job(&self, job: Job, lease_until: DateTime<Utc>) -> Result<(), Error> {
+    /// `message_id` names the delivery's message: a redelivery of the same message is the
+    /// same step, a different message for the same step is a duplicate.
+    async fn process_job(
+        &self,
+        job: Job,
+        lease_until: DateTime<Utc>,
+        message_id: &str,
+    ) -> Result<(), Error> {
         match job {
             Job::Instance(job) => self.track_instance(job).await,
             Job::Run(job) => self.track_run(job).await,
             Job::Watch(job) => self.watch_run(job, lease_until).await,
-            Job::Copy(job) => self.copy_job(job, lease_until).await,
+            Job::Copy(job) => self.copy_job(job, lease_until, message_id).await,
             Job::Retention(job) => self.retention_job(job).await,
             Job::Restore(job) => self.restore_job(job).await,
             Job::Verify(job) => self.verify_job(job).await,

@@ -29,6 +29,9 @@ const RETAINED: &str = "retained";
 const LEASE: &str = "lease-";
 const COPY_LEASE: &str = "copy-lease-";
 const COPIED: &str = "copied";
+const COPY_PASS: &str = "copy-pass-";
+/// The markers `release` keeps: each says a step of the run is over.
+const KEPT: [&str; 3] = [REPORTED, COPIED, RETAINED];
 
 /// What one marker says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +222,14 @@ impl<'a> RunMarkerStore<'a> {
         Ok(())
     }
 
+    /// Claims pass `pass` of the copy step for the message `message_id`: one message per pass
+    /// goes on, whichever invocations it is delivered to. A redelivery of the same message
+    /// (after its invocation was stopped, or a duplicate) finds its own claim and goes on too.
+    pub async fn claim_copy_pass(&self, pass: u32, message_id: &str) -> Result<bool, Error> {
+        self.create_as(&format!("{COPY_PASS}{pass}"), None, message_id)
+            .await
+    }
+
     /// Marks every copy of the run final; answers whether this invocation was the first to.
     pub async fn mark_copied(&self) -> Result<bool, Error> {
         self.create(COPIED, None).await
@@ -241,15 +252,12 @@ impl<'a> RunMarkerStore<'a> {
         self.create(RETAINED, None).await
     }
 
-    /// Deletes the run's markers once it is over, all but `reported`, which stays so that a
-    /// late duplicate of the schedule or of a message finds the run over.
+    /// Deletes the run's markers once it is over, all but the ones that say a step is over
+    /// (`reported`, `copied`, `retained`): they stay (until `sweep`), so that a late duplicate
+    /// of the schedule or of a message, or the copy step's last queued pass, finds its step
+    /// over and does not start it again.
     pub async fn release(&self, markers: &RunMarkers) -> Result<(), Error> {
-        let names: Vec<String> = markers
-            .names
-            .iter()
-            .filter(|n| !n.ends_with(&format!("/{REPORTED}")))
-            .cloned()
-            .collect();
+        let names = to_release(markers);
         for chunk in names.chunks(10) {
             self.ssm
                 .delete_parameters()
@@ -262,9 +270,20 @@ impl<'a> RunMarkerStore<'a> {
     }
 
     async fn create(&self, leaf: &str, until: Option<DateTime<Utc>>) -> Result<bool, Error> {
+        self.create_as(leaf, until, &self.token).await
+    }
+
+    /// Creates marker `leaf` with `token`; answers whether the marker is `token`'s (created
+    /// now, or earlier by a call whose answer was lost).
+    async fn create_as(
+        &self,
+        leaf: &str,
+        until: Option<DateTime<Utc>>,
+        token: &str,
+    ) -> Result<bool, Error> {
         let name = format!("{}/{leaf}", self.path);
         let value = serde_json::to_string(&MarkerValue {
-            token: self.token.clone(),
+            token: token.to_string(),
             until,
         })
         .unwrap_or_default();
@@ -298,7 +317,7 @@ impl<'a> RunMarkerStore<'a> {
                     .parameter()
                     .and_then(|p| p.value())
                     .and_then(|v| serde_json::from_str::<MarkerValue>(v).ok())
-                    .is_some_and(|v| v.token == self.token);
+                    .is_some_and(|v| v.token == token);
                 Ok(mine)
             }
             Err(err) => Err(aws(
@@ -312,6 +331,19 @@ impl<'a> RunMarkerStore<'a> {
     fn subject(&self) -> String {
         format!("run {} ({})", self.run_id, self.path)
     }
+}
+
+/// The markers a finished run releases: all but those that say a step is over.
+pub fn to_release(markers: &RunMarkers) -> Vec<String> {
+    markers
+        .names
+        .iter()
+        .filter(|n| {
+            let leaf = n.rsplit('/').next().unwrap_or_default();
+            !KEPT.contains(&leaf)
+        })
+        .cloned()
+        .collect()
 }
 
 /// How long a finished run's `reported` marker is kept: far longer than any redelivery.
@@ -360,6 +392,39 @@ pub async fn sweep(
 mod tests {
     use super::*;
     use chrono::Duration;
+
+    #[test]
+    fn a_finished_run_keeps_only_the_markers_that_say_a_step_is_over() {
+        let path = run_path("prod", "r1");
+        let leaves = [
+            "lease-0",
+            "dispatched",
+            "reported",
+            "copy-lease-2",
+            "copy-pass-0",
+            "copy-pass-7",
+            "copied",
+            "retained",
+        ];
+        let names: Vec<String> = leaves.iter().map(|l| format!("{path}/{l}")).collect();
+        let markers = parse_markers(names.iter().map(|n| (n.as_str(), "{}")));
+        let released: Vec<String> = to_release(&markers)
+            .iter()
+            .map(|n| n.rsplit('/').next().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(
+            released,
+            [
+                "lease-0",
+                "dispatched",
+                "copy-lease-2",
+                "copy-pass-0",
+                "copy-pass-7"
+            ]
+        );
+        assert!(markers.copied && markers.reported);
+        assert_eq!(markers.copy_leases.len(), 1, "a pass marker is not a lease");
+    }
 
     fn now() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
