@@ -22,9 +22,11 @@ steers the simulation through plain HTTP under /_sim/ on the same port:
                                     "agent_version": "3.3.40.0",
                                     "outcome": "success"|"vss_failure"|"no_ebs"|"undeliverable",
                                     "lag": 0.2, "duration": 0.3, "delivery_timeout": 2.0}}
-  POST /_sim/ebs        {"pending_seconds": 2.0, "copy_refusals": {"us-west-2": 3}}: new snapshots
-                        and copies stay pending that long; the next N copies into a region
-                        answer ResourceLimitExceeded
+  POST /_sim/ebs        {"pending_seconds": 2.0, "copy_refusals": {"us-west-2": 3},
+                         "volume_seconds": 1.5, "instance_seconds": 1.5}: new snapshots and
+                        copies stay pending that long; the next N copies into a region answer
+                        ResourceLimitExceeded; new volumes stay `creating` (and cannot be
+                        attached) that long; instances stay `stopping`/`pending` that long
   POST /_sim/age        {"region": "us-east-1", "snapshot_ids": ["snap-..."], "hours": 30}: those
                         snapshots were started that many hours earlier (time passing, for RPO)
   GET  /_sim/invocations   every simulated invocation (command id, instance, document, status)
@@ -52,7 +54,8 @@ from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
-from moto.ec2.models.elastic_block_store import EBSBackend
+from moto.ec2.models.elastic_block_store import EBSBackend, Volume
+from moto.ec2.models.instances import Instance
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -112,6 +115,10 @@ class Simulation:
         self.pending_seconds = 0.0
         self.copy_refusals: dict[str, int] = {}
         self.pending: list[tuple[float, Any]] = []
+        self.volume_seconds = 0.0
+        self.instance_seconds = 0.0
+        self.creating: dict[str, float] = {}
+        self.transitions: list[tuple[float, Any, str, int]] = []
 
     def reset(self) -> None:
         with self.lock:
@@ -120,13 +127,19 @@ class Simulation:
             self.pending_seconds = 0.0
             self.copy_refusals.clear()
             self.pending.clear()
+            self.volume_seconds = self.instance_seconds = 0.0
+            self.creating.clear()
+            self.transitions.clear()
 
     def configure_ebs(self, spec: dict[str, Any]) -> None:
         with self.lock:
+            known = ("pending_seconds", "copy_refusals", "volume_seconds", "instance_seconds")
             for key in spec:
-                if key not in ("pending_seconds", "copy_refusals"):
+                if key not in known:
                     raise ValueError(f"unknown EBS simulation field {key!r}")
             self.pending_seconds = float(spec.get("pending_seconds", self.pending_seconds))
+            self.volume_seconds = float(spec.get("volume_seconds", self.volume_seconds))
+            self.instance_seconds = float(spec.get("instance_seconds", self.instance_seconds))
             self.copy_refusals.update({k: int(v) for k, v in spec.get("copy_refusals", {}).items()})
 
     def new_snapshot(self, snapshot: Any) -> None:
@@ -135,6 +148,31 @@ class Simulation:
             if self.pending_seconds > 0:
                 snapshot.status = "pending"
                 self.pending.append((time.monotonic() + self.pending_seconds, snapshot))
+
+    def new_volume(self, volume_id: str) -> None:
+        """A volume just created: `creating` for a while, as EBS keeps it."""
+        with self.lock:
+            if self.volume_seconds > 0:
+                self.creating[volume_id] = time.monotonic() + self.volume_seconds
+
+    def is_creating(self, volume_id: str) -> bool:
+        with self.lock:
+            due = self.creating.get(volume_id)
+            if due is None:
+                return False
+            if time.monotonic() >= due:
+                del self.creating[volume_id]
+                return False
+            return True
+
+    def transition(self, instance: Any, passing: tuple[str, int], final: tuple[str, int]) -> None:
+        """An instance that was just stopped or started: in `passing` for a while, then `final`."""
+        with self.lock:
+            if self.instance_seconds > 0:
+                instance._state.name, instance._state.code = passing
+                self.transitions.append(
+                    (time.monotonic() + self.instance_seconds, instance, *final)
+                )
 
     def refuse_copy(self, region: str) -> bool:
         with self.lock:
@@ -189,6 +227,13 @@ class Simulation:
                 else:
                     still.append((due, snapshot))
             self.pending = still
+            moving = []
+            for due, instance, name, code in self.transitions:
+                if due <= now:
+                    instance._state.name, instance._state.code = name, code
+                else:
+                    moving.append((due, instance, name, code))
+            self.transitions = moving
             for inv in self.invocations.values():
                 if inv.status in FINAL:
                     continue
@@ -593,6 +638,53 @@ def _copy_snapshot(self: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 EBSBackend.copy_snapshot = _copy_snapshot
+
+_original_create_volume = EBSBackend.create_volume
+_original_attach_volume = EBSBackend.attach_volume
+_original_volume_status = Volume.status
+
+
+def _create_volume(self: Any, *args: Any, **kwargs: Any) -> Any:
+    volume = _original_create_volume(self, *args, **kwargs)
+    SIM.new_volume(volume.id)
+    return volume
+
+
+def _attach_volume(self: Any, volume_id: str, *args: Any, **kwargs: Any) -> Any:
+    # EBS refuses to attach a volume that is still being created.
+    if SIM.is_creating(volume_id):
+        raise EC2ClientError("IncorrectState", f"Volume '{volume_id}' is not 'available'.")
+    return _original_attach_volume(self, volume_id, *args, **kwargs)
+
+
+def _volume_status(self: Any) -> str:
+    if SIM.is_creating(self.id):
+        return "creating"
+    return _original_volume_status.fget(self)
+
+
+EBSBackend.create_volume = _create_volume
+EBSBackend.attach_volume = _attach_volume
+Volume.status = property(_volume_status)
+
+_original_stop = Instance.stop
+_original_start = Instance.start
+
+
+def _stop(self: Any) -> Any:
+    previous = _original_stop(self)
+    SIM.transition(self, ("stopping", 64), ("stopped", 80))
+    return previous
+
+
+def _start(self: Any) -> Any:
+    previous = _original_start(self)
+    SIM.transition(self, ("pending", 0), ("running", 16))
+    return previous
+
+
+Instance.stop = _stop
+Instance.start = _start
 
 
 class QuietHandler(MotoRequestHandler):

@@ -219,7 +219,11 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
     .to_string();
     assert!(refused.contains("own zone"), "{refused}");
 
-    // replace: sql01 on its three restored volumes, the old ones kept.
+    // replace: sql01 on its three restored volumes, the old ones kept. EBS takes 1.5 s to make
+    // a volume and the instance as long to stop or start: every wait goes through the queue.
+    emulator
+        .simulate_ebs(json!({"volume_seconds": 1.5, "instance_seconds": 1.5}))
+        .expect("slow EBS");
     let set = set_of(&emulator, sql, &run_id).await;
     assert_eq!(set.len(), 3);
     let (_, before) = instance(&emulator, sql).await;
@@ -230,6 +234,15 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
     .await
     .expect("replace");
     assert_eq!(answer["run_id"], json!(run_id));
+    assert_eq!(answer["status"], json!("in_progress"), "{answer}");
+    assert!(answer["waiting_for"]
+        .as_str()
+        .is_some_and(|w| w.contains("to be created")));
+    assert_eq!(
+        instance(&emulator, sql).await,
+        ("running".to_string(), before.clone()),
+        "nothing is stopped before the new volumes exist"
+    );
     drain(&emulator, &app, &queue, 10, Duration::from_secs(60))
         .await
         .expect("drain");
@@ -298,6 +311,9 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
     );
 
     // A replace stopped right after its first DetachVolume, then called again.
+    emulator
+        .simulate_ebs(json!({"volume_seconds": 0, "instance_seconds": 0}))
+        .expect("fast EBS");
     let chaos = Chaos::new(&emulator, &queue, &[], calm()).expect("chaos");
     let app_set = set_of(&emulator, app_server, &run_id).await;
     let (_, app_before) = instance(&emulator, app_server).await;
@@ -323,6 +339,9 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
     assert_replaced(&emulator, app_server, &app_set, &app_before, &answer).await;
 
     // verify: two instances restorable, one with no consistent set; nothing left behind.
+    emulator
+        .simulate_ebs(json!({"volume_seconds": 1.5}))
+        .expect("slow EBS");
     let answer = invoke(
         &app,
         json!({"action": "verify", "instance_ids": [sql, web, files]}),
@@ -349,7 +368,12 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
         .collect();
     assert_eq!(by_instance[sql.as_str()]["restorable"], json!(true));
     assert_eq!(by_instance[sql.as_str()]["volumes"], json!(3));
-    assert!(by_instance[web.as_str()]["seconds"].is_i64());
+    assert!(
+        by_instance[web.as_str()]["seconds"]
+            .as_i64()
+            .is_some_and(|s| s >= 1),
+        "the wait for EBS is measured: {results}"
+    );
     assert_eq!(by_instance[files.as_str()]["restorable"], json!(false));
     assert!(by_instance[files.as_str()]["error"]
         .as_str()
