@@ -548,6 +548,23 @@ pub async fn drain(
     }
 }
 
+/// A nightly run end to end: the scheduled event for `time`, then the queue to the end;
+/// answers the run id.
+pub async fn nightly_run(
+    emulator: &Emulator,
+    app: &App,
+    queue_url: &str,
+    time: &str,
+) -> Result<String> {
+    let start = invoke(app, scheduled_event("nightly", time)).await?;
+    let run_id = start["run_id"]
+        .as_str()
+        .ok_or_else(|| format!("no run id in {start}"))?
+        .to_string();
+    drain(emulator, app, queue_url, 10, Duration::from_secs(120)).await?;
+    Ok(run_id)
+}
+
 /// Receives up to `batch_size` messages with every system attribute, as the event source
 /// mapping does.
 pub async fn receive(

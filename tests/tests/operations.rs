@@ -3,11 +3,9 @@
 //! outcome, the notification of a run that needs attention, and every action's JSON answer.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use harness::{
-    drain, invoke, receive, scheduled_event, seed, snapshot_tag, Emulator, Logs, Metrics,
-    ServerSpec, REGION,
+    invoke, nightly_run, receive, seed, snapshot_tag, Emulator, Logs, Metrics, ServerSpec, REGION,
 };
 use serde_json::{json, Value};
 
@@ -113,13 +111,9 @@ async fn report_metrics_and_notification_tell_an_operator_what_needs_attention()
     );
 
     // The nightly run.
-    let start = invoke(&app, scheduled_event("nightly", "2026-11-23T02:00:00Z"))
+    let run_id = nightly_run(&emulator, &app, &queue, "2026-11-23T02:00:00Z")
         .await
-        .expect("run");
-    let run_id = start["run_id"].as_str().expect("run id").to_string();
-    drain(&emulator, &app, &queue, 10, Duration::from_secs(120))
-        .await
-        .expect("drain");
+        .expect("the nightly run");
     let report = logs.run_report(&run_id).expect("the run's summary");
 
     // The run's metrics are the run's outcome.

@@ -6,10 +6,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{Filter, Volume};
+use aws_sdk_ec2::types::Volume;
 use harness::chaos::{Chaos, ChaosOptions, Ended};
 use harness::faults::Stop;
-use harness::{drain, invoke, scheduled_event, seed, Emulator, Logs, Metrics, ServerSpec};
+use harness::{
+    drain, invoke, nightly_run, run_snapshots, seed, snapshot_tag, Emulator, Logs, Metrics,
+    ServerSpec,
+};
 use serde_json::{json, Value};
 
 fn calm() -> ChaosOptions {
@@ -76,33 +79,16 @@ async fn instance(emulator: &Emulator, id: &str) -> (String, BTreeMap<String, St
 
 /// The set's snapshot of each device, from EC2.
 async fn set_of(emulator: &Emulator, instance_id: &str, run_id: &str) -> BTreeMap<String, String> {
-    let out = emulator
-        .ec2()
-        .describe_snapshots()
-        .filters(
-            Filter::builder()
-                .name("tag:ConsistentSnapshot:InstanceId")
-                .values(instance_id)
-                .build(),
-        )
-        .filters(
-            Filter::builder()
-                .name("tag:ConsistentSnapshot:RunId")
-                .values(run_id)
-                .build(),
-        )
-        .send()
+    run_snapshots(emulator, run_id)
         .await
-        .expect("DescribeSnapshots");
-    out.snapshots()
+        .expect("DescribeSnapshots")
         .iter()
+        .filter(|s| snapshot_tag(s, "ConsistentSnapshot:InstanceId") == Some(instance_id))
         .filter_map(|s| {
-            let device = s
-                .tags()
-                .iter()
-                .find(|t| t.key() == Some("Device"))?
-                .value()?;
-            Some((device.to_string(), s.snapshot_id()?.to_string()))
+            Some((
+                snapshot_tag(s, "Device")?.to_string(),
+                s.snapshot_id()?.to_string(),
+            ))
         })
         .collect()
 }
@@ -181,13 +167,9 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
     let (sql, web, app_server, files) = (&ids[0], &ids[1], &ids[2], &ids[3]);
     let metrics = Metrics::default();
     let app = metrics.attach(emulator.app(&queue, &[]).expect("app"));
-    let start = invoke(&app, scheduled_event("nightly", "2026-11-23T02:00:00Z"))
+    let run_id = nightly_run(&emulator, &app, &queue, "2026-11-23T02:00:00Z")
         .await
-        .expect("run");
-    let run_id = start["run_id"].as_str().expect("run id").to_string();
-    drain(&emulator, &app, &queue, 10, Duration::from_secs(120))
-        .await
-        .expect("drain");
+        .expect("the nightly run");
 
     // A crash-consistent set is refused unless asked for by name and allowed.
     let refused = invoke(
