@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use crate::faults::{Endpoint, FaultProxy, Stop};
 use crate::{
     batch_failures, deadline_in, queue_arn, queue_is_empty, receive, sqs_records, Drained,
-    Emulator, Result, FUNCTION_TIMEOUT,
+    Emulator, Metrics, Result, FUNCTION_TIMEOUT,
 };
 
 /// How hostile the world is.
@@ -65,6 +65,7 @@ pub struct Chaos<'a> {
     options: ChaosOptions,
     rng: Mutex<fastrand::Rng>,
     log: Mutex<ChaosLog>,
+    metrics: Option<Metrics>,
 }
 
 impl<'a> Chaos<'a> {
@@ -85,7 +86,14 @@ impl<'a> Chaos<'a> {
                 options.seed ^ 0x9e37_79b9_7f4a_7c15,
             )),
             log: Mutex::new(ChaosLog::default()),
+            metrics: None,
         })
+    }
+
+    /// Every invocation's EMF lines go to `metrics`.
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.metrics = Some(metrics.clone());
+        self
     }
 
     pub fn log(&self) -> ChaosLog {
@@ -117,7 +125,11 @@ impl<'a> Chaos<'a> {
                     .with_max_backoff(Duration::from_millis(200)),
             )
             .build();
-        App::new(self.config.clone(), &sdk).with_metrics_out(MetricsOut::to(|_| {}))
+        let app = App::new(self.config.clone(), &sdk);
+        match &self.metrics {
+            Some(metrics) => metrics.attach(app),
+            None => app.with_metrics_out(MetricsOut::to(|_| {})),
+        }
     }
 
     /// One invocation: maybe stopped at a random AWS call, always stopped at its timeout.

@@ -320,26 +320,38 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
         .expect("drain");
     assert_replaced(&emulator, app_server, &app_set, &app_before, &answer).await;
 
-    // verify: two instances restorable, one with no consistent set; nothing left behind.
+    // verify: two instances restorable, one with no consistent set; nothing left behind. Every
+    // message is delivered twice at once: one report all the same.
     emulator
         .simulate_ebs(json!({"volume_seconds": 1.5}))
         .expect("slow EBS");
-    let answer = invoke(
-        &app,
-        json!({"action": "verify", "instance_ids": [sql, web, files]}),
-    )
-    .await
-    .expect("verify");
+    let twice = ChaosOptions {
+        duplicate_messages: true,
+        ..calm()
+    };
+    let chaos = Chaos::new(&emulator, &queue, &[], twice)
+        .expect("chaos")
+        .with_metrics(&metrics);
+    let Ended::Answered(answer) = chaos
+        .invoke(json!({"action": "verify", "instance_ids": [sql, web, files]}))
+        .await
+        .expect("verify")
+    else {
+        panic!("verify must answer");
+    };
     assert_eq!(answer["status"], json!("in_progress"));
-    drain(&emulator, &app, &queue, 10, Duration::from_secs(60))
+    chaos
+        .drain(10, Duration::from_secs(60))
         .await
         .expect("drain");
     let verify_id = answer["verify_id"].as_str().expect("verify id");
-    let line = logs
+    let reports: Vec<Value> = logs
         .records()
         .into_iter()
-        .find(|r| r["verify_id"] == verify_id && r.get("verify").is_some())
-        .expect("the verification's report");
+        .filter(|r| r["verify_id"] == verify_id && r.get("verify").is_some())
+        .collect();
+    assert_eq!(reports.len(), 1, "one report per verification");
+    let line = &reports[0];
     let results: Value =
         serde_json::from_str(line["verify"].as_str().unwrap_or_default()).expect("JSON");
     let by_instance: BTreeMap<&str, &Value> = results

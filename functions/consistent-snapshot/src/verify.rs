@@ -16,6 +16,7 @@ use crate::handler::App;
 use crate::job::{Envelope, Job, RestoreJob, VerifyItem, VerifyJob};
 use crate::restore::{restore_id, volume_specs, TAG_PURPOSE};
 use crate::restore_aws::latest_consistent;
+use crate::run_claim::RunMarkerStore;
 
 /// How long a verification may wait for its volumes.
 const VERIFY_HOURS: i64 = 2;
@@ -63,7 +64,8 @@ impl App {
                 sample(&ids, n, &now.format("%Y-%m-%d").to_string())
             }
         };
-        let verify_id = format!("verify-{}", now.format("%Y%m%dT%H%M%SZ"));
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let verify_id = format!("verify-{}-{}", now.format("%Y%m%dT%H%M%SZ"), &suffix[..8]);
         let mut items = Vec::new();
         for instance_id in &ids {
             items.push(self.start_verify(&verify_id, instance_id).await?);
@@ -172,35 +174,6 @@ impl App {
                     error = Some(format!("volume {} is {}", v.volume_id, v.state));
                 }
             }
-            // Only this verification's own volumes, and only when nothing attached them.
-            for volume in volumes.values().filter(|v| {
-                v.tags.get(TAG_PURPOSE).map(String::as_str) == Some("verify")
-                    && v.attachment.is_none()
-            }) {
-                match self
-                    .ec2
-                    .delete_volume()
-                    .volume_id(&volume.volume_id)
-                    .send()
-                    .await
-                {
-                    Ok(_) => {
-                        info!(verify_id = %job.verify_id, volume_id = %volume.volume_id, "verification volume deleted")
-                    }
-                    Err(e) => {
-                        let code = e.as_service_error().and_then(|s| {
-                            aws_sdk_ec2::error::ProvideErrorMetadata::code(s).map(str::to_string)
-                        });
-                        if code.as_deref() != Some("InvalidVolume.NotFound") {
-                            return Err(aws(
-                                "DeleteVolume",
-                                format!("{} ({})", volume.volume_id, job.verify_id),
-                                e,
-                            ));
-                        }
-                    }
-                }
-            }
             results.push(Verified {
                 instance_id: item.instance_id.clone(),
                 name: item.name.clone(),
@@ -210,6 +183,50 @@ impl App {
                 seconds: error.is_none().then_some(seconds),
                 error,
             });
+        }
+        // The report is claimed before any volume is deleted: a duplicate delivery that looks
+        // after a deletion began finds the claim taken, and its (wrong) view is never reported.
+        let store = RunMarkerStore::new(&self.ssm, &self.config.managed_by, &job.verify_id);
+        let reports = store.mark_reported().await?;
+        // Every delivery cleans up: only this verification's own volumes, never an attached one.
+        // A deletion that fails is reported and tried again by the message's next delivery.
+        let mut not_deleted = Vec::new();
+        for volume in looked.iter().flat_map(|v| v.values()).filter(|v| {
+            v.tags.get(TAG_PURPOSE).map(String::as_str) == Some("verify") && v.attachment.is_none()
+        }) {
+            match self
+                .ec2
+                .delete_volume()
+                .volume_id(&volume.volume_id)
+                .send()
+                .await
+            {
+                Ok(_) => {
+                    info!(verify_id = %job.verify_id, volume_id = %volume.volume_id, "verification volume deleted")
+                }
+                Err(e) => {
+                    let code = e.as_service_error().and_then(|s| {
+                        aws_sdk_ec2::error::ProvideErrorMetadata::code(s).map(str::to_string)
+                    });
+                    if code.as_deref() != Some("InvalidVolume.NotFound") {
+                        let err = aws(
+                            "DeleteVolume",
+                            format!("{} ({})", volume.volume_id, job.verify_id),
+                            e,
+                        );
+                        warn!(verify_id = %job.verify_id, error = %err, "verification volume not deleted");
+                        not_deleted.push(err);
+                    }
+                }
+            }
+        }
+        let cleanup = match not_deleted.into_iter().next() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        };
+        if !reports {
+            info!(verify_id = %job.verify_id, "the verification's report is already written (a duplicate delivery)");
+            return cleanup;
         }
         let restorable = results.iter().filter(|r| r.restorable).count();
         let failed = results.len() - restorable;
@@ -223,16 +240,17 @@ impl App {
         );
         let text = serde_json::to_string(&results).unwrap_or_default();
         let line = format!(
-            "verify {}: {restorable} of {} instances restorable, volumes ready within {seconds} s, all deleted",
+            "verify {}: {restorable} of {} instances restorable, volumes ready within {seconds} s, {}",
             job.verify_id,
-            results.len()
+            results.len(),
+            if cleanup.is_ok() { "all deleted" } else { "some not deleted yet (tried again)" }
         );
-        if failed == 0 {
+        if failed == 0 && cleanup.is_ok() {
             info!(verify_id = %job.verify_id, verify = %text, "{line}");
         } else {
             warn!(verify_id = %job.verify_id, verify = %text, "{line}");
         }
-        Ok(())
+        cleanup
     }
 }
 
