@@ -209,12 +209,13 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
     let set = set_of(&emulator, sql, &run_id).await;
     assert_eq!(set.len(), 3);
     let (_, before) = instance(&emulator, sql).await;
-    let answer = invoke(
-        &app,
-        json!({"action": "restore", "instance_id": sql, "run_id": "latest", "mode": "replace"}),
-    )
-    .await
-    .expect("replace");
+    // Windows does not come back at first: the SSM agent stays offline after the start.
+    emulator
+        .simulate(json!({ sql.as_str(): {"ssm": "offline"} }))
+        .expect("agent offline");
+    let request =
+        json!({"action": "restore", "instance_id": sql, "run_id": "latest", "mode": "replace"});
+    let answer = invoke(&app, request.clone()).await.expect("replace");
     assert_eq!(answer["run_id"], json!(run_id));
     assert_eq!(answer["status"], json!("in_progress"), "{answer}");
     assert!(answer["waiting_for"]
@@ -225,6 +226,19 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
         ("running".to_string(), before.clone()),
         "nothing is stopped before the new volumes exist"
     );
+    let waiting = drain(&emulator, &app, &queue, 10, Duration::from_secs(25))
+        .await
+        .expect_err("the restore waits for the agent");
+    assert!(waiting.to_string().contains("not drained"), "{waiting}");
+    let status = invoke(&app, request.clone()).await.expect("status");
+    assert_eq!(status["status"], json!("in_progress"), "{status}");
+    assert_eq!(
+        status["waiting_for"],
+        json!("Windows to be back: the SSM agent is ConnectionLost")
+    );
+    emulator
+        .simulate(json!({ sql.as_str(): {"ssm": "online"} }))
+        .expect("agent online");
     drain(&emulator, &app, &queue, 10, Duration::from_secs(60))
         .await
         .expect("drain");

@@ -207,6 +207,9 @@ pub struct ReplaceView {
     /// `pending`, `running`, `stopping`, `stopped`…
     pub instance_state: String,
     pub devices: Vec<DeviceView>,
+    /// The SSM agent's ping status (`None`: not registered): a replace is done when Windows
+    /// is back, not when EC2 says running.
+    pub agent: Option<String>,
 }
 
 /// The one next step of a `replace` (or of its rollback).
@@ -293,7 +296,13 @@ pub fn replace_step(view: &ReplaceView, rollback: bool) -> Step {
     let state = view.instance_state.as_str();
     if view.devices.iter().all(in_place) {
         return match state {
-            "running" => Step::Done,
+            "running" if view.agent.as_deref() == Some("Online") => Step::Done,
+            "running" => Step::Wait {
+                for_what: format!(
+                    "Windows to be back: the SSM agent is {}",
+                    view.agent.as_deref().unwrap_or("not registered")
+                ),
+            },
             "stopped" => Step::Start,
             other => Step::Wait {
                 for_what: format!("the instance to be running (it is {other})"),
@@ -482,7 +491,33 @@ mod tests {
             instance_id: "i-1".into(),
             instance_state: state.into(),
             devices,
+            agent: Some("Online".into()),
         }
+    }
+
+    #[test]
+    fn a_replace_is_done_when_the_agent_is_back() {
+        let swapped = || {
+            vec![device(
+                "/dev/sda1",
+                Some(volume("new", "in-use")),
+                Some(("new", "attached")),
+            )]
+        };
+        let mut v = view("running", swapped());
+        v.agent = Some("ConnectionLost".into());
+        assert_eq!(
+            replace_step(&v, false),
+            Step::Wait {
+                for_what: "Windows to be back: the SSM agent is ConnectionLost".into()
+            }
+        );
+        v.agent = None;
+        assert!(
+            matches!(replace_step(&v, false), Step::Wait { for_what } if for_what.contains("not registered"))
+        );
+        v.agent = Some("Online".into());
+        assert_eq!(replace_step(&v, false), Step::Done);
     }
 
     #[test]

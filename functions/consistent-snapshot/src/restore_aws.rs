@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::dispatch::{TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RUN_ID};
 use crate::error::{aws, Error};
 use crate::event::{fnv1a32, RestoreMode, RestoreRequest};
-use crate::fleet::tag_map;
+use crate::fleet::{self, tag_map};
 use crate::handler::{to_json, App};
 use crate::job::{Job, RestoreJob};
 use crate::restore::{
@@ -161,11 +161,11 @@ impl App {
         let (status, waiting_for, error) = match &last {
             Step::Done => ("done", None, None),
             Step::Fail { why } => ("failed", None, Some(why.clone())),
-            Step::Wait { .. } if past_deadline => (
+            Step::Wait { for_what } if past_deadline => (
                 "failed",
                 None,
                 Some(format!(
-                    "not done after {RESTORE_HOURS} h; call again to resume"
+                    "not done after {RESTORE_HOURS} h, still waiting for {for_what}; call again to resume"
                 )),
             ),
             Step::Wait { for_what } => ("in_progress", Some(for_what.clone()), None),
@@ -233,9 +233,14 @@ impl App {
         } else {
             restored
         };
+        let agent = fleet::agents(&self.ssm, std::slice::from_ref(&job.instance_id))
+            .await?
+            .remove(&job.instance_id)
+            .map(|a| a.ping_status);
         let view = ReplaceView {
             instance_id: job.instance_id.clone(),
             instance_state: instance.state.clone(),
+            agent,
             devices: job
                 .set
                 .snapshots
