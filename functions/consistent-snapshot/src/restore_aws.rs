@@ -19,8 +19,8 @@ use crate::fleet::{self, tag_map};
 use crate::handler::{to_json, App};
 use crate::job::{Job, RestoreJob};
 use crate::restore::{
-    choose_set, replace_step, restore_id, volume_specs, ChosenSet, DeviceView, ReplaceView,
-    SourceSnapshot, Step, VolumeFacts, VolumeSpec, TAG_DETACHED_FROM, TAG_PURPOSE, TAG_REPLACED_BY,
+    choose_set, replace_step, restore_id, volume_specs, DeviceView, ReplaceView, SourceSnapshot,
+    Step, VolumeFacts, VolumeSpec, TAG_DETACHED_FROM, TAG_PURPOSE, TAG_REPLACED_BY,
     TAG_RESTORED_FROM, TAG_RESTORE_ID,
 };
 use crate::track;
@@ -675,9 +675,4 @@ fn filter_values(name: &str, values: Vec<String>) -> Filter {
         .name(name)
         .set_values(Some(values))
         .build()
-}
-
-/// Used by `verify`: the set a verification restores, chosen as `latest` is.
-pub(crate) fn latest_consistent(snapshots: &[SourceSnapshot]) -> Result<ChosenSet, String> {
-    choose_set(snapshots, "latest", false)
 }

@@ -14,8 +14,7 @@ use crate::event::{fnv1a32, RestoreMode, VerifyRequest};
 use crate::fleet;
 use crate::handler::App;
 use crate::job::{Envelope, Job, RestoreJob, VerifyItem, VerifyJob};
-use crate::restore::{restore_id, volume_specs, TAG_PURPOSE};
-use crate::restore_aws::latest_consistent;
+use crate::restore::{choose_set, restore_id, volume_specs, TAG_PURPOSE};
 use crate::run_claim::RunMarkerStore;
 
 /// How long a verification may wait for its volumes.
@@ -101,7 +100,11 @@ impl App {
             return Ok(item);
         };
         item.name = instance.name.clone();
-        let set = match latest_consistent(&self.instance_snapshots(instance_id).await?) {
+        let set = match choose_set(
+            &self.instance_snapshots(instance_id).await?,
+            "latest",
+            false,
+        ) {
             Ok(set) => set,
             Err(why) => {
                 item.error = Some(why);
