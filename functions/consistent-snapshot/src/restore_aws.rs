@@ -147,10 +147,16 @@ impl App {
         let mut last = Step::Wait {
             for_what: "a first look".into(),
         };
+        // The restore's volumes as last seen, while no step has changed them since.
+        let mut seen = None;
         for _ in 0..STEPS_PER_PASS {
-            last = self.next_step(&job).await?;
+            let (step, restored) = self.next_step(&job).await?;
+            last = step;
             match &last {
-                Step::Done | Step::Fail { .. } | Step::Wait { .. } => break,
+                Step::Done | Step::Fail { .. } | Step::Wait { .. } => {
+                    seen = Some(restored);
+                    break;
+                }
                 step => {
                     self.carry_out(&job, step).await?;
                     steps.push(step.clone());
@@ -172,7 +178,7 @@ impl App {
             _ => ("in_progress", Some("the next pass".to_string()), None),
         };
         let report = self
-            .restore_status(&job, status, waiting_for, error, steps)
+            .restore_status(&job, status, waiting_for, error, steps, seen)
             .await?;
         if report.status == "in_progress" {
             self.requeue(Job::Restore(RestoreJob {
@@ -191,38 +197,27 @@ impl App {
         Ok(report)
     }
 
-    /// Looks at EC2 and names the next step.
-    async fn next_step(&self, job: &RestoreJob) -> Result<Step, Error> {
+    /// Looks at EC2 and names the next step; answers the restore's volumes it saw, by device.
+    async fn next_step(
+        &self,
+        job: &RestoreJob,
+    ) -> Result<(Step, BTreeMap<String, VolumeFacts>), Error> {
         let restored = self.restored_volumes(&job.restore_id).await?;
-        if job.mode == RestoreMode::Volumes {
-            let missing: Vec<String> = job
-                .set
-                .snapshots
-                .iter()
-                .filter(|s| !restored.contains_key(&s.device))
-                .map(|s| s.device.clone())
-                .collect();
-            if !missing.is_empty() {
-                return Ok(Step::Create { devices: missing });
-            }
-            if let Some(v) = restored.values().find(|v| v.state == "error") {
-                return Ok(Step::Fail {
-                    why: format!("volume {} failed to create", v.volume_id),
-                });
-            }
-            let creating: Vec<&str> = restored
-                .values()
-                .filter(|v| v.state == "creating")
-                .map(|v| v.volume_id.as_str())
-                .collect();
-            return Ok(if creating.is_empty() {
-                Step::Done
-            } else {
-                Step::Wait {
-                    for_what: format!("volume(s) {} to be created", creating.join(", ")),
-                }
-            });
-        }
+        let step = if job.mode == RestoreMode::Volumes {
+            volumes_step(job, &restored)
+        } else {
+            self.replace_next_step(job, &restored).await?
+        };
+        Ok((step, restored))
+    }
+
+    /// The next step of a `replace` (or its rollback), from the instance, its agent and the
+    /// volumes.
+    async fn replace_next_step(
+        &self,
+        job: &RestoreJob,
+        restored: &BTreeMap<String, VolumeFacts>,
+    ) -> Result<Step, Error> {
         let instance = self
             .instance_view(&job.instance_id)
             .await?
@@ -231,7 +226,7 @@ impl App {
             self.replaced_volumes(&job.restore_id, &job.instance_id)
                 .await?
         } else {
-            restored
+            restored.clone()
         };
         let agent = fleet::agents(&self.ssm, std::slice::from_ref(&job.instance_id))
             .await?
@@ -401,8 +396,12 @@ impl App {
         waiting_for: Option<String>,
         error: Option<String>,
         steps: Vec<Step>,
+        seen: Option<BTreeMap<String, VolumeFacts>>,
     ) -> Result<RestoreStatus, Error> {
-        let restored = self.restored_volumes(&job.restore_id).await?;
+        let restored = match seen {
+            Some(restored) => restored,
+            None => self.restored_volumes(&job.restore_id).await?,
+        };
         let volumes = job
             .set
             .snapshots
@@ -659,6 +658,38 @@ impl App {
             }
         }
         Ok(found)
+    }
+}
+
+/// The next step of a `volumes` restore: create what is missing, then wait until EBS has made
+/// every volume.
+fn volumes_step(job: &RestoreJob, restored: &BTreeMap<String, VolumeFacts>) -> Step {
+    let missing: Vec<String> = job
+        .set
+        .snapshots
+        .iter()
+        .filter(|s| !restored.contains_key(&s.device))
+        .map(|s| s.device.clone())
+        .collect();
+    if !missing.is_empty() {
+        return Step::Create { devices: missing };
+    }
+    if let Some(v) = restored.values().find(|v| v.state == "error") {
+        return Step::Fail {
+            why: format!("volume {} failed to create", v.volume_id),
+        };
+    }
+    let creating: Vec<&str> = restored
+        .values()
+        .filter(|v| v.state == "creating")
+        .map(|v| v.volume_id.as_str())
+        .collect();
+    if creating.is_empty() {
+        Step::Done
+    } else {
+        Step::Wait {
+            for_what: format!("volume(s) {} to be created", creating.join(", ")),
+        }
     }
 }
 

@@ -35,6 +35,14 @@ pub struct RetentionOutcome {
 }
 
 impl RetentionOutcome {
+    /// The metrics of an applied retention: snapshots deleted, and planned but kept.
+    pub fn metric_counts(&self) -> [(&'static str, usize); 2] {
+        [
+            ("SnapshotsDeleted", self.deleted.len()),
+            ("DeletionsHeldBack", self.kept.len()),
+        ]
+    }
+
     pub fn summary_line(&self) -> String {
         let planned: usize = self.plans.iter().map(RegionPlan::snapshots_to_delete).sum();
         let sets: usize = self
@@ -229,13 +237,7 @@ impl App {
         let plans = self.plan_retention().await?;
         let outcome = self.apply_retention(plans, dry_run).await;
         if !dry_run {
-            self.emit_metrics(
-                &[
-                    ("SnapshotsDeleted", outcome.deleted.len()),
-                    ("DeletionsHeldBack", outcome.kept.len()),
-                ],
-                &[("Event", "retention")],
-            );
+            self.emit_metrics(&outcome.metric_counts(), &[("Event", "retention")]);
         }
         info!(dry_run, "{}", outcome.summary_line());
         Ok(to_json(&outcome))
@@ -256,10 +258,7 @@ impl App {
         let store = RunMarkerStore::new(&self.ssm, &self.config.managed_by, &job.run_id);
         if store.mark_retained().await? {
             self.emit_metrics(
-                &[
-                    ("SnapshotsDeleted", outcome.deleted.len()),
-                    ("DeletionsHeldBack", outcome.kept.len()),
-                ],
+                &outcome.metric_counts(),
                 &[("RunId", &job.run_id), ("Event", "retention")],
             );
             let summary = serde_json::to_string(&outcome).unwrap_or_default();
