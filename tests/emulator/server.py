@@ -12,6 +12,11 @@ behaves like AWS where this project depends on it:
   does not implement, answer from the simulated agents; ListCommands gets the filters, paging
   and per-command status moto leaves out.
 * PutParameter without Overwrite is made atomic, as it is in AWS.
+* DescribeSnapshots honours MaxResults and NextToken (moto answers everything in one page), and
+  a DescribeInstances page holds at most MaxResults instances (moto counts reservations), so a
+  paginated read costs the calls, and holds the memory, that it does against AWS.
+* A resource's tags are looked up by its id (moto scans every tag of the region for each
+  resource, which makes a tag-filtered describe quadratic: minutes with 100,000 snapshots).
 * moto's SendCommand sends to every instance when `Targets` is empty; here it sends to exactly
   the given InstanceIds, as AWS does.
 
@@ -29,6 +34,11 @@ steers the simulation through plain HTTP under /_sim/ on the same port:
                         attached) that long; instances stay `stopping`/`pending` that long
   POST /_sim/age        {"region": "us-east-1", "snapshot_ids": ["snap-..."], "hours": 30}: those
                         snapshots were started that many hours earlier (time passing, for RPO)
+  POST /_sim/history    {"region", "managed_by", "instance_ids", "sets", "hours_apart",
+                         "newest_hours", "copy_region"?}: earlier nightly runs' consistent sets
+                        of these instances (one snapshot per attached volume, tagged as the
+                        function tags them; copies in copy_region), the newest `newest_hours`
+                        old; answers how many snapshots it made
   GET  /_sim/invocations   every simulated invocation (command id, instance, document, status)
   POST /_sim/reset         forget the simulation (moto's own state: POST /moto-api/reset)
 
@@ -55,7 +65,11 @@ from moto.ec2.exceptions import EC2ClientError
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.elastic_block_store import EBSBackend, Volume
+from moto.ec2.models.core import TaggedEC2Resource
 from moto.ec2.models.instances import Instance
+from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, get_prefix
+from moto.ec2.responses.elastic_block_store import ElasticBlockStore
+from moto.ec2.responses.instances import InstanceResponse
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -687,6 +701,121 @@ Instance.stop = _stop
 Instance.start = _start
 
 
+def _describe_snapshots(self: Any) -> ActionResult:
+    """DescribeSnapshots with AWS's paging: MaxResults 5-1000 (not with SnapshotIds), NextToken."""
+    filters = self._filters_from_querystring()
+    snapshot_ids = self._get_param("SnapshotIds", [])
+    max_results = self._get_param("MaxResults")
+    token = self._get_param("NextToken")
+    if max_results is not None:
+        if snapshot_ids:
+            raise EC2ClientError(
+                "InvalidParameterCombination", "MaxResults cannot be used with SnapshotIds"
+            )
+        if not 5 <= int(max_results) <= 1000:
+            raise EC2ClientError("InvalidParameterValue", "MaxResults must be between 5 and 1000")
+    snapshots = self.ec2_backend.describe_snapshots(snapshot_ids=snapshot_ids, filters=filters)
+    if max_results is None and not token:
+        return ActionResult({"Snapshots": snapshots})
+    # Ordered by id, the token being the last id answered: stable while snapshots come and go.
+    snapshots = sorted(snapshots, key=lambda snap: snap.id)
+    if token:
+        snapshots = [snap for snap in snapshots if snap.id > token]
+    page = snapshots[: int(max_results or 1000)]
+    result: dict[str, Any] = {"Snapshots": page}
+    if len(snapshots) > len(page):
+        result["NextToken"] = page[-1].id
+    return ActionResult(result)
+
+
+ElasticBlockStore.describe_snapshots = _describe_snapshots
+
+def _get_tags(self: Any) -> list[dict[str, str]]:
+    if not self.id:
+        return []
+    kind = EC2_PREFIX_TO_RESOURCE.get(get_prefix(self.id), "")
+    return [
+        {"resource_id": self.id, "key": key, "value": value, "resource_type": kind}
+        for key, value in self.ec2_backend.tags.get(self.id, {}).items()
+    ]
+
+
+TaggedEC2Resource.get_tags = _get_tags
+
+_original_describe_instances = InstanceResponse.describe_instances
+
+
+def _describe_instances(self: Any) -> ActionResult:
+    """DescribeInstances pages of at most MaxResults instances (whole reservations, at least
+    one), where moto counts MaxResults in reservations."""
+    if self._get_param("InstanceIds", []) or "MaxResults" not in self.data:
+        return _original_describe_instances(self)
+    self.error_on_dryrun()
+    reservations = self.ec2_backend.describe_instances(filters=self._filters_from_querystring())
+    token = self._get_param("NextToken")
+    ids = [reservation.id for reservation in reservations]
+    start = ids.index(token) + 1 if token in ids else 0
+    max_results = int(self._get_param("MaxResults"))
+    page, held = [], 0
+    for reservation in reservations[start:]:
+        if page and held + len(reservation.instances) > max_results:
+            break
+        page.append(reservation)
+        held += len(reservation.instances)
+    next_token = page[-1].id if start + len(page) < len(reservations) else None
+    return ActionResult({"Reservations": page, "NextToken": next_token})
+
+
+InstanceResponse.describe_instances = _describe_instances
+
+
+def seed_history(spec: dict[str, Any]) -> int:
+    """Earlier nightly runs: `sets` consistent sets per instance, `hours_apart` apart, the newest
+    `newest_hours` old, tagged as the function and the VSS document tag them (and copied into
+    `copy_region`, tagged as the function tags its copies)."""
+    known = {"region", "managed_by", "instance_ids", "sets", "hours_apart", "newest_hours",
+             "copy_region"}
+    unknown = set(spec) - known
+    if unknown:
+        raise ValueError(f"unknown history field(s) {sorted(unknown)}")
+    region = spec["region"]
+    ec2 = ec2_backends[DEFAULT_ACCOUNT_ID][region]
+    copy_region = spec.get("copy_region")
+    copies = ec2_backends[DEFAULT_ACCOUNT_ID][copy_region] if copy_region else None
+    now = utcnow()
+    made = 0
+    for k in range(int(spec["sets"])):
+        taken = now - dt.timedelta(
+            hours=float(spec["newest_hours"]) + k * float(spec["hours_apart"])
+        )
+        run_id = taken.strftime("%Y%m%dT%H%M%SZ") + "-0b0b0b0b"
+        for instance_id in spec["instance_ids"]:
+            instance = ec2.get_instance(instance_id)
+            for device, block in sorted(instance.block_device_mapping.items()):
+                snapshot = ec2.create_snapshot(block.volume_id, f"history {run_id}")
+                snapshot.start_time = taken
+                tags = {
+                    "ConsistentSnapshot:RunId": run_id,
+                    "ConsistentSnapshot:ManagedBy": spec["managed_by"],
+                    "ConsistentSnapshot:InstanceId": instance_id,
+                    "Name": f"{instance_id} {device}",
+                    "Device": device,
+                    "AppConsistent": "True",
+                    "AwsVssConfig": "AwsVssComponents 2.5.0 (simulated)",
+                }
+                ec2.create_tags([snapshot.id], tags)
+                made += 1
+                if copies is None:
+                    continue
+                copy = copies.copy_snapshot(snapshot.id, region, f"copy of {snapshot.id}", None)
+                copy.start_time = taken
+                tags["ConsistentSnapshot:SourceSnapshotId"] = snapshot.id
+                tags["ConsistentSnapshot:SourceRegion"] = region
+                copies.create_tags([copy.id], tags)
+                made += 1
+    return made
+
+
 class QuietHandler(MotoRequestHandler):
     def log_request(self, *args: Any, **kwargs: Any) -> None:  # one line per call is noise here
         pass
@@ -728,6 +857,8 @@ class App:
                 body = {"ok": True}
             elif path == "/_sim/age" and request.method == "POST":
                 body = {"aged": age_snapshots(json.loads(request.get_data() or b"{}"))}
+            elif path == "/_sim/history" and request.method == "POST":
+                body = {"snapshots": seed_history(json.loads(request.get_data() or b"{}"))}
             elif path == "/_sim/invocations":
                 body = SIM.snapshot_of_invocations()
             elif path == "/_sim/reset" and request.method == "POST":
