@@ -24,8 +24,10 @@ use consistent_snapshot::report::RunReport;
 use consistent_snapshot::{App, Config};
 use serde_json::{json, Value};
 
+pub mod bench;
 pub mod chaos;
 pub mod faults;
+pub mod runtime;
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -228,6 +230,15 @@ impl Emulator {
     pub fn age_snapshots(&self, region: &str, snapshot_ids: &[String], hours: u32) -> Result<()> {
         let spec = json!({"region": region, "snapshot_ids": snapshot_ids, "hours": hours});
         self.http("POST", "/_sim/age", &spec).map(|_| ())
+    }
+
+    /// Earlier nightly runs' consistent sets of these instances (see server.py's
+    /// `/_sim/history`); answers how many snapshots were made.
+    pub fn seed_history(&self, spec: Value) -> Result<u64> {
+        let made = self.http("POST", "/_sim/history", &spec)?;
+        made["snapshots"]
+            .as_u64()
+            .ok_or_else(|| format!("/_sim/history answered {made}").into())
     }
 
     /// Every simulated SSM invocation so far.
@@ -511,6 +522,25 @@ pub async fn drain(
     batch_size: i32,
     limit: Duration,
 ) -> Result<Drained> {
+    drain_with(emulator, queue_url, batch_size, limit, |event| {
+        invoke(app, event)
+    })
+    .await
+}
+
+/// `drain`, handing each batch's `SqsEvent` to `invoke` (the function in this process, or the
+/// release binary behind a `runtime::LocalRuntime`).
+pub async fn drain_with<F, Fut>(
+    emulator: &Emulator,
+    queue_url: &str,
+    batch_size: i32,
+    limit: Duration,
+    mut invoke: F,
+) -> Result<Drained>
+where
+    F: FnMut(Value) -> Fut,
+    Fut: std::future::Future<Output = Result<Value>>,
+{
     let sqs = emulator.sqs();
     let arn = queue_arn(queue_url);
     let started = Instant::now();
@@ -528,7 +558,7 @@ pub async fn drain(
             continue;
         }
         let records = sqs_records(messages, &arn);
-        let response = invoke(app, json!({ "Records": records })).await?;
+        let response = invoke(json!({ "Records": records })).await?;
         let failed = batch_failures(&response);
         drained.invocations += 1;
         drained.messages += messages.len();

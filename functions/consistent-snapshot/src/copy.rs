@@ -179,6 +179,7 @@ impl App {
         if (plan.is_final() && started == 0 && !limited) || timed_out {
             self.enqueue(&[Envelope::new(Job::Retention(RetentionJob {
                 run_id: job.run_id.clone(),
+                deleted_before: 0,
             }))])
             .await?;
             if store.mark_copied().await? {
@@ -356,21 +357,18 @@ async fn copies_in(
     run_id: &str,
 ) -> Result<Vec<ExistingCopy>, Error> {
     let subject = format!("copies of run {run_id} in {region}");
-    let snapshots = track::own_snapshots_tagged(ec2, TAG_RUN_ID, run_id, &subject).await?;
-    Ok(snapshots
-        .iter()
-        .filter_map(|s| {
-            let tags = fleet::tag_map(s.tags());
-            Some(ExistingCopy {
-                source_snapshot_id: tags.get(TAG_SOURCE_SNAPSHOT)?.clone(),
-                snapshot_id: s.snapshot_id()?.to_string(),
-                state: s
-                    .state()
-                    .map(|v| v.as_str().to_string())
-                    .unwrap_or_default(),
-            })
+    track::own_snapshots_tagged(ec2, TAG_RUN_ID, run_id, &subject, |s| {
+        let tags = fleet::tag_map(s.tags());
+        Some(ExistingCopy {
+            source_snapshot_id: tags.get(TAG_SOURCE_SNAPSHOT)?.clone(),
+            snapshot_id: s.snapshot_id()?.to_string(),
+            state: s
+                .state()
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default(),
         })
-        .collect())
+    })
+    .await
 }
 
 /// How long the copy step may take before what is left is reported as timed out.

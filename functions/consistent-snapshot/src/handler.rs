@@ -96,7 +96,7 @@ impl App {
                 self.on_demand_snapshot(request, lease_until).await
             }
             Event::OnDemand(Action::Retention(request)) => {
-                self.on_demand_retention(request.dry_run.unwrap_or(self.config.dry_run))
+                self.on_demand_retention(request.dry_run.unwrap_or(self.config.dry_run), deadline)
                     .await
             }
             Event::OnDemand(Action::Report(_)) => self.on_demand_report().await,
@@ -267,7 +267,10 @@ impl App {
             Job::Run(job) => self.track_run(job).await,
             Job::Watch(job) => self.watch_run(job, lease_until).await,
             Job::Copy(job) => self.copy_job(job, lease_until, message_id).await,
-            Job::Retention(job) => self.retention_job(job).await,
+            Job::Retention(job) => {
+                let deadline = lease_until - Duration::seconds(LEASE_MARGIN_SECONDS);
+                self.retention_job(job, deadline).await
+            }
             Job::Restore(job) => self.restore_job(job).await,
             Job::Verify(job) => self.verify_job(job).await,
         }

@@ -127,6 +127,10 @@ impl CopyJob {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetentionJob {
     pub run_id: String,
+    /// Snapshots deleted by the earlier passes of this run's retention (a large fleet's
+    /// deletions take more than one invocation).
+    #[serde(default)]
+    pub deleted_before: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -453,18 +453,15 @@ impl App {
         &self,
         instance_id: &str,
     ) -> Result<Vec<SourceSnapshot>, Error> {
-        let found = track::own_snapshots_tagged(
+        let managed_by = &self.config.managed_by;
+        track::own_snapshots_tagged(
             &self.ec2,
             TAG_INSTANCE_ID,
             instance_id,
             &format!("snapshots of {instance_id}"),
-        )
-        .await?;
-        Ok(found
-            .iter()
-            .filter_map(|s| {
+            |s| {
                 let tags = tag_map(s.tags());
-                if tags.get(TAG_MANAGED_BY) != Some(&self.config.managed_by) {
+                if tags.get(TAG_MANAGED_BY) != Some(managed_by) {
                     return None;
                 }
                 Some(SourceSnapshot {
@@ -481,8 +478,9 @@ impl App {
                     size_gib: s.volume_size(),
                     start_time: chrono::DateTime::from_timestamp(s.start_time()?.secs(), 0)?,
                 })
-            })
-            .collect())
+            },
+        )
+        .await
     }
 
     /// The instance's state, zone and attachments; `None` when it does not exist.

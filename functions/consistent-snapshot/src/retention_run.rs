@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::Utc;
+use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use crate::copy::copy_regions_of;
@@ -14,7 +14,7 @@ use crate::dispatch::{TAG_INSTANCE_ID, TAG_MANAGED_BY};
 use crate::error::{aws, Error};
 use crate::fleet;
 use crate::handler::{to_json, App};
-use crate::job::RetentionJob;
+use crate::job::{Job, RetentionJob};
 use crate::retention::{self, instance_state, Action, Policy, RegionPlan, SnapshotInfo};
 use crate::run_claim::RunMarkerStore;
 use crate::track;
@@ -32,24 +32,98 @@ pub struct RetentionOutcome {
     pub kept: Vec<String>,
     /// Deletions that failed; tried again with the next run.
     pub failed: Vec<String>,
+    /// Deletions not tried because the invocation's time ran out: the next pass does them.
+    pub unfinished: usize,
+    /// Snapshots deleted by earlier passes of the same retention.
+    pub deleted_before: usize,
+}
+
+/// The most sets an on-demand answer lists (Lambda answers at most 6 MB), and the most a log
+/// line lists (CloudWatch Logs keeps events of at most 256 KB). Every decision to delete is
+/// logged on a line of its own whatever the size of the plan.
+pub const ANSWER_SETS: usize = 2_000;
+pub const LOG_LINE_SETS: usize = 200;
+/// When deleting stops: 10 s before the invocation's deadline (a quarter of the time left when
+/// that is less), leaving time to queue the next pass and to answer.
+fn stop_time(deadline: DateTime<Utc>) -> DateTime<Utc> {
+    let left = deadline - Utc::now();
+    deadline - std::cmp::min(Duration::seconds(10), left / 4)
 }
 
 impl RetentionOutcome {
+    fn sets(&self) -> usize {
+        self.plans
+            .iter()
+            .map(|p| p.instances.values().map(Vec::len).sum::<usize>())
+            .sum()
+    }
+
+    /// The outcome as JSON: the whole plan when it has at most `max_sets` sets; above that,
+    /// each region's counts, the first `max_sets` sets to delete and the first `max_sets`
+    /// snapshots of each list, with how many were left out.
+    pub fn to_bounded_json(&self, max_sets: usize) -> Value {
+        if self.sets() <= max_sets {
+            return to_json(self);
+        }
+        let regions: Vec<Value> = self
+            .plans
+            .iter()
+            .map(|p| {
+                json!({
+                    "region": p.region,
+                    "instances": p.instances.len(),
+                    "sets": p.instances.values().map(Vec::len).sum::<usize>(),
+                    "sets_to_delete": p.deletions().count(),
+                    "snapshots_to_delete": p.snapshots_to_delete(),
+                    "unattributed": p.unattributed.len(),
+                })
+            })
+            .collect();
+        let to_delete: usize = self.plans.iter().map(|p| p.deletions().count()).sum();
+        let deletions: Vec<Value> = self
+            .plans
+            .iter()
+            .flat_map(|p| {
+                p.deletions().map(move |(instance_id, set)| {
+                    json!({
+                        "region": p.region,
+                        "instance_id": instance_id,
+                        "run_id": set.run_id,
+                        "snapshots": set.snapshots,
+                        "reason": set.reason,
+                    })
+                })
+            })
+            .take(max_sets)
+            .collect();
+        let first =
+            |list: &[String]| -> Vec<String> { list.iter().take(max_sets).cloned().collect() };
+        json!({
+            "dry_run": self.dry_run,
+            "plan_summary": regions,
+            "deletions_not_listed": to_delete - deletions.len(),
+            "deletions": deletions,
+            "deleted_count": self.deleted.len(),
+            "deleted": first(&self.deleted),
+            "kept_count": self.kept.len(),
+            "kept": first(&self.kept),
+            "failed_count": self.failed.len(),
+            "failed": first(&self.failed),
+            "unfinished": self.unfinished,
+        })
+    }
+
     /// The metrics of an applied retention: snapshots deleted, and planned but kept.
     pub fn metric_counts(&self) -> [(&'static str, usize); 2] {
         [
-            ("SnapshotsDeleted", self.deleted.len()),
+            ("SnapshotsDeleted", self.deleted_before + self.deleted.len()),
             ("DeletionsHeldBack", self.kept.len()),
         ]
     }
 
     pub fn summary_line(&self) -> String {
         let planned: usize = self.plans.iter().map(RegionPlan::snapshots_to_delete).sum();
-        let sets: usize = self
-            .plans
-            .iter()
-            .map(|p| p.instances.values().map(Vec::len).sum::<usize>())
-            .sum();
+        let sets = self.sets();
         if self.dry_run {
             return format!(
                 "retention (dry run): {sets} sets in {} region(s), {planned} snapshots would be deleted",
@@ -57,11 +131,12 @@ impl RetentionOutcome {
             );
         }
         format!(
-            "retention: {sets} sets in {} region(s), {} snapshots deleted, {} kept although planned, {} failed",
+            "retention: {sets} sets in {} region(s), {} snapshots deleted, {} kept although planned, {} failed, {} left for the next pass",
             self.plans.len(),
-            self.deleted.len(),
+            self.deleted_before + self.deleted.len(),
             self.kept.len(),
-            self.failed.len()
+            self.failed.len(),
+            self.unfinished
         )
     }
 }
@@ -167,11 +242,20 @@ impl App {
     }
 
     /// Deletes what the plans say, one snapshot at a time, each logged with its reason.
-    pub async fn apply_retention(&self, plans: Vec<RegionPlan>, dry_run: bool) -> RetentionOutcome {
+    ///
+    /// Deletions stop at `stop_at`: those left are counted in `unfinished`, for the next pass
+    /// (deleting is slow at scale: EC2 allows about 5 DeleteSnapshot calls a second).
+    pub async fn apply_retention(
+        &self,
+        plans: Vec<RegionPlan>,
+        dry_run: bool,
+        stop_at: DateTime<Utc>,
+    ) -> RetentionOutcome {
         let mut outcome = RetentionOutcome {
             dry_run,
             ..RetentionOutcome::default()
         };
+        let mut tried = 0usize;
         for plan in &plans {
             let ec2 = self.ec2_in(&plan.region);
             for (instance_id, set) in plan.deletions() {
@@ -181,6 +265,12 @@ impl App {
                         info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, reason = %set.reason, "would delete (dry run)");
                         continue;
                     }
+                    // At least one deletion a pass, however short: every pass makes progress.
+                    if tried > 0 && Utc::now() >= stop_at {
+                        outcome.unfinished += 1;
+                        continue;
+                    }
+                    tried += 1;
                     match ec2.delete_snapshot().snapshot_id(snapshot_id).send().await {
                         Ok(_) => {
                             info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, reason = %set.reason, "snapshot deleted");
@@ -233,20 +323,45 @@ impl App {
     }
 
     /// `{"action":"retention","dry_run":…}`: the plan, and what was deleted.
-    pub(crate) async fn on_demand_retention(&self, dry_run: bool) -> Result<Value, Error> {
+    /// Deletions stop shortly before `deadline`; the answer says how many are left.
+    pub(crate) async fn on_demand_retention(
+        &self,
+        dry_run: bool,
+        deadline: DateTime<Utc>,
+    ) -> Result<Value, Error> {
         let plans = self.plan_retention().await?;
-        let outcome = self.apply_retention(plans, dry_run).await;
+        let stop_at = stop_time(deadline);
+        let outcome = self.apply_retention(plans, dry_run, stop_at).await;
         if !dry_run {
             self.emit_metrics(&outcome.metric_counts(), &[("Event", "retention")]);
         }
         info!(dry_run, "{}", outcome.summary_line());
-        Ok(to_json(&outcome))
+        Ok(outcome.to_bounded_json(ANSWER_SETS))
     }
 
     /// The run's last step: retention in every region, then the run's markers are released.
-    pub(crate) async fn retention_job(&self, job: RetentionJob) -> Result<(), Error> {
+    /// One pass: plans, deletes until a few seconds before `deadline`, and if deletions are
+    /// left, queues the next pass (which plans again, so nothing is deleted twice and nothing
+    /// the next plan keeps is deleted). The run's retention is over with the last pass.
+    pub(crate) async fn retention_job(
+        &self,
+        job: RetentionJob,
+        deadline: DateTime<Utc>,
+    ) -> Result<(), Error> {
         let plans = self.plan_retention().await?;
-        let outcome = self.apply_retention(plans, false).await;
+        let stop_at = stop_time(deadline);
+        let mut outcome = self.apply_retention(plans, false, stop_at).await;
+        outcome.deleted_before = job.deleted_before;
+        if outcome.unfinished > 0 {
+            info!(run_id = %job.run_id, deleted = outcome.deleted.len(), left = outcome.unfinished, "retention continues in the next pass");
+            let deleted_before = job.deleted_before + outcome.deleted.len();
+            return self
+                .requeue(Job::Retention(RetentionJob {
+                    deleted_before,
+                    ..job
+                }))
+                .await;
+        }
         if !outcome.failed.is_empty() {
             return Err(Error::Retention(format!(
                 "run {}: {} deletion(s) failed: {}",
@@ -261,13 +376,26 @@ impl App {
                 &outcome.metric_counts(),
                 &[("RunId", &job.run_id), ("Event", "retention")],
             );
-            let summary = serde_json::to_string(&outcome).unwrap_or_default();
+            let summary = outcome.to_bounded_json(LOG_LINE_SETS).to_string();
             info!(run_id = %job.run_id, retention = %summary, "{}", outcome.summary_line());
         }
         self.release_markers(&store).await;
         Ok(())
     }
 }
+
+/// The tags retention and the fleet report read; a snapshot's other tags (`Name`, the VSS
+/// document's `AwsVssConfig`, an operator's own) are not kept, which keeps a plan over
+/// 100,000 snapshots small.
+pub const TAGS_READ: [&str; 7] = [
+    TAG_MANAGED_BY,
+    TAG_INSTANCE_ID,
+    crate::dispatch::TAG_RUN_ID,
+    "AppConsistent",
+    "Device",
+    TAG_SOURCE_SNAPSHOT,
+    crate::copy::TAG_SOURCE_REGION,
+];
 
 /// This deployment's snapshots in one region (owner self, tagged with its `ManagedBy`).
 pub(crate) async fn managed_snapshots(
@@ -276,24 +404,27 @@ pub(crate) async fn managed_snapshots(
     managed_by: &str,
 ) -> Result<Vec<SnapshotInfo>, Error> {
     let subject = format!("{managed_by} in {region}");
-    let snapshots = track::own_snapshots_tagged(ec2, TAG_MANAGED_BY, managed_by, &subject).await?;
-    Ok(snapshots
-        .iter()
-        .filter_map(|s| {
-            Some(SnapshotInfo {
-                snapshot_id: s.snapshot_id()?.to_string(),
-                state: s
-                    .state()
-                    .map(|v| v.as_str().to_string())
-                    .unwrap_or_default(),
-                start_time: chrono::DateTime::from_timestamp(s.start_time()?.secs(), 0)
-                    .unwrap_or_default(),
-                tags: fleet::tag_map(s.tags()),
-                used_by_images: vec![],
-                copies_in_progress: 0,
-            })
+    track::own_snapshots_tagged(ec2, TAG_MANAGED_BY, managed_by, &subject, |s| {
+        Some(SnapshotInfo {
+            snapshot_id: s.snapshot_id()?.to_string(),
+            state: s
+                .state()
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default(),
+            start_time: chrono::DateTime::from_timestamp(s.start_time()?.secs(), 0)
+                .unwrap_or_default(),
+            tags: s
+                .tags()
+                .iter()
+                .filter_map(|t| Some((t.key()?, t.value()?)))
+                .filter(|(k, _)| TAGS_READ.contains(k))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            used_by_images: vec![],
+            copies_in_progress: 0,
         })
-        .collect())
+    })
+    .await
 }
 
 /// Which of the account's own AMIs use which snapshots, in one region.
@@ -324,4 +455,59 @@ async fn images_by_snapshot(
         }
     }
     Ok(used)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retention::{SetDecision, SetKind};
+
+    fn outcome(instances: usize, sets: usize) -> RetentionOutcome {
+        let set = |i: usize, k: usize| SetDecision {
+            run_id: format!("run-{k:02}"),
+            kind: SetKind::Consistent,
+            started_at: Utc::now(),
+            snapshots: vec![format!("snap-{i}-{k}")],
+            action: if k >= 2 { Action::Delete } else { Action::Keep },
+            reason: "older than the newest 2 consistent sets".into(),
+        };
+        let plan = RegionPlan {
+            region: "us-east-1".into(),
+            instances: (0..instances)
+                .map(|i| (format!("i-{i:04}"), (0..sets).map(|k| set(i, k)).collect()))
+                .collect(),
+            unattributed: vec![],
+        };
+        RetentionOutcome {
+            deleted: plan
+                .deletions()
+                .flat_map(|(_, s)| s.snapshots.iter().map(|id| format!("us-east-1/{id}")))
+                .collect(),
+            plans: vec![plan],
+            ..RetentionOutcome::default()
+        }
+    }
+
+    #[test]
+    fn a_small_outcome_is_answered_whole() {
+        let small = outcome(3, 4);
+        assert_eq!(small.to_bounded_json(12), to_json(&small));
+    }
+
+    #[test]
+    fn a_large_outcome_is_answered_with_counts_and_the_first_deletions() {
+        // 100 instances × 4 sets, 2 of them to delete each: 200 sets to delete.
+        let large = outcome(100, 4);
+        let answer = large.to_bounded_json(50);
+        assert!(answer.get("plans").is_none());
+        assert_eq!(answer["plan_summary"][0]["sets"], json!(400));
+        assert_eq!(answer["plan_summary"][0]["sets_to_delete"], json!(200));
+        assert_eq!(answer["plan_summary"][0]["snapshots_to_delete"], json!(200));
+        assert_eq!(answer["deletions"].as_array().map(Vec::len), Some(50));
+        assert_eq!(answer["deletions_not_listed"], json!(150));
+        assert_eq!(answer["deletions"][0]["instance_id"], json!("i-0000"));
+        assert_eq!(answer["deleted_count"], json!(200));
+        assert_eq!(answer["deleted"].as_array().map(Vec::len), Some(50));
+        assert!(answer.to_string().len() < 20_000);
+    }
 }

@@ -155,14 +155,16 @@ pub fn snapshot_facts(snapshot: &Snapshot) -> Option<SnapshotFacts> {
     })
 }
 
-/// The account's own snapshots carrying tag `key` = `value`, every page of them; `subject`
-/// names what they are in an error.
-pub async fn own_snapshots_tagged(
+/// The account's own snapshots carrying tag `key` = `value`, every page of them, each made
+/// into what the caller keeps by `keep` as its page arrives (so that only one page of SDK
+/// snapshots is held at a time); `subject` names what they are in an error.
+pub async fn own_snapshots_tagged<T>(
     ec2: &aws_sdk_ec2::Client,
     key: &str,
     value: &str,
     subject: &str,
-) -> Result<Vec<Snapshot>, Error> {
+    mut keep: impl FnMut(&Snapshot) -> Option<T>,
+) -> Result<Vec<T>, Error> {
     let mut pages = ec2
         .describe_snapshots()
         .owner_ids("self")
@@ -178,7 +180,7 @@ pub async fn own_snapshots_tagged(
     let mut found = Vec::new();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| aws("DescribeSnapshots", subject, e))?;
-        found.extend(page.snapshots().iter().cloned());
+        found.extend(page.snapshots().iter().filter_map(&mut keep));
     }
     Ok(found)
 }

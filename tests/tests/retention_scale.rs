@@ -1,0 +1,114 @@
+//! End to end: a run's retention with more deletions than one invocation has time for goes on
+//! pass after pass, deletes exactly the expired sets, and counts every deletion once.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::Filter;
+use consistent_snapshot::job::{Envelope, Job, RetentionJob};
+use harness::{deadline_in, drain_with, seed_bulk, snapshot_tag, Emulator, Logs, Metrics};
+use serde_json::json;
+
+const MANAGED_BY: &str = "vss-test";
+
+/// (run id, instance id) of each of the deployment's snapshots.
+async fn managed(emulator: &Emulator) -> Vec<(String, String)> {
+    let found = emulator
+        .ec2()
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            Filter::builder()
+                .name("tag:ConsistentSnapshot:ManagedBy")
+                .values(MANAGED_BY)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeSnapshots");
+    found
+        .snapshots()
+        .iter()
+        .map(|s| {
+            let tag = |k| snapshot_tag(s, k).unwrap_or_default().to_string();
+            (
+                tag("ConsistentSnapshot:RunId"),
+                tag("ConsistentSnapshot:InstanceId"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
+    let (logs, _guard) = Logs::capture(None).expect("logs");
+    let emulator = Emulator::start().await.expect("emulator");
+    let queue = emulator.create_queue("tracking", 2).await.expect("queue");
+    // 100 servers × 3 volumes × 12 nightly sets; RETAIN_COUNT 4 leaves 8 sets to delete:
+    // 2,400 DeleteSnapshot calls, more than an invocation of 4 s has time for.
+    let ids = seed_bulk(&emulator, 100, 100, 2).await.expect("seed");
+    let made = emulator
+        .seed_history(json!({
+            "region": "us-east-1", "managed_by": MANAGED_BY, "instance_ids": ids,
+            "sets": 12, "hours_apart": 24, "newest_hours": 24,
+        }))
+        .expect("history");
+    assert_eq!(made, 3600);
+    let before: BTreeSet<String> = managed(&emulator)
+        .await
+        .into_iter()
+        .map(|(run, _)| run)
+        .collect();
+    assert_eq!(before.len(), 12);
+    let metrics = Metrics::default();
+    let app = metrics.attach(emulator.app(&queue, &[("RETAIN_COUNT", "4")]).expect("app"));
+    let run_id = "20261123T010000Z-0b0b0b0b";
+    let job = Job::Retention(RetentionJob {
+        run_id: run_id.into(),
+        deleted_before: 0,
+    });
+    emulator
+        .sqs()
+        .send_message()
+        .queue_url(&queue)
+        .message_body(Envelope::new(job).to_body())
+        .send()
+        .await
+        .expect("SendMessage");
+
+    let drained = drain_with(&emulator, &queue, 10, Duration::from_secs(180), |event| {
+        let app = &app;
+        async move {
+            let deadline = deadline_in(Duration::from_secs(4));
+            Ok(app.handle_until(event, deadline).await?)
+        }
+    })
+    .await
+    .expect("drain");
+    assert_eq!(drained.failures, 0, "no pass ran out of time: {drained:?}");
+    assert!(
+        drained.invocations >= 2,
+        "2,400 deletions in one pass of 4 s: {drained:?}"
+    );
+    assert_eq!(
+        logs.messages_starting("retention continues in the next pass")
+            .len(),
+        drained.invocations - 1
+    );
+
+    // Exactly the 4 newest sets of every server are left.
+    let left = managed(&emulator).await;
+    assert_eq!(left.len(), 1200);
+    let newest: BTreeSet<String> = before.iter().rev().take(4).cloned().collect();
+    let runs_left: BTreeSet<String> = left.iter().map(|(run, _)| run.clone()).collect();
+    assert_eq!(runs_left, newest);
+    for id in &ids {
+        let sets = left.iter().filter(|(_, instance)| instance == id).count();
+        assert_eq!(sets, 12, "{id}: 4 sets of 3 snapshots");
+    }
+
+    // One retention line for the run, counting the deletions of every pass.
+    let lines = metrics.of("retention", Some(run_id));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["SnapshotsDeleted"], json!(2400));
+}
