@@ -9,12 +9,13 @@ EVENT  ?= events/report.json
 LOCAL_PORT  ?= 5005
 INVOKE_PORT ?= 9001
 
-.PHONY: help setup build test unit-test e2e-test lint demo emulator emulator-stop invoke release deploy clean
+.PHONY: help setup build test unit-test e2e-test lint demo bench emulator emulator-stop invoke release deploy clean
 
 help:
 	@echo "make demo    - snapshot a demo Windows fleet end to end on the local emulator"
 	@echo "make test    - unit tests and end-to-end tests against the local emulator"
 	@echo "make lint    - cargo fmt --check, clippy -D warnings, cfn-lint, checkov and the template's IAM guarantees"
+	@echo "make bench   - AWS calls against their floor, init time, memory and CPU of the release binary; writes BENCHMARKS.md"
 	@echo "make invoke EVENT=events/report.json - the function under cargo-lambda against a local emulator with the demo fleet"
 	@echo "make emulator-stop - stop the emulator make invoke left running"
 	@echo "make release - arm64 Lambda bootstrap with cargo-lambda (needs cargo-lambda)"
@@ -50,6 +51,15 @@ lint: setup
 
 demo: setup
 	cargo run --quiet -p harness --bin demo
+
+# The release binary, started as Lambda starts it, against the emulator: a full run of 1,000
+# servers with its AWS calls counted, a 10,000-server dispatch, a 100,000-snapshot retention
+# plan, init time; then criterion's benchmarks of the planner and of message handling.
+# Writes BENCHMARKS.md. About 25 minutes after a warm release build.
+bench: setup
+	cargo build --release -p consistent-snapshot
+	cargo bench -p consistent-snapshot --bench hot_paths
+	cargo run --quiet -p harness --bin bench
 
 # A long-lived emulator on 127.0.0.1:$(LOCAL_PORT) seeded with the demo fleet (once).
 emulator: setup

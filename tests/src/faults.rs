@@ -58,6 +58,8 @@ impl Fault {
 pub struct ProxyStats {
     /// Calls by AWS action (`ec2:DescribeInstances`, `ssm:SendCommand`, …), faulted or not.
     pub calls: BTreeMap<String, u64>,
+    /// The same calls by (action, region), the region read from the call's signature.
+    pub regional: BTreeMap<(String, String), u64>,
     pub faults: BTreeMap<Fault, u64>,
     /// Faults injected into SendCommand and CopySnapshot, the calls that must never take
     /// effect twice.
@@ -248,6 +250,10 @@ async fn handle(
     };
     if let Ok(mut stats) = shared.stats.lock() {
         *stats.calls.entry(protocol.action.clone()).or_default() += 1;
+        *stats
+            .regional
+            .entry((protocol.action.clone(), protocol.region.clone()))
+            .or_default() += 1;
         if let Some(fault) = fault {
             *stats.faults.entry(fault).or_default() += 1;
             match protocol.action.as_str() {
@@ -291,19 +297,36 @@ async fn handle(
 
 /// How a call is framed, which decides the shape of the error AWS would answer.
 struct Protocol {
-    /// `ec2:Action`, `ssm:Action`, `sqs:Action`.
+    /// `ec2:Action`, `ssm:Action`, `sqs:Action`, `sns:Action`.
     action: String,
+    /// The region the call was signed for.
+    region: String,
     json: bool,
     service: &'static str,
 }
 
 impl Protocol {
     fn of(headers: &hyper::HeaderMap, body: &Bytes) -> Self {
+        // SigV4: `Credential=<key>/<date>/<region>/<service>/aws4_request`.
+        let scope: Vec<&str> = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|auth| auth.split("Credential=").nth(1))
+            .map(|c| {
+                c.split([',', ' '])
+                    .next()
+                    .unwrap_or("")
+                    .split('/')
+                    .collect()
+            })
+            .unwrap_or_default();
+        let region = scope.get(2).copied().unwrap_or("unknown").to_string();
         if let Some(target) = headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
             let (prefix, action) = target.split_once('.').unwrap_or(("", target));
             let service = if prefix.contains("SQS") { "sqs" } else { "ssm" };
             return Protocol {
                 action: format!("{service}:{action}"),
+                region,
                 json: true,
                 service,
             };
@@ -313,10 +336,17 @@ impl Protocol {
             .split('&')
             .find_map(|kv| kv.strip_prefix("Action="))
             .unwrap_or("Unknown");
+        // EC2 and SNS both speak the query protocol.
+        let service = if scope.get(3) == Some(&"sns") {
+            "sns"
+        } else {
+            "ec2"
+        };
         Protocol {
-            action: format!("ec2:{action}"),
+            action: format!("{service}:{action}"),
+            region,
             json: false,
-            service: "ec2",
+            service,
         }
     }
 
@@ -337,8 +367,16 @@ impl Protocol {
             (true, true) => (400, "ThrottlingException", "", "Rate exceeded"),
             (true, false) => (500, "InternalServerError", "", "Internal server error"),
         };
+        let code = match (self.service, throttled) {
+            ("sns", true) => "Throttling",
+            _ => code,
+        };
         let payload = if self.json {
             format!(r#"{{"__type":"{code}","message":"{body}"}}"#)
+        } else if self.service == "sns" {
+            format!(
+                r#"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{body}</Message></Error><RequestId>fault-proxy</RequestId></ErrorResponse>"#
+            )
         } else {
             format!(
                 r#"<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}</Code><Message>{body}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"#

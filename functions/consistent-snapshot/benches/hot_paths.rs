@@ -1,0 +1,211 @@
+//! The two pure hot paths: the retention plan over a large history, and an SQS batch of
+//! tracking messages read and decided. `make bench` records their medians in BENCHMARKS.md.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+
+use aws_lambda_events::sqs::SqsEvent;
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use consistent_snapshot::fleet::AttachedVolume;
+use consistent_snapshot::job::{Envelope, InstanceJob, Job, Stage};
+use consistent_snapshot::outcome::{FinalInvocation, SnapshotFacts};
+use consistent_snapshot::retention::{self, InstanceState, Policy, SnapshotInfo};
+use consistent_snapshot::track::{self, Look};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use serde_json::json;
+
+const MANAGED_BY: &str = "bench";
+const INSTANCES: usize = 2_000;
+const SETS: usize = 17;
+const VOLUMES: usize = 3;
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 1, 0, 0)
+        .single()
+        .unwrap_or_default()
+}
+
+/// 2,000 instances × 17 nightly sets × 3 volumes: 102,000 snapshots, as DescribeSnapshots
+/// would list them (not grouped, not sorted).
+fn history() -> Vec<SnapshotInfo> {
+    let mut snapshots = Vec::with_capacity(INSTANCES * SETS * VOLUMES);
+    for set in 0..SETS {
+        let taken = now() - Duration::hours(24 * set as i64 + 1);
+        let run_id = format!("{}-0b0b0b0b", taken.format("%Y%m%dT%H%M%SZ"));
+        for instance in 0..INSTANCES {
+            let instance_id = format!("i-{instance:017x}");
+            for volume in 0..VOLUMES {
+                let device = format!("xvd{}", (b'f' + volume as u8) as char);
+                let tags: BTreeMap<String, String> = [
+                    ("ConsistentSnapshot:RunId", run_id.clone()),
+                    ("ConsistentSnapshot:ManagedBy", MANAGED_BY.to_string()),
+                    ("ConsistentSnapshot:InstanceId", instance_id.clone()),
+                    ("Name", format!("{instance_id} {device}")),
+                    ("Device", device),
+                    ("AppConsistent", "True".to_string()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+                snapshots.push(SnapshotInfo {
+                    snapshot_id: format!("snap-{:017x}", snapshots.len()),
+                    state: "completed".into(),
+                    start_time: taken,
+                    tags,
+                    used_by_images: vec![],
+                    copies_in_progress: 0,
+                });
+            }
+        }
+    }
+    snapshots
+}
+
+fn retention_plan(c: &mut Criterion) {
+    let snapshots = history();
+    let instances: BTreeMap<String, InstanceState> = (0..INSTANCES)
+        .map(|i| {
+            (
+                format!("i-{i:017x}"),
+                InstanceState::Live {
+                    retain_count: 7,
+                    retain_days: None,
+                },
+            )
+        })
+        .collect();
+    let policy = Policy {
+        managed_by: MANAGED_BY.into(),
+        retain_count: 7,
+        retain_days: None,
+        keep_orphans: true,
+    };
+    let mut group = c.benchmark_group("retention");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(snapshots.len() as u64));
+    group.bench_function("plan_102000_snapshots", |b| {
+        b.iter(|| {
+            let plan = retention::plan("us-east-1", &snapshots, &instances, &policy, now());
+            black_box(plan.snapshots_to_delete())
+        })
+    });
+    group.finish();
+}
+
+fn instance_job(n: usize) -> InstanceJob {
+    InstanceJob {
+        run_id: "20261123T010000Z-1a2b3c4d".into(),
+        instance_id: format!("i-{n:017x}"),
+        name: format!("sql-prod-{n:02}"),
+        command_id: "6f1c4b2e-0d6b-4b8e-9a55-3e5f1a2b3c4d".into(),
+        volumes: (0..VOLUMES)
+            .map(|v| AttachedVolume {
+                volume_id: format!("vol-{n:08x}{v:09x}"),
+                device: format!("xvd{}", (b'f' + v as u8) as char),
+            })
+            .collect(),
+        stage: Stage::Command,
+        stage_deadline: now() + Duration::hours(1),
+        attempt: 2,
+    }
+}
+
+/// A full batch of 10 tracking messages as the event source hands it over.
+fn sqs_batch() -> String {
+    let records: Vec<_> = (0..10)
+        .map(|n| {
+            json!({
+                "messageId": format!("0c6b6a3e-0000-4000-8000-{n:012}"),
+                "receiptHandle": "AQEB".repeat(40),
+                "body": Envelope::new(Job::Instance(instance_job(n))).to_body(),
+                "attributes": {
+                    "ApproximateReceiveCount": "1",
+                    "SentTimestamp": "1763859600000",
+                    "SenderId": "AROAEXAMPLE:consistent-snapshot",
+                    "ApproximateFirstReceiveTimestamp": "1763859600000"
+                },
+                "messageAttributes": {},
+                "md5OfBody": "0123456789abcdef0123456789abcdef",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:tracking",
+                "awsRegion": "us-east-1"
+            })
+        })
+        .collect();
+    json!({ "Records": records }).to_string()
+}
+
+/// Reads the batch, decides each message after a final look, and writes what would be
+/// re-queued: the function's own work per batch, without the AWS calls.
+fn handle(batch: &str, look: &Look, facts: &[SnapshotFacts]) -> usize {
+    let Ok(event) = serde_json::from_str::<SqsEvent>(batch) else {
+        return 0;
+    };
+    let mut decided = 0;
+    for record in &event.records {
+        let Some(body) = record.body.as_deref() else {
+            continue;
+        };
+        let Ok(Envelope {
+            job: Job::Instance(job),
+            ..
+        }) = Envelope::from_body(body)
+        else {
+            continue;
+        };
+        let mine: Vec<SnapshotFacts> = facts
+            .iter()
+            .filter(|f| job.volumes.iter().any(|v| v.volume_id == f.volume_id))
+            .cloned()
+            .collect();
+        match track::next_instance_step(&job, look, &mine, now(), Duration::hours(2)) {
+            track::Next::Wait { job, .. } => {
+                decided += Envelope::new(Job::Instance(job)).to_body().len()
+            }
+            track::Next::Finish(outcome) => decided += outcome.snapshots.len(),
+        }
+    }
+    decided
+}
+
+fn message_handling(c: &mut Criterion) {
+    let batch = sqs_batch();
+    let facts: Vec<SnapshotFacts> = (0..10)
+        .flat_map(|n| instance_job(n).volumes)
+        .enumerate()
+        .map(|(i, v)| SnapshotFacts {
+            snapshot_id: format!("snap-{i:017x}"),
+            volume_id: v.volume_id,
+            state: "completed".into(),
+            tags: [("AppConsistent".to_string(), "True".to_string())].into(),
+        })
+        .collect();
+    let finished = Look::Final(FinalInvocation {
+        status: "Success".into(),
+        status_details: "Success".into(),
+        output: "Created snap-0 from vol-0 device: xvdf\n".repeat(3),
+    });
+    let waiting = Look::NotYet {
+        status: "InProgress".into(),
+    };
+    let mut group = c.benchmark_group("sqs_batch_of_10");
+    group.throughput(Throughput::Elements(10));
+    group.bench_function("final_look", |b| {
+        b.iter_batched(
+            || batch.clone(),
+            |batch| black_box(handle(&batch, &finished, &facts)),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("not_final_requeue", |b| {
+        b.iter_batched(
+            || batch.clone(),
+            |batch| black_box(handle(&batch, &waiting, &facts)),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, retention_plan, message_handling);
+criterion_main!(benches);

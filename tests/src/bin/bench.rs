@@ -1,0 +1,682 @@
+//! `make bench`: the release binary, run as Lambda runs it, against the emulator; writes
+//! BENCHMARKS.md.
+//!
+//! 1. Init: the binary started ten times behind a local runtime API; process start to its
+//!    first request for an event.
+//! 2. A full run of `BENCH_INSTANCES` (1,000) servers × 3 volumes with 7 earlier nightly sets
+//!    in the home region and in the copy region: dispatch, tracking, copies, retention, until
+//!    the queue is empty. Every AWS call goes through a counting proxy on loopback. The end
+//!    state is checked (every server consistent, every snapshot copied, exactly the expired
+//!    sets deleted) before any number is written: a run that did not do its job measures
+//!    nothing.
+//! 3. The dispatch of `BENCH_DISPATCH_INSTANCES` (10,000) servers and the first tracking
+//!    batches: peak RSS and time of the invocation whose work grows with the fleet.
+//! 4. A retention plan (dry run) over `BENCH_PLAN_SNAPSHOTS` (100,000) snapshots.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{Timelike, Utc};
+use harness::bench::{self, Budget, Fleet, Report};
+use harness::faults::{FaultProxy, Stop};
+use harness::runtime::LocalRuntime;
+use harness::{drain_with, scheduled_event, seed_bulk, workspace_root, Emulator, Result};
+use serde_json::{json, Value};
+
+const HOME: &str = "us-east-1";
+const COPY_REGION: &str = "eu-west-1";
+const MANAGED_BY: &str = "consistent-snapshot-bench";
+/// The function's timeout in template.yaml.
+const FUNCTION_TIMEOUT: Duration = Duration::from_secs(120);
+const VOLUMES: u64 = 3;
+const RETAIN_COUNT: u64 = 7;
+
+fn setting(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| format!("{name}={v:?} is not a whole number").into()),
+        Err(_) => Ok(default),
+    }
+}
+
+/// The release binary `cargo build --release -p consistent-snapshot` made.
+fn release_binary() -> Result<PathBuf> {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"));
+    let target = if target.is_relative() {
+        workspace_root().join(target)
+    } else {
+        target
+    };
+    let binary = target.join("release/consistent-snapshot");
+    if !binary.exists() {
+        return Err(format!(
+            "{} not found: `make bench` builds it (cargo build --release -p consistent-snapshot)",
+            binary.display()
+        )
+        .into());
+    }
+    Ok(binary)
+}
+
+/// One Lambda execution environment: the release binary behind its own runtime API.
+struct Function {
+    child: Child,
+    runtime: LocalRuntime,
+    started: Instant,
+}
+
+impl Function {
+    async fn start(binary: &Path, env: &[(&str, String)], log: &Path) -> Result<Self> {
+        let runtime = LocalRuntime::start().await?;
+        let log = std::fs::File::create(log)?;
+        let mut command = Command::new(binary);
+        command
+            .env_clear()
+            .env("AWS_LAMBDA_RUNTIME_API", runtime.addr.to_string())
+            .env("AWS_LAMBDA_FUNCTION_NAME", "consistent-snapshot")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
+            .env("AWS_REGION", HOME)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let started = Instant::now();
+        let child = command.spawn()?;
+        let function = Function {
+            child,
+            runtime,
+            started,
+        };
+        function.runtime.wait_ready(Duration::from_secs(10)).await?;
+        Ok(function)
+    }
+
+    /// Process start to the first request for an event.
+    fn init(&self) -> Option<Duration> {
+        self.runtime
+            .ready_at()
+            .map(|ready| ready.duration_since(self.started))
+    }
+
+    fn proc(&self, file: &str) -> Result<String> {
+        Ok(std::fs::read_to_string(format!(
+            "/proc/{}/{file}",
+            self.child.id()
+        ))?)
+    }
+
+    /// Peak resident set (VmHWM), in MiB.
+    fn peak_rss_mib(&self) -> Result<f64> {
+        let status = self.proc("status")?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or("no VmHWM in /proc/<pid>/status")?;
+        Ok(kib / 1024.0)
+    }
+
+    /// CPU time used so far (user + system), in seconds.
+    fn cpu_seconds(&self) -> Result<f64> {
+        // schedstat: nanoseconds on a CPU, first field.
+        let ns: f64 = self
+            .proc("schedstat")?
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or("unreadable /proc/<pid>/schedstat")?;
+        Ok(ns / 1e9)
+    }
+
+    async fn invoke(&self, payload: Value, timeout: Duration) -> Result<Value> {
+        self.runtime.invoke(payload, timeout).await
+    }
+}
+
+impl Drop for Function {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The function's environment against `endpoint_port` (the counting proxy).
+fn function_env(endpoint_port: u16, queue_url: &str, copy: bool) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        (
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{endpoint_port}"),
+        ),
+        ("QUEUE_URL", queue_url.to_string()),
+        ("MANAGED_BY", MANAGED_BY.to_string()),
+        ("RETAIN_COUNT", RETAIN_COUNT.to_string()),
+        ("TRACK_POLL_INITIAL_SECONDS", "1".into()),
+        ("TRACK_POLL_MAX_SECONDS", "5".into()),
+    ];
+    if copy {
+        env.push(("COPY_REGIONS", COPY_REGION.into()));
+    }
+    env
+}
+
+/// The function's EMF lines of one event (`run`, `copies`, `retention`) in its log.
+fn emf(log: &Path, event: &str) -> Result<Vec<Value>> {
+    Ok(std::fs::read_to_string(log)?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l.get("_aws").is_some() && l["Event"] == event)
+        .collect())
+}
+
+fn metric_sum(lines: &[Value], name: &str) -> u64 {
+    lines.iter().filter_map(|l| l[name].as_u64()).sum()
+}
+
+fn log_dir() -> Result<PathBuf> {
+    let dir = workspace_root().join(".emulator/bench");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn nightly_event() -> Value {
+    let now = Utc::now()
+        .with_second(0)
+        .and_then(|t| t.with_nanosecond(0))
+        .unwrap_or_else(Utc::now);
+    scheduled_event("consistent-snapshot-nightly", &now.to_rfc3339())
+}
+
+/// This deployment's snapshots in a region.
+async fn managed_snapshots(emulator: &Emulator, region: &str) -> Result<usize> {
+    let mut pages = emulator
+        .ec2_in(region)
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:ConsistentSnapshot:ManagedBy")
+                .values(MANAGED_BY)
+                .build(),
+        )
+        .max_results(1000)
+        .into_paginator()
+        .send();
+    let mut n = 0;
+    while let Some(page) = pages.next().await {
+        n += page?.snapshots().len();
+    }
+    Ok(n)
+}
+
+async fn measure_init(binary: &Path, times: usize) -> Result<Vec<f64>> {
+    let log = log_dir()?.join("init.log");
+    let env = function_env(9, "http://127.0.0.1:9/000000000000/none", false);
+    let mut samples = Vec::new();
+    for _ in 0..times {
+        let function = Function::start(binary, &env, &log).await?;
+        let init = function.init().ok_or("no init time")?;
+        samples.push(init.as_secs_f64() * 1000.0);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples)
+}
+
+struct FullRun {
+    fleet: Fleet,
+    calls: BTreeMap<String, u64>,
+    regional: BTreeMap<(String, String), u64>,
+    dispatch: Duration,
+    total: Duration,
+    invocations: usize,
+    cpu_seconds: f64,
+    peak_rss_mib: f64,
+}
+
+async fn full_run(binary: &Path, instances: u64) -> Result<FullRun> {
+    let fleet = Fleet {
+        instances,
+        volumes: VOLUMES,
+        copy_regions: 1,
+        history_sets: RETAIN_COUNT,
+        retain_count: RETAIN_COUNT,
+    };
+    println!("==> full run: {instances} servers × {VOLUMES} volumes, {RETAIN_COUNT} earlier sets in {HOME} and {COPY_REGION}");
+    let emulator = Emulator::start().await?;
+    let queue = emulator.create_queue("bench-tracking", 60).await?;
+    let ids = seed_bulk(&emulator, instances as usize, 250, (VOLUMES - 1) as usize).await?;
+    let history = json!({
+        "region": HOME, "managed_by": MANAGED_BY, "instance_ids": ids,
+        "sets": RETAIN_COUNT, "hours_apart": 24, "newest_hours": 24, "copy_region": COPY_REGION,
+    });
+    let made = emulator.seed_history(history)?;
+    println!("    seeded; history: {made} snapshots");
+
+    let proxy = FaultProxy::new(emulator.port, 0.0, 1);
+    let endpoint = proxy.endpoint(Stop::Never).await?;
+    let log = log_dir()?.join("full-run.log");
+    let function =
+        Function::start(binary, &function_env(endpoint.port, &queue, true), &log).await?;
+    let started = Instant::now();
+    let answer = function.invoke(nightly_event(), FUNCTION_TIMEOUT).await?;
+    let dispatch = started.elapsed();
+    let dispatched = answer["dispatched"].as_array().map_or(0, Vec::len);
+    println!(
+        "    dispatched {dispatched} in {:.1} s; tracking…",
+        dispatch.as_secs_f64()
+    );
+    let drained = drain_with(&emulator, &queue, 10, Duration::from_secs(3600), |event| {
+        function.invoke(event, FUNCTION_TIMEOUT)
+    })
+    .await?;
+    let total = started.elapsed();
+    let cpu_seconds = function.cpu_seconds()?;
+    let peak_rss_mib = function.peak_rss_mib()?;
+
+    // The run did its job, or nothing here means anything.
+    let run = emf(&log, "run")?;
+    let copies = emf(&log, "copies")?;
+    let retention = emf(&log, "retention")?;
+    let s = fleet.snapshots();
+    let checks = [
+        (
+            "servers consistent",
+            metric_sum(&run, "Consistent"),
+            instances,
+        ),
+        (
+            "snapshots copied",
+            metric_sum(&copies, "SnapshotsCopied"),
+            s,
+        ),
+        (
+            "snapshots deleted",
+            metric_sum(&retention, "SnapshotsDeleted"),
+            2 * fleet.expired_per_region(),
+        ),
+        (
+            "snapshots kept in the home region",
+            managed_snapshots(&emulator, HOME).await? as u64,
+            RETAIN_COUNT * s,
+        ),
+        (
+            "snapshots kept in the copy region",
+            managed_snapshots(&emulator, COPY_REGION).await? as u64,
+            RETAIN_COUNT * s,
+        ),
+    ];
+    for (what, got, want) in checks {
+        if got != want {
+            return Err(format!(
+                "the run did not do its job: {what} {got}, expected {want} (log: {})",
+                log.display()
+            )
+            .into());
+        }
+        println!("    {what}: {got} ✓");
+    }
+    let stats = proxy.stats();
+    Ok(FullRun {
+        fleet,
+        calls: stats.calls,
+        regional: stats.regional,
+        dispatch,
+        total,
+        invocations: drained.invocations + 1,
+        cpu_seconds,
+        peak_rss_mib,
+    })
+}
+
+struct Measured {
+    seconds: f64,
+    peak_rss_mib: f64,
+    cpu_seconds: f64,
+    detail: String,
+}
+
+/// The dispatch of a large fleet and the first tracking batches after it.
+async fn large_dispatch(binary: &Path, instances: u64) -> Result<Measured> {
+    println!("==> dispatch of {instances} servers × {VOLUMES} volumes");
+    let emulator = Emulator::start().await?;
+    let queue = emulator.create_queue("bench-dispatch", 60).await?;
+    seed_bulk(&emulator, instances as usize, 500, (VOLUMES - 1) as usize).await?;
+    let proxy = FaultProxy::new(emulator.port, 0.0, 1);
+    let endpoint = proxy.endpoint(Stop::Never).await?;
+    let log = log_dir()?.join("large-dispatch.log");
+    let function =
+        Function::start(binary, &function_env(endpoint.port, &queue, false), &log).await?;
+    let started = Instant::now();
+    // Measured with Lambda's longest timeout, so that its time is known even past the template's.
+    let answer = function
+        .invoke(nightly_event(), Duration::from_secs(900))
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let dispatched = answer["dispatched"].as_array().map_or(0, Vec::len);
+    if dispatched as u64 != instances {
+        return Err(format!("dispatched {dispatched} of {instances}: {answer}").into());
+    }
+    // Ten batches of tracking messages: the memory of message handling at this scale.
+    let sqs = emulator.sqs();
+    let arn = harness::queue_arn(&queue);
+    for _ in 0..10 {
+        let messages = harness::receive(&sqs, &queue, 10, 1).await?;
+        let event = json!({ "Records": harness::sqs_records(&messages, &arn) });
+        function.invoke(event, FUNCTION_TIMEOUT).await?;
+    }
+    let calls = proxy.stats().calls;
+    let detail = [
+        "ssm:DescribeInstanceInformation",
+        "ssm:SendCommand",
+        "sqs:SendMessageBatch",
+    ]
+    .iter()
+    .map(|a| format!("{a} {}", calls.get(*a).copied().unwrap_or(0)))
+    .collect::<Vec<_>>()
+    .join(", ");
+    println!("    dispatched {dispatched} in {seconds:.1} s ({detail})");
+    Ok(Measured {
+        seconds,
+        peak_rss_mib: function.peak_rss_mib()?,
+        cpu_seconds: function.cpu_seconds()?,
+        detail,
+    })
+}
+
+/// A retention dry run over at least `snapshots` snapshots of 2,000 servers.
+async fn large_plan(binary: &Path, snapshots: u64) -> Result<Measured> {
+    let servers = 2_000u64;
+    let sets = snapshots.div_ceil(servers * VOLUMES);
+    println!(
+        "==> retention plan over {} snapshots ({servers} servers × {sets} sets × {VOLUMES})",
+        servers * sets * VOLUMES
+    );
+    let emulator = Emulator::start().await?;
+    let queue = emulator.create_queue("bench-plan", 60).await?;
+    let ids = seed_bulk(&emulator, servers as usize, 500, (VOLUMES - 1) as usize).await?;
+    let history = json!({
+        "region": HOME, "managed_by": MANAGED_BY, "instance_ids": ids,
+        "sets": sets, "hours_apart": 24, "newest_hours": 24,
+    });
+    let made = emulator.seed_history(history)?;
+    let proxy = FaultProxy::new(emulator.port, 0.0, 1);
+    let endpoint = proxy.endpoint(Stop::Never).await?;
+    let log = log_dir()?.join("large-plan.log");
+    let function =
+        Function::start(binary, &function_env(endpoint.port, &queue, false), &log).await?;
+    let started = Instant::now();
+    let answer = function
+        .invoke(
+            json!({"action": "retention", "dry_run": true}),
+            Duration::from_secs(900),
+        )
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let planned: usize = answer["plans"]
+        .as_array()
+        .map(|plans| {
+            plans
+                .iter()
+                .filter_map(|p| p["instances"].as_object())
+                .flat_map(|i| i.values())
+                .filter_map(Value::as_array)
+                .map(Vec::len)
+                .sum()
+        })
+        .unwrap_or(0);
+    let expected_sets = (servers * sets) as usize;
+    if planned != expected_sets {
+        return Err(format!("the plan covers {planned} sets, expected {expected_sets}").into());
+    }
+    let describes = proxy
+        .stats()
+        .calls
+        .get("ec2:DescribeSnapshots")
+        .copied()
+        .unwrap_or(0);
+    let answer_bytes = answer.to_string().len();
+    let detail = format!(
+        "{made} snapshots, {planned} sets planned, {describes} DescribeSnapshots pages, answer {:.1} MB",
+        answer_bytes as f64 / 1e6
+    );
+    println!("    {detail}, {seconds:.1} s");
+    Ok(Measured {
+        seconds,
+        peak_rss_mib: function.peak_rss_mib()?,
+        cpu_seconds: function.cpu_seconds()?,
+        detail,
+    })
+}
+
+/// Criterion's median estimates under `<target>/criterion`.
+fn criterion_medians() -> Vec<(String, f64)> {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"));
+    let mut found = Vec::new();
+    let Ok(groups) = std::fs::read_dir(target.join("criterion")) else {
+        return found;
+    };
+    for group in groups.flatten() {
+        let Ok(benches) = std::fs::read_dir(group.path()) else {
+            continue;
+        };
+        for b in benches.flatten() {
+            let estimates = b.path().join("new/estimates.json");
+            let Ok(text) = std::fs::read_to_string(&estimates) else {
+                continue;
+            };
+            let median = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["median"]["point_estimate"].as_f64());
+            if let Some(ns) = median {
+                found.push((
+                    format!(
+                        "{}/{}",
+                        group.file_name().to_string_lossy(),
+                        b.file_name().to_string_lossy()
+                    ),
+                    ns,
+                ));
+            }
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+fn first_line(command: &str, args: &[&str]) -> String {
+    Command::new(command)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn machine() -> Vec<(String, String)> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kib| format!("{:.1} GiB", kib / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let moto = std::fs::read_to_string(workspace_root().join("requirements-dev.txt"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("moto"))
+        .unwrap_or("moto")
+        .to_string();
+    vec![
+        ("CPU".into(), format!("{cpu}, {cores} cores available")),
+        ("memory".into(), memory),
+        (
+            "kernel".into(),
+            std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        ),
+        ("rustc".into(), first_line("rustc", &["--version"])),
+        ("emulator".into(), moto),
+        (
+            "commit".into(),
+            first_line(
+                "git",
+                &[
+                    "-C",
+                    &workspace_root().to_string_lossy(),
+                    "rev-parse",
+                    "--short",
+                    "HEAD",
+                ],
+            ),
+        ),
+    ]
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let instances = setting("BENCH_INSTANCES", 1_000)?;
+    let dispatch_instances = setting("BENCH_DISPATCH_INSTANCES", 10_000)?;
+    let plan_snapshots = setting("BENCH_PLAN_SNAPSHOTS", 100_000)?;
+    // A comma list of phases to run (init, run, dispatch, plan); all by default. BENCHMARKS.md
+    // is written only when all ran.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let wanted = |phase: &str| only.is_empty() || only.split(',').any(|p| p.trim() == phase);
+    let binary = release_binary()?;
+    let size_mib = std::fs::metadata(&binary)?.len() as f64 / 1024.0 / 1024.0;
+    let mut budgets = Vec::new();
+    let mut report = Report {
+        date: Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        machine: machine(),
+        ..Report::default()
+    };
+
+    if wanted("init") {
+        println!("==> init time of {}", binary.display());
+        let inits = measure_init(&binary, 10).await?;
+        let (min, median, max) = (inits[0], inits[inits.len() / 2], inits[inits.len() - 1]);
+        println!("    median {median:.1} ms (min {min:.1}, max {max:.1})");
+        budgets.push(Budget {
+            what: "init: process start to ready (median of 10)".into(),
+            measured: median,
+            unit: "ms",
+            target: Some(50.0),
+            note: format!("min {min:.1} ms, max {max:.1} ms"),
+        });
+    }
+    if wanted("run") {
+        let run = full_run(&binary, instances).await?;
+        let comparison = bench::compare(&run.fleet, &run.calls);
+        println!(
+            "    {} work calls, floor {} ({:.3}×); {:.2} polling calls per server; {:.1} s in all",
+            comparison.work,
+            comparison.work_floor,
+            comparison.ratio(),
+            comparison.polling_per_instance(instances),
+            run.total.as_secs_f64()
+        );
+        budgets.push(Budget {
+            what: format!(
+                "peak RSS, full run of {instances} servers (one process for every invocation)"
+            ),
+            measured: run.peak_rss_mib,
+            unit: "MiB",
+            target: Some(64.0),
+            note: format!("{} invocations", run.invocations),
+        });
+        budgets.push(Budget {
+            what: "handler CPU per 1,000 servers (dispatch, tracking, copies, retention)".into(),
+            measured: run.cpu_seconds * 1000.0 / instances.max(1) as f64,
+            unit: "s",
+            target: None,
+            note: format!(
+                "{:.1} s wall in all against the emulator, of which dispatch {:.1} s",
+                run.total.as_secs_f64(),
+                run.dispatch.as_secs_f64()
+            ),
+        });
+        report.fleet = Some(run.fleet);
+        report.calls = run.calls;
+        report.calls_by_region = run.regional;
+    }
+    if wanted("dispatch") {
+        let dispatch = large_dispatch(&binary, dispatch_instances).await?;
+        budgets.push(Budget {
+            what: format!(
+                "peak RSS, dispatch of {dispatch_instances} servers + 10 tracking batches"
+            ),
+            measured: dispatch.peak_rss_mib,
+            unit: "MiB",
+            target: Some(64.0),
+            note: format!(
+                "{:.1} s, {:.2} s CPU; {}",
+                dispatch.seconds, dispatch.cpu_seconds, dispatch.detail
+            ),
+        });
+    }
+    if wanted("plan") {
+        let plan = large_plan(&binary, plan_snapshots).await?;
+        budgets.push(Budget {
+            what: format!("peak RSS, retention plan (dry run) over {plan_snapshots}+ snapshots"),
+            measured: plan.peak_rss_mib,
+            unit: "MiB",
+            target: Some(64.0),
+            note: format!(
+                "{:.1} s, {:.2} s CPU; {}",
+                plan.seconds, plan.cpu_seconds, plan.detail
+            ),
+        });
+    }
+    budgets.push(Budget {
+        what: "release binary size, x86_64 (stripped)".into(),
+        measured: size_mib,
+        unit: "MiB",
+        target: None,
+        note: "arm64 not measured: this machine has no aarch64 standard library to build with"
+            .into(),
+    });
+    report.criterion = criterion_medians();
+    if let Some((_, ns)) = report
+        .criterion
+        .iter()
+        .find(|(name, _)| name.starts_with("retention/"))
+    {
+        budgets.push(Budget {
+            what: "retention planner over 102,000 snapshots (criterion median)".into(),
+            measured: ns / 1e9,
+            unit: "s",
+            target: Some(1.0),
+            note: "retention::plan alone, in-process".into(),
+        });
+    }
+    report.budgets = budgets;
+    let markdown = bench::render(&report);
+    if only.is_empty() {
+        let path = workspace_root().join("BENCHMARKS.md");
+        std::fs::write(&path, markdown)?;
+        println!("==> wrote {}", path.display());
+    } else {
+        println!("{markdown}");
+    }
+    Ok(())
+}
