@@ -9,7 +9,9 @@ use consistent_snapshot::{App, Config};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
 
-#[tokio::main]
+// One invocation at a time and no task of its own: a single thread is all the function uses,
+// and a multi-threaded runtime would only add threads and malloc arenas (peak memory).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     // JSON logs when the function's LoggingConfig says JSON (the template does).
     lambda_runtime::tracing::init_default_subscriber();
