@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use consistent_snapshot::fleet::AttachedVolume;
 use consistent_snapshot::job::{Envelope, InstanceJob, Job, Stage};
 use consistent_snapshot::outcome::{FinalInvocation, SnapshotFacts};
-use consistent_snapshot::retention::{self, InstanceState, Policy, SnapshotInfo};
+use consistent_snapshot::retention::{self, InstanceState, Policy, SnapshotInfo, TagInterner};
 use consistent_snapshot::track::{self, Look};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::json;
@@ -29,6 +29,7 @@ fn now() -> DateTime<Utc> {
 /// would list them (not grouped, not sorted).
 fn history() -> Vec<SnapshotInfo> {
     let mut snapshots = Vec::with_capacity(INSTANCES * SETS * VOLUMES);
+    let mut interner = TagInterner::default();
     for set in 0..SETS {
         let taken = now() - Duration::hours(24 * set as i64 + 1);
         let run_id = format!("{}-0b0b0b0b", taken.format("%Y%m%dT%H%M%SZ"));
@@ -36,17 +37,14 @@ fn history() -> Vec<SnapshotInfo> {
             let instance_id = format!("i-{instance:017x}");
             for volume in 0..VOLUMES {
                 let device = format!("xvd{}", (b'f' + volume as u8) as char);
-                let tags: BTreeMap<String, String> = [
-                    ("ConsistentSnapshot:RunId", run_id.clone()),
-                    ("ConsistentSnapshot:ManagedBy", MANAGED_BY.to_string()),
-                    ("ConsistentSnapshot:InstanceId", instance_id.clone()),
-                    ("Name", format!("{instance_id} {device}")),
-                    ("Device", device),
-                    ("AppConsistent", "True".to_string()),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
+                // Read as the function reads them: only the tags retention uses, shared.
+                let tags = interner.tags([
+                    ("ConsistentSnapshot:RunId", run_id.as_str()),
+                    ("ConsistentSnapshot:ManagedBy", MANAGED_BY),
+                    ("ConsistentSnapshot:InstanceId", instance_id.as_str()),
+                    ("Device", device.as_str()),
+                    ("AppConsistent", "True"),
+                ]);
                 snapshots.push(SnapshotInfo {
                     snapshot_id: format!("snap-{:017x}", snapshots.len()),
                     state: "completed".into(),

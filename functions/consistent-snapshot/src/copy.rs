@@ -224,7 +224,11 @@ impl App {
             .filter(|s| s.tags.contains_key(TAG_INSTANCE_ID))
             .collect();
         let facts = self
-            .instances_named_on(snapshots.iter().map(|s| &s.tags))
+            .instances_named_on(
+                snapshots
+                    .iter()
+                    .filter_map(|s| s.tags.get(TAG_INSTANCE_ID).map(String::as_str)),
+            )
             .await?;
         let sources: Vec<(SnapshotFacts, Result<Vec<String>, String>)> = snapshots
             .into_iter()

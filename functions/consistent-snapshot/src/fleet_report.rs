@@ -182,7 +182,8 @@ pub fn build(input: &ReportInput) -> FleetReport {
                     .filter(|source| {
                         in_region.unwrap_or_default().iter().any(|c| {
                             c.state == "completed"
-                                && c.tags.get(TAG_SOURCE_SNAPSHOT) == Some(&source.snapshot_id)
+                                && c.tags.get(TAG_SOURCE_SNAPSHOT)
+                                    == Some(source.snapshot_id.as_str())
                         })
                     })
                     .count();
@@ -358,8 +359,7 @@ mod tests {
 
     fn copy_of(id: &str, source: &str) -> SnapshotInfo {
         let mut copy = snap(id, "i-1", "r", 1, true);
-        copy.tags
-            .insert(TAG_SOURCE_SNAPSHOT.to_string(), source.to_string());
+        copy.tags.insert(TAG_SOURCE_SNAPSHOT, source);
         copy
     }
 
@@ -376,7 +376,7 @@ mod tests {
             // Another deployment's snapshot of i-3 does not count.
             {
                 let mut s = snap("snap-e", "i-3", "r2", 1, true);
-                s.tags.insert(TAG_MANAGED_BY.into(), "other".into());
+                s.tags.insert(TAG_MANAGED_BY, "other");
                 s
             },
         ];

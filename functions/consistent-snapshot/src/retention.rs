@@ -16,6 +16,7 @@
 //! 6. A set with a snapshot an AMI uses is kept and reported.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
@@ -28,7 +29,7 @@ pub struct SnapshotInfo {
     pub snapshot_id: String,
     pub state: String,
     pub start_time: DateTime<Utc>,
-    pub tags: BTreeMap<String, String>,
+    pub tags: SnapshotTags,
     /// AMIs whose block devices use this snapshot.
     pub used_by_images: Vec<String>,
     /// Copies of this snapshot (in other regions) that are not completed yet.
@@ -37,7 +38,73 @@ pub struct SnapshotInfo {
 
 impl SnapshotInfo {
     fn tag(&self, key: &str) -> Option<&str> {
-        self.tags.get(key).map(String::as_str)
+        self.tags.get(key)
+    }
+}
+
+/// A snapshot's tags, small: a plan over 100,000 snapshots holds 600,000 of them. Keys and
+/// values are shared strings, so that the snapshots of one set (and of one deployment) share
+/// one copy of their instance id, run id and `ManagedBy` when read through a `TagInterner`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotTags(Box<[(Arc<str>, Arc<str>)]>);
+
+impl SnapshotTags {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| &**k == key).map(|(_, v)| &**v)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub fn insert(&mut self, key: &str, value: &str) {
+        let mut pairs: Vec<(Arc<str>, Arc<str>)> = std::mem::take(&mut self.0).into_vec();
+        pairs.retain(|(k, _)| &**k != key);
+        pairs.push((key.into(), value.into()));
+        self.0 = pairs.into_boxed_slice();
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        let mut pairs: Vec<(Arc<str>, Arc<str>)> = std::mem::take(&mut self.0).into_vec();
+        pairs.retain(|(k, _)| &**k != key);
+        self.0 = pairs.into_boxed_slice();
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for SnapshotTags {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        let mut tags = SnapshotTags::default();
+        for (k, v) in pairs {
+            tags.insert(k.as_ref(), v.as_ref());
+        }
+        tags
+    }
+}
+
+/// Hands out one shared copy of each distinct tag text.
+#[derive(Debug, Default)]
+pub struct TagInterner(std::collections::HashSet<Arc<str>>);
+
+impl TagInterner {
+    pub fn intern(&mut self, text: &str) -> Arc<str> {
+        if let Some(found) = self.0.get(text) {
+            return found.clone();
+        }
+        let shared: Arc<str> = text.into();
+        self.0.insert(shared.clone());
+        shared
+    }
+
+    /// These tags, with keys and values shared with earlier ones.
+    pub fn tags<'a>(
+        &mut self,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> SnapshotTags {
+        let pairs: Vec<(Arc<str>, Arc<str>)> = pairs
+            .into_iter()
+            .map(|(k, v)| (self.intern(k), self.intern(v)))
+            .collect();
+        SnapshotTags(pairs.into_boxed_slice())
     }
 }
 
@@ -507,9 +574,7 @@ mod tests {
         let mut ami = snap("i-1", 7, true, 0);
         ami.used_by_images = vec!["ami-1".into()];
         let mut foreign = snap("i-1", 8, true, 0);
-        foreign
-            .tags
-            .insert(TAG_MANAGED_BY.into(), "another-deployment".into());
+        foreign.tags.insert(TAG_MANAGED_BY, "another-deployment");
         let mut unmanaged = snap("i-1", 9, true, 0);
         unmanaged.tags.remove(TAG_MANAGED_BY);
         let mut no_instance = snap("i-1", 10, true, 0);
@@ -650,7 +715,7 @@ mod tests {
                 if by.is_empty() {
                     s.tags.remove(TAG_MANAGED_BY);
                 } else {
-                    s.tags.insert(TAG_MANAGED_BY.into(), by.into());
+                    s.tags.insert(TAG_MANAGED_BY, by);
                 }
                 if extra == 0 {
                     s.used_by_images = vec!["ami-x".into()];
@@ -731,7 +796,7 @@ mod tests {
             let doomed: BTreeSet<&String> = plan.deletions().flat_map(|(_, s)| &s.snapshots).collect();
             for s in &snaps {
                 if doomed.contains(&s.snapshot_id) {
-                    prop_assert_eq!(s.tags.get(TAG_MANAGED_BY).map(String::as_str), Some("prod"));
+                    prop_assert_eq!(s.tags.get(TAG_MANAGED_BY), Some("prod"));
                     prop_assert!(s.used_by_images.is_empty());
                     prop_assert!(s.state != "pending" && s.copies_in_progress == 0);
                 }

@@ -15,7 +15,9 @@ use crate::error::{aws, Error};
 use crate::fleet;
 use crate::handler::{to_json, App};
 use crate::job::{Job, RetentionJob};
-use crate::retention::{self, instance_state, Action, Policy, RegionPlan, SnapshotInfo};
+use crate::retention::{
+    self, instance_state, Action, Policy, RegionPlan, SnapshotInfo, TagInterner,
+};
 use crate::run_claim::RunMarkerStore;
 use crate::track;
 
@@ -193,7 +195,7 @@ impl App {
         for (_, snapshots) in per_region.iter().skip(1) {
             for copy in snapshots.iter().filter(|s| s.state == "pending") {
                 if let Some(source) = copy.tags.get(TAG_SOURCE_SNAPSHOT) {
-                    *copying.entry(source.clone()).or_default() += 1;
+                    *copying.entry(source.to_string()).or_default() += 1;
                 }
             }
         }
@@ -207,9 +209,11 @@ impl App {
             .flat_map(|(_, snapshots)| snapshots.iter());
         let ids: BTreeSet<String> = all
             .clone()
-            .filter_map(|s| s.tags.get(TAG_INSTANCE_ID).cloned())
+            .filter_map(|s| s.tags.get(TAG_INSTANCE_ID).map(str::to_string))
             .collect();
-        let facts = self.instances_named_on(all.map(|s| &s.tags)).await?;
+        let facts = self
+            .instances_named_on(all.filter_map(|s| s.tags.get(TAG_INSTANCE_ID)))
+            .await?;
         let target = (
             self.config.target_tag_key.as_str(),
             self.config.target_tag_value.as_str(),
@@ -404,6 +408,7 @@ pub(crate) async fn managed_snapshots(
     managed_by: &str,
 ) -> Result<Vec<SnapshotInfo>, Error> {
     let subject = format!("{managed_by} in {region}");
+    let mut interner = TagInterner::default();
     track::own_snapshots_tagged(ec2, TAG_MANAGED_BY, managed_by, &subject, |s| {
         Some(SnapshotInfo {
             snapshot_id: s.snapshot_id()?.to_string(),
@@ -413,13 +418,12 @@ pub(crate) async fn managed_snapshots(
                 .unwrap_or_default(),
             start_time: chrono::DateTime::from_timestamp(s.start_time()?.secs(), 0)
                 .unwrap_or_default(),
-            tags: s
-                .tags()
-                .iter()
-                .filter_map(|t| Some((t.key()?, t.value()?)))
-                .filter(|(k, _)| TAGS_READ.contains(k))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            tags: interner.tags(
+                s.tags()
+                    .iter()
+                    .filter_map(|t| Some((t.key()?, t.value()?)))
+                    .filter(|(k, _)| TAGS_READ.contains(k)),
+            ),
             used_by_images: vec![],
             copies_in_progress: 0,
         })

@@ -252,13 +252,13 @@ impl App {
     /// The instances named by these snapshots' `ConsistentSnapshot:InstanceId` tags.
     pub(crate) async fn instances_named_on<'a>(
         &self,
-        snapshots: impl IntoIterator<Item = &'a std::collections::BTreeMap<String, String>>,
+        instance_ids: impl IntoIterator<Item = &'a str>,
     ) -> Result<HashMap<String, fleet::InstanceFacts>, Error> {
-        let ids: Vec<String> = snapshots
+        let ids: Vec<String> = instance_ids
             .into_iter()
-            .filter_map(|tags| tags.get(crate::dispatch::TAG_INSTANCE_ID).cloned())
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
+            .map(str::to_string)
             .collect();
         self.describe_by_id(&ids).await
     }
