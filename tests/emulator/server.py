@@ -15,6 +15,8 @@ behaves like AWS where this project depends on it:
 * DescribeSnapshots honours MaxResults and NextToken (moto answers everything in one page), and
   a DescribeInstances page holds at most MaxResults instances (moto counts reservations), so a
   paginated read costs the calls, and holds the memory, that it does against AWS.
+* SendMessage no longer counts every message of the queue for each message sent (moto builds
+  all the queue's attributes to read one), which made sending 10,000 messages quadratic.
 * A resource's tags are looked up by its id (moto scans every tag of the region for each
   resource, which makes a tag-filtered describe quadratic: minutes with 100,000 snapshots).
 * moto's SendCommand sends to every instance when `Targets` is empty; here it sends to exactly
@@ -75,6 +77,8 @@ from moto.moto_server.werkzeug_app import (
     MotoRequestHandler,
     create_backend_app,
 )
+from moto.sqs.models import Queue as SqsQueue
+from moto.sqs.models import SQSBackend
 from moto.ssm import models as ssm_models
 from moto.ssm import responses as ssm_responses
 from moto.ssm.exceptions import SSMException as RESTError
@@ -741,6 +745,33 @@ def _get_tags(self: Any) -> list[dict[str, str]]:
 
 
 TaggedEC2Resource.get_tags = _get_tags
+
+_SENDING = threading.local()
+_original_queue_attributes = SqsQueue.attributes
+
+
+def _queue_attributes(self: Any) -> dict[str, Any]:
+    if getattr(_SENDING, "on", False):
+        # All SendMessage reads; the full attributes count every message of the queue.
+        if self.fifo_queue:
+            return {"ContentBasedDeduplication": str(bool(getattr(self, "content_based_deduplication", False))).lower()}
+        return {}
+    return _original_queue_attributes.fget(self)
+
+
+SqsQueue.attributes = property(_queue_attributes)
+_original_sqs_send = SQSBackend.send_message
+
+
+def _sqs_send_message(self: Any, *args: Any, **kwargs: Any) -> Any:
+    _SENDING.on = True
+    try:
+        return _original_sqs_send(self, *args, **kwargs)
+    finally:
+        _SENDING.on = False
+
+
+SQSBackend.send_message = _sqs_send_message
 
 _original_describe_instances = InstanceResponse.describe_instances
 
