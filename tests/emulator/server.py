@@ -754,7 +754,8 @@ def _queue_attributes(self: Any) -> dict[str, Any]:
     if getattr(_SENDING, "on", False):
         # All SendMessage reads; the full attributes count every message of the queue.
         if self.fifo_queue:
-            return {"ContentBasedDeduplication": str(bool(getattr(self, "content_based_deduplication", False))).lower()}
+            dedup = bool(getattr(self, "content_based_deduplication", False))
+            return {"ContentBasedDeduplication": str(dedup).lower()}
         return {}
     return _original_queue_attributes.fget(self)
 

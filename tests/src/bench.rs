@@ -351,7 +351,7 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
         md,
-        "Written by `make bench` on {}. Re-run with `make bench` (about 15 minutes after a \
+        "Written by `make bench` on {}. Re-run with `make bench` (about 20 minutes after a \
          warm release build; `BENCH_INSTANCES`, `BENCH_DISPATCH_INSTANCES` and \
          `BENCH_PLAN_SNAPSHOTS` scale the three fleets). Every number comes from the release \
          binary, started as Lambda starts it (a local runtime API on loopback) against the \
