@@ -55,7 +55,7 @@ demo: setup
 # The release binary, started as Lambda starts it, against the emulator: a full run of 1,000
 # servers with its AWS calls counted, a 10,000-server dispatch, a 100,000-snapshot retention
 # plan, init time; then criterion's benchmarks of the planner and of message handling.
-# Writes BENCHMARKS.md. About 25 minutes after a warm release build.
+# Writes BENCHMARKS.md. About 20 minutes after a warm release build.
 bench: setup
 	cargo build --release -p consistent-snapshot
 	cargo bench -p consistent-snapshot --bench hot_paths
