@@ -204,7 +204,6 @@ impl App {
         event: SqsEvent,
         deadline: DateTime<Utc>,
     ) -> SqsBatchResponse {
-        let lease_until = deadline + Duration::seconds(LEASE_MARGIN_SECONDS);
         let mut response = SqsBatchResponse::default();
         let mut give_back: Option<&str> = None;
         for record in event.records {
@@ -230,7 +229,7 @@ impl App {
                 }
             };
             let run_id = envelope.job.run_id().to_string();
-            let step = tokio::time::timeout(left, self.process_job(envelope.job, lease_until, &id));
+            let step = tokio::time::timeout(left, self.process_job(envelope.job, deadline, &id));
             let failed = match step.await {
                 Ok(Ok(())) => false,
                 Ok(Err(err)) => {
@@ -259,18 +258,17 @@ impl App {
     async fn process_job(
         &self,
         job: Job,
-        lease_until: DateTime<Utc>,
+        deadline: DateTime<Utc>,
         message_id: &str,
     ) -> Result<(), Error> {
+        // A claim taken here is held until the invocation's end, plus a margin.
+        let lease_until = deadline + Duration::seconds(LEASE_MARGIN_SECONDS);
         match job {
             Job::Instance(job) => self.track_instance(job).await,
             Job::Run(job) => self.track_run(job).await,
             Job::Watch(job) => self.watch_run(job, lease_until).await,
             Job::Copy(job) => self.copy_job(job, lease_until, message_id).await,
-            Job::Retention(job) => {
-                let deadline = lease_until - Duration::seconds(LEASE_MARGIN_SECONDS);
-                self.retention_job(job, deadline).await
-            }
+            Job::Retention(job) => self.retention_job(job, deadline).await,
             Job::Restore(job) => self.restore_job(job).await,
             Job::Verify(job) => self.verify_job(job).await,
         }

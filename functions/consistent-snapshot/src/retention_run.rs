@@ -45,6 +45,7 @@ pub struct RetentionOutcome {
 /// logged on a line of its own whatever the size of the plan.
 pub const ANSWER_SETS: usize = 2_000;
 pub const LOG_LINE_SETS: usize = 200;
+
 /// When deleting stops: 10 s before the invocation's deadline (a quarter of the time left when
 /// that is less), leaving time to queue the next pass and to answer.
 fn stop_time(deadline: DateTime<Utc>) -> DateTime<Utc> {

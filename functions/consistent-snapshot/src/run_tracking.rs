@@ -249,7 +249,8 @@ impl App {
             .collect())
     }
 
-    /// The instances named by these snapshots' `ConsistentSnapshot:InstanceId` tags.
+    /// These instances (each described once), by id: the ones snapshots name in their
+    /// `ConsistentSnapshot:InstanceId` tags.
     pub(crate) async fn instances_named_on<'a>(
         &self,
         instance_ids: impl IntoIterator<Item = &'a str>,
