@@ -44,16 +44,16 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
     let (logs, _guard) = Logs::capture(None).expect("logs");
     let emulator = Emulator::start().await.expect("emulator");
     let queue = emulator.create_queue("tracking", 2).await.expect("queue");
-    // 100 servers × 3 volumes × 12 nightly sets; RETAIN_COUNT 4 leaves 8 sets to delete:
-    // 2,400 DeleteSnapshot calls, more than an invocation of 4 s has time for.
-    let ids = seed_bulk(&emulator, 100, 100, 2).await.expect("seed");
+    // 150 servers × 3 volumes × 12 nightly sets; RETAIN_COUNT 4 leaves 8 sets to delete:
+    // 3,600 DeleteSnapshot calls, more than an invocation of 6 s has time for.
+    let ids = seed_bulk(&emulator, 150, 150, 2).await.expect("seed");
     let made = emulator
         .seed_history(json!({
             "region": "us-east-1", "managed_by": MANAGED_BY, "instance_ids": ids,
             "sets": 12, "hours_apart": 24, "newest_hours": 24,
         }))
         .expect("history");
-    assert_eq!(made, 3600);
+    assert_eq!(made, 5400);
     let before: BTreeSet<String> = managed(&emulator)
         .await
         .into_iter()
@@ -79,7 +79,7 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
     let drained = drain_with(&emulator, &queue, 10, Duration::from_secs(180), |event| {
         let app = &app;
         async move {
-            let deadline = deadline_in(Duration::from_secs(4));
+            let deadline = deadline_in(Duration::from_secs(6));
             Ok(app.handle_until(event, deadline).await?)
         }
     })
@@ -88,7 +88,7 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
     assert_eq!(drained.failures, 0, "no pass ran out of time: {drained:?}");
     assert!(
         drained.invocations >= 2,
-        "2,400 deletions in one pass of 4 s: {drained:?}"
+        "3,600 deletions in one pass of 6 s: {drained:?}"
     );
     assert_eq!(
         logs.messages_starting("retention continues in the next pass")
@@ -98,7 +98,7 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
 
     // Exactly the 4 newest sets of every server are left.
     let left = managed(&emulator).await;
-    assert_eq!(left.len(), 1200);
+    assert_eq!(left.len(), 1800);
     let newest: BTreeSet<String> = before.iter().rev().take(4).cloned().collect();
     let runs_left: BTreeSet<String> = left.iter().map(|(run, _)| run.clone()).collect();
     assert_eq!(runs_left, newest);
@@ -110,5 +110,5 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
     // One retention line for the run, counting the deletions of every pass.
     let lines = metrics.of("retention", Some(run_id));
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert_eq!(lines[0]["SnapshotsDeleted"], json!(2400));
+    assert_eq!(lines[0]["SnapshotsDeleted"], json!(3600));
 }
