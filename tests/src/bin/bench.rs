@@ -42,17 +42,21 @@ fn setting(name: &str, default: u64) -> Result<u64> {
     }
 }
 
-/// The release binary `cargo build --release -p consistent-snapshot` made.
-fn release_binary() -> Result<PathBuf> {
+/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace) or `target/`.
+fn target_dir() -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace_root().join("target"));
-    let target = if target.is_relative() {
+        .unwrap_or_else(|_| PathBuf::from("target"));
+    if target.is_relative() {
         workspace_root().join(target)
     } else {
         target
-    };
-    let binary = target.join("release/consistent-snapshot");
+    }
+}
+
+/// The release binary `cargo build --release -p consistent-snapshot` made.
+fn release_binary() -> Result<PathBuf> {
+    let binary = target_dir().join("release/consistent-snapshot");
     if !binary.exists() {
         return Err(format!(
             "{} not found: `make bench` builds it (cargo build --release -p consistent-snapshot)",
@@ -471,11 +475,8 @@ async fn large_plan(binary: &Path, snapshots: u64) -> Result<Measured> {
 
 /// Criterion's median estimates under `<target>/criterion`.
 fn criterion_medians() -> Vec<(String, f64)> {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace_root().join("target"));
     let mut found = Vec::new();
-    let Ok(groups) = std::fs::read_dir(target.join("criterion")) else {
+    let Ok(groups) = std::fs::read_dir(target_dir().join("criterion")) else {
         return found;
     };
     for group in groups.flatten() {
