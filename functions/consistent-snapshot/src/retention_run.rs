@@ -205,15 +205,13 @@ impl App {
                 s.copies_in_progress = copying.get(&s.snapshot_id).copied().unwrap_or(0);
             }
         }
-        let all = per_region
+        let ids: BTreeSet<String> = per_region
             .iter()
-            .flat_map(|(_, snapshots)| snapshots.iter());
-        let ids: BTreeSet<String> = all
-            .clone()
+            .flat_map(|(_, snapshots)| snapshots.iter())
             .filter_map(|s| s.tags.get(TAG_INSTANCE_ID).map(str::to_string))
             .collect();
         let facts = self
-            .instances_named_on(all.filter_map(|s| s.tags.get(TAG_INSTANCE_ID)))
+            .instances_named_on(ids.iter().map(String::as_str))
             .await?;
         let target = (
             self.config.target_tag_key.as_str(),
