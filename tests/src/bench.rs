@@ -195,7 +195,7 @@ pub fn seconds_at_rate(action: &str, calls: u64) -> Option<f64> {
     Some(calls.saturating_sub(burst) as f64 / rate as f64)
 }
 
-/// The kind of an action that has no floor of its own.
+/// The kind of an action that has no floor of its own (the polling actions all have one).
 pub fn kind_of(action: &str) -> Kind {
     match action {
         "ssm:PutParameter"
@@ -203,9 +203,6 @@ pub fn kind_of(action: &str) -> Kind {
         | "ssm:DeleteParameter"
         | "ssm:DeleteParameters"
         | "ssm:GetParameter" => Kind::Coordination,
-        "ssm:GetCommandInvocation" | "ssm:ListCommandInvocations" | "sqs:SendMessage" => {
-            Kind::Polling
-        }
         _ => Kind::Work,
     }
 }
