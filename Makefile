@@ -14,7 +14,7 @@ INVOKE_PORT ?= 9001
 help:
 	@echo "make demo    - snapshot a demo Windows fleet end to end on the local emulator"
 	@echo "make test    - unit tests and end-to-end tests against the local emulator"
-	@echo "make lint    - cargo fmt --check, clippy -D warnings, cfn-lint, checkov and the template's IAM guarantees"
+	@echo "make lint    - cargo fmt --check, clippy -D warnings, cfn-lint, checkov, the template's IAM guarantees, the crate's layout"
 	@echo "make bench   - AWS calls against their floor, init time, memory and CPU of the release binary; writes BENCHMARKS.md"
 	@echo "make invoke EVENT=events/report.json - the function under cargo-lambda against a local emulator with the demo fleet"
 	@echo "make emulator-stop - stop the emulator make invoke left running"
@@ -48,6 +48,7 @@ lint: setup
 	$(VENV)/bin/cfn-lint template.yaml
 	$(VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f template.yaml
 	$(VENV)/bin/python scripts/check_template.py template.yaml
+	$(VENV)/bin/python scripts/check_layout.py functions/consistent-snapshot/src
 
 demo: setup
 	cargo run --quiet -p harness --bin demo

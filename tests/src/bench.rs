@@ -166,9 +166,7 @@ pub fn looks_at_most(initial: u32, max: u32, window: u32) -> u32 {
     let mut at = 0i64;
     let mut looks = 0;
     for attempt in 0.. {
-        at += i64::from(consistent_snapshot::job::backoff_seconds(
-            attempt, initial, max,
-        ));
+        at += i64::from(consistent_snapshot::backoff_seconds(attempt, initial, max));
         looks += 1;
         if at > i64::from(window) {
             break;

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use aws_config::retry::RetryConfig;
-use consistent_snapshot::metrics::MetricsOut;
+use consistent_snapshot::MetricsOut;
 use consistent_snapshot::{App, Config};
 use serde_json::{json, Value};
 
@@ -150,7 +150,10 @@ impl<'a> Chaos<'a> {
         let app = self.app(&endpoint);
         self.count(|l| l.invocations += 1);
         let deadline = deadline_in(FUNCTION_TIMEOUT);
-        let run = tokio::time::timeout(FUNCTION_TIMEOUT, app.handle_until(payload, deadline));
+        let run = tokio::time::timeout(
+            FUNCTION_TIMEOUT,
+            consistent_snapshot::handle_until(&app, payload, deadline),
+        );
         let ended = tokio::select! {
             answer = run => match answer {
                 Ok(Ok(value)) => Ended::Answered(value),

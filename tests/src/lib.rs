@@ -1,7 +1,7 @@
 //! Test harness: the local AWS emulator, a seeded Windows fleet, and a local SQS event source.
 //!
 //! The emulator (tests/emulator/server.py: moto plus the simulated Windows side) runs as a child
-//! process on 127.0.0.1 at a free port. The function under test is the real `App::handle`, fed
+//! process on 127.0.0.1 at a free port. The function under test is the real `consistent_snapshot::handle`, fed
 //! real event payloads; it only talks AWS APIs over HTTP.
 
 use std::collections::HashMap;
@@ -19,8 +19,8 @@ use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, InstanceType, ResourceType, Tag, TagSpecification,
 };
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use consistent_snapshot::metrics::MetricsOut;
-use consistent_snapshot::report::RunReport;
+use consistent_snapshot::MetricsOut;
+use consistent_snapshot::RunSummary;
 use consistent_snapshot::{App, Config};
 use serde_json::{json, Value};
 
@@ -38,7 +38,12 @@ pub const FUNCTION_TIMEOUT: Duration = Duration::from_secs(6);
 /// Invokes the function as Lambda would: with its deadline, stopped when the deadline passes.
 pub async fn invoke(app: &App, payload: Value) -> Result<Value> {
     let deadline = deadline_in(FUNCTION_TIMEOUT);
-    match tokio::time::timeout(FUNCTION_TIMEOUT, app.handle_until(payload, deadline)).await {
+    match tokio::time::timeout(
+        FUNCTION_TIMEOUT,
+        consistent_snapshot::handle_until(app, payload, deadline),
+    )
+    .await
+    {
         Ok(answer) => Ok(answer?),
         Err(_) => Err(format!("the invocation timed out after {FUNCTION_TIMEOUT:?}").into()),
     }
@@ -792,12 +797,12 @@ impl Logs {
     }
 
     /// The run's summary as the function logged it, if it did.
-    pub fn run_report(&self, run_id: &str) -> Option<RunReport> {
+    pub fn run_report(&self, run_id: &str) -> Option<RunSummary> {
         self.run_reports(run_id).into_iter().next()
     }
 
     /// Every summary the function logged for the run (exactly one is right).
-    pub fn run_reports(&self, run_id: &str) -> Vec<RunReport> {
+    pub fn run_reports(&self, run_id: &str) -> Vec<RunSummary> {
         self.records()
             .iter()
             .filter(|r| r["run_id"] == run_id)
@@ -857,7 +862,7 @@ pub fn commands_per_instance(
     invocations: &[Value],
     run_id: &str,
 ) -> std::collections::BTreeMap<String, usize> {
-    let comment = consistent_snapshot::dispatch::comment(run_id);
+    let comment = consistent_snapshot::comment(run_id);
     let mut per = std::collections::BTreeMap::new();
     for inv in invocations
         .iter()

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use consistent_snapshot::outcome::OutcomeKind;
+use consistent_snapshot::OutcomeKind;
 use harness::chaos::{Chaos, ChaosLog, ChaosOptions};
 use harness::faults::{Fault, ProxyStats};
 use harness::{

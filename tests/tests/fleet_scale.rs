@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use consistent_snapshot::outcome::OutcomeKind;
+use consistent_snapshot::OutcomeKind;
 use harness::{
     drain, invoke, run_snapshots, scheduled_event, seed, seed_bulk, snapshot_tag, Emulator, Logs,
     ServerSpec,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use consistent_snapshot::outcome::OutcomeKind;
+use consistent_snapshot::OutcomeKind;
 use harness::chaos::{Chaos, ChaosOptions, Ended};
 use harness::faults::{Fault, Stop};
 use harness::{

@@ -121,7 +121,7 @@ async fn report_metrics_and_notification_tell_an_operator_what_needs_attention()
     assert_eq!(run_lines.len(), 1, "one metric line per run");
     let line = &run_lines[0];
     assert_valid_emf(line);
-    use consistent_snapshot::outcome::OutcomeKind::*;
+    use consistent_snapshot::OutcomeKind::*;
     for (name, kind) in [
         ("Consistent", Consistent),
         ("CrashConsistent", CrashConsistent),

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::Filter;
-use consistent_snapshot::job::{Envelope, Job, RetentionJob};
+use consistent_snapshot::{Envelope, Job, RetentionJob};
 use harness::{deadline_in, drain_with, seed_bulk, snapshot_tag, Emulator, Logs, Metrics};
 use serde_json::json;
 
@@ -80,7 +80,7 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
         let app = &app;
         async move {
             let deadline = deadline_in(Duration::from_secs(6));
-            Ok(app.handle_until(event, deadline).await?)
+            Ok(consistent_snapshot::handle_until(app, event, deadline).await?)
         }
     })
     .await

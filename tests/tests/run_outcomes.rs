@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use consistent_snapshot::outcome::OutcomeKind;
+use consistent_snapshot::OutcomeKind;
 use harness::{drain, invoke, run_snapshots, scheduled_event, seed, Emulator, Logs, ServerSpec};
 use serde_json::json;
 

@@ -6,11 +6,11 @@ use std::hint::black_box;
 
 use aws_lambda_events::sqs::SqsEvent;
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use consistent_snapshot::fleet::AttachedVolume;
-use consistent_snapshot::job::{Envelope, InstanceJob, Job, Stage};
-use consistent_snapshot::outcome::{FinalInvocation, SnapshotFacts};
-use consistent_snapshot::retention::{self, InstanceState, Policy, SnapshotInfo, TagInterner};
-use consistent_snapshot::track::{self, Look};
+use consistent_snapshot::plans::{self, InstanceStanding, Policy};
+use consistent_snapshot::{
+    AttachedVolume, Envelope, FinalInvocation, InstanceJob, Job, Look, SnapshotFacts, SnapshotInfo,
+    Stage, TagInterner,
+};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::json;
 
@@ -61,11 +61,11 @@ fn history() -> Vec<SnapshotInfo> {
 
 fn retention_plan(c: &mut Criterion) {
     let snapshots = history();
-    let instances: BTreeMap<String, InstanceState> = (0..INSTANCES)
+    let instances: BTreeMap<String, InstanceStanding> = (0..INSTANCES)
         .map(|i| {
             (
                 format!("i-{i:017x}"),
-                InstanceState::Live {
+                InstanceStanding::Live {
                     retain_count: 7,
                     retain_days: None,
                 },
@@ -83,7 +83,7 @@ fn retention_plan(c: &mut Criterion) {
     group.throughput(Throughput::Elements(snapshots.len() as u64));
     group.bench_function("plan_102000_snapshots", |b| {
         b.iter(|| {
-            let plan = retention::plan("us-east-1", &snapshots, &instances, &policy, now());
+            let plan = plans::retention("us-east-1", &snapshots, &instances, &policy, now());
             black_box(plan.snapshots_to_delete())
         })
     });
@@ -156,11 +156,11 @@ fn handle(batch: &str, look: &Look, facts: &[SnapshotFacts]) -> usize {
             .filter(|f| job.volumes.iter().any(|v| v.volume_id == f.volume_id))
             .cloned()
             .collect();
-        match track::next_instance_step(&job, look, &mine, now(), Duration::hours(2)) {
-            track::Next::Wait { job, .. } => {
+        match plans::next_instance_step(&job, look, &mine, now(), Duration::hours(2)) {
+            plans::Next::Wait { job, .. } => {
                 decided += Envelope::new(Job::Instance(job)).to_body().len()
             }
-            track::Next::Finish(outcome) => decided += outcome.snapshots.len(),
+            plans::Next::Finish(outcome) => decided += outcome.snapshots.len(),
         }
     }
     decided
@@ -176,6 +176,7 @@ fn message_handling(c: &mut Criterion) {
             volume_id: v.volume_id,
             state: "completed".into(),
             tags: [("AppConsistent".to_string(), "True".to_string())].into(),
+            ..SnapshotFacts::default()
         })
         .collect();
     let finished = Look::Final(FinalInvocation {

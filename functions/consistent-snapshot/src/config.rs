@@ -1,8 +1,9 @@
 //! Configuration from environment variables, validated once at start with every problem listed.
 
-use std::fmt;
-
 use crate::error::Error;
+use crate::model::ids::{is_region, parse_bool, parse_regions, AgentVersion};
+use crate::model::requests::MAX_VERIFY;
+use crate::model::tags::sanitize_tag_text;
 
 /// The SSM documents that take a VSS snapshot set and accept the same parameters.
 pub const VSS_DOCUMENTS: [&str; 2] = ["AWSEC2-CreateVssSnapshot", "AWSEC2-VssInstallAndSnapshot"];
@@ -51,34 +52,6 @@ pub struct Config {
     pub metrics_namespace: String,
     /// How many instances a verification restores when none are named.
     pub verify_sample_size: u32,
-}
-
-/// `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`…
-pub fn is_region(name: &str) -> bool {
-    let parts: Vec<&str> = name.split('-').collect();
-    parts.len() >= 3
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        })
-        && parts
-            .last()
-            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// A comma-separated list of regions; the error names the first bad one.
-pub fn parse_regions(text: &str) -> Result<Vec<String>, String> {
-    let mut regions = Vec::new();
-    for region in text.split(',').map(str::trim).filter(|r| !r.is_empty()) {
-        if !is_region(region) {
-            return Err(format!("{region:?} is not a region name such as eu-west-1"));
-        }
-        if !regions.iter().any(|r| r == region) {
-            regions.push(region.to_string());
-        }
-    }
-    Ok(regions)
 }
 
 impl Config {
@@ -131,7 +104,7 @@ impl Config {
                 VSS_DOCUMENTS.join(", ")
             ));
         }
-        if managed_by.len() > 200 || managed_by != crate::dispatch::sanitize_tag_text(&managed_by) {
+        if managed_by.len() > 200 || managed_by != sanitize_tag_text(&managed_by) {
             problems.push(format!(
                 "MANAGED_BY={managed_by} must be at most 200 letters, digits, spaces or ( ) . / - @ _ + : = {{ }}"
             ));
@@ -172,12 +145,7 @@ impl Config {
         let describe_page_size = number("DESCRIBE_PAGE_SIZE", &page, 5, 1000) as i32;
         let retain_count = number("RETAIN_COUNT", &retain, 1, 1000);
         let rpo_hours = number("RPO_HOURS", &rpo, 1, 8760);
-        let verify_sample_size = number(
-            "VERIFY_SAMPLE_SIZE",
-            &verify_sample,
-            1,
-            crate::event::MAX_VERIFY as u32,
-        );
+        let verify_sample_size = number("VERIFY_SAMPLE_SIZE", &verify_sample, 1, MAX_VERIFY as u32);
         let copy_retain_count = number("COPY_RETAIN_COUNT", &copy_retain, 1, 1000);
         let retain_days = (!retain_days_text.is_empty())
             .then(|| number("RETAIN_DAYS", &retain_days_text, 1, 36_500));
@@ -234,7 +202,7 @@ impl Config {
             problems.push(format!(
                 "MIN_SSM_AGENT_VERSION={min_agent} is not a dotted version such as 2.2.58.0"
             ));
-            AgentVersion(vec![0])
+            AgentVersion::zero()
         });
 
         if !problems.is_empty() {
@@ -273,59 +241,6 @@ impl Config {
     /// Reads the configuration from the process environment.
     pub fn from_env() -> Result<Self, Error> {
         Self::from_lookup(|name| std::env::var(name).ok())
-    }
-}
-
-/// `true`/`false` in the spellings operators use in CloudFormation parameters and tags.
-pub fn parse_bool(value: &str) -> Option<bool> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "true" | "yes" | "1" => Some(true),
-        "false" | "no" | "0" => Some(false),
-        _ => None,
-    }
-}
-
-/// A dotted numeric version (SSM Agent versions look like `3.3.40.0`), compared numerically.
-#[derive(Debug, Clone)]
-pub struct AgentVersion(Vec<u64>);
-
-/// `2.2.58` equals `2.2.58.0`: equality follows the padded ordering below.
-impl PartialEq for AgentVersion {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other).is_eq()
-    }
-}
-
-impl Eq for AgentVersion {}
-
-impl AgentVersion {
-    pub fn parse(text: &str) -> Option<Self> {
-        let parts: Option<Vec<u64>> = text.trim().split('.').map(|p| p.parse().ok()).collect();
-        parts.filter(|p| !p.is_empty()).map(AgentVersion)
-    }
-}
-
-impl PartialOrd for AgentVersion {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for AgentVersion {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        let len = self.0.len().max(other.0.len());
-        let at = |v: &Vec<u64>, i: usize| v.get(i).copied().unwrap_or(0);
-        (0..len)
-            .map(|i| at(&self.0, i).cmp(&at(&other.0, i)))
-            .find(|o| o.is_ne())
-            .unwrap_or(std::cmp::Ordering::Equal)
-    }
-}
-
-impl fmt::Display for AgentVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self.0.iter().map(u64::to_string).collect();
-        f.write_str(&parts.join("."))
     }
 }
 
@@ -470,16 +385,5 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing from: {text}");
         }
-    }
-
-    #[test]
-    fn versions_compare_numerically_not_as_text() {
-        let v = |s| AgentVersion::parse(s).expect("version");
-        assert!(v("3.0.502.0") > v("2.2.58.0"));
-        assert!(v("2.2.100.0") > v("2.2.58.0"));
-        assert!(v("2.2.58") == v("2.2.58.0"));
-        assert!(v("2.2.45.0") < v("2.2.58.0"));
-        assert!(AgentVersion::parse("2.x").is_none());
-        assert!(AgentVersion::parse("").is_none());
     }
 }

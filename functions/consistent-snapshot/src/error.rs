@@ -1,7 +1,6 @@
 //! Errors of the function. Each names the instance, snapshot, command or field it concerns.
 
-use aws_smithy_types::error::display::DisplayErrorContext;
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use lambda_runtime::Diagnostic;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -48,6 +47,29 @@ impl Error {
     pub fn is_throttling(&self) -> bool {
         is_throttling(self.aws_code())
     }
+
+    /// What failed, for Lambda's `errorType` (CloudWatch, the async-invocation DLQ and the
+    /// caller see it without reading the message): `Config`, `Event`, `Aws.<code>`,
+    /// `Retention`, `Restore`, `Enqueue`.
+    pub fn error_type(&self) -> String {
+        match self {
+            Error::Config(_) => "Config".into(),
+            Error::Event(_) => "Event".into(),
+            Error::Aws { code, .. } => format!("Aws.{code}"),
+            Error::Retention(_) => "Retention".into(),
+            Error::Restore(_) => "Restore".into(),
+            Error::Enqueue(_) => "Enqueue".into(),
+        }
+    }
+}
+
+impl From<Error> for Diagnostic {
+    fn from(err: Error) -> Self {
+        Diagnostic {
+            error_type: err.error_type(),
+            error_message: err.to_string(),
+        }
+    }
 }
 
 /// Error codes with which AWS services say "too many requests" (the SDK's own list).
@@ -71,15 +93,35 @@ pub fn is_throttling(code: Option<&str>) -> bool {
     code.is_some_and(|c| THROTTLING_CODES.contains(&c))
 }
 
-/// Wraps an SDK error with the call and the resource it concerned.
-pub fn aws<E>(call: &'static str, subject: impl Into<String>, err: E) -> Error
-where
-    E: ProvideErrorMetadata + std::error::Error,
-{
-    Error::Aws {
-        call,
-        subject: subject.into(),
-        code: err.code().unwrap_or("Unknown").to_string(),
-        message: DisplayErrorContext(&err).to_string(),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lambda_sees_what_failed_in_the_error_type() {
+        let aws = Error::Aws {
+            call: "DescribeInstances",
+            subject: "the tagged fleet".into(),
+            code: "UnauthorizedOperation".into(),
+            message: "not allowed".into(),
+        };
+        let diagnostic = Diagnostic::from(aws);
+        assert_eq!(diagnostic.error_type, "Aws.UnauthorizedOperation");
+        assert!(diagnostic
+            .error_message
+            .contains("DescribeInstances for the tagged fleet"));
+        let cases = [
+            (
+                Error::Config(vec!["QUEUE_URL is required".into()]),
+                "Config",
+            ),
+            (Error::Event("field `action`".into()), "Event"),
+            (Error::Retention("r".into()), "Retention"),
+            (Error::Restore("r".into()), "Restore"),
+            (Error::Enqueue("i-1".into()), "Enqueue"),
+        ];
+        for (err, kind) in cases {
+            assert_eq!(Diagnostic::from(err).error_type, kind);
+        }
     }
 }

@@ -1,33 +1,50 @@
 //! Application-consistent (VSS) EBS snapshots of a tagged Windows fleet, as one AWS Lambda.
 //!
-//! Decisions are pure functions over plain data (`fleet::preflight`, `dispatch::plan_commands`,
-//! `history::plan_dispatch`, `run_claim::decide`, `outcome::classify`,
-//! `track::next_instance_step`); AWS calls stay at the edges.
+//! The folders are the architecture; dependencies point one way:
+//!
+//! ```text
+//! model  ←  config, jobs  ←  aws  ←  <concern>/plan  ←  <concern>/step  ←  entry  ←  main
+//! ```
+//!
+//! * `model/`: the shared vocabulary (tags, ids, states, plain facts); imports nothing.
+//! * `aws/`: the only place that names an SDK type; SDK types in, model facts out.
+//! * `run/`, `copy/`, `retention/`, `restore/`, `report/`: each concern's pure decisions
+//!   (`plan`, taking `now` and plain facts, returning decisions with reasons) and its use cases
+//!   (`step`, free functions over `&App` that read, decide, act).
+//! * `entry/`: event parsing, routing and the SQS batch loop.
+//! * `jobs.rs`: the state machine of the queued jobs, on one screen.
+//!
+//! The exports below are what the binary, the test harness, the benches and the fuzz tests use.
 
-pub mod config;
-pub mod copy;
-pub mod dispatch;
-pub mod error;
-pub mod event;
-pub mod fleet;
-pub mod fleet_report;
-mod fleet_report_aws;
-pub mod handler;
-pub mod history;
-pub mod job;
-pub mod metrics;
-pub mod outcome;
-pub mod report;
-pub mod restore;
-mod restore_aws;
-pub mod retention;
-pub mod retention_run;
-pub mod run_claim;
-pub mod run_start;
-mod run_tracking;
-pub mod track;
-mod verify;
+mod app;
+mod aws;
+mod config;
+mod copy;
+mod entry;
+mod error;
+mod jobs;
+mod model;
+mod report;
+mod restore;
+mod retention;
+mod run;
 
+pub use app::App;
+pub use aws::metrics::MetricsOut;
+pub use aws::{load_sdk_config, SdkConfig};
 pub use config::Config;
+pub use entry::event::Event;
+pub use entry::{handle, handle_until};
 pub use error::Error;
-pub use handler::App;
+pub use jobs::{backoff_seconds, Envelope, InstanceJob, Job, RetentionJob, Stage};
+pub use model::command::{comment, FinalInvocation, Look};
+pub use model::fleet::AttachedVolume;
+pub use model::snapshot::{SnapshotFacts, SnapshotInfo, TagInterner};
+pub use run::plan::outcome::OutcomeKind;
+pub use run::plan::summary::RunSummary;
+
+/// The pure decisions the benches measure.
+pub mod plans {
+    pub use crate::retention::plan::{plan as retention, InstanceStanding, Policy};
+    pub use crate::run::plan::track::{next_instance_step, Next};
+}

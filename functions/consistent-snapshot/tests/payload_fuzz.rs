@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use consistent_snapshot::event::Event;
+use consistent_snapshot::Event;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{Timelike, Utc};
-use consistent_snapshot::outcome::OutcomeKind;
+use consistent_snapshot::OutcomeKind;
 use harness::{
     demo_fleet, drain, invoke, run_snapshots, scheduled_event, seed, workspace_root, Emulator, Logs,
 };

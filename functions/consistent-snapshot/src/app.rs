@@ -1,0 +1,58 @@
+//! The function's state between invocations: its configuration, its AWS clients and where its
+//! metrics go. Data only; the use cases are free functions over `&App`, each in its concern's
+//! `step` module, so that a call site names the file it goes to.
+
+use chrono::Utc;
+
+use crate::aws::metrics::{Metrics, MetricsOut};
+use crate::aws::{queue, Clients, SdkConfig};
+use crate::config::Config;
+use crate::error::Error;
+use crate::jobs::{Envelope, Job};
+
+pub struct App {
+    pub config: Config,
+    pub aws: Clients,
+    pub metrics: Metrics,
+}
+
+impl App {
+    pub fn new(config: Config, sdk: &SdkConfig) -> Self {
+        let metrics = Metrics {
+            namespace: config.metrics_namespace.clone(),
+            managed_by: config.managed_by.clone(),
+            out: MetricsOut::stdout(),
+        };
+        App {
+            aws: Clients::new(sdk, &config.region),
+            config,
+            metrics,
+        }
+    }
+
+    /// Sends the EMF metric lines to `out` instead of standard output.
+    pub fn with_metrics_out(mut self, out: MetricsOut) -> Self {
+        self.metrics.out = out;
+        self
+    }
+}
+
+/// Queues jobs on the tracking queue, each delayed as the job says.
+pub async fn enqueue(app: &App, jobs: &[Envelope]) -> Result<(), Error> {
+    queue::enqueue(&app.aws.sqs, &app.config, jobs, Utc::now()).await
+}
+
+/// Puts a job back on the queue, delayed as the job says.
+pub async fn requeue(app: &App, job: Job) -> Result<(), Error> {
+    queue::requeue(&app.aws.sqs, &app.config, job, Utc::now()).await
+}
+
+/// Writes one EMF line of these counts, with `properties` (run id, event) alongside.
+pub fn emit_metrics(app: &App, counts: &[(&str, usize)], properties: &[(&str, &str)]) {
+    app.metrics.emit(counts, properties, Utc::now());
+}
+
+/// A value as the JSON answer of an on-demand call.
+pub fn to_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+}

@@ -1,0 +1,211 @@
+//! EC2 instances: the tagged fleet, instances by id, one instance as a restore sees it, and
+//! stopping and starting one.
+
+use std::collections::{BTreeSet, HashMap};
+
+use aws_sdk_ec2::types::{Filter, Instance};
+
+use crate::aws::{aws, code_of, each_page, ec2_filter, tag_map};
+use crate::config::Config;
+use crate::error::Error;
+use crate::model::fleet::{AttachedVolume, InstanceFacts, InstanceView};
+use crate::model::state::{AttachmentState, InstanceState};
+use crate::model::tags::TAG_NAME;
+
+/// Reads an SDK instance into plain facts.
+fn facts_of(instance: &Instance) -> Option<InstanceFacts> {
+    let instance_id = instance.instance_id()?.to_string();
+    let tags = tag_map(instance.tags());
+    let mut volumes: Vec<AttachedVolume> = instance
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| {
+            Some(AttachedVolume {
+                volume_id: m.ebs()?.volume_id()?.to_string(),
+                device: m.device_name()?.to_string(),
+            })
+        })
+        .collect();
+    volumes.sort();
+    Some(InstanceFacts {
+        name: tags.get(TAG_NAME).filter(|n| !n.is_empty()).cloned(),
+        state: instance
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| InstanceState::from(n.as_str()))
+            .unwrap_or_else(|| InstanceState::Other("unknown".into())),
+        platform: instance.platform().map(|p| p.as_str().to_string()),
+        platform_details: instance.platform_details().map(str::to_string),
+        root_device: instance.root_device_name().map(str::to_string),
+        volumes,
+        tags,
+        instance_id,
+    })
+}
+
+/// The instances carrying the target tag (or, when `ids` is given, those of them), in every
+/// state but terminated: stopped ones are reported, not silently ignored.
+pub async fn discover(
+    ec2: &aws_sdk_ec2::Client,
+    config: &Config,
+    ids: Option<&[String]>,
+) -> Result<Vec<InstanceFacts>, Error> {
+    let tag = ec2_filter(
+        &format!("tag:{}", config.target_tag_key),
+        [config.target_tag_value.as_str()],
+    );
+    let states = ec2_filter(
+        "instance-state-name",
+        ["pending", "running", "stopping", "stopped"],
+    );
+    describe(ec2, &[tag, states], ids, config.describe_page_size).await
+}
+
+/// DescribeInstances with these filters (and these ids, when given), every page followed;
+/// sorted by instance id, each instance once.
+async fn describe(
+    ec2: &aws_sdk_ec2::Client,
+    filters: &[Filter],
+    ids: Option<&[String]>,
+    page_size: i32,
+) -> Result<Vec<InstanceFacts>, Error> {
+    // DescribeInstances takes at most 200 values in one filter.
+    let id_chunks: Vec<Option<&[String]>> = match ids {
+        None => vec![None],
+        Some(ids) => ids.chunks(200).map(Some).collect(),
+    };
+    let mut found = Vec::new();
+    for chunk in id_chunks {
+        let mut request = ec2
+            .describe_instances()
+            .set_filters(Some(filters.to_vec()))
+            .max_results(page_size);
+        let subject = match chunk {
+            Some(chunk) => {
+                request = request.filters(ec2_filter("instance-id", chunk.iter().cloned()));
+                format!(
+                    "{} instances from {}",
+                    chunk.len(),
+                    chunk.first().map(String::as_str).unwrap_or("-")
+                )
+            }
+            None => "the tagged fleet".to_string(),
+        };
+        let pages = request.into_paginator().send();
+        each_page(pages, "DescribeInstances", &subject, |page| {
+            found.extend(
+                page.reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .filter_map(facts_of),
+            );
+        })
+        .await?;
+    }
+    found.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    found.dedup_by(|a, b| a.instance_id == b.instance_id);
+    Ok(found)
+}
+
+/// The instances with these ids that still exist, by id, each described once (none asked: no
+/// call).
+pub async fn by_id<'a>(
+    ec2: &aws_sdk_ec2::Client,
+    config: &Config,
+    instance_ids: impl IntoIterator<Item = &'a str>,
+) -> Result<HashMap<String, InstanceFacts>, Error> {
+    let ids: Vec<String> = instance_ids
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let found = describe(ec2, &[], Some(&ids), config.describe_page_size).await?;
+    Ok(found
+        .into_iter()
+        .map(|f| (f.instance_id.clone(), f))
+        .collect())
+}
+
+/// The instance's state, zone and attachments; `None` when it does not exist.
+pub async fn view(
+    ec2: &aws_sdk_ec2::Client,
+    instance_id: &str,
+) -> Result<Option<InstanceView>, Error> {
+    let out = match ec2
+        .describe_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+    {
+        Ok(out) => out,
+        Err(e) if e.as_service_error().and_then(code_of) == Some("InvalidInstanceID.NotFound") => {
+            return Ok(None)
+        }
+        Err(e) => return Err(aws("DescribeInstances", instance_id, e)),
+    };
+    let Some(instance) = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .find(|i| i.instance_id() == Some(instance_id))
+    else {
+        return Ok(None);
+    };
+    let state = instance
+        .state()
+        .and_then(|s| s.name())
+        .map(|n| InstanceState::from(n.as_str()))
+        .unwrap_or_default();
+    if state == InstanceState::Terminated {
+        return Ok(None);
+    }
+    let tags = tag_map(instance.tags());
+    Ok(Some(InstanceView {
+        name: tags
+            .get(TAG_NAME)
+            .cloned()
+            .unwrap_or_else(|| instance_id.to_string()),
+        state,
+        zone: instance
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .unwrap_or_default()
+            .to_string(),
+        devices: instance
+            .block_device_mappings()
+            .iter()
+            .filter_map(|m| {
+                let ebs = m.ebs()?;
+                Some((
+                    m.device_name()?.to_string(),
+                    (
+                        ebs.volume_id()?.to_string(),
+                        AttachmentState::from(ebs.status().map(|s| s.as_str()).unwrap_or_default()),
+                    ),
+                ))
+            })
+            .collect(),
+    }))
+}
+
+pub async fn stop(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<(), Error> {
+    ec2.stop_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+        .map_err(|e| aws("StopInstances", instance_id, e))?;
+    Ok(())
+}
+
+pub async fn start(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<(), Error> {
+    ec2.start_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+        .map_err(|e| aws("StartInstances", instance_id, e))?;
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! The AWS edge: the only place that names an `aws_sdk_*`, `aws_config` or `aws_smithy_*`
+//! type. SDK types come in, model facts go out; every error is mapped once, naming the call,
+//! the resource and AWS's error code.
+//!
+//! `aws/` imports `model`, `config`, `jobs` and `error`, never a concern (`run`, `copy`, …):
+//! decisions are made above it, on the facts it returns.
+
+pub mod commands;
+pub mod instances;
+pub mod markers;
+pub mod metrics;
+pub mod notify;
+pub mod queue;
+pub mod snapshots;
+pub mod volumes;
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_smithy_async::future::pagination_stream::PaginationStream;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+pub use aws_config::SdkConfig;
+
+use crate::error::Error;
+
+/// The function's AWS clients, built once per process.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    pub ec2: aws_sdk_ec2::Client,
+    pub ssm: aws_sdk_ssm::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub sns: aws_sdk_sns::Client,
+    /// The function's own region (`AWS_REGION`): `ec2_in` of another region makes a client.
+    pub region: String,
+}
+
+impl Clients {
+    pub fn new(sdk: &SdkConfig, region: &str) -> Self {
+        Clients {
+            ec2: aws_sdk_ec2::Client::new(sdk),
+            ssm: aws_sdk_ssm::Client::new(sdk),
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            sns: aws_sdk_sns::Client::new(sdk),
+            region: region.to_string(),
+        }
+    }
+
+    /// An EC2 client for `region` with everything else as configured (endpoint included).
+    pub fn ec2_in(&self, region: &str) -> aws_sdk_ec2::Client {
+        if region == self.region || self.region.is_empty() {
+            return self.ec2.clone();
+        }
+        let config = self
+            .ec2
+            .config()
+            .to_builder()
+            .region(aws_sdk_ec2::config::Region::new(region.to_string()))
+            .build();
+        aws_sdk_ec2::Client::from_conf(config)
+    }
+}
+
+/// The SDK configuration the Lambda runs with. The SDK's adaptive retry rate-limits itself
+/// against EC2 and SSM throttling; bounded in attempts and in time, so that one slow call
+/// cannot use up the invocation. `AWS_ENDPOINT_URL` is honoured (the local emulator).
+pub async fn load_sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::adaptive().with_max_attempts(5))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_attempt_timeout(Duration::from_secs(15))
+                .operation_timeout(Duration::from_secs(45))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+/// Wraps an SDK error with the call and the resource it concerned.
+pub(crate) fn aws<E>(call: &'static str, subject: impl Into<String>, err: E) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error,
+{
+    Error::Aws {
+        call,
+        subject: subject.into(),
+        code: err.code().unwrap_or("Unknown").to_string(),
+        message: DisplayErrorContext(&err).to_string(),
+    }
+}
+
+/// AWS's error code of a failed call, if AWS answered one.
+pub(crate) fn code_of<E: ProvideErrorMetadata>(err: &E) -> Option<&str> {
+    err.code()
+}
+
+/// Follows every page of a paginated call, handing each page to `each`; the first error ends
+/// it, mapped as `call` for `subject`. Only one page is held at a time.
+pub(crate) async fn each_page<O, E>(
+    mut pages: PaginationStream<Result<O, E>>,
+    call: &'static str,
+    subject: &str,
+    mut each: impl FnMut(O),
+) -> Result<(), Error>
+where
+    E: ProvideErrorMetadata + std::error::Error,
+{
+    while let Some(page) = pages.next().await {
+        each(page.map_err(|e| aws(call, subject, e))?);
+    }
+    Ok(())
+}
+
+/// EC2 tags as a map.
+pub(crate) fn tag_map(
+    tags: &[aws_sdk_ec2::types::Tag],
+) -> std::collections::BTreeMap<String, String> {
+    tags.iter()
+        .filter_map(|t| {
+            Some((
+                t.key()?.to_string(),
+                t.value().unwrap_or_default().to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// One EC2 tag.
+pub(crate) fn ec2_tag(key: &str, value: &str) -> aws_sdk_ec2::types::Tag {
+    aws_sdk_ec2::types::Tag::builder()
+        .key(key)
+        .value(value)
+        .build()
+}
+
+/// One EC2 filter with these values.
+pub(crate) fn ec2_filter<S: Into<String>>(
+    name: &str,
+    values: impl IntoIterator<Item = S>,
+) -> aws_sdk_ec2::types::Filter {
+    aws_sdk_ec2::types::Filter::builder()
+        .name(name)
+        .set_values(Some(values.into_iter().map(Into::into).collect()))
+        .build()
+}
+
+/// An SDK timestamp as a UTC time (to the second, as EC2 and SSM report them).
+pub(crate) fn utc(t: &aws_smithy_types::DateTime) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(t.secs(), 0)
+}

@@ -1,0 +1,215 @@
+//! EBS snapshots: this account's own, found by tag; tags written on them; copies started into
+//! other regions; deletions; and the AMIs that use them.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::{ResourceType, Snapshot, TagSpecification};
+
+use crate::aws::{aws, code_of, each_page, ec2_filter, ec2_tag, tag_map, utc};
+use crate::error::Error;
+use crate::model::snapshot::{SnapshotFacts, SnapshotInfo, TagInterner};
+use crate::model::tags::{TAG_MANAGED_BY, TAG_RUN_ID};
+
+/// Reads an SDK snapshot into plain facts.
+fn facts_of(snapshot: &Snapshot) -> Option<SnapshotFacts> {
+    Some(SnapshotFacts {
+        snapshot_id: snapshot.snapshot_id()?.to_string(),
+        volume_id: snapshot.volume_id().unwrap_or_default().to_string(),
+        state: snapshot
+            .state()
+            .map(|s| s.as_str())
+            .unwrap_or_default()
+            .into(),
+        start_time: snapshot.start_time().and_then(utc),
+        size_gib: snapshot.volume_size(),
+        tags: tag_map(snapshot.tags()),
+    })
+}
+
+/// The account's own snapshots carrying tag `key` = `value` (and, when given, of these volumes),
+/// every page of them, each made into what the caller keeps by `keep` as its page arrives (so
+/// that only one page of SDK snapshots is held at a time); `subject` names them in an error.
+pub async fn own_tagged<T>(
+    ec2: &aws_sdk_ec2::Client,
+    (key, value): (&str, &str),
+    volume_ids: Option<Vec<String>>,
+    subject: &str,
+    mut keep: impl FnMut(SnapshotFacts) -> Option<T>,
+) -> Result<Vec<T>, Error> {
+    let mut request = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(ec2_filter(&format!("tag:{key}"), [value]));
+    if let Some(ids) = volume_ids {
+        request = request.filters(ec2_filter("volume-id", ids));
+    }
+    let pages = request.max_results(1000).into_paginator().send();
+    let mut found = Vec::new();
+    each_page(pages, "DescribeSnapshots", subject, |page| {
+        found.extend(
+            page.snapshots()
+                .iter()
+                .filter_map(facts_of)
+                .filter_map(&mut keep),
+        );
+    })
+    .await?;
+    Ok(found)
+}
+
+/// This run's snapshots (of these volumes, when given), found by the run-id tag, sorted by id.
+pub async fn of_run(
+    ec2: &aws_sdk_ec2::Client,
+    run_id: &str,
+    volume_ids: Option<Vec<String>>,
+) -> Result<Vec<SnapshotFacts>, Error> {
+    let mut found = own_tagged(
+        ec2,
+        (TAG_RUN_ID, run_id),
+        volume_ids,
+        &format!("run {run_id}"),
+        Some,
+    )
+    .await?;
+    found.sort_by(|a, b| a.snapshot_id.cmp(&b.snapshot_id));
+    Ok(found)
+}
+
+/// This deployment's snapshots in one region (owner self, tagged with its `ManagedBy`), as
+/// retention and the fleet report see them: only the tags they read, shared.
+pub async fn managed(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    managed_by: &str,
+) -> Result<Vec<SnapshotInfo>, Error> {
+    let subject = format!("{managed_by} in {region}");
+    let mut interner = TagInterner::default();
+    own_tagged(ec2, (TAG_MANAGED_BY, managed_by), None, &subject, |s| {
+        SnapshotInfo::from_facts(s, &mut interner)
+    })
+    .await
+}
+
+/// Writes these tags on one snapshot; `subject` names it in an error.
+pub async fn tag(
+    ec2: &aws_sdk_ec2::Client,
+    snapshot_id: &str,
+    tags: &[(String, String)],
+    subject: &str,
+) -> Result<(), Error> {
+    ec2.create_tags()
+        .resources(snapshot_id)
+        .set_tags(Some(tags.iter().map(|(k, v)| ec2_tag(k, v)).collect()))
+        .send()
+        .await
+        .map_err(|e| aws("CreateTags", subject, e))?;
+    Ok(())
+}
+
+/// A copy to start in a destination region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyRequest<'a> {
+    pub source_region: &'a str,
+    pub source_snapshot_id: &'a str,
+    pub description: String,
+    pub tags: Vec<(String, String)>,
+    /// Encrypt the copy with this KMS key.
+    pub kms_key_id: Option<&'a str>,
+}
+
+/// Starts one copy with `ec2` (a client of the destination region); answers the copy's id.
+///
+/// CopySnapshot takes no idempotency token: a retry after a lost answer would make a second
+/// copy. No SDK retry, then; the caller's next pass looks at the destination first.
+pub async fn copy(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    request: CopyRequest<'_>,
+) -> Result<String, Error> {
+    let mut call = ec2
+        .copy_snapshot()
+        .source_region(request.source_region)
+        .source_snapshot_id(request.source_snapshot_id)
+        .description(request.description)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Snapshot)
+                .set_tags(Some(
+                    request.tags.iter().map(|(k, v)| ec2_tag(k, v)).collect(),
+                ))
+                .build(),
+        );
+    if let Some(key) = request.kms_key_id {
+        call = call.encrypted(true).kms_key_id(key);
+    }
+    let out = call
+        .customize()
+        .config_override(
+            aws_sdk_ec2::config::Builder::default()
+                .retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled()),
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            aws(
+                "CopySnapshot",
+                format!("{} to {region}", request.source_snapshot_id),
+                e,
+            )
+        })?;
+    Ok(out.snapshot_id().unwrap_or_default().to_string())
+}
+
+/// What a DeleteSnapshot did.
+#[derive(Debug)]
+pub enum Deletion {
+    Deleted,
+    /// `InvalidSnapshot.NotFound`: it was already gone.
+    AlreadyGone,
+    /// `InvalidSnapshot.InUse`: an AMI uses it; it is kept.
+    InUse,
+    Failed(Error),
+}
+
+/// Deletes one snapshot; `subject` names it in an error.
+pub async fn delete(ec2: &aws_sdk_ec2::Client, snapshot_id: &str, subject: &str) -> Deletion {
+    match ec2.delete_snapshot().snapshot_id(snapshot_id).send().await {
+        Ok(_) => Deletion::Deleted,
+        Err(err) => match err.as_service_error().and_then(code_of) {
+            Some("InvalidSnapshot.NotFound") => Deletion::AlreadyGone,
+            Some("InvalidSnapshot.InUse") => Deletion::InUse,
+            _ => Deletion::Failed(aws("DeleteSnapshot", subject, err)),
+        },
+    }
+}
+
+/// Which of the account's own AMIs use which snapshots, in one region.
+pub async fn used_by_images(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+) -> Result<BTreeMap<String, Vec<String>>, Error> {
+    let pages = ec2
+        .describe_images()
+        .owners("self")
+        .max_results(1000)
+        .into_paginator()
+        .send();
+    let mut used: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let subject = format!("own AMIs in {region}");
+    each_page(pages, "DescribeImages", &subject, |page| {
+        for image in page.images() {
+            let Some(image_id) = image.image_id() else {
+                continue;
+            };
+            for mapping in image.block_device_mappings() {
+                if let Some(snapshot) = mapping.ebs().and_then(|e| e.snapshot_id()) {
+                    used.entry(snapshot.to_string())
+                        .or_default()
+                        .push(image_id.to_string());
+                }
+            }
+        }
+    })
+    .await?;
+    Ok(used)
+}

@@ -1,0 +1,280 @@
+//! Copies of a run's finished snapshot sets in other regions, for disaster recovery, as pure
+//! decisions: each instance's copy regions, which copies to start from the run's snapshots and
+//! the copies already in each region, and what a copy carries.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::model::ids::parse_regions;
+use crate::model::snapshot::SnapshotFacts;
+use crate::model::state::SnapshotState;
+use crate::model::tags::{
+    TAG_COPY_REGIONS, TAG_INSTANCE_ID, TAG_NAME, TAG_RUN_ID, TAG_SOURCE_REGION, TAG_SOURCE_SNAPSHOT,
+};
+
+/// A copy already in a destination region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingCopy {
+    pub source_snapshot_id: String,
+    pub snapshot_id: String,
+    pub state: SnapshotState,
+}
+
+impl ExistingCopy {
+    /// A snapshot of a destination region as a copy, if it names its source.
+    pub fn of(snapshot: &SnapshotFacts) -> Option<Self> {
+        Some(ExistingCopy {
+            source_snapshot_id: snapshot.tags.get(TAG_SOURCE_SNAPSHOT)?.clone(),
+            snapshot_id: snapshot.snapshot_id.clone(),
+            state: snapshot.state.clone(),
+        })
+    }
+}
+
+/// What the copy step does now, and where the copies stand.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CopyPlan {
+    /// (region, source snapshot) pairs to copy now.
+    pub to_start: Vec<(String, String)>,
+    /// Copies still pending, by region.
+    pub pending: BTreeMap<String, usize>,
+    pub completed: BTreeMap<String, usize>,
+    /// Copies that ended in `error`: `region/copy (source)`.
+    pub failed: Vec<String>,
+    /// Instances whose copy-region override cannot be read: nothing of theirs is copied.
+    pub invalid: Vec<String>,
+}
+
+impl CopyPlan {
+    /// Every copy exists and is final.
+    pub fn is_final(&self) -> bool {
+        self.to_start.is_empty() && self.pending.values().all(|n| *n == 0)
+    }
+}
+
+/// The regions an instance's sets are copied to: its override tag, else the configured ones.
+pub fn copy_regions_of(
+    tags: &BTreeMap<String, String>,
+    configured: &[String],
+    home: &str,
+) -> Result<Vec<String>, String> {
+    match tags.get(TAG_COPY_REGIONS) {
+        None => Ok(configured.to_vec()),
+        Some(value) => {
+            let regions = parse_regions(value)
+                .map_err(|why| format!("tag {TAG_COPY_REGIONS}={value:?}: {why}"))?;
+            Ok(regions.into_iter().filter(|r| r != home).collect())
+        }
+    }
+}
+
+/// Decides which copies to start. `sources` are the run's snapshots with the regions their
+/// instance's sets go to (or why that cannot be read); only `completed` ones are copied.
+pub fn plan_copies(
+    sources: &[(SnapshotFacts, Result<Vec<String>, String>)],
+    existing: &BTreeMap<String, Vec<ExistingCopy>>,
+) -> CopyPlan {
+    let mut plan = CopyPlan::default();
+    let mut invalid = BTreeSet::new();
+    for (source, regions) in sources {
+        let regions = match regions {
+            Ok(regions) => regions,
+            Err(why) => {
+                let instance = source
+                    .tags
+                    .get(TAG_INSTANCE_ID)
+                    .cloned()
+                    .unwrap_or_default();
+                invalid.insert(format!("{instance}: {why}"));
+                continue;
+            }
+        };
+        for region in regions {
+            let copy = existing.get(region).and_then(|copies| {
+                copies
+                    .iter()
+                    .find(|c| c.source_snapshot_id == source.snapshot_id)
+            });
+            match copy {
+                None if source.state == SnapshotState::Completed => plan
+                    .to_start
+                    .push((region.clone(), source.snapshot_id.clone())),
+                // Not completed yet: copied once it is; a failed snapshot is not copied.
+                None if source.state == SnapshotState::Pending => {
+                    *plan.pending.entry(region.clone()).or_default() += 1
+                }
+                None => {}
+                Some(c) if c.state == SnapshotState::Completed => {
+                    *plan.completed.entry(region.clone()).or_default() += 1
+                }
+                Some(c) if c.state == SnapshotState::Error => plan.failed.push(format!(
+                    "{region}/{} (copy of {})",
+                    c.snapshot_id, source.snapshot_id
+                )),
+                Some(_) => *plan.pending.entry(region.clone()).or_default() += 1,
+            }
+        }
+    }
+    plan.invalid = invalid.into_iter().collect();
+    plan
+}
+
+/// The copy step's result, logged once per run.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopySummary {
+    pub run_id: String,
+    pub started_now: usize,
+    pub completed: BTreeMap<String, usize>,
+    pub pending: BTreeMap<String, usize>,
+    pub failed: Vec<String>,
+    pub invalid: Vec<String>,
+    pub timed_out: bool,
+}
+
+/// The tags of a copy: the source's own (but AWS's reserved `aws:` ones), and where it was
+/// copied from. CopySnapshot copies no tags by itself.
+pub fn copy_tags(source: &SnapshotFacts, home: &str) -> Vec<(String, String)> {
+    let mut tags: Vec<(String, String)> = source
+        .tags
+        .iter()
+        .filter(|(k, _)| !k.starts_with("aws:"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    tags.push((TAG_SOURCE_SNAPSHOT.into(), source.snapshot_id.clone()));
+    tags.push((TAG_SOURCE_REGION.into(), home.to_string()));
+    tags
+}
+
+/// The description of a copy: what it is a copy of, and of which run.
+pub fn copy_description(source: &SnapshotFacts, home: &str) -> String {
+    let name = source.tags.get(TAG_NAME).map(String::as_str).unwrap_or("-");
+    let run = source
+        .tags
+        .get(TAG_RUN_ID)
+        .map(String::as_str)
+        .unwrap_or("-");
+    format!(
+        "Copy of {} ({name}) from {home}, consistent-snapshot run {run}",
+        source.snapshot_id
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(id: &str, state: &str) -> SnapshotFacts {
+        SnapshotFacts {
+            snapshot_id: id.into(),
+            volume_id: "vol-1".into(),
+            state: state.into(),
+            tags: [(TAG_INSTANCE_ID.to_string(), "i-1".to_string())].into(),
+            ..Default::default()
+        }
+    }
+
+    fn copy(source: &str, state: &str) -> ExistingCopy {
+        ExistingCopy {
+            source_snapshot_id: source.into(),
+            snapshot_id: format!("copy-{source}"),
+            state: state.into(),
+        }
+    }
+
+    #[test]
+    fn copies_start_once_per_region_and_only_from_completed_snapshots() {
+        let regions = Ok(vec!["eu-west-1".to_string(), "us-west-2".to_string()]);
+        let sources = vec![
+            (source("snap-a", "completed"), regions.clone()),
+            (source("snap-b", "completed"), regions.clone()),
+            (source("snap-c", "pending"), regions),
+        ];
+        let existing: BTreeMap<String, Vec<ExistingCopy>> = [
+            (
+                "eu-west-1".to_string(),
+                vec![copy("snap-a", "completed"), copy("snap-b", "pending")],
+            ),
+            ("us-west-2".to_string(), vec![copy("snap-a", "error")]),
+        ]
+        .into();
+        let plan = plan_copies(&sources, &existing);
+        assert_eq!(
+            plan.to_start,
+            vec![("us-west-2".to_string(), "snap-b".to_string())]
+        );
+        assert_eq!(plan.completed.get("eu-west-1"), Some(&1));
+        // eu-west-1: snap-b's copy is pending and snap-c is not completed yet.
+        assert_eq!(plan.pending.get("eu-west-1"), Some(&2));
+        assert_eq!(plan.pending.get("us-west-2"), Some(&1));
+        assert_eq!(
+            plan.failed,
+            vec!["us-west-2/copy-snap-a (copy of snap-a)".to_string()]
+        );
+        assert!(!plan.is_final());
+        // Everything copied and completed: final, nothing to start.
+        let existing: BTreeMap<String, Vec<ExistingCopy>> =
+            [("eu-west-1".to_string(), vec![copy("snap-a", "completed")])].into();
+        let plan = plan_copies(
+            &[(source("snap-a", "completed"), Ok(vec!["eu-west-1".into()]))],
+            &existing,
+        );
+        assert!(plan.is_final() && plan.to_start.is_empty());
+    }
+
+    #[test]
+    fn an_instance_tag_overrides_the_regions_and_a_bad_one_copies_nothing() {
+        let configured = vec!["eu-west-1".to_string()];
+        let mut tags = BTreeMap::new();
+        assert_eq!(
+            copy_regions_of(&tags, &configured, "us-east-1"),
+            Ok(configured.clone())
+        );
+        tags.insert(
+            TAG_COPY_REGIONS.to_string(),
+            "ap-southeast-2, us-east-1".into(),
+        );
+        assert_eq!(
+            copy_regions_of(&tags, &configured, "us-east-1"),
+            Ok(vec!["ap-southeast-2".to_string()])
+        );
+        tags.insert(TAG_COPY_REGIONS.to_string(), "mars".into());
+        let bad = copy_regions_of(&tags, &configured, "us-east-1");
+        assert!(bad.as_ref().is_err_and(|e| e.contains("mars")));
+        let plan = plan_copies(&[(source("snap-a", "completed"), bad)], &BTreeMap::new());
+        assert!(plan.to_start.is_empty());
+        assert_eq!(plan.invalid.len(), 1);
+    }
+
+    #[test]
+    fn a_copy_carries_its_sources_tags_and_where_it_came_from() {
+        let mut snapshot = source("snap-a", "completed");
+        snapshot.tags.insert("Name".into(), "sql01 xvdf".into());
+        snapshot.tags.insert(TAG_RUN_ID.into(), "r1".into());
+        snapshot.tags.insert("aws:backup:source".into(), "x".into());
+        let tags = copy_tags(&snapshot, "us-east-1");
+        assert!(tags.iter().all(|(k, _)| !k.starts_with("aws:")), "{tags:?}");
+        assert!(tags.contains(&(TAG_SOURCE_SNAPSHOT.to_string(), "snap-a".to_string())));
+        assert!(tags.contains(&(TAG_SOURCE_REGION.to_string(), "us-east-1".to_string())));
+        assert!(tags.contains(&("Name".to_string(), "sql01 xvdf".to_string())));
+        assert_eq!(
+            copy_description(&snapshot, "us-east-1"),
+            "Copy of snap-a (sql01 xvdf) from us-east-1, consistent-snapshot run r1"
+        );
+        let copy_of = SnapshotFacts {
+            snapshot_id: "snap-copy".into(),
+            state: "pending".into(),
+            tags: tags.into_iter().collect(),
+            ..SnapshotFacts::default()
+        };
+        assert_eq!(
+            ExistingCopy::of(&copy_of),
+            Some(ExistingCopy {
+                source_snapshot_id: "snap-a".into(),
+                snapshot_id: "snap-copy".into(),
+                state: "pending".into()
+            })
+        );
+        assert_eq!(ExistingCopy::of(&snapshot), None, "not a copy");
+    }
+}

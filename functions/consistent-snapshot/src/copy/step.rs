@@ -1,0 +1,202 @@
+//! Copies of a run's finished snapshot sets in other regions, for disaster recovery.
+//!
+//! `copy::plan::plan_copies` decides, from the run's snapshots, each instance's copy regions and
+//! the copies already in each region, which copies to start and how far the others are. The
+//! copy step runs under a lease of its own (`run::plan::claim`), so two deliveries of the run's
+//! message never copy the same snapshot twice, and it checks each destination first.
+//! `ResourceLimitExceeded` (too many copies in flight into a region) is back-pressure: the
+//! step stops starting copies there and looks again later through the queue.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use tracing::{info, warn};
+
+use crate::app::{emit_metrics, enqueue, requeue, App};
+use crate::aws::instances;
+use crate::aws::markers::RunMarkerStore;
+use crate::aws::snapshots::{self, CopyRequest};
+use crate::copy::plan::{
+    copy_description, copy_regions_of, copy_tags, plan_copies, CopyPlan, CopySummary, ExistingCopy,
+};
+use crate::error::Error;
+use crate::jobs::{CopyJob, Envelope, Job, RetentionJob};
+use crate::model::snapshot::SnapshotFacts;
+use crate::model::tags::{TAG_INSTANCE_ID, TAG_RUN_ID};
+use crate::run::plan::claim::{decide_copy, CopyClaim};
+
+/// One pass of the copy step; see the module documentation.
+///
+/// Each pass queues the next one before it works, so a pass stopped half-way still has a
+/// successor; and only one message per pass goes on (`claim_copy_pass`), so duplicate
+/// deliveries do not multiply the step's messages.
+pub async fn copy_job(
+    app: &App,
+    job: CopyJob,
+    lease_until: DateTime<Utc>,
+    message_id: &str,
+) -> Result<(), Error> {
+    let store = RunMarkerStore::new(&app.aws.ssm, &app.config.managed_by, &job.run_id);
+    let claim = decide_copy(&store.read().await?, Utc::now());
+    if claim == CopyClaim::Final {
+        info!(run_id = %job.run_id, "copies already final (a duplicate delivery)");
+        return Ok(());
+    }
+    let token = if message_id.is_empty() {
+        store.token.clone()
+    } else {
+        message_id.to_string()
+    };
+    if !store.claim_copy_pass(job.attempt, &token).await? {
+        info!(run_id = %job.run_id, pass = job.attempt, "copy pass already taken by another message");
+        return Ok(());
+    }
+    requeue(app, Job::Copy(job.clone().next())).await?;
+    let CopyClaim::Take { epoch } = claim else {
+        // Another pass is still working; the successor looks again.
+        return Ok(());
+    };
+    if !store.take_copy_lease(epoch, lease_until).await? {
+        return Ok(());
+    }
+    let pass = copy_pass(app, &job).await;
+    // Given back at once: the next pass, by this message or a duplicate, need not wait.
+    store.drop_copy_lease(epoch).await?;
+    let (plan, started, limited) = pass?;
+    let timed_out = Utc::now() > job.deadline;
+    if (plan.is_final() && started == 0 && !limited) || timed_out {
+        enqueue(
+            app,
+            &[Envelope::new(Job::Retention(RetentionJob {
+                run_id: job.run_id.clone(),
+                deleted_before: 0,
+            }))],
+        )
+        .await?;
+        if store.mark_copied().await? {
+            report_copies(app, &job, &plan, started, timed_out);
+        }
+        return Ok(());
+    }
+    info!(run_id = %job.run_id, started, limited, pending = plan.pending.values().sum::<usize>(), "copies in progress");
+    Ok(())
+}
+
+/// The copy step's one summary: a log line and its metrics.
+fn report_copies(app: &App, job: &CopyJob, plan: &CopyPlan, started: usize, timed_out: bool) {
+    let summary = CopySummary {
+        run_id: job.run_id.clone(),
+        started_now: started,
+        completed: plan.completed.clone(),
+        pending: plan.pending.clone(),
+        failed: plan.failed.clone(),
+        invalid: plan.invalid.clone(),
+        timed_out,
+    };
+    let text = serde_json::to_string(&summary).unwrap_or_default();
+    let done: usize = plan.completed.values().sum();
+    let pending: usize = plan.pending.values().sum();
+    emit_metrics(
+        app,
+        &[
+            ("SnapshotsCopied", done),
+            ("CopiesFailed", plan.failed.len() + plan.invalid.len()),
+            ("CopiesTimedOut", if timed_out { pending } else { 0 }),
+        ],
+        &[("RunId", &job.run_id), ("Event", "copies")],
+    );
+    if plan.failed.is_empty() && plan.invalid.is_empty() && !timed_out {
+        info!(run_id = %job.run_id, copies = %text, "copies: {done} completed");
+    } else {
+        warn!(run_id = %job.run_id, copies = %text, "copies need attention: {done} completed, {} failed, {} not readable, timed out: {timed_out}", plan.failed.len(), plan.invalid.len());
+    }
+}
+
+/// Reads the run's snapshots and copies, starts the missing copies; answers the plan, how
+/// many copies were started and whether a region's copy limit was met.
+async fn copy_pass(app: &App, job: &CopyJob) -> Result<(CopyPlan, usize, bool), Error> {
+    let snapshots: Vec<SnapshotFacts> = snapshots::of_run(&app.aws.ec2, &job.run_id, None)
+        .await?
+        .into_iter()
+        .filter(|s| s.tags.contains_key(TAG_INSTANCE_ID))
+        .collect();
+    let facts = instances::by_id(
+        &app.aws.ec2,
+        &app.config,
+        snapshots
+            .iter()
+            .filter_map(|s| s.tags.get(TAG_INSTANCE_ID).map(String::as_str)),
+    )
+    .await?;
+    let sources: Vec<(SnapshotFacts, Result<Vec<String>, String>)> = snapshots
+        .into_iter()
+        .map(|s| {
+            let tags = s
+                .tags
+                .get(TAG_INSTANCE_ID)
+                .and_then(|id| facts.get(id))
+                .map(|f| f.tags.clone())
+                .unwrap_or_default();
+            let regions = copy_regions_of(&tags, &app.config.copy_regions, &app.config.region);
+            (s, regions)
+        })
+        .collect();
+    let regions: BTreeSet<String> = sources
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .flatten()
+        .cloned()
+        .collect();
+    let mut existing = BTreeMap::new();
+    for region in &regions {
+        let subject = format!("copies of run {} in {region}", job.run_id);
+        let copies = snapshots::own_tagged(
+            &app.aws.ec2_in(region),
+            (TAG_RUN_ID, &job.run_id),
+            None,
+            &subject,
+            |s| ExistingCopy::of(&s),
+        )
+        .await?;
+        existing.insert(region.clone(), copies);
+    }
+    let plan = plan_copies(&sources, &existing);
+    let by_id: BTreeMap<&str, &SnapshotFacts> = sources
+        .iter()
+        .map(|(s, _)| (s.snapshot_id.as_str(), s))
+        .collect();
+    let mut started = 0;
+    let mut limited: BTreeSet<String> = BTreeSet::new();
+    for (region, source_id) in &plan.to_start {
+        if limited.contains(region) {
+            continue;
+        }
+        let Some(source) = by_id.get(source_id.as_str()) else {
+            continue;
+        };
+        let home = app.config.region.as_str();
+        let request = CopyRequest {
+            source_region: home,
+            source_snapshot_id: &source.snapshot_id,
+            description: copy_description(source, home),
+            tags: copy_tags(source, home),
+            kms_key_id: app.config.copy_kms_key_ids.get(region).map(String::as_str),
+        };
+        match snapshots::copy(&app.aws.ec2_in(region), region, request).await {
+            Ok(copy_id) => {
+                info!(run_id = %job.run_id, region = %region, source = %source_id, copy = %copy_id, "copy started");
+                started += 1;
+            }
+            Err(err) if err.aws_code() == Some("ResourceLimitExceeded") => {
+                info!(run_id = %job.run_id, region = %region, "copy limit of the region reached: the rest waits for the next pass");
+                limited.insert(region.clone());
+            }
+            // Throttled, or no answer: whether the copy exists, the next pass will see.
+            Err(err) => {
+                warn!(run_id = %job.run_id, region = %region, source = %source_id, error = %err, "copy not confirmed: the next pass checks the destination");
+                limited.insert(region.clone());
+            }
+        }
+    }
+    Ok((plan, started, !limited.is_empty()))
+}

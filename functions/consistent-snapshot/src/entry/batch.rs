@@ -1,0 +1,101 @@
+//! The SQS batch loop: each message of a batch is one job (`jobs`), run within the time left
+//! before the invocation's deadline; failed and poison messages are reported back to the queue.
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use chrono::{DateTime, Duration, Utc};
+use tracing::{error, info, warn};
+
+use crate::app::App;
+use crate::error::Error;
+use crate::jobs::{Envelope, Job};
+use crate::run::step::start::{self, LEASE_MARGIN_SECONDS};
+use crate::run::step::tracking;
+use crate::{copy, restore, retention};
+
+/// Time kept back at the end of an invocation to answer the batch.
+const RESERVE_MILLIS: i64 = 500;
+/// A message is not started with less time than this left.
+const MIN_STEP_MILLIS: u64 = 1_000;
+
+/// Handles an SQS batch; failed or poison messages are reported back for the queue to retry
+/// (and, past the redrive limit, to move to the dead-letter queue).
+///
+/// The batch never outlives the invocation: each message gets the time left before the
+/// deadline, and once AWS throttles a step (after the SDK's own retries) or time runs
+/// short, the rest of the batch is handed back at once. It comes back after the visibility
+/// timeout instead of meeting the same throttling, and messages already done are not
+/// failed with it, as they would be if Lambda stopped the whole invocation.
+pub async fn process_batch(
+    app: &App,
+    event: SqsEvent,
+    deadline: DateTime<Utc>,
+) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    let mut give_back: Option<&str> = None;
+    for record in event.records {
+        let id = record.message_id.clone().unwrap_or_default();
+        let left = (deadline - Utc::now() - Duration::milliseconds(RESERVE_MILLIS))
+            .to_std()
+            .unwrap_or_default();
+        if give_back.is_none() && left < std::time::Duration::from_millis(MIN_STEP_MILLIS) {
+            give_back = Some("too little time left in this invocation");
+        }
+        if let Some(why) = give_back {
+            info!(message_id = %id, reason = why, "message handed back to the queue untried");
+            response.add_failure(id);
+            continue;
+        }
+        let body = record.body.as_deref().unwrap_or_default();
+        let envelope = match Envelope::from_body(body) {
+            Ok(envelope) => envelope,
+            Err(why) => {
+                error!(message_id = %id, reason = %why, "poison message: left to the queue's redrive policy");
+                response.add_failure(id);
+                continue;
+            }
+        };
+        let run_id = envelope.job.run_id().to_string();
+        let step = tokio::time::timeout(left, process_job(app, envelope.job, deadline, &id));
+        let failed = match step.await {
+            Ok(Ok(())) => false,
+            Ok(Err(err)) => {
+                let throttled = err.is_throttling();
+                if throttled {
+                    give_back = Some("AWS throttled an earlier message of this batch");
+                }
+                warn!(message_id = %id, run_id = %run_id, error = %err, throttled, "step failed, the message comes back after its visibility timeout");
+                true
+            }
+            Err(_) => {
+                give_back = Some("the invocation's time ran out");
+                warn!(message_id = %id, run_id = %run_id, "step not finished before the invocation's deadline, the message comes back after its visibility timeout");
+                true
+            }
+        };
+        if failed {
+            response.add_failure(id);
+        }
+    }
+    response
+}
+
+/// `message_id` names the delivery's message: a redelivery of the same message is the
+/// same step, a different message for the same step is a duplicate.
+async fn process_job(
+    app: &App,
+    job: Job,
+    deadline: DateTime<Utc>,
+    message_id: &str,
+) -> Result<(), Error> {
+    // A claim taken here is held until the invocation's end, plus a margin.
+    let lease_until = deadline + Duration::seconds(LEASE_MARGIN_SECONDS);
+    match job {
+        Job::Instance(job) => tracking::track_instance(app, job).await,
+        Job::Run(job) => tracking::track_run(app, job).await,
+        Job::Watch(job) => start::watch_run(app, job, lease_until).await,
+        Job::Copy(job) => copy::step::copy_job(app, job, lease_until, message_id).await,
+        Job::Retention(job) => retention::step::retention_job(app, job, deadline).await,
+        Job::Restore(job) => restore::step::restore::restore_job(app, job).await,
+        Job::Verify(job) => restore::step::verify::verify_job(app, job).await,
+    }
+}

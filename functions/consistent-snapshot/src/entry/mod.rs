@@ -1,0 +1,92 @@
+//! The one entry point: an event is parsed (`event`), routed to its use case, and answered as
+//! JSON; an SQS batch goes through the deadline-aware batch loop (`batch`).
+
+pub mod batch;
+pub mod event;
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::Value;
+use tracing::info;
+
+use crate::app::{to_json, App};
+use crate::error::Error;
+use crate::model::requests::SnapshotRequest;
+use crate::run::step::start::{start_run, RunRequest, LEASE_MARGIN_SECONDS};
+use event::{Action, Event};
+
+/// The longest a Lambda invocation can run: the deadline assumed when none is given.
+pub const MAX_INVOCATION_SECONDS: i64 = 900;
+
+/// Handles any of the accepted payloads, assuming Lambda's longest timeout.
+pub async fn handle(app: &App, payload: Value) -> Result<Value, Error> {
+    let deadline = Utc::now() + Duration::seconds(MAX_INVOCATION_SECONDS);
+    handle_until(app, payload, deadline).await
+}
+
+/// Handles any of the accepted payloads; answers JSON (an `SqsBatchResponse` for SQS).
+/// `deadline` is when the Lambda stops this invocation: a run it claims is held until then
+/// (plus a margin), and taken over by the run's watch after.
+pub async fn handle_until(
+    app: &App,
+    payload: Value,
+    deadline: DateTime<Utc>,
+) -> Result<Value, Error> {
+    let lease_until = deadline + Duration::seconds(LEASE_MARGIN_SECONDS);
+    match Event::parse(payload)? {
+        Event::Scheduled(run) => {
+            info!(schedule = %run.schedule, scheduled_time = %run.scheduled_time, "scheduled run");
+            let start = start_run(
+                app,
+                &RunRequest {
+                    run_id: run.run_id(),
+                    instance_ids: None,
+                    dry_run: app.config.dry_run,
+                    started_at: run.scheduled_time,
+                    lease_until,
+                },
+            )
+            .await?;
+            Ok(to_json(&start))
+        }
+        Event::Sqs(event) => Ok(to_json(&batch::process_batch(app, event, deadline).await)),
+        Event::OnDemand(Action::Snapshot(request)) => {
+            on_demand_snapshot(app, request, lease_until).await
+        }
+        Event::OnDemand(Action::Retention(request)) => {
+            let dry_run = request.dry_run.unwrap_or(app.config.dry_run);
+            crate::retention::step::on_demand(app, dry_run, deadline).await
+        }
+        Event::OnDemand(Action::Report(_)) => crate::report::step::on_demand(app).await,
+        Event::OnDemand(Action::Restore(request)) => {
+            crate::restore::step::restore::on_demand(app, request).await
+        }
+        Event::OnDemand(Action::Verify(request)) => {
+            crate::restore::step::verify::on_demand(app, request).await
+        }
+    }
+}
+
+/// `{"action":"snapshot",…}`: a run now, of the whole fleet or of the instances named.
+async fn on_demand_snapshot(
+    app: &App,
+    request: SnapshotRequest,
+    lease_until: DateTime<Utc>,
+) -> Result<Value, Error> {
+    let now = Utc::now();
+    let run_id = request.run_id.clone().unwrap_or_else(|| {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        format!("{}-od-{}", now.format("%Y%m%dT%H%M%SZ"), &id[..8])
+    });
+    let start = start_run(
+        app,
+        &RunRequest {
+            run_id,
+            instance_ids: request.instance_ids,
+            dry_run: request.dry_run.unwrap_or(app.config.dry_run),
+            started_at: now,
+            lease_until,
+        },
+    )
+    .await?;
+    Ok(to_json(&start))
+}

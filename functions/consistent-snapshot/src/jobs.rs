@@ -1,0 +1,359 @@
+//! The jobs on the tracking queue: what a message carries between two looks at the world.
+//!
+//! The whole state machine, on one screen. Every job is check-then-act and keyed by ids, so a
+//! duplicated, re-delivered or late message converges on the same end state. Each row's
+//! successor is queued *before* the marker that ends the row is written: a Lambda stopped
+//! between the two leaves a redelivery that queues it again, never a run that stops.
+//!
+//! | job       | queued by                                   | waits for (backoff, ≤ 900 s)                          | writes                                                  | then                      |
+//! |-----------|---------------------------------------------|-------------------------------------------------------|---------------------------------------------------------|---------------------------|
+//! | watch     | a run's start, before it claims the run     | the claimant's lease to end (`check_at`)              | nothing; takes the dispatch over if not `dispatched`    | itself while a lease lives |
+//! | instance  | the dispatch, one per instance sent to      | the invocation to be final, then its snapshots        | `InstanceId` and `Name` tags on its snapshots           | — (the run sums up)       |
+//! | run       | the dispatch, after the instance jobs       | every invocation final and every snapshot completed   | tags it finds missing, marker `reported`, the summary   | copy (queued first)       |
+//! | copy      | the run; each pass queues its successor     | copies pending; one message per pass (`copy-pass-n`)  | copies in the copy regions, `copy-lease-n`, `copied`    | retention (queued first)  |
+//! | retention | the copy step; a pass with deletions left   | nothing                                               | deletions by the plan, marker `retained`, release       | itself until all are done |
+//! | restore   | an on-demand restore; each waiting pass     | volumes creating, the instance stopping or starting   | volumes created, tagged, detached, attached             | itself until done/failed  |
+//! | verify    | an on-demand verification; each waiting look| the verification's volumes to be created             | marker `reported` (verify id), then its volumes deleted | itself until measured     |
+//!
+//! Markers are create-once parameters (`model::markers`, `aws::markers`); the schema of the
+//! messages is versioned (`v`): a message of an unknown version or shape is a poison message,
+//! reported and left to the queue's redrive policy, never guessed at.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::fleet::{AttachedVolume, SkipReason};
+use crate::model::requests::RestoreMode;
+use crate::model::restore::ChosenSet;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u32,
+    #[serde(flatten)]
+    pub job: Job,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Job {
+    /// One instance's snapshot set, from its command to completed, tagged snapshots.
+    Instance(InstanceJob),
+    /// The whole run, which ends with the run's summary once every instance is final.
+    Run(RunJob),
+    /// Queued before a run is claimed: once the claimant's lease is over, finishes a dispatch
+    /// that its claimant did not (because that Lambda was stopped half-way).
+    Watch(WatchJob),
+    /// After the summary: copies of the run's sets to the copy regions, until all are final.
+    Copy(CopyJob),
+    /// The run's last step: retention in every region.
+    Retention(RetentionJob),
+    /// A restore between two looks (volumes being created, the instance stopping…).
+    Restore(RestoreJob),
+    /// A restore test: waits for the volumes, measures, deletes them, reports.
+    Verify(VerifyJob),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Waiting for the SSM invocation to reach a final status.
+    Command,
+    /// The command is final; waiting for the snapshots to be `completed`.
+    Snapshots,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceJob {
+    pub run_id: String,
+    pub instance_id: String,
+    pub name: String,
+    pub command_id: String,
+    /// The volumes the set must contain (the boot volume left out when it was excluded).
+    pub volumes: Vec<AttachedVolume>,
+    pub stage: Stage,
+    pub stage_deadline: DateTime<Utc>,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCommand {
+    pub command_id: String,
+    pub exclude_boot_volume: bool,
+    /// How many instances the command was sent to: right after SendCommand, SSM may list fewer
+    /// invocations, and the run must not end with an instance silently missing.
+    pub instances: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub instance_id: String,
+    pub name: String,
+    pub reason: SkipReason,
+}
+
+/// An instance whose command could not be sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsent {
+    pub instance_id: String,
+    pub name: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunJob {
+    pub run_id: String,
+    pub started_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+    pub commands: Vec<RunCommand>,
+    pub skipped: Vec<Skipped>,
+    pub unsent: Vec<Unsent>,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchJob {
+    pub run_id: String,
+    pub started_at: DateTime<Utc>,
+    /// The instances an on-demand run asked for (`None`: the whole fleet).
+    pub instance_ids: Option<Vec<String>>,
+    /// When to look: just after the lease it watches ends.
+    pub check_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyJob {
+    pub run_id: String,
+    /// Copies not final by then are reported as timed out.
+    pub deadline: DateTime<Utc>,
+    pub attempt: u32,
+}
+
+impl CopyJob {
+    /// The first pass of a run's copy step: copies not final `completion_timeout_seconds`
+    /// after `now` are reported as timed out.
+    pub fn first(run_id: &str, now: DateTime<Utc>, completion_timeout_seconds: u32) -> Self {
+        CopyJob {
+            run_id: run_id.to_string(),
+            deadline: now + chrono::Duration::seconds(i64::from(completion_timeout_seconds)),
+            attempt: 0,
+        }
+    }
+
+    /// The same step, one look later.
+    pub fn next(self) -> Self {
+        CopyJob {
+            attempt: self.attempt + 1,
+            ..self
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionJob {
+    pub run_id: String,
+    /// Snapshots deleted by the earlier passes of this run's retention (a large fleet's
+    /// deletions take more than one invocation).
+    #[serde(default)]
+    pub deleted_before: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreJob {
+    pub restore_id: String,
+    pub instance_id: String,
+    pub name: String,
+    pub mode: RestoreMode,
+    pub rollback: bool,
+    pub zone: String,
+    pub set: ChosenSet,
+    pub deadline: DateTime<Utc>,
+    pub attempt: u32,
+}
+
+/// One instance of a verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyItem {
+    pub instance_id: String,
+    pub name: String,
+    /// The restore that made its volumes (none when it could not start).
+    pub restore_id: Option<String>,
+    pub run_id: Option<String>,
+    pub volumes: usize,
+    /// Why it could not be restored, when it could not.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyJob {
+    pub verify_id: String,
+    pub started_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+    pub items: Vec<VerifyItem>,
+    pub attempt: u32,
+}
+
+impl Job {
+    pub fn run_id(&self) -> &str {
+        match self {
+            Job::Instance(j) => &j.run_id,
+            Job::Run(j) => &j.run_id,
+            Job::Watch(j) => &j.run_id,
+            Job::Copy(j) => &j.run_id,
+            Job::Retention(j) => &j.run_id,
+            Job::Restore(j) => &j.restore_id,
+            Job::Verify(j) => &j.verify_id,
+        }
+    }
+
+    /// How long the queue holds this job before delivering it (SQS allows at most 900 s).
+    pub fn delay_seconds(&self, now: DateTime<Utc>, initial: u32, max: u32) -> i32 {
+        match self {
+            Job::Instance(j) => backoff_seconds(j.attempt, initial, max),
+            Job::Run(j) => backoff_seconds(j.attempt, initial, max),
+            Job::Watch(j) => (j.check_at - now).num_seconds().clamp(0, 900) as i32,
+            Job::Copy(j) => backoff_seconds(j.attempt, initial, max),
+            Job::Retention(_) => 0,
+            Job::Restore(j) => backoff_seconds(j.attempt, initial, max),
+            Job::Verify(j) => backoff_seconds(j.attempt, initial, max),
+        }
+    }
+}
+
+impl Envelope {
+    pub fn new(job: Job) -> Self {
+        Envelope {
+            v: SCHEMA_VERSION,
+            job,
+        }
+    }
+
+    pub fn to_body(&self) -> String {
+        // Serialising these plain structs cannot fail: no maps with non-string keys, no floats.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads a message body; the error says why it is poison.
+    pub fn from_body(body: &str) -> Result<Self, String> {
+        let value: serde_json::Value =
+            serde_json::from_str(body).map_err(|e| format!("body is not JSON: {e}"))?;
+        match value.get("v").and_then(serde_json::Value::as_u64) {
+            Some(v) if v == u64::from(SCHEMA_VERSION) => {}
+            Some(v) => {
+                return Err(format!(
+                    "schema version {v} is not understood (this function reads {SCHEMA_VERSION})"
+                ))
+            }
+            None => return Err("field `v` (schema version) is missing".into()),
+        }
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            format!("field `{path}`: {}", e.into_inner())
+        })
+    }
+}
+
+/// The delay before the next look: doubling from `initial`, capped at `max` (SQS allows 900 s).
+pub fn backoff_seconds(attempt: u32, initial: u32, max: u32) -> i32 {
+    let delay = u64::from(initial).saturating_mul(1_u64 << attempt.min(16));
+    delay.min(u64::from(max)).min(900) as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance_job() -> InstanceJob {
+        InstanceJob {
+            run_id: "r".into(),
+            instance_id: "i-1".into(),
+            name: "sql01".into(),
+            command_id: "c".into(),
+            volumes: vec![AttachedVolume {
+                volume_id: "vol-1".into(),
+                device: "xvdf".into(),
+            }],
+            stage: Stage::Command,
+            stage_deadline: DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
+            attempt: 0,
+        }
+    }
+
+    #[test]
+    fn a_job_survives_the_queue() {
+        let envelope = Envelope::new(Job::Instance(instance_job()));
+        assert_eq!(Envelope::from_body(&envelope.to_body()), Ok(envelope));
+    }
+
+    #[test]
+    fn poison_messages_say_what_is_wrong() {
+        let body = Envelope::new(Job::Instance(instance_job())).to_body();
+        assert!(Envelope::from_body("not json")
+            .unwrap_err()
+            .contains("not JSON"));
+        assert!(Envelope::from_body(&body.replace("\"v\":1", "\"v\":9"))
+            .unwrap_err()
+            .contains("version 9"));
+        assert!(Envelope::from_body(&body.replace("\"v\":1,", ""))
+            .unwrap_err()
+            .contains("`v`"));
+        assert!(
+            Envelope::from_body(&body.replace("\"command_id\"", "\"cmd\""))
+                .unwrap_err()
+                .contains("command_id")
+        );
+        assert!(
+            Envelope::from_body(&body.replace("\"instance\"", "\"volume\""))
+                .unwrap_err()
+                .contains("volume")
+        );
+        // A field of the wrong type, an empty body, a JSON value that is not an object, and
+        // a watch without its run id.
+        let wrong_type =
+            Envelope::from_body(&body.replace("\"attempt\":0", "\"attempt\":\"zero\""));
+        assert!(
+            wrong_type.as_ref().is_err_and(|e| e.contains("zero")),
+            "{wrong_type:?}"
+        );
+        assert!(Envelope::from_body("").unwrap_err().contains("not JSON"));
+        assert!(Envelope::from_body("[1,2]").unwrap_err().contains("`v`"));
+        assert!(Envelope::from_body(
+            r#"{"v":1,"kind":"watch","started_at":"2026-11-23T00:00:00Z","check_at":"2026-11-23T00:00:00Z"}"#
+        )
+        .unwrap_err()
+        .contains("run_id"));
+    }
+
+    #[test]
+    fn a_watch_is_delivered_when_its_lease_ends_within_what_sqs_allows() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let watch = |secs| {
+            Job::Watch(WatchJob {
+                run_id: "r".into(),
+                started_at: now,
+                instance_ids: None,
+                check_at: now + chrono::Duration::seconds(secs),
+            })
+        };
+        assert_eq!(watch(42).delay_seconds(now, 30, 900), 42);
+        assert_eq!(watch(-5).delay_seconds(now, 30, 900), 0);
+        assert_eq!(watch(5_000).delay_seconds(now, 30, 900), 900);
+        let job = Job::Instance(InstanceJob {
+            attempt: 2,
+            ..instance_job()
+        });
+        assert_eq!(job.delay_seconds(now, 30, 900), 120);
+        let body = Envelope::new(watch(42)).to_body();
+        assert_eq!(Envelope::from_body(&body).map(|e| e.job), Ok(watch(42)));
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff_seconds(0, 30, 900), 30);
+        assert_eq!(backoff_seconds(1, 30, 900), 60);
+        assert_eq!(backoff_seconds(5, 30, 900), 900);
+        assert_eq!(backoff_seconds(40, 30, 120), 120);
+        assert_eq!(backoff_seconds(3, 1, 2), 2);
+    }
+}

@@ -1,0 +1,156 @@
+//! The fleet as plain facts: what EC2 says of an instance, what SSM says of its agent, and what
+//! a run decided about it (a target with its volumes, or the reason it is skipped).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::state::{AttachmentState, InstanceState, PingStatus};
+
+/// An EBS volume attached to an instance, at its device name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AttachedVolume {
+    pub volume_id: String,
+    pub device: String,
+}
+
+/// What EC2 says of an instance, as plain data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceFacts {
+    pub instance_id: String,
+    pub name: Option<String>,
+    pub state: InstanceState,
+    /// `windows` for Windows instances (EC2 answers in lower case).
+    pub platform: Option<String>,
+    pub platform_details: Option<String>,
+    pub root_device: Option<String>,
+    pub volumes: Vec<AttachedVolume>,
+    pub tags: BTreeMap<String, String>,
+}
+
+impl InstanceFacts {
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.instance_id)
+    }
+
+    /// The volumes a snapshot set of this instance must contain.
+    pub fn expected_volumes(&self, exclude_boot_volume: bool) -> Vec<AttachedVolume> {
+        self.volumes
+            .iter()
+            .filter(|v| {
+                !(exclude_boot_volume && self.root_device.as_deref() == Some(v.device.as_str()))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Windows by EC2's platform fields, or (for imported images that EC2 does not recognise)
+    /// by the platform SSM's agent reports.
+    pub fn is_windows(&self, agent: Option<&AgentFacts>) -> bool {
+        let ec2_says = self
+            .platform
+            .as_deref()
+            .is_some_and(|p| p.eq_ignore_ascii_case("windows"))
+            || self
+                .platform_details
+                .as_deref()
+                .is_some_and(|p| p.to_ascii_lowercase().contains("windows"));
+        ec2_says
+            || agent
+                .and_then(|a| a.platform_type.as_deref())
+                .is_some_and(|p| p.eq_ignore_ascii_case("windows"))
+    }
+}
+
+/// What SSM says of an instance's agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentFacts {
+    pub ping_status: PingStatus,
+    pub agent_version: String,
+    pub platform_type: Option<String>,
+}
+
+/// One instance as a restore sees it: its state, zone and what is attached at each device.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceView {
+    pub name: String,
+    pub state: InstanceState,
+    pub zone: String,
+    /// Device → (volume id, attachment state).
+    pub devices: BTreeMap<String, (String, AttachmentState)>,
+}
+
+/// An instance that passed preflight, with the volumes its snapshot set must contain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub instance_id: String,
+    pub name: String,
+    pub exclude_boot_volume: bool,
+    pub volumes: Vec<AttachedVolume>,
+}
+
+/// Why an instance is not snapshotted in this run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SkipReason {
+    NotRunning {
+        state: String,
+    },
+    NotWindows {
+        platform: String,
+    },
+    SsmUnmanaged,
+    SsmOffline {
+        ping_status: String,
+    },
+    AgentTooOld {
+        found: String,
+        minimum: String,
+    },
+    NoEbsVolumes,
+    InvalidOverride {
+        tag: String,
+        value: String,
+    },
+    /// Asked for by id in an on-demand call but not found with the target tag.
+    NotTargeted,
+    /// Another VSS command is running on the instance (another run, or one sent by hand):
+    /// VSS takes one shadow copy at a time, and the instance is not frozen twice.
+    VssInProgress {
+        command_id: String,
+        run_id: Option<String>,
+    },
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::NotRunning { state } => write!(f, "instance is {state}, not running"),
+            SkipReason::NotWindows { platform } => {
+                write!(f, "not a Windows instance (platform {platform})")
+            }
+            SkipReason::SsmUnmanaged => f.write_str("not managed by SSM (no agent registered)"),
+            SkipReason::SsmOffline { ping_status } => {
+                write!(f, "SSM agent is {ping_status}, not Online")
+            }
+            SkipReason::AgentTooOld { found, minimum } => {
+                write!(f, "SSM agent {found} is older than the minimum {minimum}")
+            }
+            SkipReason::NoEbsVolumes => f.write_str("no EBS volume attached"),
+            SkipReason::InvalidOverride { tag, value } => {
+                write!(f, "tag {tag}={value:?} is not true or false")
+            }
+            SkipReason::NotTargeted => {
+                f.write_str("not found as a running or stopped instance with the target tag")
+            }
+            SkipReason::VssInProgress { command_id, run_id } => match run_id {
+                Some(run) => write!(f, "VSS command {command_id} of run {run} is still running"),
+                None => write!(
+                    f,
+                    "VSS command {command_id} (not sent by this tool) is still running"
+                ),
+            },
+        }
+    }
+}

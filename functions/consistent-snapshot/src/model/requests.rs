@@ -1,0 +1,69 @@
+//! The on-demand calls' payloads (`{"action": …}`), as the operator writes them. Parsed and
+//! validated in `entry::event`; each field is named in the error when it is wrong.
+
+use serde::{Deserialize, Serialize};
+
+/// At most this many instance ids in one on-demand call.
+pub const MAX_INSTANCE_IDS: usize = 1000;
+/// At most this many instances are restored in one verification.
+pub const MAX_VERIFY: usize = 20;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// Only these instances (each must carry the target tag); all tagged instances when absent.
+    #[serde(default)]
+    pub instance_ids: Option<Vec<String>>,
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+    /// Re-use a run id (for example to resume a run); a fresh one when absent.
+    #[serde(default)]
+    pub run_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRequest {
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    pub instance_id: String,
+    /// `latest` (the newest consistent set) or a run id.
+    pub run_id: String,
+    /// Where the volumes are created (`volumes` mode): the instance's zone when absent.
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+    pub mode: RestoreMode,
+    /// Restore a crash-consistent or incomplete set too (refused otherwise).
+    #[serde(default)]
+    pub allow_crash_consistent: Option<bool>,
+    /// `replace` only: put the volumes this restore replaced back, and start the instance.
+    #[serde(default)]
+    pub rollback: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// Verify these instances; a rotating sample of the fleet when absent.
+    #[serde(default)]
+    pub instance_ids: Option<Vec<String>>,
+    /// How many instances the sample holds (default `VERIFY_SAMPLE_SIZE`).
+    #[serde(default)]
+    pub sample: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestoreMode {
+    Volumes,
+    Replace,
+}

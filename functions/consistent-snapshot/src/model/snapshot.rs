@@ -1,0 +1,170 @@
+//! Snapshots as plain facts. `SnapshotFacts` is the one type the edge reads from EC2; the other
+//! shapes (retention's small `SnapshotInfo`, restore's `SourceSnapshot`, the copy step's
+//! `ExistingCopy`) are views derived from it in pure code.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::model::state::SnapshotState;
+use crate::model::tags::{is_app_consistent, TAGS_READ, TAG_APP_CONSISTENT};
+
+/// What EC2 says of a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotFacts {
+    pub snapshot_id: String,
+    pub volume_id: String,
+    pub state: SnapshotState,
+    /// When the snapshot was started (EC2 always says; `None` only for a garbled answer).
+    pub start_time: Option<DateTime<Utc>>,
+    pub size_gib: Option<i32>,
+    pub tags: BTreeMap<String, String>,
+}
+
+impl SnapshotFacts {
+    pub fn app_consistent(&self) -> bool {
+        is_app_consistent(self.tags.get(TAG_APP_CONSISTENT).map(String::as_str))
+    }
+}
+
+/// A snapshot as retention and the fleet report see it: small, because a plan over 100,000
+/// snapshots holds them all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub snapshot_id: String,
+    pub state: SnapshotState,
+    pub start_time: DateTime<Utc>,
+    pub tags: SnapshotTags,
+    /// AMIs whose block devices use this snapshot.
+    pub used_by_images: Vec<String>,
+    /// Copies of this snapshot (in other regions) that are not completed yet.
+    pub copies_in_progress: usize,
+}
+
+impl SnapshotInfo {
+    /// The retention view of a snapshot: only the tags it reads (`TAGS_READ`), shared through
+    /// `interner`; `None` for a snapshot without a start time.
+    pub fn from_facts(facts: SnapshotFacts, interner: &mut TagInterner) -> Option<Self> {
+        let tags = interner.tags(
+            facts
+                .tags
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .filter(|(k, _)| TAGS_READ.contains(k)),
+        );
+        Some(SnapshotInfo {
+            start_time: facts.start_time?,
+            snapshot_id: facts.snapshot_id,
+            state: facts.state,
+            tags,
+            used_by_images: vec![],
+            copies_in_progress: 0,
+        })
+    }
+
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags.get(key)
+    }
+}
+
+/// A snapshot's tags, small: a plan over 100,000 snapshots holds 600,000 of them. Keys and
+/// values are shared strings, so that the snapshots of one set (and of one deployment) share
+/// one copy of their instance id, run id and `ManagedBy` when read through a `TagInterner`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotTags(Box<[(Arc<str>, Arc<str>)]>);
+
+impl SnapshotTags {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| &**k == key).map(|(_, v)| &**v)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub fn insert(&mut self, key: &str, value: &str) {
+        let mut pairs: Vec<(Arc<str>, Arc<str>)> = std::mem::take(&mut self.0).into_vec();
+        pairs.retain(|(k, _)| &**k != key);
+        pairs.push((key.into(), value.into()));
+        self.0 = pairs.into_boxed_slice();
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        let mut pairs: Vec<(Arc<str>, Arc<str>)> = std::mem::take(&mut self.0).into_vec();
+        pairs.retain(|(k, _)| &**k != key);
+        self.0 = pairs.into_boxed_slice();
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for SnapshotTags {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        let mut tags = SnapshotTags::default();
+        for (k, v) in pairs {
+            tags.insert(k.as_ref(), v.as_ref());
+        }
+        tags
+    }
+}
+
+/// Hands out one shared copy of each distinct tag text.
+#[derive(Debug, Default)]
+pub struct TagInterner(std::collections::HashSet<Arc<str>>);
+
+impl TagInterner {
+    pub fn intern(&mut self, text: &str) -> Arc<str> {
+        if let Some(found) = self.0.get(text) {
+            return found.clone();
+        }
+        let shared: Arc<str> = text.into();
+        self.0.insert(shared.clone());
+        shared
+    }
+
+    /// These tags, with keys and values shared with earlier ones.
+    pub fn tags<'a>(
+        &mut self,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> SnapshotTags {
+        let pairs: Vec<(Arc<str>, Arc<str>)> = pairs
+            .into_iter()
+            .map(|(k, v)| (self.intern(k), self.intern(v)))
+            .collect();
+        SnapshotTags(pairs.into_boxed_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retention_view_keeps_only_the_tags_it_reads_and_shares_them() {
+        let facts = |id: &str| SnapshotFacts {
+            snapshot_id: id.into(),
+            volume_id: "vol-1".into(),
+            state: SnapshotState::Completed,
+            start_time: DateTime::from_timestamp(1_800_000_000, 0),
+            size_gib: Some(8),
+            tags: [
+                ("ConsistentSnapshot:RunId", "r1"),
+                ("Name", "sql01 xvdf"),
+                ("AwsVssConfig", "{}"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        };
+        let mut interner = TagInterner::default();
+        let a = SnapshotInfo::from_facts(facts("snap-1"), &mut interner).expect("view");
+        let b = SnapshotInfo::from_facts(facts("snap-2"), &mut interner).expect("view");
+        assert_eq!(a.tag("ConsistentSnapshot:RunId"), Some("r1"));
+        assert!(!a.tags.contains_key("Name") && !a.tags.contains_key("AwsVssConfig"));
+        assert_eq!(b.state, SnapshotState::Completed);
+        let no_start = SnapshotFacts {
+            start_time: None,
+            ..facts("snap-3")
+        };
+        assert!(SnapshotInfo::from_facts(no_start, &mut interner).is_none());
+    }
+}

@@ -1,0 +1,81 @@
+//! Every tag key this tool reads or writes, in one place, and the tag text rules.
+//!
+//! Tags are for operators (search, console, cost). The keys below are a contract with them and
+//! with the IAM conditions of the template; renaming one is a breaking change.
+
+/// The run a snapshot belongs to.
+pub const TAG_RUN_ID: &str = "ConsistentSnapshot:RunId";
+/// The instance a snapshot (or a restored volume) belongs to.
+pub const TAG_INSTANCE_ID: &str = "ConsistentSnapshot:InstanceId";
+/// The deployment that made it: retention only ever looks at its own.
+pub const TAG_MANAGED_BY: &str = "ConsistentSnapshot:ManagedBy";
+/// On a copy: the snapshot it was copied from, and that snapshot's region.
+pub const TAG_SOURCE_SNAPSHOT: &str = "ConsistentSnapshot:SourceSnapshotId";
+pub const TAG_SOURCE_REGION: &str = "ConsistentSnapshot:SourceRegion";
+
+/// Per-instance overrides, read from the instance's tags.
+pub const TAG_EXCLUDE_BOOT: &str = "ConsistentSnapshot:ExcludeBootVolume";
+pub const TAG_COPY_REGIONS: &str = "ConsistentSnapshot:CopyRegions";
+pub const TAG_RETAIN_COUNT: &str = "ConsistentSnapshot:RetainCount";
+pub const TAG_RETAIN_DAYS: &str = "ConsistentSnapshot:RetainDays";
+
+/// Restores: the restore a volume was made by, its source snapshot, the device it belongs at,
+/// why it was made (`restore` or `verify`), and on a volume a replace took off an instance, the
+/// restore that did it and where the volume was.
+pub const TAG_RESTORE_ID: &str = "ConsistentSnapshot:RestoreId";
+pub const TAG_RESTORED_FROM: &str = "ConsistentSnapshot:RestoredFrom";
+pub const TAG_RESTORE_DEVICE: &str = "ConsistentSnapshot:Device";
+pub const TAG_PURPOSE: &str = "ConsistentSnapshot:Purpose";
+pub const TAG_REPLACED_BY: &str = "ConsistentSnapshot:ReplacedBy";
+pub const TAG_DETACHED_FROM: &str = "ConsistentSnapshot:DetachedFrom";
+
+/// Written by the VSS document itself (it refuses them in its `tags` parameter).
+pub const TAG_APP_CONSISTENT: &str = "AppConsistent";
+pub const TAG_DEVICE: &str = "Device";
+/// The console's name column.
+pub const TAG_NAME: &str = "Name";
+
+/// The tags retention and the fleet report read; a snapshot's other tags (`Name`, the VSS
+/// document's `AwsVssConfig`, an operator's own) are not kept, which keeps a plan over
+/// 100,000 snapshots small.
+pub const TAGS_READ: [&str; 7] = [
+    TAG_MANAGED_BY,
+    TAG_INSTANCE_ID,
+    TAG_RUN_ID,
+    TAG_APP_CONSISTENT,
+    TAG_DEVICE,
+    TAG_SOURCE_SNAPSHOT,
+    TAG_SOURCE_REGION,
+];
+
+/// What an `AppConsistent` tag value says: only `true` (any case) is consistent.
+pub fn is_app_consistent(value: Option<&str>) -> bool {
+    value.is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// Keeps only the characters the VSS documents accept in a tag (letters, digits, space and
+/// `( ) . / \ - " ' @ _ + : = { }`); anything else, `;` and `,` included, becomes `_`.
+pub fn sanitize_tag_text(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " ().\\/-\"'@_+:={}".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_true_is_app_consistent() {
+        assert!(is_app_consistent(Some("True")) && is_app_consistent(Some("true")));
+        assert!(!is_app_consistent(Some("False")));
+        assert!(!is_app_consistent(Some("yes")));
+        assert!(!is_app_consistent(None));
+    }
+}

@@ -1,0 +1,591 @@
+//! The fleet report: per tagged instance, its newest consistent set against the recovery point
+//! objective (RPO), the copies of that set, and the last failure; instances out of RPO first.
+//!
+//! `build` is a pure function of what EC2 and SSM said; `report::step` reads it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+
+use crate::model::command::{Invocation, PastCommand};
+use crate::model::fleet::{InstanceFacts, SkipReason};
+use crate::model::snapshot::SnapshotInfo;
+use crate::model::state::{CommandStatus, SnapshotState};
+use crate::model::tags::{is_app_consistent, TAG_APP_CONSISTENT, TAG_DEVICE, TAG_SOURCE_SNAPSHOT};
+use crate::retention::plan::{sets_by_instance, SetKind, SnapshotSet};
+use crate::run::plan::outcome::failure_reason;
+
+/// Where an instance stands against the RPO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RpoStatus {
+    /// No consistent set of it exists at all.
+    NeverBackedUp,
+    /// Its newest consistent set is older than the RPO.
+    OutOfRpo,
+    WithinRpo,
+}
+
+/// A VSS command that did not succeed on an instance, from SSM's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedInvocation {
+    pub instance_id: String,
+    pub command_id: String,
+    pub run_id: Option<String>,
+    pub at: DateTime<Utc>,
+    /// SSM's status and the document's own reason.
+    pub reason: String,
+}
+
+/// What the report reads, as plain data.
+#[derive(Debug, Clone)]
+pub struct ReportInput<'a> {
+    pub now: DateTime<Utc>,
+    pub rpo_hours: u32,
+    pub managed_by: &'a str,
+    /// The tagged fleet, each with why the next run would skip it (`None`: it would not).
+    pub instances: Vec<(&'a InstanceFacts, Option<SkipReason>)>,
+    /// This deployment's snapshots in the fleet's region.
+    pub snapshots: &'a [SnapshotInfo],
+    /// Per instance, the regions its sets are copied to (or why the tag cannot be read).
+    pub copy_regions: BTreeMap<String, Result<Vec<String>, String>>,
+    /// This deployment's copies, per copy region.
+    pub copies: &'a BTreeMap<String, Vec<SnapshotInfo>>,
+    pub failures: &'a [FailedInvocation],
+}
+
+/// A snapshot set, as the report shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SetSummary {
+    pub run_id: String,
+    pub taken_at: DateTime<Utc>,
+    pub age_hours: f64,
+    pub volumes: usize,
+    /// `snap-… (xvdf)`, by device.
+    pub snapshots: Vec<String>,
+}
+
+/// The copies of the newest consistent set in one region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CopyStatus {
+    pub completed: usize,
+    pub of: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Failure {
+    pub at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    pub reason: String,
+    /// A consistent set was taken after it.
+    pub resolved: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstanceStatus {
+    pub instance_id: String,
+    pub name: String,
+    pub rpo: RpoStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest_consistent: Option<SetSummary>,
+    /// Copies of the newest consistent set, per copy region.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub copies: BTreeMap<String, CopyStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy_regions_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Failure>,
+    /// Why the next run would skip it, if it would.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_run_skips: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub instances: usize,
+    pub within_rpo: usize,
+    /// Out of RPO, including those never backed up.
+    pub out_of_rpo: usize,
+    pub never_backed_up: usize,
+    /// With a failure not followed by a consistent set.
+    pub unresolved_failures: usize,
+    /// The next run would skip them.
+    pub not_ready: usize,
+    /// Copy regions where the newest consistent set is not fully copied, over all instances.
+    pub copies_missing: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FleetReport {
+    pub generated_at: DateTime<Utc>,
+    pub rpo_hours: u32,
+    pub totals: Totals,
+    pub instances: Vec<InstanceStatus>,
+}
+
+impl FleetReport {
+    /// One line for the log and the invocation's caller.
+    pub fn summary_line(&self) -> String {
+        let t = &self.totals;
+        format!(
+            "fleet report: {} instances, {} within the {} h RPO, {} out of it ({} never backed up), {} with an unresolved failure, {} the next run would skip",
+            t.instances, t.within_rpo, self.rpo_hours, t.out_of_rpo, t.never_backed_up, t.unresolved_failures, t.not_ready
+        )
+    }
+}
+
+/// Builds the report: one status per tagged instance, out of RPO first (never backed up
+/// first of all, then oldest first), then by name.
+pub fn build(input: &ReportInput) -> FleetReport {
+    let (sets, _) = sets_by_instance(input.snapshots, input.managed_by);
+    let rpo = chrono::Duration::hours(i64::from(input.rpo_hours));
+    let mut statuses = Vec::new();
+    for (facts, skip) in &input.instances {
+        let id = facts.instance_id.as_str();
+        let mine = sets.get(id).map(Vec::as_slice).unwrap_or_default();
+        let newest = mine.iter().find(|s| s.kind() == SetKind::Consistent);
+        let latest_consistent = newest.map(|set| set_summary(set, input.now));
+        let rpo_status = match &latest_consistent {
+            None => RpoStatus::NeverBackedUp,
+            Some(set) if input.now - set.taken_at > rpo => RpoStatus::OutOfRpo,
+            Some(_) => RpoStatus::WithinRpo,
+        };
+        let (regions, copy_regions_error) = match input.copy_regions.get(id) {
+            Some(Ok(regions)) => (regions.clone(), None),
+            Some(Err(why)) => (vec![], Some(why.clone())),
+            None => (vec![], None),
+        };
+        let copies = match newest {
+            Some(set) => copy_statuses(set, regions, input.copies),
+            None => BTreeMap::new(),
+        };
+        let newest_at = latest_consistent.as_ref().map(|s| s.taken_at);
+        statuses.push(InstanceStatus {
+            instance_id: id.to_string(),
+            name: facts.display_name().to_string(),
+            rpo: rpo_status,
+            latest_consistent,
+            copies,
+            copy_regions_error,
+            last_failure: last_failure(id, mine, input.failures, newest_at),
+            next_run_skips: skip.as_ref().map(ToString::to_string),
+        });
+    }
+    statuses.sort_by(|a, b| {
+        let taken = |s: &InstanceStatus| s.latest_consistent.as_ref().map(|l| l.taken_at);
+        (a.rpo, taken(a), &a.name, &a.instance_id).cmp(&(b.rpo, taken(b), &b.name, &b.instance_id))
+    });
+    FleetReport {
+        generated_at: input.now,
+        rpo_hours: input.rpo_hours,
+        totals: totals(&statuses),
+        instances: statuses,
+    }
+}
+
+/// A consistent set as the report shows it: when it was taken, how old it is, its snapshots.
+fn set_summary(set: &SnapshotSet, now: DateTime<Utc>) -> SetSummary {
+    let taken_at = set.started_at();
+    let mut snapshots: Vec<String> = set
+        .snapshots
+        .iter()
+        .map(|s| match s.tags.get(TAG_DEVICE) {
+            Some(device) => format!("{} ({device})", s.snapshot_id),
+            None => s.snapshot_id.clone(),
+        })
+        .collect();
+    snapshots.sort();
+    SetSummary {
+        run_id: set.run_id.to_string(),
+        taken_at,
+        age_hours: ((now - taken_at).num_seconds() as f64 / 3600.0 * 10.0).round() / 10.0,
+        volumes: set.snapshots.len(),
+        snapshots,
+    }
+}
+
+/// How many of a set's snapshots have a completed copy in each of its copy regions.
+fn copy_statuses(
+    set: &SnapshotSet,
+    regions: Vec<String>,
+    copies: &BTreeMap<String, Vec<SnapshotInfo>>,
+) -> BTreeMap<String, CopyStatus> {
+    let mut statuses = BTreeMap::new();
+    for region in regions {
+        let in_region = copies.get(&region).map(Vec::as_slice);
+        let completed = set
+            .snapshots
+            .iter()
+            .filter(|source| {
+                in_region.unwrap_or_default().iter().any(|c| {
+                    c.state == SnapshotState::Completed
+                        && c.tags.get(TAG_SOURCE_SNAPSHOT) == Some(source.snapshot_id.as_str())
+                })
+            })
+            .count();
+        statuses.insert(
+            region,
+            CopyStatus {
+                completed,
+                of: set.snapshots.len(),
+            },
+        );
+    }
+    statuses
+}
+
+/// An instance's newest failure: VSS failures and incomplete sets (from the snapshots), and
+/// commands that did not succeed (from SSM); resolved when a consistent set is newer.
+fn last_failure(
+    id: &str,
+    mine: &[SnapshotSet],
+    failures: &[FailedInvocation],
+    newest_at: Option<DateTime<Utc>>,
+) -> Option<Failure> {
+    let from_sets = mine
+        .iter()
+        .filter(|s| s.kind() == SetKind::NotConsistent)
+        .map(|s| {
+            // The command of the same run says why, in the document's own words.
+            let said = failures
+                .iter()
+                .find(|f| f.instance_id == id && f.run_id.as_deref() == Some(s.run_id));
+            let (what, detail) = set_failure(s.snapshots.as_slice());
+            let reason = match said {
+                Some(f) => format!("{what}: {} (command {})", f.reason, f.command_id),
+                None => format!("{what}: {detail}"),
+            };
+            Failure {
+                at: s.started_at(),
+                run_id: Some(s.run_id.to_string()),
+                reason,
+                resolved: false,
+            }
+        });
+    let merged = |f: &FailedInvocation| {
+        mine.iter()
+            .any(|s| s.kind() == SetKind::NotConsistent && f.run_id.as_deref() == Some(s.run_id))
+    };
+    let from_ssm = failures
+        .iter()
+        .filter(|f| f.instance_id == id && !merged(f))
+        .map(|f| Failure {
+            at: f.at,
+            run_id: f.run_id.clone(),
+            reason: format!("command {}: {}", f.command_id, f.reason),
+            resolved: false,
+        });
+    from_sets
+        .chain(from_ssm)
+        .max_by(|a, b| a.at.cmp(&b.at))
+        .map(|mut f| {
+            f.resolved = newest_at.is_some_and(|n| n > f.at);
+            f
+        })
+}
+
+fn totals(statuses: &[InstanceStatus]) -> Totals {
+    Totals {
+        instances: statuses.len(),
+        within_rpo: count(statuses, |s| s.rpo == RpoStatus::WithinRpo),
+        out_of_rpo: count(statuses, |s| s.rpo != RpoStatus::WithinRpo),
+        never_backed_up: count(statuses, |s| s.rpo == RpoStatus::NeverBackedUp),
+        unresolved_failures: count(statuses, |s| {
+            s.last_failure.as_ref().is_some_and(|f| !f.resolved)
+        }),
+        not_ready: count(statuses, |s| s.next_run_skips.is_some()),
+        copies_missing: statuses
+            .iter()
+            .flat_map(|s| s.copies.values())
+            .filter(|c| c.completed < c.of)
+            .count(),
+    }
+}
+
+/// SSM keeps command history for 30 days.
+const SSM_HISTORY_DAYS: i64 = 30;
+
+/// How far back the report reads failed commands: twice the RPO, at least a week, at most
+/// what SSM keeps.
+pub fn failures_since(now: DateTime<Utc>, rpo_hours: u32) -> DateTime<Utc> {
+    let hours = (2 * i64::from(rpo_hours)).clamp(24 * 7, 24 * SSM_HISTORY_DAYS);
+    now - Duration::hours(hours)
+}
+
+/// The invocations of a finished command that did not succeed, with the document's own
+/// reason (or SSM's status details when the output says nothing).
+pub fn failed_invocations(
+    command: &PastCommand,
+    invocations: Vec<Invocation>,
+) -> impl Iterator<Item = FailedInvocation> + '_ {
+    invocations
+        .into_iter()
+        .filter(|i| i.status.is_final() && i.status != CommandStatus::Success)
+        .map(move |inv| {
+            let reason = failure_reason(&inv.output)
+                .map(|r| format!("{}: {r}", inv.status))
+                .unwrap_or_else(|| format!("{} ({})", inv.status, inv.status_details));
+            FailedInvocation {
+                instance_id: inv.instance_id,
+                command_id: command.command_id.clone(),
+                run_id: command.run_id.clone(),
+                at: command.requested_at,
+                reason,
+            }
+        })
+}
+
+fn count(statuses: &[InstanceStatus], pred: impl Fn(&InstanceStatus) -> bool) -> usize {
+    statuses.iter().filter(|s| pred(s)).count()
+}
+
+/// Why a set that is not consistent is not, read from its snapshots: what it is, and which
+/// snapshots say so.
+fn set_failure(snapshots: &[&SnapshotInfo]) -> (&'static str, String) {
+    let failed: Vec<&str> = snapshots
+        .iter()
+        .filter(|s| s.state == SnapshotState::Error)
+        .map(|s| s.snapshot_id.as_str())
+        .collect();
+    if !failed.is_empty() {
+        return ("snapshot(s) failed", failed.join(", "));
+    }
+    let crash: Vec<&str> = snapshots
+        .iter()
+        .filter(|s| !is_app_consistent(s.tags.get(TAG_APP_CONSISTENT)))
+        .map(|s| s.snapshot_id.as_str())
+        .collect();
+    (
+        "crash-consistent",
+        format!(
+            "VSS did not freeze the writers (AppConsistent is not True on {})",
+            crash.join(", ")
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tags::{TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RUN_ID};
+    use chrono::Duration;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
+    }
+
+    fn instance(id: &str, name: &str) -> InstanceFacts {
+        InstanceFacts {
+            instance_id: id.into(),
+            name: Some(name.into()),
+            state: "running".into(),
+            platform: Some("windows".into()),
+            platform_details: None,
+            root_device: None,
+            volumes: vec![],
+            tags: BTreeMap::new(),
+        }
+    }
+
+    fn snap(id: &str, instance: &str, run: &str, hours_ago: i64, consistent: bool) -> SnapshotInfo {
+        let tags = [
+            (TAG_MANAGED_BY, "prod"),
+            (TAG_INSTANCE_ID, instance),
+            (TAG_RUN_ID, run),
+            ("AppConsistent", if consistent { "True" } else { "False" }),
+            ("Device", "xvdf"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        SnapshotInfo {
+            snapshot_id: id.into(),
+            state: "completed".into(),
+            start_time: now() - Duration::hours(hours_ago),
+            tags,
+            used_by_images: vec![],
+            copies_in_progress: 0,
+        }
+    }
+
+    fn copy_of(id: &str, source: &str) -> SnapshotInfo {
+        let mut copy = snap(id, "i-1", "r", 1, true);
+        copy.tags.insert(TAG_SOURCE_SNAPSHOT, source);
+        copy
+    }
+
+    #[test]
+    fn out_of_rpo_and_never_backed_up_come_first_with_their_reasons() {
+        let fresh = instance("i-1", "sql01");
+        let stale = instance("i-2", "exch01");
+        let never = instance("i-3", "files01");
+        let snapshots = vec![
+            snap("snap-a", "i-1", "r2", 2, true),
+            snap("snap-b", "i-1", "r1", 50, true),
+            snap("snap-c", "i-2", "r1", 30, true),
+            snap("snap-d", "i-2", "r2", 5, false),
+            // Another deployment's snapshot of i-3 does not count.
+            {
+                let mut s = snap("snap-e", "i-3", "r2", 1, true);
+                s.tags.insert(TAG_MANAGED_BY, "other");
+                s
+            },
+        ];
+        let failures = [
+            FailedInvocation {
+                instance_id: "i-3".into(),
+                command_id: "c-9".into(),
+                run_id: Some("r2".into()),
+                at: now() - Duration::hours(3),
+                reason: "Failed: No EBS volumes are attached".into(),
+            },
+            FailedInvocation {
+                instance_id: "i-2".into(),
+                command_id: "c-8".into(),
+                run_id: Some("r2".into()),
+                at: now() - Duration::hours(5),
+                reason: "Failed: Thaw pipe connection timed out".into(),
+            },
+        ];
+        let copies = BTreeMap::from([("eu-west-1".to_string(), vec![copy_of("snap-x", "snap-a")])]);
+        let report = build(&ReportInput {
+            now: now(),
+            rpo_hours: 26,
+            managed_by: "prod",
+            instances: vec![
+                (&fresh, None),
+                (&stale, None),
+                (
+                    &never,
+                    Some(SkipReason::SsmOffline {
+                        ping_status: "ConnectionLost".into(),
+                    }),
+                ),
+            ],
+            snapshots: &snapshots,
+            copy_regions: BTreeMap::from([
+                ("i-1".to_string(), Ok(vec!["eu-west-1".to_string()])),
+                ("i-2".to_string(), Ok(vec!["eu-west-1".to_string()])),
+            ]),
+            copies: &copies,
+            failures: &failures,
+        });
+        let order: Vec<(&str, RpoStatus)> = report
+            .instances
+            .iter()
+            .map(|s| (s.instance_id.as_str(), s.rpo))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("i-3", RpoStatus::NeverBackedUp),
+                ("i-2", RpoStatus::OutOfRpo),
+                ("i-1", RpoStatus::WithinRpo)
+            ]
+        );
+        let [never, stale, fresh] = &report.instances[..] else {
+            panic!("three instances expected");
+        };
+        assert_eq!(never.latest_consistent, None);
+        assert!(never.last_failure.as_ref().is_some_and(|f| !f.resolved
+            && f.reason.contains("No EBS volumes")
+            && f.reason.contains("c-9")));
+        assert!(never
+            .next_run_skips
+            .as_deref()
+            .is_some_and(|r| r.contains("ConnectionLost")));
+        let stale_set = stale.latest_consistent.as_ref();
+        assert_eq!(stale_set.map(|s| s.run_id.as_str()), Some("r1"));
+        assert_eq!(stale_set.map(|s| s.age_hours), Some(30.0));
+        assert!(stale.last_failure.as_ref().is_some_and(|f| !f.resolved
+            && f.run_id.as_deref() == Some("r2")
+            && f.reason.contains("crash-consistent")
+            && f.reason.contains("crash-consistent: Failed: Thaw pipe")
+            && f.reason.contains("(command c-8)")));
+        assert_eq!(
+            stale.copies["eu-west-1"],
+            CopyStatus {
+                completed: 0,
+                of: 1
+            }
+        );
+        assert_eq!(
+            fresh.latest_consistent.as_ref().map(|s| s.run_id.as_str()),
+            Some("r2")
+        );
+        assert_eq!(
+            fresh
+                .latest_consistent
+                .as_ref()
+                .map(|s| s.snapshots.clone()),
+            Some(vec!["snap-a (xvdf)".to_string()])
+        );
+        assert_eq!(
+            fresh.copies["eu-west-1"],
+            CopyStatus {
+                completed: 1,
+                of: 1
+            }
+        );
+        assert_eq!(fresh.last_failure, None);
+        assert_eq!(
+            report.totals,
+            Totals {
+                instances: 3,
+                within_rpo: 1,
+                out_of_rpo: 2,
+                never_backed_up: 1,
+                unresolved_failures: 2,
+                not_ready: 1,
+                copies_missing: 1,
+            }
+        );
+        assert!(report
+            .summary_line()
+            .contains("2 out of it (1 never backed up)"));
+    }
+
+    #[test]
+    fn a_failure_before_the_newest_consistent_set_is_resolved() {
+        let one = instance("i-1", "sql01");
+        let snapshots = vec![
+            snap("snap-a", "i-1", "r2", 2, true),
+            snap("snap-b", "i-1", "r1", 20, false),
+        ];
+        let report = build(&ReportInput {
+            now: now(),
+            rpo_hours: 26,
+            managed_by: "prod",
+            instances: vec![(&one, None)],
+            snapshots: &snapshots,
+            copy_regions: BTreeMap::new(),
+            copies: &BTreeMap::new(),
+            failures: &[],
+        });
+        let status = &report.instances[0];
+        assert_eq!(status.rpo, RpoStatus::WithinRpo);
+        assert!(status.last_failure.as_ref().is_some_and(|f| f.resolved));
+        assert_eq!(report.totals.unresolved_failures, 0);
+    }
+
+    #[test]
+    fn the_rpo_boundary_is_inclusive() {
+        let one = instance("i-1", "sql01");
+        let snapshots = vec![snap("snap-a", "i-1", "r1", 26, true)];
+        let no_copies = BTreeMap::new();
+        let input = |hours| ReportInput {
+            now: now(),
+            rpo_hours: hours,
+            managed_by: "prod",
+            instances: vec![(&one, None)],
+            snapshots: &snapshots,
+            copy_regions: BTreeMap::new(),
+            copies: &no_copies,
+            failures: &[],
+        };
+        assert_eq!(build(&input(26)).instances[0].rpo, RpoStatus::WithinRpo);
+        assert_eq!(build(&input(25)).instances[0].rpo, RpoStatus::OutOfRpo);
+    }
+}

@@ -1,0 +1,117 @@
+//! The fleet report against AWS: the tagged fleet and its readiness, this deployment's
+//! snapshots and copies, and the VSS commands that failed, read once and handed to
+//! `report::plan::build`. `{"action":"report"}`, and the hourly report schedule.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::app::{emit_metrics, to_json, App};
+use crate::aws::{commands, instances, snapshots};
+use crate::copy::plan::copy_regions_of;
+use crate::error::Error;
+use crate::model::state::{CommandStatus, InstanceState};
+use crate::report::plan::{
+    build, failed_invocations, failures_since, FailedInvocation, FleetReport, ReportInput,
+    RpoStatus,
+};
+use crate::run::plan::dispatch::vss_documents;
+use crate::run::plan::preflight::preflight;
+
+/// Reads the fleet and builds its report.
+pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
+    let now = Utc::now();
+    let fleet = instances::discover(&app.aws.ec2, &app.config, None).await?;
+    let running: Vec<String> = fleet
+        .iter()
+        .filter(|i| i.state == InstanceState::Running)
+        .map(|i| i.instance_id.clone())
+        .collect();
+    let agents = commands::agents(&app.aws.ssm, &running).await?;
+    let home = &app.config.region;
+    let copy_regions: BTreeMap<String, Result<Vec<String>, String>> = fleet
+        .iter()
+        .map(|i| {
+            let regions = copy_regions_of(&i.tags, &app.config.copy_regions, home);
+            (i.instance_id.clone(), regions)
+        })
+        .collect();
+    let managed_by = app.config.managed_by.as_str();
+    let home_snapshots = snapshots::managed(&app.aws.ec2, home, managed_by).await?;
+    let mut copies = BTreeMap::new();
+    let regions = copy_regions.values().flat_map(|r| r.iter().flatten());
+    for region in regions {
+        if !copies.contains_key(region) {
+            let found = snapshots::managed(&app.aws.ec2_in(region), region, managed_by).await?;
+            copies.insert(region.clone(), found);
+        }
+    }
+    let failures = recent_failures(app, now).await?;
+    let input = ReportInput {
+        now,
+        rpo_hours: app.config.rpo_hours,
+        managed_by,
+        instances: fleet
+            .iter()
+            .map(|i| {
+                let skip = preflight(i, agents.get(&i.instance_id), &app.config).err();
+                (i, skip)
+            })
+            .collect(),
+        snapshots: &home_snapshots,
+        copy_regions,
+        copies: &copies,
+        failures: &failures,
+    };
+    Ok(build(&input))
+}
+
+/// The VSS commands of the last days (`failures_since`) that did not succeed, per instance,
+/// with the document's own reason. Only failed commands are read in detail: one call each.
+async fn recent_failures(app: &App, now: DateTime<Utc>) -> Result<Vec<FailedInvocation>, Error> {
+    let since = failures_since(now, app.config.rpo_hours);
+    let documents = vss_documents(&app.config.ssm_document);
+    let commands = commands::list(&app.aws.ssm, &documents, since, "fleet report").await?;
+    let mut failures = Vec::new();
+    for command in commands
+        .iter()
+        .filter(|c| c.finished && c.status != CommandStatus::Success)
+    {
+        let invocations =
+            commands::invocations(&app.aws.ssm, &command.command_id, true, "fleet report").await?;
+        failures.extend(failed_invocations(command, invocations));
+    }
+    Ok(failures)
+}
+
+/// `{"action":"report"}`: the report as JSON, its summary line in the log, and the RPO
+/// metrics (the out-of-RPO alarm reads `InstancesOutOfRpo`).
+pub async fn on_demand(app: &App) -> Result<Value, Error> {
+    let report = fleet_report(app).await?;
+    let t = &report.totals;
+    emit_metrics(
+        app,
+        &[
+            ("InstancesReported", t.instances),
+            ("InstancesOutOfRpo", t.out_of_rpo),
+            ("InstancesNeverBackedUp", t.never_backed_up),
+            ("CopiesMissing", t.copies_missing),
+        ],
+        &[("Event", "report")],
+    );
+    let line = report.summary_line();
+    if t.out_of_rpo > 0 {
+        let late: Vec<String> = report
+            .instances
+            .iter()
+            .filter(|s| s.rpo != RpoStatus::WithinRpo)
+            .map(|s| format!("{} ({})", s.name, s.instance_id))
+            .collect();
+        warn!(out_of_rpo = %late.join(", "), "{line}");
+    } else {
+        info!("{line}");
+    }
+    Ok(to_json(&report))
+}

@@ -1,0 +1,326 @@
+//! Restores against EC2: `{"action":"restore",…}` and its queued job. Each pass looks at the
+//! instance and the volumes, asks `restore::plan` for the next step, carries it out and looks
+//! again; when EC2 needs time (a volume being created, an instance stopping), the job comes
+//! back through the queue. Calling again with the same request resumes the same restore (its
+//! id is derived from the request); `"rollback": true` puts the replaced volumes back.
+
+use std::collections::BTreeMap;
+
+use chrono::{Duration, Utc};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::app::{requeue, to_json, App};
+use crate::aws::volumes::{self, NewVolume};
+use crate::aws::{commands, instances, snapshots};
+use crate::error::Error;
+use crate::jobs::{Job, RestoreJob};
+use crate::model::requests::{RestoreMode, RestoreRequest};
+use crate::model::restore::{SourceSnapshot, VolumeFacts};
+use crate::model::tags::{
+    TAG_DETACHED_FROM, TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_NAME, TAG_PURPOSE, TAG_REPLACED_BY,
+    TAG_RESTORED_FROM, TAG_RESTORE_DEVICE, TAG_RESTORE_ID, TAG_RUN_ID,
+};
+use crate::restore::plan::{
+    choose_set, replace_step, restore_id, restore_state, restore_zone, restored_and_swapped,
+    source_snapshots, volume_specs, volume_token, volumes_step, DeviceView, ReplaceView,
+    RestoreState, RestoreStatus, Step, VolumeSpec, RESTORE_HOURS,
+};
+
+/// Steps one invocation carries out before handing the rest to the queue.
+const STEPS_PER_PASS: usize = 12;
+
+/// `{"action":"restore",…}`: chooses the set, then starts (or resumes) the restore.
+pub async fn on_demand(app: &App, request: RestoreRequest) -> Result<Value, Error> {
+    let instance_id = request.instance_id.as_str();
+    let instance = instances::view(&app.aws.ec2, instance_id).await?;
+    let zone = restore_zone(&request, instance.as_ref()).map_err(Error::Restore)?;
+    let snapshots = instance_snapshots(app, instance_id).await?;
+    let set = choose_set(
+        &snapshots,
+        &request.run_id,
+        request.allow_crash_consistent.unwrap_or(false),
+    )
+    .map_err(|why| Error::Restore(format!("{instance_id}: {why}")))?;
+    let job = RestoreJob {
+        restore_id: restore_id(instance_id, &set.run_id, request.mode, &zone, "restore"),
+        instance_id: instance_id.to_string(),
+        name: instance
+            .map(|i| i.name)
+            .unwrap_or_else(|| instance_id.to_string()),
+        mode: request.mode,
+        rollback: request.rollback.unwrap_or(false),
+        zone,
+        set,
+        deadline: Utc::now() + Duration::hours(RESTORE_HOURS),
+        attempt: 0,
+    };
+    info!(restore_id = %job.restore_id, instance_id, run_id = %job.set.run_id, mode = ?job.mode, rollback = job.rollback, "restore requested");
+    let status = restore_pass(app, job).await?;
+    Ok(to_json(&status))
+}
+
+/// A queued restore comes back: one more pass.
+pub async fn restore_job(app: &App, job: RestoreJob) -> Result<(), Error> {
+    restore_pass(app, job).await.map(|_| ())
+}
+
+/// This deployment's snapshots of an instance, as restore sources.
+pub async fn instance_snapshots(
+    app: &App,
+    instance_id: &str,
+) -> Result<Vec<SourceSnapshot>, Error> {
+    let found = snapshots::own_tagged(
+        &app.aws.ec2,
+        (TAG_INSTANCE_ID, instance_id),
+        None,
+        &format!("snapshots of {instance_id}"),
+        Some,
+    )
+    .await?;
+    Ok(source_snapshots(found, &app.config.managed_by))
+}
+
+/// Carries out steps until the restore is done, failed or must wait; a wait is queued.
+async fn restore_pass(app: &App, job: RestoreJob) -> Result<RestoreStatus, Error> {
+    let mut steps = Vec::new();
+    let mut last = Step::Wait {
+        for_what: "a first look".into(),
+    };
+    // The restore's volumes as last seen, while no step has changed them since.
+    let mut seen = None;
+    for _ in 0..STEPS_PER_PASS {
+        let (step, restored) = next_step(app, &job).await?;
+        last = step;
+        match &last {
+            Step::Done | Step::Fail { .. } | Step::Wait { .. } => {
+                seen = Some(restored);
+                break;
+            }
+            step => {
+                carry_out(app, &job, step).await?;
+                steps.push(step.clone());
+            }
+        }
+    }
+    let (state, waiting_for, error) = restore_state(&last, Utc::now() > job.deadline);
+    let restored = match seen {
+        Some(restored) => restored,
+        None => restored_volumes(app, &job.restore_id).await?,
+    };
+    let replaced = match job.mode {
+        RestoreMode::Replace => replaced_volumes(app, &job.restore_id, &job.instance_id).await?,
+        RestoreMode::Volumes => BTreeMap::new(),
+    };
+    let (volumes, replaced) = restored_and_swapped(&job, &restored, &replaced);
+    let report = RestoreStatus {
+        restore_id: job.restore_id.clone(),
+        instance_id: job.instance_id.clone(),
+        run_id: job.set.run_id.clone(),
+        mode: job.mode,
+        rollback: job.rollback,
+        consistent: job.set.consistent,
+        availability_zone: job.zone.clone(),
+        status: state,
+        waiting_for,
+        error,
+        steps,
+        volumes,
+        replaced,
+    };
+    match report.status {
+        RestoreState::InProgress => {
+            requeue(
+                app,
+                Job::Restore(RestoreJob {
+                    attempt: job.attempt + 1,
+                    ..job
+                }),
+            )
+            .await?;
+        }
+        RestoreState::Done => {
+            let text = serde_json::to_string(&report).unwrap_or_default();
+            info!(restore_id = %report.restore_id, restore = %text, "restore {} of {} from run {}: done", report.restore_id, report.instance_id, report.run_id);
+        }
+        RestoreState::Failed => {
+            let text = serde_json::to_string(&report).unwrap_or_default();
+            warn!(restore_id = %report.restore_id, restore = %text, "restore {} of {} from run {}: failed: {}", report.restore_id, report.instance_id, report.run_id, report.error.clone().unwrap_or_default());
+        }
+    }
+    Ok(report)
+}
+
+/// Looks at EC2 and names the next step; answers the restore's volumes it saw, by device.
+async fn next_step(
+    app: &App,
+    job: &RestoreJob,
+) -> Result<(Step, BTreeMap<String, VolumeFacts>), Error> {
+    let restored = restored_volumes(app, &job.restore_id).await?;
+    let step = match job.mode {
+        RestoreMode::Volumes => volumes_step(job, &restored),
+        RestoreMode::Replace => replace_next_step(app, job, &restored).await?,
+    };
+    Ok((step, restored))
+}
+
+/// The next step of a `replace` (or its rollback), from the instance, its agent and the
+/// volumes.
+async fn replace_next_step(
+    app: &App,
+    job: &RestoreJob,
+    restored: &BTreeMap<String, VolumeFacts>,
+) -> Result<Step, Error> {
+    let instance = instances::view(&app.aws.ec2, &job.instance_id)
+        .await?
+        .ok_or_else(|| Error::Restore(format!("{}: the instance is gone", job.instance_id)))?;
+    let targets = if job.rollback {
+        replaced_volumes(app, &job.restore_id, &job.instance_id).await?
+    } else {
+        restored.clone()
+    };
+    let agent = commands::agents(&app.aws.ssm, std::slice::from_ref(&job.instance_id))
+        .await?
+        .remove(&job.instance_id)
+        .map(|a| a.ping_status);
+    let view = ReplaceView {
+        instance_id: job.instance_id.clone(),
+        instance_state: instance.state.clone(),
+        agent,
+        devices: job
+            .set
+            .snapshots
+            .iter()
+            .map(|s| DeviceView {
+                device: s.device.clone(),
+                target: targets.get(&s.device).cloned(),
+                attached: instance.devices.get(&s.device).cloned(),
+            })
+            .collect(),
+    };
+    Ok(replace_step(&view, job.rollback))
+}
+
+async fn carry_out(app: &App, job: &RestoreJob, step: &Step) -> Result<(), Error> {
+    let id = job.instance_id.as_str();
+    let ec2 = &app.aws.ec2;
+    info!(restore_id = %job.restore_id, instance_id = id, step = ?step, "restore step");
+    match step {
+        Step::Create { devices } => {
+            let instance = instances::view(ec2, id).await?.unwrap_or_default();
+            let current = volumes::by_id(
+                ec2,
+                instance.devices.values().map(|(v, _)| v.clone()).collect(),
+            )
+            .await?;
+            let by_device: BTreeMap<String, VolumeFacts> = instance
+                .devices
+                .iter()
+                .filter_map(|(d, (v, _))| current.get(v).map(|f| (d.clone(), f.clone())))
+                .collect();
+            for spec in volume_specs(&job.set, &job.zone, &by_device)
+                .into_iter()
+                .filter(|s| devices.contains(&s.device))
+            {
+                create_volume(app, job, &spec, "restore").await?;
+            }
+        }
+        Step::Stop => instances::stop(ec2, id).await?,
+        Step::Start => instances::start(ec2, id).await?,
+        Step::Detach { volumes } => {
+            for (device, volume) in volumes {
+                if !job.rollback {
+                    // Tagged first: a replaced volume is always findable (and never deleted).
+                    let tags = [
+                        (TAG_REPLACED_BY, job.restore_id.clone()),
+                        (TAG_DETACHED_FROM, format!("{id} {device}")),
+                    ];
+                    volumes::tag(ec2, volume, &tags, &format!("{volume} of {id}")).await?;
+                }
+                volumes::detach(ec2, volume, id, device).await?;
+            }
+        }
+        Step::Attach { volumes } => {
+            for (device, volume) in volumes {
+                volumes::attach(ec2, volume, id, device).await?;
+            }
+        }
+        Step::Wait { .. } | Step::Done | Step::Fail { .. } => {}
+    }
+    Ok(())
+}
+
+/// Creates one restored volume. The client token makes a repeated call (after a lost
+/// answer) the same volume in AWS; the restore-id tag makes it found by the next look.
+pub async fn create_volume(
+    app: &App,
+    job: &RestoreJob,
+    spec: &VolumeSpec,
+    purpose: &str,
+) -> Result<String, Error> {
+    let volume = NewVolume {
+        snapshot_id: &spec.snapshot_id,
+        zone: &spec.zone,
+        volume_type: spec.volume_type.as_deref(),
+        size_gib: spec.size_gib,
+        iops: spec.iops,
+        throughput: spec.throughput,
+        client_token: volume_token(&job.restore_id, &spec.device),
+        tags: vec![
+            (TAG_RESTORE_ID, job.restore_id.clone()),
+            (TAG_RESTORED_FROM, spec.snapshot_id.clone()),
+            (TAG_RESTORE_DEVICE, spec.device.clone()),
+            (TAG_PURPOSE, purpose.to_string()),
+            (TAG_MANAGED_BY, app.config.managed_by.clone()),
+            (TAG_INSTANCE_ID, job.instance_id.clone()),
+            (TAG_RUN_ID, job.set.run_id.clone()),
+            (
+                TAG_NAME,
+                format!(
+                    "{} {} ({} {})",
+                    job.name, spec.device, purpose, job.set.run_id
+                ),
+            ),
+        ],
+    };
+    let subject = format!(
+        "{} of {} in {}",
+        spec.snapshot_id, job.instance_id, spec.zone
+    );
+    let volume_id = volumes::create(&app.aws.ec2, volume, &subject).await?;
+    info!(restore_id = %job.restore_id, instance_id = %job.instance_id, device = %spec.device, snapshot_id = %spec.snapshot_id, volume_id = %volume_id, "volume created from snapshot");
+    Ok(volume_id)
+}
+
+/// The volumes of a restore, by device.
+pub async fn restored_volumes(
+    app: &App,
+    restore_id: &str,
+) -> Result<BTreeMap<String, VolumeFacts>, Error> {
+    let found = volumes::tagged(&app.aws.ec2, TAG_RESTORE_ID, restore_id).await?;
+    Ok(found
+        .into_iter()
+        .filter_map(|v| Some((v.tags.get(TAG_RESTORE_DEVICE)?.clone(), v)))
+        .collect())
+}
+
+/// The volumes a `replace` detached from the instance, by device.
+async fn replaced_volumes(
+    app: &App,
+    restore_id: &str,
+    instance_id: &str,
+) -> Result<BTreeMap<String, VolumeFacts>, Error> {
+    let found = volumes::tagged(&app.aws.ec2, TAG_REPLACED_BY, restore_id).await?;
+    let prefix = format!("{instance_id} ");
+    Ok(found
+        .into_iter()
+        .filter_map(|v| {
+            let device = v
+                .tags
+                .get(TAG_DETACHED_FROM)?
+                .strip_prefix(&prefix)?
+                .to_string();
+            Some((device, v))
+        })
+        .collect())
+}

@@ -1,0 +1,973 @@
+//! Retention: which snapshot sets of each instance to keep and which to delete, in one region.
+//!
+//! `plan` is a pure function of the snapshots, the instances and the policy; every decision
+//! carries its reason, and the deletion edge only ever acts on a plan. The rules, in order:
+//!
+//! 1. Only this deployment's snapshots (`ConsistentSnapshot:ManagedBy`) are considered at all.
+//! 2. A set is the snapshots of one instance with one run id. A set with a snapshot still
+//!    `pending`, or with a copy still in progress, is kept.
+//! 3. The newest `retain_count` consistent sets (every snapshot completed and
+//!    `AppConsistent=True`) are kept, whatever their age; with `retain_days`, every set younger
+//!    than that is kept too.
+//! 4. A set that is not consistent (crash-consistent, or with a failed snapshot) is kept while
+//!    no newer consistent set exists: it is then the best backup there is.
+//! 5. Sets of an instance that is gone or no longer tagged are kept unless the policy says
+//!    otherwise; sets of an instance whose override tags are invalid are all kept.
+//! 6. A set with a snapshot an AMI uses is kept and reported.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::model::fleet::InstanceFacts;
+use crate::model::snapshot::SnapshotInfo;
+use crate::model::state::{InstanceState, SnapshotState};
+use crate::model::tags::{
+    is_app_consistent, TAG_APP_CONSISTENT, TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RETAIN_COUNT,
+    TAG_RETAIN_DAYS, TAG_RUN_ID,
+};
+
+/// What the planner knows of an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceStanding {
+    /// Tagged and present; its own count and days (overrides already applied).
+    Live {
+        retain_count: u32,
+        retain_days: Option<u32>,
+    },
+    /// Terminated, not found, or no longer carrying the target tag.
+    Orphaned { why: String },
+    /// An override tag could not be read: nothing of it is deleted.
+    InvalidOverride { why: String },
+}
+
+/// The deployment-wide policy of one region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub managed_by: String,
+    pub retain_count: u32,
+    pub retain_days: Option<u32>,
+    /// Keep every set of an orphaned instance (the default), or apply the count and days to it
+    /// as to a live one.
+    pub keep_orphans: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetKind {
+    Consistent,
+    /// Completed, but not every snapshot is `AppConsistent=True`, or one of them failed.
+    NotConsistent,
+    InProgress,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Keep,
+    Delete,
+}
+
+/// One set and what happens to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SetDecision {
+    pub run_id: String,
+    pub kind: SetKind,
+    pub started_at: DateTime<Utc>,
+    pub snapshots: Vec<String>,
+    pub action: Action,
+    pub reason: String,
+}
+
+/// The plan of one region: per instance, every set with its decision, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RegionPlan {
+    pub region: String,
+    pub instances: BTreeMap<String, Vec<SetDecision>>,
+    /// Snapshots of this deployment that carry no run id or instance id: never deleted.
+    pub unattributed: Vec<String>,
+}
+
+impl RegionPlan {
+    pub fn deletions(&self) -> impl Iterator<Item = (&str, &SetDecision)> {
+        self.instances.iter().flat_map(|(instance, sets)| {
+            sets.iter()
+                .filter(|s| s.action == Action::Delete)
+                .map(move |s| (instance.as_str(), s))
+        })
+    }
+
+    pub fn snapshots_to_delete(&self) -> usize {
+        self.deletions().map(|(_, s)| s.snapshots.len()).sum()
+    }
+}
+
+/// The snapshots of one instance taken by one run: the unit retention keeps or deletes.
+#[derive(Debug, Clone)]
+pub struct SnapshotSet<'a> {
+    pub run_id: &'a str,
+    pub snapshots: Vec<&'a SnapshotInfo>,
+}
+
+/// This deployment's snapshots grouped per instance into sets, newest first, and the ids of
+/// the deployment's snapshots that carry no instance id or run id (never deleted).
+pub fn sets_by_instance<'a>(
+    snapshots: &'a [SnapshotInfo],
+    managed_by: &str,
+) -> (BTreeMap<&'a str, Vec<SnapshotSet<'a>>>, Vec<String>) {
+    // instance -> run id -> snapshots
+    let mut grouped: BTreeMap<&str, BTreeMap<&str, Vec<&SnapshotInfo>>> = BTreeMap::new();
+    let mut unattributed = Vec::new();
+    for snapshot in snapshots {
+        if snapshot.tag(TAG_MANAGED_BY) != Some(managed_by) {
+            continue;
+        }
+        match (snapshot.tag(TAG_INSTANCE_ID), snapshot.tag(TAG_RUN_ID)) {
+            (Some(instance), Some(run)) if !instance.is_empty() && !run.is_empty() => grouped
+                .entry(instance)
+                .or_default()
+                .entry(run)
+                .or_default()
+                .push(snapshot),
+            _ => unattributed.push(snapshot.snapshot_id.clone()),
+        }
+    }
+    unattributed.sort();
+    let sets = grouped
+        .into_iter()
+        .map(|(instance, runs)| {
+            let mut sets: Vec<SnapshotSet> = runs
+                .into_iter()
+                .map(|(run_id, snapshots)| SnapshotSet { run_id, snapshots })
+                .collect();
+            sets.sort_by(|a, b| (b.started_at(), b.run_id).cmp(&(a.started_at(), a.run_id)));
+            (instance, sets)
+        })
+        .collect();
+    (sets, unattributed)
+}
+
+impl SnapshotSet<'_> {
+    /// When the set was taken: its earliest snapshot's start.
+    pub fn started_at(&self) -> DateTime<Utc> {
+        self.snapshots
+            .iter()
+            .map(|s| s.start_time)
+            .min()
+            .unwrap_or_default()
+    }
+
+    pub fn kind(&self) -> SetKind {
+        if self
+            .snapshots
+            .iter()
+            .any(|s| s.state == SnapshotState::Pending || s.copies_in_progress > 0)
+        {
+            return SetKind::InProgress;
+        }
+        let consistent = self.snapshots.iter().all(|s| {
+            s.state == SnapshotState::Completed && is_app_consistent(s.tag(TAG_APP_CONSISTENT))
+        });
+        if consistent {
+            SetKind::Consistent
+        } else {
+            SetKind::NotConsistent
+        }
+    }
+}
+
+/// Plans retention for one region. `instances` says what is known of each instance id found
+/// on the snapshots; an instance missing from it counts as orphaned.
+pub fn plan(
+    region: &str,
+    snapshots: &[SnapshotInfo],
+    instances: &BTreeMap<String, InstanceStanding>,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> RegionPlan {
+    let mut result = RegionPlan {
+        region: region.to_string(),
+        ..RegionPlan::default()
+    };
+    let (sets, unattributed) = sets_by_instance(snapshots, &policy.managed_by);
+    result.unattributed = unattributed;
+    for (instance, sets) in sets {
+        let state = instances.get(instance);
+        let decisions = decide_instance(&sets, state, policy, now);
+        result.instances.insert(instance.to_string(), decisions);
+    }
+    result
+}
+
+fn decide_instance(
+    sets: &[SnapshotSet],
+    state: Option<&InstanceStanding>,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Vec<SetDecision> {
+    let keep_all = match state {
+        Some(InstanceStanding::InvalidOverride { why }) => {
+            Some(format!("{why}: nothing of this instance is deleted"))
+        }
+        Some(InstanceStanding::Orphaned { why }) if policy.keep_orphans => Some(format!(
+            "{why}: its backups are kept (KEEP_ORPHANED_BACKUPS)"
+        )),
+        None if policy.keep_orphans => {
+            Some("instance not found: its backups are kept (KEEP_ORPHANED_BACKUPS)".to_string())
+        }
+        _ => None,
+    };
+    let (retain_count, retain_days) = match state {
+        Some(InstanceStanding::Live {
+            retain_count,
+            retain_days,
+        }) => (*retain_count, *retain_days),
+        _ => (policy.retain_count, policy.retain_days),
+    };
+    let newest_consistent = sets
+        .iter()
+        .filter(|s| s.kind() == SetKind::Consistent)
+        .map(SnapshotSet::started_at)
+        .max();
+    let mut consistent_seen = 0;
+    let mut decisions = Vec::new();
+    for set in sets {
+        let kind = set.kind();
+        let started_at = set.started_at();
+        let young = retain_days
+            .map(|days| now - started_at < Duration::days(i64::from(days)))
+            .unwrap_or(false);
+        let (mut action, mut reason) = match kind {
+            SetKind::InProgress => (
+                Action::Keep,
+                "in progress: a snapshot or one of its copies is not completed".to_string(),
+            ),
+            SetKind::Consistent => {
+                consistent_seen += 1;
+                if consistent_seen <= retain_count {
+                    (
+                        Action::Keep,
+                        format!("one of the newest {retain_count} consistent sets"),
+                    )
+                } else if young {
+                    (
+                        Action::Keep,
+                        format!("younger than {} days", retain_days.unwrap_or_default()),
+                    )
+                } else {
+                    (
+                        Action::Delete,
+                        format!("older than the newest {retain_count} consistent sets"),
+                    )
+                }
+            }
+            SetKind::NotConsistent => match newest_consistent {
+                Some(newest) if newest > started_at => {
+                    if young {
+                        (
+                            Action::Keep,
+                            format!("younger than {} days", retain_days.unwrap_or_default()),
+                        )
+                    } else {
+                        (
+                            Action::Delete,
+                            "not consistent, and a newer consistent set exists".to_string(),
+                        )
+                    }
+                }
+                _ => (
+                    Action::Keep,
+                    "not consistent, but no newer consistent set exists: the best fallback"
+                        .to_string(),
+                ),
+            },
+        };
+        if let Some(why) = &keep_all {
+            action = Action::Keep;
+            reason = why.clone();
+        }
+        if action == Action::Delete {
+            let images: BTreeSet<&str> = set
+                .snapshots
+                .iter()
+                .flat_map(|s| s.used_by_images.iter().map(String::as_str))
+                .collect();
+            if !images.is_empty() {
+                action = Action::Keep;
+                reason = format!(
+                    "used by AMI {}: kept (deregister the image to release it)",
+                    images.into_iter().collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        let mut snapshots: Vec<String> = set
+            .snapshots
+            .iter()
+            .map(|s| s.snapshot_id.clone())
+            .collect();
+        snapshots.sort();
+        decisions.push(SetDecision {
+            run_id: set.run_id.to_string(),
+            kind,
+            started_at,
+            snapshots,
+            action,
+            reason,
+        });
+    }
+    decisions
+}
+
+/// What retention makes of an instance: gone or untagged, an override it cannot read, or live
+/// with its count and days (`count` and `days` are the region's defaults; the instance's
+/// override tags apply where `overrides` is true, that is in the source region).
+pub fn instance_state(
+    facts: Option<&InstanceFacts>,
+    target: (&str, &str),
+    count: u32,
+    days: Option<u32>,
+    overrides: bool,
+) -> InstanceStanding {
+    let Some(facts) = facts else {
+        return InstanceStanding::Orphaned {
+            why: "instance not found (terminated long ago)".into(),
+        };
+    };
+    if matches!(
+        facts.state,
+        InstanceState::Terminated | InstanceState::ShuttingDown
+    ) {
+        return InstanceStanding::Orphaned {
+            why: format!("instance {}", facts.state),
+        };
+    }
+    if facts.tags.get(target.0).map(String::as_str) != Some(target.1) {
+        return InstanceStanding::Orphaned {
+            why: format!("instance no longer tagged {}={}", target.0, target.1),
+        };
+    }
+    let read = |tag: &str, current: Option<u32>| -> Result<Option<u32>, String> {
+        match facts.tags.get(tag).filter(|_| overrides) {
+            None => Ok(current),
+            Some(v) => match v.trim().parse::<u32>() {
+                Ok(n) if (1..=36_500).contains(&n) => Ok(Some(n)),
+                _ => Err(format!("tag {tag}={v:?} is not a whole number from 1")),
+            },
+        }
+    };
+    match (
+        read(TAG_RETAIN_COUNT, Some(count)),
+        read(TAG_RETAIN_DAYS, days),
+    ) {
+        (Ok(count), Ok(days)) => InstanceStanding::Live {
+            retain_count: count.unwrap_or(1),
+            retain_days: days,
+        },
+        (Err(why), _) | (_, Err(why)) => InstanceStanding::InvalidOverride { why },
+    }
+}
+
+/// What applying the plans did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RetentionOutcome {
+    pub dry_run: bool,
+    pub plans: Vec<RegionPlan>,
+    /// `region/snapshot`: deleted now.
+    pub deleted: Vec<String>,
+    /// Planned for deletion but kept, with why (an AMI uses it, …).
+    pub kept: Vec<String>,
+    /// Deletions that failed; tried again with the next run.
+    pub failed: Vec<String>,
+    /// Deletions not tried because the invocation's time ran out: the next pass does them.
+    pub unfinished: usize,
+    /// Snapshots deleted by earlier passes of the same retention.
+    pub deleted_before: usize,
+}
+
+/// The most sets an on-demand answer lists (Lambda answers at most 6 MB), and the most a log
+/// line lists (CloudWatch Logs keeps events of at most 256 KB). Every decision to delete is
+/// logged on a line of its own whatever the size of the plan.
+pub const ANSWER_SETS: usize = 2_000;
+pub const LOG_LINE_SETS: usize = 200;
+
+/// When deleting stops: 10 s before the invocation's deadline (a quarter of the time left when
+/// that is less), leaving time to queue the next pass and to answer.
+pub fn stop_time(now: DateTime<Utc>, deadline: DateTime<Utc>) -> DateTime<Utc> {
+    let left = deadline - now;
+    deadline - std::cmp::min(Duration::seconds(10), left / 4)
+}
+
+/// The policy of one region: the home region keeps `RETAIN_COUNT` sets, a copy region
+/// `COPY_RETAIN_COUNT`; both keep `RETAIN_DAYS` and follow `KEEP_ORPHANED_BACKUPS`.
+pub fn region_policy(config: &Config, home: bool) -> Policy {
+    Policy {
+        managed_by: config.managed_by.clone(),
+        retain_count: if home {
+            config.retain_count
+        } else {
+            config.copy_retain_count
+        },
+        retain_days: config.retain_days,
+        keep_orphans: config.keep_orphaned_backups,
+    }
+}
+
+impl RetentionOutcome {
+    fn sets(&self) -> usize {
+        self.plans
+            .iter()
+            .map(|p| p.instances.values().map(Vec::len).sum::<usize>())
+            .sum()
+    }
+
+    /// The outcome as JSON: the whole plan when it has at most `max_sets` sets; above that,
+    /// each region's counts, the first `max_sets` sets to delete and the first `max_sets`
+    /// snapshots of each list, with how many were left out.
+    pub fn to_bounded_json(&self, max_sets: usize) -> Value {
+        if self.sets() <= max_sets {
+            return serde_json::to_value(self)
+                .unwrap_or_else(|e| json!({ "error": e.to_string() }));
+        }
+        let regions: Vec<Value> = self
+            .plans
+            .iter()
+            .map(|p| {
+                json!({
+                    "region": p.region,
+                    "instances": p.instances.len(),
+                    "sets": p.instances.values().map(Vec::len).sum::<usize>(),
+                    "sets_to_delete": p.deletions().count(),
+                    "snapshots_to_delete": p.snapshots_to_delete(),
+                    "unattributed": p.unattributed.len(),
+                })
+            })
+            .collect();
+        let to_delete: usize = self.plans.iter().map(|p| p.deletions().count()).sum();
+        let deletions: Vec<Value> = self
+            .plans
+            .iter()
+            .flat_map(|p| {
+                p.deletions().map(move |(instance_id, set)| {
+                    json!({
+                        "region": p.region,
+                        "instance_id": instance_id,
+                        "run_id": set.run_id,
+                        "snapshots": set.snapshots,
+                        "reason": set.reason,
+                    })
+                })
+            })
+            .take(max_sets)
+            .collect();
+        let first =
+            |list: &[String]| -> Vec<String> { list.iter().take(max_sets).cloned().collect() };
+        json!({
+            "dry_run": self.dry_run,
+            "plan_summary": regions,
+            "deletions_not_listed": to_delete - deletions.len(),
+            "deletions": deletions,
+            "deleted_count": self.deleted.len(),
+            "deleted": first(&self.deleted),
+            "kept_count": self.kept.len(),
+            "kept": first(&self.kept),
+            "failed_count": self.failed.len(),
+            "failed": first(&self.failed),
+            "unfinished": self.unfinished,
+        })
+    }
+
+    /// The metrics of an applied retention: snapshots deleted, and planned but kept.
+    pub fn metric_counts(&self) -> [(&'static str, usize); 2] {
+        [
+            ("SnapshotsDeleted", self.deleted_before + self.deleted.len()),
+            ("DeletionsHeldBack", self.kept.len()),
+        ]
+    }
+
+    pub fn summary_line(&self) -> String {
+        let planned: usize = self.plans.iter().map(RegionPlan::snapshots_to_delete).sum();
+        let sets = self.sets();
+        if self.dry_run {
+            return format!(
+                "retention (dry run): {sets} sets in {} region(s), {planned} snapshots would be deleted",
+                self.plans.len()
+            );
+        }
+        format!(
+            "retention: {sets} sets in {} region(s), {} snapshots deleted, {} kept although planned, {} failed, {} left for the next pass",
+            self.plans.len(),
+            self.deleted_before + self.deleted.len(),
+            self.kept.len(),
+            self.failed.len(),
+            self.unfinished
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
+    }
+
+    fn policy(count: u32, days: Option<u32>) -> Policy {
+        Policy {
+            managed_by: "prod".into(),
+            retain_count: count,
+            retain_days: days,
+            keep_orphans: true,
+        }
+    }
+
+    fn live(count: u32) -> InstanceStanding {
+        InstanceStanding::Live {
+            retain_count: count,
+            retain_days: None,
+        }
+    }
+
+    /// One snapshot of `instance` from the run `days_ago` days back.
+    fn snap(instance: &str, days_ago: i64, consistent: bool, n: usize) -> SnapshotInfo {
+        let run = format!("run-{days_ago:03}");
+        SnapshotInfo {
+            snapshot_id: format!("snap-{instance}-{days_ago:03}-{n}"),
+            state: "completed".into(),
+            start_time: t0() - Duration::days(days_ago),
+            tags: [
+                (TAG_MANAGED_BY, "prod"),
+                (TAG_INSTANCE_ID, instance),
+                (TAG_RUN_ID, run.as_str()),
+                ("AppConsistent", if consistent { "True" } else { "False" }),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            used_by_images: vec![],
+            copies_in_progress: 0,
+        }
+    }
+
+    fn actions(plan: &RegionPlan, instance: &str) -> Vec<(String, Action)> {
+        plan.instances
+            .get(instance)
+            .map(|sets| sets.iter().map(|s| (s.run_id.clone(), s.action)).collect())
+            .unwrap_or_default()
+    }
+
+    fn instances(state: InstanceStanding) -> BTreeMap<String, InstanceStanding> {
+        [("i-1".to_string(), state)].into()
+    }
+
+    #[test]
+    fn keeps_the_newest_consistent_sets_and_deletes_the_rest_whole() {
+        let snaps: Vec<SnapshotInfo> = (1..=5)
+            .flat_map(|d| [snap("i-1", d, true, 0), snap("i-1", d, true, 1)])
+            .collect();
+        let plan = plan("r", &snaps, &instances(live(2)), &policy(7, None), t0());
+        assert_eq!(
+            actions(&plan, "i-1"),
+            vec![
+                ("run-001".into(), Action::Keep),
+                ("run-002".into(), Action::Keep),
+                ("run-003".into(), Action::Delete),
+                ("run-004".into(), Action::Delete),
+                ("run-005".into(), Action::Delete),
+            ]
+        );
+        assert_eq!(plan.snapshots_to_delete(), 6);
+    }
+
+    #[test]
+    fn days_keep_younger_sets_beyond_the_count() {
+        let snaps: Vec<SnapshotInfo> = (1..=5).map(|d| snap("i-1", d, true, 0)).collect();
+        let state = InstanceStanding::Live {
+            retain_count: 1,
+            retain_days: Some(3),
+        };
+        let plan = plan("r", &snaps, &instances(state), &policy(7, None), t0());
+        let kept: Vec<_> = actions(&plan, "i-1")
+            .into_iter()
+            .filter(|(_, a)| *a == Action::Keep)
+            .collect();
+        // 1 day: the newest; 2 days: younger than 3; 3 days and older: deleted.
+        assert_eq!(kept.len(), 2, "{plan:#?}");
+    }
+
+    #[test]
+    fn a_crash_consistent_set_is_kept_until_a_newer_consistent_one_exists() {
+        let snaps = vec![snap("i-1", 1, false, 0), snap("i-1", 2, true, 0)];
+        let plan1 = plan("r", &snaps, &instances(live(1)), &policy(1, None), t0());
+        assert_eq!(
+            actions(&plan1, "i-1"),
+            vec![
+                ("run-001".into(), Action::Keep),
+                ("run-002".into(), Action::Keep)
+            ],
+            "a failed run does not push out the last consistent set"
+        );
+        let snaps = vec![snap("i-1", 1, true, 0), snap("i-1", 2, false, 0)];
+        let plan2 = plan("r", &snaps, &instances(live(1)), &policy(1, None), t0());
+        assert_eq!(
+            actions(&plan2, "i-1"),
+            vec![
+                ("run-001".into(), Action::Keep),
+                ("run-002".into(), Action::Delete)
+            ]
+        );
+    }
+
+    #[test]
+    fn in_progress_ami_used_orphaned_and_foreign_snapshots_are_never_deleted() {
+        let mut pending = snap("i-1", 5, true, 0);
+        pending.state = "pending".into();
+        let mut copying = snap("i-1", 6, true, 0);
+        copying.copies_in_progress = 1;
+        let mut ami = snap("i-1", 7, true, 0);
+        ami.used_by_images = vec!["ami-1".into()];
+        let mut foreign = snap("i-1", 8, true, 0);
+        foreign.tags.insert(TAG_MANAGED_BY, "another-deployment");
+        let mut unmanaged = snap("i-1", 9, true, 0);
+        unmanaged.tags.remove(TAG_MANAGED_BY);
+        let mut no_instance = snap("i-1", 10, true, 0);
+        no_instance.tags.remove(TAG_INSTANCE_ID);
+        let snaps = vec![
+            snap("i-1", 1, true, 0),
+            pending,
+            copying,
+            ami,
+            foreign,
+            unmanaged,
+            no_instance.clone(),
+            snap("i-2", 30, true, 0),
+            snap("i-2", 40, true, 0),
+        ];
+        let mut known = instances(live(1));
+        known.insert(
+            "i-2".into(),
+            InstanceStanding::Orphaned {
+                why: "instance terminated".into(),
+            },
+        );
+        let plan = plan("r", &snaps, &known, &policy(1, None), t0());
+        assert_eq!(plan.snapshots_to_delete(), 0, "{plan:#?}");
+        let reasons: Vec<&str> = plan.instances["i-1"]
+            .iter()
+            .map(|s| s.reason.as_str())
+            .collect();
+        assert!(reasons.iter().any(|r| r.contains("in progress")));
+        assert!(reasons.iter().any(|r| r.contains("ami-1")));
+        assert!(plan.instances["i-2"]
+            .iter()
+            .all(|s| s.reason.contains("terminated")));
+        assert_eq!(plan.unattributed, vec![no_instance.snapshot_id]);
+        assert!(!plan
+            .instances
+            .values()
+            .flatten()
+            .any(|s| s.run_id == "run-008" || s.run_id == "run-009"));
+        // Orphans follow the count when the policy says so.
+        let mut strict = policy(1, None);
+        strict.keep_orphans = false;
+        let plan = plan_fn(&snaps, &known, &strict);
+        assert_eq!(
+            actions(&plan, "i-2"),
+            vec![
+                ("run-030".into(), Action::Keep),
+                ("run-040".into(), Action::Delete)
+            ]
+        );
+    }
+
+    fn plan_fn(
+        snaps: &[SnapshotInfo],
+        known: &BTreeMap<String, InstanceStanding>,
+        policy: &Policy,
+    ) -> RegionPlan {
+        plan("r", snaps, known, policy, t0())
+    }
+
+    #[test]
+    fn an_invalid_override_keeps_everything_of_that_instance() {
+        let snaps: Vec<SnapshotInfo> = (1..=4).map(|d| snap("i-1", d, true, 0)).collect();
+        let state = InstanceStanding::InvalidOverride {
+            why: "tag ConsistentSnapshot:RetainCount=\"many\" is not a number".into(),
+        };
+        let plan = plan("r", &snaps, &instances(state), &policy(1, None), t0());
+        assert_eq!(plan.snapshots_to_delete(), 0);
+        assert!(plan.instances["i-1"]
+            .iter()
+            .all(|s| s.reason.contains("RetainCount")));
+    }
+
+    #[test]
+    fn instance_state_reads_presence_tag_and_overrides() {
+        let mut facts = InstanceFacts {
+            instance_id: "i-1".into(),
+            name: None,
+            state: "running".into(),
+            platform: None,
+            platform_details: None,
+            root_device: None,
+            volumes: vec![],
+            tags: [("ConsistentSnapshot".to_string(), "WindowsVSS".to_string())].into(),
+        };
+        let target = ("ConsistentSnapshot", "WindowsVSS");
+        assert_eq!(instance_state(Some(&facts), target, 7, None, true), live(7));
+        facts.tags.insert(TAG_RETAIN_COUNT.into(), "3".into());
+        facts.tags.insert(TAG_RETAIN_DAYS.into(), "30".into());
+        assert_eq!(
+            instance_state(Some(&facts), target, 7, None, true),
+            InstanceStanding::Live {
+                retain_count: 3,
+                retain_days: Some(30)
+            }
+        );
+        // Copy regions keep their own count.
+        assert_eq!(
+            instance_state(Some(&facts), target, 4, None, false),
+            live(4)
+        );
+        facts.tags.insert(TAG_RETAIN_COUNT.into(), "lots".into());
+        assert!(matches!(
+            instance_state(Some(&facts), target, 7, None, true),
+            InstanceStanding::InvalidOverride { ref why } if why.contains("lots")
+        ));
+        facts.tags.remove("ConsistentSnapshot");
+        assert!(matches!(
+            instance_state(Some(&facts), target, 7, None, true),
+            InstanceStanding::Orphaned { ref why } if why.contains("no longer tagged")
+        ));
+        facts.state = "terminated".into();
+        assert!(matches!(
+            instance_state(Some(&facts), target, 7, None, true),
+            InstanceStanding::Orphaned { ref why } if why.contains("terminated")
+        ));
+        assert!(matches!(
+            instance_state(None, target, 7, None, true),
+            InstanceStanding::Orphaned { .. }
+        ));
+    }
+
+    // --- properties ---------------------------------------------------------------------
+
+    fn arb_snapshot() -> impl Strategy<Value = SnapshotInfo> {
+        (
+            0..4usize, // instance
+            0..12i64,  // run (days ago)
+            0..3usize, // volume
+            prop_oneof!["completed", "pending", "error"],
+            any::<bool>(),                                      // app-consistent
+            prop_oneof![Just("prod"), Just("other"), Just("")], // managed by
+            0..10u8,                                            // AMI use / copies in progress
+        )
+            .prop_map(|(i, d, v, state, consistent, by, extra)| {
+                let mut s = snap(&format!("i-{i}"), d, consistent, v);
+                s.state = state.into();
+                if by.is_empty() {
+                    s.tags.remove(TAG_MANAGED_BY);
+                } else {
+                    s.tags.insert(TAG_MANAGED_BY, by);
+                }
+                if extra == 0 {
+                    s.used_by_images = vec!["ami-x".into()];
+                }
+                if extra == 1 {
+                    s.copies_in_progress = 1;
+                }
+                s
+            })
+    }
+
+    fn arb_world() -> impl Strategy<
+        Value = (
+            Vec<SnapshotInfo>,
+            BTreeMap<String, InstanceStanding>,
+            Policy,
+        ),
+    > {
+        (
+            prop::collection::vec(arb_snapshot(), 0..60),
+            prop::collection::vec(0..4u8, 4),
+            1..5u32,
+            prop::option::of(1..8u32),
+            any::<bool>(),
+        )
+            .prop_map(|(mut snaps, states, count, days, keep_orphans)| {
+                snaps.sort_by(|a, b| a.snapshot_id.cmp(&b.snapshot_id));
+                snaps.dedup_by(|a, b| a.snapshot_id == b.snapshot_id);
+                let known = states
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| {
+                        let state = match s {
+                            0 => return None,
+                            1 => InstanceStanding::Orphaned {
+                                why: "terminated".into(),
+                            },
+                            2 => InstanceStanding::InvalidOverride { why: "bad".into() },
+                            _ => InstanceStanding::Live {
+                                retain_count: count,
+                                retain_days: days,
+                            },
+                        };
+                        Some((format!("i-{i}"), state))
+                    })
+                    .collect();
+                let policy = Policy {
+                    managed_by: "prod".into(),
+                    retain_count: count,
+                    retain_days: days,
+                    keep_orphans,
+                };
+                (snaps, known, policy)
+            })
+    }
+
+    fn consistent_sets(snaps: &[SnapshotInfo], managed_by: &str) -> BTreeMap<String, usize> {
+        let p = Policy {
+            managed_by: managed_by.into(),
+            retain_count: u32::MAX,
+            retain_days: None,
+            keep_orphans: true,
+        };
+        plan("r", snaps, &BTreeMap::new(), &p, t0())
+            .instances
+            .into_iter()
+            .map(|(i, sets)| {
+                let n = sets
+                    .iter()
+                    .filter(|s| s.kind == SetKind::Consistent)
+                    .count();
+                (i, n)
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn never_deletes_what_this_deployment_did_not_make((snaps, known, policy) in arb_world()) {
+            let plan = plan("r", &snaps, &known, &policy, t0());
+            let doomed: BTreeSet<&String> = plan.deletions().flat_map(|(_, s)| &s.snapshots).collect();
+            for s in &snaps {
+                if doomed.contains(&s.snapshot_id) {
+                    prop_assert_eq!(s.tags.get(TAG_MANAGED_BY), Some("prod"));
+                    prop_assert!(s.used_by_images.is_empty());
+                    prop_assert!(s.state != SnapshotState::Pending && s.copies_in_progress == 0);
+                }
+            }
+        }
+
+        #[test]
+        fn never_keeps_fewer_consistent_sets_than_the_count((snaps, known, policy) in arb_world()) {
+            let before = consistent_sets(&snaps, "prod");
+            let plan = plan("r", &snaps, &known, &policy, t0());
+            let doomed: BTreeSet<&String> = plan.deletions().flat_map(|(_, s)| &s.snapshots).collect();
+            let after: Vec<SnapshotInfo> = snaps.iter().filter(|s| !doomed.contains(&s.snapshot_id)).cloned().collect();
+            let left = consistent_sets(&after, "prod");
+            for (instance, existing) in before {
+                let count = match known.get(&instance) {
+                    Some(InstanceStanding::Live { retain_count, .. }) => *retain_count,
+                    _ => policy.retain_count,
+                } as usize;
+                let remaining = left.get(&instance).copied().unwrap_or(0);
+                prop_assert!(remaining >= existing.min(count), "{instance}: {remaining} < min({existing}, {count})");
+            }
+        }
+
+        #[test]
+        fn applying_a_plan_and_planning_again_plans_nothing((snaps, known, policy) in arb_world()) {
+            let first = plan("r", &snaps, &known, &policy, t0());
+            let doomed: BTreeSet<&String> = first.deletions().flat_map(|(_, s)| &s.snapshots).collect();
+            let after: Vec<SnapshotInfo> = snaps.iter().filter(|s| !doomed.contains(&s.snapshot_id)).cloned().collect();
+            let second = plan("r", &after, &known, &policy, t0());
+            prop_assert_eq!(second.snapshots_to_delete(), 0, "{:#?}", second);
+        }
+    }
+
+    fn outcome(instances: usize, sets: usize) -> RetentionOutcome {
+        let set = |i: usize, k: usize| SetDecision {
+            run_id: format!("run-{k:02}"),
+            kind: SetKind::Consistent,
+            started_at: Utc::now(),
+            snapshots: vec![format!("snap-{i}-{k}")],
+            action: if k >= 2 { Action::Delete } else { Action::Keep },
+            reason: "older than the newest 2 consistent sets".into(),
+        };
+        let plan = RegionPlan {
+            region: "us-east-1".into(),
+            instances: (0..instances)
+                .map(|i| (format!("i-{i:04}"), (0..sets).map(|k| set(i, k)).collect()))
+                .collect(),
+            unattributed: vec![],
+        };
+        RetentionOutcome {
+            deleted: plan
+                .deletions()
+                .flat_map(|(_, s)| s.snapshots.iter().map(|id| format!("us-east-1/{id}")))
+                .collect(),
+            plans: vec![plan],
+            ..RetentionOutcome::default()
+        }
+    }
+
+    #[test]
+    fn a_small_outcome_is_answered_whole() {
+        let small = outcome(3, 4);
+        assert_eq!(
+            small.to_bounded_json(12),
+            serde_json::to_value(&small).unwrap_or_default()
+        );
+    }
+
+    #[test]
+    fn a_large_outcome_is_answered_with_counts_and_the_first_deletions() {
+        // 100 instances × 4 sets, 2 of them to delete each: 200 sets to delete.
+        let large = outcome(100, 4);
+        let answer = large.to_bounded_json(50);
+        assert!(answer.get("plans").is_none());
+        assert_eq!(answer["plan_summary"][0]["sets"], json!(400));
+        assert_eq!(answer["plan_summary"][0]["sets_to_delete"], json!(200));
+        assert_eq!(answer["plan_summary"][0]["snapshots_to_delete"], json!(200));
+        assert_eq!(answer["deletions"].as_array().map(Vec::len), Some(50));
+        assert_eq!(answer["deletions_not_listed"], json!(150));
+        assert_eq!(answer["deletions"][0]["instance_id"], json!("i-0000"));
+        assert_eq!(answer["deleted_count"], json!(200));
+        assert_eq!(answer["deleted"].as_array().map(Vec::len), Some(50));
+        assert!(answer.to_string().len() < 20_000);
+    }
+
+    #[test]
+    fn the_home_region_keeps_retain_count_and_copy_regions_copy_retain_count() {
+        let config = Config::from_lookup(|name| match name {
+            "QUEUE_URL" => Some("q".into()),
+            "MANAGED_BY" => Some("prod".into()),
+            "RETAIN_COUNT" => Some("7".into()),
+            "COPY_RETAIN_COUNT" => Some("3".into()),
+            "RETAIN_DAYS" => Some("14".into()),
+            _ => None,
+        })
+        .expect("config");
+        let home = region_policy(&config, true);
+        let copy = region_policy(&config, false);
+        assert_eq!((home.retain_count, copy.retain_count), (7, 3));
+        assert_eq!((home.retain_days, copy.retain_days), (Some(14), Some(14)));
+        assert_eq!(home.managed_by, "prod");
+        assert!(home.keep_orphans && copy.keep_orphans);
+    }
+
+    #[test]
+    fn deleting_stops_ten_seconds_before_the_deadline_or_at_three_quarters_of_a_short_one() {
+        let deadline = t0() + Duration::seconds(120);
+        assert_eq!(stop_time(t0(), deadline), deadline - Duration::seconds(10));
+        let short = t0() + Duration::seconds(8);
+        assert_eq!(stop_time(t0(), short), short - Duration::seconds(2));
+    }
+}

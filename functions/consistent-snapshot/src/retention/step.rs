@@ -1,0 +1,232 @@
+//! Retention against AWS: read this deployment's snapshots, the AMIs and the instances of
+//! every region it uses, plan with `retention::plan::plan`, and delete what the plan says,
+//! logging each deletion with its reason. At the end of every run, and on demand.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::app::{emit_metrics, requeue, App};
+use crate::aws::instances;
+use crate::aws::markers::RunMarkerStore;
+use crate::aws::snapshots::{self, Deletion};
+use crate::copy::plan::copy_regions_of;
+use crate::error::Error;
+use crate::jobs::{Job, RetentionJob};
+use crate::model::snapshot::SnapshotInfo;
+use crate::model::state::SnapshotState;
+use crate::model::tags::{TAG_INSTANCE_ID, TAG_SOURCE_SNAPSHOT};
+use crate::retention::plan::{
+    instance_state, plan, region_policy, stop_time, Action, RegionPlan, RetentionOutcome,
+    ANSWER_SETS, LOG_LINE_SETS,
+};
+
+/// The regions retention looks at: the function's own, then the copy regions, then any
+/// region a tagged instance's `ConsistentSnapshot:CopyRegions` adds.
+async fn retention_regions(app: &App) -> Result<Vec<String>, Error> {
+    let mut regions: Vec<String> = std::iter::once(app.config.region.clone())
+        .chain(app.config.copy_regions.iter().cloned())
+        .collect();
+    for instance in instances::discover(&app.aws.ec2, &app.config, None).await? {
+        let extra = copy_regions_of(&instance.tags, &[], &app.config.region).unwrap_or_default();
+        for region in extra {
+            if !regions.contains(&region) {
+                regions.push(region);
+            }
+        }
+    }
+    Ok(regions)
+}
+
+/// Plans retention in every region.
+pub async fn plan_retention(app: &App) -> Result<Vec<RegionPlan>, Error> {
+    let now = Utc::now();
+    let regions = retention_regions(app).await?;
+    let mut per_region: Vec<(String, Vec<SnapshotInfo>)> = Vec::new();
+    for region in &regions {
+        let ec2 = app.aws.ec2_in(region);
+        let mut snapshots = snapshots::managed(&ec2, region, &app.config.managed_by).await?;
+        let images = snapshots::used_by_images(&ec2, region).await?;
+        for s in &mut snapshots {
+            s.used_by_images = images.get(&s.snapshot_id).cloned().unwrap_or_default();
+        }
+        per_region.push((region.clone(), snapshots));
+    }
+    // A source snapshot with a copy still pending anywhere is kept.
+    let mut copying: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, snapshots) in per_region.iter().skip(1) {
+        for copy in snapshots
+            .iter()
+            .filter(|s| s.state == SnapshotState::Pending)
+        {
+            if let Some(source) = copy.tags.get(TAG_SOURCE_SNAPSHOT) {
+                *copying.entry(source.to_string()).or_default() += 1;
+            }
+        }
+    }
+    if let Some((_, home)) = per_region.first_mut() {
+        for s in home.iter_mut() {
+            s.copies_in_progress = copying.get(&s.snapshot_id).copied().unwrap_or(0);
+        }
+    }
+    let ids: BTreeSet<String> = per_region
+        .iter()
+        .flat_map(|(_, snapshots)| snapshots.iter())
+        .filter_map(|s| s.tags.get(TAG_INSTANCE_ID).map(str::to_string))
+        .collect();
+    let facts = instances::by_id(&app.aws.ec2, &app.config, ids.iter().map(String::as_str)).await?;
+    let target = (
+        app.config.target_tag_key.as_str(),
+        app.config.target_tag_value.as_str(),
+    );
+    let mut plans = Vec::new();
+    for (i, (region, snapshots)) in per_region.iter().enumerate() {
+        let home = i == 0;
+        let policy = region_policy(&app.config, home);
+        let instances = ids
+            .iter()
+            .map(|id| {
+                let state = instance_state(
+                    facts.get(id),
+                    target,
+                    policy.retain_count,
+                    policy.retain_days,
+                    home,
+                );
+                (id.clone(), state)
+            })
+            .collect();
+        plans.push(plan(region, snapshots, &instances, &policy, now));
+    }
+    Ok(plans)
+}
+
+/// Deletes what the plans say, one snapshot at a time, each logged with its reason.
+///
+/// Deletions stop at `stop_at`: those left are counted in `unfinished`, for the next pass
+/// (deleting is slow at scale: EC2 allows about 5 DeleteSnapshot calls a second).
+pub async fn apply_retention(
+    app: &App,
+    plans: Vec<RegionPlan>,
+    dry_run: bool,
+    stop_at: DateTime<Utc>,
+) -> RetentionOutcome {
+    let mut outcome = RetentionOutcome {
+        dry_run,
+        ..RetentionOutcome::default()
+    };
+    let mut tried = 0usize;
+    for plan in &plans {
+        let ec2 = app.aws.ec2_in(&plan.region);
+        for (instance_id, set) in plan.deletions() {
+            for snapshot_id in &set.snapshots {
+                let at = format!("{}/{snapshot_id}", plan.region);
+                if dry_run {
+                    info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, reason = %set.reason, "would delete (dry run)");
+                    continue;
+                }
+                // At least one deletion a pass, however short: every pass makes progress.
+                if tried > 0 && Utc::now() >= stop_at {
+                    outcome.unfinished += 1;
+                    continue;
+                }
+                tried += 1;
+                let subject = format!("{snapshot_id} of {instance_id} in {}", plan.region);
+                match snapshots::delete(&ec2, snapshot_id, &subject).await {
+                    Deletion::Deleted => {
+                        info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, reason = %set.reason, "snapshot deleted");
+                        outcome.deleted.push(at);
+                    }
+                    Deletion::AlreadyGone => {
+                        info!(region = %plan.region, snapshot_id = %snapshot_id, "already deleted")
+                    }
+                    Deletion::InUse => {
+                        warn!(region = %plan.region, instance_id, snapshot_id = %snapshot_id, "kept: in use (by an AMI)");
+                        outcome.kept.push(format!("{at}: in use"));
+                    }
+                    Deletion::Failed(err) => {
+                        warn!(error = %err, "snapshot not deleted");
+                        outcome.failed.push(format!("{at}: {err}"));
+                    }
+                }
+            }
+        }
+        for (instance_id, sets) in &plan.instances {
+            for set in sets
+                .iter()
+                .filter(|s| s.action == Action::Keep && s.reason.contains("AMI"))
+            {
+                warn!(region = %plan.region, instance_id, run_id = %set.run_id, reason = %set.reason, "set kept: used by an AMI");
+                outcome
+                    .kept
+                    .push(format!("{}/{}: {}", plan.region, set.run_id, set.reason));
+            }
+        }
+    }
+    outcome.plans = plans;
+    outcome
+}
+
+/// `{"action":"retention","dry_run":…}`: the plan, and what was deleted.
+/// Deletions stop shortly before `deadline`; the answer says how many are left.
+pub async fn on_demand(app: &App, dry_run: bool, deadline: DateTime<Utc>) -> Result<Value, Error> {
+    let plans = plan_retention(app).await?;
+    let stop_at = stop_time(Utc::now(), deadline);
+    let outcome = apply_retention(app, plans, dry_run, stop_at).await;
+    if !dry_run {
+        emit_metrics(app, &outcome.metric_counts(), &[("Event", "retention")]);
+    }
+    info!(dry_run, "{}", outcome.summary_line());
+    Ok(outcome.to_bounded_json(ANSWER_SETS))
+}
+
+/// The run's last step: retention in every region, then the run's markers are released.
+/// One pass: plans, deletes until a few seconds before `deadline`, and if deletions are
+/// left, queues the next pass (which plans again, so nothing is deleted twice and nothing
+/// the next plan keeps is deleted). The run's retention is over with the last pass.
+pub async fn retention_job(
+    app: &App,
+    job: RetentionJob,
+    deadline: DateTime<Utc>,
+) -> Result<(), Error> {
+    let plans = plan_retention(app).await?;
+    let stop_at = stop_time(Utc::now(), deadline);
+    let mut outcome = apply_retention(app, plans, false, stop_at).await;
+    outcome.deleted_before = job.deleted_before;
+    if outcome.unfinished > 0 {
+        info!(run_id = %job.run_id, deleted = outcome.deleted.len(), left = outcome.unfinished, "retention continues in the next pass");
+        let deleted_before = job.deleted_before + outcome.deleted.len();
+        return requeue(
+            app,
+            Job::Retention(RetentionJob {
+                deleted_before,
+                ..job
+            }),
+        )
+        .await;
+    }
+    if !outcome.failed.is_empty() {
+        return Err(Error::Retention(format!(
+            "run {}: {} deletion(s) failed: {}",
+            job.run_id,
+            outcome.failed.len(),
+            outcome.failed.join("; ")
+        )));
+    }
+    let store = RunMarkerStore::new(&app.aws.ssm, &app.config.managed_by, &job.run_id);
+    if store.mark_retained().await? {
+        emit_metrics(
+            app,
+            &outcome.metric_counts(),
+            &[("RunId", &job.run_id), ("Event", "retention")],
+        );
+        let summary = outcome.to_bounded_json(LOG_LINE_SETS).to_string();
+        info!(run_id = %job.run_id, retention = %summary, "{}", outcome.summary_line());
+    }
+    store
+        .release_finished(&app.config.managed_by, Utc::now())
+        .await;
+    Ok(())
+}

@@ -1,0 +1,297 @@
+//! What a snapshot set turned out to be: a pure classification from SSM's final status, the
+//! document's output and the snapshots' own `AppConsistent` tags.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::command::FinalInvocation;
+use crate::model::fleet::AttachedVolume;
+use crate::model::snapshot::SnapshotFacts;
+use crate::model::state::{CommandStatus, SnapshotState};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// Every expected volume has a completed snapshot tagged `AppConsistent=True`.
+    Consistent,
+    /// Snapshots exist but VSS failed: crash-consistent, kept as a fallback.
+    CrashConsistent,
+    /// Some expected volume has no (completed) snapshot.
+    Incomplete,
+    /// No snapshot was made.
+    Failed,
+    TimedOut,
+    Skipped,
+}
+
+impl fmt::Display for OutcomeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OutcomeKind::Consistent => "consistent",
+            OutcomeKind::CrashConsistent => "crash-consistent",
+            OutcomeKind::Incomplete => "incomplete",
+            OutcomeKind::Failed => "failed",
+            OutcomeKind::TimedOut => "timed out",
+            OutcomeKind::Skipped => "skipped",
+        })
+    }
+}
+
+/// A snapshot as the classification needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub instance_id: String,
+    pub name: String,
+    pub kind: OutcomeKind,
+    /// Volumes the set had to contain.
+    pub volumes: usize,
+    pub snapshots: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Failure texts of the VSS documents and of Windows, most telling first.
+const KNOWN_FAILURES: [&str; 8] = [
+    "thaw pipe connection timed out",
+    "error on thaw",
+    "timeout waiting for vss freeze",
+    "language mode",
+    "no ebs volume",
+    "access denied",
+    "exception",
+    "error",
+];
+
+/// The line of the document's output that says why it failed.
+pub fn failure_reason(output: &str) -> Option<String> {
+    let lines: Vec<&str> = output
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("-----"))
+        .collect();
+    let found = KNOWN_FAILURES
+        .iter()
+        .find_map(|needle| {
+            lines
+                .iter()
+                .find(|l| l.to_ascii_lowercase().contains(needle))
+        })
+        .or_else(|| lines.last())?;
+    let mut line = found.to_string();
+    if line.len() > 240 {
+        let mut cut = 240;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push('…');
+    }
+    Some(line)
+}
+
+/// Classifies a finished snapshot set. `snapshots` are this run's snapshots of the instance's
+/// volumes; consistency is read from their `AppConsistent` tags, never from the status alone.
+pub fn classify(
+    expected: &[AttachedVolume],
+    invocation: &FinalInvocation,
+    snapshots: &[SnapshotFacts],
+) -> (OutcomeKind, Option<String>) {
+    let ssm_reason = || {
+        failure_reason(&invocation.output)
+            .map(|r| format!("{}: {r}", invocation.status))
+            .unwrap_or_else(|| format!("{} ({})", invocation.status, invocation.status_details))
+    };
+    if snapshots.is_empty() {
+        let kind = if invocation.status == CommandStatus::TimedOut {
+            OutcomeKind::TimedOut
+        } else {
+            OutcomeKind::Failed
+        };
+        let reason = if invocation.status == CommandStatus::Success {
+            "Success, but no snapshot carries this run's tag".to_string()
+        } else {
+            ssm_reason()
+        };
+        return (kind, Some(reason));
+    }
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|v| {
+            !snapshots
+                .iter()
+                .any(|s| s.volume_id == v.volume_id && s.state == SnapshotState::Completed)
+        })
+        .map(|v| format!("{} ({})", v.volume_id, v.device))
+        .collect();
+    if !missing.is_empty() {
+        return (
+            OutcomeKind::Incomplete,
+            Some(format!(
+                "no completed snapshot of {}; {}",
+                missing.join(", "),
+                ssm_reason()
+            )),
+        );
+    }
+    let crash: Vec<&str> = snapshots
+        .iter()
+        .filter(|s| !s.app_consistent())
+        .map(|s| s.snapshot_id.as_str())
+        .collect();
+    if !crash.is_empty() {
+        return (
+            OutcomeKind::CrashConsistent,
+            Some(format!(
+                "{}; {} of {} snapshots without AppConsistent=True ({})",
+                ssm_reason(),
+                crash.len(),
+                snapshots.len(),
+                crash.join(", ")
+            )),
+        );
+    }
+    let reason = (invocation.status != CommandStatus::Success)
+        .then(|| format!("all snapshots AppConsistent=True, yet {}", ssm_reason()));
+    (OutcomeKind::Consistent, reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn volumes() -> Vec<AttachedVolume> {
+        ["vol-1", "vol-2"]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| AttachedVolume {
+                volume_id: v.to_string(),
+                device: format!("xvd{}", i),
+            })
+            .collect()
+    }
+
+    fn snap(volume: &str, consistent: &str) -> SnapshotFacts {
+        SnapshotFacts {
+            snapshot_id: format!("snap-{volume}"),
+            volume_id: volume.into(),
+            state: "completed".into(),
+            tags: [("AppConsistent".to_string(), consistent.to_string())].into(),
+            ..Default::default()
+        }
+    }
+
+    fn inv(status: &str, output: &str) -> FinalInvocation {
+        FinalInvocation {
+            status: status.into(),
+            status_details: status.into(),
+            output: output.into(),
+        }
+    }
+
+    #[test]
+    fn all_volumes_app_consistent_is_consistent() {
+        let (kind, reason) = classify(
+            &volumes(),
+            &inv("Success", ""),
+            &[snap("vol-1", "True"), snap("vol-2", "True")],
+        );
+        assert_eq!((kind, reason), (OutcomeKind::Consistent, None));
+    }
+
+    #[test]
+    fn a_vss_failure_is_crash_consistent_with_the_document_reason() {
+        let (kind, reason) = classify(
+            &volumes(),
+            &inv("Failed", "Created snap-1\n----------ERROR-------\nThaw pipe connection timed out. error on thaw"),
+            &[snap("vol-1", "False"), snap("vol-2", "False")],
+        );
+        assert_eq!(kind, OutcomeKind::CrashConsistent);
+        assert!(reason
+            .unwrap_or_default()
+            .contains("Thaw pipe connection timed out"));
+    }
+
+    #[test]
+    fn success_status_does_not_make_a_set_consistent() {
+        let (kind, _) = classify(
+            &volumes(),
+            &inv("Success", ""),
+            &[snap("vol-1", "True"), snap("vol-2", "False")],
+        );
+        assert_eq!(kind, OutcomeKind::CrashConsistent);
+        let untagged = SnapshotFacts {
+            tags: BTreeMap::new(),
+            ..snap("vol-2", "True")
+        };
+        let (kind, _) = classify(
+            &volumes(),
+            &inv("Success", ""),
+            &[snap("vol-1", "True"), untagged],
+        );
+        assert_eq!(kind, OutcomeKind::CrashConsistent);
+    }
+
+    #[test]
+    fn a_missing_or_failed_volume_is_incomplete() {
+        let (kind, reason) = classify(&volumes(), &inv("Success", ""), &[snap("vol-1", "True")]);
+        assert_eq!(kind, OutcomeKind::Incomplete);
+        assert!(reason.unwrap_or_default().contains("vol-2 (xvd1)"));
+        let errored = SnapshotFacts {
+            state: "error".into(),
+            ..snap("vol-2", "True")
+        };
+        assert_eq!(
+            classify(
+                &volumes(),
+                &inv("Success", ""),
+                &[snap("vol-1", "True"), errored]
+            )
+            .0,
+            OutcomeKind::Incomplete
+        );
+    }
+
+    #[test]
+    fn no_snapshot_is_failed_or_timed_out() {
+        let (kind, reason) = classify(
+            &volumes(),
+            &inv("Failed", "Exception: No EBS volumes are attached"),
+            &[],
+        );
+        assert_eq!(kind, OutcomeKind::Failed);
+        assert!(reason.unwrap_or_default().contains("No EBS volumes"));
+        let timed_out = FinalInvocation {
+            status_details: "DeliveryTimedOut".into(),
+            ..inv("TimedOut", "")
+        };
+        let (kind, reason) = classify(&volumes(), &timed_out, &[]);
+        assert_eq!(kind, OutcomeKind::TimedOut);
+        assert!(reason.unwrap_or_default().contains("DeliveryTimedOut"));
+        assert_eq!(
+            classify(&volumes(), &inv("Cancelled", ""), &[]).0,
+            OutcomeKind::Failed
+        );
+        assert!(classify(&volumes(), &inv("Success", ""), &[])
+            .1
+            .unwrap_or_default()
+            .contains("no snapshot"));
+    }
+
+    #[test]
+    fn the_reason_is_the_telling_line_and_bounded() {
+        assert_eq!(
+            failure_reason("ok\nTimeout waiting for VSS Freeze\nmore"),
+            Some("Timeout waiting for VSS Freeze".into())
+        );
+        assert_eq!(failure_reason("   \n"), None);
+        assert!(
+            failure_reason(&"é".repeat(400))
+                .unwrap_or_default()
+                .chars()
+                .count()
+                <= 241
+        );
+    }
+}

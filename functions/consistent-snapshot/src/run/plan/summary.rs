@@ -1,0 +1,314 @@
+//! The run's summary: one outcome per instance, totals, a one-line verdict, a table, its
+//! counts as metrics, and the text of the notification sent when a run needs attention.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::run::plan::outcome::{Outcome, OutcomeKind};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub outcomes: Vec<Outcome>,
+    pub totals: BTreeMap<OutcomeKind, usize>,
+}
+
+impl RunSummary {
+    pub fn new(
+        run_id: &str,
+        started_at: DateTime<Utc>,
+        finished_at: DateTime<Utc>,
+        mut outcomes: Vec<Outcome>,
+    ) -> Self {
+        // What needs attention first, then by name.
+        outcomes.sort_by(|a, b| {
+            let rank = |k: OutcomeKind| match k {
+                OutcomeKind::Failed | OutcomeKind::TimedOut | OutcomeKind::Incomplete => 0,
+                OutcomeKind::CrashConsistent => 1,
+                OutcomeKind::Skipped => 2,
+                OutcomeKind::Consistent => 3,
+            };
+            (rank(a.kind), &a.name, &a.instance_id).cmp(&(rank(b.kind), &b.name, &b.instance_id))
+        });
+        let mut totals = BTreeMap::new();
+        for o in &outcomes {
+            *totals.entry(o.kind).or_insert(0) += 1;
+        }
+        RunSummary {
+            run_id: run_id.to_string(),
+            started_at,
+            finished_at,
+            outcomes,
+            totals,
+        }
+    }
+
+    pub fn count(&self, kind: OutcomeKind) -> usize {
+        self.totals.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// True when every instance that was attempted ended with a consistent set.
+    pub fn all_consistent(&self) -> bool {
+        self.outcomes
+            .iter()
+            .all(|o| matches!(o.kind, OutcomeKind::Consistent | OutcomeKind::Skipped))
+    }
+
+    /// One line an operator reads at 3 a.m.
+    pub fn summary_line(&self) -> String {
+        let totals: Vec<String> = self
+            .totals
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        let snapshots: usize = self.outcomes.iter().map(|o| o.snapshots.len()).sum();
+        let minutes = (self.finished_at - self.started_at).num_seconds() as f64 / 60.0;
+        format!(
+            "run {} {}: {} instances ({}), {snapshots} snapshots, {minutes:.1} min",
+            self.run_id,
+            if self.all_consistent() {
+                "succeeded"
+            } else {
+                "needs attention"
+            },
+            self.outcomes.len(),
+            totals.join(", "),
+        )
+    }
+
+    /// A fixed-width table: instance, name, volumes, snapshots, outcome, reason.
+    pub fn table(&self) -> String {
+        let headers = [
+            "INSTANCE",
+            "NAME",
+            "VOLUMES",
+            "SNAPSHOTS",
+            "OUTCOME",
+            "REASON",
+        ];
+        let rows: Vec<[String; 6]> = self
+            .outcomes
+            .iter()
+            .map(|o| {
+                [
+                    o.instance_id.clone(),
+                    o.name.clone(),
+                    o.volumes.to_string(),
+                    o.snapshots.len().to_string(),
+                    o.kind.to_string(),
+                    o.reason.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        let mut widths = headers.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        widths[5] = widths[5].min(100);
+        let line = |cells: [&str; 6]| {
+            let mut text = String::new();
+            for (i, cell) in cells.iter().enumerate() {
+                let cell: String = cell.chars().take(widths[i]).collect();
+                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+            text.trim_end().to_string()
+        };
+        let mut out = vec![line(headers)];
+        out.extend(
+            rows.iter()
+                .map(|r| line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]])),
+        );
+        out.push(String::new());
+        out.push(self.summary_line());
+        out.join("\n")
+    }
+}
+
+/// A finished run's counts: `Dispatched` (instances a command was sent to) and one per outcome,
+/// plus `NotConsistent`, the instances that were attempted and did not end consistent (the
+/// "failures in a run" alarm).
+pub fn run_counts(report: &RunSummary) -> Vec<(&'static str, usize)> {
+    let n = |kind| report.count(kind);
+    let skipped = n(OutcomeKind::Skipped);
+    let not_consistent = n(OutcomeKind::CrashConsistent)
+        + n(OutcomeKind::Incomplete)
+        + n(OutcomeKind::Failed)
+        + n(OutcomeKind::TimedOut);
+    vec![
+        ("Dispatched", report.outcomes.len() - skipped),
+        ("Consistent", n(OutcomeKind::Consistent)),
+        ("CrashConsistent", n(OutcomeKind::CrashConsistent)),
+        ("Incomplete", n(OutcomeKind::Incomplete)),
+        ("Failed", n(OutcomeKind::Failed)),
+        ("TimedOut", n(OutcomeKind::TimedOut)),
+        ("Skipped", skipped),
+        ("NotConsistent", not_consistent),
+    ]
+}
+
+/// SNS takes messages up to 256 KB; the table is cut well before.
+pub const NOTIFICATION_MAX_BYTES: usize = 200_000;
+
+/// An SNS subject: at most 100 printable ASCII characters.
+pub fn notification_subject(managed_by: &str, report: &RunSummary) -> String {
+    let not_consistent = report.outcomes.len()
+        - report.count(OutcomeKind::Consistent)
+        - report.count(OutcomeKind::Skipped);
+    let text = format!(
+        "{managed_by}: {not_consistent} instance(s) not consistent in run {}",
+        report.run_id
+    );
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(100)
+        .collect()
+}
+
+/// The summary line, then the table (which lists what needs attention first), cut to
+/// `max_bytes` with a line saying how many rows were left out.
+pub fn notification_text(report: &RunSummary, max_bytes: usize) -> String {
+    let table = report.table();
+    let mut text = format!("{}\n\n", report.summary_line());
+    let lines: Vec<&str> = table.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if text.len() + line.len() + 80 > max_bytes {
+            text.push_str(&format!(
+                "… {} more line(s): see the function's log for the full report\n",
+                lines.len() - i
+            ));
+            break;
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(id: &str, kind: OutcomeKind, snaps: usize) -> Outcome {
+        Outcome {
+            instance_id: id.into(),
+            name: format!("n-{id}"),
+            kind,
+            volumes: 2,
+            snapshots: (0..snaps).map(|i| format!("snap-{id}-{i}")).collect(),
+            reason: (kind != OutcomeKind::Consistent).then(|| "why".to_string()),
+        }
+    }
+
+    #[test]
+    fn totals_order_and_verdict() {
+        let t = Utc::now();
+        let report = RunSummary::new(
+            "r1",
+            t,
+            t,
+            vec![
+                outcome("i-1", OutcomeKind::Consistent, 2),
+                outcome("i-2", OutcomeKind::Failed, 0),
+                outcome("i-3", OutcomeKind::Skipped, 0),
+            ],
+        );
+        assert_eq!(report.outcomes[0].kind, OutcomeKind::Failed);
+        assert_eq!(report.count(OutcomeKind::Consistent), 1);
+        assert!(!report.all_consistent());
+        let line = report.summary_line();
+        assert!(
+            line.contains("needs attention")
+                && line.contains("3 instances")
+                && line.contains("2 snapshots"),
+            "{line}"
+        );
+        let table = report.table();
+        assert_eq!(table.lines().count(), 6);
+        assert!(table
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .starts_with("INSTANCE"));
+    }
+
+    #[test]
+    fn skipped_instances_do_not_fail_a_run() {
+        let t = Utc::now();
+        let report = RunSummary::new(
+            "r",
+            t,
+            t,
+            vec![
+                outcome("i-1", OutcomeKind::Consistent, 2),
+                outcome("i-2", OutcomeKind::Skipped, 0),
+            ],
+        );
+        assert!(report.all_consistent());
+        assert!(report.summary_line().contains("succeeded"));
+    }
+
+    #[test]
+    fn run_counts_follow_the_outcomes() {
+        let t = Utc::now();
+        let kinds = [
+            OutcomeKind::Consistent,
+            OutcomeKind::Consistent,
+            OutcomeKind::CrashConsistent,
+            OutcomeKind::TimedOut,
+            OutcomeKind::Skipped,
+        ];
+        let report = RunSummary::new("r", t, t, kinds.map(|k| outcome("i-1", k, 0)).to_vec());
+        let counts: std::collections::BTreeMap<_, _> = run_counts(&report).into_iter().collect();
+        assert_eq!(counts["Dispatched"], 4);
+        assert_eq!(counts["Consistent"], 2);
+        assert_eq!(counts["CrashConsistent"], 1);
+        assert_eq!(counts["TimedOut"], 1);
+        assert_eq!(counts["Skipped"], 1);
+        assert_eq!(counts["Failed"], 0);
+        assert_eq!(counts["NotConsistent"], 2);
+    }
+
+    fn report(n: usize) -> RunSummary {
+        let t = Utc::now();
+        let outcomes = (0..n)
+            .map(|i| Outcome {
+                instance_id: format!("i-{i:017x}"),
+                name: format!("sql{i}"),
+                kind: if i % 2 == 0 {
+                    OutcomeKind::Failed
+                } else {
+                    OutcomeKind::Consistent
+                },
+                volumes: 3,
+                snapshots: vec![],
+                reason: (i % 2 == 0).then(|| "Failed: Thaw pipe connection timed out".into()),
+            })
+            .collect();
+        RunSummary::new("20261123T020000Z-1a2b3c4d", t, t, outcomes)
+    }
+
+    #[test]
+    fn a_notification_fits_sns_and_says_what_was_cut() {
+        let big = report(5_000);
+        let text = notification_text(&big, NOTIFICATION_MAX_BYTES);
+        assert!(text.len() <= NOTIFICATION_MAX_BYTES, "{}", text.len());
+        assert!(text.contains("more line(s)"));
+        assert!(text.starts_with("run 20261123T020000Z-1a2b3c4d needs attention"));
+        let small = notification_text(&report(4), NOTIFICATION_MAX_BYTES);
+        assert!(!small.contains("more line(s)") && small.contains("Thaw pipe"));
+        let subject = notification_subject("prod", &big);
+        assert!(subject.len() <= 100 && subject.starts_with("prod: 2500 instance(s)"));
+    }
+}

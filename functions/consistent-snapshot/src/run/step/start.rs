@@ -1,0 +1,331 @@
+//! Starting a run: discover and preflight the fleet, claim the run, read the command history,
+//! send what is not sent yet, and queue the tracking messages.
+//!
+//! Every step is check-then-act keyed by the run id, so a duplicated schedule, a duplicated or
+//! re-delivered message and a Lambda stopped half-way all converge on one command per instance:
+//! the claim (`run::plan::claim`) keeps two live invocations from dispatching the same run, the
+//! watch message finishes a dispatch whose invocation was stopped, and the history
+//! (`run::plan::dispatch`) keeps the finishing invocation from sending what was already sent.
+
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, Utc};
+use tracing::{error, info, warn};
+
+use crate::app::{enqueue, requeue, App};
+use crate::aws::commands::{self, CommandRequest, SendFailure};
+use crate::aws::instances;
+use crate::aws::markers::RunMarkerStore;
+use crate::error::Error;
+use crate::jobs::{Envelope, Job, RunCommand, Skipped, Unsent, WatchJob};
+use crate::model::fleet::{SkipReason, Target};
+use crate::model::state::InstanceState;
+use crate::run::plan::claim::{self, Claim};
+use crate::run::plan::dispatch::{
+    claimed_start, command_parameters, dispatched, dry_run_start, history_since, in_flight_window,
+    plan_commands, plan_dispatch, tracking_jobs, vss_documents, RunStart, StartStatus,
+};
+use crate::run::plan::preflight::preflight;
+
+/// How long past its invocation's deadline a lease still holds: a call sent just before the
+/// Lambda was stopped has landed by then.
+pub const LEASE_MARGIN_SECONDS: i64 = 10;
+/// SendCommand attempts before the dispatch gives up and leaves the run to its watch.
+const SEND_ATTEMPTS: u32 = 4;
+
+/// What starts a run: a schedule, an on-demand call, or a watch taking over.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub run_id: String,
+    pub instance_ids: Option<Vec<String>>,
+    pub dry_run: bool,
+    pub started_at: DateTime<Utc>,
+    /// Until when this invocation can hold the run: its own deadline plus the margin.
+    pub lease_until: DateTime<Utc>,
+}
+
+/// Discovers the fleet (or the instances asked for) and preflights it: the targets, and
+/// every other instance with the reason it is skipped.
+async fn preflight_fleet(
+    app: &App,
+    run_id: &str,
+    ids: Option<&[String]>,
+) -> Result<(Vec<Target>, Vec<Skipped>), Error> {
+    let instances = instances::discover(&app.aws.ec2, &app.config, ids).await?;
+    let mut skipped: Vec<Skipped> = Vec::new();
+    if let Some(ids) = ids {
+        for id in ids
+            .iter()
+            .filter(|id| !instances.iter().any(|i| &i.instance_id == *id))
+        {
+            skipped.push(Skipped {
+                instance_id: id.clone(),
+                name: id.clone(),
+                reason: SkipReason::NotTargeted,
+            });
+        }
+    }
+    // Ask SSM only about running instances: no other state can pass preflight. Platform is
+    // not filtered here, since SSM's PlatformType is one way Windows is recognised.
+    let candidates: Vec<String> = instances
+        .iter()
+        .filter(|i| i.state == InstanceState::Running)
+        .map(|i| i.instance_id.clone())
+        .collect();
+    let agents = commands::agents(&app.aws.ssm, &candidates).await?;
+    let mut targets: Vec<Target> = Vec::new();
+    for instance in &instances {
+        match preflight(instance, agents.get(&instance.instance_id), &app.config) {
+            Ok(target) => targets.push(target),
+            Err(reason) => {
+                info!(run_id, instance_id = %instance.instance_id, reason = %reason, "skipped");
+                skipped.push(Skipped {
+                    instance_id: instance.instance_id.clone(),
+                    name: instance.display_name().to_string(),
+                    reason,
+                });
+            }
+        }
+    }
+    info!(
+        run_id,
+        tagged = instances.len(),
+        targets = targets.len(),
+        skipped = skipped.len(),
+        "preflight done"
+    );
+    Ok((targets, skipped))
+}
+
+/// Starts a run, or recognises a duplicate of one; see the module documentation.
+pub async fn start_run(app: &App, request: &RunRequest) -> Result<RunStart, Error> {
+    let run_id = request.run_id.as_str();
+    let now = Utc::now();
+    let (targets, skipped) = preflight_fleet(app, run_id, request.instance_ids.as_deref()).await?;
+    let since = history_since(request.started_at, now, in_flight_window(&app.config));
+    let documents = vss_documents(&app.config.ssm_document);
+
+    if request.dry_run {
+        let past = commands::read(&app.aws.ssm, &documents, since, run_id).await?;
+        let plan = plan_dispatch(run_id, &targets, &past);
+        info!(
+            run_id,
+            would_send = plan.send.len(),
+            already_sent = plan.reuse.len(),
+            "dry run: nothing sent"
+        );
+        return Ok(dry_run_start(run_id, plan, skipped));
+    }
+
+    let store = RunMarkerStore::new(&app.aws.ssm, &app.config.managed_by, run_id);
+    let epoch = match claim::decide(&store.read().await?, now) {
+        Claim::Take { epoch } => epoch,
+        Claim::Held { epoch, until } => {
+            info!(run_id, epoch, held_until = %until.to_rfc3339(), "duplicate start: another invocation is dispatching this run");
+            let mut start = RunStart::empty(run_id, StartStatus::HeldByAnother, false);
+            start.held_until = Some(until);
+            return Ok(start);
+        }
+        Claim::Dispatched => {
+            info!(run_id, "duplicate start: the run is already dispatched");
+            return Ok(RunStart::empty(
+                run_id,
+                StartStatus::AlreadyDispatched,
+                false,
+            ));
+        }
+        Claim::Reported => {
+            info!(run_id, "duplicate start: the run is already over");
+            return Ok(RunStart::empty(run_id, StartStatus::AlreadyReported, false));
+        }
+    };
+    // The watch goes first: whichever step this invocation is stopped at from here on, the
+    // watch finds the lease over and the run not dispatched, and takes over.
+    enqueue(
+        app,
+        &[Envelope::new(Job::Watch(WatchJob {
+            run_id: run_id.to_string(),
+            started_at: request.started_at,
+            instance_ids: request.instance_ids.clone(),
+            check_at: request.lease_until + Duration::seconds(1),
+        }))],
+    )
+    .await?;
+    if !store.take_lease(epoch, request.lease_until).await? {
+        info!(
+            run_id,
+            epoch, "duplicate start: another invocation claimed this run first"
+        );
+        return Ok(RunStart::empty(run_id, StartStatus::HeldByAnother, false));
+    }
+    info!(run_id, epoch, lease_until = %request.lease_until.to_rfc3339(), "run claimed");
+
+    let past = commands::read(&app.aws.ssm, &documents, since, run_id).await?;
+    let plan = plan_dispatch(run_id, &targets, &past);
+    if !plan.reuse.is_empty() {
+        info!(
+            run_id,
+            already_sent = plan.reuse.len(),
+            commands = plan.run_commands.len(),
+            "this run already sent commands: tracking them, not sending again"
+        );
+    }
+    for (target, reason) in &plan.busy {
+        warn!(run_id, instance_id = %target.instance_id, reason = %reason, "skipped: not frozen twice");
+    }
+    let mut start = claimed_start(run_id, &plan, skipped);
+    send_all(app, &mut start, plan.send, since).await?;
+
+    let command_deadline = Utc::now() + in_flight_window(&app.config) + Duration::minutes(5);
+    let completion = Duration::seconds(i64::from(app.config.snapshot_completion_timeout_seconds));
+    let jobs = tracking_jobs(&start, request.started_at, command_deadline, completion);
+    enqueue(app, &jobs).await?;
+    store.mark_dispatched().await?;
+    info!(
+        run_id,
+        dispatched = start.dispatched.len(),
+        reused = start.dispatched.iter().filter(|d| d.reused).count(),
+        skipped = start.skipped.len(),
+        unsent = start.unsent.len(),
+        commands = start.commands.len(),
+        "run dispatched"
+    );
+    Ok(start)
+}
+
+/// Sends the command to `targets`, at most 50 a call. A throttled call is tried again after
+/// a pause; a call whose outcome is unknown is tried again only for the instances the
+/// history does not show it reached. If calls still fail, the error ends the invocation
+/// and the run's watch finishes the dispatch once this invocation's lease is over.
+async fn send_all(
+    app: &App,
+    start: &mut RunStart,
+    mut targets: Vec<Target>,
+    since: DateTime<Utc>,
+) -> Result<(), Error> {
+    let run_id = start.run_id.clone();
+    let mut attempt = 0;
+    while !targets.is_empty() {
+        let mut again: Vec<Target> = Vec::new();
+        let mut unknown = false;
+        let mut last_error = None;
+        for plan in plan_commands(&targets) {
+            let request = CommandRequest {
+                run_id: &run_id,
+                instance_ids: plan.targets.iter().map(|t| t.instance_id.clone()).collect(),
+                parameters: command_parameters(&plan, &app.config, &run_id),
+            };
+            match commands::send(&app.aws.ssm, &app.config, request).await {
+                Ok(command_id) => {
+                    info!(run_id = %run_id, command_id = %command_id, instances = plan.targets.len(), exclude_boot_volume = plan.exclude_boot_volume, "command sent");
+                    start.commands.push(RunCommand {
+                        command_id: command_id.clone(),
+                        exclude_boot_volume: plan.exclude_boot_volume,
+                        instances: plan.targets.len(),
+                    });
+                    start.dispatched.extend(
+                        plan.targets
+                            .iter()
+                            .map(|t| dispatched(t, Some(&command_id), false)),
+                    );
+                }
+                Err(SendFailure::Refused(err)) => {
+                    error!(run_id = %run_id, error = %err, "command refused");
+                    start.unsent.extend(plan.targets.iter().map(|t| Unsent {
+                        instance_id: t.instance_id.clone(),
+                        name: t.name.clone(),
+                        error: err.to_string(),
+                    }));
+                }
+                Err(failure) => {
+                    unknown |= matches!(failure, SendFailure::Unknown(_));
+                    warn!(run_id = %run_id, error = %failure.error(), attempt, "command not confirmed");
+                    again.extend(plan.targets);
+                    last_error = Some(failure);
+                }
+            }
+        }
+        let Some(failure) = last_error else { break };
+        attempt += 1;
+        if attempt >= SEND_ATTEMPTS {
+            error!(run_id = %run_id, instances = again.len(), "dispatch interrupted: the run's watch takes over when this invocation's lease ends");
+            return Err(failure.into_error());
+        }
+        tokio::time::sleep(StdDuration::from_millis(250 << attempt)).await;
+        if !unknown {
+            targets = again;
+            continue;
+        }
+        // Whether the unanswered calls went through, only the history can say.
+        let past = commands::read(
+            &app.aws.ssm,
+            &vss_documents(&app.config.ssm_document),
+            since,
+            &run_id,
+        )
+        .await?;
+        let plan = plan_dispatch(&run_id, &again, &past);
+        for (target, command_id) in &plan.reuse {
+            info!(run_id = %run_id, instance_id = %target.instance_id, command_id = %command_id, "unanswered command did reach the instance");
+            start
+                .dispatched
+                .push(dispatched(target, Some(command_id), true));
+        }
+        for command in plan.run_commands {
+            if !start
+                .commands
+                .iter()
+                .any(|c| c.command_id == command.command_id)
+            {
+                start.commands.push(command);
+            }
+        }
+        for (target, reason) in plan.busy {
+            start.skipped.push(Skipped {
+                instance_id: target.instance_id,
+                name: target.name,
+                reason,
+            });
+        }
+        targets = plan.send;
+    }
+    Ok(())
+}
+
+/// A watch message: nothing to do if the run is dispatched; look again when a live lease
+/// ends; take the run over when its lease ended without a dispatch.
+pub async fn watch_run(app: &App, job: WatchJob, lease_until: DateTime<Utc>) -> Result<(), Error> {
+    let store = RunMarkerStore::new(&app.aws.ssm, &app.config.managed_by, &job.run_id);
+    match claim::decide(&store.read().await?, Utc::now()) {
+        Claim::Dispatched | Claim::Reported => {
+            info!(run_id = %job.run_id, "watch: the run is dispatched");
+            Ok(())
+        }
+        Claim::Held { until, .. } => {
+            info!(run_id = %job.run_id, held_until = %until.to_rfc3339(), "watch: the run is still being dispatched");
+            requeue(
+                app,
+                Job::Watch(WatchJob {
+                    check_at: until + Duration::seconds(1),
+                    ..job
+                }),
+            )
+            .await
+        }
+        Claim::Take { epoch } => {
+            warn!(run_id = %job.run_id, epoch, "watch: the run's dispatch was interrupted; taking over");
+            start_run(
+                app,
+                &RunRequest {
+                    run_id: job.run_id,
+                    instance_ids: job.instance_ids,
+                    dry_run: false,
+                    started_at: job.started_at,
+                    lease_until,
+                },
+            )
+            .await
+            .map(|_| ())
+        }
+    }
+}
