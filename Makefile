@@ -32,11 +32,13 @@ $(STAMP): requirements-dev.txt
 build:
 	cargo build --workspace --all-targets
 
+# The pure core and the harness's own unit tests: no emulator needed.
 unit-test:
-	cargo test --workspace --lib --bins
+	cargo test --workspace --lib
 
+# The one end-to-end test binary (tests/e2e/); `make e2e-test ONLY=chaos` runs one module.
 e2e-test: setup
-	cargo test -p harness --tests
+	cargo test -p harness --test e2e -- $(ONLY) --show-output
 
 # --show-output: the chaos test's fault-free/chaos comparison table shows in CI logs too.
 test: setup

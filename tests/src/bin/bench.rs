@@ -22,7 +22,9 @@ use chrono::{Timelike, Utc};
 use harness::bench::{self, Budget, Fleet, Report};
 use harness::faults::{Endpoint, FaultProxy, Stop};
 use harness::runtime::LocalRuntime;
-use harness::{drain_with, scheduled_event, seed_bulk, workspace_root, Emulator, Result};
+use harness::{
+    drain_with, scheduled_event, seed_bulk, workspace_root, Emulator, History, Result, Windows,
+};
 use serde_json::{json, Value};
 
 const HOME: &str = "us-east-1";
@@ -274,11 +276,16 @@ async fn full_run(binary: &Path, instances: u64) -> Result<FullRun> {
     let emulator = Emulator::start().await?;
     let queue = emulator.create_queue("bench-tracking", 60).await?;
     let ids = seed_bulk(&emulator, instances as usize, 250, (VOLUMES - 1) as usize).await?;
-    let history = json!({
-        "region": HOME, "managed_by": MANAGED_BY, "instance_ids": ids,
-        "sets": RETAIN_COUNT, "hours_apart": 24, "newest_hours": 24, "copy_region": COPY_REGION,
-    });
-    let made = emulator.seed_history(history)?;
+    let history = History {
+        region: HOME.into(),
+        managed_by: MANAGED_BY.into(),
+        instance_ids: ids.clone(),
+        sets: RETAIN_COUNT,
+        hours_apart: 24.0,
+        newest_hours: 24.0,
+        copy_region: Some(COPY_REGION.into()),
+    };
+    let made = emulator.seed_history(&history)?;
     println!("    seeded; history: {made} snapshots");
 
     let (proxy, _endpoint, function, log) =
@@ -369,11 +376,17 @@ async fn large_dispatch(binary: &Path, instances: u64) -> Result<Measured> {
     let ids = seed_bulk(&emulator, instances as usize, 500, (VOLUMES - 1) as usize).await?;
     // The servers' VSS commands stay in progress: the dispatch is what is measured, and 30,000
     // simulated snapshots would only slow the emulator down.
-    let busy: serde_json::Map<String, Value> = ids
+    let busy: BTreeMap<String, Windows> = ids
         .iter()
-        .map(|id| (id.clone(), json!({"lag": 3600.0})))
+        .map(|id| {
+            let busy = Windows {
+                lag: Some(3600.0),
+                ..Windows::default()
+            };
+            (id.clone(), busy)
+        })
         .collect();
-    emulator.simulate(Value::Object(busy))?;
+    emulator.simulate(&busy)?;
     let (proxy, _endpoint, function, _) =
         counted(&emulator, binary, &queue, false, "large-dispatch.log").await?;
     let started = Instant::now();
@@ -428,11 +441,16 @@ async fn large_plan(binary: &Path, snapshots: u64) -> Result<Measured> {
     let emulator = Emulator::start().await?;
     let queue = emulator.create_queue("bench-plan", 60).await?;
     let ids = seed_bulk(&emulator, servers as usize, 500, (VOLUMES - 1) as usize).await?;
-    let history = json!({
-        "region": HOME, "managed_by": MANAGED_BY, "instance_ids": ids,
-        "sets": sets, "hours_apart": 24, "newest_hours": 24,
-    });
-    let made = emulator.seed_history(history)?;
+    let history = History {
+        region: HOME.into(),
+        managed_by: MANAGED_BY.into(),
+        instance_ids: ids.clone(),
+        sets,
+        hours_apart: 24.0,
+        newest_hours: 24.0,
+        copy_region: None,
+    };
+    let made = emulator.seed_history(&history)?;
     let (proxy, _endpoint, function, _) =
         counted(&emulator, binary, &queue, false, "large-plan.log").await?;
     let started = Instant::now();

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use chrono::{Timelike, Utc};
 use consistent_snapshot::OutcomeKind;
 use harness::{
-    demo_fleet, drain, invoke, run_snapshots, scheduled_event, seed, workspace_root, Emulator, Logs,
+    demo_fleet, drain, invoke, run_snapshots, scheduled_event, seed, workspace_root, Emulator,
+    Logs, Windows,
 };
 use serde_json::json;
 
@@ -41,8 +42,9 @@ async fn main() -> harness::Result<()> {
         if server.stopped {
             notes.push("stopped".into());
         }
-        if server.sim != json!({}) {
-            notes.push(format!("simulated: {}", server.sim));
+        if server.sim != Windows::default() {
+            let sim = serde_json::to_string(&server.sim).unwrap_or_default();
+            notes.push(format!("simulated: {sim}"));
         }
         println!("    {id}  {:<12} {}", server.name, notes.join(", "));
     }

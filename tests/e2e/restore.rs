@@ -10,8 +10,8 @@ use aws_sdk_ec2::types::Volume;
 use harness::chaos::{Chaos, ChaosOptions, Ended};
 use harness::faults::Stop;
 use harness::{
-    drain, invoke, nightly_run, run_snapshots, seed, snapshot_tag, Emulator, Logs, Metrics,
-    ServerSpec,
+    invoke, run_snapshots, snapshot_tag, Agent, Ebs, Emulator, Metrics, ServerSpec, VssOutcome,
+    Windows, World,
 };
 use serde_json::{json, Value};
 
@@ -150,24 +150,22 @@ async fn assert_replaced(
 
 #[tokio::test]
 async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify() {
-    let (logs, _guard) = Logs::capture(None).expect("logs");
-    let emulator = Emulator::start().await.expect("emulator");
-    let queue = emulator.create_queue("tracking", 2).await.expect("queue");
-    let ids = seed(
-        &emulator,
-        &[
+    let world = World::start(2).await.expect("world");
+    let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
+    let ids = world
+        .seed(&[
             ServerSpec::windows("sql01", 2),
             ServerSpec::windows("web01", 1),
             ServerSpec::windows("app01", 2),
-            ServerSpec::windows("files01", 1).sim(json!({"outcome": "vss_failure"})),
-        ],
-    )
-    .await
-    .expect("seed");
+            ServerSpec::windows("files01", 1).sim(Windows::outcome(VssOutcome::VssFailure)),
+        ])
+        .await
+        .expect("seed");
     let (sql, web, app_server, files) = (&ids[0], &ids[1], &ids[2], &ids[3]);
     let metrics = Metrics::default();
-    let app = metrics.attach(emulator.app(&queue, &[]).expect("app"));
-    let run_id = nightly_run(&emulator, &app, &queue, "2026-11-23T02:00:00Z")
+    let app = metrics.attach(world.app(&[]).expect("app"));
+    let run_id = world
+        .nightly(&app, "2026-11-23T02:00:00Z")
         .await
         .expect("the nightly run");
 
@@ -204,14 +202,18 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
     // replace: sql01 on its three restored volumes, the old ones kept. EBS takes 1.5 s to make
     // a volume and the instance as long to stop or start: every wait goes through the queue.
     emulator
-        .simulate_ebs(json!({"volume_seconds": 1.5, "instance_seconds": 1.5}))
+        .simulate_ebs(&Ebs {
+            volume_seconds: Some(1.5),
+            instance_seconds: Some(1.5),
+            ..Ebs::default()
+        })
         .expect("slow EBS");
-    let set = set_of(&emulator, sql, &run_id).await;
+    let set = set_of(emulator, sql, &run_id).await;
     assert_eq!(set.len(), 3);
-    let (_, before) = instance(&emulator, sql).await;
+    let (_, before) = instance(emulator, sql).await;
     // Windows does not come back at first: the SSM agent stays offline after the start.
     emulator
-        .simulate(json!({ sql.as_str(): {"ssm": "offline"} }))
+        .simulate(&[(sql.clone(), Windows::agent(Agent::Offline))].into())
         .expect("agent offline");
     let request =
         json!({"action": "restore", "instance_id": sql, "run_id": "latest", "mode": "replace"});
@@ -222,11 +224,12 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
         .as_str()
         .is_some_and(|w| w.contains("to be created")));
     assert_eq!(
-        instance(&emulator, sql).await,
+        instance(emulator, sql).await,
         ("running".to_string(), before.clone()),
         "nothing is stopped before the new volumes exist"
     );
-    let waiting = drain(&emulator, &app, &queue, 10, Duration::from_secs(25))
+    let waiting = world
+        .drain_within(&app, Duration::from_secs(25))
         .await
         .expect_err("the restore waits for the agent");
     assert!(waiting.to_string().contains("not drained"), "{waiting}");
@@ -237,12 +240,13 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
         json!("Windows to be back: the SSM agent is ConnectionLost")
     );
     emulator
-        .simulate(json!({ sql.as_str(): {"ssm": "online"} }))
+        .simulate(&[(sql.clone(), Windows::agent(Agent::Online))].into())
         .expect("agent online");
-    drain(&emulator, &app, &queue, 10, Duration::from_secs(60))
+    world
+        .drain_within(&app, Duration::from_secs(60))
         .await
         .expect("drain");
-    assert_replaced(&emulator, sql, &set, &before, &answer).await;
+    assert_replaced(emulator, sql, &set, &before, &answer).await;
     let again = invoke(
         &app,
         json!({"action": "restore", "instance_id": sql, "run_id": "latest", "mode": "replace"}),
@@ -264,13 +268,14 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
     )
     .await
     .expect("rollback");
-    drain(&emulator, &app, &queue, 10, Duration::from_secs(60))
+    world
+        .drain_within(&app, Duration::from_secs(60))
         .await
         .expect("drain");
-    let (state, after_rollback) = instance(&emulator, sql).await;
+    let (state, after_rollback) = instance(emulator, sql).await;
     assert_eq!((state.as_str(), &after_rollback), ("running", &before));
     let restore_id = answer["restore_id"].as_str().unwrap_or_default();
-    let kept = all_volumes(&emulator)
+    let kept = all_volumes(emulator)
         .await
         .into_iter()
         .filter(|v| tag(v, "ConsistentSnapshot:RestoreId") == Some(restore_id))
@@ -279,19 +284,20 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
     assert_eq!(kept, 3, "the restored volumes are detached and kept");
 
     // volumes: web01's set in another zone, its instance untouched.
-    let (_, web_before) = instance(&emulator, web).await;
+    let (_, web_before) = instance(emulator, web).await;
     let answer = invoke(
         &app,
         json!({"action": "restore", "instance_id": web, "run_id": "latest", "mode": "volumes", "availability_zone": "us-east-1c"}),
     )
     .await
     .expect("volumes");
-    drain(&emulator, &app, &queue, 10, Duration::from_secs(60))
+    world
+        .drain_within(&app, Duration::from_secs(60))
         .await
         .expect("drain");
     let listed = answer["volumes"].as_array().cloned().unwrap_or_default();
     assert_eq!(listed.len(), 2, "{answer}");
-    let volumes = all_volumes(&emulator).await;
+    let volumes = all_volumes(emulator).await;
     for entry in &listed {
         let volume = volumes
             .iter()
@@ -302,24 +308,28 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
         assert!(volume.attachments().is_empty());
     }
     assert_eq!(
-        instance(&emulator, web).await,
+        instance(emulator, web).await,
         ("running".to_string(), web_before)
     );
 
     // A replace stopped right after its first DetachVolume, then called again.
     emulator
-        .simulate_ebs(json!({"volume_seconds": 0, "instance_seconds": 0}))
+        .simulate_ebs(&Ebs {
+            volume_seconds: Some(0.0),
+            instance_seconds: Some(0.0),
+            ..Ebs::default()
+        })
         .expect("fast EBS");
-    let chaos = Chaos::new(&emulator, &queue, &[], calm()).expect("chaos");
-    let app_set = set_of(&emulator, app_server, &run_id).await;
-    let (_, app_before) = instance(&emulator, app_server).await;
+    let chaos = Chaos::new(emulator, queue, &[], calm()).expect("chaos");
+    let app_set = set_of(emulator, app_server, &run_id).await;
+    let (_, app_before) = instance(emulator, app_server).await;
     let request = json!({"action": "restore", "instance_id": app_server, "run_id": "latest", "mode": "replace"});
     let ended = chaos
         .invoke_stopping(request.clone(), Stop::After("ec2:DetachVolume".into()))
         .await
         .expect("invoke");
     assert!(matches!(ended, Ended::Stopped), "{ended:?}");
-    let (state, halfway) = instance(&emulator, app_server).await;
+    let (state, halfway) = instance(emulator, app_server).await;
     assert_eq!(state, "stopped");
     assert!(
         halfway.len() < app_before.len(),
@@ -332,18 +342,21 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
         .drain(10, Duration::from_secs(60))
         .await
         .expect("drain");
-    assert_replaced(&emulator, app_server, &app_set, &app_before, &answer).await;
+    assert_replaced(emulator, app_server, &app_set, &app_before, &answer).await;
 
     // verify: two instances restorable, one with no consistent set; nothing left behind. Every
     // message is delivered twice at once: one report all the same.
     emulator
-        .simulate_ebs(json!({"volume_seconds": 1.5}))
+        .simulate_ebs(&Ebs {
+            volume_seconds: Some(1.5),
+            ..Ebs::default()
+        })
         .expect("slow EBS");
     let twice = ChaosOptions {
         duplicate_messages: true,
         ..calm()
     };
-    let chaos = Chaos::new(&emulator, &queue, &[], twice)
+    let chaos = Chaos::new(emulator, queue, &[], twice)
         .expect("chaos")
         .with_metrics(&metrics);
     let Ended::Answered(answer) = chaos
@@ -386,7 +399,7 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
     assert!(by_instance[files.as_str()]["error"]
         .as_str()
         .is_some_and(|e| e.contains("consistent")));
-    let left = all_volumes(&emulator)
+    let left = all_volumes(emulator)
         .await
         .into_iter()
         .filter(|v| tag(v, "ConsistentSnapshot:Purpose") == Some("verify"))

@@ -2,10 +2,11 @@
 //! to snapshots that retention must never touch.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, ResourceType, Snapshot, Tag, TagSpecification};
-use harness::{drain, invoke, scheduled_event, seed, snapshot_tag, Emulator, Logs, ServerSpec};
+use harness::{
+    invoke, scheduled_event, snapshot_tag, Ebs, Emulator, ServerSpec, VssOutcome, Windows, World,
+};
 use serde_json::json;
 
 const HOME: &str = "us-east-1";
@@ -91,27 +92,28 @@ async fn exists(emulator: &Emulator, snapshot: &str) -> bool {
 
 #[tokio::test]
 async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
-    let (logs, _guard) = Logs::capture(None).expect("logs");
-    let emulator = Emulator::start().await.expect("emulator");
-    let queue = emulator.create_queue("tracking", 3).await.expect("queue");
+    let world = World::start(3).await.expect("world");
+    let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
     // Snapshots and copies stay pending for a moment; the first copies into us-west-2 meet
     // the region's concurrent-copy limit.
     emulator
-        .simulate_ebs(json!({"pending_seconds": 1.0, "copy_refusals": {"us-west-2": 3}}))
+        .simulate_ebs(&Ebs {
+            pending_seconds: Some(1.0),
+            copy_refusals: [("us-west-2".to_string(), 3)].into(),
+            ..Ebs::default()
+        })
         .expect("EBS simulation");
-    let ids = seed(
-        &emulator,
-        &[
+    let ids = world
+        .seed(&[
             ServerSpec::windows("sql01", 1),
             ServerSpec::windows("files01", 1),
             // Its own copy region, instead of the configured ones.
             ServerSpec::windows("web01", 1).tag("ConsistentSnapshot:CopyRegions", "ap-southeast-2"),
-        ],
-    )
-    .await
-    .expect("seed");
+        ])
+        .await
+        .expect("seed");
     let (sql, files, web) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
-    let sql_volume = data_volume(&emulator, &sql).await;
+    let sql_volume = data_volume(emulator, &sql).await;
 
     // What retention must leave alone, or handle by its rules.
     let ours = |run: &'static str, consistent: &'static str| {
@@ -123,9 +125,9 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
     };
     let mut crash_tags = ours("planted-crash", "False");
     crash_tags.push(("ConsistentSnapshot:InstanceId", sql.as_str()));
-    let planted_crash = plant(&emulator, &sql_volume, &crash_tags).await;
+    let planted_crash = plant(emulator, &sql_volume, &crash_tags).await;
     let unmanaged = plant(
-        &emulator,
+        emulator,
         &sql_volume,
         &[
             ("ConsistentSnapshot:InstanceId", sql.as_str()),
@@ -135,7 +137,7 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
     )
     .await;
     let foreign = plant(
-        &emulator,
+        emulator,
         &sql_volume,
         &[
             ("ConsistentSnapshot:ManagedBy", "another-deployment"),
@@ -190,7 +192,7 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
 
     let app = emulator
         .app(
-            &queue,
+            queue,
             &[
                 ("COPY_REGIONS", "eu-west-1,us-west-2"),
                 ("RETAIN_COUNT", "2"),
@@ -201,10 +203,9 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
     for night in 1..=3 {
         if night == 3 {
             // files01's third freeze fails: a crash-consistent set, its newest.
-            let mut spec = serde_json::Map::new();
-            spec.insert(files.clone(), json!({"outcome": "vss_failure"}));
+            let vss_fails = Windows::outcome(VssOutcome::VssFailure);
             emulator
-                .simulate(serde_json::Value::Object(spec))
+                .simulate(&[(files.clone(), vss_fails)].into())
                 .expect("simulate");
         }
         let start = invoke(
@@ -214,15 +215,13 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
         .await
         .expect("run");
         runs.push(start["run_id"].as_str().expect("run id").to_string());
-        drain(&emulator, &app, &queue, 10, Duration::from_secs(120))
-            .await
-            .expect("drain");
+        world.drain(&app).await.expect("drain");
     }
     let run = |n: usize| runs[n - 1].clone();
 
     // The source region: sql01 keeps its two newest consistent sets (and the AMI's); files01
     // its two consistent sets and, newest of all, the crash-consistent fallback.
-    let home = snapshots_in(&emulator, HOME).await;
+    let home = snapshots_in(emulator, HOME).await;
     let expected_sql: BTreeSet<String> = [run(2), run(3), "planted-ami".to_string()].into();
     assert_eq!(managed_runs(&home, &sql), expected_sql);
     assert_eq!(
@@ -230,7 +229,7 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
         [run(1), run(2), run(3)].into_iter().collect()
     );
     assert!(
-        !exists(&emulator, &planted_crash).await,
+        !exists(emulator, &planted_crash).await,
         "an older crash-consistent set goes"
     );
     assert_eq!(
@@ -238,14 +237,14 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
         [run(2), run(3)].into_iter().collect()
     );
     // web01's copies are in its own region only, pruned there too.
-    let web_copies = snapshots_in(&emulator, "ap-southeast-2").await;
+    let web_copies = snapshots_in(emulator, "ap-southeast-2").await;
     assert_eq!(
         managed_runs(&web_copies, &web),
         [run(2), run(3)].into_iter().collect()
     );
     for untouched in [&unmanaged, &foreign, &ami_snapshot] {
         assert!(
-            exists(&emulator, untouched).await,
+            exists(emulator, untouched).await,
             "{untouched} must be kept"
         );
     }
@@ -253,7 +252,7 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
     // Every copy region: the same sets, one copy per source snapshot, completed, tagged.
     for region in COPY_REGIONS {
         // (The emulator's own AMIs bring untagged snapshots of their own: not ours.)
-        let copies: Vec<Snapshot> = snapshots_in(&emulator, region)
+        let copies: Vec<Snapshot> = snapshots_in(emulator, region)
             .await
             .into_iter()
             .filter(|s| snapshot_tag(s, "ConsistentSnapshot:ManagedBy") == Some("vss-test"))
@@ -305,7 +304,7 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
     // A dry run plans, names the reason, and changes nothing; then the real call deletes.
     let mut old_tags = ours("planted-old", "True");
     old_tags.push(("ConsistentSnapshot:InstanceId", sql.as_str()));
-    let old = plant(&emulator, &sql_volume, &old_tags).await;
+    let old = plant(emulator, &sql_volume, &old_tags).await;
     // Planted now, it is sql01's newest consistent set: with RETAIN_COUNT=2, run 2 must go.
     let dry = invoke(&app, json!({"action": "retention", "dry_run": true}))
         .await
@@ -326,9 +325,9 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
     assert!(doomed[0]["reason"]
         .as_str()
         .is_some_and(|r| r.contains("newest 2")));
-    assert!(exists(&emulator, &old).await);
+    assert!(exists(emulator, &old).await);
     assert_eq!(
-        managed_runs(&snapshots_in(&emulator, HOME).await, &sql),
+        managed_runs(&snapshots_in(emulator, HOME).await, &sql),
         [run(2), run(3), "planted-ami".into(), "planted-old".into()].into()
     );
     let real = invoke(&app, json!({"action": "retention"}))
@@ -336,7 +335,7 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
         .expect("retention");
     assert_eq!(real["deleted"].as_array().map(Vec::len), Some(2));
     assert_eq!(
-        managed_runs(&snapshots_in(&emulator, HOME).await, &sql),
+        managed_runs(&snapshots_in(emulator, HOME).await, &sql),
         [run(3), "planted-ami".into(), "planted-old".into()].into()
     );
 }

@@ -2,17 +2,18 @@
 
 use std::time::Duration;
 
-use harness::{drain, invoke, scheduled_event, seed, Emulator, Logs, ServerSpec};
+use harness::{invoke, scheduled_event, ServerSpec, World};
 use serde_json::json;
 
 #[tokio::test]
 async fn scheduler_input_and_rule_event_both_start_a_run_with_a_deterministic_id() {
-    let emulator = Emulator::start().await.expect("emulator");
-    let queue = emulator.create_queue("tracking", 3).await.expect("queue");
-    seed(&emulator, &[ServerSpec::windows("web01", 1)])
+    let world = World::start(3).await.expect("world");
+    let emulator = &world.emulator;
+    world
+        .seed(&[ServerSpec::windows("web01", 1)])
         .await
         .expect("seed");
-    let app = emulator.app(&queue, &[("DRY_RUN", "true")]).expect("app");
+    let app = world.app(&[("DRY_RUN", "true")]).expect("app");
 
     let scheduler = json!({
         "schedule_arn": "arn:aws:scheduler:us-east-1:123456789012:schedule/default/nightly",
@@ -37,7 +38,8 @@ async fn scheduler_input_and_rule_event_both_start_a_run_with_a_deterministic_id
     assert_eq!(c["dry_run"], json!(true));
     // DRY_RUN: nothing sent, nothing queued.
     assert!(emulator.invocations().expect("invocations").is_empty());
-    let drained = drain(&emulator, &app, &queue, 10, Duration::from_secs(10))
+    let drained = world
+        .drain_within(&app, Duration::from_secs(10))
         .await
         .expect("drain");
     assert_eq!(drained.messages, 0);
@@ -45,21 +47,18 @@ async fn scheduler_input_and_rule_event_both_start_a_run_with_a_deterministic_id
 
 #[tokio::test]
 async fn on_demand_snapshot_of_chosen_instances() {
-    let (logs, _guard) = Logs::capture(None).expect("logs");
-    let emulator = Emulator::start().await.expect("emulator");
-    let queue = emulator.create_queue("tracking", 3).await.expect("queue");
+    let world = World::start(3).await.expect("world");
+    let (emulator, logs) = (&world.emulator, &world.logs);
     let untagged = ServerSpec::windows("untagged01", 1).untagged();
-    let ids = seed(
-        &emulator,
-        &[
+    let ids = world
+        .seed(&[
             ServerSpec::windows("web01", 1),
             ServerSpec::windows("web02", 1),
             untagged,
-        ],
-    )
-    .await
-    .expect("seed");
-    let app = emulator.app(&queue, &[]).expect("app");
+        ])
+        .await
+        .expect("seed");
+    let app = world.app(&[]).expect("app");
 
     let dry = invoke(
         &app,
@@ -86,7 +85,8 @@ async fn on_demand_snapshot_of_chosen_instances() {
         json!(ids[2]),
         "an untagged instance is refused by name"
     );
-    drain(&emulator, &app, &queue, 10, Duration::from_secs(60))
+    world
+        .drain_within(&app, Duration::from_secs(60))
         .await
         .expect("drain");
     let report = logs.run_report("manual-1").expect("report");
@@ -104,9 +104,8 @@ async fn on_demand_snapshot_of_chosen_instances() {
 
 #[tokio::test]
 async fn malformed_payloads_are_errors_that_name_the_field() {
-    let emulator = Emulator::start().await.expect("emulator");
-    let queue = emulator.create_queue("tracking", 3).await.expect("queue");
-    let app = emulator.app(&queue, &[]).expect("app");
+    let world = World::start(3).await.expect("world");
+    let app = world.app(&[]).expect("app");
     let cases = [
         (
             json!({"action": "snapshot", "instance_ids": "i-0123456789abcdef0"}),
@@ -145,13 +144,13 @@ async fn malformed_payloads_are_errors_that_name_the_field() {
 
 #[tokio::test]
 async fn poison_messages_fail_alone_and_the_rest_of_the_batch_goes_on() {
-    let (logs, _guard) = Logs::capture(None).expect("logs");
-    let emulator = Emulator::start().await.expect("emulator");
-    let queue = emulator.create_queue("tracking", 1).await.expect("queue");
-    seed(&emulator, &[ServerSpec::windows("web01", 1)])
+    let world = World::start(1).await.expect("world");
+    let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
+    world
+        .seed(&[ServerSpec::windows("web01", 1)])
         .await
         .expect("seed");
-    let app = emulator.app(&queue, &[]).expect("app");
+    let app = world.app(&[]).expect("app");
     let sqs = emulator.sqs();
     for body in [
         "not json",
@@ -159,7 +158,7 @@ async fn poison_messages_fail_alone_and_the_rest_of_the_batch_goes_on() {
         r#"{"v":1,"kind":"instance"}"#,
     ] {
         sqs.send_message()
-            .queue_url(&queue)
+            .queue_url(queue)
             .message_body(body)
             .send()
             .await
@@ -170,7 +169,8 @@ async fn poison_messages_fail_alone_and_the_rest_of_the_batch_goes_on() {
         .expect("run");
     // The poison messages fail each time until the redrive policy (5 receives) moves them to
     // the DLQ; the run's own messages finish meanwhile.
-    let drained = drain(&emulator, &app, &queue, 10, Duration::from_secs(60))
+    let drained = world
+        .drain_within(&app, Duration::from_secs(60))
         .await
         .expect("drain");
     assert!(drained.failures >= 3, "{drained:?}");

@@ -12,8 +12,8 @@ use consistent_snapshot::OutcomeKind;
 use harness::chaos::{Chaos, ChaosLog, ChaosOptions};
 use harness::faults::{Fault, ProxyStats};
 use harness::{
-    commands_per_instance, drain, invoke, queue_depth, run_snapshots, scheduled_event, seed_bulk,
-    snapshot_tag, Emulator, Logs,
+    commands_per_instance, invoke, queue_depth, run_snapshots, scheduled_event, seed_bulk,
+    snapshot_tag, Emulator, Logs, World,
 };
 
 const FLEET: usize = 50;
@@ -238,30 +238,29 @@ async fn chaos_ends_in_the_same_state_as_a_fault_free_run() {
     let log_file = std::env::var("CHAOS_LOG")
         .ok()
         .map(std::path::PathBuf::from);
-    let (logs, _guard) = Logs::capture(log_file.as_deref()).expect("logs");
-    let emulator = Emulator::start().await.expect("emulator");
-    let queue = emulator.create_queue("tracking", 3).await.expect("queue");
-    let ids = seed_bulk(&emulator, FLEET, 10, DATA_VOLUMES)
+    let world = World::start_logging_to(3, log_file.as_deref())
+        .await
+        .expect("world");
+    let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
+    let ids = seed_bulk(emulator, FLEET, 10, DATA_VOLUMES)
         .await
         .expect("seed");
 
     // The fault-free run.
     let settings = [("COPY_REGIONS", COPY_REGION)];
-    let app = emulator.app(&queue, &settings).expect("app");
+    let app = world.app(&settings).expect("app");
     let started = Instant::now();
     let calm_start = invoke(&app, scheduled_event("nightly", "2026-11-23T00:00:00Z"))
         .await
         .expect("fault-free run");
     let calm_run = calm_start["run_id"].as_str().expect("run id").to_string();
-    drain(&emulator, &app, &queue, 10, Duration::from_secs(120))
-        .await
-        .expect("fault-free drain");
+    world.drain(&app).await.expect("fault-free drain");
     let calm_time = started.elapsed();
-    let calm = end_state(&emulator, &logs, &calm_run).await;
-    let calm_recoveries = recoveries(&logs);
+    let calm = end_state(emulator, logs, &calm_run).await;
+    let calm_recoveries = recoveries(logs);
 
     // The same fleet, the next night, in a hostile world.
-    let chaos = Chaos::new(&emulator, &queue, &settings, options).expect("chaos");
+    let chaos = Chaos::new(emulator, queue, &settings, options).expect("chaos");
     let event = scheduled_event("nightly", "2026-11-24T00:00:00Z");
     let started = Instant::now();
     let answers = chaos
@@ -274,11 +273,11 @@ async fn chaos_ends_in_the_same_state_as_a_fault_free_run() {
         .await
         .expect("chaos drain");
     let chaos_time = started.elapsed();
-    let hostile = end_state(&emulator, &logs, &chaos_run).await;
+    let hostile = end_state(emulator, logs, &chaos_run).await;
 
     let stats = chaos.proxy.stats();
     let log = chaos.log();
-    let (back, takeovers) = recoveries(&logs);
+    let (back, takeovers) = recoveries(logs);
     let chaos_recoveries = (back - calm_recoveries.0, takeovers - calm_recoveries.1);
     println!(
         "chaos: seed {seed}, fault rate {}, stop share {}\n{}",
@@ -314,14 +313,11 @@ async fn chaos_ends_in_the_same_state_as_a_fault_free_run() {
     // Nothing was deleted, the first night's sets are intact, nothing went to the DLQ.
     assert!(!stats.calls.contains_key("ec2:DeleteSnapshot"));
     assert_eq!(
-        run_snapshots(&emulator, &calm_run)
+        run_snapshots(emulator, &calm_run)
             .await
             .expect("snapshots")
             .len(),
         calm.snapshots
     );
-    assert_eq!(
-        queue_depth(&emulator, "tracking-dlq").await.expect("dlq"),
-        0
-    );
+    assert_eq!(queue_depth(emulator, "tracking-dlq").await.expect("dlq"), 0);
 }

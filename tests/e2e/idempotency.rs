@@ -7,8 +7,8 @@ use consistent_snapshot::OutcomeKind;
 use harness::chaos::{Chaos, ChaosOptions, Ended};
 use harness::faults::{Fault, Stop};
 use harness::{
-    commands_per_instance, drain, invoke, queue_depth, run_snapshots, scheduled_event, seed,
-    Emulator, Logs, ServerSpec,
+    commands_per_instance, invoke, queue_depth, run_snapshots, scheduled_event, ServerSpec,
+    Windows, World,
 };
 use serde_json::{json, Value};
 
@@ -28,20 +28,17 @@ fn status(answer: &Value) -> &str {
 
 #[tokio::test]
 async fn a_schedule_delivered_twice_at_once_and_again_later_is_one_run() {
-    let (logs, _guard) = Logs::capture(None).expect("logs");
-    let emulator = Emulator::start().await.expect("emulator");
-    let queue = emulator.create_queue("tracking", 3).await.expect("queue");
-    let ids = seed(
-        &emulator,
-        &[
+    let world = World::start(3).await.expect("world");
+    let (emulator, logs) = (&world.emulator, &world.logs);
+    let ids = world
+        .seed(&[
             ServerSpec::windows("sql01", 2),
             ServerSpec::windows("exch01", 1),
             ServerSpec::windows("files01", 1),
-        ],
-    )
-    .await
-    .expect("seed");
-    let app = emulator.app(&queue, &[]).expect("app");
+        ])
+        .await
+        .expect("seed");
+    let app = world.app(&[]).expect("app");
     let event = scheduled_event("nightly", "2026-11-23T00:00:00Z");
 
     let (a, b) = tokio::join!(invoke(&app, event.clone()), invoke(&app, event.clone()));
@@ -58,7 +55,8 @@ async fn a_schedule_delivered_twice_at_once_and_again_later_is_one_run() {
     let late = invoke(&app, event.clone()).await.expect("late delivery");
     assert_eq!(status(&late), "already_dispatched");
 
-    drain(&emulator, &app, &queue, 10, Duration::from_secs(90))
+    world
+        .drain_within(&app, Duration::from_secs(90))
         .await
         .expect("drain");
     let after = invoke(&app, event).await.expect("delivery after the run");
@@ -70,7 +68,7 @@ async fn a_schedule_delivered_twice_at_once_and_again_later_is_one_run() {
         per.values().all(|n| *n == 1),
         "one command per instance: {per:?}"
     );
-    let snapshots = run_snapshots(&emulator, &run_id).await.expect("snapshots");
+    let snapshots = run_snapshots(emulator, &run_id).await.expect("snapshots");
     assert_eq!(
         snapshots.len(),
         3 + 2 + 2,
@@ -82,29 +80,26 @@ async fn a_schedule_delivered_twice_at_once_and_again_later_is_one_run() {
     assert!(ids
         .iter()
         .all(|id| reports[0].outcomes.iter().any(|o| &o.instance_id == id)));
-    assert_eq!(
-        queue_depth(&emulator, "tracking-dlq").await.expect("dlq"),
-        0
-    );
+    assert_eq!(queue_depth(emulator, "tracking-dlq").await.expect("dlq"), 0);
 }
 
 #[tokio::test]
 async fn an_overlapping_run_does_not_freeze_an_instance_twice() {
-    let (logs, _guard) = Logs::capture(None).expect("logs");
-    let emulator = Emulator::start().await.expect("emulator");
-    let queue = emulator.create_queue("tracking", 3).await.expect("queue");
+    let world = World::start(3).await.expect("world");
+    let (emulator, logs) = (&world.emulator, &world.logs);
     // Long enough a freeze for the second run to meet it.
-    let slow = json!({"duration": 4.0});
-    let ids = seed(
-        &emulator,
-        &[
+    let slow = Windows {
+        duration: Some(4.0),
+        ..Windows::default()
+    };
+    let ids = world
+        .seed(&[
             ServerSpec::windows("sql01", 1).sim(slow.clone()),
             ServerSpec::windows("sql02", 1).sim(slow.clone()),
             ServerSpec::windows("files01", 1).sim(slow),
-        ],
-    )
-    .await
-    .expect("seed");
+        ])
+        .await
+        .expect("seed");
     // An operator starts the document by hand on files01.
     let by_hand = aws_sdk_ssm::Client::new(&emulator.sdk)
         .send_command()
@@ -119,7 +114,7 @@ async fn an_overlapping_run_does_not_freeze_an_instance_twice() {
         .and_then(|c| c.command_id())
         .expect("command id")
         .to_string();
-    let app = emulator.app(&queue, &[]).expect("app");
+    let app = world.app(&[]).expect("app");
 
     let scheduled = invoke(&app, scheduled_event("nightly", "2026-11-23T00:00:00Z"))
         .await
@@ -149,7 +144,8 @@ async fn an_overlapping_run_does_not_freeze_an_instance_twice() {
         .filter(|s| s["reason"]["run_id"] == run_id.as_str())
         .all(|s| s["reason"]["command_id"] == command));
 
-    drain(&emulator, &app, &queue, 10, Duration::from_secs(90))
+    world
+        .drain_within(&app, Duration::from_secs(90))
         .await
         .expect("drain");
     let invocations = emulator.invocations().expect("invocations");
@@ -171,20 +167,17 @@ async fn an_overlapping_run_does_not_freeze_an_instance_twice() {
 
 #[tokio::test]
 async fn a_dispatch_stopped_after_sending_is_finished_by_its_watch_without_sending_again() {
-    let (logs, _guard) = Logs::capture(None).expect("logs");
-    let emulator = Emulator::start().await.expect("emulator");
-    let queue = emulator.create_queue("tracking", 3).await.expect("queue");
-    seed(
-        &emulator,
-        &[
+    let world = World::start(3).await.expect("world");
+    let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
+    world
+        .seed(&[
             ServerSpec::windows("sql01", 1),
             ServerSpec::windows("sql02", 1),
             ServerSpec::windows("files01", 2),
-        ],
-    )
-    .await
-    .expect("seed");
-    let chaos = Chaos::new(&emulator, &queue, &[], calm()).expect("chaos");
+        ])
+        .await
+        .expect("seed");
+    let chaos = Chaos::new(emulator, queue, &[], calm()).expect("chaos");
     let event = scheduled_event("nightly", "2026-11-23T00:00:00Z");
 
     // The Lambda dies right after SendCommand: no tracking message, no dispatch marker.
@@ -214,7 +207,7 @@ async fn a_dispatch_stopped_after_sending_is_finished_by_its_watch_without_sendi
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0].count(OutcomeKind::Consistent), 3);
     assert_eq!(
-        run_snapshots(&emulator, &run_id)
+        run_snapshots(emulator, &run_id)
             .await
             .expect("snapshots")
             .len(),
@@ -224,19 +217,16 @@ async fn a_dispatch_stopped_after_sending_is_finished_by_its_watch_without_sendi
 
 #[tokio::test]
 async fn an_unanswered_or_throttled_send_command_freezes_once() {
-    let (logs, _guard) = Logs::capture(None).expect("logs");
-    let emulator = Emulator::start().await.expect("emulator");
-    let queue = emulator.create_queue("tracking", 3).await.expect("queue");
-    seed(
-        &emulator,
-        &[
+    let world = World::start(3).await.expect("world");
+    let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
+    world
+        .seed(&[
             ServerSpec::windows("sql01", 1),
             ServerSpec::windows("sql02", 1),
-        ],
-    )
-    .await
-    .expect("seed");
-    let chaos = Chaos::new(&emulator, &queue, &[], calm()).expect("chaos");
+        ])
+        .await
+        .expect("seed");
+    let chaos = Chaos::new(emulator, queue, &[], calm()).expect("chaos");
 
     // The command reaches SSM, its answer is lost: the history shows it was sent.
     chaos.proxy.force("ssm:SendCommand", Fault::DroppedAfter, 1);
@@ -284,20 +274,17 @@ async fn an_unanswered_or_throttled_send_command_freezes_once() {
 
 #[tokio::test]
 async fn a_batch_that_meets_throttling_goes_back_to_the_queue_at_once() {
-    let (logs, _guard) = Logs::capture(None).expect("logs");
-    let emulator = Emulator::start().await.expect("emulator");
-    let queue = emulator.create_queue("tracking", 2).await.expect("queue");
-    seed(
-        &emulator,
-        &[
+    let world = World::start(2).await.expect("world");
+    let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
+    world
+        .seed(&[
             ServerSpec::windows("sql01", 1),
             ServerSpec::windows("sql02", 1),
             ServerSpec::windows("files01", 1),
-        ],
-    )
-    .await
-    .expect("seed");
-    let app = emulator.app(&queue, &[]).expect("app");
+        ])
+        .await
+        .expect("seed");
+    let app = world.app(&[]).expect("app");
     let start = invoke(
         &app,
         json!({"action": "snapshot", "run_id": "throttled-batch"}),
@@ -308,7 +295,7 @@ async fn a_batch_that_meets_throttling_goes_back_to_the_queue_at_once() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // SSM throttles every attempt the SDK makes at the first instance's look.
-    let chaos = Chaos::new(&emulator, &queue, &[], calm()).expect("chaos");
+    let chaos = Chaos::new(emulator, queue, &[], calm()).expect("chaos");
     chaos
         .proxy
         .force("ssm:GetCommandInvocation", Fault::Throttled, 5);

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::Filter;
 use consistent_snapshot::{Envelope, Job, RetentionJob};
-use harness::{deadline_in, drain_with, seed_bulk, snapshot_tag, Emulator, Logs, Metrics};
+use harness::{
+    deadline_in, drain_with, seed_bulk, snapshot_tag, Emulator, History, Metrics, World,
+};
 use serde_json::json;
 
 const MANAGED_BY: &str = "vss-test";
@@ -41,27 +43,31 @@ async fn managed(emulator: &Emulator) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
-    let (logs, _guard) = Logs::capture(None).expect("logs");
-    let emulator = Emulator::start().await.expect("emulator");
-    let queue = emulator.create_queue("tracking", 2).await.expect("queue");
+    let world = World::start(2).await.expect("world");
+    let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
     // 150 servers × 3 volumes × 12 nightly sets; RETAIN_COUNT 4 leaves 8 sets to delete:
     // 3,600 DeleteSnapshot calls, more than an invocation of 6 s has time for.
-    let ids = seed_bulk(&emulator, 150, 150, 2).await.expect("seed");
+    let ids = seed_bulk(emulator, 150, 150, 2).await.expect("seed");
     let made = emulator
-        .seed_history(json!({
-            "region": "us-east-1", "managed_by": MANAGED_BY, "instance_ids": ids,
-            "sets": 12, "hours_apart": 24, "newest_hours": 24,
-        }))
+        .seed_history(&History {
+            region: "us-east-1".into(),
+            managed_by: MANAGED_BY.into(),
+            instance_ids: ids.clone(),
+            sets: 12,
+            hours_apart: 24.0,
+            newest_hours: 24.0,
+            copy_region: None,
+        })
         .expect("history");
     assert_eq!(made, 5400);
-    let before: BTreeSet<String> = managed(&emulator)
+    let before: BTreeSet<String> = managed(emulator)
         .await
         .into_iter()
         .map(|(run, _)| run)
         .collect();
     assert_eq!(before.len(), 12);
     let metrics = Metrics::default();
-    let app = metrics.attach(emulator.app(&queue, &[("RETAIN_COUNT", "4")]).expect("app"));
+    let app = metrics.attach(world.app(&[("RETAIN_COUNT", "4")]).expect("app"));
     let run_id = "20261123T010000Z-0b0b0b0b";
     let job = Job::Retention(RetentionJob {
         run_id: run_id.into(),
@@ -70,13 +76,13 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
     emulator
         .sqs()
         .send_message()
-        .queue_url(&queue)
+        .queue_url(queue)
         .message_body(Envelope::new(job).to_body())
         .send()
         .await
         .expect("SendMessage");
 
-    let drained = drain_with(&emulator, &queue, 10, Duration::from_secs(180), |event| {
+    let drained = drain_with(emulator, queue, 10, Duration::from_secs(180), |event| {
         let app = &app;
         async move {
             let deadline = deadline_in(Duration::from_secs(6));
@@ -97,7 +103,7 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
     );
 
     // Exactly the 4 newest sets of every server are left.
-    let left = managed(&emulator).await;
+    let left = managed(emulator).await;
     assert_eq!(left.len(), 1800);
     let newest: BTreeSet<String> = before.iter().rev().take(4).cloned().collect();
     let runs_left: BTreeSet<String> = left.iter().map(|(run, _)| run.clone()).collect();

@@ -4,35 +4,30 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use consistent_snapshot::OutcomeKind;
-use harness::{
-    drain, invoke, run_snapshots, scheduled_event, seed, seed_bulk, snapshot_tag, Emulator, Logs,
-    ServerSpec,
-};
+use harness::{invoke, run_snapshots, scheduled_event, seed_bulk, snapshot_tag, ServerSpec, World};
 
 #[tokio::test]
 async fn exclude_boot_volume_by_setting_and_by_instance_tag() {
-    let (logs, _guard) = Logs::capture(None).expect("logs");
-    let emulator = Emulator::start().await.expect("emulator");
-    let queue = emulator.create_queue("tracking", 3).await.expect("queue");
+    let world = World::start(3).await.expect("world");
+    let (emulator, logs) = (&world.emulator, &world.logs);
     let keeps_boot =
         ServerSpec::windows("keepsboot01", 2).tag("ConsistentSnapshot:ExcludeBootVolume", "False");
     let bad_tag =
         ServerSpec::windows("badtag01", 1).tag("ConsistentSnapshot:ExcludeBootVolume", "perhaps");
     let servers = vec![ServerSpec::windows("data01", 2), keeps_boot, bad_tag];
-    let ids = seed(&emulator, &servers).await.expect("seed");
+    let ids = world.seed(&servers).await.expect("seed");
 
-    let app = emulator
-        .app(&queue, &[("EXCLUDE_BOOT_VOLUME", "true")])
-        .expect("app");
+    let app = world.app(&[("EXCLUDE_BOOT_VOLUME", "true")]).expect("app");
     let start = invoke(&app, scheduled_event("nightly", "2026-11-23T01:00:00Z"))
         .await
         .expect("run");
     let run_id = start["run_id"].as_str().expect("run id").to_string();
-    drain(&emulator, &app, &queue, 10, Duration::from_secs(60))
+    world
+        .drain_within(&app, Duration::from_secs(60))
         .await
         .expect("drain");
 
-    let snapshots = run_snapshots(&emulator, &run_id)
+    let snapshots = run_snapshots(emulator, &run_id)
         .await
         .expect("DescribeSnapshots");
     let devices = |id: &str| -> Vec<String> {
@@ -98,15 +93,12 @@ async fn exclude_boot_volume_by_setting_and_by_instance_tag() {
 
 #[tokio::test]
 async fn a_fleet_of_120_goes_out_in_commands_of_at_most_50_across_paginated_describes() {
-    let (logs, _guard) = Logs::capture(None).expect("logs");
-    let emulator = Emulator::start().await.expect("emulator");
-    let queue = emulator.create_queue("tracking", 3).await.expect("queue");
+    let world = World::start(3).await.expect("world");
+    let (emulator, logs) = (&world.emulator, &world.logs);
     // 24 reservations of 5 and a page size of 5: DescribeInstances must follow 5 pages (moto
     // pages by reservation), so a run that ignored NextToken would miss 95 instances.
-    let ids = seed_bulk(&emulator, 120, 5, 1).await.expect("seed");
-    let app = emulator
-        .app(&queue, &[("DESCRIBE_PAGE_SIZE", "5")])
-        .expect("app");
+    let ids = seed_bulk(emulator, 120, 5, 1).await.expect("seed");
+    let app = world.app(&[("DESCRIBE_PAGE_SIZE", "5")]).expect("app");
 
     let start = invoke(&app, scheduled_event("nightly", "2026-11-23T02:00:00Z"))
         .await
@@ -129,9 +121,7 @@ async fn a_fleet_of_120_goes_out_in_commands_of_at_most_50_across_paginated_desc
     }
     assert!(per_command.values().all(|n| *n <= 50), "{per_command:?}");
 
-    let drained = drain(&emulator, &app, &queue, 10, Duration::from_secs(120))
-        .await
-        .expect("drain");
+    let drained = world.drain(&app).await.expect("drain");
     assert_eq!(drained.failures, 0);
     let report = logs.run_report(&run_id).expect("report");
     assert_eq!(
@@ -140,7 +130,7 @@ async fn a_fleet_of_120_goes_out_in_commands_of_at_most_50_across_paginated_desc
         "{}",
         report.summary_line()
     );
-    let snapshots = run_snapshots(&emulator, &run_id)
+    let snapshots = run_snapshots(emulator, &run_id)
         .await
         .expect("DescribeSnapshots");
     assert_eq!(snapshots.len(), 240, "boot + 1 data volume each");

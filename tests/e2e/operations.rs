@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use harness::{
-    invoke, nightly_run, receive, seed, snapshot_tag, Emulator, Logs, Metrics, ServerSpec, REGION,
+    invoke, receive, snapshot_tag, Agent, Metrics, ServerSpec, VssOutcome, Windows, World, REGION,
 };
 use serde_json::{json, Value};
 
@@ -48,18 +48,17 @@ fn by_name(report: &Value) -> BTreeMap<String, Value> {
 
 #[tokio::test]
 async fn report_metrics_and_notification_tell_an_operator_what_needs_attention() {
-    let (logs, _guard) = Logs::capture(None).expect("logs");
-    let emulator = Emulator::start().await.expect("emulator");
-    let queue = emulator.create_queue("tracking", 2).await.expect("queue");
+    let world = World::start(2).await.expect("world");
+    let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
     let (topic, inbox) = emulator.topic_with_inbox("ops").await.expect("topic");
     let fleet = [
         ServerSpec::windows("sql01", 2),
         ServerSpec::windows("exch01", 1),
-        ServerSpec::windows("files01", 1).sim(json!({"outcome": "vss_failure"})),
-        ServerSpec::windows("branch01", 1).sim(json!({"ssm": "offline"})),
+        ServerSpec::windows("files01", 1).sim(Windows::outcome(VssOutcome::VssFailure)),
+        ServerSpec::windows("branch01", 1).sim(Windows::agent(Agent::Offline)),
         ServerSpec::windows("stale01", 1),
     ];
-    let ids = seed(&emulator, &fleet).await.expect("seed");
+    let ids = world.seed(&fleet).await.expect("seed");
     let id_of: BTreeMap<&str, &str> = fleet
         .iter()
         .map(|s| s.name.as_str())
@@ -69,7 +68,7 @@ async fn report_metrics_and_notification_tell_an_operator_what_needs_attention()
     let app = metrics.attach(
         emulator
             .app(
-                &queue,
+                queue,
                 &[("COPY_REGIONS", COPY_REGION), ("NOTIFY_TOPIC_ARN", &topic)],
             )
             .expect("app"),
@@ -111,7 +110,8 @@ async fn report_metrics_and_notification_tell_an_operator_what_needs_attention()
     );
 
     // The nightly run.
-    let run_id = nightly_run(&emulator, &app, &queue, "2026-11-23T02:00:00Z")
+    let run_id = world
+        .nightly(&app, "2026-11-23T02:00:00Z")
         .await
         .expect("the nightly run");
     let report = logs.run_report(&run_id).expect("the run's summary");

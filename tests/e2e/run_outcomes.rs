@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use consistent_snapshot::OutcomeKind;
-use harness::{drain, invoke, run_snapshots, scheduled_event, seed, Emulator, Logs, ServerSpec};
+use harness::{
+    invoke, run_snapshots, scheduled_event, Agent, ServerSpec, VssOutcome, Windows, World,
+};
 use serde_json::json;
 
 fn tags(snapshot: &aws_sdk_ec2::types::Snapshot) -> BTreeMap<String, String> {
@@ -23,9 +25,8 @@ fn tags(snapshot: &aws_sdk_ec2::types::Snapshot) -> BTreeMap<String, String> {
 
 #[tokio::test]
 async fn every_outcome_of_a_mixed_fleet() {
-    let (logs, _guard) = Logs::capture(None).expect("logs");
-    let emulator = Emulator::start().await.expect("emulator");
-    let queue = emulator.create_queue("tracking", 3).await.expect("queue");
+    let world = World::start(3).await.expect("world");
+    let (emulator, logs) = (&world.emulator, &world.logs);
     let untagged = ServerSpec::windows("untagged01", 1).untagged();
     let stopped = ServerSpec::windows("stopped01", 1).stopped();
     let linux = ServerSpec::windows("linux01", 1).linux();
@@ -33,22 +34,25 @@ async fn every_outcome_of_a_mixed_fleet() {
         ServerSpec::windows("sql01", 2),
         ServerSpec::windows("exch01", 3),
         // Not even listed by SSM for 1.5 s, then 3 s in progress: the run must wait for it.
-        ServerSpec::windows("slow01", 1).sim(json!({"lag": 1.5, "duration": 3.0})),
-        ServerSpec::windows("vssfail01", 2).sim(json!({"outcome": "vss_failure"})),
-        ServerSpec::windows("noebs01", 1).sim(json!({"outcome": "no_ebs"})),
-        ServerSpec::windows("lost01", 1)
-            .sim(json!({"outcome": "undeliverable", "delivery_timeout": 2.0})),
-        ServerSpec::windows("offline01", 1).sim(json!({"ssm": "offline"})),
-        ServerSpec::windows("unmanaged01", 1).sim(json!({"ssm": "unmanaged"})),
-        ServerSpec::windows("oldagent01", 1).sim(json!({"agent_version": "2.2.45.0"})),
+        ServerSpec::windows("slow01", 1).sim(Windows::timing(1.5, 3.0)),
+        ServerSpec::windows("vssfail01", 2).sim(Windows::outcome(VssOutcome::VssFailure)),
+        ServerSpec::windows("noebs01", 1).sim(Windows::outcome(VssOutcome::NoEbs)),
+        ServerSpec::windows("lost01", 1).sim(Windows {
+            outcome: Some(VssOutcome::Undeliverable),
+            delivery_timeout: Some(2.0),
+            ..Windows::default()
+        }),
+        ServerSpec::windows("offline01", 1).sim(Windows::agent(Agent::Offline)),
+        ServerSpec::windows("unmanaged01", 1).sim(Windows::agent(Agent::Unmanaged)),
+        ServerSpec::windows("oldagent01", 1).sim(Windows::agent_version("2.2.45.0")),
         untagged,
         stopped,
         linux,
     ];
-    let ids = seed(&emulator, &servers).await.expect("seed");
+    let ids = world.seed(&servers).await.expect("seed");
     let id = |name: &str| ids[servers.iter().position(|s| s.name == name).expect("server")].clone();
 
-    let app = emulator.app(&queue, &[]).expect("app");
+    let app = world.app(&[]).expect("app");
     let start = invoke(&app, scheduled_event("nightly", "2026-11-23T00:00:00Z"))
         .await
         .expect("run");
@@ -60,7 +64,8 @@ async fn every_outcome_of_a_mixed_fleet() {
         "{start:#}"
     );
 
-    let drained = drain(&emulator, &app, &queue, 10, Duration::from_secs(90))
+    let drained = world
+        .drain_within(&app, Duration::from_secs(90))
         .await
         .expect("drain");
     assert_eq!(drained.failures, 0, "{drained:?}");
@@ -119,7 +124,7 @@ async fn every_outcome_of_a_mixed_fleet() {
     assert_eq!(report.count(OutcomeKind::Consistent), 3);
 
     // What the operator checks in EC2: one snapshot per volume, with the contract tags.
-    let snapshots = run_snapshots(&emulator, &run_id)
+    let snapshots = run_snapshots(emulator, &run_id)
         .await
         .expect("DescribeSnapshots");
     let per_instance = |name: &str| -> Vec<BTreeMap<String, String>> {
@@ -171,24 +176,24 @@ async fn every_outcome_of_a_mixed_fleet() {
 
 #[tokio::test]
 async fn a_run_does_not_end_before_ssm_lists_every_instance() {
-    let (logs, _guard) = Logs::capture(None).expect("logs");
-    let emulator = Emulator::start().await.expect("emulator");
-    let queue = emulator.create_queue("tracking", 3).await.expect("queue");
+    let world = World::start(3).await.expect("world");
+    let logs = &world.logs;
     // web02's invocation is unknown to SSM for 2.5 s, past the run's first look at ~1 s,
     // while web01 is already final by then.
     let servers = [
-        ServerSpec::windows("web01", 1).sim(json!({"lag": 0.05, "duration": 0.05})),
-        ServerSpec::windows("web02", 1).sim(json!({"lag": 2.5, "duration": 0.1})),
+        ServerSpec::windows("web01", 1).sim(Windows::timing(0.05, 0.05)),
+        ServerSpec::windows("web02", 1).sim(Windows::timing(2.5, 0.1)),
     ];
-    let ids = seed(&emulator, &servers).await.expect("seed");
-    let app = emulator.app(&queue, &[]).expect("app");
+    let ids = world.seed(&servers).await.expect("seed");
+    let app = world.app(&[]).expect("app");
     invoke(
         &app,
         json!({"action": "snapshot", "run_id": "late-listing"}),
     )
     .await
     .expect("run");
-    drain(&emulator, &app, &queue, 10, Duration::from_secs(60))
+    world
+        .drain_within(&app, Duration::from_secs(60))
         .await
         .expect("drain");
     let report = logs.run_report("late-listing").expect("report");

@@ -1,7 +1,7 @@
 //! The payload parser under generated input: `Event::parse` never panics, every refusal says
 //! what is wrong, and a field broken in a valid on-demand payload is named in the error.
 //!
-//! `tests/payload_corpus/` is the kept corpus: every payload that once mattered (each event
+//! `tests/e2e/payload_corpus/` is the kept corpus: every payload that once mattered (each event
 //! shape, each refusal), with what the parser must answer. The properties start from it and
 //! mutate it; proptest keeps any failing case it finds in `proptest-regressions/`.
 
@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
 fn corpus() -> Vec<(String, Value, Value)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/payload_corpus");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("e2e/payload_corpus");
     let mut cases: Vec<(String, Value, Value)> = std::fs::read_dir(&dir)
         .expect("the corpus directory")
         .filter_map(Result::ok)

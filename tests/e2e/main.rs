@@ -1,0 +1,17 @@
+//! The end-to-end tests, as one test binary: each module is one capability, driven through the
+//! real handler with real event payloads against the local emulator (`harness::World`), and
+//! checked the way an operator would. One binary links the SDK once instead of once per file.
+//!
+//! `cargo test -p harness --test e2e -- chaos` runs one module.
+
+mod chaos;
+mod copy_retention;
+mod event_shapes;
+mod fleet_scale;
+mod idempotency;
+mod operations;
+mod payload_fuzz;
+mod restore;
+mod retention_scale;
+mod run_outcomes;
+mod template_guarantees;

@@ -1,0 +1,276 @@
+//! The local AWS emulator (tests/emulator/: moto plus the simulated Windows side) as a child
+//! process on 127.0.0.1, its SDK clients, and its own `/_sim` control API.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_sqs::types::QueueAttributeName;
+use consistent_snapshot::{App, Config, MetricsOut};
+use serde_json::{json, Value};
+
+use crate::sim::{Ebs, History, Windows};
+use crate::source::queue_arn;
+use crate::Result;
+
+pub const REGION: &str = "us-east-1";
+
+/// The SDK configuration of a test client of the emulator on 127.0.0.1:`port`.
+async fn sdk_config(port: u16) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(format!("http://127.0.0.1:{port}"))
+        .region(Region::new(REGION))
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            "testing", "testing", None, None, "emulator",
+        ))
+        // moto answers unimplemented calls with HTTP 500: fail at once rather than retry.
+        .retry_config(RetryConfig::standard().with_max_attempts(1))
+        // A call that hangs is a failed test, not a stuck CI run.
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(Duration::from_secs(30))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+/// The workspace root (the harness crate lives in tests/).
+pub fn workspace_root() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// A running emulator; stopped when dropped if this process started it.
+pub struct Emulator {
+    child: Option<Child>,
+    pub port: u16,
+    pub sdk: SdkConfig,
+}
+
+impl Emulator {
+    pub async fn start() -> Result<Self> {
+        let root = workspace_root();
+        let python = std::env::var("EMULATOR_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join(".venv/bin/python"));
+        if !python.exists() {
+            return Err(format!(
+                "{} not found: run `make setup` first (it installs the pinned emulator)",
+                python.display()
+            )
+            .into());
+        }
+        let mut child = Command::new(&python)
+            .arg(root.join("tests/emulator/server.py"))
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            // Two AMIs (one Windows, one Linux) instead of moto's ~1,300 built-in snapshots,
+            // which every DescribeSnapshots would otherwise scan.
+            .env("MOTO_AMIS_PATH", root.join("tests/emulator/amis.json"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("emulator has no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let port: u16 = line
+            .strip_prefix("READY ")
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| format!("emulator did not start: {line:?}"))?;
+        let sdk = sdk_config(port).await;
+        Ok(Emulator {
+            child: Some(child),
+            port,
+            sdk,
+        })
+    }
+
+    /// An emulator already listening on 127.0.0.1:`port` (started by `make emulator`); left
+    /// running when dropped.
+    pub async fn connect(port: u16) -> Result<Self> {
+        let sdk = sdk_config(port).await;
+        Ok(Emulator {
+            child: None,
+            port,
+            sdk,
+        })
+    }
+
+    pub fn ec2(&self) -> aws_sdk_ec2::Client {
+        aws_sdk_ec2::Client::new(&self.sdk)
+    }
+
+    /// EC2 in another region of the emulator.
+    pub fn ec2_in(&self, region: &str) -> aws_sdk_ec2::Client {
+        let config = aws_sdk_ec2::config::Builder::from(&self.sdk)
+            .region(Region::new(region.to_string()))
+            .build();
+        aws_sdk_ec2::Client::from_conf(config)
+    }
+
+    /// Sets how EBS behaves from now on.
+    pub fn simulate_ebs(&self, ebs: &Ebs) -> Result<()> {
+        self.http("POST", "/_sim/ebs", &serde_json::to_value(ebs)?)
+            .map(|_| ())
+    }
+
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.sdk)
+    }
+
+    /// An SNS topic with a queue subscribed to it, as an operator's inbox: answers the topic's
+    /// ARN and the queue's URL.
+    pub async fn topic_with_inbox(&self, name: &str) -> Result<(String, String)> {
+        let sns = aws_sdk_sns::Client::new(&self.sdk);
+        let topic = sns.create_topic().name(name).send().await?;
+        let topic_arn = topic.topic_arn().ok_or("no topic arn")?.to_string();
+        let inbox = self
+            .sqs()
+            .create_queue()
+            .queue_name(format!("{name}-inbox"))
+            .send()
+            .await?;
+        let inbox_url = inbox.queue_url().ok_or("no inbox url")?.to_string();
+        sns.subscribe()
+            .topic_arn(&topic_arn)
+            .protocol("sqs")
+            .endpoint(queue_arn(&inbox_url))
+            .send()
+            .await?;
+        Ok((topic_arn, inbox_url))
+    }
+
+    /// A plain HTTP call to the emulator's own API (/_sim/..., /moto-api/...).
+    pub fn http(&self, method: &str, path: &str, body: &Value) -> Result<Value> {
+        let body = if method == "GET" {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        // Half-close: the server (werkzeug) drains the socket after answering and must see EOF,
+        // or both sides wait for each other.
+        stream.shutdown(std::net::Shutdown::Write)?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (head, payload) = response
+            .split_once("\r\n\r\n")
+            .ok_or("malformed HTTP answer")?;
+        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+            return Err(format!("{method} {path}: {head}: {payload}").into());
+        }
+        Ok(serde_json::from_str(payload).unwrap_or(Value::Null))
+    }
+
+    /// Sets how these servers' Windows side behaves, by instance id.
+    pub fn simulate(&self, servers: &BTreeMap<String, Windows>) -> Result<()> {
+        self.http("POST", "/_sim/instances", &serde_json::to_value(servers)?)
+            .map(|_| ())
+    }
+
+    /// Moves these snapshots' start time `hours` back, as if taken that much earlier.
+    pub fn age_snapshots(&self, region: &str, snapshot_ids: &[String], hours: u32) -> Result<()> {
+        let spec = json!({"region": region, "snapshot_ids": snapshot_ids, "hours": hours});
+        self.http("POST", "/_sim/age", &spec).map(|_| ())
+    }
+
+    /// Earlier nightly runs' consistent sets of these instances (see server.py's
+    /// `/_sim/history`); answers how many snapshots were made.
+    pub fn seed_history(&self, history: &History) -> Result<u64> {
+        let made = self.http("POST", "/_sim/history", &serde_json::to_value(history)?)?;
+        made["snapshots"]
+            .as_u64()
+            .ok_or_else(|| format!("/_sim/history answered {made}").into())
+    }
+
+    /// Every simulated SSM invocation so far.
+    pub fn invocations(&self) -> Result<Vec<Value>> {
+        Ok(self
+            .http("GET", "/_sim/invocations", &json!({}))?
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Creates the tracking queue (standard, with a DLQ as the template has); answers its URL.
+    pub async fn create_queue(&self, name: &str, visibility_seconds: u32) -> Result<String> {
+        let sqs = self.sqs();
+        let dlq = sqs
+            .create_queue()
+            .queue_name(format!("{name}-dlq"))
+            .send()
+            .await?;
+        let dlq_url = dlq.queue_url().ok_or("no DLQ url")?;
+        let dlq_arn = sqs
+            .get_queue_attributes()
+            .queue_url(dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await?
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+            .ok_or("no DLQ arn")?;
+        let queue = sqs
+            .create_queue()
+            .queue_name(name)
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                visibility_seconds.to_string(),
+            )
+            .attributes(
+                QueueAttributeName::RedrivePolicy,
+                json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5}).to_string(),
+            )
+            .send()
+            .await?;
+        Ok(queue.queue_url().ok_or("no queue url")?.to_string())
+    }
+
+    /// The function, configured as a deployment would be, plus `overrides`.
+    /// Its EMF metric lines are dropped (a test reads them through `Metrics::attach`).
+    pub fn app(&self, queue_url: &str, overrides: &[(&str, &str)]) -> Result<App> {
+        let app = App::new(self.config(queue_url, overrides)?, &self.sdk);
+        Ok(app.with_metrics_out(MetricsOut::to(|_| {})))
+    }
+
+    /// The function's configuration as a deployment would set it, plus `overrides`.
+    pub fn config(&self, queue_url: &str, overrides: &[(&str, &str)]) -> Result<Config> {
+        let mut env: HashMap<String, String> = [
+            ("QUEUE_URL", queue_url),
+            ("AWS_REGION", REGION),
+            ("MANAGED_BY", "vss-test"),
+            ("TRACK_POLL_INITIAL_SECONDS", "1"),
+            ("TRACK_POLL_MAX_SECONDS", "2"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        env.extend(
+            overrides
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        Ok(Config::from_lookup(|name| env.get(name).cloned())?)
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

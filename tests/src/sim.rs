@@ -1,0 +1,115 @@
+//! The emulator's `/_sim` control API, typed: what a test may ask of the simulated Windows side
+//! and of EBS, checked by the compiler (the emulator also refuses unknown fields). `None` keeps
+//! the emulator's default.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Whether SSM hears from a server's agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Agent {
+    Online,
+    /// Registered, but `ConnectionLost`: commands are never delivered.
+    Offline,
+    /// Not registered with SSM at all.
+    Unmanaged,
+}
+
+/// What the VSS document does on a server when it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VssOutcome {
+    Success,
+    /// The freeze fails: snapshots without `AppConsistent=True`, the command `Failed`.
+    VssFailure,
+    /// The instance has no EBS volume: no snapshot, the command `Failed`.
+    NoEbs,
+    /// The command never reaches the agent; it times out after `delivery_timeout`.
+    Undeliverable,
+}
+
+/// How one server's Windows side behaves (`POST /_sim/instances`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Windows {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssm: Option<Agent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<VssOutcome>,
+    /// Seconds during which GetCommandInvocation answers `InvocationDoesNotExist`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag: Option<f64>,
+    /// Seconds the document stays `InProgress`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration: Option<f64>,
+    /// Seconds before an undeliverable command times out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_timeout: Option<f64>,
+}
+
+impl Windows {
+    /// A server whose document takes this long: `lag` unknown to SSM, then `duration` running.
+    pub fn timing(lag: f64, duration: f64) -> Self {
+        Windows {
+            lag: Some(lag),
+            duration: Some(duration),
+            ..Windows::default()
+        }
+    }
+
+    pub fn outcome(outcome: VssOutcome) -> Self {
+        Windows {
+            outcome: Some(outcome),
+            ..Windows::default()
+        }
+    }
+
+    pub fn agent(agent: Agent) -> Self {
+        Windows {
+            ssm: Some(agent),
+            ..Windows::default()
+        }
+    }
+
+    pub fn agent_version(version: &str) -> Self {
+        Windows {
+            agent_version: Some(version.to_string()),
+            ..Windows::default()
+        }
+    }
+}
+
+/// How EBS behaves (`POST /_sim/ebs`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Ebs {
+    /// New snapshots and copies stay `pending` this long.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_seconds: Option<f64>,
+    /// New volumes stay `creating` (and cannot be attached) this long.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_seconds: Option<f64>,
+    /// Instances stay `stopping`/`pending` this long.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_seconds: Option<f64>,
+    /// The next N copies into a region answer `ResourceLimitExceeded`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub copy_refusals: BTreeMap<String, u32>,
+}
+
+/// Earlier nightly runs' consistent sets of these instances (`POST /_sim/history`): one
+/// snapshot per attached volume, tagged as the function tags them, `hours_apart` apart, the
+/// newest `newest_hours` old; copies in `copy_region` when given.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct History {
+    pub region: String,
+    pub managed_by: String,
+    pub instance_ids: Vec<String>,
+    pub sets: u64,
+    pub hours_apart: f64,
+    pub newest_hours: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy_region: Option<String>,
+}
