@@ -1,0 +1,160 @@
+"""EC2 and EBS as AWS answers them, where this project depends on it: copy limits, volumes that
+take time to create, instances that take time to stop and start, paged DescribeSnapshots and
+DescribeInstances, and tags looked up by resource id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moto.core.responses import ActionResult
+from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.models.core import TaggedEC2Resource
+from moto.ec2.models.elastic_block_store import EBSBackend, Volume
+from moto.ec2.models.instances import Instance
+from moto.ec2.responses.elastic_block_store import ElasticBlockStore
+from moto.ec2.responses.instances import InstanceResponse
+from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, get_prefix
+
+from .model import SIM
+
+_original_copy_snapshot = EBSBackend.copy_snapshot
+
+
+def _copy_snapshot(self: Any, *args: Any, **kwargs: Any) -> Any:
+    # EBS limits concurrent copies into a region (ResourceLimitExceeded); the harness can make
+    # the first copies into a region meet that limit.
+    if SIM.refuse_copy(self.region_name):
+        raise EC2ClientError(
+            "ResourceLimitExceeded",
+            "You have reached the limit for concurrent snapshot copies in this region.",
+        )
+    snapshot = _original_copy_snapshot(self, *args, **kwargs)
+    SIM.new_snapshot(snapshot)
+    return snapshot
+
+
+_original_create_volume = EBSBackend.create_volume
+_original_attach_volume = EBSBackend.attach_volume
+_original_volume_status = Volume.status
+
+
+def _create_volume(self: Any, *args: Any, **kwargs: Any) -> Any:
+    volume = _original_create_volume(self, *args, **kwargs)
+    SIM.new_volume(volume.id)
+    return volume
+
+
+def _attach_volume(self: Any, volume_id: str, *args: Any, **kwargs: Any) -> Any:
+    # EBS refuses to attach a volume that is still being created.
+    if SIM.is_creating(volume_id):
+        raise EC2ClientError("IncorrectState", f"Volume '{volume_id}' is not 'available'.")
+    return _original_attach_volume(self, volume_id, *args, **kwargs)
+
+
+def _volume_status(self: Any) -> str:
+    if SIM.is_creating(self.id):
+        return "creating"
+    return _original_volume_status.fget(self)
+
+
+_original_stop = Instance.stop
+_original_start = Instance.start
+
+
+def _stop(self: Any) -> Any:
+    previous = _original_stop(self)
+    SIM.transition(self, ("stopping", 64), ("stopped", 80))
+    return previous
+
+
+def _start(self: Any) -> Any:
+    previous = _original_start(self)
+    SIM.transition(self, ("pending", 0), ("running", 16))
+    return previous
+
+
+def _describe_snapshots(self: Any) -> ActionResult:
+    """DescribeSnapshots with AWS's paging: MaxResults 5-1000 (not with SnapshotIds), NextToken."""
+    filters = self._filters_from_querystring()
+    snapshot_ids = self._get_param("SnapshotIds", [])
+    max_results = self._get_param("MaxResults")
+    token = self._get_param("NextToken")
+    if max_results is not None:
+        if snapshot_ids:
+            raise EC2ClientError(
+                "InvalidParameterCombination", "MaxResults cannot be used with SnapshotIds"
+            )
+        if not 5 <= int(max_results) <= 1000:
+            raise EC2ClientError("InvalidParameterValue", "MaxResults must be between 5 and 1000")
+    snapshots = self.ec2_backend.describe_snapshots(snapshot_ids=snapshot_ids, filters=filters)
+    if max_results is None and not token:
+        return ActionResult({"Snapshots": snapshots})
+    # Ordered by id, the token being the last id answered: stable while snapshots come and go.
+    snapshots = sorted(snapshots, key=lambda snap: snap.id)
+    if token:
+        snapshots = [snap for snap in snapshots if snap.id > token]
+    page = snapshots[: int(max_results or 1000)]
+    result: dict[str, Any] = {"Snapshots": page}
+    if len(snapshots) > len(page):
+        result["NextToken"] = page[-1].id
+    return ActionResult(result)
+
+
+def _get_tags(self: Any) -> list[dict[str, str]]:
+    if not self.id:
+        return []
+    kind = EC2_PREFIX_TO_RESOURCE.get(get_prefix(self.id), "")
+    return [
+        {"resource_id": self.id, "key": key, "value": value, "resource_type": kind}
+        for key, value in self.ec2_backend.tags.get(self.id, {}).items()
+    ]
+
+
+_original_describe_instances = InstanceResponse.describe_instances
+
+
+def _describe_instances(self: Any) -> ActionResult:
+    """DescribeInstances pages of at most MaxResults instances (whole reservations, at least
+    one), where moto counts MaxResults in reservations."""
+    if self._get_param("InstanceIds", []) or "MaxResults" not in self.data:
+        return _original_describe_instances(self)
+    self.error_on_dryrun()
+    reservations = self.ec2_backend.describe_instances(filters=self._filters_from_querystring())
+    token = self._get_param("NextToken")
+    ids = [reservation.id for reservation in reservations]
+    start = ids.index(token) + 1 if token in ids else 0
+    max_results = int(self._get_param("MaxResults"))
+    page, held = [], 0
+    for reservation in reservations[start:]:
+        if page and held + len(reservation.instances) > max_results:
+            break
+        page.append(reservation)
+        held += len(reservation.instances)
+    next_token = page[-1].id if start + len(page) < len(reservations) else None
+    return ActionResult({"Reservations": page, "NextToken": next_token})
+
+
+#: Every moto behaviour this module replaces, one line each (what AWS does instead).
+REPLACES = (
+    "CopySnapshot answers ResourceLimitExceeded for the next N copies into a region when asked (/_sim/ebs)",
+    "new snapshots and copies stay pending for a while when asked (moto: completed at once)",
+    "CreateVolume: the volume stays creating for a while when asked (moto: available at once)",
+    "AttachVolume refuses a volume still being created (IncorrectState)",
+    "StopInstances/StartInstances: stopping/pending for a while when asked (moto: stopped/running at once)",
+    "DescribeSnapshots honours MaxResults and NextToken (moto: one page, everything)",
+    "a resource's tags are looked up by its id (moto: scans every tag of the region per resource)",
+    "a DescribeInstances page holds at most MaxResults instances (moto: counts reservations)",
+)
+
+
+def install() -> None:
+    """Patches moto as `REPLACES` lists. Idempotent only in the sense that it is called once."""
+    EBSBackend.copy_snapshot = _copy_snapshot
+    EBSBackend.create_volume = _create_volume
+    EBSBackend.attach_volume = _attach_volume
+    Volume.status = property(_volume_status)
+    Instance.stop = _stop
+    Instance.start = _start
+    ElasticBlockStore.describe_snapshots = _describe_snapshots
+    TaggedEC2Resource.get_tags = _get_tags
+    InstanceResponse.describe_instances = _describe_instances

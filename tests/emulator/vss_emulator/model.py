@@ -1,0 +1,381 @@
+"""The simulated Windows side: instances with their SSM agents, the VSS document's invocations
+on a timeline, and EBS's timings (pending snapshots, creating volumes, stopping instances).
+The moto patches in `ssm`, `ec2` and `sqs` call into the one `SIM`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from moto.ec2.models import ec2_backends
+from moto.ssm.exceptions import SSMException as RESTError
+
+VSS_DOCUMENTS = {"AWSEC2-CreateVssSnapshot", "AWSEC2-VssInstallAndSnapshot"}
+RESERVED_TAG_KEYS = {"Device", "AppConsistent", "AwsVssConfig"}
+# Characters the documents accept in their `tags` parameter.
+TAG_PARAM_RE = re.compile(r"^[A-Za-z0-9()./\\\-\"'@_+:={} ]*$")
+FINAL = {"Success", "Cancelled", "TimedOut", "Failed"}
+DEFAULT_AGENT = "3.3.40.0"
+
+
+@dataclass
+class SimInstance:
+    ssm: str = "online"  # online | offline | unmanaged
+    agent_version: str = DEFAULT_AGENT
+    outcome: str = "success"  # success | vss_failure | no_ebs | undeliverable
+    lag: float = 0.2  # seconds during which GetCommandInvocation says InvocationDoesNotExist
+    duration: float = 0.3  # seconds InProgress before the document finishes
+    delivery_timeout: float | None = None  # seconds before an undeliverable command times out
+
+
+@dataclass
+class SimInvocation:
+    command_id: str
+    instance_id: str
+    document_name: str
+    comment: str
+    parameters: dict[str, list[str]]
+    account_id: str
+    region: str
+    sent_at: float
+    sim: SimInstance
+    timeout_seconds: int
+    status: str = "Pending"
+    status_details: str = "Pending"
+    response_code: int = -1
+    stdout: str = ""
+    stderr: str = ""
+    started: dt.datetime | None = None
+    ended: dt.datetime | None = None
+    snapshots: list[str] = field(default_factory=list)
+
+
+class Simulation:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.instances: dict[str, SimInstance] = {}
+        self.invocations: dict[tuple[str, str], SimInvocation] = {}
+        # EBS: how long new snapshots stay pending, copies refused per destination region,
+        # and the snapshots still pending with the time they complete.
+        self.pending_seconds = 0.0
+        self.copy_refusals: dict[str, int] = {}
+        self.pending: list[tuple[float, Any]] = []
+        self.volume_seconds = 0.0
+        self.instance_seconds = 0.0
+        self.creating: dict[str, float] = {}
+        self.transitions: list[tuple[float, Any, str, int]] = []
+
+    def reset(self) -> None:
+        with self.lock:
+            self.instances.clear()
+            self.invocations.clear()
+            self.pending_seconds = 0.0
+            self.copy_refusals.clear()
+            self.pending.clear()
+            self.volume_seconds = self.instance_seconds = 0.0
+            self.creating.clear()
+            self.transitions.clear()
+
+    def configure_ebs(self, spec: dict[str, Any]) -> None:
+        with self.lock:
+            known = ("pending_seconds", "copy_refusals", "volume_seconds", "instance_seconds")
+            for key in spec:
+                if key not in known:
+                    raise ValueError(f"unknown EBS simulation field {key!r}")
+            self.pending_seconds = float(spec.get("pending_seconds", self.pending_seconds))
+            self.volume_seconds = float(spec.get("volume_seconds", self.volume_seconds))
+            self.instance_seconds = float(spec.get("instance_seconds", self.instance_seconds))
+            self.copy_refusals.update({k: int(v) for k, v in spec.get("copy_refusals", {}).items()})
+
+    def new_snapshot(self, snapshot: Any) -> None:
+        """A snapshot (or copy) just made: pending for a while, as EBS keeps it."""
+        with self.lock:
+            if self.pending_seconds > 0:
+                snapshot.status = "pending"
+                self.pending.append((time.monotonic() + self.pending_seconds, snapshot))
+
+    def new_volume(self, volume_id: str) -> None:
+        """A volume just created: `creating` for a while, as EBS keeps it."""
+        with self.lock:
+            if self.volume_seconds > 0:
+                self.creating[volume_id] = time.monotonic() + self.volume_seconds
+
+    def is_creating(self, volume_id: str) -> bool:
+        with self.lock:
+            due = self.creating.get(volume_id)
+            if due is None:
+                return False
+            if time.monotonic() >= due:
+                del self.creating[volume_id]
+                return False
+            return True
+
+    def transition(self, instance: Any, passing: tuple[str, int], final: tuple[str, int]) -> None:
+        """An instance that was just stopped or started: in `passing` for a while, then `final`."""
+        with self.lock:
+            if self.instance_seconds > 0:
+                instance._state.name, instance._state.code = passing
+                self.transitions.append(
+                    (time.monotonic() + self.instance_seconds, instance, *final)
+                )
+
+    def refuse_copy(self, region: str) -> bool:
+        with self.lock:
+            left = self.copy_refusals.get(region, 0)
+            if left > 0:
+                self.copy_refusals[region] = left - 1
+                return True
+            return False
+
+    def configure(self, spec: dict[str, dict[str, Any]]) -> None:
+        with self.lock:
+            for instance_id, fields in spec.items():
+                current = self.instances.get(instance_id, SimInstance())
+                for key, value in fields.items():
+                    if not hasattr(current, key):
+                        raise ValueError(f"unknown simulation field {key!r} for {instance_id}")
+                    setattr(current, key, value)
+                self.instances[instance_id] = current
+
+    # --- the Windows side --------------------------------------------------------------
+    def on_send_command(self, command: Any, region: str) -> None:
+        if command.document_name not in VSS_DOCUMENTS:
+            return
+        now = time.monotonic()
+        with self.lock:
+            for instance_id in command.instance_ids:
+                sim = self.instances.get(instance_id, SimInstance())
+                inv = SimInvocation(
+                    command_id=command.command_id,
+                    instance_id=instance_id,
+                    document_name=command.document_name,
+                    comment=command.comment,
+                    parameters=dict(command.parameters or {}),
+                    account_id=command.account_id,
+                    region=region,
+                    sent_at=now,
+                    sim=SimInstance(**sim.__dict__),
+                    timeout_seconds=int(command.timeout_seconds or 3600),
+                )
+                if sim.ssm != "online":
+                    # A command sent to an agent that is not connected is never delivered.
+                    inv.sim.outcome = "undeliverable"
+                self.invocations[(command.command_id, instance_id)] = inv
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            still = []
+            for due, snapshot in self.pending:
+                if due <= now:
+                    snapshot.status = "completed"
+                else:
+                    still.append((due, snapshot))
+            self.pending = still
+            moving = []
+            for due, instance, name, code in self.transitions:
+                if due <= now:
+                    instance._state.name, instance._state.code = name, code
+                else:
+                    moving.append((due, instance, name, code))
+            self.transitions = moving
+            for inv in self.invocations.values():
+                if inv.status in FINAL:
+                    continue
+                elapsed = now - inv.sent_at
+                if inv.sim.outcome == "undeliverable":
+                    limit = inv.sim.delivery_timeout
+                    if limit is None:
+                        limit = float(inv.timeout_seconds)
+                    if elapsed >= limit:
+                        inv.status, inv.status_details = "TimedOut", "DeliveryTimedOut"
+                    continue
+                if elapsed < inv.sim.lag:
+                    continue
+                if inv.status == "Pending":
+                    inv.status = inv.status_details = "InProgress"
+                    inv.started = utcnow()
+                if elapsed >= inv.sim.lag + inv.sim.duration:
+                    self._run_document(inv)
+
+    def _run_document(self, inv: SimInvocation) -> None:
+        inv.ended = utcnow()
+        ec2 = ec2_backends[inv.account_id][inv.region]
+        params = {k: (v[0] if isinstance(v, list) and v else v) for k, v in inv.parameters.items()}
+        tags, error = parse_tags_param(params.get("tags", ""))
+        if error:
+            return self._finish(inv, "Failed", 1, "", error)
+        try:
+            instance = ec2.get_instance(inv.instance_id)
+        except Exception:  # noqa: BLE001 - the instance is gone
+            return self._finish(inv, "Failed", 1, "", f"Instance {inv.instance_id} not found")
+        exclude_boot = str(params.get("ExcludeBootVolume", "False")).lower() == "true"
+        devices = [
+            (device, block.volume_id)
+            for device, block in instance.block_device_mapping.items()
+            if block.volume_id and not (exclude_boot and device == instance.root_device_name)
+        ]
+        if inv.sim.outcome == "no_ebs" or not devices:
+            return self._finish(
+                inv,
+                "Failed",
+                1,
+                "",
+                "Exception: No EBS volumes are attached to this instance, nothing to snapshot.",
+            )
+        consistent = inv.sim.outcome != "vss_failure"
+        lines = []
+        description = params.get("description", "")
+        for device, volume_id in sorted(devices):
+            snapshot = ec2.create_snapshot(volume_id, description)
+            self.new_snapshot(snapshot)
+            all_tags = dict(tags)
+            all_tags["Device"] = device
+            all_tags["AppConsistent"] = "True" if consistent else "False"
+            all_tags["AwsVssConfig"] = "AwsVssComponents 2.5.0 (simulated)"
+            if not all_tags.get("Name"):
+                all_tags.pop("Name", None)
+            ec2.create_tags([snapshot.id], all_tags)
+            inv.snapshots.append(snapshot.id)
+            lines.append(f"Created {snapshot.id} from {volume_id} device: {device}")
+        if consistent:
+            lines.append("Tagging snapshots completed. VSS snapshot set is application-consistent.")
+            return self._finish(inv, "Success", 0, "\n".join(lines), "")
+        return self._finish(
+            inv,
+            "Failed",
+            1,
+            "\n".join(lines),
+            "Thaw pipe connection timed out. error on thaw: the VSS writers did not thaw in "
+            "time; snapshots were created without application consistency.",
+        )
+
+    def _finish(self, inv: SimInvocation, status: str, code: int, out: str, err: str) -> None:
+        inv.status = status
+        inv.status_details = status
+        inv.response_code = code
+        inv.stdout = out[:24000]
+        inv.stderr = err[:8000]
+        if inv.started is None:
+            inv.started = utcnow()
+        inv.ended = inv.ended or utcnow()
+
+    # --- what SSM answers --------------------------------------------------------------
+    def invocation_view(self, command_id: str, instance_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            inv = self.invocations.get((command_id, instance_id))
+            if inv is None:
+                return None
+            if inv.sim.outcome != "undeliverable" and time.monotonic() - inv.sent_at < inv.sim.lag:
+                # Right after SendCommand AWS does not know the invocation yet.
+                raise RESTError("InvocationDoesNotExist", "")
+            return {
+                "CommandId": inv.command_id,
+                "InstanceId": inv.instance_id,
+                "Comment": inv.comment,
+                "DocumentName": inv.document_name,
+                "PluginName": "runPowerShellScript",
+                "ResponseCode": inv.response_code,
+                "ExecutionStartDateTime": iso(inv.started),
+                "ExecutionElapsedTime": "",
+                "ExecutionEndDateTime": iso(inv.ended),
+                "Status": inv.status,
+                "StatusDetails": inv.status_details,
+                "StandardOutputContent": inv.stdout,
+                "StandardOutputUrl": "",
+                "StandardErrorContent": inv.stderr,
+                "StandardErrorUrl": "",
+            }
+
+    def list_view(self, command_id: str | None, instance_id: str | None, details: bool) -> list:
+        with self.lock:
+            rows = []
+            now = time.monotonic()
+            for (cid, iid), inv in self.invocations.items():
+                if command_id and cid != command_id:
+                    continue
+                if inv.sim.outcome != "undeliverable" and now - inv.sent_at < inv.sim.lag:
+                    # Right after SendCommand AWS does not list the invocation yet either.
+                    continue
+                if instance_id and iid != instance_id:
+                    continue
+                row = {
+                    "CommandId": cid,
+                    "InstanceId": iid,
+                    "Comment": inv.comment,
+                    "DocumentName": inv.document_name,
+                    "RequestedDateTime": 0,
+                    "Status": inv.status,
+                    "StatusDetails": inv.status_details,
+                    "CommandPlugins": [],
+                }
+                if details:
+                    output = (inv.stdout + ("\n----------ERROR-------\n" + inv.stderr if inv.stderr else ""))
+                    row["CommandPlugins"] = [
+                        {
+                            "Name": "runPowerShellScript",
+                            "Status": inv.status,
+                            "StatusDetails": inv.status_details,
+                            "ResponseCode": inv.response_code,
+                            # ListCommandInvocations cuts plugin output at 2,500 characters.
+                            "Output": output[:2500],
+                        }
+                    ]
+                rows.append(row)
+            return rows
+
+    def command_statuses(self, command_id: str) -> list[str]:
+        with self.lock:
+            return [
+                inv.status for (cid, _), inv in self.invocations.items() if cid == command_id
+            ]
+
+    def snapshot_of_invocations(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [
+                {
+                    "command_id": inv.command_id,
+                    "instance_id": inv.instance_id,
+                    "document_name": inv.document_name,
+                    "comment": inv.comment,
+                    "parameters": inv.parameters,
+                    "status": inv.status,
+                    "snapshots": inv.snapshots,
+                }
+                for inv in self.invocations.values()
+            ]
+
+
+SIM = Simulation()
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def iso(value: dt.datetime | None) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else ""
+
+
+def parse_tags_param(text: str) -> tuple[dict[str, str], str | None]:
+    """Parses `Key=k,Value=v;Key=k2,Value=v2` the way the VSS documents do, with their checks."""
+    tags: dict[str, str] = {"Name": ""}
+    if not text:
+        return tags, None
+    if not TAG_PARAM_RE.match(text.replace(";", "").replace(",", "")):
+        return tags, f"Invalid characters in tags parameter: {text!r}"
+    for item in text.split(";"):
+        if not item:
+            continue
+        match = re.fullmatch(r"Key=([^,]*),Value=([^,]*)", item)
+        if not match:
+            return tags, f"Invalid tag format {item!r}: expected Key=<key>,Value=<value>"
+        key, value = match.group(1), match.group(2)
+        if key in RESERVED_TAG_KEYS:
+            return tags, f"Tag key {key} is reserved and cannot be specified"
+        tags[key] = value
+    return tags, None

@@ -1,0 +1,54 @@
+"""The emulator's HTTP front: moto's own routes, and the harness's `/_sim/...` control API."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from moto.moto_server.werkzeug_app import (
+
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.wrappers import Request, Response
+
+from .model import SIM
+from .seeding import age_snapshots, seed_history
+
+
+class QuietHandler(MotoRequestHandler):
+    def log_request(self, *args: Any, **kwargs: Any) -> None:  # one line per call is noise here
+        pass
+
+
+class App:
+    def __init__(self) -> None:
+        self.moto = DomainDispatcherApplication(create_backend_app)
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if not path.startswith("/_sim/"):
+            return self.moto(environ, start_response)
+        request = Request(environ)
+        try:
+            if path == "/_sim/instances" and request.method == "POST":
+                SIM.configure(json.loads(request.get_data() or b"{}"))
+                body: Any = {"ok": True}
+            elif path == "/_sim/ebs" and request.method == "POST":
+                SIM.configure_ebs(json.loads(request.get_data() or b"{}"))
+                body = {"ok": True}
+            elif path == "/_sim/age" and request.method == "POST":
+                body = {"aged": age_snapshots(json.loads(request.get_data() or b"{}"))}
+            elif path == "/_sim/history" and request.method == "POST":
+                body = {"snapshots": seed_history(json.loads(request.get_data() or b"{}"))}
+            elif path == "/_sim/invocations":
+                body = SIM.snapshot_of_invocations()
+            elif path == "/_sim/reset" and request.method == "POST":
+                SIM.reset()
+                body = {"ok": True}
+            else:
+                return Response("not found", status=404)(environ, start_response)
+        except (ValueError, TypeError) as err:
+            return Response(json.dumps({"error": str(err)}), status=400)(environ, start_response)
+        return Response(json.dumps(body), mimetype="application/json")(environ, start_response)

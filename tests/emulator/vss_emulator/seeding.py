@@ -1,0 +1,75 @@
+"""Seeding the past: earlier nightly runs' sets (`/_sim/history`) and time passing
+(`/_sim/age`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ec2.models import ec2_backends
+
+from .model import utcnow
+
+def seed_history(spec: dict[str, Any]) -> int:
+    """Earlier nightly runs: `sets` consistent sets per instance, `hours_apart` apart, the newest
+    `newest_hours` old, tagged as the function and the VSS document tag them (and copied into
+    `copy_region`, tagged as the function tags its copies)."""
+    known = {"region", "managed_by", "instance_ids", "sets", "hours_apart", "newest_hours",
+             "copy_region"}
+    unknown = set(spec) - known
+    if unknown:
+        raise ValueError(f"unknown history field(s) {sorted(unknown)}")
+    region = spec["region"]
+    ec2 = ec2_backends[DEFAULT_ACCOUNT_ID][region]
+    copy_region = spec.get("copy_region")
+    copies = ec2_backends[DEFAULT_ACCOUNT_ID][copy_region] if copy_region else None
+    now = utcnow()
+    made = 0
+    for k in range(int(spec["sets"])):
+        taken = now - dt.timedelta(
+            hours=float(spec["newest_hours"]) + k * float(spec["hours_apart"])
+        )
+        run_id = taken.strftime("%Y%m%dT%H%M%SZ") + "-0b0b0b0b"
+        for instance_id in spec["instance_ids"]:
+            instance = ec2.get_instance(instance_id)
+            for device, block in sorted(instance.block_device_mapping.items()):
+                snapshot = ec2.create_snapshot(block.volume_id, f"history {run_id}")
+                snapshot.start_time = taken
+                tags = {
+                    "ConsistentSnapshot:RunId": run_id,
+                    "ConsistentSnapshot:ManagedBy": spec["managed_by"],
+                    "ConsistentSnapshot:InstanceId": instance_id,
+                    "Name": f"{instance_id} {device}",
+                    "Device": device,
+                    "AppConsistent": "True",
+                    "AwsVssConfig": "AwsVssComponents 2.5.0 (simulated)",
+                }
+                ec2.create_tags([snapshot.id], tags)
+                made += 1
+                if copies is None:
+                    continue
+                copy = copies.copy_snapshot(snapshot.id, region, f"copy of {snapshot.id}", None)
+                copy.start_time = taken
+                tags["ConsistentSnapshot:SourceSnapshotId"] = snapshot.id
+                tags["ConsistentSnapshot:SourceRegion"] = region
+                copies.create_tags([copy.id], tags)
+                made += 1
+    return made
+
+
+def age_snapshots(spec: dict[str, Any]) -> int:
+    """Moves the start time of some snapshots back, as if they had been taken earlier."""
+    unknown = set(spec) - {"region", "snapshot_ids", "hours"}
+    if unknown:
+        raise ValueError(f"unknown age field(s) {sorted(unknown)}")
+    ec2 = ec2_backends[DEFAULT_ACCOUNT_ID][spec["region"]]
+    delta = dt.timedelta(hours=float(spec["hours"]))
+    aged = 0
+    for snapshot_id in spec["snapshot_ids"]:
+        snapshot = ec2.snapshots.get(snapshot_id)
+        if snapshot is None:
+            raise ValueError(f"no snapshot {snapshot_id} in {spec['region']}")
+        snapshot.start_time = snapshot.start_time - delta
+        aged += 1
+    return aged
