@@ -1,5 +1,7 @@
 //! Configuration from environment variables, validated once at start with every problem listed.
 
+use std::collections::BTreeMap;
+
 use crate::error::Error;
 use crate::model::ids::{is_region, parse_bool, parse_regions, AgentVersion};
 use crate::model::requests::MAX_VERIFY;
@@ -39,7 +41,7 @@ pub struct Config {
     /// Regions each finished set is copied to.
     pub copy_regions: Vec<String>,
     /// KMS key per copy region, to encrypt the copies with.
-    pub copy_kms_key_ids: std::collections::BTreeMap<String, String>,
+    pub copy_kms_key_ids: BTreeMap<String, String>,
     /// Keep the newest this many consistent sets per instance in each copy region.
     pub copy_retain_count: u32,
     /// Keep every backup of an instance that was terminated or untagged.
@@ -55,192 +57,210 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads the configuration through `get` (the process environment in the Lambda).
+    /// Reads the configuration through `get` (the process environment in the Lambda); the
+    /// error lists every problem, each naming its setting.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
-        let mut problems = Vec::new();
-        let text = |name: &str, default: &str| -> String {
-            match get(name) {
-                Some(v) if !v.trim().is_empty() => v.trim().to_string(),
-                _ => default.to_string(),
-            }
+        let mut s = Settings {
+            get,
+            problems: Vec::new(),
         };
-        let target_tag_key = text("TARGET_TAG_KEY", "ConsistentSnapshot");
-        let target_tag_value = text("TARGET_TAG_VALUE", "WindowsVSS");
-        let queue_url = text("QUEUE_URL", "");
-        let ssm_document = text("SSM_DOCUMENT", VSS_DOCUMENTS[0]);
-        let exclude_boot_volume = text("EXCLUDE_BOOT_VOLUME", "false");
-        let vss_copy_only = text("VSS_COPY_ONLY", "false");
-        let min_agent = text("MIN_SSM_AGENT_VERSION", "2.2.58.0");
-        let function_name = text("AWS_LAMBDA_FUNCTION_NAME", "consistent-snapshot");
-        let managed_by = text("MANAGED_BY", &function_name);
-        let dry_run = text("DRY_RUN", "false");
-        let poll_initial = text("TRACK_POLL_INITIAL_SECONDS", "30");
-        let poll_max = text("TRACK_POLL_MAX_SECONDS", "900");
-        let delivery = text("COMMAND_DELIVERY_TIMEOUT_SECONDS", "600");
-        let execution = text("VSS_EXECUTION_TIMEOUT_SECONDS", "900");
-        let completion = text("SNAPSHOT_COMPLETION_TIMEOUT_SECONDS", "86400");
-        let page = text("DESCRIBE_PAGE_SIZE", "1000");
-        let region = text("AWS_REGION", &text("AWS_DEFAULT_REGION", ""));
-        let retain = text("RETAIN_COUNT", "7");
-        let retain_days_text = text("RETAIN_DAYS", "");
-        let copy_regions_text = text("COPY_REGIONS", "");
-        let copy_keys_text = text("COPY_KMS_KEY_IDS", "");
-        let copy_retain = text("COPY_RETAIN_COUNT", &retain);
-        let keep_orphans = text("KEEP_ORPHANED_BACKUPS", "true");
-        let rpo = text("RPO_HOURS", "26");
-        let notify_topic_arn = text("NOTIFY_TOPIC_ARN", "");
-        let metrics_namespace = text("METRICS_NAMESPACE", "ConsistentSnapshot");
-        let verify_sample = text("VERIFY_SAMPLE_SIZE", "2");
+        let function_name = s.text("AWS_LAMBDA_FUNCTION_NAME", "consistent-snapshot");
+        let retain = s.text("RETAIN_COUNT", "7");
+        let region = s.text("AWS_REGION", &s.text("AWS_DEFAULT_REGION", ""));
+        let config = Config {
+            target_tag_key: s.text("TARGET_TAG_KEY", "ConsistentSnapshot"),
+            target_tag_value: s.text("TARGET_TAG_VALUE", "WindowsVSS"),
+            queue_url: s.text("QUEUE_URL", ""),
+            ssm_document: s.text("SSM_DOCUMENT", VSS_DOCUMENTS[0]),
+            exclude_boot_volume: s.flag("EXCLUDE_BOOT_VOLUME", "false"),
+            vss_copy_only: s.flag("VSS_COPY_ONLY", "false"),
+            min_ssm_agent_version: s.version("MIN_SSM_AGENT_VERSION", "2.2.58.0"),
+            managed_by: s.text("MANAGED_BY", &function_name),
+            dry_run: s.flag("DRY_RUN", "false"),
+            poll_initial_seconds: s.number("TRACK_POLL_INITIAL_SECONDS", "30", 1, 900),
+            poll_max_seconds: s.number("TRACK_POLL_MAX_SECONDS", "900", 1, 900),
+            command_delivery_timeout_seconds: s.number(
+                "COMMAND_DELIVERY_TIMEOUT_SECONDS",
+                "600",
+                30,
+                2_592_000,
+            ),
+            vss_execution_timeout_seconds: s.number(
+                "VSS_EXECUTION_TIMEOUT_SECONDS",
+                "900",
+                120,
+                172_800,
+            ),
+            snapshot_completion_timeout_seconds: s.number(
+                "SNAPSHOT_COMPLETION_TIMEOUT_SECONDS",
+                "86400",
+                60,
+                1_209_600,
+            ),
+            describe_page_size: s.number("DESCRIBE_PAGE_SIZE", "1000", 5, 1000) as i32,
+            region,
+            retain_count: s.number("RETAIN_COUNT", &retain, 1, 1000),
+            retain_days: s.optional_number("RETAIN_DAYS", 1, 36_500),
+            copy_regions: s.regions("COPY_REGIONS"),
+            copy_kms_key_ids: s.keys_by_region("COPY_KMS_KEY_IDS"),
+            copy_retain_count: s.number("COPY_RETAIN_COUNT", &retain, 1, 1000),
+            keep_orphaned_backups: s.flag("KEEP_ORPHANED_BACKUPS", "true"),
+            rpo_hours: s.number("RPO_HOURS", "26", 1, 8760),
+            notify_topic_arn: Some(s.text("NOTIFY_TOPIC_ARN", "")).filter(|t| !t.is_empty()),
+            metrics_namespace: s.text("METRICS_NAMESPACE", "ConsistentSnapshot"),
+            verify_sample_size: s.number("VERIFY_SAMPLE_SIZE", "2", 1, MAX_VERIFY as u32),
+        };
+        let mut problems = s.problems;
+        problems.extend(config.problems());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(Error::Config(problems))
+        }
+    }
 
-        if queue_url.is_empty() {
+    /// What is wrong with settings that each read well: required ones missing, names out of
+    /// their rules, settings that contradict each other.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.queue_url.is_empty() {
             problems.push("QUEUE_URL is required (the URL of the tracking queue)".to_string());
         }
-        if target_tag_key.is_empty() || target_tag_key.len() > 128 {
+        if self.target_tag_key.is_empty() || self.target_tag_key.len() > 128 {
             problems.push("TARGET_TAG_KEY must be 1 to 128 characters".to_string());
         }
-        if !VSS_DOCUMENTS.contains(&ssm_document.as_str()) {
+        if !VSS_DOCUMENTS.contains(&self.ssm_document.as_str()) {
             problems.push(format!(
-                "SSM_DOCUMENT={ssm_document} is not one of {}",
+                "SSM_DOCUMENT={} is not one of {}",
+                self.ssm_document,
                 VSS_DOCUMENTS.join(", ")
             ));
         }
-        if managed_by.len() > 200 || managed_by != sanitize_tag_text(&managed_by) {
+        let managed_by = &self.managed_by;
+        if managed_by.len() > 200 || *managed_by != sanitize_tag_text(managed_by) {
             problems.push(format!(
                 "MANAGED_BY={managed_by} must be at most 200 letters, digits, spaces or ( ) . / - @ _ + : = {{ }}"
             ));
         }
-        let mut flag = |name: &str, value: &str| {
-            parse_bool(value).unwrap_or_else(|| {
-                problems.push(format!("{name}={value} is not true or false"));
-                false
-            })
-        };
-        let exclude_boot_volume = flag("EXCLUDE_BOOT_VOLUME", &exclude_boot_volume);
-        let vss_copy_only = flag("VSS_COPY_ONLY", &vss_copy_only);
-        let dry_run = flag("DRY_RUN", &dry_run);
-        let keep_orphaned_backups = flag("KEEP_ORPHANED_BACKUPS", &keep_orphans);
-        let mut number = |name: &str, value: &str, min: u32, max: u32| -> u32 {
-            match value.parse::<u32>() {
-                Ok(n) if (min..=max).contains(&n) => n,
-                _ => {
-                    problems.push(format!(
-                        "{name}={value} must be a whole number from {min} to {max}"
-                    ));
-                    min
-                }
-            }
-        };
-        let poll_initial_seconds = number("TRACK_POLL_INITIAL_SECONDS", &poll_initial, 1, 900);
-        let poll_max_seconds = number("TRACK_POLL_MAX_SECONDS", &poll_max, 1, 900);
-        let command_delivery_timeout_seconds =
-            number("COMMAND_DELIVERY_TIMEOUT_SECONDS", &delivery, 30, 2_592_000);
-        let vss_execution_timeout_seconds =
-            number("VSS_EXECUTION_TIMEOUT_SECONDS", &execution, 120, 172_800);
-        let snapshot_completion_timeout_seconds = number(
-            "SNAPSHOT_COMPLETION_TIMEOUT_SECONDS",
-            &completion,
-            60,
-            1_209_600,
-        );
-        let describe_page_size = number("DESCRIBE_PAGE_SIZE", &page, 5, 1000) as i32;
-        let retain_count = number("RETAIN_COUNT", &retain, 1, 1000);
-        let rpo_hours = number("RPO_HOURS", &rpo, 1, 8760);
-        let verify_sample_size = number("VERIFY_SAMPLE_SIZE", &verify_sample, 1, MAX_VERIFY as u32);
-        let copy_retain_count = number("COPY_RETAIN_COUNT", &copy_retain, 1, 1000);
-        let retain_days = (!retain_days_text.is_empty())
-            .then(|| number("RETAIN_DAYS", &retain_days_text, 1, 36_500));
-        let copy_regions = parse_regions(&copy_regions_text).unwrap_or_else(|why| {
-            problems.push(format!("COPY_REGIONS: {why}"));
-            vec![]
-        });
-        let mut copy_kms_key_ids = std::collections::BTreeMap::new();
-        for pair in copy_keys_text
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-        {
-            match pair.split_once('=') {
-                Some((r, key)) if is_region(r.trim()) && !key.trim().is_empty() => {
-                    copy_kms_key_ids.insert(r.trim().to_string(), key.trim().to_string());
-                }
-                _ => problems.push(format!(
-                    "COPY_KMS_KEY_IDS: {pair:?} is not region=key (eu-west-1=arn:aws:kms:…)"
-                )),
-            }
-        }
-        if region.is_empty() && !copy_regions.is_empty() {
+        if self.region.is_empty() && !self.copy_regions.is_empty() {
             problems.push("AWS_REGION is not set: the copies' source region is unknown".into());
         }
-        if copy_regions.contains(&region) {
+        if self.copy_regions.contains(&self.region) {
             problems.push(format!(
-                "COPY_REGIONS includes the function's own region {region}"
+                "COPY_REGIONS includes the function's own region {}",
+                self.region
             ));
         }
-        let is_topic_arn =
-            notify_topic_arn.starts_with("arn:") && notify_topic_arn.contains(":sns:");
-        if !notify_topic_arn.is_empty() && !is_topic_arn {
-            problems.push(format!(
-                "NOTIFY_TOPIC_ARN={notify_topic_arn} is not an SNS topic ARN (arn:aws:sns:region:account:name)"
-            ));
+        if let Some(topic) = &self.notify_topic_arn {
+            if !(topic.starts_with("arn:") && topic.contains(":sns:")) {
+                problems.push(format!(
+                    "NOTIFY_TOPIC_ARN={topic} is not an SNS topic ARN (arn:aws:sns:region:account:name)"
+                ));
+            }
         }
-        if metrics_namespace.len() > 255
-            || metrics_namespace.starts_with("AWS/")
-            || !metrics_namespace
+        let namespace = &self.metrics_namespace;
+        if namespace.len() > 255
+            || namespace.starts_with("AWS/")
+            || !namespace
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || ".-_/#:".contains(c))
         {
             problems.push(format!(
-                "METRICS_NAMESPACE={metrics_namespace} must be at most 255 letters, digits or . - _ / # : and not start with AWS/"
+                "METRICS_NAMESPACE={namespace} must be at most 255 letters, digits or . - _ / # : and not start with AWS/"
             ));
         }
-        if poll_max_seconds < poll_initial_seconds {
+        if self.poll_max_seconds < self.poll_initial_seconds {
             problems.push(format!(
-                "TRACK_POLL_MAX_SECONDS={poll_max_seconds} is below TRACK_POLL_INITIAL_SECONDS={poll_initial_seconds}"
+                "TRACK_POLL_MAX_SECONDS={} is below TRACK_POLL_INITIAL_SECONDS={}",
+                self.poll_max_seconds, self.poll_initial_seconds
             ));
         }
-        let min_ssm_agent_version = AgentVersion::parse(&min_agent).unwrap_or_else(|| {
-            problems.push(format!(
-                "MIN_SSM_AGENT_VERSION={min_agent} is not a dotted version such as 2.2.58.0"
-            ));
-            AgentVersion::zero()
-        });
-
-        if !problems.is_empty() {
-            return Err(Error::Config(problems));
-        }
-        Ok(Config {
-            target_tag_key,
-            target_tag_value,
-            queue_url,
-            ssm_document,
-            exclude_boot_volume,
-            vss_copy_only,
-            min_ssm_agent_version,
-            managed_by,
-            dry_run,
-            poll_initial_seconds,
-            poll_max_seconds,
-            command_delivery_timeout_seconds,
-            vss_execution_timeout_seconds,
-            snapshot_completion_timeout_seconds,
-            describe_page_size,
-            region,
-            retain_count,
-            retain_days,
-            copy_regions,
-            copy_kms_key_ids,
-            copy_retain_count,
-            keep_orphaned_backups,
-            rpo_hours,
-            notify_topic_arn: (!notify_topic_arn.is_empty()).then_some(notify_topic_arn),
-            metrics_namespace,
-            verify_sample_size,
-        })
+        problems
     }
 
     /// Reads the configuration from the process environment.
     pub fn from_env() -> Result<Self, Error> {
         Self::from_lookup(|name| std::env::var(name).ok())
+    }
+}
+
+/// Reads settings by name, each with its default, and collects every problem instead of
+/// stopping at the first (a wrong value reads as its range's lowest, never used: the
+/// configuration is refused as a whole).
+struct Settings<G> {
+    get: G,
+    problems: Vec<String>,
+}
+
+impl<G: Fn(&str) -> Option<String>> Settings<G> {
+    /// The value, trimmed; `default` when unset or blank.
+    fn text(&self, name: &str, default: &str) -> String {
+        match (self.get)(name) {
+            Some(v) if !v.trim().is_empty() => v.trim().to_string(),
+            _ => default.to_string(),
+        }
+    }
+
+    fn flag(&mut self, name: &str, default: &str) -> bool {
+        let value = self.text(name, default);
+        parse_bool(&value).unwrap_or_else(|| {
+            self.problems
+                .push(format!("{name}={value} is not true or false"));
+            false
+        })
+    }
+
+    fn number(&mut self, name: &str, default: &str, min: u32, max: u32) -> u32 {
+        let value = self.text(name, default);
+        match value.parse::<u32>() {
+            Ok(n) if (min..=max).contains(&n) => n,
+            _ => {
+                self.problems.push(format!(
+                    "{name}={value} must be a whole number from {min} to {max}"
+                ));
+                min
+            }
+        }
+    }
+
+    /// A number that may be left unset.
+    fn optional_number(&mut self, name: &str, min: u32, max: u32) -> Option<u32> {
+        let set = !self.text(name, "").is_empty();
+        set.then(|| self.number(name, "", min, max))
+    }
+
+    fn regions(&mut self, name: &str) -> Vec<String> {
+        parse_regions(&self.text(name, "")).unwrap_or_else(|why| {
+            self.problems.push(format!("{name}: {why}"));
+            vec![]
+        })
+    }
+
+    /// `region=key,…`.
+    fn keys_by_region(&mut self, name: &str) -> BTreeMap<String, String> {
+        let text = self.text(name, "");
+        let mut keys = BTreeMap::new();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some((r, key)) if is_region(r.trim()) && !key.trim().is_empty() => {
+                    keys.insert(r.trim().to_string(), key.trim().to_string());
+                }
+                _ => self.problems.push(format!(
+                    "{name}: {pair:?} is not region=key (eu-west-1=arn:aws:kms:…)"
+                )),
+            }
+        }
+        keys
+    }
+
+    fn version(&mut self, name: &str, default: &str) -> AgentVersion {
+        let value = self.text(name, default);
+        AgentVersion::parse(&value).unwrap_or_else(|| {
+            self.problems.push(format!(
+                "{name}={value} is not a dotted version such as 2.2.58.0"
+            ));
+            AgentVersion::zero()
+        })
     }
 }
 
