@@ -3,6 +3,8 @@
 
 Fails, naming the file and the line, when:
   * an AWS SDK crate (`aws_sdk_*`, `aws_config`, `aws_smithy_*`) is named outside `src/aws/`;
+  * a plan or `model/` reads the clock (outside its tests): `now` is an argument of every
+    decision;
   * a module imports a layer above its own. The layers, lowest first:
         model  <-  error, config, jobs  <-  aws  <-  <concern>/plan  <-  app  <-  <concern>/step  <-  entry  <-  lib
     (`model/` imports nothing of the crate but itself; `aws/` never imports a concern; and,
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 SDK = re.compile(r"\b(aws_sdk_\w+|aws_config|aws_smithy_\w+)\b")
+CLOCK = re.compile(r"\b(Utc::now|SystemTime::now|Instant::now|Local::now)\b")
 CONCERNS = {"run", "copy", "retention", "restore", "report"}
 
 
@@ -139,6 +142,13 @@ def main():
                 m = SDK.search(line)
                 if m:
                     problems.append(f"{rel}:{n}: names {m.group(1)} outside aws/ (only aws/ talks to the SDK)")
+        if layer(module) in (0, 3):
+            for n, line in enumerate(lines, 1):
+                if line.startswith("#[cfg(test)]"):
+                    break
+                m = CLOCK.search(line)
+                if m:
+                    problems.append(f"{rel}:{n}: {m.group(1)}() in a pure module: take `now` as an argument")
         for n, target_path in use_paths(lines):
             target = resolve(target_path, modules)
             if target is None or target == module:
@@ -167,7 +177,7 @@ def main():
         return 1
     edges = sum(len(v) for v in file_graph.values())
     print(f"layout ok: {len(modules)} modules, {edges} imports between them, no cycle, "
-          "the SDK named only in aws/")
+          "the SDK named only in aws/, no clock in a plan")
     return 0
 
 

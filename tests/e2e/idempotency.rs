@@ -12,16 +12,6 @@ use harness::{
 };
 use serde_json::{json, Value};
 
-fn calm() -> ChaosOptions {
-    ChaosOptions {
-        fault_rate: 0.0,
-        duplicate_messages: false,
-        stop_share: 0.0,
-        max_stop_call: 1,
-        seed: 7,
-    }
-}
-
 fn status(answer: &Value) -> &str {
     answer["status"].as_str().unwrap_or_default()
 }
@@ -177,7 +167,7 @@ async fn a_dispatch_stopped_after_sending_is_finished_by_its_watch_without_sendi
         ])
         .await
         .expect("seed");
-    let chaos = Chaos::new(emulator, queue, &[], calm()).expect("chaos");
+    let chaos = Chaos::new(emulator, queue, &[], ChaosOptions::calm(7)).expect("chaos");
     let event = scheduled_event("nightly", "2026-11-23T00:00:00Z");
 
     // The Lambda dies right after SendCommand: no tracking message, no dispatch marker.
@@ -226,7 +216,7 @@ async fn an_unanswered_or_throttled_send_command_freezes_once() {
         ])
         .await
         .expect("seed");
-    let chaos = Chaos::new(emulator, queue, &[], calm()).expect("chaos");
+    let chaos = Chaos::new(emulator, queue, &[], ChaosOptions::calm(7)).expect("chaos");
 
     // The command reaches SSM, its answer is lost: the history shows it was sent.
     chaos.proxy.force("ssm:SendCommand", Fault::DroppedAfter, 1);
@@ -295,7 +285,7 @@ async fn a_batch_that_meets_throttling_goes_back_to_the_queue_at_once() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // SSM throttles every attempt the SDK makes at the first instance's look.
-    let chaos = Chaos::new(emulator, queue, &[], calm()).expect("chaos");
+    let chaos = Chaos::new(emulator, queue, &[], ChaosOptions::calm(7)).expect("chaos");
     chaos
         .proxy
         .force("ssm:GetCommandInvocation", Fault::Throttled, 5);

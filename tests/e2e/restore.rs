@@ -15,16 +15,6 @@ use harness::{
 };
 use serde_json::{json, Value};
 
-fn calm() -> ChaosOptions {
-    ChaosOptions {
-        fault_rate: 0.0,
-        duplicate_messages: false,
-        stop_share: 0.0,
-        max_stop_call: 1,
-        seed: 11,
-    }
-}
-
 fn tag<'a>(volume: &'a Volume, key: &str) -> Option<&'a str> {
     volume
         .tags()
@@ -320,7 +310,7 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
             ..Ebs::default()
         })
         .expect("fast EBS");
-    let chaos = Chaos::new(emulator, queue, &[], calm()).expect("chaos");
+    let chaos = Chaos::new(emulator, queue, &[], ChaosOptions::calm(11)).expect("chaos");
     let app_set = set_of(emulator, app_server, &run_id).await;
     let (_, app_before) = instance(emulator, app_server).await;
     let request = json!({"action": "restore", "instance_id": app_server, "run_id": "latest", "mode": "replace"});
@@ -354,7 +344,7 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
         .expect("slow EBS");
     let twice = ChaosOptions {
         duplicate_messages: true,
-        ..calm()
+        ..ChaosOptions::calm(11)
     };
     let chaos = Chaos::new(emulator, queue, &[], twice)
         .expect("chaos")

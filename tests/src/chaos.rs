@@ -33,6 +33,20 @@ pub struct ChaosOptions {
     pub seed: u64,
 }
 
+impl ChaosOptions {
+    /// No fault, no duplicate, no stop unless a test asks for one (`invoke_stopping`): the
+    /// proxy only counts and steers, seeded with `seed`.
+    pub fn calm(seed: u64) -> Self {
+        ChaosOptions {
+            fault_rate: 0.0,
+            duplicate_messages: false,
+            stop_share: 0.0,
+            max_stop_call: 1,
+            seed,
+        }
+    }
+}
+
 /// What happened to the invocations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChaosLog {
