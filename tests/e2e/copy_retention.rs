@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_ec2::types::{Filter, ResourceType, Snapshot, Tag, TagSpecification};
+use consistent_snapshot::catalog::Verdict;
 use harness::{
     invoke, scheduled_event, snapshot_tag, Ebs, Emulator, ServerSpec, VssOutcome, Windows, World,
 };
@@ -126,6 +127,21 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
     let mut crash_tags = ours("planted-crash", "False");
     crash_tags.push(("ConsistentSnapshot:InstanceId", sql.as_str()));
     let planted_crash = plant(emulator, &sql_volume, &crash_tags).await;
+    // Recorded by an earlier night as crash-consistent (the catalog, not the tag, says so).
+    emulator
+        .record_set(
+            &sql,
+            "planted-crash",
+            std::slice::from_ref(&planted_crash),
+            Verdict::CrashConsistent,
+        )
+        .await
+        .expect("record");
+    // Tagged exactly like one of ours, older than every real set, "not consistent": by its
+    // tags retention would delete it; the catalog never recorded it, so it is foreign.
+    let mut forged_tags = ours("forged-old-crash", "False");
+    forged_tags.push(("ConsistentSnapshot:InstanceId", sql.as_str()));
+    let forged = plant(emulator, &sql_volume, &forged_tags).await;
     let unmanaged = plant(
         emulator,
         &sql_volume,
@@ -189,6 +205,15 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
         .send()
         .await
         .expect("CreateTags");
+    emulator
+        .record_set(
+            &sql,
+            "planted-ami",
+            std::slice::from_ref(&ami_snapshot),
+            Verdict::Consistent,
+        )
+        .await
+        .expect("record");
 
     let app = emulator
         .app(
@@ -222,8 +247,21 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
     // The source region: sql01 keeps its two newest consistent sets (and the AMI's); files01
     // its two consistent sets and, newest of all, the crash-consistent fallback.
     let home = snapshots_in(emulator, HOME).await;
-    let expected_sql: BTreeSet<String> = [run(2), run(3), "planted-ami".to_string()].into();
+    // (The forged set stays: never recorded, it is foreign, whatever its tags say.)
+    let expected_sql: BTreeSet<String> = [
+        run(2),
+        run(3),
+        "planted-ami".to_string(),
+        "forged-old-crash".to_string(),
+    ]
+    .into();
     assert_eq!(managed_runs(&home, &sql), expected_sql);
+    assert!(
+        logs.messages_starting("foreign snapshot")
+            .iter()
+            .any(|r| r["snapshot_id"] == json!(forged) && r["why"] == json!("not in the catalog")),
+        "the forged snapshot is reported as foreign"
+    );
     assert_eq!(
         managed_runs(&home, &files),
         [run(1), run(2), run(3)].into_iter().collect()
@@ -242,7 +280,7 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
         managed_runs(&web_copies, &web),
         [run(2), run(3)].into_iter().collect()
     );
-    for untouched in [&unmanaged, &foreign, &ami_snapshot] {
+    for untouched in [&unmanaged, &foreign, &ami_snapshot, &forged] {
         assert!(
             exists(emulator, untouched).await,
             "{untouched} must be kept"
@@ -305,6 +343,15 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
     let mut old_tags = ours("planted-old", "True");
     old_tags.push(("ConsistentSnapshot:InstanceId", sql.as_str()));
     let old = plant(emulator, &sql_volume, &old_tags).await;
+    emulator
+        .record_set(
+            &sql,
+            "planted-old",
+            std::slice::from_ref(&old),
+            Verdict::Consistent,
+        )
+        .await
+        .expect("record");
     // Planted now, it is sql01's newest consistent set: with RETAIN_COUNT=2, run 2 must go.
     let dry = invoke(&app, json!({"action": "retention", "dry_run": true}))
         .await
@@ -328,7 +375,14 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
     assert!(exists(emulator, &old).await);
     assert_eq!(
         managed_runs(&snapshots_in(emulator, HOME).await, &sql),
-        [run(2), run(3), "planted-ami".into(), "planted-old".into()].into()
+        [
+            run(2),
+            run(3),
+            "planted-ami".into(),
+            "planted-old".into(),
+            "forged-old-crash".into()
+        ]
+        .into()
     );
     let real = invoke(&app, json!({"action": "retention"}))
         .await
@@ -336,6 +390,12 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
     assert_eq!(real["deleted"].as_array().map(Vec::len), Some(2));
     assert_eq!(
         managed_runs(&snapshots_in(emulator, HOME).await, &sql),
-        [run(3), "planted-ami".into(), "planted-old".into()].into()
+        [
+            run(3),
+            "planted-ami".into(),
+            "planted-old".into(),
+            "forged-old-crash".into()
+        ]
+        .into()
     );
 }

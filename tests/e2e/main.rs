@@ -8,6 +8,7 @@ mod chaos;
 mod copy_retention;
 mod event_shapes;
 mod fleet_scale;
+mod hostile;
 mod idempotency;
 mod operations;
 mod payload_fuzz;

@@ -194,6 +194,7 @@ async fn report_metrics_and_notification_tell_an_operator_what_needs_attention()
         .expect("stale01 in the run");
     emulator
         .age_snapshots(REGION, &stale_snapshots, 30)
+        .await
         .expect("age");
 
     let after = invoke(&app, json!({"action": "report"}))

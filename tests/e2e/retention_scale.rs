@@ -58,6 +58,7 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
             newest_hours: 24.0,
             copy_region: None,
         })
+        .await
         .expect("history");
     assert_eq!(made, 5400);
     let before: BTreeSet<String> = managed(emulator)
@@ -68,7 +69,9 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
     assert_eq!(before.len(), 12);
     let metrics = Metrics::default();
     let app = metrics.attach(world.app(&[("RETAIN_COUNT", "4")]).expect("app"));
-    let run_id = "20261123T010000Z-0b0b0b0b";
+    // The retention of the newest of those nights' runs.
+    let newest = before.iter().max().cloned().expect("a run");
+    let run_id = newest.as_str();
     let job = Job::Retention(RetentionJob {
         run_id: run_id.into(),
         deleted_before: 0,

@@ -40,7 +40,8 @@ steers the simulation through plain HTTP under /_sim/ on the same port:
                          "newest_hours", "copy_region"?}: earlier nightly runs' consistent sets
                         of these instances (one snapshot per attached volume, tagged as the
                         function tags them; copies in copy_region), the newest `newest_hours`
-                        old; answers how many snapshots it made
+                        old; answers how many snapshots it made and the sets (ids, volumes,
+                        devices, copies), which the harness records in the catalog
   GET  /_sim/invocations   every simulated invocation (command id, instance, document, status)
   POST /_sim/reset         forget the simulation (moto's own state: POST /moto-api/reset)
 

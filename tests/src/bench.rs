@@ -43,7 +43,8 @@ pub enum Kind {
     Work,
     /// Looks at something not final yet, and the message that brings the next look.
     Polling,
-    /// The run's claim and step markers (SSM parameters), which make every step safe to repeat.
+    /// The catalog (claims, step markers, manifest, set records): what makes every step safe
+    /// to repeat and every decision independent of tags.
     Coordination,
 }
 
@@ -196,11 +197,7 @@ pub fn seconds_at_rate(action: &str, calls: u64) -> Option<f64> {
 /// The kind of an action that has no floor of its own (the polling actions all have one).
 pub fn kind_of(action: &str) -> Kind {
     match action {
-        "ssm:PutParameter"
-        | "ssm:GetParametersByPath"
-        | "ssm:DeleteParameter"
-        | "ssm:DeleteParameters"
-        | "ssm:GetParameter" => Kind::Coordination,
+        a if a.starts_with("dynamodb:") => Kind::Coordination,
         _ => Kind::Work,
     }
 }
@@ -524,7 +521,7 @@ mod tests {
             ("ec2:DescribeInstances", 3),
             ("ssm:GetCommandInvocation", 1500),
             ("sqs:SendMessage", 500),
-            ("ssm:PutParameter", 7),
+            ("dynamodb:PutItem", 7),
             ("ec2:CreateTags", 3000),
             ("ec2:DescribeVolumes", 2),
         ]

@@ -12,7 +12,8 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sqs::types::QueueAttributeName;
-use consistent_snapshot::{App, Config, MetricsOut};
+use consistent_snapshot::catalog::{Catalog, CopyRecord, RecordedSnapshot, SetRecord, Verdict};
+use consistent_snapshot::{App, Config, MetricsOut, RunJob};
 use serde_json::{json, Value};
 
 use crate::sim::{Ebs, History, Windows};
@@ -20,6 +21,8 @@ use crate::source::queue_arn;
 use crate::Result;
 
 pub const REGION: &str = "us-east-1";
+/// The catalog table of a test deployment (the template creates the deployment's own).
+pub const CATALOG_TABLE: &str = "vss-test-catalog";
 
 /// The SDK configuration of a test client of the emulator on 127.0.0.1:`port`.
 async fn sdk_config(port: u16) -> SdkConfig {
@@ -84,11 +87,66 @@ impl Emulator {
             .and_then(|p| p.trim().parse().ok())
             .ok_or_else(|| format!("emulator did not start: {line:?}"))?;
         let sdk = sdk_config(port).await;
-        Ok(Emulator {
+        let emulator = Emulator {
             child: Some(child),
             port,
             sdk,
-        })
+        };
+        emulator.create_catalog(CATALOG_TABLE).await?;
+        Ok(emulator)
+    }
+
+    /// The catalog table as the template makes it: `pk`/`sk` strings, on demand, TTL on
+    /// `expires_at` (which moto stores but never acts on).
+    pub async fn create_catalog(&self, table: &str) -> Result<()> {
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+            TimeToLiveSpecification,
+        };
+        let dynamodb = self.dynamodb();
+        let key = |name: &str, kind| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+        };
+        let attribute = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+        };
+        dynamodb
+            .create_table()
+            .table_name(table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .key_schema(key("pk", KeyType::Hash)?)
+            .key_schema(key("sk", KeyType::Range)?)
+            .attribute_definitions(attribute("pk")?)
+            .attribute_definitions(attribute("sk")?)
+            .send()
+            .await?;
+        dynamodb
+            .update_time_to_live()
+            .table_name(table)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name("expires_at")
+                    .enabled(true)
+                    .build()?,
+            )
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::new(&self.sdk)
+    }
+
+    /// The catalog of the test deployment, through the function's own store.
+    pub fn catalog(&self) -> Catalog {
+        Catalog::new(&self.sdk, CATALOG_TABLE)
     }
 
     /// An emulator already listening on 127.0.0.1:`port` (started by `make emulator`); left
@@ -180,19 +238,169 @@ impl Emulator {
             .map(|_| ())
     }
 
-    /// Moves these snapshots' start time `hours` back, as if taken that much earlier.
-    pub fn age_snapshots(&self, region: &str, snapshot_ids: &[String], hours: u32) -> Result<()> {
+    /// Records these existing snapshots (of `instance_id`) in the catalog as one set of
+    /// `run_id` in the home region, as the function records a verified set: a fixture of an
+    /// earlier night whose snapshots a test made itself.
+    pub async fn record_set(
+        &self,
+        instance_id: &str,
+        run_id: &str,
+        snapshot_ids: &[String],
+        verdict: Verdict,
+    ) -> Result<()> {
+        let out = self
+            .ec2()
+            .describe_snapshots()
+            .set_snapshot_ids(Some(snapshot_ids.to_vec()))
+            .send()
+            .await?;
+        let mut snapshots = Vec::new();
+        for (i, s) in out.snapshots().iter().enumerate() {
+            let start = s
+                .start_time()
+                .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), 0))
+                .ok_or("a snapshot without a start time")?;
+            snapshots.push(RecordedSnapshot {
+                snapshot_id: s.snapshot_id().unwrap_or_default().to_string(),
+                volume_id: s.volume_id().unwrap_or_default().to_string(),
+                device: format!("xvd{}", (b'f' + i as u8) as char),
+                start_time: start,
+            });
+        }
+        let started_at = snapshots
+            .iter()
+            .map(|s| s.start_time)
+            .min()
+            .ok_or("no snapshot to record")?;
+        let record = SetRecord {
+            run_id: run_id.to_string(),
+            instance_id: instance_id.to_string(),
+            name: instance_id.to_string(),
+            region: REGION.to_string(),
+            started_at,
+            expected: snapshots
+                .iter()
+                .map(|s| consistent_snapshot::AttachedVolume {
+                    volume_id: s.volume_id.clone(),
+                    device: s.device.clone(),
+                })
+                .collect(),
+            snapshots,
+            verdict,
+            reason: None,
+            verified_at: started_at,
+            verified_by: "an earlier night (test fixture)".into(),
+        };
+        self.catalog().put_sets(&[record], &[]).await?;
+        Ok(())
+    }
+
+    /// Moves these snapshots' start time `hours` back, as if taken that much earlier, in EC2
+    /// and in the catalog's records of them alike.
+    pub async fn age_snapshots(
+        &self,
+        region: &str,
+        snapshot_ids: &[String],
+        hours: u32,
+    ) -> Result<()> {
         let spec = json!({"region": region, "snapshot_ids": snapshot_ids, "hours": hours});
-        self.http("POST", "/_sim/age", &spec).map(|_| ())
+        self.http("POST", "/_sim/age", &spec)?;
+        let catalog = self.catalog();
+        let (sets, _) = catalog.all_sets().await?;
+        let back = chrono::Duration::hours(i64::from(hours));
+        let aged: Vec<SetRecord> = sets
+            .into_iter()
+            .filter(|s| {
+                s.snapshots
+                    .iter()
+                    .any(|r| snapshot_ids.contains(&r.snapshot_id))
+            })
+            .map(|mut s| {
+                for r in &mut s.snapshots {
+                    if snapshot_ids.contains(&r.snapshot_id) {
+                        r.start_time -= back;
+                    }
+                }
+                s.started_at -= back;
+                s
+            })
+            .collect();
+        catalog.put_sets(&aged, &[]).await?;
+        Ok(())
     }
 
     /// Earlier nightly runs' consistent sets of these instances (see server.py's
-    /// `/_sim/history`); answers how many snapshots were made.
-    pub fn seed_history(&self, history: &History) -> Result<u64> {
+    /// `/_sim/history`), recorded in the catalog as the function recorded them on those
+    /// nights; answers how many snapshots were made.
+    pub async fn seed_history(&self, history: &History) -> Result<u64> {
         let made = self.http("POST", "/_sim/history", &serde_json::to_value(history)?)?;
-        made["snapshots"]
+        let count = made["snapshots"]
             .as_u64()
-            .ok_or_else(|| format!("/_sim/history answered {made}").into())
+            .ok_or_else(|| format!("/_sim/history answered {made}"))?;
+        let sets: Vec<MadeSet> = serde_json::from_value(made["sets"].clone())?;
+        let mut records = Vec::with_capacity(sets.len());
+        let mut copies = Vec::new();
+        for set in sets {
+            records.push(SetRecord {
+                run_id: set.run_id.clone(),
+                instance_id: set.instance_id.clone(),
+                name: set.instance_id.clone(),
+                region: history.region.clone(),
+                started_at: set.taken,
+                expected: set
+                    .snapshots
+                    .iter()
+                    .map(|s| consistent_snapshot::AttachedVolume {
+                        volume_id: s.volume_id.clone(),
+                        device: s.device.clone(),
+                    })
+                    .collect(),
+                snapshots: set
+                    .snapshots
+                    .iter()
+                    .map(|s| RecordedSnapshot {
+                        snapshot_id: s.snapshot_id.clone(),
+                        volume_id: s.volume_id.clone(),
+                        device: s.device.clone(),
+                        start_time: set.taken,
+                    })
+                    .collect(),
+                verdict: Verdict::Consistent,
+                reason: None,
+                verified_at: set.taken,
+                verified_by: "an earlier night (test fixture)".into(),
+            });
+            copies.extend(set.copies.into_iter().map(|c| CopyRecord {
+                run_id: set.run_id.clone(),
+                instance_id: set.instance_id.clone(),
+                region: c.region,
+                source_snapshot_id: c.source_snapshot_id,
+                snapshot_id: c.snapshot_id,
+                started_at: set.taken,
+                consistent: true,
+                imported: false,
+            }));
+        }
+        let catalog = self.catalog();
+        catalog.put_sets(&records, &copies).await?;
+        // And the runs themselves, as those nights dispatched them.
+        let mut runs: BTreeMap<String, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
+        for r in &records {
+            runs.insert(r.run_id.clone(), r.started_at);
+        }
+        for (run_id, started_at) in runs {
+            let run = RunJob {
+                run_id,
+                started_at,
+                deadline: started_at + chrono::Duration::hours(1),
+                commands: vec![],
+                skipped: vec![],
+                unsent: vec![],
+                attempt: 0,
+            };
+            catalog.put_run(&run, chrono::Utc::now()).await?;
+        }
+        Ok(count)
     }
 
     /// Every simulated SSM invocation so far.
@@ -249,6 +457,8 @@ impl Emulator {
     pub fn config(&self, queue_url: &str, overrides: &[(&str, &str)]) -> Result<Config> {
         let mut env: HashMap<String, String> = [
             ("QUEUE_URL", queue_url),
+            ("QUEUE_ARN", &queue_arn(queue_url)),
+            ("CATALOG_TABLE", CATALOG_TABLE),
             ("AWS_REGION", REGION),
             ("MANAGED_BY", "vss-test"),
             ("TRACK_POLL_INITIAL_SECONDS", "1"),
@@ -264,6 +474,30 @@ impl Emulator {
         );
         Ok(Config::from_lookup(|name| env.get(name).cloned())?)
     }
+}
+
+/// One set `/_sim/history` made.
+#[derive(serde::Deserialize)]
+struct MadeSet {
+    run_id: String,
+    instance_id: String,
+    taken: chrono::DateTime<chrono::Utc>,
+    snapshots: Vec<MadeSnapshot>,
+    copies: Vec<MadeCopy>,
+}
+
+#[derive(serde::Deserialize)]
+struct MadeSnapshot {
+    snapshot_id: String,
+    volume_id: String,
+    device: String,
+}
+
+#[derive(serde::Deserialize)]
+struct MadeCopy {
+    snapshot_id: String,
+    source_snapshot_id: String,
+    region: String,
 }
 
 impl Drop for Emulator {

@@ -2,7 +2,8 @@
 //!
 //! A seeded share of the calls is answered as AWS answers when it is overloaded or broken:
 //! throttling in the service's own error shape (`RequestLimitExceeded` for EC2,
-//! `ThrottlingException` for SSM and SQS), HTTP 500, a connection dropped before the call
+//! `ThrottlingException` for SSM and SQS, `ProvisionedThroughputExceededException` for
+//! DynamoDB), HTTP 500, a connection dropped before the call
 //! reaches the emulator, or dropped after it did (the call took effect, the answer is lost).
 //!
 //! Each invocation of the function gets its own `Endpoint`, so that one invocation can be
@@ -33,6 +34,9 @@ pub enum Fault {
     ServerError,
     DroppedBefore,
     DroppedAfter,
+    /// Refused for want of a permission (`UnauthorizedOperation` for EC2,
+    /// `AccessDeniedException` for the JSON services): only ever forced, never drawn.
+    AccessDenied,
 }
 
 impl Fault {
@@ -49,6 +53,7 @@ impl Fault {
             Fault::ServerError => "HTTP 500",
             Fault::DroppedBefore => "dropped before",
             Fault::DroppedAfter => "dropped after",
+            Fault::AccessDenied => "access denied",
         }
     }
 }
@@ -79,7 +84,8 @@ pub enum Stop {
 
 struct Shared {
     upstream: SocketAddr,
-    /// Faults forced on the next calls of an action, before any random one.
+    /// Faults forced on the next calls of an action (`ec2:CopySnapshot`, or
+    /// `ec2:DescribeSnapshots@eu-west-1` for one region only), before any random one.
     forced: Mutex<Vec<(String, Fault, u32)>>,
     /// Fault rate in parts per million.
     rate_ppm: AtomicU32,
@@ -234,9 +240,11 @@ async fn handle(
     let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
     let protocol = Protocol::of(&parts.headers, &body);
     let forced = shared.forced.lock().ok().and_then(|mut forced| {
-        let entry = forced
-            .iter_mut()
-            .find(|(action, _, left)| *action == protocol.action && *left > 0)?;
+        let entry = forced.iter_mut().find(|(action, _, left)| {
+            *left > 0
+                && (*action == protocol.action
+                    || *action == format!("{}@{}", protocol.action, protocol.region))
+        })?;
         entry.2 -= 1;
         Some(entry.1)
     });
@@ -267,6 +275,7 @@ async fn handle(
         Some(Fault::Throttled) => return Ok(protocol.error(true)),
         Some(Fault::ServerError) => return Ok(protocol.error(false)),
         Some(Fault::DroppedBefore) => return Err(Dropped),
+        Some(Fault::AccessDenied) => return Ok(protocol.denied()),
         _ => {}
     }
     let uri = format!(
@@ -297,7 +306,7 @@ async fn handle(
 
 /// How a call is framed, which decides the shape of the error AWS would answer.
 struct Protocol {
-    /// `ec2:Action`, `ssm:Action`, `sqs:Action`, `sns:Action`.
+    /// `ec2:Action`, `ssm:Action`, `sqs:Action`, `sns:Action`, `dynamodb:Action`.
     action: String,
     /// The region the call was signed for.
     region: String,
@@ -323,7 +332,13 @@ impl Protocol {
         let region = scope.get(2).copied().unwrap_or("unknown").to_string();
         if let Some(target) = headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
             let (prefix, action) = target.split_once('.').unwrap_or(("", target));
-            let service = if prefix.contains("SQS") { "sqs" } else { "ssm" };
+            let service = if prefix.contains("SQS") {
+                "sqs"
+            } else if prefix.starts_with("DynamoDB") {
+                "dynamodb"
+            } else {
+                "ssm"
+            };
             return Protocol {
                 action: format!("{service}:{action}"),
                 region,
@@ -350,6 +365,37 @@ impl Protocol {
         }
     }
 
+    /// AWS's answer to a caller without the permission.
+    fn denied(&self) -> Response<Full<Bytes>> {
+        let message = "You are not authorized to perform this operation.";
+        let (status, content_type, payload) = if self.json {
+            let kind = if matches!(self.service, "sqs" | "dynamodb") {
+                "application/x-amz-json-1.0"
+            } else {
+                "application/x-amz-json-1.1"
+            };
+            (
+                400,
+                kind,
+                format!(r#"{{"__type":"AccessDeniedException","message":"{message}"}}"#),
+            )
+        } else {
+            (
+                403,
+                "text/xml",
+                format!(
+                    r#"<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"#
+                ),
+            )
+        };
+        let mut response = Response::new(Full::new(Bytes::from(payload)));
+        *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+        if let Ok(value) = content_type.parse() {
+            response.headers_mut().insert("content-type", value);
+        }
+        response
+    }
+
     fn error(&self, throttled: bool) -> Response<Full<Bytes>> {
         let (status, code, content_type, body) = match (self.json, throttled) {
             (false, true) => (
@@ -369,6 +415,7 @@ impl Protocol {
         };
         let code = match (self.service, throttled) {
             ("sns", true) => "Throttling",
+            ("dynamodb", true) => "ProvisionedThroughputExceededException",
             _ => code,
         };
         let payload = if self.json {
@@ -384,7 +431,7 @@ impl Protocol {
         };
         let content_type = match (self.json, self.service) {
             (false, _) => content_type,
-            (true, "sqs") => "application/x-amz-json-1.0",
+            (true, "sqs" | "dynamodb") => "application/x-amz-json-1.0",
             (true, _) => "application/x-amz-json-1.1",
         };
         let mut response = Response::new(Full::new(Bytes::from(payload)));

@@ -30,8 +30,11 @@ impl World {
     /// A fresh emulator with the tracking queue (a DLQ after 5 receives, as the template
     /// has); `visibility` is the queue's visibility timeout in seconds (how soon a failed
     /// message comes back). The function's log lines of this test's thread are captured.
+    /// With `E2E_LOG=<file>` set, the function's log lines are also written to that file (to
+    /// read what a failing test saw).
     pub async fn start(visibility: u32) -> Result<World> {
-        Self::start_logging_to(visibility, None).await
+        let file = std::env::var_os("E2E_LOG").map(std::path::PathBuf::from);
+        Self::start_logging_to(visibility, file.as_deref()).await
     }
 
     /// The same, with a copy of the function's log lines written to `log_file`.

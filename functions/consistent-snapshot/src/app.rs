@@ -24,7 +24,7 @@ impl App {
             out: MetricsOut::stdout(),
         };
         App {
-            aws: Clients::new(sdk, &config.region),
+            aws: Clients::new(sdk, &config.region, &config.catalog_table),
             config,
             metrics,
         }
@@ -50,6 +50,15 @@ pub async fn requeue(app: &App, job: Job) -> Result<(), Error> {
 /// Writes one EMF line of these counts, with `properties` (run id, event) alongside.
 pub fn emit_metrics(app: &App, counts: &[(&str, usize)], properties: &[(&str, &str)]) {
     app.metrics.emit(counts, properties, Utc::now());
+}
+
+/// Refuses a job or request the catalog does not vouch for: logged with the reason, counted
+/// (`JobsRefused`), and answered as an error, so that a queued one ends in the dead-letter
+/// queue and its alarm. Nothing of it is acted on.
+pub fn refuse(app: &App, why: String) -> Error {
+    tracing::warn!(refused = %why, "refused: the catalog does not vouch for it");
+    emit_metrics(app, &[("JobsRefused", 1)], &[("Event", "refused")]);
+    Error::Refused(why)
 }
 
 /// A value as the JSON answer of an on-demand call.

@@ -15,6 +15,10 @@ pub struct Config {
     pub target_tag_key: String,
     pub target_tag_value: String,
     pub queue_url: String,
+    /// The tracking queue's ARN: SQS records from any other queue are refused.
+    pub queue_arn: String,
+    /// The catalog's DynamoDB table.
+    pub catalog_table: String,
     pub ssm_document: String,
     pub exclude_boot_volume: bool,
     pub vss_copy_only: bool,
@@ -71,6 +75,8 @@ impl Config {
             target_tag_key: s.text("TARGET_TAG_KEY", "ConsistentSnapshot"),
             target_tag_value: s.text("TARGET_TAG_VALUE", "WindowsVSS"),
             queue_url: s.text("QUEUE_URL", ""),
+            queue_arn: s.text("QUEUE_ARN", ""),
+            catalog_table: s.text("CATALOG_TABLE", ""),
             ssm_document: s.text("SSM_DOCUMENT", VSS_DOCUMENTS[0]),
             exclude_boot_volume: s.flag("EXCLUDE_BOOT_VOLUME", "false"),
             vss_copy_only: s.flag("VSS_COPY_ONLY", "false"),
@@ -125,6 +131,24 @@ impl Config {
         let mut problems = Vec::new();
         if self.queue_url.is_empty() {
             problems.push("QUEUE_URL is required (the URL of the tracking queue)".to_string());
+        }
+        if !self.queue_arn.starts_with("arn:") || self.queue_arn.split(':').count() != 6 {
+            problems.push(format!(
+                "QUEUE_ARN={:?} is not the tracking queue's ARN (arn:aws:sqs:region:account:name): SQS records are accepted only from it",
+                self.queue_arn
+            ));
+        }
+        if self.catalog_table.len() < 3
+            || self.catalog_table.len() > 255
+            || !self
+                .catalog_table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        {
+            problems.push(format!(
+                "CATALOG_TABLE={:?} is not a DynamoDB table name (3 to 255 of a-z A-Z 0-9 _ - .)",
+                self.catalog_table
+            ));
         }
         if self.target_tag_key.is_empty() || self.target_tag_key.len() > 128 {
             problems.push("TARGET_TAG_KEY must be 1 to 128 characters".to_string());
@@ -269,11 +293,17 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// A configuration of these settings, with the queue's ARN and the catalog as a
+    /// deployment has them (a test that wants them missing overrides them with "").
     fn config(pairs: &[(&str, &str)]) -> Result<Config, Error> {
-        let env: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env: HashMap<String, String> = [
+            ("QUEUE_ARN", "arn:aws:sqs:eu-west-1:123456789012:q"),
+            ("CATALOG_TABLE", "prod-catalog"),
+        ]
+        .iter()
+        .chain(pairs)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
         Config::from_lookup(|name| env.get(name).cloned())
     }
 
@@ -393,11 +423,15 @@ mod tests {
             ("SSM_DOCUMENT", "AWS-RunShellScript"),
             ("MIN_SSM_AGENT_VERSION", "two"),
             ("TRACK_POLL_MAX_SECONDS", "5000"),
+            ("QUEUE_ARN", "tracking"),
+            ("CATALOG_TABLE", ""),
         ])
         .expect_err("invalid");
         let text = err.to_string();
         for name in [
             "QUEUE_URL",
+            "QUEUE_ARN=\"tracking\"",
+            "CATALOG_TABLE",
             "EXCLUDE_BOOT_VOLUME=maybe",
             "SSM_DOCUMENT",
             "MIN_SSM_AGENT_VERSION",

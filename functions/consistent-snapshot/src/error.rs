@@ -29,6 +29,14 @@ pub enum Error {
     #[error("restore: {0}")]
     Restore(String),
 
+    /// The catalog could not be read or written as needed.
+    #[error("catalog: {0}")]
+    Catalog(String),
+
+    /// A job or request the catalog does not vouch for: refused, never acted on.
+    #[error("refused: {0}")]
+    Refused(String),
+
     /// Tracking messages could not be queued: these instances would go untracked.
     #[error("could not queue tracking messages for {0}")]
     Enqueue(String),
@@ -50,7 +58,7 @@ impl Error {
 
     /// What failed, for Lambda's `errorType` (CloudWatch, the async-invocation DLQ and the
     /// caller see it without reading the message): `Config`, `Event`, `Aws.<code>`,
-    /// `Retention`, `Restore`, `Enqueue`.
+    /// `Retention`, `Restore`, `Enqueue`, `Catalog`, `Refused`.
     pub fn error_type(&self) -> String {
         match self {
             Error::Config(_) => "Config".into(),
@@ -59,6 +67,8 @@ impl Error {
             Error::Retention(_) => "Retention".into(),
             Error::Restore(_) => "Restore".into(),
             Error::Enqueue(_) => "Enqueue".into(),
+            Error::Catalog(_) => "Catalog".into(),
+            Error::Refused(_) => "Refused".into(),
         }
     }
 }
@@ -119,6 +129,8 @@ mod tests {
             (Error::Retention("r".into()), "Retention"),
             (Error::Restore("r".into()), "Restore"),
             (Error::Enqueue("i-1".into()), "Enqueue"),
+            (Error::Catalog("c".into()), "Catalog"),
+            (Error::Refused("r".into()), "Refused"),
         ];
         for (err, kind) in cases {
             assert_eq!(Diagnostic::from(err).error_type, kind);

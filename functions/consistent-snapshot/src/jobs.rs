@@ -8,16 +8,20 @@
 //! | job       | queued by                                   | waits for (backoff, ≤ 900 s)                          | writes                                                  | then                      |
 //! |-----------|---------------------------------------------|-------------------------------------------------------|---------------------------------------------------------|---------------------------|
 //! | watch     | a run's start, before it claims the run     | the claimant's lease to end (`check_at`)              | nothing; takes the dispatch over if not `dispatched`    | itself while a lease lives |
-//! | instance  | the dispatch, one per instance sent to      | the invocation to be final, then its snapshots        | `InstanceId` and `Name` tags on its snapshots           | — (the run sums up)       |
-//! | run       | the dispatch, after the instance jobs       | every invocation final and every snapshot completed   | tags it finds missing, marker `reported`, the summary   | copy (queued first)       |
-//! | copy      | the run; each pass queues its successor     | copies pending; one message per pass (`copy-pass-n`)  | copies in the copy regions, `copy-lease-n`, `copied`    | retention (queued first)  |
+//! | instance  | the dispatch, one per instance sent to      | the invocation to be final, then its snapshots        | the verified set (catalog), `InstanceId`/`Name` tags    | — (the run sums up)       |
+//! | run       | the dispatch, after the instance jobs       | every invocation final and every snapshot completed   | sets not yet recorded, marker `reported`, the summary   | copy (queued first)       |
+//! | copy      | the run; each pass queues its successor     | copies pending; one message per pass (`copy-pass-n`)  | copies and their records, `copy-lease-n`, `copied`      | retention (queued first)  |
 //! | retention | the copy step; a pass with deletions left   | nothing                                               | deletions by the plan, marker `retained`, release       | itself until all are done |
 //! | restore   | an on-demand restore; each waiting pass     | volumes creating, the instance stopping or starting   | volumes created, tagged, detached, attached             | itself until done/failed  |
 //! | verify    | an on-demand verification; each waiting look| the verification's volumes to be created             | marker `reported` (verify id), then its volumes deleted | itself until measured     |
 //!
-//! Markers are create-once parameters (`model::markers`, `aws::markers`); the schema of the
-//! messages is versioned (`v`): a message of an unknown version or shape is a poison message,
-//! reported and left to the queue's redrive policy, never guessed at.
+//! Markers are create-once items of the catalog (`model::markers`, `aws::catalog`). A message
+//! is only a reference: the instance's command and volumes, the run's commands and skipped
+//! instances, and a restore's set are read from the catalog, and a job naming something it
+//! does not hold is refused (`app::refuse`), as is a message from any queue but the
+//! deployment's own. The schema of the messages is versioned (`v`): a message of an unknown
+//! version or shape is a poison message, reported and left to the queue's redrive policy,
+//! never guessed at.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -110,6 +114,20 @@ pub struct RunJob {
     pub skipped: Vec<Skipped>,
     pub unsent: Vec<Unsent>,
     pub attempt: u32,
+}
+
+impl RunJob {
+    /// The run's message: its id and attempt only; the commands, skipped and unsent
+    /// instances are the catalog's (`aws::catalog::Catalog::run`), so a message can neither
+    /// grow past SQS's 256 KiB nor say what the run was.
+    pub fn as_reference(&self) -> RunJob {
+        RunJob {
+            commands: Vec::new(),
+            skipped: Vec::new(),
+            unsent: Vec::new(),
+            ..self.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -36,12 +36,19 @@ pub use config::Config;
 pub use entry::event::Event;
 pub use entry::{handle, handle_until};
 pub use error::Error;
-pub use jobs::{backoff_seconds, Envelope, InstanceJob, Job, RetentionJob, Stage};
+pub use jobs::{backoff_seconds, Envelope, InstanceJob, Job, RetentionJob, RunJob, Stage};
 pub use model::command::{comment, FinalInvocation, Look};
 pub use model::fleet::AttachedVolume;
 pub use model::snapshot::{SnapshotFacts, SnapshotInfo, TagInterner};
 pub use run::plan::outcome::OutcomeKind;
 pub use run::plan::summary::RunSummary;
+
+/// The catalog's store and records: for the import, and for the harness's fixtures of earlier
+/// nights' sets.
+pub mod catalog {
+    pub use crate::aws::catalog::Catalog;
+    pub use crate::model::catalog::{CopyRecord, RecordedSnapshot, SetRecord, Verdict};
+}
 
 /// The pure decisions the benches measure.
 pub mod plans {

@@ -41,7 +41,11 @@ class App:
             elif path == "/_sim/age" and request.method == "POST":
                 body = {"aged": age_snapshots(json.loads(request.get_data() or b"{}"))}
             elif path == "/_sim/history" and request.method == "POST":
-                body = {"snapshots": seed_history(json.loads(request.get_data() or b"{}"))}
+                made = seed_history(json.loads(request.get_data() or b"{}"))
+                body = {
+                    "snapshots": sum(len(m["snapshots"]) + len(m["copies"]) for m in made),
+                    "sets": made,
+                }
             elif path == "/_sim/invocations":
                 body = SIM.snapshot_of_invocations()
             elif path == "/_sim/reset" and request.method == "POST":

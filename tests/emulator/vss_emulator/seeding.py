@@ -11,10 +11,11 @@ from moto.ec2.models import ec2_backends
 
 from .model import utcnow
 
-def seed_history(spec: dict[str, Any]) -> int:
+def seed_history(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Earlier nightly runs: `sets` consistent sets per instance, `hours_apart` apart, the newest
     `newest_hours` old, tagged as the function and the VSS document tag them (and copied into
-    `copy_region`, tagged as the function tags its copies)."""
+    `copy_region`, tagged as the function tags its copies). Answers the sets made, for the
+    harness to record in the catalog as the function recorded them on those nights."""
     known = {"region", "managed_by", "instance_ids", "sets", "hours_apart", "newest_hours",
              "copy_region"}
     unknown = set(spec) - known
@@ -24,15 +25,22 @@ def seed_history(spec: dict[str, Any]) -> int:
     ec2 = ec2_backends[DEFAULT_ACCOUNT_ID][region]
     copy_region = spec.get("copy_region")
     copies = ec2_backends[DEFAULT_ACCOUNT_ID][copy_region] if copy_region else None
-    now = utcnow()
-    made = 0
+    # Whole seconds, as EC2 reports start times.
+    now = utcnow().replace(microsecond=0)
+    made: list[dict[str, Any]] = []
     for k in range(int(spec["sets"])):
         taken = now - dt.timedelta(
             hours=float(spec["newest_hours"]) + k * float(spec["hours_apart"])
         )
+        taken = taken.replace(microsecond=0)
         run_id = taken.strftime("%Y%m%dT%H%M%SZ") + "-0b0b0b0b"
         for instance_id in spec["instance_ids"]:
             instance = ec2.get_instance(instance_id)
+            made_set: dict[str, Any] = {
+                "run_id": run_id, "instance_id": instance_id,
+                "taken": taken.strftime("%Y-%m-%dT%H:%M:%SZ"), "snapshots": [], "copies": [],
+            }
+            made.append(made_set)
             for device, block in sorted(instance.block_device_mapping.items()):
                 snapshot = ec2.create_snapshot(block.volume_id, f"history {run_id}")
                 snapshot.start_time = taken
@@ -46,7 +54,9 @@ def seed_history(spec: dict[str, Any]) -> int:
                     "AwsVssConfig": "AwsVssComponents 2.5.0 (simulated)",
                 }
                 ec2.create_tags([snapshot.id], tags)
-                made += 1
+                made_set["snapshots"].append(
+                    {"snapshot_id": snapshot.id, "volume_id": block.volume_id, "device": device}
+                )
                 if copies is None:
                     continue
                 copy = copies.copy_snapshot(snapshot.id, region, f"copy of {snapshot.id}", None)
@@ -54,7 +64,10 @@ def seed_history(spec: dict[str, Any]) -> int:
                 tags["ConsistentSnapshot:SourceSnapshotId"] = snapshot.id
                 tags["ConsistentSnapshot:SourceRegion"] = region
                 copies.create_tags([copy.id], tags)
-                made += 1
+                made_set["copies"].append(
+                    {"snapshot_id": copy.id, "source_snapshot_id": snapshot.id,
+                     "region": copy_region}
+                )
     return made
 
 

@@ -164,6 +164,8 @@ fn function_env(endpoint_port: u16, queue_url: &str, copy: bool) -> Vec<(&'stati
             format!("http://127.0.0.1:{endpoint_port}"),
         ),
         ("QUEUE_URL", queue_url.to_string()),
+        ("QUEUE_ARN", harness::queue_arn(queue_url)),
+        ("CATALOG_TABLE", harness::CATALOG_TABLE.to_string()),
         ("MANAGED_BY", MANAGED_BY.to_string()),
         ("RETAIN_COUNT", RETAIN_COUNT.to_string()),
         ("TRACK_POLL_INITIAL_SECONDS", "1".into()),
@@ -285,7 +287,7 @@ async fn full_run(binary: &Path, instances: u64) -> Result<FullRun> {
         newest_hours: 24.0,
         copy_region: Some(COPY_REGION.into()),
     };
-    let made = emulator.seed_history(&history)?;
+    let made = emulator.seed_history(&history).await?;
     println!("    seeded; history: {made} snapshots");
 
     let (proxy, _endpoint, function, log) =
@@ -450,7 +452,7 @@ async fn large_plan(binary: &Path, snapshots: u64) -> Result<Measured> {
         newest_hours: 24.0,
         copy_region: None,
     };
-    let made = emulator.seed_history(&history)?;
+    let made = emulator.seed_history(&history).await?;
     let (proxy, _endpoint, function, _) =
         counted(&emulator, binary, &queue, false, "large-plan.log").await?;
     let started = Instant::now();

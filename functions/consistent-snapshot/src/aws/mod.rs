@@ -5,9 +5,9 @@
 //! `aws/` imports `model`, `config`, `jobs` and `error`, never a concern (`run`, `copy`, …):
 //! decisions are made above it, on the facts it returns.
 
+pub mod catalog;
 pub mod commands;
 pub mod instances;
-pub mod markers;
 pub mod metrics;
 pub mod notify;
 pub mod queue;
@@ -34,17 +34,19 @@ pub struct Clients {
     pub ssm: aws_sdk_ssm::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub sns: aws_sdk_sns::Client,
+    pub catalog: catalog::Catalog,
     /// The function's own region (`AWS_REGION`): `ec2_in` of another region makes a client.
     pub region: String,
 }
 
 impl Clients {
-    pub fn new(sdk: &SdkConfig, region: &str) -> Self {
+    pub fn new(sdk: &SdkConfig, region: &str, catalog_table: &str) -> Self {
         Clients {
             ec2: aws_sdk_ec2::Client::new(sdk),
             ssm: aws_sdk_ssm::Client::new(sdk),
             sqs: aws_sdk_sqs::Client::new(sdk),
             sns: aws_sdk_sns::Client::new(sdk),
+            catalog: catalog::Catalog::new(sdk, catalog_table),
             region: region.to_string(),
         }
     }

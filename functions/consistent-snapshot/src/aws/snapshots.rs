@@ -57,6 +57,58 @@ pub async fn own_tagged<T>(
     Ok(found)
 }
 
+/// The account's own snapshots with these ids (those that no longer exist are simply not
+/// answered), 200 ids a call; `subject` names them in an error.
+pub async fn by_ids(
+    ec2: &aws_sdk_ec2::Client,
+    ids: &[String],
+    subject: &str,
+) -> Result<Vec<SnapshotFacts>, Error> {
+    let mut found = Vec::new();
+    for chunk in ids.chunks(200) {
+        let pages = ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(ec2_filter("snapshot-id", chunk.iter().cloned()))
+            .into_paginator()
+            .send();
+        each_page(pages, "DescribeSnapshots", subject, |page| {
+            found.extend(page.snapshots().iter().filter_map(facts_of));
+        })
+        .await?;
+    }
+    Ok(found)
+}
+
+/// The account's own snapshots in a destination region tagged with this run's id, each with
+/// its description (set at creation, which no later call can change).
+pub async fn tagged_copies(
+    ec2: &aws_sdk_ec2::Client,
+    run_id: &str,
+    subject: &str,
+) -> Result<Vec<(SnapshotFacts, String)>, Error> {
+    let pages = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(ec2_filter(&format!("tag:{TAG_RUN_ID}"), [run_id]))
+        .max_results(1000)
+        .into_paginator()
+        .send();
+    let mut found = Vec::new();
+    each_page(pages, "DescribeSnapshots", subject, |page| {
+        for snapshot in page.snapshots() {
+            if let Some(facts) = facts_of(snapshot) {
+                found.push((
+                    facts,
+                    snapshot.description().unwrap_or_default().to_string(),
+                ));
+            }
+        }
+    })
+    .await?;
+    Ok(found)
+}
+
 /// This run's snapshots (of these volumes, when given), found by the run-id tag, sorted by id.
 pub async fn of_run(
     ec2: &aws_sdk_ec2::Client,
@@ -75,17 +127,19 @@ pub async fn of_run(
     Ok(found)
 }
 
-/// This deployment's snapshots in one region (owner self, tagged with its `ManagedBy`), as
-/// retention and the fleet report see them: only the tags they read, shared.
+/// This deployment's snapshots in one region (owner self, tagged with its `ManagedBy`) that
+/// `admit` lets through (the catalog's vouching, `model::catalog::admit`), as retention and
+/// the fleet report see them: only the tags they read, shared.
 pub async fn managed(
     ec2: &aws_sdk_ec2::Client,
     region: &str,
     managed_by: &str,
+    mut admit: impl FnMut(SnapshotFacts) -> Option<SnapshotFacts>,
 ) -> Result<Vec<SnapshotInfo>, Error> {
     let subject = format!("{managed_by} in {region}");
     let mut interner = TagInterner::default();
     own_tagged(ec2, (TAG_MANAGED_BY, managed_by), None, &subject, |s| {
-        SnapshotInfo::from_facts(s, &mut interner)
+        SnapshotInfo::from_facts(admit(s)?, &mut interner)
     })
     .await
 }

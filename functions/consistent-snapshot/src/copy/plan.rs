@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use crate::model::catalog::CopyRecord;
 use crate::model::ids::parse_regions;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::SnapshotState;
@@ -21,15 +22,46 @@ pub struct ExistingCopy {
     pub state: SnapshotState,
 }
 
-impl ExistingCopy {
-    /// A snapshot of a destination region as a copy, if it names its source.
-    pub fn of(snapshot: &SnapshotFacts) -> Option<Self> {
-        Some(ExistingCopy {
-            source_snapshot_id: snapshot.tags.get(TAG_SOURCE_SNAPSHOT)?.clone(),
-            snapshot_id: snapshot.snapshot_id.clone(),
-            state: snapshot.state.clone(),
+/// Copies whose CopySnapshot answer was lost (the call took effect, the function never learnt
+/// the copy's id): in the destination, not recorded, tagged as a copy of one of `sources`,
+/// with exactly the description this function gives that copy, started after its source. A
+/// description is fixed when a snapshot is created, so tagging a snapshot cannot make it one
+/// of these. Answers (source id, copy facts).
+pub fn lost_answer_copies<'a>(
+    sources: &[SnapshotFacts],
+    unrecorded: &'a [(SnapshotFacts, String)],
+    home: &str,
+) -> Vec<(String, &'a SnapshotFacts)> {
+    unrecorded
+        .iter()
+        .filter_map(|(copy, description)| {
+            let source_id = copy.tags.get(TAG_SOURCE_SNAPSHOT)?;
+            let source = sources.iter().find(|s| &s.snapshot_id == source_id)?;
+            let after = match (source.start_time, copy.start_time) {
+                (Some(source), Some(copy)) => copy >= source,
+                _ => false,
+            };
+            (after && *description == copy_description(source, home))
+                .then(|| (source_id.clone(), copy))
         })
-    }
+        .collect()
+}
+
+/// The copies already in a destination region: those the catalog records that EC2 still
+/// reports. A snapshot merely tagged as a copy (`SourceSnapshotId`) is not one: were it, a
+/// tag would be enough to keep a set from ever being copied.
+pub fn existing_copies(recorded: &[&CopyRecord], found: &[SnapshotFacts]) -> Vec<ExistingCopy> {
+    found
+        .iter()
+        .filter_map(|f| {
+            let record = recorded.iter().find(|c| c.snapshot_id == f.snapshot_id)?;
+            Some(ExistingCopy {
+                source_snapshot_id: record.source_snapshot_id.clone(),
+                snapshot_id: f.snapshot_id.clone(),
+                state: f.state.clone(),
+            })
+        })
+        .collect()
 }
 
 /// What the copy step does now, and where the copies stand.
@@ -264,17 +296,51 @@ mod tests {
         let copy_of = SnapshotFacts {
             snapshot_id: "snap-copy".into(),
             state: "pending".into(),
+            tags: tags.clone().into_iter().collect(),
+            ..SnapshotFacts::default()
+        };
+        let look_alike = SnapshotFacts {
+            snapshot_id: "snap-tagged-by-hand".into(),
+            state: "completed".into(),
             tags: tags.into_iter().collect(),
             ..SnapshotFacts::default()
         };
+        let record = CopyRecord {
+            run_id: "r1".into(),
+            instance_id: "i-1".into(),
+            region: "us-west-2".into(),
+            source_snapshot_id: "snap-a".into(),
+            snapshot_id: "snap-copy".into(),
+            started_at: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
+            consistent: true,
+            imported: false,
+        };
+        // A copy whose answer was lost has the function's own description; a look-alike
+        // tagged by hand has another one (descriptions are set at creation only).
+        let mut source = snapshot.clone();
+        source.start_time = chrono::DateTime::from_timestamp(1_800_000_000, 0);
+        let mut lost = copy_of.clone();
+        lost.snapshot_id = "snap-lost".into();
+        lost.start_time = chrono::DateTime::from_timestamp(1_800_000_100, 0);
+        let mut early = lost.clone();
+        early.start_time = chrono::DateTime::from_timestamp(1_700_000_000, 0);
+        let described = [
+            (lost.clone(), copy_description(&source, "us-east-1")),
+            (look_alike.clone(), "Copy of snap-a".to_string()),
+            (early, copy_description(&source, "us-east-1")),
+        ];
+        let adopted = lost_answer_copies(&[source], &described, "us-east-1");
+        assert_eq!(adopted.len(), 1, "{adopted:?}");
+        assert_eq!(adopted[0].0, "snap-a");
+        assert_eq!(adopted[0].1.snapshot_id, "snap-lost");
         assert_eq!(
-            ExistingCopy::of(&copy_of),
-            Some(ExistingCopy {
+            existing_copies(&[&record], &[copy_of, look_alike]),
+            [ExistingCopy {
                 source_snapshot_id: "snap-a".into(),
                 snapshot_id: "snap-copy".into(),
                 state: "pending".into()
-            })
+            }],
+            "only the recorded copy exists, however the other is tagged"
         );
-        assert_eq!(ExistingCopy::of(&snapshot), None, "not a copy");
     }
 }

@@ -1,6 +1,6 @@
 //! Copies of a run's finished snapshot sets in other regions, for disaster recovery.
 //!
-//! `copy::plan::plan_copies` decides, from the run's snapshots, each instance's copy regions and
+//! `copy::plan::plan_copies` decides, from the run's recorded sets (confirmed against EC2), each instance's copy regions and
 //! the copies already in each region, which copies to start and how far the others are. The
 //! copy step runs under a lease of its own (`run::plan::claim`), so two deliveries of the run's
 //! message never copy the same snapshot twice, and it checks each destination first.
@@ -12,17 +12,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-use crate::app::{emit_metrics, enqueue, requeue, App};
+use crate::app::{emit_metrics, enqueue, refuse, requeue, App};
+use crate::aws::catalog::RunMarkerStore;
 use crate::aws::instances;
-use crate::aws::markers::RunMarkerStore;
 use crate::aws::snapshots::{self, CopyRequest};
 use crate::copy::plan::{
-    copy_description, copy_regions_of, copy_tags, plan_copies, CopyPlan, CopySummary, ExistingCopy,
+    copy_description, copy_regions_of, copy_tags, existing_copies, lost_answer_copies, plan_copies,
+    CopyPlan, CopySummary,
 };
 use crate::error::Error;
 use crate::jobs::{CopyJob, Envelope, Job, RetentionJob};
+use crate::model::catalog::{admit, CatalogIndex, CopyRecord};
 use crate::model::snapshot::SnapshotFacts;
-use crate::model::tags::{TAG_INSTANCE_ID, TAG_RUN_ID};
+use crate::model::tags::TAG_INSTANCE_ID;
 use crate::run::plan::claim::{decide_copy, CopyClaim};
 
 /// One pass of the copy step; see the module documentation.
@@ -36,7 +38,16 @@ pub async fn copy_job(
     lease_until: DateTime<Utc>,
     message_id: &str,
 ) -> Result<(), Error> {
-    let store = RunMarkerStore::new(&app.aws.ssm, &app.config.managed_by, &job.run_id);
+    if app.aws.catalog.run(&job.run_id).await?.is_none() {
+        return Err(refuse(
+            app,
+            format!(
+                "copy job for run {}: the catalog holds no such dispatched run",
+                job.run_id
+            ),
+        ));
+    }
+    let store = RunMarkerStore::new(&app.aws.catalog, &job.run_id);
     let claim = decide_copy(&store.read().await?, Utc::now());
     if claim == CopyClaim::Final {
         info!(run_id = %job.run_id, "copies already final (a duplicate delivery)");
@@ -51,7 +62,12 @@ pub async fn copy_job(
         info!(run_id = %job.run_id, pass = job.attempt, "copy pass already taken by another message");
         return Ok(());
     }
-    requeue(app, Job::Copy(job.clone().next())).await?;
+    // Past its deadline the step has no successor: the pass that runs then ends it (copies
+    // not final are timed out), and one that keeps failing ends in the dead-letter queue.
+    // No chain outlives its deadline, whatever fails.
+    if Utc::now() <= job.deadline {
+        requeue(app, Job::Copy(job.clone().next())).await?;
+    }
     let CopyClaim::Take { epoch } = claim else {
         // Another pass is still working; the successor looks again.
         return Ok(());
@@ -112,13 +128,36 @@ fn report_copies(app: &App, job: &CopyJob, plan: &CopyPlan, started: usize, time
     }
 }
 
-/// Reads the run's snapshots and copies, starts the missing copies; answers the plan, how
-/// many copies were started and whether a region's copy limit was met.
+/// Reads the run's recorded sets and copies, confirms them against EC2, starts the missing
+/// copies; answers the plan, how many copies were started and whether a region's copy limit
+/// was met. Only snapshots the catalog records are copied, and only copies it records count
+/// as existing: a snapshot tagged like a set or like a copy is reported as foreign.
 async fn copy_pass(app: &App, job: &CopyJob) -> Result<(CopyPlan, usize, bool), Error> {
-    let snapshots: Vec<SnapshotFacts> = snapshots::of_run(&app.aws.ec2, &job.run_id, None)
-        .await?
-        .into_iter()
-        .filter(|s| s.tags.contains_key(TAG_INSTANCE_ID))
+    let home = app.config.region.as_str();
+    let (sets, recorded_copies) = app.aws.catalog.run_sets(&job.run_id).await?;
+    let index = CatalogIndex::new(&sets, &recorded_copies);
+    let ids: Vec<String> = sets
+        .iter()
+        .flat_map(|s| s.snapshots.iter().map(|r| r.snapshot_id.clone()))
+        .collect();
+    let subject = format!("run {}", job.run_id);
+    let mut snapshots: Vec<SnapshotFacts> = Vec::new();
+    for facts in snapshots::by_ids(&app.aws.ec2, &ids, &subject).await? {
+        match admit(facts, home, &index, &app.config.managed_by) {
+            Ok(admitted) => snapshots.push(admitted),
+            Err(foreign) => {
+                warn!(run_id = %job.run_id, snapshot_id = %foreign.snapshot_id, why = %foreign.why, "foreign snapshot: not copied")
+            }
+        }
+    }
+    let verdicts: BTreeMap<(&str, &str), bool> = sets
+        .iter()
+        .map(|s| {
+            (
+                (s.instance_id.as_str(), s.run_id.as_str()),
+                s.is_consistent(),
+            )
+        })
         .collect();
     let facts = instances::by_id(
         &app.aws.ec2,
@@ -137,7 +176,7 @@ async fn copy_pass(app: &App, job: &CopyJob) -> Result<(CopyPlan, usize, bool), 
                 .and_then(|id| facts.get(id))
                 .map(|f| f.tags.clone())
                 .unwrap_or_default();
-            let regions = copy_regions_of(&tags, &app.config.copy_regions, &app.config.region);
+            let regions = copy_regions_of(&tags, &app.config.copy_regions, home);
             (s, regions)
         })
         .collect();
@@ -150,15 +189,52 @@ async fn copy_pass(app: &App, job: &CopyJob) -> Result<(CopyPlan, usize, bool), 
     let mut existing = BTreeMap::new();
     for region in &regions {
         let subject = format!("copies of run {} in {region}", job.run_id);
-        let copies = snapshots::own_tagged(
-            &app.aws.ec2_in(region),
-            (TAG_RUN_ID, &job.run_id),
-            None,
-            &subject,
-            |s| ExistingCopy::of(&s),
-        )
-        .await?;
-        existing.insert(region.clone(), copies);
+        let recorded: Vec<&CopyRecord> = recorded_copies
+            .iter()
+            .filter(|c| &c.region == region)
+            .collect();
+        let ids: Vec<String> = recorded.iter().map(|c| c.snapshot_id.clone()).collect();
+        let ec2 = app.aws.ec2_in(region);
+        let mut found = snapshots::by_ids(&ec2, &ids, &subject).await?;
+        // A copy started by a call whose answer was lost is recorded now, not made twice.
+        let unrecorded: Vec<(SnapshotFacts, String)> =
+            snapshots::tagged_copies(&ec2, &job.run_id, &subject)
+                .await?
+                .into_iter()
+                .filter(|(s, _)| !ids.contains(&s.snapshot_id))
+                .collect();
+        let home_sources: Vec<SnapshotFacts> = sources.iter().map(|(s, _)| s.clone()).collect();
+        let mut adopted_records = Vec::new();
+        for (source_id, copy) in lost_answer_copies(&home_sources, &unrecorded, home) {
+            let Some(source) = home_sources.iter().find(|s| s.snapshot_id == source_id) else {
+                continue;
+            };
+            let instance_id = source
+                .tags
+                .get(TAG_INSTANCE_ID)
+                .cloned()
+                .unwrap_or_default();
+            info!(run_id = %job.run_id, region = %region, source = %source_id, copy = %copy.snapshot_id, "a copy whose CopySnapshot answer was lost: recorded");
+            let record = CopyRecord {
+                consistent: verdicts
+                    .get(&(instance_id.as_str(), job.run_id.as_str()))
+                    .copied()
+                    .unwrap_or(false),
+                run_id: job.run_id.clone(),
+                instance_id,
+                region: region.clone(),
+                source_snapshot_id: source_id,
+                snapshot_id: copy.snapshot_id.clone(),
+                started_at: Utc::now(),
+                imported: false,
+            };
+            app.aws.catalog.record_copy(&record).await?;
+            found.push(copy.clone());
+            adopted_records.push(record);
+        }
+        let mut recorded = recorded;
+        recorded.extend(adopted_records.iter());
+        existing.insert(region.clone(), existing_copies(&recorded, &found));
     }
     let plan = plan_copies(&sources, &existing);
     let by_id: BTreeMap<&str, &SnapshotFacts> = sources
@@ -174,7 +250,6 @@ async fn copy_pass(app: &App, job: &CopyJob) -> Result<(CopyPlan, usize, bool), 
         let Some(source) = by_id.get(source_id.as_str()) else {
             continue;
         };
-        let home = app.config.region.as_str();
         let request = CopyRequest {
             source_region: home,
             source_snapshot_id: &source.snapshot_id,
@@ -186,6 +261,28 @@ async fn copy_pass(app: &App, job: &CopyJob) -> Result<(CopyPlan, usize, bool), 
             Ok(copy_id) => {
                 info!(run_id = %job.run_id, region = %region, source = %source_id, copy = %copy_id, "copy started");
                 started += 1;
+                let instance_id = source
+                    .tags
+                    .get(TAG_INSTANCE_ID)
+                    .cloned()
+                    .unwrap_or_default();
+                let consistent = verdicts
+                    .get(&(instance_id.as_str(), job.run_id.as_str()))
+                    .copied()
+                    .unwrap_or(false);
+                app.aws
+                    .catalog
+                    .record_copy(&CopyRecord {
+                        run_id: job.run_id.clone(),
+                        instance_id,
+                        region: region.clone(),
+                        source_snapshot_id: source.snapshot_id.clone(),
+                        snapshot_id: copy_id,
+                        started_at: Utc::now(),
+                        consistent,
+                        imported: false,
+                    })
+                    .await?;
             }
             Err(err) if err.aws_code() == Some("ResourceLimitExceeded") => {
                 info!(run_id = %job.run_id, region = %region, "copy limit of the region reached: the rest waits for the next pass");

@@ -5,7 +5,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::{DateTime, Duration, Utc};
 use tracing::{error, info, warn};
 
-use crate::app::App;
+use crate::app::{refuse, App};
 use crate::error::Error;
 use crate::jobs::{Envelope, Job};
 use crate::run::step::start::{self, LEASE_MARGIN_SECONDS};
@@ -42,6 +42,19 @@ pub async fn process_batch(
         }
         if let Some(why) = give_back {
             info!(message_id = %id, reason = why, "message handed back to the queue untried");
+            response.add_failure(id);
+            continue;
+        }
+        // Only the deployment's own queue, which only the function's role may send to.
+        let source = record.event_source_arn.as_deref().unwrap_or_default();
+        if source != app.config.queue_arn {
+            let _ = refuse(
+                app,
+                format!(
+                    "message {id} from {source:?}: only messages of the deployment's queue {} are accepted",
+                    app.config.queue_arn
+                ),
+            );
             response.add_failure(id);
             continue;
         }

@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::Error;
-use crate::model::ids::{fnv1a32, is_availability_zone, is_instance_id, is_run_id};
+use crate::model::ids::{
+    fnv1a32, is_availability_zone, is_instance_id, is_run_id, is_scheduled_run_id,
+};
 use crate::model::requests::{
-    ReportRequest, RestoreMode, RestoreRequest, RetentionRequest, SnapshotRequest, VerifyRequest,
-    MAX_INSTANCE_IDS, MAX_VERIFY,
+    ImportRequest, ReportRequest, RestoreMode, RestoreRequest, RetentionRequest, SnapshotRequest,
+    VerifyRequest, MAX_INSTANCE_IDS, MAX_VERIFY,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +55,7 @@ pub enum Action {
     Report(ReportRequest),
     Restore(RestoreRequest),
     Verify(VerifyRequest),
+    Import(ImportRequest),
 }
 
 /// The input of an EventBridge Scheduler schedule, as the template writes it with the
@@ -123,7 +126,7 @@ impl Event {
         }
         Err(Error::Event(
             "unrecognised payload: expected an EventBridge scheduled event, an SQS event, or an \
-             on-demand call with an `action` field (snapshot, retention, report, restore, verify)"
+             on-demand call with an `action` field (snapshot, retention, report, restore, verify, import)"
                 .into(),
         ))
     }
@@ -145,9 +148,10 @@ fn parse_action(action: Value, mut payload: Value) -> Result<Action, Error> {
         "report" => Action::Report(from_value(payload, "report request")?),
         "restore" => Action::Restore(from_value(payload, "restore request")?),
         "verify" => Action::Verify(from_value(payload, "verify request")?),
+        "import" => Action::Import(from_value(payload, "import request")?),
         other => {
             return Err(Error::Event(format!(
-                "field `action`: unknown action {other:?}, expected one of snapshot, retention, report, restore, verify"
+                "field `action`: unknown action {other:?}, expected one of snapshot, retention, report, restore, verify, import"
             )))
         }
     };
@@ -237,6 +241,23 @@ fn validate_snapshot_request(request: &SnapshotRequest) -> Result<(), Error> {
         if !is_run_id(run_id) {
             return Err(Error::Event(format!(
                 "field `run_id`: {run_id:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
+            )));
+        }
+        if is_scheduled_run_id(run_id) {
+            return Err(Error::Event(format!(
+                "field `run_id`: {run_id:?} has the form of a scheduled run's id (YYYYMMDDTHHMMSSZ-xxxxxxxx); on-demand runs cannot take one, or a schedule would find its run taken"
+            )));
+        }
+    }
+    if let Some(token) = &request.client_token {
+        if request.run_id.is_some() {
+            return Err(Error::Event(
+                "field `client_token`: give either `run_id` or `client_token`, not both".into(),
+            ));
+        }
+        if token.is_empty() || token.len() > 60 || !is_run_id(token) {
+            return Err(Error::Event(format!(
+                "field `client_token`: {token:?} must be 1 to 60 letters, digits, '-', '_' or '.'"
             )));
         }
     }
@@ -355,7 +376,8 @@ mod tests {
             Event::OnDemand(Action::Snapshot(SnapshotRequest {
                 instance_ids: Some(vec!["i-0123456789abcdef0".into()]),
                 dry_run: Some(true),
-                run_id: None
+                run_id: None,
+                client_token: None,
             }))
         );
     }

@@ -11,6 +11,7 @@ use tracing::info;
 use crate::app::{to_json, App};
 use crate::error::Error;
 use crate::model::requests::SnapshotRequest;
+use crate::run::plan::dispatch::in_flight_window;
 use crate::run::step::start::{start_run, RunRequest, LEASE_MARGIN_SECONDS};
 use event::{Action, Event};
 
@@ -63,6 +64,9 @@ pub async fn handle_until(
         Event::OnDemand(Action::Verify(request)) => {
             crate::restore::step::verify::on_demand(app, request).await
         }
+        Event::OnDemand(Action::Import(request)) => {
+            crate::run::step::import::on_demand(app, request).await
+        }
     }
 }
 
@@ -73,10 +77,26 @@ async fn on_demand_snapshot(
     lease_until: DateTime<Utc>,
 ) -> Result<Value, Error> {
     let now = Utc::now();
-    let run_id = request.run_id.clone().unwrap_or_else(|| {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        format!("{}-od-{}", now.format("%Y%m%dT%H%M%SZ"), &id[..8])
-    });
+    let run_id = match (&request.run_id, &request.client_token) {
+        (Some(run_id), _) => run_id.clone(),
+        (None, Some(token)) => format!("od-{token}"),
+        (None, None) => {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            format!("{}-od-{}", now.format("%Y%m%dT%H%M%SZ"), &id[..8])
+        }
+    };
+    // A run id is resumed only while its commands are in SSM's history: an older one would
+    // merge new snapshots into an old run.
+    if let Some(earlier) = app.aws.catalog.run(&run_id).await? {
+        let window = in_flight_window(&app.config);
+        if earlier.started_at + window < now {
+            return Err(Error::Event(format!(
+                "field `run_id`: run {run_id} was started at {}, longer ago than the command history this function reads ({} h): choose another id",
+                earlier.started_at.to_rfc3339(),
+                window.num_hours()
+            )));
+        }
+    }
     let start = start_run(
         app,
         &RunRequest {

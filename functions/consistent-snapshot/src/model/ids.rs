@@ -30,6 +30,19 @@ pub fn is_run_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
+/// Whether `id` has the form of a scheduled run's id, `YYYYMMDDTHHMMSSZ-xxxxxxxx` (8 hex):
+/// the namespace on-demand runs may not enter.
+pub fn is_scheduled_run_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 25
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z'
+        && b[16] == b'-'
+        && b[17..].iter().all(u8::is_ascii_hexdigit)
+}
+
 /// `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`…
 pub fn is_region(name: &str) -> bool {
     let parts: Vec<&str> = name.split('-').collect();
@@ -133,6 +146,20 @@ impl fmt::Display for AgentVersion {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scheduled_run_ids_have_a_namespace_of_their_own() {
+        assert!(is_scheduled_run_id("20261123T000000Z-ab12cd34"));
+        for other in [
+            "20261123T000000Z-od-ab12cd34",
+            "manual-1",
+            "20261123T000000Z-ab12cd3",
+            "20261123T000000Z-ab12cd3g",
+            "2026112xT000000Z-ab12cd34",
+        ] {
+            assert!(!is_scheduled_run_id(other), "{other}");
+        }
+    }
 
     #[test]
     fn versions_compare_numerically_not_as_text() {

@@ -1,6 +1,6 @@
-//! A run's markers: create-once parameters under
-//! `/consistent-snapshot/<deployment>/runs/<run id>/`, each saying that one transition of the run
-//! happened (see `run::plan::claim` for what they decide, and `aws::markers` for the store).
+//! A run's markers: create-once items of the run in the catalog (`aws::catalog`, conditional
+//! writes), each saying that one transition of the run happened (see `run::plan::claim` for
+//! what they decide).
 //!
 //! * `lease-<n>`: the invocation that created it dispatches the run, until its lease ends (its
 //!   own Lambda deadline: after that, it has been stopped). A lease that ended without
@@ -11,14 +11,11 @@
 //!   retention.
 //!
 //! Every marker carries its writer's token, so a create whose answer was lost and whose retry
-//! meets `ParameterAlreadyExists` can still tell that it won.
+//! meets its own item can still tell that it won.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::model::ids::fnv1a32;
-
-pub const ROOT: &str = "/consistent-snapshot";
 pub const DISPATCHED: &str = "dispatched";
 pub const REPORTED: &str = "reported";
 pub const RETAINED: &str = "retained";
@@ -38,7 +35,7 @@ pub struct MarkerValue {
     pub until: Option<DateTime<Utc>>,
 }
 
-/// A run's markers as read from Parameter Store.
+/// A run's markers as read from the catalog.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunMarkers {
     /// Lease epochs and their ends.
@@ -52,36 +49,7 @@ pub struct RunMarkers {
     pub names: Vec<String>,
 }
 
-/// Parameter names allow letters, digits and `. - _`; anything else becomes `_`, and a short
-/// hash of the original keeps two deployments whose names differ only there apart.
-pub fn path_segment(text: &str) -> String {
-    let clean: String = text
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if clean == text {
-        clean
-    } else {
-        format!("{clean}-{:08x}", fnv1a32(text.as_bytes()))
-    }
-}
-
-/// The Parameter Store path of a run's markers.
-pub fn run_path(managed_by: &str, run_id: &str) -> String {
-    format!(
-        "{ROOT}/{}/runs/{}",
-        path_segment(managed_by),
-        path_segment(run_id)
-    )
-}
-
-/// Reads the markers from the parameters found under a run's path (name, value).
+/// Reads the markers from a run's marker items (leaf name, value).
 pub fn parse_markers<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -> RunMarkers {
     let mut markers = RunMarkers::default();
     for (name, value) in params {
@@ -122,8 +90,9 @@ pub fn to_release(markers: &RunMarkers) -> Vec<String> {
         .collect()
 }
 
-/// How long a finished run's `reported` marker is kept: far longer than any redelivery.
-pub const KEEP_REPORTED_DAYS: i64 = 8;
+/// How long a run's items stay in the catalog (by TTL): longer than the queue keeps a message
+/// (14 days), so no redelivery or replay finds its run forgotten.
+pub const KEEP_RUN_DAYS: i64 = 15;
 
 #[cfg(test)]
 mod tests {
@@ -131,7 +100,6 @@ mod tests {
 
     #[test]
     fn a_finished_run_keeps_only_the_markers_that_say_a_step_is_over() {
-        let path = run_path("prod", "r1");
         let leaves = [
             "lease-0",
             "dispatched",
@@ -142,12 +110,9 @@ mod tests {
             "copied",
             "retained",
         ];
-        let names: Vec<String> = leaves.iter().map(|l| format!("{path}/{l}")).collect();
+        let names: Vec<String> = leaves.iter().map(|l| l.to_string()).collect();
         let markers = parse_markers(names.iter().map(|n| (n.as_str(), "{}")));
-        let released: Vec<String> = to_release(&markers)
-            .iter()
-            .map(|n| n.rsplit('/').next().unwrap_or_default().to_string())
-            .collect();
+        let released: Vec<String> = to_release(&markers);
         assert_eq!(
             released,
             [
@@ -168,28 +133,13 @@ mod tests {
 
     #[test]
     fn unknown_leaves_are_ignored() {
-        let m = markers(&[("/x/runs/r/lease-x".into(), "{}".into())]);
+        let m = markers(&[("lease-x".into(), "{}".into())]);
         assert_eq!(
             m,
             RunMarkers {
-                names: vec!["/x/runs/r/lease-x".into()],
+                names: vec!["lease-x".into()],
                 ..RunMarkers::default()
             }
         );
-    }
-
-    #[test]
-    fn paths_keep_only_parameter_name_characters_and_stay_distinct() {
-        assert_eq!(
-            run_path("vss-prod", "20261123T000000Z-ab12cd34"),
-            "/consistent-snapshot/vss-prod/runs/20261123T000000Z-ab12cd34"
-        );
-        let a = path_segment("prod vss");
-        let b = path_segment("prod_vss");
-        assert_ne!(a, b);
-        assert!(a.starts_with("prod_vss-"));
-        assert!(a
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
     }
 }

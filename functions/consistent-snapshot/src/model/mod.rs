@@ -1,7 +1,8 @@
 //! The shared vocabulary: tag keys, identifiers, the states AWS reports, and plain facts about
-//! instances, snapshots, commands, restores and a run's markers. Everything imports it; it
+//! instances, snapshots, commands, restores, a run's markers and the catalog's records. Everything imports it; it
 //! imports nothing of the crate but itself. No I/O, no clock.
 
+pub mod catalog;
 pub mod command;
 pub mod fleet;
 pub mod ids;

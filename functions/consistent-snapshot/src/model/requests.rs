@@ -16,9 +16,13 @@ pub struct SnapshotRequest {
     pub instance_ids: Option<Vec<String>>,
     #[serde(default)]
     pub dry_run: Option<bool>,
-    /// Re-use a run id (for example to resume a run); a fresh one when absent.
+    /// Re-use a run id (for example to resume a run); a fresh one when absent. Never one of
+    /// the form of a scheduled run's id.
     #[serde(default)]
     pub run_id: Option<String>,
+    /// The same token makes a retried call the same run (`od-<token>`).
+    #[serde(default)]
+    pub client_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +35,17 @@ pub struct RetentionRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportRequest {}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+    /// The `ManagedBy` tag value the sets carry, when it is not this deployment's (an upgrade
+    /// that changed the default).
+    #[serde(default)]
+    pub managed_by: Option<String>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

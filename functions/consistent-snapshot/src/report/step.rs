@@ -9,14 +9,16 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::app::{emit_metrics, to_json, App};
-use crate::aws::{commands, instances, snapshots};
+use crate::aws::{commands, instances};
 use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
+use crate::model::catalog::CatalogIndex;
 use crate::model::state::{CommandStatus, InstanceState};
 use crate::report::plan::{
     build, failed_invocations, failures_since, FailedInvocation, FleetReport, ReportInput,
     RpoStatus,
 };
+use crate::retention::step::vouched_snapshots;
 use crate::run::plan::dispatch::vss_documents;
 use crate::run::plan::preflight::preflight;
 
@@ -39,12 +41,16 @@ pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
         })
         .collect();
     let managed_by = app.config.managed_by.as_str();
-    let home_snapshots = snapshots::managed(&app.aws.ec2, home, managed_by).await?;
+    // Only what the catalog vouches for counts as a backup: a forged or re-tagged snapshot
+    // never puts a server within its RPO.
+    let (sets, recorded_copies) = app.aws.catalog.all_sets().await?;
+    let index = CatalogIndex::new(&sets, &recorded_copies);
+    let (home_snapshots, _) = vouched_snapshots(app, home, &index, false).await?;
     let mut copies = BTreeMap::new();
     let regions = copy_regions.values().flat_map(|r| r.iter().flatten());
     for region in regions {
         if !copies.contains_key(region) {
-            let found = snapshots::managed(&app.aws.ec2_in(region), region, managed_by).await?;
+            let (found, _) = vouched_snapshots(app, region, &index, false).await?;
             copies.insert(region.clone(), found);
         }
     }

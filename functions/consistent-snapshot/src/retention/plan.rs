@@ -948,6 +948,8 @@ mod tests {
     fn the_home_region_keeps_retain_count_and_copy_regions_copy_retain_count() {
         let config = Config::from_lookup(|name| match name {
             "QUEUE_URL" => Some("q".into()),
+            "QUEUE_ARN" => Some("arn:aws:sqs:eu-west-1:123456789012:q".into()),
+            "CATALOG_TABLE" => Some("prod-catalog".into()),
             "MANAGED_BY" => Some("prod".into()),
             "RETAIN_COUNT" => Some("7".into()),
             "COPY_RETAIN_COUNT" => Some("3".into()),

@@ -8,20 +8,22 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::app::{emit_metrics, requeue, App};
+use crate::app::{emit_metrics, refuse, requeue, App};
+use crate::aws::catalog::{CopyKey, RunMarkerStore};
 use crate::aws::instances;
-use crate::aws::markers::RunMarkerStore;
 use crate::aws::snapshots::{self, Deletion};
 use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
 use crate::jobs::{Job, RetentionJob};
-use crate::model::snapshot::SnapshotInfo;
+use crate::model::catalog::{admit, CatalogIndex};
+use crate::model::snapshot::{SnapshotFacts, SnapshotInfo};
 use crate::model::state::SnapshotState;
 use crate::model::tags::{TAG_INSTANCE_ID, TAG_SOURCE_SNAPSHOT};
 use crate::retention::plan::{
     instance_state, plan, region_policy, stop_time, Action, RegionPlan, RetentionOutcome,
     ANSWER_SETS, LOG_LINE_SETS,
 };
+use crate::run::plan::summary::MAX_FOREIGN;
 
 /// The regions retention looks at: the function's own, then the copy regions, then any
 /// region a tagged instance's `ConsistentSnapshot:CopyRegions` adds.
@@ -40,14 +42,56 @@ async fn retention_regions(app: &App) -> Result<Vec<String>, Error> {
     Ok(regions)
 }
 
-/// Plans retention in every region.
+/// This deployment's snapshots in `region` that the catalog vouches for and EC2 confirms,
+/// with the catalog's instance, run and verdict; answers them and how many snapshots carrying
+/// the deployment's tag were foreign (each logged, the first `MAX_FOREIGN`).
+pub async fn vouched_snapshots(
+    app: &App,
+    region: &str,
+    index: &CatalogIndex,
+    skip_imported: bool,
+) -> Result<(Vec<SnapshotInfo>, usize), Error> {
+    let managed_by = app.config.managed_by.as_str();
+    let mut foreign = 0usize;
+    let admit_here = |facts: SnapshotFacts| {
+        // An imported set is kept whatever retention would decide: never handed to it.
+        if skip_imported
+            && index
+                .get(region, &facts.snapshot_id)
+                .is_some_and(|v| v.imported)
+        {
+            return None;
+        }
+        match admit(facts, region, index, managed_by) {
+            Ok(admitted) => Some(admitted),
+            Err(f) => {
+                if foreign < MAX_FOREIGN {
+                    warn!(region = %region, snapshot_id = %f.snapshot_id, claims_instance = f.claims_instance.as_deref().unwrap_or(""), why = %f.why, "foreign snapshot: carries this deployment's tag, not recorded; never deleted, copied or restored");
+                }
+                foreign += 1;
+                None
+            }
+        }
+    };
+    let snapshots =
+        snapshots::managed(&app.aws.ec2_in(region), region, managed_by, admit_here).await?;
+    Ok((snapshots, foreign))
+}
+
+/// Plans retention in every region, over the snapshots the catalog vouches for (and EC2
+/// confirms); every other snapshot carrying this deployment's tag is foreign: logged,
+/// counted, never deleted.
 pub async fn plan_retention(app: &App) -> Result<Vec<RegionPlan>, Error> {
     let now = Utc::now();
     let regions = retention_regions(app).await?;
+    let (sets, copies) = app.aws.catalog.all_sets().await?;
+    let index = CatalogIndex::new(&sets, &copies);
     let mut per_region: Vec<(String, Vec<SnapshotInfo>)> = Vec::new();
+    let mut foreign = 0usize;
     for region in &regions {
         let ec2 = app.aws.ec2_in(region);
-        let mut snapshots = snapshots::managed(&ec2, region, &app.config.managed_by).await?;
+        let (mut snapshots, foreign_here) = vouched_snapshots(app, region, &index, true).await?;
+        foreign += foreign_here;
         let images = snapshots::used_by_images(&ec2, region).await?;
         for s in &mut snapshots {
             s.used_by_images = images.get(&s.snapshot_id).cloned().unwrap_or_default();
@@ -81,6 +125,13 @@ pub async fn plan_retention(app: &App) -> Result<Vec<RegionPlan>, Error> {
         app.config.target_tag_key.as_str(),
         app.config.target_tag_value.as_str(),
     );
+    if foreign > 0 {
+        emit_metrics(
+            app,
+            &[("ForeignSnapshots", foreign)],
+            &[("Event", "retention")],
+        );
+    }
     let mut plans = Vec::new();
     for (i, (region, snapshots)) in per_region.iter().enumerate() {
         let home = i == 0;
@@ -118,9 +169,13 @@ pub async fn apply_retention(
         ..RetentionOutcome::default()
     };
     let mut tried = 0usize;
+    let mut forget_sets: Vec<(String, String)> = Vec::new();
+    let mut forget_copies: Vec<CopyKey> = Vec::new();
     for plan in &plans {
         let ec2 = app.aws.ec2_in(&plan.region);
+        let home = plan.region == app.config.region;
         for (instance_id, set) in plan.deletions() {
+            let mut gone = 0usize;
             for snapshot_id in &set.snapshots {
                 let at = format!("{}/{snapshot_id}", plan.region);
                 if dry_run {
@@ -138,9 +193,11 @@ pub async fn apply_retention(
                     Deletion::Deleted => {
                         info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, reason = %set.reason, "snapshot deleted");
                         outcome.deleted.push(at);
+                        gone += 1;
                     }
                     Deletion::AlreadyGone => {
-                        info!(region = %plan.region, snapshot_id = %snapshot_id, "already deleted")
+                        info!(region = %plan.region, snapshot_id = %snapshot_id, "already deleted");
+                        gone += 1;
                     }
                     Deletion::InUse => {
                         warn!(region = %plan.region, instance_id, snapshot_id = %snapshot_id, "kept: in use (by an AMI)");
@@ -151,6 +208,18 @@ pub async fn apply_retention(
                         outcome.failed.push(format!("{at}: {err}"));
                     }
                 }
+            }
+            // What is deleted leaves the catalog: a set once all of it is gone, a copy
+            // with its snapshot.
+            if home && gone == set.snapshots.len() && !dry_run {
+                forget_sets.push((instance_id.to_string(), set.run_id.clone()));
+            } else if !home && !dry_run && gone > 0 {
+                forget_copies.extend(set.snapshots.iter().map(|snapshot_id| CopyKey {
+                    instance_id: instance_id.to_string(),
+                    region: plan.region.clone(),
+                    run_id: set.run_id.clone(),
+                    snapshot_id: snapshot_id.clone(),
+                }));
             }
         }
         for (instance_id, sets) in &plan.instances {
@@ -164,6 +233,10 @@ pub async fn apply_retention(
                     .push(format!("{}/{}: {}", plan.region, set.run_id, set.reason));
             }
         }
+    }
+    if let Err(err) = app.aws.catalog.forget(&forget_sets, &forget_copies).await {
+        // The snapshots are gone; their records are only stale (admit finds no snapshot).
+        warn!(error = %err, "deleted sets not removed from the catalog");
     }
     outcome.plans = plans;
     outcome
@@ -191,6 +264,15 @@ pub async fn retention_job(
     job: RetentionJob,
     deadline: DateTime<Utc>,
 ) -> Result<(), Error> {
+    if app.aws.catalog.run(&job.run_id).await?.is_none() {
+        return Err(refuse(
+            app,
+            format!(
+                "retention job for run {}: the catalog holds no such dispatched run",
+                job.run_id
+            ),
+        ));
+    }
     let plans = plan_retention(app).await?;
     let stop_at = stop_time(Utc::now(), deadline);
     let mut outcome = apply_retention(app, plans, false, stop_at).await;
@@ -215,7 +297,7 @@ pub async fn retention_job(
             outcome.failed.join("; ")
         )));
     }
-    let store = RunMarkerStore::new(&app.aws.ssm, &app.config.managed_by, &job.run_id);
+    let store = RunMarkerStore::new(&app.aws.catalog, &job.run_id);
     if store.mark_retained().await? {
         emit_metrics(
             app,
@@ -225,8 +307,6 @@ pub async fn retention_job(
         let summary = outcome.to_bounded_json(LOG_LINE_SETS).to_string();
         info!(run_id = %job.run_id, retention = %summary, "{}", outcome.summary_line());
     }
-    store
-        .release_finished(&app.config.managed_by, Utc::now())
-        .await;
+    store.release_finished().await;
     Ok(())
 }

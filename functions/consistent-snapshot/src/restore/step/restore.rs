@@ -10,11 +10,12 @@ use chrono::{Duration, Utc};
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::app::{requeue, to_json, App};
+use crate::app::{refuse, requeue, to_json, App};
 use crate::aws::volumes::{self, NewVolume};
 use crate::aws::{commands, instances, snapshots};
 use crate::error::Error;
 use crate::jobs::{Job, RestoreJob};
+use crate::model::catalog::{admit, CatalogIndex};
 use crate::model::requests::{RestoreMode, RestoreRequest};
 use crate::model::restore::{SourceSnapshot, VolumeFacts};
 use crate::model::tags::{
@@ -56,29 +57,62 @@ pub async fn on_demand(app: &App, request: RestoreRequest) -> Result<Value, Erro
         attempt: 0,
     };
     info!(restore_id = %job.restore_id, instance_id, run_id = %job.set.run_id, mode = ?job.mode, rollback = job.rollback, "restore requested");
+    app.aws.catalog.put_restore(&job, Utc::now()).await?;
     let status = restore_pass(app, job).await?;
     Ok(to_json(&status))
 }
 
-/// A queued restore comes back: one more pass.
-pub async fn restore_job(app: &App, job: RestoreJob) -> Result<(), Error> {
+/// A queued restore comes back: one more pass. The message is a reference: the restore is
+/// the one its request recorded in the catalog, and a message naming another is refused.
+pub async fn restore_job(app: &App, message: RestoreJob) -> Result<(), Error> {
+    let recorded = app
+        .aws
+        .catalog
+        .restore(&message.instance_id, &message.restore_id)
+        .await?;
+    let Some(recorded) = recorded else {
+        return Err(refuse(
+            app,
+            format!(
+                "restore job {} of {}: no such restore was requested",
+                message.restore_id, message.instance_id
+            ),
+        ));
+    };
+    let job = RestoreJob {
+        attempt: message.attempt,
+        ..recorded
+    };
     restore_pass(app, job).await.map(|_| ())
 }
 
-/// This deployment's snapshots of an instance, as restore sources.
+/// This deployment's snapshots of an instance that the catalog records (and EC2 confirms), as
+/// restore sources, with the catalog's run, device and verdict.
 pub async fn instance_snapshots(
     app: &App,
     instance_id: &str,
 ) -> Result<Vec<SourceSnapshot>, Error> {
-    let found = snapshots::own_tagged(
-        &app.aws.ec2,
-        (TAG_INSTANCE_ID, instance_id),
-        None,
-        &format!("snapshots of {instance_id}"),
-        Some,
-    )
-    .await?;
-    Ok(source_snapshots(found, &app.config.managed_by))
+    let (sets, _) = app.aws.catalog.sets_of(instance_id).await?;
+    let index = CatalogIndex::new(&sets, []);
+    let ids: Vec<String> = sets
+        .iter()
+        .flat_map(|s| s.snapshots.iter().map(|r| r.snapshot_id.clone()))
+        .collect();
+    let subject = format!("snapshots of {instance_id}");
+    let home = app.config.region.as_str();
+    let managed_by = app.config.managed_by.as_str();
+    let admitted = snapshots::by_ids(&app.aws.ec2, &ids, &subject)
+        .await?
+        .into_iter()
+        .filter_map(|facts| match admit(facts, home, &index, managed_by) {
+            Ok(admitted) => Some(admitted),
+            Err(f) => {
+                warn!(instance_id, snapshot_id = %f.snapshot_id, why = %f.why, "not restored from: EC2 no longer reports it as recorded");
+                None
+            }
+        })
+        .collect();
+    Ok(source_snapshots(admitted, managed_by))
 }
 
 /// Carries out steps until the restore is done, failed or must wait; a wait is queued.
@@ -106,7 +140,7 @@ async fn restore_pass(app: &App, job: RestoreJob) -> Result<RestoreStatus, Error
     let (state, waiting_for, error) = restore_state(&last, Utc::now() > job.deadline);
     let restored = match seen {
         Some(restored) => restored,
-        None => restored_volumes(app, &job.restore_id).await?,
+        None => restored_volumes(app, &job.instance_id, &job.restore_id).await?,
     };
     let replaced = match job.mode {
         RestoreMode::Replace => replaced_volumes(app, &job.restore_id, &job.instance_id).await?,
@@ -156,7 +190,7 @@ async fn next_step(
     app: &App,
     job: &RestoreJob,
 ) -> Result<(Step, BTreeMap<String, VolumeFacts>), Error> {
-    let restored = restored_volumes(app, &job.restore_id).await?;
+    let restored = restored_volumes(app, &job.instance_id, &job.restore_id).await?;
     let step = match job.mode {
         RestoreMode::Volumes => volumes_step(job, &restored),
         RestoreMode::Replace => replace_next_step(app, job, &restored).await?,
@@ -230,6 +264,12 @@ async fn carry_out(app: &App, job: &RestoreJob, step: &Step) -> Result<(), Error
         Step::Detach { volumes } => {
             for (device, volume) in volumes {
                 if !job.rollback {
+                    // Recorded before anything else: a rollback reattaches only what the
+                    // catalog says this restore took off, never a volume tagged to look so.
+                    app.aws
+                        .catalog
+                        .record_restore_volume(id, &job.restore_id, DETACHED, volume, device)
+                        .await?;
                     // Tagged first: a replaced volume is always findable (and never deleted).
                     let tags = [
                         (TAG_REPLACED_BY, job.restore_id.clone()),
@@ -288,39 +328,61 @@ pub async fn create_volume(
         spec.snapshot_id, job.instance_id, spec.zone
     );
     let volume_id = volumes::create(&app.aws.ec2, volume, &subject).await?;
+    app.aws
+        .catalog
+        .record_restore_volume(
+            &job.instance_id,
+            &job.restore_id,
+            CREATED,
+            &volume_id,
+            &spec.device,
+        )
+        .await?;
     info!(restore_id = %job.restore_id, instance_id = %job.instance_id, device = %spec.device, snapshot_id = %spec.snapshot_id, volume_id = %volume_id, "volume created from snapshot");
     Ok(volume_id)
 }
 
-/// The volumes of a restore, by device.
+/// The catalog's roles of a restore's volumes.
+const CREATED: &str = "created";
+const DETACHED: &str = "detached";
+
+/// The volumes of a restore, by device: those it created, as the catalog recorded them (a
+/// volume merely tagged with the restore's id is none of them).
 pub async fn restored_volumes(
     app: &App,
+    instance_id: &str,
     restore_id: &str,
 ) -> Result<BTreeMap<String, VolumeFacts>, Error> {
+    let recorded = app
+        .aws
+        .catalog
+        .restore_volumes(instance_id, restore_id, CREATED)
+        .await?;
     let found = volumes::tagged(&app.aws.ec2, TAG_RESTORE_ID, restore_id).await?;
     Ok(found
         .into_iter()
-        .filter_map(|v| Some((v.tags.get(TAG_RESTORE_DEVICE)?.clone(), v)))
+        .filter_map(|v| {
+            let device = recorded.get(&v.volume_id)?.clone();
+            (v.tags.get(TAG_RESTORE_DEVICE) == Some(&device)).then_some((device, v))
+        })
         .collect())
 }
 
-/// The volumes a `replace` detached from the instance, by device.
+/// The volumes a `replace` detached from the instance, by device: only those the catalog
+/// recorded before detaching them.
 async fn replaced_volumes(
     app: &App,
     restore_id: &str,
     instance_id: &str,
 ) -> Result<BTreeMap<String, VolumeFacts>, Error> {
+    let recorded = app
+        .aws
+        .catalog
+        .restore_volumes(instance_id, restore_id, DETACHED)
+        .await?;
     let found = volumes::tagged(&app.aws.ec2, TAG_REPLACED_BY, restore_id).await?;
-    let prefix = format!("{instance_id} ");
     Ok(found
         .into_iter()
-        .filter_map(|v| {
-            let device = v
-                .tags
-                .get(TAG_DETACHED_FROM)?
-                .strip_prefix(&prefix)?
-                .to_string();
-            Some((device, v))
-        })
+        .filter_map(|v| Some((recorded.get(&v.volume_id)?.clone(), v)))
         .collect())
 }

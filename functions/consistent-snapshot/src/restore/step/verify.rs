@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use crate::app::{emit_metrics, enqueue, requeue, App};
-use crate::aws::markers::RunMarkerStore;
+use crate::aws::catalog::RunMarkerStore;
 use crate::aws::{instances, volumes};
 use crate::error::Error;
 use crate::jobs::{Envelope, Job, RestoreJob, VerifyItem, VerifyJob};
@@ -100,7 +100,7 @@ async fn start_verify(app: &App, verify_id: &str, instance_id: &str) -> Result<V
         deadline: Utc::now() + Duration::hours(VERIFY_HOURS),
         attempt: 0,
     };
-    let existing = restored_volumes(app, &job.restore_id).await?;
+    let existing = restored_volumes(app, &job.instance_id, &job.restore_id).await?;
     let specs = volume_specs(&job.set, &job.zone, &Default::default());
     for spec in specs.iter().filter(|s| !existing.contains_key(&s.device)) {
         create_volume(app, &job, spec, "verify").await?;
@@ -119,7 +119,7 @@ pub async fn verify_job(app: &App, job: VerifyJob) -> Result<(), Error> {
     let mut looked = Vec::new();
     for item in &job.items {
         let volumes = match &item.restore_id {
-            Some(id) => restored_volumes(app, id).await?,
+            Some(id) => restored_volumes(app, &item.instance_id, id).await?,
             None => Default::default(),
         };
         creating += volumes
@@ -146,7 +146,7 @@ pub async fn verify_job(app: &App, job: VerifyJob) -> Result<(), Error> {
     }
     // The report is claimed before any volume is deleted: a duplicate delivery that looks
     // after a deletion began finds the claim taken, and its (wrong) view is never reported.
-    let store = RunMarkerStore::new(&app.aws.ssm, &app.config.managed_by, &job.verify_id);
+    let store = RunMarkerStore::new(&app.aws.catalog, &job.verify_id);
     let reports = store.mark_reported().await?;
     // Every delivery cleans up: only this verification's own volumes, never an attached one.
     // A deletion that fails is reported and tried again by the message's next delivery.

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::config::{Config, VSS_DOCUMENTS};
 use crate::jobs::{Envelope, InstanceJob, Job, RunCommand, RunJob, Skipped, Stage, Unsent};
+use crate::model::catalog::ManifestEntry;
 use crate::model::command::PastCommand;
 use crate::model::fleet::{AttachedVolume, SkipReason, Target};
 use crate::model::tags::{sanitize_tag_text, TAG_MANAGED_BY, TAG_RUN_ID};
@@ -316,6 +317,26 @@ pub fn tracking_jobs(
         attempt: 0,
     })));
     jobs
+}
+
+/// The run's manifest: per instance sent the command (now or by an earlier invocation of the
+/// same run), the command and the volumes its set must contain. Recorded before the tracking
+/// messages are queued: a message is then only a reference to it.
+pub fn manifest(start: &RunStart, started_at: DateTime<Utc>) -> Vec<ManifestEntry> {
+    start
+        .dispatched
+        .iter()
+        .filter_map(|d| {
+            Some(ManifestEntry {
+                run_id: start.run_id.clone(),
+                instance_id: d.instance_id.clone(),
+                name: d.name.clone(),
+                command_id: d.command_id.clone()?,
+                volumes: d.volumes.clone(),
+                started_at,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -69,7 +69,13 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn config() -> Config {
-        Config::from_lookup(|n| (n == "QUEUE_URL").then(|| "q".to_string())).expect("config")
+        Config::from_lookup(|n| match n {
+            "QUEUE_URL" => Some("q".to_string()),
+            "QUEUE_ARN" => Some("arn:aws:sqs:eu-west-1:123456789012:q".to_string()),
+            "CATALOG_TABLE" => Some("prod-catalog".to_string()),
+            _ => None,
+        })
+        .expect("config")
     }
 
     fn windows(id: &str) -> InstanceFacts {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::model::catalog::ForeignSnapshot;
 use crate::run::plan::outcome::{Outcome, OutcomeKind};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,7 +16,16 @@ pub struct RunSummary {
     pub finished_at: DateTime<Utc>,
     pub outcomes: Vec<Outcome>,
     pub totals: BTreeMap<OutcomeKind, usize>,
+    /// Snapshots carrying the run's tags that no set of the run holds (forged, or tagged by
+    /// hand): never copied, restored or deleted; the first `MAX_FOREIGN` of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub foreign: Vec<ForeignSnapshot>,
+    #[serde(default)]
+    pub foreign_count: usize,
 }
+
+/// How many foreign snapshots a summary names (it counts them all).
+pub const MAX_FOREIGN: usize = 50;
 
 impl RunSummary {
     pub fn new(
@@ -44,7 +54,17 @@ impl RunSummary {
             finished_at,
             outcomes,
             totals,
+            foreign: Vec::new(),
+            foreign_count: 0,
         }
+    }
+
+    /// Names the foreign snapshots met (the first `MAX_FOREIGN`) and counts them all.
+    pub fn with_foreign(mut self, mut foreign: Vec<ForeignSnapshot>) -> Self {
+        self.foreign_count = foreign.len();
+        foreign.truncate(MAX_FOREIGN);
+        self.foreign = foreign;
+        self
     }
 
     pub fn count(&self, kind: OutcomeKind) -> usize {
@@ -53,9 +73,11 @@ impl RunSummary {
 
     /// True when every instance that was attempted ended with a consistent set.
     pub fn all_consistent(&self) -> bool {
-        self.outcomes
-            .iter()
-            .all(|o| matches!(o.kind, OutcomeKind::Consistent | OutcomeKind::Skipped))
+        self.foreign_count == 0
+            && self
+                .outcomes
+                .iter()
+                .all(|o| matches!(o.kind, OutcomeKind::Consistent | OutcomeKind::Skipped))
     }
 
     /// One line an operator reads at 3 a.m.
@@ -67,8 +89,12 @@ impl RunSummary {
             .collect();
         let snapshots: usize = self.outcomes.iter().map(|o| o.snapshots.len()).sum();
         let minutes = (self.finished_at - self.started_at).num_seconds() as f64 / 60.0;
+        let foreign = match self.foreign_count {
+            0 => String::new(),
+            n => format!(", {n} foreign snapshot(s) carrying the run's tags (ignored)"),
+        };
         format!(
-            "run {} {}: {} instances ({}), {snapshots} snapshots, {minutes:.1} min",
+            "run {} {}: {} instances ({}), {snapshots} snapshots, {minutes:.1} min{foreign}",
             self.run_id,
             if self.all_consistent() {
                 "succeeded"
@@ -149,6 +175,7 @@ pub fn run_counts(report: &RunSummary) -> Vec<(&'static str, usize)> {
         ("TimedOut", n(OutcomeKind::TimedOut)),
         ("Skipped", skipped),
         ("NotConsistent", not_consistent),
+        ("ForeignSnapshots", report.foreign_count),
     ]
 }
 

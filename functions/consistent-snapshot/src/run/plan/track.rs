@@ -2,17 +2,19 @@
 //! wait (with one more attempt) or finish with its outcome (`next_instance_step`); after each
 //! look at a whole run, wait or write its summary (`next_run_step`, `run_outcomes`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 
 use crate::jobs::{InstanceJob, RunCommand, RunJob, Stage};
+use crate::model::catalog::{ForeignSnapshot, ManifestEntry, SetRecord};
 use crate::model::command::{FinalInvocation, Invocation, Look};
-use crate::model::fleet::{AttachedVolume, InstanceFacts};
+use crate::model::fleet::AttachedVolume;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::{CommandStatus, SnapshotState};
 use crate::model::tags::{TAG_DEVICE, TAG_INSTANCE_ID, TAG_NAME};
 use crate::run::plan::outcome::{classify, Outcome, OutcomeKind};
+use crate::run::plan::record::{outcome_of, verify_set, Verified};
 
 fn count_pending(snapshots: &[SnapshotFacts]) -> usize {
     snapshots
@@ -220,61 +222,87 @@ pub fn next_run_step(
     RunNext::Finish
 }
 
-/// One instance of a finished run: its outcome, and the set to tag (expected volumes and the
-/// run's snapshots of the instance).
+/// One instance of a finished run: its outcome, and the set this look verified (to record
+/// and tag), when the catalog did not hold it yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceResult {
     pub outcome: Outcome,
-    pub expected: Vec<AttachedVolume>,
-    pub snapshots: Vec<SnapshotFacts>,
+    pub verified: Option<Verified>,
 }
 
-/// The outcomes of a finished run: one per invocation (classified from its final result and
-/// the snapshots of the volumes the instance has now, or timed out), then every instance that
-/// was skipped, never listed by SSM, or never sent the command.
+/// What the catalog holds of a run, by instance: what it dispatched and the sets recorded.
+#[derive(Debug, Clone, Default)]
+pub struct RunCatalog {
+    pub manifest: HashMap<String, ManifestEntry>,
+    pub sets: HashMap<String, SetRecord>,
+}
+
+/// The outcomes of a finished run: one per invocation (the recorded set's verdict, else the
+/// set verified now from its final result and the run's snapshots, else timed out), then every
+/// instance that was skipped, never listed by SSM, or never sent the command; and the
+/// snapshots carrying the run's tag that belong to no set (foreign).
 pub fn run_outcomes(
     job: &RunJob,
     invocations: &RunInvocations,
+    catalog: &RunCatalog,
     snapshots: &[SnapshotFacts],
-    instances: &HashMap<String, InstanceFacts>,
-) -> (Vec<InstanceResult>, Vec<Outcome>) {
+    (region, now): (&str, DateTime<Utc>),
+) -> (Vec<InstanceResult>, Vec<Outcome>, Vec<ForeignSnapshot>) {
     let mut results = Vec::new();
-    for (instance_id, (status, fin, exclude_boot)) in &invocations.by_instance {
-        let facts = instances.get(instance_id);
-        let name = facts
-            .map(|f| f.display_name().to_string())
-            .unwrap_or_else(|| instance_id.clone());
-        let expected: Vec<AttachedVolume> = facts
-            .map(|f| f.expected_volumes(*exclude_boot))
-            .unwrap_or_default();
-        let mine: Vec<SnapshotFacts> = snapshots
-            .iter()
-            .filter(|s| {
-                expected.iter().any(|v| v.volume_id == s.volume_id)
-                    || s.tags.get(TAG_INSTANCE_ID) == Some(instance_id)
-            })
-            .cloned()
-            .collect();
-        let (kind, reason) = match fin {
-            Some(fin) => classify(&expected, fin, &mine),
-            None => (
-                OutcomeKind::TimedOut,
-                Some(format!("SSM invocation still {status} at the run deadline")),
-            ),
+    let mut belong: HashSet<String> = HashSet::new();
+    for (instance_id, (status, fin, _)) in &invocations.by_instance {
+        let Some(entry) = catalog.manifest.get(instance_id) else {
+            results.push(InstanceResult {
+                outcome: Outcome {
+                    instance_id: instance_id.clone(),
+                    name: instance_id.clone(),
+                    kind: OutcomeKind::Failed,
+                    volumes: 0,
+                    snapshots: vec![],
+                    reason: Some("SSM lists an invocation the run's manifest does not hold".into()),
+                },
+                verified: None,
+            });
+            continue;
         };
+        if let Some(record) = catalog.sets.get(instance_id) {
+            belong.extend(record.snapshots.iter().map(|s| s.snapshot_id.clone()));
+            results.push(InstanceResult {
+                outcome: outcome_of(record),
+                verified: None,
+            });
+            continue;
+        }
+        let Some(fin) = fin else {
+            results.push(InstanceResult {
+                outcome: Outcome {
+                    instance_id: instance_id.clone(),
+                    name: entry.name.clone(),
+                    kind: OutcomeKind::TimedOut,
+                    volumes: entry.volumes.len(),
+                    snapshots: vec![],
+                    reason: Some(format!("SSM invocation still {status} at the run deadline")),
+                },
+                verified: None,
+            });
+            continue;
+        };
+        let verified = verify_set(entry, fin, snapshots, region, now);
+        belong.extend(verified.snapshots.iter().map(|s| s.snapshot_id.clone()));
         results.push(InstanceResult {
-            outcome: Outcome {
-                instance_id: instance_id.clone(),
-                name,
-                kind,
-                volumes: expected.len(),
-                snapshots: mine.iter().map(|s| s.snapshot_id.clone()).collect(),
-                reason,
-            },
-            expected,
-            snapshots: mine,
+            outcome: verified.outcome.clone(),
+            verified: Some(verified),
         });
     }
+    let foreign = snapshots
+        .iter()
+        .filter(|s| !belong.contains(&s.snapshot_id))
+        .map(|s| ForeignSnapshot {
+            snapshot_id: s.snapshot_id.clone(),
+            claims_instance: s.tags.get(TAG_INSTANCE_ID).cloned(),
+            why: "carries the run's tag but no instance's document reported it".into(),
+        })
+        .collect();
     let mut others: Vec<Outcome> = job
         .skipped
         .iter()
@@ -311,7 +339,7 @@ pub fn run_outcomes(
         snapshots: vec![],
         reason: Some(format!("command not sent: {}", u.error)),
     }));
-    (results, others)
+    (results, others, foreign)
 }
 
 #[cfg(test)]
@@ -647,7 +675,12 @@ mod tests {
             next_run_step(&job, &partial, Some(&[snap("pending")]), now()),
             RunNext::Finish
         );
-        let (results, others) = run_outcomes(&job, &partial, &[], &HashMap::new());
+        let catalog = RunCatalog {
+            manifest: [("i-1".to_string(), manifest_entry())].into(),
+            sets: HashMap::new(),
+        };
+        let (results, others, _) =
+            run_outcomes(&job, &partial, &catalog, &[], ("eu-west-1", now()));
         assert_eq!(results.len(), 1);
         assert_eq!(results[0].outcome.kind, OutcomeKind::TimedOut);
         assert!(results[0]
@@ -670,23 +703,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_finished_instance_is_classified_from_the_volumes_it_has_now() {
-        let command = command("c1", 1);
-        let job = RunJob {
-            commands: vec![command.clone()],
-            skipped: vec![],
-            unsent: vec![],
-            ..run_job(60)
-        };
-        let done = RunInvocations::gather(&[(&command, vec![invocation("i-1", "Success")])]);
-        let facts = InstanceFacts {
+    fn manifest_entry() -> ManifestEntry {
+        ManifestEntry {
+            run_id: "r".into(),
             instance_id: "i-1".into(),
-            name: Some("sql01".into()),
-            state: "running".into(),
-            platform: Some("windows".into()),
-            platform_details: None,
-            root_device: Some("/dev/sda1".into()),
+            name: "sql01".into(),
+            command_id: "c1".into(),
             volumes: vec![
                 AttachedVolume {
                     volume_id: "vol-1".into(),
@@ -697,16 +719,56 @@ mod tests {
                     device: "xvdg".into(),
                 },
             ],
-            tags: Default::default(),
+            started_at: now() - Duration::minutes(5),
+        }
+    }
+
+    #[test]
+    fn a_finished_instance_is_verified_against_the_volumes_it_had_at_dispatch() {
+        let command = command("c1", 1);
+        let job = RunJob {
+            commands: vec![command.clone()],
+            skipped: vec![],
+            unsent: vec![],
+            ..run_job(60)
         };
-        let instances: HashMap<String, InstanceFacts> = [("i-1".to_string(), facts)].into();
+        let mut reported = invocation("i-1", "Success");
+        reported.output = "Created snap-1 from vol-1 device: xvdf\n".into();
+        let done = RunInvocations::gather(&[(&command, vec![reported])]);
+        let catalog = RunCatalog {
+            manifest: [("i-1".to_string(), manifest_entry())].into(),
+            sets: HashMap::new(),
+        };
+        let mut first = snap("completed");
+        first.start_time = Some(now() - Duration::minutes(1));
+        let forged = SnapshotFacts {
+            snapshot_id: "snap-forged".into(),
+            ..first.clone()
+        };
         // vol-2 has no snapshot: the set is incomplete, whatever SSM says.
-        let (results, others) = run_outcomes(&job, &done, &[snap("completed")], &instances);
+        let (results, others, foreign) = run_outcomes(
+            &job,
+            &done,
+            &catalog,
+            &[first, forged],
+            ("eu-west-1", now()),
+        );
         assert!(others.is_empty());
         assert_eq!(results[0].outcome.kind, OutcomeKind::Incomplete);
         assert_eq!(results[0].outcome.name, "sql01");
-        assert_eq!(results[0].expected.len(), 2);
-        assert_eq!(results[0].snapshots.len(), 1);
+        let verified = results[0].verified.as_ref().expect("verified now");
+        assert_eq!(verified.record.expected.len(), 2);
+        assert_eq!(verified.snapshots.len(), 1);
+        assert_eq!(foreign.len(), 1, "{foreign:?}");
+        assert_eq!(foreign[0].snapshot_id, "snap-forged");
+        // A set the catalog already holds keeps its recorded verdict.
+        let recorded = RunCatalog {
+            sets: [("i-1".to_string(), verified.record.clone())].into(),
+            ..catalog
+        };
+        let (again, _, _) = run_outcomes(&job, &done, &recorded, &[], ("eu-west-1", now()));
+        assert_eq!(again[0].outcome.kind, OutcomeKind::Incomplete);
+        assert!(again[0].verified.is_none());
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! The run's use cases: starting (and taking over) a dispatch, and tracking it to the end.
+//! The run's use cases: starting (and taking over) a dispatch, tracking it to the end, and
+//! importing the sets made before the catalog.
 
+pub mod import;
 pub mod start;
 pub mod tracking;

@@ -12,10 +12,10 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Duration, Utc};
 use tracing::{error, info, warn};
 
-use crate::app::{enqueue, requeue, App};
+use crate::app::{enqueue, refuse, requeue, App};
+use crate::aws::catalog::RunMarkerStore;
 use crate::aws::commands::{self, CommandRequest, SendFailure};
 use crate::aws::instances;
-use crate::aws::markers::RunMarkerStore;
 use crate::error::Error;
 use crate::jobs::{Envelope, Job, RunCommand, Skipped, Unsent, WatchJob};
 use crate::model::fleet::{SkipReason, Target};
@@ -23,7 +23,7 @@ use crate::model::state::InstanceState;
 use crate::run::plan::claim::{self, Claim};
 use crate::run::plan::dispatch::{
     claimed_start, command_parameters, dispatched, dry_run_start, history_since, in_flight_window,
-    plan_commands, plan_dispatch, tracking_jobs, vss_documents, RunStart, StartStatus,
+    manifest, plan_commands, plan_dispatch, tracking_jobs, vss_documents, RunStart, StartStatus,
 };
 use crate::run::plan::preflight::preflight;
 
@@ -117,7 +117,7 @@ pub async fn start_run(app: &App, request: &RunRequest) -> Result<RunStart, Erro
         return Ok(dry_run_start(run_id, plan, skipped));
     }
 
-    let store = RunMarkerStore::new(&app.aws.ssm, &app.config.managed_by, run_id);
+    let store = RunMarkerStore::new(&app.aws.catalog, run_id);
     let epoch = match claim::decide(&store.read().await?, now) {
         Claim::Take { epoch } => epoch,
         Claim::Held { epoch, until } => {
@@ -178,7 +178,19 @@ pub async fn start_run(app: &App, request: &RunRequest) -> Result<RunStart, Erro
 
     let command_deadline = Utc::now() + in_flight_window(&app.config) + Duration::minutes(5);
     let completion = Duration::seconds(i64::from(app.config.snapshot_completion_timeout_seconds));
-    let jobs = tracking_jobs(&start, request.started_at, command_deadline, completion);
+    let mut jobs = tracking_jobs(&start, request.started_at, command_deadline, completion);
+    // The catalog first: every tracking message is a reference to what it records.
+    let now = Utc::now();
+    app.aws
+        .catalog
+        .put_manifest(&manifest(&start, request.started_at), now)
+        .await?;
+    for envelope in &mut jobs {
+        if let Job::Run(run) = &mut envelope.job {
+            app.aws.catalog.put_run(run, now).await?;
+            *run = run.as_reference();
+        }
+    }
     enqueue(app, &jobs).await?;
     store.mark_dispatched().await?;
     info!(
@@ -295,8 +307,22 @@ async fn send_all(
 /// A watch message: nothing to do if the run is dispatched; look again when a live lease
 /// ends; take the run over when its lease ended without a dispatch.
 pub async fn watch_run(app: &App, job: WatchJob, lease_until: DateTime<Utc>) -> Result<(), Error> {
-    let store = RunMarkerStore::new(&app.aws.ssm, &app.config.managed_by, &job.run_id);
-    match claim::decide(&store.read().await?, Utc::now()) {
+    let store = RunMarkerStore::new(&app.aws.catalog, &job.run_id);
+    let markers = store.read().await?;
+    if markers.names.is_empty() {
+        // A watch is queued right before its run's first lease is taken, and a finished run
+        // keeps its `reported` marker: a watch that finds no marker at all either lost that
+        // race (the start failed before claiming: its caller sees the error) or names a run
+        // nobody started, such as tomorrow's.
+        return Err(refuse(
+            app,
+            format!(
+                "watch job for run {}: the catalog holds no claim of that run",
+                job.run_id
+            ),
+        ));
+    }
+    match claim::decide(&markers, Utc::now()) {
         Claim::Dispatched | Claim::Reported => {
             info!(run_id = %job.run_id, "watch: the run is dispatched");
             Ok(())

@@ -1,0 +1,771 @@
+//! The catalog: one DynamoDB table per deployment (`CATALOG_TABLE`), which only the function's
+//! role may write. Items, by key:
+//!
+//! | pk                 | sk                                   | what                                  | expires        |
+//! |--------------------|--------------------------------------|---------------------------------------|----------------|
+//! | `run#<run id>`     | `run`                                | the run as dispatched (`RunJob`)      | 15 days (TTL)  |
+//! | `run#<run id>`     | `marker#<leaf>`                      | a run marker (`model::markers`)       | 15 days (TTL)  |
+//! | `run#<run id>`     | `instance#<instance id>`             | the manifest: command, volumes        | 15 days (TTL)  |
+//! | `set#<instance id>`| `run#<run id>`                       | the verified set (`SetRecord`)        | with its snapshots |
+//! | `restore#<instance id>` | `<restore id>`                  | a restore as requested (`RestoreJob`) | 15 days (TTL)  |
+//! | `restore#<instance id>` | `<restore id>#created#<vol>`, `#detached#<vol>` | the volumes it made / took off | 90 days (TTL) |
+//! | `set#<instance id>`| `copy#<region>#<run id>#<snapshot>`  | a copy the function made (`CopyRecord`) | with the copy  |
+//! | `run#<run id>`     | `set#<instance id>`, `copy#…`        | the run's view of its sets and copies | 15 days (TTL)  |
+//!
+//! Markers and set records are written with conditions (`attribute_not_exists`): a marker is
+//! created by one caller only, and a set's first verification is its record. Records are
+//! JSON in `body`; a set item is removed when retention deletes its snapshots, a copy's when
+//! retention deletes the copy, so the table holds what exists and nothing grows without end.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
+use chrono::{DateTime, Duration, Utc};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::aws::{aws, each_page, SdkConfig};
+use crate::error::Error;
+use crate::jobs::{RestoreJob, RunJob};
+use crate::model::catalog::{CopyRecord, ManifestEntry, SetRecord};
+use crate::model::markers::{
+    parse_markers, to_release, MarkerValue, RunMarkers, COPIED, COPY_LEASE, COPY_PASS, DISPATCHED,
+    KEEP_RUN_DAYS, LEASE, REPORTED, RETAINED,
+};
+
+const PK: &str = "pk";
+const SK: &str = "sk";
+const BODY: &str = "body";
+const KIND: &str = "kind";
+const EXPIRES: &str = "expires_at";
+/// Item kinds: a set and a copy (kept while their snapshots exist), and the run's own views
+/// of them (expiring with the run).
+const SET: &str = "set";
+const COPY: &str = "copy";
+const RUN_SET: &str = "run-set";
+const RUN_COPY: &str = "run-copy";
+/// BatchWriteItem takes at most 25 requests; unprocessed ones are sent again this many times.
+const BATCH: usize = 25;
+const BATCH_ROUNDS: u32 = 5;
+/// How long the volumes a restore created or detached stay recorded: a rollback or a
+/// clean-up within this time finds them.
+const KEEP_RESTORE_DAYS: i64 = 90;
+
+/// What names a copy's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyKey {
+    pub instance_id: String,
+    pub region: String,
+    pub run_id: String,
+    pub snapshot_id: String,
+}
+
+/// The catalog table and its client.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+fn s(text: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(text.into())
+}
+
+fn run_pk(run_id: &str) -> String {
+    format!("run#{run_id}")
+}
+
+fn set_pk(instance_id: &str) -> String {
+    format!("set#{instance_id}")
+}
+
+fn copy_sk(copy: &CopyRecord) -> String {
+    format!("copy#{}#{}#{}", copy.region, copy.run_id, copy.snapshot_id)
+}
+
+fn expiry(now: DateTime<Utc>) -> AttributeValue {
+    AttributeValue::N(
+        (now + Duration::days(KEEP_RUN_DAYS))
+            .timestamp()
+            .to_string(),
+    )
+}
+
+fn body_of<T: DeserializeOwned>(item: &HashMap<String, AttributeValue>) -> Option<T> {
+    let text = item.get(BODY)?.as_s().ok()?;
+    match serde_json::from_str(text) {
+        Ok(value) => Some(value),
+        Err(err) => {
+            let key = item.get(SK).and_then(|k| k.as_s().ok()).cloned();
+            warn!(sk = ?key, error = %err, "catalog item not readable: ignored");
+            None
+        }
+    }
+}
+
+fn item<T: Serialize>(
+    pk: String,
+    sk: String,
+    kind: &str,
+    body: &T,
+    expires: Option<AttributeValue>,
+) -> HashMap<String, AttributeValue> {
+    let mut item: HashMap<String, AttributeValue> = [
+        (PK.to_string(), s(pk)),
+        (SK.to_string(), s(sk)),
+        (KIND.to_string(), s(kind)),
+        (
+            BODY.to_string(),
+            s(serde_json::to_string(body).unwrap_or_default()),
+        ),
+    ]
+    .into();
+    if let Some(expires) = expires {
+        item.insert(EXPIRES.to_string(), expires);
+    }
+    item
+}
+
+impl Catalog {
+    pub fn new(sdk: &SdkConfig, table: &str) -> Self {
+        Catalog {
+            client: aws_sdk_dynamodb::Client::new(sdk),
+            table: table.to_string(),
+        }
+    }
+
+    fn subject(&self, what: &str) -> String {
+        format!("{what} in catalog {}", self.table)
+    }
+
+    /// Creates an item unless one with its key exists; answers whether it was created.
+    async fn create(
+        &self,
+        item: HashMap<String, AttributeValue>,
+        what: &str,
+    ) -> Result<bool, Error> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(true),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(aws("PutItem", self.subject(what), err)),
+        }
+    }
+
+    async fn get(
+        &self,
+        pk: String,
+        sk: String,
+        what: &str,
+    ) -> Result<Option<HashMap<String, AttributeValue>>, Error> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(pk))
+            .key(SK, s(sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| aws("GetItem", self.subject(what), e))?;
+        Ok(out.item)
+    }
+
+    /// Every item of partition `pk` whose sort key begins with `prefix`, consistent reads.
+    async fn query(
+        &self,
+        pk: String,
+        prefix: &str,
+        what: &str,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, Error> {
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .expression_attribute_values(":pk", s(pk))
+            .consistent_read(true);
+        // DynamoDB refuses an empty string in a key condition: no prefix, no condition on sk.
+        query = if prefix.is_empty() {
+            query.key_condition_expression("pk = :pk")
+        } else {
+            query
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":prefix", s(prefix))
+        };
+        let pages = query.into_paginator().send();
+        let mut items = Vec::new();
+        each_page(pages, "Query", &self.subject(what), |page| {
+            items.extend(page.items.unwrap_or_default());
+        })
+        .await?;
+        Ok(items)
+    }
+
+    /// Puts or deletes items, 25 a call; what DynamoDB leaves unprocessed is sent again a
+    /// bounded number of times, then reported.
+    async fn batch(&self, requests: Vec<WriteRequest>, what: &str) -> Result<(), Error> {
+        for chunk in requests.chunks(BATCH) {
+            let mut pending = chunk.to_vec();
+            let mut round = 0;
+            while !pending.is_empty() {
+                if round >= BATCH_ROUNDS {
+                    return Err(Error::Catalog(format!(
+                        "{}: {} write(s) left unprocessed after {BATCH_ROUNDS} rounds",
+                        self.subject(what),
+                        pending.len()
+                    )));
+                }
+                if round > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << round)).await;
+                }
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, pending)
+                    .send()
+                    .await
+                    .map_err(|e| aws("BatchWriteItem", self.subject(what), e))?;
+                pending = out
+                    .unprocessed_items
+                    .and_then(|mut left| left.remove(&self.table))
+                    .unwrap_or_default();
+                round += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records what a run dispatched, one item per instance.
+    pub async fn put_manifest(
+        &self,
+        entries: &[ManifestEntry],
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let requests = entries
+            .iter()
+            .filter_map(|entry| {
+                let item = item(
+                    run_pk(&entry.run_id),
+                    format!("instance#{}", entry.instance_id),
+                    "manifest",
+                    entry,
+                    Some(expiry(now)),
+                );
+                let put = PutRequest::builder().set_item(Some(item)).build().ok()?;
+                Some(WriteRequest::builder().put_request(put).build())
+            })
+            .collect();
+        self.batch(requests, "run manifest").await
+    }
+
+    /// Records the run as dispatched: its commands, skipped and unsent instances (the run's
+    /// message carries none of them, only the run id).
+    pub async fn put_run(&self, run: &RunJob, now: DateTime<Utc>) -> Result<(), Error> {
+        let what = format!("run {}", run.run_id);
+        self.put(
+            item(
+                run_pk(&run.run_id),
+                "run".into(),
+                "run",
+                run,
+                Some(expiry(now)),
+            ),
+            &what,
+        )
+        .await
+    }
+
+    /// The run as dispatched, if this deployment dispatched it.
+    pub async fn run(&self, run_id: &str) -> Result<Option<RunJob>, Error> {
+        let found = self
+            .get(run_pk(run_id), "run".into(), &format!("run {run_id}"))
+            .await?;
+        Ok(found.as_ref().and_then(body_of))
+    }
+
+    /// Records a restore as requested (its set, mode and zone): its queued passes are
+    /// references to it.
+    pub async fn put_restore(&self, job: &RestoreJob, now: DateTime<Utc>) -> Result<(), Error> {
+        let what = format!("restore {} of {}", job.restore_id, job.instance_id);
+        self.put(
+            item(
+                format!("restore#{}", job.instance_id),
+                job.restore_id.clone(),
+                "restore",
+                job,
+                Some(expiry(now)),
+            ),
+            &what,
+        )
+        .await
+    }
+
+    /// The restore as requested, if it was.
+    pub async fn restore(
+        &self,
+        instance_id: &str,
+        restore_id: &str,
+    ) -> Result<Option<RestoreJob>, Error> {
+        let what = format!("restore {restore_id} of {instance_id}");
+        let found = self
+            .get(format!("restore#{instance_id}"), restore_id.into(), &what)
+            .await?;
+        Ok(found.as_ref().and_then(body_of))
+    }
+
+    /// Records a volume a restore created (`created`, the id CreateVolume answered) or is
+    /// about to detach (`detached`, the id EC2 reports attached at that device): the only
+    /// volumes the restore ever attaches, reattaches or deletes.
+    pub async fn record_restore_volume(
+        &self,
+        instance_id: &str,
+        restore_id: &str,
+        role: &str,
+        volume_id: &str,
+        device: &str,
+    ) -> Result<(), Error> {
+        let what = format!("{role} volume {volume_id} of restore {restore_id}");
+        let body = serde_json::json!({ "volume_id": volume_id, "device": device });
+        let expires = AttributeValue::N(
+            (Utc::now() + Duration::days(KEEP_RESTORE_DAYS))
+                .timestamp()
+                .to_string(),
+        );
+        self.put(
+            item(
+                format!("restore#{instance_id}"),
+                format!("{restore_id}#{role}#{volume_id}"),
+                "restore-volume",
+                &body,
+                Some(expires),
+            ),
+            &what,
+        )
+        .await
+    }
+
+    /// The volumes a restore recorded in `role` (`created`, `detached`): volume id → device.
+    pub async fn restore_volumes(
+        &self,
+        instance_id: &str,
+        restore_id: &str,
+        role: &str,
+    ) -> Result<HashMap<String, String>, Error> {
+        let items = self
+            .query(
+                format!("restore#{instance_id}"),
+                &format!("{restore_id}#{role}#"),
+                &format!("{role} volumes of restore {restore_id}"),
+            )
+            .await?;
+        Ok(items
+            .iter()
+            .filter_map(body_of::<serde_json::Value>)
+            .filter_map(|v| {
+                Some((
+                    v["volume_id"].as_str()?.to_string(),
+                    v["device"].as_str()?.to_string(),
+                ))
+            })
+            .collect())
+    }
+
+    /// What the run dispatched to one instance, if it did.
+    pub async fn manifest_entry(
+        &self,
+        run_id: &str,
+        instance_id: &str,
+    ) -> Result<Option<ManifestEntry>, Error> {
+        let found = self
+            .get(
+                run_pk(run_id),
+                format!("instance#{instance_id}"),
+                &format!("manifest of {instance_id} in run {run_id}"),
+            )
+            .await?;
+        Ok(found.as_ref().and_then(body_of))
+    }
+
+    /// What the run dispatched, every instance.
+    pub async fn manifest(&self, run_id: &str) -> Result<Vec<ManifestEntry>, Error> {
+        let items = self
+            .query(
+                run_pk(run_id),
+                "instance#",
+                &format!("manifest of run {run_id}"),
+            )
+            .await?;
+        Ok(items.iter().filter_map(body_of).collect())
+    }
+
+    /// Records a verified set unless it is recorded already; answers the set's record (the
+    /// first verification's, should another invocation have recorded it first).
+    pub async fn record_set(&self, record: &SetRecord) -> Result<SetRecord, Error> {
+        let what = format!("set of {} in run {}", record.instance_id, record.run_id);
+        let pk = set_pk(&record.instance_id);
+        let sk = format!("run#{}", record.run_id);
+        let put = item(pk.clone(), sk.clone(), SET, record, None);
+        let recorded = if self.create(put, &what).await? {
+            record.clone()
+        } else {
+            let existing = self.get(pk, sk, &what).await?;
+            let existing: SetRecord = existing
+                .as_ref()
+                .and_then(body_of)
+                .unwrap_or_else(|| record.clone());
+            // The same run verified again keeps its first verdict; another run under a reused
+            // id must not take an old set's place (nor its snapshots this one's).
+            if existing.started_at != record.started_at {
+                return Err(Error::Catalog(format!(
+                    "{what}: the catalog holds a set of this run id from a run started at {}, this one started at {}: a reused run id",
+                    existing.started_at.to_rfc3339(),
+                    record.started_at.to_rfc3339()
+                )));
+            }
+            existing
+        };
+        // The run's own view of its sets, for its copy step (one query); it expires with
+        // the run's other items.
+        self.put(
+            item(
+                run_pk(&record.run_id),
+                format!("set#{}", record.instance_id),
+                RUN_SET,
+                &recorded,
+                Some(expiry(Utc::now())),
+            ),
+            &what,
+        )
+        .await?;
+        Ok(recorded)
+    }
+
+    async fn put(&self, item: HashMap<String, AttributeValue>, what: &str) -> Result<(), Error> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| aws("PutItem", self.subject(what), e))?;
+        Ok(())
+    }
+
+    /// The sets recorded for a run, and the copies made of them.
+    pub async fn run_sets(&self, run_id: &str) -> Result<(Vec<SetRecord>, Vec<CopyRecord>), Error> {
+        let items = self
+            .query(run_pk(run_id), "", &format!("sets of run {run_id}"))
+            .await?;
+        Ok(split_records(&items, (RUN_SET, RUN_COPY)))
+    }
+
+    /// The recorded set of one instance and run, if any.
+    pub async fn set(&self, instance_id: &str, run_id: &str) -> Result<Option<SetRecord>, Error> {
+        let found = self
+            .get(
+                set_pk(instance_id),
+                format!("run#{run_id}"),
+                &format!("set of {instance_id} in run {run_id}"),
+            )
+            .await?;
+        Ok(found.as_ref().and_then(body_of))
+    }
+
+    /// One instance's recorded sets and copies.
+    pub async fn sets_of(
+        &self,
+        instance_id: &str,
+    ) -> Result<(Vec<SetRecord>, Vec<CopyRecord>), Error> {
+        let items = self
+            .query(set_pk(instance_id), "", &format!("sets of {instance_id}"))
+            .await?;
+        Ok(split_records(&items, (SET, COPY)))
+    }
+
+    /// Every recorded set and copy of the deployment (a scan: the table holds only what
+    /// exists, a few items per snapshot set).
+    pub async fn all_sets(&self) -> Result<(Vec<SetRecord>, Vec<CopyRecord>), Error> {
+        let pages = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("#k IN (:set, :copy)")
+            .expression_attribute_names("#k", KIND)
+            .expression_attribute_values(":set", s(SET))
+            .expression_attribute_values(":copy", s(COPY))
+            .consistent_read(true)
+            .into_paginator()
+            .send();
+        let mut items = Vec::new();
+        each_page(pages, "Scan", &self.subject("every set"), |page| {
+            items.extend(page.items.unwrap_or_default());
+        })
+        .await?;
+        Ok(split_records(&items, (SET, COPY)))
+    }
+
+    /// Writes set and copy records as they are, 25 a call, overwriting: for sets recorded
+    /// outside a run (`import`), and for fixtures of earlier nights.
+    pub async fn put_sets(&self, sets: &[SetRecord], copies: &[CopyRecord]) -> Result<(), Error> {
+        let items = sets
+            .iter()
+            .map(|r| {
+                item(
+                    set_pk(&r.instance_id),
+                    format!("run#{}", r.run_id),
+                    SET,
+                    r,
+                    None,
+                )
+            })
+            .chain(
+                copies
+                    .iter()
+                    .map(|c| item(set_pk(&c.instance_id), copy_sk(c), COPY, c, None)),
+            );
+        let requests = items
+            .filter_map(|item| {
+                let put = PutRequest::builder().set_item(Some(item)).build().ok()?;
+                Some(WriteRequest::builder().put_request(put).build())
+            })
+            .collect();
+        self.batch(requests, "sets").await
+    }
+
+    /// Records a copy the function started.
+    pub async fn record_copy(&self, copy: &CopyRecord) -> Result<(), Error> {
+        let what = format!(
+            "copy {} of {} in {}",
+            copy.snapshot_id, copy.source_snapshot_id, copy.region
+        );
+        self.create(
+            item(set_pk(&copy.instance_id), copy_sk(copy), COPY, copy, None),
+            &what,
+        )
+        .await?;
+        self.put(
+            item(
+                run_pk(&copy.run_id),
+                copy_sk(copy),
+                RUN_COPY,
+                copy,
+                Some(expiry(Utc::now())),
+            ),
+            &what,
+        )
+        .await
+    }
+
+    /// Forgets sets whose snapshots retention deleted (instance, run), and deleted copies.
+    pub async fn forget(&self, sets: &[(String, String)], copies: &[CopyKey]) -> Result<(), Error> {
+        let keys = sets
+            .iter()
+            .map(|(instance, run)| (set_pk(instance), format!("run#{run}")))
+            .chain(copies.iter().map(|c| {
+                (
+                    set_pk(&c.instance_id),
+                    format!("copy#{}#{}#{}", c.region, c.run_id, c.snapshot_id),
+                )
+            }));
+        let requests = keys
+            .filter_map(|(pk, sk)| {
+                let delete = DeleteRequest::builder()
+                    .key(PK, s(pk))
+                    .key(SK, s(sk))
+                    .build()
+                    .ok()?;
+                Some(WriteRequest::builder().delete_request(delete).build())
+            })
+            .collect();
+        self.batch(requests, "deleted sets").await
+    }
+}
+
+/// The set and copy records among `items`, by their kinds (`SET`, `COPY` or the run's views).
+fn split_records(
+    items: &[HashMap<String, AttributeValue>],
+    (set_kind, copy_kind): (&str, &str),
+) -> (Vec<SetRecord>, Vec<CopyRecord>) {
+    let mut sets = Vec::new();
+    let mut copies = Vec::new();
+    for item in items {
+        let kind = item
+            .get(KIND)
+            .and_then(|k| k.as_s().ok())
+            .map(String::as_str);
+        if kind == Some(set_kind) {
+            sets.extend(body_of::<SetRecord>(item));
+        } else if kind == Some(copy_kind) {
+            copies.extend(body_of::<CopyRecord>(item));
+        }
+    }
+    (sets, copies)
+}
+
+/// One run's markers in the catalog.
+pub struct RunMarkerStore<'a> {
+    pub catalog: &'a Catalog,
+    pub run_id: &'a str,
+    /// This invocation's token, written into every marker it creates.
+    pub token: String,
+}
+
+impl<'a> RunMarkerStore<'a> {
+    pub fn new(catalog: &'a Catalog, run_id: &'a str) -> Self {
+        RunMarkerStore {
+            catalog,
+            run_id,
+            token: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+
+    pub async fn read(&self) -> Result<RunMarkers, Error> {
+        let items = self
+            .catalog
+            .query(run_pk(self.run_id), "marker#", &self.subject())
+            .await?;
+        let found: Vec<(String, String)> = items
+            .iter()
+            .filter_map(|item| {
+                let sk = item.get(SK)?.as_s().ok()?;
+                let leaf = sk.strip_prefix("marker#")?.to_string();
+                let value = item.get(BODY)?.as_s().ok()?.clone();
+                Some((leaf, value))
+            })
+            .collect();
+        Ok(parse_markers(
+            found.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        ))
+    }
+
+    /// Tries to create lease `epoch` ending at `until`; answers whether this invocation holds it.
+    pub async fn take_lease(&self, epoch: u32, until: DateTime<Utc>) -> Result<bool, Error> {
+        self.create(&format!("{LEASE}{epoch}"), Some(until)).await
+    }
+
+    /// Tries to create copy lease `epoch` ending at `until`.
+    pub async fn take_copy_lease(&self, epoch: u32, until: DateTime<Utc>) -> Result<bool, Error> {
+        self.create(&format!("{COPY_LEASE}{epoch}"), Some(until))
+            .await
+    }
+
+    /// Gives copy lease `epoch` back before it ends, so that the next pass need not wait.
+    pub async fn drop_copy_lease(&self, epoch: u32) -> Result<(), Error> {
+        self.delete(&[format!("{COPY_LEASE}{epoch}")]).await
+    }
+
+    /// Claims pass `pass` of the copy step for the message `message_id`: one message per pass
+    /// goes on, whichever invocations it is delivered to. A redelivery of the same message
+    /// (after its invocation was stopped, or a duplicate) finds its own claim and goes on too.
+    pub async fn claim_copy_pass(&self, pass: u32, message_id: &str) -> Result<bool, Error> {
+        self.create_as(&format!("{COPY_PASS}{pass}"), None, message_id)
+            .await
+    }
+
+    /// Marks every copy of the run final; answers whether this invocation was the first to.
+    pub async fn mark_copied(&self) -> Result<bool, Error> {
+        self.create(COPIED, None).await
+    }
+
+    /// Marks the run dispatched; answers whether this invocation was the first to.
+    pub async fn mark_dispatched(&self) -> Result<bool, Error> {
+        self.create(DISPATCHED, None).await
+    }
+
+    /// Marks the run reported; answers whether this invocation was the first to (and so writes
+    /// the summary).
+    pub async fn mark_reported(&self) -> Result<bool, Error> {
+        self.create(REPORTED, None).await
+    }
+
+    /// Marks the run's retention done; answers whether this invocation was the first to (and
+    /// so writes the retention summary).
+    pub async fn mark_retained(&self) -> Result<bool, Error> {
+        self.create(RETAINED, None).await
+    }
+
+    async fn create(&self, leaf: &str, until: Option<DateTime<Utc>>) -> Result<bool, Error> {
+        self.create_as(leaf, until, &self.token).await
+    }
+
+    /// Creates marker `leaf` with `token`; answers whether the marker is `token`'s (created
+    /// now, or earlier by a call whose answer was lost).
+    async fn create_as(
+        &self,
+        leaf: &str,
+        until: Option<DateTime<Utc>>,
+        token: &str,
+    ) -> Result<bool, Error> {
+        let value = MarkerValue {
+            token: token.to_string(),
+            until,
+        };
+        let sk = format!("marker#{leaf}");
+        let what = format!("{} ({leaf})", self.subject());
+        let marker = item(
+            run_pk(self.run_id),
+            sk.clone(),
+            "marker",
+            &value,
+            Some(expiry(Utc::now())),
+        );
+        if self.catalog.create(marker, &what).await? {
+            return Ok(true);
+        }
+        // Either another invocation created it, or this one did and the answer was lost
+        // before a retry: the token says which.
+        let current = self.catalog.get(run_pk(self.run_id), sk, &what).await?;
+        Ok(current
+            .as_ref()
+            .and_then(body_of::<MarkerValue>)
+            .is_some_and(|v| v.token == token))
+    }
+
+    async fn delete(&self, leaves: &[String]) -> Result<(), Error> {
+        let requests = leaves
+            .iter()
+            .filter_map(|leaf| {
+                let delete = DeleteRequest::builder()
+                    .key(PK, s(run_pk(self.run_id)))
+                    .key(SK, s(format!("marker#{leaf}")))
+                    .build()
+                    .ok()?;
+                Some(WriteRequest::builder().delete_request(delete).build())
+            })
+            .collect();
+        self.catalog.batch(requests, &self.subject()).await
+    }
+
+    /// Drops the finished run's lease and dispatch markers; the ones that say a step is over
+    /// (`reported`, `copied`, `retained`) stay until their TTL, so that a late duplicate of
+    /// the schedule or of a message finds its step over. A failure here leaves items behind
+    /// until their TTL, not a wrong backup: it is logged, not retried.
+    pub async fn release_finished(&self) {
+        let released = match self.read().await {
+            Ok(markers) => self.delete(&to_release(&markers)).await,
+            Err(err) => Err(err),
+        };
+        match released {
+            Ok(()) => info!(run_id = %self.run_id, "run markers released"),
+            Err(err) => warn!(run_id = %self.run_id, error = %err, "run markers not released"),
+        }
+    }
+
+    fn subject(&self) -> String {
+        format!("run {}", self.run_id)
+    }
+}

@@ -1,0 +1,461 @@
+//! The catalog's records as plain data (the store is `aws::catalog`): what a run dispatched
+//! (`ManifestEntry`), what each instance's set turned out to be when the function verified it
+//! (`SetRecord`), and the copies the function made of it (`CopyRecord`).
+//!
+//! The catalog, not a tag, decides. A snapshot is acted on only when the catalog records it
+//! and EC2 still reports it as recorded (`admit`): another principal can write tags, never
+//! the catalog (only the function's role may) nor what EC2 reports of a snapshot (owner,
+//! volume id, start time).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::fleet::AttachedVolume;
+use crate::model::snapshot::SnapshotFacts;
+use crate::model::tags::{
+    TAG_APP_CONSISTENT, TAG_DEVICE, TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RUN_ID,
+    TAG_SOURCE_SNAPSHOT,
+};
+
+/// One instance of a run, as dispatched: the command sent to it and the volumes its set must
+/// contain (the boot volume left out when it was excluded). Written before the instance's
+/// tracking message is queued, so a tracking message is only ever a reference to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    pub run_id: String,
+    pub instance_id: String,
+    pub name: String,
+    pub command_id: String,
+    pub volumes: Vec<AttachedVolume>,
+    /// When the run started: no snapshot of the set can have started before.
+    pub started_at: DateTime<Utc>,
+}
+
+/// What a recorded set is, fixed when it is recorded: a tag changed later changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every volume expected at dispatch has a completed snapshot that the document reported,
+    /// tagged `AppConsistent=True` when verified.
+    Consistent,
+    /// The document reported snapshots, but VSS did not make them application-consistent.
+    CrashConsistent,
+    /// A volume expected at dispatch has no verified snapshot, or the document snapshotted a
+    /// volume the instance did not have at dispatch.
+    Incomplete,
+    /// No verified snapshot at all.
+    Failed,
+    /// Recorded by `import` from tags, before the catalog: kept and reported, never deleted
+    /// automatically.
+    Imported,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Consistent => "consistent",
+            Verdict::CrashConsistent => "crash-consistent",
+            Verdict::Incomplete => "incomplete",
+            Verdict::Failed => "failed",
+            Verdict::Imported => "imported",
+        })
+    }
+}
+
+/// One snapshot of a set, as EC2 reported it when the set was verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedSnapshot {
+    pub snapshot_id: String,
+    pub volume_id: String,
+    pub device: String,
+    pub start_time: DateTime<Utc>,
+}
+
+/// One instance's set of one run, as verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetRecord {
+    pub run_id: String,
+    pub instance_id: String,
+    pub name: String,
+    /// The region the set was taken in (the function's own).
+    pub region: String,
+    pub started_at: DateTime<Utc>,
+    pub expected: Vec<AttachedVolume>,
+    pub snapshots: Vec<RecordedSnapshot>,
+    pub verdict: Verdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub verified_at: DateTime<Utc>,
+    /// How the snapshots were verified (for an operator reading the record).
+    pub verified_by: String,
+}
+
+impl SetRecord {
+    /// Whether the set counts as a consistent backup (retention, restore, the report).
+    pub fn is_consistent(&self) -> bool {
+        self.verdict == Verdict::Consistent
+    }
+}
+
+/// A copy the function started of a recorded snapshot, in another region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyRecord {
+    pub run_id: String,
+    pub instance_id: String,
+    pub region: String,
+    pub source_snapshot_id: String,
+    pub snapshot_id: String,
+    pub started_at: DateTime<Utc>,
+    /// The source set's verdict, carried so that the copy stands on its own once retention
+    /// has deleted the source set in its region.
+    pub consistent: bool,
+    /// A copy recorded by `import`: never deleted automatically.
+    #[serde(default)]
+    pub imported: bool,
+}
+
+/// A snapshot carrying this deployment's tags that the catalog does not vouch for, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForeignSnapshot {
+    pub snapshot_id: String,
+    /// The instance its tags claim, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims_instance: Option<String>,
+    pub why: String,
+}
+
+/// What the catalog says of one snapshot id, in one region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vouched {
+    pub instance_id: Arc<str>,
+    pub run_id: Arc<str>,
+    pub consistent: bool,
+    /// The source's volume and start time (a copy's own are EC2's to choose: not checked).
+    pub volume_id: Option<String>,
+    pub start_time: Option<DateTime<Utc>>,
+    /// The device the snapshot's volume had at dispatch (a copy's is its source's).
+    pub device: Option<String>,
+    /// Recorded by `import` from tags: kept, never deleted automatically.
+    pub imported: bool,
+    /// For a copy: the recorded snapshot it was copied from.
+    pub source_snapshot_id: Option<String>,
+}
+
+/// The snapshots the catalog vouches for, by region and id.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogIndex {
+    by_region: HashMap<String, HashMap<String, Vouched>>,
+}
+
+impl CatalogIndex {
+    /// Indexes recorded sets (in their own region) and their copies (in theirs).
+    pub fn new<'a>(
+        sets: impl IntoIterator<Item = &'a SetRecord>,
+        copies: impl IntoIterator<Item = &'a CopyRecord>,
+    ) -> Self {
+        let mut index = CatalogIndex::default();
+        let mut names: HashMap<String, Arc<str>> = HashMap::new();
+        let mut shared = |text: &str| -> Arc<str> {
+            names
+                .entry(text.to_string())
+                .or_insert_with(|| text.into())
+                .clone()
+        };
+        for set in sets {
+            let region = index.by_region.entry(set.region.clone()).or_default();
+            for s in &set.snapshots {
+                region.insert(
+                    s.snapshot_id.clone(),
+                    Vouched {
+                        instance_id: shared(&set.instance_id),
+                        run_id: shared(&set.run_id),
+                        consistent: set.is_consistent(),
+                        volume_id: Some(s.volume_id.clone()),
+                        start_time: Some(s.start_time),
+                        device: Some(s.device.clone()),
+                        imported: set.verdict == Verdict::Imported,
+                        source_snapshot_id: None,
+                    },
+                );
+            }
+        }
+        for copy in copies {
+            index
+                .by_region
+                .entry(copy.region.clone())
+                .or_default()
+                .insert(
+                    copy.snapshot_id.clone(),
+                    Vouched {
+                        instance_id: shared(&copy.instance_id),
+                        run_id: shared(&copy.run_id),
+                        consistent: copy.consistent,
+                        volume_id: None,
+                        start_time: None,
+                        device: None,
+                        imported: copy.imported,
+                        source_snapshot_id: Some(copy.source_snapshot_id.clone()),
+                    },
+                );
+        }
+        index
+    }
+
+    /// What the catalog says of `snapshot_id` in `region`.
+    pub fn get(&self, region: &str, snapshot_id: &str) -> Option<&Vouched> {
+        self.by_region.get(region)?.get(snapshot_id)
+    }
+}
+
+/// Admits a snapshot EC2 listed (owner self) in `region` when the catalog vouches for it and
+/// EC2 still reports it as recorded; its decision tags (instance, run, deployment,
+/// consistency, source) are then the catalog's, whatever the snapshot's own tags say.
+/// Anything else is foreign, with the reason.
+pub fn admit(
+    mut facts: SnapshotFacts,
+    region: &str,
+    index: &CatalogIndex,
+    managed_by: &str,
+) -> Result<SnapshotFacts, ForeignSnapshot> {
+    let foreign = |facts: &SnapshotFacts, why: String| ForeignSnapshot {
+        snapshot_id: facts.snapshot_id.clone(),
+        claims_instance: facts.tags.get(TAG_INSTANCE_ID).cloned(),
+        why,
+    };
+    let Some(vouched) = index.get(region, &facts.snapshot_id) else {
+        return Err(foreign(&facts, "not in the catalog".into()));
+    };
+    if let Some(volume) = &vouched.volume_id {
+        if *volume != facts.volume_id {
+            return Err(foreign(
+                &facts,
+                format!(
+                    "EC2 reports volume {} where the catalog recorded {volume}",
+                    facts.volume_id
+                ),
+            ));
+        }
+    }
+    if let Some(start) = vouched.start_time {
+        if facts.start_time != Some(start) {
+            return Err(foreign(
+                &facts,
+                format!(
+                    "EC2 reports a start time of {:?} where the catalog recorded {}",
+                    facts.start_time.map(|t| t.to_rfc3339()),
+                    start.to_rfc3339()
+                ),
+            ));
+        }
+    }
+    let truth: BTreeMap<&str, String> = [
+        (TAG_INSTANCE_ID, vouched.instance_id.to_string()),
+        (TAG_RUN_ID, vouched.run_id.to_string()),
+        (TAG_MANAGED_BY, managed_by.to_string()),
+        (
+            TAG_APP_CONSISTENT,
+            if vouched.consistent { "True" } else { "False" }.to_string(),
+        ),
+    ]
+    .into();
+    for (key, value) in truth {
+        facts.tags.insert(key.to_string(), value);
+    }
+    // `Device` is one of the two tags every fleet server may write on any VSS snapshot.
+    match &vouched.device {
+        Some(device) => {
+            facts.tags.insert(TAG_DEVICE.to_string(), device.clone());
+        }
+        None => {
+            facts.tags.remove(TAG_DEVICE);
+        }
+    }
+    match &vouched.source_snapshot_id {
+        Some(source) => {
+            facts
+                .tags
+                .insert(TAG_SOURCE_SNAPSHOT.to_string(), source.clone());
+        }
+        None => {
+            facts.tags.remove(TAG_SOURCE_SNAPSHOT);
+        }
+    }
+    Ok(facts)
+}
+
+/// The snapshot ids and volume ids the document's output says it created
+/// (`Created snap-… from vol-… device: …`), in order.
+pub fn reported_snapshots(output: &str) -> Vec<(String, String)> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let rest = line.trim().strip_prefix("Created ")?;
+            let mut words = rest.split_whitespace();
+            let snapshot = words.next().filter(|w| is_id(w, "snap-"))?;
+            (words.next()? == "from").then_some(())?;
+            let volume = words.next().filter(|w| is_id(w, "vol-"))?;
+            Some((snapshot.to_string(), volume.to_string()))
+        })
+        .collect()
+}
+
+fn is_id(word: &str, prefix: &str) -> bool {
+    word.strip_prefix(prefix)
+        .is_some_and(|hex| !hex.is_empty() && hex.chars().all(|c| c.is_ascii_alphanumeric()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::state::SnapshotState;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap_or_default()
+    }
+
+    fn set(consistent: bool) -> SetRecord {
+        SetRecord {
+            run_id: "r1".into(),
+            instance_id: "i-1".into(),
+            name: "sql01".into(),
+            region: "eu-west-1".into(),
+            started_at: t(0),
+            expected: vec![AttachedVolume {
+                volume_id: "vol-1".into(),
+                device: "/dev/sda1".into(),
+            }],
+            snapshots: vec![RecordedSnapshot {
+                snapshot_id: "snap-1".into(),
+                volume_id: "vol-1".into(),
+                device: "/dev/sda1".into(),
+                start_time: t(5),
+            }],
+            verdict: if consistent {
+                Verdict::Consistent
+            } else {
+                Verdict::CrashConsistent
+            },
+            reason: None,
+            verified_at: t(60),
+            verified_by: "test".into(),
+        }
+    }
+
+    fn facts(id: &str, volume: &str, start: i64, tags: &[(&str, &str)]) -> SnapshotFacts {
+        SnapshotFacts {
+            snapshot_id: id.into(),
+            volume_id: volume.into(),
+            state: SnapshotState::Completed,
+            start_time: Some(t(start)),
+            size_gib: Some(30),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_recorded_snapshot_is_admitted_with_the_catalogs_verdict_not_its_tags() {
+        let record = set(true);
+        let index = CatalogIndex::new([&record], []);
+        let flipped = facts(
+            "snap-1",
+            "vol-1",
+            5,
+            &[
+                (TAG_APP_CONSISTENT, "False"),
+                (TAG_INSTANCE_ID, "i-victim"),
+                (TAG_DEVICE, "xvdf"),
+            ],
+        );
+        let admitted = admit(flipped, "eu-west-1", &index, "prod").expect("admitted");
+        assert_eq!(admitted.tags[TAG_APP_CONSISTENT], "True");
+        assert_eq!(admitted.tags[TAG_DEVICE], "/dev/sda1");
+        assert_eq!(admitted.tags[TAG_INSTANCE_ID], "i-1");
+        assert_eq!(admitted.tags[TAG_MANAGED_BY], "prod");
+        let crash = set(false);
+        let index = CatalogIndex::new([&crash], []);
+        let forged = facts("snap-1", "vol-1", 5, &[(TAG_APP_CONSISTENT, "True")]);
+        let admitted = admit(forged, "eu-west-1", &index, "prod").expect("admitted");
+        assert_eq!(admitted.tags[TAG_APP_CONSISTENT], "False");
+    }
+
+    #[test]
+    fn unrecorded_moved_or_other_region_snapshots_are_foreign() {
+        let record = set(true);
+        let index = CatalogIndex::new([&record], []);
+        let cases = [
+            (
+                facts("snap-9", "vol-1", 5, &[(TAG_INSTANCE_ID, "i-1")]),
+                "eu-west-1",
+                "not in the catalog",
+            ),
+            (
+                facts("snap-1", "vol-2", 5, &[]),
+                "eu-west-1",
+                "volume vol-2",
+            ),
+            (facts("snap-1", "vol-1", 6, &[]), "eu-west-1", "start time"),
+            (
+                facts("snap-1", "vol-1", 5, &[]),
+                "us-east-1",
+                "not in the catalog",
+            ),
+        ];
+        for (snapshot, region, why) in cases {
+            let err = admit(snapshot, region, &index, "prod").expect_err("foreign");
+            assert!(err.why.contains(why), "{err:?}");
+        }
+        let err = admit(
+            facts("snap-9", "vol-1", 5, &[(TAG_INSTANCE_ID, "i-1")]),
+            "eu-west-1",
+            &index,
+            "prod",
+        )
+        .expect_err("foreign");
+        assert_eq!(err.claims_instance.as_deref(), Some("i-1"));
+    }
+
+    #[test]
+    fn a_recorded_copy_is_vouched_for_with_its_source_sets_verdict() {
+        let record = set(true);
+        let copy = CopyRecord {
+            run_id: "r1".into(),
+            instance_id: "i-1".into(),
+            region: "us-east-1".into(),
+            source_snapshot_id: "snap-1".into(),
+            snapshot_id: "snap-c1".into(),
+            started_at: t(100),
+            consistent: true,
+            imported: false,
+        };
+        let index = CatalogIndex::new([&record], [&copy]);
+        let admitted = admit(
+            facts("snap-c1", "vol-ffffffff", 900, &[]),
+            "us-east-1",
+            &index,
+            "p",
+        )
+        .expect("a copy keeps EC2's own volume id and start time");
+        assert_eq!(admitted.tags[TAG_SOURCE_SNAPSHOT], "snap-1");
+        assert_eq!(admitted.tags[TAG_APP_CONSISTENT], "True");
+        assert!(admit(facts("snap-c2", "vol-x", 0, &[]), "us-east-1", &index, "p").is_err());
+    }
+
+    #[test]
+    fn the_documents_created_lines_are_read_and_nothing_else() {
+        let output = "Preparing\nCreated snap-0a1 from vol-0b2 device: /dev/sda1\n  Created snap-0c3 from vol-0d4 device: xvdf\nCreated snapshot from vol-1\nCreated snap-; from vol-2\nCreated snap-5 of vol-6\n";
+        assert_eq!(
+            reported_snapshots(output),
+            [
+                ("snap-0a1".to_string(), "vol-0b2".to_string()),
+                ("snap-0c3".to_string(), "vol-0d4".to_string())
+            ]
+        );
+    }
+}

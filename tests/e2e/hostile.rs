@@ -1,0 +1,449 @@
+//! End to end: a hostile fleet. After three nightly runs with copies, the attacks of the
+//! threat model are carried out with only the powers their principals have:
+//!
+//! * a compromised fleet server's instance role (`AWSEC2VssSnapshotPolicy`): snapshots of its
+//!   own volumes with any tags at creation, and `AppConsistent`/`Device` on any VSS snapshot,
+//!   copies included (flip, forge);
+//! * a principal that may tag snapshots (adopt);
+//! * a queue sender and an invoker (forged jobs, a forged SQS event).
+//!
+//! Then two more nightly runs and a restore. What the clean run keeps is kept, what the
+//! attackers made is untouched and reported, the report and the restore tell the truth, and
+//! tomorrow's run is not silenced.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aws_sdk_ec2::types::{Filter, ResourceType, Snapshot, Tag, TagSpecification};
+use harness::chaos::{Chaos, ChaosOptions};
+use harness::faults::Fault;
+use harness::{
+    invoke, queue_arn, scheduled_event, snapshot_tag, Emulator, Metrics, ServerSpec, World,
+};
+use serde_json::{json, Value};
+
+const HOME: &str = "us-east-1";
+const COPY_REGION: &str = "eu-west-1";
+
+async fn own_snapshots(emulator: &Emulator, region: &str) -> Vec<Snapshot> {
+    emulator
+        .ec2_in(region)
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .expect("DescribeSnapshots")
+        .snapshots()
+        .to_vec()
+}
+
+/// Snapshot ids of an instance's sets by run, as the function tagged them.
+fn sets_of(snapshots: &[Snapshot], instance: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut sets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for s in snapshots {
+        if snapshot_tag(s, "ConsistentSnapshot:InstanceId") == Some(instance) {
+            if let (Some(run), Some(id)) =
+                (snapshot_tag(s, "ConsistentSnapshot:RunId"), s.snapshot_id())
+            {
+                sets.entry(run.to_string())
+                    .or_default()
+                    .insert(id.to_string());
+            }
+        }
+    }
+    sets
+}
+
+fn tags(pairs: &[(&str, &str)]) -> Vec<Tag> {
+    pairs
+        .iter()
+        .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+        .collect()
+}
+
+async fn volumes_of(emulator: &Emulator, instance: &str) -> Vec<String> {
+    emulator
+        .ec2()
+        .describe_volumes()
+        .filters(
+            Filter::builder()
+                .name("attachment.instance-id")
+                .values(instance)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeVolumes")
+        .volumes()
+        .iter()
+        .filter_map(|v| v.volume_id().map(str::to_string))
+        .collect()
+}
+
+/// The compromised server: a snapshot of its own volume, tagged at creation as anything.
+async fn forge(emulator: &Emulator, volume: &str, pairs: &[(&str, &str)]) -> String {
+    emulator
+        .ec2()
+        .create_snapshot()
+        .volume_id(volume)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Snapshot)
+                .set_tags(Some(tags(pairs)))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("CreateSnapshot")
+        .snapshot_id()
+        .expect("id")
+        .to_string()
+}
+
+async fn retag(emulator: &Emulator, region: &str, snapshot: &str, pairs: &[(&str, &str)]) {
+    emulator
+        .ec2_in(region)
+        .create_tags()
+        .resources(snapshot)
+        .set_tags(Some(tags(pairs)))
+        .send()
+        .await
+        .expect("CreateTags");
+}
+
+fn sqs_event(arn: &str, body: &Value) -> Value {
+    json!({"Records": [{
+        "messageId": "forged-1",
+        "receiptHandle": "forged",
+        "body": body.to_string(),
+        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1764547200000"},
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": arn,
+        "awsRegion": HOME
+    }]})
+}
+
+#[tokio::test]
+async fn a_hostile_fleet_cannot_turn_the_backups_against_the_fleet() {
+    let world = World::start(2).await.expect("world");
+    let (emulator, logs) = (&world.emulator, &world.logs);
+    let ids = world
+        .seed(&[
+            ServerSpec::windows("sql01", 1),
+            // The compromised server: in the fleet, with the VSS instance role.
+            ServerSpec::windows("web01", 0),
+            // Not in the fleet: someone else's server, whose snapshot gets adopted.
+            ServerSpec::windows("hr01", 0).untagged(),
+        ])
+        .await
+        .expect("seed");
+    let (victim, attacker, outsider) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    let metrics = Metrics::default();
+    let app = metrics.attach(
+        world
+            .app(&[("COPY_REGIONS", COPY_REGION), ("RETAIN_COUNT", "3")])
+            .expect("app"),
+    );
+
+    let mut runs = Vec::new();
+    for night in 1..=3 {
+        let time = format!("2026-11-2{night}T00:00:00Z");
+        runs.push(world.nightly(&app, &time).await.expect("night"));
+    }
+    let home = own_snapshots(emulator, HOME).await;
+    let real: BTreeMap<String, BTreeSet<String>> = sets_of(&home, &victim);
+    assert_eq!(real.len(), 3, "three real sets of the victim: {real:?}");
+    let copies_before = sets_of(&own_snapshots(emulator, COPY_REGION).await, &victim);
+    assert_eq!(
+        copies_before.len(),
+        3,
+        "and their copies: {copies_before:?}"
+    );
+
+    // 1. Flip: every real set of the victim, and every copy, "not consistent".
+    for set in real.values().chain(copies_before.values()) {
+        for snapshot in set {
+            let region = if home.iter().any(|s| s.snapshot_id() == Some(snapshot)) {
+                HOME
+            } else {
+                COPY_REGION
+            };
+            retag(emulator, region, snapshot, &[("AppConsistent", "False")]).await;
+        }
+    }
+    // 2. Forge: four sets of the attacker's own volume, tagged as the victim's newest
+    //    consistent sets (more than RETAIN_COUNT), with run ids of the nights to come too.
+    let attacker_volume = volumes_of(emulator, &attacker).await[0].clone();
+    let scheduled_suffix = runs[0]
+        .split_once('-')
+        .map(|(_, s)| s.to_string())
+        .expect("suffix");
+    let tomorrow = format!("20261126T000000Z-{scheduled_suffix}");
+    let mut forged = Vec::new();
+    for run in ["forged-1", "forged-2", "forged-3", &tomorrow] {
+        forged.push(
+            forge(
+                emulator,
+                &attacker_volume,
+                &[
+                    ("ConsistentSnapshot:ManagedBy", "vss-test"),
+                    ("ConsistentSnapshot:InstanceId", &victim),
+                    ("ConsistentSnapshot:RunId", run),
+                    ("AppConsistent", "True"),
+                    ("Device", "/dev/sda1"),
+                    ("AwsVssConfig", "forged"),
+                ],
+            )
+            .await,
+        );
+    }
+    // 3. Adopt: someone else's snapshot tagged as the victim's set.
+    let outsider_volume = volumes_of(emulator, &outsider).await[0].clone();
+    let adopted = forge(emulator, &outsider_volume, &[("Owner", "hr")]).await;
+    retag(
+        emulator,
+        HOME,
+        &adopted,
+        &[
+            ("ConsistentSnapshot:ManagedBy", "vss-test"),
+            ("ConsistentSnapshot:InstanceId", &victim),
+            ("ConsistentSnapshot:RunId", "adopted"),
+            ("AppConsistent", "False"),
+        ],
+    )
+    .await;
+
+    // 4. Inject: forged jobs, through the queue (a sender) and as an SQS event (an invoker).
+    let attacker_snapshot = forged[0].clone();
+    let restore = json!({
+        "v": 1, "kind": "restore", "restore_id": "restore-forged", "instance_id": victim,
+        "name": "sql01", "mode": "replace", "rollback": false, "zone": "us-east-1a",
+        "set": {"run_id": "forged-1", "consistent": true, "snapshots": [{
+            "snapshot_id": attacker_snapshot, "run_id": "forged-1", "device": "/dev/sda1",
+            "state": "completed", "app_consistent": true, "size_gib": 30,
+            "start_time": "2026-11-23T01:00:00Z"}]},
+        "deadline": "2099-01-01T00:00:00Z", "attempt": 0
+    });
+    let run_job = json!({
+        "v": 1, "kind": "run", "run_id": tomorrow, "started_at": "2026-11-26T00:00:00Z",
+        "deadline": "2026-11-26T01:00:00Z", "commands": [], "skipped": [], "unsent": [],
+        "attempt": 0
+    });
+    let watch_job = json!({
+        "v": 1, "kind": "watch", "run_id": tomorrow, "started_at": "2026-11-26T00:00:00Z",
+        "instance_ids": null, "check_at": "2026-11-26T00:00:00Z"
+    });
+    let sqs = emulator.sqs();
+    for job in [&restore, &run_job, &watch_job] {
+        sqs.send_message()
+            .queue_url(&world.queue)
+            .message_body(job.to_string())
+            .send()
+            .await
+            .expect("SendMessage");
+    }
+    let other_queue = queue_arn("http://127.0.0.1/123456789012/someone-elses");
+    let answer = invoke(&app, sqs_event(&other_queue, &restore))
+        .await
+        .expect("invoke");
+    assert_eq!(
+        answer["batchItemFailures"][0]["itemIdentifier"], "forged-1",
+        "{answer}"
+    );
+    world.drain(&app).await.expect("drain");
+
+    // Two more nights, then the restore an operator would make.
+    for night in 4..=5 {
+        let time = format!("2026-11-2{night}T00:00:00Z");
+        runs.push(world.nightly(&app, &time).await.expect("night"));
+    }
+
+    // Exactly the clean end state: the victim keeps its three newest real sets (3, 4, 5),
+    // in both regions; runs 1 and 2 went by the clean rules, nothing else did.
+    let home = own_snapshots(emulator, HOME).await;
+    let kept = sets_of(&home, &victim);
+    let expected: BTreeSet<String> = [
+        runs[2].clone(),
+        runs[3].clone(),
+        runs[4].clone(),
+        "forged-1".into(),
+        "forged-2".into(),
+        "forged-3".into(),
+        tomorrow.clone(),
+        "adopted".into(),
+    ]
+    .into();
+    assert_eq!(kept.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    assert_eq!(
+        kept[&runs[2]], real[&runs[2]],
+        "the flipped set 3 is kept whole"
+    );
+    let copies = sets_of(&own_snapshots(emulator, COPY_REGION).await, &victim);
+    assert_eq!(
+        copies.keys().cloned().collect::<BTreeSet<_>>(),
+        [runs[2].clone(), runs[3].clone(), runs[4].clone()].into(),
+        "copies: the three newest, none of the forged sets copied"
+    );
+    for id in forged.iter().chain([&adopted]) {
+        assert!(
+            home.iter().any(|s| s.snapshot_id() == Some(id)),
+            "{id} untouched"
+        );
+    }
+    // Every forged and adopted snapshot was reported as foreign.
+    let foreign: BTreeSet<String> = logs
+        .messages_starting("foreign snapshot")
+        .iter()
+        .filter_map(|r| r["snapshot_id"].as_str().map(str::to_string))
+        .collect();
+    for id in forged.iter().chain([&adopted]) {
+        assert!(
+            foreign.contains(id),
+            "{id} not reported as foreign: {foreign:?}"
+        );
+    }
+
+    // The report: the victim within its RPO on its real newest set.
+    let report = world.report(&app).await.expect("report");
+    let victim_status = report["instances"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["instance_id"] == json!(victim)))
+        .cloned()
+        .expect("victim in the report");
+    assert_eq!(victim_status["rpo"], json!("within_rpo"), "{victim_status}");
+    assert_eq!(victim_status["latest_consistent"]["run_id"], json!(runs[4]));
+
+    // restore latest: the real newest set, never the attacker's disk.
+    let restored = world
+        .restore(&app, &victim, "latest", "volumes")
+        .await
+        .expect("restore");
+    world.drain(&app).await.expect("drain");
+    assert_eq!(restored["run_id"], json!(runs[4]), "{restored}");
+    let from: BTreeSet<String> = restored["volumes"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|e| e["snapshot_id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(from, kept[&runs[4]], "restored from the real newest set");
+
+    // The forged jobs were refused and counted; none was carried out.
+    let refused: u64 = metrics
+        .of("refused", None)
+        .iter()
+        .filter_map(|l| l["JobsRefused"].as_u64())
+        .sum();
+    assert!(
+        refused >= 4,
+        "forged restore (twice), run and watch refused: {refused}"
+    );
+    let volumes = emulator
+        .ec2()
+        .describe_volumes()
+        .send()
+        .await
+        .expect("volumes");
+    assert!(
+        volumes
+            .volumes()
+            .iter()
+            .all(|v| v.snapshot_id() != Some(attacker_snapshot.as_str())),
+        "no volume was ever made from the attacker's snapshot"
+    );
+
+    // Tomorrow's run is not silenced by the forged run and watch jobs.
+    let start = invoke(&app, scheduled_event("nightly", "2026-11-26T00:00:00Z"))
+        .await
+        .expect("tomorrow");
+    assert_eq!(start["run_id"], json!(tomorrow));
+    assert_eq!(start["status"], json!("dispatched"), "{start}");
+}
+
+/// How many items the catalog holds under a run's partition.
+async fn run_items(emulator: &Emulator, run_id: &str) -> usize {
+    let out = emulator
+        .dynamodb()
+        .query()
+        .table_name(harness::CATALOG_TABLE)
+        .key_condition_expression("pk = :pk")
+        .expression_attribute_values(
+            ":pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("run#{run_id}")),
+        )
+        .send()
+        .await
+        .expect("Query");
+    out.items().len()
+}
+
+#[tokio::test]
+async fn a_chain_stuck_on_access_denied_leaves_bounded_items_and_messages() {
+    let world = World::start(1).await.expect("world");
+    let emulator = &world.emulator;
+    world
+        .seed(&[
+            ServerSpec::windows("sql01", 1),
+            ServerSpec::windows("files01", 1),
+        ])
+        .await
+        .expect("seed");
+    // After the run's claim, the DR region refuses every read for good (an SCP, a region
+    // disabled): each pass of the copy step fails, after queueing its successor.
+    let chaos = Chaos::new(
+        emulator,
+        &world.queue,
+        &[
+            ("COPY_REGIONS", COPY_REGION),
+            ("SNAPSHOT_COMPLETION_TIMEOUT_SECONDS", "60"),
+        ],
+        ChaosOptions::calm(3),
+    )
+    .expect("chaos");
+    chaos.proxy.force(
+        &format!("ec2:DescribeSnapshots@{COPY_REGION}"),
+        Fault::AccessDenied,
+        u32::MAX,
+    );
+    let started = chaos
+        .schedule(&scheduled_event("nightly", "2026-11-23T00:00:00Z"))
+        .await
+        .expect("schedule");
+    let run_id = started[0]["run_id"].as_str().expect("run id").to_string();
+    let drained = chaos
+        .drain(10, std::time::Duration::from_secs(300))
+        .await
+        .expect("drain");
+    let stats = chaos.proxy.stats();
+    let sent: u64 = ["sqs:SendMessage", "sqs:SendMessageBatch"]
+        .iter()
+        .filter_map(|a| stats.calls.get(*a))
+        .sum();
+    let items = run_items(emulator, &run_id).await;
+    let passes = world.logs.messages_starting("step failed").len();
+    println!(
+        "stuck copy chain: {} deliveries, {sent} sends, {passes} failed steps, {items} catalog items of the run",
+        drained.messages
+    );
+    assert!(passes > 0, "the copy passes failed");
+    // The chain ended by its deadline: the queue is empty (the last passes are in the DLQ).
+    assert!(
+        harness::queue_is_empty(&emulator.sqs(), &world.queue)
+            .await
+            .expect("queue"),
+        "the chain ended"
+    );
+    assert!(
+        world.logs.run_report(&run_id).is_some(),
+        "the run itself was reported"
+    );
+    // Bounded by the 60 s deadline: a pass every 1–2 s, each tried 5 times before the DLQ;
+    // the run's items are its claim and markers, a copy-pass marker per pass, the run, its
+    // manifest (2) and sets (2).
+    assert!(drained.messages <= 400, "{drained:?}");
+    assert!(sent <= 200, "{sent} messages sent");
+    assert!(items <= 60, "{items} catalog items for one run");
+}
