@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Asserts the guarantees of template.yaml that an edit could silently drop: the IAM
-conditions that keep the function to its own document, instances and snapshots, the alarms,
-and a written justification beside every skipped checkov check.
+conditions that keep the function to its own document, instances and snapshots, the catalog
+table's protections (recovery, deletion protection, encryption, TTL, writes by the function
+only), the queue policy, the alarms, and a written justification beside every skipped
+checkov check.
 
 Usage: check_template.py [template.yaml]; exits 1 and lists every broken guarantee.
 """
@@ -87,8 +89,53 @@ def check(template: dict) -> list[str]:
             problems.append("ec2:DeleteVolume is not limited to this deployment's verification volumes")
 
     for s in (s for s in stmts if "ec2:CreateVolume" in actions(s)):
-        if "aws:RequestTag/ConsistentSnapshot:ManagedBy" not in text(s.get("Condition")):
+        resource, condition = text(s.get("Resource")), text(s.get("Condition"))
+        if ":snapshot/" in resource:
+            if "ec2:Owner" not in condition or "aws:ResourceTag/ConsistentSnapshot:ManagedBy" not in condition:
+                problems.append(f"{s.get('Sid', '?')}: ec2:CreateVolume from snapshots not of this account or without this deployment's tag")
+            if ":volume/" in resource:
+                problems.append(f"{s.get('Sid', '?')}: ec2:CreateVolume on volumes and snapshots in one statement")
+        elif "aws:RequestTag/ConsistentSnapshot:ManagedBy" not in condition:
             problems.append("ec2:CreateVolume does not require this deployment's ManagedBy tag")
+    if not any(":snapshot/" in text(s.get("Resource")) for s in stmts if "ec2:CreateVolume" in actions(s)):
+        problems.append("ec2:CreateVolume has no statement for its source snapshots")
+
+    # The catalog replaced Parameter Store: no parameter may be written any more.
+    for s in stmts:
+        for action in actions(s):
+            if action.startswith("ssm:") and "Parameter" in action:
+                problems.append(f"{s.get('Sid', '?')}: {action} (runs are claimed in the catalog, not in Parameter Store)")
+            if action.startswith("dynamodb:") and "-catalog" not in text(s.get("Resource")):
+                problems.append(f"{s.get('Sid', '?')}: {action} beyond the catalog table")
+
+    resources = template["Resources"]
+    catalog = resources.get("CatalogTable", {})
+    props = catalog.get("Properties", {})
+    if catalog.get("Type") != "AWS::DynamoDB::Table":
+        problems.append("no CatalogTable (AWS::DynamoDB::Table)")
+    else:
+        if not props.get("PointInTimeRecoverySpecification", {}).get("PointInTimeRecoveryEnabled"):
+            problems.append("CatalogTable: point-in-time recovery is off")
+        if not props.get("DeletionProtectionEnabled"):
+            problems.append("CatalogTable: deletion protection is off")
+        if not props.get("SSESpecification", {}).get("SSEEnabled"):
+            problems.append("CatalogTable: encryption (SSESpecification) is off")
+        if props.get("TimeToLiveSpecification", {}).get("AttributeName") != "expires_at":
+            problems.append("CatalogTable: no TTL on expires_at")
+        if catalog.get("DeletionPolicy") != "Retain":
+            problems.append("CatalogTable: a stack deletion would delete the catalog (DeletionPolicy)")
+        policy = text(props.get("ResourcePolicy"))
+        if "Deny" not in policy or "dynamodb:PutItem" not in policy or "SnapshotFunctionRole" not in policy:
+            problems.append("CatalogTable: the resource policy does not deny writes to all but the function's role")
+    queue_policies = [r for r in resources.values() if r.get("Type") == "AWS::SQS::QueuePolicy"]
+    if not any(
+        "TrackingQueue" in text(r.get("Properties", {}).get("Queues"))
+        and "Deny" in text(r["Properties"].get("PolicyDocument"))
+        and "sqs:SendMessage" in text(r["Properties"].get("PolicyDocument"))
+        and "SnapshotFunctionRole" in text(r["Properties"].get("PolicyDocument"))
+        for r in queue_policies
+    ):
+        problems.append("TrackingQueue: no queue policy denying sqs:SendMessage to all but the function's role")
 
     for s in (s for s in stmts if {"ec2:StopInstances", "ec2:StartInstances"} & set(actions(s))):
         if "aws:ResourceTag/ConsistentSnapshot" not in text(s.get("Condition")):
@@ -111,6 +158,8 @@ def check(template: dict) -> list[str]:
         "NotConsistent": "failures in a run",
         "InstancesOutOfRpo": "instances out of RPO",
         "ApproximateNumberOfMessagesVisible": "a dead-letter queue that is not empty",
+        "JobsRefused": "forged or unknown jobs refused",
+        "ForeignSnapshots": "snapshots tagged as this deployment's that it did not record",
     }
     for metric, what in wanted.items():
         if not any(a.get("MetricName") == metric for a in alarms.values()):
