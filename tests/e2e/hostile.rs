@@ -5,7 +5,8 @@
 //!   own volumes with any tags at creation, and `AppConsistent`/`Device` on any VSS snapshot,
 //!   copies included (flip, forge);
 //! * a principal that may tag snapshots (adopt);
-//! * a queue sender and an invoker (forged jobs, a forged SQS event).
+//! * a queue sender and an invoker (forged jobs, a forged SQS event);
+//! * anyone who may create and tag a volume (a volume planted with a restore's own tags).
 //!
 //! Then two more nightly runs and a restore. What the clean run keeps is kept, what the
 //! attackers made is untouched and reported, the report and the restore tell the truth, and
@@ -251,6 +252,12 @@ async fn a_hostile_fleet_cannot_turn_the_backups_against_the_fleet() {
         answer["batchItemFailures"][0]["itemIdentifier"], "forged-1",
         "{answer}"
     );
+    assert!(
+        logs.records().iter().any(|r| r["refused"]
+            .as_str()
+            .is_some_and(|why| why.contains("only messages of the deployment's queue"))),
+        "the record from another queue is refused for its source, before anything is read"
+    );
     world.drain(&app).await.expect("drain");
 
     // Two more nights, then the restore an operator would make.
@@ -314,11 +321,54 @@ async fn a_hostile_fleet_cannot_turn_the_backups_against_the_fleet() {
     assert_eq!(victim_status["rpo"], json!("within_rpo"), "{victim_status}");
     assert_eq!(victim_status["latest_consistent"]["run_id"], json!(runs[4]));
 
-    // restore latest: the real newest set, never the attacker's disk.
-    let restored = world
-        .restore(&app, &victim, "latest", "volumes")
+    // 5. Plant: a volume tagged as the restore's own (its id is predictable from the
+    //    request), waiting to be taken for the restored disk.
+    let zone = "us-east-1b";
+    let restore_id = consistent_snapshot::plans::restore_id(
+        &victim,
+        &runs[4],
+        consistent_snapshot::plans::RestoreMode::Volumes,
+        zone,
+        "restore",
+    );
+    let planted = emulator
+        .ec2()
+        .create_volume()
+        .availability_zone(zone)
+        .snapshot_id(&attacker_snapshot)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Volume)
+                .set_tags(Some(tags(&[
+                    ("ConsistentSnapshot:RestoreId", &restore_id),
+                    ("ConsistentSnapshot:Device", "/dev/sda1"),
+                    ("ConsistentSnapshot:ManagedBy", "vss-test"),
+                    ("ConsistentSnapshot:Purpose", "restore"),
+                ])))
+                .build(),
+        )
+        .send()
         .await
-        .expect("restore");
+        .expect("CreateVolume")
+        .volume_id()
+        .expect("id")
+        .to_string();
+
+    // restore latest: the real newest set, never the attacker's disk.
+    let restored = invoke(
+        &app,
+        json!({"action": "restore", "instance_id": victim, "run_id": "latest",
+               "mode": "volumes", "availability_zone": zone}),
+    )
+    .await
+    .expect("restore");
+    assert_eq!(restored["restore_id"], json!(restore_id));
+    assert!(
+        restored["volumes"]
+            .as_array()
+            .is_some_and(|v| v.iter().all(|e| e["volume_id"] != json!(planted))),
+        "the planted volume is not taken for a restored one: {restored}"
+    );
     world.drain(&app).await.expect("drain");
     assert_eq!(restored["run_id"], json!(runs[4]), "{restored}");
     let from: BTreeSet<String> = restored["volumes"]
@@ -351,8 +401,9 @@ async fn a_hostile_fleet_cannot_turn_the_backups_against_the_fleet() {
         volumes
             .volumes()
             .iter()
+            .filter(|v| v.volume_id() != Some(planted.as_str()))
             .all(|v| v.snapshot_id() != Some(attacker_snapshot.as_str())),
-        "no volume was ever made from the attacker's snapshot"
+        "no volume was ever made from the attacker's snapshot (but the planted one)"
     );
 
     // Tomorrow's run is not silenced by the forged run and watch jobs.
