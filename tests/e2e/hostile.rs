@@ -498,3 +498,110 @@ async fn a_chain_stuck_on_access_denied_leaves_bounded_items_and_messages() {
     assert!(sent <= 200, "{sent} messages sent");
     assert!(items <= 60, "{items} catalog items for one run");
 }
+
+#[tokio::test]
+async fn a_volume_attached_after_dispatch_makes_the_set_incomplete_everywhere() {
+    let world = World::start(2).await.expect("world");
+    let (emulator, logs) = (&world.emulator, &world.logs);
+    // The freeze starts 3 s after the command arrives: time to attach a volume in between.
+    let ids = world
+        .seed(&[ServerSpec::windows("sql01", 1).sim(harness::Windows::timing(3.0, 0.5))])
+        .await
+        .expect("seed");
+    let sql = ids[0].clone();
+    let app = world.app(&[]).expect("app");
+    let start = invoke(&app, scheduled_event("nightly", "2026-11-23T00:00:00Z"))
+        .await
+        .expect("run");
+    let run_id = start["run_id"].as_str().expect("run id").to_string();
+    let zone = emulator
+        .ec2()
+        .describe_instances()
+        .instance_ids(&sql)
+        .send()
+        .await
+        .expect("DescribeInstances")
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .find_map(|i| {
+            i.placement()
+                .and_then(|p| p.availability_zone())
+                .map(str::to_string)
+        })
+        .expect("zone");
+    let late = emulator
+        .ec2()
+        .create_volume()
+        .availability_zone(&zone)
+        .size(10)
+        .send()
+        .await
+        .expect("CreateVolume")
+        .volume_id()
+        .expect("id")
+        .to_string();
+    emulator
+        .ec2()
+        .attach_volume()
+        .volume_id(&late)
+        .instance_id(&sql)
+        .device("xvdz")
+        .send()
+        .await
+        .expect("AttachVolume");
+    world.drain(&app).await.expect("drain");
+
+    // The summary: incomplete, naming the late volume.
+    let report = logs.run_report(&run_id).expect("summary");
+    let outcome = &report.outcomes[0];
+    assert_eq!(
+        outcome.kind,
+        consistent_snapshot::OutcomeKind::Incomplete,
+        "{outcome:?}"
+    );
+    assert!(
+        outcome.reason.as_deref().unwrap_or("").contains(&late),
+        "{outcome:?}"
+    );
+    // The catalog: recorded as incomplete, the two volumes of the dispatch expected.
+    let (sets, _) = emulator.catalog().sets_of(&sql).await.expect("catalog");
+    assert_eq!(sets.len(), 1);
+    assert_eq!(
+        sets[0].verdict,
+        consistent_snapshot::catalog::Verdict::Incomplete
+    );
+    assert_eq!(sets[0].expected.len(), 2);
+    // The report: no consistent backup.
+    let fleet = world.report(&app).await.expect("report");
+    assert_eq!(
+        fleet["instances"][0]["rpo"],
+        json!("never_backed_up"),
+        "{fleet}"
+    );
+    // Retention: not a consistent set, whatever its snapshots' tags say.
+    let plan = invoke(&app, json!({"action": "retention", "dry_run": true}))
+        .await
+        .expect("retention plan");
+    assert_eq!(
+        plan["plans"][0]["instances"][&sql][0]["kind"],
+        json!("not_consistent"),
+        "{plan}"
+    );
+    // A replace from it is refused unless asked.
+    let refused = world.restore(&app, &sql, "latest", "replace").await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("consistent")),
+        "{refused:?}"
+    );
+    let asked = invoke(
+        &app,
+        json!({"action": "restore", "instance_id": sql, "run_id": run_id, "mode": "volumes",
+               "availability_zone": zone, "allow_crash_consistent": true}),
+    )
+    .await
+    .expect("restore when asked");
+    assert_eq!(asked["consistent"], json!(false), "{asked}");
+}
