@@ -127,6 +127,9 @@ def check(template: dict) -> list[str]:
         policy = text(props.get("ResourcePolicy"))
         if "Deny" not in policy or "dynamodb:PutItem" not in policy or "SnapshotFunctionRole" not in policy:
             problems.append("CatalogTable: the resource policy does not deny writes to all but the function's role")
+    managed_by = text(resources.get("SnapshotFunction", {}).get("Properties", {}).get("Environment", {}).get("Variables", {}).get("MANAGED_BY"))
+    if "AWS::Region" not in managed_by or "AWS::AccountId" not in managed_by:
+        problems.append("MANAGED_BY's default is not unique per stack, region and account")
     queue_policies = [r for r in resources.values() if r.get("Type") == "AWS::SQS::QueuePolicy"]
     if not any(
         "TrackingQueue" in text(r.get("Properties", {}).get("Queues"))

@@ -186,11 +186,11 @@ fn table(
             ),
         ),
         (
-            "faults on SendCommand / CopySnapshot",
+            "faults on SendCommand / CopySnapshot / the catalog",
             "-".into(),
             format!(
-                "{} / {}",
-                stats.send_command_faults, stats.copy_snapshot_faults
+                "{} / {} / {}",
+                stats.send_command_faults, stats.copy_snapshot_faults, stats.catalog_faults
             ),
         ),
         (
@@ -310,6 +310,8 @@ async fn chaos_ends_in_the_same_state_as_a_fault_free_run() {
         faults > 0 && log.message_deliveries > 0,
         "{stats:?} {log:?}"
     );
+    // The catalog (claims, manifest, set records) was faulted like every other service.
+    assert!(stats.catalog_faults > 0, "{stats:?}");
     // Nothing was deleted, the first night's sets are intact, nothing went to the DLQ.
     assert!(!stats.calls.contains_key("ec2:DeleteSnapshot"));
     assert_eq!(

@@ -16,3 +16,4 @@ mod restore;
 mod retention_scale;
 mod run_outcomes;
 mod template_guarantees;
+mod upgrade;

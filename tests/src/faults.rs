@@ -70,6 +70,8 @@ pub struct ProxyStats {
     /// effect twice.
     pub send_command_faults: u64,
     pub copy_snapshot_faults: u64,
+    /// Faults injected into the catalog's calls (DynamoDB).
+    pub catalog_faults: u64,
 }
 
 /// Where an invocation is stopped.
@@ -267,6 +269,7 @@ async fn handle(
             match protocol.action.as_str() {
                 "ssm:SendCommand" => stats.send_command_faults += 1,
                 "ec2:CopySnapshot" => stats.copy_snapshot_faults += 1,
+                a if a.starts_with("dynamodb:") => stats.catalog_faults += 1,
                 _ => {}
             }
         }

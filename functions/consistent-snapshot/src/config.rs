@@ -81,7 +81,16 @@ impl Config {
             exclude_boot_volume: s.flag("EXCLUDE_BOOT_VOLUME", "false"),
             vss_copy_only: s.flag("VSS_COPY_ONLY", "false"),
             min_ssm_agent_version: s.version("MIN_SSM_AGENT_VERSION", "2.2.58.0"),
-            managed_by: s.text("MANAGED_BY", &function_name),
+            // A function name is unique in its account and region; the region keeps two
+            // deployments of one name in two regions (whose copies meet) apart.
+            managed_by: s.text(
+                "MANAGED_BY",
+                &if region.is_empty() {
+                    function_name.clone()
+                } else {
+                    format!("{function_name}-{region}")
+                },
+            ),
             dry_run: s.flag("DRY_RUN", "false"),
             poll_initial_seconds: s.number("TRACK_POLL_INITIAL_SECONDS", "30", 1, 900),
             poll_max_seconds: s.number("TRACK_POLL_MAX_SECONDS", "900", 1, 900),
@@ -410,10 +419,17 @@ mod tests {
     }
 
     #[test]
-    fn managed_by_defaults_to_the_function_name() {
+    fn managed_by_defaults_to_the_function_name_and_its_region() {
         let c =
             config(&[("QUEUE_URL", "q"), ("AWS_LAMBDA_FUNCTION_NAME", "prod-vss")]).expect("valid");
         assert_eq!(c.managed_by, "prod-vss");
+        let c = config(&[
+            ("QUEUE_URL", "q"),
+            ("AWS_LAMBDA_FUNCTION_NAME", "prod-vss"),
+            ("AWS_REGION", "eu-west-1"),
+        ])
+        .expect("valid");
+        assert_eq!(c.managed_by, "prod-vss-eu-west-1");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tracing::{info, warn};
 use crate::aws::{aws, each_page, SdkConfig};
 use crate::error::Error;
 use crate::jobs::{RestoreJob, RunJob};
-use crate::model::catalog::{CopyRecord, ManifestEntry, SetRecord};
+use crate::model::catalog::{CatalogIndex, CopyRecord, ManifestEntry, SetRecord};
 use crate::model::markers::{
     parse_markers, to_release, MarkerValue, RunMarkers, COPIED, COPY_LEASE, COPY_PASS, DISPATCHED,
     KEEP_RUN_DAYS, LEASE, REPORTED, RETAINED,
@@ -497,8 +497,11 @@ impl Catalog {
     }
 
     /// Every recorded set and copy of the deployment (a scan: the table holds only what
-    /// exists, a few items per snapshot set).
-    pub async fn all_sets(&self) -> Result<(Vec<SetRecord>, Vec<CopyRecord>), Error> {
+    /// exists, a few items per snapshot set), each page handed to `each` and dropped.
+    async fn scan_sets(
+        &self,
+        mut each: impl FnMut(Option<SetRecord>, Option<CopyRecord>),
+    ) -> Result<(), Error> {
         let pages = self
             .client
             .scan()
@@ -510,12 +513,48 @@ impl Catalog {
             .consistent_read(true)
             .into_paginator()
             .send();
-        let mut items = Vec::new();
         each_page(pages, "Scan", &self.subject("every set"), |page| {
-            items.extend(page.items.unwrap_or_default());
+            for item in page.items.unwrap_or_default() {
+                let kind = item
+                    .get(KIND)
+                    .and_then(|k| k.as_s().ok())
+                    .map(String::as_str);
+                match kind {
+                    Some(SET) => each(body_of(&item), None),
+                    Some(COPY) => each(None, body_of(&item)),
+                    _ => {}
+                }
+            }
+        })
+        .await
+    }
+
+    /// What the catalog vouches for, indexed page by page.
+    pub async fn index(&self) -> Result<CatalogIndex, Error> {
+        let mut index = CatalogIndex::default();
+        self.scan_sets(|set, copy| {
+            if let Some(set) = set {
+                index.add_set(&set);
+            }
+            if let Some(copy) = copy {
+                index.add_copy(&copy);
+            }
         })
         .await?;
-        Ok(split_records(&items, (SET, COPY)))
+        Ok(index)
+    }
+
+    /// Every recorded set and copy, whole (for fixtures and tools; the function itself reads
+    /// `index`).
+    pub async fn all_sets(&self) -> Result<(Vec<SetRecord>, Vec<CopyRecord>), Error> {
+        let mut sets = Vec::new();
+        let mut copies = Vec::new();
+        self.scan_sets(|set, copy| {
+            sets.extend(set);
+            copies.extend(copy);
+        })
+        .await?;
+        Ok((sets, copies))
     }
 
     /// Writes set and copy records as they are, 25 a call, overwriting: for sets recorded

@@ -12,7 +12,6 @@ use crate::app::{emit_metrics, to_json, App};
 use crate::aws::{commands, instances};
 use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
-use crate::model::catalog::CatalogIndex;
 use crate::model::state::{CommandStatus, InstanceState};
 use crate::report::plan::{
     build, failed_invocations, failures_since, FailedInvocation, FleetReport, ReportInput,
@@ -43,8 +42,7 @@ pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
     let managed_by = app.config.managed_by.as_str();
     // Only what the catalog vouches for counts as a backup: a forged or re-tagged snapshot
     // never puts a server within its RPO.
-    let (sets, recorded_copies) = app.aws.catalog.all_sets().await?;
-    let index = CatalogIndex::new(&sets, &recorded_copies);
+    let index = app.aws.catalog.index().await?;
     let (home_snapshots, _) = vouched_snapshots(app, home, &index, false).await?;
     let mut copies = BTreeMap::new();
     let regions = copy_regions.values().flat_map(|r| r.iter().flatten());

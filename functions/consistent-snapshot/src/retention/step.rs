@@ -84,8 +84,7 @@ pub async fn vouched_snapshots(
 pub async fn plan_retention(app: &App) -> Result<Vec<RegionPlan>, Error> {
     let now = Utc::now();
     let regions = retention_regions(app).await?;
-    let (sets, copies) = app.aws.catalog.all_sets().await?;
-    let index = CatalogIndex::new(&sets, &copies);
+    let index = app.aws.catalog.index().await?;
     let mut per_region: Vec<(String, Vec<SnapshotInfo>)> = Vec::new();
     let mut foreign = 0usize;
     for region in &regions {

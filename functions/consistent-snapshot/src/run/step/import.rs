@@ -9,7 +9,6 @@ use tracing::info;
 use crate::app::App;
 use crate::aws::snapshots;
 use crate::error::Error;
-use crate::model::catalog::CatalogIndex;
 use crate::model::requests::ImportRequest;
 use crate::model::tags::TAG_MANAGED_BY;
 use crate::run::plan::import::plan_import;
@@ -23,8 +22,7 @@ pub async fn on_demand(app: &App, request: ImportRequest) -> Result<Value, Error
         .managed_by
         .clone()
         .unwrap_or_else(|| app.config.managed_by.clone());
-    let (sets, copies) = app.aws.catalog.all_sets().await?;
-    let index = CatalogIndex::new(&sets, &copies);
+    let index = app.aws.catalog.index().await?;
     let home = app.config.region.as_str();
     let tag = (TAG_MANAGED_BY, managed_by.as_str());
     let subject = format!("{managed_by} in {home}");
