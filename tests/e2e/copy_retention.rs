@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aws_sdk_ec2::types::{Filter, ResourceType, Snapshot, Tag, TagSpecification};
+use aws_sdk_ec2::types::{Snapshot, Tag};
 use consistent_snapshot::catalog::Verdict;
 use harness::{
     invoke, scheduled_event, snapshot_tag, Ebs, Emulator, ServerSpec, VssOutcome, Windows, World,
@@ -14,15 +14,9 @@ const HOME: &str = "us-east-1";
 const COPY_REGIONS: [&str; 2] = ["eu-west-1", "us-west-2"];
 
 async fn snapshots_in(emulator: &Emulator, region: &str) -> Vec<Snapshot> {
-    emulator
-        .ec2_in(region)
-        .describe_snapshots()
-        .owner_ids("self")
-        .send()
+    harness::own_snapshots(emulator, region)
         .await
         .expect("DescribeSnapshots")
-        .snapshots()
-        .to_vec()
 }
 
 /// Run ids of an instance's sets in a region that are managed by the test deployment.
@@ -37,51 +31,19 @@ fn managed_runs(snapshots: &[Snapshot], instance: &str) -> BTreeSet<String> {
 
 /// Plants a snapshot of `volume` with these tags, as if made earlier.
 async fn plant(emulator: &Emulator, volume: &str, tags: &[(&str, &str)]) -> String {
-    let tags: Vec<Tag> = tags
-        .iter()
-        .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
-        .collect();
-    emulator
-        .ec2()
-        .create_snapshot()
-        .volume_id(volume)
-        .tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::Snapshot)
-                .set_tags(Some(tags))
-                .build(),
-        )
-        .send()
+    harness::plant_snapshot(emulator, volume, tags)
         .await
         .expect("CreateSnapshot")
-        .snapshot_id()
-        .expect("snapshot id")
-        .to_string()
 }
 
 async fn data_volume(emulator: &Emulator, instance: &str) -> String {
-    let out = emulator
-        .ec2()
-        .describe_volumes()
-        .filters(
-            Filter::builder()
-                .name("attachment.instance-id")
-                .values(instance)
-                .build(),
-        )
-        .send()
+    harness::attached_volumes(emulator, instance)
         .await
-        .expect("DescribeVolumes");
-    out.volumes()
-        .iter()
-        .find(|v| {
-            v.attachments()
-                .iter()
-                .any(|a| a.device() != Some("/dev/sda1"))
-        })
-        .and_then(|v| v.volume_id())
+        .expect("DescribeVolumes")
+        .into_iter()
+        .find(|(_, device)| device != "/dev/sda1")
+        .map(|(volume, _)| volume)
         .expect("a data volume")
-        .to_string()
 }
 
 async fn exists(emulator: &Emulator, snapshot: &str) -> bool {

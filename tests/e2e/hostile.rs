@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aws_sdk_ec2::types::{Filter, ResourceType, Snapshot, Tag, TagSpecification};
+use aws_sdk_ec2::types::{ResourceType, Snapshot, Tag, TagSpecification};
 use harness::chaos::{Chaos, ChaosOptions};
 use harness::faults::Fault;
 use harness::{
@@ -26,15 +26,9 @@ const HOME: &str = "us-east-1";
 const COPY_REGION: &str = "eu-west-1";
 
 async fn own_snapshots(emulator: &Emulator, region: &str) -> Vec<Snapshot> {
-    emulator
-        .ec2_in(region)
-        .describe_snapshots()
-        .owner_ids("self")
-        .send()
+    harness::own_snapshots(emulator, region)
         .await
         .expect("DescribeSnapshots")
-        .snapshots()
-        .to_vec()
 }
 
 /// Snapshot ids of an instance's sets by run, as the function tagged them.
@@ -62,42 +56,19 @@ fn tags(pairs: &[(&str, &str)]) -> Vec<Tag> {
 }
 
 async fn volumes_of(emulator: &Emulator, instance: &str) -> Vec<String> {
-    emulator
-        .ec2()
-        .describe_volumes()
-        .filters(
-            Filter::builder()
-                .name("attachment.instance-id")
-                .values(instance)
-                .build(),
-        )
-        .send()
+    harness::attached_volumes(emulator, instance)
         .await
         .expect("DescribeVolumes")
-        .volumes()
-        .iter()
-        .filter_map(|v| v.volume_id().map(str::to_string))
+        .into_iter()
+        .map(|(volume, _)| volume)
         .collect()
 }
 
 /// The compromised server: a snapshot of its own volume, tagged at creation as anything.
 async fn forge(emulator: &Emulator, volume: &str, pairs: &[(&str, &str)]) -> String {
-    emulator
-        .ec2()
-        .create_snapshot()
-        .volume_id(volume)
-        .tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::Snapshot)
-                .set_tags(Some(tags(pairs)))
-                .build(),
-        )
-        .send()
+    harness::plant_snapshot(emulator, volume, pairs)
         .await
         .expect("CreateSnapshot")
-        .snapshot_id()
-        .expect("id")
-        .to_string()
 }
 
 async fn retag(emulator: &Emulator, region: &str, snapshot: &str, pairs: &[(&str, &str)]) {

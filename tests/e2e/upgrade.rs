@@ -2,7 +2,6 @@
 //! as *imported* (a dry run first), once; they are kept by retention, never counted as
 //! consistent, and restored only when asked.
 
-use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use consistent_snapshot::catalog::Verdict;
 use harness::{invoke, ServerSpec, World};
 use serde_json::json;
@@ -16,51 +15,24 @@ async fn sets_from_before_the_catalog_are_imported_once_and_kept() {
         .await
         .expect("seed");
     let sql = ids[0].clone();
-    let volumes = emulator
-        .ec2()
-        .describe_volumes()
-        .filters(
-            Filter::builder()
-                .name("attachment.instance-id")
-                .values(&sql)
-                .build(),
-        )
-        .send()
+    let volumes = harness::attached_volumes(emulator, &sql)
         .await
         .expect("DescribeVolumes");
     // Two nights of an earlier version: tagged sets, no catalog.
     let mut old = Vec::new();
     for run in ["old-1", "old-2"] {
-        for volume in volumes.volumes() {
-            let device = volume
-                .attachments()
-                .first()
-                .and_then(|a| a.device())
-                .unwrap_or("xvdf");
-            let tags: Vec<Tag> = [
+        for (volume, device) in &volumes {
+            let tags = [
                 ("ConsistentSnapshot:ManagedBy", "vss-test"),
                 ("ConsistentSnapshot:InstanceId", sql.as_str()),
                 ("ConsistentSnapshot:RunId", run),
                 ("AppConsistent", "True"),
-                ("Device", device),
-            ]
-            .iter()
-            .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
-            .collect();
-            let made = emulator
-                .ec2()
-                .create_snapshot()
-                .volume_id(volume.volume_id().unwrap_or_default())
-                .tag_specifications(
-                    TagSpecification::builder()
-                        .resource_type(ResourceType::Snapshot)
-                        .set_tags(Some(tags))
-                        .build(),
-                )
-                .send()
+                ("Device", device.as_str()),
+            ];
+            let made = harness::plant_snapshot(emulator, volume, &tags)
                 .await
                 .expect("CreateSnapshot");
-            old.push(made.snapshot_id().unwrap_or_default().to_string());
+            old.push(made);
         }
     }
     let app = world.app(&[("RETAIN_COUNT", "1")]).expect("app");

@@ -388,7 +388,7 @@ pub fn render(report: &Report) -> String {
         let _ = writeln!(
             md,
             "Work calls: **{}** against a floor of {} (**{:.3}×**, target ≤ 1.25×). Polling: {} \
-             calls, **{:.2} per instance**. Coordination (the run's claim and markers): {} calls.\n",
+             calls, **{:.2} per instance**. Coordination (the catalog: claims, markers, manifest, set records): {} calls.\n",
             thousands(c.work),
             thousands(c.work_floor),
             c.ratio(),

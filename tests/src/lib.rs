@@ -23,7 +23,10 @@ pub use emulator::{workspace_root, Emulator, CATALOG_TABLE, REGION};
 pub use fleet::{
     demo_fleet, image_ids, seed, seed_bulk, ServerSpec, DATA_DEVICES, TAG_KEY, TAG_VALUE,
 };
-pub use probes::{commands_per_instance, run_snapshots, snapshot_tag};
+pub use probes::{
+    attached_volumes, commands_per_instance, own_snapshots, plant_snapshot, run_snapshots,
+    snapshot_tag,
+};
 pub use sim::{Agent, Ebs, History, VssOutcome, Windows};
 pub use source::{
     batch_failures, deadline_in, drain, drain_with, invoke, nightly_run, queue_arn, queue_depth,

@@ -52,3 +52,70 @@ pub fn commands_per_instance(
     }
     per
 }
+
+/// A snapshot of `volume` made by someone other than the function (an operator, an earlier
+/// version of it, an attacker), tagged at creation with `tags`; answers its id.
+pub async fn plant_snapshot(
+    emulator: &Emulator,
+    volume: &str,
+    tags: &[(&str, &str)],
+) -> Result<String> {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    let tags: Vec<Tag> = tags
+        .iter()
+        .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+        .collect();
+    let made = emulator
+        .ec2()
+        .create_snapshot()
+        .volume_id(volume)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Snapshot)
+                .set_tags(Some(tags))
+                .build(),
+        )
+        .send()
+        .await?;
+    Ok(made.snapshot_id().ok_or("no snapshot id")?.to_string())
+}
+
+/// The volumes attached to an instance, with their devices.
+pub async fn attached_volumes(
+    emulator: &Emulator,
+    instance: &str,
+) -> Result<Vec<(String, String)>> {
+    let out = emulator
+        .ec2()
+        .describe_volumes()
+        .filters(
+            Filter::builder()
+                .name("attachment.instance-id")
+                .values(instance)
+                .build(),
+        )
+        .send()
+        .await?;
+    Ok(out
+        .volumes()
+        .iter()
+        .filter_map(|v| {
+            let device = v.attachments().first()?.device()?.to_string();
+            Some((v.volume_id()?.to_string(), device))
+        })
+        .collect())
+}
+
+/// The account's own snapshots in `region`, as an operator would list them.
+pub async fn own_snapshots(
+    emulator: &Emulator,
+    region: &str,
+) -> Result<Vec<aws_sdk_ec2::types::Snapshot>> {
+    let out = emulator
+        .ec2_in(region)
+        .describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await?;
+    Ok(out.snapshots().to_vec())
+}

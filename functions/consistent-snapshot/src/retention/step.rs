@@ -83,8 +83,10 @@ pub async fn vouched_snapshots(
 /// counted, never deleted.
 pub async fn plan_retention(app: &App) -> Result<Vec<RegionPlan>, Error> {
     let now = Utc::now();
+    let started = std::time::Instant::now();
     let regions = retention_regions(app).await?;
     let index = app.aws.catalog.index().await?;
+    let indexed_ms = started.elapsed().as_millis();
     let mut per_region: Vec<(String, Vec<SnapshotInfo>)> = Vec::new();
     let mut foreign = 0usize;
     for region in &regions {
@@ -150,6 +152,13 @@ pub async fn plan_retention(app: &App) -> Result<Vec<RegionPlan>, Error> {
             .collect();
         plans.push(plan(region, snapshots, &instances, &policy, now));
     }
+    info!(
+        regions = regions.len(),
+        foreign,
+        catalog_ms = indexed_ms,
+        total_ms = started.elapsed().as_millis(),
+        "retention planned"
+    );
     Ok(plans)
 }
 
@@ -168,13 +177,11 @@ pub async fn apply_retention(
         ..RetentionOutcome::default()
     };
     let mut tried = 0usize;
-    let mut forget_sets: Vec<(String, String)> = Vec::new();
-    let mut forget_copies: Vec<CopyKey> = Vec::new();
     for plan in &plans {
         let ec2 = app.aws.ec2_in(&plan.region);
         let home = plan.region == app.config.region;
         for (instance_id, set) in plan.deletions() {
-            let mut gone = 0usize;
+            let mut gone: Vec<&String> = Vec::new();
             for snapshot_id in &set.snapshots {
                 let at = format!("{}/{snapshot_id}", plan.region);
                 if dry_run {
@@ -192,11 +199,11 @@ pub async fn apply_retention(
                     Deletion::Deleted => {
                         info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, reason = %set.reason, "snapshot deleted");
                         outcome.deleted.push(at);
-                        gone += 1;
+                        gone.push(snapshot_id);
                     }
                     Deletion::AlreadyGone => {
                         info!(region = %plan.region, snapshot_id = %snapshot_id, "already deleted");
-                        gone += 1;
+                        gone.push(snapshot_id);
                     }
                     Deletion::InUse => {
                         warn!(region = %plan.region, instance_id, snapshot_id = %snapshot_id, "kept: in use (by an AMI)");
@@ -208,17 +215,29 @@ pub async fn apply_retention(
                     }
                 }
             }
-            // What is deleted leaves the catalog: a set once all of it is gone, a copy
-            // with its snapshot.
-            if home && gone == set.snapshots.len() && !dry_run {
-                forget_sets.push((instance_id.to_string(), set.run_id.clone()));
-            } else if !home && !dry_run && gone > 0 {
-                forget_copies.extend(set.snapshots.iter().map(|snapshot_id| CopyKey {
-                    instance_id: instance_id.to_string(),
-                    region: plan.region.clone(),
-                    run_id: set.run_id.clone(),
-                    snapshot_id: snapshot_id.clone(),
-                }));
+            // What is deleted leaves the catalog at once (inside the pass's time): a set once
+            // all of it is gone, a copy with its snapshot. Should this fail, the records are
+            // only stale: nothing is admitted that EC2 no longer lists.
+            let forget = if home {
+                let whole = gone.len() == set.snapshots.len();
+                let sets = [(instance_id.to_string(), set.run_id.clone())];
+                (whole, sets.to_vec(), Vec::new())
+            } else {
+                let copies: Vec<CopyKey> = gone
+                    .iter()
+                    .map(|snapshot_id| CopyKey {
+                        instance_id: instance_id.to_string(),
+                        region: plan.region.clone(),
+                        run_id: set.run_id.clone(),
+                        snapshot_id: snapshot_id.to_string(),
+                    })
+                    .collect();
+                (!copies.is_empty(), Vec::new(), copies)
+            };
+            if let (true, sets, copies) = forget {
+                if let Err(err) = app.aws.catalog.forget(&sets, &copies).await {
+                    warn!(error = %err, run_id = %set.run_id, instance_id, "deleted set not removed from the catalog");
+                }
             }
         }
         for (instance_id, sets) in &plan.instances {
@@ -232,10 +251,6 @@ pub async fn apply_retention(
                     .push(format!("{}/{}: {}", plan.region, set.run_id, set.reason));
             }
         }
-    }
-    if let Err(err) = app.aws.catalog.forget(&forget_sets, &forget_copies).await {
-        // The snapshots are gone; their records are only stale (admit finds no snapshot).
-        warn!(error = %err, "deleted sets not removed from the catalog");
     }
     outcome.plans = plans;
     outcome
