@@ -45,6 +45,7 @@ const SET: &str = "set";
 const COPY: &str = "copy";
 const RUN_SET: &str = "run-set";
 const RUN_COPY: &str = "run-copy";
+const MANIFEST: &str = "manifest";
 /// BatchWriteItem takes at most 25 requests; unprocessed ones are sent again this many times.
 const BATCH: usize = 25;
 const BATCH_ROUNDS: u32 = 5;
@@ -59,6 +60,14 @@ pub struct CopyKey {
     pub region: String,
     pub run_id: String,
     pub snapshot_id: String,
+}
+
+/// A run as the catalog holds it.
+#[derive(Debug, Clone, Default)]
+pub struct RunView {
+    pub manifest: Vec<ManifestEntry>,
+    pub sets: Vec<SetRecord>,
+    pub copies: Vec<CopyRecord>,
 }
 
 /// The catalog table and its client.
@@ -261,7 +270,7 @@ impl Catalog {
                 let item = item(
                     run_pk(&entry.run_id),
                     format!("instance#{}", entry.instance_id),
-                    "manifest",
+                    MANIFEST,
                     entry,
                     Some(expiry(now)),
                 );
@@ -400,18 +409,6 @@ impl Catalog {
         Ok(found.as_ref().and_then(body_of))
     }
 
-    /// What the run dispatched, every instance.
-    pub async fn manifest(&self, run_id: &str) -> Result<Vec<ManifestEntry>, Error> {
-        let items = self
-            .query(
-                run_pk(run_id),
-                "instance#",
-                &format!("manifest of run {run_id}"),
-            )
-            .await?;
-        Ok(items.iter().filter_map(body_of).collect())
-    }
-
     /// Records a verified set unless it is recorded already; answers the set's record (the
     /// first verification's, should another invocation have recorded it first).
     pub async fn record_set(&self, record: &SetRecord) -> Result<SetRecord, Error> {
@@ -465,24 +462,25 @@ impl Catalog {
         Ok(())
     }
 
-    /// The sets recorded for a run, and the copies made of them.
-    pub async fn run_sets(&self, run_id: &str) -> Result<(Vec<SetRecord>, Vec<CopyRecord>), Error> {
+    /// What the catalog holds of a run, in one query of its partition: its manifest, the
+    /// sets recorded for it and the copies made of them.
+    pub async fn run_view(&self, run_id: &str) -> Result<RunView, Error> {
         let items = self
-            .query(run_pk(run_id), "", &format!("sets of run {run_id}"))
+            .query(run_pk(run_id), "", &format!("run {run_id}"))
             .await?;
-        Ok(split_records(&items, (RUN_SET, RUN_COPY)))
-    }
-
-    /// The recorded set of one instance and run, if any.
-    pub async fn set(&self, instance_id: &str, run_id: &str) -> Result<Option<SetRecord>, Error> {
-        let found = self
-            .get(
-                set_pk(instance_id),
-                format!("run#{run_id}"),
-                &format!("set of {instance_id} in run {run_id}"),
-            )
-            .await?;
-        Ok(found.as_ref().and_then(body_of))
+        let (sets, copies) = split_records(&items, (RUN_SET, RUN_COPY));
+        let manifest = items
+            .iter()
+            .filter(|i| {
+                i.get(KIND).and_then(|k| k.as_s().ok()).map(String::as_str) == Some(MANIFEST)
+            })
+            .filter_map(body_of)
+            .collect();
+        Ok(RunView {
+            manifest,
+            sets,
+            copies,
+        })
     }
 
     /// One instance's recorded sets and copies.

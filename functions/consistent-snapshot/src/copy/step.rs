@@ -134,7 +134,8 @@ fn report_copies(app: &App, job: &CopyJob, plan: &CopyPlan, started: usize, time
 /// as existing: a snapshot tagged like a set or like a copy is reported as foreign.
 async fn copy_pass(app: &App, job: &CopyJob) -> Result<(CopyPlan, usize, bool), Error> {
     let home = app.config.region.as_str();
-    let (sets, recorded_copies) = app.aws.catalog.run_sets(&job.run_id).await?;
+    let view = app.aws.catalog.run_view(&job.run_id).await?;
+    let (sets, recorded_copies) = (view.sets, view.copies);
     let index = CatalogIndex::new(&sets, &recorded_copies);
     let ids: Vec<String> = sets
         .iter()

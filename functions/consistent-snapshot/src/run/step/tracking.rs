@@ -190,15 +190,15 @@ pub async fn track_run(app: &App, message: RunJob) -> Result<(), Error> {
         }
     }
     let snapshots = snapshots.unwrap_or_default();
-    let (sets, _) = catalog.run_sets(&job.run_id).await?;
+    let view = catalog.run_view(&job.run_id).await?;
     let run_catalog = RunCatalog {
-        manifest: catalog
-            .manifest(&job.run_id)
-            .await?
+        manifest: view
+            .manifest
             .into_iter()
             .map(|m| (m.instance_id.clone(), m))
             .collect(),
-        sets: sets
+        sets: view
+            .sets
             .into_iter()
             .map(|s| (s.instance_id.clone(), s))
             .collect(),
