@@ -8,7 +8,7 @@ use crate::aws::metrics::{Metrics, MetricsOut};
 use crate::aws::{queue, Clients, SdkConfig};
 use crate::config::Config;
 use crate::error::Error;
-use crate::jobs::{Envelope, Job};
+use crate::jobs::{Envelope, Job, RunJob};
 
 pub struct App {
     pub config: Config,
@@ -59,6 +59,18 @@ pub fn refuse(app: &App, why: String) -> Error {
     tracing::warn!(refused = %why, "refused: the catalog does not vouch for it");
     emit_metrics(app, &[("JobsRefused", 1)], &[("Event", "refused")]);
     Error::Refused(why)
+}
+
+/// The run a `what` job names, as dispatched (the catalog's record); refused when the catalog
+/// holds no such run, so that no job acts on a run this deployment did not start.
+pub async fn dispatched_run(app: &App, run_id: &str, what: &str) -> Result<RunJob, Error> {
+    match app.aws.catalog.run(run_id).await? {
+        Some(run) => Ok(run),
+        None => Err(refuse(
+            app,
+            format!("{what} job for run {run_id}: the catalog holds no such dispatched run"),
+        )),
+    }
 }
 
 /// A value as the JSON answer of an on-demand call.

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-use crate::app::{emit_metrics, enqueue, refuse, requeue, App};
+use crate::app::{dispatched_run, emit_metrics, enqueue, requeue, App};
 use crate::aws::catalog::RunMarkerStore;
 use crate::aws::instances;
 use crate::aws::snapshots::{self, CopyRequest};
@@ -38,15 +38,7 @@ pub async fn copy_job(
     lease_until: DateTime<Utc>,
     message_id: &str,
 ) -> Result<(), Error> {
-    if app.aws.catalog.run(&job.run_id).await?.is_none() {
-        return Err(refuse(
-            app,
-            format!(
-                "copy job for run {}: the catalog holds no such dispatched run",
-                job.run_id
-            ),
-        ));
-    }
+    dispatched_run(app, &job.run_id, "copy").await?;
     let store = RunMarkerStore::new(&app.aws.catalog, &job.run_id);
     let claim = decide_copy(&store.read().await?, Utc::now());
     if claim == CopyClaim::Final {

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::app::{emit_metrics, refuse, requeue, App};
+use crate::app::{dispatched_run, emit_metrics, requeue, App};
 use crate::aws::catalog::{CopyKey, RunMarkerStore};
 use crate::aws::instances;
 use crate::aws::snapshots::{self, Deletion};
@@ -278,15 +278,7 @@ pub async fn retention_job(
     job: RetentionJob,
     deadline: DateTime<Utc>,
 ) -> Result<(), Error> {
-    if app.aws.catalog.run(&job.run_id).await?.is_none() {
-        return Err(refuse(
-            app,
-            format!(
-                "retention job for run {}: the catalog holds no such dispatched run",
-                job.run_id
-            ),
-        ));
-    }
+    dispatched_run(app, &job.run_id, "retention").await?;
     let plans = plan_retention(app).await?;
     let stop_at = stop_time(Utc::now(), deadline);
     let mut outcome = apply_retention(app, plans, false, stop_at).await;

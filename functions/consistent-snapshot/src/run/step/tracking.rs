@@ -6,7 +6,7 @@ use tracing::{info, warn};
 
 use std::collections::HashSet;
 
-use crate::app::{emit_metrics, enqueue, refuse, requeue, App};
+use crate::app::{dispatched_run, emit_metrics, enqueue, refuse, requeue, App};
 use crate::aws::catalog::RunMarkerStore;
 use crate::aws::{commands, notify, snapshots};
 use crate::error::Error;
@@ -132,15 +132,7 @@ async fn tag_set(
 pub async fn track_run(app: &App, message: RunJob) -> Result<(), Error> {
     let now = Utc::now();
     let catalog = &app.aws.catalog;
-    let Some(dispatched) = catalog.run(&message.run_id).await? else {
-        return Err(refuse(
-            app,
-            format!(
-                "run job for run {}: the catalog holds no such dispatched run",
-                message.run_id
-            ),
-        ));
-    };
+    let dispatched = dispatched_run(app, &message.run_id, "run").await?;
     let job = RunJob {
         attempt: message.attempt,
         ..dispatched
