@@ -68,7 +68,10 @@ pub struct ChaosLog {
 pub enum Ended {
     Answered(Value),
     Failed(String),
+    /// Stopped at the AWS call the test or the draw chose.
     Stopped,
+    /// Stopped by the function's timeout, as Lambda stops it.
+    TimedOut,
 }
 
 pub struct Chaos<'a> {
@@ -80,6 +83,8 @@ pub struct Chaos<'a> {
     rng: Mutex<fastrand::Rng>,
     log: Mutex<ChaosLog>,
     metrics: Option<Metrics>,
+    /// The function's timeout: each invocation is given this deadline and stopped there.
+    timeout: Duration,
 }
 
 impl<'a> Chaos<'a> {
@@ -101,12 +106,19 @@ impl<'a> Chaos<'a> {
             )),
             log: Mutex::new(ChaosLog::default()),
             metrics: None,
+            timeout: FUNCTION_TIMEOUT,
         })
     }
 
     /// Every invocation's EMF lines go to `metrics`.
     pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
         self.metrics = Some(metrics.clone());
+        self
+    }
+
+    /// A function configured with this timeout instead of the tests' `FUNCTION_TIMEOUT`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
         self
     }
 
@@ -163,9 +175,9 @@ impl<'a> Chaos<'a> {
         let endpoint = self.proxy.endpoint(stop).await?;
         let app = self.app(&endpoint);
         self.count(|l| l.invocations += 1);
-        let deadline = deadline_in(FUNCTION_TIMEOUT);
+        let deadline = deadline_in(self.timeout);
         let run = tokio::time::timeout(
-            FUNCTION_TIMEOUT,
+            self.timeout,
             consistent_snapshot::handle_until(&app, payload, deadline),
         );
         let ended = tokio::select! {
@@ -177,7 +189,7 @@ impl<'a> Chaos<'a> {
                 }
                 Err(_) => {
                     self.count(|l| l.timed_out += 1);
-                    Ended::Stopped
+                    Ended::TimedOut
                 }
             },
             () = endpoint.stopped() => {

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -91,6 +92,8 @@ struct Shared {
     forced: Mutex<Vec<(String, Fault, u32)>>,
     /// Fault rate in parts per million.
     rate_ppm: AtomicU32,
+    /// Milliseconds every call waits before it goes on: a slow AWS (or a slow Lambda).
+    latency_ms: AtomicU32,
     rng: Mutex<fastrand::Rng>,
     stats: Mutex<ProxyStats>,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -150,6 +153,7 @@ impl FaultProxy {
                 upstream: SocketAddr::from(([127, 0, 0, 1], upstream_port)),
                 forced: Mutex::new(Vec::new()),
                 rate_ppm: AtomicU32::new((rate.clamp(0.0, 1.0) * 1e6) as u32),
+                latency_ms: AtomicU32::new(0),
                 rng: Mutex::new(fastrand::Rng::with_seed(seed)),
                 stats: Mutex::new(ProxyStats::default()),
                 client,
@@ -161,6 +165,12 @@ impl FaultProxy {
         self.shared
             .rate_ppm
             .store((rate.clamp(0.0, 1.0) * 1e6) as u32, Ordering::SeqCst);
+    }
+
+    /// Every call from now on waits `latency` before it goes on.
+    pub fn set_latency(&self, latency: Duration) {
+        let ms = u32::try_from(latency.as_millis()).unwrap_or(u32::MAX);
+        self.shared.latency_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Answers the next `times` calls of `action` (`ssm:SendCommand`) with `fault`.
@@ -237,6 +247,10 @@ async fn handle(
         state.stopped.store(true, Ordering::SeqCst);
         state.notify.notify_waiters();
         return Err(Dropped);
+    }
+    let latency = shared.latency_ms.load(Ordering::SeqCst);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(u64::from(latency))).await;
     }
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();

@@ -59,7 +59,7 @@ pub async fn handle_until(
         }
         Event::OnDemand(Action::Report(_)) => crate::report::step::on_demand(app).await,
         Event::OnDemand(Action::Restore(request)) => {
-            crate::restore::step::restore::on_demand(app, request).await
+            crate::restore::step::restore::on_demand(app, request, deadline).await
         }
         Event::OnDemand(Action::Verify(request)) => {
             crate::restore::step::verify::on_demand(app, request).await

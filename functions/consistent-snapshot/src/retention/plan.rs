@@ -393,13 +393,6 @@ pub struct RetentionOutcome {
 pub const ANSWER_SETS: usize = 2_000;
 pub const LOG_LINE_SETS: usize = 200;
 
-/// When deleting stops: 10 s before the invocation's deadline (a quarter of the time left when
-/// that is less), leaving time to queue the next pass and to answer.
-pub fn stop_time(now: DateTime<Utc>, deadline: DateTime<Utc>) -> DateTime<Utc> {
-    let left = deadline - now;
-    deadline - std::cmp::min(Duration::seconds(10), left / 4)
-}
-
 /// The policy of one region: the home region keeps `RETAIN_COUNT` sets, a copy region
 /// `COPY_RETAIN_COUNT`; both keep `RETAIN_DAYS` and follow `KEEP_ORPHANED_BACKUPS`.
 pub fn region_policy(config: &Config, home: bool) -> Policy {
@@ -963,13 +956,5 @@ mod tests {
         assert_eq!((home.retain_days, copy.retain_days), (Some(14), Some(14)));
         assert_eq!(home.managed_by, "prod");
         assert!(home.keep_orphans && copy.keep_orphans);
-    }
-
-    #[test]
-    fn deleting_stops_ten_seconds_before_the_deadline_or_at_three_quarters_of_a_short_one() {
-        let deadline = t0() + Duration::seconds(120);
-        assert_eq!(stop_time(t0(), deadline), deadline - Duration::seconds(10));
-        let short = t0() + Duration::seconds(8);
-        assert_eq!(stop_time(t0(), short), short - Duration::seconds(2));
     }
 }

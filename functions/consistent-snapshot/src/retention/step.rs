@@ -18,10 +18,11 @@ use crate::jobs::{Job, RetentionJob};
 use crate::model::catalog::{admit, CatalogIndex};
 use crate::model::snapshot::{SnapshotFacts, SnapshotInfo};
 use crate::model::state::SnapshotState;
+use crate::model::stop_time;
 use crate::model::tags::{TAG_INSTANCE_ID, TAG_SOURCE_SNAPSHOT};
 use crate::retention::plan::{
-    instance_state, plan, region_policy, stop_time, Action, RegionPlan, RetentionOutcome,
-    ANSWER_SETS, LOG_LINE_SETS,
+    instance_state, plan, region_policy, Action, RegionPlan, RetentionOutcome, ANSWER_SETS,
+    LOG_LINE_SETS,
 };
 use crate::run::plan::summary::MAX_FOREIGN;
 

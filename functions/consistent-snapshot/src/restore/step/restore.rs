@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 use tracing::{info, warn};
 
@@ -18,6 +18,7 @@ use crate::jobs::{Job, RestoreJob};
 use crate::model::catalog::{admit, CatalogIndex};
 use crate::model::requests::{RestoreMode, RestoreRequest};
 use crate::model::restore::{SourceSnapshot, VolumeFacts};
+use crate::model::stop_time;
 use crate::model::tags::{
     TAG_DETACHED_FROM, TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_NAME, TAG_PURPOSE, TAG_REPLACED_BY,
     TAG_RESTORED_FROM, TAG_RESTORE_DEVICE, TAG_RESTORE_ID, TAG_RUN_ID,
@@ -31,8 +32,13 @@ use crate::restore::plan::{
 /// Steps one invocation carries out before handing the rest to the queue.
 const STEPS_PER_PASS: usize = 12;
 
-/// `{"action":"restore",…}`: chooses the set, then starts (or resumes) the restore.
-pub async fn on_demand(app: &App, request: RestoreRequest) -> Result<Value, Error> {
+/// `{"action":"restore",…}`: chooses the set, then starts (or resumes) the restore; steps
+/// stop shortly before `deadline` and the rest goes to the queue.
+pub async fn on_demand(
+    app: &App,
+    request: RestoreRequest,
+    deadline: DateTime<Utc>,
+) -> Result<Value, Error> {
     let instance_id = request.instance_id.as_str();
     let instance = instances::view(&app.aws.ec2, instance_id).await?;
     let zone = restore_zone(&request, instance.as_ref()).map_err(Error::Restore)?;
@@ -58,13 +64,17 @@ pub async fn on_demand(app: &App, request: RestoreRequest) -> Result<Value, Erro
     };
     info!(restore_id = %job.restore_id, instance_id, run_id = %job.set.run_id, mode = ?job.mode, rollback = job.rollback, "restore requested");
     app.aws.catalog.put_restore(&job, Utc::now()).await?;
-    let status = restore_pass(app, job).await?;
+    let status = restore_pass(app, job, stop_time(Utc::now(), deadline)).await?;
     Ok(to_json(&status))
 }
 
 /// A queued restore comes back: one more pass. The message is a reference: the restore is
 /// the one its request recorded in the catalog, and a message naming another is refused.
-pub async fn restore_job(app: &App, message: RestoreJob) -> Result<(), Error> {
+pub async fn restore_job(
+    app: &App,
+    message: RestoreJob,
+    deadline: DateTime<Utc>,
+) -> Result<(), Error> {
     let recorded = app
         .aws
         .catalog
@@ -83,7 +93,9 @@ pub async fn restore_job(app: &App, message: RestoreJob) -> Result<(), Error> {
         attempt: message.attempt,
         ..recorded
     };
-    restore_pass(app, job).await.map(|_| ())
+    restore_pass(app, job, stop_time(Utc::now(), deadline))
+        .await
+        .map(|_| ())
 }
 
 /// This deployment's snapshots of an instance that the catalog records (and EC2 confirms), as
@@ -115,15 +127,28 @@ pub async fn instance_snapshots(
     Ok(source_snapshots(admitted, managed_by))
 }
 
-/// Carries out steps until the restore is done, failed or must wait; a wait is queued.
-async fn restore_pass(app: &App, job: RestoreJob) -> Result<RestoreStatus, Error> {
+/// Carries out steps until the restore is done, failed or must wait, at most
+/// `STEPS_PER_PASS` of them and none that may not end before `stop_at` (judged by the longest
+/// step so far); what is left is queued.
+async fn restore_pass(
+    app: &App,
+    job: RestoreJob,
+    stop_at: DateTime<Utc>,
+) -> Result<RestoreStatus, Error> {
     let mut steps = Vec::new();
     let mut last = Step::Wait {
         for_what: "a first look".into(),
     };
     // The restore's volumes as last seen, while no step has changed them since.
     let mut seen = None;
+    // The longest look-and-step so far: a step is started only if two of them still fit.
+    let mut longest = Duration::zero();
     for _ in 0..STEPS_PER_PASS {
+        let began = Utc::now();
+        if began + longest * 2 >= stop_at {
+            info!(restore_id = %job.restore_id, instance_id = %job.instance_id, longest_step_ms = longest.num_milliseconds(), "restore pass: no time left in this invocation for another step; the next pass goes on");
+            break;
+        }
         let (step, restored) = next_step(app, &job).await?;
         last = step;
         match &last {
@@ -134,6 +159,7 @@ async fn restore_pass(app: &App, job: RestoreJob) -> Result<RestoreStatus, Error
             step => {
                 carry_out(app, &job, step).await?;
                 steps.push(step.clone());
+                longest = longest.max(Utc::now() - began);
             }
         }
     }
