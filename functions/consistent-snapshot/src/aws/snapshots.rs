@@ -34,6 +34,19 @@ pub async fn own_tagged<T>(
     (key, value): (&str, &str),
     volume_ids: Option<Vec<String>>,
     subject: &str,
+    keep: impl FnMut(SnapshotFacts) -> Option<T>,
+) -> Result<Vec<T>, Error> {
+    own_tagged_into(ec2, (key, value), volume_ids, subject, Vec::new(), keep).await
+}
+
+/// `own_tagged`, into `found` (made with the capacity the caller expects to need: a list of
+/// 100,000 snapshots that grows by doubling would hold up to twice its size).
+async fn own_tagged_into<T>(
+    ec2: &aws_sdk_ec2::Client,
+    (key, value): (&str, &str),
+    volume_ids: Option<Vec<String>>,
+    subject: &str,
+    mut found: Vec<T>,
     mut keep: impl FnMut(SnapshotFacts) -> Option<T>,
 ) -> Result<Vec<T>, Error> {
     let mut request = ec2
@@ -44,7 +57,6 @@ pub async fn own_tagged<T>(
         request = request.filters(ec2_filter("volume-id", ids));
     }
     let pages = request.max_results(1000).into_paginator().send();
-    let mut found = Vec::new();
     each_page(pages, "DescribeSnapshots", subject, |page| {
         found.extend(
             page.snapshots()
@@ -129,18 +141,26 @@ pub async fn of_run(
 
 /// This deployment's snapshots in one region (owner self, tagged with its `ManagedBy`) that
 /// `admit` lets through (the catalog's vouching, `model::catalog::admit`), as retention and
-/// the fleet report see them: only the tags they read, shared.
+/// the fleet report see them: only the tags they read, shared. `expected` is how many the
+/// caller expects `admit` to let through (the catalog's count for the region).
 pub async fn managed(
     ec2: &aws_sdk_ec2::Client,
     region: &str,
     managed_by: &str,
+    expected: usize,
     mut admit: impl FnMut(SnapshotFacts) -> Option<SnapshotFacts>,
 ) -> Result<Vec<SnapshotInfo>, Error> {
     let subject = format!("{managed_by} in {region}");
     let mut interner = TagInterner::default();
-    own_tagged(ec2, (TAG_MANAGED_BY, managed_by), None, &subject, |s| {
-        SnapshotInfo::from_facts(admit(s)?, &mut interner)
-    })
+    let found = Vec::with_capacity(expected);
+    own_tagged_into(
+        ec2,
+        (TAG_MANAGED_BY, managed_by),
+        None,
+        &subject,
+        found,
+        |s| SnapshotInfo::from_facts(admit(s)?, &mut interner),
+    )
     .await
 }
 

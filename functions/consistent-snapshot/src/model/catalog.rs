@@ -142,17 +142,58 @@ pub struct Vouched {
     /// Recorded by `import` from tags: kept, never deleted automatically.
     pub imported: bool,
     /// For a copy: the recorded snapshot it was copied from.
-    pub source_snapshot_id: Option<String>,
+    pub source_snapshot_id: Option<Arc<str>>,
 }
 
 /// The snapshots the catalog vouches for, by region and id. Built one record at a time (a
-/// page of the catalog is dropped once indexed), with instance ids, run ids, volume ids and
-/// devices shared between the snapshots that repeat them: an index of 100,000 snapshots
-/// stays a few tens of bytes per snapshot beyond its id.
+/// page of the catalog is dropped once indexed) into compact entries: a snapshot id of EC2's
+/// form is packed into 16 bytes, and instance ids, run ids, volume ids and devices are stored
+/// once and referred to by number, so that an index of 100,000 snapshots is a few MiB.
 #[derive(Debug, Clone, Default)]
 pub struct CatalogIndex {
-    by_region: HashMap<String, HashMap<String, Vouched>>,
-    names: HashMap<String, Arc<str>>,
+    by_region: HashMap<String, RegionIndex>,
+    names: Vec<Arc<str>>,
+    numbers: HashMap<Arc<str>, u32>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct RegionIndex {
+    /// Ids of EC2's form (`snap-` and lowercase hex), packed.
+    packed: HashMap<u128, Entry>,
+    /// Any other id, as it is.
+    other: HashMap<String, Entry>,
+}
+
+/// A name's number in `CatalogIndex::names`; `NONE` for no name.
+type Name = u32;
+const NONE: Name = u32::MAX;
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    instance_id: Name,
+    run_id: Name,
+    volume_id: Name,
+    device: Name,
+    source_snapshot_id: Name,
+    start_time: Option<DateTime<Utc>>,
+    consistent: bool,
+    imported: bool,
+}
+
+/// `snap-` and up to 30 lowercase hex digits, as one number with the digits' count on top (so
+/// that `snap-0a` and `snap-a` stay two ids); `None` for an id of any other form.
+fn packed_id(snapshot_id: &str) -> Option<u128> {
+    let hex = snapshot_id.strip_prefix("snap-")?;
+    if hex.is_empty()
+        || hex.len() > 30
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    let value = u128::from_str_radix(hex, 16).ok()?;
+    Some(((hex.len() as u128) << 120) | value)
 }
 
 impl CatalogIndex {
@@ -171,58 +212,102 @@ impl CatalogIndex {
         index
     }
 
-    fn shared(&mut self, text: &str) -> Arc<str> {
-        if let Some(found) = self.names.get(text) {
-            return found.clone();
+    fn number(&mut self, text: &str) -> Name {
+        if let Some(found) = self.numbers.get(text) {
+            return *found;
+        }
+        let number = Name::try_from(self.names.len()).unwrap_or(NONE);
+        if number == NONE {
+            // More than 4 billion distinct names: not a catalog of this world.
+            return NONE;
         }
         let shared: Arc<str> = text.into();
-        self.names.insert(text.to_string(), shared.clone());
-        shared
+        self.names.push(shared.clone());
+        self.numbers.insert(shared, number);
+        number
+    }
+
+    fn name(&self, number: Name) -> Option<Arc<str>> {
+        self.names.get(usize::try_from(number).ok()?).cloned()
+    }
+
+    fn insert(&mut self, region: &str, snapshot_id: &str, entry: Entry) {
+        if !self.by_region.contains_key(region) {
+            self.by_region
+                .insert(region.to_string(), RegionIndex::default());
+        }
+        let Some(index) = self.by_region.get_mut(region) else {
+            return;
+        };
+        match packed_id(snapshot_id) {
+            Some(key) => {
+                index.packed.insert(key, entry);
+            }
+            None => {
+                index.other.insert(snapshot_id.to_string(), entry);
+            }
+        }
     }
 
     /// Adds a recorded set's snapshots, in the set's region.
     pub fn add_set(&mut self, set: &SetRecord) {
-        let instance_id = self.shared(&set.instance_id);
-        let run_id = self.shared(&set.run_id);
+        let instance_id = self.number(&set.instance_id);
+        let run_id = self.number(&set.run_id);
         for s in &set.snapshots {
-            let vouched = Vouched {
-                instance_id: instance_id.clone(),
-                run_id: run_id.clone(),
-                consistent: set.is_consistent(),
-                volume_id: Some(self.shared(&s.volume_id)),
+            let entry = Entry {
+                instance_id,
+                run_id,
+                volume_id: self.number(&s.volume_id),
+                device: self.number(&s.device),
+                source_snapshot_id: NONE,
                 start_time: Some(s.start_time),
-                device: Some(self.shared(&s.device)),
+                consistent: set.is_consistent(),
                 imported: set.verdict == Verdict::Imported,
-                source_snapshot_id: None,
             };
-            self.by_region
-                .entry(set.region.clone())
-                .or_default()
-                .insert(s.snapshot_id.clone(), vouched);
+            self.insert(&set.region, &s.snapshot_id, entry);
         }
     }
 
     /// Adds a recorded copy, in its region.
     pub fn add_copy(&mut self, copy: &CopyRecord) {
-        let vouched = Vouched {
-            instance_id: self.shared(&copy.instance_id),
-            run_id: self.shared(&copy.run_id),
-            consistent: copy.consistent,
-            volume_id: None,
+        let entry = Entry {
+            instance_id: self.number(&copy.instance_id),
+            run_id: self.number(&copy.run_id),
+            volume_id: NONE,
+            device: NONE,
+            source_snapshot_id: self.number(&copy.source_snapshot_id),
             start_time: None,
-            device: None,
+            consistent: copy.consistent,
             imported: copy.imported,
-            source_snapshot_id: Some(copy.source_snapshot_id.clone()),
         };
+        self.insert(&copy.region, &copy.snapshot_id, entry);
+    }
+
+    /// How many snapshots the catalog vouches for in `region`.
+    pub fn count_in(&self, region: &str) -> usize {
         self.by_region
-            .entry(copy.region.clone())
-            .or_default()
-            .insert(copy.snapshot_id.clone(), vouched);
+            .get(region)
+            .map(|r| r.packed.len() + r.other.len())
+            .unwrap_or(0)
     }
 
     /// What the catalog says of `snapshot_id` in `region`.
-    pub fn get(&self, region: &str, snapshot_id: &str) -> Option<&Vouched> {
-        self.by_region.get(region)?.get(snapshot_id)
+    pub fn get(&self, region: &str, snapshot_id: &str) -> Option<Vouched> {
+        let index = self.by_region.get(region)?;
+        let entry = match packed_id(snapshot_id) {
+            Some(key) => index.packed.get(&key)?,
+            None => index.other.get(snapshot_id)?,
+        };
+        Some(Vouched {
+            instance_id: self.name(entry.instance_id)?,
+            run_id: self.name(entry.run_id)?,
+            consistent: entry.consistent,
+            volume_id: self.name(entry.volume_id),
+            start_time: entry.start_time,
+            device: self.name(entry.device),
+            imported: entry.imported,
+            source_snapshot_id: self.name(entry.source_snapshot_id),
+        })
     }
 }
 
@@ -295,7 +380,7 @@ pub fn admit(
         Some(source) => {
             facts
                 .tags
-                .insert(TAG_SOURCE_SNAPSHOT.to_string(), source.clone());
+                .insert(TAG_SOURCE_SNAPSHOT.to_string(), source.to_string());
         }
         None => {
             facts.tags.remove(TAG_SOURCE_SNAPSHOT);
@@ -374,6 +459,43 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn the_index_tells_apart_ids_that_pack_alike_and_keeps_ids_of_other_forms() {
+        let ids = [
+            "snap-0a",
+            "snap-a",
+            "snap-0123456789abcdef0",
+            "snap-0123456789ABCDEF0",
+            "snap-",
+            "snap-0123456789abcdef0123456789abcdef",
+            "not-a-snapshot",
+        ];
+        let mut index = CatalogIndex::default();
+        for (n, id) in ids.iter().enumerate() {
+            let mut record = set(n % 2 == 0);
+            record.run_id = format!("r{n}");
+            record.snapshots[0].snapshot_id = id.to_string();
+            record.snapshots[0].volume_id = format!("vol-{n}");
+            index.add_set(&record);
+        }
+        assert_eq!(index.count_in("eu-west-1"), ids.len());
+        assert_eq!(index.count_in("us-east-1"), 0);
+        for (n, id) in ids.iter().enumerate() {
+            let vouched = index.get("eu-west-1", id).expect("indexed");
+            assert_eq!(&*vouched.run_id, format!("r{n}"), "{id}");
+            assert_eq!(
+                vouched.volume_id.as_deref(),
+                Some(format!("vol-{n}").as_str())
+            );
+            assert_eq!(vouched.consistent, n % 2 == 0, "{id}");
+            assert_eq!(vouched.device.as_deref(), Some("/dev/sda1"));
+            assert_eq!(vouched.source_snapshot_id, None);
+            assert!(index.get("us-east-1", id).is_none());
+        }
+        assert!(index.get("eu-west-1", "snap-00a").is_none());
+        assert!(index.get("eu-west-1", "snap-A").is_none());
     }
 
     #[test]

@@ -74,8 +74,15 @@ pub async fn vouched_snapshots(
             }
         }
     };
-    let snapshots =
-        snapshots::managed(&app.aws.ec2_in(region), region, managed_by, admit_here).await?;
+    let expected = index.count_in(region);
+    let snapshots = snapshots::managed(
+        &app.aws.ec2_in(region),
+        region,
+        managed_by,
+        expected,
+        admit_here,
+    )
+    .await?;
     Ok((snapshots, foreign))
 }
 
@@ -122,6 +129,8 @@ pub async fn plan_retention(app: &App) -> Result<Vec<RegionPlan>, Error> {
         .flat_map(|(_, snapshots)| snapshots.iter())
         .filter_map(|s| s.tags.get(TAG_INSTANCE_ID).map(str::to_string))
         .collect();
+    // The index has done its work (admitting): its memory goes before the plans take theirs.
+    drop(index);
     let facts = instances::by_id(&app.aws.ec2, &app.config, ids.iter().map(String::as_str)).await?;
     let target = (
         app.config.target_tag_key.as_str(),
@@ -135,7 +144,8 @@ pub async fn plan_retention(app: &App) -> Result<Vec<RegionPlan>, Error> {
         );
     }
     let mut plans = Vec::new();
-    for (i, (region, snapshots)) in per_region.iter().enumerate() {
+    // Each region's snapshots are dropped once its plan is made.
+    for (i, (region, snapshots)) in per_region.into_iter().enumerate() {
         let home = i == 0;
         let policy = region_policy(&app.config, home);
         let instances = ids
@@ -151,7 +161,7 @@ pub async fn plan_retention(app: &App) -> Result<Vec<RegionPlan>, Error> {
                 (id.clone(), state)
             })
             .collect();
-        plans.push(plan(region, snapshots, &instances, &policy, now));
+        plans.push(plan(&region, &snapshots, &instances, &policy, now));
     }
     info!(
         regions = regions.len(),
