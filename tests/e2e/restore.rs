@@ -163,6 +163,12 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
         .nightly(&app, "2026-11-23T02:00:00Z")
         .await
         .expect("the nightly run");
+    // Two nights: "latest" is the second; the first is there for a replace from another set.
+    let first_run = run_id;
+    let run_id = world
+        .nightly(&app, "2026-11-24T02:00:00Z")
+        .await
+        .expect("the second nightly run");
 
     // A crash-consistent set is refused unless asked for by name and allowed.
     let refused = invoke(
@@ -173,7 +179,7 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
     .expect_err("no consistent set")
     .to_string();
     assert!(
-        refused.contains("none of its 1 sets is consistent"),
+        refused.contains("none of its 2 sets is consistent"),
         "{refused}"
     );
     let refused = invoke(
@@ -343,6 +349,18 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
         halfway.len() < app_before.len(),
         "stopped with a device detached: {halfway:?}"
     );
+    // Meanwhile, a replace of app01 from another set is refused: one replace at a time.
+    let other = json!({"action": "restore", "instance_id": app_server, "run_id": first_run, "mode": "replace"});
+    let refused = invoke(&app, other.clone())
+        .await
+        .expect_err("a second replace while one is in progress")
+        .to_string();
+    assert!(refused.contains("is in progress"), "{refused}");
+    assert_eq!(
+        instance(emulator, app_server).await.1,
+        halfway,
+        "nothing done by it"
+    );
     let Ended::Answered(answer) = chaos.invoke(request).await.expect("again") else {
         panic!("the second call must answer");
     };
@@ -351,6 +369,18 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
         .await
         .expect("drain");
     assert_replaced(emulator, app_server, &app_set, &app_before, &answer).await;
+    // Once it is done, the other replace may go.
+    let (_, app_now) = instance(emulator, app_server).await;
+    let first_set = set_of(emulator, app_server, &first_run).await;
+    let answer = invoke(&app, other)
+        .await
+        .expect("replace once the first is done");
+    assert_eq!(answer["run_id"], json!(first_run), "{answer}");
+    world
+        .drain_within(&app, Duration::from_secs(60))
+        .await
+        .expect("drain");
+    assert_replaced(emulator, app_server, &first_set, &app_now, &answer).await;
 
     // On a slow AWS a replace is longer than one invocation: each pass stops stepping before
     // the function's deadline and queues the rest; none is killed by its timeout.

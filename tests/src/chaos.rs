@@ -178,7 +178,8 @@ impl<'a> Chaos<'a> {
         let deadline = deadline_in(self.timeout);
         let run = tokio::time::timeout(
             self.timeout,
-            consistent_snapshot::handle_until(&app, payload, deadline),
+            // On the heap: the handler's future is large, and a test awaits many of them.
+            Box::pin(consistent_snapshot::handle_until(&app, payload, deadline)),
         );
         let ended = tokio::select! {
             answer = run => match answer {

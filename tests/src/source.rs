@@ -20,7 +20,8 @@ pub async fn invoke(app: &App, payload: Value) -> Result<Value> {
     let deadline = deadline_in(FUNCTION_TIMEOUT);
     match tokio::time::timeout(
         FUNCTION_TIMEOUT,
-        consistent_snapshot::handle_until(app, payload, deadline),
+        // On the heap: the handler's future is large, and a test awaits many of them.
+        Box::pin(consistent_snapshot::handle_until(app, payload, deadline)),
     )
     .await
     {

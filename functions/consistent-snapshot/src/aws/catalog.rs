@@ -39,6 +39,9 @@ const SK: &str = "sk";
 const BODY: &str = "body";
 const KIND: &str = "kind";
 const EXPIRES: &str = "expires_at";
+/// The replace lock of an instance (`restore#<instance>` / `replace-lock`) and its holder.
+const REPLACE_LOCK: &str = "replace-lock";
+const HOLDER: &str = "holder";
 /// Item kinds: a set and a copy (kept while their snapshots exist), and the run's own views
 /// of them (expiring with the run).
 const SET: &str = "set";
@@ -321,6 +324,87 @@ impl Catalog {
             &what,
         )
         .await
+    }
+
+    /// Takes the instance's replace lock for `restore_id`, held until `until` (a lock past its
+    /// time is free again): one `replace` of an instance at a time. Answers `None` when this
+    /// restore holds it now (taken, or held already), or the restore that holds it.
+    pub async fn lock_replace(
+        &self,
+        instance_id: &str,
+        restore_id: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, Error> {
+        let what = format!("replace lock of {instance_id} for {restore_id}");
+        let body = serde_json::json!({ "restore_id": restore_id, "until": until });
+        let mut lock = item(
+            format!("restore#{instance_id}"),
+            REPLACE_LOCK.to_string(),
+            REPLACE_LOCK,
+            &body,
+            Some(AttributeValue::N(until.timestamp().to_string())),
+        );
+        lock.insert(HOLDER.to_string(), s(restore_id));
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(lock))
+            .condition_expression("attribute_not_exists(pk) OR #holder = :me OR #expires < :now")
+            .expression_attribute_names("#holder", HOLDER)
+            .expression_attribute_names("#expires", EXPIRES)
+            .expression_attribute_values(":me", s(restore_id))
+            .expression_attribute_values(":now", AttributeValue::N(now.timestamp().to_string()))
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(None),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                let held = self
+                    .get(format!("restore#{instance_id}"), REPLACE_LOCK.into(), &what)
+                    .await?;
+                let holder = held
+                    .as_ref()
+                    .and_then(|i| i.get(HOLDER))
+                    .and_then(|h| h.as_s().ok())
+                    .cloned()
+                    .unwrap_or_else(|| "another restore".to_string());
+                Ok(Some(holder))
+            }
+            Err(err) => Err(aws("PutItem", self.subject(&what), err)),
+        }
+    }
+
+    /// Gives the instance's replace lock back, if `restore_id` holds it.
+    pub async fn unlock_replace(&self, instance_id: &str, restore_id: &str) -> Result<(), Error> {
+        let what = format!("replace lock of {instance_id} for {restore_id}");
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(PK, s(format!("restore#{instance_id}")))
+            .key(SK, s(REPLACE_LOCK))
+            .condition_expression("#holder = :me")
+            .expression_attribute_names("#holder", HOLDER)
+            .expression_attribute_values(":me", s(restore_id))
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(aws("DeleteItem", self.subject(&what), err)),
+        }
     }
 
     /// The restore as requested, if it was.

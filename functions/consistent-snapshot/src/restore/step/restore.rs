@@ -63,6 +63,20 @@ pub async fn on_demand(
         attempt: 0,
     };
     info!(restore_id = %job.restore_id, instance_id, run_id = %job.set.run_id, mode = ?job.mode, rollback = job.rollback, "restore requested");
+    // One replace of an instance at a time: another one is refused until it is done (or its
+    // time is over). A rollback, or a call again, is the same restore and holds the same lock.
+    if job.mode == RestoreMode::Replace {
+        let held = app
+            .aws
+            .catalog
+            .lock_replace(instance_id, &job.restore_id, job.deadline, Utc::now())
+            .await?;
+        if let Some(holder) = held.filter(|h| *h != job.restore_id) {
+            return Err(Error::Restore(format!(
+                "{instance_id}: replace {holder} is in progress on this instance; call it again to let it finish, or roll it back, before another replace"
+            )));
+        }
+    }
     app.aws.catalog.put_restore(&job, Utc::now()).await?;
     let status = restore_pass(app, job, stop_time(Utc::now(), deadline)).await?;
     Ok(to_json(&status))
@@ -200,6 +214,16 @@ async fn restore_pass(
             .await?;
         }
         RestoreState::Done => {
+            if job.mode == RestoreMode::Replace {
+                if let Err(err) = app
+                    .aws
+                    .catalog
+                    .unlock_replace(&job.instance_id, &job.restore_id)
+                    .await
+                {
+                    warn!(restore_id = %job.restore_id, error = %err, "replace lock not given back: it ends with the restore's time");
+                }
+            }
             let text = serde_json::to_string(&report).unwrap_or_default();
             info!(restore_id = %report.restore_id, restore = %text, "restore {} of {} from run {}: done", report.restore_id, report.instance_id, report.run_id);
         }
