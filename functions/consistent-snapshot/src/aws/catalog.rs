@@ -19,13 +19,15 @@
 
 use std::collections::HashMap;
 
+use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use chrono::{DateTime, Duration, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::aws::{aws, each_page, SdkConfig};
+use crate::aws::{aws, code_of, each_page, SdkConfig};
 use crate::error::Error;
 use crate::jobs::{RestoreJob, RunJob};
 use crate::model::catalog::{CatalogIndex, CopyRecord, ManifestEntry, SetRecord};
@@ -104,6 +106,11 @@ fn expiry(now: DateTime<Utc>) -> AttributeValue {
     )
 }
 
+/// Whether a conditional write was refused by its condition: an answer, not an error.
+fn refused_by_condition<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
+    err.as_service_error().and_then(code_of) == Some("ConditionalCheckFailedException")
+}
+
 fn body_of<T: DeserializeOwned>(item: &HashMap<String, AttributeValue>) -> Option<T> {
     let text = item.get(BODY)?.as_s().ok()?;
     match serde_json::from_str(text) {
@@ -167,13 +174,7 @@ impl Catalog {
             .await;
         match put {
             Ok(_) => Ok(true),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
+            Err(err) if refused_by_condition(&err) => Ok(false),
             Err(err) => Err(aws("PutItem", self.subject(what), err)),
         }
     }
@@ -360,11 +361,7 @@ impl Catalog {
             .await;
         match put {
             Ok(_) => Ok(None),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
+            Err(err) if refused_by_condition(&err) => {
                 let held = self
                     .get(format!("restore#{instance_id}"), REPLACE_LOCK.into(), &what)
                     .await?;
@@ -396,13 +393,7 @@ impl Catalog {
             .await;
         match deleted {
             Ok(_) => Ok(()),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
+            Err(err) if refused_by_condition(&err) => Ok(()),
             Err(err) => Err(aws("DeleteItem", self.subject(&what), err)),
         }
     }
