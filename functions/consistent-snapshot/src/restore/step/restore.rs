@@ -71,7 +71,7 @@ pub async fn on_demand(
             .catalog
             .lock_replace(instance_id, &job.restore_id, job.deadline, Utc::now())
             .await?;
-        if let Some(holder) = held.filter(|h| *h != job.restore_id) {
+        if let Some(holder) = held {
             return Err(Error::Restore(format!(
                 "{instance_id}: replace {holder} is in progress on this instance; call it again to let it finish, or roll it back, before another replace"
             )));
