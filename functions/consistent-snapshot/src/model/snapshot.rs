@@ -96,12 +96,6 @@ impl SnapshotTags {
         }
     }
 
-    fn insert_shared(&mut self, key: &str, value: Arc<str>) {
-        if let Some(i) = slot(key) {
-            self.0[i] = Some(value);
-        }
-    }
-
     pub fn remove(&mut self, key: &str) {
         if let Some(i) = slot(key) {
             self.0[i] = None;
@@ -140,8 +134,8 @@ impl TagInterner {
     ) -> SnapshotTags {
         let mut tags = SnapshotTags::default();
         for (k, v) in pairs {
-            if slot(k).is_some() {
-                tags.insert_shared(k, self.intern(v));
+            if let Some(i) = slot(k) {
+                tags.0[i] = Some(self.intern(v));
             }
         }
         tags
