@@ -59,15 +59,6 @@ pub enum Job {
     Verify(VerifyJob),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stage {
-    /// Waiting for the SSM invocation to reach a final status.
-    Command,
-    /// The command is final; waiting for the snapshots to be `completed`.
-    Snapshots,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceJob {
     pub run_id: String,
@@ -76,7 +67,7 @@ pub struct InstanceJob {
     pub command_id: String,
     /// The volumes the set must contain (the boot volume left out when it was excluded).
     pub volumes: Vec<AttachedVolume>,
-    pub stage: Stage,
+    /// When the command's invocation must be final (delivery and execution timeouts).
     pub stage_deadline: DateTime<Utc>,
     pub attempt: u32,
 }
@@ -292,7 +283,6 @@ mod tests {
                 volume_id: "vol-1".into(),
                 device: "xvdf".into(),
             }],
-            stage: Stage::Command,
             stage_deadline: DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
             attempt: 0,
         }

@@ -36,7 +36,7 @@ pub use config::Config;
 pub use entry::event::Event;
 pub use entry::{handle, handle_until};
 pub use error::Error;
-pub use jobs::{backoff_seconds, Envelope, InstanceJob, Job, RetentionJob, RunJob, Stage};
+pub use jobs::{backoff_seconds, Envelope, InstanceJob, Job, RetentionJob, RunJob};
 pub use model::command::{comment, FinalInvocation, Look};
 pub use model::fleet::AttachedVolume;
 pub use model::snapshot::{SnapshotFacts, SnapshotInfo, TagInterner};

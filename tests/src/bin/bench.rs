@@ -598,8 +598,9 @@ fn notes() -> Vec<String> {
              within 90 s two, and one that never ends at most {} before it is reported timed \
              out (delivery 600 s + execution 900 s). A look is one GetCommandInvocation, plus \
              one SendMessage when it is not final; the run's own look is one \
-             ListCommandInvocations per command of 50. Snapshots still pending after the command \
-             are looked at on the same backoff, up to SNAPSHOT_COMPLETION_TIMEOUT_SECONDS. In \
+             ListCommandInvocations per command of 50. Once every command is final, the run's look \
+             reads the run's snapshots (1,000 a page) and, while any is pending, looks again \
+             on the same backoff, up to SNAPSHOT_COMPLETION_TIMEOUT_SECONDS. In \
              this bench the simulated servers finish in 0.15 s, so each needs one look: that \
              is the floor, not the typical case.",
             bench::looks_at_most(initial, max, window)

@@ -6,6 +6,7 @@
 //! | `run#<run id>`     | `run`                                | the run as dispatched (`RunJob`)      | 15 days (TTL)  |
 //! | `run#<run id>`     | `marker#<leaf>`                      | a run marker (`model::markers`)       | 15 days (TTL)  |
 //! | `run#<run id>`     | `instance#<instance id>`             | the manifest: command, volumes        | 15 days (TTL)  |
+//! | `run#<run id>`     | `report#<instance id>`               | SSM's final result for the instance   | 15 days (TTL)  |
 //! | `set#<instance id>`| `run#<run id>`                       | the verified set (`SetRecord`)        | with its snapshots |
 //! | `restore#<instance id>` | `<restore id>`                  | a restore as requested (`RestoreJob`) | 15 days (TTL)  |
 //! | `restore#<instance id>` | `<restore id>#created#<vol>`, `#detached#<vol>` | the volumes it made / took off | 90 days (TTL) |
@@ -30,7 +31,7 @@ use tracing::{info, warn};
 use crate::aws::{aws, code_of, each_page, SdkConfig};
 use crate::error::Error;
 use crate::jobs::{RestoreJob, RunJob};
-use crate::model::catalog::{CatalogIndex, CopyRecord, ManifestEntry, SetRecord};
+use crate::model::catalog::{CatalogIndex, CopyRecord, InstanceReport, ManifestEntry, SetRecord};
 use crate::model::markers::{
     parse_markers, to_release, MarkerValue, RunMarkers, COPIED, COPY_LEASE, COPY_PASS, DISPATCHED,
     KEEP_RUN_DAYS, LEASE, REPORTED, RETAINED,
@@ -51,6 +52,7 @@ const COPY: &str = "copy";
 const RUN_SET: &str = "run-set";
 const RUN_COPY: &str = "run-copy";
 const MANIFEST: &str = "manifest";
+const REPORT: &str = "report";
 /// BatchWriteItem takes at most 25 requests; unprocessed ones are sent again this many times.
 const BATCH: usize = 25;
 const BATCH_ROUNDS: u32 = 5;
@@ -71,6 +73,8 @@ pub struct CopyKey {
 #[derive(Debug, Clone, Default)]
 pub struct RunView {
     pub manifest: Vec<ManifestEntry>,
+    /// The instances' own final looks (`InstanceReport`).
+    pub reports: Vec<InstanceReport>,
     pub sets: Vec<SetRecord>,
     pub copies: Vec<CopyRecord>,
 }
@@ -544,18 +548,34 @@ impl Catalog {
             .query(run_pk(run_id), "", &format!("run {run_id}"))
             .await?;
         let (sets, copies) = split_records(&items, (RUN_SET, RUN_COPY));
-        let manifest = items
-            .iter()
-            .filter(|i| {
-                i.get(KIND).and_then(|k| k.as_s().ok()).map(String::as_str) == Some(MANIFEST)
+        let of_kind = |kind: &'static str| {
+            items.iter().filter(move |i| {
+                i.get(KIND).and_then(|k| k.as_s().ok()).map(String::as_str) == Some(kind)
             })
-            .filter_map(body_of)
-            .collect();
+        };
         Ok(RunView {
-            manifest,
+            manifest: of_kind(MANIFEST).filter_map(body_of).collect(),
+            reports: of_kind(REPORT).filter_map(body_of).collect(),
             sets,
             copies,
         })
+    }
+
+    /// Records what an instance's tracking message saw when its invocation was final, unless
+    /// a report of it is recorded already (a duplicate delivery); answers whether it was new.
+    pub async fn record_report(&self, report: &InstanceReport) -> Result<bool, Error> {
+        let what = format!(
+            "final result of {} in run {}",
+            report.instance_id, report.run_id
+        );
+        let put = item(
+            run_pk(&report.run_id),
+            format!("report#{}", report.instance_id),
+            REPORT,
+            report,
+            Some(expiry(Utc::now())),
+        );
+        self.create(put, &what).await
     }
 
     /// One instance's recorded sets and copies.

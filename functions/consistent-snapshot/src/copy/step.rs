@@ -7,7 +7,7 @@
 //! `ResourceLimitExceeded` (too many copies in flight into a region) is back-pressure: the
 //! step stops starting copies there and looks again later through the queue.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
@@ -134,8 +134,9 @@ async fn copy_pass(app: &App, job: &CopyJob) -> Result<(CopyPlan, usize, bool), 
         .flat_map(|s| s.snapshots.iter().map(|r| r.snapshot_id.clone()))
         .collect();
     let subject = format!("run {}", job.run_id);
+    let listed = snapshots::of_run(&app.aws.ec2, &job.run_id, None).await?;
     let mut snapshots: Vec<SnapshotFacts> = Vec::new();
-    for facts in snapshots::by_ids(&app.aws.ec2, &ids, &subject).await? {
+    for facts in snapshots::with_ids(&app.aws.ec2, &listed, &ids, &subject).await? {
         match admit(facts, home, &index, &app.config.managed_by) {
             Ok(admitted) => snapshots.push(admitted),
             Err(foreign) => {
@@ -188,14 +189,17 @@ async fn copy_pass(app: &App, job: &CopyJob) -> Result<(CopyPlan, usize, bool), 
             .collect();
         let ids: Vec<String> = recorded.iter().map(|c| c.snapshot_id.clone()).collect();
         let ec2 = app.aws.ec2_in(region);
-        let mut found = snapshots::by_ids(&ec2, &ids, &subject).await?;
+        // The run's copies there (they carry its tag), and by id those recorded that the tag
+        // does not find.
+        let recorded_ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let tagged = snapshots::tagged_copies(&ec2, &job.run_id, &subject).await?;
+        let listed: Vec<SnapshotFacts> = tagged.iter().map(|(s, _)| s.clone()).collect();
+        let mut found = snapshots::with_ids(&ec2, &listed, &ids, &subject).await?;
         // A copy started by a call whose answer was lost is recorded now, not made twice.
-        let unrecorded: Vec<(SnapshotFacts, String)> =
-            snapshots::tagged_copies(&ec2, &job.run_id, &subject)
-                .await?
-                .into_iter()
-                .filter(|(s, _)| !ids.contains(&s.snapshot_id))
-                .collect();
+        let unrecorded: Vec<(SnapshotFacts, String)> = tagged
+            .into_iter()
+            .filter(|(s, _)| !recorded_ids.contains(s.snapshot_id.as_str()))
+            .collect();
         let home_sources: Vec<SnapshotFacts> = sources.iter().map(|(s, _)| s.clone()).collect();
         let mut adopted_records = Vec::new();
         for (source_id, copy) in lost_answer_copies(&home_sources, &unrecorded, home) {

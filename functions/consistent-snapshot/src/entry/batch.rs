@@ -104,7 +104,7 @@ async fn process_job(
     let lease_until = deadline + Duration::seconds(LEASE_MARGIN_SECONDS);
     match job {
         Job::Instance(job) => tracking::track_instance(app, job).await,
-        Job::Run(job) => tracking::track_run(app, job).await,
+        Job::Run(job) => tracking::track_run(app, job, deadline).await,
         Job::Watch(job) => start::watch_run(app, job, lease_until).await,
         Job::Copy(job) => copy::step::copy_job(app, job, lease_until, message_id).await,
         Job::Retention(job) => retention::step::retention_job(app, job, deadline).await,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::model::command::FinalInvocation;
 use crate::model::fleet::AttachedVolume;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::tags::{
@@ -33,6 +34,19 @@ pub struct ManifestEntry {
     pub volumes: Vec<AttachedVolume>,
     /// When the run started: no snapshot of the set can have started before.
     pub started_at: DateTime<Utc>,
+}
+
+/// What an instance's own tracking message saw when its invocation was final: SSM's status
+/// and the lines of the document's output that matter (the `Created snap-… from vol-…` lines
+/// and the failure, if any: `StandardOutputContent`, up to 24,000 characters, where the run's
+/// `ListCommandInvocations` has only the first 2,500). The run's look verifies and records the
+/// set from it; first write wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceReport {
+    pub run_id: String,
+    pub instance_id: String,
+    pub command_id: String,
+    pub invocation: FinalInvocation,
 }
 
 /// What a recorded set is, fixed when it is recorded: a tag changed later changes nothing.

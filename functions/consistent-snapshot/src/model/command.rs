@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::model::ids::is_run_id;
 use crate::model::state::CommandStatus;
@@ -69,7 +70,7 @@ pub struct Invocation {
 }
 
 /// A final SSM invocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FinalInvocation {
     pub status: CommandStatus,
     pub status_details: String,

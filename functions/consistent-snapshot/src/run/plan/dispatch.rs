@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use crate::config::{Config, VSS_DOCUMENTS};
-use crate::jobs::{Envelope, InstanceJob, Job, RunCommand, RunJob, Skipped, Stage, Unsent};
+use crate::jobs::{Envelope, InstanceJob, Job, RunCommand, RunJob, Skipped, Unsent};
 use crate::model::catalog::ManifestEntry;
 use crate::model::command::PastCommand;
 use crate::model::fleet::{AttachedVolume, SkipReason, Target};
@@ -301,7 +301,6 @@ pub fn tracking_jobs(
                 name: d.name.clone(),
                 command_id: d.command_id.clone()?,
                 volumes: d.volumes.clone(),
-                stage: Stage::Command,
                 stage_deadline: command_deadline,
                 attempt: 0,
             })))
@@ -562,8 +561,8 @@ mod tests {
             panic!("{:?}", jobs[0])
         };
         assert_eq!(
-            (first.command_id.as_str(), first.stage, first.stage_deadline),
-            ("c1", Stage::Command, at + Duration::minutes(30))
+            (first.command_id.as_str(), first.stage_deadline),
+            ("c1", at + Duration::minutes(30))
         );
         let Job::Run(run) = &jobs[1].job else {
             panic!("{:?}", jobs[1])

@@ -190,6 +190,56 @@ mod tests {
         }
     }
 
+    /// Every final status SSM reports for an invocation: the snapshots decide consistency,
+    /// never the status alone.
+    #[test]
+    fn every_final_status_is_classified_by_its_snapshots() {
+        use OutcomeKind::*;
+        let finals = [
+            ("Success", "Success"),
+            ("Failed", "Failed"),
+            ("Cancelled", "Cancelled"),
+            ("TimedOut", "ExecutionTimedOut"),
+            ("TimedOut", "DeliveryTimedOut"),
+            ("Failed", "Undeliverable"),
+            ("Failed", "InvalidPlatform"),
+            ("Failed", "AccessDenied"),
+            ("Cancelled", "Terminated"),
+        ];
+        let one = &volumes()[..1];
+        let with_state = |state: &str, consistent: &str| SnapshotFacts {
+            state: state.into(),
+            ..snap("vol-1", consistent)
+        };
+        for (status, details) in finals {
+            let invocation = FinalInvocation {
+                status: status.into(),
+                status_details: details.into(),
+                output: String::new(),
+            };
+            let kind = |snapshots: &[SnapshotFacts]| classify(one, &invocation, snapshots).0;
+            let none = if status == "TimedOut" {
+                TimedOut
+            } else {
+                Failed
+            };
+            assert_eq!(kind(&[]), none, "{status}/{details}, no snapshot");
+            let cases = [
+                (with_state("completed", "True"), Consistent),
+                (with_state("completed", "False"), CrashConsistent),
+                (with_state("error", "True"), Incomplete),
+                (with_state("pending", "True"), Incomplete),
+            ];
+            for (snapshot, expected) in cases {
+                assert_eq!(
+                    kind(std::slice::from_ref(&snapshot)),
+                    expected,
+                    "{status}/{details}: {snapshot:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn all_volumes_app_consistent_is_consistent() {
         let (kind, reason) = classify(

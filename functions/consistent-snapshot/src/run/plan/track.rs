@@ -1,19 +1,21 @@
-//! Tracking, as pure decisions: after each look at an instance's invocation and snapshots,
-//! wait (with one more attempt) or finish with its outcome (`next_instance_step`); after each
-//! look at a whole run, wait or write its summary (`next_run_step`, `run_outcomes`).
+//! Tracking, as pure decisions: after each look at an instance's invocation, wait (with one
+//! more attempt), report its final result, or time out (`next_instance_step`); after each
+//! look at a whole run, wait or verify its sets and write its summary (`next_run_step`,
+//! `run_outcomes`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 
-use crate::jobs::{InstanceJob, RunCommand, RunJob, Stage};
-use crate::model::catalog::{ForeignSnapshot, ManifestEntry, SetRecord};
+use crate::jobs::{InstanceJob, RunCommand, RunJob};
+use crate::model::catalog::{
+    reported_snapshots, ForeignSnapshot, InstanceReport, ManifestEntry, SetRecord,
+};
 use crate::model::command::{FinalInvocation, Invocation, Look};
-use crate::model::fleet::AttachedVolume;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::{CommandStatus, SnapshotState};
-use crate::model::tags::{TAG_DEVICE, TAG_INSTANCE_ID, TAG_NAME};
-use crate::run::plan::outcome::{classify, Outcome, OutcomeKind};
+use crate::model::tags::{TAG_INSTANCE_ID, TAG_NAME};
+use crate::run::plan::outcome::{failure_reason, Outcome, OutcomeKind};
 use crate::run::plan::record::{outcome_of, verify_set, Verified};
 
 fn count_pending(snapshots: &[SnapshotFacts]) -> usize {
@@ -26,93 +28,72 @@ fn count_pending(snapshots: &[SnapshotFacts]) -> usize {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
     /// Look again later with this job.
-    Wait {
-        job: InstanceJob,
-        why: String,
-    },
-    Finish(Outcome),
+    Wait { job: InstanceJob, why: String },
+    /// The invocation is final: its report, for the run's look to verify and record the set.
+    Report(InstanceReport),
+    /// Still not final at the command's deadline.
+    TimedOut(Outcome),
 }
 
-/// Decides what an instance job does after one look at its invocation and snapshots.
-pub fn next_instance_step(
-    job: &InstanceJob,
-    look: &Look,
-    snapshots: &[SnapshotFacts],
-    now: DateTime<Utc>,
-    completion_timeout: Duration,
-) -> Next {
-    let finish = |kind, reason: Option<String>| {
-        Next::Finish(Outcome {
+/// Decides what an instance job does after one look at its invocation. An instance reads no
+/// snapshot: the run's look reads all of the run's at once (a page of 1,000 where an
+/// instance would spend a call on its few) and verifies every set from these reports.
+pub fn next_instance_step(job: &InstanceJob, look: &Look, now: DateTime<Utc>) -> Next {
+    match look {
+        Look::NotYet { status } if now > job.stage_deadline => Next::TimedOut(Outcome {
             instance_id: job.instance_id.clone(),
             name: job.name.clone(),
-            kind,
+            kind: OutcomeKind::TimedOut,
             volumes: job.volumes.len(),
-            snapshots: snapshots.iter().map(|s| s.snapshot_id.clone()).collect(),
-            reason,
-        })
-    };
-    let wait = |job: InstanceJob, why: String| Next::Wait {
-        job: InstanceJob {
-            attempt: job.attempt + 1,
-            ..job
+            snapshots: vec![],
+            reason: Some(format!(
+                "SSM invocation still {status} at the deadline {}",
+                job.stage_deadline.to_rfc3339()
+            )),
+        }),
+        Look::NotYet { status } => Next::Wait {
+            job: InstanceJob {
+                attempt: job.attempt + 1,
+                ..job.clone()
+            },
+            why: format!("invocation {status}"),
         },
-        why,
-    };
-    match look {
-        Look::NotYet { status } => {
-            if now > job.stage_deadline {
-                return finish(
-                    OutcomeKind::TimedOut,
-                    Some(format!(
-                        "SSM invocation still {status} at the deadline {}",
-                        job.stage_deadline.to_rfc3339()
-                    )),
-                );
-            }
-            wait(job.clone(), format!("invocation {status}"))
-        }
-        Look::Final(invocation) => {
-            let pending = count_pending(snapshots);
-            if pending > 0 {
-                if job.stage == Stage::Command {
-                    let next = InstanceJob {
-                        stage: Stage::Snapshots,
-                        stage_deadline: now + completion_timeout,
-                        attempt: 0,
-                        ..job.clone()
-                    };
-                    return wait(next, format!("{pending} snapshots pending"));
-                }
-                if now <= job.stage_deadline {
-                    return wait(job.clone(), format!("{pending} snapshots pending"));
-                }
-            }
-            let (kind, reason) = classify(&job.volumes, invocation, snapshots);
-            finish(kind, reason)
-        }
+        Look::Final(invocation) => Next::Report(InstanceReport {
+            run_id: job.run_id.clone(),
+            instance_id: job.instance_id.clone(),
+            command_id: job.command_id.clone(),
+            invocation: FinalInvocation {
+                output: digest_output(&invocation.output),
+                ..invocation.clone()
+            },
+        }),
     }
 }
 
+/// The lines of a document's output that verifying a set reads: the `Created snap-… from
+/// vol-…` lines and the failure `failure_reason` picks, so that a report holds a few hundred
+/// bytes, not the output's 24,000 characters, and reads the same.
+pub fn digest_output(output: &str) -> String {
+    let mut lines: Vec<&str> = output
+        .lines()
+        .map(str::trim)
+        .filter(|line| !reported_snapshots(line).is_empty())
+        .collect();
+    let reason = failure_reason(output);
+    lines.extend(reason.as_deref());
+    lines.join("\n")
+}
+
 /// The per-instance contract tags the document cannot add (it takes one tag set per command):
-/// `ConsistentSnapshot:InstanceId` and `Name` = `<instance name> <device>`. `None` when the
-/// snapshot already carries them, so a repeated look writes nothing.
+/// `ConsistentSnapshot:InstanceId` and `Name` = `<instance name> <device>`, the device as
+/// recorded at dispatch (the document's `Device` tag is one any fleet server may rewrite).
+/// `None` when the snapshot already carries them, so a repeated look writes nothing.
 pub fn instance_tags(
     instance_id: &str,
     name: &str,
-    volumes: &[AttachedVolume],
+    device: &str,
     snapshot: &SnapshotFacts,
 ) -> Option<Vec<(String, String)>> {
-    let device = snapshot
-        .tags
-        .get(TAG_DEVICE)
-        .map(String::as_str)
-        .or_else(|| {
-            volumes
-                .iter()
-                .find(|v| v.volume_id == snapshot.volume_id)
-                .map(|v| v.device.as_str())
-        })
-        .unwrap_or("unknown-device");
     let wanted: BTreeMap<&str, String> = [
         (TAG_INSTANCE_ID, instance_id.to_string()),
         (TAG_NAME, format!("{name} {device}")),
@@ -162,6 +143,28 @@ impl RunInvocations {
             }
         }
         run
+    }
+
+    /// Takes each instance's own report, when the catalog holds one for the command the
+    /// manifest sent it, in place of what SSM lists: the report has the whole output
+    /// (`GetCommandInvocation`), the list only its first 2,500 characters.
+    pub fn with_reports(
+        mut self,
+        reports: &[InstanceReport],
+        manifest: &HashMap<String, ManifestEntry>,
+    ) -> Self {
+        for report in reports {
+            let sent = manifest
+                .get(&report.instance_id)
+                .is_some_and(|m| m.command_id == report.command_id);
+            if let Some((status, fin, _)) = self.by_instance.get_mut(&report.instance_id) {
+                if sent {
+                    *status = report.invocation.status.clone();
+                    *fin = Some(report.invocation.clone());
+                }
+            }
+        }
+        self
     }
 
     /// Invocations not final yet, counting the ones SSM does not list yet.
@@ -345,8 +348,10 @@ pub fn run_outcomes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::fleet::AttachedVolume;
+    use chrono::Duration;
 
-    fn job(stage: Stage, deadline_in: i64) -> InstanceJob {
+    fn job(deadline_in: i64) -> InstanceJob {
         InstanceJob {
             run_id: "r".into(),
             instance_id: "i-1".into(),
@@ -356,7 +361,6 @@ mod tests {
                 volume_id: "vol-1".into(),
                 device: "xvdf".into(),
             }],
-            stage,
             stage_deadline: now() + Duration::seconds(deadline_in),
             attempt: 2,
         }
@@ -376,26 +380,14 @@ mod tests {
         }
     }
 
-    fn success() -> Look {
-        Look::Final(FinalInvocation {
-            status: "Success".into(),
-            status_details: "Success".into(),
-            output: String::new(),
-        })
-    }
-
-    const DAY: Duration = Duration::days(1);
-
     #[test]
     fn not_final_before_the_deadline_waits_with_one_more_attempt() {
         let next = next_instance_step(
-            &job(Stage::Command, 60),
+            &job(60),
             &Look::NotYet {
                 status: "InProgress".into(),
             },
-            &[],
             now(),
-            DAY,
         );
         let Next::Wait { job, why } = next else {
             panic!("must wait: {next:?}")
@@ -405,162 +397,7 @@ mod tests {
     }
 
     #[test]
-    fn not_final_after_the_deadline_times_out_with_the_reason() {
-        let next = next_instance_step(
-            &job(Stage::Command, -1),
-            &Look::NotYet {
-                status: "Pending".into(),
-            },
-            &[],
-            now(),
-            DAY,
-        );
-        let Next::Finish(outcome) = next else {
-            panic!("must finish: {next:?}")
-        };
-        assert_eq!(outcome.kind, OutcomeKind::TimedOut);
-        assert!(outcome.reason.unwrap_or_default().contains("still Pending"));
-    }
-
-    #[test]
-    fn pending_snapshots_move_the_job_to_the_snapshot_stage_with_a_fresh_deadline() {
-        let next = next_instance_step(
-            &job(Stage::Command, -1),
-            &success(),
-            &[snap("pending")],
-            now(),
-            DAY,
-        );
-        let Next::Wait { job, .. } = next else {
-            panic!("must wait: {next:?}")
-        };
-        assert_eq!(job.stage, Stage::Snapshots);
-        assert_eq!(job.stage_deadline, now() + DAY);
-        assert_eq!(job.attempt, 1);
-    }
-
-    #[test]
-    fn snapshots_still_pending_at_their_deadline_are_incomplete() {
-        let next = next_instance_step(
-            &job(Stage::Snapshots, -1),
-            &success(),
-            &[snap("pending")],
-            now(),
-            DAY,
-        );
-        assert!(
-            matches!(next, Next::Finish(ref o) if o.kind == OutcomeKind::Incomplete),
-            "{next:?}"
-        );
-        let next = next_instance_step(
-            &job(Stage::Snapshots, 60),
-            &success(),
-            &[snap("pending")],
-            now(),
-            DAY,
-        );
-        assert!(matches!(next, Next::Wait { .. }));
-    }
-
-    #[test]
-    fn a_final_invocation_with_completed_snapshots_finishes_classified() {
-        let next = next_instance_step(
-            &job(Stage::Command, 60),
-            &success(),
-            &[snap("completed")],
-            now(),
-            DAY,
-        );
-        let Next::Finish(outcome) = next else {
-            panic!("must finish")
-        };
-        assert_eq!(
-            (outcome.kind, outcome.snapshots),
-            (OutcomeKind::Consistent, vec!["snap-1".to_string()])
-        );
-    }
-
-    fn final_look(status: &str, details: &str) -> Look {
-        Look::Final(FinalInvocation {
-            status: status.into(),
-            status_details: details.into(),
-            output: String::new(),
-        })
-    }
-
-    fn snap_with(state: &str, app_consistent: &str) -> SnapshotFacts {
-        SnapshotFacts {
-            tags: [("AppConsistent".to_string(), app_consistent.to_string())].into(),
-            ..snap(state)
-        }
-    }
-
-    /// Every final SSM status SSM reports for an invocation, with what the snapshots say.
-    #[test]
-    fn every_final_status_ends_the_job_with_the_snapshots_deciding_consistency() {
-        use OutcomeKind::*;
-        let finals = [
-            ("Success", "Success"),
-            ("Failed", "Failed"),
-            ("Cancelled", "Cancelled"),
-            ("TimedOut", "ExecutionTimedOut"),
-            ("TimedOut", "DeliveryTimedOut"),
-            ("Failed", "Undeliverable"),
-            ("Failed", "InvalidPlatform"),
-            ("Failed", "AccessDenied"),
-            ("Cancelled", "Terminated"),
-        ];
-        for (status, details) in finals {
-            let look = final_look(status, details);
-            let with = |snapshots: &[SnapshotFacts]| match next_instance_step(
-                &job(Stage::Command, 60),
-                &look,
-                snapshots,
-                now(),
-                DAY,
-            ) {
-                Next::Finish(outcome) => outcome.kind,
-                Next::Wait { .. } => panic!("{status}/{details} with {snapshots:?} must finish"),
-            };
-            let no_snapshot = if status == "TimedOut" {
-                TimedOut
-            } else {
-                Failed
-            };
-            assert_eq!(with(&[]), no_snapshot, "{status}/{details}, no snapshot");
-            // Consistency is read from the snapshots, never from the status alone.
-            assert_eq!(
-                with(&[snap_with("completed", "True")]),
-                Consistent,
-                "{status}/{details}"
-            );
-            assert_eq!(
-                with(&[snap_with("completed", "False")]),
-                CrashConsistent,
-                "{status}/{details}"
-            );
-            assert_eq!(
-                with(&[snap_with("error", "True")]),
-                Incomplete,
-                "{status}/{details}"
-            );
-            // Pending snapshots move the job to the snapshot stage, whatever the status.
-            let next = next_instance_step(
-                &job(Stage::Command, 60),
-                &look,
-                &[snap("pending")],
-                now(),
-                DAY,
-            );
-            assert!(
-                matches!(next, Next::Wait { ref job, .. } if job.stage == Stage::Snapshots),
-                "{status}/{details}: {next:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn every_non_final_status_waits_until_the_stage_deadline_then_times_out() {
+    fn every_non_final_status_waits_until_the_deadline_then_times_out() {
         for status in [
             "Pending",
             "InProgress",
@@ -571,19 +408,66 @@ mod tests {
             let look = Look::NotYet {
                 status: status.into(),
             };
-            for stage in [Stage::Command, Stage::Snapshots] {
-                assert!(matches!(
-                    next_instance_step(&job(stage, 1), &look, &[], now(), DAY),
-                    Next::Wait { .. }
-                ));
-                let next = next_instance_step(&job(stage, -1), &look, &[], now(), DAY);
-                assert!(
-                    matches!(next, Next::Finish(ref o) if o.kind == OutcomeKind::TimedOut
-                        && o.reason.as_deref().is_some_and(|r| r.contains(status))),
-                    "{status}: {next:?}"
-                );
-            }
+            assert!(matches!(
+                next_instance_step(&job(1), &look, now()),
+                Next::Wait { .. }
+            ));
+            let next = next_instance_step(&job(-1), &look, now());
+            assert!(
+                matches!(next, Next::TimedOut(ref o) if o.kind == OutcomeKind::TimedOut
+                    && o.reason.as_deref().is_some_and(|r| r.contains(status))),
+                "{status}: {next:?}"
+            );
         }
+    }
+
+    /// A final look, even past the deadline, is reported with the lines that decide the set.
+    #[test]
+    fn a_final_invocation_is_reported_with_its_created_lines_and_its_failure() {
+        let output = format!(
+            "{}\nCreated snap-0a1 from vol-0b1 device: xvdf\n  Created snap-0a2 from vol-0b2 device: xvdg\nWriter 'SqlServerWriter' State: [1] Stable\nThaw pipe connection timed out\n{}",
+            "VSS writers:\n".repeat(400),
+            "Done.\n".repeat(50)
+        );
+        let look = Look::Final(FinalInvocation {
+            status: "Failed".into(),
+            status_details: "Failed".into(),
+            output: output.clone(),
+        });
+        for deadline_in in [60, -1] {
+            let Next::Report(report) = next_instance_step(&job(deadline_in), &look, now()) else {
+                panic!("a final look is reported")
+            };
+            assert_eq!(
+                (report.run_id.as_str(), report.instance_id.as_str()),
+                ("r", "i-1")
+            );
+            assert_eq!(report.command_id, "c");
+            assert_eq!(report.invocation.status, CommandStatus::Failed);
+            assert_eq!(
+                report.invocation.output,
+                "Created snap-0a1 from vol-0b1 device: xvdf\nCreated snap-0a2 from vol-0b2 device: xvdg\nThaw pipe connection timed out"
+            );
+            // It reads as the whole output does.
+            assert_eq!(
+                reported_snapshots(&report.invocation.output),
+                reported_snapshots(&output)
+            );
+            assert_eq!(
+                failure_reason(&report.invocation.output),
+                failure_reason(&output)
+            );
+        }
+    }
+
+    #[test]
+    fn a_digest_keeps_the_last_line_when_no_known_failure_is_named() {
+        let output = "Created snap-0a1 from vol-0b1\nsomething odd happened\n";
+        assert_eq!(
+            failure_reason(&digest_output(output)),
+            Some("something odd happened".into())
+        );
+        assert_eq!(digest_output(""), "");
     }
 
     fn command(id: &str, instances: usize) -> RunCommand {
@@ -723,6 +607,55 @@ mod tests {
         }
     }
 
+    /// The list's output is cut at 2,500 characters; the instance's report has every line.
+    #[test]
+    fn an_instance_report_takes_the_place_of_what_ssm_lists_for_its_own_command_only() {
+        let command = command("c1", 2);
+        let mut cut = invocation("i-1", "Success");
+        cut.output = "Created snap-1 from vol-1".into();
+        let listed = vec![cut, invocation("i-2", "InProgress")];
+        let gathered = RunInvocations::gather(&[(&command, listed)]);
+        let manifest: HashMap<String, ManifestEntry> = [
+            ("i-1".to_string(), manifest_entry()),
+            (
+                "i-2".to_string(),
+                ManifestEntry {
+                    instance_id: "i-2".into(),
+                    ..manifest_entry()
+                },
+            ),
+        ]
+        .into();
+        let report = |instance: &str, command_id: &str| InstanceReport {
+            run_id: "r".into(),
+            instance_id: instance.into(),
+            command_id: command_id.into(),
+            invocation: FinalInvocation {
+                status: "Success".into(),
+                status_details: "Success".into(),
+                output: "Created snap-1 from vol-1\nCreated snap-2 from vol-2".into(),
+            },
+        };
+        let with = gathered.with_reports(
+            &[
+                report("i-1", "c1"),
+                report("i-2", "c-other"),
+                report("i-7", "c1"),
+            ],
+            &manifest,
+        );
+        let (_, fin, _) = &with.by_instance["i-1"];
+        assert_eq!(
+            fin.as_ref().map(|f| reported_snapshots(&f.output).len()),
+            Some(2)
+        );
+        // A report of another command is not this run's dispatch; one of an instance SSM
+        // does not list adds nothing.
+        assert_eq!(with.by_instance["i-2"].1, None);
+        assert_eq!(with.open(), 1);
+        assert!(!with.by_instance.contains_key("i-7"));
+    }
+
     #[test]
     fn a_finished_instance_is_verified_against_the_volumes_it_had_at_dispatch() {
         let command = command("c1", 1);
@@ -772,10 +705,9 @@ mod tests {
     }
 
     #[test]
-    fn instance_tags_are_written_once() {
-        let volumes = job(Stage::Command, 60).volumes;
+    fn instance_tags_are_written_once_with_the_device_recorded_at_dispatch() {
         let untagged = snap("completed");
-        let tags = instance_tags("i-1", "sql01", &volumes, &untagged).expect("tags to write");
+        let tags = instance_tags("i-1", "sql01", "xvdf", &untagged).expect("tags to write");
         assert_eq!(
             tags,
             [
@@ -788,11 +720,10 @@ mod tests {
         );
         let mut tagged = untagged.clone();
         tagged.tags.extend(tags);
-        assert_eq!(instance_tags("i-1", "sql01", &volumes, &tagged), None);
-        // The document's Device tag names the device when there is one.
-        let mut with_device = untagged;
-        with_device.tags.insert("Device".into(), "/dev/sda1".into());
-        let tags = instance_tags("i-1", "sql01", &volumes, &with_device).unwrap_or_default();
-        assert!(tags.contains(&("Name".to_string(), "sql01 /dev/sda1".to_string())));
+        assert_eq!(instance_tags("i-1", "sql01", "xvdf", &tagged), None);
+        // A Device tag (which any fleet server may set) names nothing.
+        let mut flipped = tagged;
+        flipped.tags.insert("Device".into(), "/dev/evil".into());
+        assert_eq!(instance_tags("i-1", "sql01", "xvdf", &flipped), None);
     }
 }

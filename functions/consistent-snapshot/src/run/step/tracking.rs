@@ -1,22 +1,21 @@
 //! Tracking messages: each look at an instance's (or a whole run's) progress either queues
 //! the next look or finishes, and a run finishes with exactly one summary.
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::app::{dispatched_run, emit_metrics, enqueue, refuse, requeue, App};
 use crate::aws::catalog::RunMarkerStore;
 use crate::aws::{commands, notify, snapshots};
 use crate::error::Error;
 use crate::jobs::{CopyJob, Envelope, InstanceJob, Job, RunJob};
-use crate::model::catalog::{reported_snapshots, ForeignSnapshot};
-use crate::model::command::Look;
-use crate::model::fleet::AttachedVolume;
+use crate::model::catalog::{reported_snapshots, ForeignSnapshot, SetRecord};
 use crate::model::snapshot::SnapshotFacts;
+use crate::model::stop_time;
 use crate::run::plan::outcome::{Outcome, OutcomeKind};
-use crate::run::plan::record::{outcome_of, verify_set, Verified};
+use crate::run::plan::record::{outcome_of, Verified};
 use crate::run::plan::summary::{
     notification_subject, notification_text, run_counts, RunSummary, MAX_FOREIGN,
     NOTIFICATION_MAX_BYTES,
@@ -26,8 +25,10 @@ use crate::run::plan::track::{
     RunInvocations, RunNext, RunWait,
 };
 
-/// One look at an instance's invocation (and, once it is final, at the snapshots its document
-/// reported). The message is a reference: the command and the volumes are the manifest's.
+/// One look at an instance's invocation: not final, it looks again later (or, past the
+/// command's deadline, ends timed out); final, it records SSM's result in the catalog for the
+/// run's look, which verifies and records every set of the run from one read of its snapshots.
+/// The message is a reference: the command and the volumes are the manifest's.
 pub async fn track_instance(app: &App, message: InstanceJob) -> Result<(), Error> {
     let catalog = &app.aws.catalog;
     let manifest = catalog
@@ -43,47 +44,25 @@ pub async fn track_instance(app: &App, message: InstanceJob) -> Result<(), Error
         ));
     };
     let job = InstanceJob {
-        name: manifest.name.clone(),
-        volumes: manifest.volumes.clone(),
+        name: manifest.name,
+        volumes: manifest.volumes,
         ..message
     };
     let look = commands::look(&app.aws.ssm, &job.command_id, &job.instance_id).await?;
-    let snapshots = match &look {
-        Look::Final(invocation) => {
-            let ids: Vec<String> = reported_snapshots(&invocation.output)
-                .into_iter()
-                .map(|(snapshot, _)| snapshot)
-                .collect();
-            let subject = format!("run {} on {}", job.run_id, job.instance_id);
-            snapshots::by_ids(&app.aws.ec2, &ids, &subject).await?
-        }
-        Look::NotYet { .. } => Vec::new(),
-    };
-    let completion = Duration::seconds(i64::from(app.config.snapshot_completion_timeout_seconds));
-    let now = Utc::now();
-    match next_instance_step(&job, &look, &snapshots, now, completion) {
+    match next_instance_step(&job, &look, Utc::now()) {
         Next::Wait { job, why } => {
             info!(run_id = %job.run_id, instance_id = %job.instance_id, attempt = job.attempt, waiting_for = %why, "not final yet");
             requeue(app, Job::Instance(job)).await
         }
-        Next::Finish(outcome) => {
-            let Look::Final(invocation) = &look else {
-                // Timed out before SSM was final: nothing to record; the run reports it.
-                log_outcome(&job.run_id, &outcome, 0);
-                return Ok(());
-            };
-            let verified = verify_set(&manifest, invocation, &snapshots, &app.config.region, now);
-            log_foreign(&job.run_id, &verified.foreign);
-            let outcome = record(app, &verified).await?;
-            let tagged = tag_set(
-                app,
-                &job.instance_id,
-                &job.name,
-                &job.volumes,
-                &verified.snapshots,
-            )
-            .await?;
-            log_outcome(&job.run_id, &outcome, tagged);
+        // Nothing to record; the run reports it.
+        Next::TimedOut(outcome) => {
+            log_outcome(&job.run_id, &outcome, 0);
+            Ok(())
+        }
+        Next::Report(report) => {
+            let new = catalog.record_report(&report).await?;
+            let reported = reported_snapshots(&report.invocation.output).len();
+            info!(run_id = %job.run_id, instance_id = %job.instance_id, name = %job.name, status = %report.invocation.status, reported, duplicate = !new, "invocation final: the run's look verifies and records the set");
             Ok(())
         }
     }
@@ -91,13 +70,14 @@ pub async fn track_instance(app: &App, message: InstanceJob) -> Result<(), Error
 
 /// Records a verified set with snapshots in the catalog (a set without any has nothing to
 /// keep, copy or restore: its outcome is the verification's); answers the outcome of the set
-/// as recorded (the first verification's, should another have recorded it first).
-async fn record(app: &App, verified: &Verified) -> Result<Outcome, Error> {
+/// as recorded and the record (the first verification's, should another have recorded it
+/// first).
+async fn record(app: &App, verified: &Verified) -> Result<(Outcome, Option<SetRecord>), Error> {
     if verified.record.snapshots.is_empty() {
-        return Ok(verified.outcome.clone());
+        return Ok((verified.outcome.clone(), None));
     }
     let recorded = app.aws.catalog.record_set(&verified.record).await?;
-    Ok(outcome_of(&recorded))
+    Ok((outcome_of(&recorded), Some(recorded)))
 }
 
 fn log_foreign(run_id: &str, foreign: &[ForeignSnapshot]) {
@@ -106,84 +86,49 @@ fn log_foreign(run_id: &str, foreign: &[ForeignSnapshot]) {
     }
 }
 
-/// Adds the per-instance contract tags to a set's snapshots that lack them; answers how many
-/// snapshots were tagged (already tagged ones cost no call).
-async fn tag_set(
+/// Adds the per-instance contract tags to the recorded sets' snapshots that lack them, until
+/// `stop_at`; answers how many snapshots were tagged and how many are left for the next look
+/// (already tagged ones cost no call; a snapshot EC2 no longer lists is not tagged).
+async fn tag_sets(
     app: &App,
-    instance_id: &str,
-    name: &str,
-    volumes: &[AttachedVolume],
-    snapshots: &[SnapshotFacts],
-) -> Result<usize, Error> {
-    let mut tagged = 0;
-    for snapshot in snapshots {
-        if let Some(tags) = instance_tags(instance_id, name, volumes, snapshot) {
-            let subject = format!("{} of {instance_id}", snapshot.snapshot_id);
-            snapshots::tag(&app.aws.ec2, &snapshot.snapshot_id, &tags, &subject).await?;
-            tagged += 1;
+    sets: &[SetRecord],
+    listed: &HashMap<&str, &SnapshotFacts>,
+    stop_at: DateTime<Utc>,
+) -> Result<(usize, usize), Error> {
+    let wanted: Vec<(&str, Vec<(String, String)>)> = sets
+        .iter()
+        .flat_map(|set| {
+            set.snapshots.iter().filter_map(|recorded| {
+                let facts = listed.get(recorded.snapshot_id.as_str())?;
+                let tags = instance_tags(&set.instance_id, &set.name, &recorded.device, facts)?;
+                Some((recorded.snapshot_id.as_str(), tags))
+            })
+        })
+        .collect();
+    for (done, (snapshot_id, tags)) in wanted.iter().enumerate() {
+        if done > 0 && Utc::now() >= stop_at {
+            return Ok((done, wanted.len() - done));
         }
+        snapshots::tag(&app.aws.ec2, snapshot_id, tags, snapshot_id).await?;
     }
-    Ok(tagged)
+    Ok((wanted.len(), 0))
 }
 
-/// One look at a whole run: wait while any invocation or reported snapshot is not final
-/// (until the run's deadline), then write the run's one summary and queue its copy step. The
-/// message is a reference: the run's commands, skipped and unsent instances are the catalog's.
-pub async fn track_run(app: &App, message: RunJob) -> Result<(), Error> {
-    let now = Utc::now();
-    let catalog = &app.aws.catalog;
-    let dispatched = dispatched_run(app, &message.run_id, "run").await?;
-    let job = RunJob {
-        attempt: message.attempt,
-        ..dispatched
-    };
-    let mut listed = Vec::new();
-    for command in &job.commands {
-        let why = format!("run {}", job.run_id);
-        let found = commands::invocations(&app.aws.ssm, &command.command_id, true, &why).await?;
-        listed.push((command, found));
-    }
-    let invocations = RunInvocations::gather(&listed);
-    // Only what the documents reported can hold the run: a snapshot merely tagged with the
-    // run's id (anyone's) cannot keep it waiting.
-    let reported: HashSet<String> = invocations
-        .by_instance
-        .values()
-        .filter_map(|(_, fin, _)| fin.as_ref())
-        .flat_map(|fin| reported_snapshots(&fin.output))
-        .map(|(snapshot, _)| snapshot)
-        .collect();
-    let mut snapshots: Option<Vec<SnapshotFacts>> = None;
-    let mut pending_view: Option<Vec<SnapshotFacts>> = None;
-    loop {
-        match next_run_step(&job, &invocations, pending_view.as_deref(), now) {
-            RunNext::Wait { job, why } => {
-                match why {
-                    RunWait::Invocations { open } => {
-                        info!(run_id = %job.run_id, open, "run not final yet")
-                    }
-                    RunWait::Snapshots { pending } => {
-                        info!(run_id = %job.run_id, pending, "run waiting for snapshots to complete")
-                    }
-                }
-                return requeue(app, Job::Run(job.as_reference())).await;
-            }
-            RunNext::ReadSnapshots => {
-                let all = snapshots::of_run(&app.aws.ec2, &job.run_id, None).await?;
-                pending_view = Some(
-                    all.iter()
-                        .filter(|s| reported.contains(&s.snapshot_id))
-                        .cloned()
-                        .collect(),
-                );
-                snapshots = Some(all);
-            }
-            RunNext::Finish => break,
-        }
-    }
-    let snapshots = snapshots.unwrap_or_default();
-    let view = catalog.run_view(&job.run_id).await?;
-    let run_catalog = RunCatalog {
+/// What one look of the run read once every invocation was final: the catalog's view, the
+/// run's snapshots, and SSM's results with the instances' own reports in place.
+struct RunRead {
+    catalog: RunCatalog,
+    invocations: RunInvocations,
+    snapshots: Vec<SnapshotFacts>,
+    pending: Vec<SnapshotFacts>,
+}
+
+/// Reads what verifying the run's sets needs: the catalog's view of the run (manifest,
+/// reports, sets), then the run's snapshots in pages of 1,000 by its tag, and by id those the
+/// documents reported that the tag did not find (a tag anyone may rewrite cannot hide one).
+async fn read_run(app: &App, run_id: &str, invocations: &RunInvocations) -> Result<RunRead, Error> {
+    let view = app.aws.catalog.run_view(run_id).await?;
+    let catalog = RunCatalog {
         manifest: view
             .manifest
             .into_iter()
@@ -195,6 +140,102 @@ pub async fn track_run(app: &App, message: RunJob) -> Result<(), Error> {
             .map(|s| (s.instance_id.clone(), s))
             .collect(),
     };
+    let invocations = invocations
+        .clone()
+        .with_reports(&view.reports, &catalog.manifest);
+    // Only what the documents reported can hold the run: a snapshot merely tagged with the
+    // run's id (anyone's) cannot keep it waiting.
+    let reported: HashSet<String> = invocations
+        .by_instance
+        .values()
+        .filter_map(|(_, fin, _)| fin.as_ref())
+        .flat_map(|fin| reported_snapshots(&fin.output))
+        .map(|(snapshot, _)| snapshot)
+        .collect();
+    let mut snapshots = snapshots::of_run(&app.aws.ec2, run_id, None).await?;
+    let listed: HashSet<&str> = snapshots.iter().map(|s| s.snapshot_id.as_str()).collect();
+    let mut untagged: Vec<String> = reported
+        .iter()
+        .filter(|id| !listed.contains(id.as_str()))
+        .cloned()
+        .collect();
+    if !untagged.is_empty() {
+        untagged.sort();
+        info!(
+            run_id,
+            snapshots = untagged.len(),
+            "reported snapshots the run's tag does not find: read by id"
+        );
+        let found = snapshots::by_ids(&app.aws.ec2, &untagged, &format!("run {run_id}")).await?;
+        snapshots.extend(found);
+    }
+    let pending = snapshots
+        .iter()
+        .filter(|s| reported.contains(&s.snapshot_id))
+        .cloned()
+        .collect();
+    Ok(RunRead {
+        catalog,
+        invocations,
+        snapshots,
+        pending,
+    })
+}
+
+/// One look at a whole run: wait while any invocation or reported snapshot is not final
+/// (until the run's deadline), then verify, record and tag every set, write the run's one
+/// summary and queue its copy step. Recording and tagging stop before `deadline` and go on in
+/// the run's next look. The message is a reference: the run's commands, skipped and unsent
+/// instances are the catalog's.
+pub async fn track_run(app: &App, message: RunJob, deadline: DateTime<Utc>) -> Result<(), Error> {
+    let now = Utc::now();
+    let stop_at = stop_time(now, deadline);
+    let dispatched = dispatched_run(app, &message.run_id, "run").await?;
+    let job = RunJob {
+        attempt: message.attempt,
+        ..dispatched
+    };
+    let mut listed = Vec::new();
+    for command in &job.commands {
+        let why = format!("run {}", job.run_id);
+        let found = commands::invocations(&app.aws.ssm, &command.command_id, true, &why).await?;
+        listed.push((command, found));
+    }
+    let listed = RunInvocations::gather(&listed);
+    let mut read: Option<RunRead> = None;
+    let read = loop {
+        let (invocations, pending) = match &read {
+            Some(r) => (&r.invocations, Some(r.pending.as_slice())),
+            None => (&listed, None),
+        };
+        match next_run_step(&job, invocations, pending, now) {
+            RunNext::Wait { job, why } => {
+                match why {
+                    RunWait::Invocations { open } => {
+                        info!(run_id = %job.run_id, open, "run not final yet")
+                    }
+                    RunWait::Snapshots { pending } => {
+                        info!(run_id = %job.run_id, pending, "run waiting for snapshots to complete")
+                    }
+                }
+                return requeue(app, Job::Run(job.as_reference())).await;
+            }
+            RunNext::ReadSnapshots => read = Some(read_run(app, &job.run_id, &listed).await?),
+            RunNext::Finish => break read,
+        }
+    };
+    let Some(RunRead {
+        catalog: run_catalog,
+        invocations,
+        snapshots,
+        ..
+    }) = read
+    else {
+        return Err(Error::Catalog(format!(
+            "run {}: finished without reading its snapshots",
+            job.run_id
+        )));
+    };
     let (results, others, foreign) = run_outcomes(
         &job,
         &invocations,
@@ -204,24 +245,36 @@ pub async fn track_run(app: &App, message: RunJob) -> Result<(), Error> {
     );
     log_foreign(&job.run_id, &foreign[..foreign.len().min(MAX_FOREIGN)]);
     let mut outcomes = Vec::with_capacity(results.len() + others.len());
+    let mut sets: Vec<SetRecord> = run_catalog.sets.into_values().collect();
+    let mut recorded = 0;
     for result in results {
-        // The instance's own message records and tags its set as soon as it is final;
-        // should that message be lost (dead-lettered), the run's does it here.
         let mut outcome = result.outcome;
         if let Some(verified) = result.verified {
-            outcome = record(app, &verified).await?;
-            let set = &verified.record;
-            tag_set(
-                app,
-                &set.instance_id,
-                &set.name,
-                &set.expected,
-                &verified.snapshots,
-            )
-            .await?;
+            if recorded > 0 && Utc::now() >= stop_at {
+                return go_on(app, &job, "recording sets", recorded).await;
+            }
+            let (kept, record_of) = record(app, &verified).await?;
+            outcome = kept;
+            sets.extend(record_of);
+            recorded += 1;
+            log_outcome(&job.run_id, &outcome, 0);
         }
         outcomes.push(outcome);
     }
+    let listed_by_id: HashMap<&str, &SnapshotFacts> = snapshots
+        .iter()
+        .map(|s| (s.snapshot_id.as_str(), s))
+        .collect();
+    let (tagged, untagged) = tag_sets(app, &sets, &listed_by_id, stop_at).await?;
+    if untagged > 0 && now <= job.deadline {
+        info!(run_id = %job.run_id, recorded, tagged, untagged, "snapshots left to tag");
+        return go_on(app, &job, "tagging snapshots", tagged).await;
+    }
+    if untagged > 0 {
+        // Tags are for operators; past the run's deadline its summary does not wait for them.
+        warn!(run_id = %job.run_id, untagged, "past the run's deadline: snapshots left without their Name tag");
+    }
+    info!(run_id = %job.run_id, recorded, tagged, "sets recorded and tagged");
     outcomes.extend(others);
     let summary = RunSummary::new(&job.run_id, job.started_at, now, outcomes).with_foreign(foreign);
     // The copy step is queued before the summary's marker: should this invocation stop
@@ -270,6 +323,18 @@ async fn notify_attention(app: &App, summary: &RunSummary) {
         Ok(()) => info!(run_id = %summary.run_id, topic = %topic, "run summary sent"),
         Err(err) => warn!(run_id = %summary.run_id, error = %err, "run summary not sent"),
     }
+}
+
+/// Ends a look that ran out of time half-way (what it recorded and tagged stays): the run's
+/// next look goes on from there. Each look records or tags at least one snapshot set or
+/// snapshot, so the chain ends.
+async fn go_on(app: &App, job: &RunJob, doing: &str, done: usize) -> Result<(), Error> {
+    info!(run_id = %job.run_id, done, "{doing}: the invocation's time is up, the run's next look goes on");
+    let next = RunJob {
+        attempt: job.attempt + 1,
+        ..job.as_reference()
+    };
+    requeue(app, Job::Run(next)).await
 }
 
 fn log_outcome(run_id: &str, outcome: &Outcome, tagged: usize) {
