@@ -30,7 +30,10 @@ async fn every_outcome_of_a_mixed_fleet() {
     let untagged = ServerSpec::windows("untagged01", 1).untagged();
     let stopped = ServerSpec::windows("stopped01", 1).stopped();
     let linux = ServerSpec::windows("linux01", 1).linux();
+    // A Name as long as EC2 allows (256): `<Name> <device>` is longer, and is cut to fit.
+    let long_name = format!("file{}", "s".repeat(252));
     let servers = vec![
+        ServerSpec::windows(&long_name, 1),
         ServerSpec::windows("sql01", 2),
         ServerSpec::windows("exch01", 3),
         // Not even listed by SSM for 1.5 s, then 3 s in progress: the run must wait for it.
@@ -60,7 +63,7 @@ async fn every_outcome_of_a_mixed_fleet() {
     assert!(run_id.starts_with("20261123T000000Z-"), "{run_id}");
     assert_eq!(
         start["dispatched"].as_array().map(Vec::len),
-        Some(6),
+        Some(7),
         "{start:#}"
     );
 
@@ -79,7 +82,7 @@ async fn every_outcome_of_a_mixed_fleet() {
             .unwrap_or_else(|| panic!("{name} missing from {report:#?}"))
             .clone()
     };
-    for name in ["sql01", "exch01", "slow01"] {
+    for name in ["sql01", "exch01", "slow01", long_name.as_str()] {
         assert_eq!(
             outcome(name).kind,
             OutcomeKind::Consistent,
@@ -120,8 +123,8 @@ async fn every_outcome_of_a_mixed_fleet() {
             .all(|o| o.instance_id != id("untagged01")),
         "untagged instances are not part of the fleet"
     );
-    assert_eq!(report.outcomes.len(), 11);
-    assert_eq!(report.count(OutcomeKind::Consistent), 3);
+    assert_eq!(report.outcomes.len(), 12);
+    assert_eq!(report.count(OutcomeKind::Consistent), 4);
 
     // What the operator checks in EC2: one snapshot per volume, with the contract tags.
     let snapshots = run_snapshots(emulator, &run_id)
@@ -146,11 +149,25 @@ async fn every_outcome_of_a_mixed_fleet() {
         let device = t.get("Device").cloned().unwrap_or_default();
         assert_eq!(t.get("Name"), Some(&format!("sql01 {device}")));
     }
+    let long = per_instance(&long_name);
+    assert_eq!(
+        long.len(),
+        2,
+        "boot + 1 data volume, tagged though the name is long"
+    );
+    for t in long {
+        let name = t.get("Name").cloned().unwrap_or_default();
+        assert_eq!(name.chars().count(), 256, "{name}");
+        assert!(
+            name.starts_with(&long_name[..255]) && name.ends_with('…'),
+            "{name}"
+        );
+    }
     assert!(per_instance("vssfail01")
         .iter()
         .all(|t| t.get("AppConsistent").map(String::as_str) == Some("False")));
-    // 3 + 4 + 2 (slow01) + 3 (VSS failure): nobody else got a snapshot.
-    assert_eq!(snapshots.len(), 12);
+    // 3 + 4 + 2 (slow01) + 2 (the long name) + 3 (VSS failure): nobody else got a snapshot.
+    assert_eq!(snapshots.len(), 14);
     for name in ["untagged01", "stopped01", "offline01", "noebs01", "lost01"] {
         assert!(
             per_instance(name).is_empty(),
@@ -159,11 +176,11 @@ async fn every_outcome_of_a_mixed_fleet() {
     }
     // One VSS command per dispatched instance, none to anyone else.
     let invocations = emulator.invocations().expect("invocations");
-    assert_eq!(invocations.len(), 6);
+    assert_eq!(invocations.len(), 7);
 
     let summary = report.summary_line();
     assert!(
-        summary.contains("needs attention") && summary.contains("11 instances"),
+        summary.contains("needs attention") && summary.contains("12 instances"),
         "{summary}"
     );
     assert!(

@@ -11,6 +11,7 @@ from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models.core import TaggedEC2Resource
 from moto.ec2.models.elastic_block_store import EBSBackend, Volume
 from moto.ec2.models.instances import Instance
+from moto.ec2.models.tags import TagBackend
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, get_prefix
@@ -18,9 +19,30 @@ from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, get_prefix
 from .model import SIM
 
 _original_copy_snapshot = EBSBackend.copy_snapshot
+_original_create_tags = TagBackend.create_tags
+
+# EC2's limits: a tag key of at most 128 characters, a value of at most 256, a snapshot's
+# description at most 255 (moto: any length).
+TAG_KEY_MAX, TAG_VALUE_MAX, DESCRIPTION_MAX = 128, 256, 255
+
+
+def _create_tags(self: Any, resource_ids: list[str], tags: dict[str, str]) -> Any:
+    for key, value in tags.items():
+        if len(key) > TAG_KEY_MAX or len(value or "") > TAG_VALUE_MAX:
+            raise EC2ClientError(
+                "InvalidParameterValue",
+                f"Tag {key[:40]!r}: a key may hold {TAG_KEY_MAX} characters and a value {TAG_VALUE_MAX}",
+            )
+    return _original_create_tags(self, resource_ids, tags)
 
 
 def _copy_snapshot(self: Any, *args: Any, **kwargs: Any) -> Any:
+    description = kwargs.get("description", args[2] if len(args) > 2 else None) or ""
+    if len(description) > DESCRIPTION_MAX:
+        raise EC2ClientError(
+            "InvalidParameterValue",
+            f"The description may hold at most {DESCRIPTION_MAX} characters",
+        )
     # EBS limits concurrent copies into a region (ResourceLimitExceeded); the harness can make
     # the first copies into a region meet that limit.
     if SIM.refuse_copy(self.region_name):
@@ -142,6 +164,7 @@ REPLACES = (
     "AttachVolume refuses a volume still being created (IncorrectState)",
     "StopInstances/StartInstances: stopping/pending for a while when asked (moto: stopped/running at once)",
     "DescribeSnapshots honours MaxResults and NextToken (moto: one page, everything)",
+    "CreateTags and CopySnapshot refuse tags and descriptions past EC2's lengths (moto: any length)",
     "a resource's tags are looked up by its id (moto: scans every tag of the region per resource)",
     "a DescribeInstances page holds at most MaxResults instances (moto: counts reservations)",
 )
@@ -150,6 +173,7 @@ REPLACES = (
 def install() -> None:
     """Patches moto as `REPLACES` lists. Idempotent only in the sense that it is called once."""
     EBSBackend.copy_snapshot = _copy_snapshot
+    TagBackend.create_tags = _create_tags
     EBSBackend.create_volume = _create_volume
     EBSBackend.attach_volume = _attach_volume
     Volume.status = property(_volume_status)

@@ -11,7 +11,8 @@ use crate::model::ids::parse_regions;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::SnapshotState;
 use crate::model::tags::{
-    TAG_COPY_REGIONS, TAG_INSTANCE_ID, TAG_NAME, TAG_RUN_ID, TAG_SOURCE_REGION, TAG_SOURCE_SNAPSHOT,
+    cut_chars, DESCRIPTION_MAX_CHARS, TAG_COPY_REGIONS, TAG_INSTANCE_ID, TAG_NAME, TAG_RUN_ID,
+    TAG_SOURCE_REGION, TAG_SOURCE_SNAPSHOT,
 };
 
 /// A copy already in a destination region.
@@ -186,9 +187,12 @@ pub fn copy_description(source: &SnapshotFacts, home: &str) -> String {
         .get(TAG_RUN_ID)
         .map(String::as_str)
         .unwrap_or("-");
-    format!(
-        "Copy of {} ({name}) from {home}, consistent-snapshot run {run}",
-        source.snapshot_id
+    cut_chars(
+        &format!(
+            "Copy of {} ({name}) from {home}, consistent-snapshot run {run}",
+            source.snapshot_id
+        ),
+        DESCRIPTION_MAX_CHARS,
     )
 }
 

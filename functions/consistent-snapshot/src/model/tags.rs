@@ -48,6 +48,21 @@ pub const TAGS_READ: [&str; 7] = [
     TAG_SOURCE_REGION,
 ];
 
+/// EC2's limits: a tag value holds at most 256 characters, a snapshot's description 255.
+pub const TAG_VALUE_MAX_CHARS: usize = 256;
+pub const DESCRIPTION_MAX_CHARS: usize = 255;
+
+/// `text` cut to at most `max` characters (as EC2 counts them), ending in `…` when cut, so
+/// that a long instance name cannot make a tag or a description EC2 refuses.
+pub fn cut_chars(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
 /// What an `AppConsistent` tag value says: only `true` (any case) is consistent.
 pub fn is_app_consistent(value: Option<&str>) -> bool {
     value.is_some_and(|v| v.eq_ignore_ascii_case("true"))
@@ -70,6 +85,16 @@ pub fn sanitize_tag_text(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_text_is_cut_to_ec2s_limit_in_characters() {
+        assert_eq!(cut_chars("sql01 xvdf", TAG_VALUE_MAX_CHARS), "sql01 xvdf");
+        let name = "é".repeat(300);
+        let cut = cut_chars(&name, TAG_VALUE_MAX_CHARS);
+        assert_eq!(cut.chars().count(), TAG_VALUE_MAX_CHARS);
+        assert!(cut.ends_with('…'));
+        assert_eq!(cut_chars(&"a".repeat(256), 256), "a".repeat(256));
+    }
 
     #[test]
     fn only_true_is_app_consistent() {

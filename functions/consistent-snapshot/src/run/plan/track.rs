@@ -14,7 +14,7 @@ use crate::model::catalog::{
 use crate::model::command::{FinalInvocation, Invocation, Look};
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::{CommandStatus, SnapshotState};
-use crate::model::tags::{TAG_INSTANCE_ID, TAG_NAME};
+use crate::model::tags::{cut_chars, TAG_INSTANCE_ID, TAG_NAME, TAG_VALUE_MAX_CHARS};
 use crate::run::plan::outcome::{failure_reason, Outcome, OutcomeKind};
 use crate::run::plan::record::{outcome_of, verify_set, Verified};
 
@@ -96,7 +96,10 @@ pub fn instance_tags(
 ) -> Option<Vec<(String, String)>> {
     let wanted: BTreeMap<&str, String> = [
         (TAG_INSTANCE_ID, instance_id.to_string()),
-        (TAG_NAME, format!("{name} {device}")),
+        (
+            TAG_NAME,
+            cut_chars(&format!("{name} {device}"), TAG_VALUE_MAX_CHARS),
+        ),
     ]
     .into();
     if wanted.iter().all(|(k, v)| snapshot.tags.get(*k) == Some(v)) {
@@ -721,6 +724,10 @@ mod tests {
         let mut tagged = untagged.clone();
         tagged.tags.extend(tags);
         assert_eq!(instance_tags("i-1", "sql01", "xvdf", &tagged), None);
+        // A name EC2 would refuse is cut to its limit.
+        let long = "s".repeat(300);
+        let tags = instance_tags("i-1", &long, "xvdf", &untagged).unwrap_or_default();
+        assert_eq!(tags[1].1.chars().count(), 256);
         // A Device tag (which any fleet server may set) names nothing.
         let mut flipped = tagged;
         flipped.tags.insert("Device".into(), "/dev/evil".into());

@@ -86,15 +86,26 @@ fn log_foreign(run_id: &str, foreign: &[ForeignSnapshot]) {
     }
 }
 
+/// What tagging the run's sets came to.
+#[derive(Debug, Default)]
+struct Tagging {
+    tagged: usize,
+    /// Left for the run's next look (time ran out, or EC2 throttled).
+    left: usize,
+    /// Refused by EC2 with a code that another try would not change: logged, left untagged.
+    failed: usize,
+}
+
 /// Adds the per-instance contract tags to the recorded sets' snapshots that lack them, until
-/// `stop_at`; answers how many snapshots were tagged and how many are left for the next look
-/// (already tagged ones cost no call; a snapshot EC2 no longer lists is not tagged).
+/// `stop_at` (already tagged ones cost no call; a snapshot EC2 no longer lists is not tagged).
+/// A snapshot EC2 refuses to tag is logged with the code and the rest go on: tags are for
+/// operators, and one of them must not hold up the run's summary, copies and retention.
 async fn tag_sets(
     app: &App,
     sets: &[SetRecord],
     listed: &HashMap<&str, &SnapshotFacts>,
     stop_at: DateTime<Utc>,
-) -> Result<(usize, usize), Error> {
+) -> Tagging {
     let wanted: Vec<(&str, Vec<(String, String)>)> = sets
         .iter()
         .flat_map(|set| {
@@ -105,13 +116,26 @@ async fn tag_sets(
             })
         })
         .collect();
+    let mut tagging = Tagging::default();
     for (done, (snapshot_id, tags)) in wanted.iter().enumerate() {
         if done > 0 && Utc::now() >= stop_at {
-            return Ok((done, wanted.len() - done));
+            tagging.left = wanted.len() - done;
+            break;
         }
-        snapshots::tag(&app.aws.ec2, snapshot_id, tags, snapshot_id).await?;
+        match snapshots::tag(&app.aws.ec2, snapshot_id, tags, snapshot_id).await {
+            Ok(()) => tagging.tagged += 1,
+            Err(err) if err.is_throttling() => {
+                warn!(snapshot_id, error = %err, "tagging throttled: the run's next look goes on");
+                tagging.left = wanted.len() - done;
+                break;
+            }
+            Err(err) => {
+                warn!(snapshot_id, code = err.aws_code().unwrap_or(""), error = %err, "snapshot not tagged");
+                tagging.failed += 1;
+            }
+        }
     }
-    Ok((wanted.len(), 0))
+    tagging
 }
 
 /// What one look of the run read once every invocation was final: the catalog's view, the
@@ -265,16 +289,20 @@ pub async fn track_run(app: &App, message: RunJob, deadline: DateTime<Utc>) -> R
         .iter()
         .map(|s| (s.snapshot_id.as_str(), s))
         .collect();
-    let (tagged, untagged) = tag_sets(app, &sets, &listed_by_id, stop_at).await?;
-    if untagged > 0 && now <= job.deadline {
-        info!(run_id = %job.run_id, recorded, tagged, untagged, "snapshots left to tag");
+    let Tagging {
+        tagged,
+        left,
+        failed,
+    } = tag_sets(app, &sets, &listed_by_id, stop_at).await;
+    if left > 0 && now <= job.deadline {
+        info!(run_id = %job.run_id, recorded, tagged, left, "snapshots left to tag");
         return go_on(app, &job, "tagging snapshots", tagged).await;
     }
-    if untagged > 0 {
+    if left > 0 {
         // Tags are for operators; past the run's deadline its summary does not wait for them.
-        warn!(run_id = %job.run_id, untagged, "past the run's deadline: snapshots left without their Name tag");
+        warn!(run_id = %job.run_id, left, "past the run's deadline: snapshots left without their Name tag");
     }
-    info!(run_id = %job.run_id, recorded, tagged, "sets recorded and tagged");
+    info!(run_id = %job.run_id, recorded, tagged, not_tagged = failed, "sets recorded and tagged");
     outcomes.extend(others);
     let summary = RunSummary::new(&job.run_id, job.started_at, now, outcomes).with_foreign(foreign);
     // The copy step is queued before the summary's marker: should this invocation stop
