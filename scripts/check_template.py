@@ -163,6 +163,9 @@ def check(template: dict) -> list[str]:
         "ApproximateNumberOfMessagesVisible": "a dead-letter queue that is not empty",
         "JobsRefused": "forged or unknown jobs refused",
         "ForeignSnapshots": "snapshots tagged as this deployment's that it did not record",
+        "CopiesFailed": "copies in error, or refused for good by a copy region",
+        "CopiesTimedOut": "copies not final by the copy step's deadline",
+        "RegionsUnreadable": "a region retention could not read",
     }
     for metric, what in wanted.items():
         if not any(a.get("MetricName") == metric for a in alarms.values()):

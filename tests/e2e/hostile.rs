@@ -402,72 +402,89 @@ async fn run_items(emulator: &Emulator, run_id: &str) -> usize {
     out.items().len()
 }
 
+/// A permission refused for good after the run's claim. Where the refusal is one region's,
+/// it is contained (the region is named failed, the chain ends); where every look at the run
+/// is refused, the chain is stuck, and ends in the dead-letter queue. Either way the messages
+/// and the catalog items it costs are bounded.
 #[tokio::test]
 async fn a_chain_stuck_on_access_denied_leaves_bounded_items_and_messages() {
-    let world = World::start(1).await.expect("world");
-    let emulator = &world.emulator;
-    world
-        .seed(&[
-            ServerSpec::windows("sql01", 1),
-            ServerSpec::windows("files01", 1),
-        ])
-        .await
-        .expect("seed");
-    // After the run's claim, the DR region refuses every read for good (an SCP, a region
-    // disabled): each pass of the copy step fails, after queueing its successor.
-    let chaos = Chaos::new(
-        emulator,
-        &world.queue,
-        &[
-            ("COPY_REGIONS", COPY_REGION),
-            ("SNAPSHOT_COMPLETION_TIMEOUT_SECONDS", "60"),
-        ],
-        ChaosOptions::calm(3),
-    )
-    .expect("chaos");
-    chaos.proxy.force(
-        &format!("ec2:DescribeSnapshots@{COPY_REGION}"),
-        Fault::AccessDenied,
-        u32::MAX,
-    );
-    let started = chaos
-        .schedule(&scheduled_event("nightly", "2026-11-23T00:00:00Z"))
-        .await
-        .expect("schedule");
-    let run_id = started[0]["run_id"].as_str().expect("run id").to_string();
-    let drained = chaos
-        .drain(10, std::time::Duration::from_secs(300))
-        .await
-        .expect("drain");
-    let stats = chaos.proxy.stats();
-    let sent: u64 = ["sqs:SendMessage", "sqs:SendMessageBatch"]
-        .iter()
-        .filter_map(|a| stats.calls.get(*a))
-        .sum();
-    let items = run_items(emulator, &run_id).await;
-    let passes = world.logs.messages_starting("step failed").len();
-    println!(
-        "stuck copy chain: {} deliveries, {sent} sends, {passes} failed steps, {items} catalog items of the run",
-        drained.messages
-    );
-    assert!(passes > 0, "the copy passes failed");
-    // The chain ended by its deadline: the queue is empty (the last passes are in the DLQ).
-    assert!(
-        harness::queue_is_empty(&emulator.sqs(), &world.queue)
+    // (the refused call, whether the function contains it)
+    let cases = [
+        (format!("ec2:DescribeSnapshots@{COPY_REGION}"), true),
+        ("ssm:ListCommandInvocations".to_string(), false),
+    ];
+    for (action, contained) in cases {
+        let world = World::start(1).await.expect("world");
+        let emulator = &world.emulator;
+        world
+            .seed(&[
+                ServerSpec::windows("sql01", 1),
+                ServerSpec::windows("files01", 1),
+            ])
             .await
-            .expect("queue"),
-        "the chain ended"
-    );
-    assert!(
-        world.logs.run_report(&run_id).is_some(),
-        "the run itself was reported"
-    );
-    // Bounded by the 60 s deadline: a pass every 1–2 s, each tried 5 times before the DLQ;
-    // the run's items are its claim and markers, a copy-pass marker per pass, the run, its
-    // manifest (2) and sets (2).
-    assert!(drained.messages <= 400, "{drained:?}");
-    assert!(sent <= 200, "{sent} messages sent");
-    assert!(items <= 60, "{items} catalog items for one run");
+            .expect("seed");
+        let chaos = Chaos::new(
+            emulator,
+            &world.queue,
+            &[
+                ("COPY_REGIONS", COPY_REGION),
+                ("SNAPSHOT_COMPLETION_TIMEOUT_SECONDS", "60"),
+            ],
+            ChaosOptions::calm(3),
+        )
+        .expect("chaos");
+        chaos.proxy.force(&action, Fault::AccessDenied, u32::MAX);
+        let started = chaos
+            .schedule(&scheduled_event("nightly", "2026-11-23T00:00:00Z"))
+            .await
+            .expect("schedule");
+        let run_id = started[0]["run_id"].as_str().expect("run id").to_string();
+        let drained = chaos
+            .drain(10, std::time::Duration::from_secs(300))
+            .await
+            .expect("drain");
+        let stats = chaos.proxy.stats();
+        let sent: u64 = ["sqs:SendMessage", "sqs:SendMessageBatch"]
+            .iter()
+            .filter_map(|a| stats.calls.get(*a))
+            .sum();
+        let items = run_items(emulator, &run_id).await;
+        let failed_steps = world.logs.messages_starting("step failed").len();
+        println!(
+            "{action} refused: {} deliveries, {sent} sends, {failed_steps} failed steps, {items} catalog items of the run",
+            drained.messages
+        );
+        // The chain ended: the queue is empty.
+        assert!(
+            harness::queue_is_empty(&emulator.sqs(), &world.queue)
+                .await
+                .expect("queue"),
+            "{action}: the chain ended"
+        );
+        if contained {
+            // Nothing failed: the region is named, the run and its copies are reported.
+            assert_eq!(failed_steps, 0, "{action}");
+            assert!(world.logs.run_report(&run_id).is_some(), "{action}");
+            let copies = world.logs.messages_starting("copies need attention");
+            assert!(
+                copies.len() == 1
+                    && copies[0]["message"].as_str().is_some_and(
+                        |m| m.contains(&format!("{COPY_REGION} (UnauthorizedOperation)"))
+                    ),
+                "{action}: {copies:#?}"
+            );
+        } else {
+            // Each delivery of the run's look fails; five receives, then the dead-letter queue.
+            assert!(failed_steps > 0, "{action}");
+            assert!(world.logs.run_report(&run_id).is_none(), "{action}");
+        }
+        // Bounded (measured: 8 and 9 deliveries, 6 and 3 sends, 10 and 7 items): the run's
+        // items are its claim and markers, a copy-pass marker per pass, the run, its manifest
+        // and final results (2 each) and sets (2).
+        assert!(drained.messages <= 20, "{action}: {drained:?}");
+        assert!(sent <= 12, "{action}: {sent} messages sent");
+        assert!(items <= 16, "{action}: {items} catalog items for one run");
+    }
 }
 
 #[tokio::test]

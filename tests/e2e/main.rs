@@ -7,6 +7,7 @@
 mod chaos;
 mod copy_retention;
 mod event_shapes;
+mod faults;
 mod fleet_scale;
 mod hostile;
 mod idempotency;

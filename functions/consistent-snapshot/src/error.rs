@@ -56,6 +56,13 @@ impl Error {
         is_throttling(self.aws_code())
     }
 
+    /// Whether another try cannot succeed: AWS refused the call for what it is (a permission,
+    /// a region not enabled, a key, a parameter), not for how busy it is. Anything else (no
+    /// answer, HTTP 5xx, throttling) is transient.
+    pub fn is_permanent(&self) -> bool {
+        is_permanent(self.aws_code())
+    }
+
     /// What failed, for Lambda's `errorType` (CloudWatch, the async-invocation DLQ and the
     /// caller see it without reading the message): `Config`, `Event`, `Aws.<code>`,
     /// `Retention`, `Restore`, `Enqueue`, `Catalog`, `Refused`.
@@ -98,6 +105,32 @@ const THROTTLING_CODES: [&str; 12] = [
     "SlowDown",
 ];
 
+/// Error codes with which AWS refuses a call that no retry will make succeed.
+const PERMANENT_CODES: [&str; 14] = [
+    "AccessDenied",
+    "AccessDeniedException",
+    "UnauthorizedOperation",
+    "AuthFailure",
+    "OptInRequired",
+    "Blocked",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "InvalidParameter",
+    "InvalidParameterValue",
+    "InvalidParameterCombination",
+    "MissingParameter",
+    "KMSKeyNotAccessibleFault",
+    "DisabledException",
+];
+
+/// Whether an AWS error code refuses the call for good (`PERMANENT_CODES`, or EC2's
+/// `InvalidKmsKey…`/`KMS…` family): failing at once names the cause; retrying only hides it.
+pub fn is_permanent(code: Option<&str>) -> bool {
+    code.is_some_and(|c| {
+        PERMANENT_CODES.contains(&c) || c.starts_with("InvalidKmsKey") || c.starts_with("KMS")
+    })
+}
+
 /// Whether an AWS error code means throttling: the request was not carried out.
 pub fn is_throttling(code: Option<&str>) -> bool {
     code.is_some_and(|c| THROTTLING_CODES.contains(&c))
@@ -135,5 +168,32 @@ mod tests {
         for (err, kind) in cases {
             assert_eq!(Diagnostic::from(err).error_type, kind);
         }
+    }
+
+    #[test]
+    fn permanent_and_transient_errors_are_told_apart_by_code() {
+        for code in [
+            "AccessDenied",
+            "UnauthorizedOperation",
+            "OptInRequired",
+            "AuthFailure",
+            "InvalidParameterValue",
+            "KMSKeyNotAccessibleFault",
+            "InvalidKmsKey.NotFound",
+        ] {
+            assert!(is_permanent(Some(code)), "{code}");
+            assert!(!is_throttling(Some(code)), "{code}");
+        }
+        for code in [
+            "RequestLimitExceeded",
+            "ThrottlingException",
+            "InternalError",
+            "Unavailable",
+            "ResourceLimitExceeded",
+            "Unknown",
+        ] {
+            assert!(!is_permanent(Some(code)), "{code}");
+        }
+        assert!(!is_permanent(None));
     }
 }

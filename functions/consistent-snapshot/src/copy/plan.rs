@@ -77,12 +77,68 @@ pub struct CopyPlan {
     pub failed: Vec<String>,
     /// Instances whose copy-region override cannot be read: nothing of theirs is copied.
     pub invalid: Vec<String>,
+    /// Regions that refused the copy step for good (a permission, a region not enabled, a
+    /// key): the AWS code and how many copies were not made there.
+    pub regions_failed: BTreeMap<String, RegionFailure>,
+}
+
+/// A region that refused the copy step for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RegionFailure {
+    pub code: String,
+    pub copies_not_made: usize,
+}
+
+/// Why a pass cannot work in a region: AWS's code, and whether another try could succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionFault {
+    pub code: String,
+    pub permanent: bool,
 }
 
 impl CopyPlan {
-    /// Every copy exists and is final.
+    /// Every copy exists and is final (or its region refused it for good).
     pub fn is_final(&self) -> bool {
         self.to_start.is_empty() && self.pending.values().all(|n| *n == 0)
+    }
+
+    /// Takes out of `to_start` the copies into regions the pass cannot work in: into a region
+    /// that refused for good they are failed there, with the code (final: no later pass tries
+    /// again); into one that did not answer they are pending, for the next pass. One region
+    /// never holds up the others.
+    pub fn without_regions(mut self, faults: &BTreeMap<String, RegionFault>) -> Self {
+        let (blocked, go): (Vec<_>, Vec<_>) = self
+            .to_start
+            .into_iter()
+            .partition(|(region, _)| faults.contains_key(region));
+        self.to_start = go;
+        for (region, _) in blocked {
+            let Some(fault) = faults.get(&region) else {
+                continue;
+            };
+            if fault.permanent {
+                self.regions_failed
+                    .entry(region)
+                    .or_insert_with(|| RegionFailure {
+                        code: fault.code.clone(),
+                        copies_not_made: 0,
+                    })
+                    .copies_not_made += 1;
+            } else {
+                *self.pending.entry(region).or_default() += 1;
+            }
+        }
+        self
+    }
+
+    /// Copies that failed: those in `error`, and those a region refused for good.
+    pub fn failed_count(&self) -> usize {
+        self.failed.len()
+            + self
+                .regions_failed
+                .values()
+                .map(|f| f.copies_not_made)
+                .sum::<usize>()
     }
 }
 
@@ -162,6 +218,10 @@ pub struct CopySummary {
     pub pending: BTreeMap<String, usize>,
     pub failed: Vec<String>,
     pub invalid: Vec<String>,
+    /// Regions that refused for good, with the AWS code and the copies not made there.
+    pub regions_failed: BTreeMap<String, RegionFailure>,
+    /// Copies never started before the step's deadline.
+    pub not_started: usize,
     pub timed_out: bool,
 }
 
@@ -256,6 +316,59 @@ mod tests {
             &existing,
         );
         assert!(plan.is_final() && plan.to_start.is_empty());
+    }
+
+    #[test]
+    fn a_region_refused_for_good_fails_its_copies_and_one_not_answering_holds_them() {
+        let both = || Ok(vec!["eu-west-1".to_string(), "us-west-2".to_string()]);
+        let sources = vec![
+            (source("snap-a", "completed"), both()),
+            (source("snap-b", "completed"), both()),
+        ];
+        let plan = plan_copies(&sources, &BTreeMap::new());
+        assert_eq!(plan.to_start.len(), 4);
+        let denied: BTreeMap<String, RegionFault> = [(
+            "us-west-2".to_string(),
+            RegionFault {
+                code: "UnauthorizedOperation".into(),
+                permanent: true,
+            },
+        )]
+        .into();
+        let refused = plan.clone().without_regions(&denied);
+        assert!(refused.to_start.iter().all(|(r, _)| r == "eu-west-1"));
+        assert_eq!(refused.to_start.len(), 2);
+        assert_eq!(
+            refused.regions_failed.get("us-west-2"),
+            Some(&RegionFailure {
+                code: "UnauthorizedOperation".into(),
+                copies_not_made: 2
+            })
+        );
+        assert_eq!(refused.failed_count(), 2);
+        // Once eu-west-1's copies exist, the step is final: the refused region holds nothing.
+        let done = CopyPlan {
+            to_start: vec![],
+            ..refused
+        };
+        assert!(done.is_final());
+        // A region that did not answer keeps its copies pending for the next pass.
+        let silent: BTreeMap<String, RegionFault> = [(
+            "us-west-2".to_string(),
+            RegionFault {
+                code: "Unavailable".into(),
+                permanent: false,
+            },
+        )]
+        .into();
+        let waiting = plan.without_regions(&silent);
+        assert_eq!(waiting.pending.get("us-west-2"), Some(&2));
+        assert!(waiting.regions_failed.is_empty());
+        assert!(!CopyPlan {
+            to_start: vec![],
+            ..waiting
+        }
+        .is_final());
     }
 
     #[test]

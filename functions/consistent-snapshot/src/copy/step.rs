@@ -18,7 +18,7 @@ use crate::aws::instances;
 use crate::aws::snapshots::{self, CopyRequest};
 use crate::copy::plan::{
     copy_description, copy_regions_of, copy_tags, existing_copies, lost_answer_copies, plan_copies,
-    CopyPlan, CopySummary,
+    CopyPlan, CopySummary, ExistingCopy, RegionFault,
 };
 use crate::error::Error;
 use crate::jobs::{CopyJob, Envelope, Job, RetentionJob};
@@ -99,6 +99,8 @@ fn report_copies(app: &App, job: &CopyJob, plan: &CopyPlan, started: usize, time
         pending: plan.pending.clone(),
         failed: plan.failed.clone(),
         invalid: plan.invalid.clone(),
+        regions_failed: plan.regions_failed.clone(),
+        not_started: if timed_out { plan.to_start.len() } else { 0 },
         timed_out,
     };
     let text = serde_json::to_string(&summary).unwrap_or_default();
@@ -108,15 +110,30 @@ fn report_copies(app: &App, job: &CopyJob, plan: &CopyPlan, started: usize, time
         app,
         &[
             ("SnapshotsCopied", done),
-            ("CopiesFailed", plan.failed.len() + plan.invalid.len()),
-            ("CopiesTimedOut", if timed_out { pending } else { 0 }),
+            ("CopiesFailed", plan.failed_count() + plan.invalid.len()),
+            // Not final at the deadline: pending, or never started.
+            (
+                "CopiesTimedOut",
+                if timed_out {
+                    pending + summary.not_started
+                } else {
+                    0
+                },
+            ),
+            ("CopiesNotStarted", summary.not_started),
         ],
         &[("RunId", &job.run_id), ("Event", "copies")],
     );
-    if plan.failed.is_empty() && plan.invalid.is_empty() && !timed_out {
+    let failed = plan.failed_count();
+    if failed == 0 && plan.invalid.is_empty() && !timed_out {
         info!(run_id = %job.run_id, copies = %text, "copies: {done} completed");
     } else {
-        warn!(run_id = %job.run_id, copies = %text, "copies need attention: {done} completed, {} failed, {} not readable, timed out: {timed_out}", plan.failed.len(), plan.invalid.len());
+        let regions: Vec<String> = plan
+            .regions_failed
+            .iter()
+            .map(|(region, f)| format!("{region} ({})", f.code))
+            .collect();
+        warn!(run_id = %job.run_id, copies = %text, "copies need attention: {done} completed, {failed} failed (regions refused: {}), {} not readable, {} not started, timed out: {timed_out}", if regions.is_empty() { "none".to_string() } else { regions.join(", ") }, plan.invalid.len(), summary.not_started);
     }
 }
 
@@ -180,68 +197,32 @@ async fn copy_pass(app: &App, job: &CopyJob) -> Result<(CopyPlan, usize, bool), 
         .flatten()
         .cloned()
         .collect();
+    let home_sources: Vec<SnapshotFacts> = sources.iter().map(|(s, _)| s.clone()).collect();
     let mut existing = BTreeMap::new();
+    let mut faults: BTreeMap<String, RegionFault> = BTreeMap::new();
     for region in &regions {
-        let subject = format!("copies of run {} in {region}", job.run_id);
-        let recorded: Vec<&CopyRecord> = recorded_copies
-            .iter()
-            .filter(|c| &c.region == region)
-            .collect();
-        let ids: Vec<String> = recorded.iter().map(|c| c.snapshot_id.clone()).collect();
-        let ec2 = app.aws.ec2_in(region);
-        // The run's copies there (they carry its tag), and by id those recorded that the tag
-        // does not find.
-        let recorded_ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
-        let tagged = snapshots::tagged_copies(&ec2, &job.run_id, &subject).await?;
-        let listed: Vec<SnapshotFacts> = tagged.iter().map(|(s, _)| s.clone()).collect();
-        let mut found = snapshots::with_ids(&ec2, &listed, &ids, &subject).await?;
-        // A copy started by a call whose answer was lost is recorded now, not made twice.
-        let unrecorded: Vec<(SnapshotFacts, String)> = tagged
-            .into_iter()
-            .filter(|(s, _)| !recorded_ids.contains(s.snapshot_id.as_str()))
-            .collect();
-        let home_sources: Vec<SnapshotFacts> = sources.iter().map(|(s, _)| s.clone()).collect();
-        let mut adopted_records = Vec::new();
-        for (source_id, copy) in lost_answer_copies(&home_sources, &unrecorded, home) {
-            let Some(source) = home_sources.iter().find(|s| s.snapshot_id == source_id) else {
-                continue;
-            };
-            let instance_id = source
-                .tags
-                .get(TAG_INSTANCE_ID)
-                .cloned()
-                .unwrap_or_default();
-            info!(run_id = %job.run_id, region = %region, source = %source_id, copy = %copy.snapshot_id, "a copy whose CopySnapshot answer was lost: recorded");
-            let record = CopyRecord {
-                consistent: verdicts
-                    .get(&(instance_id.as_str(), job.run_id.as_str()))
-                    .copied()
-                    .unwrap_or(false),
-                run_id: job.run_id.clone(),
-                instance_id,
-                region: region.clone(),
-                source_snapshot_id: source_id,
-                snapshot_id: copy.snapshot_id.clone(),
-                started_at: Utc::now(),
-                imported: false,
-            };
-            app.aws.catalog.record_copy(&record).await?;
-            found.push(copy.clone());
-            adopted_records.push(record);
+        match region_copies(app, job, region, &recorded_copies, &home_sources, &verdicts).await {
+            Ok(copies) => {
+                existing.insert(region.clone(), copies);
+            }
+            Err(err) => {
+                let fault = region_fault(&err);
+                warn!(run_id = %job.run_id, region = %region, code = %fault.code, permanent = fault.permanent, error = %err, "copy region not readable: no copy goes there in this pass");
+                faults.insert(region.clone(), fault);
+            }
         }
-        let mut recorded = recorded;
-        recorded.extend(adopted_records.iter());
-        existing.insert(region.clone(), existing_copies(&recorded, &found));
     }
-    let plan = plan_copies(&sources, &existing);
+    let plan = plan_copies(&sources, &existing).without_regions(&faults);
     let by_id: BTreeMap<&str, &SnapshotFacts> = sources
         .iter()
         .map(|(s, _)| (s.snapshot_id.as_str(), s))
         .collect();
     let mut started = 0;
     let mut limited: BTreeSet<String> = BTreeSet::new();
+    let mut refused: BTreeMap<String, RegionFault> = BTreeMap::new();
+    let mut started_ids: HashSet<(String, String)> = HashSet::new();
     for (region, source_id) in &plan.to_start {
-        if limited.contains(region) {
+        if limited.contains(region) || refused.contains_key(region) {
             continue;
         }
         let Some(source) = by_id.get(source_id.as_str()) else {
@@ -258,6 +239,7 @@ async fn copy_pass(app: &App, job: &CopyJob) -> Result<(CopyPlan, usize, bool), 
             Ok(copy_id) => {
                 info!(run_id = %job.run_id, region = %region, source = %source_id, copy = %copy_id, "copy started");
                 started += 1;
+                started_ids.insert((region.clone(), source_id.clone()));
                 let instance_id = source
                     .tags
                     .get(TAG_INSTANCE_ID)
@@ -285,6 +267,12 @@ async fn copy_pass(app: &App, job: &CopyJob) -> Result<(CopyPlan, usize, bool), 
                 info!(run_id = %job.run_id, region = %region, "copy limit of the region reached: the rest waits for the next pass");
                 limited.insert(region.clone());
             }
+            // Refused for good (a permission, a key, the region): no copy goes there, this
+            // pass or the next; the region is reported failed with the code.
+            Err(err) if err.is_permanent() => {
+                warn!(run_id = %job.run_id, region = %region, source = %source_id, code = err.aws_code().unwrap_or(""), error = %err, "copies into the region refused: it is reported failed");
+                refused.insert(region.clone(), region_fault(&err));
+            }
             // Throttled, or no answer: whether the copy exists, the next pass will see.
             Err(err) => {
                 warn!(run_id = %job.run_id, region = %region, source = %source_id, error = %err, "copy not confirmed: the next pass checks the destination");
@@ -292,5 +280,80 @@ async fn copy_pass(app: &App, job: &CopyJob) -> Result<(CopyPlan, usize, bool), 
             }
         }
     }
+    // What a region refused in this pass is failed there; what was started is on its way.
+    let mut plan = plan;
+    if !refused.is_empty() {
+        plan.to_start
+            .retain(|pair| !(refused.contains_key(&pair.0) && started_ids.contains(pair)));
+        plan = plan.without_regions(&refused);
+    }
     Ok((plan, started, !limited.is_empty()))
+}
+
+/// How a region's fault reads: its AWS code, and whether it is for good.
+fn region_fault(err: &Error) -> RegionFault {
+    RegionFault {
+        code: err.aws_code().unwrap_or("Unknown").to_string(),
+        permanent: err.is_permanent(),
+    }
+}
+
+/// The run's copies in one destination region: those the catalog records that EC2 still
+/// reports, read by the run's tag (by id those the tag does not find), and those whose
+/// CopySnapshot answer was lost, recorded now rather than made twice.
+async fn region_copies(
+    app: &App,
+    job: &CopyJob,
+    region: &str,
+    recorded_copies: &[CopyRecord],
+    home_sources: &[SnapshotFacts],
+    verdicts: &BTreeMap<(&str, &str), bool>,
+) -> Result<Vec<ExistingCopy>, Error> {
+    let home = app.config.region.as_str();
+    let subject = format!("copies of run {} in {region}", job.run_id);
+    let recorded: Vec<&CopyRecord> = recorded_copies
+        .iter()
+        .filter(|c| c.region == region)
+        .collect();
+    let ids: Vec<String> = recorded.iter().map(|c| c.snapshot_id.clone()).collect();
+    let ec2 = app.aws.ec2_in(region);
+    let recorded_ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let tagged = snapshots::tagged_copies(&ec2, &job.run_id, &subject).await?;
+    let listed: Vec<SnapshotFacts> = tagged.iter().map(|(s, _)| s.clone()).collect();
+    let mut found = snapshots::with_ids(&ec2, &listed, &ids, &subject).await?;
+    let unrecorded: Vec<(SnapshotFacts, String)> = tagged
+        .into_iter()
+        .filter(|(s, _)| !recorded_ids.contains(s.snapshot_id.as_str()))
+        .collect();
+    let mut adopted_records = Vec::new();
+    for (source_id, copy) in lost_answer_copies(home_sources, &unrecorded, home) {
+        let Some(source) = home_sources.iter().find(|s| s.snapshot_id == source_id) else {
+            continue;
+        };
+        let instance_id = source
+            .tags
+            .get(TAG_INSTANCE_ID)
+            .cloned()
+            .unwrap_or_default();
+        info!(run_id = %job.run_id, region = %region, source = %source_id, copy = %copy.snapshot_id, "a copy whose CopySnapshot answer was lost: recorded");
+        let record = CopyRecord {
+            consistent: verdicts
+                .get(&(instance_id.as_str(), job.run_id.as_str()))
+                .copied()
+                .unwrap_or(false),
+            run_id: job.run_id.clone(),
+            instance_id,
+            region: region.to_string(),
+            source_snapshot_id: source_id,
+            snapshot_id: copy.snapshot_id.clone(),
+            started_at: Utc::now(),
+            imported: false,
+        };
+        app.aws.catalog.record_copy(&record).await?;
+        found.push(copy.clone());
+        adopted_records.push(record);
+    }
+    let mut recorded = recorded;
+    recorded.extend(adopted_records.iter());
+    Ok(existing_copies(&recorded, &found))
 }

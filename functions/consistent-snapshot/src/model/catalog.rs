@@ -7,7 +7,7 @@
 //! the catalog (only the function's role may) nor what EC2 reports of a snapshot (owner,
 //! volume id, start time).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -295,6 +295,19 @@ impl CatalogIndex {
             imported: copy.imported,
         };
         self.insert(&copy.region, &copy.snapshot_id, entry);
+    }
+
+    /// The source snapshots of the copies the catalog records in `region`.
+    pub fn sources_copied_to(&self, region: &str) -> HashSet<Arc<str>> {
+        let Some(index) = self.by_region.get(region) else {
+            return HashSet::new();
+        };
+        index
+            .packed
+            .values()
+            .chain(index.other.values())
+            .filter_map(|e| self.name(e.source_snapshot_id))
+            .collect()
     }
 
     /// How many snapshots the catalog vouches for in `region`.

@@ -385,6 +385,10 @@ pub struct RetentionOutcome {
     pub unfinished: usize,
     /// Snapshots deleted by earlier passes of the same retention.
     pub deleted_before: usize,
+    /// Regions that could not be read (`region (AWS code)`): nothing was deleted there, and
+    /// nothing in the home region that has a copy there (it may still be being made).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub regions_unreadable: Vec<String>,
 }
 
 /// The most sets an on-demand answer lists (Lambda answers at most 6 MB), and the most a log
@@ -473,10 +477,11 @@ impl RetentionOutcome {
     }
 
     /// The metrics of an applied retention: snapshots deleted, and planned but kept.
-    pub fn metric_counts(&self) -> [(&'static str, usize); 2] {
+    pub fn metric_counts(&self) -> [(&'static str, usize); 3] {
         [
             ("SnapshotsDeleted", self.deleted_before + self.deleted.len()),
             ("DeletionsHeldBack", self.kept.len()),
+            ("RegionsUnreadable", self.regions_unreadable.len()),
         ]
     }
 
@@ -489,8 +494,16 @@ impl RetentionOutcome {
                 self.plans.len()
             );
         }
+        let unreadable = if self.regions_unreadable.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; not readable, left as they are: {}",
+                self.regions_unreadable.join(", ")
+            )
+        };
         format!(
-            "retention: {sets} sets in {} region(s), {} snapshots deleted, {} kept although planned, {} failed, {} left for the next pass",
+            "retention: {sets} sets in {} region(s), {} snapshots deleted, {} kept although planned, {} failed, {} left for the next pass{unreadable}",
             self.plans.len(),
             self.deleted_before + self.deleted.len(),
             self.kept.len(),

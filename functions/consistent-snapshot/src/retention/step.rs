@@ -89,7 +89,10 @@ pub async fn vouched_snapshots(
 /// Plans retention in every region, over the snapshots the catalog vouches for (and EC2
 /// confirms); every other snapshot carrying this deployment's tag is foreign: logged,
 /// counted, never deleted.
-pub async fn plan_retention(app: &App) -> Result<Vec<RegionPlan>, Error> {
+/// A region that cannot be read is left as it is and named, with its AWS code, in
+/// `unreadable`; the other regions are planned as usual, but a home snapshot with a copy
+/// recorded in an unreadable region is kept (that copy may still be being made from it).
+pub async fn plan_retention(app: &App) -> Result<(Vec<RegionPlan>, Vec<String>), Error> {
     let now = Utc::now();
     let started = std::time::Instant::now();
     let regions = retention_regions(app).await?;
@@ -97,19 +100,32 @@ pub async fn plan_retention(app: &App) -> Result<Vec<RegionPlan>, Error> {
     let indexed_ms = started.elapsed().as_millis();
     let mut per_region: Vec<(String, Vec<SnapshotInfo>)> = Vec::new();
     let mut foreign = 0usize;
-    for region in &regions {
-        let ec2 = app.aws.ec2_in(region);
-        let (mut snapshots, foreign_here) = vouched_snapshots(app, region, &index, true).await?;
-        foreign += foreign_here;
-        let images = snapshots::used_by_images(&ec2, region).await?;
-        for s in &mut snapshots {
-            s.used_by_images = images.get(&s.snapshot_id).cloned().unwrap_or_default();
-        }
-        per_region.push((region.clone(), snapshots));
-    }
-    // A source snapshot with a copy still pending anywhere is kept.
+    let mut unreadable: Vec<String> = Vec::new();
+    // A source snapshot with a copy still pending anywhere is kept, and so is one with a copy
+    // in a region that cannot be read.
     let mut copying: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, snapshots) in per_region.iter().skip(1) {
+    for region in &regions {
+        match region_snapshots(app, region, &index).await {
+            Ok((snapshots, foreign_here)) => {
+                foreign += foreign_here;
+                per_region.push((region.clone(), snapshots));
+            }
+            Err(err) => {
+                let code = err.aws_code().unwrap_or("Unknown").to_string();
+                warn!(region = %region, code = %code, error = %err, "region not readable: retention leaves it as it is");
+                unreadable.push(format!("{region} ({code})"));
+                if *region != app.config.region {
+                    for source in index.sources_copied_to(region) {
+                        *copying.entry(source.to_string()).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+    let home_read = per_region
+        .first()
+        .is_some_and(|(region, _)| *region == app.config.region);
+    for (_, snapshots) in per_region.iter().skip(usize::from(home_read)) {
         for copy in snapshots
             .iter()
             .filter(|s| s.state == SnapshotState::Pending)
@@ -119,7 +135,7 @@ pub async fn plan_retention(app: &App) -> Result<Vec<RegionPlan>, Error> {
             }
         }
     }
-    if let Some((_, home)) = per_region.first_mut() {
+    if let Some((_, home)) = per_region.first_mut().filter(|_| home_read) {
         for s in home.iter_mut() {
             s.copies_in_progress = copying.get(&s.snapshot_id).copied().unwrap_or(0);
         }
@@ -145,8 +161,8 @@ pub async fn plan_retention(app: &App) -> Result<Vec<RegionPlan>, Error> {
     }
     let mut plans = Vec::new();
     // Each region's snapshots are dropped once its plan is made.
-    for (i, (region, snapshots)) in per_region.into_iter().enumerate() {
-        let home = i == 0;
+    for (region, snapshots) in per_region {
+        let home = region == app.config.region;
         let policy = region_policy(&app.config, home);
         let instances = ids
             .iter()
@@ -170,7 +186,23 @@ pub async fn plan_retention(app: &App) -> Result<Vec<RegionPlan>, Error> {
         total_ms = started.elapsed().as_millis(),
         "retention planned"
     );
-    Ok(plans)
+    Ok((plans, unreadable))
+}
+
+/// One region's snapshots that the catalog vouches for, with the AMIs that use them, and how
+/// many foreign ones were met.
+async fn region_snapshots(
+    app: &App,
+    region: &str,
+    index: &CatalogIndex,
+) -> Result<(Vec<SnapshotInfo>, usize), Error> {
+    let ec2 = app.aws.ec2_in(region);
+    let (mut snapshots, foreign) = vouched_snapshots(app, region, index, true).await?;
+    let images = snapshots::used_by_images(&ec2, region).await?;
+    for s in &mut snapshots {
+        s.used_by_images = images.get(&s.snapshot_id).cloned().unwrap_or_default();
+    }
+    Ok((snapshots, foreign))
 }
 
 /// Deletes what the plans say, one snapshot at a time, each logged with its reason.
@@ -270,9 +302,10 @@ pub async fn apply_retention(
 /// `{"action":"retention","dry_run":…}`: the plan, and what was deleted.
 /// Deletions stop shortly before `deadline`; the answer says how many are left.
 pub async fn on_demand(app: &App, dry_run: bool, deadline: DateTime<Utc>) -> Result<Value, Error> {
-    let plans = plan_retention(app).await?;
+    let (plans, unreadable) = plan_retention(app).await?;
     let stop_at = stop_time(Utc::now(), deadline);
-    let outcome = apply_retention(app, plans, dry_run, stop_at).await;
+    let mut outcome = apply_retention(app, plans, dry_run, stop_at).await;
+    outcome.regions_unreadable = unreadable;
     if !dry_run {
         emit_metrics(app, &outcome.metric_counts(), &[("Event", "retention")]);
     }
@@ -290,9 +323,10 @@ pub async fn retention_job(
     deadline: DateTime<Utc>,
 ) -> Result<(), Error> {
     dispatched_run(app, &job.run_id, "retention").await?;
-    let plans = plan_retention(app).await?;
+    let (plans, unreadable) = plan_retention(app).await?;
     let stop_at = stop_time(Utc::now(), deadline);
     let mut outcome = apply_retention(app, plans, false, stop_at).await;
+    outcome.regions_unreadable = unreadable;
     outcome.deleted_before = job.deleted_before;
     if outcome.unfinished > 0 {
         info!(run_id = %job.run_id, deleted = outcome.deleted.len(), left = outcome.unfinished, "retention continues in the next pass");
@@ -322,7 +356,11 @@ pub async fn retention_job(
             &[("RunId", &job.run_id), ("Event", "retention")],
         );
         let summary = outcome.to_bounded_json(LOG_LINE_SETS).to_string();
-        info!(run_id = %job.run_id, retention = %summary, "{}", outcome.summary_line());
+        if outcome.regions_unreadable.is_empty() {
+            info!(run_id = %job.run_id, retention = %summary, "{}", outcome.summary_line());
+        } else {
+            warn!(run_id = %job.run_id, retention = %summary, "{}", outcome.summary_line());
+        }
     }
     store.release_finished().await;
     Ok(())
