@@ -187,8 +187,9 @@ pub fn notification_subject(managed_by: &str, report: &RunSummary) -> String {
     let not_consistent = report.outcomes.len()
         - report.count(OutcomeKind::Consistent)
         - report.count(OutcomeKind::Skipped);
+    // What matters first: a long deployment name is what gets cut, never the count.
     let text = format!(
-        "{managed_by}: {not_consistent} instance(s) not consistent in run {}",
+        "{not_consistent} instance(s) not consistent in run {} ({managed_by})",
         report.run_id
     );
     text.chars()
@@ -199,9 +200,12 @@ pub fn notification_subject(managed_by: &str, report: &RunSummary) -> String {
                 '?'
             }
         })
-        .take(100)
+        .take(SUBJECT_MAX_CHARS)
         .collect()
 }
+
+/// SNS takes a subject of fewer than 100 characters, printable, on one line.
+pub const SUBJECT_MAX_CHARS: usize = 99;
 
 /// The summary line, then the table (which lists what needs attention first), cut to
 /// `max_bytes` with a line saying how many rows were left out.
@@ -336,6 +340,18 @@ mod tests {
         let small = notification_text(&report(4), NOTIFICATION_MAX_BYTES);
         assert!(!small.contains("more line(s)") && small.contains("Thaw pipe"));
         let subject = notification_subject("prod", &big);
-        assert!(subject.len() <= 100 && subject.starts_with("prod: 2500 instance(s)"));
+        assert!(subject.starts_with(
+            "2500 instance(s) not consistent in run 20261123T020000Z-1a2b3c4d (prod)"
+        ));
+        // The default deployment name (stack, region, account) is long: it is cut, the count
+        // and the run are not, and SNS's limit holds.
+        let long = format!(
+            "{}-eu-central-1-123456789012",
+            "consistent-snapshot-prod".repeat(2)
+        );
+        let subject = notification_subject(&long, &big);
+        assert!(subject.chars().count() < 100, "{}", subject.chars().count());
+        assert!(subject
+            .starts_with("2500 instance(s) not consistent in run 20261123T020000Z-1a2b3c4d ("));
     }
 }
