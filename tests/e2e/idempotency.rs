@@ -295,11 +295,28 @@ async fn a_batch_that_meets_throttling_goes_back_to_the_queue_at_once() {
         4,
         "three instance jobs and the run job: {batch:?}"
     );
-    assert_eq!(failed, batch, "the whole batch goes back to the queue");
+    // The throttled message failed; the three after it were handed back untried: sent
+    // again and acknowledged, so that their redrive budget is not spent.
+    assert_eq!(failed.len(), 1, "only the tried message fails: {failed:?}");
+    let stats = chaos.proxy.stats();
     assert_eq!(
-        chaos.proxy.stats().calls.get("ssm:GetCommandInvocation"),
+        stats.calls.get("ssm:GetCommandInvocation"),
         Some(&5),
         "no other instance was looked at once SSM throttled"
+    );
+    let tried = batch
+        .iter()
+        .position(|id| *id == failed[0])
+        .expect("the failed message is of the batch");
+    let handed_back = logs.messages_starting("message handed back to the queue untried");
+    assert_eq!(
+        handed_back.len(),
+        batch.len() - tried - 1,
+        "{handed_back:#?}"
+    );
+    assert!(
+        !handed_back.is_empty(),
+        "the run job is not first: {batch:?}"
     );
     let throttled = logs
         .messages_starting("step failed")

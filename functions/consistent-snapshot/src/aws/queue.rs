@@ -71,3 +71,22 @@ pub async fn requeue(
         .map_err(|e| aws("SendMessage", &config.queue_url, e))?;
     Ok(())
 }
+
+/// Puts a message that was not tried back on the queue as it came, delayed `delay` seconds:
+/// it is then acknowledged, so that a hand-back costs none of its receives (the redrive
+/// policy counts those for messages that failed).
+pub async fn hand_back(
+    sqs: &aws_sdk_sqs::Client,
+    config: &Config,
+    body: &str,
+    delay: i32,
+) -> Result<(), Error> {
+    sqs.send_message()
+        .queue_url(&config.queue_url)
+        .message_body(body)
+        .delay_seconds(delay.clamp(0, 900))
+        .send()
+        .await
+        .map_err(|e| aws("SendMessage", &config.queue_url, e))?;
+    Ok(())
+}

@@ -6,6 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 use tracing::{error, info, warn};
 
 use crate::app::{refuse, App};
+use crate::aws::queue;
 use crate::error::Error;
 use crate::jobs::{Envelope, Job};
 use crate::run::step::start::{self, LEASE_MARGIN_SECONDS};
@@ -22,8 +23,9 @@ const MIN_STEP_MILLIS: u64 = 1_000;
 ///
 /// The batch never outlives the invocation: each message gets the time left before the
 /// deadline, and once AWS throttles a step (after the SDK's own retries) or time runs
-/// short, the rest of the batch is handed back at once. It comes back after the visibility
-/// timeout instead of meeting the same throttling, and messages already done are not
+/// short, the rest of the batch is handed back at once: sent again, delayed by
+/// `TRACK_POLL_INITIAL_SECONDS`, and acknowledged, so that it neither meets the same
+/// throttling nor spends a receive of its redrive budget; messages already done are not
 /// failed with it, as they would be if Lambda stopped the whole invocation.
 pub async fn process_batch(
     app: &App,
@@ -34,18 +36,8 @@ pub async fn process_batch(
     let mut give_back: Option<&str> = None;
     for record in event.records {
         let id = record.message_id.clone().unwrap_or_default();
-        let left = (deadline - Utc::now() - Duration::milliseconds(RESERVE_MILLIS))
-            .to_std()
-            .unwrap_or_default();
-        if give_back.is_none() && left < std::time::Duration::from_millis(MIN_STEP_MILLIS) {
-            give_back = Some("too little time left in this invocation");
-        }
-        if let Some(why) = give_back {
-            info!(message_id = %id, reason = why, "message handed back to the queue untried");
-            response.add_failure(id);
-            continue;
-        }
-        // Only the deployment's own queue, which only the function's role may send to.
+        // Only the deployment's own queue, which only the function's role may send to (and
+        // nothing from elsewhere is ever put on it, handed back or not).
         let source = record.event_source_arn.as_deref().unwrap_or_default();
         if source != app.config.queue_arn {
             let _ = refuse(
@@ -59,6 +51,27 @@ pub async fn process_batch(
             continue;
         }
         let body = record.body.as_deref().unwrap_or_default();
+        let left = (deadline - Utc::now() - Duration::milliseconds(RESERVE_MILLIS))
+            .to_std()
+            .unwrap_or_default();
+        if give_back.is_none() && left < std::time::Duration::from_millis(MIN_STEP_MILLIS) {
+            give_back = Some("too little time left in this invocation");
+        }
+        if let Some(why) = give_back {
+            // Sent again and acknowledged, not failed: untried, it must not spend one of the
+            // receives after which the queue gives a message up to the dead-letter queue.
+            let delay = i32::try_from(app.config.poll_initial_seconds).unwrap_or(900);
+            match queue::hand_back(&app.aws.sqs, &app.config, body, delay).await {
+                Ok(()) => {
+                    info!(message_id = %id, reason = why, delay, "message handed back to the queue untried");
+                }
+                Err(err) => {
+                    warn!(message_id = %id, reason = why, error = %err, "message not handed back: it comes back after its visibility timeout");
+                    response.add_failure(id);
+                }
+            }
+            continue;
+        }
         let envelope = match Envelope::from_body(body) {
             Ok(envelope) => envelope,
             Err(why) => {
