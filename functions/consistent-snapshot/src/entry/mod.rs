@@ -11,7 +11,7 @@ use tracing::info;
 use crate::app::{to_json, App};
 use crate::error::Error;
 use crate::model::requests::SnapshotRequest;
-use crate::run::plan::dispatch::in_flight_window;
+use crate::run::plan::dispatch::{in_flight_window, ANSWER_ENTRIES};
 use crate::run::step::start::{start_run, RunRequest, LEASE_MARGIN_SECONDS};
 use event::{Action, Event};
 
@@ -47,7 +47,7 @@ pub async fn handle_until(
                 },
             )
             .await?;
-            Ok(to_json(&start))
+            Ok(to_json(&start.bounded(ANSWER_ENTRIES)))
         }
         Event::Sqs(event) => Ok(to_json(&batch::process_batch(app, event, deadline).await)),
         Event::OnDemand(Action::Snapshot(request)) => {
@@ -108,5 +108,5 @@ async fn on_demand_snapshot(
         },
     )
     .await?;
-    Ok(to_json(&start))
+    Ok(to_json(&start.bounded(ANSWER_ENTRIES)))
 }

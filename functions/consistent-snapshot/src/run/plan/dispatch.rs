@@ -205,7 +205,26 @@ pub struct RunStart {
     pub skipped: Vec<Skipped>,
     pub unsent: Vec<Unsent>,
     pub commands: Vec<RunCommand>,
+    /// Set by `bounded`: how many entries each list had, when one was cut.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub left_out: Option<LeftOut>,
 }
+
+/// How many entries of each list an answer left out (the whole run is in the catalog and its
+/// summary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LeftOut {
+    pub dispatched: usize,
+    pub skipped: usize,
+    pub unsent: usize,
+    pub commands: usize,
+}
+
+/// The most entries of each list an answer holds: Lambda answers at most 6 MB, and the
+/// commands are sent before the answer is, so an answer too large to send would fail a call
+/// whose retry freezes the fleet again (the retry would find the run dispatched, but the
+/// caller would have seen an error).
+pub const ANSWER_ENTRIES: usize = 1_000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Dispatched {
@@ -231,7 +250,34 @@ impl RunStart {
             skipped: vec![],
             unsent: vec![],
             commands: vec![],
+            left_out: None,
         }
+    }
+
+    /// The start with each list cut to `max` entries, and `left_out` saying what was cut.
+    pub fn bounded(mut self, max: usize) -> Self {
+        fn cut<T>(list: &mut Vec<T>, max: usize) -> usize {
+            let left = list.len().saturating_sub(max);
+            list.truncate(max);
+            left
+        }
+        let left_out = LeftOut {
+            dispatched: cut(&mut self.dispatched, max),
+            skipped: cut(&mut self.skipped, max),
+            unsent: cut(&mut self.unsent, max),
+            commands: cut(&mut self.commands, max),
+        };
+        if left_out
+            != (LeftOut {
+                dispatched: 0,
+                skipped: 0,
+                unsent: 0,
+                commands: 0,
+            })
+        {
+            self.left_out = Some(left_out);
+        }
+        self
     }
 }
 
@@ -341,6 +387,46 @@ pub fn manifest(start: &RunStart, started_at: DateTime<Utc>) -> Vec<ManifestEntr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_holds_at_most_so_many_entries_a_list_and_says_what_it_left_out() {
+        let mut start = RunStart::empty("r", StartStatus::Dispatched, false);
+        start.dispatched = (0..2_500)
+            .map(|n| Dispatched {
+                instance_id: format!("i-{n:017x}"),
+                name: format!("web{n}"),
+                volumes: vec![],
+                command_id: Some("c".into()),
+                reused: false,
+            })
+            .collect();
+        start.unsent = vec![Unsent {
+            instance_id: "i-1".into(),
+            name: "x".into(),
+            error: "AccessDenied".into(),
+        }];
+        let small = start.clone().bounded(ANSWER_ENTRIES);
+        assert_eq!(small.dispatched.len(), ANSWER_ENTRIES);
+        assert_eq!(small.unsent.len(), 1);
+        assert_eq!(
+            small.left_out,
+            Some(LeftOut {
+                dispatched: 1_500,
+                skipped: 0,
+                unsent: 0,
+                commands: 0
+            })
+        );
+        let json = serde_json::to_string(&small).unwrap_or_default();
+        assert!(json.len() < 6 * 1024 * 1024 && json.contains("\"left_out\""));
+        // A run that fits is answered whole, without the field.
+        start.dispatched.truncate(10);
+        let whole = start.bounded(ANSWER_ENTRIES);
+        assert!(whole.left_out.is_none());
+        assert!(!serde_json::to_string(&whole)
+            .unwrap_or_default()
+            .contains("left_out"));
+    }
     use crate::model::fleet::AttachedVolume;
 
     fn target(i: usize, exclude: bool) -> Target {
