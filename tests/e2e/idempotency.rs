@@ -285,7 +285,11 @@ async fn a_batch_that_meets_throttling_goes_back_to_the_queue_at_once() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // SSM throttles every attempt the SDK makes at the first instance's look.
-    let chaos = Chaos::new(emulator, queue, &[], ChaosOptions::calm(7)).expect("chaos");
+    // A generous timeout: the SDK's five throttled attempts back off for seconds, and on a
+    // loaded machine the invocation must not be cut before it answers.
+    let chaos = Chaos::new(emulator, queue, &[], ChaosOptions::calm(7))
+        .expect("chaos")
+        .with_timeout(Duration::from_secs(30));
     chaos
         .proxy
         .force("ssm:GetCommandInvocation", Fault::Throttled, 5);
