@@ -182,6 +182,8 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
             queue,
             &[
                 ("COPY_REGIONS", "eu-west-1,us-west-2"),
+                // web01's own copy region, which its tag may name.
+                ("COPY_REGIONS_ALLOWED", "ap-southeast-2"),
                 ("RETAIN_COUNT", "2"),
             ],
         )

@@ -5,7 +5,8 @@
 //!
 //! Rows (more join them as their faults are contained):
 //! - a copy region that refuses every CopySnapshot (a permission, a KMS key, an SCP);
-//! - a copy region whose snapshots cannot even be read (a region not enabled).
+//! - a copy region whose snapshots cannot even be read (a region not enabled);
+//! - an instance tag naming a copy region outside `COPY_REGIONS_ALLOWED` (a stray tag).
 
 use std::time::Duration;
 
@@ -134,4 +135,55 @@ async fn one_broken_copy_region_fails_alone_by_name_and_the_chain_ends() {
         assert!(refused <= 4, "{name}: {refused} refused calls");
         assert!(drained.messages <= 20, "{name}: {drained:?}");
     }
+}
+
+#[tokio::test]
+async fn a_copy_region_tag_outside_the_allowed_ones_is_refused_for_that_server_alone() {
+    let world = World::start(1).await.expect("world");
+    let emulator = &world.emulator;
+    let ids = world
+        .seed(&[
+            ServerSpec::windows("sql01", 1),
+            ServerSpec::windows("web01", 1).tag("ConsistentSnapshot:CopyRegions", "me-central-1"),
+        ])
+        .await
+        .expect("seed");
+    let metrics = Metrics::default();
+    let chaos = Chaos::new(
+        emulator,
+        &world.queue,
+        &[("COPY_REGIONS", HEALTHY), ("COPY_REGIONS_ALLOWED", BROKEN)],
+        ChaosOptions::calm(6),
+    )
+    .expect("chaos")
+    .with_metrics(&metrics);
+    let started = chaos
+        .schedule(&scheduled_event("nightly", "2026-11-23T00:00:00Z"))
+        .await
+        .expect("schedule");
+    let run_id = started[0]["run_id"].as_str().expect("run id").to_string();
+    chaos
+        .drain(10, Duration::from_secs(120))
+        .await
+        .expect("drain");
+    let report = world.logs.run_report(&run_id).expect("the run's summary");
+    assert!(report.all_consistent(), "{report:#?}");
+    // sql01's two snapshots are copied; web01's go nowhere, and its tag is named.
+    assert_eq!(run_copies(emulator, HEALTHY, &run_id).await, 2);
+    let lines = world.logs.messages_starting("copies need attention");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let copies = lines[0]["copies"].as_str().unwrap_or_default();
+    assert!(
+        copies.contains(&ids[1]) && copies.contains("me-central-1 not in COPY_REGIONS"),
+        "{copies}"
+    );
+    assert_eq!(metrics.of("copies", Some(&run_id))[0]["CopiesFailed"], 1);
+    // Nothing, not even a read, went to the region the tag named.
+    let stats = chaos.proxy.stats();
+    let there: Vec<_> = stats
+        .regional
+        .keys()
+        .filter(|(_, region)| region == "me-central-1")
+        .collect();
+    assert!(there.is_empty(), "{there:?}");
 }

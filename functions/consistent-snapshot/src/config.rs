@@ -44,6 +44,9 @@ pub struct Config {
     pub retain_days: Option<u32>,
     /// Regions each finished set is copied to.
     pub copy_regions: Vec<String>,
+    /// Regions an instance's `ConsistentSnapshot:CopyRegions` tag may name besides
+    /// `copy_regions` (`COPY_REGIONS_ALLOWED`): a tag naming any other is refused.
+    pub copy_regions_allowed: Vec<String>,
     /// KMS key per copy region, to encrypt the copies with.
     pub copy_kms_key_ids: BTreeMap<String, String>,
     /// Keep the newest this many consistent sets per instance in each copy region.
@@ -117,6 +120,7 @@ impl Config {
             retain_count: s.number("RETAIN_COUNT", &retain, 1, 1000),
             retain_days: s.optional_number("RETAIN_DAYS", 1, 36_500),
             copy_regions: s.regions("COPY_REGIONS"),
+            copy_regions_allowed: s.regions("COPY_REGIONS_ALLOWED"),
             copy_kms_key_ids: s.keys_by_region("COPY_KMS_KEY_IDS"),
             copy_retain_count: s.number("COPY_RETAIN_COUNT", &retain, 1, 1000),
             keep_orphaned_backups: s.flag("KEEP_ORPHANED_BACKUPS", "true"),

@@ -143,19 +143,35 @@ impl CopyPlan {
 }
 
 /// The regions an instance's sets are copied to: its override tag, else the configured ones.
+/// A tag may name only regions of `configured` or `allowed` (`COPY_REGIONS_ALLOWED`): a stray
+/// or forged tag must not send the instance's backups, nor the function's reads, anywhere
+/// else; such a tag is refused for that instance, with the regions it named.
 pub fn copy_regions_of(
     tags: &BTreeMap<String, String>,
     configured: &[String],
+    allowed: &[String],
     home: &str,
 ) -> Result<Vec<String>, String> {
-    match tags.get(TAG_COPY_REGIONS) {
-        None => Ok(configured.to_vec()),
-        Some(value) => {
-            let regions = parse_regions(value)
-                .map_err(|why| format!("tag {TAG_COPY_REGIONS}={value:?}: {why}"))?;
-            Ok(regions.into_iter().filter(|r| r != home).collect())
-        }
+    let Some(value) = tags.get(TAG_COPY_REGIONS) else {
+        return Ok(configured.to_vec());
+    };
+    let regions: Vec<String> = parse_regions(value)
+        .map_err(|why| format!("tag {TAG_COPY_REGIONS}={value:?}: {why}"))?
+        .into_iter()
+        .filter(|r| r != home)
+        .collect();
+    let outside: Vec<&str> = regions
+        .iter()
+        .filter(|r| !configured.contains(r) && !allowed.contains(r))
+        .map(String::as_str)
+        .collect();
+    if !outside.is_empty() {
+        return Err(format!(
+            "tag {TAG_COPY_REGIONS}={value:?}: {} not in COPY_REGIONS or COPY_REGIONS_ALLOWED",
+            outside.join(", ")
+        ));
     }
+    Ok(regions)
 }
 
 /// Decides which copies to start. `sources` are the run's snapshots with the regions their
@@ -374,9 +390,10 @@ mod tests {
     #[test]
     fn an_instance_tag_overrides_the_regions_and_a_bad_one_copies_nothing() {
         let configured = vec!["eu-west-1".to_string()];
+        let allowed = vec!["ap-southeast-2".to_string()];
         let mut tags = BTreeMap::new();
         assert_eq!(
-            copy_regions_of(&tags, &configured, "us-east-1"),
+            copy_regions_of(&tags, &configured, &allowed, "us-east-1"),
             Ok(configured.clone())
         );
         tags.insert(
@@ -384,11 +401,23 @@ mod tests {
             "ap-southeast-2, us-east-1".into(),
         );
         assert_eq!(
-            copy_regions_of(&tags, &configured, "us-east-1"),
+            copy_regions_of(&tags, &configured, &allowed, "us-east-1"),
             Ok(vec!["ap-southeast-2".to_string()])
         );
+        // A region outside the configured and allowed ones is refused, by name.
+        tags.insert(
+            TAG_COPY_REGIONS.to_string(),
+            "eu-west-1,me-central-1".into(),
+        );
+        let outside = copy_regions_of(&tags, &configured, &allowed, "us-east-1");
+        assert!(
+            outside
+                .as_ref()
+                .is_err_and(|e| e.contains("me-central-1 not in COPY_REGIONS")),
+            "{outside:?}"
+        );
         tags.insert(TAG_COPY_REGIONS.to_string(), "mars".into());
-        let bad = copy_regions_of(&tags, &configured, "us-east-1");
+        let bad = copy_regions_of(&tags, &configured, &allowed, "us-east-1");
         assert!(bad.as_ref().is_err_and(|e| e.contains("mars")));
         let plan = plan_copies(&[(source("snap-a", "completed"), bad)], &BTreeMap::new());
         assert!(plan.to_start.is_empty());

@@ -187,7 +187,12 @@ async fn copy_pass(app: &App, job: &CopyJob) -> Result<(CopyPlan, usize, bool), 
                 .and_then(|id| facts.get(id))
                 .map(|f| f.tags.clone())
                 .unwrap_or_default();
-            let regions = copy_regions_of(&tags, &app.config.copy_regions, home);
+            let regions = copy_regions_of(
+                &tags,
+                &app.config.copy_regions,
+                &app.config.copy_regions_allowed,
+                home,
+            );
             (s, regions)
         })
         .collect();

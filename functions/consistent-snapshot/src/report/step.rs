@@ -35,7 +35,12 @@ pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
     let copy_regions: BTreeMap<String, Result<Vec<String>, String>> = fleet
         .iter()
         .map(|i| {
-            let regions = copy_regions_of(&i.tags, &app.config.copy_regions, home);
+            let regions = copy_regions_of(
+                &i.tags,
+                &app.config.copy_regions,
+                &app.config.copy_regions_allowed,
+                home,
+            );
             (i.instance_id.clone(), regions)
         })
         .collect();

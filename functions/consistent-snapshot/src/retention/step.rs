@@ -27,13 +27,22 @@ use crate::retention::plan::{
 use crate::run::plan::summary::MAX_FOREIGN;
 
 /// The regions retention looks at: the function's own, then the copy regions, then any
-/// region a tagged instance's `ConsistentSnapshot:CopyRegions` adds.
+/// region of `COPY_REGIONS_ALLOWED` a tagged instance's `ConsistentSnapshot:CopyRegions` adds
+/// (a tag naming any other region is refused by the copy step, and read by nobody).
 async fn retention_regions(app: &App) -> Result<Vec<String>, Error> {
     let mut regions: Vec<String> = std::iter::once(app.config.region.clone())
         .chain(app.config.copy_regions.iter().cloned())
         .collect();
     for instance in instances::discover(&app.aws.ec2, &app.config, None).await? {
-        let extra = copy_regions_of(&instance.tags, &[], &app.config.region).unwrap_or_default();
+        let permitted: Vec<String> = app
+            .config
+            .copy_regions
+            .iter()
+            .chain(&app.config.copy_regions_allowed)
+            .cloned()
+            .collect();
+        let extra = copy_regions_of(&instance.tags, &[], &permitted, &app.config.region)
+            .unwrap_or_default();
         for region in extra {
             if !regions.contains(&region) {
                 regions.push(region);
