@@ -56,7 +56,7 @@ pub async fn track_instance(app: &App, message: InstanceJob) -> Result<(), Error
         }
         // Nothing to record; the run reports it.
         Next::TimedOut(outcome) => {
-            log_outcome(&job.run_id, &outcome, 0);
+            log_outcome(&job.run_id, &outcome);
             Ok(())
         }
         Next::Report(report) => {
@@ -281,7 +281,7 @@ pub async fn track_run(app: &App, message: RunJob, deadline: DateTime<Utc>) -> R
             outcome = kept;
             sets.extend(record_of);
             recorded += 1;
-            log_outcome(&job.run_id, &outcome, 0);
+            log_outcome(&job.run_id, &outcome);
         }
         outcomes.push(outcome);
     }
@@ -365,12 +365,12 @@ async fn go_on(app: &App, job: &RunJob, doing: &str, done: usize) -> Result<(), 
     requeue(app, Job::Run(next)).await
 }
 
-fn log_outcome(run_id: &str, outcome: &Outcome, tagged: usize) {
+fn log_outcome(run_id: &str, outcome: &Outcome) {
     let reason = outcome.reason.as_deref().unwrap_or("");
     let snapshots = outcome.snapshots.join(",");
     if outcome.kind == OutcomeKind::Consistent {
-        info!(run_id, instance_id = %outcome.instance_id, name = %outcome.name, outcome = %outcome.kind, snapshots = %snapshots, tagged, reason, "instance finished");
+        info!(run_id, instance_id = %outcome.instance_id, name = %outcome.name, outcome = %outcome.kind, snapshots = %snapshots, reason, "instance finished");
     } else {
-        warn!(run_id, instance_id = %outcome.instance_id, name = %outcome.name, outcome = %outcome.kind, snapshots = %snapshots, tagged, reason, "instance finished");
+        warn!(run_id, instance_id = %outcome.instance_id, name = %outcome.name, outcome = %outcome.kind, snapshots = %snapshots, reason, "instance finished");
     }
 }
