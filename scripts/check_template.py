@@ -166,6 +166,7 @@ def check(template: dict) -> list[str]:
         "CopiesFailed": "copies in error, or refused for good by a copy region",
         "CopiesTimedOut": "copies not final by the copy step's deadline",
         "RegionsUnreadable": "a region retention could not read",
+        "DeletionsFailed": "snapshots retention planned to delete and could not",
     }
     for metric, what in wanted.items():
         if not any(a.get("MetricName") == metric for a in alarms.values()):

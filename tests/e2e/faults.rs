@@ -7,6 +7,7 @@
 //! - a copy region that refuses every CopySnapshot (a permission, a KMS key, an SCP);
 //! - a copy region whose snapshots cannot even be read (a region not enabled);
 //! - an instance tag naming a copy region outside `COPY_REGIONS_ALLOWED` (a stray tag).
+//! - a snapshot under an EBS Snapshot Lock, and a Recycle Bin rule, met by retention.
 
 use std::time::Duration;
 
@@ -186,4 +187,239 @@ async fn a_copy_region_tag_outside_the_allowed_ones_is_refused_for_that_server_a
         .filter(|(_, region)| region == "me-central-1")
         .collect();
     assert!(there.is_empty(), "{there:?}");
+}
+
+/// Sets (run id → snapshot ids) of `instance` this deployment holds in `region`, oldest first.
+async fn sets_of(
+    emulator: &Emulator,
+    region: &str,
+    instance: &str,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut sets: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for s in own_snapshots(emulator, region)
+        .await
+        .expect("DescribeSnapshots")
+    {
+        if snapshot_tag(&s, "ConsistentSnapshot:InstanceId") != Some(instance)
+            || snapshot_tag(&s, "ConsistentSnapshot:ManagedBy") != Some("vss-test")
+        {
+            continue;
+        }
+        if let (Some(run), Some(id)) = (
+            snapshot_tag(&s, "ConsistentSnapshot:RunId"),
+            s.snapshot_id(),
+        ) {
+            sets.entry(run.to_string())
+                .or_default()
+                .push(id.to_string());
+        }
+    }
+    sets
+}
+
+#[tokio::test]
+async fn a_locked_set_is_held_and_a_recycle_bin_deletion_is_reported_recoverable() {
+    let world = World::start(1).await.expect("world");
+    let emulator = &world.emulator;
+    let ids = world
+        .seed(&[
+            ServerSpec::windows("sql01", 1),
+            ServerSpec::windows("files01", 1),
+        ])
+        .await
+        .expect("seed");
+    let (sql, files) = (ids[0].clone(), ids[1].clone());
+    // Three earlier nights; tonight's run makes four sets each, RETAIN_COUNT=2 deletes two.
+    emulator
+        .seed_history(&harness::History {
+            region: "us-east-1".into(),
+            managed_by: "vss-test".into(),
+            instance_ids: ids.clone(),
+            sets: 3,
+            hours_apart: 24.0,
+            newest_hours: 24.0,
+            copy_region: None,
+        })
+        .await
+        .expect("history");
+    let before = sets_of(emulator, "us-east-1", &sql).await;
+    let oldest: Vec<String> = before.values().next().cloned().expect("sql01's oldest set");
+    // An operator locks one snapshot of sql01's oldest set (compliance, 30 days): EC2 refuses
+    // to delete it until then. A Recycle Bin rule keeps every snapshot of files01 for 7 days.
+    emulator
+        .ec2()
+        .lock_snapshot()
+        .snapshot_id(&oldest[0])
+        .lock_mode(aws_sdk_ec2::types::LockMode::Compliance)
+        .lock_duration(30)
+        .send()
+        .await
+        .expect("LockSnapshot");
+    emulator
+        .recycle_bin_rule("us-east-1", 7, &[("ConsistentSnapshot:InstanceId", &files)])
+        .expect("Recycle Bin rule");
+    let files_before = sets_of(emulator, "us-east-1", &files).await;
+
+    let metrics = Metrics::default();
+    let app = metrics.attach(world.app(&[("RETAIN_COUNT", "2")]).expect("app"));
+    let started = world
+        .invoke(&app, scheduled_event("nightly", "2026-11-23T00:00:00Z"))
+        .await
+        .expect("schedule");
+    let run_id = started["run_id"].as_str().expect("run id").to_string();
+    let drained = world.drain(&app).await.expect("drain");
+    assert_eq!(drained.failures, 0, "no message failed: {drained:?}");
+    assert!(world
+        .logs
+        .run_report(&run_id)
+        .expect("summary")
+        .all_consistent());
+
+    // sql01: the locked set is kept whole, the next oldest deleted, the newest two kept.
+    let after = sets_of(emulator, "us-east-1", &sql).await;
+    let runs: Vec<&String> = before.keys().collect();
+    assert!(
+        after.contains_key(runs[0]),
+        "the locked set is kept: {after:?}"
+    );
+    assert_eq!(after[runs[0]].len(), oldest.len(), "kept whole");
+    assert!(
+        !after.contains_key(runs[1]),
+        "the next oldest is deleted: {after:?}"
+    );
+    assert_eq!(after.len(), 3, "{after:?}");
+    // files01: its two oldest sets are gone from DescribeSnapshots, in the bin for 7 days.
+    let files_after = sets_of(emulator, "us-east-1", &files).await;
+    assert_eq!(files_after.len(), 2, "{files_after:?}");
+    let binned: Vec<String> = files_before.values().take(2).flatten().cloned().collect();
+    let bin = emulator
+        .ec2()
+        .list_snapshots_in_recycle_bin()
+        .set_snapshot_ids(Some(binned.clone()))
+        .send()
+        .await
+        .expect("ListSnapshotsInRecycleBin");
+    assert_eq!(bin.snapshots().len(), binned.len());
+
+    // The retention summary and metrics say so, and nothing is counted deleted that is not.
+    let retention = metrics.of("retention", Some(&run_id));
+    assert_eq!(retention.len(), 1, "{retention:#?}");
+    assert_eq!(retention[0]["SnapshotsDeleted"], 2, "sql01's one set of 2");
+    assert_eq!(retention[0]["SnapshotsInRecycleBin"], binned.len());
+    assert_eq!(retention[0]["DeletionsLocked"], 1);
+    assert_eq!(retention[0]["DeletionsFailed"], 0);
+    let lines = world.logs.messages_starting("retention:");
+    let line = lines
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .find(|m| m.contains("held by a snapshot lock"))
+        .unwrap_or_else(|| panic!("no retention line names the lock: {lines:#?}"));
+    assert!(line.contains("2 snapshots deleted"), "{line}");
+    assert!(
+        line.contains(&format!("{} in the Recycle Bin", binned.len())),
+        "{line}"
+    );
+    let summary = lines
+        .iter()
+        .filter_map(|l| l["retention"].as_str())
+        .find(|r| r.contains(&oldest[0]))
+        .unwrap_or_else(|| panic!("the summary names the locked snapshot: {lines:#?}"));
+    assert!(
+        summary.contains("locked (compliance) until 20"),
+        "{summary}"
+    );
+    assert!(summary.contains("recoverable until 20"), "{summary}");
+
+    // An on-demand retention plans the locked set as held, with the lock's end, again.
+    let dry = world
+        .invoke(
+            &app,
+            serde_json::json!({"action": "retention", "dry_run": true}),
+        )
+        .await
+        .expect("dry run");
+    let held: Vec<&serde_json::Value> = dry["plans"][0]["instances"][&sql]
+        .as_array()
+        .map(|sets| sets.iter().filter(|s| s["held"] == "lock").collect())
+        .unwrap_or_default();
+    assert_eq!(held.len(), 1, "{dry:#}");
+    assert_eq!(held[0]["action"], "keep");
+}
+
+#[tokio::test]
+async fn a_refused_deletion_is_named_and_counted_and_the_retention_job_ends() {
+    let world = World::start(1).await.expect("world");
+    let emulator = &world.emulator;
+    let ids = world
+        .seed(&[ServerSpec::windows("sql01", 1)])
+        .await
+        .expect("seed");
+    emulator
+        .seed_history(&harness::History {
+            region: "us-east-1".into(),
+            managed_by: "vss-test".into(),
+            instance_ids: ids.clone(),
+            sets: 2,
+            hours_apart: 24.0,
+            newest_hours: 24.0,
+            copy_region: None,
+        })
+        .await
+        .expect("history");
+    let metrics = Metrics::default();
+    let chaos = Chaos::new(
+        emulator,
+        &world.queue,
+        &[("RETAIN_COUNT", "2")],
+        ChaosOptions::calm(7),
+    )
+    .expect("chaos")
+    .with_metrics(&metrics);
+    // A permission boundary refuses every DeleteSnapshot.
+    chaos.proxy.force(
+        "ec2:DeleteSnapshot@us-east-1",
+        Fault::AccessDenied,
+        u32::MAX,
+    );
+    let started = chaos
+        .schedule(&scheduled_event("nightly", "2026-11-23T00:00:00Z"))
+        .await
+        .expect("schedule");
+    let run_id = started[0]["run_id"].as_str().expect("run id").to_string();
+    let drained = chaos
+        .drain(10, Duration::from_secs(120))
+        .await
+        .expect("drain");
+    assert!(world
+        .logs
+        .run_report(&run_id)
+        .expect("summary")
+        .all_consistent());
+    // The oldest set (2 snapshots) was to go: one refusal, the rest of the set left whole.
+    assert_eq!(sets_of(emulator, "us-east-1", &ids[0]).await.len(), 3);
+    let retention = metrics.of("retention", Some(&run_id));
+    assert_eq!(retention.len(), 1, "retention ended once: {retention:#?}");
+    assert_eq!(retention[0]["DeletionsFailed"], 1);
+    assert_eq!(retention[0]["SnapshotsDeleted"], 0);
+    let lines = world.logs.messages_starting("retention:");
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("1 failed (first: us-east-1/snap-")
+                && m.contains("UnauthorizedOperation"))),
+        "{lines:#?}"
+    );
+    let refused = chaos
+        .proxy
+        .stats()
+        .regional
+        .get(&("ec2:DeleteSnapshot".to_string(), "us-east-1".to_string()))
+        .copied()
+        .unwrap_or(0);
+    println!(
+        "refused deletion: {} deliveries, {refused} refused calls",
+        drained.messages
+    );
+    assert_eq!(refused, 1, "one try, no retry of a permanent refusal");
+    assert!(drained.messages <= 12, "{drained:?}");
 }

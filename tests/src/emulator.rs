@@ -329,6 +329,20 @@ impl Emulator {
         Ok(())
     }
 
+    /// A Recycle Bin retention rule for snapshots of `region` (rbin's `CreateRule`, which the
+    /// emulator takes at `/_sim/recycle-bin`): snapshots deleted while it matches them (every
+    /// one, or those with one of `tags`) stay in the bin for `days`.
+    pub fn recycle_bin_rule(&self, region: &str, days: u32, tags: &[(&str, &str)]) -> Result<()> {
+        let tags: Vec<Value> = tags
+            .iter()
+            .map(|(key, value)| serde_json::json!({"key": key, "value": value}))
+            .collect();
+        let body =
+            serde_json::json!({"region": region, "retention_days": days, "resource_tags": tags});
+        self.http("POST", "/_sim/recycle-bin", &body)?;
+        Ok(())
+    }
+
     /// Earlier nightly runs' consistent sets of these instances (see server.py's
     /// `/_sim/history`), recorded in the catalog as the function recorded them on those
     /// nights; answers how many snapshots were made.

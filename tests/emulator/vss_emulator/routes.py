@@ -14,6 +14,7 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.wrappers import Request, Response
 
 from .model import SIM
+from .protection import PROTECTION
 from .seeding import age_snapshots, seed_history
 
 
@@ -38,6 +39,9 @@ class App:
             elif path == "/_sim/ebs" and request.method == "POST":
                 SIM.configure_ebs(json.loads(request.get_data() or b"{}"))
                 body = {"ok": True}
+            elif path == "/_sim/recycle-bin" and request.method == "POST":
+                PROTECTION.add_rule(json.loads(request.get_data() or b"{}"))
+                body = {"ok": True}
             elif path == "/_sim/age" and request.method == "POST":
                 body = {"aged": age_snapshots(json.loads(request.get_data() or b"{}"))}
             elif path == "/_sim/history" and request.method == "POST":
@@ -50,9 +54,10 @@ class App:
                 body = SIM.snapshot_of_invocations()
             elif path == "/_sim/reset" and request.method == "POST":
                 SIM.reset()
+                PROTECTION.reset()
                 body = {"ok": True}
             else:
                 return Response("not found", status=404)(environ, start_response)
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError, KeyError) as err:
             return Response(json.dumps({"error": str(err)}), status=400)(environ, start_response)
         return Response(json.dumps(body), mimetype="application/json")(environ, start_response)

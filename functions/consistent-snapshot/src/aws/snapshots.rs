@@ -4,10 +4,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_ec2::types::{ResourceType, Snapshot, TagSpecification};
+use chrono::{DateTime, Utc};
 
 use crate::aws::{aws, code_of, each_page, ec2_filter, ec2_tag, tag_map, utc};
 use crate::error::Error;
-use crate::model::snapshot::{SnapshotFacts, SnapshotInfo, TagInterner};
+use crate::model::snapshot::{SnapshotFacts, SnapshotInfo, SnapshotLock, TagInterner};
 use crate::model::tags::{TAG_MANAGED_BY, TAG_RUN_ID};
 
 /// Reads an SDK snapshot into plain facts.
@@ -280,6 +281,78 @@ pub async fn delete(ec2: &aws_sdk_ec2::Client, snapshot_id: &str, subject: &str)
             _ => Deletion::Failed(aws("DeleteSnapshot", subject, err)),
         },
     }
+}
+
+/// Ids asked of DescribeLockedSnapshots and ListSnapshotsInRecycleBin a call, and the most
+/// pages read for one such call (a page holds up to 1,000 answers: far more than the ids asked).
+const IDS_PER_CALL: usize = 100;
+const PAGES_PER_CALL: usize = 10;
+
+/// The EBS Snapshot Locks in force on these snapshots of `region` (expired locks left out).
+pub async fn locks(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    ids: &[String],
+) -> Result<BTreeMap<String, SnapshotLock>, Error> {
+    let mut found = BTreeMap::new();
+    for chunk in ids.chunks(IDS_PER_CALL) {
+        let mut token: Option<String> = None;
+        for _ in 0..PAGES_PER_CALL {
+            let page = ec2
+                .describe_locked_snapshots()
+                .set_snapshot_ids(Some(chunk.to_vec()))
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| aws("DescribeLockedSnapshots", region, e))?;
+            for info in page.snapshots() {
+                let state = info.lock_state().map(|s| s.as_str()).unwrap_or_default();
+                if let (Some(id), false) =
+                    (info.snapshot_id(), state == "expired" || state.is_empty())
+                {
+                    let lock = SnapshotLock {
+                        state: state.to_string(),
+                        until: info.lock_expires_on().and_then(utc),
+                    };
+                    found.insert(id.to_string(), lock);
+                }
+            }
+            token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Of these snapshots of `region` (just deleted), those a Recycle Bin rule holds, with the
+/// time each leaves the bin for good (`None`: not reported).
+pub async fn in_recycle_bin(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    ids: &[String],
+) -> Result<BTreeMap<String, Option<DateTime<Utc>>>, Error> {
+    let mut found = BTreeMap::new();
+    for chunk in ids.chunks(IDS_PER_CALL) {
+        let pages = ec2
+            .list_snapshots_in_recycle_bin()
+            .set_snapshot_ids(Some(chunk.to_vec()))
+            .into_paginator()
+            .send();
+        each_page(pages, "ListSnapshotsInRecycleBin", region, |page| {
+            for info in page.snapshots() {
+                if let Some(id) = info.snapshot_id() {
+                    found.insert(id.to_string(), info.recycle_bin_exit_time().and_then(utc));
+                }
+            }
+        })
+        .await?;
+    }
+    Ok(found)
 }
 
 /// Which of the account's own AMIs use which snapshots, in one region.

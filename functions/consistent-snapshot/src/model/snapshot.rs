@@ -28,6 +28,30 @@ impl SnapshotFacts {
     }
 }
 
+/// A snapshot's EBS Snapshot Lock, as `DescribeLockedSnapshots` reports it (an expired lock is
+/// no lock at all and is never made into one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotLock {
+    /// `governance`, `compliance` or `compliance-cooloff`.
+    pub state: String,
+    /// When the lock ends (EC2 always says; `None` only for a garbled answer).
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl SnapshotLock {
+    /// `locked (compliance) until 2027-01-01T00:00:00Z`.
+    pub fn describe(&self) -> String {
+        match self.until {
+            Some(until) => format!(
+                "locked ({}) until {}",
+                self.state,
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            None => format!("locked ({}), end not reported", self.state),
+        }
+    }
+}
+
 /// A snapshot as retention and the fleet report see it: small, because a plan over 100,000
 /// snapshots holds them all.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,6 +14,8 @@
 //! 5. Sets of an instance that is gone or no longer tagged are kept unless the policy says
 //!    otherwise; sets of an instance whose override tags are invalid are all kept.
 //! 6. A set with a snapshot an AMI uses is kept and reported.
+//! 7. A set with a snapshot under an EBS Snapshot Lock is kept, reported with the lock's end,
+//!    and deleted by the first retention after it (`hold_locked`, over the locks EC2 reports).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,7 +25,7 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::model::fleet::InstanceFacts;
-use crate::model::snapshot::SnapshotInfo;
+use crate::model::snapshot::{SnapshotInfo, SnapshotLock};
 use crate::model::state::{InstanceState, SnapshotState};
 use crate::model::tags::{
     is_app_consistent, TAG_APP_CONSISTENT, TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RETAIN_COUNT,
@@ -71,6 +73,16 @@ pub enum Action {
     Delete,
 }
 
+/// What keeps a set that the policy would delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Held {
+    /// An AMI uses one of its snapshots.
+    Image,
+    /// One of its snapshots is under an EBS Snapshot Lock.
+    Lock,
+}
+
 /// One set and what happens to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SetDecision {
@@ -80,6 +92,8 @@ pub struct SetDecision {
     pub snapshots: Vec<String>,
     pub action: Action,
     pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<Held>,
 }
 
 /// The plan of one region: per instance, every set with its decision, newest first.
@@ -289,6 +303,7 @@ fn decide_instance(
             action = Action::Keep;
             reason = why.clone();
         }
+        let mut held = None;
         if action == Action::Delete {
             let images: BTreeSet<&str> = set
                 .snapshots
@@ -297,6 +312,7 @@ fn decide_instance(
                 .collect();
             if !images.is_empty() {
                 action = Action::Keep;
+                held = Some(Held::Image);
                 reason = format!(
                     "used by AMI {}: kept (deregister the image to release it)",
                     images.into_iter().collect::<Vec<_>>().join(", ")
@@ -316,9 +332,39 @@ fn decide_instance(
             snapshots,
             action,
             reason,
+            held,
         });
     }
     decisions
+}
+
+/// Rule 7: every set `plan` would delete that holds a snapshot under one of `locks` is kept
+/// instead, its reason naming the lock that ends last. Answers how many sets were held.
+pub fn hold_locked(plan: &mut RegionPlan, locks: &BTreeMap<String, SnapshotLock>) -> usize {
+    let mut held = 0;
+    for set in plan
+        .instances
+        .values_mut()
+        .flat_map(|sets| sets.iter_mut())
+        .filter(|s| s.action == Action::Delete)
+    {
+        let last = set
+            .snapshots
+            .iter()
+            .filter_map(|id| locks.get(id).map(|lock| (id, lock)))
+            .max_by_key(|(_, lock)| lock.until.unwrap_or(DateTime::<Utc>::MAX_UTC));
+        if let Some((id, lock)) = last {
+            set.action = Action::Keep;
+            set.held = Some(Held::Lock);
+            set.reason = format!(
+                "{id} {}: kept, deleted by the first retention after it ({})",
+                lock.describe(),
+                set.reason
+            );
+            held += 1;
+        }
+    }
+    held
 }
 
 /// What retention makes of an instance: gone or untagged, an override it cannot read, or live
@@ -379,8 +425,16 @@ pub struct RetentionOutcome {
     pub deleted: Vec<String>,
     /// Planned for deletion but kept, with why (an AMI uses it, …).
     pub kept: Vec<String>,
-    /// Deletions that failed; tried again with the next run.
+    /// Deletions that failed, with the AWS code; tried again by the next run's retention.
     pub failed: Vec<String>,
+    /// Planned for deletion but held by an EBS Snapshot Lock: `region/run: snapshot locked
+    /// (mode) until …`. Never counted as deleted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub locked: Vec<String>,
+    /// Deleted, but a Recycle Bin rule keeps them (billed, recoverable): `region/snapshot:
+    /// recoverable until …`. Never counted as deleted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recoverable: Vec<String>,
     /// Deletions not tried because the invocation's time ran out: the next pass does them.
     pub unfinished: usize,
     /// Snapshots deleted by earlier passes of the same retention.
@@ -472,15 +526,23 @@ impl RetentionOutcome {
             "kept": first(&self.kept),
             "failed_count": self.failed.len(),
             "failed": first(&self.failed),
+            "locked_count": self.locked.len(),
+            "locked": first(&self.locked),
+            "recoverable_count": self.recoverable.len(),
+            "recoverable": first(&self.recoverable),
             "unfinished": self.unfinished,
         })
     }
 
-    /// The metrics of an applied retention: snapshots deleted, and planned but kept.
-    pub fn metric_counts(&self) -> [(&'static str, usize); 3] {
+    /// The metrics of an applied retention: snapshots deleted, deleted into the Recycle Bin,
+    /// planned but kept (by an AMI, by a lock), deletions failed, regions not read.
+    pub fn metric_counts(&self) -> [(&'static str, usize); 6] {
         [
             ("SnapshotsDeleted", self.deleted_before + self.deleted.len()),
+            ("SnapshotsInRecycleBin", self.recoverable.len()),
             ("DeletionsHeldBack", self.kept.len()),
+            ("DeletionsLocked", self.locked.len()),
+            ("DeletionsFailed", self.failed.len()),
             ("RegionsUnreadable", self.regions_unreadable.len()),
         ]
     }
@@ -502,12 +564,25 @@ impl RetentionOutcome {
                 self.regions_unreadable.join(", ")
             )
         };
+        let mut held = String::new();
+        if !self.locked.is_empty() {
+            held += &format!(", {} held by a snapshot lock", self.locked.len());
+        }
+        if !self.recoverable.is_empty() {
+            held += &format!(
+                ", {} in the Recycle Bin (billed, recoverable)",
+                self.recoverable.len()
+            );
+        }
+        let failed = match self.failed.first() {
+            Some(first) => format!("{} failed (first: {first})", self.failed.len()),
+            None => "0 failed".to_string(),
+        };
         format!(
-            "retention: {sets} sets in {} region(s), {} snapshots deleted, {} kept although planned, {} failed, {} left for the next pass{unreadable}",
+            "retention: {sets} sets in {} region(s), {} snapshots deleted{held}, {} kept although planned, {failed}, {} left for the next pass{unreadable}",
             self.plans.len(),
             self.deleted_before + self.deleted.len(),
             self.kept.len(),
-            self.failed.len(),
             self.unfinished
         )
     }
@@ -898,6 +973,81 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_set_with_a_locked_snapshot_is_kept_until_the_last_lock_ends() {
+        // Three sets of two snapshots; the newest is kept by the count, the two older would go.
+        let snaps: Vec<SnapshotInfo> = (1..=3)
+            .flat_map(|day| [snap("i-1", day, true, 0), snap("i-1", day, true, 1)])
+            .collect();
+        let mut plan = plan_fn(&snaps, &instances(live(1)), &policy(1, None));
+        assert_eq!(plan.snapshots_to_delete(), 4);
+        let until = |days: i64| Some(t0() + Duration::days(days));
+        let mut locks = BTreeMap::new();
+        let old = &plan.instances["i-1"][1];
+        locks.insert(
+            old.snapshots[0].clone(),
+            SnapshotLock {
+                state: "governance".into(),
+                until: until(3),
+            },
+        );
+        locks.insert(
+            old.snapshots[1].clone(),
+            SnapshotLock {
+                state: "compliance".into(),
+                until: until(30),
+            },
+        );
+        // A lock on a snapshot the plan keeps anyway changes nothing.
+        locks.insert(
+            plan.instances["i-1"][0].snapshots[0].clone(),
+            SnapshotLock {
+                state: "compliance".into(),
+                until: until(9),
+            },
+        );
+        let locked_id = old.snapshots[1].clone();
+        assert_eq!(hold_locked(&mut plan, &locks), 1);
+        let sets = &plan.instances["i-1"];
+        assert_eq!(sets[0].held, None);
+        assert_eq!(sets[1].action, Action::Keep);
+        assert_eq!(sets[1].held, Some(Held::Lock));
+        let end = until(30).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        assert!(
+            sets[1].reason.starts_with(&format!(
+                "{locked_id} locked (compliance) until {}",
+                end.unwrap_or_default()
+            )),
+            "{}",
+            sets[1].reason
+        );
+        // The whole set is kept (never half of it deleted); the unlocked older set still goes.
+        assert_eq!(sets[2].action, Action::Delete);
+        assert_eq!(plan.snapshots_to_delete(), 2);
+    }
+
+    #[test]
+    fn locks_recycle_bin_and_failures_are_named_in_the_summary_and_metrics() {
+        let mut outcome = outcome(2, 3);
+        outcome.locked = vec!["us-east-1/run-02: snap-1 locked (compliance) until …".into()];
+        outcome.recoverable = vec!["us-east-1/snap-0-2: recoverable until …".into()];
+        outcome.deleted.retain(|d| !d.ends_with("snap-0-2"));
+        outcome.failed = vec!["us-east-1/snap-9: DeleteSnapshot of snap-9: AccessDenied".into()];
+        let line = outcome.summary_line();
+        assert!(line.contains("1 snapshots deleted"), "{line}");
+        assert!(line.contains("1 held by a snapshot lock"), "{line}");
+        assert!(line.contains("1 in the Recycle Bin"), "{line}");
+        assert!(
+            line.contains("1 failed (first: us-east-1/snap-9: DeleteSnapshot"),
+            "{line}"
+        );
+        let metrics: BTreeMap<&str, usize> = outcome.metric_counts().into_iter().collect();
+        assert_eq!(metrics["SnapshotsDeleted"], 1);
+        assert_eq!(metrics["SnapshotsInRecycleBin"], 1);
+        assert_eq!(metrics["DeletionsLocked"], 1);
+        assert_eq!(metrics["DeletionsFailed"], 1);
+    }
+
     fn outcome(instances: usize, sets: usize) -> RetentionOutcome {
         let set = |i: usize, k: usize| SetDecision {
             run_id: format!("run-{k:02}"),
@@ -906,6 +1056,7 @@ mod tests {
             snapshots: vec![format!("snap-{i}-{k}")],
             action: if k >= 2 { Action::Delete } else { Action::Keep },
             reason: "older than the newest 2 consistent sets".into(),
+            held: None,
         };
         let plan = RegionPlan {
             region: "us-east-1".into(),

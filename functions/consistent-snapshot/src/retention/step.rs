@@ -21,8 +21,8 @@ use crate::model::state::SnapshotState;
 use crate::model::stop_time;
 use crate::model::tags::{TAG_INSTANCE_ID, TAG_SOURCE_SNAPSHOT};
 use crate::retention::plan::{
-    instance_state, plan, region_policy, Action, RegionPlan, RetentionOutcome, ANSWER_SETS,
-    LOG_LINE_SETS,
+    hold_locked, instance_state, plan, region_policy, Action, Held, RegionPlan, RetentionOutcome,
+    ANSWER_SETS, LOG_LINE_SETS,
 };
 use crate::run::plan::summary::MAX_FOREIGN;
 
@@ -186,7 +186,10 @@ pub async fn plan_retention(app: &App) -> Result<(Vec<RegionPlan>, Vec<String>),
                 (id.clone(), state)
             })
             .collect();
-        plans.push(plan(&region, &snapshots, &instances, &policy, now));
+        let mut region_plan = plan(&region, &snapshots, &instances, &policy, now);
+        drop(snapshots);
+        hold_locks(app, &mut region_plan).await;
+        plans.push(region_plan);
     }
     info!(
         regions = regions.len(),
@@ -196,6 +199,30 @@ pub async fn plan_retention(app: &App) -> Result<(Vec<RegionPlan>, Vec<String>),
         "retention planned"
     );
     Ok((plans, unreadable))
+}
+
+/// Rule 7 at the edge: reads the locks on what `plan` would delete and keeps the sets they
+/// hold. Should the locks not be readable, the plan stands: EC2 refuses to delete a locked
+/// snapshot, and `apply_retention` reads the lock of any refused deletion again.
+async fn hold_locks(app: &App, plan: &mut RegionPlan) {
+    let doomed: Vec<String> = plan
+        .deletions()
+        .flat_map(|(_, set)| set.snapshots.iter().cloned())
+        .collect();
+    if doomed.is_empty() {
+        return;
+    }
+    match snapshots::locks(&app.aws.ec2_in(&plan.region), &plan.region, &doomed).await {
+        Ok(locks) => {
+            let held = hold_locked(plan, &locks);
+            if held > 0 {
+                info!(region = %plan.region, sets = held, "sets kept: under a snapshot lock");
+            }
+        }
+        Err(err) => {
+            warn!(region = %plan.region, code = err.aws_code().unwrap_or("Unknown"), error = %err, "snapshot locks not readable: a locked snapshot's deletion will be refused and reported");
+        }
+    }
 }
 
 /// One region's snapshots that the catalog vouches for, with the AMIs that use them, and how
@@ -232,12 +259,20 @@ pub async fn apply_retention(
     for plan in &plans {
         let ec2 = app.aws.ec2_in(&plan.region);
         let home = plan.region == app.config.region;
+        let deleted_from = outcome.deleted.len();
         for (instance_id, set) in plan.deletions() {
             let mut gone: Vec<&String> = Vec::new();
+            // Once one snapshot of a set is refused (locked, in use, an error), the rest of the
+            // set is left as it is: a set is deleted whole or kept as whole as it can be.
+            let mut refused = false;
             for snapshot_id in &set.snapshots {
                 let at = format!("{}/{snapshot_id}", plan.region);
                 if dry_run {
                     info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, reason = %set.reason, "would delete (dry run)");
+                    continue;
+                }
+                if refused {
+                    info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, "kept: another snapshot of its set could not be deleted");
                     continue;
                 }
                 // At least one deletion a pass, however short: every pass makes progress.
@@ -258,12 +293,26 @@ pub async fn apply_retention(
                         gone.push(snapshot_id);
                     }
                     Deletion::InUse => {
+                        refused = true;
                         warn!(region = %plan.region, instance_id, snapshot_id = %snapshot_id, "kept: in use (by an AMI)");
                         outcome.kept.push(format!("{at}: in use"));
                     }
                     Deletion::Failed(err) => {
-                        warn!(error = %err, "snapshot not deleted");
-                        outcome.failed.push(format!("{at}: {err}"));
+                        refused = true;
+                        // Locked since the plan read the locks (or they were not readable)?
+                        let ids = [snapshot_id.clone()];
+                        let lock = snapshots::locks(&ec2, &plan.region, &ids).await;
+                        match lock.ok().and_then(|mut l| l.remove(snapshot_id)) {
+                            Some(lock) => {
+                                let lock = lock.describe();
+                                warn!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), "kept: {lock}");
+                                outcome.locked.push(format!("{at}: {lock}"));
+                            }
+                            None => {
+                                warn!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), error = %err, "snapshot not deleted");
+                                outcome.failed.push(format!("{at}: {err}"));
+                            }
+                        }
                     }
                 }
             }
@@ -292,20 +341,73 @@ pub async fn apply_retention(
                 }
             }
         }
+        if !dry_run {
+            binned(app, &plan.region, &mut outcome, deleted_from).await;
+        }
         for (instance_id, sets) in &plan.instances {
-            for set in sets
-                .iter()
-                .filter(|s| s.action == Action::Keep && s.reason.contains("AMI"))
-            {
-                warn!(region = %plan.region, instance_id, run_id = %set.run_id, reason = %set.reason, "set kept: used by an AMI");
-                outcome
-                    .kept
-                    .push(format!("{}/{}: {}", plan.region, set.run_id, set.reason));
+            for set in sets.iter().filter(|s| s.action == Action::Keep) {
+                let line = format!("{}/{}: {}", plan.region, set.run_id, set.reason);
+                match set.held {
+                    Some(Held::Image) => {
+                        warn!(region = %plan.region, instance_id, run_id = %set.run_id, reason = %set.reason, "set kept: used by an AMI");
+                        outcome.kept.push(line);
+                    }
+                    Some(Held::Lock) => {
+                        info!(region = %plan.region, instance_id, run_id = %set.run_id, reason = %set.reason, "set kept: under a snapshot lock");
+                        outcome.locked.push(line);
+                    }
+                    None => {}
+                }
             }
         }
     }
     outcome.plans = plans;
     outcome
+}
+
+/// Of the snapshots of `region` deleted by this pass (`outcome.deleted[from..]`), those a
+/// Recycle Bin rule keeps move to `outcome.recoverable` with the date they leave the bin: they
+/// are still billed and can be restored, so they are not counted as deleted. Should the bin not
+/// be readable, they stay counted as deleted and the log says the count may be high.
+async fn binned(app: &App, region: &str, outcome: &mut RetentionOutcome, from: usize) {
+    let prefix = format!("{region}/");
+    let ids: Vec<String> = outcome.deleted[from..]
+        .iter()
+        .filter_map(|at| at.strip_prefix(&prefix).map(str::to_string))
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let bin = match snapshots::in_recycle_bin(&app.aws.ec2_in(region), region, &ids).await {
+        Ok(bin) => bin,
+        Err(err) => {
+            warn!(region = %region, code = err.aws_code().unwrap_or("Unknown"), error = %err, "Recycle Bin not readable: deleted snapshots a rule keeps are counted as deleted");
+            return;
+        }
+    };
+    if bin.is_empty() {
+        return;
+    }
+    let mut kept_deleted = Vec::with_capacity(outcome.deleted.len());
+    for (i, at) in outcome.deleted.drain(..).enumerate() {
+        let exit = (i >= from)
+            .then(|| at.strip_prefix(&prefix))
+            .flatten()
+            .and_then(|id| bin.get(id));
+        match exit {
+            Some(exit) => {
+                let until = exit
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_else(|| "a date not reported".to_string());
+                info!(region = %region, snapshot = %at, until = %until, "deleted into the Recycle Bin: billed and recoverable until then");
+                outcome
+                    .recoverable
+                    .push(format!("{at}: recoverable until {until}"));
+            }
+            None => kept_deleted.push(at),
+        }
+    }
+    outcome.deleted = kept_deleted;
 }
 
 /// `{"action":"retention","dry_run":…}`: the plan, and what was deleted.
@@ -349,14 +451,9 @@ pub async fn retention_job(
         )
         .await;
     }
-    if !outcome.failed.is_empty() {
-        return Err(Error::Retention(format!(
-            "run {}: {} deletion(s) failed: {}",
-            job.run_id,
-            outcome.failed.len(),
-            outcome.failed.join("; ")
-        )));
-    }
+    // A failed deletion is named (with its AWS code) in the summary and counted in the
+    // DeletionsFailed metric, which an alarm watches; the next run's retention tries it again.
+    // It does not fail the job: five failed tries would only add a DLQ message a night.
     let store = RunMarkerStore::new(&app.aws.catalog, &job.run_id);
     if store.mark_retained().await? {
         emit_metrics(
@@ -365,7 +462,7 @@ pub async fn retention_job(
             &[("RunId", &job.run_id), ("Event", "retention")],
         );
         let summary = outcome.to_bounded_json(LOG_LINE_SETS).to_string();
-        if outcome.regions_unreadable.is_empty() {
+        if outcome.regions_unreadable.is_empty() && outcome.failed.is_empty() {
             info!(run_id = %job.run_id, retention = %summary, "{}", outcome.summary_line());
         } else {
             warn!(run_id = %job.run_id, retention = %summary, "{}", outcome.summary_line());
