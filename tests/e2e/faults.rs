@@ -423,3 +423,73 @@ async fn a_refused_deletion_is_named_and_counted_and_the_retention_job_ends() {
     assert_eq!(refused, 1, "one try, no retry of a permanent refusal");
     assert!(drained.messages <= 12, "{drained:?}");
 }
+
+#[tokio::test]
+async fn one_unreachable_instance_in_a_batch_of_fifty_is_the_only_one_unsent() {
+    let world = World::start(1).await.expect("world");
+    let emulator = &world.emulator;
+    // 50 servers, one SendCommand; web17's agent was deregistered after SSM's fleet view was
+    // last updated: SSM still lists it online, and refuses any call naming it.
+    let specs: Vec<ServerSpec> = (0..50)
+        .map(|i| {
+            let spec = ServerSpec::windows(&format!("web{i:02}"), 0);
+            if i == 17 {
+                spec.sim(harness::Windows::agent(harness::Agent::Deregistered))
+            } else {
+                spec
+            }
+        })
+        .collect();
+    let ids = world.seed(&specs).await.expect("seed");
+    let metrics = Metrics::default();
+    let chaos = Chaos::new(emulator, &world.queue, &[], ChaosOptions::calm(8))
+        .expect("chaos")
+        .with_metrics(&metrics);
+    let started = chaos
+        .schedule(&scheduled_event("nightly", "2026-11-23T00:00:00Z"))
+        .await
+        .expect("schedule");
+    let run_id = started[0]["run_id"].as_str().expect("run id").to_string();
+    let drained = chaos
+        .drain(10, Duration::from_secs(180))
+        .await
+        .expect("drain");
+    let report = world.logs.run_report(&run_id).expect("the run's summary");
+    let consistent: Vec<&str> = report
+        .outcomes
+        .iter()
+        .filter(|o| o.kind == consistent_snapshot::OutcomeKind::Consistent)
+        .map(|o| o.instance_id.as_str())
+        .collect();
+    assert_eq!(consistent.len(), 49, "{report:#?}");
+    assert!(!consistent.contains(&ids[17].as_str()));
+    let bad = report
+        .outcomes
+        .iter()
+        .find(|o| o.instance_id == ids[17])
+        .expect("web17 is in the summary");
+    assert_eq!(
+        bad.kind,
+        consistent_snapshot::OutcomeKind::Failed,
+        "{bad:?}"
+    );
+    assert!(
+        bad.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("InvalidInstanceId")),
+        "{bad:?}"
+    );
+    let sends = chaos
+        .proxy
+        .stats()
+        .calls
+        .get("ssm:SendCommand")
+        .copied()
+        .unwrap_or(0);
+    println!(
+        "InvalidInstanceId in a batch of 50: {sends} SendCommand calls, {} deliveries",
+        drained.messages
+    );
+    // The halving: 1 refused call of 50, then about 2 calls a level down to web17 (log2 50 ≈ 6).
+    assert!(sends <= 13, "{sends} SendCommand calls");
+}

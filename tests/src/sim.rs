@@ -15,6 +15,9 @@ pub enum Agent {
     Offline,
     /// Not registered with SSM at all.
     Unmanaged,
+    /// Deregistered since SSM's fleet view was last updated: still listed as online, but
+    /// SendCommand refuses any call naming it (`InvalidInstanceId`).
+    Deregistered,
 }
 
 /// What the VSS document does on a server when it runs.

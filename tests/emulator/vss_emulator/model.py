@@ -24,7 +24,7 @@ DEFAULT_AGENT = "3.3.40.0"
 
 @dataclass
 class SimInstance:
-    ssm: str = "online"  # online | offline | unmanaged
+    ssm: str = "online"  # online | offline | unmanaged | deregistered
     agent_version: str = DEFAULT_AGENT
     outcome: str = "success"  # success | vss_failure | no_ebs | undeliverable
     lag: float = 0.2  # seconds during which GetCommandInvocation says InvocationDoesNotExist
@@ -142,6 +142,11 @@ class Simulation:
                 self.instances[instance_id] = current
 
     # --- the Windows side --------------------------------------------------------------
+    def deregistered(self, instance_id: str) -> bool:
+        with self.lock:
+            sim = self.instances.get(instance_id)
+            return sim is not None and sim.ssm == "deregistered"
+
     def on_send_command(self, command: Any, region: str) -> None:
         if command.document_name not in VSS_DOCUMENTS:
             return

@@ -32,6 +32,14 @@ _original_send = ssm_models.SimpleSystemManagerBackend.send_command
 
 
 def _send_command(self: Any, **kwargs: Any) -> Any:
+    # SendCommand refuses the whole call, with InvalidInstanceId, when one of its instances is
+    # not a managed instance SSM can reach (deregistered, terminated): nothing is sent.
+    refused = [i for i in kwargs.get("instance_ids") or [] if SIM.deregistered(i)]
+    if refused:
+        raise RESTError(
+            "InvalidInstanceId",
+            "Instances not in a valid state for account",
+        )
     command = _original_send(self, **kwargs)
     SIM.on_send_command(command, self.region_name)
     if command.document_name in VSS_DOCUMENTS:
@@ -86,7 +94,10 @@ def _describe_instance_information(self: Any) -> ActionResult:
             rows.append(
                 {
                     "InstanceId": instance_id,
-                    "PingStatus": "Online" if sim.ssm == "online" else "ConnectionLost",
+                    # A deregistered agent's last ping still says Online (SSM's view is stale).
+                    "PingStatus": "Online"
+                    if sim.ssm in ("online", "deregistered")
+                    else "ConnectionLost",
                     "LastPingDateTime": time.time(),
                     "AgentVersion": sim.agent_version,
                     "IsLatestVersion": False,
@@ -198,6 +209,7 @@ REPLACES = (
     "ListCommandInvocations answers the simulated invocations, paged (moto: not implemented)",
     "ListCommands honours Filters and paging; a command's status follows its invocations (moto: Success at once)",
     "PutParameter without Overwrite is an atomic create (moto: check, then append)",
+    "SendCommand naming a deregistered agent (still listed Online) is refused whole: InvalidInstanceId",
 )
 
 

@@ -283,50 +283,84 @@ pub async fn delete(ec2: &aws_sdk_ec2::Client, snapshot_id: &str, subject: &str)
     }
 }
 
-/// Ids asked of DescribeLockedSnapshots and ListSnapshotsInRecycleBin a call, and the most
-/// pages read for one such call (a page holds up to 1,000 answers: far more than the ids asked).
+/// Ids asked of DescribeLockedSnapshots and ListSnapshotsInRecycleBin a call; the largest page
+/// DescribeLockedSnapshots answers, and the most pages of a region's locks read before asking
+/// by id instead (a vault that locks everything holds far more locks than a night deletes).
 const IDS_PER_CALL: usize = 100;
-const PAGES_PER_CALL: usize = 10;
+const LOCKS_PER_PAGE: i32 = 1_000;
+const LOCK_PAGES_MAX: usize = 20;
+/// The states of a lock in force (`expired` is no lock).
+const LOCKS_IN_FORCE: [&str; 3] = ["governance", "compliance", "compliance-cooloff"];
 
-/// The EBS Snapshot Locks in force on these snapshots of `region` (expired locks left out).
+/// The EBS Snapshot Locks in force on these snapshots of `region`: the region's locks, a
+/// page of 1,000 a call (one call when there are few), or, past `LOCK_PAGES_MAX` pages, asked
+/// for these snapshots by id, 100 a call.
 pub async fn locks(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    ids: &[String],
+) -> Result<BTreeMap<String, SnapshotLock>, Error> {
+    let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut found = BTreeMap::new();
+    let mut token: Option<String> = None;
+    for _ in 0..LOCK_PAGES_MAX {
+        let page = ec2
+            .describe_locked_snapshots()
+            .filters(ec2_filter("lock-state", LOCKS_IN_FORCE.map(String::from)))
+            .max_results(LOCKS_PER_PAGE)
+            .set_next_token(token.take())
+            .send()
+            .await
+            .map_err(|e| aws("DescribeLockedSnapshots", region, e))?;
+        collect_locks(page.snapshots(), |id| wanted.contains(id), &mut found);
+        token = page
+            .next_token()
+            .filter(|t| !t.is_empty())
+            .map(str::to_string);
+        if token.is_none() {
+            return Ok(found);
+        }
+    }
+    locks_by_id(ec2, region, ids).await
+}
+
+/// The locks in force on these snapshots of `region`, asked by id, 100 a call.
+pub async fn locks_by_id(
     ec2: &aws_sdk_ec2::Client,
     region: &str,
     ids: &[String],
 ) -> Result<BTreeMap<String, SnapshotLock>, Error> {
     let mut found = BTreeMap::new();
     for chunk in ids.chunks(IDS_PER_CALL) {
-        let mut token: Option<String> = None;
-        for _ in 0..PAGES_PER_CALL {
-            let page = ec2
-                .describe_locked_snapshots()
-                .set_snapshot_ids(Some(chunk.to_vec()))
-                .set_next_token(token.take())
-                .send()
-                .await
-                .map_err(|e| aws("DescribeLockedSnapshots", region, e))?;
-            for info in page.snapshots() {
-                let state = info.lock_state().map(|s| s.as_str()).unwrap_or_default();
-                if let (Some(id), false) =
-                    (info.snapshot_id(), state == "expired" || state.is_empty())
-                {
-                    let lock = SnapshotLock {
-                        state: state.to_string(),
-                        until: info.lock_expires_on().and_then(utc),
-                    };
-                    found.insert(id.to_string(), lock);
-                }
-            }
-            token = page
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_string);
-            if token.is_none() {
-                break;
-            }
-        }
+        let page = ec2
+            .describe_locked_snapshots()
+            .set_snapshot_ids(Some(chunk.to_vec()))
+            .send()
+            .await
+            .map_err(|e| aws("DescribeLockedSnapshots", region, e))?;
+        collect_locks(page.snapshots(), |_| true, &mut found);
     }
     Ok(found)
+}
+
+fn collect_locks(
+    infos: &[aws_sdk_ec2::types::LockedSnapshotsInfo],
+    wanted: impl Fn(&str) -> bool,
+    found: &mut BTreeMap<String, SnapshotLock>,
+) {
+    for info in infos {
+        let state = info.lock_state().map(|s| s.as_str()).unwrap_or_default();
+        match info.snapshot_id() {
+            Some(id) if wanted(id) && LOCKS_IN_FORCE.contains(&state) => {
+                let lock = SnapshotLock {
+                    state: state.to_string(),
+                    until: info.lock_expires_on().and_then(utc),
+                };
+                found.insert(id.to_string(), lock);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Of these snapshots of `region` (just deleted), those a Recycle Bin rule holds, with the

@@ -301,7 +301,7 @@ pub async fn apply_retention(
                         refused = true;
                         // Locked since the plan read the locks (or they were not readable)?
                         let ids = [snapshot_id.clone()];
-                        let lock = snapshots::locks(&ec2, &plan.region, &ids).await;
+                        let lock = snapshots::locks_by_id(&ec2, &plan.region, &ids).await;
                         match lock.ok().and_then(|mut l| l.remove(snapshot_id)) {
                             Some(lock) => {
                                 let lock = lock.describe();

@@ -44,6 +44,31 @@ pub fn plan_commands(targets: &[Target]) -> Vec<CommandPlan> {
     plans
 }
 
+/// SSM's code for a SendCommand refused because one of its instances is not a managed
+/// instance it can reach (deregistered, terminated, not running): the whole call is refused and
+/// the answer does not say which instance.
+pub const INVALID_INSTANCE_CODE: &str = "InvalidInstanceId";
+
+impl CommandPlan {
+    /// A command refused with `INVALID_INSTANCE_CODE`, halved to find the instances at fault:
+    /// each half is sent on its own, and a single instance refused is that instance's own
+    /// failure. Finding k bad instances among 50 costs at most about 2·k·log2(50) calls, and
+    /// the healthy ones are sent in the fewest commands the halving allows. `None` for one
+    /// instance (or none): nothing left to split.
+    pub fn halves(self) -> Option<(CommandPlan, CommandPlan)> {
+        if self.targets.len() < 2 {
+            return None;
+        }
+        let mut first = self.targets;
+        let second = first.split_off(first.len() / 2);
+        let half = |targets| CommandPlan {
+            exclude_boot_volume: self.exclude_boot_volume,
+            targets,
+        };
+        Some((half(first), half(second)))
+    }
+}
+
 /// The document's `tags` parameter: the run-wide contract tags. The document itself adds
 /// `Device`, `AppConsistent` and `AwsVssConfig`; per-instance tags are added by the tracker.
 pub fn tags_parameter(run_id: &str, managed_by: &str) -> String {
@@ -457,6 +482,44 @@ mod tests {
         // 90 keep the boot volume (2 commands), 30 exclude it (1 command).
         assert_eq!(plans.len(), 3);
         assert!(plan_commands(&[]).is_empty());
+    }
+
+    #[test]
+    fn halving_a_refused_command_isolates_the_bad_instances_in_few_calls() {
+        for bad in [vec![17], vec![0, 49], vec![3, 4, 30]] {
+            let plan = CommandPlan {
+                exclude_boot_volume: false,
+                targets: (0..50).map(|i| target(i, false)).collect(),
+            };
+            let is_bad = |t: &Target| {
+                bad.iter()
+                    .any(|b| t.instance_id == target(*b, false).instance_id)
+            };
+            let (mut calls, mut sent, mut refused) = (0, Vec::new(), Vec::new());
+            let mut queue = std::collections::VecDeque::from([plan]);
+            while let Some(plan) = queue.pop_front() {
+                calls += 1;
+                if !plan.targets.iter().any(is_bad) {
+                    sent.extend(plan.targets);
+                    continue;
+                }
+                match plan.clone().halves() {
+                    Some((a, b)) => queue.extend([a, b]),
+                    None => refused.extend(plan.targets),
+                }
+            }
+            assert_eq!(sent.len(), 50 - bad.len(), "{bad:?}");
+            assert!(!sent.iter().any(is_bad));
+            assert_eq!(refused.len(), bad.len());
+            // At most 2·log2(50) ≈ 12 calls per bad instance, plus the first.
+            assert!(calls <= 1 + 12 * bad.len(), "{bad:?}: {calls} calls");
+        }
+        assert!(CommandPlan {
+            exclude_boot_volume: true,
+            targets: vec![target(1, true)]
+        }
+        .halves()
+        .is_none());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! watch message finishes a dispatch whose invocation was stopped, and the history
 //! (`run::plan::dispatch`) keeps the finishing invocation from sending what was already sent.
 
+use std::collections::VecDeque;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
@@ -23,7 +24,8 @@ use crate::model::state::InstanceState;
 use crate::run::plan::claim::{self, Claim};
 use crate::run::plan::dispatch::{
     claimed_start, command_parameters, dispatched, dry_run_start, history_since, in_flight_window,
-    manifest, plan_commands, plan_dispatch, tracking_jobs, vss_documents, RunStart, StartStatus,
+    manifest, plan_commands, plan_dispatch, tracking_jobs, vss_documents, CommandPlan, RunStart,
+    StartStatus, INVALID_INSTANCE_CODE,
 };
 use crate::run::plan::preflight::preflight;
 
@@ -221,7 +223,8 @@ async fn send_all(
         let mut again: Vec<Target> = Vec::new();
         let mut unknown = false;
         let mut last_error = None;
-        for plan in plan_commands(&targets) {
+        let mut queue: VecDeque<CommandPlan> = plan_commands(&targets).into();
+        while let Some(plan) = queue.pop_front() {
             let request = CommandRequest {
                 run_id: &run_id,
                 instance_ids: plan.targets.iter().map(|t| t.instance_id.clone()).collect(),
@@ -240,6 +243,17 @@ async fn send_all(
                             .iter()
                             .map(|t| dispatched(t, Some(&command_id), false)),
                     );
+                }
+                Err(SendFailure::Refused(err))
+                    if err.aws_code() == Some(INVALID_INSTANCE_CODE) && plan.targets.len() > 1 =>
+                {
+                    // One instance SSM cannot reach refuses the whole call: halve it, so that
+                    // only the instances at fault stay unsent.
+                    warn!(run_id = %run_id, instances = plan.targets.len(), code = INVALID_INSTANCE_CODE, "command refused for one of its instances: sending it in halves");
+                    if let Some((first, second)) = plan.halves() {
+                        queue.push_front(second);
+                        queue.push_front(first);
+                    }
                 }
                 Err(SendFailure::Refused(err)) => {
                     error!(run_id = %run_id, error = %err, "command refused");
