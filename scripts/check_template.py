@@ -149,7 +149,10 @@ def check(template: dict) -> list[str]:
             problems.append(f"{s.get('Sid', '?')}: KMS use not limited to EC2 (kms:ViaService)")
 
     for s in (s for s in stmts if "sns:Publish" in actions(s)):
-        if s.get("Resource") != {"Ref": "NotificationTopic"}:
+        if s.get("Resource") not in (
+            {"Ref": "NotificationTopic"},
+            {"Fn::If": ["TopicGiven", {"Ref": "NotificationTopicArn"}, {"Ref": "NotificationTopic"}]},
+        ):
             problems.append("sns:Publish is not limited to the stack's notification topic")
 
     alarms = {
@@ -171,6 +174,29 @@ def check(template: dict) -> list[str]:
     for metric, what in wanted.items():
         if not any(a.get("MetricName") == metric for a in alarms.values()):
             problems.append(f"no alarm on {metric} ({what})")
+    # Alarms on what AWS measures of the stack's own parts: (metric, the resource it watches).
+    watched = {
+        ("ApproximateAgeOfOldestMessage", "TrackingQueue"): "the tracking queue's oldest message",
+        ("Errors", "SnapshotFunction"): "the function's failed invocations",
+        ("Throttles", "SnapshotFunction"): "the function throttled",
+        ("ApproximateNumberOfMessagesVisible", "ScheduleDeadLetterQueue"): "the schedules' dead-letter queue",
+    }
+    for (metric, resource), what in watched.items():
+        if not any(
+            a.get("MetricName") == metric and resource in text(a.get("Dimensions"))
+            for a in alarms.values()
+        ):
+            problems.append(f"no alarm on {metric} of {resource} ({what})")
+    # Each new dead-letter incident notifies: an alarm on the growth of the DLQ, not only on
+    # its being non-empty (which stays in ALARM, silent, while old messages wait).
+    if not any(
+        "DIFF(" in text(a.get("Metrics")) and "TrackingDeadLetterQueue" in text(a.get("Metrics"))
+        for a in alarms.values()
+    ):
+        problems.append("no alarm on new messages in the tracking dead-letter queue (DIFF)")
+    outputs = template.get("Outputs", {})
+    if "NO NOTIFICATION TARGET" not in text(outputs.get("Notifications")):
+        problems.append("the outputs do not say when the alarms notify nobody")
     for name, a in alarms.items():
         if a.get("MetricName") == "InstancesOutOfRpo" and a.get("TreatMissingData") != "breaching":
             problems.append(f"{name}: a report that stops must alarm (TreatMissingData: breaching)")
