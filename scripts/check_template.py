@@ -194,6 +194,20 @@ def check(template: dict) -> list[str]:
         for a in alarms.values()
     ):
         problems.append("no alarm on new messages in the tracking dead-letter queue (DIFF)")
+    dashboards = [
+        r["Properties"] for r in template["Resources"].values()
+        if r.get("Type") == "AWS::CloudWatch::Dashboard"
+    ]
+    if not dashboards:
+        problems.append("no CloudWatch dashboard")
+    else:
+        body = text(dashboards[0].get("DashboardBody"))
+        for metric in ("InstancesOutOfRpo", "Consistent", "SnapshotsCopied",
+                       "SnapshotsDeleted", "RestoresVerified"):
+            if f'"{metric}"' not in body:
+                problems.append(f"the dashboard does not show {metric}")
+        if "instance finished" not in body:
+            problems.append("the dashboard has no table of the last runs' servers that are not consistent")
     outputs = template.get("Outputs", {})
     if "NO NOTIFICATION TARGET" not in text(outputs.get("Notifications")):
         problems.append("the outputs do not say when the alarms notify nobody")

@@ -123,6 +123,32 @@ async fn one_broken_copy_region_fails_alone_by_name_and_the_chain_ends() {
                 "{name}: the retention line names the region: {lines:#?}"
             );
         }
+        if unreadable > 0 {
+            // The fleet report still answers: the healthy region's copies are counted, the
+            // broken one is named with its code, and its copies are not counted as missing.
+            let answer = chaos
+                .invoke_stopping(
+                    serde_json::json!({"action": "report"}),
+                    harness::faults::Stop::Never,
+                )
+                .await
+                .expect("report");
+            let harness::chaos::Ended::Answered(report) = answer else {
+                panic!("{name}: the report failed: {answer:?}");
+            };
+            assert_eq!(
+                report["regions_unreadable"],
+                serde_json::json!([format!("{BROKEN} (UnauthorizedOperation)")]),
+                "{name}: {report:#}"
+            );
+            assert_eq!(report["totals"]["within_rpo"], 2, "{name}: {report:#}");
+            assert_eq!(report["totals"]["copies_missing"], 0, "{name}: {report:#}");
+            let reported = metrics.of("report", None);
+            assert_eq!(
+                reported.last().map(|m| m["RegionsUnreadable"].clone()),
+                Some(1.into())
+            );
+        }
         let stats = chaos.proxy.stats();
         let refused = stats
             .regional

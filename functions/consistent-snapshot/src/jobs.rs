@@ -166,6 +166,18 @@ pub struct RetentionJob {
     /// deletions take more than one invocation).
     #[serde(default)]
     pub deleted_before: usize,
+    /// Passes already queued again because deletions failed for a reason that may pass
+    /// (throttling, a 5xx, no answer); at `RETENTION_RETRIES` the failures are reported.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+}
+
+/// How many more passes a run's retention makes for deletions that failed for a reason that
+/// may pass, before it reports them failed (the next run tries them again).
+pub const RETENTION_RETRIES: u32 = 3;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -78,6 +78,7 @@ pub async fn copy_job(
             &[Envelope::new(Job::Retention(RetentionJob {
                 run_id: job.run_id.clone(),
                 deleted_before: 0,
+                retries: 0,
             }))],
         )
         .await?;

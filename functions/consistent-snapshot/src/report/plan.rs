@@ -53,6 +53,9 @@ pub struct ReportInput<'a> {
     /// This deployment's copies, per copy region.
     pub copies: &'a BTreeMap<String, Vec<SnapshotInfo>>,
     pub failures: &'a [FailedInvocation],
+    /// Copy regions that could not be read, with the AWS code (`region (code)`): their copies
+    /// are reported as unknown, never as missing.
+    pub regions_unreadable: &'a BTreeMap<String, String>,
 }
 
 /// A snapshot set, as the report shows it.
@@ -115,6 +118,13 @@ pub struct Totals {
     pub not_ready: usize,
     /// Copy regions where the newest consistent set is not fully copied, over all instances.
     pub copies_missing: usize,
+    /// Copy regions that could not be read (their copies are not counted either way).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub regions_unreadable: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -122,6 +132,9 @@ pub struct FleetReport {
     pub generated_at: DateTime<Utc>,
     pub rpo_hours: u32,
     pub totals: Totals,
+    /// `region (AWS code)` of each copy region that could not be read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub regions_unreadable: Vec<String>,
     pub instances: Vec<InstanceStatus>,
 }
 
@@ -129,8 +142,16 @@ impl FleetReport {
     /// One line for the log and the invocation's caller.
     pub fn summary_line(&self) -> String {
         let t = &self.totals;
+        let unreadable = if self.regions_unreadable.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; copy regions not readable, their copies unknown: {}",
+                self.regions_unreadable.join(", ")
+            )
+        };
         format!(
-            "fleet report: {} instances, {} within the {} h RPO, {} out of it ({} never backed up), {} with an unresolved failure, {} the next run would skip",
+            "fleet report: {} instances, {} within the {} h RPO, {} out of it ({} never backed up), {} with an unresolved failure, {} the next run would skip{unreadable}",
             t.instances, t.within_rpo, self.rpo_hours, t.out_of_rpo, t.never_backed_up, t.unresolved_failures, t.not_ready
         )
     }
@@ -158,7 +179,14 @@ pub fn build(input: &ReportInput) -> FleetReport {
             None => (vec![], None),
         };
         let copies = match newest {
-            Some(set) => copy_statuses(set, regions, input.copies),
+            Some(set) => copy_statuses(
+                set,
+                regions
+                    .into_iter()
+                    .filter(|r| !input.regions_unreadable.contains_key(r))
+                    .collect(),
+                input.copies,
+            ),
             None => BTreeMap::new(),
         };
         let newest_at = latest_consistent.as_ref().map(|s| s.taken_at);
@@ -177,10 +205,17 @@ pub fn build(input: &ReportInput) -> FleetReport {
         let taken = |s: &InstanceStatus| s.latest_consistent.as_ref().map(|l| l.taken_at);
         (a.rpo, taken(a), &a.name, &a.instance_id).cmp(&(b.rpo, taken(b), &b.name, &b.instance_id))
     });
+    let mut totals = totals(&statuses);
+    totals.regions_unreadable = input.regions_unreadable.len();
     FleetReport {
         generated_at: input.now,
         rpo_hours: input.rpo_hours,
-        totals: totals(&statuses),
+        totals,
+        regions_unreadable: input
+            .regions_unreadable
+            .iter()
+            .map(|(region, code)| format!("{region} ({code})"))
+            .collect(),
         instances: statuses,
     }
 }
@@ -301,6 +336,7 @@ fn totals(statuses: &[InstanceStatus]) -> Totals {
             .flat_map(|s| s.copies.values())
             .filter(|c| c.completed < c.of)
             .count(),
+        regions_unreadable: 0,
     }
 }
 
@@ -471,6 +507,7 @@ mod tests {
             ]),
             copies: &copies,
             failures: &failures,
+            regions_unreadable: &BTreeMap::new(),
         });
         let order: Vec<(&str, RpoStatus)> = report
             .instances
@@ -540,6 +577,7 @@ mod tests {
                 unresolved_failures: 2,
                 not_ready: 1,
                 copies_missing: 1,
+                regions_unreadable: 0,
             }
         );
         assert!(report
@@ -563,6 +601,7 @@ mod tests {
             copy_regions: BTreeMap::new(),
             copies: &BTreeMap::new(),
             failures: &[],
+            regions_unreadable: &BTreeMap::new(),
         });
         let status = &report.instances[0];
         assert_eq!(status.rpo, RpoStatus::WithinRpo);
@@ -575,6 +614,7 @@ mod tests {
         let one = instance("i-1", "sql01");
         let snapshots = vec![snap("snap-a", "i-1", "r1", 26, true)];
         let no_copies = BTreeMap::new();
+        let readable = BTreeMap::new();
         let input = |hours| ReportInput {
             now: now(),
             rpo_hours: hours,
@@ -584,6 +624,7 @@ mod tests {
             copy_regions: BTreeMap::new(),
             copies: &no_copies,
             failures: &[],
+            regions_unreadable: &readable,
         };
         assert_eq!(build(&input(26)).instances[0].rpo, RpoStatus::WithinRpo);
         assert_eq!(build(&input(25)).instances[0].rpo, RpoStatus::OutOfRpo);

@@ -49,15 +49,30 @@ pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
     // never puts a server within its RPO.
     let index = app.aws.catalog.index().await?;
     let (home_snapshots, _) = vouched_snapshots(app, home, &index, false).await?;
+    // A copy region that cannot be read is named with its code; the others are reported.
     let mut copies = BTreeMap::new();
+    let mut regions_unreadable = BTreeMap::new();
     let regions = copy_regions.values().flat_map(|r| r.iter().flatten());
     for region in regions {
-        if !copies.contains_key(region) {
-            let (found, _) = vouched_snapshots(app, region, &index, false).await?;
-            copies.insert(region.clone(), found);
+        if copies.contains_key(region) || regions_unreadable.contains_key(region) {
+            continue;
+        }
+        match vouched_snapshots(app, region, &index, false).await {
+            Ok((found, _)) => {
+                copies.insert(region.clone(), found);
+            }
+            Err(err) => {
+                let code = err.aws_code().unwrap_or("Unknown").to_string();
+                warn!(region = %region, code = %code, error = %err, "copy region not readable: its copies are reported as unknown");
+                regions_unreadable.insert(region.clone(), code);
+            }
         }
     }
-    let failures = recent_failures(app, now).await?;
+    // The failures' reasons only explain; without them the report still stands.
+    let failures = recent_failures(app, now).await.unwrap_or_else(|err| {
+        warn!(code = err.aws_code().unwrap_or("Unknown"), error = %err, "failed commands not readable: the report gives no reasons from SSM");
+        Vec::new()
+    });
     let input = ReportInput {
         now,
         rpo_hours: app.config.rpo_hours,
@@ -73,6 +88,7 @@ pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
         copy_regions,
         copies: &copies,
         failures: &failures,
+        regions_unreadable: &regions_unreadable,
     };
     Ok(build(&input))
 }
@@ -107,11 +123,12 @@ pub async fn on_demand(app: &App) -> Result<Value, Error> {
             ("InstancesOutOfRpo", t.out_of_rpo),
             ("InstancesNeverBackedUp", t.never_backed_up),
             ("CopiesMissing", t.copies_missing),
+            ("RegionsUnreadable", t.regions_unreadable),
         ],
         &[("Event", "report")],
     );
     let line = report.summary_line();
-    if t.out_of_rpo > 0 {
+    if t.out_of_rpo > 0 || t.regions_unreadable > 0 {
         let late: Vec<String> = report
             .instances
             .iter()

@@ -437,6 +437,10 @@ pub struct RetentionOutcome {
     pub recoverable: Vec<String>,
     /// Deletions not tried because the invocation's time ran out: the next pass does them.
     pub unfinished: usize,
+    /// Of `failed`, those that failed for a reason that may pass (throttling, a 5xx, no
+    /// answer): the run's retention makes another pass for them.
+    #[serde(skip)]
+    pub transient_failures: usize,
     /// Snapshots deleted by earlier passes of the same retention.
     pub deleted_before: usize,
     /// Regions that could not be read (`region (AWS code)`): nothing was deleted there, and

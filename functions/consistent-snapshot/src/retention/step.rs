@@ -14,7 +14,7 @@ use crate::aws::instances;
 use crate::aws::snapshots::{self, Deletion};
 use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
-use crate::jobs::{Job, RetentionJob};
+use crate::jobs::{Job, RetentionJob, RETENTION_RETRIES};
 use crate::model::catalog::{admit, CatalogIndex};
 use crate::model::snapshot::{SnapshotFacts, SnapshotInfo};
 use crate::model::state::SnapshotState;
@@ -310,6 +310,9 @@ pub async fn apply_retention(
                             }
                             None => {
                                 warn!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), error = %err, "snapshot not deleted");
+                                if !err.is_permanent() {
+                                    outcome.transient_failures += 1;
+                                }
                                 outcome.failed.push(format!("{at}: {err}"));
                             }
                         }
@@ -446,6 +449,21 @@ pub async fn retention_job(
             app,
             Job::Retention(RetentionJob {
                 deleted_before,
+                ..job
+            }),
+        )
+        .await;
+    }
+    // Deletions that failed for a reason that may pass get another pass (which plans again),
+    // at most RETENTION_RETRIES of them.
+    if outcome.transient_failures > 0 && job.retries < RETENTION_RETRIES {
+        info!(run_id = %job.run_id, failed = outcome.transient_failures, retries = job.retries + 1, "deletions failed for a reason that may pass: retention tries again in the next pass");
+        let deleted_before = job.deleted_before + outcome.deleted.len();
+        return requeue(
+            app,
+            Job::Retention(RetentionJob {
+                deleted_before,
+                retries: job.retries + 1,
                 ..job
             }),
         )
