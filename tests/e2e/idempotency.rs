@@ -216,7 +216,10 @@ async fn an_unanswered_or_throttled_send_command_freezes_once() {
         ])
         .await
         .expect("seed");
-    let chaos = Chaos::new(emulator, queue, &[], ChaosOptions::calm(7)).expect("chaos");
+    // 30 s: the SDK's backoff after the throttled sends, and a loaded machine, can outlast 6 s.
+    let chaos = Chaos::new(emulator, queue, &[], ChaosOptions::calm(7))
+        .expect("chaos")
+        .with_timeout(Duration::from_secs(30));
 
     // The command reaches SSM, its answer is lost: the history shows it was sent.
     chaos.proxy.force("ssm:SendCommand", Fault::DroppedAfter, 1);
