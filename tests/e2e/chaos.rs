@@ -12,8 +12,8 @@ use consistent_snapshot::OutcomeKind;
 use harness::chaos::{Chaos, ChaosLog, ChaosOptions};
 use harness::faults::{Fault, ProxyStats};
 use harness::{
-    commands_per_instance, invoke, queue_depth, run_snapshots, scheduled_event, seed_bulk,
-    snapshot_tag, Emulator, Logs, World,
+    commands_per_instance, invoke, peek_bodies, queue_depth, run_snapshots, scheduled_event,
+    seed_bulk, snapshot_tag, Emulator, Logs, World,
 };
 
 const FLEET: usize = 50;
@@ -321,5 +321,7 @@ async fn chaos_ends_in_the_same_state_as_a_fault_free_run() {
             .len(),
         calm.snapshots
     );
+    let dead = peek_bodies(emulator, "tracking-dlq").await.expect("dlq");
+    assert!(dead.is_empty(), "{} in the DLQ: {dead:#?}", dead.len());
     assert_eq!(queue_depth(emulator, "tracking-dlq").await.expect("dlq"), 0);
 }

@@ -30,7 +30,7 @@ pub use probes::{
 pub use sim::{Agent, Ebs, History, VssOutcome, Windows};
 pub use source::{
     batch_failures, deadline_in, drain, drain_with, invoke, nightly_run, queue_arn, queue_depth,
-    queue_is_empty, receive, scheduled_event, sqs_records, Drained, FUNCTION_TIMEOUT,
+    peek_bodies, queue_is_empty, receive, scheduled_event, sqs_records, Drained, FUNCTION_TIMEOUT,
 };
 pub use world::World;
 

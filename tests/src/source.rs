@@ -223,6 +223,23 @@ pub async fn queue_depth(emulator: &Emulator, name: &str) -> Result<usize> {
         .unwrap_or(0))
 }
 
+/// The bodies of the messages in queue `name` (at most 100), read without deleting them:
+/// what a test shows when a dead-letter queue is not empty.
+pub async fn peek_bodies(emulator: &Emulator, name: &str) -> Result<Vec<String>> {
+    let sqs = emulator.sqs();
+    let url = sqs.get_queue_url().queue_name(name).send().await?;
+    let url = url.queue_url().unwrap_or_default();
+    let mut bodies = Vec::new();
+    for _ in 0..10 {
+        let messages = receive(&sqs, url, 10, 0).await?;
+        if messages.is_empty() {
+            break;
+        }
+        bodies.extend(messages.iter().filter_map(|m| m.body().map(str::to_string)));
+    }
+    Ok(bodies)
+}
+
 /// A scheduled event as an EventBridge rule delivers it.
 pub fn scheduled_event(rule: &str, time: &str) -> Value {
     json!({

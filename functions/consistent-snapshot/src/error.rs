@@ -21,10 +21,6 @@ pub enum Error {
         message: String,
     },
 
-    /// Retention could not delete what it planned to (it tries again with the next run).
-    #[error("retention: {0}")]
-    Retention(String),
-
     /// A restore cannot be done as asked; the message says why.
     #[error("restore: {0}")]
     Restore(String),
@@ -65,13 +61,12 @@ impl Error {
 
     /// What failed, for Lambda's `errorType` (CloudWatch, the async-invocation DLQ and the
     /// caller see it without reading the message): `Config`, `Event`, `Aws.<code>`,
-    /// `Retention`, `Restore`, `Enqueue`, `Catalog`, `Refused`.
+    /// `Restore`, `Enqueue`, `Catalog`, `Refused`.
     pub fn error_type(&self) -> String {
         match self {
             Error::Config(_) => "Config".into(),
             Error::Event(_) => "Event".into(),
             Error::Aws { code, .. } => format!("Aws.{code}"),
-            Error::Retention(_) => "Retention".into(),
             Error::Restore(_) => "Restore".into(),
             Error::Enqueue(_) => "Enqueue".into(),
             Error::Catalog(_) => "Catalog".into(),
@@ -159,7 +154,6 @@ mod tests {
                 "Config",
             ),
             (Error::Event("field `action`".into()), "Event"),
-            (Error::Retention("r".into()), "Retention"),
             (Error::Restore("r".into()), "Restore"),
             (Error::Enqueue("i-1".into()), "Enqueue"),
             (Error::Catalog("c".into()), "Catalog"),

@@ -216,6 +216,19 @@ pub struct VerifyJob {
 }
 
 impl Job {
+    /// The job's kind as its message names it (`"kind"`), for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Job::Instance(_) => "instance",
+            Job::Run(_) => "run",
+            Job::Watch(_) => "watch",
+            Job::Copy(_) => "copy",
+            Job::Retention(_) => "retention",
+            Job::Restore(_) => "restore",
+            Job::Verify(_) => "verify",
+        }
+    }
+
     pub fn run_id(&self) -> &str {
         match self {
             Job::Instance(j) => &j.run_id,
@@ -303,7 +316,13 @@ mod tests {
     #[test]
     fn a_job_survives_the_queue() {
         let envelope = Envelope::new(Job::Instance(instance_job()));
-        assert_eq!(Envelope::from_body(&envelope.to_body()), Ok(envelope));
+        assert_eq!(
+            Envelope::from_body(&envelope.to_body()),
+            Ok(envelope.clone())
+        );
+        // Logs name a job as its message does.
+        let kind = envelope.job.kind();
+        assert!(envelope.to_body().contains(&format!("\"kind\":\"{kind}\"")));
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::jobs::{RestoreJob, RunJob};
 use crate::model::catalog::{CatalogIndex, CopyRecord, InstanceReport, ManifestEntry, SetRecord};
 use crate::model::markers::{
     parse_markers, to_release, MarkerValue, RunMarkers, COPIED, COPY_LEASE, COPY_PASS, DISPATCHED,
-    KEEP_RUN_DAYS, LEASE, REPORTED, RETAINED,
+    KEEP_RUN_DAYS, LEASE, REPORTED, RETAINED, RUN_LOOK,
 };
 
 const PK: &str = "pk";
@@ -805,6 +805,13 @@ impl<'a> RunMarkerStore<'a> {
     /// (after its invocation was stopped, or a duplicate) finds its own claim and goes on too.
     pub async fn claim_copy_pass(&self, pass: u32, message_id: &str) -> Result<bool, Error> {
         self.create_as(&format!("{COPY_PASS}{pass}"), None, message_id)
+            .await
+    }
+
+    /// Claims look `look` at the whole run for the message `message_id`, as
+    /// `claim_copy_pass` claims a copy pass.
+    pub async fn claim_run_look(&self, look: u32, message_id: &str) -> Result<bool, Error> {
+        self.create_as(&format!("{RUN_LOOK}{look}"), None, message_id)
             .await
     }
 

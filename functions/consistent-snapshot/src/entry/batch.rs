@@ -34,6 +34,8 @@ pub async fn process_batch(
 ) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
     let mut give_back: Option<&str> = None;
+    // Steps end here, leaving the invocation time to answer.
+    let step_deadline = deadline - Duration::milliseconds(RESERVE_MILLIS);
     for record in event.records {
         let id = record.message_id.clone().unwrap_or_default();
         // Only the deployment's own queue, which only the function's role may send to (and
@@ -51,9 +53,8 @@ pub async fn process_batch(
             continue;
         }
         let body = record.body.as_deref().unwrap_or_default();
-        let left = (deadline - Utc::now() - Duration::milliseconds(RESERVE_MILLIS))
-            .to_std()
-            .unwrap_or_default();
+        let now = Utc::now();
+        let left = (step_deadline - now).to_std().unwrap_or_default();
         if give_back.is_none() && left < std::time::Duration::from_millis(MIN_STEP_MILLIS) {
             give_back = Some("too little time left in this invocation");
         }
@@ -81,20 +82,24 @@ pub async fn process_batch(
             }
         };
         let run_id = envelope.job.run_id().to_string();
-        let step = tokio::time::timeout(left, process_job(app, envelope.job, deadline, &id));
-        let failed = match step.await {
+        let kind = envelope.job.kind();
+        let began = Utc::now();
+        let step = tokio::time::timeout(left, process_job(app, envelope.job, step_deadline, &id));
+        let ended = step.await;
+        let elapsed_ms = (Utc::now() - began).num_milliseconds();
+        let failed = match ended {
             Ok(Ok(())) => false,
             Ok(Err(err)) => {
                 let throttled = err.is_throttling();
                 if throttled {
                     give_back = Some("AWS throttled an earlier message of this batch");
                 }
-                warn!(message_id = %id, run_id = %run_id, error = %err, throttled, "step failed, the message comes back after its visibility timeout");
+                warn!(message_id = %id, run_id = %run_id, job = kind, elapsed_ms, error = %err, throttled, "step failed, the message comes back after its visibility timeout");
                 true
             }
             Err(_) => {
                 give_back = Some("the invocation's time ran out");
-                warn!(message_id = %id, run_id = %run_id, "step not finished before the invocation's deadline, the message comes back after its visibility timeout");
+                warn!(message_id = %id, run_id = %run_id, job = kind, elapsed_ms, "step not finished before the invocation's deadline, the message comes back after its visibility timeout");
                 true
             }
         };
@@ -117,7 +122,7 @@ async fn process_job(
     let lease_until = deadline + Duration::seconds(LEASE_MARGIN_SECONDS);
     match job {
         Job::Instance(job) => tracking::track_instance(app, job).await,
-        Job::Run(job) => tracking::track_run(app, job, deadline).await,
+        Job::Run(job) => tracking::track_run(app, job, deadline, message_id).await,
         Job::Watch(job) => start::watch_run(app, job, lease_until).await,
         Job::Copy(job) => copy::step::copy_job(app, job, lease_until, message_id).await,
         Job::Retention(job) => retention::step::retention_job(app, job, deadline).await,

@@ -7,6 +7,8 @@
 //!   `dispatched` is taken over by creating `lease-<n+1>`.
 //! * `dispatched`: every command of the run is sent and every tracking message queued.
 //! * `reported`: the run's summary is written (so a duplicated final message writes nothing).
+//! * `run-look-<n>`: look `n` at the whole run is taken by one message (the others, duplicate
+//!   deliveries' successors, end there), so the run's chain never multiplies.
 //! * `copy-lease-<n>`, `copy-pass-<n>`, `copied`, `retained`: the same for the copy step and
 //!   retention.
 //!
@@ -23,6 +25,7 @@ pub const LEASE: &str = "lease-";
 pub const COPY_LEASE: &str = "copy-lease-";
 pub const COPIED: &str = "copied";
 pub const COPY_PASS: &str = "copy-pass-";
+pub const RUN_LOOK: &str = "run-look-";
 /// The markers `release` keeps: each says a step of the run is over.
 const KEPT: [&str; 3] = [REPORTED, COPIED, RETAINED];
 
@@ -107,6 +110,7 @@ mod tests {
             "copy-lease-2",
             "copy-pass-0",
             "copy-pass-7",
+            "run-look-3",
             "copied",
             "retained",
         ];
@@ -120,7 +124,8 @@ mod tests {
                 "dispatched",
                 "copy-lease-2",
                 "copy-pass-0",
-                "copy-pass-7"
+                "copy-pass-7",
+                "run-look-3"
             ]
         );
         assert!(markers.copied && markers.reported);

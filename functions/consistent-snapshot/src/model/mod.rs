@@ -7,6 +7,7 @@ pub mod command;
 pub mod fleet;
 pub mod ids;
 pub mod markers;
+pub mod pace;
 pub mod requests;
 pub mod restore;
 pub mod snapshot;

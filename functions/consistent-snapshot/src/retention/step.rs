@@ -16,6 +16,7 @@ use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
 use crate::jobs::{Job, RetentionJob, RETENTION_RETRIES};
 use crate::model::catalog::{admit, CatalogIndex};
+use crate::model::pace::Pace;
 use crate::model::snapshot::{SnapshotFacts, SnapshotInfo};
 use crate::model::state::SnapshotState;
 use crate::model::stop_time;
@@ -256,6 +257,7 @@ pub async fn apply_retention(
         ..RetentionOutcome::default()
     };
     let mut tried = 0usize;
+    let mut pace = Pace::until(stop_at);
     for plan in &plans {
         let ec2 = app.aws.ec2_in(&plan.region);
         let home = plan.region == app.config.region;
@@ -276,13 +278,16 @@ pub async fn apply_retention(
                     continue;
                 }
                 // At least one deletion a pass, however short: every pass makes progress.
-                if tried > 0 && Utc::now() >= stop_at {
+                let began = Utc::now();
+                if tried > 0 && !pace.fits(began) {
                     outcome.unfinished += 1;
                     continue;
                 }
                 tried += 1;
                 let subject = format!("{snapshot_id} of {instance_id} in {}", plan.region);
-                match snapshots::delete(&ec2, snapshot_id, &subject).await {
+                let deletion = snapshots::delete(&ec2, snapshot_id, &subject).await;
+                pace.took(began, Utc::now());
+                match deletion {
                     Deletion::Deleted => {
                         info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, reason = %set.reason, "snapshot deleted");
                         outcome.deleted.push(at);
@@ -442,28 +447,22 @@ pub async fn retention_job(
     let mut outcome = apply_retention(app, plans, false, stop_at).await;
     outcome.regions_unreadable = unreadable;
     outcome.deleted_before = job.deleted_before;
-    if outcome.unfinished > 0 {
-        info!(run_id = %job.run_id, deleted = outcome.deleted.len(), left = outcome.unfinished, "retention continues in the next pass");
-        let deleted_before = job.deleted_before + outcome.deleted.len();
+    // Deletions left for lack of time go on in the next pass (which plans again); those that
+    // failed for a reason that may pass get another, at most RETENTION_RETRIES of them.
+    let retry = outcome.unfinished == 0
+        && outcome.transient_failures > 0
+        && job.retries < RETENTION_RETRIES;
+    if outcome.unfinished > 0 || retry {
+        if retry {
+            info!(run_id = %job.run_id, failed = outcome.transient_failures, retries = job.retries + 1, "deletions failed for a reason that may pass: retention tries again in the next pass");
+        } else {
+            info!(run_id = %job.run_id, deleted = outcome.deleted.len(), left = outcome.unfinished, "retention continues in the next pass");
+        }
         return requeue(
             app,
             Job::Retention(RetentionJob {
-                deleted_before,
-                ..job
-            }),
-        )
-        .await;
-    }
-    // Deletions that failed for a reason that may pass get another pass (which plans again),
-    // at most RETENTION_RETRIES of them.
-    if outcome.transient_failures > 0 && job.retries < RETENTION_RETRIES {
-        info!(run_id = %job.run_id, failed = outcome.transient_failures, retries = job.retries + 1, "deletions failed for a reason that may pass: retention tries again in the next pass");
-        let deleted_before = job.deleted_before + outcome.deleted.len();
-        return requeue(
-            app,
-            Job::Retention(RetentionJob {
-                deleted_before,
-                retries: job.retries + 1,
+                deleted_before: job.deleted_before + outcome.deleted.len(),
+                retries: job.retries + u32::from(retry),
                 ..job
             }),
         )

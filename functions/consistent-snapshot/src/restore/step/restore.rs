@@ -16,6 +16,7 @@ use crate::aws::{commands, instances, snapshots};
 use crate::error::Error;
 use crate::jobs::{Job, RestoreJob};
 use crate::model::catalog::{admit, CatalogIndex};
+use crate::model::pace::Pace;
 use crate::model::requests::{RestoreMode, RestoreRequest};
 use crate::model::restore::{SourceSnapshot, VolumeFacts};
 use crate::model::stop_time;
@@ -155,12 +156,12 @@ async fn restore_pass(
     };
     // The restore's volumes as last seen, while no step has changed them since.
     let mut seen = None;
-    // The longest look-and-step so far: a step is started only if two of them still fit.
-    let mut longest = Duration::zero();
+    // Paced by the longest look-and-step so far.
+    let mut pace = Pace::until(stop_at);
     for _ in 0..STEPS_PER_PASS {
         let began = Utc::now();
-        if began + longest * 2 >= stop_at {
-            info!(restore_id = %job.restore_id, instance_id = %job.instance_id, longest_step_ms = longest.num_milliseconds(), "restore pass: no time left in this invocation for another step; the next pass goes on");
+        if !pace.fits(began) {
+            info!(restore_id = %job.restore_id, instance_id = %job.instance_id, longest_step_ms = pace.longest().num_milliseconds(), "restore pass: no time left in this invocation for another step; the next pass goes on");
             break;
         }
         let (step, restored) = next_step(app, &job).await?;
@@ -173,7 +174,7 @@ async fn restore_pass(
             step => {
                 carry_out(app, &job, step).await?;
                 steps.push(step.clone());
-                longest = longest.max(Utc::now() - began);
+                pace.took(began, Utc::now());
             }
         }
     }

@@ -12,6 +12,7 @@ use crate::aws::{commands, notify, snapshots};
 use crate::error::Error;
 use crate::jobs::{CopyJob, Envelope, InstanceJob, Job, RunJob};
 use crate::model::catalog::{reported_snapshots, ForeignSnapshot, SetRecord};
+use crate::model::pace::Pace;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::stop_time;
 use crate::run::plan::outcome::{Outcome, OutcomeKind};
@@ -117,12 +118,16 @@ async fn tag_sets(
         })
         .collect();
     let mut tagging = Tagging::default();
+    let mut pace = Pace::until(stop_at);
     for (done, (snapshot_id, tags)) in wanted.iter().enumerate() {
-        if done > 0 && Utc::now() >= stop_at {
+        let began = Utc::now();
+        if done > 0 && !pace.fits(began) {
             tagging.left = wanted.len() - done;
             break;
         }
-        match snapshots::tag(&app.aws.ec2, snapshot_id, tags, snapshot_id).await {
+        let tagged = snapshots::tag(&app.aws.ec2, snapshot_id, tags, snapshot_id).await;
+        pace.took(began, Utc::now());
+        match tagged {
             Ok(()) => tagging.tagged += 1,
             Err(err) if err.is_throttling() => {
                 warn!(snapshot_id, error = %err, "tagging throttled: the run's next look goes on");
@@ -211,10 +216,33 @@ async fn read_run(app: &App, run_id: &str, invocations: &RunInvocations) -> Resu
 /// summary and queue its copy step. Recording and tagging stop before `deadline` and go on in
 /// the run's next look. The message is a reference: the run's commands, skipped and unsent
 /// instances are the catalog's.
-pub async fn track_run(app: &App, message: RunJob, deadline: DateTime<Utc>) -> Result<(), Error> {
+///
+/// Each look is taken by one message (`message_id`; a redelivery of it goes on): the
+/// successors that two deliveries of one look queue do not both go on, so the chain never
+/// multiplies; and once the summary is written, a look ends at once.
+pub async fn track_run(
+    app: &App,
+    message: RunJob,
+    deadline: DateTime<Utc>,
+    message_id: &str,
+) -> Result<(), Error> {
     let now = Utc::now();
     let stop_at = stop_time(now, deadline);
     let dispatched = dispatched_run(app, &message.run_id, "run").await?;
+    let store = RunMarkerStore::new(&app.aws.catalog, &message.run_id);
+    if store.read().await?.reported {
+        info!(run_id = %message.run_id, look = message.attempt, "the run's summary is already written (a duplicate delivery)");
+        return Ok(());
+    }
+    let token = if message_id.is_empty() {
+        store.token.clone()
+    } else {
+        message_id.to_string()
+    };
+    if !store.claim_run_look(message.attempt, &token).await? {
+        info!(run_id = %message.run_id, look = message.attempt, "run look already taken by another message");
+        return Ok(());
+    }
     let job = RunJob {
         attempt: message.attempt,
         ..dispatched
@@ -271,13 +299,16 @@ pub async fn track_run(app: &App, message: RunJob, deadline: DateTime<Utc>) -> R
     let mut outcomes = Vec::with_capacity(results.len() + others.len());
     let mut sets: Vec<SetRecord> = run_catalog.sets.into_values().collect();
     let mut recorded = 0;
+    let mut pace = Pace::until(stop_at);
     for result in results {
         let mut outcome = result.outcome;
         if let Some(verified) = result.verified {
-            if recorded > 0 && Utc::now() >= stop_at {
+            let began = Utc::now();
+            if recorded > 0 && !pace.fits(began) {
                 return go_on(app, &job, "recording sets", recorded).await;
             }
             let (kept, record_of) = record(app, &verified).await?;
+            pace.took(began, Utc::now());
             outcome = kept;
             sets.extend(record_of);
             recorded += 1;
@@ -317,7 +348,6 @@ pub async fn track_run(app: &App, message: RunJob, deadline: DateTime<Utc>) -> R
     )
     .await?;
     // One summary per run, however often this message is delivered.
-    let store = RunMarkerStore::new(&app.aws.catalog, &job.run_id);
     if !store.mark_reported().await? {
         info!(run_id = %job.run_id, "the run's summary is already written (a duplicate delivery)");
         return Ok(());
