@@ -393,6 +393,7 @@ impl Emulator {
                 started_at: set.taken,
                 consistent: true,
                 imported: false,
+                set_size: 0,
             }));
         }
         let catalog = self.catalog();
@@ -415,6 +416,16 @@ impl Emulator {
             catalog.put_run(&run, chrono::Utc::now()).await?;
         }
         Ok(count)
+    }
+
+    /// What each destination region saw of copies: started, refused with
+    /// `ResourceLimitExceeded`, and the most in flight at once.
+    pub fn copy_stats(&self) -> Result<BTreeMap<String, crate::CopyStats>> {
+        Ok(serde_json::from_value(self.http(
+            "GET",
+            "/_sim/copies",
+            &json!({}),
+        )?)?)
     }
 
     /// Every simulated SSM invocation so far.

@@ -27,10 +27,10 @@ pub use probes::{
     attached_volumes, commands_per_instance, own_snapshots, plant_snapshot, run_snapshots,
     snapshot_tag,
 };
-pub use sim::{Agent, Ebs, History, VssOutcome, Windows};
+pub use sim::{Agent, CopyStats, Ebs, History, VssOutcome, Windows};
 pub use source::{
-    batch_failures, deadline_in, drain, drain_with, invoke, nightly_run, queue_arn, queue_depth,
-    peek_bodies, queue_is_empty, receive, scheduled_event, sqs_records, Drained, FUNCTION_TIMEOUT,
+    batch_failures, deadline_in, drain, drain_with, invoke, nightly_run, peek_bodies, queue_arn,
+    queue_depth, queue_is_empty, receive, scheduled_event, sqs_records, Drained, FUNCTION_TIMEOUT,
 };
 pub use world::World;
 

@@ -100,6 +100,21 @@ pub struct Ebs {
     /// The next N copies into a region answer `ResourceLimitExceeded`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub copy_refusals: BTreeMap<String, u32>,
+    /// Copies stay `pending` this long (else `pending_seconds`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy_seconds: Option<f64>,
+    /// At most this many copies in flight into one region (AWS: 20); the next answer
+    /// `ResourceLimitExceeded`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy_limit: Option<u32>,
+}
+
+/// What one destination region saw of copies (`GET /_sim/copies`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct CopyStats {
+    pub started: u32,
+    pub refused: u32,
+    pub max_in_flight: u32,
 }
 
 /// Earlier nightly runs' consistent sets of these instances (`POST /_sim/history`): one

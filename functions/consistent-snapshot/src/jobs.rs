@@ -27,6 +27,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::fleet::{AttachedVolume, SkipReason};
+use crate::model::is_zero;
 use crate::model::requests::RestoreMode;
 use crate::model::restore::ChosenSet;
 
@@ -137,6 +138,19 @@ pub struct CopyJob {
     /// Copies not final by then are reported as timed out.
     pub deadline: DateTime<Utc>,
     pub attempt: u32,
+    /// Queued by a pass that left copies it could start sooner (a region at its limit of
+    /// copies in flight, throttled, or time up): delivered after three first waits, at most
+    /// `COPY_LOOK_AGAIN_SECONDS`, not on the doubling backoff.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub soon: bool,
+}
+
+/// How soon a copy pass that left startable copies is followed: a region's copies in flight
+/// end one by one, and a free slot should not wait for the doubling backoff (up to 900 s).
+pub const COPY_LOOK_AGAIN_SECONDS: u32 = 90;
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl CopyJob {
@@ -147,6 +161,7 @@ impl CopyJob {
             run_id: run_id.to_string(),
             deadline: now + chrono::Duration::seconds(i64::from(completion_timeout_seconds)),
             attempt: 0,
+            soon: false,
         }
     }
 
@@ -154,7 +169,16 @@ impl CopyJob {
     pub fn next(self) -> Self {
         CopyJob {
             attempt: self.attempt + 1,
+            soon: false,
             ..self
+        }
+    }
+
+    /// The next look, soon: see `soon`.
+    pub fn next_soon(self) -> Self {
+        CopyJob {
+            soon: true,
+            ..self.next()
         }
     }
 }
@@ -175,10 +199,6 @@ pub struct RetentionJob {
 /// How many more passes a run's retention makes for deletions that failed for a reason that
 /// may pass, before it reports them failed (the next run tries them again).
 pub const RETENTION_RETRIES: u32 = 3;
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreJob {
@@ -247,6 +267,10 @@ impl Job {
             Job::Instance(j) => backoff_seconds(j.attempt, initial, max),
             Job::Run(j) => backoff_seconds(j.attempt, initial, max),
             Job::Watch(j) => (j.check_at - now).num_seconds().clamp(0, 900) as i32,
+            Job::Copy(j) if j.soon => {
+                let soon = initial.saturating_mul(3).min(COPY_LOOK_AGAIN_SECONDS);
+                backoff_seconds(j.attempt, initial, max.min(soon))
+            }
             Job::Copy(j) => backoff_seconds(j.attempt, initial, max),
             Job::Retention(_) => 0,
             Job::Restore(j) => backoff_seconds(j.attempt, initial, max),
@@ -385,6 +409,27 @@ mod tests {
         assert_eq!(job.delay_seconds(now, 30, 900), 120);
         let body = Envelope::new(watch(42)).to_body();
         assert_eq!(Envelope::from_body(&body).map(|e| e.job), Ok(watch(42)));
+    }
+
+    #[test]
+    fn a_copy_pass_that_left_startable_copies_is_followed_soon() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let late = CopyJob {
+            attempt: 9,
+            ..CopyJob::first("r", now, 3_600)
+        };
+        assert_eq!(
+            Job::Copy(late.clone().next()).delay_seconds(now, 30, 900),
+            900
+        );
+        let soon = late.next_soon();
+        assert!(soon.soon);
+        assert_eq!(Job::Copy(soon.clone()).delay_seconds(now, 30, 900), 90);
+        assert_eq!(Job::Copy(soon.clone()).delay_seconds(now, 60, 900), 90);
+        assert_eq!(Job::Copy(soon.clone()).delay_seconds(now, 1, 20), 3);
+        // Never later than the configured cap, and its own successor is on the backoff.
+        assert_eq!(Job::Copy(soon.clone()).delay_seconds(now, 1, 2), 2);
+        assert!(!soon.next().soon);
     }
 
     #[test]

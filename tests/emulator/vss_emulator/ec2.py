@@ -43,15 +43,15 @@ def _copy_snapshot(self: Any, *args: Any, **kwargs: Any) -> Any:
             "InvalidParameterValue",
             f"The description may hold at most {DESCRIPTION_MAX} characters",
         )
-    # EBS limits concurrent copies into a region (ResourceLimitExceeded); the harness can make
-    # the first copies into a region meet that limit.
+    # EBS limits concurrent copies into a region (ResourceLimitExceeded): the harness sets the
+    # limit, or makes the next copies into a region meet it.
     if SIM.refuse_copy(self.region_name):
         raise EC2ClientError(
             "ResourceLimitExceeded",
             "You have reached the limit for concurrent snapshot copies in this region.",
         )
     snapshot = _original_copy_snapshot(self, *args, **kwargs)
-    SIM.new_snapshot(snapshot)
+    SIM.new_copy(snapshot, self.region_name)
     return snapshot
 
 
@@ -159,6 +159,7 @@ def _describe_instances(self: Any) -> ActionResult:
 #: Every moto behaviour this module replaces, one line each (what AWS does instead).
 REPLACES = (
     "CopySnapshot answers ResourceLimitExceeded for the next N copies into a region when asked (/_sim/ebs)",
+    "copies take copy_seconds, at most copy_limit in flight into a region, the rest refused with ResourceLimitExceeded (moto: no limit, done at once)",
     "new snapshots and copies stay pending for a while when asked (moto: completed at once)",
     "CreateVolume: the volume stays creating for a while when asked (moto: available at once)",
     "AttachVolume refuses a volume still being created (IncorrectState)",

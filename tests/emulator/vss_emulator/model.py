@@ -64,6 +64,12 @@ class Simulation:
         self.pending_seconds = 0.0
         self.copy_refusals: dict[str, int] = {}
         self.pending: list[tuple[float, Any]] = []
+        # Copies: each stays pending `copy_seconds` (else `pending_seconds`), and at most
+        # `copy_limit` are in flight into one region (AWS: 20); what each region saw.
+        self.copy_seconds = 0.0
+        self.copy_limit = 0
+        self.copies_in_flight: dict[str, list[float]] = {}
+        self.copy_stats: dict[str, dict[str, int]] = {}
         self.volume_seconds = 0.0
         self.instance_seconds = 0.0
         self.creating: dict[str, float] = {}
@@ -76,13 +82,18 @@ class Simulation:
             self.pending_seconds = 0.0
             self.copy_refusals.clear()
             self.pending.clear()
+            self.copy_seconds = 0.0
+            self.copy_limit = 0
+            self.copies_in_flight.clear()
+            self.copy_stats.clear()
             self.volume_seconds = self.instance_seconds = 0.0
             self.creating.clear()
             self.transitions.clear()
 
     def configure_ebs(self, spec: dict[str, Any]) -> None:
         with self.lock:
-            known = ("pending_seconds", "copy_refusals", "volume_seconds", "instance_seconds")
+            known = ("pending_seconds", "copy_refusals", "volume_seconds", "instance_seconds",
+                     "copy_seconds", "copy_limit")
             for key in spec:
                 if key not in known:
                     raise ValueError(f"unknown EBS simulation field {key!r}")
@@ -90,6 +101,8 @@ class Simulation:
             self.volume_seconds = float(spec.get("volume_seconds", self.volume_seconds))
             self.instance_seconds = float(spec.get("instance_seconds", self.instance_seconds))
             self.copy_refusals.update({k: int(v) for k, v in spec.get("copy_refusals", {}).items()})
+            self.copy_seconds = float(spec.get("copy_seconds", self.copy_seconds))
+            self.copy_limit = int(spec.get("copy_limit", self.copy_limit))
 
     def new_snapshot(self, snapshot: Any) -> None:
         """A snapshot (or copy) just made: pending for a while, as EBS keeps it."""
@@ -124,12 +137,43 @@ class Simulation:
                 )
 
     def refuse_copy(self, region: str) -> bool:
+        """Whether a copy into `region` is refused with ResourceLimitExceeded: one of the next N
+        the harness asked for, or one over the region's limit of copies in flight."""
         with self.lock:
+            stats = self.copy_stats.setdefault(
+                region, {"started": 0, "refused": 0, "max_in_flight": 0})
             left = self.copy_refusals.get(region, 0)
             if left > 0:
                 self.copy_refusals[region] = left - 1
+                stats["refused"] += 1
+                return True
+            now = time.monotonic()
+            flying = [due for due in self.copies_in_flight.get(region, []) if due > now]
+            self.copies_in_flight[region] = flying
+            if self.copy_limit > 0 and len(flying) >= self.copy_limit:
+                stats["refused"] += 1
                 return True
             return False
+
+    def new_copy(self, snapshot: Any, region: str) -> None:
+        """A copy just started into `region`: pending for `copy_seconds` (else as any new
+        snapshot), and in flight there until then."""
+        with self.lock:
+            seconds = self.copy_seconds or self.pending_seconds
+            due = time.monotonic() + seconds
+            if seconds > 0:
+                snapshot.status = "pending"
+                self.pending.append((due, snapshot))
+            flying = self.copies_in_flight.setdefault(region, [])
+            flying.append(due)
+            stats = self.copy_stats.setdefault(
+                region, {"started": 0, "refused": 0, "max_in_flight": 0})
+            stats["started"] += 1
+            stats["max_in_flight"] = max(stats["max_in_flight"], len(flying))
+
+    def copies(self) -> dict[str, dict[str, int]]:
+        with self.lock:
+            return {region: dict(stats) for region, stats in self.copy_stats.items()}
 
     def configure(self, spec: dict[str, dict[str, Any]]) -> None:
         with self.lock:

@@ -50,6 +50,8 @@ class App:
                     "snapshots": sum(len(m["snapshots"]) + len(m["copies"]) for m in made),
                     "sets": made,
                 }
+            elif path == "/_sim/copies":
+                body = SIM.copies()
             elif path == "/_sim/invocations":
                 body = SIM.snapshot_of_invocations()
             elif path == "/_sim/reset" and request.method == "POST":

@@ -460,6 +460,7 @@ mod tests {
             started_at: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
             consistent: true,
             imported: false,
+            set_size: 1,
         };
         // A copy whose answer was lost has the function's own description; a look-alike
         // tagged by hand has another one (descriptions are set at creation only).

@@ -4,12 +4,20 @@
 //! the copies already in each region, which copies to start and how far the others are. The
 //! copy step runs under a lease of its own (`run::plan::claim`), so two deliveries of the run's
 //! message never copy the same snapshot twice, and it checks each destination first.
-//! `ResourceLimitExceeded` (too many copies in flight into a region) is back-pressure: the
-//! step stops starting copies there and looks again later through the queue.
+//! `ResourceLimitExceeded` (too many copies in flight into a region) and throttling are
+//! back-pressure: the step stops starting copies there and looks again later through the
+//! queue. A copy whose CopySnapshot got no answer, or a 5xx, is checked in the destination by
+//! the next pass; the others go on, up to `UNCONFIRMED_PER_PASS` such copies a region.
+
+/// Unconfirmed copies (no answer, a 5xx) after which a pass starts no more copies in a region.
+const UNCONFIRMED_PER_PASS: usize = 3;
+/// Copies a pass starts at once (each a CopySnapshot, then its record in the catalog).
+const COPIES_AT_ONCE: usize = 4;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use chrono::{DateTime, Utc};
+use futures_util::future::join_all;
 use tracing::{info, warn};
 
 use crate::app::{dispatched_run, emit_metrics, enqueue, requeue, App};
@@ -23,7 +31,9 @@ use crate::copy::plan::{
 use crate::error::Error;
 use crate::jobs::{CopyJob, Envelope, Job, RetentionJob};
 use crate::model::catalog::{admit, CatalogIndex, CopyRecord};
+use crate::model::pace::Pace;
 use crate::model::snapshot::SnapshotFacts;
+use crate::model::stop_time;
 use crate::model::tags::TAG_INSTANCE_ID;
 use crate::run::plan::claim::{decide_copy, CopyClaim};
 
@@ -35,7 +45,7 @@ use crate::run::plan::claim::{decide_copy, CopyClaim};
 pub async fn copy_job(
     app: &App,
     job: CopyJob,
-    lease_until: DateTime<Utc>,
+    (deadline, lease_until): (DateTime<Utc>, DateTime<Utc>),
     message_id: &str,
 ) -> Result<(), Error> {
     dispatched_run(app, &job.run_id, "copy").await?;
@@ -67,7 +77,7 @@ pub async fn copy_job(
     if !store.take_copy_lease(epoch, lease_until).await? {
         return Ok(());
     }
-    let pass = copy_pass(app, &job).await;
+    let pass = copy_pass(app, &job, stop_time(Utc::now(), deadline)).await;
     // Given back at once: the next pass, by this message or a duplicate, need not wait.
     store.drop_copy_lease(epoch).await?;
     let (plan, started, limited) = pass?;
@@ -88,6 +98,18 @@ pub async fn copy_job(
         return Ok(());
     }
     info!(run_id = %job.run_id, started, limited, pending = plan.pending.values().sum::<usize>(), "copies in progress");
+    // Copies left that a pass could start as soon as a slot frees: the next pass comes soon
+    // (whichever of it and the successor queued above comes first takes the pass).
+    let now = Utc::now();
+    let (initial, max) = (app.config.poll_initial_seconds, app.config.poll_max_seconds);
+    let soon = Job::Copy(job.clone().next_soon());
+    let later = Job::Copy(job.clone().next());
+    if limited
+        && now <= job.deadline
+        && soon.delay_seconds(now, initial, max) < later.delay_seconds(now, initial, max)
+    {
+        requeue(app, soon).await?;
+    }
     Ok(())
 }
 
@@ -139,10 +161,14 @@ fn report_copies(app: &App, job: &CopyJob, plan: &CopyPlan, started: usize, time
 }
 
 /// Reads the run's recorded sets and copies, confirms them against EC2, starts the missing
-/// copies; answers the plan, how many copies were started and whether a region's copy limit
-/// was met. Only snapshots the catalog records are copied, and only copies it records count
+/// copies until `stop_at`; answers the plan, how many copies were started and whether any
+/// were left for the next pass (a region's copy limit met, throttling, or time up). Only snapshots the catalog records are copied, and only copies it records count
 /// as existing: a snapshot tagged like a set or like a copy is reported as foreign.
-async fn copy_pass(app: &App, job: &CopyJob) -> Result<(CopyPlan, usize, bool), Error> {
+async fn copy_pass(
+    app: &App,
+    job: &CopyJob,
+    stop_at: DateTime<Utc>,
+) -> Result<(CopyPlan, usize, bool), Error> {
     let home = app.config.region.as_str();
     let view = app.aws.catalog.run_view(&job.run_id).await?;
     let (sets, recorded_copies) = (view.sets, view.copies);
@@ -162,12 +188,16 @@ async fn copy_pass(app: &App, job: &CopyJob) -> Result<(CopyPlan, usize, bool), 
             }
         }
     }
-    let verdicts: BTreeMap<(&str, &str), bool> = sets
+    // Each set's verdict and size, carried on its copies' records.
+    let verdicts: BTreeMap<(&str, &str), (bool, u32)> = sets
         .iter()
         .map(|s| {
             (
                 (s.instance_id.as_str(), s.run_id.as_str()),
-                s.is_consistent(),
+                (
+                    s.is_consistent(),
+                    u32::try_from(s.snapshots.len()).unwrap_or(u32::MAX),
+                ),
             )
         })
         .collect();
@@ -227,64 +257,99 @@ async fn copy_pass(app: &App, job: &CopyJob) -> Result<(CopyPlan, usize, bool), 
     let mut limited: BTreeSet<String> = BTreeSet::new();
     let mut refused: BTreeMap<String, RegionFault> = BTreeMap::new();
     let mut started_ids: HashSet<(String, String)> = HashSet::new();
-    for (region, source_id) in &plan.to_start {
-        if limited.contains(region) || refused.contains_key(region) {
-            continue;
+    let mut unconfirmed: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut pace = Pace::until(stop_at);
+    let mut out_of_time = false;
+    // Copies are started a few at a time, concurrently: a region's free slots are refilled
+    // in a fraction of the time one by one would take, well inside EC2's mutating rate.
+    let mut next = 0;
+    while next < plan.to_start.len() {
+        let began = Utc::now();
+        if started > 0 && !pace.fits(began) {
+            info!(run_id = %job.run_id, started, "copy pass: no time left in this invocation; the next pass goes on");
+            out_of_time = true;
+            break;
         }
-        let Some(source) = by_id.get(source_id.as_str()) else {
-            continue;
-        };
-        let request = CopyRequest {
-            source_region: home,
-            source_snapshot_id: &source.snapshot_id,
-            description: copy_description(source, home),
-            tags: copy_tags(source, home),
-            kms_key_id: app.config.copy_kms_key_ids.get(region).map(String::as_str),
-        };
-        match snapshots::copy(&app.aws.ec2_in(region), region, request).await {
-            Ok(copy_id) => {
-                info!(run_id = %job.run_id, region = %region, source = %source_id, copy = %copy_id, "copy started");
-                started += 1;
-                started_ids.insert((region.clone(), source_id.clone()));
-                let instance_id = source
-                    .tags
-                    .get(TAG_INSTANCE_ID)
-                    .cloned()
-                    .unwrap_or_default();
-                let consistent = verdicts
-                    .get(&(instance_id.as_str(), job.run_id.as_str()))
-                    .copied()
-                    .unwrap_or(false);
-                app.aws
-                    .catalog
-                    .record_copy(&CopyRecord {
-                        run_id: job.run_id.clone(),
-                        instance_id,
-                        region: region.clone(),
-                        source_snapshot_id: source.snapshot_id.clone(),
-                        snapshot_id: copy_id,
-                        started_at: Utc::now(),
-                        consistent,
-                        imported: false,
-                    })
-                    .await?;
+        let mut chunk: Vec<(&String, &String, &SnapshotFacts)> = Vec::new();
+        while next < plan.to_start.len() && chunk.len() < COPIES_AT_ONCE {
+            let (region, source_id) = &plan.to_start[next];
+            next += 1;
+            if limited.contains(region) || refused.contains_key(region) {
+                continue;
             }
-            Err(err) if err.aws_code() == Some("ResourceLimitExceeded") => {
-                info!(run_id = %job.run_id, region = %region, "copy limit of the region reached: the rest waits for the next pass");
-                limited.insert(region.clone());
-            }
-            // Refused for good (a permission, a key, the region): no copy goes there, this
-            // pass or the next; the region is reported failed with the code.
-            Err(err) if err.is_permanent() => {
-                warn!(run_id = %job.run_id, region = %region, source = %source_id, code = err.aws_code().unwrap_or(""), error = %err, "copies into the region refused: it is reported failed");
-                refused.insert(region.clone(), region_fault(&err));
-            }
-            // Throttled, or no answer: whether the copy exists, the next pass will see.
-            Err(err) => {
-                warn!(run_id = %job.run_id, region = %region, source = %source_id, error = %err, "copy not confirmed: the next pass checks the destination");
-                limited.insert(region.clone());
+            if let Some(source) = by_id.get(source_id.as_str()) {
+                chunk.push((region, source_id, source));
             }
         }
+        let answers = join_all(chunk.iter().map(|(region, _, source)| {
+            let request = CopyRequest {
+                source_region: home,
+                source_snapshot_id: &source.snapshot_id,
+                description: copy_description(source, home),
+                tags: copy_tags(source, home),
+                kms_key_id: app.config.copy_kms_key_ids.get(*region).map(String::as_str),
+            };
+            async move { snapshots::copy(&app.aws.ec2_in(region), region, request).await }
+        }))
+        .await;
+        for ((region, source_id, source), answer) in chunk.into_iter().zip(answers) {
+            match answer {
+                Ok(copy_id) => {
+                    info!(run_id = %job.run_id, region = %region, source = %source_id, copy = %copy_id, "copy started");
+                    started += 1;
+                    started_ids.insert((region.clone(), source_id.clone()));
+                    let instance_id = source
+                        .tags
+                        .get(TAG_INSTANCE_ID)
+                        .cloned()
+                        .unwrap_or_default();
+                    let (consistent, set_size) = verdicts
+                        .get(&(instance_id.as_str(), job.run_id.as_str()))
+                        .copied()
+                        .unwrap_or((false, 0));
+                    app.aws
+                        .catalog
+                        .record_copy(&CopyRecord {
+                            run_id: job.run_id.clone(),
+                            instance_id,
+                            region: region.clone(),
+                            source_snapshot_id: source.snapshot_id.clone(),
+                            snapshot_id: copy_id,
+                            started_at: Utc::now(),
+                            consistent,
+                            imported: false,
+                            set_size,
+                        })
+                        .await?;
+                }
+                Err(err) if err.aws_code() == Some("ResourceLimitExceeded") => {
+                    info!(run_id = %job.run_id, region = %region, "copy limit of the region reached: the rest waits for the next pass");
+                    limited.insert(region.clone());
+                }
+                // Refused for good (a permission, a key, the region): no copy goes there, this
+                // pass or the next; the region is reported failed with the code.
+                Err(err) if err.is_permanent() => {
+                    warn!(run_id = %job.run_id, region = %region, source = %source_id, code = err.aws_code().unwrap_or(""), error = %err, "copies into the region refused: it is reported failed");
+                    refused.insert(region.clone(), region_fault(&err));
+                }
+                // Throttled: the region's request budget is spent; the next pass goes on there.
+                Err(err) if err.is_throttling() => {
+                    warn!(run_id = %job.run_id, region = %region, source = %source_id, error = %err, "copies into the region throttled: the rest waits for the next pass");
+                    limited.insert(region.clone());
+                }
+                // No answer, or a 5xx: whether this copy exists, the next pass sees; the others
+                // go on, unless the region keeps failing.
+                Err(err) => {
+                    let count = unconfirmed.entry(region.as_str()).or_default();
+                    *count += 1;
+                    warn!(run_id = %job.run_id, region = %region, source = %source_id, unconfirmed = *count, error = %err, "copy not confirmed: the next pass checks the destination");
+                    if *count >= UNCONFIRMED_PER_PASS {
+                        limited.insert(region.clone());
+                    }
+                }
+            }
+        }
+        pace.took(began, Utc::now());
     }
     // What a region refused in this pass is failed there; what was started is on its way.
     let mut plan = plan;
@@ -293,7 +358,7 @@ async fn copy_pass(app: &App, job: &CopyJob) -> Result<(CopyPlan, usize, bool), 
             .retain(|pair| !(refused.contains_key(&pair.0) && started_ids.contains(pair)));
         plan = plan.without_regions(&refused);
     }
-    Ok((plan, started, !limited.is_empty()))
+    Ok((plan, started, !limited.is_empty() || out_of_time))
 }
 
 /// How a region's fault reads: its AWS code, and whether it is for good.
@@ -313,7 +378,7 @@ async fn region_copies(
     region: &str,
     recorded_copies: &[CopyRecord],
     home_sources: &[SnapshotFacts],
-    verdicts: &BTreeMap<(&str, &str), bool>,
+    verdicts: &BTreeMap<(&str, &str), (bool, u32)>,
 ) -> Result<Vec<ExistingCopy>, Error> {
     let home = app.config.region.as_str();
     let subject = format!("copies of run {} in {region}", job.run_id);
@@ -342,11 +407,13 @@ async fn region_copies(
             .cloned()
             .unwrap_or_default();
         info!(run_id = %job.run_id, region = %region, source = %source_id, copy = %copy.snapshot_id, "a copy whose CopySnapshot answer was lost: recorded");
+        let (consistent, set_size) = verdicts
+            .get(&(instance_id.as_str(), job.run_id.as_str()))
+            .copied()
+            .unwrap_or((false, 0));
         let record = CopyRecord {
-            consistent: verdicts
-                .get(&(instance_id.as_str(), job.run_id.as_str()))
-                .copied()
-                .unwrap_or(false),
+            consistent,
+            set_size,
             run_id: job.run_id.clone(),
             instance_id,
             region: region.to_string(),

@@ -124,7 +124,7 @@ async fn process_job(
         Job::Instance(job) => tracking::track_instance(app, job).await,
         Job::Run(job) => tracking::track_run(app, job, deadline, message_id).await,
         Job::Watch(job) => start::watch_run(app, job, lease_until).await,
-        Job::Copy(job) => copy::step::copy_job(app, job, lease_until, message_id).await,
+        Job::Copy(job) => copy::step::copy_job(app, job, (deadline, lease_until), message_id).await,
         Job::Retention(job) => retention::step::retention_job(app, job, deadline).await,
         Job::Restore(job) => restore::step::restore::restore_job(app, job, deadline).await,
         Job::Verify(job) => restore::step::verify::verify_job(app, job).await,

@@ -130,6 +130,10 @@ pub struct CopyRecord {
     /// A copy recorded by `import`: never deleted automatically.
     #[serde(default)]
     pub imported: bool,
+    /// How many snapshots the source set has (0: not recorded, as by earlier versions): a copy
+    /// set with fewer copies in its region is partial, and never counts as consistent.
+    #[serde(default, skip_serializing_if = "super::is_zero")]
+    pub set_size: u32,
 }
 
 /// A snapshot carrying this deployment's tags that the catalog does not vouch for, and why.
@@ -168,6 +172,8 @@ pub struct CatalogIndex {
     by_region: HashMap<String, RegionIndex>,
     names: Vec<Arc<str>>,
     numbers: HashMap<Arc<str>, u32>,
+    /// Snapshots of each recorded set (instance, run).
+    set_sizes: HashMap<(Name, Name), u32>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -176,6 +182,9 @@ struct RegionIndex {
     packed: HashMap<u128, Entry>,
     /// Any other id, as it is.
     other: HashMap<String, Entry>,
+    /// Copies recorded in this region of each set (instance, run), and the source set's size
+    /// as the copy records give it.
+    copy_sets: HashMap<(Name, Name), (u32, u32)>,
 }
 
 /// A name's number in `CatalogIndex::names`; `NONE` for no name.
@@ -280,6 +289,8 @@ impl CatalogIndex {
             };
             self.insert(&set.region, &s.snapshot_id, entry);
         }
+        let size = u32::try_from(set.snapshots.len()).unwrap_or(u32::MAX);
+        self.set_sizes.insert((instance_id, run_id), size);
     }
 
     /// Adds a recorded copy, in its region.
@@ -294,7 +305,27 @@ impl CatalogIndex {
             consistent: copy.consistent,
             imported: copy.imported,
         };
+        let key = (entry.instance_id, entry.run_id);
         self.insert(&copy.region, &copy.snapshot_id, entry);
+        if let Some(index) = self.by_region.get_mut(&copy.region) {
+            let (count, size) = index.copy_sets.entry(key).or_default();
+            *count += 1;
+            *size = (*size).max(copy.set_size);
+        }
+    }
+
+    /// Whether the copies of set (instance, run) in a region cover it: as many as the copy
+    /// records or the set's own record say it has (when neither is known, they are taken to).
+    fn copies_cover(&self, index: &RegionIndex, key: (Name, Name)) -> bool {
+        let Some((count, recorded)) = index.copy_sets.get(&key) else {
+            return true;
+        };
+        let size = if *recorded > 0 {
+            Some(*recorded)
+        } else {
+            self.set_sizes.get(&key).copied()
+        };
+        size.is_none_or(|size| *count >= size)
     }
 
     /// The source snapshots of the copies the catalog records in `region`.
@@ -325,10 +356,15 @@ impl CatalogIndex {
             Some(key) => index.packed.get(&key)?,
             None => index.other.get(snapshot_id)?,
         };
+        // A copy of a consistent set is consistent only with every other snapshot of the set
+        // copied beside it: one copy of three is not a backup of the instance.
+        let consistent = entry.consistent
+            && (entry.source_snapshot_id == NONE
+                || self.copies_cover(index, (entry.instance_id, entry.run_id)));
         Some(Vouched {
             instance_id: self.name(entry.instance_id)?,
             run_id: self.name(entry.run_id)?,
-            consistent: entry.consistent,
+            consistent,
             volume_id: self.name(entry.volume_id),
             start_time: entry.start_time,
             device: self.name(entry.device),
@@ -599,6 +635,7 @@ mod tests {
             started_at: t(100),
             consistent: true,
             imported: false,
+            set_size: 0,
         };
         let index = CatalogIndex::new([&record], [&copy]);
         let admitted = admit(
@@ -611,6 +648,57 @@ mod tests {
         assert_eq!(admitted.tags[TAG_SOURCE_SNAPSHOT], "snap-1");
         assert_eq!(admitted.tags[TAG_APP_CONSISTENT], "True");
         assert!(admit(facts("snap-c2", "vol-x", 0, &[]), "us-east-1", &index, "p").is_err());
+    }
+
+    #[test]
+    fn a_copy_set_missing_a_copy_is_never_consistent() {
+        // A consistent set of three snapshots; in eu-west-2 one copy of it so far.
+        let mut record = set(true);
+        for (i, volume) in ["vol-2", "vol-3"].iter().enumerate() {
+            record.snapshots.push(RecordedSnapshot {
+                snapshot_id: format!("snap-{}", i + 2),
+                volume_id: volume.to_string(),
+                device: format!("xvd{}", ["f", "g"][i]),
+                start_time: t(5),
+            });
+        }
+        let copy = |n: usize, set_size: u32| CopyRecord {
+            run_id: "r1".into(),
+            instance_id: "i-1".into(),
+            region: "eu-west-2".into(),
+            source_snapshot_id: format!("snap-{n}"),
+            snapshot_id: format!("snap-c{n}"),
+            started_at: t(100),
+            consistent: true,
+            imported: false,
+            set_size,
+        };
+        let verdict = |index: &CatalogIndex, id: &str| {
+            let facts = facts(id, "vol-ffffffff", 900, &[]);
+            admit(facts, "eu-west-2", index, "p").map(|a| a.tags[TAG_APP_CONSISTENT].clone())
+        };
+        let one = [copy(1, 3)];
+        let index = CatalogIndex::new([&record], one.iter());
+        assert_eq!(verdict(&index, "snap-c1").as_deref(), Ok("False"));
+        // The size comes from the set's record when the copy's does not say it…
+        let index = CatalogIndex::new([&record], [copy(1, 0)].iter());
+        assert_eq!(verdict(&index, "snap-c1").as_deref(), Ok("False"));
+        // …and from the copy's when the set's record is gone (its home set deleted).
+        let index = CatalogIndex::new([], one.iter());
+        assert_eq!(verdict(&index, "snap-c1").as_deref(), Ok("False"));
+        // All three copied: consistent, each of them.
+        let all = [copy(1, 3), copy(2, 3), copy(3, 3)];
+        let index = CatalogIndex::new([], all.iter());
+        for id in ["snap-c1", "snap-c2", "snap-c3"] {
+            assert_eq!(verdict(&index, id).as_deref(), Ok("True"));
+        }
+        // The home set itself is not a copy: its verdict stands.
+        let index = CatalogIndex::new([&record], one.iter());
+        let home = admit(facts("snap-2", "vol-2", 5, &[]), "eu-west-1", &index, "p");
+        assert_eq!(
+            home.map(|a| a.tags[TAG_APP_CONSISTENT].clone()).as_deref(),
+            Ok("True")
+        );
     }
 
     #[test]

@@ -16,6 +16,11 @@ pub mod tags;
 
 use chrono::{DateTime, Duration, Utc};
 
+/// For `skip_serializing_if`: a count that is zero is left out of a record or message.
+pub fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// When a pass that may go on in the next invocation (deletions, restore steps) stops: 10 s
 /// before the invocation's deadline (a quarter of the time left when that is less), leaving
 /// time to queue the next pass and to answer.

@@ -122,6 +122,7 @@ pub fn plan_import(
                     started_at: s.start_time.unwrap_or(now),
                     consistent: false,
                     imported: true,
+                    set_size: 0,
                 }),
                 None => plan.left_out.push(format!(
                     "{copy_region}/{}: not a copy of a set being imported",

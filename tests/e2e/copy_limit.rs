@@ -1,0 +1,189 @@
+//! Copies at the destination's limit: a fleet copied to a region that takes at most 20 copies
+//! in flight, each taking a while, as EBS does. Every copy is made once and within the copy
+//! deadline, never more than 20 at a time; and while a server's copy set is partial (some of
+//! its copies done, the others not started yet), it is not counted as a consistent backup
+//! there: retention keeps the last complete one.
+//!
+//! `COPY_LIMIT_FLEET=<n>` runs it on a larger fleet (the 1,500 servers).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use harness::{
+    drain_with, invoke, own_snapshots, scheduled_event, seed_bulk, snapshot_tag, Ebs, Emulator,
+    Metrics, World,
+};
+use serde_json::{json, Value};
+
+const COPY_REGION: &str = "eu-west-1";
+const LIMIT: u32 = 20;
+const DATA_VOLUMES: usize = 2;
+
+/// Per instance, its copies of `run_id` in the copy region: (completed, pending).
+async fn copies_of_run(emulator: &Emulator, run_id: &str) -> BTreeMap<String, (usize, usize)> {
+    let mut per: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for s in own_snapshots(emulator, COPY_REGION).await.expect("copies") {
+        if snapshot_tag(&s, "ConsistentSnapshot:RunId") != Some(run_id) {
+            continue;
+        }
+        let instance = snapshot_tag(&s, "ConsistentSnapshot:InstanceId").unwrap_or("untagged");
+        let entry = per.entry(instance.to_string()).or_default();
+        match s.state().map(|st| st.as_str()) {
+            Some("completed") => entry.0 += 1,
+            _ => entry.1 += 1,
+        }
+    }
+    per
+}
+
+/// What the retention dry run plans for `instance`'s sets in the copy region: (run id, kind,
+/// action) of each.
+fn copy_region_plan(dry_run: &Value, instance: &str) -> Vec<(String, String, String)> {
+    dry_run["plans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["region"] == COPY_REGION)
+        .flat_map(|p| {
+            p["instances"][instance]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|set| {
+            let text = |k: &str| set[k].as_str().unwrap_or_default().to_string();
+            (text("run_id"), text("kind"), text("action"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn copies_at_the_regions_limit_all_land_and_a_partial_set_never_counts() {
+    let fleet: usize = std::env::var("COPY_LIMIT_FLEET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let copies = fleet * (1 + DATA_VOLUMES);
+    let world = World::start(3).await.expect("world");
+    let (emulator, queue) = (&world.emulator, &world.queue);
+    let metrics = Metrics::default();
+    let ids = seed_bulk(emulator, fleet, 10, DATA_VOLUMES)
+        .await
+        .expect("seed");
+    // A day's copy deadline; passes back off to 20 s, one that meets the limit comes back
+    // after 3 s; one set a night is kept.
+    let settings = [
+        ("COPY_REGIONS", COPY_REGION),
+        ("RETAIN_COUNT", "1"),
+        ("TRACK_POLL_MAX_SECONDS", "20"),
+        ("SNAPSHOT_COMPLETION_TIMEOUT_SECONDS", "86400"),
+    ];
+    let app = metrics.attach(world.app(&settings).expect("app"));
+
+    // The first night copies freely: every server has a complete copy set.
+    let first = world
+        .nightly(&app, "2026-11-23T00:00:00Z")
+        .await
+        .expect("first night");
+    let first_copies = copies_of_run(emulator, &first).await;
+    assert_eq!(first_copies.len(), fleet);
+    assert!(first_copies.values().all(|c| *c == (1 + DATA_VOLUMES, 0)));
+
+    // The second night meets EBS's limit: 20 copies in flight into the region, 1.5 s each.
+    emulator
+        .simulate_ebs(&Ebs {
+            copy_limit: Some(LIMIT),
+            copy_seconds: Some(1.5),
+            ..Ebs::default()
+        })
+        .expect("EBS simulation");
+    let started = Instant::now();
+    let answer = invoke(&app, scheduled_event("nightly", "2026-11-24T00:00:00Z"))
+        .await
+        .expect("second night");
+    let second = answer["run_id"].as_str().expect("run id").to_string();
+    // Before each invocation (the last copies started are completed by then: each takes
+    // 1.5 s, and a pass follows the one before after at least 2 s): once some server's copies
+    // are partial (some completed, none pending, the others not started), what retention
+    // would do then.
+    let partial: Mutex<Option<(BTreeSet<String>, Value)>> = Mutex::new(None);
+    let drained = drain_with(emulator, queue, 10, Duration::from_secs(600), |event| {
+        let (app, partial, second) = (&app, &partial, &second);
+        async move {
+            if partial.lock().map(|p| p.is_none()).unwrap_or(false) {
+                let partial_now: BTreeSet<String> = copies_of_run(emulator, second)
+                    .await
+                    .into_iter()
+                    .filter(|(_, (done, pending))| {
+                        *pending == 0 && *done > 0 && *done < 1 + DATA_VOLUMES
+                    })
+                    .map(|(instance, _)| instance)
+                    .collect();
+                if !partial_now.is_empty() {
+                    let plan = invoke(app, json!({"action": "retention", "dry_run": true})).await?;
+                    if let Ok(mut p) = partial.lock() {
+                        *p = Some((partial_now, plan));
+                    }
+                }
+            }
+            invoke(app, event).await
+        }
+    })
+    .await
+    .expect("second night drained");
+    let took = started.elapsed();
+
+    // Every copy made, once, within the deadline; never more than the limit in flight.
+    let second_copies = copies_of_run(emulator, &second).await;
+    assert_eq!(second_copies.len(), fleet, "{second_copies:?}");
+    assert!(
+        second_copies.values().all(|c| *c == (1 + DATA_VOLUMES, 0)),
+        "{second_copies:?}"
+    );
+    let stats = emulator.copy_stats().expect("copy stats");
+    let region = stats.get(COPY_REGION).cloned().unwrap_or_default();
+    assert!(region.max_in_flight <= LIMIT, "{region:?}");
+    assert!(
+        region.refused > 0,
+        "the limit was met (else this test shows nothing): {region:?}"
+    );
+    let summary = metrics.of("copies", Some(&second));
+    assert_eq!(summary.len(), 1, "one copy summary: {summary:#?}");
+    assert_eq!(summary[0]["SnapshotsCopied"], copies);
+    assert_eq!(summary[0]["CopiesTimedOut"], 0);
+    assert_eq!(summary[0]["CopiesNotStarted"], 0);
+    assert_eq!(summary[0]["CopiesFailed"], 0);
+
+    // Half-way, a partial copy set was not a consistent backup: the complete set of the night
+    // before was kept for each of those servers.
+    let (partial, plan) = partial
+        .into_inner()
+        .ok()
+        .flatten()
+        .expect("some server's copies were partial half-way");
+    for instance in &partial {
+        let sets = copy_region_plan(&plan, instance);
+        let of = |run: &str| sets.iter().find(|(r, _, _)| r == run).cloned();
+        let (_, kind, _) = of(&second).expect("the partial set is planned");
+        assert_ne!(kind, "consistent", "{instance}: {sets:?}");
+        let (_, _, action) = of(&first).expect("the first night's set is planned");
+        assert_eq!(action, "keep", "{instance}: {sets:?}");
+    }
+
+    // At the end, the second night's complete sets replaced the first's everywhere.
+    let left = copies_of_run(emulator, &first).await;
+    assert!(
+        left.is_empty(),
+        "the first night's copies are gone: {left:?}"
+    );
+    println!(
+        "copies at the limit: {fleet} servers, {copies} copies, {} refused at the limit, at most {} in flight, {} partial servers half-way, drained in {:.1} s ({} invocations)",
+        region.refused,
+        region.max_in_flight,
+        partial.len(),
+        took.as_secs_f64(),
+        drained.invocations
+    );
+    assert!(ids.len() == fleet);
+}
