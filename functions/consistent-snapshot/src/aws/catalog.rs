@@ -804,15 +804,26 @@ impl<'a> RunMarkerStore<'a> {
     /// goes on, whichever invocations it is delivered to. A redelivery of the same message
     /// (after its invocation was stopped, or a duplicate) finds its own claim and goes on too.
     pub async fn claim_copy_pass(&self, pass: u32, message_id: &str) -> Result<bool, Error> {
-        self.create_as(&format!("{COPY_PASS}{pass}"), None, message_id)
+        self.claim_for(&format!("{COPY_PASS}{pass}"), message_id)
             .await
     }
 
     /// Claims look `look` at the whole run for the message `message_id`, as
     /// `claim_copy_pass` claims a copy pass.
     pub async fn claim_run_look(&self, look: u32, message_id: &str) -> Result<bool, Error> {
-        self.create_as(&format!("{RUN_LOOK}{look}"), None, message_id)
+        self.claim_for(&format!("{RUN_LOOK}{look}"), message_id)
             .await
+    }
+
+    /// Creates marker `leaf` for the message `message_id` (this invocation's token when the
+    /// job came with no message).
+    async fn claim_for(&self, leaf: &str, message_id: &str) -> Result<bool, Error> {
+        let token = if message_id.is_empty() {
+            self.token.as_str()
+        } else {
+            message_id
+        };
+        self.create_as(leaf, None, token).await
     }
 
     /// Marks every copy of the run final; answers whether this invocation was the first to.

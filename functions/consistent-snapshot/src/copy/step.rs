@@ -55,12 +55,7 @@ pub async fn copy_job(
         info!(run_id = %job.run_id, "copies already final (a duplicate delivery)");
         return Ok(());
     }
-    let token = if message_id.is_empty() {
-        store.token.clone()
-    } else {
-        message_id.to_string()
-    };
-    if !store.claim_copy_pass(job.attempt, &token).await? {
+    if !store.claim_copy_pass(job.attempt, message_id).await? {
         info!(run_id = %job.run_id, pass = job.attempt, "copy pass already taken by another message");
         return Ok(());
     }

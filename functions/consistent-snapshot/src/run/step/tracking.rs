@@ -234,12 +234,7 @@ pub async fn track_run(
         info!(run_id = %message.run_id, look = message.attempt, "the run's summary is already written (a duplicate delivery)");
         return Ok(());
     }
-    let token = if message_id.is_empty() {
-        store.token.clone()
-    } else {
-        message_id.to_string()
-    };
-    if !store.claim_run_look(message.attempt, &token).await? {
+    if !store.claim_run_look(message.attempt, message_id).await? {
         info!(run_id = %message.run_id, look = message.attempt, "run look already taken by another message");
         return Ok(());
     }
