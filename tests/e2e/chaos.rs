@@ -269,7 +269,7 @@ async fn chaos_ends_in_the_same_state_as_a_fault_free_run() {
         .expect("schedule delivered twice");
     let chaos_run = answers[0]["run_id"].as_str().expect("run id").to_string();
     chaos
-        .drain(10, Duration::from_secs(900))
+        .drain(10, Duration::from_secs(1200))
         .await
         .expect("chaos drain");
     let chaos_time = started.elapsed();

@@ -36,6 +36,10 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     pub v: u32,
+    /// The id of the message this job first came in, carried when it is handed back untried
+    /// (sent again, under a new id): the claims its first delivery took stay its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     #[serde(flatten)]
     pub job: Job,
 }
@@ -283,8 +287,29 @@ impl Envelope {
     pub fn new(job: Job) -> Self {
         Envelope {
             v: SCHEMA_VERSION,
+            origin: None,
             job,
         }
+    }
+
+    /// The body that hands message `message_id` back: the same job, naming the message it
+    /// first came in. A body that is not a job goes back as it came.
+    pub fn handed_back(body: &str, message_id: &str) -> String {
+        match Envelope::from_body(body) {
+            Ok(mut envelope) => {
+                if envelope.origin.is_none() && !message_id.is_empty() {
+                    envelope.origin = Some(message_id.to_string());
+                }
+                envelope.to_body()
+            }
+            Err(_) => body.to_string(),
+        }
+    }
+
+    /// The id this job's claims (a run's look, a copy pass) are taken under, when delivered
+    /// in message `message_id`: that of the message it first came in.
+    pub fn claim_id<'a>(&'a self, message_id: &'a str) -> &'a str {
+        self.origin.as_deref().unwrap_or(message_id)
     }
 
     pub fn to_body(&self) -> String {
@@ -347,6 +372,22 @@ mod tests {
         // Logs name a job as its message does.
         let kind = envelope.job.kind();
         assert!(envelope.to_body().contains(&format!("\"kind\":\"{kind}\"")));
+    }
+
+    #[test]
+    fn a_handed_back_job_keeps_the_id_of_the_message_it_first_came_in() {
+        let body = Envelope::new(Job::Instance(instance_job())).to_body();
+        let first = Envelope::from_body(&body).expect("job");
+        assert_eq!(first.claim_id("m-1"), "m-1");
+        // Handed back from m-1, delivered as m-2, handed back again, delivered as m-3.
+        let again = Envelope::handed_back(&body, "m-1");
+        let second = Envelope::from_body(&again).expect("job");
+        assert_eq!(second.claim_id("m-2"), "m-1");
+        assert_eq!(second.job, first.job);
+        let third = Envelope::from_body(&Envelope::handed_back(&again, "m-2")).expect("job");
+        assert_eq!(third.claim_id("m-3"), "m-1");
+        // Not a job: back as it came.
+        assert_eq!(Envelope::handed_back("not json", "m-1"), "not json");
     }
 
     #[test]

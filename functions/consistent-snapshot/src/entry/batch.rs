@@ -62,7 +62,8 @@ pub async fn process_batch(
             // Sent again and acknowledged, not failed: untried, it must not spend one of the
             // receives after which the queue gives a message up to the dead-letter queue.
             let delay = i32::try_from(app.config.poll_initial_seconds).unwrap_or(900);
-            match queue::hand_back(&app.aws.sqs, &app.config, body, delay).await {
+            let again = Envelope::handed_back(body, &id);
+            match queue::hand_back(&app.aws.sqs, &app.config, &again, delay).await {
                 Ok(()) => {
                     info!(message_id = %id, reason = why, delay, "message handed back to the queue untried");
                 }
@@ -83,8 +84,12 @@ pub async fn process_batch(
         };
         let run_id = envelope.job.run_id().to_string();
         let kind = envelope.job.kind();
+        let claim_id = envelope.claim_id(&id).to_string();
         let began = Utc::now();
-        let step = tokio::time::timeout(left, process_job(app, envelope.job, step_deadline, &id));
+        let step = tokio::time::timeout(
+            left,
+            process_job(app, envelope.job, step_deadline, &claim_id),
+        );
         let ended = step.await;
         let elapsed_ms = (Utc::now() - began).num_milliseconds();
         let failed = match ended {
@@ -110,8 +115,9 @@ pub async fn process_batch(
     response
 }
 
-/// `message_id` names the delivery's message: a redelivery of the same message is the
-/// same step, a different message for the same step is a duplicate.
+/// `message_id` names the delivery's message (the one a handed-back job first came in): a
+/// redelivery of the same message is the same step, a different message for the same step is
+/// a duplicate.
 async fn process_job(
     app: &App,
     job: Job,
