@@ -14,7 +14,7 @@ const UNCONFIRMED_PER_PASS: usize = 3;
 /// Copies a pass starts at once (each a CopySnapshot, then its record in the catalog).
 const COPIES_AT_ONCE: usize = 4;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
@@ -256,9 +256,11 @@ async fn copy_pass(
     let mut pace = Pace::until(stop_at);
     let mut out_of_time = false;
     // Copies are started a few at a time, concurrently: a region's free slots are refilled
-    // in a fraction of the time one by one would take, well inside EC2's mutating rate.
-    let mut next = 0;
-    while next < plan.to_start.len() {
+    // in a fraction of the time one by one would take, well inside EC2's mutating rate. The
+    // first copy into a region goes alone: a region that refuses for good is asked once.
+    let mut queue: VecDeque<&(String, String)> = plan.to_start.iter().collect();
+    let mut confirmed: HashSet<&str> = HashSet::new();
+    while !queue.is_empty() {
         let began = Utc::now();
         if started > 0 && !pace.fits(began) {
             info!(run_id = %job.run_id, started, "copy pass: no time left in this invocation; the next pass goes on");
@@ -266,15 +268,30 @@ async fn copy_pass(
             break;
         }
         let mut chunk: Vec<(&String, &String, &SnapshotFacts)> = Vec::new();
-        while next < plan.to_start.len() && chunk.len() < COPIES_AT_ONCE {
-            let (region, source_id) = &plan.to_start[next];
-            next += 1;
+        let mut deferred = Vec::new();
+        let mut probing: HashSet<&str> = HashSet::new();
+        while chunk.len() < COPIES_AT_ONCE {
+            let Some(pair) = queue.pop_front() else {
+                break;
+            };
+            let (region, source_id) = pair;
             if limited.contains(region) || refused.contains_key(region) {
                 continue;
             }
-            if let Some(source) = by_id.get(source_id.as_str()) {
-                chunk.push((region, source_id, source));
+            let Some(source) = by_id.get(source_id.as_str()) else {
+                continue;
+            };
+            if !confirmed.contains(region.as_str()) && !probing.insert(region.as_str()) {
+                deferred.push(pair);
+                continue;
             }
+            chunk.push((region, source_id, source));
+        }
+        for pair in deferred.into_iter().rev() {
+            queue.push_front(pair);
+        }
+        if chunk.is_empty() {
+            break;
         }
         let answers = join_all(chunk.iter().map(|(region, _, source)| {
             let request = CopyRequest {
@@ -292,6 +309,7 @@ async fn copy_pass(
                 Ok(copy_id) => {
                     info!(run_id = %job.run_id, region = %region, source = %source_id, copy = %copy_id, "copy started");
                     started += 1;
+                    confirmed.insert(region.as_str());
                     started_ids.insert((region.clone(), source_id.clone()));
                     let instance_id = source
                         .tags
