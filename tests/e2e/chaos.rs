@@ -260,7 +260,11 @@ async fn chaos_ends_in_the_same_state_as_a_fault_free_run() {
     let calm_recoveries = recoveries(logs);
 
     // The same fleet, the next night, in a hostile world.
-    let chaos = Chaos::new(emulator, queue, &settings, options).expect("chaos");
+    // Each invocation is held to 10 s (a twelfth of the template's 120 s): a deadline every
+    // long step meets, short enough that the pacing and the hand-backs are exercised.
+    let chaos = Chaos::new(emulator, queue, &settings, options)
+        .expect("chaos")
+        .with_timeout(Duration::from_secs(10));
     let event = scheduled_event("nightly", "2026-11-24T00:00:00Z");
     let started = Instant::now();
     let answers = chaos
