@@ -170,6 +170,7 @@ def check(template: dict) -> list[str]:
         "CopiesTimedOut": "copies not final by the copy step's deadline",
         "RegionsUnreadable": "a region retention could not read",
         "DeletionsFailed": "snapshots retention planned to delete and could not",
+        "InstancesLostTag": "servers with backups that lost their tag",
     }
     for metric, what in wanted.items():
         if not any(a.get("MetricName") == metric for a in alarms.values()):

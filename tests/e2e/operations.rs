@@ -255,4 +255,42 @@ async fn report_metrics_and_notification_tell_an_operator_what_needs_attention()
             .is_empty(),
         "the report's summary line is logged"
     );
+
+    // Someone mistypes exch01's tag: it is no longer backed up, and the report says so by name
+    // (it would otherwise vanish from it as from discovery), with a metric the alarm watches.
+    emulator
+        .ec2()
+        .create_tags()
+        .resources(id_of["exch01"])
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("ConsistentSnapshot")
+                .value("WindowsVS")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("CreateTags");
+    let lost = invoke(&app, json!({"action": "report"}))
+        .await
+        .expect("report");
+    assert_eq!(lost["totals"]["instances"], json!(4), "{lost}");
+    assert_eq!(lost["totals"]["lost_tag"], json!(1), "{lost}");
+    assert_eq!(lost["lost_tag"][0]["instance_id"], json!(id_of["exch01"]));
+    assert_eq!(lost["lost_tag"][0]["tag_now"], json!("WindowsVS"));
+    assert_eq!(
+        lost["lost_tag"][0]["latest_consistent"]["run_id"],
+        json!(run_id)
+    );
+    let report_lines = metrics.of("report", None);
+    assert_eq!(count(&report_lines[2], "InstancesLostTag"), 1);
+    assert_eq!(count(&report_lines[1], "InstancesLostTag"), 0);
+    assert!(
+        logs.messages_starting("fleet report: 4 instances")
+            .iter()
+            .any(|l| l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("lost their tag") && m.contains("exch01"))),
+        "the summary line names it"
+    );
 }

@@ -56,7 +56,27 @@ pub struct ReportInput<'a> {
     /// Copy regions that could not be read, with the AWS code (`region (code)`): their copies
     /// are reported as unknown, never as missing.
     pub regions_unreadable: &'a BTreeMap<String, String>,
+    /// Instances with this deployment's backups that EC2 reports alive but no longer tagged
+    /// for it, and the target tag's key (to show what it says now).
+    pub lost_tag: Vec<&'a InstanceFacts>,
+    pub target_key: &'a str,
 }
+
+/// A server that has this deployment's backups but lost its tag (removed, or mistyped): it is
+/// no longer backed up, and would otherwise vanish from the report too.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LostTag {
+    pub instance_id: String,
+    pub name: String,
+    /// The target tag's value now, when the key is still there (a typo).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag_now: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest_consistent: Option<SetSummary>,
+}
+
+/// Servers listed by name in the report's summary line, at most.
+const LOST_TAG_NAMED: usize = 10;
 
 /// A snapshot set, as the report shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -121,6 +141,9 @@ pub struct Totals {
     /// Copy regions that could not be read (their copies are not counted either way).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub regions_unreadable: usize,
+    /// Servers with backups that lost their tag (`FleetReport::lost_tag`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost_tag: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -136,6 +159,9 @@ pub struct FleetReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub regions_unreadable: Vec<String>,
     pub instances: Vec<InstanceStatus>,
+    /// Servers with backups that are no longer tagged for this deployment.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lost_tag: Vec<LostTag>,
 }
 
 impl FleetReport {
@@ -150,8 +176,29 @@ impl FleetReport {
                 self.regions_unreadable.join(", ")
             )
         };
+        let lost = if self.lost_tag.is_empty() {
+            String::new()
+        } else {
+            let named: Vec<String> = self
+                .lost_tag
+                .iter()
+                .take(LOST_TAG_NAMED)
+                .map(|l| format!("{} ({})", l.name, l.instance_id))
+                .collect();
+            let more = self.lost_tag.len().saturating_sub(LOST_TAG_NAMED);
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            format!(
+                "; {} server(s) with backups lost their tag and are no longer backed up: {}{more}",
+                self.lost_tag.len(),
+                named.join(", ")
+            )
+        };
         format!(
-            "fleet report: {} instances, {} within the {} h RPO, {} out of it ({} never backed up), {} with an unresolved failure, {} the next run would skip{unreadable}",
+            "fleet report: {} instances, {} within the {} h RPO, {} out of it ({} never backed up), {} with an unresolved failure, {} the next run would skip{unreadable}{lost}",
             t.instances, t.within_rpo, self.rpo_hours, t.out_of_rpo, t.never_backed_up, t.unresolved_failures, t.not_ready
         )
     }
@@ -205,8 +252,25 @@ pub fn build(input: &ReportInput) -> FleetReport {
         let taken = |s: &InstanceStatus| s.latest_consistent.as_ref().map(|l| l.taken_at);
         (a.rpo, taken(a), &a.name, &a.instance_id).cmp(&(b.rpo, taken(b), &b.name, &b.instance_id))
     });
+    let lost_tag: Vec<LostTag> = input
+        .lost_tag
+        .iter()
+        .map(|facts| {
+            let id = facts.instance_id.as_str();
+            let newest = sets
+                .get(id)
+                .and_then(|mine| mine.iter().find(|s| s.kind() == SetKind::Consistent));
+            LostTag {
+                instance_id: id.to_string(),
+                name: facts.display_name().to_string(),
+                tag_now: facts.tags.get(input.target_key).cloned(),
+                latest_consistent: newest.map(|set| set_summary(set, input.now)),
+            }
+        })
+        .collect();
     let mut totals = totals(&statuses);
     totals.regions_unreadable = input.regions_unreadable.len();
+    totals.lost_tag = lost_tag.len();
     FleetReport {
         generated_at: input.now,
         rpo_hours: input.rpo_hours,
@@ -217,6 +281,7 @@ pub fn build(input: &ReportInput) -> FleetReport {
             .map(|(region, code)| format!("{region} ({code})"))
             .collect(),
         instances: statuses,
+        lost_tag,
     }
 }
 
@@ -337,6 +402,7 @@ fn totals(statuses: &[InstanceStatus]) -> Totals {
             .filter(|c| c.completed < c.of)
             .count(),
         regions_unreadable: 0,
+        lost_tag: 0,
     }
 }
 
@@ -457,7 +523,12 @@ mod tests {
         let fresh = instance("i-1", "sql01");
         let stale = instance("i-2", "exch01");
         let never = instance("i-3", "files01");
+        // Backed up before, its tag since mistyped.
+        let mut lost = instance("i-4", "old01");
+        lost.tags
+            .insert("ConsistentSnapshot".into(), "WindowsVS".into());
         let snapshots = vec![
+            snap("snap-f", "i-4", "r1", 30, true),
             snap("snap-a", "i-1", "r2", 2, true),
             snap("snap-b", "i-1", "r1", 50, true),
             snap("snap-c", "i-2", "r1", 30, true),
@@ -508,6 +579,8 @@ mod tests {
             copies: &copies,
             failures: &failures,
             regions_unreadable: &BTreeMap::new(),
+            lost_tag: vec![&lost],
+            target_key: "ConsistentSnapshot",
         });
         let order: Vec<(&str, RpoStatus)> = report
             .instances
@@ -578,11 +651,27 @@ mod tests {
                 not_ready: 1,
                 copies_missing: 1,
                 regions_unreadable: 0,
+                lost_tag: 1,
             }
         );
         assert!(report
             .summary_line()
             .contains("2 out of it (1 never backed up)"));
+        // The server that lost its tag is not among the fleet, but named, with its last set.
+        let [old] = &report.lost_tag[..] else {
+            panic!("one server lost its tag: {:?}", report.lost_tag);
+        };
+        assert_eq!(
+            (old.instance_id.as_str(), old.tag_now.as_deref()),
+            ("i-4", Some("WindowsVS"))
+        );
+        assert_eq!(
+            old.latest_consistent.as_ref().map(|s| s.run_id.as_str()),
+            Some("r1")
+        );
+        assert!(report.summary_line().contains(
+            "1 server(s) with backups lost their tag and are no longer backed up: old01 (i-4)"
+        ));
     }
 
     #[test]
@@ -602,6 +691,8 @@ mod tests {
             copies: &BTreeMap::new(),
             failures: &[],
             regions_unreadable: &BTreeMap::new(),
+            lost_tag: vec![],
+            target_key: "ConsistentSnapshot",
         });
         let status = &report.instances[0];
         assert_eq!(status.rpo, RpoStatus::WithinRpo);
@@ -625,6 +716,8 @@ mod tests {
             copies: &no_copies,
             failures: &[],
             regions_unreadable: &readable,
+            lost_tag: vec![],
+            target_key: "ConsistentSnapshot",
         };
         assert_eq!(build(&input(26)).instances[0].rpo, RpoStatus::WithinRpo);
         assert_eq!(build(&input(25)).instances[0].rpo, RpoStatus::OutOfRpo);

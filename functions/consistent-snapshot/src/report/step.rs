@@ -2,7 +2,7 @@
 //! snapshots and copies, and the VSS commands that failed, read once and handed to
 //! `report::plan::build`. `{"action":"report"}`, and the hourly report schedule.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -12,7 +12,9 @@ use crate::app::{emit_metrics, to_json, App};
 use crate::aws::{commands, instances};
 use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
+use crate::model::fleet::InstanceFacts;
 use crate::model::state::{CommandStatus, InstanceState};
+use crate::model::tags::TAG_INSTANCE_ID;
 use crate::report::plan::{
     build, failed_invocations, failures_since, FailedInvocation, FleetReport, ReportInput,
     RpoStatus,
@@ -68,6 +70,34 @@ pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
             }
         }
     }
+    // Servers with backups that are alive but no longer tagged (the tag removed or mistyped):
+    // named, so that they do not vanish from the report as they did from discovery.
+    let tagged: HashSet<&str> = fleet.iter().map(|i| i.instance_id.as_str()).collect();
+    let backed_up: BTreeSet<&str> = home_snapshots
+        .iter()
+        .filter_map(|s| s.tags.get(TAG_INSTANCE_ID))
+        .filter(|id| !tagged.contains(id))
+        .collect();
+    let untagged = if backed_up.is_empty() {
+        HashMap::new()
+    } else {
+        instances::by_id(&app.aws.ec2, &app.config, backed_up.iter().copied())
+            .await
+            .unwrap_or_else(|err| {
+                warn!(code = err.aws_code().unwrap_or("Unknown"), error = %err, "instances with backups not readable: servers that lost their tag are not reported");
+                HashMap::new()
+            })
+    };
+    let mut lost_tag: Vec<&InstanceFacts> = untagged
+        .values()
+        .filter(|i| {
+            !matches!(
+                i.state,
+                InstanceState::Terminated | InstanceState::ShuttingDown
+            )
+        })
+        .collect();
+    lost_tag.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
     // The failures' reasons only explain; without them the report still stands.
     let failures = recent_failures(app, now).await.unwrap_or_else(|err| {
         warn!(code = err.aws_code().unwrap_or("Unknown"), error = %err, "failed commands not readable: the report gives no reasons from SSM");
@@ -89,6 +119,8 @@ pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
         copies: &copies,
         failures: &failures,
         regions_unreadable: &regions_unreadable,
+        lost_tag,
+        target_key: &app.config.target_tag_key,
     };
     Ok(build(&input))
 }
@@ -124,11 +156,12 @@ pub async fn on_demand(app: &App) -> Result<Value, Error> {
             ("InstancesNeverBackedUp", t.never_backed_up),
             ("CopiesMissing", t.copies_missing),
             ("RegionsUnreadable", t.regions_unreadable),
+            ("InstancesLostTag", t.lost_tag),
         ],
         &[("Event", "report")],
     );
     let line = report.summary_line();
-    if t.out_of_rpo > 0 || t.regions_unreadable > 0 {
+    if t.out_of_rpo > 0 || t.regions_unreadable > 0 || t.lost_tag > 0 {
         let late: Vec<String> = report
             .instances
             .iter()
