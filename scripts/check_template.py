@@ -203,8 +203,8 @@ def check(template: dict) -> list[str]:
         problems.append("no CloudWatch dashboard")
     else:
         body = text(dashboards[0].get("DashboardBody"))
-        for metric in ("InstancesOutOfRpo", "Consistent", "SnapshotsCopied",
-                       "SnapshotsDeleted", "RestoresVerified"):
+        for metric in ("InstancesOutOfRpo", "InstancesLostTag", "Consistent",
+                       "SnapshotsCopied", "SnapshotsDeleted", "RestoresVerified"):
             if f'"{metric}"' not in body:
                 problems.append(f"the dashboard does not show {metric}")
         if "instance finished" not in body:
