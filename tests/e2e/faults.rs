@@ -72,15 +72,10 @@ async fn one_broken_copy_region_fails_alone_by_name_and_the_chain_ends() {
             Fault::AccessDenied,
             u32::MAX,
         );
-        let started = chaos
-            .schedule(&scheduled_event("nightly", "2026-11-23T00:00:00Z"))
+        let (run_id, drained) = chaos
+            .night("2026-11-23T00:00:00Z", Duration::from_secs(120))
             .await
-            .expect("schedule");
-        let run_id = started[0]["run_id"].as_str().expect("run id").to_string();
-        let drained = chaos
-            .drain(10, Duration::from_secs(120))
-            .await
-            .expect("drain");
+            .expect("the night");
         let name = row.name;
 
         // The fleet: both servers consistent, every snapshot copied to the healthy region.
@@ -184,15 +179,10 @@ async fn a_copy_region_tag_outside_the_allowed_ones_is_refused_for_that_server_a
     )
     .expect("chaos")
     .with_metrics(&metrics);
-    let started = chaos
-        .schedule(&scheduled_event("nightly", "2026-11-23T00:00:00Z"))
+    let (run_id, _) = chaos
+        .night("2026-11-23T00:00:00Z", Duration::from_secs(120))
         .await
-        .expect("schedule");
-    let run_id = started[0]["run_id"].as_str().expect("run id").to_string();
-    chaos
-        .drain(10, Duration::from_secs(120))
-        .await
-        .expect("drain");
+        .expect("the night");
     let report = world.logs.run_report(&run_id).expect("the run's summary");
     assert!(report.all_consistent(), "{report:#?}");
     // sql01's two snapshots are copied; web01's go nowhere, and its tag is named.
@@ -407,15 +397,10 @@ async fn a_refused_deletion_is_named_and_counted_and_the_retention_job_ends() {
         Fault::AccessDenied,
         u32::MAX,
     );
-    let started = chaos
-        .schedule(&scheduled_event("nightly", "2026-11-23T00:00:00Z"))
+    let (run_id, drained) = chaos
+        .night("2026-11-23T00:00:00Z", Duration::from_secs(120))
         .await
-        .expect("schedule");
-    let run_id = started[0]["run_id"].as_str().expect("run id").to_string();
-    let drained = chaos
-        .drain(10, Duration::from_secs(120))
-        .await
-        .expect("drain");
+        .expect("the night");
     assert!(world
         .logs
         .run_report(&run_id)
@@ -471,15 +456,10 @@ async fn one_unreachable_instance_in_a_batch_of_fifty_is_the_only_one_unsent() {
     let chaos = Chaos::new(emulator, &world.queue, &[], ChaosOptions::calm(8))
         .expect("chaos")
         .with_metrics(&metrics);
-    let started = chaos
-        .schedule(&scheduled_event("nightly", "2026-11-23T00:00:00Z"))
+    let (run_id, drained) = chaos
+        .night("2026-11-23T00:00:00Z", Duration::from_secs(180))
         .await
-        .expect("schedule");
-    let run_id = started[0]["run_id"].as_str().expect("run id").to_string();
-    let drained = chaos
-        .drain(10, Duration::from_secs(180))
-        .await
-        .expect("drain");
+        .expect("the night");
     let report = world.logs.run_report(&run_id).expect("the run's summary");
     let consistent: Vec<&str> = report
         .outcomes

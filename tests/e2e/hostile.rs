@@ -434,15 +434,10 @@ async fn a_chain_stuck_on_access_denied_leaves_bounded_items_and_messages() {
         )
         .expect("chaos");
         chaos.proxy.force(&action, Fault::AccessDenied, u32::MAX);
-        let started = chaos
-            .schedule(&scheduled_event("nightly", "2026-11-23T00:00:00Z"))
+        let (run_id, drained) = chaos
+            .night("2026-11-23T00:00:00Z", std::time::Duration::from_secs(300))
             .await
-            .expect("schedule");
-        let run_id = started[0]["run_id"].as_str().expect("run id").to_string();
-        let drained = chaos
-            .drain(10, std::time::Duration::from_secs(300))
-            .await
-            .expect("drain");
+            .expect("the night");
         let stats = chaos.proxy.stats();
         let sent: u64 = ["sqs:SendMessage", "sqs:SendMessageBatch"]
             .iter()

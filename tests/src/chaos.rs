@@ -201,6 +201,19 @@ impl<'a> Chaos<'a> {
         Ok(ended)
     }
 
+    /// A night: the schedule's event at `time` (delivered twice at once), then every message
+    /// to the end, within `limit`; answers the run id and what the drain did.
+    pub async fn night(&self, time: &str, limit: Duration) -> Result<(String, Drained)> {
+        let answers = self
+            .schedule(&crate::scheduled_event("nightly", time))
+            .await?;
+        let run_id = answers[0]["run_id"]
+            .as_str()
+            .ok_or("the schedule's answer names no run id")?
+            .to_string();
+        Ok((run_id, self.drain(10, limit).await?))
+    }
+
     /// Delivers a scheduled event twice at once; each delivery is retried, as the scheduler
     /// retries a failed target, until an invocation answers (at most 10 times).
     pub async fn schedule(&self, event: &Value) -> Result<Vec<Value>> {
