@@ -9,11 +9,6 @@
 //! queue. A copy whose CopySnapshot got no answer, or a 5xx, is checked in the destination by
 //! the next pass; the others go on, up to `UNCONFIRMED_PER_PASS` such copies a region.
 
-/// Unconfirmed copies (no answer, a 5xx) after which a pass starts no more copies in a region.
-const UNCONFIRMED_PER_PASS: usize = 3;
-/// Copies a pass starts at once (each a CopySnapshot, then its record in the catalog).
-const COPIES_AT_ONCE: usize = 4;
-
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
@@ -36,6 +31,11 @@ use crate::model::snapshot::SnapshotFacts;
 use crate::model::stop_time;
 use crate::model::tags::TAG_INSTANCE_ID;
 use crate::run::plan::claim::{decide_copy, CopyClaim};
+
+/// Unconfirmed copies (no answer, a 5xx) after which a pass starts no more copies in a region.
+const UNCONFIRMED_PER_PASS: usize = 3;
+/// Copies a pass starts at once (each a CopySnapshot, then its record in the catalog).
+const COPIES_AT_ONCE: usize = 4;
 
 /// One pass of the copy step; see the module documentation.
 ///
@@ -157,8 +157,9 @@ fn report_copies(app: &App, job: &CopyJob, plan: &CopyPlan, started: usize, time
 
 /// Reads the run's recorded sets and copies, confirms them against EC2, starts the missing
 /// copies until `stop_at`; answers the plan, how many copies were started and whether any
-/// were left for the next pass (a region's copy limit met, throttling, or time up). Only snapshots the catalog records are copied, and only copies it records count
-/// as existing: a snapshot tagged like a set or like a copy is reported as foreign.
+/// were left for the next pass (a region's copy limit met, throttling, or time up). Only
+/// snapshots the catalog records are copied, and only copies it records count as existing: a
+/// snapshot tagged like a set or like a copy is reported as foreign.
 async fn copy_pass(
     app: &App,
     job: &CopyJob,

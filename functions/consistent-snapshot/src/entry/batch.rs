@@ -53,8 +53,7 @@ pub async fn process_batch(
             continue;
         }
         let body = record.body.as_deref().unwrap_or_default();
-        let now = Utc::now();
-        let left = (step_deadline - now).to_std().unwrap_or_default();
+        let left = (step_deadline - Utc::now()).to_std().unwrap_or_default();
         if give_back.is_none() && left < std::time::Duration::from_millis(MIN_STEP_MILLIS) {
             give_back = Some("too little time left in this invocation");
         }
