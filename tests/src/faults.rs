@@ -35,9 +35,12 @@ pub enum Fault {
     ServerError,
     DroppedBefore,
     DroppedAfter,
-    /// Refused for want of a permission (`UnauthorizedOperation` for EC2,
-    /// `AccessDeniedException` for the JSON services): only ever forced, never drawn.
+    /// Refused for want of a permission (`UnauthorizedOperation` for EC2, `AuthorizationError`
+    /// for SNS, `AccessDeniedException` for the JSON services): only ever forced, never drawn.
     AccessDenied,
+    /// Refused for good with this error code, in the service's error shape (`OptInRequired`
+    /// from a region not enabled, `KMSKeyNotAccessibleFault`): only ever forced, never drawn.
+    Refused(&'static str),
 }
 
 impl Fault {
@@ -55,6 +58,7 @@ impl Fault {
             Fault::DroppedBefore => "dropped before",
             Fault::DroppedAfter => "dropped after",
             Fault::AccessDenied => "access denied",
+            Fault::Refused(code) => code,
         }
     }
 }
@@ -89,14 +93,24 @@ struct Shared {
     upstream: SocketAddr,
     /// Faults forced on the next calls of an action (`ec2:CopySnapshot`, or
     /// `ec2:DescribeSnapshots@eu-west-1` for one region only), before any random one.
-    forced: Mutex<Vec<(String, Fault, u32)>>,
+    forced: Mutex<Vec<Forced>>,
     /// Fault rate in parts per million.
     rate_ppm: AtomicU32,
+    /// The faults a drawn call gets, one at random (`Fault::ALL` unless a test narrows it).
+    kinds: Mutex<Vec<Fault>>,
     /// Milliseconds every call waits before it goes on: a slow AWS (or a slow Lambda).
     latency_ms: AtomicU32,
     rng: Mutex<fastrand::Rng>,
     stats: Mutex<ProxyStats>,
     client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// A fault forced on calls of one action: the first `skip` go through, the next `left` fail.
+struct Forced {
+    action: String,
+    fault: Fault,
+    skip: u32,
+    left: u32,
 }
 
 /// The proxy: shared fault rate, random source and statistics for all endpoints.
@@ -153,6 +167,7 @@ impl FaultProxy {
                 upstream: SocketAddr::from(([127, 0, 0, 1], upstream_port)),
                 forced: Mutex::new(Vec::new()),
                 rate_ppm: AtomicU32::new((rate.clamp(0.0, 1.0) * 1e6) as u32),
+                kinds: Mutex::new(Fault::ALL.to_vec()),
                 latency_ms: AtomicU32::new(0),
                 rng: Mutex::new(fastrand::Rng::with_seed(seed)),
                 stats: Mutex::new(ProxyStats::default()),
@@ -167,6 +182,13 @@ impl FaultProxy {
             .store((rate.clamp(0.0, 1.0) * 1e6) as u32, Ordering::SeqCst);
     }
 
+    /// Drawn faults are only these from now on (`[Fault::Throttled]`: AWS throttling a run).
+    pub fn set_kinds(&self, kinds: &[Fault]) {
+        if let Ok(mut k) = self.shared.kinds.lock() {
+            *k = kinds.to_vec();
+        }
+    }
+
     /// Every call from now on waits `latency` before it goes on.
     pub fn set_latency(&self, latency: Duration) {
         let ms = u32::try_from(latency.as_millis()).unwrap_or(u32::MAX);
@@ -175,8 +197,19 @@ impl FaultProxy {
 
     /// Answers the next `times` calls of `action` (`ssm:SendCommand`) with `fault`.
     pub fn force(&self, action: &str, fault: Fault, times: u32) {
+        self.force_after(action, 0, fault, times);
+    }
+
+    /// Lets the next `skip` calls of `action` through, then answers `times` with `fault`
+    /// (a step that fails half-way).
+    pub fn force_after(&self, action: &str, skip: u32, fault: Fault, times: u32) {
         if let Ok(mut forced) = self.shared.forced.lock() {
-            forced.push((action.to_string(), fault, times));
+            forced.push(Forced {
+                action: action.to_string(),
+                fault,
+                skip,
+                left: times,
+            });
         }
     }
 
@@ -256,20 +289,26 @@ async fn handle(
     let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
     let protocol = Protocol::of(&parts.headers, &body);
     let forced = shared.forced.lock().ok().and_then(|mut forced| {
-        let entry = forced.iter_mut().find(|(action, _, left)| {
-            *left > 0
-                && (*action == protocol.action
-                    || *action == format!("{}@{}", protocol.action, protocol.region))
+        let entry = forced.iter_mut().find(|f| {
+            f.left > 0
+                && (f.action == protocol.action
+                    || f.action == format!("{}@{}", protocol.action, protocol.region))
         })?;
-        entry.2 -= 1;
-        Some(entry.1)
+        if entry.skip > 0 {
+            entry.skip -= 1;
+            return None;
+        }
+        entry.left -= 1;
+        Some(entry.fault)
     });
     let fault = match forced {
         Some(fault) => Some(fault),
         None => {
             let rate = shared.rate_ppm.load(Ordering::SeqCst);
+            let kinds = shared.kinds.lock().map(|k| k.clone()).unwrap_or_default();
             let mut rng = shared.rng.lock().map_err(|_| Dropped)?;
-            (rng.u32(0..1_000_000) < rate).then(|| Fault::ALL[rng.usize(0..Fault::ALL.len())])
+            (rng.u32(0..1_000_000) < rate && !kinds.is_empty())
+                .then(|| kinds[rng.usize(0..kinds.len())])
         }
     };
     if let Ok(mut stats) = shared.stats.lock() {
@@ -292,7 +331,8 @@ async fn handle(
         Some(Fault::Throttled) => return Ok(protocol.error(true)),
         Some(Fault::ServerError) => return Ok(protocol.error(false)),
         Some(Fault::DroppedBefore) => return Err(Dropped),
-        Some(Fault::AccessDenied) => return Ok(protocol.denied()),
+        Some(Fault::AccessDenied) => return Ok(protocol.refused(protocol.denied_code())),
+        Some(Fault::Refused(code)) => return Ok(protocol.refused(code)),
         _ => {}
     }
     let uri = format!(
@@ -382,9 +422,18 @@ impl Protocol {
         }
     }
 
-    /// AWS's answer to a caller without the permission.
-    fn denied(&self) -> Response<Full<Bytes>> {
-        let message = "You are not authorized to perform this operation.";
+    /// The code with which this service refuses a caller without the permission.
+    fn denied_code(&self) -> &'static str {
+        match (self.json, self.service) {
+            (true, _) => "AccessDeniedException",
+            (false, "sns") => "AuthorizationError",
+            (false, _) => "UnauthorizedOperation",
+        }
+    }
+
+    /// AWS's answer refusing the call for good with `code`.
+    fn refused(&self, code: &str) -> Response<Full<Bytes>> {
+        let message = "Refused by the fault proxy.";
         let (status, content_type, payload) = if self.json {
             let kind = if matches!(self.service, "sqs" | "dynamodb") {
                 "application/x-amz-json-1.0"
@@ -394,14 +443,22 @@ impl Protocol {
             (
                 400,
                 kind,
-                format!(r#"{{"__type":"AccessDeniedException","message":"{message}"}}"#),
+                format!(r#"{{"__type":"{code}","message":"{message}"}}"#),
+            )
+        } else if self.service == "sns" {
+            (
+                403,
+                "text/xml",
+                format!(
+                    r#"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>fault-proxy</RequestId></ErrorResponse>"#
+                ),
             )
         } else {
             (
                 403,
                 "text/xml",
                 format!(
-                    r#"<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"#
+                    r#"<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"#
                 ),
             )
         };
@@ -409,6 +466,11 @@ impl Protocol {
         *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
         if let Ok(value) = content_type.parse() {
             response.headers_mut().insert("content-type", value);
+        }
+        if self.json && self.service == "sqs" {
+            if let Ok(value) = format!("{code};Sender").parse() {
+                response.headers_mut().insert("x-amzn-query-error", value);
+            }
         }
         response
     }

@@ -119,3 +119,29 @@ pub async fn own_snapshots(
         .await?;
     Ok(out.snapshots().to_vec())
 }
+
+/// How many items the catalog holds under a run's partition (its record, markers, manifest,
+/// reports, sets and copies).
+pub async fn run_items(emulator: &Emulator, run_id: &str) -> Result<usize> {
+    let mut items = 0;
+    let mut start = None;
+    loop {
+        let out = emulator
+            .dynamodb()
+            .query()
+            .table_name(crate::CATALOG_TABLE)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(
+                ":pk",
+                aws_sdk_dynamodb::types::AttributeValue::S(format!("run#{run_id}")),
+            )
+            .set_exclusive_start_key(start)
+            .send()
+            .await?;
+        items += out.items().len();
+        start = out.last_evaluated_key().cloned();
+        if start.is_none() {
+            return Ok(items);
+        }
+    }
+}

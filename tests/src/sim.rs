@@ -107,6 +107,10 @@ pub struct Ebs {
     /// `ResourceLimitExceeded`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub copy_limit: Option<u32>,
+    /// Copies into these regions end in `error` with this state message (a KMS key the copy
+    /// may not use: "Given key ID is not accessible").
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub copy_errors: BTreeMap<String, String>,
 }
 
 /// What one destination region saw of copies (`GET /_sim/copies`).

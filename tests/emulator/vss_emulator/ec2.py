@@ -160,6 +160,7 @@ def _describe_instances(self: Any) -> ActionResult:
 REPLACES = (
     "CopySnapshot answers ResourceLimitExceeded for the next N copies into a region when asked (/_sim/ebs)",
     "copies take copy_seconds, at most copy_limit in flight into a region, the rest refused with ResourceLimitExceeded (moto: no limit, done at once)",
+    "copies into a region named in copy_errors end in state error with that StateMessage, as a KMS key the copy may not use makes them (moto: always completed)",
     "new snapshots and copies stay pending for a while when asked (moto: completed at once)",
     "CreateVolume: the volume stays creating for a while when asked (moto: available at once)",
     "AttachVolume refuses a volume still being created (IncorrectState)",

@@ -70,6 +70,9 @@ class Simulation:
         self.copy_limit = 0
         self.copies_in_flight: dict[str, list[float]] = {}
         self.copy_stats: dict[str, dict[str, int]] = {}
+        # Copies into these regions end in `error` with this state message (a KMS key the
+        # copy may not use: "Given key ID is not accessible").
+        self.copy_errors: dict[str, str] = {}
         self.volume_seconds = 0.0
         self.instance_seconds = 0.0
         self.creating: dict[str, float] = {}
@@ -86,6 +89,7 @@ class Simulation:
             self.copy_limit = 0
             self.copies_in_flight.clear()
             self.copy_stats.clear()
+            self.copy_errors.clear()
             self.volume_seconds = self.instance_seconds = 0.0
             self.creating.clear()
             self.transitions.clear()
@@ -93,7 +97,7 @@ class Simulation:
     def configure_ebs(self, spec: dict[str, Any]) -> None:
         with self.lock:
             known = ("pending_seconds", "copy_refusals", "volume_seconds", "instance_seconds",
-                     "copy_seconds", "copy_limit")
+                     "copy_seconds", "copy_limit", "copy_errors")
             for key in spec:
                 if key not in known:
                     raise ValueError(f"unknown EBS simulation field {key!r}")
@@ -103,6 +107,7 @@ class Simulation:
             self.copy_refusals.update({k: int(v) for k, v in spec.get("copy_refusals", {}).items()})
             self.copy_seconds = float(spec.get("copy_seconds", self.copy_seconds))
             self.copy_limit = int(spec.get("copy_limit", self.copy_limit))
+            self.copy_errors.update({k: str(v) for k, v in spec.get("copy_errors", {}).items()})
 
     def new_snapshot(self, snapshot: Any) -> None:
         """A snapshot (or copy) just made: pending for a while, as EBS keeps it."""
@@ -161,9 +166,14 @@ class Simulation:
         with self.lock:
             seconds = self.copy_seconds or self.pending_seconds
             due = time.monotonic() + seconds
+            if region in self.copy_errors:
+                snapshot.final_status = "error"
+                snapshot.state_message = self.copy_errors[region]
             if seconds > 0:
                 snapshot.status = "pending"
                 self.pending.append((due, snapshot))
+            else:
+                snapshot.status = getattr(snapshot, "final_status", "completed")
             flying = self.copies_in_flight.setdefault(region, [])
             flying.append(due)
             stats = self.copy_stats.setdefault(
@@ -221,7 +231,7 @@ class Simulation:
             still = []
             for due, snapshot in self.pending:
                 if due <= now:
-                    snapshot.status = "completed"
+                    snapshot.status = getattr(snapshot, "final_status", "completed")
                 else:
                     still.append((due, snapshot))
             self.pending = still
