@@ -24,6 +24,10 @@ fn facts_of(snapshot: &Snapshot) -> Option<SnapshotFacts> {
         start_time: snapshot.start_time().and_then(utc),
         size_gib: snapshot.volume_size(),
         tags: tag_map(snapshot.tags()),
+        state_message: snapshot
+            .state_message()
+            .filter(|m| !m.is_empty())
+            .map(str::to_string),
     })
 }
 

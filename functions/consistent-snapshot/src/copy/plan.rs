@@ -21,6 +21,8 @@ pub struct ExistingCopy {
     pub source_snapshot_id: String,
     pub snapshot_id: String,
     pub state: SnapshotState,
+    /// Why it is in `error`, as EC2 says ("Given key ID is not accessible").
+    pub state_message: Option<String>,
 }
 
 /// Copies whose CopySnapshot answer was lost (the call took effect, the function never learnt
@@ -60,6 +62,7 @@ pub fn existing_copies(recorded: &[&CopyRecord], found: &[SnapshotFacts]) -> Vec
                 source_snapshot_id: record.source_snapshot_id.clone(),
                 snapshot_id: f.snapshot_id.clone(),
                 state: f.state.clone(),
+                state_message: f.state_message.clone(),
             })
         })
         .collect()
@@ -213,10 +216,18 @@ pub fn plan_copies(
                 Some(c) if c.state == SnapshotState::Completed => {
                     *plan.completed.entry(region.clone()).or_default() += 1
                 }
-                Some(c) if c.state == SnapshotState::Error => plan.failed.push(format!(
-                    "{region}/{} (copy of {})",
-                    c.snapshot_id, source.snapshot_id
-                )),
+                Some(c) if c.state == SnapshotState::Error => {
+                    plan.failed.push(match &c.state_message {
+                        Some(why) => format!(
+                            "{region}/{} (copy of {}): {why}",
+                            c.snapshot_id, source.snapshot_id
+                        ),
+                        None => format!(
+                            "{region}/{} (copy of {})",
+                            c.snapshot_id, source.snapshot_id
+                        ),
+                    })
+                }
                 Some(_) => *plan.pending.entry(region.clone()).or_default() += 1,
             }
         }
@@ -291,6 +302,7 @@ mod tests {
             source_snapshot_id: source.into(),
             snapshot_id: format!("copy-{source}"),
             state: state.into(),
+            state_message: None,
         }
     }
 
@@ -485,7 +497,8 @@ mod tests {
             [ExistingCopy {
                 source_snapshot_id: "snap-a".into(),
                 snapshot_id: "snap-copy".into(),
-                state: "pending".into()
+                state: "pending".into(),
+                state_message: None,
             }],
             "only the recorded copy exists, however the other is tagged"
         );

@@ -20,6 +20,8 @@ pub struct SnapshotFacts {
     pub start_time: Option<DateTime<Utc>>,
     pub size_gib: Option<i32>,
     pub tags: BTreeMap<String, String>,
+    /// Why a snapshot (or copy) is in `error`, as EC2 says ("Given key ID is not accessible").
+    pub state_message: Option<String>,
 }
 
 impl SnapshotFacts {
@@ -186,6 +188,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+            state_message: None,
         };
         let mut interner = TagInterner::default();
         let a = SnapshotInfo::from_facts(facts("snap-1"), &mut interner).expect("view");
