@@ -39,7 +39,7 @@ pub async fn on_demand(app: &App, request: VerifyRequest) -> Result<Value, Error
     let verify_id = format!("verify-{}-{}", now.format("%Y%m%dT%H%M%SZ"), &suffix[..8]);
     let mut items = Vec::new();
     for instance_id in &ids {
-        items.push(start_verify(app, &verify_id, instance_id).await?);
+        items.push(start_verify(app, &verify_id, instance_id).await);
     }
     let job = VerifyJob {
         verify_id: verify_id.clone(),
@@ -57,8 +57,11 @@ pub async fn on_demand(app: &App, request: VerifyRequest) -> Result<Value, Error
     }))
 }
 
-/// Creates the volumes of one instance's newest consistent set in its zone.
-async fn start_verify(app: &App, verify_id: &str, instance_id: &str) -> Result<VerifyItem, Error> {
+/// Creates the volumes of one instance's newest consistent set in its zone. An instance that
+/// fails (a permission, a key, EC2's error) is reported failed with the AWS code and the
+/// others go on; the volumes it made before failing are this verification's, deleted with
+/// the rest when the verification ends.
+async fn start_verify(app: &App, verify_id: &str, instance_id: &str) -> VerifyItem {
     let mut item = VerifyItem {
         instance_id: instance_id.to_string(),
         name: instance_id.to_string(),
@@ -67,25 +70,34 @@ async fn start_verify(app: &App, verify_id: &str, instance_id: &str) -> Result<V
         volumes: 0,
         error: None,
     };
-    let Some(instance) = instances::view(&app.aws.ec2, instance_id).await? else {
+    if let Err(err) = begin_verify(app, verify_id, &mut item).await {
+        warn!(verify_id, instance_id, error = %err, "verification of this instance failed to start");
+        item.error = Some(err.to_string());
+    }
+    item
+}
+
+async fn begin_verify(app: &App, verify_id: &str, item: &mut VerifyItem) -> Result<(), Error> {
+    let instance_id = item.instance_id.clone();
+    let Some(instance) = instances::view(&app.aws.ec2, &instance_id).await? else {
         item.error = Some("the instance is gone".into());
-        return Ok(item);
+        return Ok(());
     };
     item.name = instance.name.clone();
     let set = match choose_set(
-        &instance_snapshots(app, instance_id).await?,
+        &instance_snapshots(app, &instance_id).await?,
         "latest",
         false,
     ) {
         Ok(set) => set,
         Err(why) => {
             item.error = Some(why);
-            return Ok(item);
+            return Ok(());
         }
     };
     let job = RestoreJob {
         restore_id: restore_id(
-            instance_id,
+            &instance_id,
             &set.run_id,
             RestoreMode::Volumes,
             verify_id,
@@ -100,15 +112,17 @@ async fn start_verify(app: &App, verify_id: &str, instance_id: &str) -> Result<V
         deadline: Utc::now() + Duration::hours(VERIFY_HOURS),
         attempt: 0,
     };
-    let existing = restored_volumes(app, &job.instance_id, &job.restore_id).await?;
     let specs = volume_specs(&job.set, &job.zone, &Default::default());
+    // Known before any volume is made: the verification's end finds (and deletes) what was
+    // made, however far this got.
+    item.restore_id = Some(job.restore_id.clone());
+    item.run_id = Some(job.set.run_id.clone());
+    item.volumes = specs.len();
+    let existing = restored_volumes(app, &job.instance_id, &job.restore_id).await?;
     for spec in specs.iter().filter(|s| !existing.contains_key(&s.device)) {
         create_volume(app, &job, spec, "verify").await?;
     }
-    item.restore_id = Some(job.restore_id);
-    item.run_id = Some(job.set.run_id);
-    item.volumes = specs.len();
-    Ok(item)
+    Ok(())
 }
 
 /// A queued verification comes back: waits for the volumes, then measures and cleans up.
