@@ -22,10 +22,23 @@ pub struct RunSummary {
     pub foreign: Vec<ForeignSnapshot>,
     #[serde(default)]
     pub foreign_count: usize,
+    /// Outcomes not listed (the summary in the log lists the first `MAX_LOGGED_OUTCOMES`,
+    /// those that need attention first; `totals` counts them all).
+    #[serde(default, skip_serializing_if = "none_left_out")]
+    pub outcomes_left_out: usize,
+}
+
+fn none_left_out(n: &usize) -> bool {
+    *n == 0
 }
 
 /// How many foreign snapshots a summary names (it counts them all).
 pub const MAX_FOREIGN: usize = 50;
+
+/// How many outcomes the summary's log event lists: CloudWatch Logs keeps events of at most
+/// 256 KB, and an outcome takes up to about 300 bytes. Each attempted instance also has its
+/// own `instance finished` line, and the skipped ones are in the run's catalog record.
+pub const MAX_LOGGED_OUTCOMES: usize = 500;
 
 impl RunSummary {
     pub fn new(
@@ -56,7 +69,17 @@ impl RunSummary {
             totals,
             foreign: Vec::new(),
             foreign_count: 0,
+            outcomes_left_out: 0,
         }
+    }
+
+    /// The summary as its log event holds it: the first `max` outcomes (those that need
+    /// attention come first), with how many were left out; the totals stay whole.
+    pub fn for_log(&self, max: usize) -> RunSummary {
+        let mut cut = self.clone();
+        cut.outcomes_left_out = cut.outcomes.len().saturating_sub(max);
+        cut.outcomes.truncate(max);
+        cut
     }
 
     /// Names the foreign snapshots met (the first `MAX_FOREIGN`) and counts them all.
@@ -309,6 +332,27 @@ mod tests {
         assert_eq!(counts["Skipped"], 1);
         assert_eq!(counts["Failed"], 0);
         assert_eq!(counts["NotConsistent"], 2);
+    }
+
+    #[test]
+    fn the_logged_summary_lists_what_needs_attention_first_and_counts_the_rest() {
+        let big = report(3_001);
+        let logged = big.for_log(MAX_LOGGED_OUTCOMES);
+        assert_eq!(logged.outcomes.len(), MAX_LOGGED_OUTCOMES);
+        assert_eq!(logged.outcomes_left_out, 3_001 - MAX_LOGGED_OUTCOMES);
+        assert_eq!(logged.totals, big.totals, "the totals count every instance");
+        assert!(logged
+            .outcomes
+            .iter()
+            .all(|o| o.kind == OutcomeKind::Failed));
+        assert!(!logged.all_consistent());
+        let text = serde_json::to_string(&logged).unwrap_or_default();
+        assert!(text.len() < 200_000, "{} bytes", text.len());
+        let small = report(4);
+        assert_eq!(small.for_log(MAX_LOGGED_OUTCOMES), small);
+        assert!(!serde_json::to_string(&small)
+            .unwrap_or_default()
+            .contains("outcomes_left_out"));
     }
 
     fn report(n: usize) -> RunSummary {

@@ -120,6 +120,8 @@ pub fn instance_tags(
 pub struct RunInvocations {
     pub by_instance: BTreeMap<String, (CommandStatus, Option<FinalInvocation>, bool)>,
     pub unlisted: Vec<(String, usize)>,
+    /// Each command's `ExcludeBootVolume`, for the instances SSM does not list.
+    pub boot_excluded: BTreeMap<String, bool>,
 }
 
 impl RunInvocations {
@@ -127,6 +129,8 @@ impl RunInvocations {
     pub fn gather(listed: &[(&RunCommand, Vec<Invocation>)]) -> Self {
         let mut run = RunInvocations::default();
         for (command, invocations) in listed {
+            run.boot_excluded
+                .insert(command.command_id.clone(), command.exclude_boot_volume);
             for inv in invocations {
                 let fin = inv.status.is_final().then(|| FinalInvocation {
                     status: inv.status.clone(),
@@ -150,7 +154,9 @@ impl RunInvocations {
 
     /// Takes each instance's own report, when the catalog holds one for the command the
     /// manifest sent it, in place of what SSM lists: the report has the whole output
-    /// (`GetCommandInvocation`), the list only its first 2,500 characters.
+    /// (`GetCommandInvocation` of that instance and command), the list only its first 2,500
+    /// characters. A report of an instance SSM does not list (yet, or at all: the command
+    /// history refused) stands for it, so the run does not wait on the list for it.
     pub fn with_reports(
         mut self,
         reports: &[InstanceReport],
@@ -160,13 +166,37 @@ impl RunInvocations {
             let sent = manifest
                 .get(&report.instance_id)
                 .is_some_and(|m| m.command_id == report.command_id);
-            if let Some((status, fin, _)) = self.by_instance.get_mut(&report.instance_id) {
-                if sent {
-                    *status = report.invocation.status.clone();
-                    *fin = Some(report.invocation.clone());
-                }
+            if !sent {
+                continue;
             }
+            if let Some((status, fin, _)) = self.by_instance.get_mut(&report.instance_id) {
+                *status = report.invocation.status.clone();
+                *fin = Some(report.invocation.clone());
+                continue;
+            }
+            let Some(missing) = self
+                .unlisted
+                .iter_mut()
+                .find(|(command, n)| *command == report.command_id && *n > 0)
+            else {
+                continue;
+            };
+            missing.1 -= 1;
+            let boot = self
+                .boot_excluded
+                .get(&report.command_id)
+                .copied()
+                .unwrap_or(false);
+            self.by_instance.insert(
+                report.instance_id.clone(),
+                (
+                    report.invocation.status.clone(),
+                    Some(report.invocation.clone()),
+                    boot,
+                ),
+            );
         }
+        self.unlisted.retain(|(_, n)| *n > 0);
         self
     }
 
@@ -657,6 +687,45 @@ mod tests {
         assert_eq!(with.by_instance["i-2"].1, None);
         assert_eq!(with.open(), 1);
         assert!(!with.by_instance.contains_key("i-7"));
+    }
+
+    /// The command history refused for good: SSM lists nothing, and each instance's own
+    /// report (of the command the manifest sent it) stands for it, one for one.
+    #[test]
+    fn instances_ssm_does_not_list_are_final_by_their_own_reports() {
+        let mut command = command("c1", 2);
+        command.exclude_boot_volume = true;
+        let gathered = RunInvocations::gather(&[(&command, vec![])]);
+        assert_eq!(gathered.open(), 2);
+        let manifest: HashMap<String, ManifestEntry> = ["i-1", "i-2"]
+            .map(|id| {
+                (
+                    id.to_string(),
+                    ManifestEntry {
+                        instance_id: id.into(),
+                        ..manifest_entry()
+                    },
+                )
+            })
+            .into();
+        let report = |instance: &str| InstanceReport {
+            run_id: "r".into(),
+            instance_id: instance.into(),
+            command_id: "c1".into(),
+            invocation: FinalInvocation {
+                status: "Success".into(),
+                status_details: "Success".into(),
+                output: "Created snap-1 from vol-1".into(),
+            },
+        };
+        let one = gathered.clone().with_reports(&[report("i-1")], &manifest);
+        assert_eq!(one.open(), 1, "{one:?}");
+        assert_eq!(one.unlisted, vec![("c1".to_string(), 1)]);
+        assert!(one.by_instance["i-1"].2, "the command's ExcludeBootVolume");
+        // A report given twice stands for one instance, not two.
+        let both = gathered.with_reports(&[report("i-1"), report("i-1"), report("i-2")], &manifest);
+        assert_eq!(both.open(), 0, "{both:?}");
+        assert!(both.unlisted.is_empty());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::run::plan::outcome::{Outcome, OutcomeKind};
 use crate::run::plan::record::{outcome_of, Verified};
 use crate::run::plan::summary::{
     notification_subject, notification_text, run_counts, RunSummary, MAX_FOREIGN,
-    NOTIFICATION_MAX_BYTES,
+    MAX_LOGGED_OUTCOMES, NOTIFICATION_MAX_BYTES,
 };
 use crate::run::plan::track::{
     instance_tags, next_instance_step, next_run_step, run_outcomes, Next, RunCatalog,
@@ -245,10 +245,30 @@ pub async fn track_run(
     let mut listed = Vec::new();
     for command in &job.commands {
         let why = format!("run {}", job.run_id);
-        let found = commands::invocations(&app.aws.ssm, &command.command_id, true, &why).await?;
-        listed.push((command, found));
+        match commands::invocations(&app.aws.ssm, &command.command_id, true, &why).await {
+            Ok(found) => listed.push((command, found)),
+            // The command history refused for good (a permission taken from the role): each
+            // instance's own look (`GetCommandInvocation`) still reports it to the catalog,
+            // and the run goes on from those reports, until its deadline at most.
+            Err(err) if err.is_permanent() => {
+                warn!(run_id = %job.run_id, command_id = %command.command_id, error = %err, code = err.aws_code().unwrap_or(""), "command history not readable: the run goes on from each instance's own look");
+                listed.push((command, Vec::new()));
+            }
+            Err(err) => return Err(err),
+        }
     }
-    let listed = RunInvocations::gather(&listed);
+    let mut listed = RunInvocations::gather(&listed);
+    if !listed.unlisted.is_empty() {
+        // SSM does not list them all (yet, or the history refused): the instances' own
+        // reports in the catalog stand for the ones it does not list.
+        let view = app.aws.catalog.run_view(&job.run_id).await?;
+        let manifest = view
+            .manifest
+            .into_iter()
+            .map(|m| (m.instance_id.clone(), m))
+            .collect();
+        listed = listed.with_reports(&view.reports, &manifest);
+    }
     let mut read: Option<RunRead> = None;
     let read = loop {
         let (invocations, pending) = match &read {
@@ -348,7 +368,8 @@ pub async fn track_run(
         return Ok(());
     }
     let line = summary.summary_line();
-    let summary_json = serde_json::to_string(&summary).unwrap_or_default();
+    let summary_json =
+        serde_json::to_string(&summary.for_log(MAX_LOGGED_OUTCOMES)).unwrap_or_default();
     emit_metrics(
         app,
         &run_counts(&summary),
@@ -364,7 +385,8 @@ pub async fn track_run(
 }
 
 /// Sends the summary of a run that needs attention to `NOTIFY_TOPIC_ARN`, if set. The
-/// summary is already logged and counted: a failure here is logged, not retried.
+/// summary is already logged and counted: a failure here is logged with its AWS code and
+/// counted (`NotificationsFailed`, which an alarm watches), not retried.
 async fn notify_attention(app: &App, summary: &RunSummary) {
     let Some(topic) = &app.config.notify_topic_arn else {
         return;
@@ -372,10 +394,21 @@ async fn notify_attention(app: &App, summary: &RunSummary) {
     let subject = notification_subject(&app.config.managed_by, summary);
     let message = notification_text(summary, NOTIFICATION_MAX_BYTES);
     let about = format!("run {}", summary.run_id);
-    match notify::publish(&app.aws.sns, topic, subject, message, &about).await {
-        Ok(()) => info!(run_id = %summary.run_id, topic = %topic, "run summary sent"),
-        Err(err) => warn!(run_id = %summary.run_id, error = %err, "run summary not sent"),
-    }
+    let failed = match notify::publish(&app.aws.sns, topic, subject, message, &about).await {
+        Ok(()) => {
+            info!(run_id = %summary.run_id, topic = %topic, "run summary sent");
+            0
+        }
+        Err(err) => {
+            warn!(run_id = %summary.run_id, error = %err, code = err.aws_code().unwrap_or(""), "run summary not sent");
+            1
+        }
+    };
+    emit_metrics(
+        app,
+        &[("NotificationsFailed", failed)],
+        &[("RunId", &summary.run_id), ("Event", "notify")],
+    );
 }
 
 /// Ends a look that ran out of time half-way (what it recorded and tagged stays): the run's
