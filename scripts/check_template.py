@@ -171,6 +171,10 @@ def check(template: dict) -> list[str]:
         "RegionsUnreadable": "a region retention could not read",
         "DeletionsFailed": "snapshots retention planned to delete and could not",
         "InstancesLostTag": "servers with backups that lost their tag",
+        "CopiesNotStarted": "copies never started by the copy step's deadline",
+        "DeletionsHeldBack": "retention held back by what uses a snapshot",
+        "RestoreFailures": "restore tests that failed",
+        "NotificationsFailed": "notifications the topic refused",
     }
     for metric, what in wanted.items():
         if not any(a.get("MetricName") == metric for a in alarms.values()):
