@@ -15,8 +15,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_ec2::types::{ResourceType, Snapshot, Tag, TagSpecification};
-use harness::chaos::{Chaos, ChaosOptions};
-use harness::faults::Fault;
 use harness::{
     invoke, queue_arn, scheduled_event, snapshot_tag, Emulator, Metrics, ServerSpec, World,
 };
@@ -383,103 +381,6 @@ async fn a_hostile_fleet_cannot_turn_the_backups_against_the_fleet() {
         .expect("tomorrow");
     assert_eq!(start["run_id"], json!(tomorrow));
     assert_eq!(start["status"], json!("dispatched"), "{start}");
-}
-
-/// How many items the catalog holds under a run's partition.
-async fn run_items(emulator: &Emulator, run_id: &str) -> usize {
-    let out = emulator
-        .dynamodb()
-        .query()
-        .table_name(harness::CATALOG_TABLE)
-        .key_condition_expression("pk = :pk")
-        .expression_attribute_values(
-            ":pk",
-            aws_sdk_dynamodb::types::AttributeValue::S(format!("run#{run_id}")),
-        )
-        .send()
-        .await
-        .expect("Query");
-    out.items().len()
-}
-
-/// A permission refused for good after the run's claim. Where the refusal is one region's,
-/// it is contained (the region is named failed, the chain ends); where every look at the run
-/// is refused, the chain is stuck, and ends in the dead-letter queue. Either way the messages
-/// and the catalog items it costs are bounded.
-#[tokio::test]
-async fn a_chain_stuck_on_access_denied_leaves_bounded_items_and_messages() {
-    // (the refused call, whether the function contains it)
-    let cases = [
-        (format!("ec2:DescribeSnapshots@{COPY_REGION}"), true),
-        ("ssm:ListCommandInvocations".to_string(), false),
-    ];
-    for (action, contained) in cases {
-        let world = World::start(1).await.expect("world");
-        let emulator = &world.emulator;
-        world
-            .seed(&[
-                ServerSpec::windows("sql01", 1),
-                ServerSpec::windows("files01", 1),
-            ])
-            .await
-            .expect("seed");
-        let chaos = Chaos::new(
-            emulator,
-            &world.queue,
-            &[
-                ("COPY_REGIONS", COPY_REGION),
-                ("SNAPSHOT_COMPLETION_TIMEOUT_SECONDS", "60"),
-            ],
-            ChaosOptions::calm(3),
-        )
-        .expect("chaos");
-        chaos.proxy.force(&action, Fault::AccessDenied, u32::MAX);
-        let (run_id, drained) = chaos
-            .night("2026-11-23T00:00:00Z", std::time::Duration::from_secs(300))
-            .await
-            .expect("the night");
-        let stats = chaos.proxy.stats();
-        let sent: u64 = ["sqs:SendMessage", "sqs:SendMessageBatch"]
-            .iter()
-            .filter_map(|a| stats.calls.get(*a))
-            .sum();
-        let items = run_items(emulator, &run_id).await;
-        let failed_steps = world.logs.messages_starting("step failed").len();
-        println!(
-            "{action} refused: {} deliveries, {sent} sends, {failed_steps} failed steps, {items} catalog items of the run",
-            drained.messages
-        );
-        // The chain ended: the queue is empty.
-        assert!(
-            harness::queue_is_empty(&emulator.sqs(), &world.queue)
-                .await
-                .expect("queue"),
-            "{action}: the chain ended"
-        );
-        if contained {
-            // Nothing failed: the region is named, the run and its copies are reported.
-            assert_eq!(failed_steps, 0, "{action}");
-            assert!(world.logs.run_report(&run_id).is_some(), "{action}");
-            let copies = world.logs.messages_starting("copies need attention");
-            assert!(
-                copies.len() == 1
-                    && copies[0]["message"].as_str().is_some_and(
-                        |m| m.contains(&format!("{COPY_REGION} (UnauthorizedOperation)"))
-                    ),
-                "{action}: {copies:#?}"
-            );
-        } else {
-            // Each delivery of the run's look fails; five receives, then the dead-letter queue.
-            assert!(failed_steps > 0, "{action}");
-            assert!(world.logs.run_report(&run_id).is_none(), "{action}");
-        }
-        // Bounded (measured: 8 and 9 deliveries, 6 and 3 sends, 10 and 7 items): the run's
-        // items are its claim and markers, a copy-pass marker per pass, the run, its manifest
-        // and final results (2 each) and sets (2).
-        assert!(drained.messages <= 20, "{action}: {drained:?}");
-        assert!(sent <= 12, "{action}: {sent} messages sent");
-        assert!(items <= 16, "{action}: {items} catalog items for one run");
-    }
 }
 
 #[tokio::test]

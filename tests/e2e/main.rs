@@ -8,6 +8,7 @@ mod chaos;
 mod copy_limit;
 mod copy_retention;
 mod event_shapes;
+mod fault_matrix;
 mod faults;
 mod fleet_scale;
 mod hostile;
