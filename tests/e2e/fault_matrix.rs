@@ -204,6 +204,8 @@ const ROWS: &[Row] = &[
         )),
         metric: Some(("verify", "RestoreFailures", 1)),
         alarm: Some("RestoreFailures"),
+        // The night's deliveries and the verification's looks (measured: 11 to 15).
+        max_deliveries: 20,
         ..row(Case::VerifyHalfWay)
     },
     Row {
