@@ -20,8 +20,8 @@ use consistent_snapshot::OutcomeKind;
 use harness::chaos::{Chaos, ChaosOptions, Ended};
 use harness::faults::{Fault, Stop};
 use harness::{
-    own_snapshots, run_items, scheduled_event, snapshot_tag, workspace_root, Ebs, Emulator,
-    Metrics, ServerSpec, Windows, World,
+    own_snapshots, run_items, scheduled_event, sets_of, snapshot_tag, workspace_root, Ebs,
+    Emulator, Metrics, ServerSpec, Windows, World,
 };
 use serde_json::{json, Value};
 
@@ -400,34 +400,6 @@ async fn forge_jobs(world: &World, victim: &str) {
             .await
             .expect("SendMessage");
     }
-}
-
-/// Sets (run id → snapshot ids) of `instance` this deployment holds in `region`.
-async fn sets_of(
-    emulator: &Emulator,
-    region: &str,
-    instance: &str,
-) -> BTreeMap<String, Vec<String>> {
-    let mut sets: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for s in own_snapshots(emulator, region)
-        .await
-        .expect("DescribeSnapshots")
-    {
-        if snapshot_tag(&s, "ConsistentSnapshot:InstanceId") != Some(instance)
-            || snapshot_tag(&s, "ConsistentSnapshot:ManagedBy") != Some("vss-test")
-        {
-            continue;
-        }
-        if let (Some(run), Some(id)) = (
-            snapshot_tag(&s, "ConsistentSnapshot:RunId"),
-            s.snapshot_id(),
-        ) {
-            sets.entry(run.to_string())
-                .or_default()
-                .push(id.to_string());
-        }
-    }
-    sets
 }
 
 /// How a server ends, as an operator sees it: its outcome, and per region its sets as

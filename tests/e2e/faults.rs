@@ -6,35 +6,7 @@ use std::time::Duration;
 
 use harness::chaos::{Chaos, ChaosOptions};
 use harness::faults::Fault;
-use harness::{own_snapshots, scheduled_event, snapshot_tag, Emulator, Metrics, ServerSpec, World};
-
-/// Sets (run id → snapshot ids) of `instance` this deployment holds in `region`, oldest first.
-async fn sets_of(
-    emulator: &Emulator,
-    region: &str,
-    instance: &str,
-) -> std::collections::BTreeMap<String, Vec<String>> {
-    let mut sets: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for s in own_snapshots(emulator, region)
-        .await
-        .expect("DescribeSnapshots")
-    {
-        if snapshot_tag(&s, "ConsistentSnapshot:InstanceId") != Some(instance)
-            || snapshot_tag(&s, "ConsistentSnapshot:ManagedBy") != Some("vss-test")
-        {
-            continue;
-        }
-        if let (Some(run), Some(id)) = (
-            snapshot_tag(&s, "ConsistentSnapshot:RunId"),
-            s.snapshot_id(),
-        ) {
-            sets.entry(run.to_string())
-                .or_default()
-                .push(id.to_string());
-        }
-    }
-    sets
-}
+use harness::{scheduled_event, sets_of, Metrics, ServerSpec, World};
 
 #[tokio::test]
 async fn a_locked_set_is_held_and_a_recycle_bin_deletion_is_reported_recoverable() {

@@ -25,7 +25,7 @@ pub use fleet::{
 };
 pub use probes::{
     attached_volumes, commands_per_instance, own_snapshots, plant_snapshot, run_items,
-    run_snapshots, snapshot_tag,
+    run_snapshots, sets_of, snapshot_tag,
 };
 pub use sim::{Agent, CopyStats, Ebs, History, VssOutcome, Windows};
 pub use source::{

@@ -145,3 +145,32 @@ pub async fn run_items(emulator: &Emulator, run_id: &str) -> Result<usize> {
         }
     }
 }
+
+/// The sets (run id → snapshot ids) of `instance` that the `vss-test` deployment holds in
+/// `region`, by the tags it gives them, oldest first (run ids sort by time).
+pub async fn sets_of(
+    emulator: &Emulator,
+    region: &str,
+    instance: &str,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut sets: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let snapshots = own_snapshots(emulator, region)
+        .await
+        .unwrap_or_else(|e| panic!("DescribeSnapshots in {region}: {e}"));
+    for s in snapshots {
+        if snapshot_tag(&s, "ConsistentSnapshot:InstanceId") != Some(instance)
+            || snapshot_tag(&s, "ConsistentSnapshot:ManagedBy") != Some("vss-test")
+        {
+            continue;
+        }
+        if let (Some(run), Some(id)) = (
+            snapshot_tag(&s, "ConsistentSnapshot:RunId"),
+            s.snapshot_id(),
+        ) {
+            sets.entry(run.to_string())
+                .or_default()
+                .push(id.to_string());
+        }
+    }
+    sets
+}
