@@ -305,12 +305,7 @@ async fn arrange(case: Case, world: &World, chaos: &Chaos<'_>, ids: &[String]) {
             let sets = sets_of(emulator, HOME, &ids[2]).await;
             let oldest = sets.values().next().expect("app01's oldest set");
             emulator
-                .ec2()
-                .lock_snapshot()
-                .snapshot_id(&oldest[0])
-                .lock_mode(aws_sdk_ec2::types::LockMode::Compliance)
-                .lock_duration(30)
-                .send()
+                .lock_snapshot(&oldest[0], 30)
                 .await
                 .expect("LockSnapshot");
         }

@@ -38,12 +38,7 @@ async fn a_locked_set_is_held_and_a_recycle_bin_deletion_is_reported_recoverable
     // An operator locks one snapshot of sql01's oldest set (compliance, 30 days): EC2 refuses
     // to delete it until then. A Recycle Bin rule keeps every snapshot of files01 for 7 days.
     emulator
-        .ec2()
-        .lock_snapshot()
-        .snapshot_id(&oldest[0])
-        .lock_mode(aws_sdk_ec2::types::LockMode::Compliance)
-        .lock_duration(30)
-        .send()
+        .lock_snapshot(&oldest[0], 30)
         .await
         .expect("LockSnapshot");
     emulator

@@ -329,6 +329,19 @@ impl Emulator {
         Ok(())
     }
 
+    /// An operator's EBS Snapshot Lock on one home-region snapshot: compliance mode for
+    /// `days` (EC2 refuses to delete it until then).
+    pub async fn lock_snapshot(&self, snapshot_id: &str, days: i32) -> Result<()> {
+        self.ec2()
+            .lock_snapshot()
+            .snapshot_id(snapshot_id)
+            .lock_mode(aws_sdk_ec2::types::LockMode::Compliance)
+            .lock_duration(days)
+            .send()
+            .await?;
+        Ok(())
+    }
+
     /// A Recycle Bin retention rule for snapshots of `region` (rbin's `CreateRule`, which the
     /// emulator takes at `/_sim/recycle-bin`): snapshots deleted while it matches them (every
     /// one, or those with one of `tags`) stay in the bin for `days`.
