@@ -11,8 +11,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use harness::{
-    drain_with, invoke, own_snapshots, scheduled_event, seed_bulk, snapshot_tag, Ebs, Emulator,
-    Metrics, World,
+    drain_with, invoke_within, own_snapshots, scheduled_event, seed_bulk, snapshot_tag, Ebs,
+    Emulator, Metrics, World,
 };
 use serde_json::{json, Value};
 
@@ -65,6 +65,10 @@ async fn copies_at_the_regions_limit_all_land_and_a_partial_set_never_counts() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(40);
     let copies = fleet * (1 + DATA_VOLUMES);
+    // The function's timeout: the tests' 6 s up to 100 servers, more beyond (the emulator is
+    // slower than EC2 at a large fleet); the drain's limit likewise.
+    let timeout = Duration::from_secs((fleet as u64 / 16).max(6));
+    let limit = Duration::from_secs((fleet as u64).max(600));
     let world = World::start(3).await.expect("world");
     let (emulator, queue) = (&world.emulator, &world.queue);
     let metrics = Metrics::default();
@@ -82,10 +86,14 @@ async fn copies_at_the_regions_limit_all_land_and_a_partial_set_never_counts() {
     let app = metrics.attach(world.app(&settings).expect("app"));
 
     // The first night copies freely: every server has a complete copy set.
-    let first = world
-        .nightly(&app, "2026-11-23T00:00:00Z")
-        .await
-        .expect("first night");
+    let night = |time: &'static str| invoke_within(&app, scheduled_event("nightly", time), timeout);
+    let first = night("2026-11-23T00:00:00Z").await.expect("first night");
+    let first = first["run_id"].as_str().expect("run id").to_string();
+    drain_with(emulator, queue, 10, limit, |event| {
+        invoke_within(&app, event, timeout)
+    })
+    .await
+    .expect("first night drained");
     let first_copies = copies_of_run(emulator, &first).await;
     assert_eq!(first_copies.len(), fleet);
     assert!(first_copies.values().all(|c| *c == (1 + DATA_VOLUMES, 0)));
@@ -99,16 +107,14 @@ async fn copies_at_the_regions_limit_all_land_and_a_partial_set_never_counts() {
         })
         .expect("EBS simulation");
     let started = Instant::now();
-    let answer = invoke(&app, scheduled_event("nightly", "2026-11-24T00:00:00Z"))
-        .await
-        .expect("second night");
+    let answer = night("2026-11-24T00:00:00Z").await.expect("second night");
     let second = answer["run_id"].as_str().expect("run id").to_string();
     // Before each invocation (the last copies started are completed by then: each takes
     // 1.5 s, and a pass follows the one before after at least 2 s): once some server's copies
     // are partial (some completed, none pending, the others not started), what retention
     // would do then.
     let partial: Mutex<Option<(BTreeSet<String>, Value)>> = Mutex::new(None);
-    let drained = drain_with(emulator, queue, 10, Duration::from_secs(600), |event| {
+    let drained = drain_with(emulator, queue, 10, limit, |event| {
         let (app, partial, second) = (&app, &partial, &second);
         async move {
             if partial.lock().map(|p| p.is_none()).unwrap_or(false) {
@@ -121,13 +127,14 @@ async fn copies_at_the_regions_limit_all_land_and_a_partial_set_never_counts() {
                     .map(|(instance, _)| instance)
                     .collect();
                 if !partial_now.is_empty() {
-                    let plan = invoke(app, json!({"action": "retention", "dry_run": true})).await?;
+                    let dry_run = json!({"action": "retention", "dry_run": true});
+                    let plan = invoke_within(app, dry_run, timeout).await?;
                     if let Ok(mut p) = partial.lock() {
                         *p = Some((partial_now, plan));
                     }
                 }
             }
-            invoke(app, event).await
+            invoke_within(app, event, timeout).await
         }
     })
     .await
