@@ -52,6 +52,25 @@ pub fn emit_metrics(app: &App, counts: &[(&str, usize)], properties: &[(&str, &s
     app.metrics.emit(counts, properties, Utc::now());
 }
 
+/// What AWS throttled during the invocation, if anything: one line naming each code and how
+/// often, and `ApiThrottled` (which an alarm watches). The SDK retried each of them; what
+/// outlasted its retries was handed back to the queue or failed by name where it happened.
+pub fn report_throttling(app: &App) {
+    let throttled = app.aws.throttles.take();
+    let total: u64 = throttled.values().sum();
+    if total == 0 {
+        return;
+    }
+    let codes = throttled
+        .iter()
+        .map(|(code, n)| format!("{code} ×{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    tracing::warn!(throttled = total, codes = %codes, "AWS throttled {total} calls ({codes}): the SDK retried them");
+    let total = usize::try_from(total).unwrap_or(usize::MAX);
+    emit_metrics(app, &[("ApiThrottled", total)], &[("Event", "aws")]);
+}
+
 /// Refuses a job or request the catalog does not vouch for: logged with the reason, counted
 /// (`JobsRefused`), and answered as an error, so that a queued one ends in the dead-letter
 /// queue and its alarm. Nothing of it is acted on.

@@ -131,6 +131,34 @@ pub fn is_throttling(code: Option<&str>) -> bool {
     code.is_some_and(|c| THROTTLING_CODES.contains(&c))
 }
 
+/// The throttling code of an AWS error answer, read from the raw answer (the SDK's retry has
+/// not yet made it an error): the `x-amzn-ErrorType` header (JSON protocols), else the code
+/// in the body, `<Code>RequestLimitExceeded</Code>` (EC2, SNS) or `"__type":"…#Throttling…"`
+/// (SSM, SQS, DynamoDB). `None` for any answer that is not an error or not throttling.
+pub fn throttling_code(status: u16, error_type: Option<&str>, body: &[u8]) -> Option<&'static str> {
+    if status < 400 {
+        return None;
+    }
+    let named = |name: &str| THROTTLING_CODES.iter().copied().find(|c| *c == name);
+    if let Some(header) = error_type {
+        // `ThrottlingException:http://internal.amazon.com/…`, or a shape id `aws#Code`.
+        let name = header.split(':').next().unwrap_or_default();
+        if let Some(code) = named(name.rsplit('#').next().unwrap_or_default()) {
+            return Some(code);
+        }
+    }
+    let body = String::from_utf8_lossy(body);
+    THROTTLING_CODES.iter().copied().find(|code| {
+        [
+            format!(">{code}<"),
+            format!("\"{code}\""),
+            format!("#{code}\""),
+        ]
+        .iter()
+        .any(|delimited| body.contains(delimited.as_str()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +217,42 @@ mod tests {
             assert!(!is_permanent(Some(code)), "{code}");
         }
         assert!(!is_permanent(None));
+    }
+
+    #[test]
+    fn throttling_is_read_from_each_protocols_error_answer() {
+        let ec2 = b"<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors></Response>";
+        assert_eq!(
+            throttling_code(503, None, ec2),
+            Some("RequestLimitExceeded")
+        );
+        let sns = b"<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code></Error></ErrorResponse>";
+        assert_eq!(throttling_code(400, None, sns), Some("Throttling"));
+        let ssm = br#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#;
+        assert_eq!(throttling_code(400, None, ssm), Some("ThrottlingException"));
+        let dynamodb = br#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"slow down"}"#;
+        assert_eq!(
+            throttling_code(400, None, dynamodb),
+            Some("ProvisionedThroughputExceededException")
+        );
+        assert_eq!(
+            throttling_code(
+                400,
+                Some("ThrottlingException:http://internal.amazon.com/"),
+                b""
+            ),
+            Some("ThrottlingException")
+        );
+        // Not throttling: a success that mentions a code, another error, a code inside a
+        // longer word.
+        assert_eq!(throttling_code(200, None, ec2), None);
+        let denied = b"<Response><Errors><Error><Code>UnauthorizedOperation</Code></Error></Errors></Response>";
+        assert_eq!(throttling_code(403, None, denied), None);
+        let longer = b"<Code>ThrottlingSomething</Code>";
+        assert_eq!(throttling_code(400, None, longer), None);
+        assert_eq!(
+            throttling_code(400, Some("AccessDeniedException:x"), b"{}"),
+            None
+        );
     }
 }

@@ -152,8 +152,13 @@ fn item<T: Serialize>(
 
 impl Catalog {
     pub fn new(sdk: &SdkConfig, table: &str) -> Self {
+        Catalog::with_client(aws_sdk_dynamodb::Client::new(sdk), table)
+    }
+
+    /// The catalog through this client (the function's, which counts throttling).
+    pub fn with_client(client: aws_sdk_dynamodb::Client, table: &str) -> Self {
         Catalog {
-            client: aws_sdk_dynamodb::Client::new(sdk),
+            client,
             table: table.to_string(),
         }
     }

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod notify;
 pub mod queue;
 pub mod snapshots;
+pub mod throttles;
 pub mod volumes;
 
 use std::time::Duration;
@@ -37,17 +38,29 @@ pub struct Clients {
     pub catalog: catalog::Catalog,
     /// The function's own region (`AWS_REGION`): `ec2_in` of another region makes a client.
     pub region: String,
+    /// What AWS throttled since the last look, over every client (`ec2_in`'s included).
+    pub throttles: throttles::Throttles,
 }
 
 impl Clients {
     pub fn new(sdk: &SdkConfig, region: &str, catalog_table: &str) -> Self {
+        let throttles = throttles::Throttles::default();
+        let counted = throttles.interceptor();
+        macro_rules! client {
+            ($sdk_crate:ident) => {{
+                let mut config = $sdk_crate::config::Builder::from(sdk);
+                config.push_interceptor(counted.clone());
+                $sdk_crate::Client::from_conf(config.build())
+            }};
+        }
         Clients {
-            ec2: aws_sdk_ec2::Client::new(sdk),
-            ssm: aws_sdk_ssm::Client::new(sdk),
-            sqs: aws_sdk_sqs::Client::new(sdk),
-            sns: aws_sdk_sns::Client::new(sdk),
-            catalog: catalog::Catalog::new(sdk, catalog_table),
+            ec2: client!(aws_sdk_ec2),
+            ssm: client!(aws_sdk_ssm),
+            sqs: client!(aws_sdk_sqs),
+            sns: client!(aws_sdk_sns),
+            catalog: catalog::Catalog::with_client(client!(aws_sdk_dynamodb), catalog_table),
             region: region.to_string(),
+            throttles,
         }
     }
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 use tracing::info;
 
-use crate::app::{to_json, App};
+use crate::app::{report_throttling, to_json, App};
 use crate::error::Error;
 use crate::model::requests::SnapshotRequest;
 use crate::run::plan::dispatch::{in_flight_window, ANSWER_ENTRIES};
@@ -32,6 +32,12 @@ pub async fn handle_until(
     payload: Value,
     deadline: DateTime<Utc>,
 ) -> Result<Value, Error> {
+    let answer = route(app, payload, deadline).await;
+    report_throttling(app);
+    answer
+}
+
+async fn route(app: &App, payload: Value, deadline: DateTime<Utc>) -> Result<Value, Error> {
     let lease_until = deadline + Duration::seconds(LEASE_MARGIN_SECONDS);
     match Event::parse(payload)? {
         Event::Scheduled(run) => {
