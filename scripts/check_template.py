@@ -175,6 +175,8 @@ def check(template: dict) -> list[str]:
         "DeletionsHeldBack": "retention held back by what uses a snapshot",
         "RestoreFailures": "restore tests that failed",
         "NotificationsFailed": "notifications the topic refused",
+        "HistoryUnreadable": "the command history refused for good",
+        "ApiThrottled": "AWS throttling the function's calls",
     }
     for metric, what in wanted.items():
         if not any(a.get("MetricName") == metric for a in alarms.values()):

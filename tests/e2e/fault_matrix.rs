@@ -152,10 +152,12 @@ const ROWS: &[Row] = &[
         ..row(Case::NotificationRefused)
     },
     // Contained without loss: each instance's own look reports it, so the run, its copies
-    // and its retention end as in the clean row. The refusal is logged with its code at each
-    // look of the run; no metric counts it yet.
+    // and its retention end as in the clean row. The refusal is logged with its code and
+    // counted at each look of the run.
     Row {
         named: Some(("command history not readable", &["AccessDeniedException"])),
+        metric: Some(("history", "HistoryUnreadable", 1)),
+        alarm: Some("HistoryUnreadable"),
         ..row(Case::HistoryRefused)
     },
     // A lock is an operator's choice, not a failure: counted, named with its end, no alarm.
@@ -190,10 +192,12 @@ const ROWS: &[Row] = &[
         ..row(Case::Skipped3000)
     },
     // Throttling is retried by the SDK (what outlasts its retries is handed back to the
-    // queue), so nothing fails for an operator to read: the row checks that the throttling
-    // was real. SQS's own age of the oldest message is what an alarm watches (QueueAgeAlarm).
+    // queue), so nothing fails; each invocation names and counts what AWS throttled, and the
+    // row checks that the throttling was real.
     Row {
-        alarm: Some("ApproximateAgeOfOldestMessage"),
+        named: Some(("AWS throttled", &["RequestLimitExceeded"])),
+        metric: Some(("aws", "ApiThrottled", 1)),
+        alarm: Some("ApiThrottled"),
         max_deliveries: 40,
         ..row(Case::Throttled)
     },
@@ -820,8 +824,8 @@ async fn run_row(row: &Row, clean: Option<&Ends>, alarmed: &[String]) -> (Ends, 
     }
     // Counted, and alarmed.
     if let Some((event, metric, at_least)) = row.metric {
-        let run =
-            matches!(event, "run" | "copies" | "retention" | "notify").then_some(run_id.as_str());
+        let run = matches!(event, "run" | "copies" | "retention" | "notify" | "history")
+            .then_some(run_id.as_str());
         let lines = metrics.of(event, run);
         let value: u64 = lines.iter().filter_map(|l| l[metric].as_u64()).sum();
         assert!(value >= at_least, "{name}: {metric} = {value}: {lines:#?}");

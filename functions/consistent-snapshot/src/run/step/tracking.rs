@@ -252,6 +252,11 @@ pub async fn track_run(
             // and the run goes on from those reports, until its deadline at most.
             Err(err) if err.is_permanent() => {
                 warn!(run_id = %job.run_id, command_id = %command.command_id, error = %err, code = err.aws_code().unwrap_or(""), "command history not readable: the run goes on from each instance's own look");
+                emit_metrics(
+                    app,
+                    &[("HistoryUnreadable", 1)],
+                    &[("RunId", &job.run_id), ("Event", "history")],
+                );
                 listed.push((command, Vec::new()));
             }
             Err(err) => return Err(err),
