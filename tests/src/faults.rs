@@ -105,9 +105,11 @@ struct Shared {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
-/// A fault forced on calls of one action: the first `skip` go through, the next `left` fail.
+/// A fault forced on calls of one action (whose body holds `contains`, when given): the
+/// first `skip` go through, the next `left` fail.
 struct Forced {
     action: String,
+    contains: Option<String>,
     fault: Fault,
     skip: u32,
     left: u32,
@@ -203,13 +205,30 @@ impl FaultProxy {
     /// Lets the next `skip` calls of `action` through, then answers `times` with `fault`
     /// (a step that fails half-way).
     pub fn force_after(&self, action: &str, skip: u32, fault: Fault, times: u32) {
-        if let Ok(mut forced) = self.shared.forced.lock() {
-            forced.push(Forced {
-                action: action.to_string(),
-                fault,
-                skip,
-                left: times,
-            });
+        self.push(Forced {
+            action: action.to_string(),
+            contains: None,
+            fault,
+            skip,
+            left: times,
+        });
+    }
+
+    /// Answers the next `times` calls of `action` whose body holds `contains` (one server's
+    /// SendCommand: its instance id) with `fault`.
+    pub fn force_matching(&self, action: &str, contains: &str, fault: Fault, times: u32) {
+        self.push(Forced {
+            action: action.to_string(),
+            contains: Some(contains.to_string()),
+            fault,
+            skip: 0,
+            left: times,
+        });
+    }
+
+    fn push(&self, forced: Forced) {
+        if let Ok(mut all) = self.shared.forced.lock() {
+            all.push(forced);
         }
     }
 
@@ -293,6 +312,9 @@ async fn handle(
             f.left > 0
                 && (f.action == protocol.action
                     || f.action == format!("{}@{}", protocol.action, protocol.region))
+                && f.contains
+                    .as_ref()
+                    .is_none_or(|c| body.windows(c.len().max(1)).any(|w| w == c.as_bytes()))
         })?;
         if entry.skip > 0 {
             entry.skip -= 1;
