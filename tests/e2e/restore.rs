@@ -481,3 +481,67 @@ async fn restores_replace_in_place_into_another_zone_resume_roll_back_and_verify
         (json!(2), json!(1))
     );
 }
+
+#[tokio::test]
+async fn a_restore_step_refused_for_good_fails_the_restore_at_once_named_and_counted() {
+    let world = World::start(1).await.expect("world");
+    let emulator = &world.emulator;
+    let ids = world
+        .seed(&[ServerSpec::windows("sql01", 2)])
+        .await
+        .expect("seed");
+    let metrics = Metrics::default();
+    let chaos = Chaos::new(emulator, &world.queue, &[], ChaosOptions::calm(5))
+        .expect("chaos")
+        .with_metrics(&metrics);
+    chaos
+        .night("2026-11-23T02:00:00Z", Duration::from_secs(120))
+        .await
+        .expect("the night");
+    let volumes_before = all_volumes(emulator).await.len();
+    // The restore role lost ec2:CreateVolume (an SCP, a permission boundary).
+    chaos.proxy.force(
+        "ec2:CreateVolume",
+        harness::faults::Fault::AccessDenied,
+        u32::MAX,
+    );
+    let Ended::Answered(answer) = chaos
+        .invoke_stopping(
+            json!({"action": "restore", "instance_id": ids[0], "run_id": "latest", "mode": "volumes"}),
+            Stop::Never,
+        )
+        .await
+        .expect("restore")
+    else {
+        panic!("the restore was not answered");
+    };
+    assert_eq!(answer["status"], "failed", "{answer:#}");
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("CreateVolume") && error.contains("UnauthorizedOperation"),
+        "{error}"
+    );
+    // Tried once, not again and again until the queue gives it up; nothing queued, nothing made.
+    let tries = chaos
+        .proxy
+        .stats()
+        .calls
+        .get("ec2:CreateVolume")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(tries, 1);
+    assert!(harness::queue_is_empty(&emulator.sqs(), &world.queue)
+        .await
+        .expect("queue"));
+    assert_eq!(all_volumes(emulator).await.len(), volumes_before);
+    let counted = metrics.of("restore", None);
+    assert_eq!(counted.len(), 1, "{counted:#?}");
+    assert_eq!(counted[0]["RestoresFailed"], 1);
+    let lines = world.logs.messages_starting("restore ");
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(": failed: ") && m.contains("UnauthorizedOperation"))),
+        "{lines:#?}"
+    );
+}

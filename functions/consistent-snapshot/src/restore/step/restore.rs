@@ -10,7 +10,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::app::{refuse, requeue, to_json, App};
+use crate::app::{emit_metrics, refuse, requeue, to_json, App};
 use crate::aws::volumes::{self, NewVolume};
 use crate::aws::{commands, instances, snapshots};
 use crate::error::Error;
@@ -172,8 +172,20 @@ async fn restore_pass(
                 break;
             }
             step => {
-                carry_out(app, &job, step).await?;
-                steps.push(step.clone());
+                let step = step.clone();
+                if let Err(err) = carry_out(app, &job, &step).await {
+                    // Refused for good (a permission, a key): the restore fails at once, named
+                    // with the code, rather than coming back with its message until the queue
+                    // gives it up. Anything else comes back with the message.
+                    if !err.is_permanent() {
+                        return Err(err);
+                    }
+                    last = Step::Fail {
+                        why: format!("{err} (what was done stays, see `steps`; roll back or call again once fixed)"),
+                    };
+                    break;
+                }
+                steps.push(step);
                 pace.took(began, Utc::now());
             }
         }
@@ -229,6 +241,11 @@ async fn restore_pass(
             info!(restore_id = %report.restore_id, restore = %text, "restore {} of {} from run {}: done", report.restore_id, report.instance_id, report.run_id);
         }
         RestoreState::Failed => {
+            emit_metrics(
+                app,
+                &[("RestoresFailed", 1)],
+                &[("RestoreId", &report.restore_id), ("Event", "restore")],
+            );
             let text = serde_json::to_string(&report).unwrap_or_default();
             warn!(restore_id = %report.restore_id, restore = %text, "restore {} of {} from run {}: failed: {}", report.restore_id, report.instance_id, report.run_id, report.error.clone().unwrap_or_default());
         }
