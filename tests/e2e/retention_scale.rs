@@ -78,6 +78,7 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
         run_id: run_id.into(),
         deleted_before: 0,
         retries: 0,
+        stalled: 0,
     });
     emulator
         .sqs()

@@ -7,11 +7,11 @@
 //!
 //! | job       | queued by                                   | waits for (backoff, ≤ 900 s)                          | writes                                                  | then                      |
 //! |-----------|---------------------------------------------|-------------------------------------------------------|---------------------------------------------------------|---------------------------|
-//! | watch     | a run's start, before it claims the run     | the claimant's lease to end (`check_at`)              | nothing; takes the dispatch over if not `dispatched`    | itself while a lease lives |
+//! | watch     | a run's start, before it claims the run     | the claimant's lease to end (`check_at`)              | takes the dispatch over if not `dispatched`; closes it after 3 failures, `abandoned` after one more | itself while a lease lives |
 //! | instance  | the dispatch, one per instance sent to      | the invocation to be final, then its snapshots        | the verified set (catalog), `InstanceId`/`Name` tags    | — (the run sums up)       |
 //! | run       | the dispatch, after the instance jobs       | every invocation final and every snapshot completed   | sets not yet recorded, marker `reported`, the summary   | copy (queued first)       |
 //! | copy      | the run; each pass queues its successor     | copies pending; one message per pass (`copy-pass-n`)  | copies and their records, `copy-lease-n`, `copied`      | retention (queued first)  |
-//! | retention | the copy step; a pass with deletions left   | nothing                                               | deletions by the plan, marker `retained`, release       | itself until all are done |
+//! | retention | the copy step; a pass with deletions left   | nothing                                               | deletions by the plan, marker `retained`, release       | itself until done, or 3 passes delete nothing |
 //! | restore   | an on-demand restore; each waiting pass     | volumes creating, the instance stopping or starting   | volumes created, tagged, detached, attached             | itself until done/failed  |
 //! | verify    | an on-demand verification; each waiting look| the verification's volumes to be created             | marker `reported` (verify id), then its volumes deleted | itself until measured     |
 //!
@@ -198,11 +198,18 @@ pub struct RetentionJob {
     /// (throttling, a 5xx, no answer); at `RETENTION_RETRIES` the failures are reported.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub retries: u32,
+    /// Passes in a row that deleted nothing though deletions were left (planning alone took
+    /// the invocation's time); at `RETENTION_STALLED_PASSES` the run's retention ends and
+    /// reports what it left for the next run.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stalled: u32,
 }
 
 /// How many more passes a run's retention makes for deletions that failed for a reason that
 /// may pass, before it reports them failed (the next run tries them again).
 pub const RETENTION_RETRIES: u32 = 3;
+/// How many passes in a row may delete nothing before the run's retention stops going on.
+pub const RETENTION_STALLED_PASSES: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreJob {

@@ -84,6 +84,7 @@ pub async fn copy_job(
                 run_id: job.run_id.clone(),
                 deleted_before: 0,
                 retries: 0,
+                stalled: 0,
             }))],
         )
         .await?;

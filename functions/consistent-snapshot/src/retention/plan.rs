@@ -24,6 +24,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::config::Config;
+use crate::jobs::{RetentionJob, RETENTION_RETRIES, RETENTION_STALLED_PASSES};
 use crate::model::fleet::InstanceFacts;
 use crate::model::snapshot::{SnapshotInfo, SnapshotLock};
 use crate::model::state::{InstanceState, SnapshotState};
@@ -455,6 +456,29 @@ pub struct RetentionOutcome {
 pub const ANSWER_SETS: usize = 2_000;
 pub const LOG_LINE_SETS: usize = 200;
 
+/// What a run's retention does after one pass: the next pass's job, or `None` when it ends.
+/// Deletions left for lack of time go on in the next pass (which plans again); those that
+/// failed for a reason that may pass get one more pass, at most `RETENTION_RETRIES` of them;
+/// and `RETENTION_STALLED_PASSES` passes in a row that deleted nothing end the chain, which
+/// would otherwise go on for ever where planning alone fills the invocation.
+pub fn next_pass(job: &RetentionJob, outcome: &RetentionOutcome) -> Option<RetentionJob> {
+    let retry = outcome.unfinished == 0
+        && outcome.transient_failures > 0
+        && job.retries < RETENTION_RETRIES;
+    let stalled = if outcome.unfinished > 0 && outcome.deleted.is_empty() {
+        job.stalled + 1
+    } else {
+        0
+    };
+    let go_on = outcome.unfinished > 0 && stalled < RETENTION_STALLED_PASSES;
+    (go_on || retry).then(|| RetentionJob {
+        deleted_before: job.deleted_before + outcome.deleted.len(),
+        retries: job.retries + u32::from(retry),
+        stalled,
+        ..job.clone()
+    })
+}
+
 /// The policy of one region: the home region keeps `RETAIN_COUNT` sets, a copy region
 /// `COPY_RETAIN_COUNT`; both keep `RETAIN_DAYS` and follow `KEEP_ORPHANED_BACKUPS`.
 pub fn region_policy(config: &Config, home: bool) -> Policy {
@@ -596,6 +620,43 @@ impl RetentionOutcome {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_run_s_retention_goes_on_while_it_deletes_and_ends_when_it_no_longer_can() {
+        let job = RetentionJob {
+            run_id: "r".into(),
+            deleted_before: 0,
+            retries: 0,
+            stalled: 0,
+        };
+        let pass = |deleted: usize, unfinished: usize, transient: usize| RetentionOutcome {
+            deleted: (0..deleted).map(|i| format!("snap-{i}")).collect(),
+            unfinished,
+            transient_failures: transient,
+            ..RetentionOutcome::default()
+        };
+        // Deleting, with deletions left: on and on, however many passes it takes.
+        let mut current = job.clone();
+        for _ in 0..50 {
+            current = next_pass(&current, &pass(500, 10_000, 0)).expect("goes on");
+        }
+        assert_eq!(current.deleted_before, 25_000);
+        assert_eq!(current.stalled, 0);
+        // Passes that delete nothing: the third in a row ends the chain; progress resets it.
+        let one = next_pass(&current, &pass(0, 9, 0)).expect("a first stalled pass");
+        let two = next_pass(&one, &pass(0, 9, 0)).expect("a second");
+        assert_eq!(two.stalled, 2);
+        assert_eq!(next_pass(&two, &pass(0, 9, 0)), None, "the third ends it");
+        assert_eq!(next_pass(&two, &pass(1, 8, 0)).map(|j| j.stalled), Some(0));
+        // Done, or failures that may pass: at most RETENTION_RETRIES more passes.
+        assert_eq!(next_pass(&job, &pass(3, 0, 0)), None);
+        let mut retry = job;
+        for n in 1..=RETENTION_RETRIES {
+            retry = next_pass(&retry, &pass(0, 0, 2)).expect("another pass");
+            assert_eq!(retry.retries, n);
+        }
+        assert_eq!(next_pass(&retry, &pass(0, 0, 2)), None);
+    }
 
     fn t0() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()

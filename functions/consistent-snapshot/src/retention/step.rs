@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::app::{dispatched_run, emit_metrics, requeue, App};
 use crate::aws::catalog::{CopyKey, RunMarkerStore};
@@ -14,7 +14,7 @@ use crate::aws::instances;
 use crate::aws::snapshots::{self, Deletion};
 use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
-use crate::jobs::{Job, RetentionJob, RETENTION_RETRIES};
+use crate::jobs::{Job, RetentionJob, RETENTION_STALLED_PASSES};
 use crate::model::catalog::{admit, CatalogIndex};
 use crate::model::pace::Pace;
 use crate::model::snapshot::{SnapshotFacts, SnapshotInfo};
@@ -22,8 +22,8 @@ use crate::model::state::SnapshotState;
 use crate::model::stop_time;
 use crate::model::tags::{TAG_INSTANCE_ID, TAG_SOURCE_SNAPSHOT};
 use crate::retention::plan::{
-    hold_locked, instance_state, plan, region_policy, Action, Held, RegionPlan, RetentionOutcome,
-    ANSWER_SETS, LOG_LINE_SETS,
+    hold_locked, instance_state, next_pass, plan, region_policy, Action, Held, RegionPlan,
+    RetentionOutcome, ANSWER_SETS, LOG_LINE_SETS,
 };
 use crate::run::plan::summary::MAX_FOREIGN;
 
@@ -447,35 +447,28 @@ pub async fn retention_job(
     let mut outcome = apply_retention(app, plans, false, stop_at).await;
     outcome.regions_unreadable = unreadable;
     outcome.deleted_before = job.deleted_before;
-    // Deletions left for lack of time go on in the next pass (which plans again); those that
-    // failed for a reason that may pass get another, at most RETENTION_RETRIES of them.
-    let retry = outcome.unfinished == 0
-        && outcome.transient_failures > 0
-        && job.retries < RETENTION_RETRIES;
-    if outcome.unfinished > 0 || retry {
-        if retry {
-            info!(run_id = %job.run_id, failed = outcome.transient_failures, retries = job.retries + 1, "deletions failed for a reason that may pass: retention tries again in the next pass");
+    if let Some(next) = next_pass(&job, &outcome) {
+        if next.retries > job.retries {
+            info!(run_id = %job.run_id, failed = outcome.transient_failures, retries = next.retries, "deletions failed for a reason that may pass: retention tries again in the next pass");
         } else {
-            info!(run_id = %job.run_id, deleted = outcome.deleted.len(), left = outcome.unfinished, "retention continues in the next pass");
+            info!(run_id = %job.run_id, deleted = outcome.deleted.len(), left = outcome.unfinished, stalled = next.stalled, "retention continues in the next pass");
         }
-        return requeue(
-            app,
-            Job::Retention(RetentionJob {
-                deleted_before: job.deleted_before + outcome.deleted.len(),
-                retries: job.retries + u32::from(retry),
-                ..job
-            }),
-        )
-        .await;
+        return requeue(app, Job::Retention(next)).await;
     }
     // A failed deletion is named (with its AWS code) in the summary and counted in the
     // DeletionsFailed metric, which an alarm watches; the next run's retention tries it again.
     // It does not fail the job: five failed tries would only add a DLQ message a night.
     let store = RunMarkerStore::new(&app.aws.catalog, &job.run_id);
+    if outcome.unfinished > 0 {
+        error!(run_id = %job.run_id, left = outcome.unfinished, "retention stopped: {RETENTION_STALLED_PASSES} passes in a row deleted nothing (planning alone takes the invocation's time); {} deletions are left for the next run", outcome.unfinished);
+    }
     if store.mark_retained().await? {
+        let mut counts = outcome.metric_counts().to_vec();
+        // Only here: an on-demand retention that leaves deletions says so in its answer.
+        counts.push(("DeletionsUnfinished", outcome.unfinished));
         emit_metrics(
             app,
-            &outcome.metric_counts(),
+            &counts,
             &[("RunId", &job.run_id), ("Event", "retention")],
         );
         let summary = outcome.to_bounded_json(LOG_LINE_SETS).to_string();
