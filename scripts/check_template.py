@@ -177,6 +177,9 @@ def check(template: dict) -> list[str]:
         "NotificationsFailed": "notifications the topic refused",
         "HistoryUnreadable": "the command history refused for good",
         "ApiThrottled": "AWS throttling the function's calls",
+        "RunsAbandoned": "a run whose dispatch failed for good",
+        "RestoresFailed": "on-demand restores that failed",
+        "DeletionsUnfinished": "a run's retention that stopped with deletions left",
     }
     for metric, what in wanted.items():
         if not any(a.get("MetricName") == metric for a in alarms.values()):
@@ -201,6 +204,16 @@ def check(template: dict) -> list[str]:
         for a in alarms.values()
     ):
         problems.append("no alarm on new messages in the tracking dead-letter queue (DIFF)")
+    # Every schedule, the optional restore tests' included, keeps what it could not deliver.
+    for name, r in template["Resources"].items():
+        if r.get("Type") == "AWS::Scheduler::Schedule":
+            if "ScheduleDeadLetterQueue" not in text(r["Properties"].get("Target", {}).get("DeadLetterConfig")):
+                problems.append(f"{name}: no dead-letter queue for the events it cannot deliver")
+        for event_name, event in r.get("Properties", {}).get("Events", {}).items():
+            if event.get("Type") == "ScheduleV2" and "ScheduleDeadLetterQueue" not in text(
+                event.get("Properties", {}).get("DeadLetterConfig")
+            ):
+                problems.append(f"{name}.{event_name}: no dead-letter queue for the events it cannot deliver")
     dashboards = [
         r["Properties"] for r in template["Resources"].values()
         if r.get("Type") == "AWS::CloudWatch::Dashboard"

@@ -63,6 +63,9 @@ enum Case {
     VerifyHalfWay,
     /// A forged restore job and a forged run job in the tracking queue.
     Forged,
+    /// app01's SendCommand (its own command: it leaves its boot volume out) throttled all
+    /// night: the dispatch gives up, the watch takes it over, and the cap closes the run.
+    DispatchFails,
 }
 
 struct Row {
@@ -222,6 +225,25 @@ const ROWS: &[Row] = &[
         max_deliveries: 30,
         ..row(Case::Forged)
     },
+    // The dispatch gives up three times (each a lease, then its watch takes over); the
+    // fourth sends nothing more and closes the run with what was sent: app01 failed, named
+    // with the code, and the chain ends there.
+    Row {
+        named: Some((
+            "run ",
+            &[
+                "needs attention",
+                "gave up 3 time(s)",
+                "ThrottlingException",
+            ],
+        )),
+        metric: Some(("run", "NotConsistent", 1)),
+        alarm: Some("NotConsistent"),
+        app01: Some(OutcomeKind::Failed),
+        // Measured: 22 (the night's 10, and each failed takeover's watch delivered twice).
+        max_deliveries: 30,
+        ..row(Case::DispatchFails)
+    },
 ];
 
 /// The fleet of every row; app01 is the server a fault of one server is about.
@@ -238,6 +260,9 @@ fn servers(case: Case) -> Vec<ServerSpec> {
                 .sim(Windows::outcome(harness::VssOutcome::VssFailure)),
             Case::InvalidInstanceId => {
                 ServerSpec::windows("app01", 1).sim(Windows::agent(harness::Agent::Deregistered))
+            }
+            Case::DispatchFails => {
+                ServerSpec::windows("app01", 1).tag("ConsistentSnapshot:ExcludeBootVolume", "true")
             }
             _ => ServerSpec::windows("app01", 1),
         };
@@ -322,6 +347,9 @@ async fn arrange(case: Case, world: &World, chaos: &Chaos<'_>, ids: &[String]) {
             proxy.set_rate(0.3);
         }
         Case::Forged => forge_jobs(world, &ids[0]).await,
+        Case::DispatchFails => {
+            proxy.force_matching("ssm:SendCommand", &ids[2], Fault::Throttled, u32::MAX)
+        }
         Case::Clean
         | Case::TagOutsideAllowed
         | Case::LongName
@@ -630,6 +658,62 @@ async fn row_checks(case: Case, world: &World, chaos: &Chaos<'_>, night: &Night,
             let report = world.logs.run_report(&night.run_id).expect("summary");
             assert_eq!(report.count(OutcomeKind::Skipped), 3_000);
             assert_eq!(report.outcomes.len() + report.outcomes_left_out, 3_003);
+            // The full record is in the catalog: every server, page by page, what needs
+            // attention first, and a page past the last is refused by name.
+            let mut listed = std::collections::BTreeSet::new();
+            let mut page = 0;
+            let pages = loop {
+                let Ended::Answered(record) = chaos
+                    .invoke_stopping(
+                        json!({"action": "report", "run_id": night.run_id, "page": page}),
+                        Stop::Never,
+                    )
+                    .await
+                    .expect("the run's record")
+                else {
+                    panic!("page {page} of the record was not answered");
+                };
+                assert_eq!(record["totals"]["skipped"], 3_000, "{}", record["totals"]);
+                assert_eq!(record["instances"], 3_003);
+                let outcomes = record["outcomes"].as_array().expect("outcomes");
+                assert!(outcomes.len() <= 500);
+                if page == 0 {
+                    assert_eq!(outcomes[0]["kind"], "skipped", "attention first");
+                }
+                listed.extend(
+                    outcomes
+                        .iter()
+                        .filter_map(|o| o["instance_id"].as_str().map(str::to_string)),
+                );
+                page += 1;
+                if record["pages"].as_u64() == Some(page) {
+                    break page;
+                }
+            };
+            assert_eq!((pages, listed.len()), (7, 3_003));
+            assert!(ids.iter().all(|id| listed.contains(id)));
+            let past = chaos
+                .invoke_stopping(
+                    json!({"action": "report", "run_id": night.run_id, "page": 7}),
+                    Stop::Never,
+                )
+                .await
+                .expect("a page past the last");
+            assert!(
+                matches!(&past, Ended::Failed(e) if e.contains("field `page`") && e.contains("7 page(s)")),
+                "{past:?}"
+            );
+            let unknown = chaos
+                .invoke_stopping(
+                    json!({"action": "report", "run_id": "20261123T000000Z-0badc0de"}),
+                    Stop::Never,
+                )
+                .await
+                .expect("a run the catalog does not hold");
+            assert!(
+                matches!(&unknown, Ended::Failed(e) if e.contains("field `run_id`: the catalog holds no record")),
+                "{unknown:?}"
+            );
         }
         Case::VerifyHalfWay => {
             // Nothing left behind: every volume the test made is deleted, app01's first too.
@@ -663,6 +747,25 @@ async fn row_checks(case: Case, world: &World, chaos: &Chaos<'_>, night: &Night,
             assert!(
                 throttled * 5 >= calls,
                 "{throttled} of {calls} calls throttled"
+            );
+        }
+        Case::DispatchFails => {
+            // Three dispatches gave up, each after SEND_ATTEMPTS tries of app01's command; the
+            // closing one sent nothing: 12 SendCommand calls for app01 in all, and the others'
+            // command once.
+            let sends = chaos
+                .proxy
+                .stats()
+                .calls
+                .get("ssm:SendCommand")
+                .copied()
+                .unwrap_or(0);
+            assert!(sends <= 13, "{sends} SendCommand calls");
+            let report = world.logs.run_report(&night.run_id).expect("summary");
+            assert_eq!(report.count(OutcomeKind::Consistent), 2, "{report:#?}");
+            assert!(
+                world.logs.messages_starting("dispatch closed").len() == 1,
+                "the run was closed once"
             );
         }
         Case::Forged => {
@@ -824,8 +927,11 @@ async fn run_row(row: &Row, clean: Option<&Ends>, alarmed: &[String]) -> (Ends, 
     }
     // Counted, and alarmed.
     if let Some((event, metric, at_least)) = row.metric {
-        let run = matches!(event, "run" | "copies" | "retention" | "notify" | "history")
-            .then_some(run_id.as_str());
+        let run = matches!(
+            event,
+            "run" | "copies" | "retention" | "notify" | "history" | "dispatch"
+        )
+        .then_some(run_id.as_str());
         let lines = metrics.of(event, run);
         let value: u64 = lines.iter().filter_map(|l| l[metric].as_u64()).sum();
         assert!(value >= at_least, "{name}: {metric} = {value}: {lines:#?}");

@@ -1,11 +1,14 @@
-//! Retention's faults in detail (each is also a row of `fault_matrix`): a locked set held whole
-//! and planned as held, Recycle Bin deletions reported recoverable, and a refusal of every
-//! deletion named, counted and ended.
+//! Faults of the whole fleet, which `fault_matrix` cannot compare with a clean run, and
+//! retention's faults in detail (each is also a row of the matrix): a locked set held whole
+//! and planned as held, Recycle Bin deletions reported recoverable, a refusal of every
+//! deletion named, counted and ended, and a dispatch that fails for good abandoned after its
+//! cap, not taken over forever.
 
 use std::time::Duration;
 
-use harness::chaos::{Chaos, ChaosOptions};
+use harness::chaos::{Chaos, ChaosOptions, Ended};
 use harness::faults::Fault;
+use harness::faults::Stop;
 use harness::{scheduled_event, sets_of, Metrics, ServerSpec, World};
 
 #[tokio::test]
@@ -203,4 +206,75 @@ async fn a_refused_deletion_is_named_and_counted_and_the_retention_job_ends() {
     );
     assert_eq!(refused, 1, "one try, no retry of a permanent refusal");
     assert!(drained.messages <= 12, "{drained:?}");
+}
+
+#[tokio::test]
+async fn a_dispatch_that_fails_for_good_is_abandoned_once_not_taken_over_forever() {
+    let world = World::start(1).await.expect("world");
+    let emulator = &world.emulator;
+    world
+        .seed(&[
+            ServerSpec::windows("sql01", 1),
+            ServerSpec::windows("files01", 1),
+        ])
+        .await
+        .expect("seed");
+    let metrics = Metrics::default();
+    let chaos = Chaos::new(emulator, &world.queue, &[], ChaosOptions::calm(11))
+        .expect("chaos")
+        .with_metrics(&metrics)
+        .with_timeout(Duration::from_secs(10));
+    // The catalog refuses the run's manifest for good (a permission taken from the role):
+    // every dispatch sends (once), then gives up before it can record what it sent.
+    chaos
+        .proxy
+        .force("dynamodb:BatchWriteItem", Fault::AccessDenied, u32::MAX);
+    let event = scheduled_event("nightly", "2026-11-23T00:00:00Z");
+    let answers = chaos.schedule(&event).await.expect("the schedule");
+    let run_id = answers[0]["run_id"].as_str().expect("run id").to_string();
+    // Three dispatches give up, the fourth (closing) too; the fifth lease abandons the run.
+    let drained = chaos
+        .drain(10, Duration::from_secs(300))
+        .await
+        .expect("the chain ends");
+
+    let abandoned = world
+        .logs
+        .messages_starting(&format!("run {run_id} abandoned"));
+    assert_eq!(abandoned.len(), 1, "abandoned once: {abandoned:#?}");
+    let reason = abandoned[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("gave up 4 time(s)") && reason.contains("AccessDeniedException"),
+        "{reason}"
+    );
+    let counted: Vec<_> = metrics.of("dispatch", Some(&run_id));
+    assert_eq!(counted.len(), 1, "{counted:#?}");
+    assert_eq!(counted[0]["RunsAbandoned"], 1);
+    let stats = chaos.proxy.stats();
+    let sends = stats.calls.get("ssm:SendCommand").copied().unwrap_or(0);
+    assert_eq!(sends, 1, "the servers were frozen once, never again");
+    println!(
+        "abandoned dispatch: {} deliveries, {} invocations",
+        drained.messages,
+        chaos.log().invocations
+    );
+    // Measured: 17 (each failed takeover's watch is delivered twice: it fails, then finds
+    // the next lease held and waits for it).
+    assert!(drained.messages <= 25, "{drained:?}");
+
+    // A late delivery of the schedule finds the run abandoned, and says why.
+    let Ended::Answered(late) = chaos
+        .invoke_stopping(event, Stop::Never)
+        .await
+        .expect("late delivery")
+    else {
+        panic!("the late delivery was not answered");
+    };
+    assert_eq!(late["status"], "abandoned", "{late:#}");
+    assert!(late["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("AccessDeniedException")));
+    assert!(harness::queue_is_empty(&emulator.sqs(), &world.queue)
+        .await
+        .expect("queue"));
 }

@@ -19,9 +19,11 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         let deadline = i64::try_from(event.context.deadline)
             .ok()
             .and_then(chrono::DateTime::from_timestamp_millis);
+        // On the heap: the handler's future is deep (every job kind's steps), too deep for the
+        // compiler to lay out inside the runtime's own.
         match deadline {
-            Some(deadline) => handle_until(app, event.payload, deadline).await,
-            None => handle(app, event.payload).await,
+            Some(deadline) => Box::pin(handle_until(app, event.payload, deadline)).await,
+            None => Box::pin(handle(app, event.payload)).await,
         }
         // Lambda's errorType says what failed: Config, Event, Aws.<code>, Retention, …
         .map_err(Diagnostic::from)

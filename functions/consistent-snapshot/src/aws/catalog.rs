@@ -33,8 +33,8 @@ use crate::error::Error;
 use crate::jobs::{RestoreJob, RunJob};
 use crate::model::catalog::{CatalogIndex, CopyRecord, InstanceReport, ManifestEntry, SetRecord};
 use crate::model::markers::{
-    parse_markers, to_release, MarkerValue, RunMarkers, COPIED, COPY_LEASE, COPY_PASS, DISPATCHED,
-    KEEP_RUN_DAYS, LEASE, REPORTED, RETAINED, RUN_LOOK,
+    parse_markers, to_release, MarkerValue, RunMarkers, ABANDONED, COPIED, COPY_LEASE, COPY_PASS,
+    DISPATCHED, DISPATCH_ERROR, KEEP_RUN_DAYS, LEASE, REPORTED, RETAINED, RUN_LOOK,
 };
 
 const PK: &str = "pk";
@@ -53,6 +53,7 @@ const RUN_SET: &str = "run-set";
 const RUN_COPY: &str = "run-copy";
 const MANIFEST: &str = "manifest";
 const REPORT: &str = "report";
+const RECORD: &str = "run-record";
 /// BatchWriteItem takes at most 25 requests; unprocessed ones are sent again this many times.
 const BATCH: usize = 25;
 const BATCH_ROUNDS: u32 = 5;
@@ -92,6 +93,11 @@ fn s(text: impl Into<String>) -> AttributeValue {
 
 fn run_pk(run_id: &str) -> String {
     format!("run#{run_id}")
+}
+
+/// A finished run's full record: its summary, page by page.
+fn record_pk(run_id: &str) -> String {
+    format!("record#{run_id}")
 }
 
 fn set_pk(instance_id: &str) -> String {
@@ -309,6 +315,49 @@ impl Catalog {
             &what,
         )
         .await
+    }
+
+    /// Records a finished run's full record, page by page, in a partition of its own (the
+    /// run's own is read whole by every look and copy pass). It expires with the run.
+    pub async fn put_run_record<T: Serialize>(
+        &self,
+        run_id: &str,
+        pages: &[T],
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let requests = pages
+            .iter()
+            .enumerate()
+            .filter_map(|(n, page)| {
+                let item = item(
+                    record_pk(run_id),
+                    format!("page#{n:05}"),
+                    RECORD,
+                    page,
+                    Some(expiry(now)),
+                );
+                let put = PutRequest::builder().set_item(Some(item)).build().ok()?;
+                Some(WriteRequest::builder().put_request(put).build())
+            })
+            .collect();
+        self.batch(requests, &format!("record of run {run_id}"))
+            .await
+    }
+
+    /// Page `page` of a finished run's record, if the catalog holds it.
+    pub async fn run_record<T: DeserializeOwned>(
+        &self,
+        run_id: &str,
+        page: usize,
+    ) -> Result<Option<T>, Error> {
+        let found = self
+            .get(
+                record_pk(run_id),
+                format!("page#{page:05}"),
+                &format!("record of run {run_id}"),
+            )
+            .await?;
+        Ok(found.as_ref().and_then(body_of))
     }
 
     /// The run as dispatched, if this deployment dispatched it.
@@ -853,12 +902,36 @@ impl<'a> RunMarkerStore<'a> {
         self.create(RETAINED, None).await
     }
 
+    /// Records that the holder of lease `epoch` gave up with `error` (best effort: without
+    /// it, the lease's end still counts towards the dispatch's cap).
+    pub async fn record_dispatch_error(&self, epoch: u32, error: &str) {
+        let value = MarkerValue {
+            token: self.token.clone(),
+            until: None,
+            error: Some(error.to_string()),
+        };
+        if let Err(err) = self
+            .create_value(&format!("{DISPATCH_ERROR}{epoch}"), value)
+            .await
+        {
+            warn!(run_id = %self.run_id, epoch, error = %err, "the dispatch's error was not recorded");
+        }
+    }
+
+    /// Marks the run abandoned with `reason`; answers whether this invocation was the first to.
+    pub async fn mark_abandoned(&self, reason: &str) -> Result<bool, Error> {
+        let value = MarkerValue {
+            token: self.token.clone(),
+            until: None,
+            error: Some(reason.to_string()),
+        };
+        self.create_value(ABANDONED, value).await
+    }
+
     async fn create(&self, leaf: &str, until: Option<DateTime<Utc>>) -> Result<bool, Error> {
         self.create_as(leaf, until, &self.token).await
     }
 
-    /// Creates marker `leaf` with `token`; answers whether the marker is `token`'s (created
-    /// now, or earlier by a call whose answer was lost).
     async fn create_as(
         &self,
         leaf: &str,
@@ -868,7 +941,15 @@ impl<'a> RunMarkerStore<'a> {
         let value = MarkerValue {
             token: token.to_string(),
             until,
+            error: None,
         };
+        self.create_value(leaf, value).await
+    }
+
+    /// Creates marker `leaf`; answers whether the marker is this value's token's (created
+    /// now, or earlier by a call whose answer was lost).
+    async fn create_value(&self, leaf: &str, value: MarkerValue) -> Result<bool, Error> {
+        let token = value.token.clone();
         let sk = format!("marker#{leaf}");
         let what = format!("{} ({leaf})", self.subject());
         let marker = item(

@@ -63,7 +63,12 @@ async fn route(app: &App, payload: Value, deadline: DateTime<Utc>) -> Result<Val
             let dry_run = request.dry_run.unwrap_or(app.config.dry_run);
             crate::retention::step::on_demand(app, dry_run, deadline).await
         }
-        Event::OnDemand(Action::Report(_)) => crate::report::step::on_demand(app).await,
+        Event::OnDemand(Action::Report(request)) => match request.run_id {
+            Some(run_id) => {
+                crate::report::step::run_record(app, &run_id, request.page.unwrap_or(0)).await
+            }
+            None => crate::report::step::on_demand(app).await,
+        },
         Event::OnDemand(Action::Restore(request)) => {
             crate::restore::step::restore::on_demand(app, request, deadline).await
         }

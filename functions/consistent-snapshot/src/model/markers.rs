@@ -6,6 +6,9 @@
 //!   own Lambda deadline: after that, it has been stopped). A lease that ended without
 //!   `dispatched` is taken over by creating `lease-<n+1>`.
 //! * `dispatched`: every command of the run is sent and every tracking message queued.
+//! * `dispatch-error-<n>`: the holder of lease `n` gave up with this error (its invocation
+//!   failed); after a few, the dispatch closes, then is abandoned (`run::plan::claim`).
+//! * `abandoned`: the run's dispatch failed for good; nothing more is tried for it.
 //! * `reported`: the run's summary is written (so a duplicated final message writes nothing).
 //! * `run-look-<n>`: look `n` at the whole run is taken by one message (the others, duplicate
 //!   deliveries' successors, end there), so the run's chain never multiplies.
@@ -26,8 +29,10 @@ pub const COPY_LEASE: &str = "copy-lease-";
 pub const COPIED: &str = "copied";
 pub const COPY_PASS: &str = "copy-pass-";
 pub const RUN_LOOK: &str = "run-look-";
+pub const DISPATCH_ERROR: &str = "dispatch-error-";
+pub const ABANDONED: &str = "abandoned";
 /// The markers `release` keeps: each says a step of the run is over.
-const KEPT: [&str; 3] = [REPORTED, COPIED, RETAINED];
+const KEPT: [&str; 4] = [REPORTED, COPIED, RETAINED, ABANDONED];
 
 /// What one marker says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +41,9 @@ pub struct MarkerValue {
     /// When a lease ends (absent on the other markers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<DateTime<Utc>>,
+    /// Why a dispatch gave up (`dispatch-error-<n>`, `abandoned`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A run's markers as read from the catalog.
@@ -48,6 +56,10 @@ pub struct RunMarkers {
     /// Leases of the copy step, and whether every copy is final.
     pub copy_leases: Vec<(u32, Option<DateTime<Utc>>)>,
     pub copied: bool,
+    /// The errors the dispatch gave up with, by lease epoch.
+    pub dispatch_errors: Vec<(u32, String)>,
+    /// Why the run was abandoned, once it was.
+    pub abandoned: Option<String>,
     /// Every marker's full name.
     pub names: Vec<String>,
 }
@@ -65,15 +77,26 @@ pub fn parse_markers<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -
         } else if leaf == COPIED {
             markers.copied = true;
         } else {
-            let until = || {
-                serde_json::from_str::<MarkerValue>(value)
-                    .ok()
-                    .and_then(|v| v.until)
+            let parsed = serde_json::from_str::<MarkerValue>(value).ok();
+            let until = parsed.as_ref().and_then(|v| v.until);
+            // A marker of an error whose text cannot be read still counts as that error.
+            let error = || {
+                parsed
+                    .as_ref()
+                    .and_then(|v| v.error.clone())
+                    .unwrap_or_else(|| "an error that was not recorded".into())
             };
-            if let Some(epoch) = leaf.strip_prefix(LEASE).and_then(|n| n.parse().ok()) {
-                markers.leases.push((epoch, until()));
+            if leaf == ABANDONED {
+                markers.abandoned = Some(error());
+            } else if let Some(epoch) = leaf.strip_prefix(LEASE).and_then(|n| n.parse().ok()) {
+                markers.leases.push((epoch, until));
             } else if let Some(epoch) = leaf.strip_prefix(COPY_LEASE).and_then(|n| n.parse().ok()) {
-                markers.copy_leases.push((epoch, until()));
+                markers.copy_leases.push((epoch, until));
+            } else if let Some(epoch) = leaf
+                .strip_prefix(DISPATCH_ERROR)
+                .and_then(|n| n.parse().ok())
+            {
+                markers.dispatch_errors.push((epoch, error()));
             }
         }
     }

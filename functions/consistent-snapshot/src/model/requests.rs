@@ -34,7 +34,14 @@ pub struct RetentionRequest {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReportRequest {}
+pub struct ReportRequest {
+    /// A finished run's full record instead of the fleet report.
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// Which page of that record (from 0): each holds at most 500 outcomes.
+    #[serde(default)]
+    pub page: Option<usize>,
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -13,6 +13,7 @@ use crate::aws::{commands, instances};
 use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
 use crate::model::fleet::InstanceFacts;
+use crate::model::markers::KEEP_RUN_DAYS;
 use crate::model::state::{CommandStatus, InstanceState};
 use crate::model::tags::TAG_INSTANCE_ID;
 use crate::report::plan::{
@@ -22,6 +23,7 @@ use crate::report::plan::{
 use crate::retention::step::vouched_snapshots;
 use crate::run::plan::dispatch::vss_documents;
 use crate::run::plan::preflight::preflight;
+use crate::run::plan::summary::RecordPage;
 
 /// Reads the fleet and builds its report.
 pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
@@ -173,4 +175,29 @@ pub async fn on_demand(app: &App) -> Result<Value, Error> {
         info!("{line}");
     }
     Ok(to_json(&report))
+}
+
+/// `{"action":"report","run_id":…,"page":n}`: page `n` of a finished run's full record, as the
+/// catalog holds it (the run's log event lists at most 500 outcomes, this every one of them).
+pub async fn run_record(app: &App, run_id: &str, page: usize) -> Result<Value, Error> {
+    if let Some(record) = app
+        .aws
+        .catalog
+        .run_record::<RecordPage>(run_id, page)
+        .await?
+    {
+        return Ok(to_json(&record));
+    }
+    // Page 0 exists for every finished run: without it, say why there is nothing to show.
+    let why = match app.aws.catalog.run_record::<RecordPage>(run_id, 0).await? {
+        Some(first) => format!(
+            "field `page`: run {run_id} has {} page(s) of outcomes (0 to {})",
+            first.pages,
+            first.pages.saturating_sub(1)
+        ),
+        None => format!(
+            "field `run_id`: the catalog holds no record of run {run_id} (not a run of this deployment, not finished yet, or older than {KEEP_RUN_DAYS} days)"
+        ),
+    };
+    Err(Error::Event(why))
 }

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use crate::model::markers::RunMarkers;
 
 /// What an invocation that wants to dispatch a run may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// Nobody holds the run: try to create lease `epoch`.
     Take { epoch: u32 },
@@ -20,6 +20,50 @@ pub enum Claim {
     Dispatched,
     /// The run's summary is written.
     Reported,
+    /// The run's dispatch failed for good (`dispatch_mode`): nothing more is tried.
+    Abandoned { reason: String },
+}
+
+/// How many dispatches of one run may give up with an error before the next one closes it.
+pub const DISPATCH_ERRORS_MAX: usize = 3;
+/// How many leases a run's dispatch may take (each ends with its invocation: a large fleet's
+/// dispatch may need several) before the next one closes it.
+pub const DISPATCH_LEASES_MAX: u32 = 8;
+
+/// What the holder of a run's lease does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DispatchMode {
+    /// Send what the command history does not show sent.
+    Send,
+    /// Send nothing more: track what was sent and record every instance still unsent as
+    /// failed, with `reason`. The run then ends as any other, with its summary.
+    Close { reason: String },
+    /// Even closing failed: record the run as abandoned with `reason`, and stop.
+    Abandon { reason: String },
+}
+
+/// The watch's takeovers are a chain, and a chain needs a cap: a dispatch that fails every
+/// time (SendCommand throttled all night, the catalog refusing its writes) must end with a
+/// record, not take lease after lease forever. The cap counts both the dispatches that gave
+/// up with an error and every lease taken (a dispatch stopped by its Lambda's timeout leaves
+/// no error, and a huge fleet's may need a few invocations): past the first cap the run is
+/// closed, past one more it is abandoned.
+pub fn dispatch_mode(markers: &RunMarkers, epoch: u32) -> DispatchMode {
+    let errors = markers.dispatch_errors.len();
+    let last = markers
+        .dispatch_errors
+        .iter()
+        .max_by_key(|(epoch, _)| *epoch)
+        .map(|(_, error)| format!(" (last: {error})"))
+        .unwrap_or_default();
+    let why = format!("the run's dispatch gave up {errors} time(s) in {epoch} lease(s){last}");
+    if errors > DISPATCH_ERRORS_MAX || epoch > DISPATCH_LEASES_MAX {
+        DispatchMode::Abandon { reason: why }
+    } else if errors == DISPATCH_ERRORS_MAX || epoch == DISPATCH_LEASES_MAX {
+        DispatchMode::Close { reason: why }
+    } else {
+        DispatchMode::Send
+    }
 }
 
 /// What an invocation that wants to run a pass of the copy step may do.
@@ -35,6 +79,11 @@ pub enum CopyClaim {
 
 /// Decides from the markers whether to claim, wait or leave the run alone.
 pub fn decide(markers: &RunMarkers, now: DateTime<Utc>) -> Claim {
+    if let Some(reason) = &markers.abandoned {
+        return Claim::Abandoned {
+            reason: reason.clone(),
+        };
+    }
     if markers.reported {
         return Claim::Reported;
     }
@@ -89,6 +138,7 @@ mod tests {
         let value = MarkerValue {
             token: format!("t{epoch}"),
             until: Some(now() + Duration::seconds(ends_in)),
+            error: None,
         };
         (
             format!("/consistent-snapshot/d/runs/r/lease-{epoch}"),
@@ -139,6 +189,7 @@ mod tests {
                 serde_json::to_string(&MarkerValue {
                     token: "c".into(),
                     until: Some(now() + Duration::seconds(20)),
+                    error: None,
                 })
                 .unwrap_or_default(),
             ),
@@ -156,5 +207,73 @@ mod tests {
         let mut params = params;
         params.push(("/x/runs/r/copied".into(), "{}".into()));
         assert_eq!(decide_copy(&markers(&params), now()), CopyClaim::Final);
+    }
+
+    fn dispatch_error(epoch: u32, error: &str) -> (String, String) {
+        let value = MarkerValue {
+            token: format!("t{epoch}"),
+            until: None,
+            error: Some(error.into()),
+        };
+        (
+            format!("/x/runs/r/dispatch-error-{epoch}"),
+            serde_json::to_string(&value).unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn a_dispatch_that_keeps_failing_is_closed_then_abandoned_never_taken_forever() {
+        let mut params = vec![lease(0, -10)];
+        assert_eq!(dispatch_mode(&markers(&params), 1), DispatchMode::Send);
+        // Two errors: still sending.
+        params.push(dispatch_error(0, "SendCommand: ThrottlingException"));
+        params.push(lease(1, -5));
+        params.push(dispatch_error(1, "SendCommand: ThrottlingException"));
+        assert_eq!(dispatch_mode(&markers(&params), 2), DispatchMode::Send);
+        // The third closes: nothing more is sent, the reason names the last error.
+        params.push(lease(2, -1));
+        params.push(dispatch_error(2, "SendCommand: ThrottlingException (i-3)"));
+        let DispatchMode::Close { reason } = dispatch_mode(&markers(&params), 3) else {
+            panic!("not closed");
+        };
+        assert!(reason.contains("gave up 3 time(s)"), "{reason}");
+        assert!(reason.contains("ThrottlingException (i-3)"), "{reason}");
+        // Closing failed too: abandoned.
+        params.push(lease(3, -1));
+        params.push(dispatch_error(3, "PutItem: AccessDeniedException"));
+        assert!(matches!(
+            dispatch_mode(&markers(&params), 4),
+            DispatchMode::Abandon { .. }
+        ));
+        // An abandoned run is left alone, whatever its leases say.
+        params.push((
+            "/x/runs/r/abandoned".into(),
+            r#"{"token":"t","error":"gave up"}"#.into(),
+        ));
+        assert_eq!(
+            decide(&markers(&params), now()),
+            Claim::Abandoned {
+                reason: "gave up".into()
+            }
+        );
+    }
+
+    #[test]
+    fn leases_stopped_without_an_error_are_capped_too() {
+        // A dispatch stopped by its Lambda's timeout each time records no error.
+        let params: Vec<_> = (0..DISPATCH_LEASES_MAX).map(|e| lease(e, -1)).collect();
+        let m = markers(&params);
+        assert_eq!(
+            dispatch_mode(&m, DISPATCH_LEASES_MAX - 1),
+            DispatchMode::Send
+        );
+        assert!(matches!(
+            dispatch_mode(&m, DISPATCH_LEASES_MAX),
+            DispatchMode::Close { .. }
+        ));
+        assert!(matches!(
+            dispatch_mode(&m, DISPATCH_LEASES_MAX + 1),
+            DispatchMode::Abandon { .. }
+        ));
     }
 }

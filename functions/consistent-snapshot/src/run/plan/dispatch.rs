@@ -216,6 +216,8 @@ pub enum StartStatus {
     AlreadyReported,
     /// A duplicate: another invocation is dispatching the run right now.
     HeldByAnother,
+    /// The run's dispatch failed for good: `reason` says why; nothing more is tried.
+    Abandoned,
 }
 
 /// What a run did when it started: the answer to an on-demand call, and the log of a schedule.
@@ -226,6 +228,9 @@ pub struct RunStart {
     pub dry_run: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_until: Option<DateTime<Utc>>,
+    /// Why the run was abandoned (`Abandoned`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub dispatched: Vec<Dispatched>,
     pub skipped: Vec<Skipped>,
     pub unsent: Vec<Unsent>,
@@ -271,6 +276,7 @@ impl RunStart {
             status,
             dry_run,
             held_until: None,
+            reason: None,
             dispatched: vec![],
             skipped: vec![],
             unsent: vec![],

@@ -40,7 +40,55 @@ pub const MAX_FOREIGN: usize = 50;
 /// own `instance finished` line, and the skipped ones are in the run's catalog record.
 pub const MAX_LOGGED_OUTCOMES: usize = 500;
 
+/// How many outcomes one page of a run's record holds: an outcome takes up to about 300
+/// bytes, and a DynamoDB item at most 400 KB.
+pub const RECORD_PAGE_OUTCOMES: usize = 500;
+
+/// One page of a run's full record in the catalog, read back by
+/// `{"action":"report","run_id":…,"page":n}`: the summary's line and totals on every page,
+/// and the page's share of the outcomes (in the summary's order: what needs attention first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordPage {
+    pub run_id: String,
+    pub summary_line: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub totals: BTreeMap<OutcomeKind, usize>,
+    pub instances: usize,
+    pub foreign_count: usize,
+    pub page: usize,
+    pub pages: usize,
+    pub outcomes: Vec<Outcome>,
+}
+
 impl RunSummary {
+    /// The whole summary as pages of at most `per_page` outcomes (one page when it has none).
+    pub fn record_pages(&self, per_page: usize) -> Vec<RecordPage> {
+        let chunks: Vec<&[Outcome]> = if self.outcomes.is_empty() {
+            vec![&[]]
+        } else {
+            self.outcomes.chunks(per_page.max(1)).collect()
+        };
+        let line = self.summary_line();
+        let pages = chunks.len();
+        chunks
+            .into_iter()
+            .enumerate()
+            .map(|(page, outcomes)| RecordPage {
+                run_id: self.run_id.clone(),
+                summary_line: line.clone(),
+                started_at: self.started_at,
+                finished_at: self.finished_at,
+                totals: self.totals.clone(),
+                instances: self.outcomes.len(),
+                foreign_count: self.foreign_count,
+                page,
+                pages,
+                outcomes: outcomes.to_vec(),
+            })
+            .collect()
+    }
+
     pub fn new(
         run_id: &str,
         started_at: DateTime<Utc>,

@@ -13,7 +13,7 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Duration, Utc};
 use tracing::{error, info, warn};
 
-use crate::app::{enqueue, refuse, requeue, App};
+use crate::app::{emit_metrics, enqueue, refuse, requeue, App};
 use crate::aws::catalog::RunMarkerStore;
 use crate::aws::commands::{self, CommandRequest, SendFailure};
 use crate::aws::instances;
@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::jobs::{Envelope, Job, RunCommand, Skipped, Unsent, WatchJob};
 use crate::model::fleet::{SkipReason, Target};
 use crate::model::state::InstanceState;
-use crate::run::plan::claim::{self, Claim};
+use crate::run::plan::claim::{self, Claim, DispatchMode};
 use crate::run::plan::dispatch::{
     claimed_start, command_parameters, dispatched, dry_run_start, history_since, in_flight_window,
     manifest, plan_commands, plan_dispatch, tracking_jobs, vss_documents, CommandPlan, RunStart,
@@ -120,7 +120,8 @@ pub async fn start_run(app: &App, request: &RunRequest) -> Result<RunStart, Erro
     }
 
     let store = RunMarkerStore::new(&app.aws.catalog, run_id);
-    let epoch = match claim::decide(&store.read().await?, now) {
+    let markers = store.read().await?;
+    let epoch = match claim::decide(&markers, now) {
         Claim::Take { epoch } => epoch,
         Claim::Held { epoch, until } => {
             info!(run_id, epoch, held_until = %until.to_rfc3339(), "duplicate start: another invocation is dispatching this run");
@@ -140,7 +141,24 @@ pub async fn start_run(app: &App, request: &RunRequest) -> Result<RunStart, Erro
             info!(run_id, "duplicate start: the run is already over");
             return Ok(RunStart::empty(run_id, StartStatus::AlreadyReported, false));
         }
+        Claim::Abandoned { reason } => {
+            info!(run_id, reason = %reason, "duplicate start: the run was abandoned");
+            return Ok(abandoned(run_id, reason));
+        }
     };
+    let mode = claim::dispatch_mode(&markers, epoch);
+    if let DispatchMode::Abandon { reason } = mode {
+        // No watch is queued: this is where the takeovers end.
+        if store.mark_abandoned(&reason).await? {
+            error!(run_id, epoch, reason = %reason, "run {run_id} abandoned: its dispatch failed for good; no server it had not reached is backed up by it");
+            emit_metrics(
+                app,
+                &[("RunsAbandoned", 1)],
+                &[("RunId", run_id), ("Event", "dispatch")],
+            );
+        }
+        return Ok(abandoned(run_id, reason));
+    }
     // The watch goes first: whichever step this invocation is stopped at from here on, the
     // watch finds the lease over and the run not dispatched, and takes over.
     enqueue(
@@ -161,8 +179,56 @@ pub async fn start_run(app: &App, request: &RunRequest) -> Result<RunStart, Erro
         return Ok(RunStart::empty(run_id, StartStatus::HeldByAnother, false));
     }
     info!(run_id, epoch, lease_until = %request.lease_until.to_rfc3339(), "run claimed");
+    let dispatch = Dispatch {
+        request,
+        targets,
+        skipped,
+        since,
+        documents: &documents,
+    };
+    match dispatch_claimed(app, &store, dispatch, mode).await {
+        Ok(start) => Ok(start),
+        Err(err) => {
+            // Counted towards the dispatch's cap, and named by the run's closing.
+            let text: String = err.to_string().chars().take(1_000).collect();
+            store.record_dispatch_error(epoch, &text).await;
+            Err(err)
+        }
+    }
+}
 
-    let past = commands::read(&app.aws.ssm, &documents, since, run_id).await?;
+fn abandoned(run_id: &str, reason: String) -> RunStart {
+    let mut start = RunStart::empty(run_id, StartStatus::Abandoned, false);
+    start.reason = Some(reason);
+    start
+}
+
+/// What a claimed dispatch works from.
+struct Dispatch<'a> {
+    request: &'a RunRequest,
+    targets: Vec<Target>,
+    skipped: Vec<Skipped>,
+    since: DateTime<Utc>,
+    documents: &'a [&'a str],
+}
+
+/// The claimed part of a start: read the history, send what it does not show sent (or, when
+/// the dispatch is closed, record it unsent), then the manifest, the run and its messages.
+async fn dispatch_claimed(
+    app: &App,
+    store: &RunMarkerStore<'_>,
+    dispatch: Dispatch<'_>,
+    mode: DispatchMode,
+) -> Result<RunStart, Error> {
+    let Dispatch {
+        request,
+        targets,
+        skipped,
+        since,
+        documents,
+    } = dispatch;
+    let run_id = request.run_id.as_str();
+    let past = commands::read(&app.aws.ssm, documents, since, run_id).await?;
     let plan = plan_dispatch(run_id, &targets, &past);
     if !plan.reuse.is_empty() {
         info!(
@@ -176,7 +242,19 @@ pub async fn start_run(app: &App, request: &RunRequest) -> Result<RunStart, Erro
         warn!(run_id, instance_id = %target.instance_id, reason = %reason, "skipped: not frozen twice");
     }
     let mut start = claimed_start(run_id, &plan, skipped);
-    send_all(app, &mut start, plan.send, since).await?;
+    match mode {
+        DispatchMode::Close { reason } => {
+            warn!(run_id, unsent = plan.send.len(), reason = %reason, "dispatch closed: nothing more is sent; the run ends with what was sent");
+            start.unsent.extend(plan.send.iter().map(|t| Unsent {
+                instance_id: t.instance_id.clone(),
+                name: t.name.clone(),
+                error: format!("not sent: {reason}"),
+            }));
+        }
+        DispatchMode::Send | DispatchMode::Abandon { .. } => {
+            send_all(app, &mut start, plan.send, since).await?
+        }
+    }
 
     let command_deadline = Utc::now() + in_flight_window(&app.config) + Duration::minutes(5);
     let completion = Duration::seconds(i64::from(app.config.snapshot_completion_timeout_seconds));
@@ -339,6 +417,10 @@ pub async fn watch_run(app: &App, job: WatchJob, lease_until: DateTime<Utc>) -> 
     match claim::decide(&markers, Utc::now()) {
         Claim::Dispatched | Claim::Reported => {
             info!(run_id = %job.run_id, "watch: the run is dispatched");
+            Ok(())
+        }
+        Claim::Abandoned { reason } => {
+            info!(run_id = %job.run_id, reason = %reason, "watch: the run was abandoned");
             Ok(())
         }
         Claim::Held { until, .. } => {

@@ -19,7 +19,7 @@ use crate::run::plan::outcome::{Outcome, OutcomeKind};
 use crate::run::plan::record::{outcome_of, Verified};
 use crate::run::plan::summary::{
     notification_subject, notification_text, run_counts, RunSummary, MAX_FOREIGN,
-    MAX_LOGGED_OUTCOMES, NOTIFICATION_MAX_BYTES,
+    MAX_LOGGED_OUTCOMES, NOTIFICATION_MAX_BYTES, RECORD_PAGE_OUTCOMES,
 };
 use crate::run::plan::track::{
     instance_tags, next_instance_step, next_run_step, run_outcomes, Next, RunCatalog,
@@ -367,6 +367,16 @@ pub async fn track_run(
         )))],
     )
     .await?;
+    // The full record, before the marker: a redelivery after a stop here writes it again
+    // (the same pages), and `{"action":"report","run_id":…}` reads it back.
+    app.aws
+        .catalog
+        .put_run_record(
+            &job.run_id,
+            &summary.record_pages(RECORD_PAGE_OUTCOMES),
+            Utc::now(),
+        )
+        .await?;
     // One summary per run, however often this message is delivered.
     if !store.mark_reported().await? {
         info!(run_id = %job.run_id, "the run's summary is already written (a duplicate delivery)");
