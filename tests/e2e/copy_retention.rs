@@ -4,9 +4,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_ec2::types::{Snapshot, Tag};
+use std::time::Duration;
+
 use consistent_snapshot::catalog::Verdict;
+use harness::chaos::{Chaos, ChaosOptions};
+use harness::faults::Fault;
 use harness::{
-    invoke, scheduled_event, snapshot_tag, Ebs, Emulator, ServerSpec, VssOutcome, Windows, World,
+    invoke, scheduled_event, snapshot_tag, Ebs, Emulator, Metrics, ServerSpec, VssOutcome, Windows,
+    World,
 };
 use serde_json::json;
 
@@ -361,5 +366,97 @@ async fn three_runs_keep_the_two_newest_consistent_sets_in_every_region() {
             "forged-old-crash".into()
         ]
         .into()
+    );
+}
+
+#[tokio::test]
+async fn a_night_whose_copies_were_refused_is_copied_by_the_next_night() {
+    let world = World::start(1).await.expect("world");
+    let emulator = &world.emulator;
+    let ids = world
+        .seed(&[
+            ServerSpec::windows("sql01", 1),
+            ServerSpec::windows("files01", 1),
+        ])
+        .await
+        .expect("seed");
+    let metrics = Metrics::default();
+    let chaos = Chaos::new(
+        emulator,
+        &world.queue,
+        &[("COPY_REGIONS", "eu-west-1")],
+        ChaosOptions::calm(3),
+    )
+    .expect("chaos")
+    .with_metrics(&metrics);
+    // Night 1: the copy region refuses every copy (an SCP, lifted the next day).
+    chaos
+        .proxy
+        .force("ec2:CopySnapshot@eu-west-1", Fault::AccessDenied, u32::MAX);
+    let (first, _) = chaos
+        .night("2026-11-23T00:00:00Z", Duration::from_secs(120))
+        .await
+        .expect("night 1");
+    let failed = metrics.of("copies", Some(&first));
+    assert!(failed[0]["CopiesFailed"].as_u64() >= Some(1), "{failed:#?}");
+    let copies = snapshots_in(emulator, "eu-west-1").await;
+    assert!(
+        managed_runs(&copies, &ids[0]).is_empty(),
+        "nothing copied on night 1"
+    );
+    chaos.proxy.clear();
+
+    // Night 2 copies its own sets, and night 1's, which no step would copy otherwise.
+    let (second, _) = chaos
+        .night("2026-11-24T00:00:00Z", Duration::from_secs(120))
+        .await
+        .expect("night 2");
+    let copies = snapshots_in(emulator, "eu-west-1").await;
+    for id in &ids {
+        assert_eq!(
+            managed_runs(&copies, id),
+            BTreeSet::from([first.clone(), second.clone()]),
+            "{id}: both nights copied"
+        );
+    }
+    let counted = metrics.of("copies", Some(&second));
+    assert_eq!(counted.len(), 1, "{counted:#?}");
+    // Two servers, two sets each, two snapshots a set.
+    assert_eq!(counted[0]["SnapshotsCopied"], 8, "{counted:#?}");
+    assert_eq!(counted[0]["CopiesFailed"], 0);
+    let line = world
+        .logs
+        .messages_starting("copies: ")
+        .into_iter()
+        .find(|l| l["run_id"] == second.as_str())
+        .expect("night 2's copy line");
+    assert!(
+        line["copies"]
+            .as_str()
+            .is_some_and(|c| c.contains(&format!("\"backlog\":[\"{first}\"]"))),
+        "{line}"
+    );
+    // Night 1's copies are recorded as night 1's, whole: the report misses no copy, and a
+    // third night finds no backlog to take on.
+    let report = world
+        .report(&world.app(&[("COPY_REGIONS", "eu-west-1")]).expect("app"))
+        .await
+        .expect("report");
+    assert_eq!(report["totals"]["copies_missing"], 0, "{report:#}");
+    let (third, _) = chaos
+        .night("2026-11-25T00:00:00Z", Duration::from_secs(120))
+        .await
+        .expect("night 3");
+    let line = world
+        .logs
+        .messages_starting("copies: ")
+        .into_iter()
+        .find(|l| l["run_id"] == third.as_str())
+        .expect("night 3's copy line");
+    assert!(
+        line["copies"]
+            .as_str()
+            .is_some_and(|c| !c.contains("backlog")),
+        "{line}"
     );
 }

@@ -226,6 +226,13 @@ impl FaultProxy {
         });
     }
 
+    /// Lifts every forced fault (the permission is given back).
+    pub fn clear(&self) {
+        if let Ok(mut all) = self.shared.forced.lock() {
+            all.clear();
+        }
+    }
+
     fn push(&self, forced: Forced) {
         if let Ok(mut all) = self.shared.forced.lock() {
             all.push(forced);

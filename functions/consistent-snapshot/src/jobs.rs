@@ -10,7 +10,7 @@
 //! | watch     | a run's start, before it claims the run     | the claimant's lease to end (`check_at`)              | takes the dispatch over if not `dispatched`; closes it after 3 failures, `abandoned` after one more | itself while a lease lives |
 //! | instance  | the dispatch, one per instance sent to      | the invocation to be final, then its snapshots        | the verified set (catalog), `InstanceId`/`Name` tags    | — (the run sums up)       |
 //! | run       | the dispatch, after the instance jobs       | every invocation final and every snapshot completed   | sets not yet recorded, marker `reported`, the summary   | copy (queued first)       |
-//! | copy      | the run; each pass queues its successor     | copies pending; one message per pass (`copy-pass-n`)  | copies and their records, `copy-lease-n`, `copied`      | retention (queued first)  |
+//! | copy      | the run; each pass queues its successor     | copies pending; one message per pass (`copy-pass-n`)  | copies (the run's and earlier runs' not copied yet) and their records, `copy-lease-n`, `copied` | retention (queued first)  |
 //! | retention | the copy step; a pass with deletions left   | nothing                                               | deletions by the plan, marker `retained`, release       | itself until done, or 3 passes delete nothing |
 //! | restore   | an on-demand restore; each waiting pass     | volumes creating, the instance stopping or starting   | volumes created, tagged, detached, attached             | itself until done/failed  |
 //! | verify    | an on-demand verification; each waiting look| the verification's volumes to be created             | marker `reported` (verify id), then its volumes deleted | itself until measured     |
@@ -147,6 +147,11 @@ pub struct CopyJob {
     /// `COPY_LOOK_AGAIN_SECONDS`, not on the doubling backoff.
     #[serde(default, skip_serializing_if = "is_false")]
     pub soon: bool,
+    /// Earlier runs whose consistent sets are not all copied (`copy::plan::Backlog`), found by
+    /// the first pass: this step copies them too. Only references: each run's sets are read
+    /// from the catalog and confirmed against EC2 like the step's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backlog: Vec<String>,
 }
 
 /// How soon a copy pass that left startable copies is followed: a region's copies in flight
@@ -166,6 +171,7 @@ impl CopyJob {
             deadline: now + chrono::Duration::seconds(i64::from(completion_timeout_seconds)),
             attempt: 0,
             soon: false,
+            backlog: Vec::new(),
         }
     }
 

@@ -645,7 +645,8 @@ impl Catalog {
 
     /// Every recorded set and copy of the deployment (a scan: the table holds only what
     /// exists, a few items per snapshot set), each page handed to `each` and dropped.
-    async fn scan_sets(
+    /// Every set and copy record, handed to `each` page by page (nothing kept here).
+    pub async fn scan_sets(
         &self,
         mut each: impl FnMut(Option<SetRecord>, Option<CopyRecord>),
     ) -> Result<(), Error> {

@@ -2,11 +2,12 @@
 //! decisions: each instance's copy regions, which copies to start from the run's snapshots and
 //! the copies already in each region, and what a copy carries.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::model::catalog::CopyRecord;
+use crate::model::catalog::{CopyRecord, SetRecord};
 use crate::model::ids::parse_regions;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::SnapshotState;
@@ -134,6 +135,32 @@ impl CopyPlan {
         self
     }
 
+    /// Adds another run's plan (a copy step that also copies earlier runs).
+    pub fn merge(&mut self, other: CopyPlan) {
+        self.to_start.extend(other.to_start);
+        for (region, n) in other.pending {
+            *self.pending.entry(region).or_default() += n;
+        }
+        for (region, n) in other.completed {
+            *self.completed.entry(region).or_default() += n;
+        }
+        self.failed.extend(other.failed);
+        for why in other.invalid {
+            if !self.invalid.contains(&why) {
+                self.invalid.push(why);
+            }
+        }
+        for (region, failure) in other.regions_failed {
+            self.regions_failed
+                .entry(region)
+                .or_insert_with(|| RegionFailure {
+                    code: failure.code.clone(),
+                    copies_not_made: 0,
+                })
+                .copies_not_made += failure.copies_not_made;
+        }
+    }
+
     /// Copies that failed: those in `error`, and those a region refused for good.
     pub fn failed_count(&self) -> usize {
         self.failed.len()
@@ -175,6 +202,87 @@ pub fn copy_regions_of(
         ));
     }
     Ok(regions)
+}
+
+/// How far back a run's copy step looks for earlier sets that are not copied yet.
+pub const BACKLOG_DAYS: i64 = 7;
+/// How many earlier runs one copy step takes on, newest first.
+pub const BACKLOG_RUNS: usize = 7;
+
+/// The earlier runs a copy step takes on: a run whose copy step ended with copies not made (a
+/// region at its limit until the deadline, one that refused that night, a function stopped
+/// for a day) would otherwise never be copied, since each step copied only its own run.
+/// Built from the catalog's records one at a time, keeping only those of the last
+/// `BACKLOG_DAYS`: consistent sets, and how many copies each has in each region.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    since: Option<DateTime<Utc>>,
+    /// (instance, run) -> when the set was taken, and its snapshots.
+    sets: BTreeMap<(String, String), (DateTime<Utc>, usize)>,
+    /// (instance, run, region) -> copies recorded there.
+    copies: HashMap<(String, String, String), usize>,
+}
+
+impl Backlog {
+    /// A backlog of the sets taken since `BACKLOG_DAYS` before `start` (the run's start).
+    pub fn since(start: DateTime<Utc>) -> Self {
+        Backlog {
+            since: Some(start - chrono::Duration::days(BACKLOG_DAYS)),
+            ..Backlog::default()
+        }
+    }
+
+    pub fn add_set(&mut self, set: &SetRecord) {
+        if set.is_consistent() && self.since.is_none_or(|since| set.started_at >= since) {
+            self.sets.insert(
+                (set.instance_id.clone(), set.run_id.clone()),
+                (set.started_at, set.snapshots.len()),
+            );
+        }
+    }
+
+    pub fn add_copy(&mut self, copy: &CopyRecord) {
+        // A copy is started after its set: an older copy is of an older set.
+        if self.since.is_none_or(|since| copy.started_at >= since) {
+            *self
+                .copies
+                .entry((
+                    copy.instance_id.clone(),
+                    copy.run_id.clone(),
+                    copy.region.clone(),
+                ))
+                .or_default() += 1;
+        }
+    }
+
+    /// The runs other than `this_run` with a consistent set that has fewer copies than
+    /// snapshots in one of `regions`, newest first, at most `BACKLOG_RUNS`. Only a hint of
+    /// where to look: each run's copy pass decides from EC2 and the instance's own regions.
+    pub fn runs(&self, this_run: &str, regions: &[String]) -> Vec<String> {
+        let mut missing: Vec<(DateTime<Utc>, &str)> = self
+            .sets
+            .iter()
+            .filter(|((_, run), _)| run != this_run)
+            .filter(|((instance, run), (_, size))| {
+                regions.iter().any(|region| {
+                    let key = (instance.clone(), run.clone(), region.clone());
+                    self.copies.get(&key).copied().unwrap_or(0) < *size
+                })
+            })
+            .map(|((_, run), (taken, _))| (*taken, run.as_str()))
+            .collect();
+        missing.sort_by(|a, b| b.cmp(a));
+        let mut runs: Vec<String> = Vec::new();
+        for (_, run) in missing {
+            if !runs.iter().any(|r| r == run) {
+                runs.push(run.to_string());
+            }
+            if runs.len() == BACKLOG_RUNS {
+                break;
+            }
+        }
+        runs
+    }
 }
 
 /// Decides which copies to start. `sources` are the run's snapshots with the regions their
@@ -250,6 +358,9 @@ pub struct CopySummary {
     /// Copies never started before the step's deadline.
     pub not_started: usize,
     pub timed_out: bool,
+    /// Earlier runs whose missing copies this step took on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backlog: Vec<String>,
 }
 
 /// The tags of a copy: the source's own (but AWS's reserved `aws:` ones), and where it was
@@ -286,6 +397,7 @@ pub fn copy_description(source: &SnapshotFacts, home: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::catalog::{RecordedSnapshot, Verdict};
 
     fn source(id: &str, state: &str) -> SnapshotFacts {
         SnapshotFacts {
@@ -295,6 +407,117 @@ mod tests {
             tags: [(TAG_INSTANCE_ID.to_string(), "i-1".to_string())].into(),
             ..Default::default()
         }
+    }
+
+    fn set(instance: &str, run: &str, days_ago: i64, verdict: Verdict, size: usize) -> SetRecord {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let taken = now - chrono::Duration::days(days_ago);
+        SetRecord {
+            run_id: run.into(),
+            instance_id: instance.into(),
+            name: instance.into(),
+            region: "us-east-1".into(),
+            started_at: taken,
+            expected: Vec::new(),
+            snapshots: (0..size)
+                .map(|i| RecordedSnapshot {
+                    snapshot_id: format!("snap-{instance}-{run}-{i}"),
+                    volume_id: format!("vol-{i}"),
+                    device: format!("xvd{i}"),
+                    start_time: taken,
+                })
+                .collect(),
+            verdict,
+            reason: None,
+            verified_at: taken,
+            verified_by: "test".into(),
+        }
+    }
+
+    fn copied(set: &SetRecord, region: &str, n: usize) -> Vec<CopyRecord> {
+        (0..n)
+            .map(|i| CopyRecord {
+                run_id: set.run_id.clone(),
+                instance_id: set.instance_id.clone(),
+                region: region.into(),
+                source_snapshot_id: set.snapshots[i].snapshot_id.clone(),
+                snapshot_id: format!("copy-{i}"),
+                started_at: set.started_at,
+                consistent: true,
+                imported: false,
+                set_size: set.snapshots.len() as u32,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_backlog_is_the_recent_consistent_sets_missing_a_copy_newest_first() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let regions = vec!["eu-west-1".to_string(), "us-west-2".to_string()];
+        let tonight = set("i-1", "r0", 0, Verdict::Consistent, 2);
+        let whole = set("i-1", "r1", 1, Verdict::Consistent, 2);
+        let partial = set("i-1", "r2", 2, Verdict::Consistent, 2);
+        let none = set("i-2", "r3", 3, Verdict::Consistent, 3);
+        let crash = set("i-2", "r4", 1, Verdict::CrashConsistent, 3);
+        let old = set("i-2", "r5", BACKLOG_DAYS + 1, Verdict::Consistent, 3);
+        let mut backlog = Backlog::since(now);
+        for s in [&tonight, &whole, &partial, &none, &crash, &old] {
+            backlog.add_set(s);
+        }
+        let mut copies = copied(&whole, "eu-west-1", 2);
+        copies.extend(copied(&whole, "us-west-2", 2));
+        // One of two copied in one region: a partial copy set is not a backup there.
+        copies.extend(copied(&partial, "eu-west-1", 2));
+        copies.extend(copied(&partial, "us-west-2", 1));
+        for c in &copies {
+            backlog.add_copy(c);
+        }
+        // Not tonight's (the step's own), not a complete one, not a crash-consistent one, not
+        // one older than the window; newest first.
+        assert_eq!(backlog.runs("r0", &regions), vec!["r2", "r3"]);
+        // No copy region: nothing to take on.
+        assert!(backlog.runs("r0", &[]).is_empty());
+        // At most BACKLOG_RUNS, the newest.
+        let mut many = Backlog::since(now);
+        for day in 0..BACKLOG_DAYS {
+            many.add_set(&set("i-1", &format!("d{day}"), day, Verdict::Consistent, 1));
+        }
+        let runs = many.runs("tonight", &regions);
+        assert_eq!(runs.len(), BACKLOG_RUNS.min(BACKLOG_DAYS as usize));
+        assert_eq!(runs[0], "d0");
+    }
+
+    #[test]
+    fn plans_of_several_runs_add_up() {
+        let failure = |n| RegionFailure {
+            code: "UnauthorizedOperation".into(),
+            copies_not_made: n,
+        };
+        let mut plan = CopyPlan {
+            to_start: vec![("eu-west-1".into(), "snap-a".into())],
+            pending: [("eu-west-1".to_string(), 1)].into(),
+            completed: [("eu-west-1".to_string(), 2)].into(),
+            failed: vec!["eu-west-1/snap-x".into()],
+            invalid: vec!["i-1: bad tag".into()],
+            regions_failed: [("us-west-2".to_string(), failure(2))].into(),
+        };
+        plan.merge(CopyPlan {
+            to_start: vec![("eu-west-1".into(), "snap-b".into())],
+            pending: [("us-west-2".to_string(), 4)].into(),
+            completed: [("eu-west-1".to_string(), 3)].into(),
+            failed: Vec::new(),
+            invalid: vec!["i-1: bad tag".into()],
+            regions_failed: [("us-west-2".to_string(), failure(1))].into(),
+        });
+        assert_eq!(plan.to_start.len(), 2);
+        assert_eq!(plan.completed["eu-west-1"], 5);
+        assert_eq!(
+            (plan.pending["eu-west-1"], plan.pending["us-west-2"]),
+            (1, 4)
+        );
+        assert_eq!(plan.invalid.len(), 1, "the same instance named once");
+        assert_eq!(plan.failed_count(), 1 + 3);
+        assert!(!plan.is_final());
     }
 
     fn copy(source: &str, state: &str) -> ExistingCopy {

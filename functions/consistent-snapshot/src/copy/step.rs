@@ -21,7 +21,7 @@ use crate::aws::instances;
 use crate::aws::snapshots::{self, CopyRequest};
 use crate::copy::plan::{
     copy_description, copy_regions_of, copy_tags, existing_copies, lost_answer_copies, plan_copies,
-    CopyPlan, CopySummary, ExistingCopy, RegionFault,
+    Backlog, CopyPlan, CopySummary, ExistingCopy, RegionFault, BACKLOG_RUNS,
 };
 use crate::error::Error;
 use crate::jobs::{CopyJob, Envelope, Job, RetentionJob};
@@ -44,11 +44,11 @@ const COPIES_AT_ONCE: usize = 4;
 /// deliveries do not multiply the step's messages.
 pub async fn copy_job(
     app: &App,
-    job: CopyJob,
+    mut job: CopyJob,
     (deadline, lease_until): (DateTime<Utc>, DateTime<Utc>),
     message_id: &str,
 ) -> Result<(), Error> {
-    dispatched_run(app, &job.run_id, "copy").await?;
+    let run = dispatched_run(app, &job.run_id, "copy").await?;
     let store = RunMarkerStore::new(&app.aws.catalog, &job.run_id);
     let claim = decide_copy(&store.read().await?, Utc::now());
     if claim == CopyClaim::Final {
@@ -58,6 +58,10 @@ pub async fn copy_job(
     if !store.claim_copy_pass(job.attempt, message_id).await? {
         info!(run_id = %job.run_id, pass = job.attempt, "copy pass already taken by another message");
         return Ok(());
+    }
+    if job.attempt == 0 {
+        // Found once, by the first pass; its successors carry it.
+        job.backlog = backlog_runs(app, &job.run_id, run.started_at).await?;
     }
     // Past its deadline the step has no successor: the pass that runs then ends it (copies
     // not final are timed out), and one that keeps failing ends in the dead-letter queue.
@@ -72,7 +76,7 @@ pub async fn copy_job(
     if !store.take_copy_lease(epoch, lease_until).await? {
         return Ok(());
     }
-    let pass = copy_pass(app, &job, stop_time(Utc::now(), deadline)).await;
+    let pass = copy_runs(app, &job, stop_time(Utc::now(), deadline)).await;
     // Given back at once: the next pass, by this message or a duplicate, need not wait.
     store.drop_copy_lease(epoch).await?;
     let (plan, started, limited) = pass?;
@@ -121,6 +125,7 @@ fn report_copies(app: &App, job: &CopyJob, plan: &CopyPlan, started: usize, time
         regions_failed: plan.regions_failed.clone(),
         not_started: if timed_out { plan.to_start.len() } else { 0 },
         timed_out,
+        backlog: job.backlog.clone(),
     };
     let text = serde_json::to_string(&summary).unwrap_or_default();
     let done: usize = plan.completed.values().sum();
@@ -156,6 +161,74 @@ fn report_copies(app: &App, job: &CopyJob, plan: &CopyPlan, started: usize, time
     }
 }
 
+/// Earlier runs whose consistent sets are not all copied to the copy regions (taken in the
+/// `BACKLOG_DAYS` before the run started, at most `BACKLOG_RUNS`), from one read of the
+/// catalog's sets and copies.
+/// A run whose own copy step is not over yet is left to it, so that no two steps copy the
+/// same snapshot at once.
+async fn backlog_runs(
+    app: &App,
+    run_id: &str,
+    started_at: DateTime<Utc>,
+) -> Result<Vec<String>, Error> {
+    if app.config.copy_regions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut backlog = Backlog::since(started_at);
+    app.aws
+        .catalog
+        .scan_sets(|set, copy| {
+            if let Some(set) = set {
+                backlog.add_set(&set);
+            }
+            if let Some(copy) = copy {
+                backlog.add_copy(&copy);
+            }
+        })
+        .await?;
+    let mut runs = Vec::new();
+    for earlier in backlog.runs(run_id, &app.config.copy_regions) {
+        let markers = RunMarkerStore::new(&app.aws.catalog, &earlier)
+            .read()
+            .await?;
+        if markers.copied {
+            runs.push(earlier);
+        }
+    }
+    if !runs.is_empty() {
+        info!(run_id, backlog = ?runs, "earlier runs have sets not copied yet: this copy step copies them too");
+    }
+    Ok(runs)
+}
+
+/// One pass over the run's own sets, then over the earlier runs it took on (each on its own:
+/// one that cannot be read is named and left for the next pass, never stopping the others).
+async fn copy_runs(
+    app: &App,
+    job: &CopyJob,
+    stop_at: DateTime<Utc>,
+) -> Result<(CopyPlan, usize, bool), Error> {
+    let (mut plan, mut started, mut limited) = copy_pass(app, &job.run_id, stop_at).await?;
+    for earlier in job.backlog.iter().take(BACKLOG_RUNS) {
+        if Utc::now() >= stop_at {
+            limited = true;
+            break;
+        }
+        match copy_pass(app, earlier, stop_at).await {
+            Ok((more, n, left)) => {
+                plan.merge(more);
+                started += n;
+                limited |= left;
+            }
+            Err(err) => {
+                warn!(run_id = %job.run_id, earlier = %earlier, error = %err, "an earlier run's copies could not be looked at in this pass: the next pass tries again");
+                limited = true;
+            }
+        }
+    }
+    Ok((plan, started, limited))
+}
+
 /// Reads the run's recorded sets and copies, confirms them against EC2, starts the missing
 /// copies until `stop_at`; answers the plan, how many copies were started and whether any
 /// were left for the next pass (a region's copy limit met, throttling, or time up). Only
@@ -163,25 +236,25 @@ fn report_copies(app: &App, job: &CopyJob, plan: &CopyPlan, started: usize, time
 /// snapshot tagged like a set or like a copy is reported as foreign.
 async fn copy_pass(
     app: &App,
-    job: &CopyJob,
+    run_id: &str,
     stop_at: DateTime<Utc>,
 ) -> Result<(CopyPlan, usize, bool), Error> {
     let home = app.config.region.as_str();
-    let view = app.aws.catalog.run_view(&job.run_id).await?;
+    let view = app.aws.catalog.run_view(run_id).await?;
     let (sets, recorded_copies) = (view.sets, view.copies);
     let index = CatalogIndex::new(&sets, &recorded_copies);
     let ids: Vec<String> = sets
         .iter()
         .flat_map(|s| s.snapshots.iter().map(|r| r.snapshot_id.clone()))
         .collect();
-    let subject = format!("run {}", job.run_id);
-    let listed = snapshots::of_run(&app.aws.ec2, &job.run_id, None).await?;
+    let subject = format!("run {run_id}");
+    let listed = snapshots::of_run(&app.aws.ec2, run_id, None).await?;
     let mut snapshots: Vec<SnapshotFacts> = Vec::new();
     for facts in snapshots::with_ids(&app.aws.ec2, &listed, &ids, &subject).await? {
         match admit(facts, home, &index, &app.config.managed_by) {
             Ok(admitted) => snapshots.push(admitted),
             Err(foreign) => {
-                warn!(run_id = %job.run_id, snapshot_id = %foreign.snapshot_id, why = %foreign.why, "foreign snapshot: not copied")
+                warn!(run_id = %run_id, snapshot_id = %foreign.snapshot_id, why = %foreign.why, "foreign snapshot: not copied")
             }
         }
     }
@@ -234,13 +307,22 @@ async fn copy_pass(
     let mut existing = BTreeMap::new();
     let mut faults: BTreeMap<String, RegionFault> = BTreeMap::new();
     for region in &regions {
-        match region_copies(app, job, region, &recorded_copies, &home_sources, &verdicts).await {
+        match region_copies(
+            app,
+            run_id,
+            region,
+            &recorded_copies,
+            &home_sources,
+            &verdicts,
+        )
+        .await
+        {
             Ok(copies) => {
                 existing.insert(region.clone(), copies);
             }
             Err(err) => {
                 let fault = region_fault(&err);
-                warn!(run_id = %job.run_id, region = %region, code = %fault.code, permanent = fault.permanent, error = %err, "copy region not readable: no copy goes there in this pass");
+                warn!(run_id = %run_id, region = %region, code = %fault.code, permanent = fault.permanent, error = %err, "copy region not readable: no copy goes there in this pass");
                 faults.insert(region.clone(), fault);
             }
         }
@@ -265,7 +347,7 @@ async fn copy_pass(
     while !queue.is_empty() {
         let began = Utc::now();
         if started > 0 && !pace.fits(began) {
-            info!(run_id = %job.run_id, started, "copy pass: no time left in this invocation; the next pass goes on");
+            info!(run_id = %run_id, started, "copy pass: no time left in this invocation; the next pass goes on");
             out_of_time = true;
             break;
         }
@@ -309,7 +391,7 @@ async fn copy_pass(
         for ((region, source_id, source), answer) in chunk.into_iter().zip(answers) {
             match answer {
                 Ok(copy_id) => {
-                    info!(run_id = %job.run_id, region = %region, source = %source_id, copy = %copy_id, "copy started");
+                    info!(run_id = %run_id, region = %region, source = %source_id, copy = %copy_id, "copy started");
                     started += 1;
                     confirmed.insert(region.as_str());
                     started_ids.insert((region.clone(), source_id.clone()));
@@ -319,13 +401,13 @@ async fn copy_pass(
                         .cloned()
                         .unwrap_or_default();
                     let (consistent, set_size) = verdicts
-                        .get(&(instance_id.as_str(), job.run_id.as_str()))
+                        .get(&(instance_id.as_str(), run_id))
                         .copied()
                         .unwrap_or((false, 0));
                     app.aws
                         .catalog
                         .record_copy(&CopyRecord {
-                            run_id: job.run_id.clone(),
+                            run_id: run_id.to_string(),
                             instance_id,
                             region: region.clone(),
                             source_snapshot_id: source.snapshot_id.clone(),
@@ -338,18 +420,18 @@ async fn copy_pass(
                         .await?;
                 }
                 Err(err) if err.aws_code() == Some("ResourceLimitExceeded") => {
-                    info!(run_id = %job.run_id, region = %region, "copy limit of the region reached: the rest waits for the next pass");
+                    info!(run_id = %run_id, region = %region, "copy limit of the region reached: the rest waits for the next pass");
                     limited.insert(region.clone());
                 }
                 // Refused for good (a permission, a key, the region): no copy goes there, this
                 // pass or the next; the region is reported failed with the code.
                 Err(err) if err.is_permanent() => {
-                    warn!(run_id = %job.run_id, region = %region, source = %source_id, code = err.aws_code().unwrap_or(""), error = %err, "copies into the region refused: it is reported failed");
+                    warn!(run_id = %run_id, region = %region, source = %source_id, code = err.aws_code().unwrap_or(""), error = %err, "copies into the region refused: it is reported failed");
                     refused.insert(region.clone(), region_fault(&err));
                 }
                 // Throttled: the region's request budget is spent; the next pass goes on there.
                 Err(err) if err.is_throttling() => {
-                    warn!(run_id = %job.run_id, region = %region, source = %source_id, error = %err, "copies into the region throttled: the rest waits for the next pass");
+                    warn!(run_id = %run_id, region = %region, source = %source_id, error = %err, "copies into the region throttled: the rest waits for the next pass");
                     limited.insert(region.clone());
                 }
                 // No answer, or a 5xx: whether this copy exists, the next pass sees; the others
@@ -357,7 +439,7 @@ async fn copy_pass(
                 Err(err) => {
                     let count = unconfirmed.entry(region.as_str()).or_default();
                     *count += 1;
-                    warn!(run_id = %job.run_id, region = %region, source = %source_id, unconfirmed = *count, error = %err, "copy not confirmed: the next pass checks the destination");
+                    warn!(run_id = %run_id, region = %region, source = %source_id, unconfirmed = *count, error = %err, "copy not confirmed: the next pass checks the destination");
                     if *count >= UNCONFIRMED_PER_PASS {
                         limited.insert(region.clone());
                     }
@@ -389,14 +471,14 @@ fn region_fault(err: &Error) -> RegionFault {
 /// CopySnapshot answer was lost, recorded now rather than made twice.
 async fn region_copies(
     app: &App,
-    job: &CopyJob,
+    run_id: &str,
     region: &str,
     recorded_copies: &[CopyRecord],
     home_sources: &[SnapshotFacts],
     verdicts: &BTreeMap<(&str, &str), (bool, u32)>,
 ) -> Result<Vec<ExistingCopy>, Error> {
     let home = app.config.region.as_str();
-    let subject = format!("copies of run {} in {region}", job.run_id);
+    let subject = format!("copies of run {run_id} in {region}");
     let recorded: Vec<&CopyRecord> = recorded_copies
         .iter()
         .filter(|c| c.region == region)
@@ -404,7 +486,7 @@ async fn region_copies(
     let ids: Vec<String> = recorded.iter().map(|c| c.snapshot_id.clone()).collect();
     let ec2 = app.aws.ec2_in(region);
     let recorded_ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
-    let tagged = snapshots::tagged_copies(&ec2, &job.run_id, &subject).await?;
+    let tagged = snapshots::tagged_copies(&ec2, run_id, &subject).await?;
     let listed: Vec<SnapshotFacts> = tagged.iter().map(|(s, _)| s.clone()).collect();
     let mut found = snapshots::with_ids(&ec2, &listed, &ids, &subject).await?;
     let unrecorded: Vec<(SnapshotFacts, String)> = tagged
@@ -421,15 +503,15 @@ async fn region_copies(
             .get(TAG_INSTANCE_ID)
             .cloned()
             .unwrap_or_default();
-        info!(run_id = %job.run_id, region = %region, source = %source_id, copy = %copy.snapshot_id, "a copy whose CopySnapshot answer was lost: recorded");
+        info!(run_id = %run_id, region = %region, source = %source_id, copy = %copy.snapshot_id, "a copy whose CopySnapshot answer was lost: recorded");
         let (consistent, set_size) = verdicts
-            .get(&(instance_id.as_str(), job.run_id.as_str()))
+            .get(&(instance_id.as_str(), run_id))
             .copied()
             .unwrap_or((false, 0));
         let record = CopyRecord {
             consistent,
             set_size,
-            run_id: job.run_id.clone(),
+            run_id: run_id.to_string(),
             instance_id,
             region: region.to_string(),
             source_snapshot_id: source_id,
