@@ -146,19 +146,14 @@ pub async fn start_run(app: &App, request: &RunRequest) -> Result<RunStart, Erro
             return Ok(abandoned(run_id, reason));
         }
     };
-    let mode = claim::dispatch_mode(&markers, epoch);
-    if let DispatchMode::Abandon { reason } = mode {
-        // No watch is queued: this is where the takeovers end.
-        if store.mark_abandoned(&reason).await? {
-            error!(run_id, epoch, reason = %reason, "run {run_id} abandoned: its dispatch failed for good; no server it had not reached is backed up by it");
-            emit_metrics(
-                app,
-                &[("RunsAbandoned", 1)],
-                &[("RunId", run_id), ("Event", "dispatch")],
-            );
+    let closing = match claim::dispatch_mode(&markers, epoch) {
+        DispatchMode::Send => None,
+        DispatchMode::Close { reason } => Some(reason),
+        DispatchMode::Abandon { reason } => {
+            // No watch is queued: this is where the takeovers end.
+            return abandon(app, &store, epoch, reason).await;
         }
-        return Ok(abandoned(run_id, reason));
-    }
+    };
     // The watch goes first: whichever step this invocation is stopped at from here on, the
     // watch finds the lease over and the run not dispatched, and takes over.
     enqueue(
@@ -185,8 +180,9 @@ pub async fn start_run(app: &App, request: &RunRequest) -> Result<RunStart, Erro
         skipped,
         since,
         documents: &documents,
+        closing,
     };
-    match dispatch_claimed(app, &store, dispatch, mode).await {
+    match dispatch_claimed(app, &store, dispatch).await {
         Ok(start) => Ok(start),
         Err(err) => {
             // Counted towards the dispatch's cap, and named by the run's closing.
@@ -195,6 +191,25 @@ pub async fn start_run(app: &App, request: &RunRequest) -> Result<RunStart, Erro
             Err(err)
         }
     }
+}
+
+/// Marks the run abandoned: logged, counted and alarmed once, however often it is asked.
+async fn abandon(
+    app: &App,
+    store: &RunMarkerStore<'_>,
+    epoch: u32,
+    reason: String,
+) -> Result<RunStart, Error> {
+    let run_id = store.run_id;
+    if store.mark_abandoned(&reason).await? {
+        error!(run_id, epoch, reason = %reason, "run {run_id} abandoned: its dispatch failed for good; no server it had not reached is backed up by it");
+        emit_metrics(
+            app,
+            &[("RunsAbandoned", 1)],
+            &[("RunId", run_id), ("Event", "dispatch")],
+        );
+    }
+    Ok(abandoned(run_id, reason))
 }
 
 fn abandoned(run_id: &str, reason: String) -> RunStart {
@@ -210,6 +225,8 @@ struct Dispatch<'a> {
     skipped: Vec<Skipped>,
     since: DateTime<Utc>,
     documents: &'a [&'a str],
+    /// Why the dispatch is closed (`DispatchMode::Close`): nothing more is sent.
+    closing: Option<String>,
 }
 
 /// The claimed part of a start: read the history, send what it does not show sent (or, when
@@ -218,7 +235,6 @@ async fn dispatch_claimed(
     app: &App,
     store: &RunMarkerStore<'_>,
     dispatch: Dispatch<'_>,
-    mode: DispatchMode,
 ) -> Result<RunStart, Error> {
     let Dispatch {
         request,
@@ -226,6 +242,7 @@ async fn dispatch_claimed(
         skipped,
         since,
         documents,
+        closing,
     } = dispatch;
     let run_id = request.run_id.as_str();
     let past = commands::read(&app.aws.ssm, documents, since, run_id).await?;
@@ -242,8 +259,8 @@ async fn dispatch_claimed(
         warn!(run_id, instance_id = %target.instance_id, reason = %reason, "skipped: not frozen twice");
     }
     let mut start = claimed_start(run_id, &plan, skipped);
-    match mode {
-        DispatchMode::Close { reason } => {
+    match closing {
+        Some(reason) => {
             warn!(run_id, unsent = plan.send.len(), reason = %reason, "dispatch closed: nothing more is sent; the run ends with what was sent");
             start.unsent.extend(plan.send.iter().map(|t| Unsent {
                 instance_id: t.instance_id.clone(),
@@ -251,9 +268,7 @@ async fn dispatch_claimed(
                 error: format!("not sent: {reason}"),
             }));
         }
-        DispatchMode::Send | DispatchMode::Abandon { .. } => {
-            send_all(app, &mut start, plan.send, since).await?
-        }
+        None => send_all(app, &mut start, plan.send, since).await?,
     }
 
     let command_deadline = Utc::now() + in_flight_window(&app.config) + Duration::minutes(5);
