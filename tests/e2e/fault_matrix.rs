@@ -621,13 +621,7 @@ async fn row_checks(case: Case, world: &World, chaos: &Chaos<'_>, night: &Night,
             assert_eq!(bin.snapshots().len(), 2, "app01's oldest set, recoverable");
         }
         Case::InvalidInstanceId => {
-            let sends = chaos
-                .proxy
-                .stats()
-                .calls
-                .get("ssm:SendCommand")
-                .copied()
-                .unwrap_or(0);
+            let sends = chaos.proxy.stats().calls_of("ssm:SendCommand");
             // The halving: 1 refused call of 50, then 2 calls a level down (⌈log2 50⌉ = 6), and
             // one more where a half is odd.
             assert!(sends <= 14, "{sends} SendCommand calls");
@@ -730,13 +724,7 @@ async fn row_checks(case: Case, world: &World, chaos: &Chaos<'_>, night: &Night,
                 .await
                 .expect("DescribeVolumes");
             assert!(left.volumes().is_empty(), "{:?}", left.volumes());
-            let deleted = chaos
-                .proxy
-                .stats()
-                .calls
-                .get("ec2:DeleteVolume")
-                .copied()
-                .unwrap_or(0);
+            let deleted = chaos.proxy.stats().calls_of("ec2:DeleteVolume");
             assert!(deleted >= 3, "{deleted} DeleteVolume calls");
         }
         Case::Throttled => {
@@ -753,30 +741,19 @@ async fn row_checks(case: Case, world: &World, chaos: &Chaos<'_>, night: &Night,
             // Three dispatches gave up, each after SEND_ATTEMPTS tries of app01's command; the
             // closing one sent nothing: 12 SendCommand calls for app01 in all, and the others'
             // command once.
-            let sends = chaos
-                .proxy
-                .stats()
-                .calls
-                .get("ssm:SendCommand")
-                .copied()
-                .unwrap_or(0);
+            let sends = chaos.proxy.stats().calls_of("ssm:SendCommand");
             assert!(sends <= 13, "{sends} SendCommand calls");
             let report = world.logs.run_report(&night.run_id).expect("summary");
             assert_eq!(report.count(OutcomeKind::Consistent), 2, "{report:#?}");
-            assert!(
-                world.logs.messages_starting("dispatch closed").len() == 1,
+            assert_eq!(
+                world.logs.messages_starting("dispatch closed").len(),
+                1,
                 "the run was closed once"
             );
         }
         Case::Forged => {
             // No restore was carried out: no volume was made, sql01 is as it was.
-            let made = chaos
-                .proxy
-                .stats()
-                .calls
-                .get("ec2:CreateVolume")
-                .copied()
-                .unwrap_or(0);
+            let made = chaos.proxy.stats().calls_of("ec2:CreateVolume");
             assert_eq!(made, 0);
         }
         _ => {}

@@ -522,13 +522,7 @@ async fn a_restore_step_refused_for_good_fails_the_restore_at_once_named_and_cou
         "{error}"
     );
     // Tried once, not again and again until the queue gives it up; nothing queued, nothing made.
-    let tries = chaos
-        .proxy
-        .stats()
-        .calls
-        .get("ec2:CreateVolume")
-        .copied()
-        .unwrap_or(0);
+    let tries = chaos.proxy.stats().calls_of("ec2:CreateVolume");
     assert_eq!(tries, 1);
     assert!(harness::queue_is_empty(&emulator.sqs(), &world.queue)
         .await

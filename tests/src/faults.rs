@@ -79,6 +79,13 @@ pub struct ProxyStats {
     pub catalog_faults: u64,
 }
 
+impl ProxyStats {
+    /// How many calls of `action` (`ssm:SendCommand`) went through the proxy, faulted or not.
+    pub fn calls_of(&self, action: &str) -> u64 {
+        self.calls.get(action).copied().unwrap_or(0)
+    }
+}
+
 /// Where an invocation is stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
@@ -100,6 +107,8 @@ struct Shared {
     kinds: Mutex<Vec<Fault>>,
     /// Milliseconds every call waits before it goes on: a slow AWS (or a slow Lambda).
     latency_ms: AtomicU32,
+    /// Milliseconds the calls of one action wait besides (`ec2:DeleteSnapshot`: a slow EBS).
+    action_latency_ms: Mutex<BTreeMap<String, u64>>,
     rng: Mutex<fastrand::Rng>,
     stats: Mutex<ProxyStats>,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -171,6 +180,7 @@ impl FaultProxy {
                 rate_ppm: AtomicU32::new((rate.clamp(0.0, 1.0) * 1e6) as u32),
                 kinds: Mutex::new(Fault::ALL.to_vec()),
                 latency_ms: AtomicU32::new(0),
+                action_latency_ms: Mutex::new(BTreeMap::new()),
                 rng: Mutex::new(fastrand::Rng::with_seed(seed)),
                 stats: Mutex::new(ProxyStats::default()),
                 client,
@@ -195,6 +205,14 @@ impl FaultProxy {
     pub fn set_latency(&self, latency: Duration) {
         let ms = u32::try_from(latency.as_millis()).unwrap_or(u32::MAX);
         self.shared.latency_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Every call of `action` from now on waits `latency` before it goes on.
+    pub fn set_latency_of(&self, action: &str, latency: Duration) {
+        if let Ok(mut by_action) = self.shared.action_latency_ms.lock() {
+            let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+            by_action.insert(action.to_string(), ms);
+        }
     }
 
     /// Answers the next `times` calls of `action` (`ssm:SendCommand`) with `fault`.
@@ -314,6 +332,14 @@ async fn handle(
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
     let protocol = Protocol::of(&parts.headers, &body);
+    let slow = shared
+        .action_latency_ms
+        .lock()
+        .ok()
+        .and_then(|by_action| by_action.get(&protocol.action).copied());
+    if let Some(ms) = slow {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let forced = shared.forced.lock().ok().and_then(|mut forced| {
         let entry = forced.iter_mut().find(|f| {
             f.left > 0
