@@ -256,21 +256,32 @@ impl Backlog {
     }
 
     /// The runs other than `this_run` with a consistent set that has fewer copies than
-    /// snapshots in one of `regions`, newest first, at most `BACKLOG_RUNS`. Only a hint of
-    /// where to look: each run's copy pass decides from EC2 and the instance's own regions.
-    pub fn runs(&self, this_run: &str, regions: &[String]) -> Vec<String> {
-        let mut missing: Vec<(DateTime<Utc>, &str)> = self
-            .sets
-            .iter()
-            .filter(|((_, run), _)| run != this_run)
-            .filter(|((instance, run), (_, size))| {
-                regions.iter().any(|region| {
-                    let key = (instance.clone(), run.clone(), region.clone());
-                    self.copies.get(&key).copied().unwrap_or(0) < *size
-                })
-            })
-            .map(|((_, run), (taken, _))| (*taken, run.as_str()))
-            .collect();
+    /// snapshots in one of `regions`, newest first, at most `BACKLOG_RUNS`. Only each
+    /// instance's newest `keep` consistent sets count (`COPY_RETAIN_COUNT`): an older one's
+    /// copies are what retention deletes in the copy regions, and copying it again would only
+    /// be deleted again. Only a hint of where to look: each run's copy pass decides from EC2
+    /// and the instance's own regions.
+    pub fn runs(&self, this_run: &str, regions: &[String], keep: usize) -> Vec<String> {
+        let mut by_instance: BTreeMap<&str, Vec<(DateTime<Utc>, &str, usize)>> = BTreeMap::new();
+        for ((instance, run), (taken, size)) in &self.sets {
+            by_instance
+                .entry(instance.as_str())
+                .or_default()
+                .push((*taken, run.as_str(), *size));
+        }
+        let mut missing: Vec<(DateTime<Utc>, &str)> = Vec::new();
+        for (instance, mut sets) in by_instance {
+            sets.sort_by(|a, b| b.cmp(a));
+            for (taken, run, size) in sets.into_iter().take(keep) {
+                let short = regions.iter().any(|region| {
+                    let key = (instance.to_string(), run.to_string(), region.clone());
+                    self.copies.get(&key).copied().unwrap_or(0) < size
+                });
+                if run != this_run && short {
+                    missing.push((taken, run));
+                }
+            }
+        }
         missing.sort_by(|a, b| b.cmp(a));
         let mut runs: Vec<String> = Vec::new();
         for (_, run) in missing {
@@ -474,15 +485,18 @@ mod tests {
         }
         // Not tonight's (the step's own), not a complete one, not a crash-consistent one, not
         // one older than the window; newest first.
-        assert_eq!(backlog.runs("r0", &regions), vec!["r2", "r3"]);
+        assert_eq!(backlog.runs("r0", &regions, 7), vec!["r2", "r3"]);
         // No copy region: nothing to take on.
-        assert!(backlog.runs("r0", &[]).is_empty());
+        assert!(backlog.runs("r0", &[], 7).is_empty());
+        // Only the sets the copy regions keep: with COPY_RETAIN_COUNT=2, i-1's newest two are
+        // tonight's and r1 (whole); r2's copies would be retention's to delete.
+        assert_eq!(backlog.runs("r0", &regions, 2), vec!["r3"]);
         // At most BACKLOG_RUNS, the newest.
         let mut many = Backlog::since(now);
         for day in 0..BACKLOG_DAYS {
             many.add_set(&set("i-1", &format!("d{day}"), day, Verdict::Consistent, 1));
         }
-        let runs = many.runs("tonight", &regions);
+        let runs = many.runs("tonight", &regions, 100);
         assert_eq!(runs.len(), BACKLOG_RUNS.min(BACKLOG_DAYS as usize));
         assert_eq!(runs[0], "d0");
     }

@@ -60,8 +60,15 @@ pub async fn copy_job(
         return Ok(());
     }
     if job.attempt == 0 {
-        // Found once, by the first pass; its successors carry it.
-        job.backlog = backlog_runs(app, &job.run_id, run.started_at).await?;
+        // Found once, by the first pass; its successors carry it. Not found, the run's own
+        // copies go on without it.
+        job.backlog = match backlog_runs(app, &job.run_id, run.started_at).await {
+            Ok(runs) => runs,
+            Err(err) => {
+                warn!(run_id = %job.run_id, error = %err, "earlier runs not looked at for copies left to make: this step copies its own run only");
+                Vec::new()
+            }
+        };
     }
     // Past its deadline the step has no successor: the pass that runs then ends it (copies
     // not final are timed out), and one that keeps failing ends in the dead-letter queue.
@@ -187,7 +194,8 @@ async fn backlog_runs(
         })
         .await?;
     let mut runs = Vec::new();
-    for earlier in backlog.runs(run_id, &app.config.copy_regions) {
+    let keep = usize::try_from(app.config.copy_retain_count).unwrap_or(usize::MAX);
+    for earlier in backlog.runs(run_id, &app.config.copy_regions, keep) {
         let markers = RunMarkerStore::new(&app.aws.catalog, &earlier)
             .read()
             .await?;
