@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::Filter;
 use consistent_snapshot::{Envelope, Job, RetentionJob};
-use harness::{
-    deadline_in, drain_with, seed_bulk, snapshot_tag, Emulator, History, Metrics, World,
-};
+use harness::chaos::{Chaos, ChaosOptions};
+use harness::{seed_bulk, snapshot_tag, Emulator, History, Metrics, World};
 use serde_json::json;
 
 const MANAGED_BY: &str = "vss-test";
@@ -46,9 +45,10 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
     let world = World::start(2).await.expect("world");
     let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
     // 100 servers × 3 volumes × 12 nightly sets; RETAIN_COUNT 6 leaves 6 sets to delete:
-    // 1,800 DeleteSnapshot calls, more than an invocation of 20 s has time for (planning alone,
-    // the catalog read and 3,600 snapshots listed, takes 5 to 10 s of it on the emulator,
-    // depending on the machine's load; the emulator deletes 40 to 60 snapshots a second).
+    // 1,800 DeleteSnapshot calls, more than an invocation of 20 s has time for: each takes at
+    // least 20 ms here (EC2 allows about 5 a second), so a pass deletes at most 750 in the
+    // 15 s before it stops, however idle the machine (the emulator alone deletes 40 to 150 a
+    // second, and an idle machine once did all 1,800 in one pass).
     let ids = seed_bulk(emulator, 100, 100, 2).await.expect("seed");
     let made = emulator
         .seed_history(&History {
@@ -70,7 +70,18 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
         .collect();
     assert_eq!(before.len(), 12);
     let metrics = Metrics::default();
-    let app = metrics.attach(world.app(&[("RETAIN_COUNT", "6")]).expect("app"));
+    let chaos = Chaos::new(
+        emulator,
+        queue,
+        &[("RETAIN_COUNT", "6")],
+        ChaosOptions::calm(1),
+    )
+    .expect("chaos")
+    .with_metrics(&metrics)
+    .with_timeout(Duration::from_secs(20));
+    chaos
+        .proxy
+        .set_latency_of("ec2:DeleteSnapshot", Duration::from_millis(20));
     // The retention of the newest of those nights' runs.
     let newest = before.iter().max().cloned().expect("a run");
     let run_id = newest.as_str();
@@ -89,15 +100,10 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
         .await
         .expect("SendMessage");
 
-    let drained = drain_with(emulator, queue, 10, Duration::from_secs(300), |event| {
-        let app = &app;
-        async move {
-            let deadline = deadline_in(Duration::from_secs(20));
-            Ok(consistent_snapshot::handle_until(app, event, deadline).await?)
-        }
-    })
-    .await
-    .expect("drain");
+    let drained = chaos
+        .drain(10, Duration::from_secs(300))
+        .await
+        .expect("drain");
     assert_eq!(drained.failures, 0, "no pass ran out of time: {drained:?}");
     assert!(
         drained.invocations >= 2,
