@@ -209,6 +209,9 @@ pub const BACKLOG_DAYS: i64 = 7;
 /// How many earlier runs one copy step takes on, newest first.
 pub const BACKLOG_RUNS: usize = 7;
 
+/// A set as the backlog sees it: when it was taken, its run, how many snapshots it has.
+type SetTaken<'a> = (DateTime<Utc>, &'a str, usize);
+
 /// The earlier runs a copy step takes on: a run whose copy step ended with copies not made (a
 /// region at its limit until the deadline, one that refused that night, a function stopped
 /// for a day) would otherwise never be copied, since each step copied only its own run.
@@ -262,7 +265,7 @@ impl Backlog {
     /// be deleted again. Only a hint of where to look: each run's copy pass decides from EC2
     /// and the instance's own regions.
     pub fn runs(&self, this_run: &str, regions: &[String], keep: usize) -> Vec<String> {
-        let mut by_instance: BTreeMap<&str, Vec<(DateTime<Utc>, &str, usize)>> = BTreeMap::new();
+        let mut by_instance: BTreeMap<&str, Vec<SetTaken<'_>>> = BTreeMap::new();
         for ((instance, run), (taken, size)) in &self.sets {
             by_instance
                 .entry(instance.as_str())
