@@ -45,6 +45,25 @@ fn the_corpus_answers_as_recorded() {
     }
 }
 
+#[test]
+fn every_sample_event_of_the_readme_is_accepted() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../events");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir)
+        .expect("events/")
+        .filter_map(Result::ok)
+    {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(entry.path()).expect("event file");
+        let payload: Value = serde_json::from_str(&text).expect("event file is JSON");
+        if let Err(err) = Event::parse(payload) {
+            panic!("events/{name}: refused: {err}");
+        }
+        seen += 1;
+    }
+    assert!(seen >= 13, "the samples lost files: {seen}");
+}
+
 /// Any JSON value, nested a few levels.
 fn any_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
