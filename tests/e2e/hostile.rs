@@ -489,3 +489,67 @@ async fn a_volume_attached_after_dispatch_makes_the_set_incomplete_everywhere() 
     .expect("restore when asked");
     assert_eq!(asked["consistent"], json!(false), "{asked}");
 }
+
+#[tokio::test]
+async fn a_tag_that_would_lower_retention_deletes_nothing_more_without_the_deployments_consent() {
+    let world = World::start(1).await.expect("world");
+    let emulator = &world.emulator;
+    // Anyone who may tag instances sets RetainCount=1 on sql01.
+    let ids = world
+        .seed(&[
+            ServerSpec::windows("sql01", 1).tag("ConsistentSnapshot:RetainCount", "1"),
+            ServerSpec::windows("files01", 1),
+        ])
+        .await
+        .expect("seed");
+    emulator
+        .seed_history(&harness::History {
+            region: HOME.into(),
+            managed_by: "vss-test".into(),
+            instance_ids: ids.clone(),
+            sets: 3,
+            hours_apart: 24.0,
+            newest_hours: 24.0,
+            copy_region: None,
+        })
+        .await
+        .expect("history");
+    let app = world.app(&[("RETAIN_COUNT", "3")]).expect("app");
+    world
+        .nightly(&app, "2026-11-23T00:00:00Z")
+        .await
+        .expect("night 1");
+    // Four sets each; the deployment keeps three, and so does sql01, whatever its tag says.
+    for id in &ids {
+        let sets = harness::sets_of(emulator, HOME, id).await;
+        assert_eq!(sets.len(), 3, "{id}: {sets:?}");
+    }
+    let dry = invoke(&app, json!({"action": "retention", "dry_run": true}))
+        .await
+        .expect("dry run");
+    let reasons: Vec<&str> = dry["plans"][0]["instances"][&ids[0]]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|set| set["reason"].as_str())
+        .collect();
+    assert!(
+        !reasons.is_empty()
+            && reasons
+                .iter()
+                .all(|r| r.contains("RetainCount=1 would lower 3")
+                    && r.contains("ALLOW_LOWER_OVERRIDES")),
+        "{reasons:#?}"
+    );
+
+    // With the deployment's consent, the tag lowers sql01's retention, and only sql01's.
+    let consenting = world
+        .app(&[("RETAIN_COUNT", "3"), ("ALLOW_LOWER_OVERRIDES", "true")])
+        .expect("app");
+    world
+        .nightly(&consenting, "2026-11-24T00:00:00Z")
+        .await
+        .expect("night 2");
+    assert_eq!(harness::sets_of(emulator, HOME, &ids[0]).await.len(), 1);
+    assert_eq!(harness::sets_of(emulator, HOME, &ids[1]).await.len(), 3);
+}

@@ -53,6 +53,9 @@ pub struct Config {
     pub copy_retain_count: u32,
     /// Keep every backup of an instance that was terminated or untagged.
     pub keep_orphaned_backups: bool,
+    /// Whether an instance's `RetainCount`/`RetainDays` tag may lower retention below the
+    /// deployment's (`ALLOW_LOWER_OVERRIDES`); by default a tag may only raise it.
+    pub allow_lower_overrides: bool,
     /// Recovery point objective: an instance whose newest consistent set is older is reported.
     pub rpo_hours: u32,
     /// SNS topic that receives a run's summary when the run needs attention.
@@ -124,6 +127,7 @@ impl Config {
             copy_kms_key_ids: s.keys_by_region("COPY_KMS_KEY_IDS"),
             copy_retain_count: s.number("COPY_RETAIN_COUNT", &retain, 1, 1000),
             keep_orphaned_backups: s.flag("KEEP_ORPHANED_BACKUPS", "true"),
+            allow_lower_overrides: s.flag("ALLOW_LOWER_OVERRIDES", "false"),
             rpo_hours: s.number("RPO_HOURS", "26", 1, 8760),
             notify_topic_arn: Some(s.text("NOTIFY_TOPIC_ARN", "")).filter(|t| !t.is_empty()),
             metrics_namespace: s.text("METRICS_NAMESPACE", "ConsistentSnapshot"),
@@ -336,6 +340,7 @@ mod tests {
             (c.retain_count, c.retain_days, c.copy_retain_count),
             (7, None, 7)
         );
+        assert!(!c.allow_lower_overrides, "a tag may only raise retention");
         assert!(c.copy_regions.is_empty() && c.keep_orphaned_backups);
     }
 

@@ -36,15 +36,28 @@ use crate::model::tags::{
 /// What the planner knows of an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InstanceStanding {
-    /// Tagged and present; its own count and days (overrides already applied).
+    /// Tagged and present; its own count and days (overrides already applied), and why an
+    /// override tag was not applied (it would lower retention without the deployment's consent).
     Live {
         retain_count: u32,
         retain_days: Option<u32>,
+        ignored: Option<String>,
     },
     /// Terminated, not found, or no longer carrying the target tag.
     Orphaned { why: String },
     /// An override tag could not be read: nothing of it is deleted.
     InvalidOverride { why: String },
+}
+
+/// Which of an instance's override tags retention applies in a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overrides {
+    /// None (copy regions keep their own count).
+    Not,
+    /// Those that raise protection; one that would lower it is ignored, and said so.
+    RaiseOnly,
+    /// Any (`ALLOW_LOWER_OVERRIDES`).
+    Any,
 }
 
 /// The deployment-wide policy of one region.
@@ -235,12 +248,13 @@ fn decide_instance(
         }
         _ => None,
     };
-    let (retain_count, retain_days) = match state {
+    let (retain_count, retain_days, ignored) = match state {
         Some(InstanceStanding::Live {
             retain_count,
             retain_days,
-        }) => (*retain_count, *retain_days),
-        _ => (policy.retain_count, policy.retain_days),
+            ignored,
+        }) => (*retain_count, *retain_days, ignored.as_deref()),
+        _ => (policy.retain_count, policy.retain_days, None),
     };
     let newest_consistent = sets
         .iter()
@@ -320,6 +334,10 @@ fn decide_instance(
                 );
             }
         }
+        if let Some(ignored) = ignored {
+            // Said on every set, so that the dry run shows why the tag changed nothing.
+            reason = format!("{reason} ({ignored})");
+        }
         let mut snapshots: Vec<String> = set
             .snapshots
             .iter()
@@ -370,13 +388,15 @@ pub fn hold_locked(plan: &mut RegionPlan, locks: &BTreeMap<String, SnapshotLock>
 
 /// What retention makes of an instance: gone or untagged, an override it cannot read, or live
 /// with its count and days (`count` and `days` are the region's defaults; the instance's
-/// override tags apply where `overrides` is true, that is in the source region).
+/// override tags apply as `overrides` says: in the source region, raising only unless the
+/// deployment consents to lowering). Anyone who may tag an instance may write these tags, so
+/// by default a tag can keep more, never delete more.
 pub fn instance_state(
     facts: Option<&InstanceFacts>,
     target: (&str, &str),
     count: u32,
     days: Option<u32>,
-    overrides: bool,
+    overrides: Overrides,
 ) -> InstanceStanding {
     let Some(facts) = facts else {
         return InstanceStanding::Orphaned {
@@ -396,22 +416,37 @@ pub fn instance_state(
             why: format!("instance no longer tagged {}={}", target.0, target.1),
         };
     }
-    let read = |tag: &str, current: Option<u32>| -> Result<Option<u32>, String> {
-        match facts.tags.get(tag).filter(|_| overrides) {
+    let mut ignored: Vec<String> = Vec::new();
+    let mut read = |tag: &str, current: Option<u32>| -> Result<Option<u32>, String> {
+        match facts.tags.get(tag).filter(|_| overrides != Overrides::Not) {
             None => Ok(current),
             Some(v) => match v.trim().parse::<u32>() {
-                Ok(n) if (1..=36_500).contains(&n) => Ok(Some(n)),
+                Ok(n) if (1..=36_500).contains(&n) => match current {
+                    Some(c) if n < c && overrides == Overrides::RaiseOnly => {
+                        ignored.push(format!("tag {tag}={n} would lower {c}"));
+                        Ok(current)
+                    }
+                    _ => Ok(Some(n)),
+                },
                 _ => Err(format!("tag {tag}={v:?} is not a whole number from 1")),
             },
         }
     };
-    match (
+    let (count, days) = (
         read(TAG_RETAIN_COUNT, Some(count)),
         read(TAG_RETAIN_DAYS, days),
-    ) {
+    );
+    let ignored = (!ignored.is_empty()).then(|| {
+        format!(
+            "{}: ignored, the deployment does not allow lowering (ALLOW_LOWER_OVERRIDES)",
+            ignored.join(", ")
+        )
+    });
+    match (count, days) {
         (Ok(count), Ok(days)) => InstanceStanding::Live {
             retain_count: count.unwrap_or(1),
             retain_days: days,
+            ignored,
         },
         (Err(why), _) | (_, Err(why)) => InstanceStanding::InvalidOverride { why },
     }
@@ -675,6 +710,7 @@ mod tests {
         InstanceStanding::Live {
             retain_count: count,
             retain_days: None,
+            ignored: None,
         }
     }
 
@@ -735,6 +771,7 @@ mod tests {
         let state = InstanceStanding::Live {
             retain_count: 1,
             retain_days: Some(3),
+            ignored: None,
         };
         let plan = plan("r", &snaps, &instances(state), &policy(7, None), t0());
         let kept: Vec<_> = actions(&plan, "i-1")
@@ -864,38 +901,77 @@ mod tests {
             tags: [("ConsistentSnapshot".to_string(), "WindowsVSS".to_string())].into(),
         };
         let target = ("ConsistentSnapshot", "WindowsVSS");
-        assert_eq!(instance_state(Some(&facts), target, 7, None, true), live(7));
+        assert_eq!(
+            instance_state(Some(&facts), target, 7, None, Overrides::Any),
+            live(7)
+        );
         facts.tags.insert(TAG_RETAIN_COUNT.into(), "3".into());
         facts.tags.insert(TAG_RETAIN_DAYS.into(), "30".into());
         assert_eq!(
-            instance_state(Some(&facts), target, 7, None, true),
+            instance_state(Some(&facts), target, 7, None, Overrides::Any),
             InstanceStanding::Live {
                 retain_count: 3,
-                retain_days: Some(30)
+                retain_days: Some(30),
+                ignored: None,
             }
         );
+        // Without the deployment's consent a tag only raises: RetainCount=3 below the
+        // deployment's 7 is ignored and said so; RetainDays=30 over none raises protection.
+        let InstanceStanding::Live {
+            retain_count,
+            retain_days,
+            ignored,
+        } = instance_state(Some(&facts), target, 7, None, Overrides::RaiseOnly)
+        else {
+            panic!("live");
+        };
+        assert_eq!((retain_count, retain_days), (7, Some(30)));
+        let ignored = ignored.unwrap_or_default();
+        assert!(
+            ignored.contains("RetainCount=3 would lower 7")
+                && ignored.contains("ALLOW_LOWER_OVERRIDES"),
+            "{ignored}"
+        );
+        assert_eq!(
+            instance_state(Some(&facts), target, 2, Some(40), Overrides::RaiseOnly),
+            InstanceStanding::Live {
+                retain_count: 3,
+                retain_days: Some(40),
+                ignored: Some(
+                    "tag ConsistentSnapshot:RetainDays=30 would lower 40: ignored, the deployment does not allow lowering (ALLOW_LOWER_OVERRIDES)".into()
+                ),
+            }
+        );
+        // The plan says it on every set, and keeps at least what the deployment keeps (here
+        // all nine: RetainDays=30, which raises protection, applies).
+        let snaps: Vec<SnapshotInfo> = (1..=9).map(|d| snap("i-1", d, true, 0)).collect();
+        let state = instance_state(Some(&facts), target, 7, None, Overrides::RaiseOnly);
+        let planned = plan("r", &snaps, &instances(state), &policy(7, None), t0());
+        let sets = &planned.instances["i-1"];
+        assert_eq!(sets.iter().filter(|d| d.action == Action::Keep).count(), 9);
+        assert!(sets.iter().all(|d| d.reason.contains("would lower 7")));
         // Copy regions keep their own count.
         assert_eq!(
-            instance_state(Some(&facts), target, 4, None, false),
+            instance_state(Some(&facts), target, 4, None, Overrides::Not),
             live(4)
         );
         facts.tags.insert(TAG_RETAIN_COUNT.into(), "lots".into());
         assert!(matches!(
-            instance_state(Some(&facts), target, 7, None, true),
+            instance_state(Some(&facts), target, 7, None, Overrides::Any),
             InstanceStanding::InvalidOverride { ref why } if why.contains("lots")
         ));
         facts.tags.remove("ConsistentSnapshot");
         assert!(matches!(
-            instance_state(Some(&facts), target, 7, None, true),
+            instance_state(Some(&facts), target, 7, None, Overrides::Any),
             InstanceStanding::Orphaned { ref why } if why.contains("no longer tagged")
         ));
         facts.state = "terminated".into();
         assert!(matches!(
-            instance_state(Some(&facts), target, 7, None, true),
+            instance_state(Some(&facts), target, 7, None, Overrides::Any),
             InstanceStanding::Orphaned { ref why } if why.contains("terminated")
         ));
         assert!(matches!(
-            instance_state(None, target, 7, None, true),
+            instance_state(None, target, 7, None, Overrides::Any),
             InstanceStanding::Orphaned { .. }
         ));
     }
@@ -960,6 +1036,7 @@ mod tests {
                             _ => InstanceStanding::Live {
                                 retain_count: count,
                                 retain_days: days,
+                                ignored: None,
                             },
                         };
                         Some((format!("i-{i}"), state))

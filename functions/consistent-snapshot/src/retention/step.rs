@@ -22,8 +22,8 @@ use crate::model::state::SnapshotState;
 use crate::model::stop_time;
 use crate::model::tags::{TAG_INSTANCE_ID, TAG_SOURCE_SNAPSHOT};
 use crate::retention::plan::{
-    hold_locked, instance_state, next_pass, plan, region_policy, Action, Held, RegionPlan,
-    RetentionOutcome, ANSWER_SETS, LOG_LINE_SETS,
+    hold_locked, instance_state, next_pass, plan, region_policy, Action, Held, Overrides,
+    RegionPlan, RetentionOutcome, ANSWER_SETS, LOG_LINE_SETS,
 };
 use crate::run::plan::summary::MAX_FOREIGN;
 
@@ -177,12 +177,17 @@ pub async fn plan_retention(app: &App) -> Result<(Vec<RegionPlan>, Vec<String>),
         let instances = ids
             .iter()
             .map(|id| {
+                let overrides = match (home, app.config.allow_lower_overrides) {
+                    (false, _) => Overrides::Not,
+                    (true, false) => Overrides::RaiseOnly,
+                    (true, true) => Overrides::Any,
+                };
                 let state = instance_state(
                     facts.get(id),
                     target,
                     policy.retain_count,
                     policy.retain_days,
-                    home,
+                    overrides,
                 );
                 (id.clone(), state)
             })
