@@ -552,4 +552,16 @@ async fn a_tag_that_would_lower_retention_deletes_nothing_more_without_the_deplo
         .expect("night 2");
     assert_eq!(harness::sets_of(emulator, HOME, &ids[0]).await.len(), 1);
     assert_eq!(harness::sets_of(emulator, HOME, &ids[1]).await.len(), 3);
+    // And the lowering is said, in the plan an operator reads.
+    let dry = invoke(&consenting, json!({"action": "retention", "dry_run": true}))
+        .await
+        .expect("dry run");
+    let reason = dry["plans"][0]["instances"][&ids[0]][0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("RetainCount=1 lowers 3") && reason.contains("ALLOW_LOWER_OVERRIDES=true"),
+        "{reason}"
+    );
 }

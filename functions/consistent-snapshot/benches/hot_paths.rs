@@ -67,7 +67,7 @@ fn retention_plan(c: &mut Criterion) {
                 InstanceStanding::Live {
                     retain_count: 7,
                     retain_days: None,
-                    ignored: None,
+                    lowering: None,
                 },
             )
         })

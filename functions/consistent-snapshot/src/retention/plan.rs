@@ -36,12 +36,13 @@ use crate::model::tags::{
 /// What the planner knows of an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InstanceStanding {
-    /// Tagged and present; its own count and days (overrides already applied), and why an
-    /// override tag was not applied (it would lower retention without the deployment's consent).
+    /// Tagged and present; its own count and days (overrides already applied), and what an
+    /// override tag that lowers retention did: ignored without the deployment's consent,
+    /// applied with it; either way said on every set of the plan.
     Live {
         retain_count: u32,
         retain_days: Option<u32>,
-        ignored: Option<String>,
+        lowering: Option<String>,
     },
     /// Terminated, not found, or no longer carrying the target tag.
     Orphaned { why: String },
@@ -248,12 +249,12 @@ fn decide_instance(
         }
         _ => None,
     };
-    let (retain_count, retain_days, ignored) = match state {
+    let (retain_count, retain_days, lowering) = match state {
         Some(InstanceStanding::Live {
             retain_count,
             retain_days,
-            ignored,
-        }) => (*retain_count, *retain_days, ignored.as_deref()),
+            lowering,
+        }) => (*retain_count, *retain_days, lowering.as_deref()),
         _ => (policy.retain_count, policy.retain_days, None),
     };
     let newest_consistent = sets
@@ -334,9 +335,9 @@ fn decide_instance(
                 );
             }
         }
-        if let Some(ignored) = ignored {
-            // Said on every set, so that the dry run shows why the tag changed nothing.
-            reason = format!("{reason} ({ignored})");
+        if let Some(lowering) = lowering {
+            // Said on every set, so that the plan and the dry run show what the tag did.
+            reason = format!("{reason} ({lowering})");
         }
         let mut snapshots: Vec<String> = set
             .snapshots
@@ -416,15 +417,19 @@ pub fn instance_state(
             why: format!("instance no longer tagged {}={}", target.0, target.1),
         };
     }
-    let mut ignored: Vec<String> = Vec::new();
+    let mut lowered: Vec<String> = Vec::new();
     let mut read = |tag: &str, current: Option<u32>| -> Result<Option<u32>, String> {
         match facts.tags.get(tag).filter(|_| overrides != Overrides::Not) {
             None => Ok(current),
             Some(v) => match v.trim().parse::<u32>() {
                 Ok(n) if (1..=36_500).contains(&n) => match current {
                     Some(c) if n < c && overrides == Overrides::RaiseOnly => {
-                        ignored.push(format!("tag {tag}={n} would lower {c}"));
+                        lowered.push(format!("tag {tag}={n} would lower {c}"));
                         Ok(current)
+                    }
+                    Some(c) if n < c => {
+                        lowered.push(format!("tag {tag}={n} lowers {c}"));
+                        Ok(Some(n))
                     }
                     _ => Ok(Some(n)),
                 },
@@ -436,17 +441,21 @@ pub fn instance_state(
         read(TAG_RETAIN_COUNT, Some(count)),
         read(TAG_RETAIN_DAYS, days),
     );
-    let ignored = (!ignored.is_empty()).then(|| {
-        format!(
+    let lowering = (!lowered.is_empty()).then(|| match overrides {
+        Overrides::Any => format!(
+            "{}: the deployment allows lowering (ALLOW_LOWER_OVERRIDES=true)",
+            lowered.join(", ")
+        ),
+        _ => format!(
             "{}: ignored, the deployment does not allow lowering (ALLOW_LOWER_OVERRIDES)",
-            ignored.join(", ")
-        )
+            lowered.join(", ")
+        ),
     });
     match (count, days) {
         (Ok(count), Ok(days)) => InstanceStanding::Live {
             retain_count: count.unwrap_or(1),
             retain_days: days,
-            ignored,
+            lowering,
         },
         (Err(why), _) | (_, Err(why)) => InstanceStanding::InvalidOverride { why },
     }
@@ -710,7 +719,7 @@ mod tests {
         InstanceStanding::Live {
             retain_count: count,
             retain_days: None,
-            ignored: None,
+            lowering: None,
         }
     }
 
@@ -771,7 +780,7 @@ mod tests {
         let state = InstanceStanding::Live {
             retain_count: 1,
             retain_days: Some(3),
-            ignored: None,
+            lowering: None,
         };
         let plan = plan("r", &snaps, &instances(state), &policy(7, None), t0());
         let kept: Vec<_> = actions(&plan, "i-1")
@@ -912,7 +921,9 @@ mod tests {
             InstanceStanding::Live {
                 retain_count: 3,
                 retain_days: Some(30),
-                ignored: None,
+                lowering: Some(
+                    "tag ConsistentSnapshot:RetainCount=3 lowers 7: the deployment allows lowering (ALLOW_LOWER_OVERRIDES=true)".into()
+                ),
             }
         );
         // Without the deployment's consent a tag only raises: RetainCount=3 below the
@@ -920,24 +931,24 @@ mod tests {
         let InstanceStanding::Live {
             retain_count,
             retain_days,
-            ignored,
+            lowering,
         } = instance_state(Some(&facts), target, 7, None, Overrides::RaiseOnly)
         else {
             panic!("live");
         };
         assert_eq!((retain_count, retain_days), (7, Some(30)));
-        let ignored = ignored.unwrap_or_default();
+        let lowering = lowering.unwrap_or_default();
         assert!(
-            ignored.contains("RetainCount=3 would lower 7")
-                && ignored.contains("ALLOW_LOWER_OVERRIDES"),
-            "{ignored}"
+            lowering.contains("RetainCount=3 would lower 7")
+                && lowering.contains("ALLOW_LOWER_OVERRIDES"),
+            "{lowering}"
         );
         assert_eq!(
             instance_state(Some(&facts), target, 2, Some(40), Overrides::RaiseOnly),
             InstanceStanding::Live {
                 retain_count: 3,
                 retain_days: Some(40),
-                ignored: Some(
+                lowering: Some(
                     "tag ConsistentSnapshot:RetainDays=30 would lower 40: ignored, the deployment does not allow lowering (ALLOW_LOWER_OVERRIDES)".into()
                 ),
             }
@@ -1036,7 +1047,7 @@ mod tests {
                             _ => InstanceStanding::Live {
                                 retain_count: count,
                                 retain_days: days,
-                                ignored: None,
+                                lowering: None,
                             },
                         };
                         Some((format!("i-{i}"), state))
