@@ -174,14 +174,14 @@ pub async fn plan_retention(app: &App) -> Result<(Vec<RegionPlan>, Vec<String>),
     for (region, snapshots) in per_region {
         let home = region == app.config.region;
         let policy = region_policy(&app.config, home);
+        let overrides = match (home, app.config.allow_lower_overrides) {
+            (false, _) => Overrides::Not,
+            (true, false) => Overrides::RaiseOnly,
+            (true, true) => Overrides::Any,
+        };
         let instances = ids
             .iter()
             .map(|id| {
-                let overrides = match (home, app.config.allow_lower_overrides) {
-                    (false, _) => Overrides::Not,
-                    (true, false) => Overrides::RaiseOnly,
-                    (true, true) => Overrides::Any,
-                };
                 let state = instance_state(
                     facts.get(id),
                     target,
