@@ -95,6 +95,12 @@ fn run_pk(run_id: &str) -> String {
     format!("run#{run_id}")
 }
 
+/// One item as a BatchWriteItem put.
+fn put_request(item: HashMap<String, AttributeValue>) -> Option<WriteRequest> {
+    let put = PutRequest::builder().set_item(Some(item)).build().ok()?;
+    Some(WriteRequest::builder().put_request(put).build())
+}
+
 /// A finished run's full record: its summary, page by page.
 fn record_pk(run_id: &str) -> String {
     format!("record#{run_id}")
@@ -286,15 +292,13 @@ impl Catalog {
         let requests = entries
             .iter()
             .filter_map(|entry| {
-                let item = item(
+                put_request(item(
                     run_pk(&entry.run_id),
                     format!("instance#{}", entry.instance_id),
                     MANIFEST,
                     entry,
                     Some(expiry(now)),
-                );
-                let put = PutRequest::builder().set_item(Some(item)).build().ok()?;
-                Some(WriteRequest::builder().put_request(put).build())
+                ))
             })
             .collect();
         self.batch(requests, "run manifest").await
@@ -329,15 +333,13 @@ impl Catalog {
             .iter()
             .enumerate()
             .filter_map(|(n, page)| {
-                let item = item(
+                put_request(item(
                     record_pk(run_id),
                     format!("page#{n:05}"),
                     RECORD,
                     page,
                     Some(expiry(now)),
-                );
-                let put = PutRequest::builder().set_item(Some(item)).build().ok()?;
-                Some(WriteRequest::builder().put_request(put).build())
+                ))
             })
             .collect();
         self.batch(requests, &format!("record of run {run_id}"))
@@ -724,12 +726,7 @@ impl Catalog {
                     .iter()
                     .map(|c| item(set_pk(&c.instance_id), copy_sk(c), COPY, c, None)),
             );
-        let requests = items
-            .filter_map(|item| {
-                let put = PutRequest::builder().set_item(Some(item)).build().ok()?;
-                Some(WriteRequest::builder().put_request(put).build())
-            })
-            .collect();
+        let requests = items.filter_map(put_request).collect();
         self.batch(requests, "sets").await
     }
 
