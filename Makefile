@@ -38,7 +38,7 @@ unit-test:
 
 # The one end-to-end test binary (tests/e2e/); `make e2e-test ONLY=chaos` runs one module.
 e2e-test: setup
-	cargo test -p harness --test e2e -- $(ONLY) --show-output
+	cargo test --workspace --test e2e -- $(ONLY) --show-output
 
 # --show-output: the chaos test's fault-free/chaos comparison table shows in CI logs too.
 test: setup
