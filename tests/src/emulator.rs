@@ -407,6 +407,7 @@ impl Emulator {
                 consistent: true,
                 imported: false,
                 set_size: 0,
+                seen_final: None,
             }));
         }
         let catalog = self.catalog();

@@ -31,10 +31,12 @@ use tracing::{info, warn};
 use crate::aws::{aws, code_of, each_page, SdkConfig};
 use crate::error::Error;
 use crate::jobs::{RestoreJob, RunJob};
-use crate::model::catalog::{CatalogIndex, CopyRecord, InstanceReport, ManifestEntry, SetRecord};
+use crate::model::catalog::{
+    CatalogIndex, CopyRecord, CopyTargets, InstanceReport, ManifestEntry, SetRecord,
+};
 use crate::model::markers::{
     parse_markers, to_release, MarkerValue, RunMarkers, ABANDONED, COPIED, COPY_LEASE, COPY_PASS,
-    DISPATCHED, DISPATCH_ERROR, KEEP_RUN_DAYS, LEASE, REPORTED, RETAINED, RUN_LOOK,
+    COPY_UNSURE, DISPATCHED, DISPATCH_ERROR, KEEP_RUN_DAYS, LEASE, REPORTED, RETAINED, RUN_LOOK,
 };
 
 const PK: &str = "pk";
@@ -51,6 +53,7 @@ const SET: &str = "set";
 const COPY: &str = "copy";
 const RUN_SET: &str = "run-set";
 const RUN_COPY: &str = "run-copy";
+const RUN_TARGETS: &str = "run-copy-targets";
 const MANIFEST: &str = "manifest";
 const REPORT: &str = "report";
 const RECORD: &str = "run-record";
@@ -78,6 +81,15 @@ pub struct RunView {
     pub reports: Vec<InstanceReport>,
     pub sets: Vec<SetRecord>,
     pub copies: Vec<CopyRecord>,
+}
+
+/// What a run's copy step reads of its run: the sets, the copies made of them (with the
+/// final states its passes saw) and where each instance's sets go, once decided.
+#[derive(Debug, Clone, Default)]
+pub struct CopyView {
+    pub sets: Vec<SetRecord>,
+    pub copies: Vec<CopyRecord>,
+    pub targets: Vec<CopyTargets>,
 }
 
 /// The catalog table and its client.
@@ -617,6 +629,73 @@ impl Catalog {
         })
     }
 
+    /// What the run's copy step reads (`CopyView`): three queries of the run's partition by
+    /// prefix, leaving out its manifest, reports and markers.
+    pub async fn copy_view(&self, run_id: &str) -> Result<CopyView, Error> {
+        let what = format!("copies of run {run_id}");
+        let mut items = self.query(run_pk(run_id), "set#", &what).await?;
+        items.extend(self.query(run_pk(run_id), "copy#", &what).await?);
+        let (sets, copies) = split_records(&items, (RUN_SET, RUN_COPY));
+        let targets = self
+            .query(run_pk(run_id), "targets#", &what)
+            .await?
+            .iter()
+            .filter(|i| {
+                i.get(KIND).and_then(|k| k.as_s().ok()).map(String::as_str) == Some(RUN_TARGETS)
+            })
+            .filter_map(body_of)
+            .collect();
+        Ok(CopyView {
+            sets,
+            copies,
+            targets,
+        })
+    }
+
+    /// Records where instances' sets of a run are copied (`CopyTargets`), 25 a call.
+    pub async fn record_copy_targets(
+        &self,
+        run_id: &str,
+        targets: &[CopyTargets],
+    ) -> Result<(), Error> {
+        let expires = expiry(Utc::now());
+        let requests = targets
+            .iter()
+            .map(|t| {
+                item(
+                    run_pk(run_id),
+                    format!("targets#{}", t.instance_id),
+                    RUN_TARGETS,
+                    t,
+                    Some(expires.clone()),
+                )
+            })
+            .filter_map(put_request)
+            .collect();
+        self.batch(requests, &format!("copy regions of run {run_id}"))
+            .await
+    }
+
+    /// Rewrites the run's view of copies whose final state a copy pass saw (`seen_final`),
+    /// 25 a call.
+    pub async fn record_copy_states(&self, copies: &[CopyRecord]) -> Result<(), Error> {
+        let expires = expiry(Utc::now());
+        let requests = copies
+            .iter()
+            .map(|c| {
+                item(
+                    run_pk(&c.run_id),
+                    copy_sk(c),
+                    RUN_COPY,
+                    c,
+                    Some(expires.clone()),
+                )
+            })
+            .filter_map(put_request)
+            .collect();
+        self.batch(requests, "states of copies").await
+    }
+
     /// Records what an instance's tracking message saw when its invocation was final, unless
     /// a report of it is recorded already (a duplicate delivery); answers whether it was new.
     pub async fn record_report(&self, report: &InstanceReport) -> Result<bool, Error> {
@@ -876,6 +955,16 @@ impl<'a> RunMarkerStore<'a> {
             message_id
         };
         self.create_as(leaf, None, token).await
+    }
+
+    /// Says that a copy pass is about to start copies (see `COPY_UNSURE`).
+    pub async fn mark_copy_unsure(&self) -> Result<(), Error> {
+        self.create(COPY_UNSURE, None).await.map(|_| ())
+    }
+
+    /// Says that every copy started so far is recorded.
+    pub async fn clear_copy_unsure(&self) -> Result<(), Error> {
+        self.delete(&[COPY_UNSURE.to_string()]).await
     }
 
     /// Marks every copy of the run final; answers whether this invocation was the first to.

@@ -7,13 +7,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::model::catalog::{CopyRecord, SetRecord};
+use crate::model::catalog::{CopyRecord, SeenFinal, SetRecord};
 use crate::model::ids::parse_regions;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::SnapshotState;
 use crate::model::tags::{
-    cut_chars, DESCRIPTION_MAX_CHARS, TAG_COPY_REGIONS, TAG_INSTANCE_ID, TAG_NAME, TAG_RUN_ID,
-    TAG_SOURCE_REGION, TAG_SOURCE_SNAPSHOT,
+    cut_chars, DESCRIPTION_MAX_CHARS, TAG_COPY_REGIONS, TAG_NAME, TAG_RUN_ID, TAG_SOURCE_REGION,
+    TAG_SOURCE_SNAPSHOT,
 };
 
 /// A copy already in a destination region.
@@ -299,10 +299,74 @@ impl Backlog {
     }
 }
 
+/// A snapshot of a recorded set, as the copy step plans from the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub snapshot_id: String,
+    pub instance_id: String,
+    /// Its state when EC2 was asked; `None` until it is (it is asked right before its copy
+    /// starts, so a pass describes only the snapshots it copies).
+    pub state: Option<SnapshotState>,
+}
+
+/// The snapshots of a run's recorded sets, set by set (so that a set's copies start
+/// together, and a region's limit leaves as few sets partial as it can).
+pub fn sources_of(sets: &[SetRecord]) -> Vec<Source> {
+    let mut sets: Vec<&SetRecord> = sets.iter().collect();
+    sets.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    sets.iter()
+        .flat_map(|set| {
+            set.snapshots.iter().map(|r| Source {
+                snapshot_id: r.snapshot_id.clone(),
+                instance_id: set.instance_id.clone(),
+                state: None,
+            })
+        })
+        .collect()
+}
+
+/// The copies whose final state the catalog records (`CopyRecord::seen_final`): a pass
+/// takes them as they were seen, and describes only the others.
+pub fn seen_copies(recorded: &[&CopyRecord]) -> Vec<ExistingCopy> {
+    recorded
+        .iter()
+        .filter_map(|c| {
+            let seen = c.seen_final.as_ref()?;
+            Some(ExistingCopy {
+                source_snapshot_id: c.source_snapshot_id.clone(),
+                snapshot_id: c.snapshot_id.clone(),
+                state: seen.state.clone(),
+                state_message: seen.message.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The records of copies that EC2 now reports final (completed, or in error) and whose
+/// record does not say so yet, with the state seen.
+pub fn newly_final(recorded: &[&CopyRecord], found: &[SnapshotFacts]) -> Vec<CopyRecord> {
+    found
+        .iter()
+        .filter(|f| matches!(f.state, SnapshotState::Completed | SnapshotState::Error))
+        .filter_map(|f| {
+            let record = recorded.iter().find(|c| c.snapshot_id == f.snapshot_id)?;
+            let seen = SeenFinal {
+                state: f.state.clone(),
+                message: f.state_message.clone(),
+            };
+            (record.seen_final.as_ref() != Some(&seen)).then(|| CopyRecord {
+                seen_final: Some(seen),
+                ..(*record).clone()
+            })
+        })
+        .collect()
+}
+
 /// Decides which copies to start. `sources` are the run's snapshots with the regions their
-/// instance's sets go to (or why that cannot be read); only `completed` ones are copied.
+/// instance's sets go to (or why that cannot be read); only `completed` ones are copied (one
+/// whose state is not known yet is planned, and checked before its copy starts).
 pub fn plan_copies(
-    sources: &[(SnapshotFacts, Result<Vec<String>, String>)],
+    sources: &[(Source, Result<Vec<String>, String>)],
     existing: &BTreeMap<String, Vec<ExistingCopy>>,
 ) -> CopyPlan {
     let mut plan = CopyPlan::default();
@@ -311,12 +375,7 @@ pub fn plan_copies(
         let regions = match regions {
             Ok(regions) => regions,
             Err(why) => {
-                let instance = source
-                    .tags
-                    .get(TAG_INSTANCE_ID)
-                    .cloned()
-                    .unwrap_or_default();
-                invalid.insert(format!("{instance}: {why}"));
+                invalid.insert(format!("{}: {why}", source.instance_id));
                 continue;
             }
         };
@@ -326,19 +385,19 @@ pub fn plan_copies(
                     .iter()
                     .find(|c| c.source_snapshot_id == source.snapshot_id)
             });
-            match copy {
-                None if source.state == SnapshotState::Completed => plan
+            match (copy, &source.state) {
+                (None, None | Some(SnapshotState::Completed)) => plan
                     .to_start
                     .push((region.clone(), source.snapshot_id.clone())),
                 // Not completed yet: copied once it is; a failed snapshot is not copied.
-                None if source.state == SnapshotState::Pending => {
+                (None, Some(SnapshotState::Pending)) => {
                     *plan.pending.entry(region.clone()).or_default() += 1
                 }
-                None => {}
-                Some(c) if c.state == SnapshotState::Completed => {
+                (None, Some(_)) => {}
+                (Some(c), _) if c.state == SnapshotState::Completed => {
                     *plan.completed.entry(region.clone()).or_default() += 1
                 }
-                Some(c) if c.state == SnapshotState::Error => {
+                (Some(c), _) if c.state == SnapshotState::Error => {
                     plan.failed.push(match &c.state_message {
                         Some(why) => format!(
                             "{region}/{} (copy of {}): {why}",
@@ -350,7 +409,7 @@ pub fn plan_copies(
                         ),
                     })
                 }
-                Some(_) => *plan.pending.entry(region.clone()).or_default() += 1,
+                (Some(_), _) => *plan.pending.entry(region.clone()).or_default() += 1,
             }
         }
     }
@@ -411,7 +470,17 @@ pub fn copy_description(source: &SnapshotFacts, home: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::catalog::{RecordedSnapshot, Verdict};
+    use crate::model::catalog::{CopyTargets, RecordedSnapshot, Verdict};
+    use crate::model::tags::TAG_INSTANCE_ID;
+
+    /// A set's snapshot as planned, in this state (`""` for not described yet).
+    fn planned(id: &str, state: &str) -> Source {
+        Source {
+            snapshot_id: id.into(),
+            instance_id: "i-1".into(),
+            state: (!state.is_empty()).then(|| state.into()),
+        }
+    }
 
     fn source(id: &str, state: &str) -> SnapshotFacts {
         SnapshotFacts {
@@ -460,6 +529,7 @@ mod tests {
                 consistent: true,
                 imported: false,
                 set_size: set.snapshots.len() as u32,
+                seen_final: None,
             })
             .collect()
     }
@@ -547,12 +617,85 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_plans_from_the_catalog_set_by_set_and_describes_only_what_is_not_seen_final() {
+        // Sources come set by set, whatever order the catalog answers in.
+        let sets = vec![
+            set("i-b", "r1", 0, Verdict::Consistent, 2),
+            set("i-a", "r1", 0, Verdict::Consistent, 2),
+        ];
+        let order: Vec<(String, String)> = sources_of(&sets)
+            .into_iter()
+            .map(|s| (s.instance_id, s.snapshot_id))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                ("i-a".to_string(), "snap-i-a-r1-0".to_string()),
+                ("i-a".to_string(), "snap-i-a-r1-1".to_string()),
+                ("i-b".to_string(), "snap-i-b-r1-0".to_string()),
+                ("i-b".to_string(), "snap-i-b-r1-1".to_string()),
+            ]
+        );
+        // A source not described yet is planned (checked before its copy starts).
+        let regions = Ok(vec!["eu-west-1".to_string()]);
+        let plan = plan_copies(&[(planned("snap-a", ""), regions)], &BTreeMap::new());
+        assert_eq!(
+            plan.to_start,
+            vec![("eu-west-1".to_string(), "snap-a".to_string())]
+        );
+        // A copy seen completed is taken as seen; one EC2 now reports final is recorded so,
+        // once; one still pending is not.
+        let mut records = copied(&sets[1], "eu-west-1", 2);
+        records[0].seen_final = Some(SeenFinal {
+            state: "completed".into(),
+            message: None,
+        });
+        let refs: Vec<&CopyRecord> = records.iter().collect();
+        let seen = seen_copies(&refs);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].snapshot_id, "copy-0");
+        assert_eq!(seen[0].state, SnapshotState::Completed);
+        let described = |id: &str, state: &str| SnapshotFacts {
+            snapshot_id: id.into(),
+            state: state.into(),
+            state_message: (state == "error").then(|| "Given key ID is not accessible".into()),
+            ..Default::default()
+        };
+        let now = newly_final(
+            &refs,
+            &[
+                described("copy-0", "completed"),
+                described("copy-1", "pending"),
+            ],
+        );
+        assert!(now.is_empty(), "{now:?}");
+        let now = newly_final(&refs, &[described("copy-1", "error")]);
+        assert_eq!(now.len(), 1);
+        assert_eq!(now[0].snapshot_id, "copy-1");
+        assert_eq!(
+            now[0].seen_final,
+            Some(SeenFinal {
+                state: SnapshotState::Error,
+                message: Some("Given key ID is not accessible".into())
+            })
+        );
+        // Regions decided once read back as decided, a refused tag with its reason.
+        let refused = CopyTargets::new("i-a", Err("tag CopyRegions=mars".into()));
+        assert_eq!(refused.regions(), Err("tag CopyRegions=mars".to_string()));
+        let to = CopyTargets::new("i-a", Ok(vec!["eu-west-1".into()]));
+        let back: CopyTargets =
+            serde_json::from_str(&serde_json::to_string(&to).unwrap_or_default())
+                .unwrap_or(refused);
+        assert_eq!(back.regions(), Ok(vec!["eu-west-1".to_string()]));
+    }
+
+    #[test]
     fn copies_start_once_per_region_and_only_from_completed_snapshots() {
         let regions = Ok(vec!["eu-west-1".to_string(), "us-west-2".to_string()]);
         let sources = vec![
-            (source("snap-a", "completed"), regions.clone()),
-            (source("snap-b", "completed"), regions.clone()),
-            (source("snap-c", "pending"), regions),
+            (planned("snap-a", "completed"), regions.clone()),
+            (planned("snap-b", "completed"), regions.clone()),
+            (planned("snap-c", "pending"), regions),
         ];
         let existing: BTreeMap<String, Vec<ExistingCopy>> = [
             (
@@ -580,7 +723,7 @@ mod tests {
         let existing: BTreeMap<String, Vec<ExistingCopy>> =
             [("eu-west-1".to_string(), vec![copy("snap-a", "completed")])].into();
         let plan = plan_copies(
-            &[(source("snap-a", "completed"), Ok(vec!["eu-west-1".into()]))],
+            &[(planned("snap-a", "completed"), Ok(vec!["eu-west-1".into()]))],
             &existing,
         );
         assert!(plan.is_final() && plan.to_start.is_empty());
@@ -590,8 +733,8 @@ mod tests {
     fn a_region_refused_for_good_fails_its_copies_and_one_not_answering_holds_them() {
         let both = || Ok(vec!["eu-west-1".to_string(), "us-west-2".to_string()]);
         let sources = vec![
-            (source("snap-a", "completed"), both()),
-            (source("snap-b", "completed"), both()),
+            (planned("snap-a", "completed"), both()),
+            (planned("snap-b", "completed"), both()),
         ];
         let plan = plan_copies(&sources, &BTreeMap::new());
         assert_eq!(plan.to_start.len(), 4);
@@ -671,7 +814,7 @@ mod tests {
         tags.insert(TAG_COPY_REGIONS.to_string(), "mars".into());
         let bad = copy_regions_of(&tags, &configured, &allowed, "us-east-1");
         assert!(bad.as_ref().is_err_and(|e| e.contains("mars")));
-        let plan = plan_copies(&[(source("snap-a", "completed"), bad)], &BTreeMap::new());
+        let plan = plan_copies(&[(planned("snap-a", "completed"), bad)], &BTreeMap::new());
         assert!(plan.to_start.is_empty());
         assert_eq!(plan.invalid.len(), 1);
     }
@@ -713,6 +856,7 @@ mod tests {
             consistent: true,
             imported: false,
             set_size: 1,
+            seen_final: None,
         };
         // A copy whose answer was lost has the function's own description; a look-alike
         // tagged by hand has another one (descriptions are set at creation only).

@@ -1,35 +1,43 @@
 //! Copies of a run's finished snapshot sets in other regions, for disaster recovery.
 //!
-//! `copy::plan::plan_copies` decides, from the run's recorded sets (confirmed against EC2), each instance's copy regions and
-//! the copies already in each region, which copies to start and how far the others are. The
-//! copy step runs under a lease of its own (`run::plan::claim`), so two deliveries of the run's
-//! message never copy the same snapshot twice, and it checks each destination first.
-//! `ResourceLimitExceeded` (too many copies in flight into a region) and throttling are
-//! back-pressure: the step stops starting copies there and looks again later through the
-//! queue. A copy whose CopySnapshot got no answer, or a 5xx, is checked in the destination by
-//! the next pass; the others go on, up to `UNCONFIRMED_PER_PASS` such copies a region.
+//! `copy::plan::plan_copies` decides, from the run's recorded sets, where each instance's sets
+//! go (decided once and recorded, `CopyTargets`) and the copies already in each region, which
+//! copies to start and how far the others are. The copy step runs under a lease of its own
+//! (`run::plan::claim`), so two deliveries of the run's message never copy the same snapshot
+//! twice. A pass reads the run from the catalog and describes only what is still on its way:
+//! the copies not yet seen final (their final state is then recorded) and, right before their
+//! copies start, the sources it copies. When every copy looks final, a closing look describes
+//! them all once before the step ends. A pass that may leave a copy unrecorded (stopped
+//! half-way, a CopySnapshot with no answer or a 5xx) leaves the `copy-unsure` marker: the next
+//! looks for such copies in the destinations by the run's tag, and records them rather than
+//! making them twice. `ResourceLimitExceeded` (too many copies in flight into a region) and
+//! throttling are back-pressure: the step stops starting copies there and looks again later
+//! through the queue; up to `UNCONFIRMED_PER_PASS` unconfirmed copies a region, the others go
+//! on.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use tracing::{info, warn};
 
 use crate::app::{dispatched_run, emit_metrics, enqueue, requeue, App};
-use crate::aws::catalog::RunMarkerStore;
+use crate::aws::catalog::{CopyView, RunMarkerStore};
 use crate::aws::instances;
 use crate::aws::snapshots::{self, CopyRequest};
 use crate::copy::plan::{
-    copy_description, copy_regions_of, copy_tags, existing_copies, lost_answer_copies, plan_copies,
-    Backlog, CopyPlan, CopySummary, ExistingCopy, RegionFault, BACKLOG_RUNS,
+    copy_description, copy_regions_of, copy_tags, existing_copies, lost_answer_copies, newly_final,
+    plan_copies, seen_copies, sources_of, Backlog, CopyPlan, CopySummary, ExistingCopy,
+    RegionFault, Source, BACKLOG_RUNS,
 };
 use crate::error::Error;
 use crate::jobs::{CopyJob, Envelope, Job, RetentionJob};
-use crate::model::catalog::{admit, CatalogIndex, CopyRecord};
+use crate::model::catalog::{admit, CatalogIndex, CopyRecord, CopyTargets};
 use crate::model::pace::Pace;
 use crate::model::snapshot::SnapshotFacts;
+use crate::model::state::SnapshotState;
 use crate::model::stop_time;
-use crate::model::tags::TAG_INSTANCE_ID;
+use crate::model::tags::{TAG_INSTANCE_ID, TAG_SOURCE_SNAPSHOT};
 use crate::run::plan::claim::{decide_copy, CopyClaim};
 
 /// Unconfirmed copies (no answer, a 5xx) after which a pass starts no more copies in a region.
@@ -83,10 +91,26 @@ pub async fn copy_job(
     if !store.take_copy_lease(epoch, lease_until).await? {
         return Ok(());
     }
-    let pass = copy_runs(app, &job, stop_time(Utc::now(), deadline)).await;
+    let stop_at = stop_time(Utc::now(), deadline);
+    let pass = async {
+        // Read under the lease: did the pass before end without saying that every copy it
+        // started is recorded? Then this one looks for such copies first. And should this
+        // one stop half-way, the next looks for its own.
+        let lost_answers = store.read().await?.copy_unsure;
+        store.mark_copy_unsure().await?;
+        copy_runs(app, &job, stop_at, lost_answers).await
+    }
+    .await;
+    // Cleared under the lease, so that it never clears the next pass's own.
+    if pass.as_ref().is_ok_and(|p| !p.unsure) {
+        if let Err(err) = store.clear_copy_unsure().await {
+            warn!(run_id = %job.run_id, error = %err, "copy pass not marked clean: the next pass looks for unrecorded copies");
+        }
+    }
     // Given back at once: the next pass, by this message or a duplicate, need not wait.
     store.drop_copy_lease(epoch).await?;
-    let (plan, started, limited) = pass?;
+    let pass = pass?;
+    let (plan, started, limited) = (pass.plan, pass.started, pass.limited);
     let timed_out = Utc::now() > job.deadline;
     if (plan.is_final() && started == 0 && !limited) || timed_out {
         enqueue(
@@ -209,65 +233,114 @@ async fn backlog_runs(
     Ok(runs)
 }
 
-/// One pass over the run's own sets, then over the earlier runs it took on (each on its own:
-/// one that cannot be read is named and left for the next pass, never stopping the others).
+/// How a pass looks at the copies already made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Look {
+    /// Take a copy whose final state the catalog records as it was seen (the step's passes
+    /// while copies remain); otherwise describe every recorded copy (the closing look, so
+    /// that a copy deleted or failed since is made again rather than counted).
+    trust_seen: bool,
+    /// Also list the region's copies of the run by tag, for copies whose CopySnapshot answer
+    /// was lost: after a pass that did not say every copy it started is recorded.
+    lost_answers: bool,
+}
+
+/// What a pass did: the plan as it stands, the copies it started, whether copies were left
+/// for the next pass (a region's limit, throttling, time up), and whether a copy it started
+/// may be unrecorded (no answer, a 5xx, or a region it could not look at for them).
+#[derive(Debug, Default)]
+struct Pass {
+    plan: CopyPlan,
+    started: usize,
+    limited: bool,
+    unsure: bool,
+}
+
+impl Pass {
+    /// Every copy final, nothing started, nothing left.
+    fn is_done(&self) -> bool {
+        self.plan.is_final() && self.started == 0 && !self.limited
+    }
+
+    fn merge(&mut self, other: Pass) {
+        self.plan.merge(other.plan);
+        self.started += other.started;
+        self.limited |= other.limited;
+        self.unsure |= other.unsure;
+    }
+}
+
+/// The pass over the run and its backlog, as its copies stand; when they look final, a
+/// closing look describes every copy once before the step ends on them.
 async fn copy_runs(
     app: &App,
     job: &CopyJob,
     stop_at: DateTime<Utc>,
-) -> Result<(CopyPlan, usize, bool), Error> {
-    let (mut plan, mut started, mut limited) = copy_pass(app, &job.run_id, stop_at).await?;
+    lost_answers: bool,
+) -> Result<Pass, Error> {
+    let light = Look {
+        trust_seen: true,
+        lost_answers,
+    };
+    let pass = runs_pass(app, job, stop_at, light).await?;
+    if !pass.is_done() {
+        return Ok(pass);
+    }
+    let closing = Look {
+        trust_seen: false,
+        lost_answers: false,
+    };
+    let mut last = runs_pass(app, job, stop_at, closing).await?;
+    last.unsure |= pass.unsure;
+    Ok(last)
+}
+
+/// One pass over the run's own sets, then over the earlier runs it took on (each on its own:
+/// one that cannot be read is named and left for the next pass, never stopping the others).
+async fn runs_pass(
+    app: &App,
+    job: &CopyJob,
+    stop_at: DateTime<Utc>,
+    look: Look,
+) -> Result<Pass, Error> {
+    let mut pass = copy_pass(app, &job.run_id, stop_at, look).await?;
     for earlier in job.backlog.iter().take(BACKLOG_RUNS) {
         if Utc::now() >= stop_at {
-            limited = true;
+            pass.limited = true;
             break;
         }
-        match copy_pass(app, earlier, stop_at).await {
-            Ok((more, n, left)) => {
-                plan.merge(more);
-                started += n;
-                limited |= left;
-            }
+        match copy_pass(app, earlier, stop_at, look).await {
+            Ok(more) => pass.merge(more),
             Err(err) => {
                 warn!(run_id = %job.run_id, earlier = %earlier, error = %err, "an earlier run's copies could not be looked at in this pass: the next pass tries again");
-                limited = true;
+                pass.limited = true;
+                pass.unsure |= look.lost_answers;
             }
         }
     }
-    Ok((plan, started, limited))
+    Ok(pass)
 }
 
-/// Reads the run's recorded sets and copies, confirms them against EC2, starts the missing
-/// copies until `stop_at`; answers the plan, how many copies were started and whether any
-/// were left for the next pass (a region's copy limit met, throttling, or time up). Only
-/// snapshots the catalog records are copied, and only copies it records count as existing: a
-/// snapshot tagged like a set or like a copy is reported as foreign.
+/// Snapshots a pass describes at once, ahead of the copies it is about to start.
+const LOOK_AHEAD: usize = 100;
+
+/// Reads the run's recorded sets and copies from the catalog, describes the copies not yet
+/// seen final, starts the missing copies until `stop_at` (each source described right before,
+/// and copied only if the catalog vouches for it and it is completed); answers what the pass
+/// did. Only snapshots the catalog records are copied, and only copies it records count as
+/// existing: a snapshot tagged like a set or like a copy is neither.
 async fn copy_pass(
     app: &App,
     run_id: &str,
     stop_at: DateTime<Utc>,
-) -> Result<(CopyPlan, usize, bool), Error> {
+    look: Look,
+) -> Result<Pass, Error> {
     let home = app.config.region.as_str();
-    let view = app.aws.catalog.run_view(run_id).await?;
-    let (sets, recorded_copies) = (view.sets, view.copies);
-    let index = CatalogIndex::new(&sets, &recorded_copies);
-    let ids: Vec<String> = sets
-        .iter()
-        .flat_map(|s| s.snapshots.iter().map(|r| r.snapshot_id.clone()))
-        .collect();
-    let subject = format!("run {run_id}");
-    let listed = snapshots::of_run(&app.aws.ec2, run_id, None).await?;
-    let mut snapshots: Vec<SnapshotFacts> = Vec::new();
-    for facts in snapshots::with_ids(&app.aws.ec2, &listed, &ids, &subject).await? {
-        match admit(facts, home, &index, &app.config.managed_by) {
-            Ok(admitted) => snapshots.push(admitted),
-            Err(foreign) => {
-                warn!(run_id = %run_id, snapshot_id = %foreign.snapshot_id, why = %foreign.why, "foreign snapshot: not copied")
-            }
-        }
-    }
+    let view = app.aws.catalog.copy_view(run_id).await?;
+    let index = CatalogIndex::new(&view.sets, &view.copies);
     // Each set's verdict and size, carried on its copies' records.
-    let verdicts: BTreeMap<(&str, &str), (bool, u32)> = sets
+    let verdicts: BTreeMap<(&str, &str), (bool, u32)> = view
+        .sets
         .iter()
         .map(|s| {
             (
@@ -279,29 +352,14 @@ async fn copy_pass(
             )
         })
         .collect();
-    let facts = instances::by_id(
-        &app.aws.ec2,
-        &app.config,
-        snapshots
-            .iter()
-            .filter_map(|s| s.tags.get(TAG_INSTANCE_ID).map(String::as_str)),
-    )
-    .await?;
-    let sources: Vec<(SnapshotFacts, Result<Vec<String>, String>)> = snapshots
+    let targets = copy_targets(app, run_id, &view).await?;
+    let sources: Vec<(Source, Result<Vec<String>, String>)> = sources_of(&view.sets)
         .into_iter()
         .map(|s| {
-            let tags = s
-                .tags
-                .get(TAG_INSTANCE_ID)
-                .and_then(|id| facts.get(id))
-                .map(|f| f.tags.clone())
-                .unwrap_or_default();
-            let regions = copy_regions_of(
-                &tags,
-                &app.config.copy_regions,
-                &app.config.copy_regions_allowed,
-                home,
-            );
+            let regions = targets
+                .get(&s.instance_id)
+                .cloned()
+                .unwrap_or_else(|| Ok(app.config.copy_regions.clone()));
             (s, regions)
         })
         .collect();
@@ -311,47 +369,62 @@ async fn copy_pass(
         .flatten()
         .cloned()
         .collect();
-    let home_sources: Vec<SnapshotFacts> = sources.iter().map(|(s, _)| s.clone()).collect();
+    let set_snapshots: HashSet<&str> = sources
+        .iter()
+        .map(|(s, _)| s.snapshot_id.as_str())
+        .collect();
     let mut existing = BTreeMap::new();
     let mut faults: BTreeMap<String, RegionFault> = BTreeMap::new();
+    let mut seen_now = Vec::new();
+    let mut unsure = false;
     for region in &regions {
+        let recorded: Vec<&CopyRecord> =
+            view.copies.iter().filter(|c| c.region == *region).collect();
         match region_copies(
             app,
             run_id,
             region,
-            &recorded_copies,
-            &home_sources,
+            recorded,
+            &set_snapshots,
             &verdicts,
+            look,
         )
         .await
         {
-            Ok(copies) => {
+            Ok((copies, seen)) => {
                 existing.insert(region.clone(), copies);
+                seen_now.extend(seen);
             }
             Err(err) => {
                 let fault = region_fault(&err);
                 warn!(run_id = %run_id, region = %region, code = %fault.code, permanent = fault.permanent, error = %err, "copy region not readable: no copy goes there in this pass");
                 faults.insert(region.clone(), fault);
+                unsure |= look.lost_answers;
             }
         }
     }
-    let plan = plan_copies(&sources, &existing).without_regions(&faults);
-    let by_id: BTreeMap<&str, &SnapshotFacts> = sources
-        .iter()
-        .map(|(s, _)| (s.snapshot_id.as_str(), s))
-        .collect();
+    if !seen_now.is_empty() {
+        // Only spares later passes a describe: not written, they describe these again.
+        if let Err(err) = app.aws.catalog.record_copy_states(&seen_now).await {
+            warn!(run_id = %run_id, copies = seen_now.len(), error = %err, "final states of copies not recorded: the next pass describes them again");
+        }
+    }
+    let mut plan = plan_copies(&sources, &existing).without_regions(&faults);
     let mut started = 0;
     let mut limited: BTreeSet<String> = BTreeSet::new();
     let mut refused: BTreeMap<String, RegionFault> = BTreeMap::new();
-    let mut started_ids: HashSet<(String, String)> = HashSet::new();
-    let mut unconfirmed: BTreeMap<&str, usize> = BTreeMap::new();
+    // Pairs this pass is done with: started, or not to copy (a source pending, failed, gone,
+    // or one the catalog does not vouch for as EC2 reports it).
+    let mut dealt: HashSet<(String, String)> = HashSet::new();
+    let mut unconfirmed: BTreeMap<String, usize> = BTreeMap::new();
     let mut pace = Pace::until(stop_at);
     let mut out_of_time = false;
+    let mut facts: HashMap<String, Option<SnapshotFacts>> = HashMap::new();
     // Copies are started a few at a time, concurrently: a region's free slots are refilled
     // in a fraction of the time one by one would take, well inside EC2's mutating rate. The
     // first copy into a region goes alone: a region that refuses for good is asked once.
-    let mut queue: VecDeque<&(String, String)> = plan.to_start.iter().collect();
-    let mut confirmed: HashSet<&str> = HashSet::new();
+    let mut queue: VecDeque<(String, String)> = plan.to_start.iter().cloned().collect();
+    let mut confirmed: HashSet<String> = HashSet::new();
     while !queue.is_empty() {
         let began = Utc::now();
         if started > 0 && !pace.fits(began) {
@@ -359,25 +432,47 @@ async fn copy_pass(
             out_of_time = true;
             break;
         }
-        let mut chunk: Vec<(&String, &String, &SnapshotFacts)> = Vec::new();
+        let mut chunk: Vec<(String, SnapshotFacts)> = Vec::new();
         let mut deferred = Vec::new();
-        let mut probing: HashSet<&str> = HashSet::new();
+        let mut probing: HashSet<String> = HashSet::new();
         while chunk.len() < COPIES_AT_ONCE {
             let Some(pair) = queue.pop_front() else {
                 break;
             };
-            let (region, source_id) = pair;
-            if limited.contains(region) || refused.contains_key(region) {
+            let region = pair.0.clone();
+            if limited.contains(&region) || refused.contains_key(&region) {
                 continue;
             }
-            let Some(source) = by_id.get(source_id.as_str()) else {
-                continue;
-            };
-            if !confirmed.contains(region.as_str()) && !probing.insert(region.as_str()) {
+            if !confirmed.contains(&region) && probing.contains(&region) {
                 deferred.push(pair);
                 continue;
             }
-            chunk.push((region, source_id, source));
+            if !facts.contains_key(&pair.1) {
+                let ahead: Vec<String> = std::iter::once(&pair)
+                    .chain(queue.iter())
+                    .map(|(_, id)| id)
+                    .filter(|id| !facts.contains_key(*id))
+                    .take(LOOK_AHEAD)
+                    .cloned()
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                described(app, run_id, &index, &ahead, &mut facts).await?;
+            }
+            match facts.get(&pair.1).cloned().flatten() {
+                Some(source) if source.state == SnapshotState::Completed => {
+                    probing.insert(region.clone());
+                    chunk.push((region, source));
+                }
+                // Copied once it is completed, by a later pass.
+                Some(source) if source.state == SnapshotState::Pending => {
+                    *plan.pending.entry(region).or_default() += 1;
+                    dealt.insert(pair);
+                }
+                _ => {
+                    dealt.insert(pair);
+                }
+            }
         }
         for pair in deferred.into_iter().rev() {
             queue.push_front(pair);
@@ -385,24 +480,26 @@ async fn copy_pass(
         if chunk.is_empty() {
             break;
         }
-        let answers = join_all(chunk.iter().map(|(region, _, source)| {
+        let answers = join_all(chunk.iter().map(|(region, source)| {
             let request = CopyRequest {
                 source_region: home,
                 source_snapshot_id: &source.snapshot_id,
                 description: copy_description(source, home),
                 tags: copy_tags(source, home),
-                kms_key_id: app.config.copy_kms_key_ids.get(*region).map(String::as_str),
+                kms_key_id: app.config.copy_kms_key_ids.get(region).map(String::as_str),
             };
             async move { snapshots::copy(&app.aws.ec2_in(region), region, request).await }
         }))
         .await;
-        for ((region, source_id, source), answer) in chunk.into_iter().zip(answers) {
+        for ((region, source), answer) in chunk.into_iter().zip(answers) {
+            let source_id = source.snapshot_id.clone();
             match answer {
                 Ok(copy_id) => {
                     info!(run_id = %run_id, region = %region, source = %source_id, copy = %copy_id, "copy started");
                     started += 1;
-                    confirmed.insert(region.as_str());
-                    started_ids.insert((region.clone(), source_id.clone()));
+                    confirmed.insert(region.clone());
+                    *plan.pending.entry(region.clone()).or_default() += 1;
+                    dealt.insert((region.clone(), source_id.clone()));
                     let instance_id = source
                         .tags
                         .get(TAG_INSTANCE_ID)
@@ -418,52 +515,135 @@ async fn copy_pass(
                             run_id: run_id.to_string(),
                             instance_id,
                             region: region.clone(),
-                            source_snapshot_id: source.snapshot_id.clone(),
+                            source_snapshot_id: source_id,
                             snapshot_id: copy_id,
                             started_at: Utc::now(),
                             consistent,
                             imported: false,
                             set_size,
+                            seen_final: None,
                         })
                         .await?;
                 }
                 Err(err) if err.aws_code() == Some("ResourceLimitExceeded") => {
                     info!(run_id = %run_id, region = %region, "copy limit of the region reached: the rest waits for the next pass");
-                    limited.insert(region.clone());
+                    limited.insert(region);
                 }
                 // Refused for good (a permission, a key, the region): no copy goes there, this
                 // pass or the next; the region is reported failed with the code.
                 Err(err) if err.is_permanent() => {
                     warn!(run_id = %run_id, region = %region, source = %source_id, code = err.aws_code().unwrap_or(""), error = %err, "copies into the region refused: it is reported failed");
-                    refused.insert(region.clone(), region_fault(&err));
+                    refused.insert(region, region_fault(&err));
                 }
                 // Throttled: the region's request budget is spent; the next pass goes on there.
                 Err(err) if err.is_throttling() => {
                     warn!(run_id = %run_id, region = %region, source = %source_id, error = %err, "copies into the region throttled: the rest waits for the next pass");
-                    limited.insert(region.clone());
+                    limited.insert(region);
                 }
-                // No answer, or a 5xx: whether this copy exists, the next pass sees; the others
-                // go on, unless the region keeps failing.
+                // No answer, or a 5xx: whether this copy exists, the next pass sees (it looks
+                // for copies by tag); the others go on, unless the region keeps failing.
                 Err(err) => {
-                    let count = unconfirmed.entry(region.as_str()).or_default();
+                    unsure = true;
+                    let count = unconfirmed.entry(region.clone()).or_default();
                     *count += 1;
                     warn!(run_id = %run_id, region = %region, source = %source_id, unconfirmed = *count, error = %err, "copy not confirmed: the next pass checks the destination");
                     if *count >= UNCONFIRMED_PER_PASS {
-                        limited.insert(region.clone());
+                        limited.insert(region);
                     }
                 }
             }
         }
         pace.took(began, Utc::now());
     }
-    // What a region refused in this pass is failed there; what was started is on its way.
-    let mut plan = plan;
+    // What was started is on its way (pending); what a region refused in this pass is failed
+    // there.
+    plan.to_start.retain(|pair| !dealt.contains(pair));
     if !refused.is_empty() {
-        plan.to_start
-            .retain(|pair| !(refused.contains_key(&pair.0) && started_ids.contains(pair)));
         plan = plan.without_regions(&refused);
     }
-    Ok((plan, started, !limited.is_empty() || out_of_time))
+    Ok(Pass {
+        plan,
+        started,
+        limited: !limited.is_empty() || out_of_time,
+        unsure,
+    })
+}
+
+/// Describes these snapshots of the run's sets in the home region, into `facts`: each as EC2
+/// reports it if the catalog vouches for it as such (`admit`), else `None` (gone, or
+/// foreign: named in the log).
+async fn described(
+    app: &App,
+    run_id: &str,
+    index: &CatalogIndex,
+    ids: &[String],
+    facts: &mut HashMap<String, Option<SnapshotFacts>>,
+) -> Result<(), Error> {
+    let home = app.config.region.as_str();
+    let found = snapshots::by_ids(&app.aws.ec2, ids, &format!("run {run_id}")).await?;
+    for id in ids {
+        facts.insert(id.clone(), None);
+    }
+    for f in found {
+        let id = f.snapshot_id.clone();
+        match admit(f, home, index, &app.config.managed_by) {
+            Ok(admitted) => {
+                facts.insert(id, Some(admitted));
+            }
+            Err(foreign) => {
+                warn!(run_id = %run_id, snapshot_id = %foreign.snapshot_id, why = %foreign.why, "foreign snapshot: not copied")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where each instance's sets of the run go: as an earlier pass decided and recorded, else
+/// decided now from the instance's override tag (or the configured regions) and recorded.
+async fn copy_targets(
+    app: &App,
+    run_id: &str,
+    view: &CopyView,
+) -> Result<HashMap<String, Result<Vec<String>, String>>, Error> {
+    let mut targets: HashMap<String, Result<Vec<String>, String>> = view
+        .targets
+        .iter()
+        .map(|t| (t.instance_id.clone(), t.regions()))
+        .collect();
+    let missing: BTreeSet<&str> = view
+        .sets
+        .iter()
+        .map(|s| s.instance_id.as_str())
+        .filter(|i| !targets.contains_key(*i))
+        .collect();
+    if missing.is_empty() {
+        return Ok(targets);
+    }
+    let facts = instances::by_id(&app.aws.ec2, &app.config, missing.iter().copied()).await?;
+    let decided: Vec<CopyTargets> = missing
+        .iter()
+        .map(|instance_id| {
+            let tags = facts
+                .get(*instance_id)
+                .map(|f| f.tags.clone())
+                .unwrap_or_default();
+            let regions = copy_regions_of(
+                &tags,
+                &app.config.copy_regions,
+                &app.config.copy_regions_allowed,
+                &app.config.region,
+            );
+            CopyTargets::new(instance_id, regions)
+        })
+        .collect();
+    if let Err(err) = app.aws.catalog.record_copy_targets(run_id, &decided).await {
+        warn!(run_id = %run_id, instances = decided.len(), error = %err, "copy regions not recorded: the next pass decides them again");
+    }
+    targets.extend(decided.into_iter().map(|t| {
+        let regions = t.regions();
+        (t.instance_id, regions)
+    }));
+    Ok(targets)
 }
 
 /// How a region's fault reads: its AWS code, and whether it is for good.
@@ -474,26 +654,34 @@ fn region_fault(err: &Error) -> RegionFault {
     }
 }
 
-/// The run's copies in one destination region: those the catalog records that EC2 still
-/// reports, read by the run's tag (by id those the tag does not find), and those whose
-/// CopySnapshot answer was lost, recorded now rather than made twice.
+/// The run's copies in one destination region, from the copies the catalog records there:
+/// those seen final as they were seen (`Look::trust_seen`), the others as EC2 reports them by
+/// id; and, after a pass that may have left some unrecorded (`Look::lost_answers`), those
+/// whose CopySnapshot answer was lost, found by the run's tag and recorded now rather than
+/// made twice. Answers the copies, and the records of those EC2 now reports final.
 async fn region_copies(
     app: &App,
     run_id: &str,
     region: &str,
-    recorded_copies: &[CopyRecord],
-    home_sources: &[SnapshotFacts],
+    recorded: Vec<&CopyRecord>,
+    set_snapshots: &HashSet<&str>,
     verdicts: &BTreeMap<(&str, &str), (bool, u32)>,
-) -> Result<Vec<ExistingCopy>, Error> {
+    look: Look,
+) -> Result<(Vec<ExistingCopy>, Vec<CopyRecord>), Error> {
     let home = app.config.region.as_str();
     let subject = format!("copies of run {run_id} in {region}");
-    let recorded: Vec<&CopyRecord> = recorded_copies
+    let (seen, mut unseen): (Vec<&CopyRecord>, Vec<&CopyRecord>) = recorded
         .iter()
-        .filter(|c| c.region == region)
-        .collect();
-    let ids: Vec<String> = recorded.iter().map(|c| c.snapshot_id.clone()).collect();
+        .partition(|c| look.trust_seen && c.seen_final.is_some());
+    let ids: Vec<String> = unseen.iter().map(|c| c.snapshot_id.clone()).collect();
     let ec2 = app.aws.ec2_in(region);
-    let recorded_ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    if !look.lost_answers {
+        let found = snapshots::by_ids(&ec2, &ids, &subject).await?;
+        let mut existing = seen_copies(&seen);
+        existing.extend(existing_copies(&unseen, &found));
+        return Ok((existing, newly_final(&unseen, &found)));
+    }
+    let recorded_ids: HashSet<&str> = recorded.iter().map(|c| c.snapshot_id.as_str()).collect();
     let tagged = snapshots::tagged_copies(&ec2, run_id, &subject).await?;
     let listed: Vec<SnapshotFacts> = tagged.iter().map(|(s, _)| s.clone()).collect();
     let mut found = snapshots::with_ids(&ec2, &listed, &ids, &subject).await?;
@@ -501,8 +689,18 @@ async fn region_copies(
         .into_iter()
         .filter(|(s, _)| !recorded_ids.contains(s.snapshot_id.as_str()))
         .collect();
-    let mut adopted_records = Vec::new();
-    for (source_id, copy) in lost_answer_copies(home_sources, &unrecorded, home) {
+    // The sets' snapshots these claim to be copies of, as EC2 reports them at home.
+    let claimed: Vec<String> = unrecorded
+        .iter()
+        .filter_map(|(s, _)| s.tags.get(TAG_SOURCE_SNAPSHOT))
+        .filter(|id| set_snapshots.contains(id.as_str()))
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let home_sources = snapshots::by_ids(&app.aws.ec2, &claimed, &format!("run {run_id}")).await?;
+    let mut adopted = Vec::new();
+    for (source_id, copy) in lost_answer_copies(&home_sources, &unrecorded, home) {
         let Some(source) = home_sources.iter().find(|s| s.snapshot_id == source_id) else {
             continue;
         };
@@ -526,12 +724,14 @@ async fn region_copies(
             snapshot_id: copy.snapshot_id.clone(),
             started_at: Utc::now(),
             imported: false,
+            seen_final: None,
         };
         app.aws.catalog.record_copy(&record).await?;
         found.push(copy.clone());
-        adopted_records.push(record);
+        adopted.push(record);
     }
-    let mut recorded = recorded;
-    recorded.extend(adopted_records.iter());
-    Ok(existing_copies(&recorded, &found))
+    unseen.extend(adopted.iter());
+    let mut existing = seen_copies(&seen);
+    existing.extend(existing_copies(&unseen, &found));
+    Ok((existing, newly_final(&unseen, &found)))
 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::command::FinalInvocation;
 use crate::model::fleet::AttachedVolume;
 use crate::model::snapshot::SnapshotFacts;
+use crate::model::state::SnapshotState;
 use crate::model::tags::{
     TAG_APP_CONSISTENT, TAG_DEVICE, TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RUN_ID,
     TAG_SOURCE_SNAPSHOT,
@@ -134,6 +135,53 @@ pub struct CopyRecord {
     /// set with fewer copies in its region is partial, and never counts as consistent.
     #[serde(default, skip_serializing_if = "super::is_zero")]
     pub set_size: u32,
+    /// How EC2 last reported the copy once it was final (`completed`, or `error` with EC2's
+    /// message), as the copy step saw it; absent while it is pending. Kept on the run's own
+    /// view of its copies, so that a copy pass describes only the copies still on their way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_final: Option<SeenFinal>,
+}
+
+/// A copy's final state as the copy step saw it in EC2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenFinal {
+    pub state: SnapshotState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Where one instance's sets of a run are copied, decided once by the run's copy step (from
+/// the instance's override tag or the configured regions) and recorded, so that its later
+/// passes neither read the instance again nor follow a tag changed half-way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyTargets {
+    pub instance_id: String,
+    pub regions: Vec<String>,
+    /// Why the instance's override tag cannot be followed: nothing of its sets is copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+impl CopyTargets {
+    pub fn new(instance_id: &str, regions: Result<Vec<String>, String>) -> Self {
+        let (regions, refused) = match regions {
+            Ok(regions) => (regions, None),
+            Err(why) => (Vec::new(), Some(why)),
+        };
+        CopyTargets {
+            instance_id: instance_id.to_string(),
+            regions,
+            refused,
+        }
+    }
+
+    /// The regions, or why there are none.
+    pub fn regions(&self) -> Result<Vec<String>, String> {
+        match &self.refused {
+            Some(why) => Err(why.clone()),
+            None => Ok(self.regions.clone()),
+        }
+    }
 }
 
 /// A snapshot carrying this deployment's tags that the catalog does not vouch for, and why.
@@ -637,6 +685,7 @@ mod tests {
             consistent: true,
             imported: false,
             set_size: 0,
+            seen_final: None,
         };
         let index = CatalogIndex::new([&record], [&copy]);
         let admitted = admit(
@@ -673,6 +722,7 @@ mod tests {
             consistent: true,
             imported: false,
             set_size,
+            seen_final: None,
         };
         let verdict = |index: &CatalogIndex, id: &str| {
             let facts = facts(id, "vol-ffffffff", 900, &[]);

@@ -14,6 +14,9 @@
 //!   deliveries' successors, end there), so the run's chain never multiplies.
 //! * `copy-lease-<n>`, `copy-pass-<n>`, `copied`, `retained`: the same for the copy step and
 //!   retention.
+//! * `copy-unsure`: a copy pass may have started copies it did not record (it is written
+//!   before a pass's first CopySnapshot and deleted when every copy it started is recorded);
+//!   the next pass looks for them in the copy regions before it starts any.
 //!
 //! Every marker carries its writer's token, so a create whose answer was lost and whose retry
 //! meets its own item can still tell that it won.
@@ -28,6 +31,7 @@ pub const LEASE: &str = "lease-";
 pub const COPY_LEASE: &str = "copy-lease-";
 pub const COPIED: &str = "copied";
 pub const COPY_PASS: &str = "copy-pass-";
+pub const COPY_UNSURE: &str = "copy-unsure";
 pub const RUN_LOOK: &str = "run-look-";
 pub const DISPATCH_ERROR: &str = "dispatch-error-";
 pub const ABANDONED: &str = "abandoned";
@@ -56,6 +60,8 @@ pub struct RunMarkers {
     /// Leases of the copy step, and whether every copy is final.
     pub copy_leases: Vec<(u32, Option<DateTime<Utc>>)>,
     pub copied: bool,
+    /// A copy pass ended without saying that every copy it started is recorded.
+    pub copy_unsure: bool,
     /// The errors the dispatch gave up with, by lease epoch.
     pub dispatch_errors: Vec<(u32, String)>,
     /// Why the run was abandoned, once it was.
@@ -76,6 +82,8 @@ pub fn parse_markers<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -
             markers.reported = true;
         } else if leaf == COPIED {
             markers.copied = true;
+        } else if leaf == COPY_UNSURE {
+            markers.copy_unsure = true;
         } else {
             let parsed = serde_json::from_str::<MarkerValue>(value).ok();
             let until = parsed.as_ref().and_then(|v| v.until);

@@ -123,6 +123,7 @@ pub fn plan_import(
                     consistent: false,
                     imported: true,
                     set_size: 0,
+                    seen_final: None,
                 }),
                 None => plan.left_out.push(format!(
                     "{copy_region}/{}: not a copy of a set being imported",
