@@ -1,5 +1,6 @@
 //! End to end: duplicated and overlapping runs, a dispatch stopped half-way, an unanswered
-//! SendCommand. Each must end with one VSS command per instance per run and one summary.
+//! SendCommand or CopySnapshot. Each must end with one VSS command per instance per run, one
+//! copy per snapshot and region, and one summary.
 
 use std::time::Duration;
 
@@ -7,8 +8,8 @@ use consistent_snapshot::OutcomeKind;
 use harness::chaos::{Chaos, ChaosOptions, Ended};
 use harness::faults::{Fault, Stop};
 use harness::{
-    commands_per_instance, invoke, queue_depth, run_snapshots, scheduled_event, ServerSpec,
-    Windows, World,
+    commands_per_instance, invoke, own_snapshots, queue_depth, run_snapshots, scheduled_event,
+    snapshot_tag, ServerSpec, Windows, World,
 };
 use serde_json::{json, Value};
 
@@ -339,4 +340,70 @@ async fn a_batch_that_meets_throttling_goes_back_to_the_queue_at_once() {
     let reports = logs.run_reports("throttled-batch");
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0].count(OutcomeKind::Consistent), 3);
+}
+
+#[tokio::test]
+async fn a_copy_whose_answer_was_lost_is_found_and_recorded_not_made_twice() {
+    const COPY_REGION: &str = "eu-west-1";
+    let world = World::start(2).await.expect("world");
+    let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
+    world
+        .seed(&[
+            ServerSpec::windows("sql01", 2),
+            ServerSpec::windows("files01", 1),
+        ])
+        .await
+        .expect("seed");
+    let chaos = Chaos::new(
+        emulator,
+        queue,
+        &[("COPY_REGIONS", COPY_REGION)],
+        ChaosOptions::calm(7),
+    )
+    .expect("chaos")
+    .with_timeout(Duration::from_secs(30));
+    // The first copy reaches EC2, its answer is lost: the pass cannot record it.
+    chaos
+        .proxy
+        .force("ec2:CopySnapshot", Fault::DroppedAfter, 1);
+    let Ended::Answered(start) = chaos
+        .invoke(json!({"action": "snapshot", "run_id": "lost-copy"}))
+        .await
+        .expect("invoke")
+    else {
+        panic!("the invocation must answer")
+    };
+    assert_eq!(status(&start), "dispatched", "{start}");
+    chaos
+        .drain(10, Duration::from_secs(120))
+        .await
+        .expect("drain");
+
+    // One copy of each of the run's five snapshots, none made twice, every one recorded.
+    let copies: Vec<_> = own_snapshots(emulator, COPY_REGION)
+        .await
+        .expect("copies")
+        .into_iter()
+        .filter(|s| snapshot_tag(s, "ConsistentSnapshot:RunId") == Some("lost-copy"))
+        .collect();
+    let mut per_source: std::collections::BTreeMap<String, usize> = Default::default();
+    for copy in &copies {
+        let source = snapshot_tag(copy, "ConsistentSnapshot:SourceSnapshotId").unwrap_or("none");
+        *per_source.entry(source.to_string()).or_default() += 1;
+    }
+    assert_eq!(per_source.len(), 5, "{per_source:?}");
+    assert!(per_source.values().all(|n| *n == 1), "{per_source:?}");
+    let (_, recorded) = emulator.catalog().all_sets().await.expect("catalog");
+    let recorded: Vec<&str> = recorded
+        .iter()
+        .filter(|c| c.region == COPY_REGION)
+        .map(|c| c.snapshot_id.as_str())
+        .collect();
+    assert_eq!(recorded.len(), 5, "{recorded:?}");
+    assert!(copies
+        .iter()
+        .all(|c| recorded.contains(&c.snapshot_id().unwrap_or_default())));
+    let found = logs.messages_starting("a copy whose CopySnapshot answer was lost");
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(chaos.proxy.stats().calls_of("ec2:CopySnapshot"), 5);
 }
