@@ -1,4 +1,5 @@
-//! End to end: boot-volume exclusion, a fleet larger than one SendCommand, pagination.
+//! End to end: boot-volume exclusion and the document's other options per instance, a fleet
+//! larger than one SendCommand, pagination.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -89,6 +90,108 @@ async fn exclude_boot_volume_by_setting_and_by_instance_tag() {
         .collect();
     assert_eq!(excluded.get(&ids[0]).map(String::as_str), Some("True"));
     assert_eq!(excluded.get(&ids[1]).map(String::as_str), Some("False"));
+}
+
+#[tokio::test]
+async fn vss_options_by_instance_tag_reach_the_document_one_command_per_parameter_set() {
+    let world = World::start(3).await.expect("world");
+    let (emulator, logs) = (&world.emulator, &world.logs);
+    let servers = vec![
+        ServerSpec::windows("plain01", 1),
+        ServerSpec::windows("sqlnative01", 1).tag("ConsistentSnapshot:CopyOnly", "true"),
+        ServerSpec::windows("sqlnative02", 1).tag("ConsistentSnapshot:CopyOnly", "True"),
+        ServerSpec::windows("sqlrestore01", 1)
+            .tag("ConsistentSnapshot:CopyOnly", "true")
+            .tag("ConsistentSnapshot:SaveVssMetadata", "true"),
+        ServerSpec::windows("trouble01", 1).tag("ConsistentSnapshot:CollectDiagnosticLogs", "true"),
+        ServerSpec::windows("badopt01", 1).tag("ConsistentSnapshot:SaveVssMetadata", "perhaps"),
+    ];
+    let ids = world.seed(&servers).await.expect("seed");
+    let app = world.app(&[]).expect("app");
+    let start = invoke(&app, scheduled_event("nightly", "2026-11-23T01:30:00Z"))
+        .await
+        .expect("run");
+    let run_id = start["run_id"].as_str().expect("run id").to_string();
+    world
+        .drain_within(&app, Duration::from_secs(60))
+        .await
+        .expect("drain");
+
+    // What each instance's document got: exactly its options, the others left out.
+    let invocations = emulator.invocations().expect("invocations");
+    let got = |id: &str| -> (Vec<(String, String)>, String) {
+        let i = invocations
+            .iter()
+            .find(|i| i["instance_id"] == id)
+            .unwrap_or_else(|| panic!("no invocation on {id}"));
+        let mut params: Vec<(String, String)> = i["parameters"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| {
+                matches!(
+                    k.as_str(),
+                    "CopyOnly" | "SaveVssMetadata" | "CollectDiagnosticLogs" | "NoWriters"
+                )
+            })
+            .map(|(k, v)| (k.clone(), v[0].as_str().unwrap_or_default().to_string()))
+            .collect();
+        params.sort();
+        (
+            params,
+            i["command_id"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let pairs = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert_eq!(got(&ids[0]).0, pairs(&[("CopyOnly", "False")]));
+    assert_eq!(got(&ids[1]).0, pairs(&[("CopyOnly", "True")]));
+    assert_eq!(got(&ids[2]).0, pairs(&[("CopyOnly", "True")]));
+    assert_eq!(
+        got(&ids[3]).0,
+        pairs(&[("CopyOnly", "True"), ("SaveVssMetadata", "True")])
+    );
+    assert_eq!(
+        got(&ids[4]).0,
+        pairs(&[("CollectDiagnosticLogs", "True"), ("CopyOnly", "False")])
+    );
+    // The two copy-only servers share one command; each other parameter set has its own.
+    assert_eq!(got(&ids[1]).1, got(&ids[2]).1);
+    let commands: std::collections::BTreeSet<String> =
+        ids[..5].iter().map(|id| got(id).1).collect();
+    assert_eq!(commands.len(), 4, "{commands:?}");
+    assert!(
+        !invocations
+            .iter()
+            .any(|i| i["instance_id"] == ids[5].as_str()),
+        "an invalid option is never sent"
+    );
+
+    let report = logs.run_report(&run_id).expect("report");
+    let outcome = |id: &str| {
+        report
+            .outcomes
+            .iter()
+            .find(|o| o.instance_id == id)
+            .cloned()
+    };
+    for id in &ids[..5] {
+        assert_eq!(
+            outcome(id).map(|o| o.kind),
+            Some(OutcomeKind::Consistent),
+            "{id}"
+        );
+    }
+    let bad = outcome(&ids[5]).expect("badopt01 is in the summary");
+    assert_eq!(bad.kind, OutcomeKind::Skipped);
+    let reason = bad.reason.unwrap_or_default();
+    assert!(
+        reason.contains("ConsistentSnapshot:SaveVssMetadata") && reason.contains("perhaps"),
+        "{reason}"
+    );
 }
 
 #[tokio::test]

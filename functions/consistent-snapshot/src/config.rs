@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::Error;
+use crate::model::fleet::VssOptions;
 use crate::model::ids::{is_region, parse_bool, parse_regions, AgentVersion};
 use crate::model::requests::MAX_VERIFY;
 use crate::model::tags::sanitize_tag_text;
@@ -21,7 +22,8 @@ pub struct Config {
     pub catalog_table: String,
     pub ssm_document: String,
     pub exclude_boot_volume: bool,
-    pub vss_copy_only: bool,
+    /// The document's options for instances whose tags do not say otherwise.
+    pub vss: VssOptions,
     pub min_ssm_agent_version: AgentVersion,
     pub managed_by: String,
     pub dry_run: bool,
@@ -85,7 +87,11 @@ impl Config {
             catalog_table: s.text("CATALOG_TABLE", ""),
             ssm_document: s.text("SSM_DOCUMENT", VSS_DOCUMENTS[0]),
             exclude_boot_volume: s.flag("EXCLUDE_BOOT_VOLUME", "false"),
-            vss_copy_only: s.flag("VSS_COPY_ONLY", "false"),
+            vss: VssOptions {
+                copy_only: s.flag("VSS_COPY_ONLY", "false"),
+                save_vss_metadata: s.flag("VSS_SAVE_METADATA", "false"),
+                collect_diagnostic_logs: s.flag("VSS_COLLECT_DIAGNOSTIC_LOGS", "false"),
+            },
             min_ssm_agent_version: s.version("MIN_SSM_AGENT_VERSION", "2.2.58.0"),
             // A function name is unique in its account and region; the region keeps two
             // deployments of one name in two regions (whose copies meet) apart.
@@ -330,7 +336,7 @@ mod tests {
         assert_eq!(c.target_tag_key, "ConsistentSnapshot");
         assert_eq!(c.target_tag_value, "WindowsVSS");
         assert_eq!(c.ssm_document, "AWSEC2-CreateVssSnapshot");
-        assert!(!c.exclude_boot_volume && !c.vss_copy_only && !c.dry_run);
+        assert!(!c.exclude_boot_volume && c.vss == VssOptions::default() && !c.dry_run);
         assert_eq!(
             c.min_ssm_agent_version,
             AgentVersion::parse("2.2.58.0").expect("v")

@@ -81,12 +81,34 @@ pub struct InstanceView {
     pub devices: BTreeMap<String, (String, AttachmentState)>,
 }
 
+/// The VSS document's options for one instance, beyond `ExcludeBootVolume`: the deployment's
+/// defaults, or the instance's own tags.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct VssOptions {
+    /// `CopyOnly`: a copy-only backup, which leaves SQL Server's differential base alone (a full
+    /// VSS backup resets it: the next native differential backup fails).
+    #[serde(default)]
+    pub copy_only: bool,
+    /// `SaveVssMetadata`: the writers' metadata saved with the set, as AWS's SQL Server restore
+    /// runbook needs (AwsVssComponents 2.4.0 or later).
+    #[serde(default)]
+    pub save_vss_metadata: bool,
+    /// `CollectDiagnosticLogs`: the document's logs zipped on the instance, for troubleshooting.
+    #[serde(default)]
+    pub collect_diagnostic_logs: bool,
+}
+
 /// An instance that passed preflight, with the volumes its snapshot set must contain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
     pub instance_id: String,
     pub name: String,
     pub exclude_boot_volume: bool,
+    /// The document's other options for this instance.
+    #[serde(default)]
+    pub options: VssOptions,
     pub volumes: Vec<AttachedVolume>,
 }
 

@@ -15,6 +15,9 @@ pub const TAG_SOURCE_REGION: &str = "ConsistentSnapshot:SourceRegion";
 
 /// Per-instance overrides, read from the instance's tags.
 pub const TAG_EXCLUDE_BOOT: &str = "ConsistentSnapshot:ExcludeBootVolume";
+pub const TAG_COPY_ONLY: &str = "ConsistentSnapshot:CopyOnly";
+pub const TAG_SAVE_VSS_METADATA: &str = "ConsistentSnapshot:SaveVssMetadata";
+pub const TAG_COLLECT_DIAGNOSTIC_LOGS: &str = "ConsistentSnapshot:CollectDiagnosticLogs";
 pub const TAG_COPY_REGIONS: &str = "ConsistentSnapshot:CopyRegions";
 pub const TAG_RETAIN_COUNT: &str = "ConsistentSnapshot:RetainCount";
 pub const TAG_RETAIN_DAYS: &str = "ConsistentSnapshot:RetainDays";

@@ -3,7 +3,7 @@
 //! sent to them) and which to leave alone (another VSS command is running there: VSS takes one
 //! shadow copy at a time, and an instance is not frozen twice).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
@@ -12,7 +12,7 @@ use crate::config::{Config, VSS_DOCUMENTS};
 use crate::jobs::{Envelope, InstanceJob, Job, RunCommand, RunJob, Skipped, Unsent};
 use crate::model::catalog::ManifestEntry;
 use crate::model::command::PastCommand;
-use crate::model::fleet::{AttachedVolume, SkipReason, Target};
+use crate::model::fleet::{AttachedVolume, SkipReason, Target, VssOptions};
 use crate::model::tags::{sanitize_tag_text, TAG_MANAGED_BY, TAG_RUN_ID};
 
 /// SendCommand takes at most 50 instance ids.
@@ -22,21 +22,26 @@ pub const MAX_INSTANCES_PER_COMMAND: usize = 50;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandPlan {
     pub exclude_boot_volume: bool,
+    pub options: VssOptions,
     pub targets: Vec<Target>,
 }
 
-/// Groups targets by the parameters they need and cuts each group into commands of at most 50.
+/// Groups targets by the parameters they need (in a fixed order: the deployment's common case
+/// first) and cuts each group into commands of at most 50.
 pub fn plan_commands(targets: &[Target]) -> Vec<CommandPlan> {
+    let mut groups: BTreeMap<(bool, VssOptions), Vec<Target>> = BTreeMap::new();
+    for target in targets {
+        groups
+            .entry((target.exclude_boot_volume, target.options))
+            .or_default()
+            .push(target.clone());
+    }
     let mut plans = Vec::new();
-    for exclude in [false, true] {
-        let group: Vec<Target> = targets
-            .iter()
-            .filter(|t| t.exclude_boot_volume == exclude)
-            .cloned()
-            .collect();
+    for ((exclude_boot_volume, options), group) in groups {
         for chunk in group.chunks(MAX_INSTANCES_PER_COMMAND) {
             plans.push(CommandPlan {
-                exclude_boot_volume: exclude,
+                exclude_boot_volume,
+                options,
                 targets: chunk.to_vec(),
             });
         }
@@ -63,6 +68,7 @@ impl CommandPlan {
         let second = first.split_off(first.len() / 2);
         let half = |targets| CommandPlan {
             exclude_boot_volume: self.exclude_boot_volume,
+            options: self.options,
             targets,
         };
         Some((half(first), half(second)))
@@ -91,22 +97,33 @@ pub fn description(run_id: &str, managed_by: &str) -> String {
     ))
 }
 
-/// The document's parameters for one planned command.
+/// The document's parameters for one planned command. `SaveVssMetadata` and
+/// `CollectDiagnosticLogs` are sent only when on: off is the document's own default, and a
+/// deployment that uses neither sends what it always did.
 pub fn command_parameters(
     plan: &CommandPlan,
     config: &Config,
     run_id: &str,
 ) -> Vec<(&'static str, String)> {
-    vec![
+    let mut parameters = vec![
         ("ExcludeBootVolume", flag(plan.exclude_boot_volume)),
-        ("CopyOnly", flag(config.vss_copy_only)),
+        ("CopyOnly", flag(plan.options.copy_only)),
+    ];
+    if plan.options.save_vss_metadata {
+        parameters.push(("SaveVssMetadata", flag(true)));
+    }
+    if plan.options.collect_diagnostic_logs {
+        parameters.push(("CollectDiagnosticLogs", flag(true)));
+    }
+    parameters.extend([
         (
             "executionTimeout",
             config.vss_execution_timeout_seconds.to_string(),
         ),
         ("description", description(run_id, &config.managed_by)),
         ("tags", tags_parameter(run_id, &config.managed_by)),
-    ]
+    ]);
+    parameters
 }
 
 /// A boolean as the VSS documents spell it.
@@ -465,6 +482,7 @@ mod tests {
             instance_id: format!("i-{i:017x}"),
             name: format!("web{i}"),
             exclude_boot_volume: exclude,
+            options: VssOptions::default(),
             volumes: vec![AttachedVolume {
                 volume_id: format!("vol-{i}"),
                 device: "xvdf".into(),
@@ -491,10 +509,83 @@ mod tests {
     }
 
     #[test]
+    fn each_parameter_set_is_its_own_command_and_sends_only_the_options_it_turns_on() {
+        let with = |i: usize, options: VssOptions| Target {
+            options,
+            ..target(i, false)
+        };
+        let copy_only = VssOptions {
+            copy_only: true,
+            ..VssOptions::default()
+        };
+        let metadata = VssOptions {
+            save_vss_metadata: true,
+            collect_diagnostic_logs: true,
+            ..VssOptions::default()
+        };
+        let targets = vec![
+            with(0, VssOptions::default()),
+            with(1, copy_only),
+            with(2, metadata),
+            with(3, copy_only),
+            with(4, VssOptions::default()),
+        ];
+        let plans = plan_commands(&targets);
+        assert_eq!(plans.len(), 3, "{plans:#?}");
+        assert!(plans
+            .iter()
+            .all(|p| p.targets.iter().all(|t| t.options == p.options)));
+        let config = Config::from_lookup(|n| match n {
+            "QUEUE_URL" => Some("q".to_string()),
+            "QUEUE_ARN" => Some("arn:aws:sqs:eu-west-1:123456789012:q".to_string()),
+            "CATALOG_TABLE" => Some("catalog".to_string()),
+            _ => None,
+        })
+        .expect("config");
+        let names = |plan: &CommandPlan| -> Vec<(&str, String)> {
+            command_parameters(plan, &config, "r1")
+                .into_iter()
+                .filter(|(k, _)| !matches!(*k, "description" | "tags" | "executionTimeout"))
+                .collect()
+        };
+        let of = |options: VssOptions| {
+            plans
+                .iter()
+                .find(|p| p.options == options)
+                .map(names)
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            of(VssOptions::default()),
+            vec![
+                ("ExcludeBootVolume", "False".to_string()),
+                ("CopyOnly", "False".to_string())
+            ]
+        );
+        assert_eq!(
+            of(copy_only),
+            vec![
+                ("ExcludeBootVolume", "False".to_string()),
+                ("CopyOnly", "True".to_string())
+            ]
+        );
+        assert_eq!(
+            of(metadata),
+            vec![
+                ("ExcludeBootVolume", "False".to_string()),
+                ("CopyOnly", "False".to_string()),
+                ("SaveVssMetadata", "True".to_string()),
+                ("CollectDiagnosticLogs", "True".to_string())
+            ]
+        );
+    }
+
+    #[test]
     fn halving_a_refused_command_isolates_the_bad_instances_in_few_calls() {
         for bad in [vec![17], vec![0, 49], vec![3, 4, 30]] {
             let plan = CommandPlan {
                 exclude_boot_volume: false,
+                options: VssOptions::default(),
                 targets: (0..50).map(|i| target(i, false)).collect(),
             };
             let is_bad = |t: &Target| {
@@ -522,6 +613,7 @@ mod tests {
         }
         assert!(CommandPlan {
             exclude_boot_volume: true,
+            options: VssOptions::default(),
             targets: vec![target(1, true)]
         }
         .halves()
@@ -546,6 +638,7 @@ mod tests {
             instance_id: format!("i-{n:08x}"),
             name: format!("sql{n}"),
             exclude_boot_volume: false,
+            options: VssOptions::default(),
             volumes: vec![AttachedVolume {
                 volume_id: format!("vol-{n}"),
                 device: "xvdf".into(),

@@ -2,10 +2,12 @@
 //! A pure decision over what EC2 and SSM say of each instance.
 
 use crate::config::Config;
-use crate::model::fleet::{AgentFacts, InstanceFacts, SkipReason, Target};
+use crate::model::fleet::{AgentFacts, InstanceFacts, SkipReason, Target, VssOptions};
 use crate::model::ids::{parse_bool, AgentVersion};
 use crate::model::state::{InstanceState, PingStatus};
-use crate::model::tags::TAG_EXCLUDE_BOOT;
+use crate::model::tags::{
+    TAG_COLLECT_DIAGNOSTIC_LOGS, TAG_COPY_ONLY, TAG_EXCLUDE_BOOT, TAG_SAVE_VSS_METADATA,
+};
 
 /// Decides whether an instance can take a VSS snapshot now. Checks are in the order an operator
 /// would fix them: state, platform, SSM registration, connectivity, agent version, volumes.
@@ -43,12 +45,16 @@ pub fn preflight(
             })
         }
     }
-    let exclude_boot_volume = match instance.tags.get(TAG_EXCLUDE_BOOT) {
-        None => config.exclude_boot_volume,
-        Some(value) => parse_bool(value).ok_or_else(|| SkipReason::InvalidOverride {
-            tag: TAG_EXCLUDE_BOOT.into(),
-            value: value.clone(),
-        })?,
+    let exclude_boot_volume = flag_tag(instance, TAG_EXCLUDE_BOOT, config.exclude_boot_volume)?;
+    let defaults = config.vss;
+    let options = VssOptions {
+        copy_only: flag_tag(instance, TAG_COPY_ONLY, defaults.copy_only)?,
+        save_vss_metadata: flag_tag(instance, TAG_SAVE_VSS_METADATA, defaults.save_vss_metadata)?,
+        collect_diagnostic_logs: flag_tag(
+            instance,
+            TAG_COLLECT_DIAGNOSTIC_LOGS,
+            defaults.collect_diagnostic_logs,
+        )?,
     };
     let volumes = instance.expected_volumes(exclude_boot_volume);
     if volumes.is_empty() {
@@ -58,8 +64,21 @@ pub fn preflight(
         instance_id: instance.instance_id.clone(),
         name: instance.display_name().to_string(),
         exclude_boot_volume,
+        options,
         volumes,
     })
+}
+
+/// An instance's override tag of one of the document's options: absent, the deployment's
+/// `default`; a value that is not true or false is refused for that instance, never guessed.
+fn flag_tag(instance: &InstanceFacts, tag: &str, default: bool) -> Result<bool, SkipReason> {
+    match instance.tags.get(tag) {
+        None => Ok(default),
+        Some(value) => parse_bool(value).ok_or_else(|| SkipReason::InvalidOverride {
+            tag: tag.into(),
+            value: value.clone(),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -226,6 +245,48 @@ mod tests {
         assert_eq!(
             preflight(&only_root, Some(&online()), &c),
             Err(SkipReason::NoEbsVolumes)
+        );
+    }
+
+    #[test]
+    fn vss_options_come_from_the_deployment_unless_the_instance_tag_says_otherwise() {
+        let mut c = config();
+        c.vss.copy_only = true;
+        let plain = preflight(&windows("i-1"), Some(&online()), &c).expect("target");
+        assert_eq!(
+            plain.options,
+            VssOptions {
+                copy_only: true,
+                ..VssOptions::default()
+            }
+        );
+        let mut tagged = windows("i-1");
+        tagged.tags.insert(TAG_COPY_ONLY.into(), "false".into());
+        tagged
+            .tags
+            .insert(TAG_SAVE_VSS_METADATA.into(), "True".into());
+        tagged
+            .tags
+            .insert(TAG_COLLECT_DIAGNOSTIC_LOGS.into(), "true".into());
+        let target = preflight(&tagged, Some(&online()), &c).expect("target");
+        assert_eq!(
+            target.options,
+            VssOptions {
+                copy_only: false,
+                save_vss_metadata: true,
+                collect_diagnostic_logs: true,
+            }
+        );
+        // A value that is not true or false is refused for that instance, by tag and value.
+        let mut bad = windows("i-1");
+        bad.tags
+            .insert(TAG_SAVE_VSS_METADATA.into(), "yes please".into());
+        assert_eq!(
+            preflight(&bad, Some(&online()), &c),
+            Err(SkipReason::InvalidOverride {
+                tag: TAG_SAVE_VSS_METADATA.into(),
+                value: "yes please".into()
+            })
         );
     }
 }
