@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use consistent_snapshot::OutcomeKind;
-use harness::{invoke, run_snapshots, scheduled_event, seed_bulk, snapshot_tag, ServerSpec, World};
+use harness::{
+    invoke, own_snapshots, run_snapshots, scheduled_event, seed_bulk, snapshot_tag, ServerSpec,
+    World,
+};
 
 #[tokio::test]
 async fn exclude_boot_volume_by_setting_and_by_instance_tag() {
@@ -97,7 +100,9 @@ async fn vss_options_by_instance_tag_reach_the_document_one_command_per_paramete
     let world = World::start(3).await.expect("world");
     let (emulator, logs) = (&world.emulator, &world.logs);
     let servers = vec![
-        ServerSpec::windows("plain01", 1),
+        ServerSpec::windows("plain01", 1)
+            .tag("CostCenter", "finance")
+            .tag("Owner", "dba team"),
         ServerSpec::windows("sqlnative01", 1).tag("ConsistentSnapshot:CopyOnly", "true"),
         ServerSpec::windows("sqlnative02", 1).tag("ConsistentSnapshot:CopyOnly", "True"),
         ServerSpec::windows("sqlrestore01", 1)
@@ -107,15 +112,39 @@ async fn vss_options_by_instance_tag_reach_the_document_one_command_per_paramete
         ServerSpec::windows("badopt01", 1).tag("ConsistentSnapshot:SaveVssMetadata", "perhaps"),
     ];
     let ids = world.seed(&servers).await.expect("seed");
-    let app = world.app(&[]).expect("app");
+    let app = world
+        .app(&[
+            ("COPY_INSTANCE_TAGS", "CostCenter,Project"),
+            ("COPY_REGIONS", "eu-west-1"),
+        ])
+        .expect("app");
     let start = invoke(&app, scheduled_event("nightly", "2026-11-23T01:30:00Z"))
         .await
         .expect("run");
     let run_id = start["run_id"].as_str().expect("run id").to_string();
     world
-        .drain_within(&app, Duration::from_secs(60))
+        .drain_within(&app, Duration::from_secs(120))
         .await
         .expect("drain");
+
+    // The cost tag named in COPY_INSTANCE_TAGS is on plain01's snapshots and their copies;
+    // a tag not named is not, nor on any other server's.
+    for region in ["us-east-1", "eu-west-1"] {
+        let snapshots: Vec<_> = own_snapshots(emulator, region)
+            .await
+            .expect("snapshots")
+            .into_iter()
+            .filter(|s| snapshot_tag(s, "ConsistentSnapshot:RunId") == Some(run_id.as_str()))
+            .collect();
+        assert_eq!(snapshots.len(), 10, "{region}: five servers' two volumes");
+        for s in &snapshots {
+            let of_plain =
+                snapshot_tag(s, "ConsistentSnapshot:InstanceId") == Some(ids[0].as_str());
+            let cost = snapshot_tag(s, "CostCenter");
+            assert_eq!(cost, of_plain.then_some("finance"), "{region}: {s:?}");
+            assert_eq!(snapshot_tag(s, "Owner"), None, "{region}: {s:?}");
+        }
+    }
 
     // What each instance's document got: exactly its options, the others left out.
     let invocations = emulator.invocations().expect("invocations");

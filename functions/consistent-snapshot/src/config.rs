@@ -6,7 +6,29 @@ use crate::error::Error;
 use crate::model::fleet::VssOptions;
 use crate::model::ids::{is_region, parse_bool, parse_regions, AgentVersion};
 use crate::model::requests::MAX_VERIFY;
-use crate::model::tags::sanitize_tag_text;
+use crate::model::tags::{cut_chars, sanitize_tag_text, TAG_VALUE_MAX_CHARS};
+
+/// The most instance tags `COPY_INSTANCE_TAGS` may carry to each snapshot.
+pub const MAX_COPIED_INSTANCE_TAGS: usize = 20;
+
+/// Why an instance tag key may not be carried to snapshots: AWS's own, this function's
+/// contract tags (an instance's tags are written by others: carried, one could pass for a
+/// run's, a copy's or a set's), and the tags the document and this function write.
+fn uncopyable_tag(key: &str) -> Option<&'static str> {
+    if key.len() > 128 {
+        return Some("is longer than 128 characters");
+    }
+    if key.to_ascii_lowercase().starts_with("aws:") {
+        return Some("is AWS's own (aws:)");
+    }
+    if key.starts_with("ConsistentSnapshot") {
+        return Some("is one of this function's own tags");
+    }
+    if ["Name", "Device", "AppConsistent", "AwsVssConfig"].contains(&key) {
+        return Some("is written on every snapshot by the function or the VSS document");
+    }
+    None
+}
 
 /// The SSM documents that take a VSS snapshot set and accept the same parameters.
 pub const VSS_DOCUMENTS: [&str; 2] = ["AWSEC2-CreateVssSnapshot", "AWSEC2-VssInstallAndSnapshot"];
@@ -51,6 +73,9 @@ pub struct Config {
     pub copy_regions_allowed: Vec<String>,
     /// KMS key per copy region, to encrypt the copies with.
     pub copy_kms_key_ids: BTreeMap<String, String>,
+    /// Instance tag keys carried to the instance's snapshots and their copies
+    /// (`COPY_INSTANCE_TAGS`: cost allocation, such as `CostCenter,Project`).
+    pub copy_instance_tags: Vec<String>,
     /// Keep the newest this many consistent sets per instance in each copy region.
     pub copy_retain_count: u32,
     /// Keep every backup of an instance that was terminated or untagged.
@@ -131,6 +156,13 @@ impl Config {
             copy_regions: s.regions("COPY_REGIONS"),
             copy_regions_allowed: s.regions("COPY_REGIONS_ALLOWED"),
             copy_kms_key_ids: s.keys_by_region("COPY_KMS_KEY_IDS"),
+            copy_instance_tags: s
+                .text("COPY_INSTANCE_TAGS", "")
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_string)
+                .collect(),
             copy_retain_count: s.number("COPY_RETAIN_COUNT", &retain, 1, 1000),
             keep_orphaned_backups: s.flag("KEEP_ORPHANED_BACKUPS", "true"),
             allow_lower_overrides: s.flag("ALLOW_LOWER_OVERRIDES", "false"),
@@ -216,6 +248,17 @@ impl Config {
                 "METRICS_NAMESPACE={namespace} must be at most 255 letters, digits or . - _ / # : and not start with AWS/"
             ));
         }
+        if self.copy_instance_tags.len() > MAX_COPIED_INSTANCE_TAGS {
+            problems.push(format!(
+                "COPY_INSTANCE_TAGS names {} keys: at most {MAX_COPIED_INSTANCE_TAGS} (a snapshot holds 50 tags, and this function and the document write their own)",
+                self.copy_instance_tags.len()
+            ));
+        }
+        for key in &self.copy_instance_tags {
+            if let Some(why) = uncopyable_tag(key) {
+                problems.push(format!("COPY_INSTANCE_TAGS: {key:?} {why}"));
+            }
+        }
         if self.poll_max_seconds < self.poll_initial_seconds {
             problems.push(format!(
                 "TRACK_POLL_MAX_SECONDS={} is below TRACK_POLL_INITIAL_SECONDS={}",
@@ -223,6 +266,15 @@ impl Config {
             ));
         }
         problems
+    }
+
+    /// The instance's tags that `COPY_INSTANCE_TAGS` names, as they are (values of at most
+    /// 256 characters, as EC2 keeps them).
+    pub fn cost_tags(&self, tags: &BTreeMap<String, String>) -> Vec<(String, String)> {
+        self.copy_instance_tags
+            .iter()
+            .filter_map(|k| Some((k.clone(), cut_chars(tags.get(k)?, TAG_VALUE_MAX_CHARS))))
+            .collect()
     }
 
     /// Reads the configuration from the process environment.
@@ -392,6 +444,38 @@ mod tests {
         .expect_err("own region")
         .to_string();
         assert!(own.contains("own region"), "{own}");
+    }
+
+    #[test]
+    fn cost_tags_name_only_keys_an_instance_may_pass_on() {
+        let c = config(&[
+            ("QUEUE_URL", "q"),
+            ("COPY_INSTANCE_TAGS", " CostCenter, Project ,"),
+        ])
+        .expect("valid");
+        assert_eq!(c.copy_instance_tags, vec!["CostCenter", "Project"]);
+        let tags: BTreeMap<String, String> = [
+            ("CostCenter".to_string(), "finance".to_string()),
+            ("Owner".to_string(), "dba".to_string()),
+        ]
+        .into();
+        assert_eq!(
+            c.cost_tags(&tags),
+            vec![("CostCenter".to_string(), "finance".to_string())]
+        );
+        for refused in [
+            "ConsistentSnapshot:RunId",
+            "aws:cloudformation:stack-name",
+            "Name",
+            "AppConsistent",
+        ] {
+            let err = config(&[("QUEUE_URL", "q"), ("COPY_INSTANCE_TAGS", refused)])
+                .expect_err(refused)
+                .to_string();
+            assert!(err.contains("COPY_INSTANCE_TAGS"), "{refused}: {err}");
+        }
+        let many: Vec<String> = (0..21).map(|i| format!("k{i}")).collect();
+        assert!(config(&[("QUEUE_URL", "q"), ("COPY_INSTANCE_TAGS", &many.join(","))]).is_err());
     }
 
     #[test]

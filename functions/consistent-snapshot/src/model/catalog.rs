@@ -35,6 +35,9 @@ pub struct ManifestEntry {
     pub volumes: Vec<AttachedVolume>,
     /// When the run started: no snapshot of the set can have started before.
     pub started_at: DateTime<Utc>,
+    /// The instance's cost tags at dispatch (`COPY_INSTANCE_TAGS`), written on its snapshots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cost_tags: Vec<(String, String)>,
 }
 
 /// What an instance's own tracking message saw when its invocation was final: SSM's status

@@ -110,6 +110,10 @@ pub struct Target {
     #[serde(default)]
     pub options: VssOptions,
     pub volumes: Vec<AttachedVolume>,
+    /// The instance's tags named in `COPY_INSTANCE_TAGS` (cost allocation): carried to its
+    /// snapshots and their copies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cost_tags: Vec<(String, String)>,
 }
 
 /// Why an instance is not snapshotted in this run.

@@ -284,6 +284,9 @@ pub struct Dispatched {
     /// The command was sent earlier in this run (a duplicate delivery, or a takeover).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub reused: bool,
+    /// Recorded in the manifest; not part of the answer.
+    #[serde(skip)]
+    pub cost_tags: Vec<(String, String)>,
 }
 
 impl RunStart {
@@ -336,6 +339,7 @@ pub fn dispatched(target: &Target, command_id: Option<&str>, reused: bool) -> Di
         volumes: target.volumes.clone(),
         command_id: command_id.map(str::to_string),
         reused,
+        cost_tags: target.cost_tags.clone(),
     }
 }
 
@@ -427,6 +431,7 @@ pub fn manifest(start: &RunStart, started_at: DateTime<Utc>) -> Vec<ManifestEntr
                 command_id: d.command_id.clone()?,
                 volumes: d.volumes.clone(),
                 started_at,
+                cost_tags: d.cost_tags.clone(),
             })
         })
         .collect()
@@ -446,6 +451,7 @@ mod tests {
                 volumes: vec![],
                 command_id: Some("c".into()),
                 reused: false,
+                cost_tags: vec![],
             })
             .collect();
         start.unsent = vec![Unsent {
@@ -487,6 +493,7 @@ mod tests {
                 volume_id: format!("vol-{i}"),
                 device: "xvdf".into(),
             }],
+            cost_tags: vec![],
         }
     }
 
@@ -643,6 +650,7 @@ mod tests {
                 volume_id: format!("vol-{n}"),
                 device: "xvdf".into(),
             }],
+            cost_tags: vec![],
         }
     }
 

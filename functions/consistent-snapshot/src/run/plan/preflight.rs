@@ -66,6 +66,7 @@ pub fn preflight(
         exclude_boot_volume,
         options,
         volumes,
+        cost_tags: config.cost_tags(&instance.tags),
     })
 }
 

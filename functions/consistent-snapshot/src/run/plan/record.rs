@@ -214,6 +214,7 @@ mod tests {
                 },
             ],
             started_at: t(0),
+            cost_tags: vec![],
         }
     }
 

@@ -84,24 +84,28 @@ pub fn digest_output(output: &str) -> String {
     lines.join("\n")
 }
 
-/// The per-instance contract tags the document cannot add (it takes one tag set per command):
+/// The per-instance tags the document cannot add (it takes one tag set per command):
 /// `ConsistentSnapshot:InstanceId` and `Name` = `<instance name> <device>`, the device as
-/// recorded at dispatch (the document's `Device` tag is one any fleet server may rewrite).
+/// recorded at dispatch (the document's `Device` tag is one any fleet server may rewrite),
+/// and the instance's cost tags as read at dispatch (`COPY_INSTANCE_TAGS`).
 /// `None` when the snapshot already carries them, so a repeated look writes nothing.
 pub fn instance_tags(
     instance_id: &str,
     name: &str,
     device: &str,
+    cost_tags: &[(String, String)],
     snapshot: &SnapshotFacts,
 ) -> Option<Vec<(String, String)>> {
-    let wanted: BTreeMap<&str, String> = [
-        (TAG_INSTANCE_ID, instance_id.to_string()),
-        (
-            TAG_NAME,
-            cut_chars(&format!("{name} {device}"), TAG_VALUE_MAX_CHARS),
-        ),
-    ]
-    .into();
+    // The instance's cost tags first: the contract tags are written over any of the same key.
+    let mut wanted: BTreeMap<&str, String> = cost_tags
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    wanted.insert(TAG_INSTANCE_ID, instance_id.to_string());
+    wanted.insert(
+        TAG_NAME,
+        cut_chars(&format!("{name} {device}"), TAG_VALUE_MAX_CHARS),
+    );
     if wanted.iter().all(|(k, v)| snapshot.tags.get(*k) == Some(v)) {
         return None;
     }
@@ -637,6 +641,7 @@ mod tests {
                 },
             ],
             started_at: now() - Duration::minutes(5),
+            cost_tags: vec![],
         }
     }
 
@@ -779,7 +784,7 @@ mod tests {
     #[test]
     fn instance_tags_are_written_once_with_the_device_recorded_at_dispatch() {
         let untagged = snap("completed");
-        let tags = instance_tags("i-1", "sql01", "xvdf", &untagged).expect("tags to write");
+        let tags = instance_tags("i-1", "sql01", "xvdf", &[], &untagged).expect("tags to write");
         assert_eq!(
             tags,
             [
@@ -792,14 +797,23 @@ mod tests {
         );
         let mut tagged = untagged.clone();
         tagged.tags.extend(tags);
-        assert_eq!(instance_tags("i-1", "sql01", "xvdf", &tagged), None);
+        assert_eq!(instance_tags("i-1", "sql01", "xvdf", &[], &tagged), None);
         // A name EC2 would refuse is cut to its limit.
         let long = "s".repeat(300);
-        let tags = instance_tags("i-1", &long, "xvdf", &untagged).unwrap_or_default();
+        let tags = instance_tags("i-1", &long, "xvdf", &[], &untagged).unwrap_or_default();
         assert_eq!(tags[1].1.chars().count(), 256);
         // A Device tag (which any fleet server may set) names nothing.
         let mut flipped = tagged;
         flipped.tags.insert("Device".into(), "/dev/evil".into());
-        assert_eq!(instance_tags("i-1", "sql01", "xvdf", &flipped), None);
+        assert_eq!(instance_tags("i-1", "sql01", "xvdf", &[], &flipped), None);
+        // Cost tags read at dispatch go on too; a cost tag can never stand in for a contract one.
+        let costs = vec![
+            ("CostCenter".to_string(), "finance".to_string()),
+            ("Name".to_string(), "not this".to_string()),
+        ];
+        let tags = instance_tags("i-1", "sql01", "xvdf", &costs, &untagged).unwrap_or_default();
+        assert!(tags.contains(&("CostCenter".to_string(), "finance".to_string())));
+        assert!(tags.contains(&("Name".to_string(), "sql01 xvdf".to_string())));
+        assert_eq!(tags.len(), 3);
     }
 }

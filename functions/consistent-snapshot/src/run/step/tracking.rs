@@ -105,14 +105,20 @@ async fn tag_sets(
     app: &App,
     sets: &[SetRecord],
     listed: &HashMap<&str, &SnapshotFacts>,
+    cost_tags: &HashMap<String, Vec<(String, String)>>,
     stop_at: DateTime<Utc>,
 ) -> Tagging {
     let wanted: Vec<(&str, Vec<(String, String)>)> = sets
         .iter()
         .flat_map(|set| {
-            set.snapshots.iter().filter_map(|recorded| {
+            let costs = cost_tags
+                .get(&set.instance_id)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            set.snapshots.iter().filter_map(move |recorded| {
                 let facts = listed.get(recorded.snapshot_id.as_str())?;
-                let tags = instance_tags(&set.instance_id, &set.name, &recorded.device, facts)?;
+                let tags =
+                    instance_tags(&set.instance_id, &set.name, &recorded.device, costs, facts)?;
                 Some((recorded.snapshot_id.as_str(), tags))
             })
         })
@@ -317,6 +323,12 @@ pub async fn track_run(
     );
     log_foreign(&job.run_id, &foreign[..foreign.len().min(MAX_FOREIGN)]);
     let mut outcomes = Vec::with_capacity(results.len() + others.len());
+    let cost_tags: HashMap<String, Vec<(String, String)>> = run_catalog
+        .manifest
+        .values()
+        .filter(|m| !m.cost_tags.is_empty())
+        .map(|m| (m.instance_id.clone(), m.cost_tags.clone()))
+        .collect();
     let mut sets: Vec<SetRecord> = run_catalog.sets.into_values().collect();
     let mut recorded = 0;
     let mut pace = Pace::until(stop_at);
@@ -344,7 +356,7 @@ pub async fn track_run(
         tagged,
         left,
         failed,
-    } = tag_sets(app, &sets, &listed_by_id, stop_at).await;
+    } = tag_sets(app, &sets, &listed_by_id, &cost_tags, stop_at).await;
     if left > 0 && now <= job.deadline {
         info!(run_id = %job.run_id, recorded, tagged, left, "snapshots left to tag");
         return go_on(app, &job, "tagging snapshots", tagged).await;
