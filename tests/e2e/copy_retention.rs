@@ -453,3 +453,70 @@ async fn a_night_whose_copies_were_refused_is_copied_by_the_next_night() {
     let line = copies_of(&third);
     assert!(!line.contains("backlog"), "{line}");
 }
+
+#[tokio::test]
+async fn a_region_an_instance_tag_adds_is_caught_up_like_a_configured_one() {
+    let world = World::start(1).await.expect("world");
+    let emulator = &world.emulator;
+    // dr02 goes to the configured region and, by its tag, to one of COPY_REGIONS_ALLOWED.
+    let ids = world
+        .seed(&[
+            ServerSpec::windows("sql01", 1),
+            ServerSpec::windows("dr02", 1)
+                .tag("ConsistentSnapshot:CopyRegions", "eu-west-1,us-west-2"),
+        ])
+        .await
+        .expect("seed");
+    let chaos = Chaos::new(
+        emulator,
+        &world.queue,
+        &[
+            ("COPY_REGIONS", "eu-west-1"),
+            ("COPY_REGIONS_ALLOWED", "us-west-2"),
+        ],
+        ChaosOptions::calm(3),
+    )
+    .expect("chaos");
+    // Night 1: only the tag's region refuses; the configured one takes every copy.
+    chaos
+        .proxy
+        .force("ec2:CopySnapshot@us-west-2", Fault::AccessDenied, u32::MAX);
+    let (first, _) = chaos
+        .night("2026-11-23T00:00:00Z", Duration::from_secs(120))
+        .await
+        .expect("night 1");
+    chaos.proxy.clear();
+    assert!(managed_runs(&snapshots_in(emulator, "us-west-2").await, &ids[1]).is_empty());
+
+    // Night 2 makes night 1's missing copies in the tag's region too: the set is short
+    // there, though complete in every configured region.
+    let (second, _) = chaos
+        .night("2026-11-24T00:00:00Z", Duration::from_secs(120))
+        .await
+        .expect("night 2");
+    assert_eq!(
+        managed_runs(&snapshots_in(emulator, "us-west-2").await, &ids[1]),
+        BTreeSet::from([first.clone(), second.clone()]),
+        "dr02's both nights in the tag's region"
+    );
+    for id in &ids {
+        assert_eq!(
+            managed_runs(&snapshots_in(emulator, "eu-west-1").await, id),
+            BTreeSet::from([first.clone(), second.clone()]),
+            "{id}: both nights in the configured region"
+        );
+    }
+    // And a night with nothing short takes nothing on.
+    let (third, _) = chaos
+        .night("2026-11-25T00:00:00Z", Duration::from_secs(120))
+        .await
+        .expect("night 3");
+    let line = world
+        .logs
+        .messages_starting("copies: ")
+        .into_iter()
+        .find(|l| l["run_id"] == third.as_str())
+        .and_then(|l| l["copies"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    assert!(!line.is_empty() && !line.contains("backlog"), "{line}");
+}

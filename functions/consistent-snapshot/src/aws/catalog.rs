@@ -92,6 +92,27 @@ pub struct CopyView {
     pub targets: Vec<CopyTargets>,
 }
 
+/// One record of a scan of the catalog.
+#[derive(Debug, Clone)]
+pub enum Scanned {
+    Set(SetRecord),
+    Copy(CopyRecord),
+    /// A run's id, and where its copy step decided one instance's sets go.
+    Targets(String, CopyTargets),
+}
+
+/// Hands an item's body to `each`, made into a `Scanned` by `make` (an unreadable body is
+/// left out).
+fn each_of<T: DeserializeOwned>(
+    item: &HashMap<String, AttributeValue>,
+    each: &mut impl FnMut(Scanned),
+    make: fn(T) -> Scanned,
+) {
+    if let Some(body) = body_of::<T>(item) {
+        each(make(body));
+    }
+}
+
 /// The catalog table and its client.
 #[derive(Debug, Clone)]
 pub struct Catalog {
@@ -731,17 +752,36 @@ impl Catalog {
         &self,
         mut each: impl FnMut(Option<SetRecord>, Option<CopyRecord>),
     ) -> Result<(), Error> {
-        let pages = self
+        self.scan_kinds(false, |scanned| match scanned {
+            Scanned::Set(set) => each(Some(set), None),
+            Scanned::Copy(copy) => each(None, Some(copy)),
+            Scanned::Targets(..) => {}
+        })
+        .await
+    }
+
+    /// `scan_sets`, and where each run's copy step decided each instance's sets go (the runs
+    /// whose items have not expired yet), in the same scan.
+    pub async fn scan_sets_and_targets(&self, each: impl FnMut(Scanned)) -> Result<(), Error> {
+        self.scan_kinds(true, each).await
+    }
+
+    async fn scan_kinds(&self, targets: bool, mut each: impl FnMut(Scanned)) -> Result<(), Error> {
+        let mut scan = self
             .client
             .scan()
             .table_name(&self.table)
-            .filter_expression("#k IN (:set, :copy)")
             .expression_attribute_names("#k", KIND)
             .expression_attribute_values(":set", s(SET))
             .expression_attribute_values(":copy", s(COPY))
-            .consistent_read(true)
-            .into_paginator()
-            .send();
+            .consistent_read(true);
+        scan = if targets {
+            scan.filter_expression("#k IN (:set, :copy, :targets)")
+                .expression_attribute_values(":targets", s(RUN_TARGETS))
+        } else {
+            scan.filter_expression("#k IN (:set, :copy)")
+        };
+        let pages = scan.into_paginator().send();
         each_page(pages, "Scan", &self.subject("every set"), |page| {
             for item in page.items.unwrap_or_default() {
                 let kind = item
@@ -749,8 +789,18 @@ impl Catalog {
                     .and_then(|k| k.as_s().ok())
                     .map(String::as_str);
                 match kind {
-                    Some(SET) => each(body_of(&item), None),
-                    Some(COPY) => each(None, body_of(&item)),
+                    Some(SET) => each_of(&item, &mut each, Scanned::Set),
+                    Some(COPY) => each_of(&item, &mut each, Scanned::Copy),
+                    Some(RUN_TARGETS) => {
+                        let run = item
+                            .get(PK)
+                            .and_then(|k| k.as_s().ok())
+                            .and_then(|pk| pk.strip_prefix("run#"))
+                            .map(str::to_string);
+                        if let (Some(run), Some(targets)) = (run, body_of(&item)) {
+                            each(Scanned::Targets(run, targets));
+                        }
+                    }
                     _ => {}
                 }
             }

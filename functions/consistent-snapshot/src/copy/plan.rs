@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::model::catalog::{CopyRecord, SeenFinal, SetRecord};
+use crate::model::catalog::{CopyRecord, CopyTargets, SeenFinal, SetRecord};
 use crate::model::ids::parse_regions;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::SnapshotState;
@@ -224,6 +224,8 @@ pub struct Backlog {
     sets: BTreeMap<(String, String), (DateTime<Utc>, usize)>,
     /// (instance, run, region) -> copies recorded there.
     copies: HashMap<(String, String, String), usize>,
+    /// (instance, run) -> the regions that run's copy step decided the set goes to.
+    targets: HashMap<(String, String), Vec<String>>,
 }
 
 impl Backlog {
@@ -258,8 +260,18 @@ impl Backlog {
         }
     }
 
+    /// Where a run's copy step decided an instance's sets go (its override tag's regions,
+    /// none if the tag was refused): that set is short of copies only there.
+    pub fn add_targets(&mut self, run_id: &str, targets: &CopyTargets) {
+        self.targets.insert(
+            (targets.instance_id.clone(), run_id.to_string()),
+            targets.regions().unwrap_or_default(),
+        );
+    }
+
     /// The runs other than `this_run` with a consistent set that has fewer copies than
-    /// snapshots in one of `regions`, newest first, at most `BACKLOG_RUNS`. Only each
+    /// snapshots in one of its regions (as its copy step decided them, else `regions`),
+    /// newest first, at most `BACKLOG_RUNS`. Only each
     /// instance's newest `keep` consistent sets count (`COPY_RETAIN_COUNT`): an older one's
     /// copies are what retention deletes in the copy regions, and copying it again would only
     /// be deleted again. Only a hint of where to look: each run's copy pass decides from EC2
@@ -276,7 +288,8 @@ impl Backlog {
         for (instance, mut sets) in by_instance {
             sets.sort_by(|a, b| b.cmp(a));
             for (taken, run, size) in sets.into_iter().take(keep) {
-                let short = regions.iter().any(|region| {
+                let decided = self.targets.get(&(instance.to_string(), run.to_string()));
+                let short = decided.map_or(regions, Vec::as_slice).iter().any(|region| {
                     let key = (instance.to_string(), run.to_string(), region.clone());
                     self.copies.get(&key).copied().unwrap_or(0) < size
                 });
@@ -559,6 +572,21 @@ mod tests {
         // Not tonight's (the step's own), not a complete one, not a crash-consistent one, not
         // one older than the window; newest first.
         assert_eq!(backlog.runs("r0", &regions, 7), vec!["r2", "r3"]);
+        // A set whose run sent it elsewhere by tag is short only there: r2's copies into
+        // eu-west-1 are complete, and r1's tag named a region of COPY_REGIONS_ALLOWED.
+        let mut decided = Backlog::since(now);
+        for s in [&whole, &partial] {
+            decided.add_set(s);
+        }
+        for c in &copies {
+            decided.add_copy(c);
+        }
+        decided.add_targets("r2", &CopyTargets::new("i-1", Ok(vec!["eu-west-1".into()])));
+        decided.add_targets(
+            "r1",
+            &CopyTargets::new("i-1", Ok(vec!["ap-south-1".into()])),
+        );
+        assert_eq!(decided.runs("r0", &regions, 7), vec!["r1"]);
         // No copy region: nothing to take on.
         assert!(backlog.runs("r0", &[], 7).is_empty());
         // Only the sets the copy regions keep: with COPY_RETAIN_COUNT=2, i-1's newest two are

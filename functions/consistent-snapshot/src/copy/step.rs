@@ -22,7 +22,7 @@ use futures_util::future::join_all;
 use tracing::{info, warn};
 
 use crate::app::{dispatched_run, emit_metrics, enqueue, requeue, App};
-use crate::aws::catalog::{CopyView, RunMarkerStore};
+use crate::aws::catalog::{CopyView, RunMarkerStore, Scanned};
 use crate::aws::instances;
 use crate::aws::snapshots::{self, CopyRequest};
 use crate::copy::plan::{
@@ -192,9 +192,9 @@ fn report_copies(app: &App, job: &CopyJob, plan: &CopyPlan, started: usize, time
     }
 }
 
-/// Earlier runs whose consistent sets are not all copied to the copy regions (taken in the
+/// Earlier runs whose consistent sets are not all copied to their copy regions (taken in the
 /// `BACKLOG_DAYS` before the run started, at most `BACKLOG_RUNS`), from one read of the
-/// catalog's sets and copies.
+/// catalog's sets, copies and each run's decided copy regions.
 /// A run whose own copy step is not over yet is left to it, so that no two steps copy the
 /// same snapshot at once.
 async fn backlog_runs(
@@ -202,19 +202,16 @@ async fn backlog_runs(
     run_id: &str,
     started_at: DateTime<Utc>,
 ) -> Result<Vec<String>, Error> {
-    if app.config.copy_regions.is_empty() {
+    if app.config.copy_regions.is_empty() && app.config.copy_regions_allowed.is_empty() {
         return Ok(Vec::new());
     }
     let mut backlog = Backlog::since(started_at);
     app.aws
         .catalog
-        .scan_sets(|set, copy| {
-            if let Some(set) = set {
-                backlog.add_set(&set);
-            }
-            if let Some(copy) = copy {
-                backlog.add_copy(&copy);
-            }
+        .scan_sets_and_targets(|scanned| match scanned {
+            Scanned::Set(set) => backlog.add_set(&set),
+            Scanned::Copy(copy) => backlog.add_copy(&copy),
+            Scanned::Targets(run, targets) => backlog.add_targets(&run, &targets),
         })
         .await?;
     let mut runs = Vec::new();
