@@ -311,7 +311,8 @@ async fn runs_pass(
             Err(err) => {
                 warn!(run_id = %job.run_id, earlier = %earlier, error = %err, "an earlier run's copies could not be looked at in this pass: the next pass tries again");
                 pass.limited = true;
-                pass.unsure |= look.lost_answers;
+                // It may have failed after starting a copy it could not record.
+                pass.unsure = true;
             }
         }
     }
