@@ -50,7 +50,11 @@ def _copy_snapshot(self: Any, *args: Any, **kwargs: Any) -> Any:
             "ResourceLimitExceeded",
             "You have reached the limit for concurrent snapshot copies in this region.",
         )
-    snapshot = _original_copy_snapshot(self, *args, **kwargs)
+    try:
+        snapshot = _original_copy_snapshot(self, *args, **kwargs)
+    except Exception:
+        SIM.release_copy(self.region_name)
+        raise
     SIM.new_copy(snapshot, self.region_name)
     return snapshot
 

@@ -143,7 +143,9 @@ class Simulation:
 
     def refuse_copy(self, region: str) -> bool:
         """Whether a copy into `region` is refused with ResourceLimitExceeded: one of the next N
-        the harness asked for, or one over the region's limit of copies in flight."""
+        the harness asked for, or one over the region's limit of copies in flight. A copy let
+        through takes its slot at once, in the same lock as the check (as EBS counts it):
+        concurrent CopySnapshot calls can never together go over the limit."""
         with self.lock:
             stats = self.copy_stats.setdefault(
                 region, {"started": 0, "refused": 0, "max_in_flight": 0})
@@ -158,7 +160,16 @@ class Simulation:
             if self.copy_limit > 0 and len(flying) >= self.copy_limit:
                 stats["refused"] += 1
                 return True
+            flying.append(now + (self.copy_seconds or self.pending_seconds))
+            stats["max_in_flight"] = max(stats["max_in_flight"], len(flying))
             return False
+
+    def release_copy(self, region: str) -> None:
+        """A copy let through by `refuse_copy` that moto then refused: its slot is free again."""
+        with self.lock:
+            flying = self.copies_in_flight.get(region, [])
+            if flying:
+                flying.pop()
 
     def new_copy(self, snapshot: Any, region: str) -> None:
         """A copy just started into `region`: pending for `copy_seconds` (else as any new
@@ -174,12 +185,10 @@ class Simulation:
                 self.pending.append((due, snapshot))
             else:
                 snapshot.status = getattr(snapshot, "final_status", "completed")
-            flying = self.copies_in_flight.setdefault(region, [])
-            flying.append(due)
+            # Its slot was taken by `refuse_copy`.
             stats = self.copy_stats.setdefault(
                 region, {"started": 0, "refused": 0, "max_in_flight": 0})
             stats["started"] += 1
-            stats["max_in_flight"] = max(stats["max_in_flight"], len(flying))
 
     def copies(self) -> dict[str, dict[str, int]]:
         with self.lock:
