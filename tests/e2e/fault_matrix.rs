@@ -92,7 +92,8 @@ const fn row(case: Case) -> Row {
         metric: None,
         alarm: None,
         app01: None,
-        // Measured: 9 to 11 deliveries, 17 to 25 items.
+        // Measured: 9 to 11 deliveries, 19 to 28 items (three of them the copy step's
+        // recorded copy regions, one per server).
         max_deliveries: 14,
         max_items: 30,
         timeout_seconds: 10,
@@ -222,7 +223,8 @@ const ROWS: &[Row] = &[
         )),
         metric: Some(("refused", "JobsRefused", 2)),
         alarm: Some("JobsRefused"),
-        max_deliveries: 30,
+        // Measured: 20 to 24 alone, 33 with a second, heavy test on the same two cores.
+        max_deliveries: 36,
         ..row(Case::Forged)
     },
     // The dispatch gives up three times (each a lease, then its watch takes over); the
