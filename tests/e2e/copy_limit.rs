@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 const COPY_REGION: &str = "eu-west-1";
 const LIMIT: u32 = 20;
 const DATA_VOLUMES: usize = 2;
+const DEADLINE_SECONDS: u64 = 7_200;
 
 /// Per instance, its copies of `run_id` in the copy region: (completed, pending).
 async fn copies_of_run(emulator: &Emulator, run_id: &str) -> BTreeMap<String, (usize, usize)> {
@@ -66,22 +67,24 @@ async fn copies_at_the_regions_limit_all_land_and_a_partial_set_never_counts() {
         .unwrap_or(40);
     let copies = fleet * (1 + DATA_VOLUMES);
     // The function's timeout: the tests' 6 s up to 100 servers, more beyond (the emulator is
-    // slower than EC2 at a large fleet); the drain's limit likewise.
+    // slower than EC2 at a large fleet). The copy deadline is two hours (a twelfth of the
+    // default day): every copy must land before it, and the drain may take until then.
     let timeout = Duration::from_secs((fleet as u64 / 16).max(6));
-    let limit = Duration::from_secs((fleet as u64).max(600));
+    let limit = Duration::from_secs(if fleet > 100 { DEADLINE_SECONDS } else { 600 });
     let world = World::start(3).await.expect("world");
     let (emulator, queue) = (&world.emulator, &world.queue);
     let metrics = Metrics::default();
     let ids = seed_bulk(emulator, fleet, 10, DATA_VOLUMES)
         .await
         .expect("seed");
-    // A day's copy deadline; passes back off to 20 s, one that meets the limit comes back
+    let deadline = DEADLINE_SECONDS.to_string();
+    // Passes back off to 20 s, one that meets the limit comes back
     // after 3 s; one set a night is kept.
     let settings = [
         ("COPY_REGIONS", COPY_REGION),
         ("RETAIN_COUNT", "1"),
         ("TRACK_POLL_MAX_SECONDS", "20"),
-        ("SNAPSHOT_COMPLETION_TIMEOUT_SECONDS", "86400"),
+        ("SNAPSHOT_COMPLETION_TIMEOUT_SECONDS", &deadline),
     ];
     let app = metrics.attach(world.app(&settings).expect("app"));
 
