@@ -212,9 +212,9 @@ const ROWS: &[Row] = &[
         )),
         metric: Some(("verify", "RestoreFailures", 1)),
         alarm: Some("RestoreFailures"),
-        // The night's deliveries and the verification's looks (measured: 11 to 17 alone, 28
-        // beside the chaos test on two cores).
-        max_deliveries: 32,
+        // The night's deliveries and the verification's looks (measured: 11 to 15 before the
+        // copy step's rework, 17 alone since, 27 in the whole matrix, 28 beside the chaos test).
+        max_deliveries: 40,
         ..row(Case::VerifyHalfWay)
     },
     Row {
