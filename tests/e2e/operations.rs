@@ -242,7 +242,8 @@ async fn report_metrics_and_notification_tell_an_operator_what_needs_attention()
         after["totals"],
         json!({
             "instances": 5, "within_rpo": 2, "out_of_rpo": 3, "never_backed_up": 2,
-            "unresolved_failures": 1, "not_ready": 1, "copies_missing": 0
+            "unresolved_failures": 1, "not_ready": 1, "copies_missing": 0,
+            "causes": {"freeze_timeout": 1, "agent_offline": 1}
         })
     );
     let report_lines = metrics.of("report", None);
@@ -292,5 +293,165 @@ async fn report_metrics_and_notification_tell_an_operator_what_needs_attention()
                 .as_str()
                 .is_some_and(|m| m.contains("lost their tag") && m.contains("exch01"))),
         "the summary line names it"
+    );
+}
+
+/// Each way a server fails to get a consistent set, as the Windows side prints it, is named
+/// with its one-line fix wherever an operator reads: the run's summary and its log table, the
+/// notification, a metric per cause, and the fleet report (from SSM's history and the skips).
+#[tokio::test]
+async fn each_failure_is_named_with_its_cause_and_fix_wherever_an_operator_reads() {
+    use consistent_snapshot::{Cause, OutcomeKind};
+    let world = World::start(2).await.expect("world");
+    let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
+    let (topic, inbox) = emulator.topic_with_inbox("ops").await.expect("topic");
+    let cases: [(&str, Windows, OutcomeKind, Option<Cause>); 10] = [
+        ("sql01", Windows::default(), OutcomeKind::Consistent, None),
+        (
+            "freeze01",
+            Windows::outcome(VssOutcome::VssFailure),
+            OutcomeKind::CrashConsistent,
+            Some(Cause::FreezeTimeout),
+        ),
+        (
+            "writer01",
+            Windows::outcome(VssOutcome::WriterFailed),
+            OutcomeKind::CrashConsistent,
+            Some(Cause::WriterFailed),
+        ),
+        (
+            "lockdown01",
+            Windows::outcome(VssOutcome::LanguageMode),
+            OutcomeKind::Failed,
+            Some(Cause::LanguageMode),
+        ),
+        (
+            "norole01",
+            Windows::outcome(VssOutcome::MissingPermission),
+            OutcomeKind::Failed,
+            Some(Cause::InstanceRolePermission),
+        ),
+        (
+            "private01",
+            Windows::outcome(VssOutcome::NoEc2Route),
+            OutcomeKind::Failed,
+            Some(Cause::NoEc2Route),
+        ),
+        (
+            "novss01",
+            Windows::outcome(VssOutcome::ComponentsMissing),
+            OutcomeKind::Failed,
+            Some(Cause::VssComponents),
+        ),
+        (
+            "lost01",
+            Windows {
+                outcome: Some(VssOutcome::Undeliverable),
+                delivery_timeout: Some(2.0),
+                ..Windows::default()
+            },
+            OutcomeKind::TimedOut,
+            Some(Cause::Undeliverable),
+        ),
+        (
+            "offline01",
+            Windows::agent(Agent::Offline),
+            OutcomeKind::Skipped,
+            Some(Cause::AgentOffline),
+        ),
+        (
+            "oldagent01",
+            Windows::agent_version("2.2.45.0"),
+            OutcomeKind::Skipped,
+            Some(Cause::AgentTooOld),
+        ),
+    ];
+    let fleet: Vec<ServerSpec> = cases
+        .iter()
+        .map(|(name, sim, _, _)| ServerSpec::windows(name, 1).sim(sim.clone()))
+        .collect();
+    world.seed(&fleet).await.expect("seed");
+    let metrics = Metrics::default();
+    let app = metrics.attach(
+        emulator
+            .app(queue, &[("NOTIFY_TOPIC_ARN", &topic)])
+            .expect("app"),
+    );
+    let run_id = world
+        .nightly(&app, "2026-11-23T02:00:00Z")
+        .await
+        .expect("the nightly run");
+
+    // The summary: each server's outcome and cause.
+    let report = logs.run_report(&run_id).expect("the run's summary");
+    for (name, _, kind, cause) in &cases {
+        let outcome = report
+            .outcomes
+            .iter()
+            .find(|o| o.name == *name)
+            .unwrap_or_else(|| panic!("{name} missing from {report:#?}"));
+        assert_eq!(
+            (outcome.kind, outcome.cause),
+            (*kind, *cause),
+            "{name}: {outcome:?}"
+        );
+    }
+    let named: Vec<Cause> = cases.iter().filter_map(|c| c.3).collect();
+    assert_eq!(
+        report.causes,
+        named.iter().map(|c| (*c, 1)).collect::<BTreeMap<_, _>>()
+    );
+
+    // The notification: every cause met, with its fix, before the table.
+    let mail = receive(&emulator.sqs(), &inbox, 10, 1)
+        .await
+        .expect("inbox");
+    assert_eq!(mail.len(), 1, "one notification for the run");
+    let envelope: Value =
+        serde_json::from_str(mail[0].body().unwrap_or_default()).expect("SNS envelope");
+    let message = envelope["Message"].as_str().unwrap_or_default();
+    for cause in &named {
+        let line = format!("{cause} (1): {}", cause.remediation());
+        assert!(message.contains(&line), "{line} missing from\n{message}");
+    }
+    assert!(message.find("Causes and fixes:") < message.find("INSTANCE"));
+
+    // One metric per cause met, and none for a cause that was not.
+    let lines = metrics.of("run", Some(&run_id));
+    assert_eq!(lines.len(), 1);
+    assert_valid_emf(&lines[0]);
+    for cause in &named {
+        assert_eq!(count(&lines[0], cause.metric()), 1, "{}", cause.metric());
+    }
+    assert!(lines[0].get(Cause::Cancelled.metric()).is_none());
+
+    // The fleet report, from SSM's history and what the next run would skip.
+    let fleet_report = invoke(&app, json!({"action": "report"}))
+        .await
+        .expect("report");
+    let statuses = by_name(&fleet_report);
+    for (name, _, kind, cause) in &cases {
+        let status = &statuses[*name];
+        let (cause_at, fix_at) = if *kind == OutcomeKind::Skipped {
+            ("/next_run_cause", "/next_run_fix")
+        } else {
+            ("/last_failure/cause", "/last_failure/fix")
+        };
+        assert_eq!(
+            status.pointer(cause_at).cloned().unwrap_or(Value::Null),
+            serde_json::to_value(cause).expect("cause"),
+            "{name}: {status}"
+        );
+        assert_eq!(
+            status.pointer(fix_at).and_then(Value::as_str),
+            cause.map(Cause::remediation),
+            "{name}: {status}"
+        );
+    }
+    assert_eq!(
+        fleet_report["totals"]["causes"],
+        serde_json::to_value(named.iter().map(|c| (*c, 1)).collect::<BTreeMap<_, _>>())
+            .expect("causes"),
+        "{fleet_report}"
     );
 }

@@ -288,6 +288,7 @@ impl Emulator {
             snapshots,
             verdict,
             reason: None,
+            cause: None,
             verified_at: started_at,
             verified_by: "an earlier night (test fixture)".into(),
         };
@@ -394,6 +395,7 @@ impl Emulator {
                     .collect(),
                 verdict: Verdict::Consistent,
                 reason: None,
+                cause: None,
                 verified_at: set.taken,
                 verified_by: "an earlier night (test fixture)".into(),
             });

@@ -27,6 +27,16 @@ pub enum VssOutcome {
     Success,
     /// The freeze fails: snapshots without `AppConsistent=True`, the command `Failed`.
     VssFailure,
+    /// A writer (SQL Server's) fails: snapshots without `AppConsistent=True`, `Failed`.
+    WriterFailed,
+    /// PowerShell is not in FullLanguage mode: no snapshot, `Failed`.
+    LanguageMode,
+    /// The instance role lacks `AWSEC2VssSnapshotPolicy`: no snapshot, `Failed`.
+    MissingPermission,
+    /// The instance cannot reach the EC2 API: no snapshot, `Failed`.
+    NoEc2Route,
+    /// AwsVssComponents is not installed: no snapshot, `Failed`.
+    ComponentsMissing,
     /// The instance has no EBS volume: no snapshot, the command `Failed`.
     NoEbs,
     /// The command never reaches the agent; it times out after `delivery_timeout`.

@@ -37,6 +37,7 @@ pub use entry::event::Event;
 pub use entry::{handle, handle_until};
 pub use error::Error;
 pub use jobs::{backoff_seconds, Envelope, InstanceJob, Job, RetentionJob, RunJob};
+pub use model::cause::Cause;
 pub use model::command::{comment, FinalInvocation, Look};
 pub use model::fleet::AttachedVolume;
 pub use model::snapshot::{SnapshotFacts, SnapshotInfo, TagInterner};

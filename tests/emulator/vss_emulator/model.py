@@ -20,13 +20,32 @@ RESERVED_TAG_KEYS = {"Device", "AppConsistent", "AwsVssConfig"}
 TAG_PARAM_RE = re.compile(r"^[A-Za-z0-9()./\\\-\"'@_+:={} ]*$")
 FINAL = {"Success", "Cancelled", "TimedOut", "Failed"}
 DEFAULT_AGENT = "3.3.40.0"
+# What the document prints when it fails before taking any snapshot (AWS's troubleshooting
+# page: PowerShell not in FullLanguage, the instance role without AWSEC2VssSnapshotPolicy, no
+# route to the EC2 API, AwsVssComponents not installed).
+EARLY_FAILURES = {
+    "language_mode": "Method invocation is supported only on core types in this language mode.",
+    "missing_permission": (
+        "An error occurred (UnauthorizedOperation) when calling the CreateSnapshots operation: "
+        "You are not authorized to perform this operation."
+    ),
+    "no_ec2_route": (
+        "Exception calling CreateSnapshots: Unable to connect to the remote server "
+        "(https://ec2.{region}.amazonaws.com/)"
+    ),
+    "components_missing": (
+        "ec2-vss-agent.exe could not be found: AwsVssComponents is not installed."
+    ),
+}
 
 
 @dataclass
 class SimInstance:
     ssm: str = "online"  # online | offline | unmanaged | deregistered
     agent_version: str = DEFAULT_AGENT
-    outcome: str = "success"  # success | vss_failure | no_ebs | undeliverable
+    # success | vss_failure | writer_failed | no_ebs | undeliverable, or a failure before any
+    # snapshot: language_mode | missing_permission | no_ec2_route | components_missing
+    outcome: str = "success"
     lag: float = 0.2  # seconds during which GetCommandInvocation says InvocationDoesNotExist
     duration: float = 0.3  # seconds InProgress before the document finishes
     delivery_timeout: float | None = None  # seconds before an undeliverable command times out
@@ -295,7 +314,10 @@ class Simulation:
                 "",
                 "Exception: No EBS volumes are attached to this instance, nothing to snapshot.",
             )
-        consistent = inv.sim.outcome != "vss_failure"
+        early = EARLY_FAILURES.get(inv.sim.outcome)
+        if early:
+            return self._finish(inv, "Failed", 1, "", early.format(region=inv.region))
+        consistent = inv.sim.outcome not in ("vss_failure", "writer_failed")
         lines = []
         description = params.get("description", "")
         for device, volume_id in sorted(devices):
@@ -313,14 +335,13 @@ class Simulation:
         if consistent:
             lines.append("Tagging snapshots completed. VSS snapshot set is application-consistent.")
             return self._finish(inv, "Success", 0, "\n".join(lines), "")
-        return self._finish(
-            inv,
-            "Failed",
-            1,
-            "\n".join(lines),
-            "Thaw pipe connection timed out. error on thaw: the VSS writers did not thaw in "
-            "time; snapshots were created without application consistency.",
-        )
+        if inv.sim.outcome == "writer_failed":
+            why = ("Writer 'SqlServerWriter' failed: VSS_E_WRITERERROR_RETRYABLE; snapshots were "
+                   "created without application consistency.")
+        else:
+            why = ("Thaw pipe connection timed out. error on thaw: the VSS writers did not thaw in "
+                   "time; snapshots were created without application consistency.")
+        return self._finish(inv, "Failed", 1, "\n".join(lines), why)
 
     def _finish(self, inv: SimInvocation, status: str, code: int, out: str, err: str) -> None:
         inv.status = status

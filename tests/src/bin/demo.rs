@@ -175,10 +175,19 @@ async fn main() -> harness::Result<()> {
             .flatten()
             .map(|(region, c)| format!("{region} {}/{}", c["completed"], c["of"]))
             .collect();
-        let note = status["next_run_skips"]
+        // What stands in the way, by its named cause when it has one, else in its own words.
+        let note = status["next_run_fix"]
             .as_str()
+            .or(status["last_failure"]["fix"].as_str())
+            .or(status["next_run_skips"].as_str())
             .or(status["last_failure"]["reason"].as_str())
             .unwrap_or_default();
+        let cause = status["next_run_cause"]
+            .as_str()
+            .or(status["last_failure"]["cause"].as_str())
+            .map(|c| format!("{c}: "))
+            .unwrap_or_default();
+        let note = format!("{cause}{note}");
         println!(
             "    {:<12} {:<16} {:>9} {:<16} {}",
             status["name"].as_str().unwrap_or_default(),
@@ -187,7 +196,7 @@ async fn main() -> harness::Result<()> {
                 .as_f64()
                 .map_or("-".to_string(), |h| format!("{h:.1} h")),
             copies.join(", "),
-            note.chars().take(70).collect::<String>()
+            note.chars().take(90).collect::<String>()
         );
     }
     let totals = &fleet_report["totals"];

@@ -525,6 +525,7 @@ mod tests {
                 .collect(),
             verdict,
             reason: None,
+            cause: None,
             verified_at: taken,
             verified_by: "test".into(),
         }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::model::cause::Cause;
 use crate::model::command::FinalInvocation;
 use crate::model::fleet::AttachedVolume;
 use crate::model::snapshot::SnapshotFacts;
@@ -107,6 +108,9 @@ pub struct SetRecord {
     pub verdict: Verdict,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Why it is not consistent, named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
     pub verified_at: DateTime<Utc>,
     /// How the snapshots were verified (for an operator reading the record).
     pub verified_by: String,
@@ -556,6 +560,7 @@ mod tests {
                 Verdict::CrashConsistent
             },
             reason: None,
+            cause: None,
             verified_at: t(60),
             verified_by: "test".into(),
         }

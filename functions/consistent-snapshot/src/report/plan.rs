@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
+use crate::model::cause::{cause_of_invocation, cause_of_skip, Cause};
 use crate::model::command::{Invocation, PastCommand};
 use crate::model::fleet::{InstanceFacts, SkipReason};
 use crate::model::snapshot::SnapshotInfo;
@@ -36,6 +37,7 @@ pub struct FailedInvocation {
     pub at: DateTime<Utc>,
     /// SSM's status and the document's own reason.
     pub reason: String,
+    pub cause: Option<Cause>,
 }
 
 /// What the report reads, as plain data.
@@ -102,6 +104,11 @@ pub struct Failure {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
     pub reason: String,
+    /// The named cause and its fix, when the failure's text is a known one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<&'static str>,
     /// A consistent set was taken after it.
     pub resolved: bool,
 }
@@ -120,9 +127,26 @@ pub struct InstanceStatus {
     pub copy_regions_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<Failure>,
-    /// Why the next run would skip it, if it would.
+    /// Why the next run would skip it, if it would, with the named cause and its fix.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_run_skips: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_run_cause: Option<Cause>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_run_fix: Option<&'static str>,
+}
+
+impl InstanceStatus {
+    /// What stands in the way of its next consistent set: why the next run would skip it, else
+    /// its unresolved failure's cause.
+    pub fn cause(&self) -> Option<Cause> {
+        self.next_run_cause.or_else(|| {
+            self.last_failure
+                .as_ref()
+                .filter(|f| !f.resolved)
+                .and_then(|f| f.cause)
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -144,6 +168,9 @@ pub struct Totals {
     /// Servers with backups that lost their tag (`FleetReport::lost_tag`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lost_tag: usize,
+    /// Servers per named cause standing in the way of their next consistent set.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub causes: BTreeMap<Cause, usize>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -197,8 +224,16 @@ impl FleetReport {
                 named.join(", ")
             )
         };
+        let causes = if t.causes.is_empty() {
+            String::new()
+        } else {
+            let mut named: Vec<(&Cause, &usize)> = t.causes.iter().collect();
+            named.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let named: Vec<String> = named.iter().map(|(c, n)| format!("{n} {c}")).collect();
+            format!("; causes: {}", named.join(", "))
+        };
         format!(
-            "fleet report: {} instances, {} within the {} h RPO, {} out of it ({} never backed up), {} with an unresolved failure, {} the next run would skip{unreadable}{lost}",
+            "fleet report: {} instances, {} within the {} h RPO, {} out of it ({} never backed up), {} with an unresolved failure, {} the next run would skip{causes}{unreadable}{lost}",
             t.instances, t.within_rpo, self.rpo_hours, t.out_of_rpo, t.never_backed_up, t.unresolved_failures, t.not_ready
         )
     }
@@ -246,6 +281,11 @@ pub fn build(input: &ReportInput) -> FleetReport {
             copy_regions_error,
             last_failure: last_failure(id, mine, input.failures, newest_at),
             next_run_skips: skip.as_ref().map(ToString::to_string),
+            next_run_cause: skip.as_ref().and_then(cause_of_skip),
+            next_run_fix: skip
+                .as_ref()
+                .and_then(cause_of_skip)
+                .map(Cause::remediation),
         });
     }
     statuses.sort_by(|a, b| {
@@ -357,10 +397,13 @@ fn last_failure(
                 Some(f) => format!("{what}: {} (command {})", f.reason, f.command_id),
                 None => format!("{what}: {detail}"),
             };
+            let cause = said.and_then(|f| f.cause);
             Failure {
                 at: s.started_at(),
                 run_id: Some(s.run_id.to_string()),
                 reason,
+                cause,
+                fix: cause.map(Cause::remediation),
                 resolved: false,
             }
         });
@@ -375,6 +418,8 @@ fn last_failure(
             at: f.at,
             run_id: f.run_id.clone(),
             reason: format!("command {}: {}", f.command_id, f.reason),
+            cause: f.cause,
+            fix: f.cause.map(Cause::remediation),
             resolved: false,
         });
     from_sets
@@ -403,6 +448,13 @@ fn totals(statuses: &[InstanceStatus]) -> Totals {
             .count(),
         regions_unreadable: 0,
         lost_tag: 0,
+        causes: statuses.iter().filter_map(InstanceStatus::cause).fold(
+            BTreeMap::new(),
+            |mut n, c| {
+                *n.entry(c).or_insert(0) += 1;
+                n
+            },
+        ),
     }
 }
 
@@ -430,6 +482,7 @@ pub fn failed_invocations(
                 .map(|r| format!("{}: {r}", inv.status))
                 .unwrap_or_else(|| format!("{} ({})", inv.status, inv.status_details));
             FailedInvocation {
+                cause: cause_of_invocation(&inv.status_details, &inv.output),
                 instance_id: inv.instance_id,
                 command_id: command.command_id.clone(),
                 run_id: command.run_id.clone(),
@@ -547,6 +600,7 @@ mod tests {
                 run_id: Some("r2".into()),
                 at: now() - Duration::hours(3),
                 reason: "Failed: No EBS volumes are attached".into(),
+                cause: Some(Cause::NoEbsVolumes),
             },
             FailedInvocation {
                 instance_id: "i-2".into(),
@@ -554,6 +608,7 @@ mod tests {
                 run_id: Some("r2".into()),
                 at: now() - Duration::hours(5),
                 reason: "Failed: Thaw pipe connection timed out".into(),
+                cause: Some(Cause::FreezeTimeout),
             },
         ];
         let copies = BTreeMap::from([("eu-west-1".to_string(), vec![copy_of("snap-x", "snap-a")])]);
@@ -613,7 +668,17 @@ mod tests {
             && f.run_id.as_deref() == Some("r2")
             && f.reason.contains("crash-consistent")
             && f.reason.contains("crash-consistent: Failed: Thaw pipe")
-            && f.reason.contains("(command c-8)")));
+            && f.reason.contains("(command c-8)")
+            && f.cause == Some(Cause::FreezeTimeout)
+            && f.fix == Some(Cause::FreezeTimeout.remediation())));
+        // The next run's skip outweighs an older failure: it is what stands in the way now.
+        assert_eq!(
+            (never.next_run_cause, never.cause()),
+            (Some(Cause::AgentOffline), Some(Cause::AgentOffline))
+        );
+        assert!(report
+            .summary_line()
+            .contains("; causes: 1 VSS freeze timed out, 1 SSM agent offline"));
         assert_eq!(
             stale.copies["eu-west-1"],
             CopyStatus {
@@ -652,6 +717,7 @@ mod tests {
                 copies_missing: 1,
                 regions_unreadable: 0,
                 lost_tag: 1,
+                causes: BTreeMap::from([(Cause::FreezeTimeout, 1), (Cause::AgentOffline, 1)]),
             }
         );
         assert!(report

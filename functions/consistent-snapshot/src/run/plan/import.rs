@@ -97,6 +97,7 @@ pub fn plan_import(
                 .collect(),
             snapshots: recorded,
             verdict: Verdict::Imported,
+            cause: None,
             reason: Some(format!(
                 "imported at {}: {consistent} of {} snapshots tagged AppConsistent=True then",
                 now.to_rfc3339(),

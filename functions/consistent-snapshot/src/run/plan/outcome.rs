@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::cause::{cause_of_invocation, Cause};
 use crate::model::command::FinalInvocation;
 use crate::model::fleet::AttachedVolume;
 use crate::model::snapshot::SnapshotFacts;
@@ -49,6 +50,9 @@ pub struct Outcome {
     pub snapshots: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Why it is not consistent, named (the fix is `Cause::remediation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
 }
 
 /// Failure texts of the VSS documents and of Windows, most telling first.
@@ -90,9 +94,33 @@ pub fn failure_reason(output: &str) -> Option<String> {
     Some(line)
 }
 
+/// What a finished set is, why, and the named cause when it is not consistent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    pub kind: OutcomeKind,
+    pub reason: Option<String>,
+    pub cause: Option<Cause>,
+}
+
 /// Classifies a finished snapshot set. `snapshots` are this run's snapshots of the instance's
 /// volumes; consistency is read from their `AppConsistent` tags, never from the status alone.
 pub fn classify(
+    expected: &[AttachedVolume],
+    invocation: &FinalInvocation,
+    snapshots: &[SnapshotFacts],
+) -> Classified {
+    let (kind, reason) = classify_kind(expected, invocation, snapshots);
+    let cause = (kind != OutcomeKind::Consistent)
+        .then(|| cause_of_invocation(&invocation.status_details, &invocation.output))
+        .flatten();
+    Classified {
+        kind,
+        reason,
+        cause,
+    }
+}
+
+fn classify_kind(
     expected: &[AttachedVolume],
     invocation: &FinalInvocation,
     snapshots: &[SnapshotFacts],
@@ -217,7 +245,7 @@ mod tests {
                 status_details: details.into(),
                 output: String::new(),
             };
-            let kind = |snapshots: &[SnapshotFacts]| classify(one, &invocation, snapshots).0;
+            let kind = |snapshots: &[SnapshotFacts]| classify_kind(one, &invocation, snapshots).0;
             let none = if status == "TimedOut" {
                 TimedOut
             } else {
@@ -241,8 +269,29 @@ mod tests {
     }
 
     #[test]
+    fn a_set_that_is_not_consistent_has_its_cause_and_a_consistent_one_none() {
+        let failed = classify(
+            &volumes(),
+            &inv("Failed", "Created snap-1\nTimeout waiting for VSS Freeze"),
+            &[snap("vol-1", "False"), snap("vol-2", "False")],
+        );
+        assert_eq!(
+            (failed.kind, failed.cause),
+            (OutcomeKind::CrashConsistent, Some(Cause::FreezeTimeout))
+        );
+        // All snapshots AppConsistent=True though the status is not Success: consistent, and
+        // nothing to fix.
+        let fine = classify(
+            &volumes(),
+            &inv("Failed", "Timeout waiting for VSS Freeze"),
+            &[snap("vol-1", "True"), snap("vol-2", "True")],
+        );
+        assert_eq!((fine.kind, fine.cause), (OutcomeKind::Consistent, None));
+    }
+
+    #[test]
     fn all_volumes_app_consistent_is_consistent() {
-        let (kind, reason) = classify(
+        let (kind, reason) = classify_kind(
             &volumes(),
             &inv("Success", ""),
             &[snap("vol-1", "True"), snap("vol-2", "True")],
@@ -252,7 +301,7 @@ mod tests {
 
     #[test]
     fn a_vss_failure_is_crash_consistent_with_the_document_reason() {
-        let (kind, reason) = classify(
+        let (kind, reason) = classify_kind(
             &volumes(),
             &inv("Failed", "Created snap-1\n----------ERROR-------\nThaw pipe connection timed out. error on thaw"),
             &[snap("vol-1", "False"), snap("vol-2", "False")],
@@ -265,7 +314,7 @@ mod tests {
 
     #[test]
     fn success_status_does_not_make_a_set_consistent() {
-        let (kind, _) = classify(
+        let (kind, _) = classify_kind(
             &volumes(),
             &inv("Success", ""),
             &[snap("vol-1", "True"), snap("vol-2", "False")],
@@ -275,7 +324,7 @@ mod tests {
             tags: BTreeMap::new(),
             ..snap("vol-2", "True")
         };
-        let (kind, _) = classify(
+        let (kind, _) = classify_kind(
             &volumes(),
             &inv("Success", ""),
             &[snap("vol-1", "True"), untagged],
@@ -285,7 +334,8 @@ mod tests {
 
     #[test]
     fn a_missing_or_failed_volume_is_incomplete() {
-        let (kind, reason) = classify(&volumes(), &inv("Success", ""), &[snap("vol-1", "True")]);
+        let (kind, reason) =
+            classify_kind(&volumes(), &inv("Success", ""), &[snap("vol-1", "True")]);
         assert_eq!(kind, OutcomeKind::Incomplete);
         assert!(reason.unwrap_or_default().contains("vol-2 (xvd1)"));
         let errored = SnapshotFacts {
@@ -293,7 +343,7 @@ mod tests {
             ..snap("vol-2", "True")
         };
         assert_eq!(
-            classify(
+            classify_kind(
                 &volumes(),
                 &inv("Success", ""),
                 &[snap("vol-1", "True"), errored]
@@ -305,7 +355,7 @@ mod tests {
 
     #[test]
     fn no_snapshot_is_failed_or_timed_out() {
-        let (kind, reason) = classify(
+        let (kind, reason) = classify_kind(
             &volumes(),
             &inv("Failed", "Exception: No EBS volumes are attached"),
             &[],
@@ -316,14 +366,14 @@ mod tests {
             status_details: "DeliveryTimedOut".into(),
             ..inv("TimedOut", "")
         };
-        let (kind, reason) = classify(&volumes(), &timed_out, &[]);
+        let (kind, reason) = classify_kind(&volumes(), &timed_out, &[]);
         assert_eq!(kind, OutcomeKind::TimedOut);
         assert!(reason.unwrap_or_default().contains("DeliveryTimedOut"));
         assert_eq!(
-            classify(&volumes(), &inv("Cancelled", ""), &[]).0,
+            classify_kind(&volumes(), &inv("Cancelled", ""), &[]).0,
             OutcomeKind::Failed
         );
-        assert!(classify(&volumes(), &inv("Success", ""), &[])
+        assert!(classify_kind(&volumes(), &inv("Success", ""), &[])
             .1
             .unwrap_or_default()
             .contains("no snapshot"));

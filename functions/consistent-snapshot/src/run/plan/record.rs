@@ -110,7 +110,8 @@ pub fn verify_set(
     // A snapshot of an unexpected volume is reported once, as the reason the set is
     // incomplete, not as foreign.
     foreign.retain(|f| !f.why.contains("was not attached"));
-    let (mut kind, mut reason) = classify(&manifest.volumes, invocation, &mine);
+    let classified = classify(&manifest.volumes, invocation, &mine);
+    let (mut kind, mut reason, cause) = (classified.kind, classified.reason, classified.cause);
     if !unexpected.is_empty() && matches!(kind, OutcomeKind::Consistent) {
         kind = OutcomeKind::Incomplete;
         reason = Some(format!(
@@ -145,6 +146,7 @@ pub fn verify_set(
         snapshots,
         verdict,
         reason: reason.clone(),
+        cause,
         verified_at: now,
         verified_by: VERIFIED_BY.to_string(),
     };
@@ -155,6 +157,7 @@ pub fn verify_set(
         volumes: manifest.volumes.len(),
         snapshots: mine.iter().map(|s| s.snapshot_id.clone()).collect(),
         reason,
+        cause,
     };
     Verified {
         record,
@@ -183,6 +186,7 @@ pub fn outcome_of(record: &SetRecord) -> Outcome {
             .map(|s| s.snapshot_id.clone())
             .collect(),
         reason: record.reason.clone(),
+        cause: record.cause,
     }
 }
 

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::catalog::ForeignSnapshot;
+use crate::model::cause::Cause;
 use crate::run::plan::outcome::{Outcome, OutcomeKind};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +17,9 @@ pub struct RunSummary {
     pub finished_at: DateTime<Utc>,
     pub outcomes: Vec<Outcome>,
     pub totals: BTreeMap<OutcomeKind, usize>,
+    /// How many servers ended with each named cause (all of them, as `totals`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub causes: BTreeMap<Cause, usize>,
     /// Snapshots carrying the run's tags that no set of the run holds (forged, or tagged by
     /// hand): never copied, restored or deleted; the first `MAX_FOREIGN` of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -54,6 +58,8 @@ pub struct RecordPage {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub totals: BTreeMap<OutcomeKind, usize>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub causes: BTreeMap<Cause, usize>,
     pub instances: usize,
     pub foreign_count: usize,
     pub page: usize,
@@ -80,6 +86,7 @@ impl RunSummary {
                 started_at: self.started_at,
                 finished_at: self.finished_at,
                 totals: self.totals.clone(),
+                causes: self.causes.clone(),
                 instances: self.outcomes.len(),
                 foreign_count: self.foreign_count,
                 page,
@@ -106,8 +113,12 @@ impl RunSummary {
             (rank(a.kind), &a.name, &a.instance_id).cmp(&(rank(b.kind), &b.name, &b.instance_id))
         });
         let mut totals = BTreeMap::new();
+        let mut causes = BTreeMap::new();
         for o in &outcomes {
             *totals.entry(o.kind).or_insert(0) += 1;
+            if let Some(cause) = o.cause {
+                *causes.entry(cause).or_insert(0) += 1;
+            }
         }
         RunSummary {
             run_id: run_id.to_string(),
@@ -115,6 +126,7 @@ impl RunSummary {
             finished_at,
             outcomes,
             totals,
+            causes,
             foreign: Vec::new(),
             foreign_count: 0,
             outcomes_left_out: 0,
@@ -177,17 +189,28 @@ impl RunSummary {
         )
     }
 
-    /// A fixed-width table: instance, name, volumes, snapshots, outcome, reason.
-    pub fn table(&self) -> String {
+    /// Each named cause met, with how many servers and its fix, most frequent first.
+    pub fn fixes(&self) -> Vec<String> {
+        let mut causes: Vec<(&Cause, &usize)> = self.causes.iter().collect();
+        causes.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        causes
+            .into_iter()
+            .map(|(cause, n)| format!("{cause} ({n}): {}", cause.remediation()))
+            .collect()
+    }
+
+    /// A fixed-width table: instance, name, volumes, snapshots, outcome, cause, reason.
+    fn rows(&self) -> Vec<String> {
         let headers = [
             "INSTANCE",
             "NAME",
             "VOLUMES",
             "SNAPSHOTS",
             "OUTCOME",
+            "CAUSE",
             "REASON",
         ];
-        let rows: Vec<[String; 6]> = self
+        let rows: Vec<[String; 7]> = self
             .outcomes
             .iter()
             .map(|o| {
@@ -197,6 +220,7 @@ impl RunSummary {
                     o.volumes.to_string(),
                     o.snapshots.len().to_string(),
                     o.kind.to_string(),
+                    o.cause.map(|c| c.to_string()).unwrap_or_default(),
                     o.reason.clone().unwrap_or_default(),
                 ]
             })
@@ -207,8 +231,8 @@ impl RunSummary {
                 *w = (*w).max(cell.chars().count());
             }
         }
-        widths[5] = widths[5].min(100);
-        let line = |cells: [&str; 6]| {
+        widths[6] = widths[6].min(100);
+        let line = |cells: [&str; 7]| {
             let mut text = String::new();
             for (i, cell) in cells.iter().enumerate() {
                 let cell: String = cell.chars().take(widths[i]).collect();
@@ -219,8 +243,20 @@ impl RunSummary {
         let mut out = vec![line(headers)];
         out.extend(
             rows.iter()
-                .map(|r| line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]])),
+                .map(|r| line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6]])),
         );
+        out
+    }
+
+    /// The table, the causes with their fixes, and the summary line.
+    pub fn table(&self) -> String {
+        let mut out = self.rows();
+        let fixes = self.fixes();
+        if !fixes.is_empty() {
+            out.push(String::new());
+            out.push("Causes and fixes:".into());
+            out.extend(fixes.into_iter().map(|f| format!("  {f}")));
+        }
         out.push(String::new());
         out.push(self.summary_line());
         out.join("\n")
@@ -230,6 +266,9 @@ impl RunSummary {
 /// A finished run's counts: `Dispatched` (instances a command was sent to) and one per outcome,
 /// plus `NotConsistent`, the instances that were attempted and did not end consistent (the
 /// "failures in a run" alarm).
+///
+/// Then one count per named cause met in the run (`CauseFreezeTimeout`, …): a cause that did
+/// not occur is not written, so it costs no custom metric.
 pub fn run_counts(report: &RunSummary) -> Vec<(&'static str, usize)> {
     let n = |kind| report.count(kind);
     let skipped = n(OutcomeKind::Skipped);
@@ -237,7 +276,7 @@ pub fn run_counts(report: &RunSummary) -> Vec<(&'static str, usize)> {
         + n(OutcomeKind::Incomplete)
         + n(OutcomeKind::Failed)
         + n(OutcomeKind::TimedOut);
-    vec![
+    let mut counts = vec![
         ("Dispatched", report.outcomes.len() - skipped),
         ("Consistent", n(OutcomeKind::Consistent)),
         ("CrashConsistent", n(OutcomeKind::CrashConsistent)),
@@ -247,7 +286,9 @@ pub fn run_counts(report: &RunSummary) -> Vec<(&'static str, usize)> {
         ("Skipped", skipped),
         ("NotConsistent", not_consistent),
         ("ForeignSnapshots", report.foreign_count),
-    ]
+    ];
+    counts.extend(report.causes.iter().map(|(c, n)| (c.metric(), *n)));
+    counts
 }
 
 /// SNS takes messages up to 256 KB; the table is cut well before.
@@ -278,12 +319,20 @@ pub fn notification_subject(managed_by: &str, report: &RunSummary) -> String {
 /// SNS takes a subject of fewer than 100 characters, printable, on one line.
 pub const SUBJECT_MAX_CHARS: usize = 99;
 
-/// The summary line, then the table (which lists what needs attention first), cut to
-/// `max_bytes` with a line saying how many rows were left out.
+/// The summary line, the causes met with their fixes, then the table (which lists what needs
+/// attention first), cut to `max_bytes` with a line saying how many rows were left out.
 pub fn notification_text(report: &RunSummary, max_bytes: usize) -> String {
-    let table = report.table();
     let mut text = format!("{}\n\n", report.summary_line());
-    let lines: Vec<&str> = table.lines().collect();
+    let fixes = report.fixes();
+    if !fixes.is_empty() {
+        text.push_str("Causes and fixes:\n");
+        for fix in fixes {
+            text.push_str(&format!("  {fix}\n"));
+        }
+        text.push('\n');
+    }
+    let rows = report.rows();
+    let lines: Vec<&str> = rows.iter().map(String::as_str).collect();
     for (i, line) in lines.iter().enumerate() {
         if text.len() + line.len() + 80 > max_bytes {
             text.push_str(&format!(
@@ -310,6 +359,7 @@ mod tests {
             volumes: 2,
             snapshots: (0..snaps).map(|i| format!("snap-{id}-{i}")).collect(),
             reason: (kind != OutcomeKind::Consistent).then(|| "why".to_string()),
+            cause: None,
         }
     }
 
@@ -383,6 +433,64 @@ mod tests {
     }
 
     #[test]
+    fn each_cause_is_counted_named_with_its_fix_and_a_metric() {
+        let t = Utc::now();
+        let with = |id: &str, kind, cause| Outcome {
+            cause,
+            ..outcome(id, kind, 0)
+        };
+        let report = RunSummary::new(
+            "r",
+            t,
+            t,
+            vec![
+                with(
+                    "i-1",
+                    OutcomeKind::CrashConsistent,
+                    Some(Cause::FreezeTimeout),
+                ),
+                with(
+                    "i-2",
+                    OutcomeKind::CrashConsistent,
+                    Some(Cause::FreezeTimeout),
+                ),
+                with("i-3", OutcomeKind::Skipped, Some(Cause::AgentOffline)),
+                with("i-4", OutcomeKind::Failed, None),
+                with("i-5", OutcomeKind::Consistent, None),
+            ],
+        );
+        assert_eq!(
+            report.causes,
+            BTreeMap::from([(Cause::FreezeTimeout, 2), (Cause::AgentOffline, 1)])
+        );
+        let fixes = report.fixes();
+        assert_eq!(fixes.len(), 2);
+        assert!(
+            fixes[0].starts_with("VSS freeze timed out (2): VSS holds writes"),
+            "{fixes:?}"
+        );
+        let table = report.table();
+        assert!(table.contains("Causes and fixes:") && table.contains("SSM agent offline (1)"));
+        let text = notification_text(&report, NOTIFICATION_MAX_BYTES);
+        let fixes_at = text.find("Causes and fixes:").unwrap_or(usize::MAX);
+        assert!(fixes_at < text.find("INSTANCE").unwrap_or(0), "{text}");
+        let counts: BTreeMap<_, _> = run_counts(&report).into_iter().collect();
+        assert_eq!(
+            (
+                counts.get("CauseFreezeTimeout"),
+                counts.get("CauseAgentOffline")
+            ),
+            (Some(&2), Some(&1))
+        );
+        assert!(
+            !counts.contains_key("CauseLanguageMode"),
+            "causes not met cost no metric"
+        );
+        // The log's cut summary still counts every cause.
+        assert_eq!(report.for_log(1).causes, report.causes);
+    }
+
+    #[test]
     fn the_logged_summary_lists_what_needs_attention_first_and_counts_the_rest() {
         let big = report(3_001);
         let logged = big.for_log(MAX_LOGGED_OUTCOMES);
@@ -417,6 +525,7 @@ mod tests {
                 volumes: 3,
                 snapshots: vec![],
                 reason: (i % 2 == 0).then(|| "Failed: Thaw pipe connection timed out".into()),
+                cause: (i % 2 == 0).then_some(Cause::FreezeTimeout),
             })
             .collect();
         RunSummary::new("20261123T020000Z-1a2b3c4d", t, t, outcomes)

@@ -11,6 +11,7 @@ use crate::jobs::{InstanceJob, RunCommand, RunJob};
 use crate::model::catalog::{
     reported_snapshots, ForeignSnapshot, InstanceReport, ManifestEntry, SetRecord,
 };
+use crate::model::cause::{cause_of_deadline, cause_of_skip};
 use crate::model::command::{FinalInvocation, Invocation, Look};
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::{CommandStatus, SnapshotState};
@@ -50,6 +51,7 @@ pub fn next_instance_step(job: &InstanceJob, look: &Look, now: DateTime<Utc>) ->
                 "SSM invocation still {status} at the deadline {}",
                 job.stage_deadline.to_rfc3339()
             )),
+            cause: Some(cause_of_deadline(status)),
         }),
         Look::NotYet { status } => Next::Wait {
             job: InstanceJob {
@@ -300,6 +302,7 @@ pub fn run_outcomes(
                     volumes: 0,
                     snapshots: vec![],
                     reason: Some("SSM lists an invocation the run's manifest does not hold".into()),
+                    cause: None,
                 },
                 verified: None,
             });
@@ -322,6 +325,7 @@ pub fn run_outcomes(
                     volumes: entry.volumes.len(),
                     snapshots: vec![],
                     reason: Some(format!("SSM invocation still {status} at the run deadline")),
+                    cause: Some(cause_of_deadline(&status.to_string())),
                 },
                 verified: None,
             });
@@ -353,6 +357,7 @@ pub fn run_outcomes(
             volumes: 0,
             snapshots: vec![],
             reason: Some(s.reason.to_string()),
+            cause: cause_of_skip(&s.reason),
         })
         .collect();
     // Past the deadline, instances SSM never listed are still accounted for.
@@ -369,6 +374,7 @@ pub fn run_outcomes(
                 reason: Some(format!(
                     "SSM never listed {missing} of this command's invocations by the run deadline"
                 )),
+                cause: None,
             }),
     );
     others.extend(job.unsent.iter().map(|u| Outcome {
@@ -378,6 +384,7 @@ pub fn run_outcomes(
         volumes: 0,
         snapshots: vec![],
         reason: Some(format!("command not sent: {}", u.error)),
+        cause: None,
     }));
     (results, others, foreign)
 }
