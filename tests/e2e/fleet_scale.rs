@@ -274,3 +274,166 @@ async fn a_fleet_of_120_goes_out_in_commands_of_at_most_50_across_paginated_desc
         assert_eq!(n, 2, "{id}");
     }
 }
+
+/// `ConsistentSnapshot:NoWriters` on a file server for two nights after an ordinary one: the
+/// document gets `NoWriters=True`, the set is recorded and reported as file-system consistent
+/// (counted apart, never as application consistent), it is copied and labelled, retention
+/// counts it as a backup, and keeps the server's newest application-consistent set whatever
+/// the count. NoWriters with SaveVssMetadata is refused for that server alone.
+#[tokio::test]
+async fn no_writers_sets_are_file_system_consistent_labelled_copied_and_kept_as_backups() {
+    use aws_sdk_ec2::types::Tag;
+    use consistent_snapshot::catalog::Verdict;
+    let world = World::start(3).await.expect("world");
+    let (emulator, logs) = (&world.emulator, &world.logs);
+    let servers = vec![
+        ServerSpec::windows("sql01", 1),
+        ServerSpec::windows("files01", 1),
+        ServerSpec::windows("both01", 1)
+            .tag("ConsistentSnapshot:NoWriters", "true")
+            .tag("ConsistentSnapshot:SaveVssMetadata", "true"),
+    ];
+    let ids = world.seed(&servers).await.expect("seed");
+    let (sql, files, both) = (&ids[0], &ids[1], &ids[2]);
+    let app = world
+        .app(&[("COPY_REGIONS", "eu-west-1"), ("RETAIN_COUNT", "1")])
+        .expect("app");
+
+    // Night 1: files01 as every night so far, application consistent.
+    let first = world
+        .nightly(&app, "2026-11-23T02:00:00Z")
+        .await
+        .expect("night 1");
+    // Then its operator sets NoWriters (a third-party VSS requestor conflicts with the writers).
+    emulator
+        .ec2()
+        .create_tags()
+        .resources(files.as_str())
+        .tags(
+            Tag::builder()
+                .key("ConsistentSnapshot:NoWriters")
+                .value("true")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("CreateTags");
+    let second = world
+        .nightly(&app, "2026-11-24T02:00:00Z")
+        .await
+        .expect("night 2");
+    let third = world
+        .nightly(&app, "2026-11-25T02:00:00Z")
+        .await
+        .expect("night 3");
+
+    // What the document got on night 3, and that both01 was never sent anything.
+    let invocations = emulator.invocations().expect("invocations");
+    let no_writers = |run: &str, id: &str| {
+        invocations
+            .iter()
+            .find(|i| {
+                i["instance_id"] == id && i["comment"].as_str().is_some_and(|c| c.contains(run))
+            })
+            .map(|i| i["parameters"]["NoWriters"][0].as_str().map(str::to_string))
+    };
+    assert_eq!(no_writers(&third, files), Some(Some("True".into())));
+    assert_eq!(no_writers(&first, files), Some(None), "sent only when on");
+    assert_eq!(no_writers(&third, sql), Some(None));
+    assert!(
+        !invocations
+            .iter()
+            .any(|i| i["instance_id"] == both.as_str()),
+        "NoWriters with SaveVssMetadata is never sent"
+    );
+
+    // The summary: file-system consistent, counted apart; the refused server named.
+    let report = logs.run_report(&third).expect("night 3's summary");
+    let outcome = |id: &str| {
+        report
+            .outcomes
+            .iter()
+            .find(|o| o.instance_id == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} missing"))
+    };
+    assert_eq!(outcome(files).kind, OutcomeKind::FileSystemConsistent);
+    assert!(outcome(files)
+        .reason
+        .is_some_and(|r| r.contains("NoWriters") && r.contains("not application consistent")));
+    assert_eq!(outcome(sql).kind, OutcomeKind::Consistent);
+    let refused = outcome(both);
+    assert_eq!(
+        (refused.kind, refused.cause),
+        (
+            OutcomeKind::Skipped,
+            Some(consistent_snapshot::Cause::InvalidOption)
+        )
+    );
+    assert_eq!(
+        (
+            report.count(OutcomeKind::Consistent),
+            report.count(OutcomeKind::FileSystemConsistent)
+        ),
+        (1, 1)
+    );
+    assert!(report.summary_line().contains("1 file-system consistent"));
+
+    // The catalog's verdicts, night by night.
+    let (sets, copies) = emulator.catalog().sets_of(files).await.expect("catalog");
+    let verdict = |run: &str| sets.iter().find(|s| s.run_id == run).map(|s| s.verdict);
+    assert_eq!(verdict(&first), Some(Verdict::Consistent));
+    assert_eq!(verdict(&third), Some(Verdict::FileSystemConsistent));
+
+    // EC2: night 3's snapshot of files01 and its copy carry the label; sql01's do not.
+    for region in ["us-east-1", "eu-west-1"] {
+        let listed = own_snapshots(emulator, region).await.expect("snapshots");
+        let label = |id: &str, run: &str| -> Vec<Option<String>> {
+            listed
+                .iter()
+                .filter(|s| {
+                    snapshot_tag(s, "ConsistentSnapshot:RunId") == Some(run)
+                        && snapshot_tag(s, "ConsistentSnapshot:InstanceId") == Some(id)
+                })
+                .map(|s| snapshot_tag(s, "ConsistentSnapshot:Consistency").map(str::to_string))
+                .collect()
+        };
+        assert_eq!(
+            label(files, &third),
+            vec![Some("FileSystem".to_string()); 2],
+            "{region}"
+        );
+        assert_eq!(label(sql, &third), vec![None; 2], "{region}");
+    }
+    assert!(copies
+        .iter()
+        .filter(|c| c.run_id == third)
+        .all(|c| c.consistent && c.file_system));
+
+    // Retention (RETAIN_COUNT=1): night 3's set is the one kept by count, night 2's goes, and
+    // night 1's, files01's newest application-consistent set, stays.
+    let left: std::collections::BTreeSet<String> = own_snapshots(emulator, "us-east-1")
+        .await
+        .expect("snapshots")
+        .into_iter()
+        .filter(|s| snapshot_tag(s, "ConsistentSnapshot:InstanceId") == Some(files.as_str()))
+        .filter_map(|s| snapshot_tag(&s, "ConsistentSnapshot:RunId").map(str::to_string))
+        .collect();
+    assert_eq!(
+        left,
+        [first.clone(), third.clone()].into_iter().collect(),
+        "night 2 ({second}) deleted"
+    );
+
+    // The fleet report: within the RPO, file-system consistent only, counted apart.
+    let fleet = world.report(&app).await.expect("report");
+    let status = fleet["instances"]
+        .as_array()
+        .and_then(|i| i.iter().find(|s| s["instance_id"] == files.as_str()))
+        .cloned()
+        .expect("files01 in the report");
+    assert_eq!(status["rpo"], "within_rpo");
+    assert_eq!(status["latest_consistent"]["run_id"], third.as_str());
+    assert_eq!(status["latest_consistent"]["file_system_only"], true);
+    assert_eq!(fleet["totals"]["file_system_only"], 1, "{fleet}");
+}

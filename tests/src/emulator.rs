@@ -407,6 +407,7 @@ impl Emulator {
                 snapshot_id: c.snapshot_id,
                 started_at: set.taken,
                 consistent: true,
+                file_system: false,
                 imported: false,
                 set_size: 0,
                 seen_final: None,

@@ -116,6 +116,7 @@ impl Config {
                 copy_only: s.flag("VSS_COPY_ONLY", "false"),
                 save_vss_metadata: s.flag("VSS_SAVE_METADATA", "false"),
                 collect_diagnostic_logs: s.flag("VSS_COLLECT_DIAGNOSTIC_LOGS", "false"),
+                no_writers: s.flag("VSS_NO_WRITERS", "false"),
             },
             min_ssm_agent_version: s.version("MIN_SSM_AGENT_VERSION", "2.2.58.0"),
             // A function name is unique in its account and region; the region keeps two
@@ -207,6 +208,12 @@ impl Config {
         }
         if self.target_tag_key.is_empty() || self.target_tag_key.len() > 128 {
             problems.push("TARGET_TAG_KEY must be 1 to 128 characters".to_string());
+        }
+        if self.vss.no_writers && self.vss.save_vss_metadata {
+            problems.push(
+                "VSS_NO_WRITERS and VSS_SAVE_METADATA are both true: the VSS documents refuse NoWriters with SaveVssMetadata"
+                    .to_string(),
+            );
         }
         if !VSS_DOCUMENTS.contains(&self.ssm_document.as_str()) {
             problems.push(format!(

@@ -296,6 +296,13 @@ class Simulation:
         tags, error = parse_tags_param(params.get("tags", ""))
         if error:
             return self._finish(inv, "Failed", 1, "", error)
+        def on(name: str) -> bool:
+            return str(params.get(name, "False")).lower() == "true"
+
+        if on("NoWriters") and on("SaveVssMetadata"):
+            # The documents refuse the two together (AWS's parameter reference).
+            return self._finish(inv, "Failed", 1, "",
+                                "NoWriters cannot be True when SaveVssMetadata is True.")
         try:
             instance = ec2.get_instance(inv.instance_id)
         except Exception:  # noqa: BLE001 - the instance is gone

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::model::catalog::{CopyRecord, CopyTargets, SeenFinal, SetRecord};
+use crate::model::catalog::{CopyRecord, CopyTargets, SeenFinal, SetRecord, Verdict};
 use crate::model::ids::parse_regions;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::SnapshotState;
@@ -238,7 +238,7 @@ impl Backlog {
     }
 
     pub fn add_set(&mut self, set: &SetRecord) {
-        if set.is_consistent() && self.since.is_none_or(|since| set.started_at >= since) {
+        if set.is_backup() && self.since.is_none_or(|since| set.started_at >= since) {
             self.sets.insert(
                 (set.instance_id.clone(), set.run_id.clone()),
                 (set.started_at, set.snapshots.len()),
@@ -320,6 +320,48 @@ pub struct Source {
     /// Its state when EC2 was asked; `None` until it is (it is asked right before its copy
     /// starts, so a pass describes only the snapshots it copies).
     pub state: Option<SnapshotState>,
+}
+
+/// What a copy carries of its source set, so that it stands on its own once retention has
+/// deleted the set at home: whether the set is a backup, whether file-system consistent only,
+/// and how many snapshots it has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Carried {
+    pub consistent: bool,
+    pub file_system: bool,
+    pub set_size: u32,
+}
+
+impl Carried {
+    pub fn of(set: &SetRecord) -> Self {
+        Carried {
+            consistent: set.is_backup(),
+            file_system: set.verdict == Verdict::FileSystemConsistent,
+            set_size: u32::try_from(set.snapshots.len()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// The catalog's record of a copy the function started, or found started (a lost answer).
+pub fn copy_record(
+    (run_id, instance_id): (&str, &str),
+    (region, source_snapshot_id, snapshot_id): (&str, &str, &str),
+    carried: Carried,
+    started_at: DateTime<Utc>,
+) -> CopyRecord {
+    CopyRecord {
+        run_id: run_id.to_string(),
+        instance_id: instance_id.to_string(),
+        region: region.to_string(),
+        source_snapshot_id: source_snapshot_id.to_string(),
+        snapshot_id: snapshot_id.to_string(),
+        started_at,
+        consistent: carried.consistent,
+        file_system: carried.file_system,
+        imported: false,
+        set_size: carried.set_size,
+        seen_final: None,
+    }
 }
 
 /// The snapshots of a run's recorded sets, set by set (so that a set's copies start
@@ -541,6 +583,7 @@ mod tests {
                 snapshot_id: format!("copy-{i}"),
                 started_at: set.started_at,
                 consistent: true,
+                file_system: false,
                 imported: false,
                 set_size: set.snapshots.len() as u32,
                 seen_final: None,
@@ -883,6 +926,7 @@ mod tests {
             snapshot_id: "snap-copy".into(),
             started_at: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
             consistent: true,
+            file_system: false,
             imported: false,
             set_size: 1,
             seen_final: None,

@@ -26,9 +26,9 @@ use crate::aws::catalog::{CopyView, RunMarkerStore, Scanned};
 use crate::aws::instances;
 use crate::aws::snapshots::{self, CopyRequest};
 use crate::copy::plan::{
-    copy_description, copy_regions_of, copy_tags, existing_copies, lost_answer_copies, newly_final,
-    plan_copies, seen_copies, sources_of, Backlog, CopyPlan, CopySummary, ExistingCopy,
-    RegionFault, Source, BACKLOG_RUNS,
+    copy_description, copy_record, copy_regions_of, copy_tags, existing_copies, lost_answer_copies,
+    newly_final, plan_copies, seen_copies, sources_of, Backlog, Carried, CopyPlan, CopySummary,
+    ExistingCopy, RegionFault, Source, BACKLOG_RUNS,
 };
 use crate::error::Error;
 use crate::jobs::{CopyJob, Envelope, Job, RetentionJob};
@@ -337,18 +337,10 @@ async fn copy_pass(
     let view = app.aws.catalog.copy_view(run_id).await?;
     let index = CatalogIndex::new(&view.sets, &view.copies);
     // Each set's verdict and size, carried on its copies' records.
-    let verdicts: BTreeMap<(&str, &str), (bool, u32)> = view
+    let verdicts: BTreeMap<(&str, &str), Carried> = view
         .sets
         .iter()
-        .map(|s| {
-            (
-                (s.instance_id.as_str(), s.run_id.as_str()),
-                (
-                    s.is_consistent(),
-                    u32::try_from(s.snapshots.len()).unwrap_or(u32::MAX),
-                ),
-            )
-        })
+        .map(|s| ((s.instance_id.as_str(), s.run_id.as_str()), Carried::of(s)))
         .collect();
     let targets = copy_targets(app, run_id, &view).await?;
     let sources: Vec<(Source, Result<Vec<String>, String>)> = sources_of(&view.sets)
@@ -503,24 +495,18 @@ async fn copy_pass(
                         .get(TAG_INSTANCE_ID)
                         .cloned()
                         .unwrap_or_default();
-                    let (consistent, set_size) = verdicts
+                    let carried = verdicts
                         .get(&(instance_id.as_str(), run_id))
                         .copied()
-                        .unwrap_or((false, 0));
+                        .unwrap_or_default();
                     app.aws
                         .catalog
-                        .record_copy(&CopyRecord {
-                            run_id: run_id.to_string(),
-                            instance_id,
-                            region: region.clone(),
-                            source_snapshot_id: source_id,
-                            snapshot_id: copy_id,
-                            started_at: Utc::now(),
-                            consistent,
-                            imported: false,
-                            set_size,
-                            seen_final: None,
-                        })
+                        .record_copy(&copy_record(
+                            (run_id, &instance_id),
+                            (&region, &source_id, &copy_id),
+                            carried,
+                            Utc::now(),
+                        ))
                         .await?;
                 }
                 Err(err) if err.aws_code() == Some("ResourceLimitExceeded") => {
@@ -663,7 +649,7 @@ async fn region_copies(
     region: &str,
     recorded: Vec<&CopyRecord>,
     set_snapshots: &HashSet<&str>,
-    verdicts: &BTreeMap<(&str, &str), (bool, u32)>,
+    verdicts: &BTreeMap<(&str, &str), Carried>,
     look: Look,
 ) -> Result<(Vec<ExistingCopy>, Vec<CopyRecord>), Error> {
     let home = app.config.region.as_str();
@@ -708,22 +694,16 @@ async fn region_copies(
             .cloned()
             .unwrap_or_default();
         info!(run_id = %run_id, region = %region, source = %source_id, copy = %copy.snapshot_id, "a copy whose CopySnapshot answer was lost: recorded");
-        let (consistent, set_size) = verdicts
+        let carried = verdicts
             .get(&(instance_id.as_str(), run_id))
             .copied()
-            .unwrap_or((false, 0));
-        let record = CopyRecord {
-            consistent,
-            set_size,
-            run_id: run_id.to_string(),
-            instance_id,
-            region: region.to_string(),
-            source_snapshot_id: source_id,
-            snapshot_id: copy.snapshot_id.clone(),
-            started_at: Utc::now(),
-            imported: false,
-            seen_final: None,
-        };
+            .unwrap_or_default();
+        let record = copy_record(
+            (run_id, &instance_id),
+            (region, &source_id, &copy.snapshot_id),
+            carried,
+            Utc::now(),
+        );
         app.aws.catalog.record_copy(&record).await?;
         found.push(copy.clone());
         adopted.push(record);

@@ -20,8 +20,8 @@ use crate::model::fleet::AttachedVolume;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::SnapshotState;
 use crate::model::tags::{
-    TAG_APP_CONSISTENT, TAG_DEVICE, TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RUN_ID,
-    TAG_SOURCE_SNAPSHOT,
+    CONSISTENCY_FILE_SYSTEM, TAG_APP_CONSISTENT, TAG_CONSISTENCY, TAG_DEVICE, TAG_INSTANCE_ID,
+    TAG_MANAGED_BY, TAG_RUN_ID, TAG_SOURCE_SNAPSHOT,
 };
 
 /// One instance of a run, as dispatched: the command sent to it and the volumes its set must
@@ -39,6 +39,10 @@ pub struct ManifestEntry {
     /// The instance's cost tags at dispatch (`COPY_INSTANCE_TAGS`), written on its snapshots.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cost_tags: Vec<(String, String)>,
+    /// The command was sent with `NoWriters=True`: its set can be file-system consistent at
+    /// best, whatever its snapshots' tags say.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_writers: bool,
 }
 
 /// What an instance's own tracking message saw when its invocation was final: SSM's status
@@ -61,6 +65,10 @@ pub enum Verdict {
     /// Every volume expected at dispatch has a completed snapshot that the document reported,
     /// tagged `AppConsistent=True` when verified.
     Consistent,
+    /// As `Consistent`, but the command was sent with `NoWriters=True`: the application
+    /// writers were left out, so the set is file-system consistent only. A backup (copied,
+    /// kept, restorable), never counted as application consistent.
+    FileSystemConsistent,
     /// The document reported snapshots, but VSS did not make them application-consistent.
     CrashConsistent,
     /// A volume expected at dispatch has no verified snapshot, or the document snapshotted a
@@ -77,6 +85,7 @@ impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Verdict::Consistent => "consistent",
+            Verdict::FileSystemConsistent => "file-system consistent",
             Verdict::CrashConsistent => "crash-consistent",
             Verdict::Incomplete => "incomplete",
             Verdict::Failed => "failed",
@@ -117,9 +126,18 @@ pub struct SetRecord {
 }
 
 impl SetRecord {
-    /// Whether the set counts as a consistent backup (retention, restore, the report).
+    /// Whether the set is application consistent.
     pub fn is_consistent(&self) -> bool {
         self.verdict == Verdict::Consistent
+    }
+
+    /// Whether the set counts as a backup: application consistent, or file-system consistent
+    /// as its instance asked (`NoWriters`). Copied, kept by count, restorable.
+    pub fn is_backup(&self) -> bool {
+        matches!(
+            self.verdict,
+            Verdict::Consistent | Verdict::FileSystemConsistent
+        )
     }
 }
 
@@ -133,8 +151,11 @@ pub struct CopyRecord {
     pub snapshot_id: String,
     pub started_at: DateTime<Utc>,
     /// The source set's verdict, carried so that the copy stands on its own once retention
-    /// has deleted the source set in its region.
+    /// has deleted the source set in its region: a backup (`SetRecord::is_backup`), and
+    /// whether file-system consistent only.
     pub consistent: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub file_system: bool,
     /// A copy recorded by `import`: never deleted automatically.
     #[serde(default)]
     pub imported: bool,
@@ -206,7 +227,9 @@ pub struct ForeignSnapshot {
 pub struct Vouched {
     pub instance_id: Arc<str>,
     pub run_id: Arc<str>,
+    /// A backup: application consistent, or file-system consistent when `file_system`.
     pub consistent: bool,
+    pub file_system: bool,
     /// The source's volume and start time (a copy's own are EC2's to choose: not checked).
     pub volume_id: Option<Arc<str>>,
     pub start_time: Option<DateTime<Utc>>,
@@ -255,6 +278,7 @@ struct Entry {
     source_snapshot_id: Name,
     start_time: Option<DateTime<Utc>>,
     consistent: bool,
+    file_system: bool,
     imported: bool,
 }
 
@@ -339,7 +363,8 @@ impl CatalogIndex {
                 device: self.number(&s.device),
                 source_snapshot_id: NONE,
                 start_time: Some(s.start_time),
-                consistent: set.is_consistent(),
+                consistent: set.is_backup(),
+                file_system: set.verdict == Verdict::FileSystemConsistent,
                 imported: set.verdict == Verdict::Imported,
             };
             self.insert(&set.region, &s.snapshot_id, entry);
@@ -358,6 +383,7 @@ impl CatalogIndex {
             source_snapshot_id: self.number(&copy.source_snapshot_id),
             start_time: None,
             consistent: copy.consistent,
+            file_system: copy.file_system,
             imported: copy.imported,
         };
         let key = (entry.instance_id, entry.run_id);
@@ -420,6 +446,7 @@ impl CatalogIndex {
             instance_id: self.name(entry.instance_id)?,
             run_id: self.name(entry.run_id)?,
             consistent,
+            file_system: entry.file_system,
             volume_id: self.name(entry.volume_id),
             start_time: entry.start_time,
             device: self.name(entry.device),
@@ -482,6 +509,13 @@ pub fn admit(
     .into();
     for (key, value) in truth {
         facts.tags.insert(key.to_string(), value);
+    }
+    if vouched.consistent && vouched.file_system {
+        facts
+            .tags
+            .insert(TAG_CONSISTENCY.to_string(), CONSISTENCY_FILE_SYSTEM.into());
+    } else {
+        facts.tags.remove(TAG_CONSISTENCY);
     }
     // `Device` is one of the two tags every fleet server may write on any VSS snapshot.
     match &vouched.device {
@@ -691,6 +725,7 @@ mod tests {
             snapshot_id: "snap-c1".into(),
             started_at: t(100),
             consistent: true,
+            file_system: false,
             imported: false,
             set_size: 0,
             seen_final: None,
@@ -728,6 +763,7 @@ mod tests {
             snapshot_id: format!("snap-c{n}"),
             started_at: t(100),
             consistent: true,
+            file_system: false,
             imported: false,
             set_size,
             seen_final: None,

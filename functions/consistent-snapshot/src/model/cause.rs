@@ -88,7 +88,7 @@ impl Cause {
             Cause::SsmAccessDenied => "SSM could not run the document on the instance: check the agent's run-as settings and the document's permissions",
             Cause::InvalidPlatform => "the VSS documents run on Windows only: remove the target tag from this instance",
             Cause::Cancelled => "the command was cancelled or the instance stopped during it: nothing to fix unless it repeats",
-            Cause::InvalidOption => "set the ConsistentSnapshot:* option tag to true or false, or remove it",
+            Cause::InvalidOption => "set the ConsistentSnapshot:* option tags to true or false, and not NoWriters with SaveVssMetadata (the document refuses them together)",
         }
     }
 }
@@ -212,7 +212,9 @@ pub fn cause_of_skip(reason: &SkipReason) -> Option<Cause> {
         SkipReason::SsmOffline { .. } => Some(Cause::AgentOffline),
         SkipReason::AgentTooOld { .. } => Some(Cause::AgentTooOld),
         SkipReason::NoEbsVolumes => Some(Cause::NoEbsVolumes),
-        SkipReason::InvalidOverride { .. } => Some(Cause::InvalidOption),
+        SkipReason::InvalidOverride { .. } | SkipReason::InvalidCombination { .. } => {
+            Some(Cause::InvalidOption)
+        }
         SkipReason::NotRunning { .. }
         | SkipReason::NotTargeted
         | SkipReason::VssInProgress { .. } => None,

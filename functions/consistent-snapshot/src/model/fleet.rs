@@ -98,6 +98,10 @@ pub struct VssOptions {
     /// `CollectDiagnosticLogs`: the document's logs zipped on the instance, for troubleshooting.
     #[serde(default)]
     pub collect_diagnostic_logs: bool,
+    /// `NoWriters`: the application writers are left out of the shadow copy. The set is
+    /// file-system consistent, not application consistent, and is recorded and reported so.
+    #[serde(default)]
+    pub no_writers: bool,
 }
 
 /// An instance that passed preflight, with the volumes its snapshot set must contain.
@@ -139,6 +143,10 @@ pub enum SkipReason {
         tag: String,
         value: String,
     },
+    /// Options the document refuses together (`NoWriters` with `SaveVssMetadata`).
+    InvalidCombination {
+        why: String,
+    },
     /// Asked for by id in an on-demand call but not found with the target tag.
     NotTargeted,
     /// Another VSS command is running on the instance (another run, or one sent by hand):
@@ -167,6 +175,7 @@ impl fmt::Display for SkipReason {
             SkipReason::InvalidOverride { tag, value } => {
                 write!(f, "tag {tag}={value:?} is not true or false")
             }
+            SkipReason::InvalidCombination { why } => f.write_str(why),
             SkipReason::NotTargeted => {
                 f.write_str("not found as a running or stopped instance with the target tag")
             }

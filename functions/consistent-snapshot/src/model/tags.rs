@@ -12,12 +12,18 @@ pub const TAG_MANAGED_BY: &str = "ConsistentSnapshot:ManagedBy";
 /// On a copy: the snapshot it was copied from, and that snapshot's region.
 pub const TAG_SOURCE_SNAPSHOT: &str = "ConsistentSnapshot:SourceSnapshotId";
 pub const TAG_SOURCE_REGION: &str = "ConsistentSnapshot:SourceRegion";
+/// On a set's snapshots and copies: `FileSystem` when the set was taken with `NoWriters`
+/// (file-system consistent, not application consistent). For operators; decisions read the
+/// catalog's verdict.
+pub const TAG_CONSISTENCY: &str = "ConsistentSnapshot:Consistency";
+pub const CONSISTENCY_FILE_SYSTEM: &str = "FileSystem";
 
 /// Per-instance overrides, read from the instance's tags.
 pub const TAG_EXCLUDE_BOOT: &str = "ConsistentSnapshot:ExcludeBootVolume";
 pub const TAG_COPY_ONLY: &str = "ConsistentSnapshot:CopyOnly";
 pub const TAG_SAVE_VSS_METADATA: &str = "ConsistentSnapshot:SaveVssMetadata";
 pub const TAG_COLLECT_DIAGNOSTIC_LOGS: &str = "ConsistentSnapshot:CollectDiagnosticLogs";
+pub const TAG_NO_WRITERS: &str = "ConsistentSnapshot:NoWriters";
 pub const TAG_COPY_REGIONS: &str = "ConsistentSnapshot:CopyRegions";
 pub const TAG_RETAIN_COUNT: &str = "ConsistentSnapshot:RetainCount";
 pub const TAG_RETAIN_DAYS: &str = "ConsistentSnapshot:RetainDays";
@@ -41,8 +47,9 @@ pub const TAG_NAME: &str = "Name";
 /// The tags retention and the fleet report read; a snapshot's other tags (`Name`, the VSS
 /// document's `AwsVssConfig`, an operator's own) are not kept, which keeps a plan over
 /// 100,000 snapshots small.
-pub const TAGS_READ: [&str; 7] = [
+pub const TAGS_READ: [&str; 8] = [
     TAG_MANAGED_BY,
+    TAG_CONSISTENCY,
     TAG_INSTANCE_ID,
     TAG_RUN_ID,
     TAG_APP_CONSISTENT,

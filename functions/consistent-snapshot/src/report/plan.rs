@@ -89,6 +89,9 @@ pub struct SetSummary {
     pub volumes: usize,
     /// `snap-… (xvdf)`, by device.
     pub snapshots: Vec<String>,
+    /// Taken with `NoWriters`: file-system consistent, not application consistent.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub file_system_only: bool,
 }
 
 /// The copies of the newest consistent set in one region.
@@ -168,6 +171,10 @@ pub struct Totals {
     /// Servers with backups that lost their tag (`FleetReport::lost_tag`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lost_tag: usize,
+    /// Servers whose newest backup is file-system consistent only (`NoWriters`): within or
+    /// out of the RPO as the others, but not application consistent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub file_system_only: usize,
     /// Servers per named cause standing in the way of their next consistent set.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub causes: BTreeMap<Cause, usize>,
@@ -224,6 +231,12 @@ impl FleetReport {
                 named.join(", ")
             )
         };
+        let file_system = match t.file_system_only {
+            0 => String::new(),
+            n => format!(
+                "; {n} whose newest backup is file-system consistent only (NoWriters), not application consistent"
+            ),
+        };
         let causes = if t.causes.is_empty() {
             String::new()
         } else {
@@ -233,7 +246,7 @@ impl FleetReport {
             format!("; causes: {}", named.join(", "))
         };
         format!(
-            "fleet report: {} instances, {} within the {} h RPO, {} out of it ({} never backed up), {} with an unresolved failure, {} the next run would skip{causes}{unreadable}{lost}",
+            "fleet report: {} instances, {} within the {} h RPO, {} out of it ({} never backed up), {} with an unresolved failure, {} the next run would skip{file_system}{causes}{unreadable}{lost}",
             t.instances, t.within_rpo, self.rpo_hours, t.out_of_rpo, t.never_backed_up, t.unresolved_failures, t.not_ready
         )
     }
@@ -248,7 +261,9 @@ pub fn build(input: &ReportInput) -> FleetReport {
     for (facts, skip) in &input.instances {
         let id = facts.instance_id.as_str();
         let mine = sets.get(id).map(Vec::as_slice).unwrap_or_default();
-        let newest = mine.iter().find(|s| s.kind() == SetKind::Consistent);
+        // The newest backup: application consistent, or file-system consistent where the
+        // instance asked for `NoWriters` (shown as such, and counted apart).
+        let newest = mine.iter().find(|s| s.kind().is_backup());
         let latest_consistent = newest.map(|set| set_summary(set, input.now));
         let rpo_status = match &latest_consistent {
             None => RpoStatus::NeverBackedUp,
@@ -299,7 +314,7 @@ pub fn build(input: &ReportInput) -> FleetReport {
             let id = facts.instance_id.as_str();
             let newest = sets
                 .get(id)
-                .and_then(|mine| mine.iter().find(|s| s.kind() == SetKind::Consistent));
+                .and_then(|mine| mine.iter().find(|s| s.kind().is_backup()));
             LostTag {
                 instance_id: id.to_string(),
                 name: facts.display_name().to_string(),
@@ -343,6 +358,7 @@ fn set_summary(set: &SnapshotSet, now: DateTime<Utc>) -> SetSummary {
         age_hours: ((now - taken_at).num_seconds() as f64 / 3600.0 * 10.0).round() / 10.0,
         volumes: set.snapshots.len(),
         snapshots,
+        file_system_only: set.kind() == SetKind::FileSystemConsistent,
     }
 }
 
@@ -448,6 +464,11 @@ fn totals(statuses: &[InstanceStatus]) -> Totals {
             .count(),
         regions_unreadable: 0,
         lost_tag: 0,
+        file_system_only: count(statuses, |s| {
+            s.latest_consistent
+                .as_ref()
+                .is_some_and(|l| l.file_system_only)
+        }),
         causes: statuses.iter().filter_map(InstanceStatus::cause).fold(
             BTreeMap::new(),
             |mut n, c| {
@@ -717,6 +738,7 @@ mod tests {
                 copies_missing: 1,
                 regions_unreadable: 0,
                 lost_tag: 1,
+                file_system_only: 0,
                 causes: BTreeMap::from([(Cause::FreezeTimeout, 1), (Cause::AgentOffline, 1)]),
             }
         );

@@ -29,8 +29,8 @@ use crate::model::fleet::InstanceFacts;
 use crate::model::snapshot::{SnapshotInfo, SnapshotLock};
 use crate::model::state::{InstanceState, SnapshotState};
 use crate::model::tags::{
-    is_app_consistent, TAG_APP_CONSISTENT, TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RETAIN_COUNT,
-    TAG_RETAIN_DAYS, TAG_RUN_ID,
+    is_app_consistent, CONSISTENCY_FILE_SYSTEM, TAG_APP_CONSISTENT, TAG_CONSISTENCY,
+    TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RETAIN_COUNT, TAG_RETAIN_DAYS, TAG_RUN_ID,
 };
 
 /// What the planner knows of an instance.
@@ -76,9 +76,18 @@ pub struct Policy {
 #[serde(rename_all = "snake_case")]
 pub enum SetKind {
     Consistent,
+    /// Taken with `NoWriters` (the catalog's verdict): a backup, file-system consistent only.
+    FileSystemConsistent,
     /// Completed, but not every snapshot is `AppConsistent=True`, or one of them failed.
     NotConsistent,
     InProgress,
+}
+
+impl SetKind {
+    /// A backup: application consistent, or file-system consistent by the instance's choice.
+    pub fn is_backup(self) -> bool {
+        matches!(self, SetKind::Consistent | SetKind::FileSystemConsistent)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -200,7 +209,14 @@ impl SnapshotSet<'_> {
         let consistent = self.snapshots.iter().all(|s| {
             s.state == SnapshotState::Completed && is_app_consistent(s.tag(TAG_APP_CONSISTENT))
         });
-        if consistent {
+        if consistent
+            && self
+                .snapshots
+                .iter()
+                .any(|s| s.tag(TAG_CONSISTENCY) == Some(CONSISTENCY_FILE_SYSTEM))
+        {
+            SetKind::FileSystemConsistent
+        } else if consistent {
             SetKind::Consistent
         } else {
             SetKind::NotConsistent
@@ -257,7 +273,16 @@ fn decide_instance(
         }) => (*retain_count, *retain_days, lowering.as_deref()),
         _ => (policy.retain_count, policy.retain_days, None),
     };
+    // A set file-system consistent by the instance's choice (`NoWriters`) is a backup: it
+    // counts towards the newest sets kept, and a crash-consistent set older than it goes. The
+    // newest application-consistent set is kept whatever the count, so that a week of
+    // `NoWriters` never leaves a server with no application-consistent backup.
     let newest_consistent = sets
+        .iter()
+        .filter(|s| s.kind().is_backup())
+        .map(SnapshotSet::started_at)
+        .max();
+    let newest_app_consistent = sets
         .iter()
         .filter(|s| s.kind() == SetKind::Consistent)
         .map(SnapshotSet::started_at)
@@ -275,12 +300,18 @@ fn decide_instance(
                 Action::Keep,
                 "in progress: a snapshot or one of its copies is not completed".to_string(),
             ),
-            SetKind::Consistent => {
+            SetKind::Consistent | SetKind::FileSystemConsistent => {
                 consistent_seen += 1;
                 if consistent_seen <= retain_count {
                     (
                         Action::Keep,
                         format!("one of the newest {retain_count} consistent sets"),
+                    )
+                } else if kind == SetKind::Consistent && newest_app_consistent == Some(started_at) {
+                    (
+                        Action::Keep,
+                        "the newest application-consistent set (the newer ones are file-system consistent only)"
+                            .to_string(),
                     )
                 } else if young {
                     (
@@ -753,6 +784,44 @@ mod tests {
 
     fn instances(state: InstanceStanding) -> BTreeMap<String, InstanceStanding> {
         [("i-1".to_string(), state)].into()
+    }
+
+    /// A server run with `NoWriters` for the last ten nights, after five application-consistent
+    /// ones: its file-system-consistent sets are its backups (kept by count, and a crash set
+    /// older than them goes), and its newest application-consistent set is kept whatever the
+    /// count.
+    #[test]
+    fn file_system_consistent_sets_count_and_the_newest_application_consistent_one_stays() {
+        let mut snaps = Vec::new();
+        for day in 1..=10 {
+            let mut fs = snap("i-1", day, true, 0);
+            fs.tags.insert(TAG_CONSISTENCY, CONSISTENCY_FILE_SYSTEM);
+            snaps.push(fs);
+        }
+        snaps.push(snap("i-1", 11, false, 0));
+        for day in 12..=16 {
+            snaps.push(snap("i-1", day, true, 0));
+        }
+        let plan = plan(
+            "us-east-1",
+            &snaps,
+            &instances(live(7)),
+            &policy(7, None),
+            t0(),
+        );
+        let kept: Vec<String> = actions(&plan, "i-1")
+            .into_iter()
+            .filter(|(_, a)| *a == Action::Keep)
+            .map(|(run, _)| run)
+            .collect();
+        let expected: Vec<String> = (1..=7).chain([12]).map(|d| format!("run-{d:03}")).collect();
+        assert_eq!(kept, expected);
+        let sets = &plan.instances["i-1"];
+        assert_eq!(sets[0].kind, SetKind::FileSystemConsistent);
+        assert!(sets
+            .iter()
+            .find(|s| s.run_id == "run-012")
+            .is_some_and(|s| s.reason.contains("newest application-consistent")));
     }
 
     #[test]

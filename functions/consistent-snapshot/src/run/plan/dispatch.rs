@@ -97,8 +97,8 @@ pub fn description(run_id: &str, managed_by: &str) -> String {
     ))
 }
 
-/// The document's parameters for one planned command. `SaveVssMetadata` and
-/// `CollectDiagnosticLogs` are sent only when on: off is the document's own default, and a
+/// The document's parameters for one planned command. `SaveVssMetadata`,
+/// `CollectDiagnosticLogs` and `NoWriters` are sent only when on: off is the document's own default, and a
 /// deployment that uses neither sends what it always did.
 pub fn command_parameters(
     plan: &CommandPlan,
@@ -114,6 +114,9 @@ pub fn command_parameters(
     }
     if plan.options.collect_diagnostic_logs {
         parameters.push(("CollectDiagnosticLogs", flag(true)));
+    }
+    if plan.options.no_writers {
+        parameters.push(("NoWriters", flag(true)));
     }
     parameters.extend([
         (
@@ -287,6 +290,9 @@ pub struct Dispatched {
     /// Recorded in the manifest; not part of the answer.
     #[serde(skip)]
     pub cost_tags: Vec<(String, String)>,
+    /// Sent with `NoWriters=True` (recorded in the manifest).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_writers: bool,
 }
 
 impl RunStart {
@@ -340,6 +346,7 @@ pub fn dispatched(target: &Target, command_id: Option<&str>, reused: bool) -> Di
         command_id: command_id.map(str::to_string),
         reused,
         cost_tags: target.cost_tags.clone(),
+        no_writers: target.options.no_writers,
     }
 }
 
@@ -432,6 +439,7 @@ pub fn manifest(start: &RunStart, started_at: DateTime<Utc>) -> Vec<ManifestEntr
                 volumes: d.volumes.clone(),
                 started_at,
                 cost_tags: d.cost_tags.clone(),
+                no_writers: d.no_writers,
             })
         })
         .collect()
@@ -452,6 +460,7 @@ mod tests {
                 command_id: Some("c".into()),
                 reused: false,
                 cost_tags: vec![],
+                no_writers: false,
             })
             .collect();
         start.unsent = vec![Unsent {

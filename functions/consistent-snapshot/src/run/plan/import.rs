@@ -122,6 +122,7 @@ pub fn plan_import(
                     snapshot_id: s.snapshot_id.clone(),
                     started_at: s.start_time.unwrap_or(now),
                     consistent: false,
+                    file_system: false,
                     imported: true,
                     set_size: 0,
                     seen_final: None,

@@ -16,6 +16,8 @@ use crate::model::state::{CommandStatus, SnapshotState};
 pub enum OutcomeKind {
     /// Every expected volume has a completed snapshot tagged `AppConsistent=True`.
     Consistent,
+    /// As `Consistent`, but taken with `NoWriters`: the application writers were left out.
+    FileSystemConsistent,
     /// Snapshots exist but VSS failed: crash-consistent, kept as a fallback.
     CrashConsistent,
     /// Some expected volume has no (completed) snapshot.
@@ -30,6 +32,7 @@ impl fmt::Display for OutcomeKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             OutcomeKind::Consistent => "consistent",
+            OutcomeKind::FileSystemConsistent => "file-system consistent",
             OutcomeKind::CrashConsistent => "crash-consistent",
             OutcomeKind::Incomplete => "incomplete",
             OutcomeKind::Failed => "failed",

@@ -6,7 +6,8 @@ use crate::model::fleet::{AgentFacts, InstanceFacts, SkipReason, Target, VssOpti
 use crate::model::ids::{parse_bool, AgentVersion};
 use crate::model::state::{InstanceState, PingStatus};
 use crate::model::tags::{
-    TAG_COLLECT_DIAGNOSTIC_LOGS, TAG_COPY_ONLY, TAG_EXCLUDE_BOOT, TAG_SAVE_VSS_METADATA,
+    TAG_COLLECT_DIAGNOSTIC_LOGS, TAG_COPY_ONLY, TAG_EXCLUDE_BOOT, TAG_NO_WRITERS,
+    TAG_SAVE_VSS_METADATA,
 };
 
 /// Decides whether an instance can take a VSS snapshot now. Checks are in the order an operator
@@ -55,7 +56,15 @@ pub fn preflight(
             TAG_COLLECT_DIAGNOSTIC_LOGS,
             defaults.collect_diagnostic_logs,
         )?,
+        no_writers: flag_tag(instance, TAG_NO_WRITERS, defaults.no_writers)?,
     };
+    if options.no_writers && options.save_vss_metadata {
+        return Err(SkipReason::InvalidCombination {
+            why: format!(
+                "NoWriters and SaveVssMetadata together (tags {TAG_NO_WRITERS}, {TAG_SAVE_VSS_METADATA}, or the deployment's defaults): the document refuses them, nothing was sent"
+            ),
+        });
+    }
     let volumes = instance.expected_volumes(exclude_boot_volume);
     if volumes.is_empty() {
         return Err(SkipReason::NoEbsVolumes);
@@ -276,6 +285,7 @@ mod tests {
                 copy_only: false,
                 save_vss_metadata: true,
                 collect_diagnostic_logs: true,
+                no_writers: false,
             }
         );
         // A value that is not true or false is refused for that instance, by tag and value.
@@ -289,5 +299,18 @@ mod tests {
                 value: "yes please".into()
             })
         );
+        // NoWriters with SaveVssMetadata is refused for that instance: the document would
+        // refuse it anyway, and nothing is sent.
+        let mut both = windows("i-1");
+        both.tags.insert(TAG_NO_WRITERS.into(), "true".into());
+        both.tags
+            .insert(TAG_SAVE_VSS_METADATA.into(), "true".into());
+        assert!(matches!(
+            preflight(&both, Some(&online()), &c),
+            Err(SkipReason::InvalidCombination { .. })
+        ));
+        both.tags.remove(TAG_SAVE_VSS_METADATA);
+        let target = preflight(&both, Some(&online()), &c).expect("target");
+        assert!(target.options.no_writers);
     }
 }

@@ -119,8 +119,16 @@ pub fn verify_set(
             unexpected.join(", ")
         ));
     }
+    if kind == OutcomeKind::Consistent && manifest.no_writers {
+        kind = OutcomeKind::FileSystemConsistent;
+        reason = Some(
+            "sent with NoWriters: the application writers were left out, so the set is file-system consistent, not application consistent"
+                .into(),
+        );
+    }
     let verdict = match kind {
         OutcomeKind::Consistent => Verdict::Consistent,
+        OutcomeKind::FileSystemConsistent => Verdict::FileSystemConsistent,
         OutcomeKind::CrashConsistent => Verdict::CrashConsistent,
         OutcomeKind::Incomplete => Verdict::Incomplete,
         OutcomeKind::Failed | OutcomeKind::TimedOut | OutcomeKind::Skipped => Verdict::Failed,
@@ -171,6 +179,7 @@ pub fn verify_set(
 pub fn outcome_of(record: &SetRecord) -> Outcome {
     let kind = match record.verdict {
         Verdict::Consistent | Verdict::Imported => OutcomeKind::Consistent,
+        Verdict::FileSystemConsistent => OutcomeKind::FileSystemConsistent,
         Verdict::CrashConsistent => OutcomeKind::CrashConsistent,
         Verdict::Incomplete => OutcomeKind::Incomplete,
         Verdict::Failed => OutcomeKind::Failed,
@@ -219,6 +228,7 @@ mod tests {
             ],
             started_at: t(0),
             cost_tags: vec![],
+            no_writers: false,
         }
     }
 

@@ -108,7 +108,8 @@ impl RunSummary {
                 OutcomeKind::Failed | OutcomeKind::TimedOut | OutcomeKind::Incomplete => 0,
                 OutcomeKind::CrashConsistent => 1,
                 OutcomeKind::Skipped => 2,
-                OutcomeKind::Consistent => 3,
+                OutcomeKind::FileSystemConsistent => 3,
+                OutcomeKind::Consistent => 4,
             };
             (rank(a.kind), &a.name, &a.instance_id).cmp(&(rank(b.kind), &b.name, &b.instance_id))
         });
@@ -154,13 +155,18 @@ impl RunSummary {
         self.totals.get(&kind).copied().unwrap_or(0)
     }
 
-    /// True when every instance that was attempted ended with a consistent set.
+    /// True when every instance that was attempted ended with a consistent set (file-system
+    /// consistent where the instance asked for `NoWriters`).
     pub fn all_consistent(&self) -> bool {
         self.foreign_count == 0
-            && self
-                .outcomes
-                .iter()
-                .all(|o| matches!(o.kind, OutcomeKind::Consistent | OutcomeKind::Skipped))
+            && self.outcomes.iter().all(|o| {
+                matches!(
+                    o.kind,
+                    OutcomeKind::Consistent
+                        | OutcomeKind::FileSystemConsistent
+                        | OutcomeKind::Skipped
+                )
+            })
     }
 
     /// One line an operator reads at 3 a.m.
@@ -279,6 +285,7 @@ pub fn run_counts(report: &RunSummary) -> Vec<(&'static str, usize)> {
     let mut counts = vec![
         ("Dispatched", report.outcomes.len() - skipped),
         ("Consistent", n(OutcomeKind::Consistent)),
+        ("FileSystemConsistent", n(OutcomeKind::FileSystemConsistent)),
         ("CrashConsistent", n(OutcomeKind::CrashConsistent)),
         ("Incomplete", n(OutcomeKind::Incomplete)),
         ("Failed", n(OutcomeKind::Failed)),
@@ -298,6 +305,7 @@ pub const NOTIFICATION_MAX_BYTES: usize = 200_000;
 pub fn notification_subject(managed_by: &str, report: &RunSummary) -> String {
     let not_consistent = report.outcomes.len()
         - report.count(OutcomeKind::Consistent)
+        - report.count(OutcomeKind::FileSystemConsistent)
         - report.count(OutcomeKind::Skipped);
     // What matters first: a long deployment name is what gets cut, never the count.
     let text = format!(

@@ -15,7 +15,10 @@ use crate::model::cause::{cause_of_deadline, cause_of_skip};
 use crate::model::command::{FinalInvocation, Invocation, Look};
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::{CommandStatus, SnapshotState};
-use crate::model::tags::{cut_chars, TAG_INSTANCE_ID, TAG_NAME, TAG_VALUE_MAX_CHARS};
+use crate::model::tags::{
+    cut_chars, CONSISTENCY_FILE_SYSTEM, TAG_CONSISTENCY, TAG_INSTANCE_ID, TAG_NAME,
+    TAG_VALUE_MAX_CHARS,
+};
 use crate::run::plan::outcome::{failure_reason, Outcome, OutcomeKind};
 use crate::run::plan::record::{outcome_of, verify_set, Verified};
 
@@ -89,13 +92,13 @@ pub fn digest_output(output: &str) -> String {
 /// The per-instance tags the document cannot add (it takes one tag set per command):
 /// `ConsistentSnapshot:InstanceId` and `Name` = `<instance name> <device>`, the device as
 /// recorded at dispatch (the document's `Device` tag is one any fleet server may rewrite),
-/// and the instance's cost tags as read at dispatch (`COPY_INSTANCE_TAGS`).
+/// the instance's cost tags as read at dispatch (`COPY_INSTANCE_TAGS`), and on a set taken
+/// with `NoWriters` `ConsistentSnapshot:Consistency=FileSystem` (its copies carry it too).
 /// `None` when the snapshot already carries them, so a repeated look writes nothing.
 pub fn instance_tags(
-    instance_id: &str,
-    name: &str,
-    device: &str,
+    (instance_id, name, device): (&str, &str, &str),
     cost_tags: &[(String, String)],
+    file_system: bool,
     snapshot: &SnapshotFacts,
 ) -> Option<Vec<(String, String)>> {
     // The instance's cost tags first: the contract tags are written over any of the same key.
@@ -108,6 +111,9 @@ pub fn instance_tags(
         TAG_NAME,
         cut_chars(&format!("{name} {device}"), TAG_VALUE_MAX_CHARS),
     );
+    if file_system {
+        wanted.insert(TAG_CONSISTENCY, CONSISTENCY_FILE_SYSTEM.to_string());
+    }
     if wanted.iter().all(|(k, v)| snapshot.tags.get(*k) == Some(v)) {
         return None;
     }
@@ -649,6 +655,7 @@ mod tests {
             ],
             started_at: now() - Duration::minutes(5),
             cost_tags: vec![],
+            no_writers: false,
         }
     }
 
@@ -791,7 +798,8 @@ mod tests {
     #[test]
     fn instance_tags_are_written_once_with_the_device_recorded_at_dispatch() {
         let untagged = snap("completed");
-        let tags = instance_tags("i-1", "sql01", "xvdf", &[], &untagged).expect("tags to write");
+        let tags =
+            instance_tags(("i-1", "sql01", "xvdf"), &[], false, &untagged).expect("tags to write");
         assert_eq!(
             tags,
             [
@@ -804,21 +812,28 @@ mod tests {
         );
         let mut tagged = untagged.clone();
         tagged.tags.extend(tags);
-        assert_eq!(instance_tags("i-1", "sql01", "xvdf", &[], &tagged), None);
+        assert_eq!(
+            instance_tags(("i-1", "sql01", "xvdf"), &[], false, &tagged),
+            None
+        );
         // A name EC2 would refuse is cut to its limit.
         let long = "s".repeat(300);
-        let tags = instance_tags("i-1", &long, "xvdf", &[], &untagged).unwrap_or_default();
+        let tags = instance_tags(("i-1", &long, "xvdf"), &[], false, &untagged).unwrap_or_default();
         assert_eq!(tags[1].1.chars().count(), 256);
         // A Device tag (which any fleet server may set) names nothing.
         let mut flipped = tagged;
         flipped.tags.insert("Device".into(), "/dev/evil".into());
-        assert_eq!(instance_tags("i-1", "sql01", "xvdf", &[], &flipped), None);
+        assert_eq!(
+            instance_tags(("i-1", "sql01", "xvdf"), &[], false, &flipped),
+            None
+        );
         // Cost tags read at dispatch go on too; a cost tag can never stand in for a contract one.
         let costs = vec![
             ("CostCenter".to_string(), "finance".to_string()),
             ("Name".to_string(), "not this".to_string()),
         ];
-        let tags = instance_tags("i-1", "sql01", "xvdf", &costs, &untagged).unwrap_or_default();
+        let tags =
+            instance_tags(("i-1", "sql01", "xvdf"), &costs, false, &untagged).unwrap_or_default();
         assert!(tags.contains(&("CostCenter".to_string(), "finance".to_string())));
         assert!(tags.contains(&("Name".to_string(), "sql01 xvdf".to_string())));
         assert_eq!(tags.len(), 3);

@@ -11,7 +11,7 @@ use crate::aws::catalog::RunMarkerStore;
 use crate::aws::{commands, notify, snapshots};
 use crate::error::Error;
 use crate::jobs::{CopyJob, Envelope, InstanceJob, Job, RunJob};
-use crate::model::catalog::{reported_snapshots, ForeignSnapshot, SetRecord};
+use crate::model::catalog::{reported_snapshots, ForeignSnapshot, SetRecord, Verdict};
 use crate::model::pace::Pace;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::stop_time;
@@ -117,8 +117,12 @@ async fn tag_sets(
                 .unwrap_or_default();
             set.snapshots.iter().filter_map(move |recorded| {
                 let facts = listed.get(recorded.snapshot_id.as_str())?;
-                let tags =
-                    instance_tags(&set.instance_id, &set.name, &recorded.device, costs, facts)?;
+                let tags = instance_tags(
+                    (&set.instance_id, &set.name, &recorded.device),
+                    costs,
+                    set.verdict == Verdict::FileSystemConsistent,
+                    facts,
+                )?;
                 Some((recorded.snapshot_id.as_str(), tags))
             })
         })
