@@ -83,6 +83,18 @@ def check(template: dict) -> list[str]:
         if not any(k in condition for k in ("ec2:CreateAction", "aws:ResourceTag/ConsistentSnapshot:ManagedBy", "aws:TagKeys")):
             problems.append(f"{s.get('Sid', '?')}: ec2:CreateTags without a CreateAction, ManagedBy or tag-key condition")
 
+    # The crash-consistent fallback snapshots only tagged instances, into snapshots that carry
+    # this deployment's tag from their creation.
+    fallback = [s for s in stmts if "ec2:CreateSnapshots" in actions(s)]
+    for s in fallback:
+        resource, condition = text(s.get("Resource")), text(s.get("Condition"))
+        if ":snapshot/" in resource and "aws:RequestTag/ConsistentSnapshot:ManagedBy" not in condition:
+            problems.append(f"{s.get('Sid', '?')}: ec2:CreateSnapshots into snapshots without this deployment's tag")
+        if ":instance/" in resource and "aws:ResourceTag/ConsistentSnapshot" not in condition:
+            problems.append(f"{s.get('Sid', '?')}: ec2:CreateSnapshots of instances without the target tag condition")
+    if fallback and not any(":snapshot/" in text(s.get("Resource")) for s in fallback):
+        problems.append("ec2:CreateSnapshots has no statement for the snapshots it makes")
+
     for s in (s for s in stmts if "ec2:DeleteVolume" in actions(s)):
         condition = text(s.get("Condition"))
         if "aws:ResourceTag/ConsistentSnapshot:Purpose" not in condition or "aws:ResourceTag/ConsistentSnapshot:ManagedBy" not in condition:

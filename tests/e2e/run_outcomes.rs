@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use consistent_snapshot::catalog::Verdict;
 use consistent_snapshot::OutcomeKind;
 use harness::{
     invoke, run_snapshots, scheduled_event, Agent, ServerSpec, VssOutcome, Windows, World,
@@ -223,4 +224,156 @@ async fn a_run_does_not_end_before_ssm_lists_every_instance() {
             "{id}"
         );
     }
+}
+
+/// `CRASH_CONSISTENT_FALLBACK` (a deployment's default): a server VSS left without a set, whether
+/// the document could not run (agent offline, too old) or failed before any snapshot (language
+/// mode), gets one crash-consistent set by CreateSnapshots: labelled, recorded with its reason
+/// and cause, never foreign, counted, and shown in the fleet report. A server VSS already left a
+/// crash-consistent set, or a stopped one, gets none; with the fallback off, nothing is made.
+#[tokio::test]
+async fn a_server_vss_left_without_a_set_gets_a_labelled_crash_consistent_fallback() {
+    use consistent_snapshot::Cause;
+    let world = World::start(3).await.expect("world");
+    let (emulator, logs) = (&world.emulator, &world.logs);
+    let servers = vec![
+        ServerSpec::windows("sql01", 1),
+        ServerSpec::windows("offline01", 2).sim(Windows::agent(Agent::Offline)),
+        ServerSpec::windows("oldagent01", 1).sim(Windows::agent_version("2.2.45.0")),
+        ServerSpec::windows("lockdown01", 1).sim(Windows::outcome(VssOutcome::LanguageMode)),
+        ServerSpec::windows("vssfail01", 1).sim(Windows::outcome(VssOutcome::VssFailure)),
+        ServerSpec::windows("stopped01", 1).stopped(),
+    ];
+    let ids = world.seed(&servers).await.expect("seed");
+    let id = |name: &str| ids[servers.iter().position(|s| s.name == name).expect("server")].clone();
+    let metrics = harness::Metrics::default();
+    let app = metrics.attach(
+        world
+            .app(&[("CRASH_CONSISTENT_FALLBACK", "true")])
+            .expect("app"),
+    );
+    let run_id = world
+        .nightly(&app, "2026-11-23T02:00:00Z")
+        .await
+        .expect("the nightly run");
+    let report = logs.run_report(&run_id).expect("summary");
+    let outcome = |name: &str| {
+        report
+            .outcomes
+            .iter()
+            .find(|o| o.instance_id == id(name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    let snapshots = run_snapshots(emulator, &run_id)
+        .await
+        .expect("DescribeSnapshots");
+    let of = |name: &str| -> Vec<BTreeMap<String, String>> {
+        snapshots
+            .iter()
+            .map(tags)
+            .filter(|t| t.get("ConsistentSnapshot:InstanceId") == Some(&id(name)))
+            .collect()
+    };
+    let (sets, _) = emulator.catalog().all_sets().await.expect("catalog");
+    for (name, volumes, cause, why) in [
+        ("offline01", 3, Cause::AgentOffline, "not Online"),
+        (
+            "oldagent01",
+            2,
+            Cause::AgentTooOld,
+            "older than the minimum",
+        ),
+        ("lockdown01", 2, Cause::LanguageMode, "language mode"),
+    ] {
+        let o = outcome(name);
+        assert_eq!(
+            (o.kind, o.fallback, o.cause, o.snapshots.len()),
+            (OutcomeKind::CrashConsistent, true, Some(cause), volumes),
+            "{name}: {o:?}"
+        );
+        let reason = o.reason.clone().unwrap_or_default();
+        assert!(
+            reason.starts_with("crash-consistent fallback (CreateSnapshots at")
+                && reason.contains(why),
+            "{name}: {reason}"
+        );
+        // In EC2: every volume, labelled, with the deployment's tags from creation.
+        let made = of(name);
+        assert_eq!(made.len(), volumes, "{name}");
+        for t in &made {
+            assert_eq!(
+                (
+                    t.get("ConsistentSnapshot:Consistency").map(String::as_str),
+                    t.get("ConsistentSnapshot:ManagedBy").map(String::as_str),
+                    t.get("ConsistentSnapshot:RunId")
+                ),
+                (Some("CrashFallback"), Some("vss-test"), Some(&run_id)),
+                "{name}"
+            );
+        }
+        // In the catalog: a crash-consistent set, marked as the fallback.
+        let set = sets
+            .iter()
+            .find(|s| s.instance_id == id(name) && s.run_id == run_id)
+            .unwrap_or_else(|| panic!("{name}'s fallback is not recorded"));
+        assert_eq!(
+            (set.verdict, set.fallback, set.snapshots.len()),
+            (Verdict::CrashConsistent, true, volumes),
+            "{name}"
+        );
+    }
+    // VSS's own crash-consistent set is the night's set: no second one. Nothing for a stopped
+    // server, and the well-behaved one is untouched.
+    let vss = outcome("vssfail01");
+    assert_eq!(
+        (vss.kind, vss.fallback),
+        (OutcomeKind::CrashConsistent, false)
+    );
+    assert_eq!(of("vssfail01").len(), 2);
+    assert!(of("stopped01").is_empty());
+    assert_eq!(outcome("sql01").kind, OutcomeKind::Consistent);
+    assert_eq!(report.foreign_count, 0, "a fallback is never foreign");
+    assert_eq!(report.fallbacks(), 3);
+    assert!(report
+        .summary_line()
+        .contains("3 of them a crash-consistent fallback"));
+    let line = &metrics.of("run", Some(&run_id))[0];
+    assert_eq!(line["CrashConsistentFallbacks"], 3, "{line}");
+
+    // The fleet report: no consistent backup, and the fallback named with its time.
+    let fleet = world.report(&app).await.expect("report");
+    let status = |name: &str| {
+        fleet["instances"]
+            .as_array()
+            .and_then(|i| i.iter().find(|s| s["instance_id"] == id(name).as_str()))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let offline = status("offline01");
+    assert_eq!(offline["rpo"], "never_backed_up", "{offline}");
+    assert_eq!(
+        offline["crash_consistent_fallback"]["run_id"],
+        run_id.as_str(),
+        "{offline}"
+    );
+    assert!(status("sql01").get("crash_consistent_fallback").is_none());
+    assert_eq!(fleet["totals"]["on_fallback"], 3, "{fleet}");
+
+    // With the fallback off, the next night leaves the offline server with nothing.
+    let off = metrics.attach(world.app(&[]).expect("app"));
+    let second = world
+        .nightly(&off, "2026-11-24T02:00:00Z")
+        .await
+        .expect("night 2");
+    let again = run_snapshots(emulator, &second).await.expect("snapshots");
+    assert!(!again
+        .iter()
+        .map(tags)
+        .any(|t| { t.get("ConsistentSnapshot:InstanceId") == Some(&id("offline01")) }));
+    let report = logs.run_report(&second).expect("summary");
+    assert!(report
+        .outcomes
+        .iter()
+        .any(|o| o.instance_id == id("offline01") && o.kind == OutcomeKind::Skipped));
 }

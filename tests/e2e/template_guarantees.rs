@@ -56,9 +56,21 @@ fn the_template_keeps_its_iam_conditions_alarms_and_justifications() {
         ),
         (
             "stop-any-instance",
-            "aws:ResourceTag/ConsistentSnapshot: !Ref TargetTagValue",
-            "aws:ResourceTag/Other: !Ref TargetTagValue",
-            "without the target tag condition",
+            "ec2:DetachVolume]\n              Resource: !Sub arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:instance/*\n              Condition: !If\n                - DefaultTagKey\n                - StringEquals:\n                    aws:ResourceTag/ConsistentSnapshot: !Ref TargetTagValue",
+            "ec2:DetachVolume]\n              Resource: !Sub arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:instance/*\n              Condition: !If\n                - DefaultTagKey\n                - StringEquals:\n                    aws:ResourceTag/Other: !Ref TargetTagValue",
+            "instances stopped or started without the target tag condition",
+        ),
+        (
+            "fallback-of-any-instance",
+            "              Action: ec2:CreateSnapshots\n              Resource: !Sub arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:instance/*\n              Condition: !If\n                - DefaultTagKey\n                - StringEquals:\n                    aws:ResourceTag/ConsistentSnapshot:",
+            "              Action: ec2:CreateSnapshots\n              Resource: !Sub arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:instance/*\n              Condition: !If\n                - DefaultTagKey\n                - StringEquals:\n                    aws:ResourceTag/Other:",
+            "ec2:CreateSnapshots of instances without the target tag condition",
+        ),
+        (
+            "fallback-untagged-snapshots",
+            "                  aws:RequestTag/ConsistentSnapshot:ManagedBy: !If [ManagedByGiven, !Ref ManagedBy, !Sub \"${AWS::StackName}-${AWS::Region}-${AWS::AccountId}\"]\n            - Sid: TagFallbackSnapshotsWhenCreated",
+            "                  aws:RequestTag/Owner: x\n            - Sid: TagFallbackSnapshotsWhenCreated",
+            "ec2:CreateSnapshots into snapshots without this deployment's tag",
         ),
         (
             "kms-anywhere",

@@ -291,6 +291,7 @@ impl Emulator {
             cause: None,
             verified_at: started_at,
             verified_by: "an earlier night (test fixture)".into(),
+            fallback: false,
         };
         self.catalog().put_sets(&[record], &[]).await?;
         Ok(())
@@ -398,6 +399,7 @@ impl Emulator {
                 cause: None,
                 verified_at: set.taken,
                 verified_by: "an earlier night (test fixture)".into(),
+                fallback: false,
             });
             copies.extend(set.copies.into_iter().map(|c| CopyRecord {
                 run_id: set.run_id.clone(),
@@ -505,6 +507,9 @@ impl Emulator {
             ("MANAGED_BY", "vss-test"),
             ("TRACK_POLL_INITIAL_SECONDS", "1"),
             ("TRACK_POLL_MAX_SECONDS", "2"),
+            // On by default in a deployment; here a test sees VSS's own outcome of each server
+            // unless it is about the fallback, and turns it on (run_outcomes::…fallback…).
+            ("CRASH_CONSISTENT_FALLBACK", "false"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -46,6 +46,9 @@ pub struct Config {
     pub exclude_boot_volume: bool,
     /// The document's options for instances whose tags do not say otherwise.
     pub vss: VssOptions,
+    /// A server VSS left without a set gets one crash-consistent set by CreateSnapshots
+    /// (`CRASH_CONSISTENT_FALLBACK`, on by default as with DLM).
+    pub crash_consistent_fallback: bool,
     pub min_ssm_agent_version: AgentVersion,
     pub managed_by: String,
     pub dry_run: bool,
@@ -118,6 +121,7 @@ impl Config {
                 collect_diagnostic_logs: s.flag("VSS_COLLECT_DIAGNOSTIC_LOGS", "false"),
                 no_writers: s.flag("VSS_NO_WRITERS", "false"),
             },
+            crash_consistent_fallback: s.flag("CRASH_CONSISTENT_FALLBACK", "true"),
             min_ssm_agent_version: s.version("MIN_SSM_AGENT_VERSION", "2.2.58.0"),
             // A function name is unique in its account and region; the region keeps two
             // deployments of one name in two regions (whose copies meet) apart.
@@ -407,6 +411,10 @@ mod tests {
         );
         assert!(!c.allow_lower_overrides, "a tag may only raise retention");
         assert!(c.copy_regions.is_empty() && c.keep_orphaned_backups);
+        assert!(
+            c.crash_consistent_fallback,
+            "as DLM: a server VSS failed still gets a set"
+        );
     }
 
     #[test]

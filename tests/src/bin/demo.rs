@@ -54,6 +54,8 @@ async fn main() -> harness::Result<()> {
         &[
             ("MANAGED_BY", "consistent-snapshot-demo"),
             ("COPY_REGIONS", DR_REGION),
+            // The deployment's default (the harness turns it off for tests about other things).
+            ("CRASH_CONSISTENT_FALLBACK", "true"),
         ],
     )?;
     let now = Utc::now()
@@ -187,7 +189,11 @@ async fn main() -> harness::Result<()> {
             .or(status["last_failure"]["cause"].as_str())
             .map(|c| format!("{c}: "))
             .unwrap_or_default();
-        let note = format!("{cause}{note}");
+        let fallback = status["crash_consistent_fallback"]["taken_at"]
+            .as_str()
+            .map(|at| format!("crash-consistent fallback at {}; ", &at[..at.len().min(16)]))
+            .unwrap_or_default();
+        let note = format!("{fallback}{cause}{note}");
         println!(
             "    {:<12} {:<16} {:>9} {:<16} {}",
             status["name"].as_str().unwrap_or_default(),

@@ -36,7 +36,8 @@ use crate::model::catalog::{
 };
 use crate::model::markers::{
     parse_markers, to_release, MarkerValue, RunMarkers, ABANDONED, COPIED, COPY_LEASE, COPY_PASS,
-    COPY_UNSURE, DISPATCHED, DISPATCH_ERROR, KEEP_RUN_DAYS, LEASE, REPORTED, RETAINED, RUN_LOOK,
+    COPY_UNSURE, DISPATCHED, DISPATCH_ERROR, FALLBACK, KEEP_RUN_DAYS, LEASE, REPORTED, RETAINED,
+    RUN_LOOK,
 };
 
 const PK: &str = "pk";
@@ -1005,6 +1006,12 @@ impl<'a> RunMarkerStore<'a> {
             message_id
         };
         self.create_as(leaf, None, token).await
+    }
+
+    /// Claims the CreateSnapshots call of an instance's crash-consistent fallback; answers
+    /// whether this look is the first to (see `FALLBACK`).
+    pub async fn claim_fallback(&self, instance_id: &str) -> Result<bool, Error> {
+        self.create(&format!("{FALLBACK}{instance_id}"), None).await
     }
 
     /// Says that a copy pass is about to start copies (see `COPY_UNSURE`).

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use aws_sdk_ec2::types::{ResourceType, Snapshot, TagSpecification};
+use aws_sdk_ec2::types::{InstanceSpecification, ResourceType, Snapshot, TagSpecification};
 use chrono::{DateTime, Utc};
 
 use crate::aws::{aws, code_of, each_page, ec2_filter, ec2_tag, tag_map, utc};
@@ -262,6 +262,59 @@ pub async fn copy(
             )
         })?;
     Ok(out.snapshot_id().unwrap_or_default().to_string())
+}
+
+/// Takes one crash-consistent snapshot set of an instance with CreateSnapshots (all its EBS
+/// volumes at one point in time, the boot volume left out when asked), tagged at creation;
+/// answers its snapshots as EC2 reported them.
+///
+/// CreateSnapshots takes no idempotency token: no SDK retry, as for CopySnapshot; the caller
+/// claims the call in the catalog first and, after a lost answer, finds the set by its tags.
+pub async fn create_for_instance(
+    ec2: &aws_sdk_ec2::Client,
+    instance_id: &str,
+    exclude_boot_volume: bool,
+    description: &str,
+    tags: &[(String, String)],
+) -> Result<Vec<SnapshotFacts>, Error> {
+    let out = ec2
+        .create_snapshots()
+        .instance_specification(
+            InstanceSpecification::builder()
+                .instance_id(instance_id)
+                .exclude_boot_volume(exclude_boot_volume)
+                .build(),
+        )
+        .description(description)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Snapshot)
+                .set_tags(Some(tags.iter().map(|(k, v)| ec2_tag(k, v)).collect()))
+                .build(),
+        )
+        .customize()
+        .config_override(
+            aws_sdk_ec2::config::Builder::default()
+                .retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled()),
+        )
+        .send()
+        .await
+        .map_err(|e| aws("CreateSnapshots", instance_id, e))?;
+    Ok(out
+        .snapshots()
+        .iter()
+        .filter_map(|s| {
+            Some(SnapshotFacts {
+                snapshot_id: s.snapshot_id()?.to_string(),
+                volume_id: s.volume_id().unwrap_or_default().to_string(),
+                state: s.state().map(|v| v.as_str()).unwrap_or_default().into(),
+                start_time: s.start_time().and_then(utc),
+                size_gib: s.volume_size(),
+                tags: tag_map(s.tags()),
+                state_message: None,
+            })
+        })
+        .collect())
 }
 
 /// What a DeleteSnapshot did.

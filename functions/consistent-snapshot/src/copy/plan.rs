@@ -570,6 +570,7 @@ mod tests {
             cause: None,
             verified_at: taken,
             verified_by: "test".into(),
+            fallback: false,
         }
     }
 

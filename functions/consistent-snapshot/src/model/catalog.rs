@@ -20,8 +20,8 @@ use crate::model::fleet::AttachedVolume;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::SnapshotState;
 use crate::model::tags::{
-    CONSISTENCY_FILE_SYSTEM, TAG_APP_CONSISTENT, TAG_CONSISTENCY, TAG_DEVICE, TAG_INSTANCE_ID,
-    TAG_MANAGED_BY, TAG_RUN_ID, TAG_SOURCE_SNAPSHOT,
+    CONSISTENCY_CRASH_FALLBACK, CONSISTENCY_FILE_SYSTEM, TAG_APP_CONSISTENT, TAG_CONSISTENCY,
+    TAG_DEVICE, TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RUN_ID, TAG_SOURCE_SNAPSHOT,
 };
 
 /// One instance of a run, as dispatched: the command sent to it and the volumes its set must
@@ -120,6 +120,10 @@ pub struct SetRecord {
     /// Why it is not consistent, named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<Cause>,
+    /// Taken by the function itself with CreateSnapshots because VSS gave no set: crash-
+    /// consistent, kept while no newer consistent set exists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
     pub verified_at: DateTime<Utc>,
     /// How the snapshots were verified (for an operator reading the record).
     pub verified_by: String,
@@ -230,6 +234,8 @@ pub struct Vouched {
     /// A backup: application consistent, or file-system consistent when `file_system`.
     pub consistent: bool,
     pub file_system: bool,
+    /// The function's own crash-consistent fallback set.
+    pub fallback: bool,
     /// The source's volume and start time (a copy's own are EC2's to choose: not checked).
     pub volume_id: Option<Arc<str>>,
     pub start_time: Option<DateTime<Utc>>,
@@ -279,6 +285,7 @@ struct Entry {
     start_time: Option<DateTime<Utc>>,
     consistent: bool,
     file_system: bool,
+    fallback: bool,
     imported: bool,
 }
 
@@ -365,6 +372,7 @@ impl CatalogIndex {
                 start_time: Some(s.start_time),
                 consistent: set.is_backup(),
                 file_system: set.verdict == Verdict::FileSystemConsistent,
+                fallback: set.fallback,
                 imported: set.verdict == Verdict::Imported,
             };
             self.insert(&set.region, &s.snapshot_id, entry);
@@ -384,6 +392,7 @@ impl CatalogIndex {
             start_time: None,
             consistent: copy.consistent,
             file_system: copy.file_system,
+            fallback: false,
             imported: copy.imported,
         };
         let key = (entry.instance_id, entry.run_id);
@@ -447,6 +456,7 @@ impl CatalogIndex {
             run_id: self.name(entry.run_id)?,
             consistent,
             file_system: entry.file_system,
+            fallback: entry.fallback,
             volume_id: self.name(entry.volume_id),
             start_time: entry.start_time,
             device: self.name(entry.device),
@@ -514,6 +524,11 @@ pub fn admit(
         facts
             .tags
             .insert(TAG_CONSISTENCY.to_string(), CONSISTENCY_FILE_SYSTEM.into());
+    } else if vouched.fallback && !vouched.consistent {
+        facts.tags.insert(
+            TAG_CONSISTENCY.to_string(),
+            CONSISTENCY_CRASH_FALLBACK.into(),
+        );
     } else {
         facts.tags.remove(TAG_CONSISTENCY);
     }
@@ -597,6 +612,7 @@ mod tests {
             cause: None,
             verified_at: t(60),
             verified_by: "test".into(),
+            fallback: false,
         }
     }
 

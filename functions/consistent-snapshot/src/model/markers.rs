@@ -34,6 +34,10 @@ pub const COPY_PASS: &str = "copy-pass-";
 pub const COPY_UNSURE: &str = "copy-unsure";
 pub const RUN_LOOK: &str = "run-look-";
 pub const DISPATCH_ERROR: &str = "dispatch-error-";
+/// `fallback-<instance id>`: the run's look is about to call CreateSnapshots for that
+/// instance's crash-consistent fallback (a look that finds it, and no set recorded, looks for
+/// what a lost answer left before calling again).
+pub const FALLBACK: &str = "fallback-";
 pub const ABANDONED: &str = "abandoned";
 /// The markers `release` keeps: each says a step of the run is over.
 const KEPT: [&str; 4] = [REPORTED, COPIED, RETAINED, ABANDONED];

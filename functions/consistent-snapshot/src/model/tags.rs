@@ -13,10 +13,12 @@ pub const TAG_MANAGED_BY: &str = "ConsistentSnapshot:ManagedBy";
 pub const TAG_SOURCE_SNAPSHOT: &str = "ConsistentSnapshot:SourceSnapshotId";
 pub const TAG_SOURCE_REGION: &str = "ConsistentSnapshot:SourceRegion";
 /// On a set's snapshots and copies: `FileSystem` when the set was taken with `NoWriters`
-/// (file-system consistent, not application consistent). For operators; decisions read the
-/// catalog's verdict.
+/// (file-system consistent, not application consistent), `CrashFallback` on the function's
+/// own crash-consistent fallback. For operators; decisions read the catalog's verdict.
 pub const TAG_CONSISTENCY: &str = "ConsistentSnapshot:Consistency";
 pub const CONSISTENCY_FILE_SYSTEM: &str = "FileSystem";
+/// On a crash-consistent fallback set (CreateSnapshots, when VSS could not run).
+pub const CONSISTENCY_CRASH_FALLBACK: &str = "CrashFallback";
 
 /// Per-instance overrides, read from the instance's tags.
 pub const TAG_EXCLUDE_BOOT: &str = "ConsistentSnapshot:ExcludeBootVolume";

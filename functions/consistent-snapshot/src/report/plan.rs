@@ -13,7 +13,10 @@ use crate::model::command::{Invocation, PastCommand};
 use crate::model::fleet::{InstanceFacts, SkipReason};
 use crate::model::snapshot::SnapshotInfo;
 use crate::model::state::{CommandStatus, SnapshotState};
-use crate::model::tags::{is_app_consistent, TAG_APP_CONSISTENT, TAG_DEVICE, TAG_SOURCE_SNAPSHOT};
+use crate::model::tags::{
+    is_app_consistent, CONSISTENCY_CRASH_FALLBACK, TAG_APP_CONSISTENT, TAG_CONSISTENCY, TAG_DEVICE,
+    TAG_SOURCE_SNAPSHOT,
+};
 use crate::retention::plan::{sets_by_instance, SetKind, SnapshotSet};
 use crate::run::plan::outcome::failure_reason;
 
@@ -123,6 +126,10 @@ pub struct InstanceStatus {
     pub rpo: RpoStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latest_consistent: Option<SetSummary>,
+    /// The function's newest crash-consistent fallback, when it is newer than any consistent
+    /// set: "no consistent backup since; crash-consistent fallback at T".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crash_consistent_fallback: Option<SetSummary>,
     /// Copies of the newest consistent set, per copy region.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub copies: BTreeMap<String, CopyStatus>,
@@ -175,6 +182,9 @@ pub struct Totals {
     /// out of the RPO as the others, but not application consistent.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub file_system_only: usize,
+    /// Servers with only a crash-consistent fallback since their last consistent set.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub on_fallback: usize,
     /// Servers per named cause standing in the way of their next consistent set.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub causes: BTreeMap<Cause, usize>,
@@ -237,6 +247,12 @@ impl FleetReport {
                 "; {n} whose newest backup is file-system consistent only (NoWriters), not application consistent"
             ),
         };
+        let file_system = match t.on_fallback {
+            0 => file_system,
+            n => format!(
+                "{file_system}; {n} with no consistent backup since a crash-consistent fallback"
+            ),
+        };
         let causes = if t.causes.is_empty() {
             String::new()
         } else {
@@ -265,6 +281,15 @@ pub fn build(input: &ReportInput) -> FleetReport {
         // instance asked for `NoWriters` (shown as such, and counted apart).
         let newest = mine.iter().find(|s| s.kind().is_backup());
         let latest_consistent = newest.map(|set| set_summary(set, input.now));
+        let crash_consistent_fallback = mine
+            .iter()
+            .filter(|s| {
+                s.snapshots
+                    .iter()
+                    .any(|snap| snap.tag(TAG_CONSISTENCY) == Some(CONSISTENCY_CRASH_FALLBACK))
+            })
+            .find(|s| newest.is_none_or(|n| s.started_at() > n.started_at()))
+            .map(|set| set_summary(set, input.now));
         let rpo_status = match &latest_consistent {
             None => RpoStatus::NeverBackedUp,
             Some(set) if input.now - set.taken_at > rpo => RpoStatus::OutOfRpo,
@@ -292,6 +317,7 @@ pub fn build(input: &ReportInput) -> FleetReport {
             name: facts.display_name().to_string(),
             rpo: rpo_status,
             latest_consistent,
+            crash_consistent_fallback,
             copies,
             copy_regions_error,
             last_failure: last_failure(id, mine, input.failures, newest_at),
@@ -464,6 +490,7 @@ fn totals(statuses: &[InstanceStatus]) -> Totals {
             .count(),
         regions_unreadable: 0,
         lost_tag: 0,
+        on_fallback: count(statuses, |s| s.crash_consistent_fallback.is_some()),
         file_system_only: count(statuses, |s| {
             s.latest_consistent
                 .as_ref()
@@ -739,6 +766,7 @@ mod tests {
                 regions_unreadable: 0,
                 lost_tag: 1,
                 file_system_only: 0,
+                on_fallback: 0,
                 causes: BTreeMap::from([(Cause::FreezeTimeout, 1), (Cause::AgentOffline, 1)]),
             }
         );

@@ -105,6 +105,7 @@ pub fn plan_import(
             )),
             verified_at: now,
             verified_by: IMPORTED_BY.into(),
+            fallback: false,
         });
     }
     for (copy_region, found) in copies {

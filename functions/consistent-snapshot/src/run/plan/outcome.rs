@@ -56,6 +56,9 @@ pub struct Outcome {
     /// Why it is not consistent, named (the fix is `Cause::remediation`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<Cause>,
+    /// The set is the function's crash-consistent fallback (CreateSnapshots): VSS gave none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
 }
 
 /// Failure texts of the VSS documents and of Windows, most telling first.

@@ -157,6 +157,7 @@ pub fn verify_set(
         cause,
         verified_at: now,
         verified_by: VERIFIED_BY.to_string(),
+        fallback: false,
     };
     let outcome = Outcome {
         instance_id: manifest.instance_id.clone(),
@@ -166,6 +167,7 @@ pub fn verify_set(
         snapshots: mine.iter().map(|s| s.snapshot_id.clone()).collect(),
         reason,
         cause,
+        fallback: false,
     };
     Verified {
         record,
@@ -196,6 +198,7 @@ pub fn outcome_of(record: &SetRecord) -> Outcome {
             .collect(),
         reason: record.reason.clone(),
         cause: record.cause,
+        fallback: record.fallback,
     }
 }
 

@@ -20,6 +20,9 @@ pub struct RunSummary {
     /// How many servers ended with each named cause (all of them, as `totals`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub causes: BTreeMap<Cause, usize>,
+    /// How many servers' sets are the function's crash-consistent fallback (all of them).
+    #[serde(default, rename = "fallbacks", skip_serializing_if = "none_left_out")]
+    pub totals_fallbacks: usize,
     /// Snapshots carrying the run's tags that no set of the run holds (forged, or tagged by
     /// hand): never copied, restored or deleted; the first `MAX_FOREIGN` of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -121,6 +124,7 @@ impl RunSummary {
                 *causes.entry(cause).or_insert(0) += 1;
             }
         }
+        let totals_fallbacks = outcomes.iter().filter(|o| o.fallback).count();
         RunSummary {
             run_id: run_id.to_string(),
             started_at,
@@ -128,6 +132,7 @@ impl RunSummary {
             outcomes,
             totals,
             causes,
+            totals_fallbacks,
             foreign: Vec::new(),
             foreign_count: 0,
             outcomes_left_out: 0,
@@ -149,6 +154,11 @@ impl RunSummary {
         foreign.truncate(MAX_FOREIGN);
         self.foreign = foreign;
         self
+    }
+
+    /// How many servers got the function's crash-consistent fallback.
+    pub fn fallbacks(&self) -> usize {
+        self.totals_fallbacks
     }
 
     pub fn count(&self, kind: OutcomeKind) -> usize {
@@ -182,8 +192,12 @@ impl RunSummary {
             0 => String::new(),
             n => format!(", {n} foreign snapshot(s) carrying the run's tags (ignored)"),
         };
+        let fallbacks = match self.fallbacks() {
+            0 => String::new(),
+            n => format!(", {n} of them a crash-consistent fallback (VSS gave no set)"),
+        };
         format!(
-            "run {} {}: {} instances ({}), {snapshots} snapshots, {minutes:.1} min{foreign}",
+            "run {} {}: {} instances ({}{fallbacks}), {snapshots} snapshots, {minutes:.1} min{foreign}",
             self.run_id,
             if self.all_consistent() {
                 "succeeded"
@@ -293,6 +307,7 @@ pub fn run_counts(report: &RunSummary) -> Vec<(&'static str, usize)> {
         ("Skipped", skipped),
         ("NotConsistent", not_consistent),
         ("ForeignSnapshots", report.foreign_count),
+        ("CrashConsistentFallbacks", report.fallbacks()),
     ];
     counts.extend(report.causes.iter().map(|(c, n)| (c.metric(), *n)));
     counts
@@ -368,6 +383,7 @@ mod tests {
             snapshots: (0..snaps).map(|i| format!("snap-{id}-{i}")).collect(),
             reason: (kind != OutcomeKind::Consistent).then(|| "why".to_string()),
             cause: None,
+            fallback: false,
         }
     }
 
@@ -534,6 +550,7 @@ mod tests {
                 snapshots: vec![],
                 reason: (i % 2 == 0).then(|| "Failed: Thaw pipe connection timed out".into()),
                 cause: (i % 2 == 0).then_some(Cause::FreezeTimeout),
+                fallback: false,
             })
             .collect();
         RunSummary::new("20261123T020000Z-1a2b3c4d", t, t, outcomes)

@@ -55,6 +55,7 @@ pub fn next_instance_step(job: &InstanceJob, look: &Look, now: DateTime<Utc>) ->
                 job.stage_deadline.to_rfc3339()
             )),
             cause: Some(cause_of_deadline(status)),
+            fallback: false,
         }),
         Look::NotYet { status } => Next::Wait {
             job: InstanceJob {
@@ -309,6 +310,7 @@ pub fn run_outcomes(
                     snapshots: vec![],
                     reason: Some("SSM lists an invocation the run's manifest does not hold".into()),
                     cause: None,
+                    fallback: false,
                 },
                 verified: None,
             });
@@ -332,6 +334,7 @@ pub fn run_outcomes(
                     snapshots: vec![],
                     reason: Some(format!("SSM invocation still {status} at the run deadline")),
                     cause: Some(cause_of_deadline(&status.to_string())),
+                    fallback: false,
                 },
                 verified: None,
             });
@@ -364,6 +367,7 @@ pub fn run_outcomes(
             snapshots: vec![],
             reason: Some(s.reason.to_string()),
             cause: cause_of_skip(&s.reason),
+            fallback: false,
         })
         .collect();
     // Past the deadline, instances SSM never listed are still accounted for.
@@ -381,6 +385,7 @@ pub fn run_outcomes(
                     "SSM never listed {missing} of this command's invocations by the run deadline"
                 )),
                 cause: None,
+                fallback: false,
             }),
     );
     others.extend(job.unsent.iter().map(|u| Outcome {
@@ -391,6 +396,7 @@ pub fn run_outcomes(
         snapshots: vec![],
         reason: Some(format!("command not sent: {}", u.error)),
         cause: None,
+        fallback: false,
     }));
     (results, others, foreign)
 }

@@ -1,6 +1,8 @@
-//! The run's use cases: starting (and taking over) a dispatch, tracking it to the end, and
+//! The run's use cases: starting (and taking over) a dispatch, tracking it to the end (with
+//! its crash-consistent fallbacks), and
 //! importing the sets made before the catalog.
 
+pub mod fallback;
 pub mod import;
 pub mod start;
 pub mod tracking;

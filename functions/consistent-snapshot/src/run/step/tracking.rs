@@ -25,6 +25,7 @@ use crate::run::plan::track::{
     instance_tags, next_instance_step, next_run_step, run_outcomes, Next, RunCatalog,
     RunInvocations, RunNext, RunWait,
 };
+use crate::run::step::fallback::take_fallbacks;
 
 /// One look at an instance's invocation: not final, it looks again later (or, past the
 /// command's deadline, ends timed out); final, it records SSM's result in the catalog for the
@@ -318,14 +319,13 @@ pub async fn track_run(
             job.run_id
         )));
     };
-    let (results, others, foreign) = run_outcomes(
+    let (results, others, mut foreign) = run_outcomes(
         &job,
         &invocations,
         &run_catalog,
         &snapshots,
         (&app.config.region, now),
     );
-    log_foreign(&job.run_id, &foreign[..foreign.len().min(MAX_FOREIGN)]);
     let mut outcomes = Vec::with_capacity(results.len() + others.len());
     let cost_tags: HashMap<String, Vec<(String, String)>> = run_catalog
         .manifest
@@ -371,6 +371,37 @@ pub async fn track_run(
     }
     info!(run_id = %job.run_id, recorded, tagged, not_tagged = failed, "sets recorded and tagged");
     outcomes.extend(others);
+    // The run's own instances: dispatched, skipped, or never sent the command.
+    let instances: HashSet<&str> = run_catalog
+        .manifest
+        .keys()
+        .map(String::as_str)
+        .chain(job.skipped.iter().map(|s| s.instance_id.as_str()))
+        .chain(job.unsent.iter().map(|u| u.instance_id.as_str()))
+        .collect();
+    let fallbacks = take_fallbacks(
+        app,
+        &job,
+        outcomes,
+        (&instances, &sets),
+        &snapshots,
+        &cost_tags,
+        stop_at,
+    )
+    .await?;
+    if fallbacks.left {
+        return go_on(
+            app,
+            &job,
+            "taking crash-consistent fallbacks",
+            fallbacks.taken,
+        )
+        .await;
+    }
+    let outcomes = fallbacks.outcomes;
+    // A fallback's snapshots carry the run's tag without any document reporting them.
+    foreign.retain(|f| !fallbacks.snapshots.contains(&f.snapshot_id));
+    log_foreign(&job.run_id, &foreign[..foreign.len().min(MAX_FOREIGN)]);
     let summary = RunSummary::new(&job.run_id, job.started_at, now, outcomes).with_foreign(foreign);
     // The copy step is queued before the summary's marker: should this invocation stop
     // between the two, a redelivery queues it again (the step runs under its own lease).
