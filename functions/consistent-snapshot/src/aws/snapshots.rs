@@ -210,6 +210,14 @@ pub async fn tag(
     Ok(())
 }
 
+/// For the calls that take no idempotency token (CopySnapshot, CreateSnapshots): a retry after
+/// a lost answer would make a second copy or set, so the SDK does not retry them; the caller
+/// looks for what a lost answer left instead.
+fn without_retries() -> aws_sdk_ec2::config::Builder {
+    aws_sdk_ec2::config::Builder::default()
+        .retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled())
+}
+
 /// A copy to start in a destination region.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyRequest<'a> {
@@ -248,10 +256,7 @@ pub async fn copy(
     }
     let out = call
         .customize()
-        .config_override(
-            aws_sdk_ec2::config::Builder::default()
-                .retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled()),
-        )
+        .config_override(without_retries())
         .send()
         .await
         .map_err(|e| {
@@ -293,10 +298,7 @@ pub async fn create_for_instance(
                 .build(),
         )
         .customize()
-        .config_override(
-            aws_sdk_ec2::config::Builder::default()
-                .retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled()),
-        )
+        .config_override(without_retries())
         .send()
         .await
         .map_err(|e| aws("CreateSnapshots", instance_id, e))?;
