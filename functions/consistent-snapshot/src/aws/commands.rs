@@ -183,11 +183,15 @@ pub async fn list(
                 }
                 let status =
                     CommandStatus::from(command.status().map(|s| s.as_str()).unwrap_or_default());
-                let exclude_boot_volume = command
-                    .parameters()
-                    .and_then(|p| p.get("ExcludeBootVolume"))
-                    .and_then(|v| v.first())
-                    .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+                let flag = |name: &str| {
+                    command
+                        .parameters()
+                        .and_then(|p| p.get(name))
+                        .and_then(|v| v.first())
+                        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+                };
+                let (exclude_boot_volume, no_writers) =
+                    (flag("ExcludeBootVolume"), flag("NoWriters"));
                 found.push(PastCommand {
                     command_id: command_id.to_string(),
                     run_id: command
@@ -197,6 +201,7 @@ pub async fn list(
                     requested_at,
                     instance_ids: command.instance_ids().to_vec(),
                     exclude_boot_volume,
+                    no_writers,
                     finished: status.is_final(),
                     status,
                     in_flight_on: None,

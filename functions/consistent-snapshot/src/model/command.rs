@@ -37,6 +37,8 @@ pub struct PastCommand {
     pub requested_at: DateTime<Utc>,
     pub instance_ids: Vec<String>,
     pub exclude_boot_volume: bool,
+    /// Sent with `NoWriters=True`.
+    pub no_writers: bool,
     /// The command's status as SSM reports it.
     pub status: CommandStatus,
     /// Whether the command as a whole has reached a final status.

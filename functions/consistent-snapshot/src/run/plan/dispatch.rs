@@ -176,8 +176,11 @@ pub fn plan_dispatch(run_id: &str, targets: &[Target], history: &[PastCommand]) 
     for target in targets {
         let id = target.instance_id.as_str();
         if let Some(command) = ours.iter().find(|c| c.instance_ids.iter().any(|i| i == id)) {
-            plan.reuse
-                .push((target.clone(), command.command_id.clone()));
+            // What the command was sent with, not what the tags say now: the manifest records
+            // whether its set can be application consistent.
+            let mut sent = target.clone();
+            sent.options.no_writers = command.no_writers;
+            plan.reuse.push((sent, command.command_id.clone()));
             continue;
         }
         let running = history
@@ -671,6 +674,7 @@ mod tests {
                 - Duration::minutes(minutes_ago),
             instance_ids: on.iter().map(|n| format!("i-{n:08x}")).collect(),
             exclude_boot_volume: false,
+            no_writers: false,
             status: "InProgress".into(),
             finished: false,
             in_flight_on: None,
@@ -708,6 +712,23 @@ mod tests {
         assert_eq!(plan.run_commands[0].command_id, "c-early");
         assert_eq!(plan.run_commands[0].instances, 2);
         assert_eq!(plan.run_instances.len(), 2);
+    }
+
+    /// A takeover records what the command it reuses was sent with: a NoWriters tag added or
+    /// removed since does not change what its set can be.
+    #[test]
+    fn a_reused_command_s_no_writers_is_what_was_sent_not_what_the_tag_says_now() {
+        let mut sent = command("c-1", Some("r1"), 2, &[1, 2]);
+        sent.no_writers = true;
+        let mut tagged_since = history_target(2);
+        tagged_since.options.no_writers = false;
+        let plan = plan_dispatch("r1", &[history_target(1), tagged_since], &[sent]);
+        assert!(plan.reuse.iter().all(|(t, _)| t.options.no_writers));
+        let plain = command("c-2", Some("r2"), 2, &[1]);
+        let mut untagged_since = history_target(1);
+        untagged_since.options.no_writers = true;
+        let plan = plan_dispatch("r2", &[untagged_since], &[plain]);
+        assert!(!plan.reuse[0].0.options.no_writers);
     }
 
     #[test]
