@@ -455,3 +455,130 @@ async fn each_failure_is_named_with_its_cause_and_fix_wherever_an_operator_reads
         "{fleet_report}"
     );
 }
+
+/// `{"action":"readiness"}` before the night names exactly the servers that then fail, each by
+/// the check that says why: agent offline or too old, options the document refuses, no
+/// instance profile (the document cannot call EC2), no route to EC2. A small instance is a
+/// warning, not a failure; the on-instance checks are listed as unknown.
+#[tokio::test]
+async fn readiness_before_the_night_names_the_servers_that_then_fail_by_their_check() {
+    use consistent_snapshot::OutcomeKind;
+    let world = World::start(2).await.expect("world");
+    let logs = &world.logs;
+    let fleet = [
+        ServerSpec::windows("sql01", 1),
+        ServerSpec::windows("tiny01", 1).instance_type("t3.micro"),
+        ServerSpec::windows("branch01", 1).sim(Windows::agent(Agent::Offline)),
+        ServerSpec::windows("oldagent01", 1).sim(Windows::agent_version("2.2.45.0")),
+        ServerSpec::windows("both01", 1)
+            .tag("ConsistentSnapshot:NoWriters", "true")
+            .tag("ConsistentSnapshot:SaveVssMetadata", "true"),
+        // The Windows side fails as such servers do: no role to call EC2 with, no way to it.
+        ServerSpec::windows("norole01", 1)
+            .without_instance_profile()
+            .sim(Windows::outcome(VssOutcome::MissingPermission)),
+        ServerSpec::windows("private01", 1)
+            .in_private_subnet()
+            .sim(Windows::outcome(VssOutcome::NoEc2Route)),
+    ];
+    let ids = world.seed(&fleet).await.expect("seed");
+    let name_of: BTreeMap<&str, &str> = ids
+        .iter()
+        .map(String::as_str)
+        .zip(fleet.iter().map(|s| s.name.as_str()))
+        .collect();
+    let app = world.app(&[]).expect("app");
+
+    let answer = invoke(&app, json!({"action": "readiness"}))
+        .await
+        .expect("readiness");
+    let servers = answer["instances"].as_array().cloned().unwrap_or_default();
+    assert_eq!(servers.len(), 7, "{answer:#}");
+    let failed_checks = |s: &Value| -> Vec<String> {
+        s["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["result"] == "fail")
+            .map(|c| {
+                format!(
+                    "{}:{}",
+                    c["check"].as_str().unwrap_or(""),
+                    c["cause"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    let verdicts: BTreeMap<String, (String, Vec<String>)> = servers
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or_default().to_string(),
+                (
+                    s["verdict"].as_str().unwrap_or_default().to_string(),
+                    failed_checks(s),
+                ),
+            )
+        })
+        .collect();
+    let expected: BTreeMap<String, (String, Vec<String>)> = [
+        ("sql01", "pass", vec![]),
+        ("tiny01", "warn", vec![]),
+        ("branch01", "fail", vec!["ssm_agent:agent_offline"]),
+        ("oldagent01", "fail", vec!["ssm_agent:agent_too_old"]),
+        ("both01", "fail", vec!["options:invalid_option"]),
+        (
+            "norole01",
+            "fail",
+            vec!["instance_profile:instance_role_permission"],
+        ),
+        ("private01", "fail", vec!["ec2_route:no_ec2_route"]),
+    ]
+    .into_iter()
+    .map(|(n, v, f)| {
+        (
+            n.to_string(),
+            (v.to_string(), f.into_iter().map(str::to_string).collect()),
+        )
+    })
+    .collect();
+    assert_eq!(verdicts, expected, "{answer:#}");
+    assert_eq!(
+        (
+            answer["fail"].clone(),
+            answer["warn"].clone(),
+            answer["pass"].clone()
+        ),
+        (json!(5), json!(1), json!(1))
+    );
+    // What it could not see from here is listed as such, never passed.
+    assert!(servers
+        .iter()
+        .all(|s| s["checks"].as_array().is_some_and(|c| c
+            .iter()
+            .any(|c| c["check"] == "on_instance" && c["result"] == "unknown"))));
+    assert!(
+        invoke(&app, json!({"action": "readiness", "instance_ids": []}))
+            .await
+            .is_err()
+    );
+
+    // The night: exactly the servers readiness failed end without a consistent set.
+    let run_id = world
+        .nightly(&app, "2026-11-23T02:00:00Z")
+        .await
+        .expect("the nightly run");
+    let report = logs.run_report(&run_id).expect("summary");
+    let not_consistent: std::collections::BTreeSet<&str> = report
+        .outcomes
+        .iter()
+        .filter(|o| o.kind != OutcomeKind::Consistent)
+        .map(|o| name_of[o.instance_id.as_str()])
+        .collect();
+    let failing: std::collections::BTreeSet<&str> = expected
+        .iter()
+        .filter(|(_, (v, _))| v == "fail")
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(not_consistent, failing, "{report:#?}");
+}

@@ -42,6 +42,9 @@ steers the simulation through plain HTTP under /_sim/ on the same port:
                         function tags them; copies in copy_region), the newest `newest_hours`
                         old; answers how many snapshots it made and the sets (ids, volumes,
                         devices, copies), which the harness records in the catalog
+  POST /_sim/landing-zone {"region"}: the default VPC with its internet gateway and default
+                        route (moto's has only the local route), and the fleet's instance
+                        profile `vss-instance`
   GET  /_sim/invocations   every simulated invocation (command id, instance, document, status)
   POST /_sim/reset         forget the simulation (moto's own state: POST /moto-api/reset)
 

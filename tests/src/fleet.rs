@@ -2,7 +2,8 @@
 //! volumes, tags and simulated Windows side.
 
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, Filter, InstanceType, ResourceType, Tag, TagSpecification,
+    BlockDeviceMapping, EbsBlockDevice, Filter, IamInstanceProfileSpecification, InstanceType,
+    ResourceType, Tag, TagSpecification,
 };
 use std::collections::BTreeMap;
 
@@ -43,6 +44,12 @@ pub struct ServerSpec {
     pub extra_tags: Vec<(String, String)>,
     /// How the simulated Windows side behaves (server.py's fields).
     pub sim: Windows,
+    /// `None`: m5.large.
+    pub instance_type: Option<String>,
+    /// Launched without the fleet's instance profile.
+    pub no_instance_profile: bool,
+    /// Launched into a subnet with no route out and no ec2 endpoint.
+    pub private_subnet: bool,
 }
 
 impl ServerSpec {
@@ -55,7 +62,25 @@ impl ServerSpec {
             stopped: false,
             extra_tags: vec![],
             sim: Windows::default(),
+            instance_type: None,
+            no_instance_profile: false,
+            private_subnet: false,
         }
+    }
+
+    pub fn instance_type(mut self, instance_type: &str) -> Self {
+        self.instance_type = Some(instance_type.into());
+        self
+    }
+
+    pub fn without_instance_profile(mut self) -> Self {
+        self.no_instance_profile = true;
+        self
+    }
+
+    pub fn in_private_subnet(mut self) -> Self {
+        self.private_subnet = true;
+        self
     }
 
     pub fn sim(mut self, sim: Windows) -> Self {
@@ -131,6 +156,20 @@ fn mappings(data_volumes: usize) -> Vec<BlockDeviceMapping> {
 pub async fn seed(emulator: &Emulator, servers: &[ServerSpec]) -> Result<Vec<String>> {
     let ec2 = emulator.ec2();
     let (windows, linux) = image_ids(&ec2).await?;
+    let zone = emulator.http(
+        "POST",
+        "/_sim/landing-zone",
+        &serde_json::json!({"region": crate::REGION}),
+    )?;
+    let profile = zone["instance_profile"]
+        .as_str()
+        .ok_or("no instance profile from /_sim/landing-zone")?
+        .to_string();
+    let private = if servers.iter().any(|s| s.private_subnet) {
+        Some(private_subnet(&ec2).await?)
+    } else {
+        None
+    };
     let mut ids = Vec::new();
     let mut sim = BTreeMap::new();
     for server in servers {
@@ -144,10 +183,27 @@ pub async fn seed(emulator: &Emulator, servers: &[ServerSpec]) -> Result<Vec<Str
                 .iter()
                 .map(|(k, v)| Tag::builder().key(k).value(v).build()),
         );
-        let out = ec2
+        let mut launch = ec2
             .run_instances()
             .image_id(if server.windows { &windows } else { &linux })
-            .instance_type(InstanceType::M5Large)
+            .instance_type(
+                server
+                    .instance_type
+                    .as_deref()
+                    .map(InstanceType::from)
+                    .unwrap_or(InstanceType::M5Large),
+            );
+        if !server.no_instance_profile {
+            launch = launch.iam_instance_profile(
+                IamInstanceProfileSpecification::builder()
+                    .name(&profile)
+                    .build(),
+            );
+        }
+        if let (true, Some(subnet)) = (server.private_subnet, &private) {
+            launch = launch.subnet_id(subnet);
+        }
+        let out = launch
             .min_count(1)
             .max_count(1)
             .set_block_device_mappings(Some(mappings(server.data_volumes)))
@@ -173,6 +229,23 @@ pub async fn seed(emulator: &Emulator, servers: &[ServerSpec]) -> Result<Vec<Str
     }
     emulator.simulate(&sim)?;
     Ok(ids)
+}
+
+/// A subnet of its own VPC, with only the local route and no endpoint: no way to the EC2 API.
+async fn private_subnet(ec2: &aws_sdk_ec2::Client) -> Result<String> {
+    let vpc = ec2.create_vpc().cidr_block("10.77.0.0/16").send().await?;
+    let vpc_id = vpc.vpc().and_then(|v| v.vpc_id()).ok_or("no vpc id")?;
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(vpc_id)
+        .cidr_block("10.77.1.0/24")
+        .send()
+        .await?;
+    Ok(subnet
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .ok_or("no subnet id")?
+        .to_string())
 }
 
 /// Launches `count` tagged Windows servers, `per_reservation` at a time, all behaving well.

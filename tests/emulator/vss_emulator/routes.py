@@ -15,7 +15,7 @@ from werkzeug.wrappers import Request, Response
 
 from .model import SIM
 from .protection import PROTECTION
-from .seeding import age_snapshots, seed_history
+from .seeding import age_snapshots, landing_zone, seed_history
 
 
 class QuietHandler(MotoRequestHandler):
@@ -50,6 +50,8 @@ class App:
                     "snapshots": sum(len(m["snapshots"]) + len(m["copies"]) for m in made),
                     "sets": made,
                 }
+            elif path == "/_sim/landing-zone" and request.method == "POST":
+                body = landing_zone(json.loads(request.get_data() or b"{}"))
             elif path == "/_sim/copies":
                 body = SIM.copies()
             elif path == "/_sim/invocations":

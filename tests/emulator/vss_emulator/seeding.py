@@ -86,3 +86,43 @@ def age_snapshots(spec: dict[str, Any]) -> int:
         snapshot.start_time = snapshot.start_time - delta
         aged += 1
     return aged
+
+
+INSTANCE_PROFILE = "vss-instance"
+
+
+def landing_zone(spec: dict[str, Any]) -> dict[str, Any]:
+    """The account as AWS makes it and as a VSS fleet needs it, where moto differs: the default
+    VPC's main route table gets its internet gateway and 0.0.0.0/0 route (moto's has only the
+    local route), and an instance profile for the fleet (`vss-instance`, its role holding
+    AWSEC2VssSnapshotPolicy's calls) exists. Idempotent; answers the profile's name."""
+    from moto.iam.models import iam_backends
+
+    unknown = set(spec) - {"region"}
+    if unknown:
+        raise ValueError(f"unknown landing-zone field(s) {sorted(unknown)}")
+    ec2 = ec2_backends[DEFAULT_ACCOUNT_ID][spec["region"]]
+    for vpc in list(ec2.vpcs.values()):
+        if not vpc.is_default:
+            continue
+        tables = [t for t in ec2.route_tables.values() if t.vpc_id == vpc.id]
+        main = next((t for t in tables if t.main_association_id), tables[0] if tables else None)
+        if main is None or any(r.destination_cidr_block == "0.0.0.0/0"
+                               for r in main.routes):
+            continue
+        gateway = ec2.create_internet_gateway()
+        ec2.attach_internet_gateway(gateway.id, vpc.id)
+        ec2.create_route(main.id, "0.0.0.0/0", gateway_id=gateway.id)
+    iam = iam_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    if INSTANCE_PROFILE not in {p.name for p in iam.get_instance_profiles()}:
+        iam.create_role(
+            role_name=INSTANCE_PROFILE,
+            assume_role_policy_document="{}",
+            path="/",
+            permissions_boundary=None,
+            description="the fleet's instance role",
+            tags=[],
+            max_session_duration=None,
+        )
+        iam.create_instance_profile(INSTANCE_PROFILE, "/", [INSTANCE_PROFILE], [])
+    return {"instance_profile": INSTANCE_PROFILE}

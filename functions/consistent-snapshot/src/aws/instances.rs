@@ -8,7 +8,7 @@ use aws_sdk_ec2::types::{Filter, Instance};
 use crate::aws::{aws, code_of, each_page, ec2_filter, tag_map};
 use crate::config::Config;
 use crate::error::Error;
-use crate::model::fleet::{AttachedVolume, InstanceFacts, InstanceView};
+use crate::model::fleet::{AttachedVolume, HostFacts, InstanceFacts, InstanceView, RouteFacts};
 use crate::model::state::{AttachmentState, InstanceState};
 use crate::model::tags::TAG_NAME;
 
@@ -39,6 +39,15 @@ fn facts_of(instance: &Instance) -> Option<InstanceFacts> {
         root_device: instance.root_device_name().map(str::to_string),
         volumes,
         tags,
+        host: HostFacts {
+            instance_type: instance.instance_type().map(|t| t.as_str().to_string()),
+            instance_profile: instance
+                .iam_instance_profile()
+                .and_then(|p| p.arn())
+                .map(str::to_string),
+            subnet_id: instance.subnet_id().map(str::to_string),
+            vpc_id: instance.vpc_id().map(str::to_string),
+        },
         instance_id,
     })
 }
@@ -208,4 +217,63 @@ pub async fn start(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<(), E
         .await
         .map_err(|e| aws("StartInstances", instance_id, e))?;
     Ok(())
+}
+
+/// Which subnets and VPCs of the fleet can reach the EC2 API: a default route (0.0.0.0/0 to an
+/// internet or NAT gateway, or any other target) in the subnet's route table (its own, else
+/// its VPC's main one), or an `ec2` interface endpoint in the VPC.
+pub async fn ec2_routes(
+    ec2: &aws_sdk_ec2::Client,
+    vpc_ids: &[String],
+    region: &str,
+) -> Result<RouteFacts, Error> {
+    let mut facts = RouteFacts::default();
+    if vpc_ids.is_empty() {
+        return Ok(facts);
+    }
+    let subject = format!("route tables of {}", vpc_ids.join(", "));
+    let pages = ec2
+        .describe_route_tables()
+        .filters(ec2_filter("vpc-id", vpc_ids.iter().map(String::as_str)))
+        .into_paginator()
+        .send();
+    each_page(pages, "DescribeRouteTables", &subject, |page| {
+        for table in page.route_tables() {
+            let default_route = table.routes().iter().any(|r| {
+                r.destination_cidr_block() == Some("0.0.0.0/0")
+                    && r.state().map(|s| s.as_str()) != Some("blackhole")
+            });
+            for association in table.associations() {
+                if association.main() == Some(true) {
+                    if let Some(vpc) = table.vpc_id() {
+                        facts.main_routes.insert(vpc.to_string(), default_route);
+                    }
+                } else if let Some(subnet) = association.subnet_id() {
+                    facts
+                        .subnet_routes
+                        .insert(subnet.to_string(), default_route);
+                }
+            }
+        }
+    })
+    .await?;
+    let service = format!("com.amazonaws.{region}.ec2");
+    let pages = ec2
+        .describe_vpc_endpoints()
+        .filters(ec2_filter("vpc-id", vpc_ids.iter().map(String::as_str)))
+        .filters(ec2_filter("service-name", [service.as_str()]))
+        .into_paginator()
+        .send();
+    each_page(pages, "DescribeVpcEndpoints", &subject, |page| {
+        facts.ec2_endpoints.extend(
+            page.vpc_endpoints()
+                .iter()
+                .filter(|e| {
+                    e.state().map(|s| s.as_str().to_ascii_lowercase()) == Some("available".into())
+                })
+                .filter_map(|e| e.vpc_id().map(str::to_string)),
+        );
+    })
+    .await?;
+    Ok(facts)
 }

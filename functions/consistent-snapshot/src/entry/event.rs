@@ -17,8 +17,8 @@ use crate::model::ids::{
     fnv1a32, is_availability_zone, is_instance_id, is_run_id, is_scheduled_run_id,
 };
 use crate::model::requests::{
-    ImportRequest, ReportRequest, RestoreMode, RestoreRequest, RetentionRequest, SnapshotRequest,
-    VerifyRequest, MAX_INSTANCE_IDS, MAX_VERIFY,
+    ImportRequest, ReadinessRequest, ReportRequest, RestoreMode, RestoreRequest, RetentionRequest,
+    SnapshotRequest, VerifyRequest, MAX_INSTANCE_IDS, MAX_VERIFY,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +56,7 @@ pub enum Action {
     Restore(RestoreRequest),
     Verify(VerifyRequest),
     Import(ImportRequest),
+    Readiness(ReadinessRequest),
 }
 
 /// The input of an EventBridge Scheduler schedule, as the template writes it with the
@@ -126,7 +127,7 @@ impl Event {
         }
         Err(Error::Event(
             "unrecognised payload: expected an EventBridge scheduled event, an SQS event, or an \
-             on-demand call with an `action` field (snapshot, retention, report, restore, verify, import)"
+             on-demand call with an `action` field (snapshot, retention, report, restore, verify, import, readiness)"
                 .into(),
         ))
     }
@@ -149,9 +150,10 @@ fn parse_action(action: Value, mut payload: Value) -> Result<Action, Error> {
         "restore" => Action::Restore(from_value(payload, "restore request")?),
         "verify" => Action::Verify(from_value(payload, "verify request")?),
         "import" => Action::Import(from_value(payload, "import request")?),
+        "readiness" => Action::Readiness(from_value(payload, "readiness request")?),
         other => {
             return Err(Error::Event(format!(
-                "field `action`: unknown action {other:?}, expected one of snapshot, retention, report, restore, verify, import"
+                "field `action`: unknown action {other:?}, expected one of snapshot, retention, report, restore, verify, import, readiness"
             )))
         }
     };
@@ -163,6 +165,9 @@ fn parse_action(action: Value, mut payload: Value) -> Result<Action, Error> {
     }
     if let Action::Verify(request) = &action {
         validate_verify_request(request)?;
+    }
+    if let Action::Readiness(request) = &action {
+        validate_instance_ids(request.instance_ids.as_ref())?;
     }
     Ok(action)
 }
@@ -218,8 +223,9 @@ fn validate_verify_request(request: &VerifyRequest) -> Result<(), Error> {
     Ok(())
 }
 
-fn validate_snapshot_request(request: &SnapshotRequest) -> Result<(), Error> {
-    if let Some(ids) = &request.instance_ids {
+/// A selection of instances: absent (the whole fleet), or 1 to `MAX_INSTANCE_IDS` ids.
+fn validate_instance_ids(ids: Option<&Vec<String>>) -> Result<(), Error> {
+    if let Some(ids) = ids {
         if ids.is_empty() {
             return Err(Error::Event(
                 "field `instance_ids`: an empty list selects nothing; omit the field for the whole fleet".into(),
@@ -237,6 +243,11 @@ fn validate_snapshot_request(request: &SnapshotRequest) -> Result<(), Error> {
             )));
         }
     }
+    Ok(())
+}
+
+fn validate_snapshot_request(request: &SnapshotRequest) -> Result<(), Error> {
+    validate_instance_ids(request.instance_ids.as_ref())?;
     if let Some(run_id) = &request.run_id {
         if !is_run_id(run_id) {
             return Err(Error::Event(format!(

@@ -78,6 +78,9 @@ async fn route(app: &App, payload: Value, deadline: DateTime<Utc>) -> Result<Val
         Event::OnDemand(Action::Import(request)) => {
             crate::run::step::import::on_demand(app, request).await
         }
+        Event::OnDemand(Action::Readiness(request)) => {
+            crate::report::step::readiness(app, request).await
+        }
     }
 }
 

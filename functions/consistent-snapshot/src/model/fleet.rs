@@ -27,6 +27,46 @@ pub struct InstanceFacts {
     pub root_device: Option<String>,
     pub volumes: Vec<AttachedVolume>,
     pub tags: BTreeMap<String, String>,
+    /// Where and how it runs, for the readiness check.
+    pub host: HostFacts,
+}
+
+/// What the readiness check reads of an instance besides its volumes and agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostFacts {
+    pub instance_type: Option<String>,
+    /// The instance profile's ARN; `None` without one.
+    pub instance_profile: Option<String>,
+    pub subnet_id: Option<String>,
+    pub vpc_id: Option<String>,
+}
+
+/// What the fleet's VPCs say of a route to the EC2 API (the VSS document calls it from the
+/// instance).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteFacts {
+    /// Per subnet with its own route table: whether it has a default route.
+    pub subnet_routes: std::collections::HashMap<String, bool>,
+    /// Per VPC: whether its main route table has a default route.
+    pub main_routes: std::collections::HashMap<String, bool>,
+    /// VPCs with an available `ec2` interface endpoint.
+    pub ec2_endpoints: std::collections::HashSet<String>,
+}
+
+impl RouteFacts {
+    /// Whether an instance there reaches the EC2 API; `None` when nothing is known of its
+    /// subnet (not read, or EC2-Classic).
+    pub fn reaches_ec2(&self, host: &HostFacts) -> Option<bool> {
+        let vpc = host.vpc_id.as_deref()?;
+        if self.ec2_endpoints.contains(vpc) {
+            return Some(true);
+        }
+        let subnet = host.subnet_id.as_deref()?;
+        self.subnet_routes
+            .get(subnet)
+            .or_else(|| self.main_routes.get(vpc))
+            .copied()
+    }
 }
 
 impl InstanceFacts {

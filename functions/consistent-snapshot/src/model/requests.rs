@@ -43,6 +43,15 @@ pub struct ReportRequest {
     pub page: Option<usize>,
 }
 
+/// `{"action":"readiness","instance_ids"?}`: the tagged fleet's (or these tagged servers')
+/// checklist before the night.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadinessRequest {
+    #[serde(default)]
+    pub instance_ids: Option<Vec<String>>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImportRequest {

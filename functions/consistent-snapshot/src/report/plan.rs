@@ -589,6 +589,7 @@ mod tests {
             root_device: None,
             volumes: vec![],
             tags: BTreeMap::new(),
+            host: Default::default(),
         }
     }
 

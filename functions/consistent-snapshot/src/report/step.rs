@@ -1,6 +1,7 @@
 //! The fleet report against AWS: the tagged fleet and its readiness, this deployment's
 //! snapshots and copies, and the VSS commands that failed, read once and handed to
-//! `report::plan::build`. `{"action":"report"}`, and the hourly report schedule.
+//! `report::plan::build`. `{"action":"report"}`, and the hourly report schedule; and the
+//! fleet's readiness before the night (`{"action":"readiness"}`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -14,6 +15,7 @@ use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
 use crate::model::fleet::InstanceFacts;
 use crate::model::markers::KEEP_RUN_DAYS;
+use crate::model::requests::ReadinessRequest;
 use crate::model::state::{CommandStatus, InstanceState};
 use crate::model::tags::TAG_INSTANCE_ID;
 use crate::report::plan::{
@@ -23,6 +25,7 @@ use crate::report::plan::{
 use crate::retention::step::vouched_snapshots;
 use crate::run::plan::dispatch::vss_documents;
 use crate::run::plan::preflight::preflight;
+use crate::run::plan::readiness::{Readiness, Verdict as ReadinessVerdict};
 use crate::run::plan::summary::RecordPage;
 
 /// Reads the fleet and builds its report.
@@ -200,4 +203,85 @@ pub async fn run_record(app: &App, run_id: &str, page: usize) -> Result<Value, E
         ),
     };
     Err(Error::Event(why))
+}
+
+/// How many servers a readiness answer lists (those that fail first); the counts are whole.
+const READINESS_LISTED: usize = 1_000;
+
+/// `{"action":"readiness","instance_ids"?}`: before the night, each tagged server's checklist
+/// (`run::plan::readiness`), those that will fail first, and the counts; logged as one line.
+pub async fn readiness(app: &App, request: ReadinessRequest) -> Result<Value, Error> {
+    let fleet =
+        instances::discover(&app.aws.ec2, &app.config, request.instance_ids.as_deref()).await?;
+    let ids: Vec<String> = fleet.iter().map(|i| i.instance_id.clone()).collect();
+    let agents = commands::agents(&app.aws.ssm, &ids).await?;
+    let vpcs: Vec<String> = fleet
+        .iter()
+        .filter_map(|i| i.host.vpc_id.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let routes = instances::ec2_routes(&app.aws.ec2, &vpcs, &app.config.region).await?;
+    let mut servers: Vec<Readiness> = fleet
+        .iter()
+        .map(|i| {
+            crate::run::plan::readiness::readiness(
+                i,
+                agents.get(&i.instance_id),
+                &routes,
+                &app.config,
+            )
+        })
+        .collect();
+    servers.sort_by(|a, b| (b.verdict, &a.name).cmp(&(a.verdict, &b.name)));
+    let count = |v: ReadinessVerdict| servers.iter().filter(|s| s.verdict == v).count();
+    let (fail, warn, pass) = (
+        count(ReadinessVerdict::Fail),
+        count(ReadinessVerdict::Warn),
+        count(ReadinessVerdict::Pass),
+    );
+    let failing: Vec<String> = servers
+        .iter()
+        .filter(|s| s.verdict == ReadinessVerdict::Fail)
+        .take(20)
+        .map(|s| {
+            let checks: Vec<&str> = s
+                .checks
+                .iter()
+                .filter(|c| c.result == ReadinessVerdict::Fail)
+                .map(|c| c.check)
+                .collect();
+            format!("{} ({}: {})", s.name, s.instance_id, checks.join(", "))
+        })
+        .collect();
+    let line = format!(
+        "readiness: {} servers, {fail} will fail, {warn} with warnings, {pass} ready{}",
+        servers.len(),
+        if failing.is_empty() {
+            String::new()
+        } else {
+            format!("; failing: {}", failing.join("; "))
+        }
+    );
+    if fail > 0 {
+        warn!("{line}");
+    } else {
+        info!("{line}");
+    }
+    emit_metrics(
+        app,
+        &[("ServersNotReady", fail), ("ServersWithWarnings", warn)],
+        &[("Event", "readiness")],
+    );
+    let left_out = servers.len().saturating_sub(READINESS_LISTED);
+    servers.truncate(READINESS_LISTED);
+    Ok(serde_json::json!({
+        "summary": line,
+        "servers": fleet.len(),
+        "fail": fail,
+        "warn": warn,
+        "pass": pass,
+        "instances": servers,
+        "left_out": left_out,
+    }))
 }

@@ -977,6 +977,7 @@ mod tests {
             root_device: None,
             volumes: vec![],
             tags: [("ConsistentSnapshot".to_string(), "WindowsVSS".to_string())].into(),
+            host: Default::default(),
         };
         let target = ("ConsistentSnapshot", "WindowsVSS");
         assert_eq!(

@@ -278,6 +278,7 @@ mod tests {
                 },
             ],
             tags: BTreeMap::new(),
+            host: Default::default(),
         }
     }
 

@@ -8,6 +8,7 @@ pub mod fallback;
 pub mod import;
 pub mod outcome;
 pub mod preflight;
+pub mod readiness;
 pub mod record;
 pub mod summary;
 pub mod track;

@@ -126,6 +126,7 @@ mod tests {
                 },
             ],
             tags: BTreeMap::new(),
+            host: Default::default(),
         }
     }
 

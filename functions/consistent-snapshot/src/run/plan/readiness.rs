@@ -1,0 +1,385 @@
+//! Readiness: before the night, which tagged servers will not get a consistent set, and why. A
+//! checklist per server (pass / warn / fail / unknown, each failure with its named cause and
+//! fix), a pure function of what EC2 and SSM say of it — the same facts preflight and the
+//! Windows side depend on.
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::model::cause::Cause;
+use crate::model::fleet::{AgentFacts, InstanceFacts, RouteFacts, SkipReason};
+use crate::model::ids::AgentVersion;
+use crate::model::state::{InstanceState, PingStatus};
+use crate::run::plan::preflight::preflight;
+
+/// SSM Agent 3.3.1311.0 broke `AWS-ConfigureAWSPackage` installs of AwsVssComponents.
+pub const KNOWN_BAD_AGENT: &str = "3.3.1311.0";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    /// Not known from here (it needs a look on the instance).
+    Unknown,
+    Warn,
+    Fail,
+}
+
+/// One check of one server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub check: &'static str,
+    pub result: Verdict,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<&'static str>,
+}
+
+impl Check {
+    fn pass(check: &'static str, detail: impl Into<String>) -> Self {
+        Check {
+            check,
+            result: Verdict::Pass,
+            detail: detail.into(),
+            cause: None,
+            fix: None,
+        }
+    }
+
+    fn fail(check: &'static str, detail: impl Into<String>, cause: Cause) -> Self {
+        Check {
+            check,
+            result: Verdict::Fail,
+            detail: detail.into(),
+            cause: Some(cause),
+            fix: Some(cause.remediation()),
+        }
+    }
+
+    fn warn(check: &'static str, detail: impl Into<String>, fix: &'static str) -> Self {
+        Check {
+            check,
+            result: Verdict::Warn,
+            detail: detail.into(),
+            cause: None,
+            fix: Some(fix),
+        }
+    }
+
+    fn unknown(check: &'static str, detail: impl Into<String>) -> Self {
+        Check {
+            check,
+            result: Verdict::Unknown,
+            detail: detail.into(),
+            cause: None,
+            fix: None,
+        }
+    }
+}
+
+/// One server's readiness: its worst check, and every check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Readiness {
+    pub instance_id: String,
+    pub name: String,
+    pub verdict: Verdict,
+    pub checks: Vec<Check>,
+}
+
+/// Instance types whose freeze window is known to be too tight (AWS's troubleshooting page).
+fn too_small(instance_type: &str) -> bool {
+    let (family, size) = instance_type.split_once('.').unwrap_or((instance_type, ""));
+    matches!(family, "t2" | "t3" | "t3a") && matches!(size, "nano" | "micro")
+}
+
+/// The checklist of one tagged server.
+pub fn readiness(
+    instance: &InstanceFacts,
+    agent: Option<&AgentFacts>,
+    routes: &RouteFacts,
+    config: &Config,
+) -> Readiness {
+    let mut checks = Vec::new();
+    checks.push(match &instance.state {
+        InstanceState::Running => Check::pass("state", "running"),
+        InstanceState::Stopped => Check::warn(
+            "state",
+            "stopped: skipped while it is stopped",
+            "start it before the schedule, or remove the target tag",
+        ),
+        other => Check::warn(
+            "state",
+            format!("{other}: skipped unless running"),
+            "start it before the schedule, or remove the target tag",
+        ),
+    });
+    checks.push(if instance.is_windows(agent) {
+        Check::pass("windows", "a Windows instance")
+    } else {
+        Check::fail("windows", "not a Windows instance", Cause::InvalidPlatform)
+    });
+    checks.push(match agent {
+        None => Check::fail(
+            "ssm_agent",
+            "not registered with SSM",
+            Cause::AgentUnmanaged,
+        ),
+        Some(a) if a.ping_status != PingStatus::Online => Check::fail(
+            "ssm_agent",
+            format!("agent {} is {}", a.agent_version, a.ping_status),
+            Cause::AgentOffline,
+        ),
+        Some(a) => match AgentVersion::parse(&a.agent_version) {
+            Some(v) if v < config.min_ssm_agent_version => Check::fail(
+                "ssm_agent",
+                format!(
+                    "agent {} is older than {}",
+                    a.agent_version, config.min_ssm_agent_version
+                ),
+                Cause::AgentTooOld,
+            ),
+            None => Check::fail(
+                "ssm_agent",
+                format!("agent version {:?} is not readable", a.agent_version),
+                Cause::AgentTooOld,
+            ),
+            Some(_) if a.agent_version == KNOWN_BAD_AGENT => Check::warn(
+                "ssm_agent",
+                format!("agent {KNOWN_BAD_AGENT} is online, but cannot install AwsVssComponents"),
+                "update the SSM agent (AWS-UpdateSSMAgent) before installing or updating AwsVssComponents",
+            ),
+            Some(_) => Check::pass("ssm_agent", format!("agent {} online", a.agent_version)),
+        },
+    });
+    // The option tags and the volumes, as preflight reads them (with a stand-in agent, so that
+    // an offline agent does not hide a bad tag).
+    let online = AgentFacts {
+        ping_status: "Online".into(),
+        agent_version: "99.0.0.0".into(),
+        platform_type: Some("Windows".into()),
+    };
+    let running = InstanceFacts {
+        state: InstanceState::Running,
+        platform: Some("windows".into()),
+        ..instance.clone()
+    };
+    match preflight(&running, Some(&online), config) {
+        Ok(target) => {
+            checks.push(Check::pass("options", "option tags valid"));
+            checks.push(Check::pass(
+                "volumes",
+                format!("{} EBS volume(s) to snapshot", target.volumes.len()),
+            ));
+        }
+        Err(SkipReason::NoEbsVolumes) => {
+            checks.push(Check::pass("options", "option tags valid"));
+            checks.push(Check::fail(
+                "volumes",
+                "no EBS volume to snapshot",
+                Cause::NoEbsVolumes,
+            ));
+        }
+        Err(why) => {
+            checks.push(Check::fail(
+                "options",
+                why.to_string(),
+                Cause::InvalidOption,
+            ));
+        }
+    }
+    checks.push(match instance.host.instance_type.as_deref() {
+        Some(t) if too_small(t) => Check::warn(
+            "instance_type",
+            format!("{t}: VSS freezes often time out on nano and micro instances"),
+            Cause::FreezeTimeout.remediation(),
+        ),
+        Some(t) => Check::pass("instance_type", t),
+        None => Check::unknown("instance_type", "not reported"),
+    });
+    checks.push(match &instance.host.instance_profile {
+        Some(arn) => Check::pass(
+            "instance_profile",
+            format!("{arn} (its role's permissions are not simulated)"),
+        ),
+        None => Check::fail(
+            "instance_profile",
+            "no instance profile: the document cannot call EC2 from the instance",
+            Cause::InstanceRolePermission,
+        ),
+    });
+    checks.push(match routes.reaches_ec2(&instance.host) {
+        Some(true) => Check::pass("ec2_route", "a default route or an ec2 endpoint"),
+        Some(false) => Check::fail(
+            "ec2_route",
+            format!(
+                "subnet {} has no default route and its VPC no ec2 endpoint",
+                instance.host.subnet_id.as_deref().unwrap_or("-")
+            ),
+            Cause::NoEc2Route,
+        ),
+        None => Check::unknown("ec2_route", "the subnet's routes were not read"),
+    });
+    checks.push(Check::unknown(
+        "on_instance",
+        "PowerShell language mode, VSS writers and AwsVssComponents need a look on the instance",
+    ));
+    // The worst of what is known: an unknown is listed, not a verdict.
+    let verdict = checks
+        .iter()
+        .map(|c| c.result)
+        .filter(|r| *r != Verdict::Unknown)
+        .max()
+        .unwrap_or(Verdict::Pass);
+    Readiness {
+        instance_id: instance.instance_id.clone(),
+        name: instance.display_name().to_string(),
+        verdict,
+        checks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fleet::{AttachedVolume, HostFacts};
+    use std::collections::BTreeMap;
+
+    fn config() -> Config {
+        Config::from_lookup(|n| match n {
+            "QUEUE_URL" => Some("q".to_string()),
+            "QUEUE_ARN" => Some("arn:aws:sqs:eu-west-1:123456789012:q".to_string()),
+            "CATALOG_TABLE" => Some("prod-catalog".to_string()),
+            _ => None,
+        })
+        .expect("config")
+    }
+
+    fn server() -> InstanceFacts {
+        InstanceFacts {
+            instance_id: "i-1".into(),
+            name: Some("sql01".into()),
+            state: "running".into(),
+            platform: Some("windows".into()),
+            platform_details: Some("Windows".into()),
+            root_device: Some("/dev/sda1".into()),
+            volumes: vec![AttachedVolume {
+                volume_id: "vol-1".into(),
+                device: "/dev/sda1".into(),
+            }],
+            tags: BTreeMap::new(),
+            host: HostFacts {
+                instance_type: Some("m5.large".into()),
+                instance_profile: Some("arn:aws:iam::1:instance-profile/vss".into()),
+                subnet_id: Some("subnet-1".into()),
+                vpc_id: Some("vpc-1".into()),
+            },
+        }
+    }
+
+    fn agent(ping: &str, version: &str) -> AgentFacts {
+        AgentFacts {
+            ping_status: ping.into(),
+            agent_version: version.into(),
+            platform_type: Some("Windows".into()),
+        }
+    }
+
+    fn routed() -> RouteFacts {
+        RouteFacts {
+            main_routes: [("vpc-1".to_string(), true)].into(),
+            ..RouteFacts::default()
+        }
+    }
+
+    fn failed(r: &Readiness) -> Vec<(&str, Option<Cause>)> {
+        r.checks
+            .iter()
+            .filter(|c| c.result == Verdict::Fail)
+            .map(|c| (c.check, c.cause))
+            .collect()
+    }
+
+    #[test]
+    fn a_ready_server_passes_everything_it_can_see_from_here() {
+        let r = readiness(
+            &server(),
+            Some(&agent("Online", "3.3.40.0")),
+            &routed(),
+            &config(),
+        );
+        assert_eq!(r.verdict, Verdict::Pass);
+        assert!(r
+            .checks
+            .iter()
+            .any(|c| c.check == "on_instance" && c.result == Verdict::Unknown));
+        assert!(failed(&r).is_empty());
+    }
+
+    #[test]
+    fn each_failing_fact_names_its_check_and_cause() {
+        let c = config();
+        let ok = agent("Online", "3.3.40.0");
+        let offline = readiness(
+            &server(),
+            Some(&agent("ConnectionLost", "3.3.40.0")),
+            &routed(),
+            &c,
+        );
+        assert_eq!(failed(&offline), [("ssm_agent", Some(Cause::AgentOffline))]);
+        let old = readiness(&server(), Some(&agent("Online", "2.2.45.0")), &routed(), &c);
+        assert_eq!(failed(&old), [("ssm_agent", Some(Cause::AgentTooOld))]);
+        let mut both = server();
+        both.tags
+            .insert("ConsistentSnapshot:NoWriters".into(), "true".into());
+        both.tags
+            .insert("ConsistentSnapshot:SaveVssMetadata".into(), "true".into());
+        let r = readiness(&both, Some(&agent("ConnectionLost", "1")), &routed(), &c);
+        assert!(
+            failed(&r).contains(&("options", Some(Cause::InvalidOption))),
+            "{r:?}"
+        );
+        let mut bare = server();
+        bare.host.instance_profile = None;
+        assert_eq!(
+            failed(&readiness(&bare, Some(&ok), &routed(), &c)),
+            [("instance_profile", Some(Cause::InstanceRolePermission))]
+        );
+        let private = RouteFacts {
+            main_routes: [("vpc-1".to_string(), false)].into(),
+            ..RouteFacts::default()
+        };
+        assert_eq!(
+            failed(&readiness(&server(), Some(&ok), &private, &c)),
+            [("ec2_route", Some(Cause::NoEc2Route))]
+        );
+        // An ec2 endpoint in the VPC is a route too.
+        let endpoint = RouteFacts {
+            ec2_endpoints: ["vpc-1".to_string()].into(),
+            ..private
+        };
+        assert!(failed(&readiness(&server(), Some(&ok), &endpoint, &c)).is_empty());
+    }
+
+    #[test]
+    fn small_instances_and_the_known_bad_agent_are_warnings() {
+        let mut tiny = server();
+        tiny.host.instance_type = Some("t3.micro".into());
+        let r = readiness(
+            &tiny,
+            Some(&agent("Online", KNOWN_BAD_AGENT)),
+            &routed(),
+            &config(),
+        );
+        assert_eq!(r.verdict, Verdict::Warn);
+        let warned: Vec<&str> = r
+            .checks
+            .iter()
+            .filter(|c| c.result == Verdict::Warn)
+            .map(|c| c.check)
+            .collect();
+        assert_eq!(warned, ["ssm_agent", "instance_type"]);
+        assert!(!too_small("t3.large") && !too_small("m5.large") && too_small("t2.nano"));
+    }
+}
