@@ -62,6 +62,23 @@ async fn main() -> harness::Result<()> {
         .with_second(0)
         .and_then(|t| t.with_nanosecond(0))
         .unwrap_or_else(Utc::now);
+    // Before the night: which servers will fail, and the check that says why.
+    println!("==> {{\"action\":\"readiness\"}}: before the night");
+    let readiness = invoke(&app, serde_json::json!({"action": "readiness"})).await?;
+    println!("    {}", readiness["summary"].as_str().unwrap_or_default());
+    for server in readiness["instances"].as_array().into_iter().flatten() {
+        for check in server["checks"].as_array().into_iter().flatten() {
+            if check["result"] == "fail" {
+                println!(
+                    "    {:<12} {}: {} ({})",
+                    server["name"].as_str().unwrap_or_default(),
+                    check["check"].as_str().unwrap_or_default(),
+                    check["detail"].as_str().unwrap_or_default(),
+                    check["fix"].as_str().unwrap_or_default(),
+                );
+            }
+        }
+    }
     let event = scheduled_event("consistent-snapshot-nightly", &now.to_rfc3339());
     println!("==> delivering an EventBridge \"Scheduled Event\" to the handler");
     let start = invoke(&app, event.clone()).await?;
