@@ -562,6 +562,20 @@ async fn readiness_before_the_night_names_the_servers_that_then_fail_by_their_ch
             .await
             .is_err()
     );
+    // The fleet report shows each server's verdict and failing checks too.
+    let fleet_report = invoke(&app, json!({"action": "report"}))
+        .await
+        .expect("report");
+    let briefs: BTreeMap<String, Value> = by_name(&fleet_report)
+        .into_iter()
+        .map(|(name, s)| (name, s["readiness"].clone()))
+        .collect();
+    assert_eq!(
+        briefs["private01"],
+        json!({"verdict": "fail", "failing": ["ec2_route"]})
+    );
+    assert_eq!(briefs["tiny01"], json!({"verdict": "warn"}));
+    assert_eq!(briefs["sql01"], json!({"verdict": "pass"}));
 
     // The night: exactly the servers readiness failed end without a consistent set.
     let run_id = world

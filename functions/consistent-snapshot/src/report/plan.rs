@@ -19,6 +19,7 @@ use crate::model::tags::{
 };
 use crate::retention::plan::{sets_by_instance, SetKind, SnapshotSet};
 use crate::run::plan::outcome::failure_reason;
+use crate::run::plan::readiness::{Readiness, Verdict as ReadinessVerdict};
 
 /// Where an instance stands against the RPO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -144,6 +145,31 @@ pub struct InstanceStatus {
     pub next_run_cause: Option<Cause>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_run_fix: Option<&'static str>,
+    /// Its readiness (`{"action":"readiness"}` has the whole checklist).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<ReadinessBrief>,
+}
+
+/// A server's readiness as the report shows it: its verdict and the checks it fails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReadinessBrief {
+    pub verdict: ReadinessVerdict,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failing: Vec<&'static str>,
+}
+
+impl ReadinessBrief {
+    pub fn of(readiness: &Readiness) -> Self {
+        ReadinessBrief {
+            verdict: readiness.verdict,
+            failing: readiness
+                .checks
+                .iter()
+                .filter(|c| c.result == ReadinessVerdict::Fail)
+                .map(|c| c.check)
+                .collect(),
+        }
+    }
 }
 
 impl InstanceStatus {
@@ -327,6 +353,7 @@ pub fn build(input: &ReportInput) -> FleetReport {
                 .as_ref()
                 .and_then(cause_of_skip)
                 .map(Cause::remediation),
+            readiness: None,
         });
     }
     statuses.sort_by(|a, b| {

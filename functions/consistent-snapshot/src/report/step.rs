@@ -13,14 +13,14 @@ use crate::app::{emit_metrics, to_json, App};
 use crate::aws::{commands, instances};
 use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
-use crate::model::fleet::InstanceFacts;
+use crate::model::fleet::{InstanceFacts, RouteFacts};
 use crate::model::markers::KEEP_RUN_DAYS;
 use crate::model::requests::ReadinessRequest;
 use crate::model::state::{CommandStatus, InstanceState};
 use crate::model::tags::TAG_INSTANCE_ID;
 use crate::report::plan::{
-    build, failed_invocations, failures_since, FailedInvocation, FleetReport, ReportInput,
-    RpoStatus,
+    build, failed_invocations, failures_since, FailedInvocation, FleetReport, ReadinessBrief,
+    ReportInput, RpoStatus,
 };
 use crate::retention::step::vouched_snapshots;
 use crate::run::plan::dispatch::vss_documents;
@@ -127,7 +127,34 @@ pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
         lost_tag,
         target_key: &app.config.target_tag_key,
     };
-    Ok(build(&input))
+    let mut report = build(&input);
+    // Each server's readiness; without the routes, their check reads unknown.
+    let vpcs: Vec<String> = fleet
+        .iter()
+        .filter_map(|i| i.host.vpc_id.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let routes = instances::ec2_routes(&app.aws.ec2, &vpcs, home)
+        .await
+        .unwrap_or_else(|err| {
+            warn!(code = err.aws_code().unwrap_or("Unknown"), error = %err, "routes not readable: readiness reports the route to EC2 as unknown");
+            RouteFacts::default()
+        });
+    let by_id: HashMap<&str, &InstanceFacts> =
+        fleet.iter().map(|i| (i.instance_id.as_str(), i)).collect();
+    for status in &mut report.instances {
+        if let Some(facts) = by_id.get(status.instance_id.as_str()) {
+            let checked = crate::run::plan::readiness::readiness(
+                facts,
+                agents.get(&status.instance_id),
+                &routes,
+                &app.config,
+            );
+            status.readiness = Some(ReadinessBrief::of(&checked));
+        }
+    }
+    Ok(report)
 }
 
 /// The VSS commands of the last days (`failures_since`) that did not succeed, per instance,

@@ -121,6 +121,10 @@ pub fn readiness(
         Check::fail("windows", "not a Windows instance", Cause::InvalidPlatform)
     });
     checks.push(match agent {
+        _ if instance.state != InstanceState::Running => Check::unknown(
+            "ssm_agent",
+            "not running: its agent is checked once it runs",
+        ),
         None => Check::fail(
             "ssm_agent",
             "not registered with SSM",
