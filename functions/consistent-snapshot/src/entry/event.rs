@@ -169,6 +169,14 @@ fn parse_action(action: Value, mut payload: Value) -> Result<Action, Error> {
     if let Action::Readiness(request) = &action {
         validate_instance_ids(request.instance_ids.as_ref())?;
     }
+    if let Action::Retention(request) = &action {
+        validate_instance_ids(request.instance_ids.as_ref())?;
+        if request.instance_ids.is_some() && request.dry_run != Some(true) {
+            return Err(Error::Event(
+                "field `instance_ids`: only with \"dry_run\": true (retention applies to the whole fleet; a dry run may show some of it)".into(),
+            ));
+        }
+    }
     Ok(action)
 }
 

@@ -61,7 +61,8 @@ async fn route(app: &App, payload: Value, deadline: DateTime<Utc>) -> Result<Val
         }
         Event::OnDemand(Action::Retention(request)) => {
             let dry_run = request.dry_run.unwrap_or(app.config.dry_run);
-            crate::retention::step::on_demand(app, dry_run, deadline).await
+            let only = request.instance_ids.as_deref();
+            crate::retention::step::on_demand(app, (dry_run, only), deadline).await
         }
         Event::OnDemand(Action::Report(request)) => match request.run_id {
             Some(run_id) => {

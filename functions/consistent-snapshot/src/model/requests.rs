@@ -30,6 +30,10 @@ pub struct SnapshotRequest {
 pub struct RetentionRequest {
     #[serde(default)]
     pub dry_run: Option<bool>,
+    /// A dry run's plan of these instances only (a fleet's whole plan is cut to its
+    /// deletions past 2,000 sets).
+    #[serde(default)]
+    pub instance_ids: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

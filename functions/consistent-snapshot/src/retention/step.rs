@@ -423,10 +423,21 @@ async fn binned(app: &App, region: &str, outcome: &mut RetentionOutcome, from: u
     outcome.deleted = kept_deleted;
 }
 
-/// `{"action":"retention","dry_run":…}`: the plan, and what was deleted.
+/// `{"action":"retention","dry_run":…}`: the plan, and what was deleted; a dry run may be of
+/// `only` these instances (the plan is made for the fleet, the answer shows theirs).
 /// Deletions stop shortly before `deadline`; the answer says how many are left.
-pub async fn on_demand(app: &App, dry_run: bool, deadline: DateTime<Utc>) -> Result<Value, Error> {
-    let (plans, unreadable) = plan_retention(app).await?;
+pub async fn on_demand(
+    app: &App,
+    (dry_run, only): (bool, Option<&[String]>),
+    deadline: DateTime<Utc>,
+) -> Result<Value, Error> {
+    let (mut plans, unreadable) = plan_retention(app).await?;
+    if let (true, Some(only)) = (dry_run, only) {
+        for plan in &mut plans {
+            plan.instances.retain(|id, _| only.contains(id));
+            plan.unattributed.clear();
+        }
+    }
     let stop_at = stop_time(Utc::now(), deadline);
     let mut outcome = apply_retention(app, plans, dry_run, stop_at).await;
     outcome.regions_unreadable = unreadable;
