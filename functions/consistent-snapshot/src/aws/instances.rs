@@ -221,12 +221,19 @@ pub async fn start(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<(), E
 
 /// Which subnets and VPCs of the fleet can reach the EC2 API: a default route (0.0.0.0/0 to an
 /// internet or NAT gateway, or any other target) in the subnet's route table (its own, else
-/// its VPC's main one), or an `ec2` interface endpoint in the VPC.
+/// its VPC's main one), or an `ec2` interface endpoint in the VPC. The fleet's VPCs are read
+/// once each.
 pub async fn ec2_routes(
     ec2: &aws_sdk_ec2::Client,
-    vpc_ids: &[String],
+    fleet: &[InstanceFacts],
     region: &str,
 ) -> Result<RouteFacts, Error> {
+    let vpc_ids: Vec<String> = fleet
+        .iter()
+        .filter_map(|i| i.host.vpc_id.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let mut facts = RouteFacts::default();
     if vpc_ids.is_empty() {
         return Ok(facts);

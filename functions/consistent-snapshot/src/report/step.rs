@@ -129,13 +129,7 @@ pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
     };
     let mut report = build(&input);
     // Each server's readiness; without the routes, their check reads unknown.
-    let vpcs: Vec<String> = fleet
-        .iter()
-        .filter_map(|i| i.host.vpc_id.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let routes = instances::ec2_routes(&app.aws.ec2, &vpcs, home)
+    let routes = instances::ec2_routes(&app.aws.ec2, &fleet, home)
         .await
         .unwrap_or_else(|err| {
             warn!(code = err.aws_code().unwrap_or("Unknown"), error = %err, "routes not readable: readiness reports the route to EC2 as unknown");
@@ -242,13 +236,7 @@ pub async fn readiness(app: &App, request: ReadinessRequest) -> Result<Value, Er
         instances::discover(&app.aws.ec2, &app.config, request.instance_ids.as_deref()).await?;
     let ids: Vec<String> = fleet.iter().map(|i| i.instance_id.clone()).collect();
     let agents = commands::agents(&app.aws.ssm, &ids).await?;
-    let vpcs: Vec<String> = fleet
-        .iter()
-        .filter_map(|i| i.host.vpc_id.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let routes = instances::ec2_routes(&app.aws.ec2, &vpcs, &app.config.region).await?;
+    let routes = instances::ec2_routes(&app.aws.ec2, &fleet, &app.config.region).await?;
     let mut servers: Vec<Readiness> = fleet
         .iter()
         .map(|i| {
