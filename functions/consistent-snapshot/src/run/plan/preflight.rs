@@ -92,12 +92,14 @@ fn flag_tag(instance: &InstanceFacts, tag: &str, default: bool) -> Result<bool, 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::fleet::AttachedVolume;
     use std::collections::BTreeMap;
 
-    fn config() -> Config {
+    /// A deployment's configuration with only the required settings (also the readiness
+    /// checklist's tests').
+    pub(crate) fn config() -> Config {
         Config::from_lookup(|n| match n {
             "QUEUE_URL" => Some("q".to_string()),
             "QUEUE_ARN" => Some("arn:aws:sqs:eu-west-1:123456789012:q".to_string()),

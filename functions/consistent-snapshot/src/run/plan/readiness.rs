@@ -248,17 +248,8 @@ pub fn readiness(
 mod tests {
     use super::*;
     use crate::model::fleet::{AttachedVolume, HostFacts};
+    use crate::run::plan::preflight::tests::config;
     use std::collections::BTreeMap;
-
-    fn config() -> Config {
-        Config::from_lookup(|n| match n {
-            "QUEUE_URL" => Some("q".to_string()),
-            "QUEUE_ARN" => Some("arn:aws:sqs:eu-west-1:123456789012:q".to_string()),
-            "CATALOG_TABLE" => Some("prod-catalog".to_string()),
-            _ => None,
-        })
-        .expect("config")
-    }
 
     fn server() -> InstanceFacts {
         InstanceFacts {
