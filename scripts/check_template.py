@@ -71,6 +71,25 @@ def check(template: dict) -> list[str]:
         problems.append("ssm:SendCommand on instances lacks the target tag condition")
     if any(":document/" not in text(s.get("Resource")) and ":instance/" not in text(s.get("Resource")) for s in send):
         problems.append("ssm:SendCommand is allowed on something other than the document and instances")
+    # An account document the function may send must be the stack's own fixed script: no
+    # parameters (nothing a caller could make it run), PowerShell steps only, no other document.
+    resources = template.get("Resources", {})
+    for s in send:
+        for resource in as_list(s.get("Resource")):
+            body = text(resource)
+            if ":${AWS::AccountId}:document/" not in body:
+                continue
+            named = [n for n, r in resources.items()
+                     if r.get("Type") == "AWS::SSM::Document" and "${" + n + "}" in body]
+            if not named:
+                problems.append(f"{s.get('Sid', '?')}: ssm:SendCommand on an account document the stack does not define")
+            for name in named:
+                content = resources[name].get("Properties", {}).get("Content", {})
+                steps = content.get("mainSteps", []) if isinstance(content, dict) else []
+                if not isinstance(content, dict) or content.get("parameters"):
+                    problems.append(f"the readiness probe document {name} takes parameters")
+                if not steps or any(st.get("action") != "aws:runPowerShellScript" for st in steps):
+                    problems.append(f"the readiness probe document {name} runs something other than its own PowerShell script")
 
     delete = [s for s in stmts if "ec2:DeleteSnapshot" in actions(s)]
     if not delete or not all(

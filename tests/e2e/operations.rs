@@ -462,9 +462,7 @@ async fn each_failure_is_named_with_its_cause_and_fix_wherever_an_operator_reads
 /// warning, not a failure; the on-instance checks are listed as unknown.
 #[tokio::test]
 async fn readiness_before_the_night_names_the_servers_that_then_fail_by_their_check() {
-    use consistent_snapshot::OutcomeKind;
     let world = World::start(2).await.expect("world");
-    let logs = &world.logs;
     let fleet = [
         ServerSpec::windows("sql01", 1),
         ServerSpec::windows("tiny01", 1).instance_type("t3.micro"),
@@ -578,21 +576,216 @@ async fn readiness_before_the_night_names_the_servers_that_then_fail_by_their_ch
     assert_eq!(briefs["sql01"], json!({"verdict": "pass"}));
 
     // The night: exactly the servers readiness failed end without a consistent set.
+    let failing = expected
+        .iter()
+        .filter(|(_, (v, _))| v == "fail")
+        .map(|(n, _)| n.as_str())
+        .collect();
+    night_fails_exactly(&world, &app, &name_of, failing).await;
+}
+
+/// Runs the night and checks that exactly the servers `failing` (by name) end without a
+/// consistent set.
+async fn night_fails_exactly(
+    world: &World,
+    app: &consistent_snapshot::App,
+    name_of: &BTreeMap<&str, &str>,
+    failing: std::collections::BTreeSet<&str>,
+) {
+    use consistent_snapshot::OutcomeKind;
     let run_id = world
-        .nightly(&app, "2026-11-23T02:00:00Z")
+        .nightly(app, "2026-11-23T02:00:00Z")
         .await
         .expect("the nightly run");
-    let report = logs.run_report(&run_id).expect("summary");
+    let report = world.logs.run_report(&run_id).expect("summary");
     let not_consistent: std::collections::BTreeSet<&str> = report
         .outcomes
         .iter()
         .filter(|o| o.kind != OutcomeKind::Consistent)
         .map(|o| name_of[o.instance_id.as_str()])
         .collect();
-    let failing: std::collections::BTreeSet<&str> = expected
+    assert_eq!(not_consistent, failing, "{report:#?}");
+}
+
+/// `{"action":"readiness","probe":true}`: the stack's read-only probe runs on every server
+/// whose agent is online and names what only the server knows — PowerShell's language mode, a
+/// failed VSS writer, AwsVssComponents missing — each as its check and cause; dynamic disks
+/// and a cluster node that does not own the cluster's disks are warnings; a server the probe
+/// cannot reach says why. The night then fails exactly the servers the probe failed. The
+/// probe sends nothing else and makes no snapshot.
+#[tokio::test]
+async fn readiness_with_the_probe_names_what_only_the_server_knows() {
+    let world = World::start(2).await.expect("world");
+    let fleet = [
+        ServerSpec::windows("sql01", 1),
+        ServerSpec::windows("locked01", 1).sim(Windows::outcome(VssOutcome::LanguageMode)),
+        ServerSpec::windows("writer01", 1).sim(Windows::outcome(VssOutcome::WriterFailed)),
+        ServerSpec::windows("novss01", 1).sim(Windows::outcome(VssOutcome::ComponentsMissing)),
+        ServerSpec::windows("branch01", 1).sim(Windows::agent(Agent::Offline)),
+        ServerSpec::windows("dyn01", 2).sim(Windows::dynamic_disks(2)),
+        ServerSpec::windows("node1", 1).sim(Windows::cluster_node("SQLCLU", true)),
+        ServerSpec::windows("node2", 1).sim(Windows::cluster_node("SQLCLU", false)),
+    ];
+    let ids = world.seed(&fleet).await.expect("seed");
+    let name_of: BTreeMap<&str, &str> = ids
         .iter()
-        .filter(|(_, (v, _))| v == "fail")
+        .map(String::as_str)
+        .zip(fleet.iter().map(|s| s.name.as_str()))
+        .collect();
+    let app = world.app(&[]).expect("app");
+
+    let began = std::time::Instant::now();
+    let answer = invoke(&app, json!({"action": "readiness", "probe": true}))
+        .await
+        .expect("readiness with the probe");
+    let took = began.elapsed();
+    let servers = answer["instances"].as_array().cloned().unwrap_or_default();
+    let checks_of = |s: &Value, result: &str| -> Vec<String> {
+        s["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["result"] == result)
+            .map(|c| match c["cause"].as_str() {
+                Some(cause) => format!("{}:{cause}", c["check"].as_str().unwrap_or("")),
+                None => c["check"].as_str().unwrap_or("").to_string(),
+            })
+            .collect()
+    };
+    type Seen = BTreeMap<String, (String, Vec<String>, Vec<String>)>;
+    let seen: Seen = servers
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or_default().to_string(),
+                (
+                    s["verdict"].as_str().unwrap_or_default().to_string(),
+                    checks_of(s, "fail"),
+                    checks_of(s, "warn"),
+                ),
+            )
+        })
+        .collect();
+    let expected: Seen = [
+        ("sql01", "pass", vec![], vec![]),
+        (
+            "locked01",
+            "fail",
+            vec!["language_mode:language_mode"],
+            vec![],
+        ),
+        (
+            "writer01",
+            "fail",
+            vec!["vss_writers:writer_failed"],
+            vec![],
+        ),
+        (
+            "novss01",
+            "fail",
+            vec!["aws_vss_components:vss_components"],
+            vec![],
+        ),
+        ("branch01", "fail", vec!["ssm_agent:agent_offline"], vec![]),
+        ("dyn01", "warn", vec![], vec!["dynamic_disks"]),
+        ("node1", "pass", vec![], vec![]),
+        ("node2", "warn", vec![], vec!["cluster"]),
+    ]
+    .into_iter()
+    .map(|(n, v, f, w)| {
+        let owned = |l: Vec<&str>| l.into_iter().map(str::to_string).collect();
+        (n.to_string(), (v.to_string(), owned(f), owned(w)))
+    })
+    .collect();
+    assert_eq!(seen, expected, "{answer:#}");
+    assert_eq!(answer["probe_answered"], json!(7), "{answer:#}");
+    // The server the probe could not reach says why, as unknown, never as a pass.
+    let branch = servers
+        .iter()
+        .find(|s| s["name"] == "branch01")
+        .expect("branch01");
+    let on_instance = branch["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["check"] == "on_instance")
+        .expect("branch01's on-instance check");
+    assert_eq!(on_instance["result"], "unknown", "{on_instance}");
+    assert!(
+        on_instance["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("ConnectionLost")),
+        "{on_instance}"
+    );
+    // The failures name the server's own words.
+    let writer = servers
+        .iter()
+        .find(|s| s["name"] == "writer01")
+        .expect("writer01");
+    assert!(writer.to_string().contains("SqlServerWriter"), "{writer}");
+    // The probe went to the seven reachable servers, as the stack's document, and nothing
+    // else was sent or made.
+    let invocations = world.emulator.invocations().expect("invocations");
+    let probed: std::collections::BTreeSet<&str> = invocations
+        .iter()
+        .filter(|i| i["document_name"] == harness::PROBE_DOCUMENT)
+        .filter_map(|i| i["instance_id"].as_str())
+        .map(|id| name_of[id])
+        .collect();
+    assert_eq!(
+        probed,
+        ["dyn01", "locked01", "node1", "node2", "novss01", "sql01", "writer01"]
+            .into_iter()
+            .collect(),
+    );
+    assert_eq!(invocations.len(), 7, "{invocations:#?}");
+    let ec2 = world.emulator.ec2();
+    let volumes = ec2
+        .describe_volumes()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("attachment.instance-id")
+                .set_values(Some(ids.clone()))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("the fleet's volumes");
+    let volume_ids: Vec<String> = volumes
+        .volumes()
+        .iter()
+        .filter_map(|v| v.volume_id().map(str::to_string))
+        .collect();
+    assert_eq!(volume_ids.len(), 8 * 2 + 1, "boot and data volumes");
+    let snapshots = ec2
+        .describe_snapshots()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("volume-id")
+                .set_values(Some(volume_ids))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("snapshots");
+    assert!(snapshots.snapshots().is_empty(), "{snapshots:?}");
+    assert!(
+        took < std::time::Duration::from_secs(60),
+        "the probe took {took:?}"
+    );
+
+    // A deployment without the probe document refuses to probe, and says how to get it.
+    let bare = world.app(&[("PROBE_DOCUMENT", "")]).expect("app");
+    let refused = invoke(&bare, json!({"action": "readiness", "probe": true}))
+        .await
+        .expect_err("no probe document");
+    assert!(refused.to_string().contains("PROBE_DOCUMENT"), "{refused}");
+
+    // The night: exactly the servers the probe failed end without a consistent set.
+    let failing = expected
+        .iter()
+        .filter(|(_, (v, _, _))| v == "fail")
         .map(|(n, _)| n.as_str())
         .collect();
-    assert_eq!(not_consistent, failing, "{report:#?}");
+    night_fails_exactly(&world, &app, &name_of, failing).await;
 }

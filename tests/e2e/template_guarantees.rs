@@ -31,6 +31,18 @@ fn the_template_keeps_its_iam_conditions_alarms_and_justifications() {
 
     let mutations = [
         (
+            "probe-parameters",
+            "        schemaVersion: \"2.2\"\n",
+            "        schemaVersion: \"2.2\"\n        parameters:\n          script: {type: String}\n",
+            "the readiness probe document ReadinessProbeDocument takes parameters",
+        ),
+        (
+            "probe-other-document",
+            "document/${ReadinessProbeDocument}",
+            "document/${SsmDocument}",
+            "on an account document the stack does not define",
+        ),
+        (
             "any-document",
             "Resource: !Sub arn:${AWS::Partition}:ssm:${AWS::Region}::document/${SsmDocument}",
             "Resource: \"*\"",
@@ -98,5 +110,33 @@ fn the_template_keeps_its_iam_conditions_alarms_and_justifications() {
         );
         let (ok, out) = check(&template.replacen(from, to, 1), name);
         assert!(!ok && out.contains(expected), "{name}: {out}");
+    }
+}
+
+/// The template's probe script writes every field of the line the function reads
+/// (`run::plan::probe::ProbeFacts`), in the format version it reads, and only reads.
+#[test]
+fn the_probe_script_prints_every_field_the_function_reads() {
+    let script = harness::emulator::probe_document_content().expect("the probe document");
+    assert!(script.contains("'CSPROBE ' + (ConvertTo-Json"), "{script}");
+    assert!(script.contains("@{ v = 1;"), "format version 1: {script}");
+    for field in [
+        "language_mode = ",
+        "$probe.writers = ",
+        "$probe.failed_writers = ",
+        "$probe.components = ",
+        "$probe.dynamic_disks = ",
+        "$probe.cluster = ",
+        "name = ",
+        "disks = ",
+        "owned_here = ",
+    ] {
+        assert!(script.contains(field), "{field} missing from {script}");
+    }
+    // Read-only: nothing that changes the server.
+    for verb in [
+        "Set-", "New-", "Remove-", "Start-", "Stop-", "Restart-", "Invoke-", "Out-File",
+    ] {
+        assert!(!script.contains(verb), "{verb} in {script}");
     }
 }

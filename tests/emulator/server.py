@@ -28,7 +28,12 @@ steers the simulation through plain HTTP under /_sim/ on the same port:
   POST /_sim/instances  {"i-...": {"ssm": "online"|"offline"|"unmanaged",
                                     "agent_version": "3.3.40.0",
                                     "outcome": "success"|"vss_failure"|"no_ebs"|"undeliverable",
-                                    "lag": 0.2, "duration": 0.3, "delivery_timeout": 2.0}}
+                                    "lag": 0.2, "duration": 0.3, "delivery_timeout": 2.0,
+                                    "dynamic_disks": 0, "cluster": "SQLCLU"|null,
+                                    "cluster_disks": 2, "owns_cluster_disks": true}}
+                        (the readiness probe, the account's document printing `CSPROBE`,
+                        answers from these and from `outcome`: language mode, a failed
+                        writer, AwsVssComponents missing)
   POST /_sim/ebs        {"pending_seconds": 2.0, "copy_refusals": {"us-west-2": 3},
                          "volume_seconds": 1.5, "instance_seconds": 1.5}: new snapshots and
                         copies stay pending that long; the next N copies into a region answer

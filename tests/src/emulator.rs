@@ -23,6 +23,8 @@ use crate::Result;
 pub const REGION: &str = "us-east-1";
 /// The catalog table of a test deployment (the template creates the deployment's own).
 pub const CATALOG_TABLE: &str = "vss-test-catalog";
+/// The test deployment's readiness probe document, created from the template's.
+pub const PROBE_DOCUMENT: &str = "vss-test-readiness-probe";
 
 /// The SDK configuration of a test client of the emulator on 127.0.0.1:`port`.
 async fn sdk_config(port: u16) -> SdkConfig {
@@ -93,7 +95,22 @@ impl Emulator {
             sdk,
         };
         emulator.create_catalog(CATALOG_TABLE).await?;
+        emulator.create_probe_document().await?;
         Ok(emulator)
+    }
+
+    /// The readiness probe document as the template creates it (its `Content`, verbatim).
+    pub async fn create_probe_document(&self) -> Result<()> {
+        use aws_sdk_ssm::types::{DocumentFormat, DocumentType};
+        aws_sdk_ssm::Client::new(&self.sdk)
+            .create_document()
+            .name(PROBE_DOCUMENT)
+            .document_type(DocumentType::Command)
+            .document_format(DocumentFormat::Yaml)
+            .content(probe_document_content()?)
+            .send()
+            .await?;
+        Ok(())
     }
 
     /// The catalog table as the template makes it: `pk`/`sk` strings, on demand, TTL on
@@ -505,6 +522,7 @@ impl Emulator {
             ("CATALOG_TABLE", CATALOG_TABLE),
             ("AWS_REGION", REGION),
             ("MANAGED_BY", "vss-test"),
+            ("PROBE_DOCUMENT", PROBE_DOCUMENT),
             ("TRACK_POLL_INITIAL_SECONDS", "1"),
             ("TRACK_POLL_MAX_SECONDS", "2"),
             // On by default in a deployment; here a test sees VSS's own outcome of each server
@@ -521,6 +539,24 @@ impl Emulator {
         );
         Ok(Config::from_lookup(|name| env.get(name).cloned())?)
     }
+}
+
+/// The `Content` of the template's `ReadinessProbeDocument`, as a document of its own: the
+/// lines under `Content:` (indented 8), unindented.
+pub fn probe_document_content() -> Result<String> {
+    let template = std::fs::read_to_string(workspace_root().join("template.yaml"))?;
+    let content: Vec<&str> = template
+        .lines()
+        .skip_while(|l| l.trim_end() != "  ReadinessProbeDocument:")
+        .skip_while(|l| l.trim_end() != "      Content:")
+        .skip(1)
+        .take_while(|l| l.trim().is_empty() || l.starts_with("        "))
+        .map(|l| l.get(8..).unwrap_or(""))
+        .collect();
+    if content.is_empty() {
+        return Err("template.yaml has no ReadinessProbeDocument Content".into());
+    }
+    Ok(content.join("\n"))
 }
 
 /// One set `/_sim/history` made.

@@ -19,7 +19,7 @@ pub mod source;
 pub mod world;
 
 pub use capture::{Logs, Metrics};
-pub use emulator::{workspace_root, Emulator, CATALOG_TABLE, REGION};
+pub use emulator::{workspace_root, Emulator, CATALOG_TABLE, PROBE_DOCUMENT, REGION};
 pub use fleet::{
     demo_fleet, image_ids, seed, seed_bulk, ServerSpec, DATA_DEVICES, TAG_KEY, TAG_VALUE,
 };

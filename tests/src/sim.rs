@@ -61,6 +61,15 @@ pub struct Windows {
     /// Seconds before an undeliverable command times out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery_timeout: Option<f64>,
+    /// Disks with dynamic partitions, as the readiness probe finds them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dynamic_disks: Option<u32>,
+    /// The failover cluster the server is a node of, as the readiness probe finds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Whether the node owns the cluster's shared disks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owns_cluster_disks: Option<bool>,
 }
 
 impl Windows {
@@ -83,6 +92,23 @@ impl Windows {
     pub fn agent(agent: Agent) -> Self {
         Windows {
             ssm: Some(agent),
+            ..Windows::default()
+        }
+    }
+
+    /// A server with this many dynamic disks.
+    pub fn dynamic_disks(disks: u32) -> Self {
+        Windows {
+            dynamic_disks: Some(disks),
+            ..Windows::default()
+        }
+    }
+
+    /// A node of failover cluster `name`, owning its shared disks or not.
+    pub fn cluster_node(name: &str, owns_disks: bool) -> Self {
+        Windows {
+            cluster: Some(name.to_string()),
+            owns_cluster_disks: Some(owns_disks),
             ..Windows::default()
         }
     }

@@ -30,6 +30,32 @@ fn uncopyable_tag(key: &str) -> Option<&'static str> {
     None
 }
 
+/// Why `PROBE_DOCUMENT` cannot be the probe: not an SSM document name, or one of AWS's own
+/// documents (those take parameters, such as the script `AWS-RunPowerShellScript` runs: the
+/// probe must be the deployment's own fixed, read-only document).
+fn probe_document_problem(document: &str) -> Option<String> {
+    let name_ok = (3..=128).contains(&document.len())
+        && document
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    let aws_owned = ["AWS", "Amazon"].iter().any(|p| {
+        document
+            .to_ascii_lowercase()
+            .starts_with(&p.to_ascii_lowercase())
+    });
+    if !name_ok {
+        Some(format!(
+            "PROBE_DOCUMENT={document:?} is not an SSM document name (3 to 128 of a-z A-Z 0-9 _ - .)"
+        ))
+    } else if aws_owned {
+        Some(format!(
+            "PROBE_DOCUMENT={document} is an AWS-owned document: the probe must be the stack's own read-only document (ReadinessProbeDocument)"
+        ))
+    } else {
+        None
+    }
+}
+
 /// The SSM documents that take a VSS snapshot set and accept the same parameters.
 pub const VSS_DOCUMENTS: [&str; 2] = ["AWSEC2-CreateVssSnapshot", "AWSEC2-VssInstallAndSnapshot"];
 
@@ -50,6 +76,11 @@ pub struct Config {
     /// (`CRASH_CONSISTENT_FALLBACK`, on by default as with DLM).
     pub crash_consistent_fallback: bool,
     pub min_ssm_agent_version: AgentVersion,
+    /// The deployment's read-only readiness probe (`PROBE_DOCUMENT`: the template's
+    /// `ReadinessProbeDocument`); `None` when not deployed, and `probe: true` is refused.
+    pub probe_document: Option<String>,
+    /// How long a probing readiness call waits for the servers' answers (`PROBE_WAIT_SECONDS`).
+    pub probe_wait_seconds: u32,
     pub managed_by: String,
     pub dry_run: bool,
     /// First delay before a tracking message looks again; doubled each time up to the maximum.
@@ -123,6 +154,8 @@ impl Config {
             },
             crash_consistent_fallback: s.flag("CRASH_CONSISTENT_FALLBACK", "true"),
             min_ssm_agent_version: s.version("MIN_SSM_AGENT_VERSION", "2.2.58.0"),
+            probe_document: Some(s.text("PROBE_DOCUMENT", "")).filter(|d| !d.is_empty()),
+            probe_wait_seconds: s.number("PROBE_WAIT_SECONDS", "60", 10, 600),
             // A function name is unique in its account and region; the region keeps two
             // deployments of one name in two regions (whose copies meet) apart.
             managed_by: s.text(
@@ -225,6 +258,9 @@ impl Config {
                 self.ssm_document,
                 VSS_DOCUMENTS.join(", ")
             ));
+        }
+        if let Some(document) = &self.probe_document {
+            problems.extend(probe_document_problem(document));
         }
         let managed_by = &self.managed_by;
         if managed_by.len() > 200 || *managed_by != sanitize_tag_text(managed_by) {
@@ -544,6 +580,29 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(c.managed_by, "prod-vss-eu-west-1");
+    }
+
+    #[test]
+    fn the_probe_is_only_ever_the_stacks_own_document() {
+        let c = config(&[("QUEUE_URL", "q")]).expect("valid");
+        assert_eq!((c.probe_document, c.probe_wait_seconds), (None, 60));
+        let c = config(&[
+            ("QUEUE_URL", "q"),
+            ("PROBE_DOCUMENT", "prod-vss-probe-1A2B"),
+        ])
+        .expect("valid");
+        assert_eq!(c.probe_document.as_deref(), Some("prod-vss-probe-1A2B"));
+        for (document, says) in [
+            ("AWS-RunPowerShellScript", "AWS-owned"),
+            ("AmazonInspector-ManageAWSAgent", "AWS-owned"),
+            ("no spaces allowed", "not an SSM document name"),
+        ] {
+            let err = config(&[("QUEUE_URL", "q"), ("PROBE_DOCUMENT", document)])
+                .expect_err(document)
+                .to_string();
+            assert!(err.contains(says), "{document}: {err}");
+        }
+        assert!(config(&[("QUEUE_URL", "q"), ("PROBE_WAIT_SECONDS", "3600")]).is_err());
     }
 
     #[test]

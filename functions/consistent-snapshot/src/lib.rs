@@ -34,7 +34,7 @@ pub use aws::metrics::MetricsOut;
 pub use aws::{load_sdk_config, SdkConfig};
 pub use config::Config;
 pub use entry::event::Event;
-pub use entry::{handle, handle_until};
+pub use entry::{handle, handle_until, plausible_deadline};
 pub use error::Error;
 pub use jobs::{backoff_seconds, Envelope, InstanceJob, Job, RetentionJob, RunJob};
 pub use model::cause::Cause;

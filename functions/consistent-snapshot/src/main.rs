@@ -1,6 +1,6 @@
 //! Lambda entry point: configuration, clients, logging, then the runtime loop.
 
-use consistent_snapshot::{handle, handle_until, load_sdk_config, App, Config};
+use consistent_snapshot::{handle, handle_until, load_sdk_config, plausible_deadline, App, Config};
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
 use serde_json::Value;
 
@@ -16,9 +16,13 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let app = &app;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         // Lambda stops the invocation at its deadline: a run claimed here is held until then.
-        let deadline = i64::try_from(event.context.deadline)
-            .ok()
-            .and_then(chrono::DateTime::from_timestamp_millis);
+        let deadline = plausible_deadline(event.context.deadline, chrono::Utc::now());
+        if deadline.is_none() {
+            tracing::warn!(
+                deadline_ms = event.context.deadline,
+                "the runtime's deadline is not one an invocation can have: Lambda's longest timeout is assumed"
+            );
+        }
         // On the heap: the handler's future is deep (every job kind's steps), too deep for the
         // compiler to lay out inside the runtime's own.
         match deadline {

@@ -5,6 +5,7 @@ The moto patches in `ssm`, `ec2` and `sqs` call into the one `SIM`."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import threading
 import time
@@ -49,6 +50,13 @@ class SimInstance:
     lag: float = 0.2  # seconds during which GetCommandInvocation says InvocationDoesNotExist
     duration: float = 0.3  # seconds InProgress before the document finishes
     delivery_timeout: float | None = None  # seconds before an undeliverable command times out
+    # What the readiness probe finds besides what `outcome` implies (language mode, writers,
+    # AwsVssComponents): disks with dynamic partitions, and the failover cluster the node is
+    # in (`cluster_disks` shared disks, of which it owns all or none).
+    dynamic_disks: int = 0
+    cluster: str | None = None
+    cluster_disks: int = 2
+    owns_cluster_disks: bool = True
 
 
 @dataclass
@@ -71,6 +79,7 @@ class SimInvocation:
     started: dt.datetime | None = None
     ended: dt.datetime | None = None
     snapshots: list[str] = field(default_factory=list)
+    probe: bool = False
 
 
 class Simulation:
@@ -229,8 +238,8 @@ class Simulation:
             sim = self.instances.get(instance_id)
             return sim is not None and sim.ssm == "deregistered"
 
-    def on_send_command(self, command: Any, region: str) -> None:
-        if command.document_name not in VSS_DOCUMENTS:
+    def on_send_command(self, command: Any, region: str, probe: bool = False) -> None:
+        if command.document_name not in VSS_DOCUMENTS and not probe:
             return
         now = time.monotonic()
         with self.lock:
@@ -247,6 +256,7 @@ class Simulation:
                     sent_at=now,
                     sim=SimInstance(**sim.__dict__),
                     timeout_seconds=int(command.timeout_seconds or 3600),
+                    probe=probe,
                 )
                 if sim.ssm != "online":
                     # A command sent to an agent that is not connected is never delivered.
@@ -291,6 +301,8 @@ class Simulation:
 
     def _run_document(self, inv: SimInvocation) -> None:
         inv.ended = utcnow()
+        if inv.probe:
+            return self._run_probe(inv)
         ec2 = ec2_backends[inv.account_id][inv.region]
         params = {k: (v[0] if isinstance(v, list) and v else v) for k, v in inv.parameters.items()}
         tags, error = parse_tags_param(params.get("tags", ""))
@@ -350,6 +362,28 @@ class Simulation:
                    "time; snapshots were created without application consistency.")
         return self._finish(inv, "Failed", 1, "\n".join(lines), why)
 
+    def _run_probe(self, inv: SimInvocation) -> None:
+        """The readiness probe's one line, as the template's script prints it on this server."""
+        sim = inv.sim
+        probe: dict[str, Any] = {
+            "v": 1,
+            "language_mode": "ConstrainedLanguage" if sim.outcome == "language_mode" else "FullLanguage",
+            "writers": 9,
+            "failed_writers": (["SqlServerWriter (Failed, Retryable error)"]
+                               if sim.outcome == "writer_failed" else []),
+            "components": None if sim.outcome == "components_missing" else "2.5.0.0",
+            "dynamic_disks": sim.dynamic_disks,
+            "cluster": None,
+        }
+        if sim.cluster:
+            probe["cluster"] = {
+                "name": sim.cluster,
+                "disks": sim.cluster_disks,
+                "owned_here": sim.cluster_disks if sim.owns_cluster_disks else 0,
+            }
+        line = "CSPROBE " + json.dumps(probe, separators=(",", ":"))
+        return self._finish(inv, "Success", 0, line, "")
+
     def _finish(self, inv: SimInvocation, status: str, code: int, out: str, err: str) -> None:
         inv.status = status
         inv.status_details = status
@@ -374,7 +408,7 @@ class Simulation:
                 "InstanceId": inv.instance_id,
                 "Comment": inv.comment,
                 "DocumentName": inv.document_name,
-                "PluginName": "runPowerShellScript",
+                "PluginName": "probe" if inv.probe else "runPowerShellScript",
                 "ResponseCode": inv.response_code,
                 "ExecutionStartDateTime": iso(inv.started),
                 "ExecutionElapsedTime": "",
@@ -413,7 +447,7 @@ class Simulation:
                     output = (inv.stdout + ("\n----------ERROR-------\n" + inv.stderr if inv.stderr else ""))
                     row["CommandPlugins"] = [
                         {
-                            "Name": "runPowerShellScript",
+                            "Name": "probe" if inv.probe else "runPowerShellScript",
                             "Status": inv.status,
                             "StatusDetails": inv.status_details,
                             "ResponseCode": inv.response_code,

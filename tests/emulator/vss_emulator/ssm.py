@@ -40,9 +40,19 @@ def _send_command(self: Any, **kwargs: Any) -> Any:
             "InvalidInstanceId",
             "Instances not in a valid state for account",
         )
+    document = kwargs.get("document_name") or ""
+    probe = False
+    if document not in VSS_DOCUMENTS and not document.startswith(("AWS-", "AWSEC2-", "Amazon")):
+        # An account's own document must exist (AWS: InvalidDocument); the readiness probe is
+        # the one whose script prints the `CSPROBE` line.
+        documents = self._documents.get(document)
+        if documents is None:
+            raise RESTError("InvalidDocument", f"Document {document} does not exist")
+        content = documents.get_default_version().content
+        probe = "CSPROBE" in (content if isinstance(content, str) else str(content))
     command = _original_send(self, **kwargs)
-    SIM.on_send_command(command, self.region_name)
-    if command.document_name in VSS_DOCUMENTS:
+    SIM.on_send_command(command, self.region_name, probe=probe)
+    if command.document_name in VSS_DOCUMENTS or probe:
         command.status = "Pending"
         command.status_details = "Pending"
         command.completed_count = 0
@@ -210,6 +220,8 @@ REPLACES = (
     "ListCommands honours Filters and paging; a command's status follows its invocations (moto: Success at once)",
     "PutParameter without Overwrite is an atomic create (moto: check, then append)",
     "SendCommand naming a deregistered agent (still listed Online) is refused whole: InvalidInstanceId",
+    "SendCommand of an account document that does not exist is refused: InvalidDocument (moto: sent)",
+    "SendCommand of the readiness probe (a document printing CSPROBE) runs it on the simulated servers",
 )
 
 

@@ -63,9 +63,18 @@ async fn main() -> harness::Result<()> {
         .and_then(|t| t.with_nanosecond(0))
         .unwrap_or_else(Utc::now);
     // Before the night: which servers will fail, and the check that says why.
-    println!("==> {{\"action\":\"readiness\"}}: before the night");
-    let readiness = invoke(&app, serde_json::json!({"action": "readiness"})).await?;
+    // With the stack's read-only probe: what only the servers can say of themselves.
+    println!("==> {{\"action\":\"readiness\",\"probe\":true}}: before the night");
+    let readiness = invoke(
+        &app,
+        serde_json::json!({"action": "readiness", "probe": true}),
+    )
+    .await?;
     println!("    {}", readiness["summary"].as_str().unwrap_or_default());
+    println!(
+        "    the probe answered from {} server(s)",
+        readiness["probe_answered"].as_u64().unwrap_or_default()
+    );
     for server in readiness["instances"].as_array().into_iter().flatten() {
         for check in server["checks"].as_array().into_iter().flatten() {
             if check["result"] == "fail" {

@@ -2,7 +2,10 @@
 //! `make emulator` left running on 127.0.0.1, and writes the function's environment for it to
 //! `.emulator/local.env` (read by `cargo lambda watch --env-file`).
 
-use harness::{demo_fleet, seed, workspace_root, Emulator, REGION};
+use harness::{
+    demo_fleet, seed, source::queue_arn, workspace_root, Emulator, CATALOG_TABLE, PROBE_DOCUMENT,
+    REGION,
+};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> harness::Result<()> {
@@ -11,6 +14,9 @@ async fn main() -> harness::Result<()> {
         .and_then(|p| p.parse().ok())
         .ok_or("usage: local-fleet <emulator port>")?;
     let emulator = Emulator::connect(port).await?;
+    // What the stack creates beside the function: its catalog and its readiness probe.
+    emulator.create_catalog(CATALOG_TABLE).await?;
+    emulator.create_probe_document().await?;
     let queue = emulator
         .create_queue("consistent-snapshot-tracking", 30)
         .await?;
@@ -27,6 +33,9 @@ async fn main() -> harness::Result<()> {
         ("AWS_ACCESS_KEY_ID", "testing"),
         ("AWS_SECRET_ACCESS_KEY", "testing"),
         ("QUEUE_URL", queue.as_str()),
+        ("QUEUE_ARN", &queue_arn(&queue)),
+        ("CATALOG_TABLE", CATALOG_TABLE),
+        ("PROBE_DOCUMENT", PROBE_DOCUMENT),
         ("MANAGED_BY", "consistent-snapshot-local"),
         ("COPY_REGIONS", "eu-west-1"),
         ("TRACK_POLL_INITIAL_SECONDS", "2"),

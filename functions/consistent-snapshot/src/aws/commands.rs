@@ -81,6 +81,40 @@ pub async fn send(
     for (name, value) in request.parameters {
         call = call.parameters(name, vec![value]);
     }
+    sent(call, subject).await
+}
+
+/// Sends the deployment's readiness probe (a fixed, read-only document without parameters)
+/// to these instances once; answers its command id. Like the VSS command, never retried by
+/// the SDK: a probe the caller does not know was sent is reported as not answered.
+pub async fn send_probe(
+    ssm: &aws_sdk_ssm::Client,
+    document: &str,
+    instance_ids: &[String],
+    timeout_seconds: u32,
+) -> Result<String, SendFailure> {
+    let subject = format!(
+        "readiness probe {document} to {} instances from {}",
+        instance_ids.len(),
+        instance_ids.first().map(String::as_str).unwrap_or("-")
+    );
+    let call = ssm
+        .send_command()
+        .document_name(document)
+        .set_instance_ids(Some(instance_ids.to_vec()))
+        .comment(PROBE_COMMENT)
+        .timeout_seconds(timeout_seconds as i32);
+    sent(call, subject).await
+}
+
+/// The Comment of a readiness probe's command (never a run's: see `run_id_of_comment`).
+pub const PROBE_COMMENT: &str = "ConsistentSnapshot readiness probe (read-only)";
+
+/// One SendCommand call, without the SDK's retries; its failure classified.
+async fn sent(
+    call: aws_sdk_ssm::operation::send_command::builders::SendCommandFluentBuilder,
+    subject: String,
+) -> Result<String, SendFailure> {
     let result = call
         .customize()
         .config_override(

@@ -18,6 +18,17 @@ use event::{Action, Event};
 /// The longest a Lambda invocation can run: the deadline assumed when none is given.
 pub const MAX_INVOCATION_SECONDS: i64 = 900;
 
+/// The invocation's deadline from the runtime's `Lambda-Runtime-Deadline-Ms` (epoch ms), if it
+/// is one an invocation can have: after `now` and within Lambda's longest timeout. A local
+/// runtime that sends anything else (cargo-lambda's sends the timeout itself, a date in 1970)
+/// gets the longest timeout assumed instead of a deadline that has already passed.
+pub fn plausible_deadline(deadline_ms: u64, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    i64::try_from(deadline_ms)
+        .ok()
+        .and_then(DateTime::from_timestamp_millis)
+        .filter(|d| *d > now && *d <= now + Duration::seconds(MAX_INVOCATION_SECONDS + 60))
+}
+
 /// Handles any of the accepted payloads, assuming Lambda's longest timeout.
 pub async fn handle(app: &App, payload: Value) -> Result<Value, Error> {
     let deadline = Utc::now() + Duration::seconds(MAX_INVOCATION_SECONDS);
@@ -80,7 +91,7 @@ async fn route(app: &App, payload: Value, deadline: DateTime<Utc>) -> Result<Val
             crate::run::step::import::on_demand(app, request).await
         }
         Event::OnDemand(Action::Readiness(request)) => {
-            crate::report::step::readiness(app, request).await
+            crate::report::step::readiness(app, request, deadline).await
         }
     }
 }
@@ -124,4 +135,29 @@ async fn on_demand_snapshot(
     )
     .await?;
     Ok(to_json(&start.bounded(ANSWER_ENTRIES)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_deadline_an_invocation_can_have_is_taken() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let ms = |t: DateTime<Utc>| t.timestamp_millis() as u64;
+        let in_two_minutes = now + Duration::seconds(120);
+        assert_eq!(
+            plausible_deadline(ms(in_two_minutes), now),
+            Some(in_two_minutes)
+        );
+        // A timeout sent as if it were the deadline, a deadline passed, one beyond 15 minutes.
+        for bogus in [
+            600_000,
+            ms(now - Duration::seconds(1)),
+            ms(now + Duration::hours(2)),
+            u64::MAX,
+        ] {
+            assert_eq!(plausible_deadline(bogus, now), None, "{bogus}");
+        }
+    }
 }

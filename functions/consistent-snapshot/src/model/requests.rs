@@ -54,6 +54,10 @@ pub struct ReportRequest {
 pub struct ReadinessRequest {
     #[serde(default)]
     pub instance_ids: Option<Vec<String>>,
+    /// Also run the deployment's read-only probe document on each server whose agent is
+    /// online, and wait (`PROBE_WAIT_SECONDS`) for what only the server can say.
+    #[serde(default)]
+    pub probe: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,10 +13,11 @@ use crate::app::{emit_metrics, to_json, App};
 use crate::aws::{commands, instances};
 use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
-use crate::model::fleet::{InstanceFacts, RouteFacts};
+use crate::model::fleet::{AgentFacts, InstanceFacts, RouteFacts};
 use crate::model::markers::KEEP_RUN_DAYS;
 use crate::model::requests::ReadinessRequest;
 use crate::model::state::{CommandStatus, InstanceState};
+use crate::model::stop_time;
 use crate::model::tags::TAG_INSTANCE_ID;
 use crate::report::plan::{
     build, failed_invocations, failures_since, FailedInvocation, FleetReport, ReadinessBrief,
@@ -25,6 +26,7 @@ use crate::report::plan::{
 use crate::retention::step::vouched_snapshots;
 use crate::run::plan::dispatch::vss_documents;
 use crate::run::plan::preflight::preflight;
+use crate::run::plan::probe::{probe_result, probe_targets, ProbeResult};
 use crate::run::plan::readiness::{Readiness, Verdict as ReadinessVerdict};
 use crate::run::plan::summary::RecordPage;
 
@@ -143,12 +145,123 @@ pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
                 facts,
                 agents.get(&status.instance_id),
                 &routes,
+                None,
                 &app.config,
             );
             status.readiness = Some(ReadinessBrief::of(&checked));
         }
     }
     Ok(report)
+}
+
+/// How often a probing readiness call reads the probe's invocations.
+const PROBE_LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs the readiness probe on the fleet's reachable servers: one SendCommand per 50, then
+/// the commands' invocations read every `PROBE_LOOK_EVERY` until all are final or the wait is
+/// over. Every server gets a result; a failure to send or read is that server's unknown, not
+/// the call's error (the rest of the checklist still answers).
+async fn probe(
+    app: &App,
+    document: &str,
+    fleet: &[InstanceFacts],
+    agents: &HashMap<String, AgentFacts>,
+    deadline: DateTime<Utc>,
+) -> HashMap<String, ProbeResult> {
+    let started = Utc::now();
+    let wait = chrono::Duration::seconds(i64::from(app.config.probe_wait_seconds));
+    let until = std::cmp::min(started + wait, stop_time(started, deadline));
+    let (targets, mut results) = probe_targets(fleet, agents);
+    let mut open: Vec<(String, Vec<String>)> = Vec::new();
+    for chunk in targets.chunks(50) {
+        // SSM drops an undelivered probe after this long; the document bounds its run.
+        let timeout = app.config.probe_wait_seconds.max(30);
+        match commands::send_probe(&app.aws.ssm, document, chunk, timeout).await {
+            Ok(command_id) => {
+                info!(command_id = %command_id, instances = chunk.len(), document, "readiness probe sent");
+                open.push((command_id, chunk.to_vec()));
+            }
+            Err(failure) => {
+                let err = failure.into_error();
+                warn!(code = err.aws_code().unwrap_or("Unknown"), error = %err, "readiness probe not sent");
+                for id in chunk {
+                    results.insert(
+                        id.clone(),
+                        ProbeResult::NotSent(format!(
+                            "not sent: SendCommand answered {}",
+                            err.aws_code().unwrap_or("an error")
+                        )),
+                    );
+                }
+            }
+        }
+    }
+    // Bounded by `until`: each round sleeps (never past it), and the rounds stop there.
+    loop {
+        let left = (until - Utc::now()).to_std().unwrap_or_default();
+        if open.is_empty() || left.is_zero() {
+            break;
+        }
+        tokio::time::sleep(std::cmp::min(PROBE_LOOK_EVERY, left)).await;
+        let mut still = Vec::new();
+        for (command_id, ids) in open {
+            let invocations = match commands::invocations(
+                &app.aws.ssm,
+                &command_id,
+                true,
+                "readiness probe",
+            )
+            .await
+            {
+                Ok(found) => found,
+                Err(err) => {
+                    warn!(command_id = %command_id, code = err.aws_code().unwrap_or("Unknown"), error = %err, "readiness probe not readable this round");
+                    still.push((command_id, ids));
+                    continue;
+                }
+            };
+            let mut waiting = Vec::new();
+            for id in ids {
+                match invocations
+                    .iter()
+                    .find(|i| i.instance_id == id)
+                    .and_then(probe_result)
+                {
+                    Some(result) => {
+                        results.insert(id, result);
+                    }
+                    None => waiting.push(id),
+                }
+            }
+            if !waiting.is_empty() {
+                still.push((command_id, waiting));
+            }
+        }
+        open = still;
+    }
+    let waited = (Utc::now() - started).num_seconds();
+    for (_, ids) in open {
+        for id in ids {
+            results.insert(
+                id,
+                ProbeResult::NoAnswer(format!("no answer within {waited} s")),
+            );
+        }
+    }
+    let answered = results
+        .values()
+        .filter(|r| matches!(r, ProbeResult::Answered(_)))
+        .count();
+    info!(
+        servers = fleet.len(),
+        sent = targets.len(),
+        answered,
+        waited_seconds = waited,
+        until = %until.to_rfc3339(),
+        deadline = %deadline.to_rfc3339(),
+        "readiness probe done"
+    );
+    results
 }
 
 /// The VSS commands of the last days (`failures_since`) that did not succeed, per instance,
@@ -229,14 +342,33 @@ pub async fn run_record(app: &App, run_id: &str, page: usize) -> Result<Value, E
 /// How many servers a readiness answer lists (those that fail first); the counts are whole.
 const READINESS_LISTED: usize = 1_000;
 
-/// `{"action":"readiness","instance_ids"?}`: before the night, each tagged server's checklist
-/// (`run::plan::readiness`), those that will fail first, and the counts; logged as one line.
-pub async fn readiness(app: &App, request: ReadinessRequest) -> Result<Value, Error> {
+/// `{"action":"readiness","instance_ids"?,"probe"?}`: before the night, each tagged server's
+/// checklist (`run::plan::readiness`), those that will fail first, and the counts; logged as
+/// one line. With `probe: true`, the deployment's read-only probe runs on the servers whose
+/// agent is online first, within `PROBE_WAIT_SECONDS` and the invocation's deadline.
+pub async fn readiness(
+    app: &App,
+    request: ReadinessRequest,
+    deadline: DateTime<Utc>,
+) -> Result<Value, Error> {
+    let probing = request.probe.unwrap_or(false);
+    let probe_document = match (&app.config.probe_document, probing) {
+        (None, true) => {
+            return Err(Error::Event(
+                "readiness with probe: no probe document is configured (PROBE_DOCUMENT, the stack's ReadinessProbeDocument)".into(),
+            ))
+        }
+        (document, _) => document.as_deref().filter(|_| probing),
+    };
     let fleet =
         instances::discover(&app.aws.ec2, &app.config, request.instance_ids.as_deref()).await?;
     let ids: Vec<String> = fleet.iter().map(|i| i.instance_id.clone()).collect();
     let agents = commands::agents(&app.aws.ssm, &ids).await?;
     let routes = instances::ec2_routes(&app.aws.ec2, &fleet, &app.config.region).await?;
+    let probes = match probe_document {
+        Some(document) => Some(probe(app, document, &fleet, &agents, deadline).await),
+        None => None,
+    };
     let mut servers: Vec<Readiness> = fleet
         .iter()
         .map(|i| {
@@ -244,6 +376,7 @@ pub async fn readiness(app: &App, request: ReadinessRequest) -> Result<Value, Er
                 i,
                 agents.get(&i.instance_id),
                 &routes,
+                probes.as_ref().and_then(|p| p.get(&i.instance_id)),
                 &app.config,
             )
         })
@@ -298,5 +431,11 @@ pub async fn readiness(app: &App, request: ReadinessRequest) -> Result<Value, Er
         "pass": pass,
         "instances": servers,
         "left_out": left_out,
+        // With a probe: how many servers answered it (the others' on-instance checks are
+        // unknown, each saying why).
+        "probe_answered": probes.as_ref().map(|p| p
+            .values()
+            .filter(|r| matches!(r, ProbeResult::Answered(_)))
+            .count()),
     }))
 }

@@ -11,6 +11,7 @@ use crate::model::fleet::{AgentFacts, InstanceFacts, RouteFacts, SkipReason};
 use crate::model::ids::AgentVersion;
 use crate::model::state::{InstanceState, PingStatus};
 use crate::run::plan::preflight::preflight;
+use crate::run::plan::probe::ProbeResult;
 
 /// SSM Agent 3.3.1311.0 broke `AWS-ConfigureAWSPackage` installs of AwsVssComponents.
 pub const KNOWN_BAD_AGENT: &str = "3.3.1311.0";
@@ -38,7 +39,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn pass(check: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn pass(check: &'static str, detail: impl Into<String>) -> Self {
         Check {
             check,
             result: Verdict::Pass,
@@ -48,7 +49,7 @@ impl Check {
         }
     }
 
-    fn fail(check: &'static str, detail: impl Into<String>, cause: Cause) -> Self {
+    pub(crate) fn fail(check: &'static str, detail: impl Into<String>, cause: Cause) -> Self {
         Check {
             check,
             result: Verdict::Fail,
@@ -58,7 +59,7 @@ impl Check {
         }
     }
 
-    fn warn(check: &'static str, detail: impl Into<String>, fix: &'static str) -> Self {
+    pub(crate) fn warn(check: &'static str, detail: impl Into<String>, fix: &'static str) -> Self {
         Check {
             check,
             result: Verdict::Warn,
@@ -68,7 +69,7 @@ impl Check {
         }
     }
 
-    fn unknown(check: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn unknown(check: &'static str, detail: impl Into<String>) -> Self {
         Check {
             check,
             result: Verdict::Unknown,
@@ -88,17 +89,137 @@ pub struct Readiness {
     pub checks: Vec<Check>,
 }
 
+/// At most this many characters of any text the probe reported are shown (its line is
+/// written by the server).
+const SHOWN: usize = 120;
+/// At most this many failed writers are named.
+const WRITERS_SHOWN: usize = 8;
+
+/// A server's text, cut to what is shown.
+fn shown(text: &str) -> String {
+    let mut t: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(SHOWN)
+        .collect();
+    if text.chars().count() > SHOWN {
+        t.push('…');
+    }
+    t
+}
+
+/// The on-instance checks of one server from its probe.
+pub fn probe_checks(result: &ProbeResult) -> Vec<Check> {
+    let facts = match result {
+        ProbeResult::Answered(facts) => facts,
+        ProbeResult::Unreadable(why) | ProbeResult::NoAnswer(why) | ProbeResult::NotSent(why) => {
+            return vec![Check::unknown("on_instance", format!("probe: {why}"))];
+        }
+    };
+    let mut checks = Vec::new();
+    checks.push(match facts.language_mode.as_deref() {
+        Some("FullLanguage") => Check::pass("language_mode", "PowerShell in FullLanguage mode"),
+        Some(mode) => Check::fail(
+            "language_mode",
+            format!(
+                "PowerShell runs in {}: the VSS document cannot",
+                shown(mode)
+            ),
+            Cause::LanguageMode,
+        ),
+        None => Check::unknown("language_mode", "not reported"),
+    });
+    checks.push(if !facts.failed_writers.is_empty() {
+        let named: Vec<String> = facts
+            .failed_writers
+            .iter()
+            .take(WRITERS_SHOWN)
+            .map(|w| shown(w))
+            .collect();
+        let more = facts.failed_writers.len().saturating_sub(WRITERS_SHOWN);
+        Check::fail(
+            "vss_writers",
+            format!(
+                "{} of {} writer(s) not stable: {}{}",
+                facts.failed_writers.len(),
+                facts.writers.max(facts.failed_writers.len() as u32),
+                named.join("; "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            ),
+            Cause::WriterFailed,
+        )
+    } else if facts.writers == 0 {
+        Check::unknown(
+            "vss_writers",
+            "vssadmin listed no writers (its output is read in English only)",
+        )
+    } else {
+        Check::pass("vss_writers", format!("{} writer(s) stable", facts.writers))
+    });
+    checks.push(match facts.components.as_deref() {
+        Some(v) if !v.trim().is_empty() => Check::pass(
+            "aws_vss_components",
+            format!("AwsVssComponents {}", shown(v)),
+        ),
+        _ => Check::fail(
+            "aws_vss_components",
+            "AwsVssComponents is not installed (no ec2-vss-agent.exe)",
+            Cause::VssComponents,
+        ),
+    });
+    checks.push(match facts.dynamic_disks {
+        0 => Check::pass("dynamic_disks", "basic disks only"),
+        n => Check::warn(
+            "dynamic_disks",
+            format!("{n} dynamic disk(s)"),
+            "a dynamic disk restored to another server shows as a foreign disk to import, and a volume spanning disks needs every one of them: restore the whole set together",
+        ),
+    });
+    checks.push(match &facts.cluster {
+        None => Check::pass("cluster", "not a failover cluster node"),
+        Some(c) if c.disks > 0 && c.owned_here >= c.disks => Check::pass(
+            "cluster",
+            format!(
+                "node of cluster {} owning its {} disk(s)",
+                shown(&c.name),
+                c.disks
+            ),
+        ),
+        Some(c) if c.disks == 0 => Check::pass(
+            "cluster",
+            format!("node of cluster {} (no shared disks)", shown(&c.name)),
+        ),
+        Some(c) => Check::warn(
+            "cluster",
+            format!(
+                "node of cluster {} owning {} of its {} disk(s): the VSS document must run on the node that owns them",
+                shown(&c.name),
+                c.owned_here,
+                c.disks
+            ),
+            "target only the node that owns the cluster's disks (move the target tag, or the disks' ownership)",
+        ),
+    });
+    checks
+}
+
 /// Instance types whose freeze window is known to be too tight (AWS's troubleshooting page).
 fn too_small(instance_type: &str) -> bool {
     let (family, size) = instance_type.split_once('.').unwrap_or((instance_type, ""));
     matches!(family, "t2" | "t3" | "t3a") && matches!(size, "nano" | "micro")
 }
 
-/// The checklist of one tagged server.
+/// The checklist of one tagged server; with its probe's result, the checks only the server
+/// itself can answer too.
 pub fn readiness(
     instance: &InstanceFacts,
     agent: Option<&AgentFacts>,
     routes: &RouteFacts,
+    probe: Option<&ProbeResult>,
     config: &Config,
 ) -> Readiness {
     let mut checks = Vec::new();
@@ -225,10 +346,13 @@ pub fn readiness(
         ),
         None => Check::unknown("ec2_route", "the subnet's routes were not read"),
     });
-    checks.push(Check::unknown(
-        "on_instance",
-        "PowerShell language mode, VSS writers and AwsVssComponents need a look on the instance",
-    ));
+    match probe {
+        Some(result) => checks.extend(probe_checks(result)),
+        None => checks.push(Check::unknown(
+            "on_instance",
+            "PowerShell language mode, VSS writers, AwsVssComponents, dynamic disks and the cluster role need a look on the instance (`probe: true`)",
+        )),
+    }
     // The worst of what is known: an unknown is listed, not a verdict.
     let verdict = checks
         .iter()
@@ -249,6 +373,7 @@ mod tests {
     use super::*;
     use crate::model::fleet::{AttachedVolume, HostFacts};
     use crate::run::plan::preflight::tests::config;
+    use crate::run::plan::probe::{parse_probe, PROBE_MARKER};
     use std::collections::BTreeMap;
 
     fn server() -> InstanceFacts {
@@ -302,6 +427,7 @@ mod tests {
             &server(),
             Some(&agent("Online", "3.3.40.0")),
             &routed(),
+            None,
             &config(),
         );
         assert_eq!(r.verdict, Verdict::Pass);
@@ -320,17 +446,30 @@ mod tests {
             &server(),
             Some(&agent("ConnectionLost", "3.3.40.0")),
             &routed(),
+            None,
             &c,
         );
         assert_eq!(failed(&offline), [("ssm_agent", Some(Cause::AgentOffline))]);
-        let old = readiness(&server(), Some(&agent("Online", "2.2.45.0")), &routed(), &c);
+        let old = readiness(
+            &server(),
+            Some(&agent("Online", "2.2.45.0")),
+            &routed(),
+            None,
+            &c,
+        );
         assert_eq!(failed(&old), [("ssm_agent", Some(Cause::AgentTooOld))]);
         let mut both = server();
         both.tags
             .insert("ConsistentSnapshot:NoWriters".into(), "true".into());
         both.tags
             .insert("ConsistentSnapshot:SaveVssMetadata".into(), "true".into());
-        let r = readiness(&both, Some(&agent("ConnectionLost", "1")), &routed(), &c);
+        let r = readiness(
+            &both,
+            Some(&agent("ConnectionLost", "1")),
+            &routed(),
+            None,
+            &c,
+        );
         assert!(
             failed(&r).contains(&("options", Some(Cause::InvalidOption))),
             "{r:?}"
@@ -338,7 +477,7 @@ mod tests {
         let mut bare = server();
         bare.host.instance_profile = None;
         assert_eq!(
-            failed(&readiness(&bare, Some(&ok), &routed(), &c)),
+            failed(&readiness(&bare, Some(&ok), &routed(), None, &c)),
             [("instance_profile", Some(Cause::InstanceRolePermission))]
         );
         let private = RouteFacts {
@@ -346,7 +485,7 @@ mod tests {
             ..RouteFacts::default()
         };
         assert_eq!(
-            failed(&readiness(&server(), Some(&ok), &private, &c)),
+            failed(&readiness(&server(), Some(&ok), &private, None, &c)),
             [("ec2_route", Some(Cause::NoEc2Route))]
         );
         // An ec2 endpoint in the VPC is a route too.
@@ -354,7 +493,7 @@ mod tests {
             ec2_endpoints: ["vpc-1".to_string()].into(),
             ..private
         };
-        assert!(failed(&readiness(&server(), Some(&ok), &endpoint, &c)).is_empty());
+        assert!(failed(&readiness(&server(), Some(&ok), &endpoint, None, &c)).is_empty());
     }
 
     #[test]
@@ -365,6 +504,7 @@ mod tests {
             &tiny,
             Some(&agent("Online", KNOWN_BAD_AGENT)),
             &routed(),
+            None,
             &config(),
         );
         assert_eq!(r.verdict, Verdict::Warn);
@@ -376,5 +516,111 @@ mod tests {
             .collect();
         assert_eq!(warned, ["ssm_agent", "instance_type"]);
         assert!(!too_small("t3.large") && !too_small("m5.large") && too_small("t2.nano"));
+    }
+
+    fn line(json: &str) -> String {
+        format!("some noise\r\n{PROBE_MARKER}{json}\r\n")
+    }
+
+    fn verdicts(result: &ProbeResult) -> Vec<(&'static str, Verdict, Option<Cause>)> {
+        probe_checks(result)
+            .into_iter()
+            .map(|c| (c.check, c.result, c.cause))
+            .collect()
+    }
+
+    const HEALTHY: &str = r#"{"v":1,"language_mode":"FullLanguage","writers":12,"failed_writers":[],"components":"2.5.0","dynamic_disks":0,"cluster":null}"#;
+
+    #[test]
+    fn a_healthy_server_passes_every_check() {
+        let facts = parse_probe(&line(HEALTHY)).expect("parsed");
+        assert_eq!(
+            verdicts(&ProbeResult::Answered(facts)),
+            vec![
+                ("language_mode", Verdict::Pass, None),
+                ("vss_writers", Verdict::Pass, None),
+                ("aws_vss_components", Verdict::Pass, None),
+                ("dynamic_disks", Verdict::Pass, None),
+                ("cluster", Verdict::Pass, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn each_problem_the_server_reports_is_its_named_cause() {
+        let facts = parse_probe(&line(
+            r#"{"v":1,"language_mode":"ConstrainedLanguage","writers":12,"failed_writers":"SqlServerWriter (Failed, Retryable error)","components":null,"dynamic_disks":2,"cluster":{"name":"SQLCLU","disks":2,"owned_here":0}}"#,
+        ))
+        .expect("parsed");
+        assert_eq!(facts.failed_writers.len(), 1, "one writer as a bare string");
+        let checks = probe_checks(&ProbeResult::Answered(facts));
+        let got: Vec<_> = checks
+            .iter()
+            .map(|c| (c.check, c.result, c.cause))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("language_mode", Verdict::Fail, Some(Cause::LanguageMode)),
+                ("vss_writers", Verdict::Fail, Some(Cause::WriterFailed)),
+                (
+                    "aws_vss_components",
+                    Verdict::Fail,
+                    Some(Cause::VssComponents)
+                ),
+                ("dynamic_disks", Verdict::Warn, None),
+                ("cluster", Verdict::Warn, None),
+            ]
+        );
+        assert!(checks[1].detail.contains("SqlServerWriter"), "{checks:?}");
+        assert!(checks
+            .iter()
+            .all(|c| c.result != Verdict::Fail || c.fix.is_some()));
+    }
+
+    #[test]
+    fn an_unreadable_or_missing_probe_answer_is_unknown_never_a_pass() {
+        for output in ["", "CSPROBE {not json"] {
+            let result = match parse_probe(output) {
+                Ok(facts) => ProbeResult::Answered(facts),
+                Err(why) => ProbeResult::Unreadable(why),
+            };
+            assert_eq!(
+                verdicts(&result),
+                vec![("on_instance", Verdict::Unknown, None)],
+                "{output:?}"
+            );
+        }
+        assert_eq!(
+            verdicts(&ProbeResult::NoAnswer("no answer within 60 s".into())),
+            vec![("on_instance", Verdict::Unknown, None)]
+        );
+    }
+
+    #[test]
+    fn what_the_server_wrote_is_cut_before_it_is_shown() {
+        let long = "W".repeat(10_000);
+        let facts = parse_probe(&line(&format!(
+            r#"{{"v":1,"language_mode":"{long}","writers":1,"failed_writers":["{long}","{long}"],"components":"2.5.0"}}"#
+        )))
+        .expect("parsed");
+        for check in probe_checks(&ProbeResult::Answered(facts)) {
+            assert!(
+                check.detail.len() < 1_000,
+                "{}: {}",
+                check.check,
+                check.detail.len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_node_owning_its_clusters_disks_passes() {
+        let facts = parse_probe(&line(
+            r#"{"v":1,"language_mode":"FullLanguage","writers":3,"components":"2.5.0","cluster":{"name":"SQLCLU","disks":2,"owned_here":2}}"#,
+        ))
+        .expect("parsed");
+        let checks = probe_checks(&ProbeResult::Answered(facts));
+        assert_eq!(checks[4].result, Verdict::Pass, "{checks:?}");
     }
 }
