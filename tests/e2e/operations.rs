@@ -478,6 +478,10 @@ async fn readiness_before_the_night_names_the_servers_that_then_fail_by_their_ch
         ServerSpec::windows("private01", 1)
             .in_private_subnet()
             .sim(Windows::outcome(VssOutcome::NoEc2Route)),
+        // A profile whose role was made without AWSEC2VssSnapshotPolicy: IAM's simulator says so.
+        ServerSpec::windows("weakrole01", 1)
+            .with_bare_role()
+            .sim(Windows::outcome(VssOutcome::MissingPermission)),
     ];
     let ids = world.seed(&fleet).await.expect("seed");
     let name_of: BTreeMap<&str, &str> = ids
@@ -491,7 +495,7 @@ async fn readiness_before_the_night_names_the_servers_that_then_fail_by_their_ch
         .await
         .expect("readiness");
     let servers = answer["instances"].as_array().cloned().unwrap_or_default();
-    assert_eq!(servers.len(), 7, "{answer:#}");
+    assert_eq!(servers.len(), 8, "{answer:#}");
     let failed_checks = |s: &Value| -> Vec<String> {
         s["checks"]
             .as_array()
@@ -531,6 +535,11 @@ async fn readiness_before_the_night_names_the_servers_that_then_fail_by_their_ch
             vec!["instance_profile:instance_role_permission"],
         ),
         ("private01", "fail", vec!["ec2_route:no_ec2_route"]),
+        (
+            "weakrole01",
+            "fail",
+            vec!["instance_profile:instance_role_permission"],
+        ),
     ]
     .into_iter()
     .map(|(n, v, f)| {
@@ -547,7 +556,30 @@ async fn readiness_before_the_night_names_the_servers_that_then_fail_by_their_ch
             answer["warn"].clone(),
             answer["pass"].clone()
         ),
-        (json!(5), json!(1), json!(1))
+        (json!(6), json!(1), json!(1))
+    );
+    // The fleet's role was simulated (AWS's policy document, conditions and all), and the
+    // bare role's missing calls are named.
+    let profile_check = |name: &str| -> String {
+        servers
+            .iter()
+            .find(|s| s["name"] == name)
+            .and_then(|s| s["checks"].as_array())
+            .into_iter()
+            .flatten()
+            .find(|c| c["check"] == "instance_profile")
+            .map(|c| c["detail"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    assert!(
+        profile_check("sql01").ends_with("allows every call the VSS document makes (simulated)"),
+        "{}",
+        profile_check("sql01")
+    );
+    assert!(
+        profile_check("weakrole01").contains("does not allow ec2:CreateSnapshots on arn:aws:ec2:"),
+        "{}",
+        profile_check("weakrole01")
     );
     // What it could not see from here is listed as such, never passed.
     assert!(servers

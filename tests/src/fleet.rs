@@ -48,6 +48,8 @@ pub struct ServerSpec {
     pub instance_type: Option<String>,
     /// Launched without the fleet's instance profile.
     pub no_instance_profile: bool,
+    /// Launched with a profile whose role holds no permission (no AWSEC2VssSnapshotPolicy).
+    pub bare_role: bool,
     /// Launched into a subnet with no route out and no ec2 endpoint.
     pub private_subnet: bool,
 }
@@ -64,6 +66,7 @@ impl ServerSpec {
             sim: Windows::default(),
             instance_type: None,
             no_instance_profile: false,
+            bare_role: false,
             private_subnet: false,
         }
     }
@@ -75,6 +78,12 @@ impl ServerSpec {
 
     pub fn without_instance_profile(mut self) -> Self {
         self.no_instance_profile = true;
+        self
+    }
+
+    /// With an instance profile whose role lacks AWSEC2VssSnapshotPolicy.
+    pub fn with_bare_role(mut self) -> Self {
+        self.bare_role = true;
         self
     }
 
@@ -165,6 +174,10 @@ pub async fn seed(emulator: &Emulator, servers: &[ServerSpec]) -> Result<Vec<Str
         .as_str()
         .ok_or("no instance profile from /_sim/landing-zone")?
         .to_string();
+    let bare_profile = zone["bare_instance_profile"]
+        .as_str()
+        .ok_or("no bare instance profile from /_sim/landing-zone")?
+        .to_string();
     let private = if servers.iter().any(|s| s.private_subnet) {
         Some(private_subnet(&ec2).await?)
     } else {
@@ -196,7 +209,11 @@ pub async fn seed(emulator: &Emulator, servers: &[ServerSpec]) -> Result<Vec<Str
         if !server.no_instance_profile {
             launch = launch.iam_instance_profile(
                 IamInstanceProfileSpecification::builder()
-                    .name(&profile)
+                    .name(if server.bare_role {
+                        &bare_profile
+                    } else {
+                        &profile
+                    })
                     .build(),
             );
         }

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 from moto.core import DEFAULT_ACCOUNT_ID
@@ -89,13 +90,16 @@ def age_snapshots(spec: dict[str, Any]) -> int:
 
 
 INSTANCE_PROFILE = "vss-instance"
+# A profile whose role holds no permission at all (a role made without AWSEC2VssSnapshotPolicy).
+BARE_PROFILE = "vss-instance-bare"
 
 
 def landing_zone(spec: dict[str, Any]) -> dict[str, Any]:
     """The account as AWS makes it and as a VSS fleet needs it, where moto differs: the default
     VPC's main route table gets its internet gateway and 0.0.0.0/0 route (moto's has only the
     local route), and an instance profile for the fleet (`vss-instance`, its role holding
-    AWSEC2VssSnapshotPolicy's calls) exists. Idempotent; answers the profile's name."""
+    AWSEC2VssSnapshotPolicy's document) exists, and one whose role holds nothing
+    (`vss-instance-bare`). Idempotent; answers the profile's name."""
     from moto.iam.models import iam_backends
 
     unknown = set(spec) - {"region"}
@@ -114,15 +118,24 @@ def landing_zone(spec: dict[str, Any]) -> dict[str, Any]:
         ec2.attach_internet_gateway(gateway.id, vpc.id)
         ec2.create_route(main.id, "0.0.0.0/0", gateway_id=gateway.id)
     iam = iam_backends[DEFAULT_ACCOUNT_ID]["aws"]
-    if INSTANCE_PROFILE not in {p.name for p in iam.get_instance_profiles()}:
+    existing = {p.name for p in iam.get_instance_profiles()}
+    for name, policy in ((INSTANCE_PROFILE, True), (BARE_PROFILE, False)):
+        if name in existing:
+            continue
         iam.create_role(
-            role_name=INSTANCE_PROFILE,
+            role_name=name,
             assume_role_policy_document="{}",
             path="/",
             permissions_boundary=None,
-            description="the fleet's instance role",
+            description="an instance role of the fleet",
             tags=[],
             max_session_duration=None,
         )
-        iam.create_instance_profile(INSTANCE_PROFILE, "/", [INSTANCE_PROFILE], [])
-    return {"instance_profile": INSTANCE_PROFILE}
+        if policy:
+            # AWS's managed policy's document, as moto ships it, held by the role.
+            from moto.iam.aws_managed_policies import aws_managed_policies_data
+
+            document = json.loads(aws_managed_policies_data)["AWSEC2VssSnapshotPolicy"]["Document"]
+            iam.put_role_policy(name, "AWSEC2VssSnapshotPolicy", json.dumps(document))
+        iam.create_instance_profile(name, "/", [name], [])
+    return {"instance_profile": INSTANCE_PROFILE, "bare_instance_profile": BARE_PROFILE}

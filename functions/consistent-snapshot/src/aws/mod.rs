@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod commands;
+pub mod iam;
 pub mod instances;
 pub mod metrics;
 pub mod notify;
@@ -35,6 +36,7 @@ pub struct Clients {
     pub ssm: aws_sdk_ssm::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub sns: aws_sdk_sns::Client,
+    pub iam: aws_sdk_iam::Client,
     pub catalog: catalog::Catalog,
     /// The function's own region (`AWS_REGION`): `ec2_in` of another region makes a client.
     pub region: String,
@@ -58,6 +60,7 @@ impl Clients {
             ssm: client!(aws_sdk_ssm),
             sqs: client!(aws_sdk_sqs),
             sns: client!(aws_sdk_sns),
+            iam: client!(aws_sdk_iam),
             catalog: catalog::Catalog::with_client(client!(aws_sdk_dynamodb), catalog_table),
             region: region.to_string(),
             throttles,

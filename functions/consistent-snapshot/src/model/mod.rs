@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod ids;
 pub mod markers;
 pub mod pace;
+pub mod permissions;
 pub mod requests;
 pub mod restore;
 pub mod snapshot;

@@ -10,11 +10,12 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::app::{emit_metrics, to_json, App};
-use crate::aws::{commands, instances};
+use crate::aws::{commands, iam, instances};
 use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
 use crate::model::fleet::{AgentFacts, InstanceFacts, RouteFacts};
 use crate::model::markers::KEEP_RUN_DAYS;
+use crate::model::permissions::{denied, vss_document_needs, RoleFacts};
 use crate::model::requests::ReadinessRequest;
 use crate::model::state::{CommandStatus, InstanceState};
 use crate::model::stop_time;
@@ -146,12 +147,67 @@ pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
                 agents.get(&status.instance_id),
                 &routes,
                 None,
+                None,
                 &app.config,
             );
             status.readiness = Some(ReadinessBrief::of(&checked));
         }
     }
     Ok(report)
+}
+
+/// At most this many instance profiles are simulated per readiness call (IAM's simulator is
+/// rate limited; a fleet has few roles): the others' role reads `unknown`.
+const MAX_PROFILES_SIMULATED: usize = 50;
+
+/// What IAM's simulator says of each instance profile's role in the fleet: the calls the VSS
+/// document makes, asked once per profile (of its first instance). A profile or simulation
+/// not readable is that profile's unknown, with AWS's code, not the call's error.
+async fn instance_roles<'a>(app: &App, fleet: &'a [InstanceFacts]) -> HashMap<&'a str, RoleFacts> {
+    let mut first_of: BTreeMap<&str, &str> = BTreeMap::new();
+    for instance in fleet {
+        if let Some(profile) = instance.host.instance_profile.as_deref() {
+            first_of.entry(profile).or_insert(&instance.instance_id);
+        }
+    }
+    let mut roles = HashMap::new();
+    for (n, (profile, instance_id)) in first_of.into_iter().enumerate() {
+        let facts = if n >= MAX_PROFILES_SIMULATED {
+            RoleFacts::Unknown(format!(
+                "more than {MAX_PROFILES_SIMULATED} instance profiles in the fleet"
+            ))
+        } else {
+            role_facts(app, profile, instance_id).await
+        };
+        if let RoleFacts::Unknown(why) = &facts {
+            warn!(profile, why = %why, "instance role not simulated");
+        }
+        roles.insert(profile, facts);
+    }
+    roles
+}
+
+async fn role_facts(app: &App, profile: &str, instance_id: &str) -> RoleFacts {
+    let Some(question) = vss_document_needs(instance_id, &app.config.region, profile) else {
+        return RoleFacts::Unknown(format!("{profile} is not an instance profile ARN"));
+    };
+    let role = match iam::role_of_profile(&app.aws.iam, profile).await {
+        Ok(Some(role)) => role,
+        Ok(None) => {
+            return RoleFacts::Simulated {
+                role: format!("{profile} (no role)"),
+                denied: vec!["every call: the profile holds no role".into()],
+            }
+        }
+        Err(err) => return RoleFacts::Unknown(err.to_string()),
+    };
+    match iam::simulate(&app.aws.iam, &role, &question).await {
+        Ok(decisions) => RoleFacts::Simulated {
+            denied: denied(&question, &decisions),
+            role,
+        },
+        Err(err) => RoleFacts::Unknown(err.to_string()),
+    }
 }
 
 /// How often a probing readiness call reads the probe's invocations.
@@ -369,6 +425,7 @@ pub async fn readiness(
         Some(document) => Some(probe(app, document, &fleet, &agents, deadline).await),
         None => None,
     };
+    let roles = instance_roles(app, &fleet).await;
     let mut servers: Vec<Readiness> = fleet
         .iter()
         .map(|i| {
@@ -377,6 +434,10 @@ pub async fn readiness(
                 agents.get(&i.instance_id),
                 &routes,
                 probes.as_ref().and_then(|p| p.get(&i.instance_id)),
+                i.host
+                    .instance_profile
+                    .as_ref()
+                    .and_then(|p| roles.get(p.as_str())),
                 &app.config,
             )
         })

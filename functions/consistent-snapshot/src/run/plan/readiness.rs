@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::model::cause::Cause;
 use crate::model::fleet::{AgentFacts, InstanceFacts, RouteFacts, SkipReason};
 use crate::model::ids::AgentVersion;
+use crate::model::permissions::RoleFacts;
 use crate::model::state::{InstanceState, PingStatus};
 use crate::run::plan::preflight::preflight;
 use crate::run::plan::probe::ProbeResult;
@@ -220,6 +221,7 @@ pub fn readiness(
     agent: Option<&AgentFacts>,
     routes: &RouteFacts,
     probe: Option<&ProbeResult>,
+    role: Option<&RoleFacts>,
     config: &Config,
 ) -> Readiness {
     let mut checks = Vec::new();
@@ -323,14 +325,29 @@ pub fn readiness(
         Some(t) => Check::pass("instance_type", t),
         None => Check::unknown("instance_type", "not reported"),
     });
-    checks.push(match &instance.host.instance_profile {
-        Some(arn) => Check::pass(
-            "instance_profile",
-            format!("{arn} (its role's permissions are not simulated)"),
-        ),
-        None => Check::fail(
+    checks.push(match (&instance.host.instance_profile, role) {
+        (None, _) => Check::fail(
             "instance_profile",
             "no instance profile: the document cannot call EC2 from the instance",
+            Cause::InstanceRolePermission,
+        ),
+        (Some(arn), None) => Check::pass(
+            "instance_profile",
+            format!("{arn} (its role's permissions are simulated by readiness only)"),
+        ),
+        (Some(arn), Some(RoleFacts::Unknown(why))) => {
+            Check::unknown("instance_profile", format!("{arn}: not simulated: {why}"))
+        }
+        (Some(_), Some(RoleFacts::Simulated { role, denied })) if denied.is_empty() => Check::pass(
+            "instance_profile",
+            format!("{role} allows every call the VSS document makes (simulated)"),
+        ),
+        (Some(_), Some(RoleFacts::Simulated { role, denied })) => Check::fail(
+            "instance_profile",
+            format!(
+                "{role} does not allow {} (simulated): attach AWSEC2VssSnapshotPolicy",
+                denied.join(", ")
+            ),
             Cause::InstanceRolePermission,
         ),
     });
@@ -428,6 +445,7 @@ mod tests {
             Some(&agent("Online", "3.3.40.0")),
             &routed(),
             None,
+            None,
             &config(),
         );
         assert_eq!(r.verdict, Verdict::Pass);
@@ -447,6 +465,7 @@ mod tests {
             Some(&agent("ConnectionLost", "3.3.40.0")),
             &routed(),
             None,
+            None,
             &c,
         );
         assert_eq!(failed(&offline), [("ssm_agent", Some(Cause::AgentOffline))]);
@@ -454,6 +473,7 @@ mod tests {
             &server(),
             Some(&agent("Online", "2.2.45.0")),
             &routed(),
+            None,
             None,
             &c,
         );
@@ -468,6 +488,7 @@ mod tests {
             Some(&agent("ConnectionLost", "1")),
             &routed(),
             None,
+            None,
             &c,
         );
         assert!(
@@ -477,7 +498,7 @@ mod tests {
         let mut bare = server();
         bare.host.instance_profile = None;
         assert_eq!(
-            failed(&readiness(&bare, Some(&ok), &routed(), None, &c)),
+            failed(&readiness(&bare, Some(&ok), &routed(), None, None, &c)),
             [("instance_profile", Some(Cause::InstanceRolePermission))]
         );
         let private = RouteFacts {
@@ -485,7 +506,7 @@ mod tests {
             ..RouteFacts::default()
         };
         assert_eq!(
-            failed(&readiness(&server(), Some(&ok), &private, None, &c)),
+            failed(&readiness(&server(), Some(&ok), &private, None, None, &c)),
             [("ec2_route", Some(Cause::NoEc2Route))]
         );
         // An ec2 endpoint in the VPC is a route too.
@@ -493,7 +514,7 @@ mod tests {
             ec2_endpoints: ["vpc-1".to_string()].into(),
             ..private
         };
-        assert!(failed(&readiness(&server(), Some(&ok), &endpoint, None, &c)).is_empty());
+        assert!(failed(&readiness(&server(), Some(&ok), &endpoint, None, None, &c)).is_empty());
     }
 
     #[test]
@@ -504,6 +525,7 @@ mod tests {
             &tiny,
             Some(&agent("Online", KNOWN_BAD_AGENT)),
             &routed(),
+            None,
             None,
             &config(),
         );
