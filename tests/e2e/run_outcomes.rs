@@ -377,3 +377,166 @@ async fn a_server_vss_left_without_a_set_gets_a_labelled_crash_consistent_fallba
         .iter()
         .any(|o| o.instance_id == id("offline01") && o.kind == OutcomeKind::Skipped));
 }
+
+/// `VSS_RETRIES`: a server whose VSS freeze timed out is tried again, after the pause, in a run
+/// of its own (`<run>-vss1`): a passing load spike ends with a consistent set there, the failed
+/// attempt kept as the night's crash-consistent set; a freeze that always times out is tried
+/// as often as allowed and no more; nothing else is sent twice, and a retry message that names
+/// a server the catalog does not vouch for sends it nothing.
+#[tokio::test]
+async fn a_freeze_that_timed_out_is_tried_again_in_a_run_of_its_own() {
+    use consistent_snapshot::Cause;
+    let world = World::start(3).await.expect("world");
+    let (emulator, logs) = (&world.emulator, &world.logs);
+    let servers = vec![
+        ServerSpec::windows("sql01", 1),
+        ServerSpec::windows("busy01", 2).sim(Windows::freeze_fails(1)),
+        ServerSpec::windows("stuck01", 1).sim(Windows::outcome(VssOutcome::VssFailure)),
+        ServerSpec::windows("writer01", 1).sim(Windows::outcome(VssOutcome::WriterFailed)),
+    ];
+    let ids = world.seed(&servers).await.expect("seed");
+    let id = |name: &str| ids[servers.iter().position(|s| s.name == name).expect("server")].clone();
+    let metrics = harness::Metrics::default();
+    let app = metrics.attach(
+        world
+            .app(&[("VSS_RETRIES", "1"), ("VSS_RETRY_PAUSE_SECONDS", "1")])
+            .expect("app"),
+    );
+    let run_id = world
+        .nightly(&app, "2026-11-23T02:00:00Z")
+        .await
+        .expect("the nightly run");
+    let retry_id = format!("{run_id}-vss1");
+    let first = logs.run_report(&run_id).expect("the night's summary");
+    let kind = |report: &consistent_snapshot::RunSummary, name: &str| {
+        report
+            .outcomes
+            .iter()
+            .find(|o| o.instance_id == id(name))
+            .map(|o| (o.kind, o.cause))
+    };
+    assert_eq!(
+        kind(&first, "busy01"),
+        Some((OutcomeKind::CrashConsistent, Some(Cause::FreezeTimeout)))
+    );
+    let note = first.retry.clone().expect("the night names its retry");
+    assert_eq!(
+        (note.run_id.as_str(), note.instances),
+        (retry_id.as_str(), 2)
+    );
+    assert!(
+        first.summary_line().contains(&format!(
+            "2 whose VSS freeze timed out tried again in run {retry_id}"
+        )),
+        "{}",
+        first.summary_line()
+    );
+    assert_eq!(metrics.of("run", Some(&run_id))[0]["VssRetried"], 2);
+
+    // The retry: its own run of exactly the two servers whose freeze timed out.
+    let retry = logs.run_report(&retry_id).expect("the retry's summary");
+    let retried: std::collections::BTreeSet<String> = retry
+        .outcomes
+        .iter()
+        .map(|o| o.instance_id.clone())
+        .collect();
+    assert_eq!(retried, [id("busy01"), id("stuck01")].into_iter().collect());
+    assert_eq!(
+        kind(&retry, "busy01"),
+        Some((OutcomeKind::Consistent, None))
+    );
+    assert_eq!(
+        kind(&retry, "stuck01"),
+        Some((OutcomeKind::CrashConsistent, Some(Cause::FreezeTimeout)))
+    );
+    // VSS_RETRIES=1: the retry is not retried.
+    assert!(retry.retry.is_none(), "{:?}", retry.retry);
+    assert!(logs.run_report(&format!("{run_id}-vss2")).is_none());
+
+    // Commands: one each, two for the retried servers, none a third time.
+    let invocations = emulator.invocations().expect("invocations");
+    let sent = |name: &str| {
+        invocations
+            .iter()
+            .filter(|i| i["instance_id"] == id(name).as_str())
+            .count()
+    };
+    assert_eq!(
+        (
+            sent("sql01"),
+            sent("busy01"),
+            sent("stuck01"),
+            sent("writer01")
+        ),
+        (1, 2, 2, 1)
+    );
+
+    // The catalog: each attempt is a set of its own. stuck01 keeps both of its crash-consistent
+    // attempts (no consistent set exists: they are its best backups); busy01's failed attempt
+    // went with the retry's retention, once a newer consistent set stood for the night.
+    let (sets, _) = emulator.catalog().all_sets().await.expect("catalog");
+    let of = |name: &str, run: &str| {
+        sets.iter()
+            .find(|s| s.instance_id == id(name) && s.run_id == run)
+            .map(|s| (s.verdict, s.snapshots.len()))
+    };
+    assert_eq!(of("busy01", &retry_id), Some((Verdict::Consistent, 3)));
+    assert_eq!(of("busy01", &run_id), None);
+    assert_eq!(of("stuck01", &run_id), Some((Verdict::CrashConsistent, 2)));
+    assert_eq!(
+        of("stuck01", &retry_id),
+        Some((Verdict::CrashConsistent, 2))
+    );
+    let retry_snapshots = run_snapshots(emulator, &retry_id).await.expect("snapshots");
+    assert_eq!(
+        retry_snapshots.len(),
+        3 + 2,
+        "busy01's three and stuck01's two"
+    );
+    let night_snapshots = run_snapshots(emulator, &run_id).await.expect("snapshots");
+    assert!(
+        night_snapshots
+            .iter()
+            .all(|s| tags(s).get("ConsistentSnapshot:InstanceId") != Some(&id("busy01"))),
+        "busy01's crash-consistent attempt is deleted"
+    );
+
+    // The fleet report counts the retry's consistent set.
+    let fleet = world.report(&app).await.expect("report");
+    let rpo = |name: &str| {
+        fleet["instances"]
+            .as_array()
+            .and_then(|i| i.iter().find(|s| s["instance_id"] == id(name).as_str()))
+            .map(|s| s["rpo"].clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(rpo("busy01"), rpo("sql01"), "{fleet}");
+    assert_ne!(rpo("stuck01"), rpo("sql01"), "{fleet}");
+
+    // A retry message naming a server whose set was not a timed-out freeze sends nothing.
+    let before = emulator.invocations().expect("invocations").len();
+    let forged = json!({
+        "v": 1,
+        "kind": "retry",
+        "parent_run_id": run_id,
+        "run_id": retry_id,
+        "instance_ids": [id("writer01"), id("sql01")],
+        "start_at": "2026-11-23T02:10:00Z",
+    });
+    emulator
+        .sqs()
+        .send_message()
+        .queue_url(&world.queue)
+        .message_body(forged.to_string())
+        .send()
+        .await
+        .expect("SendMessage");
+    world.drain(&app).await.expect("drain");
+    assert_eq!(emulator.invocations().expect("invocations").len(), before);
+    assert!(
+        logs.records().iter().any(|r| r["refused"]
+            .as_str()
+            .is_some_and(|why| why.contains("no server of it has a timed-out freeze"))),
+        "the forged retry is refused"
+    );
+}

@@ -528,6 +528,8 @@ impl Emulator {
             // On by default in a deployment; here a test sees VSS's own outcome of each server
             // unless it is about the fallback, and turns it on (run_outcomes::…fallback…).
             ("CRASH_CONSISTENT_FALLBACK", "false"),
+            // One retry by default in a deployment; off here but where a test is about it.
+            ("VSS_RETRIES", "0"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

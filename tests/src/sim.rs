@@ -61,6 +61,9 @@ pub struct Windows {
     /// Seconds before an undeliverable command times out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery_timeout: Option<f64>,
+    /// The next this many VSS commands time out in the freeze, then `outcome` holds again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freeze_failures: Option<u32>,
     /// Disks with dynamic partitions, as the readiness probe finds them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dynamic_disks: Option<u32>,
@@ -92,6 +95,14 @@ impl Windows {
     pub fn agent(agent: Agent) -> Self {
         Windows {
             ssm: Some(agent),
+            ..Windows::default()
+        }
+    }
+
+    /// A server whose next `n` freezes time out (a passing load spike).
+    pub fn freeze_fails(n: u32) -> Self {
+        Windows {
+            freeze_failures: Some(n),
             ..Windows::default()
         }
     }

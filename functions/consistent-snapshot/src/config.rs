@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::error::Error;
 use crate::model::fleet::VssOptions;
-use crate::model::ids::{is_region, parse_bool, parse_regions, AgentVersion};
+use crate::model::ids::{is_region, parse_bool, parse_regions, AgentVersion, MAX_VSS_RETRIES};
 use crate::model::requests::MAX_VERIFY;
 use crate::model::tags::{cut_chars, sanitize_tag_text, TAG_VALUE_MAX_CHARS};
 
@@ -75,6 +75,10 @@ pub struct Config {
     /// A server VSS left without a set gets one crash-consistent set by CreateSnapshots
     /// (`CRASH_CONSISTENT_FALLBACK`, on by default as with DLM).
     pub crash_consistent_fallback: bool,
+    /// How many more attempts a server gets whose VSS freeze or thaw timed out
+    /// (`VSS_RETRIES`, 0–3), each a run of its own after `vss_retry_pause_seconds`.
+    pub vss_retries: u32,
+    pub vss_retry_pause_seconds: u32,
     pub min_ssm_agent_version: AgentVersion,
     /// The deployment's read-only readiness probe (`PROBE_DOCUMENT`: the template's
     /// `ReadinessProbeDocument`); `None` when not deployed, and `probe: true` is refused.
@@ -153,6 +157,8 @@ impl Config {
                 no_writers: s.flag("VSS_NO_WRITERS", "false"),
             },
             crash_consistent_fallback: s.flag("CRASH_CONSISTENT_FALLBACK", "true"),
+            vss_retries: s.number("VSS_RETRIES", "1", 0, MAX_VSS_RETRIES),
+            vss_retry_pause_seconds: s.number("VSS_RETRY_PAUSE_SECONDS", "120", 0, 900),
             min_ssm_agent_version: s.version("MIN_SSM_AGENT_VERSION", "2.2.58.0"),
             probe_document: Some(s.text("PROBE_DOCUMENT", "")).filter(|d| !d.is_empty()),
             probe_wait_seconds: s.number("PROBE_WAIT_SECONDS", "60", 10, 600),
@@ -580,6 +586,18 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(c.managed_by, "prod-vss-eu-west-1");
+    }
+
+    #[test]
+    fn a_timed_out_freeze_is_retried_once_by_default_and_never_more_than_three_times() {
+        let c = config(&[("QUEUE_URL", "q")]).expect("valid");
+        assert_eq!((c.vss_retries, c.vss_retry_pause_seconds), (1, 120));
+        for (name, bad) in [("VSS_RETRIES", "4"), ("VSS_RETRY_PAUSE_SECONDS", "901")] {
+            let err = config(&[("QUEUE_URL", "q"), (name, bad)])
+                .expect_err(name)
+                .to_string();
+            assert!(err.contains(name), "{err}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! | retention | the copy step; a pass with deletions left   | nothing                                               | deletions by the plan, marker `retained`, release       | itself until done, or 3 passes delete nothing |
 //! | restore   | an on-demand restore; each waiting pass     | volumes creating, the instance stopping or starting   | volumes created, tagged, detached, attached             | itself until done/failed  |
 //! | verify    | an on-demand verification; each waiting look| the verification's volumes to be created             | marker `reported` (verify id), then its volumes deleted | itself until measured     |
+//! | retry     | a run whose servers' VSS freeze timed out   | the pause (`VSS_RETRY_PAUSE_SECONDS`)                 | the retry's run (`<run>-vss<n>`), started as any run     | its watch, instance and run jobs |
 //!
 //! Markers are create-once items of the catalog (`model::markers`, `aws::catalog`). A message
 //! is only a reference: the instance's command and volumes, the run's commands and skipped
@@ -62,6 +63,22 @@ pub enum Job {
     Restore(RestoreJob),
     /// A restore test: waits for the volumes, measures, deletes them, reports.
     Verify(VerifyJob),
+    /// After a run's summary, when a freeze timed out: starts the retry's run of those
+    /// servers once the pause is over.
+    Retry(RetryJob),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryJob {
+    /// The run whose servers' freeze timed out.
+    pub parent_run_id: String,
+    /// The retry's own run (`<run>-vss<n>`).
+    pub run_id: String,
+    /// The servers to try again (each checked against the parent's sets in the catalog).
+    pub instance_ids: Vec<String>,
+    /// When the retry starts (the end of the pause); also its run's start time, so that a
+    /// redelivered message is the same run.
+    pub start_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,6 +280,7 @@ impl Job {
             Job::Retention(_) => "retention",
             Job::Restore(_) => "restore",
             Job::Verify(_) => "verify",
+            Job::Retry(_) => "retry",
         }
     }
 
@@ -275,6 +293,7 @@ impl Job {
             Job::Retention(j) => &j.run_id,
             Job::Restore(j) => &j.restore_id,
             Job::Verify(j) => &j.verify_id,
+            Job::Retry(j) => &j.run_id,
         }
     }
 
@@ -292,6 +311,7 @@ impl Job {
             Job::Retention(_) => 0,
             Job::Restore(j) => backoff_seconds(j.attempt, initial, max),
             Job::Verify(j) => backoff_seconds(j.attempt, initial, max),
+            Job::Retry(j) => (j.start_at - now).num_seconds().clamp(0, 900) as i32,
         }
     }
 }

@@ -54,6 +54,9 @@ class SimInstance:
     # AwsVssComponents): disks with dynamic partitions, and the failover cluster the node is
     # in (`cluster_disks` shared disks, of which it owns all or none).
     dynamic_disks: int = 0
+    # The next this many VSS commands time out in the freeze (as `vss_failure`), then the
+    # server's `outcome` holds again: a passing load spike.
+    freeze_failures: int = 0
     cluster: str | None = None
     cluster_disks: int = 2
     owns_cluster_disks: bool = True
@@ -261,6 +264,10 @@ class Simulation:
                 if sim.ssm != "online":
                     # A command sent to an agent that is not connected is never delivered.
                     inv.sim.outcome = "undeliverable"
+                elif not probe and sim.freeze_failures > 0:
+                    inv.sim.outcome = "vss_failure"
+                    sim.freeze_failures -= 1
+                    self.instances[instance_id] = sim
                 self.invocations[(command.command_id, instance_id)] = inv
 
     def tick(self) -> None:

@@ -133,5 +133,6 @@ async fn process_job(
         Job::Retention(job) => retention::step::retention_job(app, job, deadline).await,
         Job::Restore(job) => restore::step::restore::restore_job(app, job, deadline).await,
         Job::Verify(job) => restore::step::verify::verify_job(app, job).await,
+        Job::Retry(job) => crate::run::step::retry::retry_job(app, job, lease_until).await,
     }
 }

@@ -30,6 +30,9 @@ pub fn is_run_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
+/// The most retries of a timed-out VSS freeze a deployment may ask for (`VSS_RETRIES`).
+pub const MAX_VSS_RETRIES: u32 = 3;
+
 /// Whether `id` has the form of a scheduled run's id, `YYYYMMDDTHHMMSSZ-xxxxxxxx` (8 hex):
 /// the namespace on-demand runs may not enter.
 pub fn is_scheduled_run_id(id: &str) -> bool {

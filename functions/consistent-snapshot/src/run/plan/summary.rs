@@ -33,6 +33,17 @@ pub struct RunSummary {
     /// those that need attention first; `totals` counts them all).
     #[serde(default, skip_serializing_if = "none_left_out")]
     pub outcomes_left_out: usize,
+    /// The servers whose freeze timed out are tried again in this run, at this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryNote>,
+}
+
+/// A run's retry of its timed-out freezes, as its summary names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryNote {
+    pub run_id: String,
+    pub instances: usize,
+    pub at: DateTime<Utc>,
 }
 
 fn none_left_out(n: &usize) -> bool {
@@ -136,7 +147,14 @@ impl RunSummary {
             foreign: Vec::new(),
             foreign_count: 0,
             outcomes_left_out: 0,
+            retry: None,
         }
+    }
+
+    /// Names the run that tries the servers whose freeze timed out again.
+    pub fn with_retry(mut self, retry: Option<RetryNote>) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// The summary as its log event holds it: the first `max` outcomes (those that need
@@ -196,8 +214,17 @@ impl RunSummary {
             0 => String::new(),
             n => format!(", {n} of them a crash-consistent fallback (VSS gave no set)"),
         };
+        let retry = match &self.retry {
+            None => String::new(),
+            Some(r) => format!(
+                "; {} whose VSS freeze timed out tried again in run {} at {}",
+                r.instances,
+                r.run_id,
+                r.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        };
         format!(
-            "run {} {}: {} instances ({}{fallbacks}), {snapshots} snapshots, {minutes:.1} min{foreign}",
+            "run {} {}: {} instances ({}{fallbacks}), {snapshots} snapshots, {minutes:.1} min{foreign}{retry}",
             self.run_id,
             if self.all_consistent() {
                 "succeeded"
@@ -310,6 +337,10 @@ pub fn run_counts(report: &RunSummary) -> Vec<(&'static str, usize)> {
         ("CrashConsistentFallbacks", report.fallbacks()),
     ];
     counts.extend(report.causes.iter().map(|(c, n)| (c.metric(), *n)));
+    // Written only when a retry was queued, as the causes: no idle custom metric.
+    if let Some(retry) = &report.retry {
+        counts.push(("VssRetried", retry.instances));
+    }
     counts
 }
 

@@ -10,15 +10,16 @@ use crate::app::{dispatched_run, emit_metrics, enqueue, refuse, requeue, App};
 use crate::aws::catalog::RunMarkerStore;
 use crate::aws::{commands, notify, snapshots};
 use crate::error::Error;
-use crate::jobs::{CopyJob, Envelope, InstanceJob, Job, RunJob};
+use crate::jobs::{CopyJob, Envelope, InstanceJob, Job, RetryJob, RunJob};
 use crate::model::catalog::{reported_snapshots, ForeignSnapshot, SetRecord, Verdict};
 use crate::model::pace::Pace;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::stop_time;
 use crate::run::plan::outcome::{Outcome, OutcomeKind};
 use crate::run::plan::record::{outcome_of, Verified};
+use crate::run::plan::retry::plan_retry;
 use crate::run::plan::summary::{
-    notification_subject, notification_text, run_counts, RunSummary, MAX_FOREIGN,
+    notification_subject, notification_text, run_counts, RetryNote, RunSummary, MAX_FOREIGN,
     MAX_LOGGED_OUTCOMES, NOTIFICATION_MAX_BYTES, RECORD_PAGE_OUTCOMES,
 };
 use crate::run::plan::track::{
@@ -402,18 +403,34 @@ pub async fn track_run(
     // A fallback's snapshots carry the run's tag without any document reporting them.
     foreign.retain(|f| !fallbacks.snapshots.contains(&f.snapshot_id));
     log_foreign(&job.run_id, &foreign[..foreign.len().min(MAX_FOREIGN)]);
-    let summary = RunSummary::new(&job.run_id, job.started_at, now, outcomes).with_foreign(foreign);
-    // The copy step is queued before the summary's marker: should this invocation stop
-    // between the two, a redelivery queues it again (the step runs under its own lease).
-    enqueue(
-        app,
-        &[Envelope::new(Job::Copy(CopyJob::first(
-            &job.run_id,
-            Utc::now(),
-            app.config.snapshot_completion_timeout_seconds,
-        )))],
-    )
-    .await?;
+    // The servers whose freeze timed out get another attempt, in a run of their own.
+    let retry = plan_retry(&job.run_id, &outcomes, app.config.vss_retries).map(|plan| {
+        let start_at =
+            now + chrono::Duration::seconds(i64::from(app.config.vss_retry_pause_seconds));
+        RetryJob {
+            parent_run_id: job.run_id.clone(),
+            run_id: plan.run_id,
+            instance_ids: plan.instance_ids,
+            start_at,
+        }
+    });
+    let summary = RunSummary::new(&job.run_id, job.started_at, now, outcomes)
+        .with_foreign(foreign)
+        .with_retry(retry.as_ref().map(|r| RetryNote {
+            run_id: r.run_id.clone(),
+            instances: r.instance_ids.len(),
+            at: r.start_at,
+        }));
+    // The copy step (and the retry) are queued before the summary's marker: should this
+    // invocation stop between the two, a redelivery queues them again (the step runs under
+    // its own lease; the retry's run is claimed once).
+    let mut next = vec![Envelope::new(Job::Copy(CopyJob::first(
+        &job.run_id,
+        Utc::now(),
+        app.config.snapshot_completion_timeout_seconds,
+    )))];
+    next.extend(retry.map(|r| Envelope::new(Job::Retry(r))));
+    enqueue(app, &next).await?;
     // The full record, before the marker: a redelivery after a stop here writes it again
     // (the same pages), and `{"action":"report","run_id":…}` reads it back.
     app.aws
