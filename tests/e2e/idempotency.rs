@@ -407,3 +407,76 @@ async fn a_copy_whose_answer_was_lost_is_found_and_recorded_not_made_twice() {
     assert_eq!(found.len(), 1, "{found:#?}");
     assert_eq!(chaos.proxy.stats().calls_of("ec2:CopySnapshot"), 5);
 }
+
+/// CreateSnapshots takes no idempotency token: a crash-consistent fallback whose answer is lost
+/// (the snapshots made, the function never told) is found and recorded from what EC2 holds,
+/// never taken a second time: one set of the server's volumes, one call.
+#[tokio::test]
+async fn a_fallback_whose_answer_was_lost_is_recorded_once_never_taken_twice() {
+    let world = World::start(3).await.expect("world");
+    let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
+    let ids = world
+        .seed(&[
+            ServerSpec::windows("sql01", 1),
+            ServerSpec::windows("branch01", 2).sim(Windows::agent(harness::Agent::Offline)),
+        ])
+        .await
+        .expect("seed");
+    let branch = ids[1].clone();
+    let chaos = Chaos::new(
+        emulator,
+        queue,
+        &[("CRASH_CONSISTENT_FALLBACK", "true")],
+        ChaosOptions::calm(11),
+    )
+    .expect("chaos")
+    .with_timeout(Duration::from_secs(30));
+    chaos
+        .proxy
+        .force("ec2:CreateSnapshots", Fault::DroppedAfter, 1);
+    let Ended::Answered(start) = chaos
+        .invoke(json!({"action": "snapshot", "run_id": "fallback-lost"}))
+        .await
+        .expect("invoke")
+    else {
+        panic!("the invocation must answer")
+    };
+    assert_eq!(status(&start), "dispatched", "{start}");
+    chaos
+        .drain(10, Duration::from_secs(120))
+        .await
+        .expect("drain");
+
+    // EC2: the one call's snapshots, one per volume of the offline server.
+    let made: Vec<_> = run_snapshots(emulator, "fallback-lost")
+        .await
+        .expect("snapshots")
+        .into_iter()
+        .filter(|s| snapshot_tag(s, "ConsistentSnapshot:InstanceId") == Some(branch.as_str()))
+        .collect();
+    assert_eq!(made.len(), 3, "boot and two data volumes, once");
+    assert!(made
+        .iter()
+        .all(|s| snapshot_tag(s, "ConsistentSnapshot:Consistency") == Some("CrashFallback")));
+    assert_eq!(chaos.proxy.stats().calls_of("ec2:CreateSnapshots"), 1);
+
+    // The summary and the catalog hold that set as the fallback, and nothing is foreign.
+    let reports = logs.run_reports("fallback-lost");
+    assert_eq!(reports.len(), 1);
+    let outcome = reports[0]
+        .outcomes
+        .iter()
+        .find(|o| o.instance_id == branch)
+        .cloned()
+        .expect("branch01's outcome");
+    assert_eq!(
+        (outcome.kind, outcome.fallback, outcome.snapshots.len()),
+        (OutcomeKind::CrashConsistent, true, 3),
+        "{outcome:?}"
+    );
+    assert_eq!(reports[0].foreign_count, 0);
+    let (sets, _) = emulator.catalog().all_sets().await.expect("catalog");
+    let recorded: Vec<_> = sets.iter().filter(|s| s.instance_id == branch).collect();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert!(recorded[0].fallback && recorded[0].snapshots.len() == 3);
+}

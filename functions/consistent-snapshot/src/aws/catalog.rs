@@ -36,8 +36,8 @@ use crate::model::catalog::{
 };
 use crate::model::markers::{
     parse_markers, to_release, MarkerValue, RunMarkers, ABANDONED, COPIED, COPY_LEASE, COPY_PASS,
-    COPY_UNSURE, DISPATCHED, DISPATCH_ERROR, FALLBACK, KEEP_RUN_DAYS, LEASE, REPORTED, RETAINED,
-    RUN_LOOK,
+    COPY_UNSURE, DISPATCHED, DISPATCH_ERROR, FALLBACK, FALLBACK_UNSURE, KEEP_RUN_DAYS, LEASE,
+    REPORTED, RETAINED, RUN_LOOK,
 };
 
 const PK: &str = "pk";
@@ -1012,6 +1012,13 @@ impl<'a> RunMarkerStore<'a> {
     /// whether this look is the first to (see `FALLBACK`).
     pub async fn claim_fallback(&self, instance_id: &str) -> Result<bool, Error> {
         self.create(&format!("{FALLBACK}{instance_id}"), None).await
+    }
+
+    /// Says that the instance's CreateSnapshots went unanswered; answers whether this is the
+    /// first time (the next look then looks for what it left).
+    pub async fn mark_fallback_unsure(&self, instance_id: &str) -> Result<bool, Error> {
+        self.create(&format!("{FALLBACK_UNSURE}{instance_id}"), None)
+            .await
     }
 
     /// Says that a copy pass is about to start copies (see `COPY_UNSURE`).

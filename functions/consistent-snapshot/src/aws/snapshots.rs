@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use aws_sdk_ec2::error::SdkError;
 use aws_sdk_ec2::types::{InstanceSpecification, ResourceType, Snapshot, TagSpecification};
 use chrono::{DateTime, Utc};
 
@@ -269,6 +270,15 @@ pub async fn copy(
     Ok(out.snapshot_id().unwrap_or_default().to_string())
 }
 
+/// Why a CreateSnapshots gave no snapshots.
+#[derive(Debug)]
+pub enum CreateFailure {
+    /// Refused: nothing was made.
+    Refused(Error),
+    /// No answer, or a server error: the snapshots may have been made.
+    Unknown(Error),
+}
+
 /// Takes one crash-consistent snapshot set of an instance with CreateSnapshots (all its EBS
 /// volumes at one point in time, the boot volume left out when asked), tagged at creation;
 /// answers its snapshots as EC2 reported them.
@@ -281,7 +291,7 @@ pub async fn create_for_instance(
     exclude_boot_volume: bool,
     description: &str,
     tags: &[(String, String)],
-) -> Result<Vec<SnapshotFacts>, Error> {
+) -> Result<Vec<SnapshotFacts>, CreateFailure> {
     let out = ec2
         .create_snapshots()
         .instance_specification(
@@ -301,7 +311,18 @@ pub async fn create_for_instance(
         .config_override(without_retries())
         .send()
         .await
-        .map_err(|e| aws("CreateSnapshots", instance_id, e))?;
+        .map_err(|e| {
+            // Refused by EC2 (an answer below 500): nothing was made. Anything else (no answer,
+            // a server error) may have made the snapshots.
+            let refused =
+                matches!(&e, SdkError::ServiceError(ctx) if !ctx.raw().status().is_server_error());
+            let err = aws("CreateSnapshots", instance_id, e);
+            if refused {
+                CreateFailure::Refused(err)
+            } else {
+                CreateFailure::Unknown(err)
+            }
+        })?;
     Ok(out
         .snapshots()
         .iter()

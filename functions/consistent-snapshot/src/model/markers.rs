@@ -38,6 +38,9 @@ pub const DISPATCH_ERROR: &str = "dispatch-error-";
 /// instance's crash-consistent fallback (a look that finds it, and no set recorded, looks for
 /// what a lost answer left before calling again).
 pub const FALLBACK: &str = "fallback-";
+/// `unsure-fallback-<instance id>`: that CreateSnapshots went unanswered (no answer, a server
+/// error): the run's next look looks for what it left, once, before the summary.
+pub const FALLBACK_UNSURE: &str = "unsure-fallback-";
 pub const ABANDONED: &str = "abandoned";
 /// The markers `release` keeps: each says a step of the run is over.
 const KEPT: [&str; 4] = [REPORTED, COPIED, RETAINED, ABANDONED];

@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use crate::app::App;
 use crate::aws::catalog::RunMarkerStore;
+use crate::aws::snapshots::CreateFailure;
 use crate::aws::{instances, snapshots};
 use crate::error::Error;
 use crate::jobs::RunJob;
@@ -34,7 +35,8 @@ pub struct Fallbacks {
     pub snapshots: HashSet<String>,
     /// Taken (or found after a lost answer) by this look.
     pub taken: usize,
-    /// The look's time ran out with fallbacks left: the run's next look goes on.
+    /// The look's time ran out with fallbacks left, or a CreateSnapshots went unanswered: the
+    /// run's next look goes on.
     pub left: bool,
 }
 
@@ -113,6 +115,7 @@ pub async fn take_fallbacks(
                 let reason = slot.reason.take().unwrap_or_default();
                 slot.reason = Some(format!("{reason}; no crash-consistent fallback: {why}"));
             }
+            Took::Unsure => done.left = true,
         }
     }
     done.outcomes = outcomes;
@@ -124,6 +127,8 @@ enum Took {
     Set(SetRecord),
     /// Why there is none (EC2's error, with its code).
     Failed(String),
+    /// CreateSnapshots went unanswered: the run's next look finds what it left.
+    Unsure,
 }
 
 /// One server's fallback: claimed, made (or found after a lost answer), recorded.
@@ -167,9 +172,19 @@ async fn take_one(
         .await
         {
             Ok(made) => made,
-            Err(e) => {
+            Err(CreateFailure::Refused(e)) => {
                 warn!(run_id, instance_id, error = %e, code = e.aws_code().unwrap_or(""), "crash-consistent fallback failed");
                 return Ok(Took::Failed(e.to_string()));
+            }
+            // The snapshots may exist: the next look finds them by their tags (once; a second
+            // unanswered call is a failure).
+            Err(CreateFailure::Unknown(e)) => {
+                if store.mark_fallback_unsure(instance_id).await? {
+                    warn!(run_id, instance_id, error = %e, "crash-consistent fallback unanswered: the run's next look looks for what it left");
+                    return Ok(Took::Unsure);
+                }
+                warn!(run_id, instance_id, error = %e, "crash-consistent fallback unanswered again");
+                return Ok(Took::Failed(format!("{e} (unanswered twice)")));
             }
         };
     } else {

@@ -492,7 +492,7 @@ async fn notify_attention(app: &App, summary: &RunSummary) {
 
 /// Ends a look that ran out of time half-way (what it recorded and tagged stays): the run's
 /// next look goes on from there. Each look records or tags at least one snapshot set or
-/// snapshot, so the chain ends.
+/// snapshot, or marks one server's unanswered fallback (once per server), so the chain ends.
 async fn go_on(app: &App, job: &RunJob, doing: &str, done: usize) -> Result<(), Error> {
     info!(run_id = %job.run_id, done, "{doing}: the invocation's time is up, the run's next look goes on");
     let next = RunJob {
