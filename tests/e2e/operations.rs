@@ -641,9 +641,9 @@ async fn night_fails_exactly(
 
 /// `{"action":"readiness","probe":true}`: the stack's read-only probe runs on every server
 /// whose agent is online and names what only the server knows — PowerShell's language mode, a
-/// failed VSS writer, AwsVssComponents missing — each as its check and cause; dynamic disks
-/// and a cluster node that does not own the cluster's disks are warnings; a server the probe
-/// cannot reach says why. The night then fails exactly the servers the probe failed. The
+/// failed VSS writer, AwsVssComponents missing, a failover cluster node that does not own the
+/// cluster's disks (and is not tagged with its cluster) — each as its check and cause; dynamic
+/// disks are a warning; a server the probe cannot reach says why. The night then fails exactly the servers the probe failed. The
 /// probe sends nothing else and makes no snapshot.
 #[tokio::test]
 async fn readiness_with_the_probe_names_what_only_the_server_knows() {
@@ -721,7 +721,7 @@ async fn readiness_with_the_probe_names_what_only_the_server_knows() {
         ("branch01", "fail", vec!["ssm_agent:agent_offline"], vec![]),
         ("dyn01", "warn", vec![], vec!["dynamic_disks"]),
         ("node1", "pass", vec![], vec![]),
-        ("node2", "warn", vec![], vec!["cluster"]),
+        ("node2", "fail", vec!["cluster:cluster_secondary"], vec![]),
     ]
     .into_iter()
     .map(|(n, v, f, w)| {

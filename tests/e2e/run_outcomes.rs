@@ -540,3 +540,129 @@ async fn a_freeze_that_timed_out_is_tried_again_in_a_run_of_its_own() {
         "the forged retry is refused"
     );
 }
+
+/// A failover cluster (`ConsistentSnapshot:Cluster`): the VSS command goes only to the node that
+/// owns the cluster's disks, as the nodes' probes agree at the run; the secondary is skipped as
+/// such (no failure, no cause). Where the probes do not agree (two nodes claim the disks) or
+/// a tagged server says it is in no cluster (a stray tag), every node of that cluster tag gets
+/// the command, as without the tag. Without a probe document the secondary is sent the command, and fails.
+#[tokio::test]
+async fn only_the_node_that_owns_a_clusters_disks_gets_the_vss_command() {
+    let world = World::start(3).await.expect("world");
+    let (emulator, logs) = (&world.emulator, &world.logs);
+    let cluster = |name: &str, cluster: &str| {
+        ServerSpec::windows(name, 1).tag("ConsistentSnapshot:Cluster", cluster)
+    };
+    let servers = vec![
+        ServerSpec::windows("files01", 1),
+        cluster("sqlnode1", "SQLCLU").sim(Windows::cluster_node("SQLCLU", true)),
+        cluster("sqlnode2", "SQLCLU").sim(Windows::cluster_node("SQLCLU", false)),
+        // A stray tag: the server is in no cluster, says its probe.
+        cluster("app01", "LONE"),
+        // Two nodes that both claim the disks: no agreement.
+        cluster("duo1", "DUO").sim(Windows::cluster_node("DUO", true)),
+        cluster("duo2", "DUO").sim(Windows::cluster_node("DUO", true)),
+    ];
+    let ids = world.seed(&servers).await.expect("seed");
+    let id = |name: &str| ids[servers.iter().position(|s| s.name == name).expect("server")].clone();
+    let app = world.app(&[]).expect("app");
+    // Readiness: a secondary already tagged with its cluster is ready.
+    let ready = invoke(&app, json!({"action": "readiness", "probe": true}))
+        .await
+        .expect("readiness");
+    let node2 = ready["instances"]
+        .as_array()
+        .and_then(|i| i.iter().find(|s| s["name"] == "sqlnode2"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(node2["verdict"], "pass", "{node2}");
+    let run_id = world
+        .nightly(&app, "2026-11-23T02:00:00Z")
+        .await
+        .expect("the nightly run");
+    let vss_sent = |run: &str| {
+        let invocations = emulator.invocations().expect("invocations");
+        harness::commands_per_instance(&invocations, run)
+    };
+    let sent = vss_sent(&run_id);
+    for (name, n) in [
+        ("files01", 1),
+        ("sqlnode1", 1),
+        ("sqlnode2", 0),
+        ("app01", 1),
+        ("duo1", 1),
+        ("duo2", 1),
+    ] {
+        assert_eq!(
+            sent.get(&id(name)).copied().unwrap_or(0),
+            n,
+            "{name}: {sent:?}"
+        );
+    }
+    let report = logs.run_report(&run_id).expect("summary");
+    let secondary = report
+        .outcomes
+        .iter()
+        .find(|o| o.instance_id == id("sqlnode2"))
+        .cloned()
+        .expect("sqlnode2");
+    assert_eq!(
+        (secondary.kind, secondary.cause),
+        (OutcomeKind::Skipped, None)
+    );
+    let reason = secondary.reason.unwrap_or_default();
+    assert!(
+        reason.contains("secondary node of cluster SQLCLU") && reason.contains(&id("sqlnode1")),
+        "{reason}"
+    );
+    assert_eq!(report.count(OutcomeKind::Consistent), 5, "{report:#?}");
+    assert!(report.all_consistent(), "{}", report.summary_line());
+    for (cluster, why) in [
+        ("DUO", "2 nodes say they own"),
+        ("LONE", "not a node of any failover cluster"),
+    ] {
+        assert!(
+            logs.records()
+                .iter()
+                .any(|r| r["cluster"] == cluster
+                    && r["why"].as_str().is_some_and(|w| w.contains(why))),
+            "{cluster}: why every node got the command is logged"
+        );
+    }
+
+    // The fleet report: the secondary is backed up by its owner's set of that run, as the
+    // run's record says; the stray-tagged server by its own.
+    let fleet = world.report(&app).await.expect("report");
+    let status = |name: &str| {
+        fleet["instances"]
+            .as_array()
+            .and_then(|i| i.iter().find(|s| s["instance_id"] == id(name).as_str()))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let node2 = status("sqlnode2");
+    assert_eq!(node2["rpo"], "within_rpo", "{node2}");
+    assert_eq!(
+        (
+            node2["cluster_secondary"]["owner"].as_str(),
+            node2["cluster_secondary"]["set"]["run_id"].as_str()
+        ),
+        (Some(id("sqlnode1").as_str()), Some(run_id.as_str())),
+        "{node2}"
+    );
+    assert!(status("app01").get("cluster_secondary").is_none());
+    assert_eq!(fleet["totals"]["within_rpo"], 6, "{fleet}");
+
+    // Without the probe document, the secondary is sent the command and fails there.
+    let bare = world.app(&[("PROBE_DOCUMENT", "")]).expect("app");
+    let second = world
+        .nightly(&bare, "2026-11-24T02:00:00Z")
+        .await
+        .expect("night 2");
+    assert_eq!(vss_sent(&second).get(&id("sqlnode2")).copied(), Some(1));
+    let report = logs.run_report(&second).expect("summary");
+    assert!(report
+        .outcomes
+        .iter()
+        .any(|o| o.instance_id == id("sqlnode2") && o.kind == OutcomeKind::Failed));
+}

@@ -1,14 +1,19 @@
 //! The function's state between invocations: its configuration, its AWS clients and where its
-//! metrics go. Data only; the use cases are free functions over `&App`, each in its concern's
-//! `step` module, so that a call site names the file it goes to.
+//! metrics go; and the few steps several concerns share (queueing jobs, refusing one, the
+//! readiness probe). The use cases are free functions over `&App`, each in its concern's `step`
+//! module, so that a call site names the file it goes to.
 
-use chrono::Utc;
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use tracing::{info, warn};
 
 use crate::aws::metrics::{Metrics, MetricsOut};
-use crate::aws::{queue, Clients, SdkConfig};
+use crate::aws::{commands, queue, Clients, SdkConfig};
 use crate::config::Config;
 use crate::error::Error;
 use crate::jobs::{Envelope, Job, RunJob};
+use crate::model::probe::{probe_result, ProbeResult};
 
 pub struct App {
     pub config: Config,
@@ -95,4 +100,109 @@ pub async fn dispatched_run(app: &App, run_id: &str, what: &str) -> Result<RunJo
 /// A value as the JSON answer of an on-demand call.
 pub fn to_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+}
+
+/// How often a probing readiness call reads the probe's invocations.
+const PROBE_LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs the deployment's read-only probe on these servers: one SendCommand per 50, then the
+/// commands' invocations read every `PROBE_LOOK_EVERY` until all are final or `until`. Every
+/// server gets a result; a failure to send or read is that server's unknown, not an error of
+/// the caller (readiness, a cluster's dispatch).
+pub async fn probe_servers(
+    app: &App,
+    document: &str,
+    targets: &[String],
+    until: DateTime<Utc>,
+) -> HashMap<String, ProbeResult> {
+    let started = Utc::now();
+    let mut results = HashMap::new();
+    let mut open: Vec<(String, Vec<String>)> = Vec::new();
+    for chunk in targets.chunks(50) {
+        // SSM drops an undelivered probe after this long; the document bounds its run.
+        let timeout = app.config.probe_wait_seconds.max(30);
+        match commands::send_probe(&app.aws.ssm, document, chunk, timeout).await {
+            Ok(command_id) => {
+                info!(command_id = %command_id, instances = chunk.len(), document, "readiness probe sent");
+                open.push((command_id, chunk.to_vec()));
+            }
+            Err(failure) => {
+                let err = failure.into_error();
+                warn!(code = err.aws_code().unwrap_or("Unknown"), error = %err, "readiness probe not sent");
+                for id in chunk {
+                    results.insert(
+                        id.clone(),
+                        ProbeResult::NotSent(format!(
+                            "not sent: SendCommand answered {}",
+                            err.aws_code().unwrap_or("an error")
+                        )),
+                    );
+                }
+            }
+        }
+    }
+    // Bounded by `until`: each round sleeps (never past it), and the rounds stop there.
+    loop {
+        let left = (until - Utc::now()).to_std().unwrap_or_default();
+        if open.is_empty() || left.is_zero() {
+            break;
+        }
+        tokio::time::sleep(std::cmp::min(PROBE_LOOK_EVERY, left)).await;
+        let mut still = Vec::new();
+        for (command_id, ids) in open {
+            let invocations = match commands::invocations(
+                &app.aws.ssm,
+                &command_id,
+                true,
+                "readiness probe",
+            )
+            .await
+            {
+                Ok(found) => found,
+                Err(err) => {
+                    warn!(command_id = %command_id, code = err.aws_code().unwrap_or("Unknown"), error = %err, "readiness probe not readable this round");
+                    still.push((command_id, ids));
+                    continue;
+                }
+            };
+            let mut waiting = Vec::new();
+            for id in ids {
+                match invocations
+                    .iter()
+                    .find(|i| i.instance_id == id)
+                    .and_then(probe_result)
+                {
+                    Some(result) => {
+                        results.insert(id, result);
+                    }
+                    None => waiting.push(id),
+                }
+            }
+            if !waiting.is_empty() {
+                still.push((command_id, waiting));
+            }
+        }
+        open = still;
+    }
+    let waited = (Utc::now() - started).num_seconds();
+    for (_, ids) in open {
+        for id in ids {
+            results.insert(
+                id,
+                ProbeResult::NoAnswer(format!("no answer within {waited} s")),
+            );
+        }
+    }
+    let answered = results
+        .values()
+        .filter(|r| matches!(r, ProbeResult::Answered(_)))
+        .count();
+    info!(
+        sent = targets.len(),
+        answered,
+        waited_seconds = waited,
+        until = %until.to_rfc3339(),
+        "readiness probe done"
+    );
+    results
 }

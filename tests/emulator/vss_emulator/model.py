@@ -340,6 +340,14 @@ class Simulation:
                 "",
                 "Exception: No EBS volumes are attached to this instance, nothing to snapshot.",
             )
+        if inv.sim.cluster and not inv.sim.owns_cluster_disks:
+            # A failover cluster's shared disks are offline on the nodes that do not own them:
+            # the document fails there (AWS: run it on the owner node only).
+            return self._finish(
+                inv, "Failed", 1, "",
+                f"Exception: the shared disks of cluster {inv.sim.cluster} are offline on this "
+                "node (owned by another node): nothing to snapshot here.",
+            )
         early = EARLY_FAILURES.get(inv.sim.outcome)
         if early:
             return self._finish(inv, "Failed", 1, "", early.format(region=inv.region))

@@ -45,6 +45,9 @@ pub enum Cause {
     Cancelled,
     /// A `ConsistentSnapshot:*` option tag has a value that is not understood.
     InvalidOption,
+    /// A failover cluster node that does not own the cluster's disks, not tagged with its
+    /// cluster: the document fails there.
+    ClusterSecondary,
 }
 
 impl Cause {
@@ -67,6 +70,7 @@ impl Cause {
             Cause::InvalidPlatform => "CauseInvalidPlatform",
             Cause::Cancelled => "CauseCancelled",
             Cause::InvalidOption => "CauseInvalidOption",
+            Cause::ClusterSecondary => "CauseClusterSecondary",
         }
     }
 
@@ -89,6 +93,7 @@ impl Cause {
             Cause::InvalidPlatform => "the VSS documents run on Windows only: remove the target tag from this instance",
             Cause::Cancelled => "the command was cancelled or the instance stopped during it: nothing to fix unless it repeats",
             Cause::InvalidOption => "set the ConsistentSnapshot:* option tags to true or false, and not NoWriters with SaveVssMetadata (the document refuses them together)",
+            Cause::ClusterSecondary => "tag every node of the failover cluster ConsistentSnapshot:Cluster=<cluster name>: each run then sends the VSS command to the node that owns the disks only",
         }
     }
 }
@@ -112,6 +117,7 @@ impl fmt::Display for Cause {
             Cause::InvalidPlatform => "not Windows",
             Cause::Cancelled => "cancelled",
             Cause::InvalidOption => "invalid option tag",
+            Cause::ClusterSecondary => "cluster secondary node",
         })
     }
 }
@@ -217,7 +223,8 @@ pub fn cause_of_skip(reason: &SkipReason) -> Option<Cause> {
         }
         SkipReason::NotRunning { .. }
         | SkipReason::NotTargeted
-        | SkipReason::VssInProgress { .. } => None,
+        | SkipReason::VssInProgress { .. }
+        | SkipReason::ClusterSecondary { .. } => None,
     }
 }
 

@@ -158,6 +158,18 @@ pub struct Target {
     /// snapshots and their copies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cost_tags: Vec<(String, String)>,
+    /// The failover cluster it is a node of (`ConsistentSnapshot:Cluster`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+}
+
+/// Whether `name` may name a cluster: 1 to 63 letters, digits, `-`, `_` or `.` (Windows
+/// cluster names are NetBIOS names of at most 15; the tag is only a key to group nodes).
+pub fn is_cluster_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// Why an instance is not snapshotted in this run.
@@ -195,6 +207,12 @@ pub enum SkipReason {
         command_id: String,
         run_id: Option<String>,
     },
+    /// A node of a failover cluster that does not own the cluster's disks: the set is taken
+    /// on the node that does (both nodes' probes said so).
+    ClusterSecondary {
+        cluster: String,
+        owner: String,
+    },
 }
 
 impl fmt::Display for SkipReason {
@@ -226,6 +244,10 @@ impl fmt::Display for SkipReason {
                     "VSS command {command_id} (not sent by this tool) is still running"
                 ),
             },
+            SkipReason::ClusterSecondary { cluster, owner } => write!(
+                f,
+                "secondary node of cluster {cluster}: the set is taken on {owner}, which owns the cluster's disks"
+            ),
         }
     }
 }

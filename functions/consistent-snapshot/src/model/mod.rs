@@ -1,5 +1,5 @@
 //! The shared vocabulary: tag keys, identifiers, the states AWS reports, and plain facts about
-//! instances, snapshots, commands, failure causes, restores, a run's markers and the catalog's records. Everything imports it; it
+//! instances, snapshots, commands, failure causes, restores, a run's markers, the catalog's records, the readiness probe's line and the instance role's permissions. Everything imports it; it
 //! imports nothing of the crate but itself. No I/O, no clock.
 
 pub mod catalog;
@@ -10,6 +10,7 @@ pub mod ids;
 pub mod markers;
 pub mod pace;
 pub mod permissions;
+pub mod probe;
 pub mod requests;
 pub mod restore;
 pub mod snapshot;

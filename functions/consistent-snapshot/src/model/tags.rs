@@ -26,6 +26,9 @@ pub const TAG_COPY_ONLY: &str = "ConsistentSnapshot:CopyOnly";
 pub const TAG_SAVE_VSS_METADATA: &str = "ConsistentSnapshot:SaveVssMetadata";
 pub const TAG_COLLECT_DIAGNOSTIC_LOGS: &str = "ConsistentSnapshot:CollectDiagnosticLogs";
 pub const TAG_NO_WRITERS: &str = "ConsistentSnapshot:NoWriters";
+/// The failover cluster an instance is a node of: the VSS command goes only to the node that
+/// owns the cluster's disks (found by the readiness probe at each run).
+pub const TAG_CLUSTER: &str = "ConsistentSnapshot:Cluster";
 pub const TAG_COPY_REGIONS: &str = "ConsistentSnapshot:CopyRegions";
 pub const TAG_RETAIN_COUNT: &str = "ConsistentSnapshot:RetainCount";
 pub const TAG_RETAIN_DAYS: &str = "ConsistentSnapshot:RetainDays";

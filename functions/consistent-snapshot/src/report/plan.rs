@@ -66,6 +66,25 @@ pub struct ReportInput<'a> {
     /// for it, and the target tag's key (to show what it says now).
     pub lost_tag: Vec<&'a InstanceFacts>,
     pub target_key: &'a str,
+    /// Failover cluster nodes the run of their owner's newest set left out as secondaries
+    /// (as that run's record in the catalog says), by instance.
+    pub secondaries: BTreeMap<String, Secondary>,
+}
+
+/// A node a run left out as a cluster secondary: the cluster, its owner, and the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Secondary {
+    pub cluster: String,
+    pub owner: String,
+    pub run_id: String,
+}
+
+/// A cluster secondary's backup: its owner's set of the run that left it out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClusterCover {
+    pub cluster: String,
+    pub owner: String,
+    pub set: SetSummary,
 }
 
 /// A server that has this deployment's backups but lost its tag (removed, or mistyped): it is
@@ -148,6 +167,10 @@ pub struct InstanceStatus {
     /// Its readiness (`{"action":"readiness"}` has the whole checklist).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub readiness: Option<ReadinessBrief>,
+    /// A failover cluster's secondary node: the owner's set that stands for it, when newer
+    /// than its own (its RPO status is then that set's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_secondary: Option<ClusterCover>,
 }
 
 /// A server's readiness as the report shows it: its verdict and the checks it fails.
@@ -316,7 +339,28 @@ pub fn build(input: &ReportInput) -> FleetReport {
             })
             .find(|s| newest.is_none_or(|n| s.started_at() > n.started_at()))
             .map(|set| set_summary(set, input.now));
-        let rpo_status = match &latest_consistent {
+        // A cluster secondary left out by its owner's run is backed up by the owner's set of
+        // that run (the run's record says so; a tag alone never does).
+        let cluster_secondary = input.secondaries.get(id).and_then(|sec| {
+            let set = sets
+                .get(sec.owner.as_str())?
+                .iter()
+                .find(|s| s.kind().is_backup() && s.run_id == sec.run_id)?;
+            let set = set_summary(set, input.now);
+            let newer = latest_consistent
+                .as_ref()
+                .is_none_or(|own| set.taken_at > own.taken_at);
+            newer.then(|| ClusterCover {
+                cluster: sec.cluster.clone(),
+                owner: sec.owner.clone(),
+                set,
+            })
+        });
+        let standing = cluster_secondary
+            .as_ref()
+            .map(|c| &c.set)
+            .or(latest_consistent.as_ref());
+        let rpo_status = match standing {
             None => RpoStatus::NeverBackedUp,
             Some(set) if input.now - set.taken_at > rpo => RpoStatus::OutOfRpo,
             Some(_) => RpoStatus::WithinRpo,
@@ -354,6 +398,7 @@ pub fn build(input: &ReportInput) -> FleetReport {
                 .and_then(cause_of_skip)
                 .map(Cause::remediation),
             readiness: None,
+            cluster_secondary,
         });
     }
     statuses.sort_by(|a, b| {
@@ -712,6 +757,7 @@ mod tests {
             regions_unreadable: &BTreeMap::new(),
             lost_tag: vec![&lost],
             target_key: "ConsistentSnapshot",
+            secondaries: BTreeMap::new(),
         });
         let order: Vec<(&str, RpoStatus)> = report
             .instances
@@ -837,6 +883,7 @@ mod tests {
             regions_unreadable: &BTreeMap::new(),
             lost_tag: vec![],
             target_key: "ConsistentSnapshot",
+            secondaries: BTreeMap::new(),
         });
         let status = &report.instances[0];
         assert_eq!(status.rpo, RpoStatus::WithinRpo);
@@ -862,8 +909,59 @@ mod tests {
             regions_unreadable: &readable,
             lost_tag: vec![],
             target_key: "ConsistentSnapshot",
+            secondaries: BTreeMap::new(),
         };
         assert_eq!(build(&input(26)).instances[0].rpo, RpoStatus::WithinRpo);
         assert_eq!(build(&input(25)).instances[0].rpo, RpoStatus::OutOfRpo);
+    }
+
+    #[test]
+    fn a_cluster_secondary_stands_on_its_owners_set_of_the_run_that_left_it_out_only() {
+        let (owner, secondary) = (instance("i-1", "node1"), instance("i-2", "node2"));
+        let snapshots = vec![snap("snap-a", "i-1", "r2", 2, true)];
+        let no_copies = BTreeMap::new();
+        let readable = BTreeMap::new();
+        let input = |run: &str, by: &str| ReportInput {
+            now: now(),
+            rpo_hours: 26,
+            managed_by: "prod",
+            instances: vec![(&owner, None), (&secondary, None)],
+            snapshots: &snapshots,
+            copy_regions: BTreeMap::new(),
+            copies: &no_copies,
+            failures: &[],
+            regions_unreadable: &readable,
+            lost_tag: vec![],
+            target_key: "ConsistentSnapshot",
+            secondaries: [(
+                "i-2".to_string(),
+                Secondary {
+                    cluster: "SQLCLU".into(),
+                    owner: by.into(),
+                    run_id: run.into(),
+                },
+            )]
+            .into(),
+        };
+        let node2 = |report: &FleetReport| {
+            report
+                .instances
+                .iter()
+                .find(|s| s.instance_id == "i-2")
+                .cloned()
+                .expect("i-2")
+        };
+        let covered = node2(&build(&input("r2", "i-1")));
+        assert_eq!(covered.rpo, RpoStatus::WithinRpo);
+        assert_eq!(
+            covered.cluster_secondary.map(|c| (c.owner, c.set.run_id)),
+            Some(("i-1".into(), "r2".into()))
+        );
+        // Another run, or an owner without a set of it: never covered.
+        for (run, by) in [("r1", "i-1"), ("r2", "i-3")] {
+            let alone = node2(&build(&input(run, by)));
+            assert_eq!(alone.rpo, RpoStatus::NeverBackedUp, "{run} {by}");
+            assert!(alone.cluster_secondary.is_none());
+        }
     }
 }

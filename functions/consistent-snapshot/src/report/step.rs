@@ -9,25 +9,26 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::app::{emit_metrics, to_json, App};
+use crate::app::{emit_metrics, probe_servers, to_json, App};
 use crate::aws::{commands, iam, instances};
 use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
+use crate::model::fleet::SkipReason;
 use crate::model::fleet::{AgentFacts, InstanceFacts, RouteFacts};
 use crate::model::markers::KEEP_RUN_DAYS;
 use crate::model::permissions::{denied, vss_document_needs, RoleFacts};
+use crate::model::probe::{probe_targets, ProbeResult};
 use crate::model::requests::ReadinessRequest;
 use crate::model::state::{CommandStatus, InstanceState};
 use crate::model::stop_time;
-use crate::model::tags::TAG_INSTANCE_ID;
+use crate::model::tags::{TAG_CLUSTER, TAG_INSTANCE_ID};
 use crate::report::plan::{
-    build, failed_invocations, failures_since, FailedInvocation, FleetReport, ReadinessBrief,
-    ReportInput, RpoStatus,
+    build, failed_invocations, failures_since, FailedInvocation, FleetReport, InstanceStatus,
+    ReadinessBrief, ReportInput, RpoStatus, Secondary,
 };
 use crate::retention::step::vouched_snapshots;
 use crate::run::plan::dispatch::vss_documents;
 use crate::run::plan::preflight::preflight;
-use crate::run::plan::probe::{probe_result, probe_targets, ProbeResult};
 use crate::run::plan::readiness::{Readiness, Verdict as ReadinessVerdict};
 use crate::run::plan::summary::RecordPage;
 
@@ -129,8 +130,18 @@ pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
         regions_unreadable: &regions_unreadable,
         lost_tag,
         target_key: &app.config.target_tag_key,
+        secondaries: BTreeMap::new(),
     };
     let mut report = build(&input);
+    // Cluster secondaries out of RPO: were they left out by their owner's newest run?
+    let secondaries = cluster_secondaries(app, &fleet, &report).await;
+    if !secondaries.is_empty() {
+        let input = ReportInput {
+            secondaries,
+            ..input
+        };
+        report = build(&input);
+    }
     // Each server's readiness; without the routes, their check reads unknown.
     let routes = instances::ec2_routes(&app.aws.ec2, &fleet, home)
         .await
@@ -154,6 +165,78 @@ pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
         }
     }
     Ok(report)
+}
+
+/// At most this many clusters' runs are read per report.
+const MAX_CLUSTERS_READ: usize = 100;
+
+/// The failover cluster nodes out of RPO that the run of their cluster's newest set left out
+/// as secondaries (that run's record in the catalog says so, naming the owner): one read of a
+/// run per cluster, at most `MAX_CLUSTERS_READ`. A run not readable leaves its nodes as they
+/// are (out of RPO), never covered.
+async fn cluster_secondaries(
+    app: &App,
+    fleet: &[InstanceFacts],
+    report: &FleetReport,
+) -> BTreeMap<String, Secondary> {
+    let status: HashMap<&str, &InstanceStatus> = report
+        .instances
+        .iter()
+        .map(|s| (s.instance_id.as_str(), s))
+        .collect();
+    let mut clusters: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for instance in fleet {
+        if let Some(name) = instance.tags.get(TAG_CLUSTER) {
+            clusters
+                .entry(name.to_ascii_lowercase())
+                .or_default()
+                .push(&instance.instance_id);
+        }
+    }
+    let mut found = BTreeMap::new();
+    let needing = clusters.into_values().filter(|nodes| {
+        nodes.len() > 1
+            && nodes
+                .iter()
+                .any(|n| status.get(n).is_some_and(|s| s.rpo != RpoStatus::WithinRpo))
+    });
+    for nodes in needing.take(MAX_CLUSTERS_READ) {
+        // The node with the newest set: its run is the one that would have left the others out.
+        let Some((owner, run_id)) = nodes
+            .iter()
+            .filter_map(|n| {
+                let set = status.get(n)?.latest_consistent.as_ref()?;
+                Some((*n, set.run_id.clone(), set.taken_at))
+            })
+            .max_by_key(|(_, _, at)| *at)
+            .map(|(n, run, _)| (n, run))
+        else {
+            continue;
+        };
+        let run = match app.aws.catalog.run(&run_id).await {
+            Ok(Some(run)) => run,
+            Ok(None) => continue,
+            Err(err) => {
+                warn!(run_id = %run_id, code = err.aws_code().unwrap_or("Unknown"), error = %err, "run record not readable: its cluster's secondaries are reported out of RPO");
+                continue;
+            }
+        };
+        for skipped in &run.skipped {
+            if let SkipReason::ClusterSecondary { cluster, owner: by } = &skipped.reason {
+                if by == owner && nodes.contains(&skipped.instance_id.as_str()) {
+                    found.insert(
+                        skipped.instance_id.clone(),
+                        Secondary {
+                            cluster: cluster.clone(),
+                            owner: by.clone(),
+                            run_id: run_id.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+    found
 }
 
 /// At most this many instance profiles are simulated per readiness call (IAM's simulator is
@@ -210,13 +293,8 @@ async fn role_facts(app: &App, profile: &str, instance_id: &str) -> RoleFacts {
     }
 }
 
-/// How often a probing readiness call reads the probe's invocations.
-const PROBE_LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Runs the readiness probe on the fleet's reachable servers: one SendCommand per 50, then
-/// the commands' invocations read every `PROBE_LOOK_EVERY` until all are final or the wait is
-/// over. Every server gets a result; a failure to send or read is that server's unknown, not
-/// the call's error (the rest of the checklist still answers).
+/// Runs the readiness probe on the fleet's reachable servers, within `PROBE_WAIT_SECONDS`
+/// and the invocation's deadline. Every server gets a result.
 async fn probe(
     app: &App,
     document: &str,
@@ -228,95 +306,7 @@ async fn probe(
     let wait = chrono::Duration::seconds(i64::from(app.config.probe_wait_seconds));
     let until = std::cmp::min(started + wait, stop_time(started, deadline));
     let (targets, mut results) = probe_targets(fleet, agents);
-    let mut open: Vec<(String, Vec<String>)> = Vec::new();
-    for chunk in targets.chunks(50) {
-        // SSM drops an undelivered probe after this long; the document bounds its run.
-        let timeout = app.config.probe_wait_seconds.max(30);
-        match commands::send_probe(&app.aws.ssm, document, chunk, timeout).await {
-            Ok(command_id) => {
-                info!(command_id = %command_id, instances = chunk.len(), document, "readiness probe sent");
-                open.push((command_id, chunk.to_vec()));
-            }
-            Err(failure) => {
-                let err = failure.into_error();
-                warn!(code = err.aws_code().unwrap_or("Unknown"), error = %err, "readiness probe not sent");
-                for id in chunk {
-                    results.insert(
-                        id.clone(),
-                        ProbeResult::NotSent(format!(
-                            "not sent: SendCommand answered {}",
-                            err.aws_code().unwrap_or("an error")
-                        )),
-                    );
-                }
-            }
-        }
-    }
-    // Bounded by `until`: each round sleeps (never past it), and the rounds stop there.
-    loop {
-        let left = (until - Utc::now()).to_std().unwrap_or_default();
-        if open.is_empty() || left.is_zero() {
-            break;
-        }
-        tokio::time::sleep(std::cmp::min(PROBE_LOOK_EVERY, left)).await;
-        let mut still = Vec::new();
-        for (command_id, ids) in open {
-            let invocations = match commands::invocations(
-                &app.aws.ssm,
-                &command_id,
-                true,
-                "readiness probe",
-            )
-            .await
-            {
-                Ok(found) => found,
-                Err(err) => {
-                    warn!(command_id = %command_id, code = err.aws_code().unwrap_or("Unknown"), error = %err, "readiness probe not readable this round");
-                    still.push((command_id, ids));
-                    continue;
-                }
-            };
-            let mut waiting = Vec::new();
-            for id in ids {
-                match invocations
-                    .iter()
-                    .find(|i| i.instance_id == id)
-                    .and_then(probe_result)
-                {
-                    Some(result) => {
-                        results.insert(id, result);
-                    }
-                    None => waiting.push(id),
-                }
-            }
-            if !waiting.is_empty() {
-                still.push((command_id, waiting));
-            }
-        }
-        open = still;
-    }
-    let waited = (Utc::now() - started).num_seconds();
-    for (_, ids) in open {
-        for id in ids {
-            results.insert(
-                id,
-                ProbeResult::NoAnswer(format!("no answer within {waited} s")),
-            );
-        }
-    }
-    let answered = results
-        .values()
-        .filter(|r| matches!(r, ProbeResult::Answered(_)))
-        .count();
-    info!(
-        servers = fleet.len(),
-        sent = targets.len(),
-        answered,
-        waited_seconds = waited,
-        until = %until.to_rfc3339(),
-        deadline = %deadline.to_rfc3339(),
-        "readiness probe done"
-    );
+    results.extend(probe_servers(app, document, &targets, until).await);
     results
 }
 

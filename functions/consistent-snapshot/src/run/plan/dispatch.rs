@@ -506,6 +506,7 @@ mod tests {
                 device: "xvdf".into(),
             }],
             cost_tags: vec![],
+            cluster: None,
         }
     }
 
@@ -663,6 +664,7 @@ mod tests {
                 device: "xvdf".into(),
             }],
             cost_tags: vec![],
+            cluster: None,
         }
     }
 

@@ -2,11 +2,13 @@
 //! A pure decision over what EC2 and SSM say of each instance.
 
 use crate::config::Config;
-use crate::model::fleet::{AgentFacts, InstanceFacts, SkipReason, Target, VssOptions};
+use crate::model::fleet::{
+    is_cluster_name, AgentFacts, InstanceFacts, SkipReason, Target, VssOptions,
+};
 use crate::model::ids::{parse_bool, AgentVersion};
 use crate::model::state::{InstanceState, PingStatus};
 use crate::model::tags::{
-    TAG_COLLECT_DIAGNOSTIC_LOGS, TAG_COPY_ONLY, TAG_EXCLUDE_BOOT, TAG_NO_WRITERS,
+    TAG_CLUSTER, TAG_COLLECT_DIAGNOSTIC_LOGS, TAG_COPY_ONLY, TAG_EXCLUDE_BOOT, TAG_NO_WRITERS,
     TAG_SAVE_VSS_METADATA,
 };
 
@@ -65,6 +67,16 @@ pub fn preflight(
             ),
         });
     }
+    let cluster = match instance.tags.get(TAG_CLUSTER) {
+        None => None,
+        Some(name) if is_cluster_name(name) => Some(name.clone()),
+        Some(value) => {
+            return Err(SkipReason::InvalidOverride {
+                tag: TAG_CLUSTER.into(),
+                value: value.clone(),
+            })
+        }
+    };
     let volumes = instance.expected_volumes(exclude_boot_volume);
     if volumes.is_empty() {
         return Err(SkipReason::NoEbsVolumes);
@@ -76,6 +88,7 @@ pub fn preflight(
         options,
         volumes,
         cost_tags: config.cost_tags(&instance.tags),
+        cluster,
     })
 }
 

@@ -10,9 +10,10 @@ use crate::model::cause::Cause;
 use crate::model::fleet::{AgentFacts, InstanceFacts, RouteFacts, SkipReason};
 use crate::model::ids::AgentVersion;
 use crate::model::permissions::RoleFacts;
+use crate::model::probe::ProbeResult;
 use crate::model::state::{InstanceState, PingStatus};
+use crate::model::tags::TAG_CLUSTER;
 use crate::run::plan::preflight::preflight;
-use crate::run::plan::probe::ProbeResult;
 
 /// SSM Agent 3.3.1311.0 broke `AWS-ConfigureAWSPackage` installs of AwsVssComponents.
 pub const KNOWN_BAD_AGENT: &str = "3.3.1311.0";
@@ -194,17 +195,38 @@ pub fn probe_checks(result: &ProbeResult) -> Vec<Check> {
             "cluster",
             format!("node of cluster {} (no shared disks)", shown(&c.name)),
         ),
-        Some(c) => Check::warn(
+        Some(c) => Check::fail(
             "cluster",
             format!(
-                "node of cluster {} owning {} of its {} disk(s): the VSS document must run on the node that owns them",
+                "node of cluster {} owning {} of its {} disk(s): the VSS document fails on a node that does not own them",
                 shown(&c.name),
                 c.owned_here,
                 c.disks
             ),
-            "target only the node that owns the cluster's disks (move the target tag, or the disks' ownership)",
+            Cause::ClusterSecondary,
         ),
     });
+    checks
+}
+
+/// A secondary node already tagged with its cluster is ready: each run sends the command to
+/// the owner (`run::plan::cluster`), not to it.
+fn cluster_tagged(mut checks: Vec<Check>, instance: &InstanceFacts) -> Vec<Check> {
+    if let Some(name) = instance.tags.get(TAG_CLUSTER) {
+        for check in checks
+            .iter_mut()
+            .filter(|c| c.check == "cluster" && c.result == Verdict::Fail)
+        {
+            *check = Check::pass(
+                "cluster",
+                format!(
+                    "{}; tagged {TAG_CLUSTER}={}: each run sends the VSS command to the node that owns the disks",
+                    check.detail,
+                    shown(name)
+                ),
+            );
+        }
+    }
     checks
 }
 
@@ -364,7 +386,7 @@ pub fn readiness(
         None => Check::unknown("ec2_route", "the subnet's routes were not read"),
     });
     match probe {
-        Some(result) => checks.extend(probe_checks(result)),
+        Some(result) => checks.extend(cluster_tagged(probe_checks(result), instance)),
         None => checks.push(Check::unknown(
             "on_instance",
             "PowerShell language mode, VSS writers, AwsVssComponents, dynamic disks and the cluster role need a look on the instance (`probe: true`)",
@@ -389,8 +411,8 @@ pub fn readiness(
 mod tests {
     use super::*;
     use crate::model::fleet::{AttachedVolume, HostFacts};
+    use crate::model::probe::{parse_probe, PROBE_MARKER};
     use crate::run::plan::preflight::tests::config;
-    use crate::run::plan::probe::{parse_probe, PROBE_MARKER};
     use std::collections::BTreeMap;
 
     fn server() -> InstanceFacts {
@@ -591,7 +613,7 @@ mod tests {
                     Some(Cause::VssComponents)
                 ),
                 ("dynamic_disks", Verdict::Warn, None),
-                ("cluster", Verdict::Warn, None),
+                ("cluster", Verdict::Fail, Some(Cause::ClusterSecondary)),
             ]
         );
         assert!(checks[1].detail.contains("SqlServerWriter"), "{checks:?}");

@@ -13,7 +13,7 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Duration, Utc};
 use tracing::{error, info, warn};
 
-use crate::app::{emit_metrics, enqueue, refuse, requeue, App};
+use crate::app::{emit_metrics, enqueue, probe_servers, refuse, requeue, App};
 use crate::aws::catalog::RunMarkerStore;
 use crate::aws::commands::{self, CommandRequest, SendFailure};
 use crate::aws::instances;
@@ -21,7 +21,9 @@ use crate::error::Error;
 use crate::jobs::{Envelope, Job, RunCommand, Skipped, Unsent, WatchJob};
 use crate::model::fleet::{SkipReason, Target};
 use crate::model::state::InstanceState;
+use crate::model::stop_time;
 use crate::run::plan::claim::{self, Claim, DispatchMode};
+use crate::run::plan::cluster::{leave_out_secondaries, plan_clusters, ClusterPlan};
 use crate::run::plan::dispatch::{
     claimed_start, command_parameters, dispatched, dry_run_start, history_since, in_flight_window,
     manifest, plan_commands, plan_dispatch, tracking_jobs, vss_documents, CommandPlan, RunStart,
@@ -174,6 +176,8 @@ pub async fn start_run(app: &App, request: &RunRequest) -> Result<RunStart, Erro
         return Ok(RunStart::empty(run_id, StartStatus::HeldByAnother, false));
     }
     info!(run_id, epoch, lease_until = %request.lease_until.to_rfc3339(), "run claimed");
+    let (targets, skipped) =
+        settle_clusters(app, run_id, targets, skipped, request.lease_until).await;
     let dispatch = Dispatch {
         request,
         targets,
@@ -191,6 +195,62 @@ pub async fn start_run(app: &App, request: &RunRequest) -> Result<RunStart, Erro
             Err(err)
         }
     }
+}
+
+/// How long a run's dispatch waits for its cluster nodes' probes, at most.
+const CLUSTER_PROBE_SECONDS: u32 = 30;
+
+/// The failover clusters among the targets (`run::plan::cluster`): their nodes are probed and
+/// the secondaries left out, each skipped as such, when every node agrees on the owner. With
+/// no probe document, or no agreement, every node stays a target.
+async fn settle_clusters(
+    app: &App,
+    run_id: &str,
+    targets: Vec<Target>,
+    mut skipped: Vec<Skipped>,
+    lease_until: DateTime<Utc>,
+) -> (Vec<Target>, Vec<Skipped>) {
+    let nodes: Vec<String> = targets
+        .iter()
+        .filter(|t| t.cluster.is_some())
+        .map(|t| t.instance_id.clone())
+        .collect();
+    if nodes.is_empty() {
+        return (targets, skipped);
+    }
+    let Some(document) = app.config.probe_document.as_deref() else {
+        warn!(run_id, nodes = nodes.len(), "cluster nodes are tagged, but no probe document is configured (PROBE_DOCUMENT): every node gets the VSS command");
+        return (targets, skipped);
+    };
+    let now = Utc::now();
+    let wait = Duration::seconds(i64::from(
+        app.config.probe_wait_seconds.min(CLUSTER_PROBE_SECONDS),
+    ));
+    let deadline = lease_until - Duration::seconds(LEASE_MARGIN_SECONDS);
+    let until = std::cmp::min(now + wait, stop_time(now, deadline));
+    let probes = probe_servers(app, document, &nodes, until).await;
+    let plans = plan_clusters(&targets, &probes);
+    for plan in &plans {
+        match plan {
+            ClusterPlan::Owner {
+                cluster,
+                owner,
+                secondaries,
+            } => {
+                info!(run_id, cluster = %cluster, owner = %owner, secondaries = secondaries.len(), "failover cluster: the VSS command goes to the node that owns its disks")
+            }
+            ClusterPlan::Every { cluster, why } => {
+                warn!(run_id, cluster = %cluster, why = %why, "failover cluster: its disks' owner is not established; every node gets the VSS command")
+            }
+        }
+    }
+    let (kept, left) = leave_out_secondaries(targets, &plans);
+    skipped.extend(left.into_iter().map(|(t, reason)| Skipped {
+        instance_id: t.instance_id,
+        name: t.name,
+        reason,
+    }));
+    (kept, skipped)
 }
 
 /// Marks the run abandoned: logged, counted and alarmed once, however often it is asked.

@@ -3,8 +3,10 @@
 //! template, no parameters) prints one line, `CSPROBE {json}`; this module chooses the servers
 //! it is sent to and reads that line (`readiness` turns it into checks). Pure.
 //!
-//! The line is written by the server: a hint, like a tag. It only ever adds a warning or a
-//! failure to a readiness answer (advice before the night); no backup decision reads it.
+//! The line is written by the server: a hint, like a tag. It adds warnings or failures to a
+//! readiness answer, and it may move a failover cluster's VSS command between the cluster's
+//! own nodes (`run::plan::cluster`, only when every node agrees); it never takes a server out
+//! of a run nor decides what a set is.
 
 use std::collections::HashMap;
 
