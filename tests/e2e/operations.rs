@@ -458,8 +458,10 @@ async fn each_failure_is_named_with_its_cause_and_fix_wherever_an_operator_reads
 
 /// `{"action":"readiness"}` before the night names exactly the servers that then fail, each by
 /// the check that says why: agent offline or too old, options the document refuses, no
-/// instance profile (the document cannot call EC2), no route to EC2. A small instance is a
-/// warning, not a failure; the on-instance checks are listed as unknown.
+/// instance profile (the document cannot call EC2), a role IAM's simulator says lacks the
+/// document's calls, no route to EC2, Windows older than 2016. A small instance and
+/// instance-store volumes are warnings, not failures; the on-instance checks are listed as
+/// unknown.
 #[tokio::test]
 async fn readiness_before_the_night_names_the_servers_that_then_fail_by_their_check() {
     let world = World::start(2).await.expect("world");
@@ -482,6 +484,9 @@ async fn readiness_before_the_night_names_the_servers_that_then_fail_by_their_ch
         ServerSpec::windows("weakrole01", 1)
             .with_bare_role()
             .sim(Windows::outcome(VssOutcome::MissingPermission)),
+        ServerSpec::windows("legacy2012", 1).sim(Windows::windows_version("6.3.9600")),
+        // Instance-store volumes no snapshot protects: a warning.
+        ServerSpec::windows("scratch01", 1).instance_type("m5d.large"),
     ];
     let ids = world.seed(&fleet).await.expect("seed");
     let name_of: BTreeMap<&str, &str> = ids
@@ -495,7 +500,7 @@ async fn readiness_before_the_night_names_the_servers_that_then_fail_by_their_ch
         .await
         .expect("readiness");
     let servers = answer["instances"].as_array().cloned().unwrap_or_default();
-    assert_eq!(servers.len(), 8, "{answer:#}");
+    assert_eq!(servers.len(), 10, "{answer:#}");
     let failed_checks = |s: &Value| -> Vec<String> {
         s["checks"]
             .as_array()
@@ -540,6 +545,12 @@ async fn readiness_before_the_night_names_the_servers_that_then_fail_by_their_ch
             "fail",
             vec!["instance_profile:instance_role_permission"],
         ),
+        (
+            "legacy2012",
+            "fail",
+            vec!["windows_version:invalid_platform"],
+        ),
+        ("scratch01", "warn", vec![]),
     ]
     .into_iter()
     .map(|(n, v, f)| {
@@ -556,7 +567,7 @@ async fn readiness_before_the_night_names_the_servers_that_then_fail_by_their_ch
             answer["warn"].clone(),
             answer["pass"].clone()
         ),
-        (json!(6), json!(1), json!(1))
+        (json!(7), json!(2), json!(1))
     );
     // The fleet's role was simulated (AWS's policy document, conditions and all), and the
     // bare role's missing calls are named.

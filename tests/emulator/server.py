@@ -29,7 +29,7 @@ steers the simulation through plain HTTP under /_sim/ on the same port:
                                     "agent_version": "3.3.40.0",
                                     "outcome": "success"|"vss_failure"|"no_ebs"|"undeliverable",
                                     "lag": 0.2, "duration": 0.3, "delivery_timeout": 2.0,
-                                    "freeze_failures": 1,
+                                    "freeze_failures": 1, "windows_version": "10.0.20348",
                                     "dynamic_disks": 0, "cluster": "SQLCLU"|null,
                                     "cluster_disks": 2, "owns_cluster_disks": true}}
                         (the readiness probe, the account's document printing `CSPROBE`,

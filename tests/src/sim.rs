@@ -64,6 +64,9 @@ pub struct Windows {
     /// The next this many VSS commands time out in the freeze, then `outcome` holds again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub freeze_failures: Option<u32>,
+    /// The OS version SSM reports (`10.0.20348`; `6.3.9600` is Windows Server 2012 R2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows_version: Option<String>,
     /// Disks with dynamic partitions, as the readiness probe finds them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dynamic_disks: Option<u32>,
@@ -103,6 +106,14 @@ impl Windows {
     pub fn freeze_fails(n: u32) -> Self {
         Windows {
             freeze_failures: Some(n),
+            ..Windows::default()
+        }
+    }
+
+    /// A server whose SSM reports this OS version.
+    pub fn windows_version(version: &str) -> Self {
+        Windows {
+            windows_version: Some(version.to_string()),
             ..Windows::default()
         }
     }

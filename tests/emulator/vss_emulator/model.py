@@ -54,6 +54,8 @@ class SimInstance:
     # AwsVssComponents): disks with dynamic partitions, and the failover cluster the node is
     # in (`cluster_disks` shared disks, of which it owns all or none).
     dynamic_disks: int = 0
+    # What SSM reports as the OS version (Windows Server 2022); the documents need 10.0+.
+    windows_version: str = "10.0.20348"
     # The next this many VSS commands time out in the freeze (as `vss_failure`), then the
     # server's `outcome` holds again: a passing load spike.
     freeze_failures: int = 0
@@ -339,6 +341,12 @@ class Simulation:
                 1,
                 "",
                 "Exception: No EBS volumes are attached to this instance, nothing to snapshot.",
+            )
+        if not inv.sim.windows_version.startswith("10."):
+            return self._finish(
+                inv, "Failed", 1, "",
+                "AwsVssComponents requires Windows Server 2016 or later "
+                f"(this server runs {inv.sim.windows_version}).",
             )
         if inv.sim.cluster and not inv.sim.owns_cluster_disks:
             # A failover cluster's shared disks are offline on the nodes that do not own them:

@@ -75,6 +75,13 @@ def _paginate(rows: list, token: str | None, page_size: int) -> tuple[list, str 
     return rows[start:end], (str(end) if end < len(rows) else None)
 
 
+WINDOWS_NAMES = {
+    "10.": "Microsoft Windows Server 2022 Datacenter",
+    "6.3": "Microsoft Windows Server 2012 R2 Datacenter",
+    "6.1": "Microsoft Windows Server 2008 R2 Datacenter",
+}
+
+
 def _describe_instance_information(self: Any) -> ActionResult:
     wanted: set[str] | None = None
     for flt in self._get_param("Filters", []) or []:
@@ -112,10 +119,10 @@ def _describe_instance_information(self: Any) -> ActionResult:
                     "AgentVersion": sim.agent_version,
                     "IsLatestVersion": False,
                     "PlatformType": "Windows" if windows else "Linux",
-                    "PlatformName": "Microsoft Windows Server 2022 Datacenter"
+                    "PlatformName": WINDOWS_NAMES.get(sim.windows_version[:3], "Microsoft Windows Server")
                     if windows
                     else "Amazon Linux",
-                    "PlatformVersion": "10.0.20348" if windows else "2023",
+                    "PlatformVersion": sim.windows_version if windows else "2023",
                     "ResourceType": "EC2Instance",
                     "ComputerName": str(name),
                 }

@@ -389,6 +389,7 @@ pub async fn agents(
                             .into(),
                         agent_version: info.agent_version().unwrap_or_default().to_string(),
                         platform_type: info.platform_type().map(|p| p.as_str().to_string()),
+                        platform_version: info.platform_version().map(str::to_string),
                     },
                 );
             }

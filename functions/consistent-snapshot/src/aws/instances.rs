@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use aws_sdk_ec2::types::{Filter, Instance};
+use aws_sdk_ec2::types::{Filter, Instance, InstanceType};
 
 use crate::aws::{aws, code_of, each_page, ec2_filter, tag_map};
 use crate::config::Config;
@@ -47,6 +47,7 @@ fn facts_of(instance: &Instance) -> Option<InstanceFacts> {
                 .map(str::to_string),
             subnet_id: instance.subnet_id().map(str::to_string),
             vpc_id: instance.vpc_id().map(str::to_string),
+            instance_store_gb: None,
         },
         instance_id,
     })
@@ -216,6 +217,54 @@ pub async fn start(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<(), E
         .send()
         .await
         .map_err(|e| aws("StartInstances", instance_id, e))?;
+    Ok(())
+}
+
+/// Fills each instance's `instance_store_gb` from its type (DescribeInstanceTypes, 100 types a
+/// call): the instance-store volumes its type comes with, which no snapshot protects.
+pub async fn with_instance_store(
+    ec2: &aws_sdk_ec2::Client,
+    fleet: &mut [InstanceFacts],
+) -> Result<(), Error> {
+    let types: Vec<String> = fleet
+        .iter()
+        .filter_map(|i| i.host.instance_type.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut store: HashMap<String, u32> = HashMap::new();
+    for chunk in types.chunks(100) {
+        let out = ec2
+            .describe_instance_types()
+            .set_instance_types(Some(
+                chunk
+                    .iter()
+                    .map(|t| InstanceType::from(t.as_str()))
+                    .collect(),
+            ))
+            .send()
+            .await
+            .map_err(|e| aws("DescribeInstanceTypes", chunk.join(","), e))?;
+        for info in out.instance_types() {
+            if let Some(t) = info.instance_type() {
+                let gb = info
+                    .instance_storage_info()
+                    .and_then(|s| s.total_size_in_gb())
+                    .unwrap_or(0);
+                store.insert(
+                    t.as_str().to_string(),
+                    u32::try_from(gb).unwrap_or(u32::MAX),
+                );
+            }
+        }
+    }
+    for instance in fleet {
+        instance.host.instance_store_gb = instance
+            .host
+            .instance_type
+            .as_ref()
+            .and_then(|t| store.get(t).copied());
+    }
     Ok(())
 }
 

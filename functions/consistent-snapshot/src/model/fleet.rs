@@ -39,6 +39,8 @@ pub struct HostFacts {
     pub instance_profile: Option<String>,
     pub subnet_id: Option<String>,
     pub vpc_id: Option<String>,
+    /// Instance-store (ephemeral) storage its type comes with, in GB (`None`: not read).
+    pub instance_store_gb: Option<u32>,
 }
 
 /// What the fleet's VPCs say of a route to the EC2 API (the VSS document calls it from the
@@ -109,6 +111,8 @@ pub struct AgentFacts {
     pub ping_status: PingStatus,
     pub agent_version: String,
     pub platform_type: Option<String>,
+    /// The OS version SSM reports (`10.0.20348` for Windows Server 2022).
+    pub platform_version: Option<String>,
 }
 
 /// One instance as a restore sees it: its state, zone and what is attached at each device.

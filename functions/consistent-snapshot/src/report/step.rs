@@ -406,8 +406,11 @@ pub async fn readiness(
         }
         (document, _) => document.as_deref().filter(|_| probing),
     };
-    let fleet =
+    let mut fleet =
         instances::discover(&app.aws.ec2, &app.config, request.instance_ids.as_deref()).await?;
+    if let Err(err) = instances::with_instance_store(&app.aws.ec2, &mut fleet).await {
+        warn!(code = err.aws_code().unwrap_or("Unknown"), error = %err, "instance types not readable: readiness reports instance-store volumes as unknown");
+    }
     let ids: Vec<String> = fleet.iter().map(|i| i.instance_id.clone()).collect();
     let agents = commands::agents(&app.aws.ssm, &ids).await?;
     let routes = instances::ec2_routes(&app.aws.ec2, &fleet, &app.config.region).await?;

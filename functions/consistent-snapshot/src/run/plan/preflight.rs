@@ -150,6 +150,7 @@ pub(crate) mod tests {
             ping_status: "Online".into(),
             agent_version: "3.3.40.0".into(),
             platform_type: Some("Windows".into()),
+            platform_version: None,
         }
     }
 
@@ -178,6 +179,7 @@ pub(crate) mod tests {
         linux.platform_details = Some("Linux/UNIX".into());
         let linux_agent = AgentFacts {
             platform_type: Some("Linux".into()),
+            platform_version: None,
             ..online()
         };
         assert_eq!(

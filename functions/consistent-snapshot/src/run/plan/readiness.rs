@@ -230,6 +230,31 @@ fn cluster_tagged(mut checks: Vec<Check>, instance: &InstanceFacts) -> Vec<Check
     checks
 }
 
+/// Windows Server 2016 (10.0.14393) or later: what the current VSS documents run on. SSM
+/// reports the version (`PlatformVersion`); 2012 R2 (6.3) and 2008 R2 (6.1) need the older
+/// document versions AWS pins for them.
+fn windows_version(instance: &InstanceFacts, agent: Option<&AgentFacts>) -> Check {
+    let Some(version) = agent.and_then(|a| a.platform_version.as_deref()) else {
+        return Check::unknown("windows_version", "SSM reports no OS version");
+    };
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), _) if major >= 10 => {
+            Check::pass("windows_version", format!("Windows {version}"))
+        }
+        (Some(major), Some(minor)) if instance.is_windows(agent) => Check {
+            check: "windows_version",
+            result: Verdict::Fail,
+            detail: format!(
+                "Windows {major}.{minor} ({version}): the current VSS documents need Windows Server 2016 or later"
+            ),
+            cause: Some(Cause::InvalidPlatform),
+            fix: Some("upgrade to Windows Server 2016 or later, or run the older version of the VSS document that AWS pins for Windows Server 2012 R2"),
+        },
+        _ => Check::unknown("windows_version", format!("{version:?} is not a version")),
+    }
+}
+
 /// Instance types whose freeze window is known to be too tight (AWS's troubleshooting page).
 fn too_small(instance_type: &str) -> bool {
     let (family, size) = instance_type.split_once('.').unwrap_or((instance_type, ""));
@@ -308,6 +333,7 @@ pub fn readiness(
         ping_status: "Online".into(),
         agent_version: "99.0.0.0".into(),
         platform_type: Some("Windows".into()),
+        platform_version: None,
     };
     let running = InstanceFacts {
         state: InstanceState::Running,
@@ -338,6 +364,19 @@ pub fn readiness(
             ));
         }
     }
+    checks.push(windows_version(instance, agent));
+    checks.push(match instance.host.instance_store_gb {
+        Some(0) => Check::pass("instance_store", "no instance-store volume"),
+        Some(gb) => Check::warn(
+            "instance_store",
+            format!(
+                "{} comes with {gb} GB of instance-store volumes: no snapshot protects them, and they are empty after a stop",
+                instance.host.instance_type.as_deref().unwrap_or("its type")
+            ),
+            "keep nothing that must be backed up on instance-store volumes (tempdb or a page file only)",
+        ),
+        None => Check::unknown("instance_store", "the instance type was not read"),
+    });
     checks.push(match instance.host.instance_type.as_deref() {
         Some(t) if too_small(t) => Check::warn(
             "instance_type",
@@ -433,6 +472,7 @@ mod tests {
                 instance_profile: Some("arn:aws:iam::1:instance-profile/vss".into()),
                 subnet_id: Some("subnet-1".into()),
                 vpc_id: Some("vpc-1".into()),
+                instance_store_gb: Some(0),
             },
         }
     }
@@ -442,6 +482,7 @@ mod tests {
             ping_status: ping.into(),
             agent_version: version.into(),
             platform_type: Some("Windows".into()),
+            platform_version: None,
         }
     }
 
@@ -666,5 +707,50 @@ mod tests {
         .expect("parsed");
         let checks = probe_checks(&ProbeResult::Answered(facts));
         assert_eq!(checks[4].result, Verdict::Pass, "{checks:?}");
+    }
+
+    #[test]
+    fn an_older_windows_fails_and_instance_store_volumes_are_a_warning() {
+        let c = config();
+        let with_version = |v: &str| AgentFacts {
+            platform_version: Some(v.into()),
+            ..agent("Online", "3.3.40.0")
+        };
+        let r = readiness(
+            &server(),
+            Some(&with_version("6.3.9600")),
+            &routed(),
+            None,
+            None,
+            &c,
+        );
+        assert_eq!(
+            failed(&r),
+            [("windows_version", Some(Cause::InvalidPlatform))]
+        );
+        let r = readiness(
+            &server(),
+            Some(&with_version("10.0.20348")),
+            &routed(),
+            None,
+            None,
+            &c,
+        );
+        assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
+        let mut local = server();
+        local.host.instance_store_gb = Some(75);
+        let r = readiness(
+            &local,
+            Some(&with_version("10.0.20348")),
+            &routed(),
+            None,
+            None,
+            &c,
+        );
+        assert_eq!(r.verdict, Verdict::Warn);
+        assert!(r
+            .checks
+            .iter()
+            .any(|c| c.check == "instance_store" && c.detail.contains("75 GB")));
     }
 }
