@@ -20,3 +20,4 @@ mod retention_scale;
 mod run_outcomes;
 mod template_guarantees;
 mod upgrade;
+mod vss_cases;
