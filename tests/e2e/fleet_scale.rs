@@ -436,4 +436,20 @@ async fn no_writers_sets_are_file_system_consistent_labelled_copied_and_kept_as_
     assert_eq!(status["latest_consistent"]["run_id"], third.as_str());
     assert_eq!(status["latest_consistent"]["file_system_only"], true);
     assert_eq!(fleet["totals"]["file_system_only"], 1, "{fleet}");
+
+    // A restore of it says what it restores: file-system consistent only.
+    let restore = invoke(
+        &app,
+        serde_json::json!({"action": "restore", "instance_id": files, "run_id": "latest", "mode": "volumes"}),
+    )
+    .await
+    .expect("restore");
+    assert_eq!(
+        (
+            restore["run_id"].as_str(),
+            restore["file_system_only"].as_bool()
+        ),
+        (Some(third.as_str()), Some(true)),
+        "{restore}"
+    );
 }

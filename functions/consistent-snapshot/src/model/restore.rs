@@ -18,6 +18,9 @@ pub struct SourceSnapshot {
     pub app_consistent: bool,
     pub size_gib: Option<i32>,
     pub start_time: DateTime<Utc>,
+    /// Labelled `ConsistentSnapshot:Consistency=FileSystem` (taken with `NoWriters`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub file_system_only: bool,
 }
 
 /// The set chosen for a restore.
@@ -25,6 +28,10 @@ pub struct SourceSnapshot {
 pub struct ChosenSet {
     pub run_id: String,
     pub consistent: bool,
+    /// Taken with `NoWriters`: file-system consistent, the application writers left out (a
+    /// database restored from it recovers as after a crash).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub file_system_only: bool,
     /// One per device, sorted by device.
     pub snapshots: Vec<SourceSnapshot>,
 }

@@ -18,7 +18,9 @@ use crate::model::requests::{RestoreMode, RestoreRequest};
 use crate::model::restore::{ChosenSet, SourceSnapshot, VolumeFacts};
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::{AttachmentState, InstanceState, PingStatus, SnapshotState, VolumeState};
-use crate::model::tags::{TAG_DEVICE, TAG_MANAGED_BY, TAG_PURPOSE, TAG_RUN_ID};
+use crate::model::tags::{
+    CONSISTENCY_FILE_SYSTEM, TAG_CONSISTENCY, TAG_DEVICE, TAG_MANAGED_BY, TAG_PURPOSE, TAG_RUN_ID,
+};
 
 /// Chooses the set to restore among an instance's snapshots (all of this deployment):
 /// `latest` is the newest consistent set; a run id is that run's set. A set with a snapshot
@@ -88,6 +90,7 @@ pub fn choose_set(
     Ok(ChosenSet {
         run_id: run_id.to_string(),
         consistent: is_consistent,
+        file_system_only: set.iter().any(|s| s.file_system_only),
         snapshots: by_device.into_values().cloned().collect(),
     })
 }
@@ -145,6 +148,8 @@ pub fn source_snapshots(snapshots: Vec<SnapshotFacts>, managed_by: &str) -> Vec<
             }
             Some(SourceSnapshot {
                 app_consistent: s.app_consistent(),
+                file_system_only: s.tags.get(TAG_CONSISTENCY).map(String::as_str)
+                    == Some(CONSISTENCY_FILE_SYSTEM),
                 run_id: s.tags.get(TAG_RUN_ID)?.clone(),
                 device: s.tags.get(TAG_DEVICE)?.clone(),
                 start_time: s.start_time?,
@@ -238,6 +243,9 @@ pub struct RestoreStatus {
     pub mode: RestoreMode,
     pub rollback: bool,
     pub consistent: bool,
+    /// The set was taken with `NoWriters`: file-system consistent only, said at every answer.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub file_system_only: bool,
     pub availability_zone: String,
     pub status: RestoreState,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -596,6 +604,7 @@ mod tests {
             app_consistent: consistent,
             size_gib: Some(30),
             start_time: at(hours),
+            file_system_only: false,
         }
     }
 
@@ -962,6 +971,7 @@ mod tests {
             set: ChosenSet {
                 run_id: "r1".into(),
                 consistent: true,
+                file_system_only: false,
                 snapshots: devices
                     .iter()
                     .map(|d| snap(&format!("snap-{d}"), "r1", d, true, 0))

@@ -207,6 +207,7 @@ async fn restore_pass(
         mode: job.mode,
         rollback: job.rollback,
         consistent: job.set.consistent,
+        file_system_only: job.set.file_system_only,
         availability_zone: job.zone.clone(),
         status: state,
         waiting_for,
