@@ -427,11 +427,8 @@ async fn no_writers_sets_are_file_system_consistent_labelled_copied_and_kept_as_
 
     // The fleet report: within the RPO, file-system consistent only, counted apart.
     let fleet = world.report(&app).await.expect("report");
-    let status = fleet["instances"]
-        .as_array()
-        .and_then(|i| i.iter().find(|s| s["instance_id"] == files.as_str()))
-        .cloned()
-        .expect("files01 in the report");
+    let status = harness::report_entry(&fleet, files);
+    assert!(!status.is_null(), "files01 in the report: {fleet}");
     assert_eq!(status["rpo"], "within_rpo");
     assert_eq!(status["latest_consistent"]["run_id"], third.as_str());
     assert_eq!(status["latest_consistent"]["file_system_only"], true);

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use harness::{
-    invoke, receive, snapshot_tag, Agent, Metrics, ServerSpec, VssOutcome, Windows, World, REGION,
+    invoke, readiness_checks, receive, snapshot_tag, Agent, Metrics, ServerSpec, VssOutcome,
+    Windows, World, REGION,
 };
 use serde_json::{json, Value};
 
@@ -501,21 +502,6 @@ async fn readiness_before_the_night_names_the_servers_that_then_fail_by_their_ch
         .expect("readiness");
     let servers = answer["instances"].as_array().cloned().unwrap_or_default();
     assert_eq!(servers.len(), 10, "{answer:#}");
-    let failed_checks = |s: &Value| -> Vec<String> {
-        s["checks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["result"] == "fail")
-            .map(|c| {
-                format!(
-                    "{}:{}",
-                    c["check"].as_str().unwrap_or(""),
-                    c["cause"].as_str().unwrap_or("")
-                )
-            })
-            .collect()
-    };
     let verdicts: BTreeMap<String, (String, Vec<String>)> = servers
         .iter()
         .map(|s| {
@@ -523,7 +509,7 @@ async fn readiness_before_the_night_names_the_servers_that_then_fail_by_their_ch
                 s["name"].as_str().unwrap_or_default().to_string(),
                 (
                     s["verdict"].as_str().unwrap_or_default().to_string(),
-                    failed_checks(s),
+                    readiness_checks(s, "fail"),
                 ),
             )
         })
@@ -683,18 +669,6 @@ async fn readiness_with_the_probe_names_what_only_the_server_knows() {
         .expect("readiness with the probe");
     let took = began.elapsed();
     let servers = answer["instances"].as_array().cloned().unwrap_or_default();
-    let checks_of = |s: &Value, result: &str| -> Vec<String> {
-        s["checks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["result"] == result)
-            .map(|c| match c["cause"].as_str() {
-                Some(cause) => format!("{}:{cause}", c["check"].as_str().unwrap_or("")),
-                None => c["check"].as_str().unwrap_or("").to_string(),
-            })
-            .collect()
-    };
     type Seen = BTreeMap<String, (String, Vec<String>, Vec<String>)>;
     let seen: Seen = servers
         .iter()
@@ -703,8 +677,8 @@ async fn readiness_with_the_probe_names_what_only_the_server_knows() {
                 s["name"].as_str().unwrap_or_default().to_string(),
                 (
                     s["verdict"].as_str().unwrap_or_default().to_string(),
-                    checks_of(s, "fail"),
-                    checks_of(s, "warn"),
+                    readiness_checks(s, "fail"),
+                    readiness_checks(s, "warn"),
                 ),
             )
         })

@@ -343,13 +343,7 @@ async fn a_server_vss_left_without_a_set_gets_a_labelled_crash_consistent_fallba
 
     // The fleet report: no consistent backup, and the fallback named with its time.
     let fleet = world.report(&app).await.expect("report");
-    let status = |name: &str| {
-        fleet["instances"]
-            .as_array()
-            .and_then(|i| i.iter().find(|s| s["instance_id"] == id(name).as_str()))
-            .cloned()
-            .unwrap_or_default()
-    };
+    let status = |name: &str| harness::report_entry(&fleet, &id(name));
     let offline = status("offline01");
     assert_eq!(offline["rpo"], "never_backed_up", "{offline}");
     assert_eq!(
@@ -503,13 +497,7 @@ async fn a_freeze_that_timed_out_is_tried_again_in_a_run_of_its_own() {
 
     // The fleet report counts the retry's consistent set.
     let fleet = world.report(&app).await.expect("report");
-    let rpo = |name: &str| {
-        fleet["instances"]
-            .as_array()
-            .and_then(|i| i.iter().find(|s| s["instance_id"] == id(name).as_str()))
-            .map(|s| s["rpo"].clone())
-            .unwrap_or_default()
-    };
+    let rpo = |name: &str| harness::report_entry(&fleet, &id(name))["rpo"].clone();
     assert_eq!(rpo("busy01"), rpo("sql01"), "{fleet}");
     assert_ne!(rpo("stuck01"), rpo("sql01"), "{fleet}");
 
@@ -633,13 +621,7 @@ async fn only_the_node_that_owns_a_clusters_disks_gets_the_vss_command() {
     // The fleet report: the secondary is backed up by its owner's set of that run, as the
     // run's record says; the stray-tagged server by its own.
     let fleet = world.report(&app).await.expect("report");
-    let status = |name: &str| {
-        fleet["instances"]
-            .as_array()
-            .and_then(|i| i.iter().find(|s| s["instance_id"] == id(name).as_str()))
-            .cloned()
-            .unwrap_or_default()
-    };
+    let status = |name: &str| harness::report_entry(&fleet, &id(name));
     let node2 = status("sqlnode2");
     assert_eq!(node2["rpo"], "within_rpo", "{node2}");
     assert_eq!(

@@ -11,7 +11,8 @@ use std::time::Duration;
 use consistent_snapshot::catalog::Verdict;
 use consistent_snapshot::{Cause, OutcomeKind};
 use harness::{
-    invoke, own_snapshots, snapshot_tag, Agent, Metrics, ServerSpec, VssOutcome, Windows, World,
+    invoke, own_snapshots, readiness_checks, report_entry, snapshot_tag, Agent, Metrics,
+    ServerSpec, VssOutcome, Windows, World,
 };
 use serde_json::{json, Value};
 
@@ -85,20 +86,10 @@ async fn one_server_per_case_readiness_summary_metrics_and_report_agree() {
         .flatten()
         .filter(|s| s["verdict"] == "fail")
         .map(|s| {
-            let checks = s["checks"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|c| c["result"] == "fail")
-                .map(|c| {
-                    format!(
-                        "{}:{}",
-                        c["check"].as_str().unwrap_or(""),
-                        c["cause"].as_str().unwrap_or("")
-                    )
-                })
-                .collect();
-            (s["name"].as_str().unwrap_or_default().to_string(), checks)
+            (
+                s["name"].as_str().unwrap_or_default().to_string(),
+                readiness_checks(s, "fail"),
+            )
         })
         .collect();
     let expected_failing: BTreeMap<String, Vec<String>> = [
@@ -273,13 +264,7 @@ async fn one_server_per_case_readiness_summary_metrics_and_report_agree() {
 
     // The fleet report: the backups that count, the fallbacks named, the secondary covered.
     let fleet = world.report(&app).await.expect("report");
-    let status = |name: &str| -> Value {
-        fleet["instances"]
-            .as_array()
-            .and_then(|i| i.iter().find(|s| s["instance_id"] == id(name).as_str()))
-            .cloned()
-            .unwrap_or_default()
-    };
+    let status = |name: &str| report_entry(&fleet, &id(name));
     for name in ["copyonly01", "busy01", "node1", "node2", "nowriters01"] {
         assert_eq!(
             status(name)["rpo"],

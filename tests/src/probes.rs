@@ -174,3 +174,28 @@ pub async fn sets_of(
     }
     sets
 }
+
+/// One server's entry in a fleet report (`{"action":"report"}`), by instance id; `Null` when
+/// the report does not list it.
+pub fn report_entry(report: &Value, instance_id: &str) -> Value {
+    report["instances"]
+        .as_array()
+        .and_then(|i| i.iter().find(|s| s["instance_id"] == instance_id))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// One server's checks of a readiness answer with this `result` (`fail`, `warn`, …), each as
+/// `check:cause`, or `check` where none is named.
+pub fn readiness_checks(server: &Value, result: &str) -> Vec<String> {
+    server["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["result"] == result)
+        .map(|c| match c["cause"].as_str() {
+            Some(cause) => format!("{}:{cause}", c["check"].as_str().unwrap_or("")),
+            None => c["check"].as_str().unwrap_or("").to_string(),
+        })
+        .collect()
+}
