@@ -847,6 +847,7 @@ async fn run_row(row: &Row, clean: Option<&Ends>, alarmed: &[String]) -> (Ends, 
             hours_apart: 24.0,
             newest_hours: 24.0,
             copy_region: Some(HEALTHY.into()),
+            crash_consistent: vec![],
         })
         .await
         .expect("history");

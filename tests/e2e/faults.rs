@@ -33,6 +33,7 @@ async fn a_locked_set_is_held_and_a_recycle_bin_deletion_is_reported_recoverable
             hours_apart: 24.0,
             newest_hours: 24.0,
             copy_region: None,
+            crash_consistent: vec![],
         })
         .await
         .expect("history");
@@ -152,6 +153,7 @@ async fn a_refused_deletion_is_named_and_counted_and_the_retention_job_ends() {
             hours_apart: 24.0,
             newest_hours: 24.0,
             copy_region: None,
+            crash_consistent: vec![],
         })
         .await
         .expect("history");

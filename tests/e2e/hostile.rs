@@ -511,6 +511,7 @@ async fn a_tag_that_would_lower_retention_deletes_nothing_more_without_the_deplo
             hours_apart: 24.0,
             newest_hours: 24.0,
             copy_region: None,
+            crash_consistent: vec![],
         })
         .await
         .expect("history");

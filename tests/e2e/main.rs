@@ -19,5 +19,6 @@ mod restore;
 mod retention_scale;
 mod run_outcomes;
 mod template_guarantees;
+mod tiers;
 mod upgrade;
 mod vss_cases;

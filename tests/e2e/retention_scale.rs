@@ -59,6 +59,7 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
             hours_apart: 24.0,
             newest_hours: 24.0,
             copy_region: None,
+            crash_consistent: vec![],
         })
         .await
         .expect("history");

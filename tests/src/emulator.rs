@@ -161,6 +161,31 @@ impl Emulator {
         aws_sdk_dynamodb::Client::new(&self.sdk)
     }
 
+    /// The retention tiers the catalog's set and copy records hold, as stored (the `tiers`
+    /// attribute retention writes): `(pk, sk) -> tiers` of every item that has one.
+    pub async fn catalog_tiers(&self) -> Result<BTreeMap<(String, String), String>> {
+        let mut found = BTreeMap::new();
+        let mut pages = self
+            .dynamodb()
+            .scan()
+            .table_name(CATALOG_TABLE)
+            .filter_expression("attribute_exists(tiers)")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            for item in page?.items() {
+                let text = |k: &str| {
+                    item.get(k)
+                        .and_then(|v| v.as_s().ok())
+                        .cloned()
+                        .unwrap_or_default()
+                };
+                found.insert((text("pk"), text("sk")), text("tiers"));
+            }
+        }
+        Ok(found)
+    }
+
     /// The catalog of the test deployment, through the function's own store.
     pub fn catalog(&self) -> Catalog {
         Catalog::new(&self.sdk, CATALOG_TABLE)
@@ -411,7 +436,11 @@ impl Emulator {
                         start_time: set.taken,
                     })
                     .collect(),
-                verdict: Verdict::Consistent,
+                verdict: if set.consistent {
+                    Verdict::Consistent
+                } else {
+                    Verdict::CrashConsistent
+                },
                 reason: None,
                 cause: None,
                 verified_at: set.taken,
@@ -425,7 +454,7 @@ impl Emulator {
                 source_snapshot_id: c.source_snapshot_id,
                 snapshot_id: c.snapshot_id,
                 started_at: set.taken,
-                consistent: true,
+                consistent: set.consistent,
                 file_system: false,
                 imported: false,
                 set_size: 0,
@@ -567,6 +596,7 @@ struct MadeSet {
     run_id: String,
     instance_id: String,
     taken: chrono::DateTime<chrono::Utc>,
+    consistent: bool,
     snapshots: Vec<MadeSnapshot>,
     copies: Vec<MadeCopy>,
 }

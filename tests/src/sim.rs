@@ -192,4 +192,8 @@ pub struct History {
     pub newest_hours: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub copy_region: Option<String>,
+    /// The sets (0 = the newest) that VSS left crash-consistent: `AppConsistent=False`, and
+    /// recorded as crash-consistent.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub crash_consistent: Vec<u64>,
 }

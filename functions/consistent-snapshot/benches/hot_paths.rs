@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use aws_lambda_events::sqs::SqsEvent;
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use consistent_snapshot::plans::{self, InstanceStanding, Policy};
+use consistent_snapshot::plans::{self, InstanceStanding, Policy, Retain};
 use consistent_snapshot::{
     AttachedVolume, Envelope, FinalInvocation, InstanceJob, Job, Look, SnapshotInfo, TagInterner,
 };
@@ -65,8 +65,7 @@ fn retention_plan(c: &mut Criterion) {
             (
                 format!("i-{i:017x}"),
                 InstanceStanding::Live {
-                    retain_count: 7,
-                    retain_days: None,
+                    retain: Retain::daily(7),
                     lowering: None,
                 },
             )
@@ -74,9 +73,9 @@ fn retention_plan(c: &mut Criterion) {
         .collect();
     let policy = Policy {
         managed_by: MANAGED_BY.into(),
-        retain_count: 7,
-        retain_days: None,
+        retain: Retain::daily(7),
         keep_orphans: true,
+        zone: chrono_tz::Tz::UTC,
     };
     let mut group = c.benchmark_group("retention");
     group.sample_size(10);

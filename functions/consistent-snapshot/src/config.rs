@@ -7,6 +7,8 @@ use crate::model::fleet::VssOptions;
 use crate::model::ids::{is_region, parse_bool, parse_regions, AgentVersion, MAX_VSS_RETRIES};
 use crate::model::requests::MAX_VERIFY;
 use crate::model::tags::{cut_chars, sanitize_tag_text, TAG_VALUE_MAX_CHARS};
+use crate::model::tiers::{self, Retain};
+use chrono_tz::Tz;
 
 /// The most instance tags `COPY_INSTANCE_TAGS` may carry to each snapshot.
 pub const MAX_COPIED_INSTANCE_TAGS: usize = 20;
@@ -100,10 +102,12 @@ pub struct Config {
     pub describe_page_size: i32,
     /// The region the function runs in (and the fleet lives in).
     pub region: String,
-    /// Keep the newest this many consistent sets per instance.
-    pub retain_count: u32,
-    /// Also keep every set younger than this many days.
-    pub retain_days: Option<u32>,
+    /// What the home region keeps of each instance: the newest `daily` consistent sets
+    /// (`RETAIN_DAILY`, formerly `RETAIN_COUNT`), those standing for the newest `weekly`
+    /// weeks, `monthly` months and `yearly` years, and every set younger than `days`.
+    pub retain: Retain,
+    /// Where weeks, months and years begin (`SCHEDULE_TIMEZONE`, the schedule's own).
+    pub schedule_zone: Tz,
     /// Regions each finished set is copied to.
     pub copy_regions: Vec<String>,
     /// Regions an instance's `ConsistentSnapshot:CopyRegions` tag may name besides
@@ -114,8 +118,9 @@ pub struct Config {
     /// Instance tag keys carried to the instance's snapshots and their copies
     /// (`COPY_INSTANCE_TAGS`: cost allocation, such as `CostCenter,Project`).
     pub copy_instance_tags: Vec<String>,
-    /// Keep the newest this many consistent sets per instance in each copy region.
-    pub copy_retain_count: u32,
+    /// What each copy region keeps (`COPY_RETAIN_DAILY`/`COPY_RETAIN_COUNT`,
+    /// `COPY_RETAIN_WEEKLY`, … each the home region's when unset; `RETAIN_DAYS` as at home).
+    pub copy_retain: Retain,
     /// Keep every backup of an instance that was terminated or untagged.
     pub keep_orphaned_backups: bool,
     /// Whether an instance's `RetainCount`/`RetainDays` tag may lower retention below the
@@ -140,7 +145,49 @@ impl Config {
             problems: Vec::new(),
         };
         let function_name = s.text("AWS_LAMBDA_FUNCTION_NAME", "consistent-snapshot");
-        let retain = s.text("RETAIN_COUNT", "7");
+        // RETAIN_DAILY is RETAIN_COUNT's new name: either may be set, not both differently.
+        let (daily_name, copy_daily_name) = (
+            if s.text("RETAIN_DAILY", "").is_empty() {
+                "RETAIN_COUNT"
+            } else {
+                "RETAIN_DAILY"
+            },
+            if s.text("COPY_RETAIN_DAILY", "").is_empty() {
+                "COPY_RETAIN_COUNT"
+            } else {
+                "COPY_RETAIN_DAILY"
+            },
+        );
+        for (new, old) in [
+            ("RETAIN_DAILY", "RETAIN_COUNT"),
+            ("COPY_RETAIN_DAILY", "COPY_RETAIN_COUNT"),
+        ] {
+            let (a, b) = (s.text(new, ""), s.text(old, ""));
+            if !a.is_empty() && !b.is_empty() && a != b {
+                s.problems.push(format!(
+                    "{new}={a} and {old}={b} disagree ({old} is {new}'s former name: set one)"
+                ));
+            }
+        }
+        let home = Retain {
+            daily: s.number(daily_name, "7", 1, 1000),
+            weekly: s.number("RETAIN_WEEKLY", "0", 0, 1000),
+            monthly: s.number("RETAIN_MONTHLY", "0", 0, 1200),
+            yearly: s.number("RETAIN_YEARLY", "0", 0, 100),
+            days: s.optional_number("RETAIN_DAYS", 1, 36_500),
+        };
+        let copy_retain = Retain {
+            daily: s.number(copy_daily_name, &home.daily.to_string(), 1, 1000),
+            weekly: s.number("COPY_RETAIN_WEEKLY", &home.weekly.to_string(), 0, 1000),
+            monthly: s.number("COPY_RETAIN_MONTHLY", &home.monthly.to_string(), 0, 1200),
+            yearly: s.number("COPY_RETAIN_YEARLY", &home.yearly.to_string(), 0, 100),
+            days: home.days,
+        };
+        let zone_name = s.text("SCHEDULE_TIMEZONE", "UTC");
+        let schedule_zone = tiers::zone(&zone_name).unwrap_or_else(|why| {
+            s.problems.push(format!("SCHEDULE_TIMEZONE: {why}"));
+            Tz::UTC
+        });
         let region = s.text("AWS_REGION", &s.text("AWS_DEFAULT_REGION", ""));
         let config = Config {
             target_tag_key: s.text("TARGET_TAG_KEY", "ConsistentSnapshot"),
@@ -195,8 +242,8 @@ impl Config {
             ),
             describe_page_size: s.number("DESCRIBE_PAGE_SIZE", "1000", 5, 1000) as i32,
             region,
-            retain_count: s.number("RETAIN_COUNT", &retain, 1, 1000),
-            retain_days: s.optional_number("RETAIN_DAYS", 1, 36_500),
+            retain: home,
+            schedule_zone,
             copy_regions: s.regions("COPY_REGIONS"),
             copy_regions_allowed: s.regions("COPY_REGIONS_ALLOWED"),
             copy_kms_key_ids: s.keys_by_region("COPY_KMS_KEY_IDS"),
@@ -207,7 +254,7 @@ impl Config {
                 .filter(|k| !k.is_empty())
                 .map(str::to_string)
                 .collect(),
-            copy_retain_count: s.number("COPY_RETAIN_COUNT", &retain, 1, 1000),
+            copy_retain,
             keep_orphaned_backups: s.flag("KEEP_ORPHANED_BACKUPS", "true"),
             allow_lower_overrides: s.flag("ALLOW_LOWER_OVERRIDES", "false"),
             rpo_hours: s.number("RPO_HOURS", "26", 1, 8760),
@@ -448,15 +495,66 @@ mod tests {
         );
         assert_eq!(c.managed_by, "consistent-snapshot");
         assert_eq!(
-            (c.retain_count, c.retain_days, c.copy_retain_count),
-            (7, None, 7)
+            (c.retain, c.copy_retain),
+            (Retain::daily(7), Retain::daily(7))
         );
+        assert_eq!(c.schedule_zone, Tz::UTC);
         assert!(!c.allow_lower_overrides, "a tag may only raise retention");
         assert!(c.copy_regions.is_empty() && c.keep_orphaned_backups);
         assert!(
             c.crash_consistent_fallback,
             "as DLM: a server VSS failed still gets a set"
         );
+    }
+
+    #[test]
+    fn retention_tiers_and_the_time_zone_are_read_with_the_old_name_kept() {
+        let c = config(&[
+            ("QUEUE_URL", "q"),
+            ("RETAIN_DAILY", "7"),
+            ("RETAIN_WEEKLY", "4"),
+            ("RETAIN_MONTHLY", "12"),
+            ("RETAIN_YEARLY", "1"),
+            ("COPY_RETAIN_COUNT", "3"),
+            ("COPY_RETAIN_YEARLY", "0"),
+            ("SCHEDULE_TIMEZONE", "Europe/Paris"),
+        ])
+        .expect("valid");
+        let home = Retain {
+            daily: 7,
+            weekly: 4,
+            monthly: 12,
+            yearly: 1,
+            days: None,
+        };
+        assert_eq!(c.retain, home);
+        assert_eq!(
+            c.copy_retain,
+            Retain {
+                daily: 3,
+                yearly: 0,
+                ..home
+            }
+        );
+        assert_eq!(c.schedule_zone, chrono_tz::Europe::Paris);
+        let old = config(&[("QUEUE_URL", "q"), ("RETAIN_COUNT", "5")]).expect("valid");
+        assert_eq!(old.retain.daily, 5);
+        let err = config(&[
+            ("QUEUE_URL", "q"),
+            ("RETAIN_DAILY", "5"),
+            ("RETAIN_COUNT", "6"),
+            ("RETAIN_WEEKLY", "-1"),
+            ("SCHEDULE_TIMEZONE", "Paris"),
+        ])
+        .expect_err("invalid")
+        .to_string();
+        for name in [
+            "RETAIN_DAILY=5 and RETAIN_COUNT=6",
+            "RETAIN_WEEKLY",
+            "\"Paris\"",
+        ] {
+            assert!(err.contains(name), "{name} missing from: {err}");
+        }
     }
 
     #[test]
@@ -477,7 +575,7 @@ mod tests {
             Some("alias/dr")
         );
         assert_eq!(
-            (c.retain_count, c.retain_days, c.copy_retain_count),
+            (c.retain.daily, c.retain.days, c.copy_retain.daily),
             (3, Some(14), 3)
         );
         assert!(!c.keep_orphaned_backups);

@@ -18,7 +18,7 @@ def seed_history(spec: dict[str, Any]) -> list[dict[str, Any]]:
     `copy_region`, tagged as the function tags its copies). Answers the sets made, for the
     harness to record in the catalog as the function recorded them on those nights."""
     known = {"region", "managed_by", "instance_ids", "sets", "hours_apart", "newest_hours",
-             "copy_region"}
+             "copy_region", "crash_consistent"}
     unknown = set(spec) - known
     if unknown:
         raise ValueError(f"unknown history field(s) {sorted(unknown)}")
@@ -29,6 +29,7 @@ def seed_history(spec: dict[str, Any]) -> list[dict[str, Any]]:
     # Whole seconds, as EC2 reports start times.
     now = utcnow().replace(microsecond=0)
     made: list[dict[str, Any]] = []
+    crash = {int(k) for k in spec.get("crash_consistent", [])}
     for k in range(int(spec["sets"])):
         taken = now - dt.timedelta(
             hours=float(spec["newest_hours"]) + k * float(spec["hours_apart"])
@@ -40,6 +41,7 @@ def seed_history(spec: dict[str, Any]) -> list[dict[str, Any]]:
             made_set: dict[str, Any] = {
                 "run_id": run_id, "instance_id": instance_id,
                 "taken": taken.strftime("%Y-%m-%dT%H:%M:%SZ"), "snapshots": [], "copies": [],
+                "consistent": k not in crash,
             }
             made.append(made_set)
             for device, block in sorted(instance.block_device_mapping.items()):
@@ -51,14 +53,15 @@ def seed_history(spec: dict[str, Any]) -> list[dict[str, Any]]:
                     "ConsistentSnapshot:InstanceId": instance_id,
                     "Name": f"{instance_id} {device}",
                     "Device": device,
-                    "AppConsistent": "True",
+                    "AppConsistent": "False" if k in crash else "True",
                     "AwsVssConfig": "AwsVssComponents 2.5.0 (simulated)",
                 }
                 ec2.create_tags([snapshot.id], tags)
                 made_set["snapshots"].append(
                     {"snapshot_id": snapshot.id, "volume_id": block.volume_id, "device": device}
                 )
-                if copies is None:
+                if copies is None or k in crash:
+                    # The function copies backups only.
                     continue
                 copy = copies.copy_snapshot(snapshot.id, region, f"copy of {snapshot.id}", None)
                 copy.start_time = taken

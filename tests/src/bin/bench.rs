@@ -286,6 +286,7 @@ async fn full_run(binary: &Path, instances: u64) -> Result<FullRun> {
         hours_apart: 24.0,
         newest_hours: 24.0,
         copy_region: Some(COPY_REGION.into()),
+        crash_consistent: vec![],
     };
     let made = emulator.seed_history(&history).await?;
     println!("    seeded; history: {made} snapshots");
@@ -454,6 +455,7 @@ async fn large_plan(binary: &Path, snapshots: u64) -> Result<Measured> {
         hours_apart: 24.0,
         newest_hours: 24.0,
         copy_region: None,
+        crash_consistent: vec![],
     };
     let made = emulator.seed_history(&history).await?;
     let (proxy, _endpoint, function, _) =

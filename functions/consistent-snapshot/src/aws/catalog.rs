@@ -39,12 +39,16 @@ use crate::model::markers::{
     COPY_UNSURE, DISPATCHED, DISPATCH_ERROR, FALLBACK, FALLBACK_UNSURE, KEEP_RUN_DAYS, LEASE,
     REPORTED, RETAINED, RUN_LOOK,
 };
+use crate::model::tiers::{Tier, TierChange};
 
 const PK: &str = "pk";
 const SK: &str = "sk";
 const BODY: &str = "body";
 const KIND: &str = "kind";
 const EXPIRES: &str = "expires_at";
+/// On a set or copy item: the retention tiers that keep it (`daily,monthly`), written by
+/// retention when they change.
+const TIERS: &str = "tiers";
 /// The replace lock of an instance (`restore#<instance>` / `replace-lock`) and its holder.
 const REPLACE_LOCK: &str = "replace-lock";
 const HOLDER: &str = "holder";
@@ -106,12 +110,20 @@ pub enum Scanned {
 /// left out).
 fn each_of<T: DeserializeOwned>(
     item: &HashMap<String, AttributeValue>,
-    each: &mut impl FnMut(Scanned),
+    each: &mut impl FnMut(Scanned, u8),
     make: fn(T) -> Scanned,
 ) {
     if let Some(body) = body_of::<T>(item) {
-        each(make(body));
+        each(make(body), tiers_of(item));
     }
+}
+
+/// The retention tiers a set or copy item records (`Tier::bits`; 0 for none).
+fn tiers_of(item: &HashMap<String, AttributeValue>) -> u8 {
+    item.get(TIERS)
+        .and_then(|t| t.as_s().ok())
+        .map(|t| Tier::bits(&Tier::parse_list(t)))
+        .unwrap_or(0)
 }
 
 /// The catalog table and its client.
@@ -753,7 +765,7 @@ impl Catalog {
         &self,
         mut each: impl FnMut(Option<SetRecord>, Option<CopyRecord>),
     ) -> Result<(), Error> {
-        self.scan_kinds(false, |scanned| match scanned {
+        self.scan_kinds(false, |scanned, _| match scanned {
             Scanned::Set(set) => each(Some(set), None),
             Scanned::Copy(copy) => each(None, Some(copy)),
             Scanned::Targets(..) => {}
@@ -763,11 +775,17 @@ impl Catalog {
 
     /// `scan_sets`, and where each run's copy step decided each instance's sets go (the runs
     /// whose items have not expired yet), in the same scan.
-    pub async fn scan_sets_and_targets(&self, each: impl FnMut(Scanned)) -> Result<(), Error> {
-        self.scan_kinds(true, each).await
+    pub async fn scan_sets_and_targets(&self, mut each: impl FnMut(Scanned)) -> Result<(), Error> {
+        self.scan_kinds(true, |scanned, _| each(scanned)).await
     }
 
-    async fn scan_kinds(&self, targets: bool, mut each: impl FnMut(Scanned)) -> Result<(), Error> {
+    /// Every set and copy item (and each run's copy targets, with `targets`), handed to `each`
+    /// with the retention tiers the item records.
+    async fn scan_kinds(
+        &self,
+        targets: bool,
+        mut each: impl FnMut(Scanned, u8),
+    ) -> Result<(), Error> {
         let mut scan = self
             .client
             .scan()
@@ -799,7 +817,7 @@ impl Catalog {
                             .and_then(|pk| pk.strip_prefix("run#"))
                             .map(str::to_string);
                         if let (Some(run), Some(targets)) = (run, body_of(&item)) {
-                            each(Scanned::Targets(run, targets));
+                            each(Scanned::Targets(run, targets), 0);
                         }
                     }
                     _ => {}
@@ -812,13 +830,10 @@ impl Catalog {
     /// What the catalog vouches for, indexed page by page.
     pub async fn index(&self) -> Result<CatalogIndex, Error> {
         let mut index = CatalogIndex::default();
-        self.scan_sets(|set, copy| {
-            if let Some(set) = set {
-                index.add_set(&set);
-            }
-            if let Some(copy) = copy {
-                index.add_copy(&copy);
-            }
+        self.scan_kinds(false, |scanned, tiers| match scanned {
+            Scanned::Set(set) => index.add_set_in_tiers(&set, tiers),
+            Scanned::Copy(copy) => index.add_copy_in_tiers(&copy, tiers),
+            Scanned::Targets(..) => {}
         })
         .await?;
         Ok(index)
@@ -882,6 +897,58 @@ impl Catalog {
             &what,
         )
         .await
+    }
+
+    /// Records the retention tiers that now keep sets and copies (`SET tiers`, or `REMOVE` for
+    /// none), one UpdateItem per set record (a home set) or per copy record; a record gone
+    /// meanwhile is not made again. Answers how many records were written.
+    pub async fn record_tiers(&self, changes: &[TierChange]) -> Result<usize, Error> {
+        let mut written = 0;
+        for change in changes {
+            let keys: Vec<(String, String)> = match &change.copy_region {
+                None => vec![(
+                    set_pk(&change.instance_id),
+                    format!("run#{}", change.run_id),
+                )],
+                Some(region) => change
+                    .snapshot_ids
+                    .iter()
+                    .map(|id| {
+                        (
+                            set_pk(&change.instance_id),
+                            format!("copy#{region}#{}#{id}", change.run_id),
+                        )
+                    })
+                    .collect(),
+            };
+            let what = format!(
+                "tiers of the set of {} in run {}",
+                change.instance_id, change.run_id
+            );
+            for (pk, sk) in keys {
+                let mut update = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .key(PK, s(pk))
+                    .key(SK, s(sk))
+                    .condition_expression("attribute_exists(pk)")
+                    .expression_attribute_names("#t", TIERS);
+                update = if change.tiers.is_empty() {
+                    update.update_expression("REMOVE #t")
+                } else {
+                    update
+                        .update_expression("SET #t = :t")
+                        .expression_attribute_values(":t", s(Tier::list(&change.tiers)))
+                };
+                match update.send().await {
+                    Ok(_) => written += 1,
+                    Err(err) if refused_by_condition(&err) => {}
+                    Err(err) => return Err(aws("UpdateItem", self.subject(&what), err)),
+                }
+            }
+        }
+        Ok(written)
     }
 
     /// Forgets sets whose snapshots retention deleted (instance, run), and deleted copies.

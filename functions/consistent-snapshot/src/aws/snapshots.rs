@@ -211,6 +211,27 @@ pub async fn tag(
     Ok(())
 }
 
+/// Writes one tag on many snapshots of a region, `TAG_BATCH` a call (CreateTags takes up to
+/// 1,000 resources; fewer keeps one refused call small); `subject` names them in an error.
+pub async fn tag_many(
+    ec2: &aws_sdk_ec2::Client,
+    snapshot_ids: &[String],
+    (key, value): (&str, &str),
+    subject: &str,
+) -> Result<(), Error> {
+    for chunk in snapshot_ids.chunks(TAG_BATCH) {
+        ec2.create_tags()
+            .set_resources(Some(chunk.to_vec()))
+            .tags(ec2_tag(key, value))
+            .send()
+            .await
+            .map_err(|e| aws("CreateTags", subject, e))?;
+    }
+    Ok(())
+}
+
+const TAG_BATCH: usize = 200;
+
 /// For the calls that take no idempotency token (CopySnapshot, CreateSnapshots): a retry after
 /// a lost answer would make a second copy or set, so the SDK does not retry them; the caller
 /// looks for what a lost answer left instead.

@@ -215,7 +215,7 @@ async fn backlog_runs(
         })
         .await?;
     let mut runs = Vec::new();
-    let keep = usize::try_from(app.config.copy_retain_count).unwrap_or(usize::MAX);
+    let keep = usize::try_from(app.config.copy_retain.daily).unwrap_or(usize::MAX);
     for earlier in backlog.runs(run_id, &app.config.copy_regions, keep) {
         let markers = RunMarkerStore::new(&app.aws.catalog, &earlier)
             .read()

@@ -21,8 +21,9 @@ use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::SnapshotState;
 use crate::model::tags::{
     CONSISTENCY_CRASH_FALLBACK, CONSISTENCY_FILE_SYSTEM, TAG_APP_CONSISTENT, TAG_CONSISTENCY,
-    TAG_DEVICE, TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RUN_ID, TAG_SOURCE_SNAPSHOT,
+    TAG_DEVICE, TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RUN_ID, TAG_SOURCE_SNAPSHOT, TAG_TIERS,
 };
+use crate::model::tiers::Tier;
 
 /// One instance of a run, as dispatched: the command sent to it and the volumes its set must
 /// contain (the boot volume left out when it was excluded). Written before the instance's
@@ -245,6 +246,8 @@ pub struct Vouched {
     pub imported: bool,
     /// For a copy: the recorded snapshot it was copied from.
     pub source_snapshot_id: Option<Arc<str>>,
+    /// The retention tiers that kept it when retention last applied a plan (`Tier::bits`).
+    pub tiers: u8,
 }
 
 /// The snapshots the catalog vouches for, by region and id. Built one record at a time (a
@@ -287,6 +290,7 @@ struct Entry {
     file_system: bool,
     fallback: bool,
     imported: bool,
+    tiers: u8,
 }
 
 /// `snap-` and up to 30 lowercase hex digits, as one number with the digits' count on top (so
@@ -360,6 +364,11 @@ impl CatalogIndex {
 
     /// Adds a recorded set's snapshots, in the set's region.
     pub fn add_set(&mut self, set: &SetRecord) {
+        self.add_set_in_tiers(set, 0);
+    }
+
+    /// Adds a recorded set's snapshots, with the tiers its record holds (`Tier::bits`).
+    pub fn add_set_in_tiers(&mut self, set: &SetRecord, tiers: u8) {
         let instance_id = self.number(&set.instance_id);
         let run_id = self.number(&set.run_id);
         for s in &set.snapshots {
@@ -374,6 +383,7 @@ impl CatalogIndex {
                 file_system: set.verdict == Verdict::FileSystemConsistent,
                 fallback: set.fallback,
                 imported: set.verdict == Verdict::Imported,
+                tiers,
             };
             self.insert(&set.region, &s.snapshot_id, entry);
         }
@@ -383,6 +393,11 @@ impl CatalogIndex {
 
     /// Adds a recorded copy, in its region.
     pub fn add_copy(&mut self, copy: &CopyRecord) {
+        self.add_copy_in_tiers(copy, 0);
+    }
+
+    /// Adds a recorded copy, with the tiers its record holds (`Tier::bits`).
+    pub fn add_copy_in_tiers(&mut self, copy: &CopyRecord, tiers: u8) {
         let entry = Entry {
             instance_id: self.number(&copy.instance_id),
             run_id: self.number(&copy.run_id),
@@ -394,6 +409,7 @@ impl CatalogIndex {
             file_system: copy.file_system,
             fallback: false,
             imported: copy.imported,
+            tiers,
         };
         let key = (entry.instance_id, entry.run_id);
         self.insert(&copy.region, &copy.snapshot_id, entry);
@@ -462,6 +478,7 @@ impl CatalogIndex {
             device: self.name(entry.device),
             imported: entry.imported,
             source_snapshot_id: self.name(entry.source_snapshot_id),
+            tiers: entry.tiers,
         })
     }
 }
@@ -542,6 +559,15 @@ pub fn admit(
         None => {
             facts.tags.remove(TAG_DEVICE);
         }
+    }
+    // The tiers shown are those the catalog recorded, whatever the snapshot's tag says.
+    if vouched.tiers == 0 {
+        facts.tags.remove(TAG_TIERS);
+    } else {
+        facts.tags.insert(
+            TAG_TIERS.to_string(),
+            Tier::list(&Tier::from_bits(vouched.tiers)),
+        );
     }
     match &vouched.source_snapshot_id {
         Some(source) => {

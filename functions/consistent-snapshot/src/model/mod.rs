@@ -1,5 +1,5 @@
 //! The shared vocabulary: tag keys, identifiers, the states AWS reports, and plain facts about
-//! instances, snapshots, commands, failure causes, restores, a run's markers, the catalog's records, the readiness probe's line and the instance role's permissions. Everything imports it; it
+//! instances, snapshots, commands, failure causes, restores, a run's markers, the catalog's records, the readiness probe's line, the instance role's permissions and the retention tiers' calendar. Everything imports it; it
 //! imports nothing of the crate but itself. No I/O, no clock.
 
 pub mod catalog;
@@ -16,6 +16,7 @@ pub mod restore;
 pub mod snapshot;
 pub mod state;
 pub mod tags;
+pub mod tiers;
 
 use chrono::{DateTime, Duration, Utc};
 

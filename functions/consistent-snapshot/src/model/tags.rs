@@ -32,6 +32,12 @@ pub const TAG_CLUSTER: &str = "ConsistentSnapshot:Cluster";
 pub const TAG_COPY_REGIONS: &str = "ConsistentSnapshot:CopyRegions";
 pub const TAG_RETAIN_COUNT: &str = "ConsistentSnapshot:RetainCount";
 pub const TAG_RETAIN_DAYS: &str = "ConsistentSnapshot:RetainDays";
+pub const TAG_RETAIN_WEEKLY: &str = "ConsistentSnapshot:RetainWeekly";
+pub const TAG_RETAIN_MONTHLY: &str = "ConsistentSnapshot:RetainMonthly";
+pub const TAG_RETAIN_YEARLY: &str = "ConsistentSnapshot:RetainYearly";
+/// On a kept set's snapshots: the retention tiers that keep it (`daily,monthly`), as the
+/// catalog records them. Shown to operators; never read to decide anything.
+pub const TAG_TIERS: &str = "ConsistentSnapshot:Tiers";
 
 /// Restores: the restore a volume was made by, its source snapshot, the device it belongs at,
 /// why it was made (`restore` or `verify`), and on a volume a replace took off an instance, the
@@ -52,7 +58,7 @@ pub const TAG_NAME: &str = "Name";
 /// The tags retention and the fleet report read; a snapshot's other tags (`Name`, the VSS
 /// document's `AwsVssConfig`, an operator's own) are not kept, which keeps a plan over
 /// 100,000 snapshots small.
-pub const TAGS_READ: [&str; 8] = [
+pub const TAGS_READ: [&str; 9] = [
     TAG_MANAGED_BY,
     TAG_CONSISTENCY,
     TAG_INSTANCE_ID,
@@ -61,6 +67,7 @@ pub const TAGS_READ: [&str; 8] = [
     TAG_DEVICE,
     TAG_SOURCE_SNAPSHOT,
     TAG_SOURCE_REGION,
+    TAG_TIERS,
 ];
 
 /// EC2's limits: a tag value holds at most 256 characters, a snapshot's description 255.

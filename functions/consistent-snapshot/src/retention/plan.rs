@@ -6,9 +6,12 @@
 //! 1. Only this deployment's snapshots (`ConsistentSnapshot:ManagedBy`) are considered at all.
 //! 2. A set is the snapshots of one instance with one run id. A set with a snapshot still
 //!    `pending`, or with a copy still in progress, is kept.
-//! 3. The newest `retain_count` consistent sets (every snapshot completed and
-//!    `AppConsistent=True`) are kept, whatever their age; with `retain_days`, every set younger
-//!    than that is kept too.
+//! 3. The tiers keep what they select (`model::tiers`): the newest `daily` consistent sets
+//!    (every snapshot completed and `AppConsistent=True`, or file-system consistent by the
+//!    instance's choice), whatever their age, and the first consistent set of each of the newest
+//!    `weekly` weeks, `monthly` months and `yearly` years in the schedule's time zone (a period
+//!    without one is stood for by its first crash-consistent set); with `days`, every set
+//!    younger than that is kept too. A set is deleted only when no tier keeps it.
 //! 4. A set that is not consistent (crash-consistent, or with a failed snapshot) is kept while
 //!    no newer consistent set exists: it is then the best backup there is.
 //! 5. Sets of an instance that is gone or no longer tagged are kept unless the policy says
@@ -30,18 +33,22 @@ use crate::model::snapshot::{SnapshotInfo, SnapshotLock};
 use crate::model::state::{InstanceState, SnapshotState};
 use crate::model::tags::{
     is_app_consistent, CONSISTENCY_FILE_SYSTEM, TAG_APP_CONSISTENT, TAG_CONSISTENCY,
-    TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RETAIN_COUNT, TAG_RETAIN_DAYS, TAG_RUN_ID,
+    TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RETAIN_COUNT, TAG_RETAIN_DAYS, TAG_RETAIN_MONTHLY,
+    TAG_RETAIN_WEEKLY, TAG_RETAIN_YEARLY, TAG_RUN_ID, TAG_TIERS,
 };
+use crate::model::tiers::{
+    self, Candidate, CandidateKind, Period, Retain, Standing, Tier, TierChange,
+};
+use chrono_tz::Tz;
 
 /// What the planner knows of an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InstanceStanding {
-    /// Tagged and present; its own count and days (overrides already applied), and what an
+    /// Tagged and present; its own tiers and days (overrides already applied), and what an
     /// override tag that lowers retention did: ignored without the deployment's consent,
     /// applied with it; either way said on every set of the plan.
     Live {
-        retain_count: u32,
-        retain_days: Option<u32>,
+        retain: Retain,
         lowering: Option<String>,
     },
     /// Terminated, not found, or no longer carrying the target tag.
@@ -65,11 +72,12 @@ pub enum Overrides {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub managed_by: String,
-    pub retain_count: u32,
-    pub retain_days: Option<u32>,
-    /// Keep every set of an orphaned instance (the default), or apply the count and days to it
+    pub retain: Retain,
+    /// Keep every set of an orphaned instance (the default), or apply the tiers and days to it
     /// as to a live one.
     pub keep_orphans: bool,
+    /// The schedule's time zone: where weeks, months and years begin.
+    pub zone: Tz,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -118,6 +126,21 @@ pub struct SetDecision {
     pub reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held: Option<Held>,
+    /// The tiers that keep it (empty: none does).
+    pub tiers: Vec<Tier>,
+    /// The tiers its catalog record holds (as the planner was given them): where they differ
+    /// from `tiers`, the record and the snapshots' `ConsistentSnapshot:Tiers` tag are brought up
+    /// to date.
+    #[serde(skip)]
+    pub recorded_tiers: Vec<Tier>,
+    /// When it is expected to leave its next tier, if a set is taken at the usual pace (a
+    /// kept set that a tier or its age keeps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_change: Option<DateTime<Utc>>,
+    /// When it is expected to be deleted, if a set is taken at the usual pace and nothing else
+    /// keeps it (an estimate for a dry run; every retention plans again from what exists).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_after: Option<DateTime<Utc>>,
 }
 
 /// The plan of one region: per instance, every set with its decision, newest first.
@@ -265,86 +288,95 @@ fn decide_instance(
         }
         _ => None,
     };
-    let (retain_count, retain_days, lowering) = match state {
-        Some(InstanceStanding::Live {
-            retain_count,
-            retain_days,
-            lowering,
-        }) => (*retain_count, *retain_days, lowering.as_deref()),
-        _ => (policy.retain_count, policy.retain_days, None),
+    let (retain, lowering) = match state {
+        Some(InstanceStanding::Live { retain, lowering }) => (*retain, lowering.as_deref()),
+        _ => (policy.retain, None),
     };
+    let kinds: Vec<SetKind> = sets.iter().map(SnapshotSet::kind).collect();
+    let starts: Vec<DateTime<Utc>> = sets.iter().map(SnapshotSet::started_at).collect();
     // A set file-system consistent by the instance's choice (`NoWriters`) is a backup: it
     // counts towards the newest sets kept, and a crash-consistent set older than it goes. The
-    // newest application-consistent set is kept whatever the count, so that a week of
+    // newest application-consistent set is kept whatever the tiers, so that a week of
     // `NoWriters` never leaves a server with no application-consistent backup.
-    let newest_consistent = sets
-        .iter()
-        .filter(|s| s.kind().is_backup())
-        .map(SnapshotSet::started_at)
+    let newest_consistent = (0..sets.len())
+        .filter(|&i| kinds[i].is_backup())
+        .map(|i| starts[i])
         .max();
-    let newest_app_consistent = sets
-        .iter()
-        .filter(|s| s.kind() == SetKind::Consistent)
-        .map(SnapshotSet::started_at)
+    let newest_app_consistent = (0..sets.len())
+        .filter(|&i| kinds[i] == SetKind::Consistent)
+        .map(|i| starts[i])
         .max();
-    let mut consistent_seen = 0;
+    let candidates: Vec<Candidate> = (0..sets.len())
+        .map(|i| Candidate {
+            started_at: starts[i],
+            kind: match kinds[i] {
+                SetKind::InProgress => CandidateKind::InProgress,
+                k if k.is_backup() => CandidateKind::Backup,
+                _ => CandidateKind::CrashConsistent,
+            },
+        })
+        .collect();
+    let standings = tiers::select(&candidates, &retain, policy.zone);
+    let forecast = Forecast::new(&candidates, &standings, &retain, policy.zone, now);
+    let days_text = format!("younger than {} days", retain.days.unwrap_or_default());
     let mut decisions = Vec::new();
-    for set in sets {
-        let kind = set.kind();
-        let started_at = set.started_at();
-        let young = retain_days
+    for (i, set) in sets.iter().enumerate() {
+        let (kind, started_at, standing) = (kinds[i], starts[i], &standings[i]);
+        let young = retain
+            .days
             .map(|days| now - started_at < Duration::days(i64::from(days)))
             .unwrap_or(false);
-        let (mut action, mut reason) = match kind {
-            SetKind::InProgress => (
+        let kept_by = (!standing.is_empty()).then(|| {
+            let why: Vec<String> = standing.iter().map(|s| s.describe(&retain)).collect();
+            why.join(", ")
+        });
+        let (mut action, mut reason) = match (kind, kept_by) {
+            (SetKind::InProgress, _) => (
                 Action::Keep,
                 "in progress: a snapshot or one of its copies is not completed".to_string(),
             ),
-            SetKind::Consistent | SetKind::FileSystemConsistent => {
-                consistent_seen += 1;
-                if consistent_seen <= retain_count {
-                    (
-                        Action::Keep,
-                        format!("one of the newest {retain_count} consistent sets"),
-                    )
-                } else if kind == SetKind::Consistent && newest_app_consistent == Some(started_at) {
-                    (
-                        Action::Keep,
-                        "the newest application-consistent set (the newer ones are file-system consistent only)"
-                            .to_string(),
-                    )
-                } else if young {
-                    (
-                        Action::Keep,
-                        format!("younger than {} days", retain_days.unwrap_or_default()),
+            (_, Some(kept_by)) => (Action::Keep, format!("kept by {kept_by}")),
+            (SetKind::Consistent, None) if newest_app_consistent == Some(started_at) => (
+                Action::Keep,
+                "the newest application-consistent set (the newer ones are file-system consistent only)"
+                    .to_string(),
+            ),
+            (SetKind::Consistent | SetKind::FileSystemConsistent, None) if young => {
+                (Action::Keep, days_text.clone())
+            }
+            (SetKind::Consistent | SetKind::FileSystemConsistent, None) => (
+                Action::Delete,
+                if retain.calendar() {
+                    format!(
+                        "older than the newest {} consistent sets, and standing for no week, month or year kept",
+                        retain.daily
                     )
                 } else {
-                    (
-                        Action::Delete,
-                        format!("older than the newest {retain_count} consistent sets"),
-                    )
-                }
-            }
-            SetKind::NotConsistent => match newest_consistent {
-                Some(newest) if newest > started_at => {
-                    if young {
-                        (
-                            Action::Keep,
-                            format!("younger than {} days", retain_days.unwrap_or_default()),
-                        )
-                    } else {
-                        (
-                            Action::Delete,
-                            "not consistent, and a newer consistent set exists".to_string(),
-                        )
-                    }
-                }
+                    format!("older than the newest {} consistent sets", retain.daily)
+                },
+            ),
+            (SetKind::NotConsistent, None) => match newest_consistent {
+                Some(newest) if newest > started_at && young => (Action::Keep, days_text.clone()),
+                Some(newest) if newest > started_at => (
+                    Action::Delete,
+                    "not consistent, and a newer consistent set exists".to_string(),
+                ),
                 _ => (
                     Action::Keep,
                     "not consistent, but no newer consistent set exists: the best fallback"
                         .to_string(),
                 ),
             },
+        };
+        // Only what a tier or the set's age keeps has a forecast; anything else is kept until
+        // what keeps it changes (a newer consistent set, a copy ending, …).
+        let (next_change, deleted_after) = if action == Action::Keep
+            && kind != SetKind::InProgress
+            && (!standing.is_empty() || young)
+        {
+            forecast.of(standing, started_at, young)
+        } else {
+            (None, None)
         };
         if let Some(why) = &keep_all {
             action = Action::Keep;
@@ -376,6 +408,12 @@ fn decide_instance(
             .map(|s| s.snapshot_id.clone())
             .collect();
         snapshots.sort();
+        let recorded_tiers = set
+            .snapshots
+            .first()
+            .and_then(|s| s.tag(TAG_TIERS))
+            .map(Tier::parse_list)
+            .unwrap_or_default();
         decisions.push(SetDecision {
             run_id: set.run_id.to_string(),
             kind,
@@ -384,9 +422,107 @@ fn decide_instance(
             action,
             reason,
             held,
+            tiers: standing.iter().map(|s| s.tier).collect(),
+            recorded_tiers,
+            next_change: next_change.filter(|_| action == Action::Keep),
+            deleted_after: deleted_after.filter(|_| action == Action::Keep),
         });
     }
     decisions
+}
+
+/// What the dry run says of a kept set's future: when it leaves its next tier and when it
+/// would be deleted, if the instance goes on being backed up at its usual pace.
+struct Forecast {
+    retain: Retain,
+    zone: Tz,
+    now: DateTime<Utc>,
+    cadence: Duration,
+    newest_backup: Option<DateTime<Utc>>,
+    /// Per tier, the newest period that has a set standing for it.
+    newest_period: BTreeMap<Tier, Period>,
+}
+
+impl Forecast {
+    fn new(
+        candidates: &[Candidate],
+        standings: &[Vec<Standing>],
+        retain: &Retain,
+        zone: Tz,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let backups: Vec<DateTime<Utc>> = candidates
+            .iter()
+            .filter(|c| c.kind == CandidateKind::Backup)
+            .map(|c| c.started_at)
+            .collect();
+        let mut newest_period: BTreeMap<Tier, Period> = BTreeMap::new();
+        for standing in standings.iter().flatten() {
+            if let Some(period) = standing.period.filter(|_| standing.rank == 1) {
+                newest_period.insert(standing.tier, period);
+            }
+        }
+        Forecast {
+            retain: *retain,
+            zone,
+            now,
+            newest_backup: backups.iter().max().copied(),
+            cadence: tiers::cadence(backups),
+            newest_period,
+        }
+    }
+
+    fn of(
+        &self,
+        standing: &[Standing],
+        started_at: DateTime<Utc>,
+        young: bool,
+    ) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+        let mut ends: Vec<DateTime<Utc>> = standing
+            .iter()
+            .filter_map(|s| {
+                tiers::leaves(
+                    s,
+                    &self.retain,
+                    self.newest_backup,
+                    self.newest_period.get(&s.tier).copied(),
+                    self.cadence,
+                    self.now,
+                    self.zone,
+                )
+            })
+            .collect();
+        if young {
+            if let Some(days) = self.retain.days {
+                ends.push(started_at + Duration::days(i64::from(days)));
+            }
+        }
+        (ends.iter().min().copied(), ends.iter().max().copied())
+    }
+}
+
+/// The kept sets of a region's plan whose tiers differ from those their catalog record holds:
+/// each to be recorded again (its home record, or its copies' records in a copy region) and
+/// labelled. Only where a weekly, monthly or yearly tier is in use (by the region's `retain`,
+/// or on the set): with the daily tier alone a set's tiers say nothing its reason does not, and
+/// a deployment keeps its writes to what it uses.
+pub fn tier_changes(plan: &RegionPlan, retain: Retain, home: bool) -> Vec<TierChange> {
+    let calendar = |tiers: &[Tier]| tiers.iter().any(|t| *t != Tier::Daily);
+    plan.instances
+        .iter()
+        .flat_map(|(instance_id, sets)| {
+            sets.iter()
+                .filter(|s| s.action == Action::Keep && s.tiers != s.recorded_tiers)
+                .filter(|s| retain.calendar() || calendar(&s.tiers) || calendar(&s.recorded_tiers))
+                .map(|s| TierChange {
+                    instance_id: instance_id.clone(),
+                    run_id: s.run_id.clone(),
+                    copy_region: (!home).then(|| plan.region.clone()),
+                    snapshot_ids: s.snapshots.clone(),
+                    tiers: s.tiers.clone(),
+                })
+        })
+        .collect()
 }
 
 /// Rule 7: every set `plan` would delete that holds a snapshot under one of `locks` is kept
@@ -419,15 +555,14 @@ pub fn hold_locked(plan: &mut RegionPlan, locks: &BTreeMap<String, SnapshotLock>
 }
 
 /// What retention makes of an instance: gone or untagged, an override it cannot read, or live
-/// with its count and days (`count` and `days` are the region's defaults; the instance's
-/// override tags apply as `overrides` says: in the source region, raising only unless the
-/// deployment consents to lowering). Anyone who may tag an instance may write these tags, so
-/// by default a tag can keep more, never delete more.
+/// with its tiers and days (`retain` is the region's; the instance's override tags apply as
+/// `overrides` says: in the source region, raising only unless the deployment consents to
+/// lowering). Anyone who may tag an instance may write these tags, so by default a tag can
+/// keep more, never delete more.
 pub fn instance_state(
     facts: Option<&InstanceFacts>,
     target: (&str, &str),
-    count: u32,
-    days: Option<u32>,
+    retain: Retain,
     overrides: Overrides,
 ) -> InstanceStanding {
     let Some(facts) = facts else {
@@ -449,11 +584,12 @@ pub fn instance_state(
         };
     }
     let mut lowered: Vec<String> = Vec::new();
-    let mut read = |tag: &str, current: Option<u32>| -> Result<Option<u32>, String> {
+    // `least`: the smallest value the tag may hold (a daily count of 0 would keep nothing new).
+    let mut read = |tag: &str, current: Option<u32>, least: u32| -> Result<Option<u32>, String> {
         match facts.tags.get(tag).filter(|_| overrides != Overrides::Not) {
             None => Ok(current),
             Some(v) => match v.trim().parse::<u32>() {
-                Ok(n) if (1..=36_500).contains(&n) => match current {
+                Ok(n) if (least..=36_500).contains(&n) => match current {
                     Some(c) if n < c && overrides == Overrides::RaiseOnly => {
                         lowered.push(format!("tag {tag}={n} would lower {c}"));
                         Ok(current)
@@ -464,14 +600,32 @@ pub fn instance_state(
                     }
                     _ => Ok(Some(n)),
                 },
-                _ => Err(format!("tag {tag}={v:?} is not a whole number from 1")),
+                _ => Err(format!(
+                    "tag {tag}={v:?} is not a whole number from {least}"
+                )),
             },
         }
     };
-    let (count, days) = (
-        read(TAG_RETAIN_COUNT, Some(count)),
-        read(TAG_RETAIN_DAYS, days),
-    );
+    let mut own = retain;
+    let mut problem = None;
+    for (tag, tier, least) in [
+        (TAG_RETAIN_COUNT, Tier::Daily, 1),
+        (TAG_RETAIN_WEEKLY, Tier::Weekly, 0),
+        (TAG_RETAIN_MONTHLY, Tier::Monthly, 0),
+        (TAG_RETAIN_YEARLY, Tier::Yearly, 0),
+    ] {
+        match read(tag, Some(retain.count(tier)), least) {
+            Ok(n) => own.set_count(tier, n.unwrap_or(retain.count(tier))),
+            Err(why) => problem = problem.or(Some(why)),
+        }
+    }
+    match read(TAG_RETAIN_DAYS, retain.days, 1) {
+        Ok(days) => own.days = days,
+        Err(why) => problem = problem.or(Some(why)),
+    }
+    if let Some(why) = problem {
+        return InstanceStanding::InvalidOverride { why };
+    }
     let lowering = (!lowered.is_empty()).then(|| match overrides {
         Overrides::Any => format!(
             "{}: the deployment allows lowering (ALLOW_LOWER_OVERRIDES=true)",
@@ -482,14 +636,14 @@ pub fn instance_state(
             lowered.join(", ")
         ),
     });
-    match (count, days) {
-        (Ok(count), Ok(days)) => InstanceStanding::Live {
-            retain_count: count.unwrap_or(1),
-            retain_days: days,
-            lowering,
-        },
-        (Err(why), _) | (_, Err(why)) => InstanceStanding::InvalidOverride { why },
+    InstanceStanding::Live {
+        retain: own,
+        lowering,
     }
+}
+
+fn is_zero_count(n: &usize) -> bool {
+    *n == 0
 }
 
 /// What applying the plans did.
@@ -513,6 +667,9 @@ pub struct RetentionOutcome {
     pub recoverable: Vec<String>,
     /// Deletions not tried because the invocation's time ran out: the next pass does them.
     pub unfinished: usize,
+    /// Sets whose tiers changed and were recorded (catalog and tag) by this pass.
+    #[serde(skip_serializing_if = "is_zero_count")]
+    pub tiers_labelled: usize,
     /// Of `failed`, those that failed for a reason that may pass (throttling, a 5xx, no
     /// answer): the run's retention makes another pass for them.
     #[serde(skip)]
@@ -554,18 +711,20 @@ pub fn next_pass(job: &RetentionJob, outcome: &RetentionOutcome) -> Option<Reten
     })
 }
 
-/// The policy of one region: the home region keeps `RETAIN_COUNT` sets, a copy region
-/// `COPY_RETAIN_COUNT`; both keep `RETAIN_DAYS` and follow `KEEP_ORPHANED_BACKUPS`.
+/// The policy of one region: the home region keeps `RETAIN_DAILY` (`RETAIN_COUNT`),
+/// `RETAIN_WEEKLY`, `RETAIN_MONTHLY` and `RETAIN_YEARLY` sets, a copy region the `COPY_RETAIN_…`
+/// counts; both keep `RETAIN_DAYS`, follow `KEEP_ORPHANED_BACKUPS` and count periods in
+/// `SCHEDULE_TIMEZONE`.
 pub fn region_policy(config: &Config, home: bool) -> Policy {
     Policy {
         managed_by: config.managed_by.clone(),
-        retain_count: if home {
-            config.retain_count
+        retain: if home {
+            config.retain
         } else {
-            config.copy_retain_count
+            config.copy_retain
         },
-        retain_days: config.retain_days,
         keep_orphans: config.keep_orphaned_backups,
+        zone: config.schedule_zone,
     }
 }
 
@@ -694,6 +853,7 @@ impl RetentionOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{NaiveDate, TimeZone};
     use proptest::prelude::*;
 
     #[test]
@@ -737,19 +897,25 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
     }
 
+    fn retain(count: u32, days: Option<u32>) -> Retain {
+        Retain {
+            days,
+            ..Retain::daily(count)
+        }
+    }
+
     fn policy(count: u32, days: Option<u32>) -> Policy {
         Policy {
             managed_by: "prod".into(),
-            retain_count: count,
-            retain_days: days,
+            retain: retain(count, days),
             keep_orphans: true,
+            zone: Tz::UTC,
         }
     }
 
     fn live(count: u32) -> InstanceStanding {
         InstanceStanding::Live {
-            retain_count: count,
-            retain_days: None,
+            retain: Retain::daily(count),
             lowering: None,
         }
     }
@@ -847,8 +1013,7 @@ mod tests {
     fn days_keep_younger_sets_beyond_the_count() {
         let snaps: Vec<SnapshotInfo> = (1..=5).map(|d| snap("i-1", d, true, 0)).collect();
         let state = InstanceStanding::Live {
-            retain_count: 1,
-            retain_days: Some(3),
+            retain: retain(1, Some(3)),
             lowering: None,
         };
         let plan = plan("r", &snaps, &instances(state), &policy(7, None), t0());
@@ -981,16 +1146,15 @@ mod tests {
         };
         let target = ("ConsistentSnapshot", "WindowsVSS");
         assert_eq!(
-            instance_state(Some(&facts), target, 7, None, Overrides::Any),
+            instance_state(Some(&facts), target, retain(7, None), Overrides::Any),
             live(7)
         );
         facts.tags.insert(TAG_RETAIN_COUNT.into(), "3".into());
         facts.tags.insert(TAG_RETAIN_DAYS.into(), "30".into());
         assert_eq!(
-            instance_state(Some(&facts), target, 7, None, Overrides::Any),
+            instance_state(Some(&facts), target, retain(7, None), Overrides::Any),
             InstanceStanding::Live {
-                retain_count: 3,
-                retain_days: Some(30),
+                retain: retain(3, Some(30)),
                 lowering: Some(
                     "tag ConsistentSnapshot:RetainCount=3 lowers 7: the deployment allows lowering (ALLOW_LOWER_OVERRIDES=true)".into()
                 ),
@@ -999,14 +1163,13 @@ mod tests {
         // Without the deployment's consent a tag only raises: RetainCount=3 below the
         // deployment's 7 is ignored and said so; RetainDays=30 over none raises protection.
         let InstanceStanding::Live {
-            retain_count,
-            retain_days,
+            retain: own,
             lowering,
-        } = instance_state(Some(&facts), target, 7, None, Overrides::RaiseOnly)
+        } = instance_state(Some(&facts), target, retain(7, None), Overrides::RaiseOnly)
         else {
             panic!("live");
         };
-        assert_eq!((retain_count, retain_days), (7, Some(30)));
+        assert_eq!((own.daily, own.days), (7, Some(30)));
         let lowering = lowering.unwrap_or_default();
         assert!(
             lowering.contains("RetainCount=3 would lower 7")
@@ -1014,10 +1177,9 @@ mod tests {
             "{lowering}"
         );
         assert_eq!(
-            instance_state(Some(&facts), target, 2, Some(40), Overrides::RaiseOnly),
+            instance_state(Some(&facts), target, retain(2, Some(40)), Overrides::RaiseOnly),
             InstanceStanding::Live {
-                retain_count: 3,
-                retain_days: Some(40),
+                retain: retain(3, Some(40)),
                 lowering: Some(
                     "tag ConsistentSnapshot:RetainDays=30 would lower 40: ignored, the deployment does not allow lowering (ALLOW_LOWER_OVERRIDES)".into()
                 ),
@@ -1026,33 +1188,33 @@ mod tests {
         // The plan says it on every set, and keeps at least what the deployment keeps (here
         // all nine: RetainDays=30, which raises protection, applies).
         let snaps: Vec<SnapshotInfo> = (1..=9).map(|d| snap("i-1", d, true, 0)).collect();
-        let state = instance_state(Some(&facts), target, 7, None, Overrides::RaiseOnly);
+        let state = instance_state(Some(&facts), target, retain(7, None), Overrides::RaiseOnly);
         let planned = plan("r", &snaps, &instances(state), &policy(7, None), t0());
         let sets = &planned.instances["i-1"];
         assert_eq!(sets.iter().filter(|d| d.action == Action::Keep).count(), 9);
         assert!(sets.iter().all(|d| d.reason.contains("would lower 7")));
         // Copy regions keep their own count.
         assert_eq!(
-            instance_state(Some(&facts), target, 4, None, Overrides::Not),
+            instance_state(Some(&facts), target, retain(4, None), Overrides::Not),
             live(4)
         );
         facts.tags.insert(TAG_RETAIN_COUNT.into(), "lots".into());
         assert!(matches!(
-            instance_state(Some(&facts), target, 7, None, Overrides::Any),
+            instance_state(Some(&facts), target, retain(7, None), Overrides::Any),
             InstanceStanding::InvalidOverride { ref why } if why.contains("lots")
         ));
         facts.tags.remove("ConsistentSnapshot");
         assert!(matches!(
-            instance_state(Some(&facts), target, 7, None, Overrides::Any),
+            instance_state(Some(&facts), target, retain(7, None), Overrides::Any),
             InstanceStanding::Orphaned { ref why } if why.contains("no longer tagged")
         ));
         facts.state = "terminated".into();
         assert!(matches!(
-            instance_state(Some(&facts), target, 7, None, Overrides::Any),
+            instance_state(Some(&facts), target, retain(7, None), Overrides::Any),
             InstanceStanding::Orphaned { ref why } if why.contains("terminated")
         ));
         assert!(matches!(
-            instance_state(None, target, 7, None, Overrides::Any),
+            instance_state(None, target, retain(7, None), Overrides::Any),
             InstanceStanding::Orphaned { .. }
         ));
     }
@@ -1115,8 +1277,7 @@ mod tests {
                             },
                             2 => InstanceStanding::InvalidOverride { why: "bad".into() },
                             _ => InstanceStanding::Live {
-                                retain_count: count,
-                                retain_days: days,
+                                retain: retain(count, days),
                                 lowering: None,
                             },
                         };
@@ -1125,9 +1286,9 @@ mod tests {
                     .collect();
                 let policy = Policy {
                     managed_by: "prod".into(),
-                    retain_count: count,
-                    retain_days: days,
+                    retain: retain(count, days),
                     keep_orphans,
+                    zone: Tz::UTC,
                 };
                 (snaps, known, policy)
             })
@@ -1136,9 +1297,9 @@ mod tests {
     fn consistent_sets(snaps: &[SnapshotInfo], managed_by: &str) -> BTreeMap<String, usize> {
         let p = Policy {
             managed_by: managed_by.into(),
-            retain_count: u32::MAX,
-            retain_days: None,
+            retain: Retain::daily(u32::MAX),
             keep_orphans: true,
+            zone: Tz::UTC,
         };
         plan("r", snaps, &BTreeMap::new(), &p, t0())
             .instances
@@ -1178,8 +1339,8 @@ mod tests {
             let left = consistent_sets(&after, "prod");
             for (instance, existing) in before {
                 let count = match known.get(&instance) {
-                    Some(InstanceStanding::Live { retain_count, .. }) => *retain_count,
-                    _ => policy.retain_count,
+                    Some(InstanceStanding::Live { retain, .. }) => retain.daily,
+                    _ => policy.retain.daily,
                 } as usize;
                 let remaining = left.get(&instance).copied().unwrap_or(0);
                 prop_assert!(remaining >= existing.min(count), "{instance}: {remaining} < min({existing}, {count})");
@@ -1280,6 +1441,10 @@ mod tests {
             action: if k >= 2 { Action::Delete } else { Action::Keep },
             reason: "older than the newest 2 consistent sets".into(),
             held: None,
+            tiers: vec![],
+            recorded_tiers: vec![],
+            next_change: None,
+            deleted_after: None,
         };
         let plan = RegionPlan {
             region: "us-east-1".into(),
@@ -1339,9 +1504,232 @@ mod tests {
         .expect("config");
         let home = region_policy(&config, true);
         let copy = region_policy(&config, false);
-        assert_eq!((home.retain_count, copy.retain_count), (7, 3));
-        assert_eq!((home.retain_days, copy.retain_days), (Some(14), Some(14)));
+        assert_eq!((home.retain.daily, copy.retain.daily), (7, 3));
+        assert_eq!((home.retain.days, copy.retain.days), (Some(14), Some(14)));
         assert_eq!(home.managed_by, "prod");
         assert!(home.keep_orphans && copy.keep_orphans);
+    }
+
+    // --- tiers over simulated years -------------------------------------------------------
+
+    /// What a night left of an instance in the simulation.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Night {
+        Consistent,
+        CrashConsistent,
+        Missed,
+    }
+
+    /// One set a simulation has taken: its run id, when, whether consistent, and its local
+    /// week, month and year labels.
+    #[derive(Debug, Clone)]
+    struct Took {
+        run: String,
+        at: DateTime<Utc>,
+        consistent: bool,
+        labels: [String; 3],
+    }
+
+    type Taken = Vec<Took>;
+
+    const LABELS: [&str; 3] = ["%G-W%V", "%Y-%m", "%Y"];
+
+    /// What the tiers must keep of everything ever taken, computed apart from `model::tiers`:
+    /// periods named by their local calendar labels, the newest `count` labels that have a set,
+    /// each stood for by its first consistent set or else its first crash-consistent one; the
+    /// newest `daily` consistent sets; and a crash-consistent set with no newer consistent set.
+    fn expected_survivors(taken: &Taken, retain: &Retain) -> BTreeSet<String> {
+        let mut keep = BTreeSet::new();
+        let mut consistent: Vec<&Took> = taken.iter().filter(|t| t.consistent).collect();
+        consistent.sort_by_key(|t| std::cmp::Reverse(t.at));
+        keep.extend(
+            consistent
+                .iter()
+                .take(retain.daily as usize)
+                .map(|t| t.run.clone()),
+        );
+        let newest_consistent = consistent.first().map(|t| t.at);
+        keep.extend(
+            taken
+                .iter()
+                .filter(|t| !t.consistent && newest_consistent.is_none_or(|n| n < t.at))
+                .map(|t| t.run.clone()),
+        );
+        for (k, count) in [retain.weekly, retain.monthly, retain.yearly]
+            .into_iter()
+            .enumerate()
+        {
+            let mut periods: BTreeMap<&str, Vec<&Took>> = BTreeMap::new();
+            for t in taken {
+                periods.entry(t.labels[k].as_str()).or_default().push(t);
+            }
+            for sets in periods.values().rev().take(count as usize) {
+                let first = |consistent: bool| {
+                    sets.iter()
+                        .filter(|t| t.consistent == consistent)
+                        .min_by_key(|t| t.at)
+                        .map(|t| t.run.clone())
+                };
+                keep.extend(first(true).or_else(|| first(false)));
+            }
+        }
+        keep
+    }
+
+    fn simulated_set(run: &str, at: DateTime<Utc>, consistent: bool) -> Vec<SnapshotInfo> {
+        (0..2)
+            .map(|v| {
+                let mut s = snap("i-1", 0, consistent, v);
+                s.snapshot_id = format!("snap-{run}-{v}");
+                s.start_time = at;
+                s.tags.insert(TAG_RUN_ID, run);
+                s
+            })
+            .collect()
+    }
+
+    const ZONES: [&str; 5] = [
+        "UTC",
+        "Europe/Paris",
+        "America/New_York",
+        "Australia/Sydney",
+        "Asia/Kolkata",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Every night of a year or two, an instance's run leaves a consistent set, a
+        /// crash-consistent one or none, near local midnight (where a DST change moves the
+        /// day), and retention applies its plan: what is left is exactly the tiers' selection
+        /// of everything ever taken, each tier keeps as many periods as it may, a set a tier
+        /// keeps is never deleted, and planning again right after plans nothing.
+        #[test]
+        fn years_of_nights_keep_exactly_the_tier_selection(
+            nights in prop::collection::vec(
+                prop_oneof![8 => Just(Night::Consistent), 1 => Just(Night::CrashConsistent), 1 => Just(Night::Missed)],
+                200..800,
+            ),
+            zone in prop::sample::select(ZONES.to_vec()),
+            minute in prop::sample::select(vec![-35i64, -5, 10, 95]),
+            daily in 1..10u32,
+            weekly in 0..6u32,
+            monthly in 0..14u32,
+            yearly in 0..3u32,
+        ) {
+            let zone = tiers::zone(zone).unwrap_or(Tz::UTC);
+            let retain = Retain { daily, weekly, monthly, yearly, days: None };
+            let policy = Policy { managed_by: "prod".into(), retain, keep_orphans: true, zone };
+            let known = instances(InstanceStanding::Live { retain, lowering: None });
+            let first_day = NaiveDate::from_ymd_opt(2025, 1, 1).unwrap_or_default();
+            let mut taken: Taken = Vec::new();
+            let mut existing: Vec<SnapshotInfo> = Vec::new();
+            for (n, night) in nights.iter().enumerate() {
+                let day = first_day + Duration::days(n as i64);
+                let local = day.and_hms_opt(0, 0, 0).unwrap_or_default() + Duration::minutes(minute);
+                let Some(at) = zone.from_local_datetime(&local).earliest() else { continue };
+                let at = at.with_timezone(&Utc);
+                let now = at + Duration::hours(2);
+                if *night != Night::Missed {
+                    let run = format!("run-{n:04}");
+                    let consistent = *night == Night::Consistent;
+                    existing.extend(simulated_set(&run, at, consistent));
+                    let labels = LABELS.map(|f| at.with_timezone(&zone).format(f).to_string());
+                    taken.push(Took { run, at, consistent, labels });
+                }
+                let planned = plan("r", &existing, &known, &policy, now);
+                let doomed: BTreeSet<&String> = planned.deletions().flat_map(|(_, s)| &s.snapshots).collect();
+                for (_, set) in planned.deletions() {
+                    prop_assert!(set.tiers.is_empty(), "deleting {} which {:?} keep", set.run_id, set.tiers);
+                }
+                existing.retain(|s| !doomed.contains(&s.snapshot_id));
+                let survivors: BTreeSet<String> = existing.iter().filter_map(|s| s.tag(TAG_RUN_ID).map(str::to_string)).collect();
+                prop_assert_eq!(&survivors, &expected_survivors(&taken, &retain), "night {}", n);
+                let again = plan("r", &existing, &known, &policy, now);
+                prop_assert_eq!(again.snapshots_to_delete(), 0, "night {}", n);
+                // Each calendar tier stands for as many periods as it may.
+                let sets = again.instances.get("i-1").cloned().unwrap_or_default();
+                for (k, tier) in [Tier::Weekly, Tier::Monthly, Tier::Yearly].into_iter().enumerate() {
+                    let periods: BTreeSet<&str> = taken.iter().map(|t| t.labels[k].as_str()).collect();
+                    let standing = sets.iter().filter(|s| s.tiers.contains(&tier)).count();
+                    prop_assert_eq!(standing, periods.len().min(retain.count(tier) as usize), "{:?} on night {}", tier, n);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_dry_run_says_which_tiers_keep_a_set_and_when_it_is_expected_to_go() {
+        // Nightly consistent sets at 01:00 UTC for 70 days up to 2026-11-18.
+        let now = DateTime::parse_from_rfc3339("2026-11-18T03:00:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default();
+        let mut snaps = Vec::new();
+        for n in 0..70 {
+            let at = now - Duration::hours(2) - Duration::days(n);
+            snaps.extend(simulated_set(&format!("run-{:04}", 100 - n), at, true));
+        }
+        let retain = Retain {
+            daily: 7,
+            weekly: 4,
+            monthly: 2,
+            yearly: 0,
+            days: None,
+        };
+        let policy = Policy {
+            managed_by: "prod".into(),
+            retain,
+            keep_orphans: true,
+            zone: Tz::UTC,
+        };
+        let known = instances(InstanceStanding::Live {
+            retain,
+            lowering: None,
+        });
+        let planned = plan("r", &snaps, &known, &policy, now);
+        let sets = &planned.instances["i-1"];
+        let kept: Vec<&SetDecision> = sets.iter().filter(|s| s.action == Action::Keep).collect();
+        // 7 daily; weeks W47 (Mon 16th: in the daily ones), W46, W45, W44; months 11 (1st)
+        // and 10 (1st of October, 48 days back).
+        assert_eq!(kept.len(), 7 + 3 + 2, "{kept:#?}");
+        let by_day = |day: &str| {
+            sets.iter()
+                .find(|s| s.started_at.format("%Y-%m-%d").to_string() == day)
+                .cloned()
+        };
+        let oct = by_day("2026-10-01").expect("the first of October");
+        assert_eq!(oct.tiers, vec![Tier::Monthly]);
+        assert!(
+            oct.reason.contains("month 2026-10 (monthly)"),
+            "{}",
+            oct.reason
+        );
+        // It goes when December has a set: the month after next begins.
+        assert_eq!(
+            oct.deleted_after.map(|t| t.to_rfc3339()).as_deref(),
+            Some("2026-12-01T00:00:00+00:00")
+        );
+        let monday = by_day("2026-11-16").expect("Monday of W47");
+        assert_eq!(monday.tiers, vec![Tier::Daily, Tier::Weekly]);
+        // Out of the daily tier after five more nights; out of the weekly one when four newer
+        // weeks have a set (W48 to W51): deleted from W51's Monday, 2026-12-14.
+        assert_eq!(
+            monday.next_change.map(|t| t.to_rfc3339()).as_deref(),
+            Some("2026-11-23T01:00:00+00:00")
+        );
+        assert_eq!(
+            monday.deleted_after.map(|t| t.to_rfc3339()).as_deref(),
+            Some("2026-12-14T00:00:00+00:00")
+        );
+        let gone = by_day("2026-11-10").expect("Tuesday of W46");
+        assert_eq!((gone.action, gone.tiers.len()), (Action::Delete, 0));
+        assert!(
+            gone.reason
+                .contains("standing for no week, month or year kept"),
+            "{}",
+            gone.reason
+        );
+        let json = serde_json::to_value(&oct).unwrap_or_default();
+        assert_eq!(json["tiers"], serde_json::json!(["monthly"]));
     }
 }

@@ -20,10 +20,11 @@ use crate::model::pace::Pace;
 use crate::model::snapshot::{SnapshotFacts, SnapshotInfo};
 use crate::model::state::SnapshotState;
 use crate::model::stop_time;
-use crate::model::tags::{TAG_INSTANCE_ID, TAG_SOURCE_SNAPSHOT};
+use crate::model::tags::{TAG_INSTANCE_ID, TAG_SOURCE_SNAPSHOT, TAG_TIERS};
+use crate::model::tiers::{Tier, TierChange};
 use crate::retention::plan::{
-    hold_locked, instance_state, next_pass, plan, region_policy, Action, Held, Overrides,
-    RegionPlan, RetentionOutcome, ANSWER_SETS, LOG_LINE_SETS,
+    hold_locked, instance_state, next_pass, plan, region_policy, tier_changes, Action, Held,
+    Overrides, RegionPlan, RetentionOutcome, ANSWER_SETS, LOG_LINE_SETS,
 };
 use crate::run::plan::summary::MAX_FOREIGN;
 
@@ -182,13 +183,7 @@ pub async fn plan_retention(app: &App) -> Result<(Vec<RegionPlan>, Vec<String>),
         let instances = ids
             .iter()
             .map(|id| {
-                let state = instance_state(
-                    facts.get(id),
-                    target,
-                    policy.retain_count,
-                    policy.retain_days,
-                    overrides,
-                );
+                let state = instance_state(facts.get(id), target, policy.retain, overrides);
                 (id.clone(), state)
             })
             .collect();
@@ -356,6 +351,18 @@ pub async fn apply_retention(
         }
         if !dry_run {
             binned(app, &plan.region, &mut outcome, deleted_from).await;
+            let home = plan.region == app.config.region;
+            let changes = tier_changes(plan, region_policy(&app.config, home).retain, home);
+            if !changes.is_empty() {
+                // Out of time, what is left is for the next pass, which plans again.
+                let (labelled, left) = if Utc::now() < stop_at {
+                    label_tiers(app, &plan.region, &changes, stop_at).await
+                } else {
+                    (0, changes.len())
+                };
+                outcome.tiers_labelled += labelled;
+                outcome.unfinished += left;
+            }
         }
         for (instance_id, sets) in &plan.instances {
             for set in sets.iter().filter(|s| s.action == Action::Keep) {
@@ -377,6 +384,51 @@ pub async fn apply_retention(
     outcome.plans = plans;
     outcome
 }
+
+/// Brings each kept set's tiers up to date where they changed (`tier_changes`), `LABEL_CHUNK`
+/// sets at a time until `stop_at`: first its snapshots' `ConsistentSnapshot:Tiers` tag (one
+/// CreateTags per distinct label), then the catalog's record (one write per home set, or per
+/// copy). The record is written last, so that an invocation stopped in between leaves it
+/// differing and the next pass does both again. Answers how many sets were labelled and how
+/// many are left for the next pass; a failure is logged, and the next retention tries again.
+async fn label_tiers(
+    app: &App,
+    region: &str,
+    changes: &[TierChange],
+    stop_at: DateTime<Utc>,
+) -> (usize, usize) {
+    let ec2 = app.aws.ec2_in(region);
+    let mut labelled = 0;
+    for (n, chunk) in changes.chunks(LABEL_CHUNK).enumerate() {
+        if n > 0 && Utc::now() >= stop_at {
+            return (labelled, changes.len() - labelled);
+        }
+        let mut by_label: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for change in chunk {
+            by_label
+                .entry(Tier::list(&change.tiers))
+                .or_default()
+                .extend(change.snapshot_ids.iter().cloned());
+        }
+        for (label, ids) in &by_label {
+            let subject = format!("{} snapshot(s) kept by {label} in {region}", ids.len());
+            if let Err(err) = snapshots::tag_many(&ec2, ids, (TAG_TIERS, label), &subject).await {
+                warn!(region = %region, code = err.aws_code().unwrap_or("Unknown"), error = %err, "tier tags not written: the next retention tries again");
+                return (labelled, 0);
+            }
+        }
+        if let Err(err) = app.aws.catalog.record_tiers(chunk).await {
+            warn!(region = %region, code = err.aws_code().unwrap_or("Unknown"), error = %err, "retention tiers not recorded in the catalog: the next retention tries again");
+            return (labelled, 0);
+        }
+        labelled += chunk.len();
+    }
+    info!(region = %region, sets = labelled, "retention tiers recorded");
+    (labelled, 0)
+}
+
+/// Sets labelled between two looks at the clock.
+const LABEL_CHUNK: usize = 100;
 
 /// Of the snapshots of `region` deleted by this pass (`outcome.deleted[from..]`), those a
 /// Recycle Bin rule keeps move to `outcome.recoverable` with the date they leave the bin: they

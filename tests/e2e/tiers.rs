@@ -1,0 +1,369 @@
+//! Retention tiers, end to end: two servers with 400 days of nightly sets (a few nights, and
+//! one whole week, crash-consistent) in the home region and copies of the consistent ones in a
+//! copy region, under `RETAIN_DAILY=7, RETAIN_WEEKLY=4, RETAIN_MONTHLY=12, RETAIN_YEARLY=1` in
+//! the schedule's time zone (New York). A night, then a month later another: after each, the
+//! sets left in both regions are exactly those the tiers select (computed here from the dates,
+//! apart from the function's own code), each labelled with its tiers in the catalog and on its
+//! snapshots; a dry run then plans nothing and says when a monthly set is expected to go.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Datelike, Duration, Utc};
+use chrono_tz::Tz;
+use harness::{own_snapshots, snapshot_tag, Emulator, ServerSpec, World};
+
+const HOME: &str = "us-east-1";
+const COPY: &str = "eu-west-1";
+const ZONE: &str = "America/New_York";
+const DAYS: u64 = 400;
+
+/// An instance's sets in a region as the tiers see them: run id -> (start, consistent).
+type History = BTreeMap<String, (DateTime<Utc>, bool)>;
+
+/// One set as EC2 lists it in a region.
+#[derive(Debug, Clone)]
+struct Listed {
+    start: DateTime<Utc>,
+    consistent: bool,
+    snapshots: Vec<String>,
+    /// The `ConsistentSnapshot:Tiers` tag of each of its snapshots.
+    tags: BTreeSet<Option<String>>,
+}
+
+/// `instance -> run -> set`, this deployment's, in `region`.
+async fn listed(emulator: &Emulator, region: &str) -> BTreeMap<String, BTreeMap<String, Listed>> {
+    let mut found: BTreeMap<String, BTreeMap<String, Listed>> = BTreeMap::new();
+    for s in own_snapshots(emulator, region)
+        .await
+        .expect("DescribeSnapshots")
+    {
+        let tag = |k: &str| snapshot_tag(&s, k).map(str::to_string);
+        if tag("ConsistentSnapshot:ManagedBy").as_deref() != Some("vss-test") {
+            continue;
+        }
+        let (Some(instance), Some(run), Some(id), Some(start)) = (
+            tag("ConsistentSnapshot:InstanceId"),
+            tag("ConsistentSnapshot:RunId"),
+            s.snapshot_id(),
+            s.start_time()
+                .and_then(|t| DateTime::from_timestamp(t.secs(), 0)),
+        ) else {
+            continue;
+        };
+        let set = found
+            .entry(instance)
+            .or_default()
+            .entry(run)
+            .or_insert(Listed {
+                start,
+                consistent: true,
+                snapshots: vec![],
+                tags: BTreeSet::new(),
+            });
+        set.start = set.start.min(start);
+        set.consistent &= tag("AppConsistent").as_deref() == Some("True");
+        set.snapshots.push(id.to_string());
+        set.tags.insert(tag("ConsistentSnapshot:Tiers"));
+    }
+    found
+}
+
+/// What the tiers keep of everything an instance ever had in a region (`run -> (start,
+/// consistent)`), with the tiers of each kept set: the newest 7 consistent sets (daily); the
+/// first consistent set, or else the first crash-consistent one, of each of the newest 4
+/// weeks, 12 months and 1 year that have a set, as the calendar of `zone` labels them; and a
+/// crash-consistent set newer than every consistent one (no tier).
+fn expected(
+    history: &BTreeMap<String, (DateTime<Utc>, bool)>,
+    zone: Tz,
+) -> BTreeMap<String, String> {
+    let mut tiers: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    let mut consistent: Vec<(&String, DateTime<Utc>)> = history
+        .iter()
+        .filter(|(_, (_, c))| *c)
+        .map(|(run, (at, _))| (run, *at))
+        .collect();
+    consistent.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
+    for (run, _) in consistent.iter().take(7) {
+        tiers.entry(run.to_string()).or_default().push("daily");
+    }
+    let newest = consistent.first().map(|(_, at)| *at);
+    for (run, (at, c)) in history {
+        if !c && newest.is_none_or(|n| n < *at) {
+            tiers.entry(run.clone()).or_default();
+        }
+    }
+    for (name, format, count) in [
+        ("weekly", "%G-W%V", 4),
+        ("monthly", "%Y-%m", 12),
+        ("yearly", "%Y", 1),
+    ] {
+        let mut periods: BTreeMap<String, Vec<&String>> = BTreeMap::new();
+        for (run, (at, _)) in history {
+            let label = at.with_timezone(&zone).format(format).to_string();
+            periods.entry(label).or_default().push(run);
+        }
+        for runs in periods.values().rev().take(count) {
+            let first = |want: bool| {
+                runs.iter()
+                    .filter(|run| history[**run].1 == want)
+                    .min_by_key(|run| history[**run].0)
+                    .map(|run| run.to_string())
+            };
+            if let Some(run) = first(true).or_else(|| first(false)) {
+                tiers.entry(run).or_default().push(name);
+            }
+        }
+    }
+    tiers
+        .into_iter()
+        .map(|(run, t)| (run, t.join(",")))
+        .collect()
+}
+
+/// Checks one region after a night: exactly the expected sets, each snapshot tagged with its
+/// tiers, and the catalog's records holding the same.
+fn check_region(
+    region: &str,
+    instance: &str,
+    now: &BTreeMap<String, Listed>,
+    history: &History,
+    catalog: &BTreeMap<(String, String), String>,
+) {
+    let want = expected(history, ZONE.parse().expect("zone"));
+    let kept: BTreeSet<&String> = now.keys().collect();
+    assert_eq!(
+        kept,
+        want.keys().collect::<BTreeSet<_>>(),
+        "{instance} in {region}: the sets left are not the tiers' selection"
+    );
+    for (run, set) in now {
+        let label = want[run].clone();
+        let tag = (!label.is_empty()).then(|| label.clone());
+        assert_eq!(
+            set.tags,
+            BTreeSet::from([tag.clone()]),
+            "{instance}'s set {run} in {region}: its snapshots' tiers tag"
+        );
+        let keys: Vec<(String, String)> = if region == HOME {
+            vec![(format!("set#{instance}"), format!("run#{run}"))]
+        } else {
+            set.snapshots
+                .iter()
+                .map(|id| {
+                    (
+                        format!("set#{instance}"),
+                        format!("copy#{region}#{run}#{id}"),
+                    )
+                })
+                .collect()
+        };
+        for key in keys {
+            assert_eq!(
+                catalog.get(&key).filter(|t| !t.is_empty()),
+                tag.as_ref(),
+                "{instance}'s set {run} in {region}: the catalog's tiers ({key:?})"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn four_hundred_days_keep_exactly_the_daily_weekly_monthly_and_yearly_sets() {
+    let world = World::start(2).await.expect("world");
+    let emulator = &world.emulator;
+    let ids = world
+        .seed(&[
+            ServerSpec::windows("sql01", 1),
+            ServerSpec::windows("files01", 1),
+        ])
+        .await
+        .expect("seed");
+    // The nights VSS left crash-consistent (0 = yesterday's): two lone nights inside the
+    // daily window and a month's first night, and every night of the week two weeks back in
+    // New York's calendar, which that week's crash-consistent first night then stands for.
+    let zone: Tz = ZONE.parse().expect("zone");
+    let now = Utc::now();
+    // Each night at 02:30 UTC, which is the evening before in New York: a UTC calendar would
+    // put a month's first set in the wrong month.
+    let since = (now
+        - now
+            .date_naive()
+            .and_hms_opt(2, 30, 0)
+            .expect("time")
+            .and_utc())
+    .num_seconds()
+    .rem_euclid(86_400) as f64;
+    let newest_hours = 24.0 + since / 3600.0;
+    let taken = |k: u64| {
+        (now - Duration::seconds((newest_hours * 3600.0) as i64 + 86_400 * k as i64))
+            .with_timezone(&zone)
+    };
+    let two_weeks_back = taken(14).format("%G-W%V").to_string();
+    let mut crash: Vec<u64> = vec![2, 5];
+    for k in 0..DAYS {
+        if taken(k).format("%G-W%V").to_string() == two_weeks_back
+            || (k > 60 && taken(k).format("%m-%d").to_string() == "03-01")
+        {
+            crash.push(k);
+        }
+    }
+    emulator
+        .seed_history(&harness::History {
+            region: HOME.into(),
+            managed_by: "vss-test".into(),
+            instance_ids: ids.clone(),
+            sets: DAYS,
+            hours_apart: 24.0,
+            newest_hours,
+            copy_region: Some(COPY.into()),
+            crash_consistent: crash,
+        })
+        .await
+        .expect("history");
+    let app = world
+        .app(&[
+            ("COPY_REGIONS", COPY),
+            ("RETAIN_DAILY", "7"),
+            ("RETAIN_WEEKLY", "4"),
+            ("RETAIN_MONTHLY", "12"),
+            ("RETAIN_YEARLY", "1"),
+            ("SCHEDULE_TIMEZONE", ZONE),
+        ])
+        .expect("app");
+
+    // Everything each instance ever had in each region: (region, instance) -> run -> set.
+    let mut history: BTreeMap<(String, String), History> = BTreeMap::new();
+    for region in [HOME, COPY] {
+        for (instance, sets) in listed(emulator, region).await {
+            let seen = history.entry((region.to_string(), instance)).or_default();
+            for (run, set) in sets {
+                seen.insert(run, (set.start, set.consistent));
+            }
+        }
+    }
+    assert_eq!(
+        history.len(),
+        4,
+        "two servers in two regions: {:?}",
+        history.keys()
+    );
+    let home_sets = history[&(HOME.to_string(), ids[0].clone())].len() as u64;
+    assert_eq!(home_sets, DAYS);
+
+    for night in 0..2 {
+        if night == 1 {
+            // A month passes: every snapshot is 30 days older (in EC2 and in the catalog).
+            // What exists is now what the tiers select from: a set moved across a week's or a
+            // month's boundary by the shift cannot be compared with the history before it.
+            history.clear();
+            for region in [HOME, COPY] {
+                let sets = listed(emulator, region).await;
+                let all: Vec<String> = sets
+                    .values()
+                    .flat_map(|sets| sets.values().flat_map(|s| s.snapshots.clone()))
+                    .collect();
+                emulator
+                    .age_snapshots(region, &all, 30 * 24)
+                    .await
+                    .expect("age");
+                for (instance, sets) in sets {
+                    let seen = history.entry((region.to_string(), instance)).or_default();
+                    for (run, set) in sets {
+                        seen.insert(run, (set.start - Duration::days(30), set.consistent));
+                    }
+                }
+            }
+        }
+        let time = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let run_id = world.nightly(&app, &time).await.expect("night");
+        let report = world.logs.run_report(&run_id).expect("summary");
+        assert!(report.all_consistent(), "night {night}: {report:?}");
+        let catalog = emulator.catalog_tiers().await.expect("catalog");
+        for region in [HOME, COPY] {
+            let now = listed(emulator, region).await;
+            for instance in &ids {
+                let sets = now.get(instance).cloned().unwrap_or_default();
+                let tonight = sets
+                    .get(&run_id)
+                    .unwrap_or_else(|| panic!("tonight's set of {instance} in {region}"));
+                let seen = history
+                    .get_mut(&(region.to_string(), instance.clone()))
+                    .expect("history");
+                seen.insert(run_id.clone(), (tonight.start, tonight.consistent));
+                check_region(region, instance, &sets, seen, &catalog);
+            }
+        }
+    }
+
+    // A dry run right after plans nothing more, and forecasts a monthly set's end: when
+    // twelve newer months have a set.
+    let dry = world
+        .invoke(
+            &app,
+            serde_json::json!({"action": "retention", "dry_run": true, "instance_ids": [ids[0]]}),
+        )
+        .await
+        .expect("dry run");
+    let home_plan = dry["plans"]
+        .as_array()
+        .and_then(|plans| plans.iter().find(|p| p["region"] == HOME))
+        .unwrap_or_else(|| panic!("no home plan: {dry:#}"));
+    let sets = home_plan["instances"][&ids[0]].as_array().expect("sets");
+    assert!(
+        sets.iter().all(|s| s["action"] == "keep"),
+        "planned again right after: nothing to delete: {sets:#?}"
+    );
+    // Every set the monthly tier keeps, newest first: the n-th is expected to go when 13 - n
+    // newer months have a set, tonight's month being the newest (at that month's first
+    // midnight in New York).
+    let mut monthly: Vec<&serde_json::Value> = sets
+        .iter()
+        .filter(|s| {
+            s["tiers"]
+                .as_array()
+                .is_some_and(|t| t.contains(&serde_json::json!("monthly")))
+        })
+        .collect();
+    monthly.sort_by_key(|s| {
+        std::cmp::Reverse(s["started_at"].as_str().unwrap_or_default().to_string())
+    });
+    assert_eq!(monthly.len(), 12, "{sets:#?}");
+    let (rank, oldest) = monthly
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, s)| s["tiers"] == serde_json::json!(["monthly"]))
+        .expect("a set only the monthly tier keeps");
+    let ends = oldest["deleted_after"].as_str().expect("deleted_after");
+    assert_eq!(oldest["next_change"], oldest["deleted_after"], "{oldest:#}");
+    let this_month = Utc::now()
+        .with_timezone(&zone)
+        .date_naive()
+        .with_day(1)
+        .expect("day 1");
+    let first = this_month
+        .checked_add_months(chrono::Months::new(12 - rank as u32))
+        .expect("date");
+    let expected_end = chrono::TimeZone::from_local_datetime(
+        &zone,
+        &first.and_hms_opt(0, 0, 0).expect("midnight"),
+    )
+    .earliest()
+    .expect("local midnight")
+    .with_timezone(&Utc);
+    assert_eq!(
+        DateTime::parse_from_rfc3339(ends)
+            .map(|t| t.with_timezone(&Utc))
+            .ok(),
+        Some(expected_end),
+        "{oldest:#}"
+    );
+    assert!(
+        oldest["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("(monthly)"),
+        "{oldest:#}"
+    );
+}
