@@ -131,6 +131,11 @@ def check(template: dict) -> list[str]:
     if not any(":snapshot/" in text(s.get("Resource")) for s in stmts if "ec2:CreateVolume" in actions(s)):
         problems.append("ec2:CreateVolume has no statement for its source snapshots")
 
+    for s in stmts:
+        if {"ec2:ModifySnapshotTier", "ec2:RestoreSnapshotTier"} & set(actions(s)):
+            if "aws:ResourceTag/ConsistentSnapshot:ManagedBy" not in text(s.get("Condition")):
+                problems.append(f"{s.get('Sid', '?')}: snapshot tiers changed on snapshots not tagged with this deployment's ManagedBy")
+
     # The catalog replaced Parameter Store: no parameter may be written any more.
     for s in stmts:
         for action in actions(s):

@@ -4,7 +4,11 @@
 //! the schedule's time zone (New York). A night, then a month later another: after each, the
 //! sets left in both regions are exactly those the tiers select (computed here from the dates,
 //! apart from the function's own code), each labelled with its tiers in the catalog and on its
-//! snapshots; a dry run then plans nothing and says when a monthly set is expected to go.
+//! snapshots; with `ARCHIVE_AFTER_DAYS=30`, exactly the sets only the monthly or yearly tier
+//! keeps, a month old and not to be deleted within 90 days, are in the archive tier; a dry run
+//! then plans nothing and says when a monthly set is expected to go; and a restore of an
+//! archived month-end set waits through its restore from the archive tier, then makes the
+//! volumes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,6 +32,8 @@ struct Listed {
     snapshots: Vec<String>,
     /// The `ConsistentSnapshot:Tiers` tag of each of its snapshots.
     tags: BTreeSet<Option<String>>,
+    /// Whether each of its snapshots is in the archive tier.
+    archived: BTreeSet<bool>,
 }
 
 /// `instance -> run -> set`, this deployment's, in `region`.
@@ -59,11 +65,14 @@ async fn listed(emulator: &Emulator, region: &str) -> BTreeMap<String, BTreeMap<
                 consistent: true,
                 snapshots: vec![],
                 tags: BTreeSet::new(),
+                archived: BTreeSet::new(),
             });
         set.start = set.start.min(start);
         set.consistent &= tag("AppConsistent").as_deref() == Some("True");
         set.snapshots.push(id.to_string());
         set.tags.insert(tag("ConsistentSnapshot:Tiers"));
+        set.archived
+            .insert(s.storage_tier() == Some(&aws_sdk_ec2::types::StorageTier::Archive));
     }
     found
 }
@@ -118,6 +127,61 @@ fn expected(
     tiers
         .into_iter()
         .map(|(run, t)| (run, t.join(",")))
+        .collect()
+}
+
+/// The sets that must be in the archive tier after a night whose own set is the newest: those
+/// only the monthly (12) or yearly (1) tier keeps, at least 30 days old, and not to leave
+/// their tiers within 90 days: the n-th newest month's set leaves when 13 - n newer months have
+/// a set, the year's when the next year has one (each at that period's first local midnight).
+fn due_for_archive(history: &History, zone: Tz, now: DateTime<Utc>) -> BTreeSet<String> {
+    let tiers = expected(history, zone);
+    let mut months: BTreeMap<String, Vec<&String>> = BTreeMap::new();
+    for (run, (at, _)) in history {
+        months
+            .entry(at.with_timezone(&zone).format("%Y-%m").to_string())
+            .or_default()
+            .push(run);
+    }
+    let this_month = now
+        .with_timezone(&zone)
+        .date_naive()
+        .with_day(1)
+        .expect("day 1");
+    let local_start = |day: chrono::NaiveDate| {
+        chrono::TimeZone::from_local_datetime(&zone, &day.and_hms_opt(0, 0, 0).expect("midnight"))
+            .earliest()
+            .expect("midnight")
+            .with_timezone(&Utc)
+    };
+    let mut leaves: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
+    for (n, runs) in months.values().rev().take(12).enumerate() {
+        let rep = runs
+            .iter()
+            .filter(|run| tiers.get(**run).is_some_and(|t| t.contains("monthly")))
+            .min_by_key(|run| history[**run].0);
+        if let Some(run) = rep {
+            let month = this_month
+                .checked_add_months(chrono::Months::new(12 - n as u32))
+                .expect("month");
+            leaves.insert(run.as_str(), local_start(month));
+        }
+    }
+    let next_year = chrono::NaiveDate::from_ymd_opt(this_month.year() + 1, 1, 1).expect("year");
+    tiers
+        .iter()
+        .filter(|(_, t)| !t.is_empty() && t.split(',').all(|t| t == "monthly" || t == "yearly"))
+        .filter(|(run, _)| now - history[*run].0 >= Duration::days(30))
+        .filter(|(run, t)| {
+            let month_end = leaves.get(run.as_str()).copied();
+            let year_end = t.contains("yearly").then(|| local_start(next_year));
+            month_end
+                .into_iter()
+                .chain(year_end)
+                .max()
+                .is_some_and(|end| end - now >= Duration::days(90))
+        })
+        .map(|(run, _)| run.clone())
         .collect()
 }
 
@@ -229,8 +293,17 @@ async fn four_hundred_days_keep_exactly_the_daily_weekly_monthly_and_yearly_sets
             ("RETAIN_MONTHLY", "12"),
             ("RETAIN_YEARLY", "1"),
             ("SCHEDULE_TIMEZONE", ZONE),
+            ("ARCHIVE_AFTER_DAYS", "30"),
         ])
         .expect("app");
+    // Archiving is at once here; a restore from the archive tier takes 3 s (AWS: hours).
+    emulator
+        .simulate_ebs(&harness::Ebs {
+            archive_seconds: Some(0.0),
+            restore_seconds: Some(3.0),
+            ..harness::Ebs::default()
+        })
+        .expect("EBS");
 
     // Everything each instance ever had in each region: (region, instance) -> run -> set.
     let mut history: BTreeMap<(String, String), History> = BTreeMap::new();
@@ -292,6 +365,29 @@ async fn four_hundred_days_keep_exactly_the_daily_weekly_monthly_and_yearly_sets
                     .expect("history");
                 seen.insert(run_id.clone(), (tonight.start, tonight.consistent));
                 check_region(region, instance, &sets, seen, &catalog);
+                // The archive tier: every set due is archived whole; on the first night,
+                // nothing else is (after the month's shift, a set archived before stays so).
+                let due = due_for_archive(seen, zone, Utc::now());
+                assert!(
+                    !due.is_empty(),
+                    "{instance} in {region}: nothing due for the archive"
+                );
+                for (run, set) in &sets {
+                    let archived = set.archived == BTreeSet::from([true]);
+                    if due.contains(run) {
+                        assert!(
+                            archived,
+                            "{instance}'s set {run} in {region} is due for the archive: {:?}",
+                            set.archived
+                        );
+                    } else if night == 0 {
+                        assert_eq!(
+                            set.archived,
+                            BTreeSet::from([false]),
+                            "{instance}'s set {run} in {region} is not due for the archive"
+                        );
+                    }
+                }
             }
         }
     }
@@ -366,4 +462,69 @@ async fn four_hundred_days_keep_exactly_the_daily_weekly_monthly_and_yearly_sets
             .contains("(monthly)"),
         "{oldest:#}"
     );
+    assert!(
+        sets.iter().any(|s| s["storage"] == "archive"),
+        "the dry run shows the archived sets: {sets:#?}"
+    );
+
+    // A restore of an archived month-end set: restored from the archive tier first (the
+    // answer says so and when to expect it), then its volumes are made.
+    let home = listed(emulator, HOME).await;
+    let (run, set) = home[&ids[0]]
+        .iter()
+        .filter(|(_, s)| s.archived == BTreeSet::from([true]))
+        .min_by_key(|(_, s)| s.start)
+        .expect("an archived set");
+    let request = serde_json::json!({"action": "restore", "instance_id": ids[0], "run_id": run, "mode": "volumes"});
+    let answer = world.invoke(&app, request.clone()).await.expect("restore");
+    assert_eq!(answer["status"], "in_progress", "{answer:#}");
+    let waiting = answer["waiting_for"].as_str().unwrap_or_default();
+    assert!(
+        waiting.contains("restored from the archive tier") && waiting.contains("expected by"),
+        "{answer:#}"
+    );
+    assert!(
+        answer["volumes"].as_array().is_none_or(|v| v.is_empty()),
+        "no volume before the restore from the archive: {answer:#}"
+    );
+    world
+        .drain_within(&app, std::time::Duration::from_secs(60))
+        .await
+        .expect("drain");
+    let done = world.invoke(&app, request).await.expect("restore again");
+    assert_eq!(done["status"], "done", "{done:#}");
+    let made: BTreeSet<String> = done["volumes"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|v| v["snapshot_id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        made,
+        set.snapshots.iter().cloned().collect::<BTreeSet<_>>(),
+        "{done:#}"
+    );
+    // Restored for a while only: AWS archives them again when the days end.
+    let tiers = emulator
+        .ec2()
+        .describe_snapshot_tier_status()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("snapshot-id")
+                .set_values(Some(set.snapshots.clone()))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeSnapshotTierStatus");
+    assert_eq!(tiers.snapshot_tier_statuses().len(), set.snapshots.len());
+    for status in tiers.snapshot_tier_statuses() {
+        assert_eq!(
+            status.last_tiering_operation_status().map(|s| s.as_str()),
+            Some("temporary-restore-completed"),
+            "{status:?}"
+        );
+    }
 }

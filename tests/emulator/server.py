@@ -39,7 +39,9 @@ steers the simulation through plain HTTP under /_sim/ on the same port:
                          "volume_seconds": 1.5, "instance_seconds": 1.5}: new snapshots and
                         copies stay pending that long; the next N copies into a region answer
                         ResourceLimitExceeded; new volumes stay `creating` (and cannot be
-                        attached) that long; instances stay `stopping`/`pending` that long
+                        attached) that long; instances stay `stopping`/`pending` that long;
+                        "archive_seconds": 0.5, "restore_seconds": 2.0: how long archiving
+                        and restoring from the archive tier take
   POST /_sim/age        {"region": "us-east-1", "snapshot_ids": ["snap-..."], "hours": 30}: those
                         snapshots were started that many hours earlier (time passing, for RPO)
   POST /_sim/history    {"region", "managed_by", "instance_ids", "sets", "hours_apart",

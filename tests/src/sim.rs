@@ -169,6 +169,12 @@ pub struct Ebs {
     /// may not use: "Given key ID is not accessible").
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub copy_errors: BTreeMap<String, String>,
+    /// Archiving a snapshot (ModifySnapshotTier) takes this long.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive_seconds: Option<f64>,
+    /// Restoring one from the archive tier takes this long (AWS: up to 72 hours).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore_seconds: Option<f64>,
 }
 
 /// What one destination region saw of copies (`GET /_sim/copies`).

@@ -51,6 +51,7 @@ fn history() -> Vec<SnapshotInfo> {
                     tags,
                     used_by_images: vec![],
                     copies_in_progress: 0,
+                    archived: false,
                 });
             }
         }
@@ -76,6 +77,7 @@ fn retention_plan(c: &mut Criterion) {
         retain: Retain::daily(7),
         keep_orphans: true,
         zone: chrono_tz::Tz::UTC,
+        archive_after_days: None,
     };
     let mut group = c.benchmark_group("retention");
     group.sample_size(10);

@@ -108,6 +108,9 @@ pub struct Config {
     pub retain: Retain,
     /// Where weeks, months and years begin (`SCHEDULE_TIMEZONE`, the schedule's own).
     pub schedule_zone: Tz,
+    /// Move sets kept only by the monthly or yearly tier to the archive tier once this many
+    /// days old (`ARCHIVE_AFTER_DAYS`; unset: never).
+    pub archive_after_days: Option<u32>,
     /// Regions each finished set is copied to.
     pub copy_regions: Vec<String>,
     /// Regions an instance's `ConsistentSnapshot:CopyRegions` tag may name besides
@@ -244,6 +247,7 @@ impl Config {
             region,
             retain: home,
             schedule_zone,
+            archive_after_days: s.optional_number("ARCHIVE_AFTER_DAYS", 1, 36_500),
             copy_regions: s.regions("COPY_REGIONS"),
             copy_regions_allowed: s.regions("COPY_REGIONS_ALLOWED"),
             copy_kms_key_ids: s.keys_by_region("COPY_KMS_KEY_IDS"),
@@ -275,6 +279,16 @@ impl Config {
     /// their rules, settings that contradict each other.
     fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if self.archive_after_days.is_some()
+            && self.retain.monthly == 0
+            && self.retain.yearly == 0
+            && self.copy_retain.monthly == 0
+            && self.copy_retain.yearly == 0
+        {
+            problems.push(
+                "ARCHIVE_AFTER_DAYS archives sets kept only by the monthly or yearly tier: set RETAIN_MONTHLY or RETAIN_YEARLY too".to_string(),
+            );
+        }
         if self.queue_url.is_empty() {
             problems.push("QUEUE_URL is required (the URL of the tracking queue)".to_string());
         }
@@ -537,6 +551,11 @@ mod tests {
             }
         );
         assert_eq!(c.schedule_zone, chrono_tz::Europe::Paris);
+        assert_eq!(c.archive_after_days, None);
+        let archive_alone = config(&[("QUEUE_URL", "q"), ("ARCHIVE_AFTER_DAYS", "30")])
+            .expect_err("archiving with no monthly or yearly tier")
+            .to_string();
+        assert!(archive_alone.contains("RETAIN_MONTHLY"), "{archive_alone}");
         let old = config(&[("QUEUE_URL", "q"), ("RETAIN_COUNT", "5")]).expect("valid");
         assert_eq!(old.retain.daily, 5);
         let err = config(&[

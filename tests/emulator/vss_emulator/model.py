@@ -130,7 +130,8 @@ class Simulation:
     def configure_ebs(self, spec: dict[str, Any]) -> None:
         with self.lock:
             known = ("pending_seconds", "copy_refusals", "volume_seconds", "instance_seconds",
-                     "copy_seconds", "copy_limit", "copy_errors")
+                     "copy_seconds", "copy_limit", "copy_errors", "archive_seconds",
+                     "restore_seconds")
             for key in spec:
                 if key not in known:
                     raise ValueError(f"unknown EBS simulation field {key!r}")
@@ -141,6 +142,9 @@ class Simulation:
             self.copy_seconds = float(spec.get("copy_seconds", self.copy_seconds))
             self.copy_limit = int(spec.get("copy_limit", self.copy_limit))
             self.copy_errors.update({k: str(v) for k, v in spec.get("copy_errors", {}).items()})
+            from .tiering import TIMING
+
+            TIMING.configure(spec)
 
     def new_snapshot(self, snapshot: Any) -> None:
         """A snapshot (or copy) just made: pending for a while, as EBS keeps it."""

@@ -15,6 +15,7 @@ from werkzeug.wrappers import Request, Response
 
 from .model import SIM
 from .protection import PROTECTION
+from .tiering import TIMING
 from .seeding import age_snapshots, landing_zone, seed_history
 
 
@@ -59,6 +60,7 @@ class App:
             elif path == "/_sim/reset" and request.method == "POST":
                 SIM.reset()
                 PROTECTION.reset()
+                TIMING.reset()
                 body = {"ok": True}
             else:
                 return Response("not found", status=404)(environ, start_response)

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use crate::aws::{aws, code_of, each_page, ec2_filter, ec2_tag, tag_map, utc};
 use crate::error::Error;
-use crate::model::snapshot::{SnapshotFacts, SnapshotInfo, SnapshotLock, TagInterner};
+use crate::model::snapshot::{SnapshotFacts, SnapshotInfo, SnapshotLock, TagInterner, TierStatus};
 use crate::model::tags::{TAG_MANAGED_BY, TAG_RUN_ID};
 
 /// Reads an SDK snapshot into plain facts.
@@ -29,6 +29,7 @@ fn facts_of(snapshot: &Snapshot) -> Option<SnapshotFacts> {
             .state_message()
             .filter(|m| !m.is_empty())
             .map(str::to_string),
+        archived: archived(snapshot.storage_tier()),
     })
 }
 
@@ -211,6 +212,11 @@ pub async fn tag(
     Ok(())
 }
 
+/// Whether EC2 reports a snapshot in the archive tier.
+fn archived(tier: Option<&aws_sdk_ec2::types::StorageTier>) -> bool {
+    tier == Some(&aws_sdk_ec2::types::StorageTier::Archive)
+}
+
 /// Writes one tag on many snapshots of a region, `TAG_BATCH` a call (CreateTags takes up to
 /// 1,000 resources; fewer keeps one refused call small); `subject` names them in an error.
 pub async fn tag_many(
@@ -356,6 +362,7 @@ pub async fn create_for_instance(
                 size_gib: s.volume_size(),
                 tags: tag_map(s.tags()),
                 state_message: None,
+                archived: false,
             })
         })
         .collect())
@@ -382,6 +389,101 @@ pub async fn delete(ec2: &aws_sdk_ec2::Client, snapshot_id: &str, subject: &str)
             _ => Deletion::Failed(aws("DeleteSnapshot", subject, err)),
         },
     }
+}
+
+/// What a ModifySnapshotTier (to the archive tier) did.
+#[derive(Debug)]
+pub enum Archival {
+    Started,
+    /// Already archived, or being moved between tiers (`IncorrectState`): nothing to do.
+    AlreadyMoving,
+    Failed(Error),
+}
+
+/// Moves one snapshot to the archive tier.
+pub async fn archive(ec2: &aws_sdk_ec2::Client, snapshot_id: &str, subject: &str) -> Archival {
+    let call = ec2
+        .modify_snapshot_tier()
+        .snapshot_id(snapshot_id)
+        .storage_tier(aws_sdk_ec2::types::TargetStorageTier::Archive)
+        .send()
+        .await;
+    match call {
+        Ok(_) => Archival::Started,
+        Err(err) => match err.as_service_error().and_then(code_of) {
+            Some("IncorrectState") => Archival::AlreadyMoving,
+            _ => Archival::Failed(aws("ModifySnapshotTier", subject, err)),
+        },
+    }
+}
+
+/// The tier status of these snapshots of one region (DescribeSnapshotTierStatus, filtered by
+/// id, paged).
+pub async fn tier_status(
+    ec2: &aws_sdk_ec2::Client,
+    ids: &[String],
+    subject: &str,
+) -> Result<BTreeMap<String, TierStatus>, Error> {
+    let mut found = BTreeMap::new();
+    for chunk in ids.chunks(IDS_PER_CALL) {
+        let pages = ec2
+            .describe_snapshot_tier_status()
+            .filters(ec2_filter("snapshot-id", chunk.to_vec()))
+            .into_paginator()
+            .send();
+        each_page(pages, "DescribeSnapshotTierStatus", subject, |page| {
+            for s in page.snapshot_tier_statuses() {
+                let Some(id) = s.snapshot_id() else { continue };
+                found.insert(
+                    id.to_string(),
+                    TierStatus {
+                        storage_tier: s
+                            .storage_tier()
+                            .map(|t| t.as_str().to_string())
+                            .unwrap_or_default(),
+                        last_operation: s
+                            .last_tiering_operation_status()
+                            .map(|t| t.as_str().to_string()),
+                        restore_expiry: s.restore_expiry_time().and_then(utc),
+                        last_started: s.last_tiering_start_time().and_then(utc),
+                    },
+                );
+            }
+        })
+        .await?;
+    }
+    Ok(found)
+}
+
+/// Restores archived snapshots temporarily, for `days` (AWS: up to 72 hours to complete);
+/// one already being restored is left as it is. Answers how many restores were started.
+pub async fn restore_from_archive(
+    ec2: &aws_sdk_ec2::Client,
+    ids: &[String],
+    days: i32,
+    subject: &str,
+) -> Result<usize, Error> {
+    let mut started = 0;
+    for id in ids {
+        match ec2
+            .restore_snapshot_tier()
+            .snapshot_id(id)
+            .temporary_restore_days(days)
+            .send()
+            .await
+        {
+            Ok(_) => started += 1,
+            Err(err) if err.as_service_error().and_then(code_of) == Some("IncorrectState") => {}
+            Err(err) => {
+                return Err(aws(
+                    "RestoreSnapshotTier",
+                    format!("{id} of {subject}"),
+                    err,
+                ))
+            }
+        }
+    }
+    Ok(started)
 }
 
 /// Ids asked of DescribeLockedSnapshots and ListSnapshotsInRecycleBin a call; the largest page

@@ -21,6 +21,9 @@ pub struct SourceSnapshot {
     /// Labelled `ConsistentSnapshot:Consistency=FileSystem` (taken with `NoWriters`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub file_system_only: bool,
+    /// In the archive tier when the restore was asked: restored from it first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub archived: bool,
 }
 
 /// The set chosen for a restore.

@@ -22,11 +22,39 @@ pub struct SnapshotFacts {
     pub tags: BTreeMap<String, String>,
     /// Why a snapshot (or copy) is in `error`, as EC2 says ("Given key ID is not accessible").
     pub state_message: Option<String>,
+    /// In the archive tier (`StorageTier` archive): it cannot be copied or made into a volume
+    /// until restored (a temporarily restored snapshot is `standard` until it is archived
+    /// again).
+    pub archived: bool,
 }
 
 impl SnapshotFacts {
     pub fn app_consistent(&self) -> bool {
         is_app_consistent(self.tags.get(TAG_APP_CONSISTENT).map(String::as_str))
+    }
+}
+
+/// Where a snapshot stands between storage tiers, as DescribeSnapshotTierStatus says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TierStatus {
+    /// `archive` or `standard`.
+    pub storage_tier: String,
+    /// `archival-in-progress`, `temporary-restore-in-progress`, `temporary-restore-completed`, …
+    pub last_operation: Option<String>,
+    pub restore_expiry: Option<DateTime<Utc>>,
+    pub last_started: Option<DateTime<Utc>>,
+}
+
+impl TierStatus {
+    pub fn archived(&self) -> bool {
+        self.storage_tier == "archive"
+    }
+
+    /// A restore from the archive tier is under way.
+    pub fn restoring(&self) -> bool {
+        self.last_operation
+            .as_deref()
+            .is_some_and(|op| op.ends_with("restore-in-progress"))
     }
 }
 
@@ -66,6 +94,8 @@ pub struct SnapshotInfo {
     pub used_by_images: Vec<String>,
     /// Copies of this snapshot (in other regions) that are not completed yet.
     pub copies_in_progress: usize,
+    /// In the archive tier.
+    pub archived: bool,
 }
 
 impl SnapshotInfo {
@@ -86,6 +116,7 @@ impl SnapshotInfo {
             tags,
             used_by_images: vec![],
             copies_in_progress: 0,
+            archived: facts.archived,
         })
     }
 
@@ -189,6 +220,7 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
             state_message: None,
+            archived: false,
         };
         let mut interner = TagInterner::default();
         let a = SnapshotInfo::from_facts(facts("snap-1"), &mut interner).expect("view");

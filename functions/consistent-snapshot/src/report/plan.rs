@@ -683,6 +683,7 @@ mod tests {
             tags,
             used_by_images: vec![],
             copies_in_progress: 0,
+            archived: false,
         }
     }
 

@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Duration, Utc};
+
 use serde::Serialize;
 
 use crate::jobs::{RestoreJob, VerifyItem};
@@ -16,7 +18,7 @@ use crate::model::fleet::InstanceView;
 use crate::model::ids::fnv1a32;
 use crate::model::requests::{RestoreMode, RestoreRequest};
 use crate::model::restore::{ChosenSet, SourceSnapshot, VolumeFacts};
-use crate::model::snapshot::SnapshotFacts;
+use crate::model::snapshot::{SnapshotFacts, TierStatus};
 use crate::model::state::{AttachmentState, InstanceState, PingStatus, SnapshotState, VolumeState};
 use crate::model::tags::{
     CONSISTENCY_FILE_SYSTEM, TAG_CONSISTENCY, TAG_DEVICE, TAG_MANAGED_BY, TAG_PURPOSE, TAG_RUN_ID,
@@ -155,6 +157,7 @@ pub fn source_snapshots(snapshots: Vec<SnapshotFacts>, managed_by: &str) -> Vec<
                 start_time: s.start_time?,
                 size_gib: s.size_gib,
                 state: s.state,
+                archived: s.archived,
                 snapshot_id: s.snapshot_id,
             })
         })
@@ -463,10 +466,61 @@ pub enum Step {
     Wait {
         for_what: String,
     },
+    /// Restore these snapshots from the archive tier, temporarily.
+    Thaw {
+        snapshots: Vec<String>,
+    },
     Done,
     Fail {
         why: String,
     },
+}
+
+/// How long a restore of an archived set may take: AWS restores from the archive tier within
+/// 72 hours, then the volumes are made.
+pub const ARCHIVE_RESTORE_HOURS: i64 = 80;
+/// Days a snapshot restored from the archive tier stays restored before AWS archives it again:
+/// long enough to make the volumes and to restore again from it.
+pub const THAW_DAYS: i32 = 7;
+
+/// Before any volume is made from a set that was in the archive tier: restore from it the
+/// snapshots of `wanted` (those of devices still without a volume) that are archived and not
+/// being restored, or wait for those being restored (AWS: up to 72 hours). `None` once every
+/// one of them is out of the archive tier.
+pub fn thaw_step(wanted: &[String], statuses: &BTreeMap<String, TierStatus>) -> Option<Step> {
+    let archived: Vec<(&String, &TierStatus)> = wanted
+        .iter()
+        .filter_map(|id| statuses.get(id).map(|s| (id, s)))
+        .filter(|(_, s)| s.archived())
+        .collect();
+    let to_start: Vec<String> = archived
+        .iter()
+        .filter(|(_, s)| !s.restoring())
+        .map(|(id, _)| (*id).clone())
+        .collect();
+    if !to_start.is_empty() {
+        return Some(Step::Thaw {
+            snapshots: to_start,
+        });
+    }
+    if archived.is_empty() {
+        return None;
+    }
+    let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let when = match archived.iter().filter_map(|(_, s)| s.last_started).min() {
+        Some(since) => format!(
+            "since {} (AWS takes up to 72 hours: expected by {})",
+            time(since),
+            time(since + Duration::hours(72))
+        ),
+        None => "(AWS takes up to 72 hours)".to_string(),
+    };
+    Some(Step::Wait {
+        for_what: format!(
+            "{} snapshot(s) being restored from the archive tier {when}",
+            archived.len()
+        ),
+    })
 }
 
 /// The next step towards every device carrying its target and the instance running.
@@ -605,6 +659,7 @@ mod tests {
             size_gib: Some(30),
             start_time: at(hours),
             file_system_only: false,
+            archived: false,
         }
     }
 
@@ -1158,5 +1213,57 @@ mod tests {
             .map(|v| v.volume_id.as_str())
             .collect();
         assert_eq!(deletable, ["v3"]);
+    }
+
+    #[test]
+    fn an_archived_set_is_restored_from_the_archive_tier_before_its_volumes_are_made() {
+        let status = |tier: &str, op: Option<&str>| TierStatus {
+            storage_tier: tier.into(),
+            last_operation: op.map(str::to_string),
+            restore_expiry: None,
+            last_started: Some(at(1)),
+        };
+        let wanted = vec!["snap-a".to_string(), "snap-b".to_string()];
+        let statuses: BTreeMap<String, TierStatus> = [
+            (
+                "snap-a".to_string(),
+                status("archive", Some("archival-completed")),
+            ),
+            (
+                "snap-b".to_string(),
+                status("archive", Some("temporary-restore-in-progress")),
+            ),
+        ]
+        .into();
+        // The one not being restored is restored; the other is waited for.
+        assert_eq!(
+            thaw_step(&wanted, &statuses),
+            Some(Step::Thaw {
+                snapshots: vec!["snap-a".into()]
+            })
+        );
+        let mut restoring = statuses.clone();
+        restoring.insert(
+            "snap-a".into(),
+            status("archive", Some("temporary-restore-in-progress")),
+        );
+        let Some(Step::Wait { for_what }) = thaw_step(&wanted, &restoring) else {
+            panic!("waits for the restore");
+        };
+        assert!(
+            for_what.contains("2 snapshot(s)") && for_what.contains("expected by"),
+            "{for_what}"
+        );
+        // Restored (temporarily: back in the standard tier): the volumes come next.
+        let restored: BTreeMap<String, TierStatus> = wanted
+            .iter()
+            .map(|id| {
+                (
+                    id.clone(),
+                    status("standard", Some("temporary-restore-completed")),
+                )
+            })
+            .collect();
+        assert_eq!(thaw_step(&wanted, &restored), None);
     }
 }

@@ -19,6 +19,11 @@
 //! 6. A set with a snapshot an AMI uses is kept and reported.
 //! 7. A set with a snapshot under an EBS Snapshot Lock is kept, reported with the lock's end,
 //!    and deleted by the first retention after it (`hold_locked`, over the locks EC2 reports).
+//!
+//! With `archive_after_days`, a kept set is moved to the archive tier (`archive`) when only the
+//! monthly or yearly tier keeps it, it is that old, and it is not expected to be deleted within
+//! `ARCHIVE_MINIMUM_DAYS` (AWS bills an archived snapshot for at least 90 days): the expected
+//! deletion is the earliest it can happen, since periods cannot come faster than the calendar.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -78,6 +83,24 @@ pub struct Policy {
     pub keep_orphans: bool,
     /// The schedule's time zone: where weeks, months and years begin.
     pub zone: Tz,
+    /// Archive sets kept only by the monthly or yearly tier once they are this many days old.
+    pub archive_after_days: Option<u32>,
+}
+
+/// AWS bills an archived snapshot for at least this many days: a set expected to be deleted
+/// sooner is never archived.
+pub const ARCHIVE_MINIMUM_DAYS: i64 = 90;
+
+/// Where a set's snapshots are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Storage {
+    #[default]
+    Standard,
+    /// Every snapshot in the archive tier.
+    Archive,
+    /// Some in the archive tier, some not (archiving under way, or a partial restore).
+    Partial,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -141,6 +164,11 @@ pub struct SetDecision {
     /// keeps it (an estimate for a dry run; every retention plans again from what exists).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deleted_after: Option<DateTime<Utc>>,
+    /// Its snapshots' storage tier, as EC2 reports it.
+    pub storage: Storage,
+    /// Moved to the archive tier by this retention (its snapshots not archived yet are).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub archive: bool,
 }
 
 /// The plan of one region: per instance, every set with its decision, newest first.
@@ -408,6 +436,26 @@ fn decide_instance(
             .map(|s| s.snapshot_id.clone())
             .collect();
         snapshots.sort();
+        let archived = set.snapshots.iter().filter(|s| s.archived).count();
+        let storage = match archived {
+            0 => Storage::Standard,
+            n if n == set.snapshots.len() => Storage::Archive,
+            _ => Storage::Partial,
+        };
+        let archive = action == Action::Keep
+            && held.is_none()
+            && storage != Storage::Archive
+            && !young
+            && archive_due(
+                standing,
+                started_at,
+                deleted_after,
+                policy.archive_after_days,
+                now,
+            );
+        if archive {
+            reason = format!("{reason}; archived: only the monthly or yearly tier keeps it");
+        }
         let recorded_tiers = set
             .snapshots
             .first()
@@ -426,9 +474,32 @@ fn decide_instance(
             recorded_tiers,
             next_change: next_change.filter(|_| action == Action::Keep),
             deleted_after: deleted_after.filter(|_| action == Action::Keep),
+            storage,
+            archive,
         });
     }
     decisions
+}
+
+/// Whether a kept set goes to the archive tier: only the monthly or yearly tier keeps it (a
+/// daily or weekly set is read and copied too often), it is at least `after_days` old, and its
+/// earliest deletion is `ARCHIVE_MINIMUM_DAYS` away or more.
+fn archive_due(
+    standing: &[Standing],
+    started_at: DateTime<Utc>,
+    deleted_after: Option<DateTime<Utc>>,
+    after_days: Option<u32>,
+    now: DateTime<Utc>,
+) -> bool {
+    let Some(after_days) = after_days else {
+        return false;
+    };
+    !standing.is_empty()
+        && standing
+            .iter()
+            .all(|s| matches!(s.tier, Tier::Monthly | Tier::Yearly))
+        && now - started_at >= Duration::days(i64::from(after_days))
+        && deleted_after.is_some_and(|end| end - now >= Duration::days(ARCHIVE_MINIMUM_DAYS))
 }
 
 /// What the dry run says of a kept set's future: when it leaves its next tier and when it
@@ -667,6 +738,12 @@ pub struct RetentionOutcome {
     pub recoverable: Vec<String>,
     /// Deletions not tried because the invocation's time ran out: the next pass does them.
     pub unfinished: usize,
+    /// `region/snapshot`: moved to the archive tier by this pass.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub archived: Vec<String>,
+    /// `region/snapshot: error`: not archived (tried again by the next retention).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub archive_failed: Vec<String>,
     /// Sets whose tiers changed and were recorded (catalog and tag) by this pass.
     #[serde(skip_serializing_if = "is_zero_count")]
     pub tiers_labelled: usize,
@@ -725,6 +802,7 @@ pub fn region_policy(config: &Config, home: bool) -> Policy {
         },
         keep_orphans: config.keep_orphaned_backups,
         zone: config.schedule_zone,
+        archive_after_days: config.archive_after_days,
     }
 }
 
@@ -798,8 +876,9 @@ impl RetentionOutcome {
 
     /// The metrics of an applied retention: snapshots deleted, deleted into the Recycle Bin,
     /// planned but kept (by an AMI, by a lock), deletions failed, regions not read.
-    pub fn metric_counts(&self) -> [(&'static str, usize); 6] {
+    pub fn metric_counts(&self) -> [(&'static str, usize); 7] {
         [
+            ("SnapshotsArchived", self.archived.len()),
             ("SnapshotsDeleted", self.deleted_before + self.deleted.len()),
             ("SnapshotsInRecycleBin", self.recoverable.len()),
             ("DeletionsHeldBack", self.kept.len()),
@@ -834,6 +913,13 @@ impl RetentionOutcome {
             held += &format!(
                 ", {} in the Recycle Bin (billed, recoverable)",
                 self.recoverable.len()
+            );
+        }
+        if !self.archived.is_empty() || !self.archive_failed.is_empty() {
+            held += &format!(
+                ", {} moved to the archive tier ({} not)",
+                self.archived.len(),
+                self.archive_failed.len()
             );
         }
         let failed = match self.failed.first() {
@@ -910,6 +996,7 @@ mod tests {
             retain: retain(count, days),
             keep_orphans: true,
             zone: Tz::UTC,
+            archive_after_days: None,
         }
     }
 
@@ -938,6 +1025,7 @@ mod tests {
             .collect(),
             used_by_images: vec![],
             copies_in_progress: 0,
+            archived: false,
         }
     }
 
@@ -1289,6 +1377,7 @@ mod tests {
                     retain: retain(count, days),
                     keep_orphans,
                     zone: Tz::UTC,
+                    archive_after_days: None,
                 };
                 (snaps, known, policy)
             })
@@ -1300,6 +1389,7 @@ mod tests {
             retain: Retain::daily(u32::MAX),
             keep_orphans: true,
             zone: Tz::UTC,
+            archive_after_days: None,
         };
         plan("r", snaps, &BTreeMap::new(), &p, t0())
             .instances
@@ -1445,6 +1535,8 @@ mod tests {
             recorded_tiers: vec![],
             next_change: None,
             deleted_after: None,
+            storage: Storage::Standard,
+            archive: false,
         };
         let plan = RegionPlan {
             region: "us-east-1".into(),
@@ -1616,11 +1708,13 @@ mod tests {
             weekly in 0..6u32,
             monthly in 0..14u32,
             yearly in 0..3u32,
+            archive_after_days in prop::option::of(1..60u32),
         ) {
             let zone = tiers::zone(zone).unwrap_or(Tz::UTC);
             let retain = Retain { daily, weekly, monthly, yearly, days: None };
-            let policy = Policy { managed_by: "prod".into(), retain, keep_orphans: true, zone };
+            let policy = Policy { managed_by: "prod".into(), retain, keep_orphans: true, zone, archive_after_days };
             let known = instances(InstanceStanding::Live { retain, lowering: None });
+            let mut archived_at: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
             let first_day = NaiveDate::from_ymd_opt(2025, 1, 1).unwrap_or_default();
             let mut taken: Taken = Vec::new();
             let mut existing: Vec<SnapshotInfo> = Vec::new();
@@ -1641,6 +1735,20 @@ mod tests {
                 let doomed: BTreeSet<&String> = planned.deletions().flat_map(|(_, s)| &s.snapshots).collect();
                 for (_, set) in planned.deletions() {
                     prop_assert!(set.tiers.is_empty(), "deleting {} which {:?} keep", set.run_id, set.tiers);
+                    if let Some(at) = archived_at.get(&set.run_id) {
+                        prop_assert!(now - *at >= Duration::days(ARCHIVE_MINIMUM_DAYS), "{} deleted {} days after it was archived", set.run_id, (now - *at).num_days());
+                    }
+                }
+                let archiving: BTreeSet<&String> = planned.instances.values().flatten().filter(|s| s.archive).map(|s| &s.run_id).collect();
+                for set in planned.instances.values().flatten().filter(|s| s.archive) {
+                    prop_assert!(set.tiers.iter().all(|t| matches!(t, Tier::Monthly | Tier::Yearly)), "{:?}", set);
+                    prop_assert!(now - set.started_at >= Duration::days(i64::from(archive_after_days.unwrap_or(0))));
+                    archived_at.entry(set.run_id.clone()).or_insert(now);
+                }
+                for s in existing.iter_mut() {
+                    if s.tag(TAG_RUN_ID).is_some_and(|run| archiving.contains(&run.to_string())) {
+                        s.archived = true;
+                    }
                 }
                 existing.retain(|s| !doomed.contains(&s.snapshot_id));
                 let survivors: BTreeSet<String> = existing.iter().filter_map(|s| s.tag(TAG_RUN_ID).map(str::to_string)).collect();
@@ -1681,6 +1789,7 @@ mod tests {
             retain,
             keep_orphans: true,
             zone: Tz::UTC,
+            archive_after_days: None,
         };
         let known = instances(InstanceStanding::Live {
             retain,

@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 use crate::app::{dispatched_run, emit_metrics, requeue, App};
 use crate::aws::catalog::{CopyKey, RunMarkerStore};
 use crate::aws::instances;
-use crate::aws::snapshots::{self, Deletion};
+use crate::aws::snapshots::{self, Archival, Deletion};
 use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
 use crate::jobs::{Job, RetentionJob, RETENTION_STALLED_PASSES};
@@ -24,7 +24,7 @@ use crate::model::tags::{TAG_INSTANCE_ID, TAG_SOURCE_SNAPSHOT, TAG_TIERS};
 use crate::model::tiers::{Tier, TierChange};
 use crate::retention::plan::{
     hold_locked, instance_state, next_pass, plan, region_policy, tier_changes, Action, Held,
-    Overrides, RegionPlan, RetentionOutcome, ANSWER_SETS, LOG_LINE_SETS,
+    Overrides, RegionPlan, RetentionOutcome, SetDecision, ANSWER_SETS, LOG_LINE_SETS,
 };
 use crate::run::plan::summary::MAX_FOREIGN;
 
@@ -363,6 +363,7 @@ pub async fn apply_retention(
                 outcome.tiers_labelled += labelled;
                 outcome.unfinished += left;
             }
+            outcome.unfinished += archive_sets(app, plan, stop_at, &mut outcome).await;
         }
         for (instance_id, sets) in &plan.instances {
             for set in sets.iter().filter(|s| s.action == Action::Keep) {
@@ -426,6 +427,66 @@ async fn label_tiers(
     info!(region = %region, sets = labelled, "retention tiers recorded");
     (labelled, 0)
 }
+
+/// Moves the sets the plan archives to the archive tier, at most `ARCHIVE_PER_PASS` snapshots
+/// a region a pass (AWS runs 25 archive operations at once) and until `stop_at`; a snapshot
+/// already archived or moving is skipped. A refusal for a limit ends the region's archiving
+/// until the next retention. Answers how many are left for the next pass.
+async fn archive_sets(
+    app: &App,
+    plan: &RegionPlan,
+    stop_at: DateTime<Utc>,
+    outcome: &mut RetentionOutcome,
+) -> usize {
+    let wanted: Vec<(&str, &SetDecision)> = plan
+        .instances
+        .iter()
+        .flat_map(|(instance, sets)| {
+            sets.iter()
+                .filter(|s| s.archive)
+                .map(move |s| (instance.as_str(), s))
+        })
+        .collect();
+    let total: usize = wanted.iter().map(|(_, s)| s.snapshots.len()).sum();
+    if total == 0 {
+        return 0;
+    }
+    let ec2 = app.aws.ec2_in(&plan.region);
+    let mut tried = 0usize;
+    for (instance_id, set) in wanted {
+        for snapshot_id in &set.snapshots {
+            if tried >= ARCHIVE_PER_PASS || Utc::now() >= stop_at {
+                info!(region = %plan.region, left = total - tried, "archiving goes on in the next pass");
+                return total - tried;
+            }
+            tried += 1;
+            let subject = format!("{snapshot_id} of {instance_id} in {}", plan.region);
+            match snapshots::archive(&ec2, snapshot_id, &subject).await {
+                Archival::Started => {
+                    info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, reason = %set.reason, "snapshot moved to the archive tier");
+                    outcome
+                        .archived
+                        .push(format!("{}/{snapshot_id}", plan.region));
+                }
+                Archival::AlreadyMoving => {}
+                Archival::Failed(err) if err.aws_code().is_some_and(|c| c.contains("Limit")) => {
+                    warn!(region = %plan.region, code = err.aws_code().unwrap_or("Unknown"), "archive limit reached: the next retention archives the rest");
+                    return 0;
+                }
+                Archival::Failed(err) => {
+                    warn!(region = %plan.region, instance_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), error = %err, "snapshot not archived: the next retention tries again");
+                    outcome
+                        .archive_failed
+                        .push(format!("{}/{snapshot_id}: {err}", plan.region));
+                }
+            }
+        }
+    }
+    0
+}
+
+/// Snapshots sent to the archive tier in one region by one pass.
+const ARCHIVE_PER_PASS: usize = 25;
 
 /// Sets labelled between two looks at the clock.
 const LABEL_CHUNK: usize = 100;

@@ -26,8 +26,8 @@ use crate::model::tags::{
 };
 use crate::restore::plan::{
     choose_set, replace_step, restore_id, restore_state, restore_zone, restored_and_swapped,
-    source_snapshots, volume_specs, volume_token, volumes_step, DeviceView, ReplaceView,
-    RestoreState, RestoreStatus, Step, VolumeSpec, RESTORE_HOURS,
+    source_snapshots, thaw_step, volume_specs, volume_token, volumes_step, DeviceView, ReplaceView,
+    RestoreState, RestoreStatus, Step, VolumeSpec, ARCHIVE_RESTORE_HOURS, RESTORE_HOURS, THAW_DAYS,
 };
 
 /// Steps one invocation carries out before handing the rest to the queue.
@@ -50,6 +50,12 @@ pub async fn on_demand(
         request.allow_crash_consistent.unwrap_or(false),
     )
     .map_err(|why| Error::Restore(format!("{instance_id}: {why}")))?;
+    // A set in the archive tier is restored from it first: AWS takes up to 72 hours.
+    let hours = if set.snapshots.iter().any(|s| s.archived) {
+        ARCHIVE_RESTORE_HOURS
+    } else {
+        RESTORE_HOURS
+    };
     let job = RestoreJob {
         restore_id: restore_id(instance_id, &set.run_id, request.mode, &zone, "restore"),
         instance_id: instance_id.to_string(),
@@ -60,7 +66,7 @@ pub async fn on_demand(
         rollback: request.rollback.unwrap_or(false),
         zone,
         set,
-        deadline: Utc::now() + Duration::hours(RESTORE_HOURS),
+        deadline: Utc::now() + Duration::hours(hours),
         attempt: 0,
     };
     info!(restore_id = %job.restore_id, instance_id, run_id = %job.set.run_id, mode = ?job.mode, rollback = job.rollback, "restore requested");
@@ -260,6 +266,21 @@ async fn next_step(
     job: &RestoreJob,
 ) -> Result<(Step, BTreeMap<String, VolumeFacts>), Error> {
     let restored = restored_volumes(app, &job.instance_id, &job.restore_id).await?;
+    // A set that was in the archive tier is restored from it before any volume is made.
+    let wanted: Vec<String> = job
+        .set
+        .snapshots
+        .iter()
+        .filter(|s| s.archived && !restored.contains_key(&s.device))
+        .map(|s| s.snapshot_id.clone())
+        .collect();
+    if !wanted.is_empty() {
+        let subject = format!("the set of {} from run {}", job.instance_id, job.set.run_id);
+        let statuses = snapshots::tier_status(&app.aws.ec2, &wanted, &subject).await?;
+        if let Some(step) = thaw_step(&wanted, &statuses) {
+            return Ok((step, restored));
+        }
+    }
     let step = match job.mode {
         RestoreMode::Volumes => volumes_step(job, &restored),
         RestoreMode::Replace => replace_next_step(app, job, &restored).await?,
@@ -309,6 +330,12 @@ async fn carry_out(app: &App, job: &RestoreJob, step: &Step) -> Result<(), Error
     let ec2 = &app.aws.ec2;
     info!(restore_id = %job.restore_id, instance_id = id, step = ?step, "restore step");
     match step {
+        Step::Thaw { snapshots } => {
+            let subject = format!("the set of {id} from run {}", job.set.run_id);
+            let started =
+                snapshots::restore_from_archive(ec2, snapshots, THAW_DAYS, &subject).await?;
+            info!(restore_id = %job.restore_id, instance_id = id, started, days = THAW_DAYS, "restore from the archive tier started (AWS takes up to 72 hours)");
+        }
         Step::Create { devices } => {
             let instance = instances::view(ec2, id).await?.unwrap_or_default();
             let current = volumes::by_id(

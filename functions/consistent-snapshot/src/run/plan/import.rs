@@ -160,6 +160,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             state_message: None,
+            archived: false,
         }
     }
 
