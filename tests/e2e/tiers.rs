@@ -1,4 +1,4 @@
-//! Retention tiers, end to end: two servers with 400 days of nightly sets (a few nights, and
+//! Retention tiers, end to end: a server with 400 days of nightly sets (a few nights, and
 //! one whole week, crash-consistent) in the home region and copies of the consistent ones in a
 //! copy region, under `RETAIN_DAILY=7, RETAIN_WEEKLY=4, RETAIN_MONTHLY=12, RETAIN_YEARLY=1` in
 //! the schedule's time zone (New York). A night, then a month later another: after each, the
@@ -234,13 +234,11 @@ fn check_region(
 
 #[tokio::test]
 async fn four_hundred_days_keep_exactly_the_daily_weekly_monthly_and_yearly_sets() {
-    let world = World::start(2).await.expect("world");
+    // One server (two volumes), which keeps the test's load on the machine's two cores low.
+    let world = World::start(1).await.expect("world");
     let emulator = &world.emulator;
     let ids = world
-        .seed(&[
-            ServerSpec::windows("sql01", 1),
-            ServerSpec::windows("files01", 1),
-        ])
+        .seed(&[ServerSpec::windows("sql01", 1)])
         .await
         .expect("seed");
     // The nights VSS left crash-consistent (0 = yesterday's): two lone nights inside the
@@ -317,8 +315,8 @@ async fn four_hundred_days_keep_exactly_the_daily_weekly_monthly_and_yearly_sets
     }
     assert_eq!(
         history.len(),
-        4,
-        "two servers in two regions: {:?}",
+        2,
+        "one server in two regions: {:?}",
         history.keys()
     );
     let home_sets = history[&(HOME.to_string(), ids[0].clone())].len() as u64;

@@ -52,6 +52,7 @@ fn history() -> Vec<SnapshotInfo> {
                     used_by_images: vec![],
                     copies_in_progress: 0,
                     archived: false,
+                    recorded_tiers: 0,
                 });
             }
         }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::model::state::SnapshotState;
-use crate::model::tags::{is_app_consistent, TAGS_READ, TAG_APP_CONSISTENT};
+use crate::model::tags::{is_app_consistent, TAGS_READ, TAG_APP_CONSISTENT, TAG_TIERS};
+use crate::model::tiers::Tier;
 
 /// What EC2 says of a snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -96,6 +97,10 @@ pub struct SnapshotInfo {
     pub copies_in_progress: usize,
     /// In the archive tier.
     pub archived: bool,
+    /// The retention tiers its catalog record holds (`Tier::bits`; `admit` puts them in the
+    /// `ConsistentSnapshot:Tiers` tag of the facts): one byte, not a tag slot, since a plan
+    /// over 100,000 snapshots holds them all.
+    pub recorded_tiers: u8,
 }
 
 impl SnapshotInfo {
@@ -117,6 +122,11 @@ impl SnapshotInfo {
             used_by_images: vec![],
             copies_in_progress: 0,
             archived: facts.archived,
+            recorded_tiers: facts
+                .tags
+                .get(TAG_TIERS)
+                .map(|t| Tier::bits(&Tier::parse_list(t)))
+                .unwrap_or(0),
         })
     }
 

@@ -58,7 +58,7 @@ pub const TAG_NAME: &str = "Name";
 /// The tags retention and the fleet report read; a snapshot's other tags (`Name`, the VSS
 /// document's `AwsVssConfig`, an operator's own) are not kept, which keeps a plan over
 /// 100,000 snapshots small.
-pub const TAGS_READ: [&str; 9] = [
+pub const TAGS_READ: [&str; 8] = [
     TAG_MANAGED_BY,
     TAG_CONSISTENCY,
     TAG_INSTANCE_ID,
@@ -67,7 +67,6 @@ pub const TAGS_READ: [&str; 9] = [
     TAG_DEVICE,
     TAG_SOURCE_SNAPSHOT,
     TAG_SOURCE_REGION,
-    TAG_TIERS,
 ];
 
 /// EC2's limits: a tag value holds at most 256 characters, a snapshot's description 255.

@@ -684,6 +684,7 @@ mod tests {
             used_by_images: vec![],
             copies_in_progress: 0,
             archived: false,
+            recorded_tiers: 0,
         }
     }
 

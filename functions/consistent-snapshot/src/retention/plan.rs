@@ -39,7 +39,7 @@ use crate::model::state::{InstanceState, SnapshotState};
 use crate::model::tags::{
     is_app_consistent, CONSISTENCY_FILE_SYSTEM, TAG_APP_CONSISTENT, TAG_CONSISTENCY,
     TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RETAIN_COUNT, TAG_RETAIN_DAYS, TAG_RETAIN_MONTHLY,
-    TAG_RETAIN_WEEKLY, TAG_RETAIN_YEARLY, TAG_RUN_ID, TAG_TIERS,
+    TAG_RETAIN_WEEKLY, TAG_RETAIN_YEARLY, TAG_RUN_ID,
 };
 use crate::model::tiers::{
     self, Candidate, CandidateKind, Period, Retain, Standing, Tier, TierChange,
@@ -459,8 +459,7 @@ fn decide_instance(
         let recorded_tiers = set
             .snapshots
             .first()
-            .and_then(|s| s.tag(TAG_TIERS))
-            .map(Tier::parse_list)
+            .map(|s| Tier::from_bits(s.recorded_tiers))
             .unwrap_or_default();
         decisions.push(SetDecision {
             run_id: set.run_id.to_string(),
@@ -1026,6 +1025,7 @@ mod tests {
             used_by_images: vec![],
             copies_in_progress: 0,
             archived: false,
+            recorded_tiers: 0,
         }
     }
 
