@@ -132,6 +132,11 @@ def check(template: dict) -> list[str]:
         problems.append("ec2:CreateVolume has no statement for its source snapshots")
 
     for s in stmts:
+        if any(a.startswith("ebs:") for a in actions(s)):
+            if any(a in ("ebs:*", "ebs:GetSnapshotBlock", "ebs:PutSnapshotBlock") for a in actions(s)):
+                problems.append(f"{s.get('Sid', '?')}: reads or writes snapshot data (only block lists are needed)")
+            if "aws:ResourceTag/ConsistentSnapshot:ManagedBy" not in text(s.get("Condition")):
+                problems.append(f"{s.get('Sid', '?')}: EBS direct APIs on snapshots not tagged with this deployment's ManagedBy")
         if {"ec2:ModifySnapshotTier", "ec2:RestoreSnapshotTier"} & set(actions(s)):
             if "aws:ResourceTag/ConsistentSnapshot:ManagedBy" not in text(s.get("Condition")):
                 problems.append(f"{s.get('Sid', '?')}: snapshot tiers changed on snapshots not tagged with this deployment's ManagedBy")

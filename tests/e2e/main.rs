@@ -7,6 +7,7 @@
 mod chaos;
 mod copy_limit;
 mod copy_retention;
+mod cost;
 mod event_shapes;
 mod fault_matrix;
 mod faults;

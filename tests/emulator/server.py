@@ -42,6 +42,8 @@ steers the simulation through plain HTTP under /_sim/ on the same port:
                         attached) that long; instances stay `stopping`/`pending` that long;
                         "archive_seconds": 0.5, "restore_seconds": 2.0: how long archiving
                         and restoring from the archive tier take
+  POST /_sim/blocks     {"region", "snapshot_id"}: what the snapshot holds in the model of its
+                        volume the EBS direct APIs answer from (each written block's version)
   POST /_sim/age        {"region": "us-east-1", "snapshot_ids": ["snap-..."], "hours": 30}: those
                         snapshots were started that many hours earlier (time passing, for RPO)
   POST /_sim/history    {"region", "managed_by", "instance_ids", "sets", "hours_apart",

@@ -186,6 +186,17 @@ impl Emulator {
         Ok(found)
     }
 
+    /// What a snapshot holds in the emulator's model of its volume: each written block's
+    /// version (`/_sim/blocks`), for a test to compare snapshots apart from the EBS direct APIs.
+    pub fn block_versions(&self, region: &str, snapshot_id: &str) -> Result<Vec<i64>> {
+        let answer = self.http(
+            "POST",
+            "/_sim/blocks",
+            &json!({"region": region, "snapshot_id": snapshot_id}),
+        )?;
+        Ok(serde_json::from_value(answer["versions"].clone())?)
+    }
+
     /// The catalog of the test deployment, through the function's own store.
     pub fn catalog(&self) -> Catalog {
         Catalog::new(&self.sdk, CATALOG_TABLE)
@@ -447,10 +458,16 @@ impl Emulator {
                 verified_by: "an earlier night (test fixture)".into(),
                 fallback: false,
             });
+            let devices: BTreeMap<String, String> = set
+                .snapshots
+                .iter()
+                .map(|s| (s.snapshot_id.clone(), s.device.clone()))
+                .collect();
             copies.extend(set.copies.into_iter().map(|c| CopyRecord {
                 run_id: set.run_id.clone(),
                 instance_id: set.instance_id.clone(),
                 region: c.region,
+                device: devices.get(&c.source_snapshot_id).cloned(),
                 source_snapshot_id: c.source_snapshot_id,
                 snapshot_id: c.snapshot_id,
                 started_at: set.taken,

@@ -137,6 +137,10 @@ pub struct Config {
     pub metrics_namespace: String,
     /// How many instances a verification restores when none are named.
     pub verify_sample_size: u32,
+    /// The cost estimate's prices, in millionths of a dollar per GB-month: the standard tier
+    /// (`COST_PER_GB_MONTH`, 0.05) and the archive tier (`ARCHIVE_COST_PER_GB_MONTH`, 0.0125).
+    pub cost_micros_per_gb_month: u32,
+    pub archive_cost_micros_per_gb_month: u32,
 }
 
 impl Config {
@@ -265,6 +269,8 @@ impl Config {
             notify_topic_arn: Some(s.text("NOTIFY_TOPIC_ARN", "")).filter(|t| !t.is_empty()),
             metrics_namespace: s.text("METRICS_NAMESPACE", "ConsistentSnapshot"),
             verify_sample_size: s.number("VERIFY_SAMPLE_SIZE", "2", 1, MAX_VERIFY as u32),
+            cost_micros_per_gb_month: s.price("COST_PER_GB_MONTH", "0.05"),
+            archive_cost_micros_per_gb_month: s.price("ARCHIVE_COST_PER_GB_MONTH", "0.0125"),
         };
         let mut problems = s.problems;
         problems.extend(config.problems());
@@ -414,6 +420,20 @@ impl<G: Fn(&str) -> Option<String>> Settings<G> {
         }
     }
 
+    /// A price in dollars per GB-month (above 0, at most 10), in millionths of a dollar.
+    fn price(&mut self, name: &str, default: &str) -> u32 {
+        let value = self.text(name, default);
+        match value.parse::<f64>() {
+            Ok(p) if p > 0.0 && p <= 10.0 => (p * 1e6).round() as u32,
+            _ => {
+                self.problems.push(format!(
+                    "{name}={value} must be a price in dollars per GB-month, above 0 and at most 10"
+                ));
+                0
+            }
+        }
+    }
+
     fn flag(&mut self, name: &str, default: &str) -> bool {
         let value = self.text(name, default);
         parse_bool(&value).unwrap_or_else(|| {
@@ -556,6 +576,22 @@ mod tests {
             .expect_err("archiving with no monthly or yearly tier")
             .to_string();
         assert!(archive_alone.contains("RETAIN_MONTHLY"), "{archive_alone}");
+        // The cost estimate's prices, in millionths of a dollar per GB-month.
+        assert_eq!(
+            (
+                c.cost_micros_per_gb_month,
+                c.archive_cost_micros_per_gb_month
+            ),
+            (50_000, 12_500)
+        );
+        let priced = config(&[("QUEUE_URL", "q"), ("COST_PER_GB_MONTH", "0.055")]).expect("valid");
+        assert_eq!(priced.cost_micros_per_gb_month, 55_000);
+        for bad in ["0", "-1", "cheap", "11"] {
+            let err = config(&[("QUEUE_URL", "q"), ("COST_PER_GB_MONTH", bad)])
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains("COST_PER_GB_MONTH"), "{bad}: {err}");
+        }
         let old = config(&[("QUEUE_URL", "q"), ("RETAIN_COUNT", "5")]).expect("valid");
         assert_eq!(old.retain.daily, 5);
         let err = config(&[

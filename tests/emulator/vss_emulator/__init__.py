@@ -3,16 +3,17 @@ project depends on it (see `server.py` for what and why).
 
 * `model`: the simulated Windows side (`SIM`);
 * `ssm`, `ec2`, `iam`, `sqs`: one module per patched service (`protection`: Snapshot Lock and the
-  Recycle Bin; `tiering`: the archive tier); each one's `REPLACES` lists every moto
+  Recycle Bin; `tiering`: the archive tier; `blocks`: the EBS direct APIs' block lists); each
+  one's `REPLACES` lists every moto
   behaviour it replaces, and its `install()` applies them;
 * `seeding`: earlier nightly runs and time passing;
 * `routes`: moto's routes and the `/_sim/...` control API.
 """
 
-from . import ec2, iam, protection, sqs, ssm, tiering
+from . import blocks, ec2, iam, protection, sqs, ssm, tiering
 
 
 def install() -> None:
     """Applies every patch, once, before the server starts."""
-    for service in (ssm, ec2, iam, protection, sqs, tiering):
+    for service in (ssm, ec2, iam, protection, sqs, tiering, blocks):
         service.install()

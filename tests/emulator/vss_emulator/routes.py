@@ -14,6 +14,7 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.wrappers import Request, Response
 
 from .model import SIM
+from .blocks import block_versions
 from .protection import PROTECTION
 from .tiering import TIMING
 from .seeding import age_snapshots, landing_zone, seed_history
@@ -43,6 +44,8 @@ class App:
             elif path == "/_sim/recycle-bin" and request.method == "POST":
                 PROTECTION.add_rule(json.loads(request.get_data() or b"{}"))
                 body = {"ok": True}
+            elif path == "/_sim/blocks" and request.method == "POST":
+                body = {"versions": block_versions(json.loads(request.get_data() or b"{}"))}
             elif path == "/_sim/age" and request.method == "POST":
                 body = {"aged": age_snapshots(json.loads(request.get_data() or b"{}"))}
             elif path == "/_sim/history" and request.method == "POST":

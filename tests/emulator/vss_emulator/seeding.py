@@ -88,6 +88,10 @@ def age_snapshots(spec: dict[str, Any]) -> int:
         if snapshot is None:
             raise ValueError(f"no snapshot {snapshot_id} in {spec['region']}")
         snapshot.start_time = snapshot.start_time - delta
+        origin = getattr(snapshot, "block_origin", None)
+        if origin is not None:
+            # A copy holds its source's blocks as they were then: that time moves back too.
+            snapshot.block_origin = (origin[0], origin[1] - delta)
         aged += 1
     return aged
 

@@ -18,7 +18,7 @@
 //! JSON in `body`; a set item is removed when retention deletes its snapshots, a copy's when
 //! retention deletes the copy, so the table holds what exists and nothing grows without end.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
@@ -34,6 +34,7 @@ use crate::jobs::{RestoreJob, RunJob};
 use crate::model::catalog::{
     CatalogIndex, CopyRecord, CopyTargets, InstanceReport, ManifestEntry, SetRecord,
 };
+use crate::model::cost::{CostCount, InstanceCost, Pair};
 use crate::model::markers::{
     parse_markers, to_release, MarkerValue, RunMarkers, ABANDONED, COPIED, COPY_LEASE, COPY_PASS,
     COPY_UNSURE, DISPATCHED, DISPATCH_ERROR, FALLBACK, FALLBACK_UNSURE, KEEP_RUN_DAYS, LEASE,
@@ -62,6 +63,11 @@ const RUN_TARGETS: &str = "run-copy-targets";
 const MANIFEST: &str = "manifest";
 const REPORT: &str = "report";
 const RECORD: &str = "run-record";
+const COST_COUNT: &str = "cost-count";
+/// The partition (and kind) of the instances' cost summaries.
+const COST_SUMMARY: &str = "cost-summary";
+/// How long a block count is kept.
+const KEEP_COST_DAYS: i64 = 400;
 /// BatchWriteItem takes at most 25 requests; unprocessed ones are sent again this many times.
 const BATCH: usize = 25;
 const BATCH_ROUNDS: u32 = 5;
@@ -150,6 +156,10 @@ fn put_request(item: HashMap<String, AttributeValue>) -> Option<WriteRequest> {
 /// A finished run's full record: its summary, page by page.
 fn record_pk(run_id: &str) -> String {
     format!("record#{run_id}")
+}
+
+fn cost_pk(region: &str, instance_id: &str) -> String {
+    format!("cost#{region}#{instance_id}")
 }
 
 fn set_pk(instance_id: &str) -> String {
@@ -949,6 +959,82 @@ impl Catalog {
             }
         }
         Ok(written)
+    }
+
+    /// The block counts earlier cost runs made of one instance's lineages in `region`.
+    pub async fn cost_counts(
+        &self,
+        region: &str,
+        instance_id: &str,
+    ) -> Result<BTreeMap<Pair, CostCount>, Error> {
+        let items = self
+            .query(
+                cost_pk(region, instance_id),
+                "",
+                &format!("cost counts of {instance_id} in {region}"),
+            )
+            .await?;
+        Ok(items
+            .iter()
+            .filter_map(body_of::<CostCount>)
+            .map(|c| (c.pair.clone(), c))
+            .collect())
+    }
+
+    /// Keeps counts for later cost runs (for about a year: a snapshot kept longer is counted
+    /// again).
+    pub async fn put_cost_counts(
+        &self,
+        region: &str,
+        instance_id: &str,
+        counts: &[CostCount],
+    ) -> Result<(), Error> {
+        let expires = AttributeValue::N(
+            (Utc::now() + Duration::days(KEEP_COST_DAYS))
+                .timestamp()
+                .to_string(),
+        );
+        let requests = counts
+            .iter()
+            .filter_map(|c| {
+                let sk = format!(
+                    "pair#{}#{}",
+                    c.pair.first.as_deref().unwrap_or("-"),
+                    c.pair.second
+                );
+                put_request(item(
+                    cost_pk(region, instance_id),
+                    sk,
+                    COST_COUNT,
+                    c,
+                    Some(expires.clone()),
+                ))
+            })
+            .collect();
+        self.batch(requests, "cost counts").await
+    }
+
+    /// Records what an instance's kept sets cost, for the fleet report.
+    pub async fn put_instance_cost(&self, cost: &InstanceCost) -> Result<(), Error> {
+        self.put(
+            item(
+                COST_SUMMARY.to_string(),
+                format!("instance#{}", cost.instance_id),
+                COST_SUMMARY,
+                cost,
+                None,
+            ),
+            &format!("cost of {}", cost.instance_id),
+        )
+        .await
+    }
+
+    /// What the last cost run found of each instance.
+    pub async fn instance_costs(&self) -> Result<Vec<InstanceCost>, Error> {
+        let items = self
+            .query(COST_SUMMARY.to_string(), "instance#", "costs")
+            .await?;
+        Ok(items.iter().filter_map(body_of::<InstanceCost>).collect())
     }
 
     /// Forgets sets whose snapshots retention deleted (instance, run), and deleted copies.

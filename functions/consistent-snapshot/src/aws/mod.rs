@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod commands;
+pub mod ebs;
 pub mod iam;
 pub mod instances;
 pub mod metrics;
@@ -37,6 +38,8 @@ pub struct Clients {
     pub sqs: aws_sdk_sqs::Client,
     pub sns: aws_sdk_sns::Client,
     pub iam: aws_sdk_iam::Client,
+    /// The EBS direct APIs (the cost estimate), in the function's region.
+    pub ebs: aws_sdk_ebs::Client,
     pub catalog: catalog::Catalog,
     /// The function's own region (`AWS_REGION`): `ec2_in` of another region makes a client.
     pub region: String,
@@ -61,6 +64,7 @@ impl Clients {
             sqs: client!(aws_sdk_sqs),
             sns: client!(aws_sdk_sns),
             iam: client!(aws_sdk_iam),
+            ebs: client!(aws_sdk_ebs),
             catalog: catalog::Catalog::with_client(client!(aws_sdk_dynamodb), catalog_table),
             region: region.to_string(),
             throttles,
@@ -79,6 +83,22 @@ impl Clients {
             .region(aws_sdk_ec2::config::Region::new(region.to_string()))
             .build();
         aws_sdk_ec2::Client::from_conf(config)
+    }
+}
+
+impl Clients {
+    /// An EBS direct API client for `region`, as `ec2_in`.
+    pub fn ebs_in(&self, region: &str) -> aws_sdk_ebs::Client {
+        if region == self.region || self.region.is_empty() {
+            return self.ebs.clone();
+        }
+        let config = self
+            .ebs
+            .config()
+            .to_builder()
+            .region(aws_sdk_ebs::config::Region::new(region.to_string()))
+            .build();
+        aws_sdk_ebs::Client::from_conf(config)
     }
 }
 

@@ -346,7 +346,7 @@ impl Carried {
 pub fn copy_record(
     (run_id, instance_id): (&str, &str),
     (region, source_snapshot_id, snapshot_id): (&str, &str, &str),
-    carried: Carried,
+    (carried, device): (Carried, Option<&str>),
     started_at: DateTime<Utc>,
 ) -> CopyRecord {
     CopyRecord {
@@ -361,6 +361,7 @@ pub fn copy_record(
         imported: false,
         set_size: carried.set_size,
         seen_final: None,
+        device: device.map(str::to_string),
     }
 }
 
@@ -588,6 +589,7 @@ mod tests {
                 imported: false,
                 set_size: set.snapshots.len() as u32,
                 seen_final: None,
+                device: None,
             })
             .collect()
     }
@@ -931,6 +933,7 @@ mod tests {
             imported: false,
             set_size: 1,
             seen_final: None,
+            device: None,
         };
         // A copy whose answer was lost has the function's own description; a look-alike
         // tagged by hand has another one (descriptions are set at creation only).

@@ -37,7 +37,7 @@ use crate::model::pace::Pace;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::SnapshotState;
 use crate::model::stop_time;
-use crate::model::tags::{TAG_INSTANCE_ID, TAG_SOURCE_SNAPSHOT};
+use crate::model::tags::{TAG_DEVICE, TAG_INSTANCE_ID, TAG_SOURCE_SNAPSHOT};
 use crate::run::plan::claim::{decide_copy, CopyClaim};
 
 /// Unconfirmed copies (no answer, a 5xx) after which a pass starts no more copies in a region.
@@ -504,7 +504,7 @@ async fn copy_pass(
                         .record_copy(&copy_record(
                             (run_id, &instance_id),
                             (&region, &source_id, &copy_id),
-                            carried,
+                            (carried, source.tags.get(TAG_DEVICE).map(String::as_str)),
                             Utc::now(),
                         ))
                         .await?;
@@ -701,7 +701,7 @@ async fn region_copies(
         let record = copy_record(
             (run_id, &instance_id),
             (region, &source_id, &copy.snapshot_id),
-            carried,
+            (carried, source.tags.get(TAG_DEVICE).map(String::as_str)),
             Utc::now(),
         );
         app.aws.catalog.record_copy(&record).await?;

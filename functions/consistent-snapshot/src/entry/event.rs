@@ -17,8 +17,8 @@ use crate::model::ids::{
     fnv1a32, is_availability_zone, is_instance_id, is_run_id, is_scheduled_run_id,
 };
 use crate::model::requests::{
-    ImportRequest, ReadinessRequest, ReportRequest, RestoreMode, RestoreRequest, RetentionRequest,
-    SnapshotRequest, VerifyRequest, MAX_INSTANCE_IDS, MAX_VERIFY,
+    CostRequest, ImportRequest, ReadinessRequest, ReportRequest, RestoreMode, RestoreRequest,
+    RetentionRequest, SnapshotRequest, VerifyRequest, MAX_INSTANCE_IDS, MAX_VERIFY,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +57,7 @@ pub enum Action {
     Verify(VerifyRequest),
     Import(ImportRequest),
     Readiness(ReadinessRequest),
+    Cost(CostRequest),
 }
 
 /// The input of an EventBridge Scheduler schedule, as the template writes it with the
@@ -127,7 +128,7 @@ impl Event {
         }
         Err(Error::Event(
             "unrecognised payload: expected an EventBridge scheduled event, an SQS event, or an \
-             on-demand call with an `action` field (snapshot, retention, report, restore, verify, import, readiness)"
+             on-demand call with an `action` field (snapshot, retention, report, restore, verify, import, readiness, cost)"
                 .into(),
         ))
     }
@@ -151,9 +152,10 @@ fn parse_action(action: Value, mut payload: Value) -> Result<Action, Error> {
         "verify" => Action::Verify(from_value(payload, "verify request")?),
         "import" => Action::Import(from_value(payload, "import request")?),
         "readiness" => Action::Readiness(from_value(payload, "readiness request")?),
+        "cost" => Action::Cost(from_value(payload, "cost request")?),
         other => {
             return Err(Error::Event(format!(
-                "field `action`: unknown action {other:?}, expected one of snapshot, retention, report, restore, verify, import, readiness"
+                "field `action`: unknown action {other:?}, expected one of snapshot, retention, report, restore, verify, import, readiness, cost"
             )))
         }
     };
@@ -167,6 +169,9 @@ fn parse_action(action: Value, mut payload: Value) -> Result<Action, Error> {
         validate_verify_request(request)?;
     }
     if let Action::Readiness(request) = &action {
+        validate_instance_ids(request.instance_ids.as_ref())?;
+    }
+    if let Action::Cost(request) = &action {
         validate_instance_ids(request.instance_ids.as_ref())?;
     }
     if let Action::Retention(request) = &action {

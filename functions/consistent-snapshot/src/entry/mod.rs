@@ -93,6 +93,9 @@ async fn route(app: &App, payload: Value, deadline: DateTime<Utc>) -> Result<Val
         Event::OnDemand(Action::Readiness(request)) => {
             crate::report::step::readiness(app, request, deadline).await
         }
+        Event::OnDemand(Action::Cost(request)) => {
+            crate::report::cost::on_demand(app, request.instance_ids.as_deref(), deadline).await
+        }
     }
 }
 

@@ -173,6 +173,10 @@ pub struct CopyRecord {
     /// view of its copies, so that a copy pass describes only the copies still on their way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seen_final: Option<SeenFinal>,
+    /// The device its source's volume had at dispatch, as the catalog recorded the source
+    /// (none in records of earlier versions): the copy's volume lineage, for the cost estimate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// A copy's final state as the copy step saw it in EC2.
@@ -402,7 +406,7 @@ impl CatalogIndex {
             instance_id: self.number(&copy.instance_id),
             run_id: self.number(&copy.run_id),
             volume_id: NONE,
-            device: NONE,
+            device: copy.device.as_deref().map_or(NONE, |d| self.number(d)),
             source_snapshot_id: self.number(&copy.source_snapshot_id),
             start_time: None,
             consistent: copy.consistent,
@@ -772,6 +776,7 @@ mod tests {
             imported: false,
             set_size: 0,
             seen_final: None,
+            device: None,
         };
         let index = CatalogIndex::new([&record], [&copy]);
         let admitted = admit(
@@ -810,6 +815,7 @@ mod tests {
             imported: false,
             set_size,
             seen_final: None,
+            device: None,
         };
         let verdict = |index: &CatalogIndex, id: &str| {
             let facts = facts(id, "vol-ffffffff", 900, &[]);

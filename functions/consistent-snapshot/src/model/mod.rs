@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod cause;
 pub mod command;
+pub mod cost;
 pub mod fleet;
 pub mod ids;
 pub mod markers;

@@ -47,6 +47,14 @@ pub struct ReportRequest {
     pub page: Option<usize>,
 }
 
+/// `{"action":"cost","instance_ids"?}`: what each kept set costs (EBS direct APIs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostRequest {
+    #[serde(default)]
+    pub instance_ids: Option<Vec<String>>,
+}
+
 /// `{"action":"readiness","instance_ids"?}`: the tagged fleet's (or these tagged servers')
 /// checklist before the night.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

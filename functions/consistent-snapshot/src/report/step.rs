@@ -13,6 +13,7 @@ use crate::app::{emit_metrics, probe_servers, to_json, App};
 use crate::aws::{commands, iam, instances};
 use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
+use crate::model::cost::InstanceCost;
 use crate::model::fleet::SkipReason;
 use crate::model::fleet::{AgentFacts, InstanceFacts, RouteFacts};
 use crate::model::markers::KEEP_RUN_DAYS;
@@ -357,7 +358,39 @@ pub async fn on_demand(app: &App) -> Result<Value, Error> {
     } else {
         info!("{line}");
     }
-    Ok(to_json(&report))
+    let mut answer = to_json(&report);
+    attach_costs(app, &mut answer).await;
+    Ok(answer)
+}
+
+/// What the last cost run (`{"action":"cost"}`) found of each instance, on its report entry
+/// (`cost`), and the fleet's monthly total; nothing when no cost run has been made.
+async fn attach_costs(app: &App, answer: &mut Value) {
+    let costs = match app.aws.catalog.instance_costs().await {
+        Ok(costs) if !costs.is_empty() => costs,
+        Ok(_) => return,
+        Err(err) => {
+            warn!(error = %err, "instance costs not readable: the report shows none");
+            return;
+        }
+    };
+    let total: f64 = costs.iter().map(|c| c.monthly_cost).sum();
+    let by_id: BTreeMap<&str, &InstanceCost> =
+        costs.iter().map(|c| (c.instance_id.as_str(), c)).collect();
+    if let Some(entries) = answer["instances"].as_array_mut() {
+        for entry in entries {
+            let id = entry["instance_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if let Some(cost) = by_id.get(id.as_str()) {
+                entry["cost"] = serde_json::to_value(cost).unwrap_or_default();
+            }
+        }
+    }
+    if let Some(totals) = answer["totals"].as_object_mut() {
+        totals.insert("monthly_cost".into(), serde_json::json!(total));
+    }
 }
 
 /// `{"action":"report","run_id":…,"page":n}`: page `n` of a finished run's full record, as the

@@ -127,6 +127,7 @@ pub fn plan_import(
                     imported: true,
                     set_size: 0,
                     seen_final: None,
+                    device: None,
                 }),
                 None => plan.left_out.push(format!(
                     "{copy_region}/{}: not a copy of a set being imported",
