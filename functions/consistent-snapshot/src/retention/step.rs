@@ -363,7 +363,7 @@ pub async fn apply_retention(
                 outcome.tiers_labelled += labelled;
                 outcome.unfinished += left;
             }
-            outcome.unfinished += archive_sets(app, plan, stop_at, &mut outcome).await;
+            archive_sets(app, plan, stop_at, &mut outcome).await;
         }
         for (instance_id, sets) in &plan.instances {
             for set in sets.iter().filter(|s| s.action == Action::Keep) {
@@ -428,16 +428,18 @@ async fn label_tiers(
     (labelled, 0)
 }
 
-/// Moves the sets the plan archives to the archive tier, at most `ARCHIVE_PER_PASS` snapshots
-/// a region a pass (AWS runs 25 archive operations at once) and until `stop_at`; a snapshot
-/// already archived or moving is skipped. A refusal for a limit ends the region's archiving
-/// until the next retention. Answers how many are left for the next pass.
+/// Moves the sets the plan archives to the archive tier: at most `ARCHIVE_PER_PASS` archive
+/// operations started in a region a pass (AWS runs 25 at once), until `stop_at`; a snapshot
+/// already archived or still being archived (which takes AWS hours) is skipped without using
+/// that budget. What is left waits for the next pass or night: it is not a deletion left
+/// undone, so it neither queues passes nor counts as `unfinished` (whose alarm is about
+/// deletions). A refusal for a limit ends the region's archiving until the next retention.
 async fn archive_sets(
     app: &App,
     plan: &RegionPlan,
     stop_at: DateTime<Utc>,
     outcome: &mut RetentionOutcome,
-) -> usize {
+) {
     let wanted: Vec<(&str, &SetDecision)> = plan
         .instances
         .iter()
@@ -447,22 +449,21 @@ async fn archive_sets(
                 .map(move |s| (instance.as_str(), s))
         })
         .collect();
-    let total: usize = wanted.iter().map(|(_, s)| s.snapshots.len()).sum();
-    if total == 0 {
-        return 0;
+    if wanted.is_empty() {
+        return;
     }
     let ec2 = app.aws.ec2_in(&plan.region);
-    let mut tried = 0usize;
+    let mut started = 0usize;
     for (instance_id, set) in wanted {
         for snapshot_id in &set.snapshots {
-            if tried >= ARCHIVE_PER_PASS || Utc::now() >= stop_at {
-                info!(region = %plan.region, left = total - tried, "archiving goes on in the next pass");
-                return total - tried;
+            if started >= ARCHIVE_PER_PASS || Utc::now() >= stop_at {
+                info!(region = %plan.region, started, "archiving goes on in the next retention");
+                return;
             }
-            tried += 1;
             let subject = format!("{snapshot_id} of {instance_id} in {}", plan.region);
             match snapshots::archive(&ec2, snapshot_id, &subject).await {
                 Archival::Started => {
+                    started += 1;
                     info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, reason = %set.reason, "snapshot moved to the archive tier");
                     outcome
                         .archived
@@ -471,9 +472,10 @@ async fn archive_sets(
                 Archival::AlreadyMoving => {}
                 Archival::Failed(err) if err.aws_code().is_some_and(|c| c.contains("Limit")) => {
                     warn!(region = %plan.region, code = err.aws_code().unwrap_or("Unknown"), "archive limit reached: the next retention archives the rest");
-                    return 0;
+                    return;
                 }
                 Archival::Failed(err) => {
+                    started += 1;
                     warn!(region = %plan.region, instance_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), error = %err, "snapshot not archived: the next retention tries again");
                     outcome
                         .archive_failed
@@ -482,10 +484,9 @@ async fn archive_sets(
             }
         }
     }
-    0
 }
 
-/// Snapshots sent to the archive tier in one region by one pass.
+/// Archive operations started in one region by one pass (a failed call counts too).
 const ARCHIVE_PER_PASS: usize = 25;
 
 /// Sets labelled between two looks at the clock.
