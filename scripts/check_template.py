@@ -31,7 +31,10 @@ def statements(template: dict) -> list[dict]:
             for branch in policy["Fn::If"][1:]:
                 walk(branch)
         elif isinstance(policy, dict) and "Statement" in policy:
-            found.extend(s for s in policy["Statement"] if isinstance(s, dict))
+            for s in policy["Statement"]:
+                # A statement under a condition: each branch that is one.
+                branches = s["Fn::If"][1:] if isinstance(s, dict) and "Fn::If" in s else [s]
+                found.extend(b for b in branches if isinstance(b, dict) and "Effect" in b)
 
     function = template["Resources"]["SnapshotFunction"]["Properties"]
     for policy in function.get("Policies", []):
@@ -141,6 +144,34 @@ def check(template: dict) -> list[str]:
             if "aws:ResourceTag/ConsistentSnapshot:ManagedBy" not in text(s.get("Condition")):
                 problems.append(f"{s.get('Sid', '?')}: snapshot tiers changed on snapshots not tagged with this deployment's ManagedBy")
 
+    # Snapshot Lock: laid only on this deployment's snapshots, for a bounded duration; nothing
+    # of the function may unlock a snapshot or touch a Recycle Bin rule (an abused role could
+    # otherwise undo the protection it lays).
+    lockers = [s for s in stmts if "ec2:LockSnapshot" in actions(s)]
+    if not lockers:
+        problems.append("ec2:LockSnapshot is not allowed (LockMode could lay no lock)")
+    for s in lockers:
+        condition = text(s.get("Condition"))
+        if "aws:ResourceTag/ConsistentSnapshot:ManagedBy" not in condition:
+            problems.append(f"{s.get('Sid', '?')}: ec2:LockSnapshot on snapshots not tagged with this deployment's ManagedBy")
+        if "ec2:SnapshotLockDuration" not in text(s.get("Condition", {}).get("NumericLessThanEquals")):
+            problems.append(f"{s.get('Sid', '?')}: ec2:LockSnapshot without a bound on ec2:SnapshotLockDuration")
+    for s in stmts:
+        for action in actions(s):
+            if action == "ec2:UnlockSnapshot" or action.startswith("rbin:"):
+                problems.append(f"{s.get('Sid', '?')}: {action} (the function never removes the protection it lays)")
+    rules = [r for r in template["Resources"].values() if r.get("Type") == "AWS::Rbin::Rule"]
+    if not rules:
+        problems.append("no Recycle Bin rule (RecycleBinDays could keep nothing)")
+    for r in rules:
+        props = r.get("Properties", {})
+        if r.get("Condition") != "RecycleBinGiven":
+            problems.append("the Recycle Bin rule is made whether RecycleBinDays is given or not")
+        if props.get("ResourceType") != "EBS_SNAPSHOT" or "ConsistentSnapshot:ManagedBy" not in text(props.get("ResourceTags")):
+            problems.append("the Recycle Bin rule does not keep this deployment's snapshots by their ManagedBy tag")
+        if "RecycleBinDays" not in text(props.get("RetentionPeriod")):
+            problems.append("the Recycle Bin rule does not keep them for RecycleBinDays")
+
     # The catalog replaced Parameter Store: no parameter may be written any more.
     for s in stmts:
         for action in actions(s):
@@ -228,6 +259,7 @@ def check(template: dict) -> list[str]:
         "RunsAbandoned": "a run whose dispatch failed for good",
         "RestoresFailed": "on-demand restores that failed",
         "DeletionsUnfinished": "a run's retention that stopped with deletions left",
+        "SnapshotsDeletedOutside": "recorded backups deleted by someone else",
     }
     for metric, what in wanted.items():
         if not any(a.get("MetricName") == metric for a in alarms.values()):

@@ -14,6 +14,7 @@ mod faults;
 mod fleet_scale;
 mod hostile;
 mod idempotency;
+mod locks;
 mod operations;
 mod payload_fuzz;
 mod restore;

@@ -79,6 +79,7 @@ fn retention_plan(c: &mut Criterion) {
         keep_orphans: true,
         zone: chrono_tz::Tz::UTC,
         archive_after_days: None,
+        lock: false,
     };
     let mut group = c.benchmark_group("retention");
     group.sample_size(10);

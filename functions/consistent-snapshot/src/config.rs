@@ -6,6 +6,7 @@ use crate::error::Error;
 use crate::model::fleet::VssOptions;
 use crate::model::ids::{is_region, parse_bool, parse_regions, AgentVersion, MAX_VSS_RETRIES};
 use crate::model::requests::MAX_VERIFY;
+use crate::model::snapshot::LockMode;
 use crate::model::tags::{cut_chars, sanitize_tag_text, TAG_VALUE_MAX_CHARS};
 use crate::model::tiers::{self, Retain};
 use chrono_tz::Tz;
@@ -111,6 +112,15 @@ pub struct Config {
     /// Move sets kept only by the monthly or yearly tier to the archive tier once this many
     /// days old (`ARCHIVE_AFTER_DAYS`; unset: never).
     pub archive_after_days: Option<u32>,
+    /// EBS Snapshot Lock on every kept backup, for as long as its tiers are expected to keep
+    /// it (`LOCK_MODE`: none, governance or compliance).
+    pub lock_mode: Option<LockMode>,
+    /// A compliance lock's cooling-off period, in hours (`LOCK_COOL_OFF_HOURS`, 1–72; unset:
+    /// none, the lock is final at once).
+    pub lock_cool_off_hours: Option<u32>,
+    /// The longest lock laid at once, in days (`LOCK_MAX_DAYS`, default 3,650; the template's
+    /// IAM bounds `ec2:SnapshotLockDuration` by it): a set kept longer has its lock extended.
+    pub lock_max_days: u32,
     /// Regions each finished set is copied to.
     pub copy_regions: Vec<String>,
     /// Regions an instance's `ConsistentSnapshot:CopyRegions` tag may name besides
@@ -252,6 +262,9 @@ impl Config {
             retain: home,
             schedule_zone,
             archive_after_days: s.optional_number("ARCHIVE_AFTER_DAYS", 1, 36_500),
+            lock_mode: s.lock_mode("LOCK_MODE"),
+            lock_cool_off_hours: s.optional_number("LOCK_COOL_OFF_HOURS", 1, 72),
+            lock_max_days: s.number("LOCK_MAX_DAYS", "3650", 1, 36_500),
             copy_regions: s.regions("COPY_REGIONS"),
             copy_regions_allowed: s.regions("COPY_REGIONS_ALLOWED"),
             copy_kms_key_ids: s.keys_by_region("COPY_KMS_KEY_IDS"),
@@ -285,6 +298,12 @@ impl Config {
     /// their rules, settings that contradict each other.
     fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if self.lock_cool_off_hours.is_some() && self.lock_mode != Some(LockMode::Compliance) {
+            problems.push(
+                "LOCK_COOL_OFF_HOURS is the cooling-off period of a compliance lock: set LOCK_MODE=compliance, or unset it"
+                    .to_string(),
+            );
+        }
         if self.archive_after_days.is_some()
             && self.retain.monthly == 0
             && self.retain.yearly == 0
@@ -457,6 +476,21 @@ impl<G: Fn(&str) -> Option<String>> Settings<G> {
     }
 
     /// A number that may be left unset.
+    /// `none` (or unset), `governance` or `compliance`.
+    fn lock_mode(&mut self, name: &str) -> Option<LockMode> {
+        match self.text(name, "none").to_ascii_lowercase().as_str() {
+            "none" => None,
+            "governance" => Some(LockMode::Governance),
+            "compliance" => Some(LockMode::Compliance),
+            other => {
+                self.problems.push(format!(
+                    "{name}={other:?} is not none, governance or compliance"
+                ));
+                None
+            }
+        }
+    }
+
     fn optional_number(&mut self, name: &str, min: u32, max: u32) -> Option<u32> {
         let set = !self.text(name, "").is_empty();
         set.then(|| self.number(name, "", min, max))

@@ -157,10 +157,17 @@ def _lock_snapshot(self: Any) -> ActionResult:
     key = (self.ec2_backend.region_name, snapshot_id)
     with PROTECTION.lock:
         held = PROTECTION.locks.get(key)
-        if held is not None and held.state(now) == "compliance" and expires < held.expires:
+        final = held is not None and held.state(now) == "compliance"
+        if final and (expires < held.expires or mode != "compliance"):
             raise EC2ClientError(
                 "InvalidParameterValue",
                 "A compliance-mode lock past its cooling-off period can only be extended",
+            )
+        if final and cool_off is not None:
+            raise EC2ClientError(
+                "InvalidParameterCombination",
+                "Omit CoolOffPeriod when extending a compliance-mode lock past its cooling-off "
+                "period",
             )
         lock = Lock(
             mode, now, expires, int(duration) if duration is not None else None,

@@ -11,6 +11,7 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
 
 from .model import utcnow
+from .protection import PROTECTION
 
 def seed_history(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Earlier nightly runs: `sets` consistent sets per instance, `hours_apart` apart, the newest
@@ -76,7 +77,8 @@ def seed_history(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def age_snapshots(spec: dict[str, Any]) -> int:
-    """Moves the start time of some snapshots back, as if they had been taken earlier."""
+    """Moves the start time of some snapshots back, as if they had been taken earlier (and
+    their locks laid earlier: a lock's end comes that much sooner)."""
     unknown = set(spec) - {"region", "snapshot_ids", "hours"}
     if unknown:
         raise ValueError(f"unknown age field(s) {sorted(unknown)}")
@@ -93,6 +95,13 @@ def age_snapshots(spec: dict[str, Any]) -> int:
             # A copy holds its source's blocks as they were then: that time moves back too.
             snapshot.block_origin = (origin[0], origin[1] - delta)
         aged += 1
+        # Time passing for the snapshot passes for its lock too: it was laid that much earlier
+        # and ends that much sooner, as the snapshot's own age says.
+        with PROTECTION.lock:
+            lock = PROTECTION.locks.get((spec["region"], snapshot_id))
+            if lock is not None:
+                lock.created -= delta
+                lock.expires -= delta
     return aged
 
 

@@ -50,6 +50,9 @@ const EXPIRES: &str = "expires_at";
 /// On a set or copy item: the retention tiers that keep it (`daily,monthly`), written by
 /// retention when they change.
 const TIERS: &str = "tiers";
+/// The snapshot lock laid on a set or a copy: its mode and when it ends (RFC 3339).
+const LOCK_MODE: &str = "lock_mode";
+const LOCK_UNTIL: &str = "lock_until";
 /// The replace lock of an instance (`restore#<instance>` / `replace-lock`) and its holder.
 const REPLACE_LOCK: &str = "replace-lock";
 const HOLDER: &str = "holder";
@@ -959,6 +962,50 @@ impl Catalog {
             }
         }
         Ok(written)
+    }
+
+    /// Records the snapshot lock laid on a set (its home record) or on copies of it in
+    /// `copy_region` (each copy's record): `lock_mode` and `lock_until`. A record gone
+    /// meanwhile is not made again. EC2's own answer (DescribeLockedSnapshots) is what
+    /// retention reads before deleting; this is what the catalog and its readers show.
+    pub async fn record_lock(
+        &self,
+        (instance_id, run_id): (&str, &str),
+        copy_region: Option<&str>,
+        snapshot_ids: &[String],
+        (mode, until): (&str, DateTime<Utc>),
+    ) -> Result<(), Error> {
+        let keys: Vec<String> = match copy_region {
+            None => vec![format!("run#{run_id}")],
+            Some(region) => snapshot_ids
+                .iter()
+                .map(|id| format!("copy#{region}#{run_id}#{id}"))
+                .collect(),
+        };
+        let what = format!("lock of the set of {instance_id} in run {run_id}");
+        for sk in keys {
+            let update = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(PK, s(set_pk(instance_id)))
+                .key(SK, s(sk))
+                .condition_expression("attribute_exists(pk)")
+                .update_expression("SET #m = :m, #u = :u")
+                .expression_attribute_names("#m", LOCK_MODE)
+                .expression_attribute_names("#u", LOCK_UNTIL)
+                .expression_attribute_values(":m", s(mode))
+                .expression_attribute_values(
+                    ":u",
+                    s(until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                );
+            match update.send().await {
+                Ok(_) => {}
+                Err(err) if refused_by_condition(&err) => {}
+                Err(err) => return Err(aws("UpdateItem", self.subject(&what), err)),
+            }
+        }
+        Ok(())
     }
 
     /// The block counts earlier cost runs made of one instance's lineages in `region`.

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 
 use crate::aws::{aws, code_of, each_page, ec2_filter, ec2_tag, tag_map, utc};
 use crate::error::Error;
-use crate::model::snapshot::{SnapshotFacts, SnapshotInfo, SnapshotLock, TagInterner, TierStatus};
+use crate::model::snapshot::{
+    LockMode, SnapshotFacts, SnapshotInfo, SnapshotLock, TagInterner, TierStatus,
+};
 use crate::model::tags::{TAG_MANAGED_BY, TAG_RUN_ID};
 
 /// Reads an SDK snapshot into plain facts.
@@ -389,6 +391,31 @@ pub async fn delete(ec2: &aws_sdk_ec2::Client, snapshot_id: &str, subject: &str)
             _ => Deletion::Failed(aws("DeleteSnapshot", subject, err)),
         },
     }
+}
+
+/// Locks one snapshot in `mode` for `days` from now (LockSnapshot with a duration, which IAM's
+/// `ec2:SnapshotLockDuration` can bound), or extends its lock to then. `cool_off_hours` is given only for a snapshot not locked yet
+/// (AWS refuses it when extending a compliance lock past its cooling-off period).
+pub async fn lock(
+    ec2: &aws_sdk_ec2::Client,
+    snapshot_id: &str,
+    (mode, days): (LockMode, u32),
+    cool_off_hours: Option<u32>,
+    subject: &str,
+) -> Result<(), Error> {
+    let mode = match mode {
+        LockMode::Governance => aws_sdk_ec2::types::LockMode::Governance,
+        LockMode::Compliance => aws_sdk_ec2::types::LockMode::Compliance,
+    };
+    ec2.lock_snapshot()
+        .snapshot_id(snapshot_id)
+        .lock_mode(mode)
+        .lock_duration(i32::try_from(days).unwrap_or(i32::MAX))
+        .set_cool_off_period(cool_off_hours.and_then(|h| i32::try_from(h).ok()))
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| aws("LockSnapshot", subject, e))
 }
 
 /// What a ModifySnapshotTier (to the archive tier) did.

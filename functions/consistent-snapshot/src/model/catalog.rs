@@ -313,6 +313,23 @@ fn packed_id(snapshot_id: &str) -> Option<u128> {
     Some(((hex.len() as u128) << 120) | value)
 }
 
+/// The id `packed_id` packed.
+fn unpacked_id(key: u128) -> String {
+    let digits = (key >> 120) as usize;
+    let value = key & ((1u128 << 120) - 1);
+    format!("snap-{value:0digits$x}")
+}
+
+/// A snapshot the catalog records in a region that EC2 no longer lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    pub snapshot_id: String,
+    pub instance_id: Arc<str>,
+    pub run_id: Arc<str>,
+    /// A copy (its own record), or a snapshot of a home set.
+    pub copy: bool,
+}
+
 impl CatalogIndex {
     /// Indexes recorded sets (in their own region) and their copies (in theirs).
     pub fn new<'a>(
@@ -457,6 +474,33 @@ impl CatalogIndex {
             .get(region)
             .map(|r| r.packed.len() + r.other.len())
             .unwrap_or(0)
+    }
+
+    /// The snapshots the catalog records in `region` that `listed` (what EC2 listed there)
+    /// does not hold, in id order; imported ones are left out (they are not listed to
+    /// retention). At most `max`.
+    pub fn missing_in(&self, region: &str, listed: &HashSet<&str>, max: usize) -> Vec<Missing> {
+        let Some(index) = self.by_region.get(region) else {
+            return Vec::new();
+        };
+        let mut missing: Vec<Missing> = index
+            .packed
+            .iter()
+            .map(|(key, e)| (unpacked_id(*key), e))
+            .chain(index.other.iter().map(|(id, e)| (id.clone(), e)))
+            .filter(|(id, e)| !e.imported && !listed.contains(id.as_str()))
+            .filter_map(|(snapshot_id, e)| {
+                Some(Missing {
+                    snapshot_id,
+                    instance_id: self.name(e.instance_id)?,
+                    run_id: self.name(e.run_id)?,
+                    copy: e.source_snapshot_id != NONE,
+                })
+            })
+            .collect();
+        missing.sort_by(|a, b| a.snapshot_id.cmp(&b.snapshot_id));
+        missing.truncate(max);
+        missing
     }
 
     /// What the catalog says of `snapshot_id` in `region`.

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 
 use crate::model::state::SnapshotState;
 use crate::model::tags::{is_app_consistent, TAGS_READ, TAG_APP_CONSISTENT, TAG_TIERS};
@@ -56,6 +57,25 @@ impl TierStatus {
         self.last_operation
             .as_deref()
             .is_some_and(|op| op.ends_with("restore-in-progress"))
+    }
+}
+
+/// The mode of the EBS Snapshot Lock this deployment lays on what it keeps (`LOCK_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockMode {
+    /// Removable by a principal allowed `ec2:UnlockSnapshot`.
+    Governance,
+    /// Removable by nobody once its cooling-off period is over; only ever extended.
+    Compliance,
+}
+
+impl LockMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "governance",
+            LockMode::Compliance => "compliance",
+        }
     }
 }
 

@@ -360,6 +360,21 @@ pub fn cadence(mut starts: Vec<DateTime<Utc>>) -> Duration {
     gaps[gaps.len() / 2].clamp(Duration::hours(1), Duration::days(31))
 }
 
+/// The shortest time between an instance's newest backups (at most 15 gaps), within an hour
+/// and a day: the pace at which its sets can be expected to go at the soonest (a lock must not
+/// outlast that). At most a day, whatever the gaps seen: a few backups taken after missed
+/// nights say nothing of the nights to come.
+pub fn fastest(mut starts: Vec<DateTime<Utc>>) -> Duration {
+    starts.sort_unstable_by(|a, b| b.cmp(a));
+    starts.truncate(16);
+    starts
+        .windows(2)
+        .map(|w| w[0] - w[1])
+        .min()
+        .unwrap_or(Duration::days(1))
+        .clamp(Duration::hours(1), Duration::days(1))
+}
+
 /// The IANA time zone named by `name` (`UTC`, `Europe/Paris`).
 pub fn zone(name: &str) -> Result<Tz, String> {
     name.trim()

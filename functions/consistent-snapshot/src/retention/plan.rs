@@ -20,6 +20,10 @@
 //! 7. A set with a snapshot under an EBS Snapshot Lock is kept, reported with the lock's end,
 //!    and deleted by the first retention after it (`hold_locked`, over the locks EC2 reports).
 //!
+//! With a lock mode (`locks_due`), every backup a tier or its age keeps is locked (EBS Snapshot
+//! Lock) until it is expected to be deleted, and the lock is extended whenever that moves later
+//! (a set moving to a longer tier); a lock is never shortened.
+//!
 //! With `archive_after_days`, a kept set is moved to the archive tier (`archive`) when only the
 //! monthly or yearly tier keeps it, it is that old, and it is not expected to be deleted within
 //! `ARCHIVE_MINIMUM_DAYS` (AWS bills an archived snapshot for at least 90 days): the expected
@@ -33,8 +37,9 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::jobs::{RetentionJob, RETENTION_RETRIES, RETENTION_STALLED_PASSES};
+use crate::model::catalog::Missing;
 use crate::model::fleet::InstanceFacts;
-use crate::model::snapshot::{SnapshotInfo, SnapshotLock};
+use crate::model::snapshot::{LockMode, SnapshotInfo, SnapshotLock};
 use crate::model::state::{InstanceState, SnapshotState};
 use crate::model::tags::{
     is_app_consistent, CONSISTENCY_FILE_SYSTEM, TAG_APP_CONSISTENT, TAG_CONSISTENCY,
@@ -85,6 +90,9 @@ pub struct Policy {
     pub zone: Tz,
     /// Archive sets kept only by the monthly or yearly tier once they are this many days old.
     pub archive_after_days: Option<u32>,
+    /// Whether the deployment locks what it keeps (`LOCK_MODE`): each kept backup's
+    /// `lock_until` is then planned.
+    pub lock: bool,
 }
 
 /// AWS bills an archived snapshot for at least this many days: a set expected to be deleted
@@ -169,6 +177,14 @@ pub struct SetDecision {
     /// Moved to the archive tier by this retention (its snapshots not archived yet are).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub archive: bool,
+    /// Where the deployment locks what it keeps: until when to lock it (when it is expected
+    /// to be deleted at the soonest, if a set is taken at the fastest pace seen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_until: Option<DateTime<Utc>>,
+    /// When the lock of its least locked snapshot ends, as EC2 reported the locks (read where
+    /// the deployment locks, or where the set was to be deleted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<DateTime<Utc>>,
 }
 
 /// The plan of one region: per instance, every set with its decision, newest first.
@@ -178,7 +194,34 @@ pub struct RegionPlan {
     pub instances: BTreeMap<String, Vec<SetDecision>>,
     /// Snapshots of this deployment that carry no run id or instance id: never deleted.
     pub unattributed: Vec<String>,
+    /// Locks to lay or extend (`locks_due`), where the deployment locks what it keeps.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub locks: Vec<LockChange>,
+    /// Snapshots the catalog records in this region that EC2 no longer lists: this
+    /// deployment deletes only what it forgets at once, so someone else deleted them.
+    #[serde(skip)]
+    pub missing: Vec<Missing>,
 }
+
+/// A lock to lay on a kept set's snapshots in one region, or to extend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LockChange {
+    pub instance_id: String,
+    pub run_id: String,
+    /// Its snapshots not locked, or locked for less (the others already are).
+    pub snapshot_ids: Vec<String>,
+    /// Of those, the ones already locked: their lock is extended.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extended: Vec<String>,
+    pub mode: LockMode,
+    /// The lock's duration from now, in whole days: it ends at `until`, at most a day before
+    /// the set is expected to be deleted (and at most `LOCK_MAX_DAYS` from now).
+    pub days: u32,
+    pub until: DateTime<Utc>,
+}
+
+/// EBS locks a snapshot for a day at the least: a set expected to go sooner is not locked.
+pub const LOCK_MINIMUM_DAYS: i64 = 1;
 
 impl RegionPlan {
     pub fn deletions(&self) -> impl Iterator<Item = (&str, &SetDecision)> {
@@ -398,14 +441,18 @@ fn decide_instance(
         };
         // Only what a tier or the set's age keeps has a forecast; anything else is kept until
         // what keeps it changes (a newer consistent set, a copy ending, …).
-        let (next_change, deleted_after) = if action == Action::Keep
+        let forecast_here = action == Action::Keep
             && kind != SetKind::InProgress
-            && (!standing.is_empty() || young)
-        {
-            forecast.of(standing, started_at, young)
+            && (!standing.is_empty() || young);
+        let (next_change, deleted_after) = if forecast_here {
+            forecast.of(standing, started_at, young, forecast.cadence)
         } else {
             (None, None)
         };
+        // Only backups of live instances are locked.
+        let lock_until = (policy.lock && kind.is_backup() && forecast_here && keep_all.is_none())
+            .then(|| forecast.of(standing, started_at, young, forecast.fastest).1)
+            .flatten();
         if let Some(why) = &keep_all {
             action = Action::Keep;
             reason = why.clone();
@@ -475,6 +522,8 @@ fn decide_instance(
             deleted_after: deleted_after.filter(|_| action == Action::Keep),
             storage,
             archive,
+            lock_until: lock_until.filter(|_| action == Action::Keep && held.is_none()),
+            locked_until: None,
         });
     }
     decisions
@@ -508,6 +557,8 @@ struct Forecast {
     zone: Tz,
     now: DateTime<Utc>,
     cadence: Duration,
+    /// The shortest gap between the newest backups: a lock's pace.
+    fastest: Duration,
     newest_backup: Option<DateTime<Utc>>,
     /// Per tier, the newest period that has a set standing for it.
     newest_period: BTreeMap<Tier, Period>,
@@ -537,6 +588,7 @@ impl Forecast {
             zone,
             now,
             newest_backup: backups.iter().max().copied(),
+            fastest: tiers::fastest(backups.clone()),
             cadence: tiers::cadence(backups),
             newest_period,
         }
@@ -547,6 +599,7 @@ impl Forecast {
         standing: &[Standing],
         started_at: DateTime<Utc>,
         young: bool,
+        cadence: Duration,
     ) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
         let mut ends: Vec<DateTime<Utc>> = standing
             .iter()
@@ -556,7 +609,7 @@ impl Forecast {
                     &self.retain,
                     self.newest_backup,
                     self.newest_period.get(&s.tier).copied(),
-                    self.cadence,
+                    cadence,
                     self.now,
                     self.zone,
                 )
@@ -622,6 +675,85 @@ pub fn hold_locked(plan: &mut RegionPlan, locks: &BTreeMap<String, SnapshotLock>
         }
     }
     held
+}
+
+/// Notes on every set of `plan` when the lock of its least locked snapshot ends (`None`: one
+/// of them is not locked), from the locks EC2 reported.
+pub fn note_locks(plan: &mut RegionPlan, locks: &BTreeMap<String, SnapshotLock>) {
+    for set in plan.instances.values_mut().flat_map(|sets| sets.iter_mut()) {
+        set.locked_until = set
+            .snapshots
+            .iter()
+            .map(|id| locks.get(id).and_then(|lock| lock.until))
+            .min()
+            .flatten();
+    }
+}
+
+/// The locks to lay or extend in `plan`'s region, in `mode`: every backup (consistent, or
+/// file-system consistent by the instance's choice) of a live instance that a tier or its age
+/// keeps is locked until it is expected to be deleted at the soonest (`lock_until`: periods
+/// cannot come faster than the calendar, nor backups faster than the fastest seen); a
+/// snapshot's lock ending sooner is extended to then. A lock is never shortened: one that ends
+/// later is left as it is, and so is one ending at most a day sooner while it has two days or
+/// more to run (the expectation moves by hours from night to night; the lock need not follow
+/// each move). A governance lock is made a compliance lock when the mode is compliance (once
+/// that shortens nothing). No lock is laid for more than `max_days`: a longer one is extended
+/// as time goes on. Sets
+/// of orphaned instances, and sets an AMI or a lock keeps past their tiers, are left as they
+/// are (their locks, if any, run out).
+pub fn locks_due(
+    plan: &RegionPlan,
+    locks: &BTreeMap<String, SnapshotLock>,
+    (mode, max_days): (LockMode, u32),
+    now: DateTime<Utc>,
+) -> Vec<LockChange> {
+    let mut due = Vec::new();
+    for (instance_id, sets) in &plan.instances {
+        for set in sets {
+            let Some(end) = set.lock_until else {
+                continue;
+            };
+            // LockSnapshot takes whole days (which IAM can bound): a lock laid now ends at
+            // most a day before the set is expected to go, never after.
+            let days = (end - now).num_days().min(i64::from(max_days));
+            if days < LOCK_MINIMUM_DAYS {
+                continue;
+            }
+            let until = now + Duration::days(days);
+            let (mut ids, mut extended) = (Vec::new(), Vec::new());
+            for id in &set.snapshots {
+                let Some(lock) = locks.get(id) else {
+                    ids.push(id.clone());
+                    continue;
+                };
+                // A lock whose end EC2 did not say is left alone.
+                let Some(current) = lock.until else { continue };
+                let upgrade = mode == LockMode::Compliance && lock.state == "governance";
+                let slack = if current - now >= Duration::days(2) {
+                    Duration::days(1)
+                } else {
+                    Duration::zero()
+                };
+                if current + slack < until || (upgrade && current <= until) {
+                    ids.push(id.clone());
+                    extended.push(id.clone());
+                }
+            }
+            if !ids.is_empty() {
+                due.push(LockChange {
+                    instance_id: instance_id.clone(),
+                    run_id: set.run_id.clone(),
+                    snapshot_ids: ids,
+                    extended,
+                    mode,
+                    days: u32::try_from(days).unwrap_or(max_days),
+                    until,
+                });
+            }
+        }
+    }
+    due
 }
 
 /// What retention makes of an instance: gone or untagged, an override it cannot read, or live
@@ -743,6 +875,20 @@ pub struct RetentionOutcome {
     /// `region/snapshot: error`: not archived (tried again by the next retention).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub archive_failed: Vec<String>,
+    /// `region/snapshot: locked (mode) until …`: locked, or its lock extended, by this pass.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub locks_laid: Vec<String>,
+    /// `region/snapshot: error`: not locked (tried again by the next retention).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lock_failed: Vec<String>,
+    /// Locks not laid because the invocation's time ran out: the next pass lays them.
+    #[serde(skip_serializing_if = "is_zero_count")]
+    pub locks_left: usize,
+    /// `region/snapshot (instance, run): …`: recorded in the catalog, no longer in EC2, and
+    /// not deleted by this deployment: deleted by someone else (in the Recycle Bin until a
+    /// date, or gone).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deleted_outside: Vec<String>,
     /// Sets whose tiers changed and were recorded (catalog and tag) by this pass.
     #[serde(skip_serializing_if = "is_zero_count")]
     pub tiers_labelled: usize,
@@ -765,7 +911,7 @@ pub const ANSWER_SETS: usize = 2_000;
 pub const LOG_LINE_SETS: usize = 200;
 
 /// What a run's retention does after one pass: the next pass's job, or `None` when it ends.
-/// Deletions left for lack of time go on in the next pass (which plans again); those that
+/// Deletions and locks left for lack of time go on in the next pass (which plans again); those that
 /// failed for a reason that may pass get one more pass, at most `RETENTION_RETRIES` of them;
 /// and `RETENTION_STALLED_PASSES` passes in a row that deleted nothing end the chain, which
 /// would otherwise go on for ever where planning alone fills the invocation.
@@ -773,12 +919,13 @@ pub fn next_pass(job: &RetentionJob, outcome: &RetentionOutcome) -> Option<Reten
     let retry = outcome.unfinished == 0
         && outcome.transient_failures > 0
         && job.retries < RETENTION_RETRIES;
-    let stalled = if outcome.unfinished > 0 && outcome.deleted.is_empty() {
+    let left = outcome.unfinished + outcome.locks_left;
+    let stalled = if left > 0 && outcome.deleted.is_empty() && outcome.locks_laid.is_empty() {
         job.stalled + 1
     } else {
         0
     };
-    let go_on = outcome.unfinished > 0 && stalled < RETENTION_STALLED_PASSES;
+    let go_on = left > 0 && stalled < RETENTION_STALLED_PASSES;
     (go_on || retry).then(|| RetentionJob {
         deleted_before: job.deleted_before + outcome.deleted.len(),
         retries: job.retries + u32::from(retry),
@@ -802,6 +949,7 @@ pub fn region_policy(config: &Config, home: bool) -> Policy {
         keep_orphans: config.keep_orphaned_backups,
         zone: config.schedule_zone,
         archive_after_days: config.archive_after_days,
+        lock: config.lock_mode.is_some(),
     }
 }
 
@@ -830,6 +978,7 @@ impl RetentionOutcome {
                     "instances": p.instances.len(),
                     "sets": p.instances.values().map(Vec::len).sum::<usize>(),
                     "sets_to_delete": p.deletions().count(),
+                    "locks_to_lay": p.locks.iter().map(|c| c.snapshot_ids.len()).sum::<usize>(),
                     "snapshots_to_delete": p.snapshots_to_delete(),
                     "unattributed": p.unattributed.len(),
                 })
@@ -869,14 +1018,23 @@ impl RetentionOutcome {
             "locked": first(&self.locked),
             "recoverable_count": self.recoverable.len(),
             "recoverable": first(&self.recoverable),
+            "locks_laid_count": self.locks_laid.len(),
+            "locks_laid": first(&self.locks_laid),
+            "lock_failed": first(&self.lock_failed),
+            "locks_left": self.locks_left,
+            "deleted_outside_count": self.deleted_outside.len(),
+            "deleted_outside": first(&self.deleted_outside),
             "unfinished": self.unfinished,
         })
     }
 
     /// The metrics of an applied retention: snapshots deleted, deleted into the Recycle Bin,
     /// planned but kept (by an AMI, by a lock), deletions failed, regions not read.
-    pub fn metric_counts(&self) -> [(&'static str, usize); 7] {
+    pub fn metric_counts(&self) -> [(&'static str, usize); 10] {
         [
+            ("SnapshotsLocked", self.locks_laid.len()),
+            ("LocksFailed", self.lock_failed.len()),
+            ("SnapshotsDeletedOutside", self.deleted_outside.len()),
             ("SnapshotsArchived", self.archived.len()),
             ("SnapshotsDeleted", self.deleted_before + self.deleted.len()),
             ("SnapshotsInRecycleBin", self.recoverable.len()),
@@ -912,6 +1070,21 @@ impl RetentionOutcome {
             held += &format!(
                 ", {} in the Recycle Bin (billed, recoverable)",
                 self.recoverable.len()
+            );
+        }
+        if !self.locks_laid.is_empty() || !self.lock_failed.is_empty() {
+            held += &format!(
+                ", {} locked or their lock extended ({} not, {} left)",
+                self.locks_laid.len(),
+                self.lock_failed.len(),
+                self.locks_left
+            );
+        }
+        if !self.deleted_outside.is_empty() {
+            held += &format!(
+                ", {} recorded snapshot(s) deleted by someone else (first: {})",
+                self.deleted_outside.len(),
+                self.deleted_outside[0]
             );
         }
         if !self.archived.is_empty() || !self.archive_failed.is_empty() {
@@ -996,6 +1169,7 @@ mod tests {
             keep_orphans: true,
             zone: Tz::UTC,
             archive_after_days: None,
+            lock: false,
         }
     }
 
@@ -1378,6 +1552,7 @@ mod tests {
                     keep_orphans,
                     zone: Tz::UTC,
                     archive_after_days: None,
+                    lock: false,
                 };
                 (snaps, known, policy)
             })
@@ -1390,6 +1565,7 @@ mod tests {
             keep_orphans: true,
             zone: Tz::UTC,
             archive_after_days: None,
+            lock: false,
         };
         plan("r", snaps, &BTreeMap::new(), &p, t0())
             .instances
@@ -1501,6 +1677,68 @@ mod tests {
     }
 
     #[test]
+    fn locks_are_laid_until_a_set_is_expected_to_go_extended_never_shortened() {
+        let now = t0();
+        let at = |hours: i64| now + Duration::hours(hours);
+        // Daily 2 with days 10: the newest two sets are kept by the tier, the older ones by
+        // their age; the orphan's sets are all kept (KEEP_ORPHANED_BACKUPS) but never locked.
+        let snaps: Vec<SnapshotInfo> = (0..4)
+            .flat_map(|day| (0..3).map(move |n| snap("i-1", day, true, n)))
+            .chain((0..2).map(|day| snap("i-gone", day, true, 0)))
+            .collect();
+        let mut known = instances(InstanceStanding::Live {
+            retain: retain(2, Some(10)),
+            lowering: None,
+        });
+        known.insert(
+            "i-gone".into(),
+            InstanceStanding::Orphaned {
+                why: "instance terminated".into(),
+            },
+        );
+        let mut policy = policy(2, Some(10));
+        policy.lock = true;
+        let planned = plan("r", &snaps, &known, &policy, now);
+        assert!(planned.instances["i-gone"]
+            .iter()
+            .all(|s| s.lock_until.is_none()));
+        let sets = &planned.instances["i-1"];
+        // Three days old, kept for its age: until it is ten days old.
+        assert_eq!(sets[3].lock_until, Some(now + Duration::days(7)));
+        let lock = |state: &str, hours: i64| SnapshotLock {
+            state: state.into(),
+            until: Some(at(hours)),
+        };
+        let ids = &sets[3].snapshots;
+        let locks: BTreeMap<String, SnapshotLock> = [
+            // Ends 5 days sooner than planned: extended.
+            (ids[0].clone(), lock("compliance", 2 * 24)),
+            // Governance, ending 12 hours before the plan: made compliance and extended.
+            (ids[1].clone(), lock("governance", 7 * 24 - 12)),
+            // Compliance, 12 hours sooner, with days to run: close enough, left alone.
+            (ids[2].clone(), lock("compliance", 7 * 24 - 12)),
+        ]
+        .into();
+        let due = locks_due(&planned, &locks, (LockMode::Compliance, 3650), now);
+        let of = |run: &str| due.iter().find(|c| c.run_id == run);
+        let change = of(&sets[3].run_id).expect("the oldest set's locks");
+        assert_eq!(change.snapshot_ids, vec![ids[0].clone(), ids[1].clone()]);
+        assert_eq!(change.extended, change.snapshot_ids);
+        assert_eq!((change.days, change.until), (7, now + Duration::days(7)));
+        // A set locked for nothing yet: every snapshot, none extended; no orphan's.
+        assert_eq!(due.len(), 4, "{due:#?}");
+        assert!(due.iter().all(|c| c.instance_id == "i-1"));
+        assert!(of(&sets[0].run_id).is_some_and(|c| c.extended.is_empty()));
+        // A governance lock that ends later than planned is never shortened to make it
+        // compliance; at most LOCK_MAX_DAYS at once.
+        let later: BTreeMap<String, SnapshotLock> =
+            [(ids[1].clone(), lock("governance", 30 * 24))].into();
+        let due = locks_due(&planned, &later, (LockMode::Compliance, 3), now);
+        let change = due.iter().find(|c| c.run_id == sets[3].run_id);
+        assert!(change.is_some_and(|c| !c.snapshot_ids.contains(&ids[1]) && c.days == 3));
+    }
+
+    #[test]
     fn locks_recycle_bin_and_failures_are_named_in_the_summary_and_metrics() {
         let mut outcome = outcome(2, 3);
         outcome.locked = vec!["us-east-1/run-02: snap-1 locked (compliance) until …".into()];
@@ -1537,6 +1775,8 @@ mod tests {
             deleted_after: None,
             storage: Storage::Standard,
             archive: false,
+            lock_until: None,
+            locked_until: None,
         };
         let plan = RegionPlan {
             region: "us-east-1".into(),
@@ -1544,6 +1784,8 @@ mod tests {
                 .map(|i| (format!("i-{i:04}"), (0..sets).map(|k| set(i, k)).collect()))
                 .collect(),
             unattributed: vec![],
+            locks: vec![],
+            missing: vec![],
         };
         RetentionOutcome {
             deleted: plan
@@ -1709,15 +1951,18 @@ mod tests {
             monthly in 0..14u32,
             yearly in 0..3u32,
             archive_after_days in prop::option::of(1..60u32),
+            locking in any::<bool>(),
         ) {
             let zone = tiers::zone(zone).unwrap_or(Tz::UTC);
             let retain = Retain { daily, weekly, monthly, yearly, days: None };
-            let policy = Policy { managed_by: "prod".into(), retain, keep_orphans: true, zone, archive_after_days };
+            let policy = Policy { managed_by: "prod".into(), retain, keep_orphans: true, zone, archive_after_days, lock: locking };
             let known = instances(InstanceStanding::Live { retain, lowering: None });
             let mut archived_at: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
             let first_day = NaiveDate::from_ymd_opt(2025, 1, 1).unwrap_or_default();
             let mut taken: Taken = Vec::new();
             let mut existing: Vec<SnapshotInfo> = Vec::new();
+            // The locks laid so far, as EC2 would keep them (a lock past its end is none).
+            let mut locks: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
             for (n, night) in nights.iter().enumerate() {
                 let day = first_day + Duration::days(n as i64);
                 let local = day.and_hms_opt(0, 0, 0).unwrap_or_default() + Duration::minutes(minute);
@@ -1731,8 +1976,33 @@ mod tests {
                     let labels = LABELS.map(|f| at.with_timezone(&zone).format(f).to_string());
                     taken.push(Took { run, at, consistent, labels });
                 }
-                let planned = plan("r", &existing, &known, &policy, now);
+                let mut planned = plan("r", &existing, &known, &policy, now);
+                let in_force: BTreeMap<String, SnapshotLock> = locks
+                    .iter()
+                    .filter(|(_, until)| **until > now)
+                    .map(|(id, until)| (id.clone(), SnapshotLock { state: "compliance".into(), until: Some(*until) }))
+                    .collect();
+                hold_locked(&mut planned, &in_force);
                 let doomed: BTreeSet<&String> = planned.deletions().flat_map(|(_, s)| &s.snapshots).collect();
+                if locking {
+                    for change in locks_due(&planned, &in_force, (LockMode::Compliance, 36_500), now) {
+                        for id in &change.snapshot_ids {
+                            let held = locks.get(id).copied().filter(|until| *until > now);
+                            prop_assert!(held.is_none_or(|held| change.until >= held), "{id}: a lock shortened");
+                            locks.insert(id.clone(), change.until);
+                        }
+                    }
+                    // Every backup a tier keeps, expected to stay a day or more, is locked
+                    // until a day before its expected deletion at the earliest.
+                    for set in planned.instances.values().flatten() {
+                        let Some(end) = set.lock_until else { continue };
+                        if end < now + Duration::days(1) { continue; }
+                        for id in &set.snapshots {
+                            let until = locks.get(id).copied();
+                            prop_assert!(until.is_some_and(|u| u >= end - Duration::days(2)), "{} ({id}) kept until {end} but locked until {until:?}", set.run_id);
+                        }
+                    }
+                }
                 for (_, set) in planned.deletions() {
                     prop_assert!(set.tiers.is_empty(), "deleting {} which {:?} keep", set.run_id, set.tiers);
                     if let Some(at) = archived_at.get(&set.run_id) {
@@ -1752,8 +2022,20 @@ mod tests {
                 }
                 existing.retain(|s| !doomed.contains(&s.snapshot_id));
                 let survivors: BTreeSet<String> = existing.iter().filter_map(|s| s.tag(TAG_RUN_ID).map(str::to_string)).collect();
-                prop_assert_eq!(&survivors, &expected_survivors(&taken, &retain), "night {}", n);
-                let again = plan("r", &existing, &known, &policy, now);
+                let expected = expected_survivors(&taken, &retain);
+                // A lock holds a set past its tiers only when its expected deletion came
+                // sooner than foreseen (a night an hour short at a DST change): by hours.
+                let held: BTreeMap<&String, &SetDecision> = planned.instances.values().flatten().filter(|s| s.held == Some(Held::Lock)).map(|s| (&s.run_id, s)).collect();
+                for (run, set) in &held {
+                    let until = set.snapshots.iter().filter_map(|id| locks.get(id)).max().copied().unwrap_or(now);
+                    prop_assert!(until - now <= Duration::days(2), "{run} held by a lock until {until} on night {n}");
+                }
+                prop_assert!(locking || held.is_empty());
+                let extra: BTreeSet<&String> = survivors.difference(&expected).collect();
+                prop_assert!(expected.is_subset(&survivors), "night {}: {:?} missing", n, expected.difference(&survivors).collect::<Vec<_>>());
+                prop_assert!(extra.iter().all(|run| held.contains_key(run)), "night {}: {:?} kept, not by a lock", n, extra);
+                let mut again = plan("r", &existing, &known, &policy, now);
+                hold_locked(&mut again, &in_force);
                 prop_assert_eq!(again.snapshots_to_delete(), 0, "night {}", n);
                 // Each calendar tier stands for as many periods as it may.
                 let sets = again.instances.get("i-1").cloned().unwrap_or_default();
@@ -1790,6 +2072,7 @@ mod tests {
             keep_orphans: true,
             zone: Tz::UTC,
             archive_after_days: None,
+            lock: false,
         };
         let known = instances(InstanceStanding::Live {
             retain,

@@ -2,7 +2,7 @@
 //! every region it uses, plan with `retention::plan::plan`, and delete what the plan says,
 //! logging each deletion with its reason. At the end of every run, and on demand.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -15,7 +15,7 @@ use crate::aws::snapshots::{self, Archival, Deletion};
 use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
 use crate::jobs::{Job, RetentionJob, RETENTION_STALLED_PASSES};
-use crate::model::catalog::{admit, CatalogIndex};
+use crate::model::catalog::{admit, CatalogIndex, Missing};
 use crate::model::pace::Pace;
 use crate::model::snapshot::{SnapshotFacts, SnapshotInfo};
 use crate::model::state::SnapshotState;
@@ -23,8 +23,9 @@ use crate::model::stop_time;
 use crate::model::tags::{TAG_INSTANCE_ID, TAG_SOURCE_SNAPSHOT, TAG_TIERS};
 use crate::model::tiers::{Tier, TierChange};
 use crate::retention::plan::{
-    hold_locked, instance_state, next_pass, plan, region_policy, tier_changes, Action, Held,
-    Overrides, RegionPlan, RetentionOutcome, SetDecision, ANSWER_SETS, LOG_LINE_SETS,
+    hold_locked, instance_state, locks_due, next_pass, note_locks, plan, region_policy,
+    tier_changes, Action, Held, Overrides, RegionPlan, RetentionOutcome, SetDecision, ANSWER_SETS,
+    LOG_LINE_SETS,
 };
 use crate::run::plan::summary::MAX_FOREIGN;
 
@@ -110,6 +111,7 @@ pub async fn plan_retention(app: &App) -> Result<(Vec<RegionPlan>, Vec<String>),
     let index = app.aws.catalog.index().await?;
     let indexed_ms = started.elapsed().as_millis();
     let mut per_region: Vec<(String, Vec<SnapshotInfo>)> = Vec::new();
+    let mut missing: BTreeMap<String, Vec<Missing>> = BTreeMap::new();
     let mut foreign = 0usize;
     let mut unreadable: Vec<String> = Vec::new();
     // A source snapshot with a copy still pending anywhere is kept, and so is one with a copy
@@ -119,6 +121,13 @@ pub async fn plan_retention(app: &App) -> Result<(Vec<RegionPlan>, Vec<String>),
         match region_snapshots(app, region, &index).await {
             Ok((snapshots, foreign_here)) => {
                 foreign += foreign_here;
+                let listed: HashSet<&str> =
+                    snapshots.iter().map(|s| s.snapshot_id.as_str()).collect();
+                let gone = index.missing_in(region, &listed, MAX_MISSING);
+                drop(listed);
+                if !gone.is_empty() {
+                    missing.insert(region.clone(), gone);
+                }
                 per_region.push((region.clone(), snapshots));
             }
             Err(err) => {
@@ -189,7 +198,8 @@ pub async fn plan_retention(app: &App) -> Result<(Vec<RegionPlan>, Vec<String>),
             .collect();
         let mut region_plan = plan(&region, &snapshots, &instances, &policy, now);
         drop(snapshots);
-        hold_locks(app, &mut region_plan).await;
+        region_plan.missing = missing.remove(&region).unwrap_or_default();
+        read_locks(app, &mut region_plan, now).await;
         plans.push(region_plan);
     }
     info!(
@@ -202,27 +212,188 @@ pub async fn plan_retention(app: &App) -> Result<(Vec<RegionPlan>, Vec<String>),
     Ok((plans, unreadable))
 }
 
-/// Rule 7 at the edge: reads the locks on what `plan` would delete and keeps the sets they
-/// hold. Should the locks not be readable, the plan stands: EC2 refuses to delete a locked
-/// snapshot, and `apply_retention` reads the lock of any refused deletion again.
-async fn hold_locks(app: &App, plan: &mut RegionPlan) {
-    let doomed: Vec<String> = plan
-        .deletions()
-        .flat_map(|(_, set)| set.snapshots.iter().cloned())
+/// Rule 7 at the edge: reads the locks EC2 reports on what `plan` would delete and keeps the
+/// sets they hold; where the deployment locks what it keeps (`LOCK_MODE`), reads those too and
+/// plans the locks to lay or extend (`locks_due`). Should the locks not be readable, the plan
+/// stands (EC2 refuses to delete a locked snapshot, and `apply_retention` reads the lock of any
+/// refused deletion again) and no lock is laid this pass: laying one over a lock not read
+/// could shorten it.
+async fn read_locks(app: &App, plan: &mut RegionPlan, now: DateTime<Utc>) {
+    let mode = app.config.lock_mode;
+    let wanted: Vec<String> = plan
+        .instances
+        .values()
+        .flatten()
+        .filter(|s| s.action == Action::Delete || (mode.is_some() && s.lock_until.is_some()))
+        .flat_map(|set| set.snapshots.iter().cloned())
         .collect();
-    if doomed.is_empty() {
+    if wanted.is_empty() {
         return;
     }
-    match snapshots::locks(&app.aws.ec2_in(&plan.region), &plan.region, &doomed).await {
+    match snapshots::locks(&app.aws.ec2_in(&plan.region), &plan.region, &wanted).await {
         Ok(locks) => {
             let held = hold_locked(plan, &locks);
             if held > 0 {
                 info!(region = %plan.region, sets = held, "sets kept: under a snapshot lock");
             }
+            note_locks(plan, &locks);
+            if let Some(mode) = mode {
+                plan.locks = locks_due(plan, &locks, (mode, app.config.lock_max_days), now);
+            }
         }
         Err(err) => {
-            warn!(region = %plan.region, code = err.aws_code().unwrap_or("Unknown"), error = %err, "snapshot locks not readable: a locked snapshot's deletion will be refused and reported");
+            warn!(region = %plan.region, code = err.aws_code().unwrap_or("Unknown"), error = %err, "snapshot locks not readable: a locked snapshot's deletion will be refused and reported, and no lock is laid or extended this pass");
         }
+    }
+}
+
+/// Lays the locks `plan` plans (`locks_due`), one LockSnapshot a snapshot, paced with the
+/// pass's deletions and stopping at `stop_at` (what is left goes to the next pass); once all
+/// of a set's snapshots in the region are locked, the catalog records the lock on the set (or
+/// on each copy). A failure is logged and counted, and the next retention tries again.
+async fn lay_locks(
+    app: &App,
+    plan: &RegionPlan,
+    (pace, tried): (&mut Pace, &mut usize),
+    stop_at: DateTime<Utc>,
+    outcome: &mut RetentionOutcome,
+) {
+    let ec2 = app.aws.ec2_in(&plan.region);
+    let home = plan.region == app.config.region;
+    for (n, change) in plan.locks.iter().enumerate() {
+        let mut whole = true;
+        for (k, snapshot_id) in change.snapshot_ids.iter().enumerate() {
+            let began = Utc::now();
+            if *tried > 0 && (!pace.fits(began) || began >= stop_at) {
+                let left = change.snapshot_ids.len() - k
+                    + plan.locks[n + 1..]
+                        .iter()
+                        .map(|c| c.snapshot_ids.len())
+                        .sum::<usize>();
+                outcome.locks_left += left;
+                info!(region = %plan.region, left, "locks left for the next pass");
+                return;
+            }
+            *tried += 1;
+            let subject = format!("{snapshot_id} of {} in {}", change.instance_id, plan.region);
+            // A cooling-off period is given to a first lock only.
+            let cool_off = app
+                .config
+                .lock_cool_off_hours
+                .filter(|_| !change.extended.contains(snapshot_id));
+            let until = change.until;
+            let laid = snapshots::lock(
+                &ec2,
+                snapshot_id,
+                (change.mode, change.days),
+                cool_off,
+                &subject,
+            )
+            .await;
+            pace.took(began, Utc::now());
+            let at = format!("{}/{snapshot_id}", plan.region);
+            let until_text = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            match laid {
+                Ok(()) => {
+                    info!(region = %plan.region, instance_id = %change.instance_id, run_id = %change.run_id, snapshot_id = %snapshot_id, mode = change.mode.as_str(), until = %until_text, extended = change.extended.contains(snapshot_id), "snapshot locked until it is expected to be deleted");
+                    outcome.locks_laid.push(format!(
+                        "{at}: locked ({}) until {until_text}",
+                        change.mode.as_str()
+                    ));
+                }
+                Err(err) => {
+                    whole = false;
+                    warn!(region = %plan.region, instance_id = %change.instance_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), error = %err, "snapshot not locked: the next retention tries again");
+                    outcome.lock_failed.push(format!("{at}: {err}"));
+                }
+            }
+        }
+        if whole {
+            let recorded = app
+                .aws
+                .catalog
+                .record_lock(
+                    (&change.instance_id, &change.run_id),
+                    (!home).then_some(plan.region.as_str()),
+                    &change.snapshot_ids,
+                    (change.mode.as_str(), change.until),
+                )
+                .await;
+            if let Err(err) = recorded {
+                warn!(region = %plan.region, run_id = %change.run_id, code = err.aws_code().unwrap_or("Unknown"), error = %err, "lock not recorded in the catalog (EC2 holds it)");
+            }
+        }
+    }
+}
+
+/// Reports what the catalog records in `plan`'s region and EC2 no longer lists: deleted by
+/// someone else, since this deployment forgets what it deletes at once. One in the Recycle Bin
+/// is reported with the date it leaves the bin and stays recorded (it can be restored from the
+/// bin, and is then a backup again); one gone is reported and forgotten, so that the catalog
+/// says what exists. Each is logged; the metric `SnapshotsDeletedOutside` counts them.
+async fn report_missing(app: &App, plan: &RegionPlan, outcome: &mut RetentionOutcome) {
+    if plan.missing.is_empty() {
+        return;
+    }
+    let ec2 = app.aws.ec2_in(&plan.region);
+    let ids: Vec<String> = plan.missing.iter().map(|m| m.snapshot_id.clone()).collect();
+    let bin = match snapshots::in_recycle_bin(&ec2, &plan.region, &ids).await {
+        Ok(bin) => Some(bin),
+        Err(err) => {
+            warn!(region = %plan.region, code = err.aws_code().unwrap_or("Unknown"), error = %err, "Recycle Bin not readable: snapshots deleted by someone else are reported, and kept in the catalog");
+            None
+        }
+    };
+    let home = plan.region == app.config.region;
+    let (mut gone_sets, mut gone_copies) = (BTreeSet::new(), Vec::new());
+    for m in &plan.missing {
+        let at = format!(
+            "{}/{} ({}, run {})",
+            plan.region, m.snapshot_id, m.instance_id, m.run_id
+        );
+        let binned = bin.as_ref().and_then(|b| b.get(&m.snapshot_id));
+        let line = match (binned, &bin) {
+            (Some(exit), _) => {
+                let until = exit
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_else(|| "a date not reported".to_string());
+                format!("{at}: in the Recycle Bin, recoverable until {until}")
+            }
+            (None, Some(_)) => {
+                if home && !m.copy {
+                    gone_sets.insert((m.instance_id.to_string(), m.run_id.to_string()));
+                } else {
+                    gone_copies.push(CopyKey {
+                        instance_id: m.instance_id.to_string(),
+                        region: plan.region.clone(),
+                        run_id: m.run_id.to_string(),
+                        snapshot_id: m.snapshot_id.clone(),
+                    });
+                }
+                format!("{at}: gone (not in the Recycle Bin)")
+            }
+            (None, None) => format!("{at}: not listed by EC2"),
+        };
+        error!(region = %plan.region, instance_id = %m.instance_id, run_id = %m.run_id, snapshot_id = %m.snapshot_id, what = %line, "recorded backup deleted by someone else");
+        outcome.deleted_outside.push(line);
+    }
+    // A home set leaves the catalog once none of it is in EC2 or the bin: until then what is
+    // left of it is still reported.
+    let whole: Vec<(String, String)> = gone_sets
+        .into_iter()
+        .filter(|(instance, run)| {
+            !plan.missing.iter().any(|m| {
+                *m.instance_id == **instance
+                    && *m.run_id == **run
+                    && bin.as_ref().is_some_and(|b| b.contains_key(&m.snapshot_id))
+            }) && !plan
+                .instances
+                .get(instance)
+                .is_some_and(|sets| sets.iter().any(|s| s.run_id == *run))
+        })
+        .collect();
+    if let Err(err) = app.aws.catalog.forget(&whole, &gone_copies).await {
+        warn!(region = %plan.region, error = %err, "records of deleted snapshots not removed from the catalog: reported again by the next retention");
     }
 }
 
@@ -261,6 +432,11 @@ pub async fn apply_retention(
     for plan in &plans {
         let ec2 = app.aws.ec2_in(&plan.region);
         let home = plan.region == app.config.region;
+        if !dry_run {
+            report_missing(app, plan, &mut outcome).await;
+            // What is kept is locked before anything is deleted: protection first.
+            lay_locks(app, plan, (&mut pace, &mut tried), stop_at, &mut outcome).await;
+        }
         let deleted_from = outcome.deleted.len();
         for (instance_id, set) in plan.deletions() {
             let mut gone: Vec<&String> = Vec::new();
@@ -488,6 +664,10 @@ async fn archive_sets(
 
 /// Archive operations started in one region by one pass (a failed call counts too).
 const ARCHIVE_PER_PASS: usize = 25;
+
+/// The most snapshots deleted by someone else reported in a region a pass (each is logged and
+/// looked up in the Recycle Bin): the rest are reported by the next retention.
+const MAX_MISSING: usize = 1_000;
 
 /// Sets labelled between two looks at the clock.
 const LABEL_CHUNK: usize = 100;
