@@ -71,6 +71,44 @@ impl Tier {
     }
 }
 
+/// A set of tiers in one byte (a plan holds one per set: a hundred thousand sets and more),
+/// shown as the list of their names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Tiers(u8);
+
+impl Tiers {
+    pub fn of(tiers: impl IntoIterator<Item = Tier>) -> Self {
+        Tiers(tiers.into_iter().fold(0, |bits, t| bits | (1 << t as u8)))
+    }
+
+    pub fn from_bits(bits: u8) -> Self {
+        Tiers(bits & 0b1111)
+    }
+
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn contains(self, tier: Tier) -> bool {
+        self.0 & (1 << tier as u8) != 0
+    }
+
+    /// The tiers, in order.
+    pub fn list(self) -> Vec<Tier> {
+        Tier::from_bits(self.0)
+    }
+}
+
+impl Serialize for Tiers {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.list())
+    }
+}
+
 /// How much of an instance's history one region keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Retain {

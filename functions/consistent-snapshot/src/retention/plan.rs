@@ -47,7 +47,7 @@ use crate::model::tags::{
     TAG_RETAIN_WEEKLY, TAG_RETAIN_YEARLY, TAG_RUN_ID,
 };
 use crate::model::tiers::{
-    self, Candidate, CandidateKind, Period, Retain, Standing, Tier, TierChange,
+    self, Candidate, CandidateKind, Period, Retain, Standing, Tier, TierChange, Tiers,
 };
 use chrono_tz::Tz;
 
@@ -158,12 +158,12 @@ pub struct SetDecision {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held: Option<Held>,
     /// The tiers that keep it (empty: none does).
-    pub tiers: Vec<Tier>,
+    pub tiers: Tiers,
     /// The tiers its catalog record holds (as the planner was given them): where they differ
     /// from `tiers`, the record and the snapshots' `ConsistentSnapshot:Tiers` tag are brought up
     /// to date.
     #[serde(skip)]
-    pub recorded_tiers: Vec<Tier>,
+    pub recorded_tiers: Tiers,
     /// When it is expected to leave its next tier, if a set is taken at the usual pace (a
     /// kept set that a tier or its age keeps).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -506,7 +506,7 @@ fn decide_instance(
         let recorded_tiers = set
             .snapshots
             .first()
-            .map(|s| Tier::from_bits(s.recorded_tiers))
+            .map(|s| Tiers::from_bits(s.recorded_tiers))
             .unwrap_or_default();
         decisions.push(SetDecision {
             run_id: set.run_id.to_string(),
@@ -516,7 +516,7 @@ fn decide_instance(
             action,
             reason,
             held,
-            tiers: standing.iter().map(|s| s.tier).collect(),
+            tiers: Tiers::of(standing.iter().map(|s| s.tier)),
             recorded_tiers,
             next_change: next_change.filter(|_| action == Action::Keep),
             deleted_after: deleted_after.filter(|_| action == Action::Keep),
@@ -630,19 +630,19 @@ impl Forecast {
 /// or on the set): with the daily tier alone a set's tiers say nothing its reason does not, and
 /// a deployment keeps its writes to what it uses.
 pub fn tier_changes(plan: &RegionPlan, retain: Retain, home: bool) -> Vec<TierChange> {
-    let calendar = |tiers: &[Tier]| tiers.iter().any(|t| *t != Tier::Daily);
+    let calendar = |tiers: Tiers| tiers.list().iter().any(|t| *t != Tier::Daily);
     plan.instances
         .iter()
         .flat_map(|(instance_id, sets)| {
             sets.iter()
                 .filter(|s| s.action == Action::Keep && s.tiers != s.recorded_tiers)
-                .filter(|s| retain.calendar() || calendar(&s.tiers) || calendar(&s.recorded_tiers))
+                .filter(|s| retain.calendar() || calendar(s.tiers) || calendar(s.recorded_tiers))
                 .map(|s| TierChange {
                     instance_id: instance_id.clone(),
                     run_id: s.run_id.clone(),
                     copy_region: (!home).then(|| plan.region.clone()),
                     snapshot_ids: s.snapshots.clone(),
-                    tiers: s.tiers.clone(),
+                    tiers: s.tiers.list(),
                 })
         })
         .collect()
@@ -1769,8 +1769,8 @@ mod tests {
             action: if k >= 2 { Action::Delete } else { Action::Keep },
             reason: "older than the newest 2 consistent sets".into(),
             held: None,
-            tiers: vec![],
-            recorded_tiers: vec![],
+            tiers: Tiers::default(),
+            recorded_tiers: Tiers::default(),
             next_change: None,
             deleted_after: None,
             storage: Storage::Standard,
@@ -2011,7 +2011,7 @@ mod tests {
                 }
                 let archiving: BTreeSet<&String> = planned.instances.values().flatten().filter(|s| s.archive).map(|s| &s.run_id).collect();
                 for set in planned.instances.values().flatten().filter(|s| s.archive) {
-                    prop_assert!(set.tiers.iter().all(|t| matches!(t, Tier::Monthly | Tier::Yearly)), "{:?}", set);
+                    prop_assert!(set.tiers.list().iter().all(|t| matches!(t, Tier::Monthly | Tier::Yearly)), "{:?}", set);
                     prop_assert!(now - set.started_at >= Duration::days(i64::from(archive_after_days.unwrap_or(0))));
                     archived_at.entry(set.run_id.clone()).or_insert(now);
                 }
@@ -2041,7 +2041,7 @@ mod tests {
                 let sets = again.instances.get("i-1").cloned().unwrap_or_default();
                 for (k, tier) in [Tier::Weekly, Tier::Monthly, Tier::Yearly].into_iter().enumerate() {
                     let periods: BTreeSet<&str> = taken.iter().map(|t| t.labels[k].as_str()).collect();
-                    let standing = sets.iter().filter(|s| s.tiers.contains(&tier)).count();
+                    let standing = sets.iter().filter(|s| s.tiers.contains(tier)).count();
                     prop_assert_eq!(standing, periods.len().min(retain.count(tier) as usize), "{:?} on night {}", tier, n);
                 }
             }
@@ -2090,7 +2090,7 @@ mod tests {
                 .cloned()
         };
         let oct = by_day("2026-10-01").expect("the first of October");
-        assert_eq!(oct.tiers, vec![Tier::Monthly]);
+        assert_eq!(oct.tiers.list(), vec![Tier::Monthly]);
         assert!(
             oct.reason.contains("month 2026-10 (monthly)"),
             "{}",
@@ -2102,7 +2102,7 @@ mod tests {
             Some("2026-12-01T00:00:00+00:00")
         );
         let monday = by_day("2026-11-16").expect("Monday of W47");
-        assert_eq!(monday.tiers, vec![Tier::Daily, Tier::Weekly]);
+        assert_eq!(monday.tiers.list(), vec![Tier::Daily, Tier::Weekly]);
         // Out of the daily tier after five more nights; out of the weekly one when four newer
         // weeks have a set (W48 to W51): deleted from W51's Monday, 2026-12-14.
         assert_eq!(
@@ -2114,7 +2114,7 @@ mod tests {
             Some("2026-12-14T00:00:00+00:00")
         );
         let gone = by_day("2026-11-10").expect("Tuesday of W46");
-        assert_eq!((gone.action, gone.tiers.len()), (Action::Delete, 0));
+        assert_eq!((gone.action, gone.tiers.is_empty()), (Action::Delete, true));
         assert!(
             gone.reason
                 .contains("standing for no week, month or year kept"),
