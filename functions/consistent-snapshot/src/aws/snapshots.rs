@@ -514,8 +514,10 @@ pub async fn restore_from_archive(
 }
 
 /// Ids asked of DescribeLockedSnapshots and ListSnapshotsInRecycleBin a call; the largest page
-/// DescribeLockedSnapshots answers, and the most pages of a region's locks read before asking
-/// by id instead (a vault that locks everything holds far more locks than a night deletes).
+/// DescribeLockedSnapshots answers, and the fewest pages of a region's locks read before asking
+/// by id instead (a vault that locks everything holds far more locks than a night deletes):
+/// twice as many as the ids asked would fill, so that a deployment that locks what it keeps
+/// reads its locks in pages (ten times fewer calls than by id).
 const IDS_PER_CALL: usize = 100;
 const LOCKS_PER_PAGE: i32 = 1_000;
 const LOCK_PAGES_MAX: usize = 20;
@@ -523,8 +525,8 @@ const LOCK_PAGES_MAX: usize = 20;
 const LOCKS_IN_FORCE: [&str; 3] = ["governance", "compliance", "compliance-cooloff"];
 
 /// The EBS Snapshot Locks in force on these snapshots of `region`: the region's locks, a
-/// page of 1,000 a call (one call when there are few), or, past `LOCK_PAGES_MAX` pages, asked
-/// for these snapshots by id, 100 a call.
+/// page of 1,000 a call (one call when there are few), or, past `LOCK_PAGES_MAX` pages (or twice
+/// the pages `ids` would fill), asked for these snapshots by id, 100 a call.
 pub async fn locks(
     ec2: &aws_sdk_ec2::Client,
     region: &str,
@@ -533,7 +535,8 @@ pub async fn locks(
     let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
     let mut found = BTreeMap::new();
     let mut token: Option<String> = None;
-    for _ in 0..LOCK_PAGES_MAX {
+    let pages = LOCK_PAGES_MAX.max(2 * ids.len().div_ceil(LOCKS_PER_PAGE as usize));
+    for _ in 0..pages {
         let page = ec2
             .describe_locked_snapshots()
             .filters(ec2_filter("lock-state", LOCKS_IN_FORCE.map(String::from)))
