@@ -49,7 +49,7 @@ fn history() -> Vec<SnapshotInfo> {
                     state: "completed".into(),
                     start_time: taken,
                     tags,
-                    used_by_images: vec![],
+                    used_by_images: Box::default(),
                     copies_in_progress: 0,
                     archived: false,
                     recorded_tiers: 0,

@@ -681,7 +681,7 @@ mod tests {
             state: "completed".into(),
             start_time: now() - Duration::hours(hours_ago),
             tags,
-            used_by_images: vec![],
+            used_by_images: Box::default(),
             copies_in_progress: 0,
             archived: false,
             recorded_tiers: 0,

@@ -1196,7 +1196,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
-            used_by_images: vec![],
+            used_by_images: Box::default(),
             copies_in_progress: 0,
             archived: false,
             recorded_tiers: 0,
@@ -1317,7 +1317,7 @@ mod tests {
         let mut copying = snap("i-1", 6, true, 0);
         copying.copies_in_progress = 1;
         let mut ami = snap("i-1", 7, true, 0);
-        ami.used_by_images = vec!["ami-1".into()];
+        ami.used_by_images = vec!["ami-1".into()].into();
         let mut foreign = snap("i-1", 8, true, 0);
         foreign.tags.insert(TAG_MANAGED_BY, "another-deployment");
         let mut unmanaged = snap("i-1", 9, true, 0);
@@ -1502,7 +1502,7 @@ mod tests {
                     s.tags.insert(TAG_MANAGED_BY, by);
                 }
                 if extra == 0 {
-                    s.used_by_images = vec!["ami-x".into()];
+                    s.used_by_images = vec!["ami-x".into()].into();
                 }
                 if extra == 1 {
                     s.copies_in_progress = 1;

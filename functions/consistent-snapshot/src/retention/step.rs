@@ -157,7 +157,9 @@ pub async fn plan_retention(app: &App) -> Result<(Vec<RegionPlan>, Vec<String>),
     }
     if let Some((_, home)) = per_region.first_mut().filter(|_| home_read) {
         for s in home.iter_mut() {
-            s.copies_in_progress = copying.get(&s.snapshot_id).copied().unwrap_or(0);
+            s.copies_in_progress = copying
+                .get(&s.snapshot_id)
+                .map_or(0, |n| u32::try_from(*n).unwrap_or(u32::MAX));
         }
     }
     let ids: BTreeSet<String> = per_region
@@ -408,7 +410,10 @@ async fn region_snapshots(
     let (mut snapshots, foreign) = vouched_snapshots(app, region, index, true).await?;
     let images = snapshots::used_by_images(&ec2, region).await?;
     for s in &mut snapshots {
-        s.used_by_images = images.get(&s.snapshot_id).cloned().unwrap_or_default();
+        s.used_by_images = images
+            .get(&s.snapshot_id)
+            .map(|ids| ids.clone().into_boxed_slice())
+            .unwrap_or_default();
     }
     Ok((snapshots, foreign))
 }
