@@ -165,6 +165,22 @@ fn cost_pk(region: &str, instance_id: &str) -> String {
     format!("cost#{region}#{instance_id}")
 }
 
+/// The sort keys (under the instance's `set#` partition) of what retention writes about a set
+/// in a region: its home record (`run#…`), or, in a copy region, each of its copies' records.
+fn set_or_copy_sort_keys(
+    run_id: &str,
+    copy_region: Option<&str>,
+    snapshot_ids: &[String],
+) -> Vec<String> {
+    match copy_region {
+        None => vec![format!("run#{run_id}")],
+        Some(region) => snapshot_ids
+            .iter()
+            .map(|id| format!("copy#{region}#{run_id}#{id}"))
+            .collect(),
+    }
+}
+
 fn set_pk(instance_id: &str) -> String {
     format!("set#{instance_id}")
 }
@@ -918,32 +934,22 @@ impl Catalog {
     pub async fn record_tiers(&self, changes: &[TierChange]) -> Result<usize, Error> {
         let mut written = 0;
         for change in changes {
-            let keys: Vec<(String, String)> = match &change.copy_region {
-                None => vec![(
-                    set_pk(&change.instance_id),
-                    format!("run#{}", change.run_id),
-                )],
-                Some(region) => change
-                    .snapshot_ids
-                    .iter()
-                    .map(|id| {
-                        (
-                            set_pk(&change.instance_id),
-                            format!("copy#{region}#{}#{id}", change.run_id),
-                        )
-                    })
-                    .collect(),
-            };
+            let keys = set_or_copy_sort_keys(
+                &change.run_id,
+                change.copy_region.as_deref(),
+                &change.snapshot_ids,
+            );
+            let pk = set_pk(&change.instance_id);
             let what = format!(
                 "tiers of the set of {} in run {}",
                 change.instance_id, change.run_id
             );
-            for (pk, sk) in keys {
+            for sk in keys {
                 let mut update = self
                     .client
                     .update_item()
                     .table_name(&self.table)
-                    .key(PK, s(pk))
+                    .key(PK, s(&pk))
                     .key(SK, s(sk))
                     .condition_expression("attribute_exists(pk)")
                     .expression_attribute_names("#t", TIERS);
@@ -975,15 +981,8 @@ impl Catalog {
         snapshot_ids: &[String],
         (mode, until): (&str, DateTime<Utc>),
     ) -> Result<(), Error> {
-        let keys: Vec<String> = match copy_region {
-            None => vec![format!("run#{run_id}")],
-            Some(region) => snapshot_ids
-                .iter()
-                .map(|id| format!("copy#{region}#{run_id}#{id}"))
-                .collect(),
-        };
         let what = format!("lock of the set of {instance_id} in run {run_id}");
-        for sk in keys {
+        for sk in set_or_copy_sort_keys(run_id, copy_region, snapshot_ids) {
             let update = self
                 .client
                 .update_item()
