@@ -91,6 +91,8 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
         deleted_before: 0,
         retries: 0,
         stalled: 0,
+        locked_before: 0,
+        deleted_outside_before: None,
     });
     emulator
         .sqs()

@@ -226,6 +226,14 @@ pub struct RetentionJob {
     /// reports what it left for the next run.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub stalled: u32,
+    /// Locks laid or extended by the earlier passes.
+    #[serde(default)]
+    pub locked_before: usize,
+    /// Recorded backups the first pass found deleted by someone else; `None` before the first
+    /// pass. Only the first pass looks for them: one in the Recycle Bin stays recorded and
+    /// would be counted again by every pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_outside_before: Option<usize>,
 }
 
 /// How many more passes a run's retention makes for deletions that failed for a reason that

@@ -120,6 +120,8 @@ pub async fn copy_job(
                 deleted_before: 0,
                 retries: 0,
                 stalled: 0,
+                locked_before: 0,
+                deleted_outside_before: None,
             }))],
         )
         .await?;

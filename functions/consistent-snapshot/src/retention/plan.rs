@@ -898,6 +898,11 @@ pub struct RetentionOutcome {
     pub transient_failures: usize,
     /// Snapshots deleted by earlier passes of the same retention.
     pub deleted_before: usize,
+    /// Locks laid, and recorded backups found deleted by someone else, by earlier passes.
+    #[serde(skip)]
+    pub locks_laid_before: usize,
+    #[serde(skip)]
+    pub deleted_outside_before: usize,
     /// Regions that could not be read (`region (AWS code)`): nothing was deleted there, and
     /// nothing in the home region that has a copy there (it may still be being made).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -928,6 +933,10 @@ pub fn next_pass(job: &RetentionJob, outcome: &RetentionOutcome) -> Option<Reten
     let go_on = left > 0 && stalled < RETENTION_STALLED_PASSES;
     (go_on || retry).then(|| RetentionJob {
         deleted_before: job.deleted_before + outcome.deleted.len(),
+        locked_before: job.locked_before + outcome.locks_laid.len(),
+        deleted_outside_before: Some(
+            job.deleted_outside_before.unwrap_or(0) + outcome.deleted_outside.len(),
+        ),
         retries: job.retries + u32::from(retry),
         stalled,
         ..job.clone()
@@ -1032,9 +1041,15 @@ impl RetentionOutcome {
     /// planned but kept (by an AMI, by a lock), deletions failed, regions not read.
     pub fn metric_counts(&self) -> [(&'static str, usize); 10] {
         [
-            ("SnapshotsLocked", self.locks_laid.len()),
+            (
+                "SnapshotsLocked",
+                self.locks_laid_before + self.locks_laid.len(),
+            ),
             ("LocksFailed", self.lock_failed.len()),
-            ("SnapshotsDeletedOutside", self.deleted_outside.len()),
+            (
+                "SnapshotsDeletedOutside",
+                self.deleted_outside_before + self.deleted_outside.len(),
+            ),
             ("SnapshotsArchived", self.archived.len()),
             ("SnapshotsDeleted", self.deleted_before + self.deleted.len()),
             ("SnapshotsInRecycleBin", self.recoverable.len()),
@@ -1121,6 +1136,8 @@ mod tests {
             deleted_before: 0,
             retries: 0,
             stalled: 0,
+            locked_before: 0,
+            deleted_outside_before: None,
         };
         let pass = |deleted: usize, unfinished: usize, transient: usize| RetentionOutcome {
             deleted: (0..deleted).map(|i| format!("snap-{i}")).collect(),
@@ -1134,6 +1151,28 @@ mod tests {
             current = next_pass(&current, &pass(500, 10_000, 0)).expect("goes on");
         }
         assert_eq!(current.deleted_before, 25_000);
+        // What the earlier passes locked and found deleted by others is carried to the last
+        // pass's metrics: looked for once (the first pass), counted once.
+        let mut first = pass(10, 5, 0);
+        first.locks_laid = vec!["us-east-1/snap-1: locked".into(); 4];
+        first.deleted_outside = vec!["us-east-1/snap-2 (i-1, run r): gone".into(); 3];
+        let second = next_pass(&job, &first).expect("a second pass");
+        assert_eq!(
+            (second.locked_before, second.deleted_outside_before),
+            (4, Some(3))
+        );
+        let mut last = pass(5, 0, 0);
+        last.locks_laid = vec!["us-east-1/snap-3: locked".into(); 2];
+        last.locks_laid_before = second.locked_before;
+        last.deleted_outside_before = second.deleted_outside_before.unwrap_or(0);
+        let metrics: BTreeMap<&str, usize> = last.metric_counts().into_iter().collect();
+        assert_eq!(
+            (
+                metrics["SnapshotsLocked"],
+                metrics["SnapshotsDeletedOutside"]
+            ),
+            (6, 3)
+        );
         assert_eq!(current.stalled, 0);
         // Passes that delete nothing: the third in a row ends the chain; progress resets it.
         let one = next_pass(&current, &pass(0, 9, 0)).expect("a first stalled pass");

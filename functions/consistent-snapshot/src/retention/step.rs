@@ -757,11 +757,19 @@ pub async fn retention_job(
     deadline: DateTime<Utc>,
 ) -> Result<(), Error> {
     dispatched_run(app, &job.run_id, "retention").await?;
-    let (plans, unreadable) = plan_retention(app).await?;
+    let (mut plans, unreadable) = plan_retention(app).await?;
+    if job.deleted_outside_before.is_some() {
+        // Reported by the first pass (see `RetentionJob::deleted_outside_before`).
+        for plan in &mut plans {
+            plan.missing.clear();
+        }
+    }
     let stop_at = stop_time(Utc::now(), deadline);
     let mut outcome = apply_retention(app, plans, false, stop_at).await;
     outcome.regions_unreadable = unreadable;
     outcome.deleted_before = job.deleted_before;
+    outcome.locks_laid_before = job.locked_before;
+    outcome.deleted_outside_before = job.deleted_outside_before.unwrap_or(0);
     if let Some(next) = next_pass(&job, &outcome) {
         if next.retries > job.retries {
             info!(run_id = %job.run_id, failed = outcome.transient_failures, retries = next.retries, "deletions failed for a reason that may pass: retention tries again in the next pass");
