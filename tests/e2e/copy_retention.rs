@@ -520,3 +520,99 @@ async fn a_region_an_instance_tag_adds_is_caught_up_like_a_configured_one() {
         .unwrap_or_default();
     assert!(!line.is_empty() && !line.contains("backlog"), "{line}");
 }
+
+/// The reasons the dry run gives for an instance's sets in the home region.
+fn home_reasons(dry: &serde_json::Value, instance: &str) -> Vec<String> {
+    dry["plans"][0]["instances"][instance]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|set| set["reason"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_server_untagged_or_terminated_keeps_its_backups_and_the_plan_says_why() {
+    let world = World::start(1).await.expect("world");
+    let emulator = &world.emulator;
+    let ids = world
+        .seed(&[
+            ServerSpec::windows("sql01", 1),
+            ServerSpec::windows("files01", 1),
+            ServerSpec::windows("exch01", 1),
+        ])
+        .await
+        .expect("seed");
+    emulator
+        .seed_history(&harness::History {
+            region: HOME.into(),
+            managed_by: "vss-test".into(),
+            instance_ids: ids.clone(),
+            sets: 3,
+            hours_apart: 24.0,
+            newest_hours: 24.0,
+            copy_region: None,
+            crash_consistent: vec![],
+        })
+        .await
+        .expect("history");
+    // files01 leaves the fleet by its tag, exch01 is terminated; sql01 stays.
+    let ec2 = emulator.ec2();
+    ec2.delete_tags()
+        .resources(&ids[1])
+        .tags(Tag::builder().key("ConsistentSnapshot").build())
+        .send()
+        .await
+        .expect("DeleteTags");
+    ec2.terminate_instances()
+        .instance_ids(&ids[2])
+        .send()
+        .await
+        .expect("TerminateInstances");
+    let app = world.app(&[("RETAIN_COUNT", "2")]).expect("app");
+    world
+        .nightly(&app, "2026-11-23T00:00:00Z")
+        .await
+        .expect("the night");
+    // sql01: its new set and the newest earlier one; the others: every set they had.
+    let counts: Vec<usize> = {
+        let mut counts = Vec::new();
+        for id in &ids {
+            counts.push(harness::sets_of(emulator, HOME, id).await.len());
+        }
+        counts
+    };
+    assert_eq!(counts, vec![2, 3, 3]);
+    let dry = invoke(&app, json!({"action": "retention", "dry_run": true}))
+        .await
+        .expect("dry run");
+    let untagged = home_reasons(&dry, &ids[1]);
+    assert!(
+        untagged.len() == 3
+            && untagged
+                .iter()
+                .all(|r| r.contains("no longer tagged") && r.contains("KEEP_ORPHANED_BACKUPS")),
+        "{untagged:#?}"
+    );
+    let terminated = home_reasons(&dry, &ids[2]);
+    assert!(
+        terminated.len() == 3
+            && terminated
+                .iter()
+                .all(|r| r.contains("instance terminated") && r.contains("KEEP_ORPHANED_BACKUPS")),
+        "{terminated:#?}"
+    );
+
+    // A deployment that does not keep orphans' backups applies its count to them too.
+    let strict = world
+        .app(&[("RETAIN_COUNT", "2"), ("KEEP_ORPHANED_BACKUPS", "false")])
+        .expect("app");
+    let answer = invoke(&strict, json!({"action": "retention"}))
+        .await
+        .expect("retention");
+    let mut after = Vec::new();
+    for id in &ids {
+        after.push(harness::sets_of(emulator, HOME, id).await.len());
+    }
+    assert_eq!(after, vec![2, 2, 2], "{answer:#}");
+}

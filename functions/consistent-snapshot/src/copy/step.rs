@@ -605,7 +605,8 @@ async fn copy_targets(
     if missing.is_empty() {
         return Ok(targets);
     }
-    let facts = instances::by_id(&app.aws.ec2, &app.config, missing.iter().copied()).await?;
+    // The run's servers were tagged when it started: read as the tagged fleet when many.
+    let facts = instances::by_id_from_fleet(&app.aws.ec2, &app.config, None, &missing).await?;
     let decided: Vec<CopyTargets> = missing
         .iter()
         .map(|instance_id| {

@@ -16,6 +16,7 @@ use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
 use crate::jobs::{Job, RetentionJob, RETENTION_STALLED_PASSES};
 use crate::model::catalog::{admit, CatalogIndex, Missing};
+use crate::model::fleet::InstanceFacts;
 use crate::model::pace::Pace;
 use crate::model::snapshot::{SnapshotFacts, SnapshotInfo};
 use crate::model::state::SnapshotState;
@@ -31,12 +32,14 @@ use crate::run::plan::summary::MAX_FOREIGN;
 
 /// The regions retention looks at: the function's own, then the copy regions, then any
 /// region of `COPY_REGIONS_ALLOWED` a tagged instance's `ConsistentSnapshot:CopyRegions` adds
-/// (a tag naming any other region is refused by the copy step, and read by nobody).
-async fn retention_regions(app: &App) -> Result<Vec<String>, Error> {
+/// (a tag naming any other region is refused by the copy step, and read by nobody). Answers
+/// the tagged fleet too, which it reads for them (1,000 a page).
+async fn retention_regions(app: &App) -> Result<(Vec<String>, Vec<InstanceFacts>), Error> {
     let mut regions: Vec<String> = std::iter::once(app.config.region.clone())
         .chain(app.config.copy_regions.iter().cloned())
         .collect();
-    for instance in instances::discover(&app.aws.ec2, &app.config, None).await? {
+    let fleet = instances::discover(&app.aws.ec2, &app.config, None).await?;
+    for instance in &fleet {
         let permitted: Vec<String> = app
             .config
             .copy_regions
@@ -52,7 +55,7 @@ async fn retention_regions(app: &App) -> Result<Vec<String>, Error> {
             }
         }
     }
-    Ok(regions)
+    Ok((regions, fleet))
 }
 
 /// This deployment's snapshots in `region` that the catalog vouches for and EC2 confirms,
@@ -107,7 +110,7 @@ pub async fn vouched_snapshots(
 pub async fn plan_retention(app: &App) -> Result<(Vec<RegionPlan>, Vec<String>), Error> {
     let now = Utc::now();
     let started = std::time::Instant::now();
-    let regions = retention_regions(app).await?;
+    let (regions, fleet) = retention_regions(app).await?;
     let index = app.aws.catalog.index().await?;
     let indexed_ms = started.elapsed().as_millis();
     let mut per_region: Vec<(String, Vec<SnapshotInfo>)> = Vec::new();
@@ -169,7 +172,10 @@ pub async fn plan_retention(app: &App) -> Result<(Vec<RegionPlan>, Vec<String>),
         .collect();
     // The index has done its work (admitting): its memory goes before the plans take theirs.
     drop(index);
-    let facts = instances::by_id(&app.aws.ec2, &app.config, ids.iter().map(String::as_str)).await?;
+    // The tagged fleet was read for the regions: only the servers with snapshots that are not
+    // in it (untagged since, terminated) are described by id.
+    let asked: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    let facts = instances::by_id_from_fleet(&app.aws.ec2, &app.config, Some(fleet), &asked).await?;
     let target = (
         app.config.target_tag_key.as_str(),
         app.config.target_tag_value.as_str(),
