@@ -47,6 +47,14 @@ pub async fn enqueue(app: &App, jobs: &[Envelope]) -> Result<(), Error> {
     queue::enqueue(&app.aws.sqs, &app.config, jobs, Utc::now()).await
 }
 
+/// As `enqueue`, each batch made only when it is sent.
+pub async fn enqueue_each(
+    app: &App,
+    jobs: impl IntoIterator<Item = Envelope>,
+) -> Result<(), Error> {
+    queue::enqueue_each(&app.aws.sqs, &app.config, jobs, Utc::now()).await
+}
+
 /// Puts a job back on the queue, delayed as the job says.
 pub async fn requeue(app: &App, job: Job) -> Result<(), Error> {
     queue::requeue(&app.aws.sqs, &app.config, job, Utc::now()).await

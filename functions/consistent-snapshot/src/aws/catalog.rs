@@ -326,9 +326,19 @@ impl Catalog {
 
     /// Puts or deletes items, 25 a call; what DynamoDB leaves unprocessed is sent again a
     /// bounded number of times, then reported.
-    async fn batch(&self, requests: Vec<WriteRequest>, what: &str) -> Result<(), Error> {
-        for chunk in requests.chunks(BATCH) {
-            let mut pending = chunk.to_vec();
+    /// Writes `requests` in batches of `BATCH`, each built only when it is written (a run's
+    /// manifest of 10,000 servers is never held as items all at once).
+    async fn batch(
+        &self,
+        requests: impl IntoIterator<Item = WriteRequest>,
+        what: &str,
+    ) -> Result<(), Error> {
+        let mut requests = requests.into_iter();
+        loop {
+            let mut pending: Vec<WriteRequest> = requests.by_ref().take(BATCH).collect();
+            if pending.is_empty() {
+                break;
+            }
             let mut round = 0;
             while !pending.is_empty() {
                 if round >= BATCH_ROUNDS {
@@ -361,21 +371,18 @@ impl Catalog {
     /// Records what a run dispatched, one item per instance.
     pub async fn put_manifest(
         &self,
-        entries: &[ManifestEntry],
+        entries: impl IntoIterator<Item = ManifestEntry>,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let requests = entries
-            .iter()
-            .filter_map(|entry| {
-                put_request(item(
-                    run_pk(&entry.run_id),
-                    format!("instance#{}", entry.instance_id),
-                    MANIFEST,
-                    entry,
-                    Some(expiry(now)),
-                ))
-            })
-            .collect();
+        let requests = entries.into_iter().filter_map(|entry| {
+            put_request(item(
+                run_pk(&entry.run_id),
+                format!("instance#{}", entry.instance_id),
+                MANIFEST,
+                &entry,
+                Some(expiry(now)),
+            ))
+        });
         self.batch(requests, "run manifest").await
     }
 
@@ -404,7 +411,7 @@ impl Catalog {
         pages: &[T],
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let requests = pages
+        let requests: Vec<WriteRequest> = pages
             .iter()
             .enumerate()
             .filter_map(|(n, page)| {
@@ -722,7 +729,7 @@ impl Catalog {
         targets: &[CopyTargets],
     ) -> Result<(), Error> {
         let expires = expiry(Utc::now());
-        let requests = targets
+        let requests: Vec<WriteRequest> = targets
             .iter()
             .map(|t| {
                 item(
@@ -743,7 +750,7 @@ impl Catalog {
     /// 25 a call.
     pub async fn record_copy_states(&self, copies: &[CopyRecord]) -> Result<(), Error> {
         let expires = expiry(Utc::now());
-        let requests = copies
+        let requests: Vec<WriteRequest> = copies
             .iter()
             .map(|c| {
                 item(
@@ -900,7 +907,7 @@ impl Catalog {
                     .iter()
                     .map(|c| item(set_pk(&c.instance_id), copy_sk(c), COPY, c, None)),
             );
-        let requests = items.filter_map(put_request).collect();
+        let requests: Vec<WriteRequest> = items.filter_map(put_request).collect();
         self.batch(requests, "sets").await
     }
 
@@ -1040,7 +1047,7 @@ impl Catalog {
                 .timestamp()
                 .to_string(),
         );
-        let requests = counts
+        let requests: Vec<WriteRequest> = counts
             .iter()
             .filter_map(|c| {
                 let sk = format!(
@@ -1094,7 +1101,7 @@ impl Catalog {
                     format!("copy#{}#{}#{}", c.region, c.run_id, c.snapshot_id),
                 )
             }));
-        let requests = keys
+        let requests: Vec<WriteRequest> = keys
             .filter_map(|(pk, sk)| {
                 let delete = DeleteRequest::builder()
                     .key(PK, s(pk))
@@ -1322,7 +1329,7 @@ impl<'a> RunMarkerStore<'a> {
     }
 
     async fn delete(&self, leaves: &[String]) -> Result<(), Error> {
-        let requests = leaves
+        let requests: Vec<WriteRequest> = leaves
             .iter()
             .filter_map(|leaf| {
                 let delete = DeleteRequest::builder()

@@ -16,9 +16,24 @@ pub async fn enqueue(
     jobs: &[Envelope],
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
+    enqueue_each(sqs, config, jobs.iter().cloned(), now).await
+}
+
+/// As `enqueue`, each batch of 10 made only when it is sent.
+pub async fn enqueue_each(
+    sqs: &aws_sdk_sqs::Client,
+    config: &Config,
+    jobs: impl IntoIterator<Item = Envelope>,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
     let (initial, max) = (config.poll_initial_seconds, config.poll_max_seconds);
     let mut refused = Vec::new();
-    for chunk in jobs.chunks(10) {
+    let mut jobs = jobs.into_iter();
+    loop {
+        let chunk: Vec<Envelope> = jobs.by_ref().take(10).collect();
+        if chunk.is_empty() {
+            break;
+        }
         let entries: Vec<SendMessageBatchRequestEntry> = chunk
             .iter()
             .enumerate()

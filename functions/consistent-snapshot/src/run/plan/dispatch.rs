@@ -391,30 +391,34 @@ pub fn claimed_start(run_id: &str, plan: &DispatchPlan, mut skipped: Vec<Skipped
     start
 }
 
-/// The tracking messages of a dispatched run: one per instance a command went to, then the
-/// run's own, whose deadline leaves the snapshots `completion_timeout` to complete.
-pub fn tracking_jobs(
+/// The tracking messages of a dispatched run, one per instance a command went to, each made
+/// only when it is sent.
+pub fn instance_jobs(
+    start: &RunStart,
+    command_deadline: DateTime<Utc>,
+) -> impl Iterator<Item = Envelope> + '_ {
+    start.dispatched.iter().filter_map(move |d| {
+        Some(Envelope::new(Job::Instance(InstanceJob {
+            run_id: start.run_id.clone(),
+            instance_id: d.instance_id.clone(),
+            name: d.name.clone(),
+            command_id: d.command_id.clone()?,
+            volumes: d.volumes.clone(),
+            stage_deadline: command_deadline,
+            attempt: 0,
+        })))
+    })
+}
+
+/// The run's own message, sent after the instances' ones: its deadline leaves the snapshots
+/// `completion_timeout` to complete.
+pub fn run_job(
     start: &RunStart,
     started_at: DateTime<Utc>,
     command_deadline: DateTime<Utc>,
     completion_timeout: Duration,
-) -> Vec<Envelope> {
-    let mut jobs: Vec<Envelope> = start
-        .dispatched
-        .iter()
-        .filter_map(|d| {
-            Some(Envelope::new(Job::Instance(InstanceJob {
-                run_id: start.run_id.clone(),
-                instance_id: d.instance_id.clone(),
-                name: d.name.clone(),
-                command_id: d.command_id.clone()?,
-                volumes: d.volumes.clone(),
-                stage_deadline: command_deadline,
-                attempt: 0,
-            })))
-        })
-        .collect();
-    jobs.push(Envelope::new(Job::Run(RunJob {
+) -> RunJob {
+    RunJob {
         run_id: start.run_id.clone(),
         started_at,
         deadline: command_deadline + completion_timeout + Duration::minutes(5),
@@ -422,30 +426,27 @@ pub fn tracking_jobs(
         skipped: start.skipped.clone(),
         unsent: start.unsent.clone(),
         attempt: 0,
-    })));
-    jobs
+    }
 }
 
-/// The run's manifest: per instance sent the command (now or by an earlier invocation of the
-/// same run), the command and the volumes its set must contain. Recorded before the tracking
-/// messages are queued: a message is then only a reference to it.
-pub fn manifest(start: &RunStart, started_at: DateTime<Utc>) -> Vec<ManifestEntry> {
-    start
-        .dispatched
-        .iter()
-        .filter_map(|d| {
-            Some(ManifestEntry {
-                run_id: start.run_id.clone(),
-                instance_id: d.instance_id.clone(),
-                name: d.name.clone(),
-                command_id: d.command_id.clone()?,
-                volumes: d.volumes.clone(),
-                started_at,
-                cost_tags: d.cost_tags.clone(),
-                no_writers: d.no_writers,
-            })
+/// The run's manifest: what it dispatched, one entry per instance a command went to, each
+/// made only when it is written.
+pub fn manifest(
+    start: &RunStart,
+    started_at: DateTime<Utc>,
+) -> impl Iterator<Item = ManifestEntry> + '_ {
+    start.dispatched.iter().filter_map(move |d| {
+        Some(ManifestEntry {
+            run_id: start.run_id.clone(),
+            instance_id: d.instance_id.clone(),
+            name: d.name.clone(),
+            command_id: d.command_id.clone()?,
+            volumes: d.volumes.clone(),
+            started_at,
+            cost_tags: d.cost_tags.clone(),
+            no_writers: d.no_writers,
         })
-        .collect()
+    })
 }
 
 #[cfg(test)]
@@ -831,7 +832,7 @@ mod tests {
     }
 
     #[test]
-    fn every_instance_sent_to_gets_a_tracking_job_and_the_run_one_last() {
+    fn every_instance_sent_to_gets_a_tracking_job_and_a_manifest_entry_and_the_run_one() {
         let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
         let mut start = RunStart::empty("r1", StartStatus::Dispatched, false);
         start.dispatched = vec![
@@ -843,8 +844,8 @@ mod tests {
             exclude_boot_volume: false,
             instances: 1,
         }];
-        let jobs = tracking_jobs(&start, at, at + Duration::minutes(30), Duration::hours(24));
-        assert_eq!(jobs.len(), 2, "no job for an instance without a command");
+        let jobs: Vec<Envelope> = instance_jobs(&start, at + Duration::minutes(30)).collect();
+        assert_eq!(jobs.len(), 1, "no job for an instance without a command");
         let Job::Instance(first) = &jobs[0].job else {
             panic!("{:?}", jobs[0])
         };
@@ -852,9 +853,10 @@ mod tests {
             (first.command_id.as_str(), first.stage_deadline),
             ("c1", at + Duration::minutes(30))
         );
-        let Job::Run(run) = &jobs[1].job else {
-            panic!("{:?}", jobs[1])
-        };
+        let entries: Vec<ManifestEntry> = manifest(&start, at).collect();
+        assert_eq!(entries.len(), 1, "no manifest entry without a command");
+        assert_eq!(entries[0].command_id, "c1");
+        let run = run_job(&start, at, at + Duration::minutes(30), Duration::hours(24));
         assert_eq!(
             run.deadline,
             at + Duration::minutes(35) + Duration::hours(24)

@@ -13,7 +13,7 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Duration, Utc};
 use tracing::{error, info, warn};
 
-use crate::app::{emit_metrics, enqueue, probe_servers, refuse, requeue, App};
+use crate::app::{emit_metrics, enqueue, enqueue_each, probe_servers, refuse, requeue, App};
 use crate::aws::catalog::RunMarkerStore;
 use crate::aws::commands::{self, CommandRequest, SendFailure};
 use crate::aws::instances;
@@ -26,8 +26,8 @@ use crate::run::plan::claim::{self, Claim, DispatchMode};
 use crate::run::plan::cluster::{leave_out_secondaries, plan_clusters, ClusterPlan};
 use crate::run::plan::dispatch::{
     claimed_start, command_parameters, dispatched, dry_run_start, history_since, in_flight_window,
-    manifest, plan_commands, plan_dispatch, tracking_jobs, vss_documents, CommandPlan, RunStart,
-    StartStatus, INVALID_INSTANCE_CODE,
+    instance_jobs, manifest, plan_commands, plan_dispatch, run_job, vss_documents, CommandPlan,
+    RunStart, StartStatus, INVALID_INSTANCE_CODE,
 };
 use crate::run::plan::preflight::preflight;
 
@@ -333,20 +333,22 @@ async fn dispatch_claimed(
 
     let command_deadline = Utc::now() + in_flight_window(&app.config) + Duration::minutes(5);
     let completion = Duration::seconds(i64::from(app.config.snapshot_completion_timeout_seconds));
-    let mut jobs = tracking_jobs(&start, request.started_at, command_deadline, completion);
-    // The catalog first: every tracking message is a reference to what it records.
+    // The catalog first: every tracking message is a reference to what it records. Entries,
+    // items and messages are made a batch at a time, so that a dispatch of many thousand
+    // servers holds one batch of them, not all.
     let now = Utc::now();
     app.aws
         .catalog
-        .put_manifest(&manifest(&start, request.started_at), now)
+        .put_manifest(manifest(&start, request.started_at), now)
         .await?;
-    for envelope in &mut jobs {
-        if let Job::Run(run) = &mut envelope.job {
-            app.aws.catalog.put_run(run, now).await?;
-            *run = run.as_reference();
-        }
-    }
-    enqueue(app, &jobs).await?;
+    let run = run_job(&start, request.started_at, command_deadline, completion);
+    app.aws.catalog.put_run(&run, now).await?;
+    let last = Envelope::new(Job::Run(run.as_reference()));
+    enqueue_each(
+        app,
+        instance_jobs(&start, command_deadline).chain(std::iter::once(last)),
+    )
+    .await?;
     store.mark_dispatched().await?;
     info!(
         run_id,
