@@ -157,6 +157,21 @@ pub fn lower_bounds(f: &Fleet) -> Vec<Bound> {
             Kind::Work,
             format!("{regions}: the AMIs that use snapshots, per region"),
         ),
+        bound(
+            "ec2:DescribeLockedSnapshots",
+            regions,
+            Kind::Work,
+            format!("{regions}: the locks read before deleting, per region (none here)"),
+        ),
+        bound(
+            "ec2:ListSnapshotsInRecycleBin",
+            regions * ceil(f.expired_per_region(), 100),
+            Kind::Work,
+            format!(
+                "⌈{}/100⌉ per region: each deleted snapshot looked up in the Recycle Bin, 100 ids a call",
+                f.expired_per_region()
+            ),
+        ),
     ]
 }
 
@@ -504,6 +519,9 @@ mod tests {
         assert_eq!(floor("ec2:DeleteSnapshot"), 6000);
         // 3 pages for the run's set, 24 for each region's 24,000 snapshots.
         assert_eq!(floor("ec2:DescribeSnapshots"), 3 + 2 * 24);
+        // 3,000 deleted in each region, looked up in the bin 100 a call.
+        assert_eq!(floor("ec2:ListSnapshotsInRecycleBin"), 2 * 30);
+        assert_eq!(floor("ec2:DescribeLockedSnapshots"), 2);
         let odd = Fleet {
             instances: 1001,
             ..fleet()
