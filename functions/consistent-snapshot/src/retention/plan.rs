@@ -390,7 +390,7 @@ fn decide_instance(
     let standings = tiers::select(&candidates, &retain, policy.zone);
     let forecast = Forecast::new(&candidates, &standings, &retain, policy.zone, now);
     let days_text = format!("younger than {} days", retain.days.unwrap_or_default());
-    let mut decisions = Vec::new();
+    let mut decisions = Vec::with_capacity(sets.len());
     for (i, set) in sets.iter().enumerate() {
         let (kind, started_at, standing) = (kinds[i], starts[i], &standings[i]);
         let young = retain
