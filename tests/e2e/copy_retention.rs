@@ -544,16 +544,7 @@ async fn a_server_untagged_or_terminated_keeps_its_backups_and_the_plan_says_why
         .await
         .expect("seed");
     emulator
-        .seed_history(&harness::History {
-            region: HOME.into(),
-            managed_by: "vss-test".into(),
-            instance_ids: ids.clone(),
-            sets: 3,
-            hours_apart: 24.0,
-            newest_hours: 24.0,
-            copy_region: None,
-            crash_consistent: vec![],
-        })
+        .seed_history(&harness::History::nightly(HOME, &ids, 3))
         .await
         .expect("history");
     // files01 leaves the fleet by its tag, exch01 is terminated; sql01 stays.

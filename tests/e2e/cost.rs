@@ -81,14 +81,9 @@ async fn the_cost_of_each_kept_set_is_what_its_blocks_say() {
     let sql = &ids[0];
     emulator
         .seed_history(&harness::History {
-            region: HOME.into(),
-            managed_by: "vss-test".into(),
-            instance_ids: ids.clone(),
-            sets: 10,
             hours_apart: 24.0 * 3.0,
-            newest_hours: 24.0,
             copy_region: Some(COPY.into()),
-            crash_consistent: vec![],
+            ..harness::History::nightly(HOME, &ids, 10)
         })
         .await
         .expect("history");

@@ -841,14 +841,8 @@ async fn run_row(row: &Row, clean: Option<&Ends>, alarmed: &[String]) -> (Ends, 
     let (topic, _) = emulator.topic_with_inbox("ops").await.expect("topic");
     emulator
         .seed_history(&harness::History {
-            region: HOME.into(),
-            managed_by: "vss-test".into(),
-            instance_ids: ids[..3].to_vec(),
-            sets: 2,
-            hours_apart: 24.0,
-            newest_hours: 24.0,
             copy_region: Some(HEALTHY.into()),
-            crash_consistent: vec![],
+            ..harness::History::nightly(HOME, &ids[..3], 2)
         })
         .await
         .expect("history");

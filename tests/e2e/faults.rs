@@ -25,16 +25,7 @@ async fn a_locked_set_is_held_and_a_recycle_bin_deletion_is_reported_recoverable
     let (sql, files) = (ids[0].clone(), ids[1].clone());
     // Three earlier nights; tonight's run makes four sets each, RETAIN_COUNT=2 deletes two.
     emulator
-        .seed_history(&harness::History {
-            region: "us-east-1".into(),
-            managed_by: "vss-test".into(),
-            instance_ids: ids.clone(),
-            sets: 3,
-            hours_apart: 24.0,
-            newest_hours: 24.0,
-            copy_region: None,
-            crash_consistent: vec![],
-        })
+        .seed_history(&harness::History::nightly("us-east-1", &ids, 3))
         .await
         .expect("history");
     let before = sets_of(emulator, "us-east-1", &sql).await;
@@ -145,16 +136,7 @@ async fn a_refused_deletion_is_named_and_counted_and_the_retention_job_ends() {
         .await
         .expect("seed");
     emulator
-        .seed_history(&harness::History {
-            region: "us-east-1".into(),
-            managed_by: "vss-test".into(),
-            instance_ids: ids.clone(),
-            sets: 2,
-            hours_apart: 24.0,
-            newest_hours: 24.0,
-            copy_region: None,
-            crash_consistent: vec![],
-        })
+        .seed_history(&harness::History::nightly("us-east-1", &ids, 2))
         .await
         .expect("history");
     let metrics = Metrics::default();

@@ -503,16 +503,7 @@ async fn a_tag_that_would_lower_retention_deletes_nothing_more_without_the_deplo
         .await
         .expect("seed");
     emulator
-        .seed_history(&harness::History {
-            region: HOME.into(),
-            managed_by: "vss-test".into(),
-            instance_ids: ids.clone(),
-            sets: 3,
-            hours_apart: 24.0,
-            newest_hours: 24.0,
-            copy_region: None,
-            crash_consistent: vec![],
-        })
+        .seed_history(&harness::History::nightly(HOME, &ids, 3))
         .await
         .expect("history");
     let app = world.app(&[("RETAIN_COUNT", "3")]).expect("app");

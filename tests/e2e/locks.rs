@@ -101,14 +101,8 @@ async fn a_compromised_fleet_account_cannot_delete_the_locked_sets() {
         .expect("seed");
     emulator
         .seed_history(&harness::History {
-            region: HOME.into(),
-            managed_by: "vss-test".into(),
-            instance_ids: ids.clone(),
-            sets: 5,
-            hours_apart: 24.0,
-            newest_hours: 24.0,
             copy_region: Some(COPY.into()),
-            crash_consistent: vec![],
+            ..harness::History::nightly(HOME, &ids, 5)
         })
         .await
         .expect("history");
@@ -318,16 +312,7 @@ async fn a_governance_lock_removed_by_an_operator_lets_retention_delete_only_wha
         .await
         .expect("seed");
     emulator
-        .seed_history(&harness::History {
-            region: HOME.into(),
-            managed_by: "vss-test".into(),
-            instance_ids: ids.clone(),
-            sets: 4,
-            hours_apart: 24.0,
-            newest_hours: 24.0,
-            copy_region: None,
-            crash_consistent: vec![],
-        })
+        .seed_history(&harness::History::nightly(HOME, &ids, 4))
         .await
         .expect("history");
     let metrics = Metrics::default();

@@ -52,14 +52,8 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
     let ids = seed_bulk(emulator, 100, 100, 2).await.expect("seed");
     let made = emulator
         .seed_history(&History {
-            region: "us-east-1".into(),
             managed_by: MANAGED_BY.into(),
-            instance_ids: ids.clone(),
-            sets: 12,
-            hours_apart: 24.0,
-            newest_hours: 24.0,
-            copy_region: None,
-            crash_consistent: vec![],
+            ..History::nightly("us-east-1", &ids, 12)
         })
         .await
         .expect("history");

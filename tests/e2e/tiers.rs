@@ -272,14 +272,10 @@ async fn four_hundred_days_keep_exactly_the_daily_weekly_monthly_and_yearly_sets
     }
     emulator
         .seed_history(&harness::History {
-            region: HOME.into(),
-            managed_by: "vss-test".into(),
-            instance_ids: ids.clone(),
-            sets: DAYS,
-            hours_apart: 24.0,
             newest_hours,
             copy_region: Some(COPY.into()),
             crash_consistent: crash,
+            ..harness::History::nightly(HOME, &ids, DAYS)
         })
         .await
         .expect("history");

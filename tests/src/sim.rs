@@ -203,3 +203,21 @@ pub struct History {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub crash_consistent: Vec<u64>,
 }
+
+impl History {
+    /// `sets` nightly sets of each of `instance_ids` in `region`, a day apart, the newest a day
+    /// old, consistent, of the tests' deployment (`vss-test`), no copies: change a field with
+    /// `History { copy_region: …, ..History::nightly(…) }`.
+    pub fn nightly(region: &str, instance_ids: &[String], sets: u64) -> Self {
+        History {
+            region: region.to_string(),
+            managed_by: "vss-test".to_string(),
+            instance_ids: instance_ids.to_vec(),
+            sets,
+            hours_apart: 24.0,
+            newest_hours: 24.0,
+            copy_region: None,
+            crash_consistent: Vec::new(),
+        }
+    }
+}
