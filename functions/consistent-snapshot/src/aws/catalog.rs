@@ -324,10 +324,9 @@ impl Catalog {
         Ok(items)
     }
 
-    /// Puts or deletes items, 25 a call; what DynamoDB leaves unprocessed is sent again a
-    /// bounded number of times, then reported.
-    /// Writes `requests` in batches of `BATCH`, each built only when it is written (a run's
-    /// manifest of 10,000 servers is never held as items all at once).
+    /// Puts or deletes items, 25 a call, each batch made only when it is written (a run's
+    /// manifest of 10,000 servers is never held as items all at once); what DynamoDB leaves
+    /// unprocessed is sent again a bounded number of times, then reported.
     async fn batch(
         &self,
         requests: impl IntoIterator<Item = WriteRequest>,
@@ -411,19 +410,15 @@ impl Catalog {
         pages: &[T],
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let requests: Vec<WriteRequest> = pages
-            .iter()
-            .enumerate()
-            .filter_map(|(n, page)| {
-                put_request(item(
-                    record_pk(run_id),
-                    format!("page#{n:05}"),
-                    RECORD,
-                    page,
-                    Some(expiry(now)),
-                ))
-            })
-            .collect();
+        let requests = pages.iter().enumerate().filter_map(|(n, page)| {
+            put_request(item(
+                record_pk(run_id),
+                format!("page#{n:05}"),
+                RECORD,
+                page,
+                Some(expiry(now)),
+            ))
+        });
         self.batch(requests, &format!("record of run {run_id}"))
             .await
     }
@@ -729,7 +724,7 @@ impl Catalog {
         targets: &[CopyTargets],
     ) -> Result<(), Error> {
         let expires = expiry(Utc::now());
-        let requests: Vec<WriteRequest> = targets
+        let requests = targets
             .iter()
             .map(|t| {
                 item(
@@ -740,8 +735,7 @@ impl Catalog {
                     Some(expires.clone()),
                 )
             })
-            .filter_map(put_request)
-            .collect();
+            .filter_map(put_request);
         self.batch(requests, &format!("copy regions of run {run_id}"))
             .await
     }
@@ -750,7 +744,7 @@ impl Catalog {
     /// 25 a call.
     pub async fn record_copy_states(&self, copies: &[CopyRecord]) -> Result<(), Error> {
         let expires = expiry(Utc::now());
-        let requests: Vec<WriteRequest> = copies
+        let requests = copies
             .iter()
             .map(|c| {
                 item(
@@ -761,8 +755,7 @@ impl Catalog {
                     Some(expires.clone()),
                 )
             })
-            .filter_map(put_request)
-            .collect();
+            .filter_map(put_request);
         self.batch(requests, "states of copies").await
     }
 
@@ -907,7 +900,7 @@ impl Catalog {
                     .iter()
                     .map(|c| item(set_pk(&c.instance_id), copy_sk(c), COPY, c, None)),
             );
-        let requests: Vec<WriteRequest> = items.filter_map(put_request).collect();
+        let requests = items.filter_map(put_request);
         self.batch(requests, "sets").await
     }
 
@@ -1047,23 +1040,20 @@ impl Catalog {
                 .timestamp()
                 .to_string(),
         );
-        let requests: Vec<WriteRequest> = counts
-            .iter()
-            .filter_map(|c| {
-                let sk = format!(
-                    "pair#{}#{}",
-                    c.pair.first.as_deref().unwrap_or("-"),
-                    c.pair.second
-                );
-                put_request(item(
-                    cost_pk(region, instance_id),
-                    sk,
-                    COST_COUNT,
-                    c,
-                    Some(expires.clone()),
-                ))
-            })
-            .collect();
+        let requests = counts.iter().filter_map(|c| {
+            let sk = format!(
+                "pair#{}#{}",
+                c.pair.first.as_deref().unwrap_or("-"),
+                c.pair.second
+            );
+            put_request(item(
+                cost_pk(region, instance_id),
+                sk,
+                COST_COUNT,
+                c,
+                Some(expires.clone()),
+            ))
+        });
         self.batch(requests, "cost counts").await
     }
 
@@ -1101,16 +1091,14 @@ impl Catalog {
                     format!("copy#{}#{}#{}", c.region, c.run_id, c.snapshot_id),
                 )
             }));
-        let requests: Vec<WriteRequest> = keys
-            .filter_map(|(pk, sk)| {
-                let delete = DeleteRequest::builder()
-                    .key(PK, s(pk))
-                    .key(SK, s(sk))
-                    .build()
-                    .ok()?;
-                Some(WriteRequest::builder().delete_request(delete).build())
-            })
-            .collect();
+        let requests = keys.filter_map(|(pk, sk)| {
+            let delete = DeleteRequest::builder()
+                .key(PK, s(pk))
+                .key(SK, s(sk))
+                .build()
+                .ok()?;
+            Some(WriteRequest::builder().delete_request(delete).build())
+        });
         self.batch(requests, "deleted sets").await
     }
 }
@@ -1329,17 +1317,14 @@ impl<'a> RunMarkerStore<'a> {
     }
 
     async fn delete(&self, leaves: &[String]) -> Result<(), Error> {
-        let requests: Vec<WriteRequest> = leaves
-            .iter()
-            .filter_map(|leaf| {
-                let delete = DeleteRequest::builder()
-                    .key(PK, s(run_pk(self.run_id)))
-                    .key(SK, s(format!("marker#{leaf}")))
-                    .build()
-                    .ok()?;
-                Some(WriteRequest::builder().delete_request(delete).build())
-            })
-            .collect();
+        let requests = leaves.iter().filter_map(|leaf| {
+            let delete = DeleteRequest::builder()
+                .key(PK, s(run_pk(self.run_id)))
+                .key(SK, s(format!("marker#{leaf}")))
+                .build()
+                .ok()?;
+            Some(WriteRequest::builder().delete_request(delete).build())
+        });
         self.catalog.batch(requests, &self.subject()).await
     }
 
