@@ -521,6 +521,16 @@ async fn a_region_an_instance_tag_adds_is_caught_up_like_a_configured_one() {
     assert!(!line.is_empty() && !line.contains("backlog"), "{line}");
 }
 
+/// The reasons the dry run gives for an instance's sets in the home region.
+fn home_reasons(dry: &serde_json::Value, instance: &str) -> Vec<String> {
+    dry["plans"][0]["instances"][instance]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|set| set["reason"].as_str().map(str::to_string))
+        .collect()
+}
+
 #[tokio::test]
 async fn a_server_untagged_or_terminated_keeps_its_backups_and_the_plan_says_why() {
     let world = World::start(1).await.expect("world");
@@ -567,7 +577,7 @@ async fn a_server_untagged_or_terminated_keeps_its_backups_and_the_plan_says_why
     let dry = invoke(&app, json!({"action": "retention", "dry_run": true}))
         .await
         .expect("dry run");
-    let untagged = harness::plan_reasons(&dry, &ids[1]);
+    let untagged = home_reasons(&dry, &ids[1]);
     assert!(
         untagged.len() == 3
             && untagged
@@ -575,7 +585,7 @@ async fn a_server_untagged_or_terminated_keeps_its_backups_and_the_plan_says_why
                 .all(|r| r.contains("no longer tagged") && r.contains("KEEP_ORPHANED_BACKUPS")),
         "{untagged:#?}"
     );
-    let terminated = harness::plan_reasons(&dry, &ids[2]);
+    let terminated = home_reasons(&dry, &ids[2]);
     assert!(
         terminated.len() == 3
             && terminated

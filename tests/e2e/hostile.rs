@@ -519,7 +519,12 @@ async fn a_tag_that_would_lower_retention_deletes_nothing_more_without_the_deplo
     let dry = invoke(&app, json!({"action": "retention", "dry_run": true}))
         .await
         .expect("dry run");
-    let reasons = harness::plan_reasons(&dry, &ids[0]);
+    let reasons: Vec<&str> = dry["plans"][0]["instances"][&ids[0]]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|set| set["reason"].as_str())
+        .collect();
     assert!(
         !reasons.is_empty()
             && reasons

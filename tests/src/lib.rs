@@ -24,8 +24,8 @@ pub use fleet::{
     demo_fleet, image_ids, seed, seed_bulk, ServerSpec, DATA_DEVICES, TAG_KEY, TAG_VALUE,
 };
 pub use probes::{
-    attached_volumes, commands_per_instance, own_snapshots, plan_reasons, plant_snapshot,
-    readiness_checks, report_entry, run_items, run_snapshots, sets_of, snapshot_tag,
+    attached_volumes, commands_per_instance, own_snapshots, plant_snapshot, readiness_checks,
+    report_entry, run_items, run_snapshots, sets_of, snapshot_tag,
 };
 pub use sim::{Agent, CopyStats, Ebs, History, VssOutcome, Windows};
 pub use source::{

@@ -185,17 +185,6 @@ pub fn report_entry(report: &Value, instance_id: &str) -> Value {
         .unwrap_or_default()
 }
 
-/// The reason a retention dry run gives for each of a server's sets in its first (home)
-/// region's plan.
-pub fn plan_reasons(dry: &Value, instance_id: &str) -> Vec<String> {
-    dry["plans"][0]["instances"][instance_id]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|set| set["reason"].as_str().map(str::to_string))
-        .collect()
-}
-
 /// One server's checks of a readiness answer with this `result` (`fail`, `warn`, …), each as
 /// `check:cause`, or `check` where none is named.
 pub fn readiness_checks(server: &Value, result: &str) -> Vec<String> {

@@ -3,7 +3,6 @@
 //! readiness probe). The use cases are free functions over `&App`, each in its concern's `step`
 //! module, so that a call site names the file it goes to.
 
-use std::borrow::Borrow;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -44,11 +43,16 @@ impl App {
 }
 
 /// Queues jobs on the tracking queue, each delayed as the job says.
-pub async fn enqueue<J: Borrow<Envelope>>(
-    app: &App,
-    jobs: impl IntoIterator<Item = J>,
-) -> Result<(), Error> {
+pub async fn enqueue(app: &App, jobs: &[Envelope]) -> Result<(), Error> {
     queue::enqueue(&app.aws.sqs, &app.config, jobs, Utc::now()).await
+}
+
+/// As `enqueue`, each batch made only when it is sent.
+pub async fn enqueue_each(
+    app: &App,
+    jobs: impl IntoIterator<Item = Envelope>,
+) -> Result<(), Error> {
+    queue::enqueue_each(&app.aws.sqs, &app.config, jobs, Utc::now()).await
 }
 
 /// Puts a job back on the queue, delayed as the job says.

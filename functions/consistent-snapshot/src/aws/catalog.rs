@@ -324,9 +324,10 @@ impl Catalog {
         Ok(items)
     }
 
-    /// Puts or deletes items, 25 a call, each batch made only when it is written (a run's
-    /// manifest of 10,000 servers is never held as items all at once); what DynamoDB leaves
-    /// unprocessed is sent again a bounded number of times, then reported.
+    /// Puts or deletes items, 25 a call; what DynamoDB leaves unprocessed is sent again a
+    /// bounded number of times, then reported.
+    /// Writes `requests` in batches of `BATCH`, each built only when it is written (a run's
+    /// manifest of 10,000 servers is never held as items all at once).
     async fn batch(
         &self,
         requests: impl IntoIterator<Item = WriteRequest>,
@@ -410,15 +411,19 @@ impl Catalog {
         pages: &[T],
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let requests = pages.iter().enumerate().filter_map(|(n, page)| {
-            put_request(item(
-                record_pk(run_id),
-                format!("page#{n:05}"),
-                RECORD,
-                page,
-                Some(expiry(now)),
-            ))
-        });
+        let requests: Vec<WriteRequest> = pages
+            .iter()
+            .enumerate()
+            .filter_map(|(n, page)| {
+                put_request(item(
+                    record_pk(run_id),
+                    format!("page#{n:05}"),
+                    RECORD,
+                    page,
+                    Some(expiry(now)),
+                ))
+            })
+            .collect();
         self.batch(requests, &format!("record of run {run_id}"))
             .await
     }
@@ -724,7 +729,7 @@ impl Catalog {
         targets: &[CopyTargets],
     ) -> Result<(), Error> {
         let expires = expiry(Utc::now());
-        let requests = targets
+        let requests: Vec<WriteRequest> = targets
             .iter()
             .map(|t| {
                 item(
@@ -735,7 +740,8 @@ impl Catalog {
                     Some(expires.clone()),
                 )
             })
-            .filter_map(put_request);
+            .filter_map(put_request)
+            .collect();
         self.batch(requests, &format!("copy regions of run {run_id}"))
             .await
     }
@@ -744,7 +750,7 @@ impl Catalog {
     /// 25 a call.
     pub async fn record_copy_states(&self, copies: &[CopyRecord]) -> Result<(), Error> {
         let expires = expiry(Utc::now());
-        let requests = copies
+        let requests: Vec<WriteRequest> = copies
             .iter()
             .map(|c| {
                 item(
@@ -755,7 +761,8 @@ impl Catalog {
                     Some(expires.clone()),
                 )
             })
-            .filter_map(put_request);
+            .filter_map(put_request)
+            .collect();
         self.batch(requests, "states of copies").await
     }
 
@@ -900,7 +907,7 @@ impl Catalog {
                     .iter()
                     .map(|c| item(set_pk(&c.instance_id), copy_sk(c), COPY, c, None)),
             );
-        let requests = items.filter_map(put_request);
+        let requests: Vec<WriteRequest> = items.filter_map(put_request).collect();
         self.batch(requests, "sets").await
     }
 
@@ -1040,20 +1047,23 @@ impl Catalog {
                 .timestamp()
                 .to_string(),
         );
-        let requests = counts.iter().filter_map(|c| {
-            let sk = format!(
-                "pair#{}#{}",
-                c.pair.first.as_deref().unwrap_or("-"),
-                c.pair.second
-            );
-            put_request(item(
-                cost_pk(region, instance_id),
-                sk,
-                COST_COUNT,
-                c,
-                Some(expires.clone()),
-            ))
-        });
+        let requests: Vec<WriteRequest> = counts
+            .iter()
+            .filter_map(|c| {
+                let sk = format!(
+                    "pair#{}#{}",
+                    c.pair.first.as_deref().unwrap_or("-"),
+                    c.pair.second
+                );
+                put_request(item(
+                    cost_pk(region, instance_id),
+                    sk,
+                    COST_COUNT,
+                    c,
+                    Some(expires.clone()),
+                ))
+            })
+            .collect();
         self.batch(requests, "cost counts").await
     }
 
@@ -1091,14 +1101,16 @@ impl Catalog {
                     format!("copy#{}#{}#{}", c.region, c.run_id, c.snapshot_id),
                 )
             }));
-        let requests = keys.filter_map(|(pk, sk)| {
-            let delete = DeleteRequest::builder()
-                .key(PK, s(pk))
-                .key(SK, s(sk))
-                .build()
-                .ok()?;
-            Some(WriteRequest::builder().delete_request(delete).build())
-        });
+        let requests: Vec<WriteRequest> = keys
+            .filter_map(|(pk, sk)| {
+                let delete = DeleteRequest::builder()
+                    .key(PK, s(pk))
+                    .key(SK, s(sk))
+                    .build()
+                    .ok()?;
+                Some(WriteRequest::builder().delete_request(delete).build())
+            })
+            .collect();
         self.batch(requests, "deleted sets").await
     }
 }
@@ -1317,14 +1329,17 @@ impl<'a> RunMarkerStore<'a> {
     }
 
     async fn delete(&self, leaves: &[String]) -> Result<(), Error> {
-        let requests = leaves.iter().filter_map(|leaf| {
-            let delete = DeleteRequest::builder()
-                .key(PK, s(run_pk(self.run_id)))
-                .key(SK, s(format!("marker#{leaf}")))
-                .build()
-                .ok()?;
-            Some(WriteRequest::builder().delete_request(delete).build())
-        });
+        let requests: Vec<WriteRequest> = leaves
+            .iter()
+            .filter_map(|leaf| {
+                let delete = DeleteRequest::builder()
+                    .key(PK, s(run_pk(self.run_id)))
+                    .key(SK, s(format!("marker#{leaf}")))
+                    .build()
+                    .ok()?;
+                Some(WriteRequest::builder().delete_request(delete).build())
+            })
+            .collect();
         self.catalog.batch(requests, &self.subject()).await
     }
 

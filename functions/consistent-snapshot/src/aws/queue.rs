@@ -1,7 +1,5 @@
 //! The tracking queue: jobs sent in batches of ten, each delayed as the job says.
 
-use std::borrow::Borrow;
-
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use chrono::{DateTime, Utc};
 
@@ -10,20 +8,29 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::jobs::{Envelope, Job};
 
-/// Queues jobs in batches of 10, each with its own delay and each batch made only when it is
-/// sent (a dispatch's messages need not all be held at once); any entry SQS refuses is an
-/// error naming its instance or run.
-pub async fn enqueue<J: Borrow<Envelope>>(
+/// Queues jobs in batches of 10, each with its own delay; any entry SQS refuses is an error
+/// naming its instance or run.
+pub async fn enqueue(
     sqs: &aws_sdk_sqs::Client,
     config: &Config,
-    jobs: impl IntoIterator<Item = J>,
+    jobs: &[Envelope],
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    enqueue_each(sqs, config, jobs.iter().cloned(), now).await
+}
+
+/// As `enqueue`, each batch of 10 made only when it is sent.
+pub async fn enqueue_each(
+    sqs: &aws_sdk_sqs::Client,
+    config: &Config,
+    jobs: impl IntoIterator<Item = Envelope>,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
     let (initial, max) = (config.poll_initial_seconds, config.poll_max_seconds);
     let mut refused = Vec::new();
     let mut jobs = jobs.into_iter();
     loop {
-        let chunk: Vec<J> = jobs.by_ref().take(10).collect();
+        let chunk: Vec<Envelope> = jobs.by_ref().take(10).collect();
         if chunk.is_empty() {
             break;
         }
@@ -31,7 +38,6 @@ pub async fn enqueue<J: Borrow<Envelope>>(
             .iter()
             .enumerate()
             .filter_map(|(i, job)| {
-                let job: &Envelope = job.borrow();
                 SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
                     .message_body(job.to_body())
@@ -49,7 +55,7 @@ pub async fn enqueue<J: Borrow<Envelope>>(
             .map_err(|e| aws("SendMessageBatch", &config.queue_url, e))?;
         for failed in out.failed() {
             let job = failed.id().parse::<usize>().ok().and_then(|i| chunk.get(i));
-            refused.push(match job.map(|j| &j.borrow().job) {
+            refused.push(match job.map(|j| &j.job) {
                 Some(Job::Instance(j)) => format!("{} ({})", j.instance_id, failed.code()),
                 Some(job) => format!("run {} ({})", job.run_id(), failed.code()),
                 None => failed.id().to_string(),

@@ -39,14 +39,14 @@ async fn retention_regions(app: &App) -> Result<(Vec<String>, Vec<InstanceFacts>
         .chain(app.config.copy_regions.iter().cloned())
         .collect();
     let fleet = instances::discover(&app.aws.ec2, &app.config, None).await?;
-    let permitted: Vec<String> = app
-        .config
-        .copy_regions
-        .iter()
-        .chain(&app.config.copy_regions_allowed)
-        .cloned()
-        .collect();
     for instance in &fleet {
+        let permitted: Vec<String> = app
+            .config
+            .copy_regions
+            .iter()
+            .chain(&app.config.copy_regions_allowed)
+            .cloned()
+            .collect();
         let extra = copy_regions_of(&instance.tags, &[], &permitted, &app.config.region)
             .unwrap_or_default();
         for region in extra {

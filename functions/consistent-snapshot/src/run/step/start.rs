@@ -13,7 +13,7 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Duration, Utc};
 use tracing::{error, info, warn};
 
-use crate::app::{emit_metrics, enqueue, probe_servers, refuse, requeue, App};
+use crate::app::{emit_metrics, enqueue, enqueue_each, probe_servers, refuse, requeue, App};
 use crate::aws::catalog::RunMarkerStore;
 use crate::aws::commands::{self, CommandRequest, SendFailure};
 use crate::aws::instances;
@@ -344,7 +344,7 @@ async fn dispatch_claimed(
     let run = run_job(&start, request.started_at, command_deadline, completion);
     app.aws.catalog.put_run(&run, now).await?;
     let last = Envelope::new(Job::Run(run.as_reference()));
-    enqueue(
+    enqueue_each(
         app,
         instance_jobs(&start, command_deadline).chain(std::iter::once(last)),
     )
