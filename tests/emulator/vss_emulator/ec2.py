@@ -51,11 +51,51 @@ def _copy_snapshot(self: Any, *args: Any, **kwargs: Any) -> Any:
             "You have reached the limit for concurrent snapshot copies in this region.",
         )
     try:
-        snapshot = _original_copy_snapshot(self, *args, **kwargs)
+        snapshot = _copy_shared(self, *args, **kwargs) or _original_copy_snapshot(
+            self, *args, **kwargs
+        )
     except Exception:
         SIM.release_copy(self.region_name)
         raise
     SIM.new_copy(snapshot, self.region_name)
+    return snapshot
+
+
+def _shared_source(account_id: str, region: str, snapshot_id: str) -> Any:
+    """The snapshot `snapshot_id` of another account in `region`, if that account shares it
+    with `account_id` (createVolumePermission for the account or for all)."""
+    from moto.ec2.models import ec2_backends
+
+    for other in list(ec2_backends.keys()):
+        if other == account_id:
+            continue
+        source = ec2_backends[other][region].snapshots.get(snapshot_id)
+        if source is not None and (
+            account_id in source.create_volume_permission_userids
+            or "all" in source.create_volume_permission_groups
+        ):
+            return source
+    return None
+
+
+def _copy_shared(self: Any, source_snapshot_id: str, source_region: str, description: str,
+                 kms_key_id: str | None) -> Any:
+    """CopySnapshot of a snapshot another account shares with this one (moto looks in the
+    caller's own account only); `None` when the source is the caller's own."""
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.elastic_block_store import Snapshot
+    from moto.ec2.utils import random_snapshot_id
+
+    if source_snapshot_id in ec2_backends[self.account_id][source_region].snapshots:
+        return None
+    source = _shared_source(self.account_id, source_region, source_snapshot_id)
+    if source is None:
+        return None
+    snapshot_id = random_snapshot_id()
+    snapshot = Snapshot(self, snapshot_id, volume=source.volume, description=description,
+                        encrypted=source.encrypted or kms_key_id is not None,
+                        kms_key_id=kms_key_id)
+    self.snapshots[snapshot_id] = snapshot
     return snapshot
 
 
@@ -162,6 +202,7 @@ def _describe_instances(self: Any) -> ActionResult:
 
 #: Every moto behaviour this module replaces, one line each (what AWS does instead).
 REPLACES = (
+    "CopySnapshot of a snapshot another account shares with the caller (moto: own snapshots only)",
     "CopySnapshot answers ResourceLimitExceeded for the next N copies into a region when asked (/_sim/ebs)",
     "copies take copy_seconds, at most copy_limit in flight into a region, the rest refused with ResourceLimitExceeded (moto: no limit, done at once)",
     "copies into a region named in copy_errors end in state error with that StateMessage, as a KMS key the copy may not use makes them (moto: always completed)",

@@ -16,7 +16,8 @@ from moto.core.responses import ActionResult
 from moto.iam import responses as iam_responses
 from moto.iam.exceptions import NotFoundException
 
-PLAYED_OPERATORS = {"StringEquals", "StringLike", "ArnLike", "ArnEquals", "StringNotEquals"}
+PLAYED_OPERATORS = {"StringEquals", "StringLike", "ArnLike", "ArnEquals", "StringNotEquals",
+                    "NumericLessThanEquals"}
 
 
 def _as_list(value: Any) -> list:
@@ -44,6 +45,11 @@ def _operator(op: str, value: str, expected: str) -> bool:
         return value != expected
     if op in ("StringLike", "ArnLike", "ArnEquals"):
         return _like(expected, value)
+    if op == "NumericLessThanEquals":
+        try:
+            return float(value) <= float(expected)
+        except ValueError:
+            return False
     raise ValueError(f"condition operator {op} is not played by the emulator")
 
 

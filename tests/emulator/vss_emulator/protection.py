@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError, InvalidSnapshotIdError
 from moto.ec2.models.elastic_block_store import EBSBackend
@@ -67,13 +68,20 @@ class Binned:
     exits: dt.datetime
 
 
+def _key(response: Any, snapshot_id: str) -> tuple[str, str, str]:
+    """Locks and the bin are an account's, in one region."""
+    backend = response.ec2_backend
+    return (backend.account_id, backend.region_name, snapshot_id)
+
+
 class Protection:
     def __init__(self) -> None:
         self.lock = threading.RLock()
-        self.locks: dict[tuple[str, str], Lock] = {}
-        # Per region: (retention days, resource tags matched; none: every snapshot).
-        self.rules: dict[str, list[tuple[int, list[tuple[str, str | None]]]]] = {}
-        self.bin: dict[tuple[str, str], Binned] = {}
+        # By (account, region, snapshot id), as every structure here.
+        self.locks: dict[tuple[str, str, str], Lock] = {}
+        # Per account and region: (retention days, resource tags matched; none: every snapshot).
+        self.rules: dict[tuple[str, str], list[tuple[int, list[tuple[str, str | None]]]]] = {}
+        self.bin: dict[tuple[str, str, str], Binned] = {}
 
     def reset(self) -> None:
         with self.lock:
@@ -82,7 +90,7 @@ class Protection:
             self.bin.clear()
 
     def add_rule(self, spec: dict[str, Any]) -> None:
-        unknown = set(spec) - {"region", "retention_days", "resource_tags"}
+        unknown = set(spec) - {"account", "region", "retention_days", "resource_tags"}
         if unknown:
             raise ValueError(f"unknown recycle-bin field(s) {sorted(unknown)}")
         days = int(spec["retention_days"])
@@ -90,13 +98,15 @@ class Protection:
             raise ValueError("a snapshot rule keeps 1 to 365 days")
         tags = [(t["key"], t.get("value")) for t in spec.get("resource_tags", [])]
         with self.lock:
-            self.rules.setdefault(spec["region"], []).append((days, tags))
+            where = (spec.get("account", DEFAULT_ACCOUNT_ID), spec["region"])
+            self.rules.setdefault(where, []).append((days, tags))
 
-    def retention_days(self, region: str, tags: dict[str, str]) -> int | None:
-        """The longest retention of the region's rules that match a snapshot with `tags`."""
+    def retention_days(self, where: tuple[str, str], tags: dict[str, str]) -> int | None:
+        """The longest retention of the rules of the account and region `where` that match a
+        snapshot with `tags`."""
         matching = [
             days
-            for days, wanted in self.rules.get(region, [])
+            for days, wanted in self.rules.get(where, [])
             if not wanted
             or any(key in tags and (value is None or tags[key] == value) for key, value in wanted)
         ]
@@ -110,7 +120,7 @@ _original_delete_snapshot = EBSBackend.delete_snapshot
 def _delete_snapshot(self: Any, snapshot_id: str) -> Any:
     now = utcnow()
     with PROTECTION.lock:
-        lock = PROTECTION.locks.get((self.region_name, snapshot_id))
+        lock = PROTECTION.locks.get((self.account_id, self.region_name, snapshot_id))
         if lock is not None and snapshot_id in self.snapshots and lock.state(now) != "expired":
             raise EC2ClientError(
                 LOCKED_CODE,
@@ -119,9 +129,9 @@ def _delete_snapshot(self: Any, snapshot_id: str) -> Any:
             )
         tags = dict(self.tags.get(snapshot_id, {}))
         snapshot = _original_delete_snapshot(self, snapshot_id)
-        days = PROTECTION.retention_days(self.region_name, tags)
+        days = PROTECTION.retention_days((self.account_id, self.region_name), tags)
         if days is not None:
-            PROTECTION.bin[(self.region_name, snapshot_id)] = Binned(
+            PROTECTION.bin[(self.account_id, self.region_name, snapshot_id)] = Binned(
                 snapshot, now, now + dt.timedelta(days=days)
             )
         return snapshot
@@ -154,7 +164,7 @@ def _lock_snapshot(self: Any) -> ActionResult:
         expires = dt.datetime.fromisoformat(str(expiration).replace("Z", "+00:00"))
         if expires.tzinfo is None:
             expires = expires.replace(tzinfo=dt.timezone.utc)
-    key = (self.ec2_backend.region_name, snapshot_id)
+    key = _key(self, snapshot_id)
     with PROTECTION.lock:
         held = PROTECTION.locks.get(key)
         final = held is not None and held.state(now) == "compliance"
@@ -179,7 +189,7 @@ def _lock_snapshot(self: Any) -> ActionResult:
 
 def _unlock_snapshot(self: Any) -> ActionResult:
     snapshot_id = self._get_param("SnapshotId")
-    key = (self.ec2_backend.region_name, snapshot_id)
+    key = _key(self, snapshot_id)
     now = utcnow()
     with PROTECTION.lock:
         lock = PROTECTION.locks.get(key)
@@ -207,7 +217,7 @@ def _page(self: Any, items: list[Any], key: Any) -> tuple[list[Any], str | None]
 
 
 def _describe_locked_snapshots(self: Any) -> ActionResult:
-    region = self.ec2_backend.region_name
+    where = _key(self, "")[:2]
     ids = set(self._get_param("SnapshotIds", []) or [])
     states: set[str] = set()
     for f in self._filters_from_querystring().items():
@@ -218,8 +228,8 @@ def _describe_locked_snapshots(self: Any) -> ActionResult:
     with PROTECTION.lock:
         found = [
             lock.describe(snapshot_id, self.current_account, now)
-            for (r, snapshot_id), lock in PROTECTION.locks.items()
-            if r == region and (not ids or snapshot_id in ids)
+            for (*at, snapshot_id), lock in PROTECTION.locks.items()
+            if tuple(at) == where and (not ids or snapshot_id in ids)
         ]
     found = [info for info in found if not states or info["LockState"] in states]
     page, token = _page(self, found, lambda info: info["SnapshotId"])
@@ -230,7 +240,7 @@ def _describe_locked_snapshots(self: Any) -> ActionResult:
 
 
 def _list_snapshots_in_recycle_bin(self: Any) -> ActionResult:
-    region = self.ec2_backend.region_name
+    where = _key(self, "")[:2]
     ids = set(self._get_param("SnapshotIds", []) or [])
     now = utcnow()
     with PROTECTION.lock:
@@ -244,8 +254,8 @@ def _list_snapshots_in_recycle_bin(self: Any) -> ActionResult:
                 "Description": binned.snapshot.description,
                 "VolumeId": binned.snapshot.volume.id,
             }
-            for (r, snapshot_id), binned in PROTECTION.bin.items()
-            if r == region and (not ids or snapshot_id in ids)
+            for (*at, snapshot_id), binned in PROTECTION.bin.items()
+            if tuple(at) == where and (not ids or snapshot_id in ids)
         ]
     page, token = _page(self, found, lambda info: info["SnapshotId"])
     result: dict[str, Any] = {"Snapshots": page}
@@ -257,7 +267,7 @@ def _list_snapshots_in_recycle_bin(self: Any) -> ActionResult:
 def _restore_snapshot_from_recycle_bin(self: Any) -> ActionResult:
     snapshot_id = self._get_param("SnapshotId")
     with PROTECTION.lock:
-        binned = PROTECTION.bin.pop((self.ec2_backend.region_name, snapshot_id), None)
+        binned = PROTECTION.bin.pop(_key(self, snapshot_id), None)
         if binned is None:
             raise InvalidSnapshotIdError()
         self.ec2_backend.snapshots[snapshot_id] = binned.snapshot

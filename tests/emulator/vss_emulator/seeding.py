@@ -98,7 +98,7 @@ def age_snapshots(spec: dict[str, Any]) -> int:
         # Time passing for the snapshot passes for its lock too: it was laid that much earlier
         # and ends that much sooner, as the snapshot's own age says.
         with PROTECTION.lock:
-            lock = PROTECTION.locks.get((spec["region"], snapshot_id))
+            lock = PROTECTION.locks.get((DEFAULT_ACCOUNT_ID, spec["region"], snapshot_id))
             if lock is not None:
                 lock.created -= delta
                 lock.expires -= delta
