@@ -20,7 +20,7 @@ from pathlib import Path
 
 SDK = re.compile(r"\b(aws_sdk_\w+|aws_config|aws_smithy_\w+)\b")
 CLOCK = re.compile(r"\b(Utc::now|SystemTime::now|Instant::now|Local::now)\b")
-CONCERNS = {"run", "copy", "retention", "restore", "report"}
+CONCERNS = {"run", "copy", "vault", "retention", "restore", "report"}
 
 
 def strip_comments(text):

@@ -36,6 +36,42 @@ fn uncopyable_tag(key: &str) -> Option<&'static str> {
 /// Why `PROBE_DOCUMENT` cannot be the probe: not an SSM document name, or one of AWS's own
 /// documents (those take parameters, such as the script `AWS-RunPowerShellScript` runs: the
 /// probe must be the deployment's own fixed, read-only document).
+/// What is wrong with the vault settings, each problem naming its setting.
+fn vault_problems(vault: &Vault) -> Vec<String> {
+    let mut problems = Vec::new();
+    let account = &vault.account_id;
+    if account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()) {
+        problems.push(format!(
+            "VAULT_ACCOUNT_ID={account:?} is not an AWS account id (12 digits)"
+        ));
+    }
+    // arn:partition:iam::account:role/name, of the vault's own account.
+    let parts: Vec<&str> = vault.role_arn.splitn(6, ':').collect();
+    let role_ok = parts.len() == 6
+        && parts[0] == "arn"
+        && parts[2] == "iam"
+        && parts[4] == account
+        && parts[5].starts_with("role/")
+        && parts[5].len() > 5;
+    if !role_ok {
+        problems.push(format!(
+            "VAULT_ROLE_ARN={:?} is not a role of the vault account {account} (arn:aws:iam::{account}:role/NAME)",
+            vault.role_arn
+        ));
+    }
+    if vault.regions.is_empty() {
+        problems.push("VAULT_REGIONS names no region: the vault copies go nowhere".to_string());
+    }
+    for region in &vault.regions {
+        if !vault.kms_key_ids.contains_key(region) {
+            problems.push(format!(
+                "VAULT_KMS_KEY_IDS has no key for the vault region {region}: vault copies are re-encrypted with the vault's own key"
+            ));
+        }
+    }
+    problems
+}
+
 fn probe_document_problem(document: &str) -> Option<String> {
     let name_ok = (3..=128).contains(&document.len())
         && document
@@ -151,6 +187,29 @@ pub struct Config {
     /// (`COST_PER_GB_MONTH`, 0.05) and the archive tier (`ARCHIVE_COST_PER_GB_MONTH`, 0.0125).
     pub cost_micros_per_gb_month: u32,
     pub archive_cost_micros_per_gb_month: u32,
+    /// A copy of every consistent set in a vault account the fleet's account cannot delete
+    /// in (`VAULT_ACCOUNT_ID`, `VAULT_ROLE_ARN`, `VAULT_REGIONS`, …); `None`: no vault.
+    pub vault: Option<Vault>,
+}
+
+/// The vault account, and how the function copies into it: each consistent set is shared
+/// with the account, copied there by the assumed role (re-encrypted with the vault's key of
+/// the region), locked there, then unshared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vault {
+    /// `VAULT_ACCOUNT_ID`: the account the sets are shared with and copied into.
+    pub account_id: String,
+    /// `VAULT_ROLE_ARN`: the role of that account the function assumes to copy, tag, describe
+    /// and lock there (never to delete).
+    pub role_arn: String,
+    /// `VAULT_REGIONS`: the vault's regions (the home region may be one of them).
+    pub regions: Vec<String>,
+    /// `VAULT_KMS_KEY_IDS`: the vault's own key in each of its regions (`region=key,…`).
+    pub kms_key_ids: BTreeMap<String, String>,
+    /// `VAULT_LOCK_MODE` (governance, the default, or compliance) and `VAULT_LOCK_DAYS`
+    /// (default 30): the lock laid on each vault copy by the function.
+    pub lock_mode: LockMode,
+    pub lock_days: u32,
 }
 
 impl Config {
@@ -284,6 +343,7 @@ impl Config {
             verify_sample_size: s.number("VERIFY_SAMPLE_SIZE", "2", 1, MAX_VERIFY as u32),
             cost_micros_per_gb_month: s.price("COST_PER_GB_MONTH", "0.05"),
             archive_cost_micros_per_gb_month: s.price("ARCHIVE_COST_PER_GB_MONTH", "0.0125"),
+            vault: s.vault(),
         };
         let mut problems = s.problems;
         problems.extend(config.problems());
@@ -491,6 +551,29 @@ impl<G: Fn(&str) -> Option<String>> Settings<G> {
         }
     }
 
+    /// The vault settings: none of them set, no vault; any set, all of them are read and
+    /// checked together (`vault_problems`).
+    fn vault(&mut self) -> Option<Vault> {
+        let account_id = self.text("VAULT_ACCOUNT_ID", "");
+        let role_arn = self.text("VAULT_ROLE_ARN", "");
+        let regions = self.regions("VAULT_REGIONS");
+        if account_id.is_empty() && role_arn.is_empty() && regions.is_empty() {
+            return None;
+        }
+        let vault = Vault {
+            account_id,
+            role_arn,
+            regions,
+            kms_key_ids: self.keys_by_region("VAULT_KMS_KEY_IDS"),
+            lock_mode: self
+                .lock_mode("VAULT_LOCK_MODE")
+                .unwrap_or(LockMode::Governance),
+            lock_days: self.number("VAULT_LOCK_DAYS", "30", 1, 36_500),
+        };
+        self.problems.extend(vault_problems(&vault));
+        Some(vault)
+    }
+
     fn optional_number(&mut self, name: &str, min: u32, max: u32) -> Option<u32> {
         let set = !self.text(name, "").is_empty();
         set.then(|| self.number(name, "", min, max))
@@ -688,6 +771,50 @@ mod tests {
         .expect_err("own region")
         .to_string();
         assert!(own.contains("own region"), "{own}");
+    }
+
+    #[test]
+    fn the_vault_settings_are_read_together_and_checked() {
+        let none = config(&[("QUEUE_URL", "q")]).expect("valid");
+        assert_eq!(none.vault, None);
+        let c = config(&[
+            ("QUEUE_URL", "q"),
+            ("VAULT_ACCOUNT_ID", "222222222222"),
+            (
+                "VAULT_ROLE_ARN",
+                "arn:aws:iam::222222222222:role/consistent-snapshot-vault-access",
+            ),
+            ("VAULT_REGIONS", "eu-west-1"),
+            ("VAULT_KMS_KEY_IDS", "eu-west-1=alias/vault"),
+        ])
+        .expect("valid");
+        let vault = c.vault.expect("a vault");
+        assert_eq!(vault.regions, ["eu-west-1"]);
+        assert_eq!(
+            (vault.lock_mode, vault.lock_days),
+            (LockMode::Governance, 30)
+        );
+        // A role of another account, a region without its key, a malformed account: each named.
+        let err = config(&[
+            ("QUEUE_URL", "q"),
+            ("VAULT_ACCOUNT_ID", "2222"),
+            ("VAULT_ROLE_ARN", "arn:aws:iam::333333333333:role/x"),
+            ("VAULT_REGIONS", "eu-west-1,us-west-2"),
+            ("VAULT_KMS_KEY_IDS", "eu-west-1=alias/vault"),
+        ])
+        .expect_err("invalid")
+        .to_string();
+        for name in [
+            "VAULT_ACCOUNT_ID=\"2222\"",
+            "VAULT_ROLE_ARN",
+            "no key for the vault region us-west-2",
+        ] {
+            assert!(err.contains(name), "{name} missing from: {err}");
+        }
+        let partial = config(&[("QUEUE_URL", "q"), ("VAULT_REGIONS", "eu-west-1")])
+            .expect_err("a vault without its account")
+            .to_string();
+        assert!(partial.contains("VAULT_ACCOUNT_ID"), "{partial}");
     }
 
     #[test]

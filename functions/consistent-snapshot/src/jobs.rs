@@ -59,6 +59,9 @@ pub enum Job {
     Copy(CopyJob),
     /// The run's last step: retention in every region.
     Retention(RetentionJob),
+    /// Beside the copy step, with a vault account: the run's consistent sets copied into the
+    /// vault, until every copy there is final.
+    Vault(VaultJob),
     /// A restore between two looks (volumes being created, the instance stopping…).
     Restore(RestoreJob),
     /// A restore test: waits for the volumes, measures, deletes them, reports.
@@ -211,6 +214,33 @@ impl CopyJob {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultJob {
+    pub run_id: String,
+    /// Vault copies not final by then are reported as timed out, and the sets unshared.
+    pub deadline: DateTime<Utc>,
+    pub attempt: u32,
+}
+
+impl VaultJob {
+    /// The first pass of a run's vault step (the same deadline as its copy step's).
+    pub fn first(run_id: &str, now: DateTime<Utc>, completion_timeout_seconds: u32) -> Self {
+        VaultJob {
+            run_id: run_id.to_string(),
+            deadline: now + chrono::Duration::seconds(i64::from(completion_timeout_seconds)),
+            attempt: 0,
+        }
+    }
+
+    /// The same step, one look later.
+    pub fn next(self) -> Self {
+        VaultJob {
+            attempt: self.attempt + 1,
+            ..self
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetentionJob {
     pub run_id: String,
     /// Snapshots deleted by the earlier passes of this run's retention (a large fleet's
@@ -286,6 +316,7 @@ impl Job {
             Job::Watch(_) => "watch",
             Job::Copy(_) => "copy",
             Job::Retention(_) => "retention",
+            Job::Vault(_) => "vault",
             Job::Restore(_) => "restore",
             Job::Verify(_) => "verify",
             Job::Retry(_) => "retry",
@@ -299,6 +330,7 @@ impl Job {
             Job::Watch(j) => &j.run_id,
             Job::Copy(j) => &j.run_id,
             Job::Retention(j) => &j.run_id,
+            Job::Vault(j) => &j.run_id,
             Job::Restore(j) => &j.restore_id,
             Job::Verify(j) => &j.verify_id,
             Job::Retry(j) => &j.run_id,
@@ -317,6 +349,7 @@ impl Job {
             }
             Job::Copy(j) => backoff_seconds(j.attempt, initial, max),
             Job::Retention(_) => 0,
+            Job::Vault(j) => backoff_seconds(j.attempt, initial, max),
             Job::Restore(j) => backoff_seconds(j.attempt, initial, max),
             Job::Verify(j) => backoff_seconds(j.attempt, initial, max),
             Job::Retry(j) => (j.start_at - now).num_seconds().clamp(0, 900) as i32,

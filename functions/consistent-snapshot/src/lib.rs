@@ -8,7 +8,7 @@
 //!
 //! * `model/`: the shared vocabulary (tags, ids, states, plain facts); imports nothing.
 //! * `aws/`: the only place that names an SDK type; SDK types in, model facts out.
-//! * `run/`, `copy/`, `retention/`, `restore/`, `report/`: each concern's pure decisions
+//! * `run/`, `copy/`, `vault/`, `retention/`, `restore/`, `report/`: each concern's pure decisions
 //!   (`plan`, taking `now` and plain facts, returning decisions with reasons) and its use cases
 //!   (`step`, free functions over `&App` that read, decide, act).
 //! * `entry/`: event parsing, routing and the SQS batch loop.
@@ -28,6 +28,7 @@ mod report;
 mod restore;
 mod retention;
 mod run;
+mod vault;
 
 pub use app::App;
 pub use aws::metrics::MetricsOut;

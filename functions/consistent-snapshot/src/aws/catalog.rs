@@ -32,13 +32,13 @@ use crate::aws::{aws, code_of, each_page, SdkConfig};
 use crate::error::Error;
 use crate::jobs::{RestoreJob, RunJob};
 use crate::model::catalog::{
-    CatalogIndex, CopyRecord, CopyTargets, InstanceReport, ManifestEntry, SetRecord,
+    CatalogIndex, CopyRecord, CopyTargets, InstanceReport, ManifestEntry, SetRecord, VaultRecord,
 };
 use crate::model::cost::{CostCount, InstanceCost, Pair};
 use crate::model::markers::{
     parse_markers, to_release, MarkerValue, RunMarkers, ABANDONED, COPIED, COPY_LEASE, COPY_PASS,
     COPY_UNSURE, DISPATCHED, DISPATCH_ERROR, FALLBACK, FALLBACK_UNSURE, KEEP_RUN_DAYS, LEASE,
-    REPORTED, RETAINED, RUN_LOOK,
+    REPORTED, RETAINED, RUN_LOOK, VAULTED, VAULT_LEASE, VAULT_PASS,
 };
 use crate::model::tiers::{Tier, TierChange};
 
@@ -63,6 +63,10 @@ const COPY: &str = "copy";
 const RUN_SET: &str = "run-set";
 const RUN_COPY: &str = "run-copy";
 const RUN_TARGETS: &str = "run-copy-targets";
+/// A set's copy in the vault account: under the instance (`VAULT`, what the fleet report reads)
+/// and under the run (`RUN_VAULT`, what the vault step reads).
+const VAULT: &str = "vault";
+const RUN_VAULT: &str = "run-vault";
 const MANIFEST: &str = "manifest";
 const REPORT: &str = "report";
 const RECORD: &str = "run-record";
@@ -722,6 +726,68 @@ impl Catalog {
         })
     }
 
+    /// A run's sets and their copies in the vault account (the vault step's view).
+    pub async fn vault_view(
+        &self,
+        run_id: &str,
+    ) -> Result<(Vec<SetRecord>, Vec<VaultRecord>), Error> {
+        let what = format!("vault copies of run {run_id}");
+        let items = self.query(run_pk(run_id), "set#", &what).await?;
+        let (sets, _) = split_records(&items, (RUN_SET, RUN_COPY));
+        let vaulted = self
+            .query(run_pk(run_id), "vault#", &what)
+            .await?
+            .iter()
+            .filter(|i| {
+                i.get(KIND).and_then(|k| k.as_s().ok()).map(String::as_str) == Some(RUN_VAULT)
+            })
+            .filter_map(body_of)
+            .collect();
+        Ok((sets, vaulted))
+    }
+
+    /// Records (or records again, as it now stands) a copy in the vault account, under the
+    /// instance and under the run, 25 a call. Kept as long as the run's other records.
+    pub async fn record_vault_copies(&self, copies: &[VaultRecord]) -> Result<(), Error> {
+        let expires = expiry(Utc::now());
+        let requests = copies.iter().flat_map(|c| {
+            let sk = format!("vault#{}#{}#{}", c.region, c.run_id, c.snapshot_id);
+            [
+                item(
+                    set_pk(&c.instance_id),
+                    sk.clone(),
+                    VAULT,
+                    c,
+                    Some(expires.clone()),
+                ),
+                item(run_pk(&c.run_id), sk, RUN_VAULT, c, Some(expires.clone())),
+            ]
+        });
+        self.batch(requests.filter_map(put_request), "vault copies")
+            .await
+    }
+
+    /// Every instance's vault copies (the fleet report's coverage), page by page.
+    pub async fn scan_vault_copies(&self, mut each: impl FnMut(VaultRecord)) -> Result<(), Error> {
+        let pages = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .expression_attribute_names("#k", KIND)
+            .expression_attribute_values(":vault", s(VAULT))
+            .filter_expression("#k = :vault")
+            .into_paginator()
+            .send();
+        each_page(pages, "Scan", &self.subject("vault copies"), |page| {
+            for item in page.items.unwrap_or_default() {
+                if let Some(copy) = body_of(&item) {
+                    each(copy);
+                }
+            }
+        })
+        .await
+    }
+
     /// Records where instances' sets of a run are copied (`CopyTargets`), 25 a call.
     pub async fn record_copy_targets(
         &self,
@@ -1194,6 +1260,29 @@ impl<'a> RunMarkerStore<'a> {
     pub async fn claim_copy_pass(&self, pass: u32, message_id: &str) -> Result<bool, Error> {
         self.claim_for(&format!("{COPY_PASS}{pass}"), message_id)
             .await
+    }
+
+    /// Tries to create vault lease `epoch` ending at `until`.
+    pub async fn take_vault_lease(&self, epoch: u32, until: DateTime<Utc>) -> Result<bool, Error> {
+        self.create(&format!("{VAULT_LEASE}{epoch}"), Some(until))
+            .await
+    }
+
+    /// Gives vault lease `epoch` back before it ends.
+    pub async fn drop_vault_lease(&self, epoch: u32) -> Result<(), Error> {
+        self.delete(&[format!("{VAULT_LEASE}{epoch}")]).await
+    }
+
+    /// Claims pass `pass` of the vault step for the message `message_id`, as
+    /// `claim_copy_pass` claims a copy pass.
+    pub async fn claim_vault_pass(&self, pass: u32, message_id: &str) -> Result<bool, Error> {
+        self.claim_for(&format!("{VAULT_PASS}{pass}"), message_id)
+            .await
+    }
+
+    /// Marks every vault copy of the run final; answers whether this invocation was first.
+    pub async fn mark_vaulted(&self) -> Result<bool, Error> {
+        self.create(VAULTED, None).await
     }
 
     /// Claims look `look` at the whole run for the message `message_id`, as

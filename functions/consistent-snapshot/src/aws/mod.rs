@@ -45,6 +45,11 @@ pub struct Clients {
     pub region: String,
     /// What AWS throttled since the last look, over every client (`ec2_in`'s included).
     pub throttles: throttles::Throttles,
+    /// The configuration the clients were made from: the vault's role is assumed with it.
+    sdk: SdkConfig,
+    /// EC2 in the vault account, as the vault's role (`vault_ec2`): made on first use, its
+    /// credentials assumed then and renewed by the SDK before they expire.
+    vault: std::sync::Arc<tokio::sync::OnceCell<aws_sdk_ec2::Client>>,
 }
 
 impl Clients {
@@ -68,7 +73,36 @@ impl Clients {
             catalog: catalog::Catalog::with_client(client!(aws_sdk_dynamodb), catalog_table),
             region: region.to_string(),
             throttles,
+            sdk: sdk.clone(),
+            vault: Default::default(),
         }
+    }
+
+    /// An EC2 client in `region` of the vault account, signed by the vault's role
+    /// `role_arn` (STS AssumeRole, through the SDK's own provider).
+    pub async fn vault_ec2(&self, role_arn: &str, region: &str) -> aws_sdk_ec2::Client {
+        let base = self
+            .vault
+            .get_or_init(|| async {
+                let role = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+                    .session_name("consistent-snapshot-vault")
+                    .configure(&self.sdk)
+                    .build()
+                    .await;
+                let mut config = aws_sdk_ec2::config::Builder::from(&self.sdk);
+                config.set_credentials_provider(Some(
+                    aws_sdk_ec2::config::SharedCredentialsProvider::new(role),
+                ));
+                config.push_interceptor(self.throttles.interceptor());
+                aws_sdk_ec2::Client::from_conf(config.build())
+            })
+            .await;
+        let config = base
+            .config()
+            .to_builder()
+            .region(aws_sdk_ec2::config::Region::new(region.to_string()))
+            .build();
+        aws_sdk_ec2::Client::from_conf(config)
     }
 
     /// An EC2 client for `region` with everything else as configured (endpoint included).

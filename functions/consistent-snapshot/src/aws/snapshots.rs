@@ -418,6 +418,48 @@ pub async fn lock(
         .map_err(|e| aws("LockSnapshot", subject, e))
 }
 
+/// Lets `account` copy the snapshot (`share`) or no longer (`!share`): ModifySnapshotAttribute
+/// of `createVolumePermission` for that one account. Either is idempotent; a snapshot gone is
+/// no longer shared, and unsharing it answers Ok.
+pub async fn share_with(
+    ec2: &aws_sdk_ec2::Client,
+    snapshot_id: &str,
+    account: &str,
+    share: bool,
+) -> Result<(), Error> {
+    use aws_sdk_ec2::types::{OperationType, SnapshotAttributeName};
+    let operation = if share {
+        OperationType::Add
+    } else {
+        OperationType::Remove
+    };
+    let answer = ec2
+        .modify_snapshot_attribute()
+        .snapshot_id(snapshot_id)
+        .attribute(SnapshotAttributeName::CreateVolumePermission)
+        .operation_type(operation)
+        .user_ids(account)
+        .send()
+        .await;
+    match answer {
+        Ok(_) => Ok(()),
+        Err(err)
+            if !share
+                && err.as_service_error().and_then(code_of) == Some("InvalidSnapshot.NotFound") =>
+        {
+            Ok(())
+        }
+        Err(err) => Err(aws(
+            "ModifySnapshotAttribute",
+            format!(
+                "{} {snapshot_id} with account {account}",
+                if share { "sharing" } else { "unsharing" }
+            ),
+            err,
+        )),
+    }
+}
+
 /// What a ModifySnapshotTier (to the archive tier) did.
 #[derive(Debug)]
 pub enum Archival {

@@ -131,6 +131,9 @@ async fn process_job(
         Job::Watch(job) => start::watch_run(app, job, lease_until).await,
         Job::Copy(job) => copy::step::copy_job(app, job, (deadline, lease_until), message_id).await,
         Job::Retention(job) => retention::step::retention_job(app, job, deadline).await,
+        Job::Vault(job) => {
+            crate::vault::step::vault_job(app, job, (deadline, lease_until), message_id).await
+        }
         Job::Restore(job) => restore::step::restore::restore_job(app, job, deadline).await,
         Job::Verify(job) => restore::step::verify::verify_job(app, job).await,
         Job::Retry(job) => crate::run::step::retry::retry_job(app, job, lease_until).await,

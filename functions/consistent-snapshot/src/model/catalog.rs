@@ -179,6 +179,36 @@ pub struct CopyRecord {
     pub device: Option<String>,
 }
 
+/// A copy of one of a set's snapshots in the vault account, as the vault step made it there
+/// (or found it made, its CopySnapshot answer lost). The fleet's record of it: the vault's own
+/// deployment keeps and deletes it there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultRecord {
+    pub run_id: String,
+    pub instance_id: String,
+    /// The vault account and the region of the copy.
+    pub account: String,
+    pub region: String,
+    pub source_snapshot_id: String,
+    pub snapshot_id: String,
+    pub started_at: DateTime<Utc>,
+    /// How the vault last reported the copy once it was final; absent while it is pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_final: Option<SeenFinal>,
+    /// Until when the step locked it there (none yet: the next pass locks it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<DateTime<Utc>>,
+}
+
+impl VaultRecord {
+    /// Completed in the vault, as last seen.
+    pub fn is_completed(&self) -> bool {
+        self.seen_final
+            .as_ref()
+            .is_some_and(|s| s.state == SnapshotState::Completed)
+    }
+}
+
 /// A copy's final state as the copy step saw it in EC2.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeenFinal {

@@ -14,6 +14,7 @@
 //!   deliveries' successors, end there), so the run's chain never multiplies.
 //! * `copy-lease-<n>`, `copy-pass-<n>`, `copied`, `retained`: the same for the copy step and
 //!   retention.
+//! * `vault-lease-<n>`, `vault-pass-<n>`, `vaulted`: the same for the vault step.
 //! * `copy-unsure`: a copy pass may have started copies it did not record (it is written
 //!   before a pass's first CopySnapshot and deleted when every copy it started is recorded);
 //!   the next pass looks for them in the copy regions before it starts any.
@@ -33,6 +34,9 @@ pub const COPIED: &str = "copied";
 pub const COPY_PASS: &str = "copy-pass-";
 pub const COPY_UNSURE: &str = "copy-unsure";
 pub const RUN_LOOK: &str = "run-look-";
+pub const VAULT_LEASE: &str = "vault-lease-";
+pub const VAULT_PASS: &str = "vault-pass-";
+pub const VAULTED: &str = "vaulted";
 pub const DISPATCH_ERROR: &str = "dispatch-error-";
 /// `fallback-<instance id>`: the run's look is about to call CreateSnapshots for that
 /// instance's crash-consistent fallback (a look that finds it, and no set recorded, looks for
@@ -43,7 +47,7 @@ pub const FALLBACK: &str = "fallback-";
 pub const FALLBACK_UNSURE: &str = "unsure-fallback-";
 pub const ABANDONED: &str = "abandoned";
 /// The markers `release` keeps: each says a step of the run is over.
-const KEPT: [&str; 4] = [REPORTED, COPIED, RETAINED, ABANDONED];
+const KEPT: [&str; 5] = [REPORTED, COPIED, RETAINED, ABANDONED, VAULTED];
 
 /// What one marker says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +71,9 @@ pub struct RunMarkers {
     /// Leases of the copy step, and whether every copy is final.
     pub copy_leases: Vec<(u32, Option<DateTime<Utc>>)>,
     pub copied: bool,
+    /// Leases of the vault step, and whether every vault copy of the run is final.
+    pub vault_leases: Vec<(u32, Option<DateTime<Utc>>)>,
+    pub vaulted: bool,
     /// A copy pass ended without saying that every copy it started is recorded.
     pub copy_unsure: bool,
     /// The errors the dispatch gave up with, by lease epoch.
@@ -89,6 +96,8 @@ pub fn parse_markers<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -
             markers.reported = true;
         } else if leaf == COPIED {
             markers.copied = true;
+        } else if leaf == VAULTED {
+            markers.vaulted = true;
         } else if leaf == COPY_UNSURE {
             markers.copy_unsure = true;
         } else {
@@ -107,6 +116,9 @@ pub fn parse_markers<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -
                 markers.leases.push((epoch, until));
             } else if let Some(epoch) = leaf.strip_prefix(COPY_LEASE).and_then(|n| n.parse().ok()) {
                 markers.copy_leases.push((epoch, until));
+            } else if let Some(epoch) = leaf.strip_prefix(VAULT_LEASE).and_then(|n| n.parse().ok())
+            {
+                markers.vault_leases.push((epoch, until));
             } else if let Some(epoch) = leaf
                 .strip_prefix(DISPATCH_ERROR)
                 .and_then(|n| n.parse().ok())
@@ -118,14 +130,16 @@ pub fn parse_markers<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -
     markers
 }
 
-/// The markers a finished run releases: all but those that say a step is over.
+/// The markers a finished run releases: all but those that say a step is over, and the vault
+/// step's (which runs beside the copy step and retention, and may still be going when
+/// retention ends: they go with the run's TTL).
 pub fn to_release(markers: &RunMarkers) -> Vec<String> {
     markers
         .names
         .iter()
         .filter(|n| {
             let leaf = n.rsplit('/').next().unwrap_or_default();
-            !KEPT.contains(&leaf)
+            !KEPT.contains(&leaf) && !leaf.starts_with(VAULT_LEASE) && !leaf.starts_with(VAULT_PASS)
         })
         .cloned()
         .collect()
@@ -151,6 +165,9 @@ mod tests {
             "run-look-3",
             "copied",
             "retained",
+            // The vault step may still be going when retention ends.
+            "vault-lease-1",
+            "vault-pass-4",
         ];
         let names: Vec<String> = leaves.iter().map(|l| l.to_string()).collect();
         let markers = parse_markers(names.iter().map(|n| (n.as_str(), "{}")));
@@ -168,6 +185,11 @@ mod tests {
         );
         assert!(markers.copied && markers.reported);
         assert_eq!(markers.copy_leases.len(), 1, "a pass marker is not a lease");
+        assert_eq!(
+            markers.vault_leases.len(),
+            1,
+            "a pass marker is not a lease"
+        );
     }
 
     fn markers(params: &[(String, String)]) -> RunMarkers {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
+use crate::model::catalog::VaultRecord;
 use crate::model::cause::{cause_of_invocation, cause_of_skip, Cause};
 use crate::model::command::{Invocation, PastCommand};
 use crate::model::fleet::{InstanceFacts, SkipReason};
@@ -69,6 +70,57 @@ pub struct ReportInput<'a> {
     /// Failover cluster nodes the run of their owner's newest set left out as secondaries
     /// (as that run's record in the catalog says), by instance.
     pub secondaries: BTreeMap<String, Secondary>,
+    /// With a vault account: its regions, and the vault copies the catalog records, by
+    /// instance (`None`: no vault configured, no coverage shown).
+    pub vault: Option<VaultInput<'a>>,
+}
+
+/// The vault's regions, and the vault copies the catalog records, by instance.
+pub type VaultInput<'a> = (&'a [String], &'a BTreeMap<String, Vec<VaultRecord>>);
+
+/// A server's backups in the vault account, as the catalog records the vault copies.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VaultStatus {
+    /// Every snapshot of the newest consistent set has a completed copy in every vault region.
+    pub newest_set_vaulted: bool,
+    /// Per vault region, how many of the newest set's snapshots have a completed copy there.
+    pub regions: BTreeMap<String, usize>,
+    /// The newest run with a completed vault copy, and when that copy was started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newest_copy_run: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newest_copy_at: Option<DateTime<Utc>>,
+}
+
+/// The vault coverage of one server: `newest` its newest consistent set (run, snapshot ids).
+pub fn vault_status(
+    newest: Option<(&str, Vec<&str>)>,
+    regions: &[String],
+    copies: &[VaultRecord],
+) -> VaultStatus {
+    let completed: Vec<&VaultRecord> = copies.iter().filter(|c| c.is_completed()).collect();
+    let newest_copy = completed.iter().max_by_key(|c| c.started_at);
+    let mut in_region = BTreeMap::new();
+    let mut vaulted = newest.is_some();
+    for region in regions {
+        let n = newest.as_ref().map_or(0, |(run, ids)| {
+            ids.iter()
+                .filter(|id| {
+                    completed.iter().any(|c| {
+                        c.region == *region && c.run_id == *run && c.source_snapshot_id == **id
+                    })
+                })
+                .count()
+        });
+        vaulted &= newest.as_ref().is_some_and(|(_, ids)| n == ids.len());
+        in_region.insert(region.clone(), n);
+    }
+    VaultStatus {
+        newest_set_vaulted: vaulted,
+        regions: in_region,
+        newest_copy_run: newest_copy.map(|c| c.run_id.clone()),
+        newest_copy_at: newest_copy.map(|c| c.started_at),
+    }
 }
 
 /// A node a run left out as a cluster secondary: the cluster, its owner, and the run.
@@ -171,6 +223,9 @@ pub struct InstanceStatus {
     /// than its own (its RPO status is then that set's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_secondary: Option<ClusterCover>,
+    /// Its backups in the vault account, with one configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultStatus>,
 }
 
 /// A server's readiness as the report shows it: its verdict and the checks it fails.
@@ -234,6 +289,9 @@ pub struct Totals {
     /// Servers with only a crash-consistent fallback since their last consistent set.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub on_fallback: usize,
+    /// With a vault: servers whose newest consistent set is not wholly copied to the vault.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub vault_missing: usize,
     /// Servers per named cause standing in the way of their next consistent set.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub causes: BTreeMap<Cause, usize>,
@@ -300,6 +358,12 @@ impl FleetReport {
             0 => file_system,
             n => format!(
                 "{file_system}; {n} with no consistent backup since a crash-consistent fallback"
+            ),
+        };
+        let file_system = match t.vault_missing {
+            0 => file_system,
+            n => format!(
+                "{file_system}; {n} whose newest consistent set is not wholly in the vault account"
             ),
         };
         let causes = if t.causes.is_empty() {
@@ -382,6 +446,18 @@ pub fn build(input: &ReportInput) -> FleetReport {
             None => BTreeMap::new(),
         };
         let newest_at = latest_consistent.as_ref().map(|s| s.taken_at);
+        let vault = input.vault.map(|(regions, copies)| {
+            let set = newest.map(|set| {
+                let ids = set
+                    .snapshots
+                    .iter()
+                    .map(|s| s.snapshot_id.as_str())
+                    .collect();
+                (set.run_id, ids)
+            });
+            let mine = copies.get(id).map(Vec::as_slice).unwrap_or_default();
+            vault_status(set, regions, mine)
+        });
         statuses.push(InstanceStatus {
             instance_id: id.to_string(),
             name: facts.display_name().to_string(),
@@ -399,6 +475,7 @@ pub fn build(input: &ReportInput) -> FleetReport {
                 .map(Cause::remediation),
             readiness: None,
             cluster_secondary,
+            vault,
         });
     }
     statuses.sort_by(|a, b| {
@@ -562,6 +639,9 @@ fn totals(statuses: &[InstanceStatus]) -> Totals {
             .count(),
         regions_unreadable: 0,
         lost_tag: 0,
+        vault_missing: count(statuses, |s| {
+            s.vault.as_ref().is_some_and(|v| !v.newest_set_vaulted)
+        }),
         on_fallback: count(statuses, |s| s.crash_consistent_fallback.is_some()),
         file_system_only: count(statuses, |s| {
             s.latest_consistent
@@ -760,6 +840,7 @@ mod tests {
             lost_tag: vec![&lost],
             target_key: "ConsistentSnapshot",
             secondaries: BTreeMap::new(),
+            vault: None,
         });
         let order: Vec<(&str, RpoStatus)> = report
             .instances
@@ -841,6 +922,7 @@ mod tests {
                 copies_missing: 1,
                 regions_unreadable: 0,
                 lost_tag: 1,
+                vault_missing: 0,
                 file_system_only: 0,
                 on_fallback: 0,
                 causes: BTreeMap::from([(Cause::FreezeTimeout, 1), (Cause::AgentOffline, 1)]),
@@ -886,6 +968,7 @@ mod tests {
             lost_tag: vec![],
             target_key: "ConsistentSnapshot",
             secondaries: BTreeMap::new(),
+            vault: None,
         });
         let status = &report.instances[0];
         assert_eq!(status.rpo, RpoStatus::WithinRpo);
@@ -912,6 +995,7 @@ mod tests {
             lost_tag: vec![],
             target_key: "ConsistentSnapshot",
             secondaries: BTreeMap::new(),
+            vault: None,
         };
         assert_eq!(build(&input(26)).instances[0].rpo, RpoStatus::WithinRpo);
         assert_eq!(build(&input(25)).instances[0].rpo, RpoStatus::OutOfRpo);
@@ -944,6 +1028,7 @@ mod tests {
                 },
             )]
             .into(),
+            vault: None,
         };
         let node2 = |report: &FleetReport| {
             report
@@ -965,5 +1050,50 @@ mod tests {
             assert_eq!(alone.rpo, RpoStatus::NeverBackedUp, "{run} {by}");
             assert!(alone.cluster_secondary.is_none());
         }
+    }
+
+    #[test]
+    fn vault_coverage_counts_only_completed_copies_of_the_newest_set() {
+        use crate::model::catalog::SeenFinal;
+        let copy = |region: &str, run: &str, source: &str, state: Option<&str>| VaultRecord {
+            run_id: run.into(),
+            instance_id: "i-1".into(),
+            account: "222222222222".into(),
+            region: region.into(),
+            source_snapshot_id: source.into(),
+            snapshot_id: format!("v-{region}-{source}"),
+            started_at: if run == "r1" {
+                now() - Duration::days(1)
+            } else {
+                now()
+            },
+            seen_final: state.map(|s| SeenFinal {
+                state: s.into(),
+                message: None,
+            }),
+            locked_until: None,
+        };
+        let regions = ["eu-west-1".to_string(), "us-west-2".to_string()];
+        let copies = [
+            copy("eu-west-1", "r2", "snap-a", Some("completed")),
+            copy("eu-west-1", "r2", "snap-b", Some("completed")),
+            copy("us-west-2", "r2", "snap-a", Some("completed")),
+            // Pending, failed, or of an older run: none covers the newest set.
+            copy("us-west-2", "r2", "snap-b", None),
+            copy("us-west-2", "r1", "snap-b", Some("completed")),
+        ];
+        let newest = Some(("r2", vec!["snap-a", "snap-b"]));
+        let status = vault_status(newest.clone(), &regions, &copies);
+        assert!(!status.newest_set_vaulted);
+        assert_eq!(status.regions["eu-west-1"], 2);
+        assert_eq!(status.regions["us-west-2"], 1);
+        assert_eq!(status.newest_copy_run.as_deref(), Some("r2"));
+        let mut all = copies.to_vec();
+        all[3].seen_final = Some(SeenFinal {
+            state: "completed".into(),
+            message: None,
+        });
+        assert!(vault_status(newest, &regions, &all).newest_set_vaulted);
+        assert!(!vault_status(None, &regions, &all).newest_set_vaulted);
     }
 }

@@ -13,6 +13,7 @@ use crate::app::{emit_metrics, probe_servers, to_json, App};
 use crate::aws::{commands, iam, instances};
 use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
+use crate::model::catalog::VaultRecord;
 use crate::model::cost::InstanceCost;
 use crate::model::fleet::SkipReason;
 use crate::model::fleet::{AgentFacts, InstanceFacts, RouteFacts};
@@ -113,6 +114,25 @@ pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
         warn!(code = err.aws_code().unwrap_or("Unknown"), error = %err, "failed commands not readable: the report gives no reasons from SSM");
         Vec::new()
     });
+    // The vault copies the catalog records: without them, no coverage is shown (and why).
+    let vault = match &app.config.vault {
+        Some(vault) => {
+            let mut copies: BTreeMap<String, Vec<VaultRecord>> = BTreeMap::new();
+            match app
+                .aws
+                .catalog
+                .scan_vault_copies(|c| copies.entry(c.instance_id.clone()).or_default().push(c))
+                .await
+            {
+                Ok(()) => Some((vault.regions.clone(), copies)),
+                Err(err) => {
+                    warn!(code = err.aws_code().unwrap_or("Unknown"), error = %err, "vault copies not readable from the catalog: the report shows no vault coverage");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let input = ReportInput {
         now,
         rpo_hours: app.config.rpo_hours,
@@ -132,6 +152,9 @@ pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
         lost_tag,
         target_key: &app.config.target_tag_key,
         secondaries: BTreeMap::new(),
+        vault: vault
+            .as_ref()
+            .map(|(regions, copies)| (regions.as_slice(), copies)),
     };
     let mut report = build(&input);
     // Cluster secondaries out of RPO: were they left out by their owner's newest run?
@@ -343,6 +366,7 @@ pub async fn on_demand(app: &App) -> Result<Value, Error> {
             ("CopiesMissing", t.copies_missing),
             ("RegionsUnreadable", t.regions_unreadable),
             ("InstancesLostTag", t.lost_tag),
+            ("InstancesNotInVault", t.vault_missing),
         ],
         &[("Event", "report")],
     );

@@ -98,10 +98,24 @@ pub fn decide(markers: &RunMarkers, now: DateTime<Utc>) -> Claim {
 
 /// Decides whether to take the copy step.
 pub fn decide_copy(markers: &RunMarkers, now: DateTime<Utc>) -> CopyClaim {
-    if markers.copied {
+    step_claim(markers.copied, &markers.copy_leases, now)
+}
+
+/// Decides whether to take the vault step, as `decide_copy` the copy step.
+pub fn decide_vault(markers: &RunMarkers, now: DateTime<Utc>) -> CopyClaim {
+    step_claim(markers.vaulted, &markers.vault_leases, now)
+}
+
+/// A step over (`done`), or its leases as they stand.
+fn step_claim(
+    done: bool,
+    leases: &[(u32, Option<DateTime<Utc>>)],
+    now: DateTime<Utc>,
+) -> CopyClaim {
+    if done {
         return CopyClaim::Final;
     }
-    match lease_claim(&markers.copy_leases, now) {
+    match lease_claim(leases, now) {
         Lease::Free { epoch } => CopyClaim::Take { epoch },
         Lease::Held { epoch, until } => CopyClaim::Held { epoch, until },
     }

@@ -10,7 +10,7 @@ use crate::app::{dispatched_run, emit_metrics, enqueue, refuse, requeue, App};
 use crate::aws::catalog::RunMarkerStore;
 use crate::aws::{commands, notify, snapshots};
 use crate::error::Error;
-use crate::jobs::{CopyJob, Envelope, InstanceJob, Job, RetryJob, RunJob};
+use crate::jobs::{CopyJob, Envelope, InstanceJob, Job, RetryJob, RunJob, VaultJob};
 use crate::model::catalog::{reported_snapshots, ForeignSnapshot, SetRecord, Verdict};
 use crate::model::pace::Pace;
 use crate::model::snapshot::SnapshotFacts;
@@ -429,6 +429,13 @@ pub async fn track_run(
         Utc::now(),
         app.config.snapshot_completion_timeout_seconds,
     )))];
+    if app.config.vault.is_some() {
+        next.push(Envelope::new(Job::Vault(VaultJob::first(
+            &job.run_id,
+            Utc::now(),
+            app.config.snapshot_completion_timeout_seconds,
+        ))));
+    }
     next.extend(retry.map(|r| Envelope::new(Job::Retry(r))));
     enqueue(app, &next).await?;
     // The full record, before the marker: a redelivery after a stop here writes it again
