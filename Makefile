@@ -47,9 +47,9 @@ test: setup
 lint: setup
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	$(VENV)/bin/cfn-lint template.yaml
+	$(VENV)/bin/cfn-lint template.yaml vault.yaml
 	$(VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f template.yaml
-	$(VENV)/bin/python scripts/check_template.py template.yaml
+	$(VENV)/bin/python scripts/check_template.py template.yaml vault.yaml
 	$(VENV)/bin/python scripts/check_layout.py functions/consistent-snapshot/src
 
 demo: setup

@@ -5,7 +5,11 @@ table's protections (recovery, deletion protection, encryption, TTL, writes by t
 only), the queue policy, the alarms, and a written justification beside every skipped
 checkov check.
 
-Usage: check_template.py [template.yaml]; exits 1 and lists every broken guarantee.
+Also vault.yaml (the vault account's side): its role never deletes, unlocks, shares or
+archives, and its policy is the one the end-to-end tests use (tests/fixtures/).
+
+Usage: check_template.py [template.yaml] [vault.yaml] [--write-vault-fixture]; exits 1 and
+lists every broken guarantee.
 """
 
 from __future__ import annotations
@@ -317,11 +321,80 @@ def check(template: dict) -> list[str]:
         if "NotificationTopic" not in text(a.get("AlarmActions")):
             problems.append(f"{name}: does not notify the optional topic")
 
+    # The vault: snapshots shared with the vault account only, and only its role assumed.
+    for s in stmts:
+        if "ec2:ModifySnapshotAttribute" in actions(s):
+            cond = s.get("Condition", {})
+            adds = cond.get("ForAllValues:StringEquals", {})
+            if text(adds.get("ec2:Add/userId")) != text([{"Ref": "VaultAccountId"}]):
+                problems.append(f"{s.get('Sid')}: may share snapshots with accounts other than the vault")
+            if "ec2:Add/group" not in cond.get("Null", {}):
+                problems.append(f"{s.get('Sid')}: may make snapshots public (no Null ec2:Add/group)")
+            if "ManagedBy" not in text(cond.get("StringEquals")):
+                problems.append(f"{s.get('Sid')}: may share snapshots of other deployments")
+        if "sts:AssumeRole" in actions(s) and s.get("Resource") != {"Ref": "VaultRoleArn"}:
+            problems.append(f"{s.get('Sid')}: may assume roles other than the vault's")
+
     for name, resource in template["Resources"].items():
         skips = resource.get("Metadata", {}).get("checkov", {}).get("skip", [])
         for skip in skips:
             if len(str(skip.get("comment", "")).strip()) < 40:
                 problems.append(f"{name}: checkov skip {skip.get('id')} has no written justification")
+    return problems
+
+
+VAULT_NEVER = ("ec2:DeleteSnapshot", "ec2:UnlockSnapshot", "ec2:ModifySnapshotAttribute",
+               "ec2:ModifySnapshotTier")
+VAULT_FIXTURE = "tests/fixtures/vault-access-policy.json"
+
+
+def resolved(value: Any, parameters: dict) -> Any:
+    """The policy with each `Ref` to a parameter replaced by its default, as CloudFormation
+    gives it (a string, whatever the parameter's type): as the tests use it."""
+    if isinstance(value, dict):
+        if set(value) == {"Ref"} and value["Ref"] in parameters:
+            return str(parameters[value["Ref"]].get("Default"))
+        return {k: resolved(v, parameters) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolved(v, parameters) for v in value]
+    return value
+
+
+def check_vault(template: dict) -> list[str]:
+    """vault.yaml: its role may copy, tag, describe and lock (bounded), never delete, unlock,
+    share or archive (an explicit Deny, whatever else is attached to it later); and its policy
+    is the one the end-to-end tests give the emulator's vault role."""
+    import json
+    from pathlib import Path
+
+    problems: list[str] = []
+    role = template["Resources"].get("VaultAccessRole", {}).get("Properties", {})
+    documents = [p.get("PolicyDocument", {}) for p in role.get("Policies", [])]
+    if role.get("ManagedPolicyArns"):
+        problems.append("VaultAccessRole: managed policies attached (only its inline policy may grant)")
+    stmts = [s for d in documents for s in d.get("Statement", [])]
+    for s in stmts:
+        granted = actions(s)
+        if s.get("Effect") == "Allow":
+            for action in granted:
+                if action in VAULT_NEVER or "*" in action or action.startswith(("iam:", "kms:")):
+                    problems.append(f"VaultAccessRole {s.get('Sid')}: allows {action}")
+            if "ec2:LockSnapshot" in granted and "ec2:SnapshotLockDuration" not in text(s.get("Condition")):
+                problems.append(f"VaultAccessRole {s.get('Sid')}: locks without a bounded duration")
+    denied = {a for s in stmts if s.get("Effect") == "Deny" for a in actions(s)}
+    for action in VAULT_NEVER:
+        if action not in denied:
+            problems.append(f"VaultAccessRole: {action} is not explicitly denied")
+    trust = text(role.get("AssumeRolePolicyDocument"))
+    if "FleetAccountId" not in trust or "aws:PrincipalArn" not in trust:
+        problems.append("VaultAccessRole: trusts more than the fleet account's function role")
+    fixture = Path(__file__).resolve().parent.parent / VAULT_FIXTURE
+    policy = resolved(documents[0] if documents else {}, template.get("Parameters", {}))
+    if "--write-vault-fixture" in sys.argv:
+        fixture.write_text(json.dumps(policy, indent=2) + "\n", encoding="utf-8")
+    elif not fixture.exists() or json.loads(fixture.read_text(encoding="utf-8")) != policy:
+        problems.append(f"VaultAccessRole's policy differs from {VAULT_FIXTURE} (the tests' vault role): "
+                        "rewrite it with scripts/check_template.py vault.yaml --write-vault-fixture")
     return problems
 
 
@@ -341,18 +414,24 @@ def catalog_calls() -> set[str]:
 
 
 def main() -> int:
-    path = sys.argv[1] if len(sys.argv) > 1 else "template.yaml"
-    with open(path, encoding="utf-8") as f:
-        template, errors = decode_str(f.read())
-    if errors or template is None:
-        print(f"{path}: cannot be read: {errors}")
-        return 1
-    problems = check(template)
-    for problem in problems:
-        print(f"{path}: {problem}")
-    if not problems:
-        print(f"{path}: IAM conditions, alarms and checkov justifications in place")
-    return 1 if problems else 0
+    paths = [a for a in sys.argv[1:] if not a.startswith("--")] or ["template.yaml"]
+    failed = False
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            template, errors = decode_str(f.read())
+        if errors or template is None:
+            print(f"{path}: cannot be read: {errors}")
+            failed = True
+            continue
+        vault = "VaultAccessRole" in template.get("Resources", {})
+        problems = check_vault(template) if vault else check(template)
+        for problem in problems:
+            print(f"{path}: {problem}")
+        if not problems:
+            print(f"{path}: " + ("the vault role copies, tags, describes and locks, never deletes"
+                                 if vault else "IAM conditions, alarms and checkov justifications in place"))
+        failed |= bool(problems)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
