@@ -23,4 +23,5 @@ mod run_outcomes;
 mod template_guarantees;
 mod tiers;
 mod upgrade;
+mod vault;
 mod vss_cases;

@@ -225,6 +225,54 @@ impl Emulator {
         aws_sdk_ec2::Client::from_conf(config)
     }
 
+    /// A client configuration signed by `role_arn` (another account's role, through STS
+    /// AssumeRole with the emulator's own keys).
+    pub async fn as_role(&self, role_arn: &str) -> SdkConfig {
+        let role = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+            .session_name("harness")
+            .configure(&self.sdk)
+            .build()
+            .await;
+        self.sdk
+            .to_builder()
+            .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(role))
+            .build()
+    }
+
+    /// EC2 in `region` as `role_arn`.
+    pub async fn ec2_as(&self, role_arn: &str, region: &str) -> aws_sdk_ec2::Client {
+        let sdk = self.as_role(role_arn).await;
+        aws_sdk_ec2::Client::from_conf(
+            aws_sdk_ec2::config::Builder::from(&sdk)
+                .region(Region::new(region.to_string()))
+                .build(),
+        )
+    }
+
+    /// Creates role `name` in `account` with this inline policy (JSON), as that account's
+    /// administrator would deploy it; answers its ARN.
+    pub async fn create_role_in(&self, account: &str, name: &str, policy: &str) -> Result<String> {
+        let admin = self
+            .as_role(&format!("arn:aws:iam::{account}:role/administrator"))
+            .await;
+        let iam = aws_sdk_iam::Client::new(&admin);
+        // Trusting the fleet account (the emulator's own), as vault.yaml's role does.
+        let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::123456789012:root"},"Action":"sts:AssumeRole"}]}"#;
+        let role = iam
+            .create_role()
+            .role_name(name)
+            .assume_role_policy_document(trust)
+            .send()
+            .await?;
+        iam.put_role_policy()
+            .role_name(name)
+            .policy_name("inline")
+            .policy_document(policy)
+            .send()
+            .await?;
+        Ok(role.role().map(|r| r.arn().to_string()).unwrap_or_default())
+    }
+
     /// Sets how EBS behaves from now on.
     pub fn simulate_ebs(&self, ebs: &Ebs) -> Result<()> {
         self.http("POST", "/_sim/ebs", &serde_json::to_value(ebs)?)

@@ -1,0 +1,252 @@
+//! The vault account, end to end on two accounts (STS AssumeRole): each night's consistent sets
+//! are shared with the vault account, copied there by the vault's role (the policy of
+//! `vault.yaml`, enforced by the emulator's IAM), locked there and unshared; the catalog and the
+//! fleet report record the coverage. A principal with every permission of the fleet account then
+//! deletes every snapshot it can at home and, through the vault's role, tries to delete, unlock
+//! and share the vault copies: every vault copy is still there, and still locked.
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use harness::{ServerSpec, World};
+use serde_json::json;
+
+const HOME: &str = "us-east-1";
+const VAULT_REGION: &str = "eu-west-1";
+const VAULT: &str = "222222222222";
+const ROLE: &str = "consistent-snapshot-vault-access";
+
+/// The vault's role as `vault.yaml` makes it (`scripts/check_template.py` keeps the two equal).
+fn vault_policy() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/vault-access-policy.json"
+    ))
+    .expect("tests/fixtures/vault-access-policy.json")
+}
+
+/// `source snapshot -> (copy id, state)` of the run's copies in the vault, as the vault's own
+/// administrator lists them.
+async fn vault_copies(
+    ec2: &aws_sdk_ec2::Client,
+    run_id: &str,
+) -> BTreeMap<String, (String, String)> {
+    let out = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:ConsistentSnapshot:RunId")
+                .values(run_id)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("vault snapshots");
+    out.snapshots()
+        .iter()
+        .map(|s| {
+            let source = s
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some("ConsistentSnapshot:SourceSnapshotId"))
+                .and_then(|t| t.value())
+                .unwrap_or_default()
+                .to_string();
+            (
+                source,
+                (
+                    s.snapshot_id().unwrap_or_default().to_string(),
+                    s.state()
+                        .map(|x| x.as_str().to_string())
+                        .unwrap_or_default(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
+    let world = World::start(1).await.expect("world");
+    let emulator = &world.emulator;
+    let ids = world
+        .seed(&[
+            ServerSpec::windows("sql01", 1),
+            ServerSpec::windows("files01", 0),
+        ])
+        .await
+        .expect("seed");
+    let role_arn = emulator
+        .create_role_in(VAULT, ROLE, &vault_policy())
+        .await
+        .expect("the vault role");
+    emulator
+        .recycle_bin_rule(HOME, 7, &[("ConsistentSnapshot:ManagedBy", "vss-test")])
+        .expect("Recycle Bin rule");
+    let app = world
+        .app(&[
+            ("LOCK_MODE", "compliance"),
+            ("VAULT_ACCOUNT_ID", VAULT),
+            ("VAULT_ROLE_ARN", &role_arn),
+            ("VAULT_REGIONS", VAULT_REGION),
+            ("VAULT_KMS_KEY_IDS", &format!("{VAULT_REGION}=alias/vault")),
+            ("VAULT_LOCK_DAYS", "30"),
+        ])
+        .expect("app");
+    let admin = emulator
+        .ec2_as(
+            &format!("arn:aws:iam::{VAULT}:role/administrator"),
+            VAULT_REGION,
+        )
+        .await;
+    let fleet = emulator.ec2_in(HOME);
+
+    let mut nights = Vec::new();
+    for _ in 0..2 {
+        let time = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let night = world.nightly(&app, &time).await.expect("night");
+        assert!(world
+            .logs
+            .run_report(&night)
+            .expect("summary")
+            .all_consistent());
+        // Every snapshot of every set has one completed copy in the vault, locked there, and
+        // is no longer shared once the step is over.
+        let mut sources = Vec::new();
+        for id in &ids {
+            let sets = harness::sets_of(emulator, HOME, id).await;
+            sources.extend(sets[&night].iter().cloned());
+        }
+        assert_eq!(sources.len(), 3, "two volumes and one: {sources:?}");
+        let copies = vault_copies(&admin, &night).await;
+        assert_eq!(
+            copies.keys().cloned().collect::<Vec<_>>(),
+            {
+                let mut s = sources.clone();
+                s.sort();
+                s
+            },
+            "one vault copy of each snapshot of the night's sets"
+        );
+        let locks = admin
+            .describe_locked_snapshots()
+            .send()
+            .await
+            .expect("vault locks");
+        for (source, (copy, state)) in &copies {
+            assert_eq!(state, "completed", "{copy}");
+            assert!(
+                locks
+                    .snapshots()
+                    .iter()
+                    .any(|l| l.snapshot_id() == Some(copy.as_str())
+                        && l.lock_state().map(|s| s.as_str()) == Some("governance")),
+                "{copy} locked in the vault"
+            );
+            let shared = fleet
+                .describe_snapshot_attribute()
+                .snapshot_id(source)
+                .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
+                .send()
+                .await
+                .expect("attribute");
+            assert!(
+                shared.create_volume_permissions().is_empty(),
+                "{source} still shared: {shared:?}"
+            );
+        }
+        let summary = world.logs.messages_starting("vault:");
+        assert!(
+            summary.iter().any(|l| l["run_id"] == night.as_str()),
+            "the vault step's summary of {night}: {summary:#?}"
+        );
+        nights.push((night, copies));
+    }
+
+    // The fleet report shows each server's newest set in the vault.
+    let report = world.report(&app).await.expect("report");
+    for server in report["instances"].as_array().expect("instances") {
+        assert_eq!(
+            server["vault"]["newest_set_vaulted"],
+            json!(true),
+            "{server:#}"
+        );
+        assert_eq!(
+            server["vault"]["newest_copy_run"],
+            json!(nights[1].0),
+            "{server:#}"
+        );
+    }
+    assert_eq!(report["totals"].get("vault_missing"), None, "{report:#}");
+
+    // The attacker holds every permission of the fleet account: it deletes every snapshot it
+    // can at home, then assumes the vault's role (which the fleet account may) and tries to
+    // delete, unlock and share every vault copy.
+    let vault_role = emulator.ec2_as(&role_arn, VAULT_REGION).await;
+    let all: Vec<&String> = nights
+        .iter()
+        .flat_map(|(_, copies)| copies.values().map(|(copy, _)| copy))
+        .collect();
+    for copy in &all {
+        use aws_sdk_ec2::error::ProvideErrorMetadata;
+        fn code<E: ProvideErrorMetadata, R>(
+            answer: Result<
+                R,
+                aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
+            >,
+        ) -> Option<String> {
+            answer.err().and_then(|e| {
+                e.as_service_error()
+                    .and_then(|s| s.code())
+                    .map(str::to_string)
+            })
+        }
+        let delete = code(vault_role.delete_snapshot().snapshot_id(*copy).send().await);
+        let unlock = code(vault_role.unlock_snapshot().snapshot_id(*copy).send().await);
+        let share = code(
+            vault_role
+                .modify_snapshot_attribute()
+                .snapshot_id(*copy)
+                .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
+                .operation_type(aws_sdk_ec2::types::OperationType::Add)
+                .user_ids("333333333333")
+                .send()
+                .await,
+        );
+        for (what, refused) in [("delete", delete), ("unlock", unlock), ("share", share)] {
+            assert_eq!(
+                refused.as_deref(),
+                Some("UnauthorizedOperation"),
+                "{what} of vault copy {copy}"
+            );
+        }
+    }
+    // The fleet account's own deletions at home: every snapshot it sees.
+    for id in &ids {
+        for snapshots in harness::sets_of(emulator, HOME, id).await.into_values() {
+            for snapshot in snapshots {
+                let _ = fleet.delete_snapshot().snapshot_id(&snapshot).send().await;
+            }
+        }
+    }
+    // Every vault copy is there, completed and still locked.
+    let locks = admin
+        .describe_locked_snapshots()
+        .send()
+        .await
+        .expect("vault locks");
+    for (night, copies) in &nights {
+        let now = vault_copies(&admin, night).await;
+        assert_eq!(&now, copies, "{night}: the vault copies are untouched");
+        for (copy, _) in copies.values() {
+            assert!(
+                locks
+                    .snapshots()
+                    .iter()
+                    .any(|l| l.snapshot_id() == Some(copy.as_str())),
+                "{copy} still locked"
+            );
+        }
+    }
+}
