@@ -388,6 +388,22 @@ def check_vault(template: dict) -> list[str]:
     trust = text(role.get("AssumeRolePolicyDocument"))
     if "FleetAccountId" not in trust or "aws:PrincipalArn" not in trust:
         problems.append("VaultAccessRole: trusts more than the fleet account's function role")
+    # The vault's own function: the only deleter there, of the fleet's copies only; it shares
+    # only with the named recovery accounts, never publicly.
+    function = template["Resources"].get("VaultFunction", {}).get("Properties", {})
+    if function.get("Environment", {}).get("Variables", {}).get("MODE") != "vault":
+        problems.append("VaultFunction: not in vault mode (MODE=vault)")
+    found: list[dict] = []
+    for policy in function.get("Policies", []):
+        for st in policy.get("Statement", []) if isinstance(policy, dict) else []:
+            found.extend(st["Fn::If"][1:2] if isinstance(st, dict) and "Fn::If" in st else [st])
+    for st in found:
+        if "ec2:DeleteSnapshot" in actions(st) and "FleetManagedBy" not in text(st.get("Condition")):
+            problems.append(f"VaultFunction {st.get('Sid')}: deletes snapshots that are not the fleet's copies")
+        if "ec2:ModifySnapshotAttribute" in actions(st):
+            cond = text(st.get("Condition"))
+            if "RecoveryAccounts" not in cond or "ec2:Add/group" not in cond:
+                problems.append(f"VaultFunction {st.get('Sid')}: may share with others than the recovery accounts")
     fixture = Path(__file__).resolve().parent.parent / VAULT_FIXTURE
     policy = resolved(documents[0] if documents else {}, template.get("Parameters", {}))
     if "--write-vault-fixture" in sys.argv:

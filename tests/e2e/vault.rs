@@ -3,7 +3,10 @@
 //! `vault.yaml`, enforced by the emulator's IAM), locked there and unshared; the catalog and the
 //! fleet report record the coverage. A principal with every permission of the fleet account then
 //! deletes every snapshot it can at home and, through the vault's role, tries to delete, unlock
-//! and share the vault copies: every vault copy is still there, and still locked.
+//! and share the vault copies: every vault copy is still there, and still locked. Then the
+//! vault's own deployment (`MODE=vault`) shares a server's newest whole set with a recovery
+//! account, whose volumes come from exactly that set, and its retention deletes exactly the
+//! copies past their days and locks, never a server's newest set.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +18,7 @@ const HOME: &str = "us-east-1";
 const VAULT_REGION: &str = "eu-west-1";
 const VAULT: &str = "222222222222";
 const ROLE: &str = "consistent-snapshot-vault-access";
+const RECOVERY: &str = "333333333333";
 
 /// The vault's role as `vault.yaml` makes it (`scripts/check_template.py` keeps the two equal).
 fn vault_policy() -> String {
@@ -91,7 +95,7 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
             ("VAULT_ROLE_ARN", &role_arn),
             ("VAULT_REGIONS", VAULT_REGION),
             ("VAULT_KMS_KEY_IDS", &format!("{VAULT_REGION}=alias/vault")),
-            ("VAULT_LOCK_DAYS", "30"),
+            ("VAULT_LOCK_DAYS", "7"),
         ])
         .expect("app");
     let admin = emulator
@@ -114,9 +118,11 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
         // Every snapshot of every set has one completed copy in the vault, locked there, and
         // is no longer shared once the step is over.
         let mut sources = Vec::new();
+        let mut of_server = BTreeMap::new();
         for id in &ids {
             let sets = harness::sets_of(emulator, HOME, id).await;
             sources.extend(sets[&night].iter().cloned());
+            of_server.insert(id.clone(), sets[&night].clone());
         }
         assert_eq!(sources.len(), 3, "two volumes and one: {sources:?}");
         let copies = vault_copies(&admin, &night).await;
@@ -161,7 +167,7 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
             summary.iter().any(|l| l["run_id"] == night.as_str()),
             "the vault step's summary of {night}: {summary:#?}"
         );
-        nights.push((night, copies));
+        nights.push((night, copies, of_server));
     }
 
     // The fleet report shows each server's newest set in the vault.
@@ -186,7 +192,7 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
     let vault_role = emulator.ec2_as(&role_arn, VAULT_REGION).await;
     let all: Vec<&String> = nights
         .iter()
-        .flat_map(|(_, copies)| copies.values().map(|(copy, _)| copy))
+        .flat_map(|(_, copies, _)| copies.values().map(|(copy, _)| copy))
         .collect();
     for copy in &all {
         use aws_sdk_ec2::error::ProvideErrorMetadata;
@@ -236,7 +242,7 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
         .send()
         .await
         .expect("vault locks");
-    for (night, copies) in &nights {
+    for (night, copies, _) in &nights {
         let now = vault_copies(&admin, night).await;
         assert_eq!(&now, copies, "{night}: the vault copies are untouched");
         for (copy, _) in copies.values() {
@@ -249,4 +255,152 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
             );
         }
     }
+
+    // The vault's own deployment, in its region, as the vault account.
+    let vault_sdk = emulator
+        .as_role(&format!("arn:aws:iam::{VAULT}:role/administrator"))
+        .await
+        .to_builder()
+        .region(aws_config::Region::new(VAULT_REGION))
+        .build();
+    let keeper = emulator
+        .app_as(
+            &vault_sdk,
+            &world.queue,
+            &[
+                ("MODE", "vault"),
+                ("AWS_REGION", VAULT_REGION),
+                ("FLEET_MANAGED_BY", "vss-test"),
+                ("VAULT_RETAIN_DAYS", "35"),
+                ("VAULT_KEEP_NEWEST", "1"),
+                ("RECOVERY_ACCOUNTS", RECOVERY),
+            ],
+        )
+        .expect("vault app");
+    let (newest, newest_copies, newest_sets) = &nights[1];
+    let server = &ids[0];
+    let refused = world
+        .invoke(
+            &keeper,
+            json!({"action": "recover", "instance_id": server, "account": "444444444444"}),
+        )
+        .await;
+    assert!(
+        refused.is_err(),
+        "a recovery into an account not named: {refused:?}"
+    );
+    let shared = world
+        .invoke(
+            &keeper,
+            json!({"action": "recover", "instance_id": server, "account": RECOVERY}),
+        )
+        .await
+        .expect("recover");
+    assert_eq!(shared["run_id"], json!(newest), "{shared:#}");
+    let mut expected: Vec<String> = newest_sets[server]
+        .iter()
+        .map(|source| newest_copies[source].0.clone())
+        .collect();
+    expected.sort();
+    let mut got: Vec<String> = shared["snapshots"]
+        .as_array()
+        .expect("snapshots")
+        .iter()
+        .filter_map(|s| s["snapshot_id"].as_str().map(str::to_string))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got, expected,
+        "exactly the server's newest set, from the vault"
+    );
+    // The recovery account makes its volumes from them; nothing else of the vault is shared.
+    let recovery = emulator
+        .ec2_as(
+            &format!("arn:aws:iam::{RECOVERY}:role/administrator"),
+            VAULT_REGION,
+        )
+        .await;
+    for copy in &expected {
+        let volume = recovery
+            .create_volume()
+            .snapshot_id(copy)
+            .availability_zone(format!("{VAULT_REGION}a"))
+            .send()
+            .await
+            .expect("a volume from the shared vault copy");
+        assert_eq!(volume.snapshot_id(), Some(copy.as_str()));
+    }
+    let other: Vec<&String> = newest_sets[&ids[1]]
+        .iter()
+        .map(|source| &newest_copies[source].0)
+        .collect();
+    for copy in other {
+        let volume = recovery
+            .create_volume()
+            .snapshot_id(copy)
+            .availability_zone(format!("{VAULT_REGION}a"))
+            .send()
+            .await;
+        assert!(volume.is_err(), "{copy} of another server was not shared");
+    }
+
+    // The vault's retention: nothing is old yet, and the copies are locked. Forty days on,
+    // night one's copies are past their days and their locks, and not a server's newest:
+    // exactly they go.
+    let plan = world
+        .invoke(&keeper, json!({"action": "retention", "dry_run": true}))
+        .await
+        .expect("vault retention");
+    assert_eq!(plan["held"], json!(6), "{plan:#}");
+    assert!(
+        plan["plan"]
+            .as_array()
+            .expect("plan")
+            .iter()
+            .all(|d| d["delete"] == json!(false)),
+        "{plan:#}"
+    );
+    let (first, first_copies, _) = &nights[0];
+    let old: Vec<String> = first_copies
+        .values()
+        .map(|(copy, _)| copy.clone())
+        .collect();
+    // Twenty days on, night one's locks (seven days) are over, but its copies are younger
+    // than the vault's 35 days: kept, and said so.
+    emulator
+        .age_snapshots_of(VAULT, VAULT_REGION, &old, 24 * 20)
+        .expect("twenty days");
+    let kept = world
+        .invoke(&keeper, json!({"action": "retention"}))
+        .await
+        .expect("vault retention");
+    assert_eq!(kept["deleted"], json!([]), "{kept:#}");
+    for decision in kept["plan"].as_array().expect("plan") {
+        if old.iter().any(|id| decision["snapshot_id"] == json!(id)) {
+            assert_eq!(
+                decision["reason"],
+                json!("younger than 35 days"),
+                "{decision:#}"
+            );
+        }
+    }
+    emulator
+        .age_snapshots_of(VAULT, VAULT_REGION, &old, 24 * 20)
+        .expect("forty days");
+    let done = world
+        .invoke(&keeper, json!({"action": "retention"}))
+        .await
+        .expect("vault retention");
+    let mut deleted: Vec<String> = done["deleted"]
+        .as_array()
+        .expect("deleted")
+        .iter()
+        .filter_map(|d| d.as_str().map(str::to_string))
+        .collect();
+    deleted.sort();
+    let mut old_sorted = old.clone();
+    old_sorted.sort();
+    assert_eq!(deleted, old_sorted, "{done:#}");
+    assert!(vault_copies(&admin, first).await.is_empty());
+    assert_eq!(&vault_copies(&admin, newest).await, newest_copies);
 }

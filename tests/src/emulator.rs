@@ -400,6 +400,30 @@ impl Emulator {
 
     /// Moves these snapshots' start time `hours` back, as if taken that much earlier, in EC2
     /// and in the catalog's records of them alike.
+    /// Moves these snapshots of another account back `hours` (and their locks), as if taken
+    /// earlier; that account keeps no catalog here.
+    pub fn age_snapshots_of(
+        &self,
+        account: &str,
+        region: &str,
+        snapshot_ids: &[String],
+        hours: u32,
+    ) -> Result<()> {
+        let spec = json!({"account": account, "region": region, "snapshot_ids": snapshot_ids, "hours": hours});
+        self.http("POST", "/_sim/age", &spec).map(|_| ())
+    }
+
+    /// The function as another account deploys it: `sdk` signs as that account.
+    pub fn app_as(
+        &self,
+        sdk: &SdkConfig,
+        queue_url: &str,
+        overrides: &[(&str, &str)],
+    ) -> Result<App> {
+        let app = App::new(self.config(queue_url, overrides)?, sdk);
+        Ok(app.with_metrics_out(MetricsOut::to(|_| {})))
+    }
+
     pub async fn age_snapshots(
         &self,
         region: &str,

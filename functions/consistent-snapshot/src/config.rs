@@ -190,6 +190,25 @@ pub struct Config {
     /// A copy of every consistent set in a vault account the fleet's account cannot delete
     /// in (`VAULT_ACCOUNT_ID`, `VAULT_ROLE_ARN`, `VAULT_REGIONS`, …); `None`: no vault.
     pub vault: Option<Vault>,
+    /// `MODE=vault`: this deployment is a vault account's, keeping the fleet's vault copies
+    /// (`VaultKeeping`); it takes no backups of its own. `None`: a fleet deployment.
+    pub vault_keeping: Option<VaultKeeping>,
+}
+
+/// What a vault deployment keeps of the copies a fleet's function makes in its account, and
+/// where it may share a set for a recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultKeeping {
+    /// `FLEET_MANAGED_BY`: the fleet deployment's `ConsistentSnapshot:ManagedBy` tag value,
+    /// which its vault copies carry. Only those are ever deleted here.
+    pub fleet_managed_by: String,
+    /// `VAULT_RETAIN_DAYS` (default 35): a vault copy is deleted only once older than this, by
+    /// the start time EC2 reports (no tag can make a copy older).
+    pub retain_days: u32,
+    /// `VAULT_KEEP_NEWEST` (default 7): each server's newest sets are kept, however old.
+    pub keep_newest: u32,
+    /// `RECOVERY_ACCOUNTS`: the only accounts a set may be shared with for a recovery.
+    pub recovery_accounts: Vec<String>,
 }
 
 /// The vault account, and how the function copies into it: each consistent set is shared
@@ -344,6 +363,7 @@ impl Config {
             cost_micros_per_gb_month: s.price("COST_PER_GB_MONTH", "0.05"),
             archive_cost_micros_per_gb_month: s.price("ARCHIVE_COST_PER_GB_MONTH", "0.0125"),
             vault: s.vault(),
+            vault_keeping: s.vault_keeping(),
         };
         let mut problems = s.problems;
         problems.extend(config.problems());
@@ -373,6 +393,15 @@ impl Config {
             problems.push(
                 "ARCHIVE_AFTER_DAYS archives sets kept only by the monthly or yearly tier: set RETAIN_MONTHLY or RETAIN_YEARLY too".to_string(),
             );
+        }
+        if self.vault_keeping.is_some() {
+            if self.vault.is_some() {
+                problems.push(
+                    "MODE=vault and VAULT_ACCOUNT_ID: a vault deployment copies into no vault of its own".to_string(),
+                );
+            }
+            // A vault deployment keeps copies: no runs, no queue, no catalog of its own.
+            return problems;
         }
         if self.queue_url.is_empty() {
             problems.push("QUEUE_URL is required (the URL of the tracking queue)".to_string());
@@ -549,6 +578,44 @@ impl<G: Fn(&str) -> Option<String>> Settings<G> {
                 None
             }
         }
+    }
+
+    /// `MODE`: `fleet` (the default) or `vault`, with the vault deployment's settings.
+    fn vault_keeping(&mut self) -> Option<VaultKeeping> {
+        match self.text("MODE", "fleet").as_str() {
+            "fleet" => return None,
+            "vault" => {}
+            other => {
+                self.problems
+                    .push(format!("MODE={other:?} is not fleet or vault"));
+                return None;
+            }
+        }
+        let keeping = VaultKeeping {
+            fleet_managed_by: self.text("FLEET_MANAGED_BY", ""),
+            retain_days: self.number("VAULT_RETAIN_DAYS", "35", 1, 36_500),
+            keep_newest: self.number("VAULT_KEEP_NEWEST", "7", 1, 1000),
+            recovery_accounts: self
+                .text("RECOVERY_ACCOUNTS", "")
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_string)
+                .collect(),
+        };
+        if keeping.fleet_managed_by.is_empty() {
+            self.problems.push(
+                "FLEET_MANAGED_BY is required with MODE=vault: the fleet deployment's ManagedBy tag, which its vault copies carry".to_string(),
+            );
+        }
+        for account in &keeping.recovery_accounts {
+            if account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()) {
+                self.problems.push(format!(
+                    "RECOVERY_ACCOUNTS: {account:?} is not an AWS account id (12 digits)"
+                ));
+            }
+        }
+        Some(keeping)
     }
 
     /// The vault settings: none of them set, no vault; any set, all of them are read and

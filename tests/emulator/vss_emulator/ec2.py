@@ -105,7 +105,19 @@ _original_volume_status = Volume.status
 
 
 def _create_volume(self: Any, *args: Any, **kwargs: Any) -> Any:
-    volume = _original_create_volume(self, *args, **kwargs)
+    # A volume from a snapshot another account shares with this one (moto: own snapshots only);
+    # the share lends the snapshot to this one call, nothing else of this account sees it.
+    snapshot_id = kwargs.get("snapshot_id", args[2] if len(args) > 2 else None)
+    shared = None
+    if snapshot_id and snapshot_id not in self.snapshots:
+        shared = _shared_source(self.account_id, self.region_name, snapshot_id)
+    if shared is not None:
+        self.snapshots[snapshot_id] = shared
+    try:
+        volume = _original_create_volume(self, *args, **kwargs)
+    finally:
+        if shared is not None:
+            self.snapshots.pop(snapshot_id, None)
     SIM.new_volume(volume.id)
     return volume
 
@@ -203,6 +215,7 @@ def _describe_instances(self: Any) -> ActionResult:
 #: Every moto behaviour this module replaces, one line each (what AWS does instead).
 REPLACES = (
     "CopySnapshot of a snapshot another account shares with the caller (moto: own snapshots only)",
+    "CreateVolume from a snapshot another account shares with the caller (moto: own snapshots only)",
     "CopySnapshot answers ResourceLimitExceeded for the next N copies into a region when asked (/_sim/ebs)",
     "copies take copy_seconds, at most copy_limit in flight into a region, the rest refused with ResourceLimitExceeded (moto: no limit, done at once)",
     "copies into a region named in copy_errors end in state error with that StateMessage, as a KMS key the copy may not use makes them (moto: always completed)",

@@ -79,10 +79,11 @@ def seed_history(spec: dict[str, Any]) -> list[dict[str, Any]]:
 def age_snapshots(spec: dict[str, Any]) -> int:
     """Moves the start time of some snapshots back, as if they had been taken earlier (and
     their locks laid earlier: a lock's end comes that much sooner)."""
-    unknown = set(spec) - {"region", "snapshot_ids", "hours"}
+    unknown = set(spec) - {"account", "region", "snapshot_ids", "hours"}
     if unknown:
         raise ValueError(f"unknown age field(s) {sorted(unknown)}")
-    ec2 = ec2_backends[DEFAULT_ACCOUNT_ID][spec["region"]]
+    account = spec.get("account", DEFAULT_ACCOUNT_ID)
+    ec2 = ec2_backends[account][spec["region"]]
     delta = dt.timedelta(hours=float(spec["hours"]))
     aged = 0
     for snapshot_id in spec["snapshot_ids"]:
@@ -98,7 +99,7 @@ def age_snapshots(spec: dict[str, Any]) -> int:
         # Time passing for the snapshot passes for its lock too: it was laid that much earlier
         # and ends that much sooner, as the snapshot's own age says.
         with PROTECTION.lock:
-            lock = PROTECTION.locks.get((DEFAULT_ACCOUNT_ID, spec["region"], snapshot_id))
+            lock = PROTECTION.locks.get((account, spec["region"], snapshot_id))
             if lock is not None:
                 lock.created -= delta
                 lock.expires -= delta

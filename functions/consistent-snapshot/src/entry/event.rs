@@ -17,8 +17,8 @@ use crate::model::ids::{
     fnv1a32, is_availability_zone, is_instance_id, is_run_id, is_scheduled_run_id,
 };
 use crate::model::requests::{
-    CostRequest, ImportRequest, ReadinessRequest, ReportRequest, RestoreMode, RestoreRequest,
-    RetentionRequest, SnapshotRequest, VerifyRequest, MAX_INSTANCE_IDS, MAX_VERIFY,
+    CostRequest, ImportRequest, ReadinessRequest, RecoverRequest, ReportRequest, RestoreMode,
+    RestoreRequest, RetentionRequest, SnapshotRequest, VerifyRequest, MAX_INSTANCE_IDS, MAX_VERIFY,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +58,7 @@ pub enum Action {
     Import(ImportRequest),
     Readiness(ReadinessRequest),
     Cost(CostRequest),
+    Recover(RecoverRequest),
 }
 
 /// The input of an EventBridge Scheduler schedule, as the template writes it with the
@@ -153,9 +154,10 @@ fn parse_action(action: Value, mut payload: Value) -> Result<Action, Error> {
         "import" => Action::Import(from_value(payload, "import request")?),
         "readiness" => Action::Readiness(from_value(payload, "readiness request")?),
         "cost" => Action::Cost(from_value(payload, "cost request")?),
+        "recover" => Action::Recover(from_value(payload, "recover request")?),
         other => {
             return Err(Error::Event(format!(
-                "field `action`: unknown action {other:?}, expected one of snapshot, retention, report, restore, verify, import, readiness, cost"
+                "field `action`: unknown action {other:?}, expected one of snapshot, retention, report, restore, verify, import, readiness, cost, recover"
             )))
         }
     };

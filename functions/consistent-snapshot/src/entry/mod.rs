@@ -50,7 +50,11 @@ pub async fn handle_until(
 
 async fn route(app: &App, payload: Value, deadline: DateTime<Utc>) -> Result<Value, Error> {
     let lease_until = deadline + Duration::seconds(LEASE_MARGIN_SECONDS);
-    match Event::parse(payload)? {
+    let event = Event::parse(payload)?;
+    if let Some(keeping) = &app.config.vault_keeping {
+        return route_vault(app, keeping, event).await;
+    }
+    match event {
         Event::Scheduled(run) => {
             info!(schedule = %run.schedule, scheduled_time = %run.scheduled_time, "scheduled run");
             let start = start_run(
@@ -96,6 +100,29 @@ async fn route(app: &App, payload: Value, deadline: DateTime<Utc>) -> Result<Val
         Event::OnDemand(Action::Cost(request)) => {
             crate::report::cost::on_demand(app, request.instance_ids.as_deref(), deadline).await
         }
+        Event::OnDemand(Action::Recover(_)) => Err(Error::Event(
+            "field `action`: recover is a vault deployment's (MODE=vault): invoke the vault account's function".to_string(),
+        )),
+    }
+}
+
+/// A vault deployment answers its schedule (its retention), `retention` and `recover`; nothing
+/// else, so that nothing of a fleet's runs can happen in the vault account.
+async fn route_vault(
+    app: &App,
+    keeping: &crate::config::VaultKeeping,
+    event: Event,
+) -> Result<Value, Error> {
+    use crate::vault::keeping;
+    match event {
+        Event::Scheduled(_) => keeping::retention(app, keeping, app.config.dry_run).await,
+        Event::OnDemand(Action::Retention(request)) => {
+            keeping::retention(app, keeping, request.dry_run.unwrap_or(app.config.dry_run)).await
+        }
+        Event::OnDemand(Action::Recover(request)) => keeping::recover(app, keeping, request).await,
+        _ => Err(Error::Event(
+            "this deployment keeps a vault (MODE=vault): it answers its schedule, {\"action\":\"retention\"} and {\"action\":\"recover\"} only".to_string(),
+        )),
     }
 }
 

@@ -47,6 +47,19 @@ pub struct ReportRequest {
     pub page: Option<usize>,
 }
 
+/// `{"action":"recover","instance_id","run_id"?,"account","dry_run"?}` (vault deployments):
+/// share a server's whole set in the vault with a recovery account.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverRequest {
+    pub instance_id: String,
+    #[serde(default)]
+    pub run_id: Option<String>,
+    pub account: String,
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+}
+
 /// `{"action":"cost","instance_ids"?}`: what each kept set costs (EBS direct APIs).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

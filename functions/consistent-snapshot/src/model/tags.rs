@@ -12,6 +12,8 @@ pub const TAG_MANAGED_BY: &str = "ConsistentSnapshot:ManagedBy";
 /// On a copy: the snapshot it was copied from, and that snapshot's region.
 pub const TAG_SOURCE_SNAPSHOT: &str = "ConsistentSnapshot:SourceSnapshotId";
 pub const TAG_SOURCE_REGION: &str = "ConsistentSnapshot:SourceRegion";
+/// On a vault copy: how many snapshots its set has (a recovery shares only a whole set).
+pub const TAG_SET_SIZE: &str = "ConsistentSnapshot:SetSize";
 /// On a set's snapshots and copies: `FileSystem` when the set was taken with `NoWriters`
 /// (file-system consistent, not application consistent), `CrashFallback` on the function's
 /// own crash-consistent fallback. For operators; decisions read the catalog's verdict.

@@ -30,6 +30,7 @@ use crate::model::pace::Pace;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::SnapshotState;
 use crate::model::stop_time;
+use crate::model::tags::TAG_SET_SIZE;
 use crate::run::plan::claim::{decide_vault, CopyClaim};
 use crate::vault::plan::{
     plan_vault, vault_description, vault_sources, VaultPlan, VaultSource, VaultSummary,
@@ -285,7 +286,11 @@ async fn copy_one(
         source_region: home,
         source_snapshot_id: &source.snapshot_id,
         description: vault_description(&source.snapshot_id, home, run_id),
-        tags: copy_tags(facts, home),
+        tags: {
+            let mut tags = copy_tags(facts, home);
+            tags.push((TAG_SET_SIZE.to_string(), source.set_size.to_string()));
+            tags
+        },
         kms_key_id: vault.kms_key_ids.get(region).map(String::as_str),
     };
     let copy_id = snapshots::copy(&ec2, region, request).await?;

@@ -7,6 +7,8 @@
 //! source tag names one of the run's snapshots and its description is the one this function
 //! writes; anything else there is not this function's and is left alone.
 
+pub mod keep;
+
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -22,6 +24,8 @@ use crate::model::tags::{cut_chars, DESCRIPTION_MAX_CHARS, TAG_SOURCE_SNAPSHOT};
 pub struct VaultSource {
     pub snapshot_id: String,
     pub instance_id: String,
+    /// How many snapshots its set has (tagged on the vault copy: `TAG_SET_SIZE`).
+    pub set_size: usize,
 }
 
 /// The snapshots of the run's backups (consistent or file-system consistent sets), by
@@ -34,6 +38,7 @@ pub fn vault_sources(sets: &[SetRecord]) -> Vec<VaultSource> {
             set.snapshots.iter().map(|r| VaultSource {
                 snapshot_id: r.snapshot_id.clone(),
                 instance_id: set.instance_id.clone(),
+                set_size: set.snapshots.len(),
             })
         })
         .collect();
