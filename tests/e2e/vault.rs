@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use harness::{ServerSpec, World};
+use harness::{Emulator, Metrics, ServerSpec, World};
 use serde_json::json;
 
 const HOME: &str = "us-east-1";
@@ -70,6 +70,42 @@ async fn vault_copies(
         .collect()
 }
 
+/// Every snapshot of these servers at home.
+async fn at_home(emulator: &Emulator, ids: &[String]) -> Vec<String> {
+    let mut all = Vec::new();
+    for id in ids {
+        for snapshots in harness::sets_of(emulator, HOME, id).await.into_values() {
+            all.extend(snapshots);
+        }
+    }
+    all.sort();
+    all
+}
+
+/// The home snapshots under a lock in force.
+async fn locked_at_home(emulator: &Emulator) -> Vec<String> {
+    let out = emulator
+        .ec2_in(HOME)
+        .describe_locked_snapshots()
+        .send()
+        .await
+        .expect("DescribeLockedSnapshots");
+    let mut ids: Vec<String> = out
+        .snapshots()
+        .iter()
+        .filter(|s| s.lock_state().is_some_and(|st| st.as_str() != "expired"))
+        .filter_map(|s| s.snapshot_id().map(str::to_string))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// A day passes at home (the sets and their locks age by a day): the next night comes.
+async fn a_day_passes(emulator: &Emulator, ids: &[String]) {
+    let all = at_home(emulator, ids).await;
+    emulator.age_snapshots(HOME, &all, 24).await.expect("age");
+}
+
 #[tokio::test]
 async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
     let world = World::start(1).await.expect("world");
@@ -81,6 +117,11 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
         ])
         .await
         .expect("seed");
+    // Three earlier nights, a day apart, as the function recorded them.
+    emulator
+        .seed_history(&harness::History::nightly(HOME, &ids, 3))
+        .await
+        .expect("history");
     let role_arn = emulator
         .create_role_in(VAULT, ROLE, &vault_policy())
         .await
@@ -88,16 +129,20 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
     emulator
         .recycle_bin_rule(HOME, 7, &[("ConsistentSnapshot:ManagedBy", "vss-test")])
         .expect("Recycle Bin rule");
-    let app = world
-        .app(&[
-            ("LOCK_MODE", "compliance"),
-            ("VAULT_ACCOUNT_ID", VAULT),
-            ("VAULT_ROLE_ARN", &role_arn),
-            ("VAULT_REGIONS", VAULT_REGION),
-            ("VAULT_KMS_KEY_IDS", &format!("{VAULT_REGION}=alias/vault")),
-            ("VAULT_LOCK_DAYS", "7"),
-        ])
-        .expect("app");
+    let metrics = Metrics::default();
+    let app = metrics.attach(
+        world
+            .app(&[
+                ("RETAIN_DAILY", "2"),
+                ("LOCK_MODE", "compliance"),
+                ("VAULT_ACCOUNT_ID", VAULT),
+                ("VAULT_ROLE_ARN", &role_arn),
+                ("VAULT_REGIONS", VAULT_REGION),
+                ("VAULT_KMS_KEY_IDS", &format!("{VAULT_REGION}=alias/vault")),
+                ("VAULT_LOCK_DAYS", "7"),
+            ])
+            .expect("app"),
+    );
     let admin = emulator
         .ec2_as(
             &format!("arn:aws:iam::{VAULT}:role/administrator"),
@@ -107,7 +152,10 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
     let fleet = emulator.ec2_in(HOME);
 
     let mut nights = Vec::new();
-    for _ in 0..2 {
+    for n in 0..2 {
+        if n > 0 {
+            a_day_passes(emulator, &ids).await;
+        }
         let time = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
         let night = world.nightly(&app, &time).await.expect("night");
         assert!(world
@@ -228,14 +276,32 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
             );
         }
     }
-    // The fleet account's own deletions at home: every snapshot it sees.
-    for id in &ids {
-        for snapshots in harness::sets_of(emulator, HOME, id).await.into_values() {
-            for snapshot in snapshots {
-                let _ = fleet.delete_snapshot().snapshot_id(&snapshot).send().await;
-            }
+    // The fleet account's own deletions at home: every snapshot it sees. Exactly the locked
+    // ones are left (tonight's set: two are kept, and the older goes tomorrow, unlocked).
+    let locked = locked_at_home(emulator).await;
+    let before = at_home(emulator, &ids).await;
+    let mut deleted_at_home = 0;
+    for snapshot in &before {
+        if fleet
+            .delete_snapshot()
+            .snapshot_id(snapshot)
+            .send()
+            .await
+            .is_ok()
+        {
+            deleted_at_home += 1;
         }
     }
+    assert!(
+        !locked.is_empty() && deleted_at_home > 0,
+        "{locked:?} of {before:?}"
+    );
+    assert_eq!(
+        at_home(emulator, &ids).await,
+        locked,
+        "exactly the locked sets are left"
+    );
+    assert_eq!(deleted_at_home, before.len() - locked.len());
     // Every vault copy is there, completed and still locked.
     let locks = admin
         .describe_locked_snapshots()
@@ -403,4 +469,14 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
     assert_eq!(deleted, old_sorted, "{done:#}");
     assert!(vault_copies(&admin, first).await.is_empty());
     assert_eq!(&vault_copies(&admin, newest).await, newest_copies);
+
+    // The next night reports every deletion at home it did not make.
+    a_day_passes(emulator, &ids).await;
+    let time = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let third = world.nightly(&app, &time).await.expect("night three");
+    let retention = metrics.of("retention", Some(&third));
+    assert_eq!(
+        retention[0]["SnapshotsDeletedOutside"], deleted_at_home,
+        "{retention:#?}"
+    );
 }
