@@ -17,21 +17,10 @@ const COPY: &str = "eu-west-1";
 
 /// `snapshot -> (state, ends)` of the locks in force in `region`.
 async fn locks(emulator: &Emulator, region: &str) -> BTreeMap<String, (String, DateTime<Utc>)> {
-    let out = emulator
-        .ec2_in(region)
-        .describe_locked_snapshots()
-        .send()
+    emulator
+        .locks_in_force(region)
         .await
-        .expect("DescribeLockedSnapshots");
-    out.snapshots()
-        .iter()
-        .filter(|s| s.lock_state().is_some_and(|st| st.as_str() != "expired"))
-        .filter_map(|s| {
-            let ends = DateTime::from_timestamp(s.lock_expires_on()?.secs(), 0)?;
-            let state = s.lock_state()?.as_str().to_string();
-            Some((s.snapshot_id()?.to_string(), (state, ends)))
-        })
-        .collect()
+        .expect("DescribeLockedSnapshots")
 }
 
 /// Every set of every instance in `region`, newest first: `instance -> [(run, snapshots)]`.

@@ -84,20 +84,8 @@ async fn at_home(emulator: &Emulator, ids: &[String]) -> Vec<String> {
 
 /// The home snapshots under a lock in force.
 async fn locked_at_home(emulator: &Emulator) -> Vec<String> {
-    let out = emulator
-        .ec2_in(HOME)
-        .describe_locked_snapshots()
-        .send()
-        .await
-        .expect("DescribeLockedSnapshots");
-    let mut ids: Vec<String> = out
-        .snapshots()
-        .iter()
-        .filter(|s| s.lock_state().is_some_and(|st| st.as_str() != "expired"))
-        .filter_map(|s| s.snapshot_id().map(str::to_string))
-        .collect();
-    ids.sort();
-    ids
+    let locks = emulator.locks_in_force(HOME).await.expect("locks");
+    locks.into_keys().collect()
 }
 
 /// A day passes at home (the sets and their locks age by a day): the next night comes.

@@ -239,6 +239,28 @@ impl Emulator {
             .build()
     }
 
+    /// The locks in force in `region` (this account): `snapshot -> (state, ends)`.
+    pub async fn locks_in_force(
+        &self,
+        region: &str,
+    ) -> Result<BTreeMap<String, (String, chrono::DateTime<chrono::Utc>)>> {
+        let out = self
+            .ec2_in(region)
+            .describe_locked_snapshots()
+            .send()
+            .await?;
+        Ok(out
+            .snapshots()
+            .iter()
+            .filter(|s| s.lock_state().is_some_and(|st| st.as_str() != "expired"))
+            .filter_map(|s| {
+                let ends = chrono::DateTime::from_timestamp(s.lock_expires_on()?.secs(), 0)?;
+                let state = s.lock_state()?.as_str().to_string();
+                Some((s.snapshot_id()?.to_string(), (state, ends)))
+            })
+            .collect())
+    }
+
     /// EC2 in `region` as `role_arn`.
     pub async fn ec2_as(&self, role_arn: &str, region: &str) -> aws_sdk_ec2::Client {
         let sdk = self.as_role(role_arn).await;
