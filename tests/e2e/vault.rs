@@ -4,7 +4,8 @@
 //! fleet report record the coverage. A principal with every permission of the fleet account then
 //! deletes every snapshot it can at home and, through the vault's role, tries to delete, unlock
 //! and share the vault copies: every vault copy is still there, and still locked. Then the
-//! vault's own deployment (`MODE=vault`) shares a server's newest whole set with a recovery
+//! vault's own deployment (`MODE=vault`) lists a server's whole sets and shares the chosen one
+//! with a recovery
 //! account, whose volumes come from exactly that set, and its retention deletes exactly the
 //! copies past their days and locks, never a server's newest set.
 
@@ -343,10 +344,27 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
         refused.is_err(),
         "a recovery into an account not named: {refused:?}"
     );
-    let shared = world
+    // Without a run, the whole sets are listed, newest first, and nothing is shared; the
+    // operator chooses one.
+    let listed = world
         .invoke(
             &keeper,
             json!({"action": "recover", "instance_id": server, "account": RECOVERY}),
+        )
+        .await
+        .expect("recover: the list");
+    assert_eq!(listed["shared"], json!(false), "{listed:#}");
+    let runs: Vec<&str> = listed["whole_runs"]
+        .as_array()
+        .expect("whole runs")
+        .iter()
+        .filter_map(|r| r["run_id"].as_str())
+        .collect();
+    assert_eq!(runs, [newest.as_str(), nights[0].0.as_str()], "{listed:#}");
+    let shared = world
+        .invoke(
+            &keeper,
+            json!({"action": "recover", "instance_id": server, "account": RECOVERY, "run_id": newest}),
         )
         .await
         .expect("recover");

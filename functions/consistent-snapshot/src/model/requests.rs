@@ -48,7 +48,8 @@ pub struct ReportRequest {
 }
 
 /// `{"action":"recover","instance_id","run_id"?,"account","dry_run"?}` (vault deployments):
-/// share a server's whole set in the vault with a recovery account.
+/// list a server's whole sets in the vault, or share the one `run_id` names with a recovery
+/// account.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecoverRequest {

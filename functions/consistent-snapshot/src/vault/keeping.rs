@@ -5,9 +5,10 @@
 //! * On its schedule (or `{"action":"retention","dry_run"?}`): deletes the copies the plan
 //!   lets go (older than `VAULT_RETAIN_DAYS` by EC2's own start time, not locked, not among
 //!   their server's newest `VAULT_KEEP_NEWEST` sets), each named with its reason.
-//! * `{"action":"recover","instance_id","run_id"?,"account","dry_run"?}`: shares the server's
-//!   newest whole set (or that run's) with a recovery account named in `RECOVERY_ACCOUNTS`,
-//!   and answers its snapshots by device, for the volumes the recovery account creates.
+//! * `{"action":"recover","instance_id","account"}` lists the server's whole sets in the vault
+//!   (newest first, with when each was copied) and shares nothing; with `"run_id"` it shares
+//!   that set, if whole, with a recovery account named in `RECOVERY_ACCOUNTS`, and answers its
+//!   snapshots by device, for the volumes the recovery account creates.
 
 use serde_json::{json, Value};
 use tracing::{info, warn};
@@ -19,7 +20,7 @@ use crate::error::Error;
 use crate::model::requests::RecoverRequest;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::tags::{TAG_DEVICE, TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RUN_ID, TAG_SET_SIZE};
-use crate::vault::plan::keep::{plan_keeping, recovery_set, Held};
+use crate::vault::plan::keep::{plan_keeping, recovery_set, whole_runs, Held};
 
 /// The fleet's copies in this region of the vault, with their locks.
 async fn held(app: &App, keeping: &VaultKeeping) -> Result<Vec<Held>, Error> {
@@ -131,8 +132,19 @@ pub async fn recover(
         )));
     }
     let held = held(app, keeping).await?;
-    let (run_id, set) = recovery_set(&held, &request.instance_id, request.run_id.as_deref())
-        .map_err(|why| Error::Event(format!("field `instance_id`: {why}")))?;
+    // Nothing is chosen for the operator: without a run, the whole ones are listed.
+    let Some(run_id) = request.run_id.clone() else {
+        let runs = whole_runs(&held, &request.instance_id);
+        info!(instance_id = %request.instance_id, whole_runs = runs.len(), "vault sets listed for a recovery: none shared until one is chosen");
+        return Ok(json!({
+            "instance_id": request.instance_id,
+            "shared": false,
+            "whole_runs": runs,
+            "choose": "add \"run_id\" to share that set; after a compromise of the fleet account, choose one copied before it (the copies' tags are written by the fleet's role)",
+        }));
+    };
+    let set = recovery_set(&held, &request.instance_id, &run_id)
+        .map_err(|why| Error::Event(format!("field `run_id`: {why}")))?;
     let dry_run = request.dry_run.unwrap_or(false);
     if !dry_run {
         for copy in &set {
@@ -142,6 +154,7 @@ pub async fn recover(
     info!(instance_id = %request.instance_id, run_id = %run_id, account = %request.account, snapshots = set.len(), dry_run, "vault set shared with the recovery account");
     Ok(json!({
         "dry_run": dry_run,
+        "shared": !dry_run,
         "instance_id": request.instance_id,
         "run_id": run_id,
         "account": request.account,

@@ -114,55 +114,74 @@ pub fn plan_keeping(
         .collect()
 }
 
-/// The set a recovery shares: the server's run `run_id` (or its newest) whose copies are whole
-/// in the vault: every copy completed, as many as each says its set has. Answers the run and
-/// its copies by device, or why there is none.
-pub fn recovery_set<'a>(
-    held: &'a [Held],
-    instance_id: &str,
-    run_id: Option<&str>,
-) -> Result<(String, Vec<&'a Held>), String> {
+/// A run of a server whose copies are whole in the vault, as a recovery lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WholeRun {
+    pub run_id: String,
+    /// When its newest copy was started, as EC2 reports it in the vault.
+    pub copied_at: Option<DateTime<Utc>>,
+    pub snapshots: usize,
+}
+
+/// The server's runs whose copies are whole in the vault, newest first: what an operator
+/// chooses from. Nothing is chosen for them: the copies' tags are the fleet's role's, so after
+/// a compromise of the fleet account "the newest" may be a forged set; a run copied before the
+/// compromise is not.
+pub fn whole_runs(held: &[Held], instance_id: &str) -> Vec<WholeRun> {
     let mine: Vec<&Held> = held
         .iter()
         .filter(|h| h.instance_id.as_deref() == Some(instance_id))
         .collect();
-    if mine.is_empty() {
-        return Err(format!("the vault holds no copy of {instance_id}"));
-    }
-    let whole = |run: &str| -> Result<Vec<&'a Held>, String> {
-        let mut copies: Vec<&Held> = held
-            .iter()
-            .filter(|h| {
-                h.instance_id.as_deref() == Some(instance_id) && h.run_id.as_deref() == Some(run)
+    runs_newest_first(&mine)
+        .into_iter()
+        .filter_map(|run| {
+            let copies = recovery_set(held, instance_id, run).ok()?;
+            Some(WholeRun {
+                run_id: run.to_string(),
+                copied_at: copies.iter().filter_map(|h| h.started).max(),
+                snapshots: copies.len(),
             })
-            .collect();
-        let sizes: BTreeSet<Option<usize>> = copies.iter().map(|h| h.set_size).collect();
-        match sizes.into_iter().collect::<Vec<_>>().as_slice() {
-            [Some(n)] if *n == copies.len() => {}
-            _ => {
-                return Err(format!(
-                    "run {run} of {instance_id} is not whole in the vault ({} copies, set sizes disagree or differ)",
-                    copies.len()
-                ))
-            }
-        }
-        if let Some(h) = copies.iter().find(|h| h.state != SnapshotState::Completed) {
-            return Err(format!(
-                "run {run} of {instance_id}: copy {} is {}",
-                h.snapshot_id,
-                h.state.as_str()
-            ));
-        }
-        copies.sort_by(|a, b| a.device.cmp(&b.device));
-        Ok(copies)
-    };
-    match run_id {
-        Some(run) => whole(run).map(|c| (run.to_string(), c)),
-        None => runs_newest_first(&mine)
-            .into_iter()
-            .find_map(|run| whole(run).ok().map(|c| (run.to_string(), c)))
-            .ok_or_else(|| format!("no whole set of {instance_id} in the vault")),
+        })
+        .collect()
+}
+
+/// The copies a recovery of the server's run `run_id` shares, by device, if they are whole in
+/// the vault: every copy completed, as many as each says its set has; else why not.
+pub fn recovery_set<'a>(
+    held: &'a [Held],
+    instance_id: &str,
+    run_id: &str,
+) -> Result<Vec<&'a Held>, String> {
+    let mut copies: Vec<&Held> = held
+        .iter()
+        .filter(|h| {
+            h.instance_id.as_deref() == Some(instance_id) && h.run_id.as_deref() == Some(run_id)
+        })
+        .collect();
+    if copies.is_empty() {
+        return Err(format!(
+            "the vault holds no copy of run {run_id} of {instance_id}"
+        ));
     }
+    let sizes: BTreeSet<Option<usize>> = copies.iter().map(|h| h.set_size).collect();
+    match sizes.into_iter().collect::<Vec<_>>().as_slice() {
+        [Some(n)] if *n == copies.len() => {}
+        _ => {
+            return Err(format!(
+                "run {run_id} of {instance_id} is not whole in the vault ({} copies, their set sizes disagree or differ)",
+                copies.len()
+            ))
+        }
+    }
+    if let Some(h) = copies.iter().find(|h| h.state != SnapshotState::Completed) {
+        return Err(format!(
+            "run {run_id} of {instance_id}: copy {} is {}",
+            h.snapshot_id,
+            h.state.as_str()
+        ));
+    }
+    copies.sort_by(|a, b| a.device.cmp(&b.device));
+    Ok(copies)
 }
 
 #[cfg(test)]
@@ -233,7 +252,7 @@ mod tests {
     }
 
     #[test]
-    fn a_recovery_takes_the_newest_whole_set() {
+    fn a_recovery_lists_the_whole_sets_and_shares_only_the_one_chosen() {
         let mut pending = held("v-b2", "i-1", "r2", 1);
         pending.state = SnapshotState::Pending;
         let two = |mut h: Held, device: &str| {
@@ -249,14 +268,27 @@ mod tests {
             // A run with one copy of two: not whole.
             two(held("v-a0", "i-1", "r0", 3), "xvda"),
         ];
-        let (run, set) = recovery_set(&copies, "i-1", None).expect("a whole set");
-        assert_eq!(run, "r1");
+        let listed = whole_runs(&copies, "i-1");
+        assert_eq!(
+            listed,
+            [WholeRun {
+                run_id: "r1".into(),
+                copied_at: Some(at(2)),
+                snapshots: 2
+            }]
+        );
+        let set = recovery_set(&copies, "i-1", "r1").expect("whole");
         let ids: Vec<&str> = set.iter().map(|h| h.snapshot_id.as_str()).collect();
         assert_eq!(ids, ["v-a1", "v-b1"]);
-        assert!(recovery_set(&copies, "i-1", Some("r2"))
+        assert!(recovery_set(&copies, "i-1", "r2")
             .expect_err("pending")
             .contains("pending"));
-        assert!(recovery_set(&copies, "i-1", Some("r0")).is_err());
-        assert!(recovery_set(&copies, "i-9", None).is_err());
+        assert!(recovery_set(&copies, "i-1", "r0").is_err());
+        assert!(recovery_set(&copies, "i-9", "r1").is_err());
+        let mut forged = copies.to_vec();
+        forged.push(two(held("v-forged", "i-1", "r1", 0), "xvdg"));
+        assert!(recovery_set(&forged, "i-1", "r1")
+            .expect_err("an extra copy")
+            .contains("not whole"));
     }
 }
