@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use crate::error::Error;
 use crate::model::fleet::VssOptions;
-use crate::model::ids::{is_region, parse_bool, parse_regions, AgentVersion, MAX_VSS_RETRIES};
+use crate::model::ids::{
+    is_account_id, is_region, parse_bool, parse_regions, AgentVersion, MAX_VSS_RETRIES,
+};
 use crate::model::requests::MAX_VERIFY;
 use crate::model::snapshot::LockMode;
 use crate::model::tags::{cut_chars, sanitize_tag_text, TAG_VALUE_MAX_CHARS};
@@ -40,7 +42,7 @@ fn uncopyable_tag(key: &str) -> Option<&'static str> {
 fn vault_problems(vault: &Vault) -> Vec<String> {
     let mut problems = Vec::new();
     let account = &vault.account_id;
-    if account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()) {
+    if !is_account_id(account) {
         problems.push(format!(
             "VAULT_ACCOUNT_ID={account:?} is not an AWS account id (12 digits)"
         ));
@@ -609,7 +611,7 @@ impl<G: Fn(&str) -> Option<String>> Settings<G> {
             );
         }
         for account in &keeping.recovery_accounts {
-            if account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()) {
+            if !is_account_id(account) {
                 self.problems.push(format!(
                     "RECOVERY_ACCOUNTS: {account:?} is not an AWS account id (12 digits)"
                 ));

@@ -100,6 +100,16 @@ pub struct RegionFault {
     pub permanent: bool,
 }
 
+impl RegionFault {
+    /// How an error reads as a region's fault: its AWS code, and whether it is for good.
+    pub fn of(err: &crate::error::Error) -> Self {
+        RegionFault {
+            code: err.aws_code().unwrap_or("Unknown").to_string(),
+            permanent: err.is_permanent(),
+        }
+    }
+}
+
 impl CopyPlan {
     /// Every copy exists and is final (or its region refused it for good).
     pub fn is_final(&self) -> bool {

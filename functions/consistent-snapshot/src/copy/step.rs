@@ -388,7 +388,7 @@ async fn copy_pass(
                 seen_now.extend(seen);
             }
             Err(err) => {
-                let fault = region_fault(&err);
+                let fault = RegionFault::of(&err);
                 warn!(run_id = %run_id, region = %region, code = %fault.code, permanent = fault.permanent, error = %err, "copy region not readable: no copy goes there in this pass");
                 faults.insert(region.clone(), fault);
                 unsure |= look.lost_answers;
@@ -519,7 +519,7 @@ async fn copy_pass(
                 // pass or the next; the region is reported failed with the code.
                 Err(err) if err.is_permanent() => {
                     warn!(run_id = %run_id, region = %region, source = %source_id, code = err.aws_code().unwrap_or(""), error = %err, "copies into the region refused: it is reported failed");
-                    refused.insert(region, region_fault(&err));
+                    refused.insert(region, RegionFault::of(&err));
                 }
                 // Throttled: the region's request budget is spent; the next pass goes on there.
                 Err(err) if err.is_throttling() => {
@@ -631,14 +631,6 @@ async fn copy_targets(
         (t.instance_id, regions)
     }));
     Ok(targets)
-}
-
-/// How a region's fault reads: its AWS code, and whether it is for good.
-fn region_fault(err: &Error) -> RegionFault {
-    RegionFault {
-        code: err.aws_code().unwrap_or("Unknown").to_string(),
-        permanent: err.is_permanent(),
-    }
 }
 
 /// The run's copies in one destination region, from the copies the catalog records there:

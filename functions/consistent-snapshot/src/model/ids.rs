@@ -46,6 +46,11 @@ pub fn is_scheduled_run_id(id: &str) -> bool {
         && b[17..].iter().all(u8::is_ascii_hexdigit)
 }
 
+/// An AWS account id: twelve digits.
+pub fn is_account_id(id: &str) -> bool {
+    id.len() == 12 && id.chars().all(|c| c.is_ascii_digit())
+}
+
 /// `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`…
 pub fn is_region(name: &str) -> bool {
     let parts: Vec<&str> = name.split('-').collect();

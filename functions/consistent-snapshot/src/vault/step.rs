@@ -22,7 +22,7 @@ use crate::app::{dispatched_run, emit_metrics, requeue, App};
 use crate::aws::catalog::RunMarkerStore;
 use crate::aws::snapshots::{self, CopyRequest};
 use crate::config::Vault;
-use crate::copy::plan::copy_tags;
+use crate::copy::plan::{copy_tags, RegionFault};
 use crate::error::Error;
 use crate::jobs::{Job, VaultJob};
 use crate::model::catalog::{admit, CatalogIndex, VaultRecord};
@@ -87,27 +87,12 @@ pub async fn vault_job(
     Ok(())
 }
 
-/// A region the vault's role could not read or copy into: AWS's code, and whether for good.
-struct Fault {
-    code: String,
-    permanent: bool,
-}
-
-impl Fault {
-    fn of(err: &Error) -> Self {
-        Fault {
-            code: err.aws_code().unwrap_or("Unknown").to_string(),
-            permanent: err.is_permanent(),
-        }
-    }
-}
-
 /// What one pass did.
 struct Pass {
     plan: VaultPlan,
     started: usize,
     /// Regions the vault's role could not read or copy into this pass.
-    faults: BTreeMap<String, Fault>,
+    faults: BTreeMap<String, RegionFault>,
     not_locked: usize,
 }
 
@@ -133,7 +118,7 @@ async fn vault_pass(
                 found.insert(region.clone(), listed);
             }
             Err(err) => {
-                let fault = Fault::of(&err);
+                let fault = RegionFault::of(&err);
                 warn!(run_id, region = %region, account = %vault.account_id, code = %fault.code, permanent = fault.permanent, error = %err, "vault region not readable by the vault's role: nothing copied there in this pass");
                 faults.insert(region.clone(), fault);
             }
@@ -179,7 +164,7 @@ async fn start_copies(
     app: &App,
     (vault, run_id, index): (&Vault, &str, &CatalogIndex),
     plan: &mut VaultPlan,
-    faults: &mut BTreeMap<String, Fault>,
+    faults: &mut BTreeMap<String, RegionFault>,
     stop_at: DateTime<Utc>,
 ) -> Result<(usize, Vec<VaultRecord>), Error> {
     let home = app.config.region.as_str();
@@ -236,7 +221,7 @@ async fn start_copies(
             if let Err(err) = share {
                 // Not shared, not copied: the region waits for the next pass, or is reported
                 // failed when the refusal is for good (a permission, an encrypted set's key).
-                let fault = Fault::of(&err);
+                let fault = RegionFault::of(&err);
                 warn!(run_id, region = %region, source = %source.snapshot_id, code = %fault.code, permanent = fault.permanent, error = %err, "set not shared with the vault account: not copied there");
                 if fault.permanent {
                     faults.insert(region, fault);
@@ -255,7 +240,7 @@ async fn start_copies(
                 records.push(record);
             }
             Err(err) if err.is_permanent() => {
-                let fault = Fault::of(&err);
+                let fault = RegionFault::of(&err);
                 warn!(run_id, region = %region, account = %vault.account_id, source = %source.snapshot_id, code = %fault.code, error = %err, "vault copies into the region refused: it is reported failed");
                 faults.insert(region, fault);
             }
