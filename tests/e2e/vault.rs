@@ -4,10 +4,11 @@
 //! fleet report record the coverage. A principal with every permission of the fleet account then
 //! deletes every snapshot it can at home and, through the vault's role, tries to delete, unlock
 //! and share the vault copies: every vault copy is still there, and still locked. Then the
-//! vault's own deployment (`MODE=vault`) lists a server's whole sets and shares the chosen one
-//! with a recovery
-//! account, whose volumes come from exactly that set, and its retention deletes exactly the
-//! copies past their days and locks, never a server's newest set.
+//! vault's own deployment (`MODE=vault`, with its own catalog) lists a server's whole sets and
+//! shares the chosen one with a recovery account, whose volumes come from exactly that set, even
+//! after the attacker forged a copy into it; its retention deletes exactly the copies past their
+//! days and locks, never a server's newest set; and a copy someone deletes in the vault is
+//! reported, once, with the server it leaves without a whole set.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,7 @@ const VAULT_REGION: &str = "eu-west-1";
 const VAULT: &str = "222222222222";
 const ROLE: &str = "consistent-snapshot-vault-access";
 const RECOVERY: &str = "333333333333";
+const VAULT_CATALOG: &str = "vault-catalog";
 
 /// The vault's role as `vault.yaml` makes it (`scripts/check_template.py` keeps the two equal).
 fn vault_policy() -> String {
@@ -318,20 +320,29 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
         .to_builder()
         .region(aws_config::Region::new(VAULT_REGION))
         .build();
-    let keeper = emulator
-        .app_as(
-            &vault_sdk,
-            &world.queue,
-            &[
-                ("MODE", "vault"),
-                ("AWS_REGION", VAULT_REGION),
-                ("FLEET_MANAGED_BY", "vss-test"),
-                ("VAULT_RETAIN_DAYS", "35"),
-                ("VAULT_KEEP_NEWEST", "1"),
-                ("RECOVERY_ACCOUNTS", RECOVERY),
-            ],
-        )
-        .expect("vault app");
+    emulator
+        .create_catalog_as(&vault_sdk, VAULT_CATALOG)
+        .await
+        .expect("the vault's catalog");
+    let vault_metrics = Metrics::default();
+    let keeper = vault_metrics.attach(
+        emulator
+            .app_as(
+                &vault_sdk,
+                &world.queue,
+                &[
+                    ("MODE", "vault"),
+                    ("AWS_REGION", VAULT_REGION),
+                    ("CATALOG_TABLE", VAULT_CATALOG),
+                    ("FLEET_MANAGED_BY", "vss-test"),
+                    ("VAULT_RETAIN_DAYS", "35"),
+                    ("VAULT_KEEP_NEWEST", "1"),
+                    ("RECOVERY_ACCOUNTS", RECOVERY),
+                    ("RPO_HOURS", "26"),
+                ],
+            )
+            .expect("vault app"),
+    );
     let (newest, newest_copies, newest_sets) = &nights[1];
     let server = &ids[0];
     let refused = world
@@ -361,6 +372,48 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
         .filter_map(|r| r["run_id"].as_str())
         .collect();
     assert_eq!(runs, [newest.as_str(), nights[0].0.as_str()], "{listed:#}");
+    assert!(
+        listed["whole_runs"]
+            .as_array()
+            .expect("whole runs")
+            .iter()
+            .all(|r| r["intruders"] == json!(0)),
+        "{listed:#}"
+    );
+    // The attacker forges a copy into that set: a snapshot of the fleet's, shared with the
+    // vault, copied there by the vault's role and tagged as one of the server's newest set.
+    let source = &locked[0];
+    fleet
+        .modify_snapshot_attribute()
+        .snapshot_id(source)
+        .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
+        .operation_type(aws_sdk_ec2::types::OperationType::Add)
+        .user_ids(VAULT)
+        .send()
+        .await
+        .expect("the fleet account shares its snapshot with the vault");
+    let set_size = newest_sets[server].len().to_string();
+    let tag = |k: &str, v: &str| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build();
+    let forged = vault_role
+        .copy_snapshot()
+        .source_region(HOME)
+        .source_snapshot_id(source)
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Snapshot)
+                .tags(tag("ConsistentSnapshot:ManagedBy", "vss-test"))
+                .tags(tag("ConsistentSnapshot:InstanceId", server))
+                .tags(tag("ConsistentSnapshot:RunId", newest))
+                .tags(tag("ConsistentSnapshot:SetSize", &set_size))
+                .tags(tag("Device", "xvdz"))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("the vault role copies what it is given")
+        .snapshot_id()
+        .unwrap_or_default()
+        .to_string();
     let shared = world
         .invoke(
             &keeper,
@@ -383,7 +436,26 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
     got.sort();
     assert_eq!(
         got, expected,
-        "exactly the server's newest set, from the vault"
+        "exactly the server's newest set, from the vault, without the forged copy {forged}"
+    );
+    let intake = vault_metrics.of("vault-intake", None);
+    assert_eq!(
+        intake.last().map(|m| &m["VaultIntruders"]),
+        Some(&json!(1)),
+        "{intake:#?}"
+    );
+    let relisted = world
+        .invoke(
+            &keeper,
+            json!({"action": "recover", "instance_id": server, "account": RECOVERY}),
+        )
+        .await
+        .expect("recover: the list");
+    assert_eq!(relisted["whole_runs"][0]["run_id"], json!(newest));
+    assert_eq!(
+        relisted["whole_runs"][0]["intruders"],
+        json!(1),
+        "{relisted:#}"
     );
     // The recovery account makes its volumes from them; nothing else of the vault is shared.
     let recovery = emulator
@@ -423,7 +495,11 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
         .invoke(&keeper, json!({"action": "retention", "dry_run": true}))
         .await
         .expect("vault retention");
-    assert_eq!(plan["held"], json!(6), "{plan:#}");
+    assert_eq!(
+        plan["held"],
+        json!(7),
+        "six copies and the forged one: {plan:#}"
+    );
     assert!(
         plan["plan"]
             .as_array()
@@ -440,7 +516,8 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
     // Twenty days on, night one's locks (seven days) are over, but its copies are younger
     // than the vault's 35 days: kept, and said so.
     emulator
-        .age_snapshots_of(VAULT, VAULT_REGION, &old, 24 * 20)
+        .age_vault_copies(&vault_sdk, (VAULT, VAULT_CATALOG), &old, 24 * 20)
+        .await
         .expect("twenty days");
     let kept = world
         .invoke(&keeper, json!({"action": "retention"}))
@@ -457,7 +534,8 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
         }
     }
     emulator
-        .age_snapshots_of(VAULT, VAULT_REGION, &old, 24 * 20)
+        .age_vault_copies(&vault_sdk, (VAULT, VAULT_CATALOG), &old, 24 * 20)
+        .await
         .expect("forty days");
     let done = world
         .invoke(&keeper, json!({"action": "retention"}))
@@ -474,7 +552,83 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
     old_sorted.sort();
     assert_eq!(deleted, old_sorted, "{done:#}");
     assert!(vault_copies(&admin, first).await.is_empty());
-    assert_eq!(&vault_copies(&admin, newest).await, newest_copies);
+    let mut still = newest_copies.clone();
+    // (The forged copy names no source.)
+    still.insert(String::new(), (forged.clone(), "completed".to_string()));
+    assert_eq!(
+        vault_copies(&admin, newest).await,
+        still,
+        "the newest sets, and the forged copy (younger than 35 days)"
+    );
+
+    // Someone in the vault account unlocks and deletes the other server's newest copy: the
+    // vault's next look reports it, once, and its report shows the server without a whole set.
+    let taken = &newest_copies[&newest_sets[&ids[1]][0]].0;
+    admin
+        .unlock_snapshot()
+        .snapshot_id(taken)
+        .send()
+        .await
+        .expect("unlock");
+    admin
+        .delete_snapshot()
+        .snapshot_id(taken)
+        .send()
+        .await
+        .expect("delete");
+    let seen = world
+        .invoke(&keeper, json!({"action": "retention", "dry_run": true}))
+        .await
+        .expect("vault retention");
+    assert_eq!(seen["deleted_outside"], json!([taken]), "{seen:#}");
+    let scheduled = world
+        .invoke(
+            &keeper,
+            harness::scheduled_event(
+                "vault",
+                &Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            ),
+        )
+        .await
+        .expect("the vault's schedule");
+    assert_eq!(
+        scheduled["retention"]["deleted_outside"],
+        json!([taken]),
+        "a dry run writes nothing, so the schedule finds it: {scheduled:#}"
+    );
+    let report = world
+        .invoke(&keeper, json!({"action": "report"}))
+        .await
+        .expect("vault report");
+    assert_eq!(
+        report["totals"],
+        json!({"servers": 2, "stale": 1, "intruders": 1, "deleted_outside": 1}),
+        "{report:#}"
+    );
+    for server in report["servers"].as_array().expect("servers") {
+        let fresh = server["instance_id"] == json!(ids[0]);
+        assert_eq!(server["within_rpo"], json!(fresh), "{server:#}");
+        if fresh {
+            assert_eq!(server["newest"]["run_id"], json!(newest), "{server:#}");
+        } else {
+            assert_eq!(server.get("newest"), None, "{server:#}");
+        }
+    }
+    let again = world
+        .invoke(&keeper, json!({"action": "retention"}))
+        .await
+        .expect("vault retention");
+    assert_eq!(
+        again["deleted_outside"],
+        json!([]),
+        "reported once: {again:#}"
+    );
+    let reported = vault_metrics.of("vault-report", None);
+    assert_eq!(
+        reported.last().map(|m| &m["VaultServersStale"]),
+        Some(&json!(1)),
+        "{reported:#?}"
+    );
 
     // The next night reports every deletion at home it did not make.
     a_day_passes(emulator, &ids).await;

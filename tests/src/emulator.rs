@@ -116,11 +116,16 @@ impl Emulator {
     /// The catalog table as the template makes it: `pk`/`sk` strings, on demand, TTL on
     /// `expires_at` (which moto stores but never acts on).
     pub async fn create_catalog(&self, table: &str) -> Result<()> {
+        self.create_catalog_as(&self.sdk, table).await
+    }
+
+    /// `create_catalog` in the account and region `sdk` signs for (a vault deployment's).
+    pub async fn create_catalog_as(&self, sdk: &SdkConfig, table: &str) -> Result<()> {
         use aws_sdk_dynamodb::types::{
             AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
             TimeToLiveSpecification,
         };
-        let dynamodb = self.dynamodb();
+        let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         let key = |name: &str, kind| {
             KeySchemaElement::builder()
                 .attribute_name(name)
@@ -420,19 +425,34 @@ impl Emulator {
         Ok(())
     }
 
-    /// Moves these snapshots' start time `hours` back, as if taken that much earlier, in EC2
-    /// and in the catalog's records of them alike.
-    /// Moves these snapshots of another account back `hours` (and their locks), as if taken
-    /// earlier; that account keeps no catalog here.
-    pub fn age_snapshots_of(
+    /// Ages copies in a vault deployment's account, as `age_snapshots` does at home: EC2's
+    /// start times (`/_sim/age`) and, as time would have, the vault catalog's records of them
+    /// (`sdk` signs as the vault account, in its region).
+    pub async fn age_vault_copies(
         &self,
-        account: &str,
-        region: &str,
+        sdk: &SdkConfig,
+        (account, table): (&str, &str),
         snapshot_ids: &[String],
         hours: u32,
     ) -> Result<()> {
+        let region = sdk.region().map(|r| r.to_string()).unwrap_or_default();
         let spec = json!({"account": account, "region": region, "snapshot_ids": snapshot_ids, "hours": hours});
-        self.http("POST", "/_sim/age", &spec).map(|_| ())
+        self.http("POST", "/_sim/age", &spec)?;
+        let catalog = Catalog::new(sdk, table);
+        let back = chrono::Duration::hours(i64::from(hours));
+        let aged: Vec<_> = catalog
+            .held_records()
+            .await?
+            .into_iter()
+            .filter(|r| snapshot_ids.contains(&r.snapshot_id))
+            .map(|mut r| {
+                r.started -= back;
+                r.first_seen -= back;
+                r
+            })
+            .collect();
+        catalog.put_held(&aged).await?;
+        Ok(())
     }
 
     /// The function as another account deploys it: `sdk` signs as that account.

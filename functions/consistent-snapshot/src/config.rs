@@ -38,6 +38,19 @@ fn uncopyable_tag(key: &str) -> Option<&'static str> {
 /// Why `PROBE_DOCUMENT` cannot be the probe: not an SSM document name, or one of AWS's own
 /// documents (those take parameters, such as the script `AWS-RunPowerShellScript` runs: the
 /// probe must be the deployment's own fixed, read-only document).
+/// What is wrong with `CATALOG_TABLE`, if anything.
+fn catalog_table_problem(table: &str) -> Option<String> {
+    let valid = (3..=255).contains(&table.len())
+        && table
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    (!valid).then(|| {
+        format!(
+            "CATALOG_TABLE={table:?} is not a DynamoDB table name (3 to 255 of a-z A-Z 0-9 _ - .)"
+        )
+    })
+}
+
 /// What is wrong with the vault settings, each problem naming its setting.
 fn vault_problems(vault: &Vault) -> Vec<String> {
     let mut problems = Vec::new();
@@ -402,7 +415,8 @@ impl Config {
                     "MODE=vault and VAULT_ACCOUNT_ID: a vault deployment copies into no vault of its own".to_string(),
                 );
             }
-            // A vault deployment keeps copies: no runs, no queue, no catalog of its own.
+            // A vault deployment keeps copies and its catalog of them: no runs, no queue.
+            problems.extend(catalog_table_problem(&self.catalog_table));
             return problems;
         }
         if self.queue_url.is_empty() {
@@ -414,18 +428,7 @@ impl Config {
                 self.queue_arn
             ));
         }
-        if self.catalog_table.len() < 3
-            || self.catalog_table.len() > 255
-            || !self
-                .catalog_table
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-        {
-            problems.push(format!(
-                "CATALOG_TABLE={:?} is not a DynamoDB table name (3 to 255 of a-z A-Z 0-9 _ - .)",
-                self.catalog_table
-            ));
-        }
+        problems.extend(catalog_table_problem(&self.catalog_table));
         if self.target_tag_key.is_empty() || self.target_tag_key.len() > 128 {
             problems.push("TARGET_TAG_KEY must be 1 to 128 characters".to_string());
         }
@@ -884,6 +887,19 @@ mod tests {
             .expect_err("a vault without its account")
             .to_string();
         assert!(partial.contains("VAULT_ACCOUNT_ID"), "{partial}");
+    }
+
+    #[test]
+    fn a_vault_deployment_needs_no_queue_but_its_own_catalog() {
+        let vault = [("MODE", "vault"), ("FLEET_MANAGED_BY", "fleet-a")];
+        let c = config(&[vault[0], vault[1], ("CATALOG_TABLE", "vault-catalog")])
+            .expect("no queue needed");
+        assert_eq!(c.catalog_table, "vault-catalog");
+        assert!(c.vault_keeping.is_some());
+        let err = config(&[vault[0], vault[1], ("CATALOG_TABLE", "x")])
+            .expect_err("not a table name")
+            .to_string();
+        assert!(err.contains("CATALOG_TABLE"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,12 @@
 //! | `set#<instance id>`| `copy#<region>#<run id>#<snapshot>`  | a copy the function made (`CopyRecord`) | with the copy  |
 //! | `run#<run id>`     | `set#<instance id>`, `copy#…`        | the run's view of its sets and copies | 15 days (TTL)  |
 //!
+//! A vault deployment (`MODE=vault`) keeps its own table, with one kind of item:
+//!
+//! | pk                  | sk                          | what                                       | expires |
+//! |---------------------|-----------------------------|--------------------------------------------|---------|
+//! | `held#<instance id>`| `<run id>#<snapshot id>`    | a fleet copy as first seen (`HeldRecord`)  | removed when the vault deletes it; 400 days once vanished |
+//!
 //! Markers and set records are written with conditions (`attribute_not_exists`): a marker is
 //! created by one caller only, and a set's first verification is its record. Records are
 //! JSON in `body`; a set item is removed when retention deletes its snapshots, a copy's when
@@ -32,7 +38,8 @@ use crate::aws::{aws, code_of, each_page, SdkConfig};
 use crate::error::Error;
 use crate::jobs::{RestoreJob, RunJob};
 use crate::model::catalog::{
-    CatalogIndex, CopyRecord, CopyTargets, InstanceReport, ManifestEntry, SetRecord, VaultRecord,
+    CatalogIndex, CopyRecord, CopyTargets, HeldRecord, InstanceReport, ManifestEntry, SetRecord,
+    VaultRecord,
 };
 use crate::model::cost::{CostCount, InstanceCost, Pair};
 use crate::model::markers::{
@@ -66,6 +73,10 @@ const RUN_TARGETS: &str = "run-copy-targets";
 /// A set's copy in the vault account: under the instance (`VAULT`, what the fleet report reads)
 /// and under the run (`RUN_VAULT`, what the vault step reads).
 const VAULT: &str = "vault";
+/// A vault deployment's record of a fleet copy it holds.
+const HELD: &str = "held";
+/// How long a vault deployment keeps the record of a copy someone else deleted there.
+const KEEP_VANISHED_DAYS: i64 = 400;
 const RUN_VAULT: &str = "run-vault";
 const MANIFEST: &str = "manifest";
 const REPORT: &str = "report";
@@ -183,6 +194,14 @@ fn set_or_copy_sort_keys(
             .map(|id| format!("copy#{region}#{run_id}#{id}"))
             .collect(),
     }
+}
+
+fn held_pk(instance_id: &str) -> String {
+    format!("held#{instance_id}")
+}
+
+fn held_sk(record: &HeldRecord) -> String {
+    format!("{}#{}", record.run_id, record.snapshot_id)
 }
 
 fn set_pk(instance_id: &str) -> String {
@@ -786,6 +805,55 @@ impl Catalog {
             }
         })
         .await
+    }
+
+    /// A vault deployment's records of the fleet copies it holds, page by page.
+    pub async fn held_records(&self) -> Result<Vec<HeldRecord>, Error> {
+        let pages = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .expression_attribute_names("#k", KIND)
+            .expression_attribute_values(":held", s(HELD))
+            .filter_expression("#k = :held")
+            .into_paginator()
+            .send();
+        let mut records = Vec::new();
+        each_page(pages, "Scan", &self.subject("the vault's copies"), |page| {
+            records.extend(page.items.unwrap_or_default().iter().filter_map(body_of));
+        })
+        .await?;
+        Ok(records)
+    }
+
+    /// Records (or records again, as they now stand) copies a vault deployment holds, 25 a
+    /// call; one found vanished is kept `KEEP_VANISHED_DAYS` for the record.
+    pub async fn put_held(&self, records: &[HeldRecord]) -> Result<(), Error> {
+        let requests = records.iter().map(|r| {
+            let expires = r.vanished.map(|at| {
+                AttributeValue::N(
+                    (at + Duration::days(KEEP_VANISHED_DAYS))
+                        .timestamp()
+                        .to_string(),
+                )
+            });
+            item(held_pk(&r.instance_id), held_sk(r), HELD, r, expires)
+        });
+        self.batch(requests.filter_map(put_request), "the vault's copies")
+            .await
+    }
+
+    /// Forgets the copies a vault deployment deleted, 25 a call.
+    pub async fn forget_held(&self, records: &[&HeldRecord]) -> Result<(), Error> {
+        let requests = records.iter().filter_map(|r| {
+            let delete = DeleteRequest::builder()
+                .key(PK, s(held_pk(&r.instance_id)))
+                .key(SK, s(held_sk(r)))
+                .build()
+                .ok()?;
+            Some(WriteRequest::builder().delete_request(delete).build())
+        });
+        self.batch(requests, "the vault's deleted copies").await
     }
 
     /// Records where instances' sets of a run are copied (`CopyTargets`), 25 a call.

@@ -106,8 +106,9 @@ async fn route(app: &App, payload: Value, deadline: DateTime<Utc>) -> Result<Val
     }
 }
 
-/// A vault deployment answers its schedule (its retention), `retention` and `recover`; nothing
-/// else, so that nothing of a fleet's runs can happen in the vault account.
+/// A vault deployment answers its schedule (intake, retention, report), `retention`, `report`
+/// and `recover`; nothing else, so that nothing of a fleet's runs can happen in the vault
+/// account.
 async fn route_vault(
     app: &App,
     keeping: &crate::config::VaultKeeping,
@@ -115,13 +116,16 @@ async fn route_vault(
 ) -> Result<Value, Error> {
     use crate::vault::keeping;
     match event {
-        Event::Scheduled(_) => keeping::retention(app, keeping, app.config.dry_run).await,
+        Event::Scheduled(_) => keeping::scheduled(app, keeping).await,
         Event::OnDemand(Action::Retention(request)) => {
             keeping::retention(app, keeping, request.dry_run.unwrap_or(app.config.dry_run)).await
         }
         Event::OnDemand(Action::Recover(request)) => keeping::recover(app, keeping, request).await,
+        Event::OnDemand(Action::Report(request)) if request.run_id.is_none() => {
+            keeping::report(app).await
+        }
         _ => Err(Error::Event(
-            "this deployment keeps a vault (MODE=vault): it answers its schedule, {\"action\":\"retention\"} and {\"action\":\"recover\"} only".to_string(),
+            "this deployment keeps a vault (MODE=vault): it answers its schedule, {\"action\":\"retention\"}, {\"action\":\"report\"} and {\"action\":\"recover\"} only".to_string(),
         )),
     }
 }

@@ -209,6 +209,34 @@ impl VaultRecord {
     }
 }
 
+/// One of a fleet's copies as a vault deployment (`MODE=vault`) recorded it in its own catalog
+/// the first time it saw it completed: what it claimed then (its tags, written by the fleet's
+/// role), EC2's start time, and the vault's own clock. Whether it belongs to its run's set is
+/// decided once, there (`vault::plan::keep::intake`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldRecord {
+    pub snapshot_id: String,
+    pub instance_id: String,
+    pub run_id: String,
+    /// How many copies its set has, as its `SetSize` tag said.
+    pub set_size: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_snapshot_id: Option<String>,
+    /// When EC2 started the copy in the vault (no tag changes it).
+    pub started: DateTime<Utc>,
+    /// When the vault deployment first saw it completed.
+    pub first_seen: DateTime<Utc>,
+    /// Why it is not one of its run's set (it came after the set was whole, or disagrees with
+    /// it): kept as any copy, never shared as part of the set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intruder: Option<String>,
+    /// When the vault deployment found it gone, not having deleted it itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vanished: Option<DateTime<Utc>>,
+}
+
 /// A copy's final state as the copy step saw it in EC2.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeenFinal {

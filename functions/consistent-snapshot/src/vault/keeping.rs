@@ -1,14 +1,19 @@
 //! The vault deployment (`MODE=vault`): the only thing that deletes in the vault account, and
-//! the way a set leaves it for a recovery. It reads the fleet's copies in its own region (those
-//! carrying the fleet's `ManagedBy` tag), their locks, and decides with `plan::keep`.
+//! the way a set leaves it for a recovery. It keeps its own catalog (`CATALOG_TABLE`, which the
+//! fleet's account cannot reach) of the fleet's copies in its region (those carrying the
+//! fleet's `ManagedBy` tag), and decides with `plan::keep` from that catalog and what EC2
+//! reports. Every action first takes in what is new (`take_in`).
 //!
-//! * On its schedule (or `{"action":"retention","dry_run"?}`): deletes the copies the plan
-//!   lets go (older than `VAULT_RETAIN_DAYS` by EC2's own start time, not locked, not among
-//!   their server's newest `VAULT_KEEP_NEWEST` sets), each named with its reason.
-//! * `{"action":"recover","instance_id","account"}` lists the server's whole sets in the vault
-//!   (newest first, with when each was copied) and shares nothing; with `"run_id"` it shares
-//!   that set, if whole, with a recovery account named in `RECOVERY_ACCOUNTS`, and answers its
-//!   snapshots by device, for the volumes the recovery account creates.
+//! * On its schedule: takes in, applies retention, and reports the fleet against the RPO.
+//! * `{"action":"retention","dry_run"?}`: deletes the recorded copies the plan lets go (older
+//!   than `VAULT_RETAIN_DAYS` by EC2's own start time, not locked, not of their server's newest
+//!   `VAULT_KEEP_NEWEST` whole sets), each named with its reason.
+//! * `{"action":"report"}`: each server's newest whole set in the vault against `RPO_HOURS`,
+//!   the intruders and the copies deleted by someone else.
+//! * `{"action":"recover","instance_id","account"}` lists the server's whole sets (newest
+//!   first, with when each was copied and any intruders) and shares nothing; with `"run_id"`
+//!   it shares that set's own copies with a recovery account named in `RECOVERY_ACCOUNTS`, and
+//!   answers them by device, for the volumes the recovery account creates.
 
 use serde_json::{json, Value};
 use tracing::{info, warn};
@@ -17,10 +22,15 @@ use crate::app::{emit_metrics, App};
 use crate::aws::snapshots::{self, Deletion};
 use crate::config::VaultKeeping;
 use crate::error::Error;
+use crate::model::catalog::HeldRecord;
 use crate::model::requests::RecoverRequest;
 use crate::model::snapshot::SnapshotFacts;
-use crate::model::tags::{TAG_DEVICE, TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RUN_ID, TAG_SET_SIZE};
-use crate::vault::plan::keep::{plan_keeping, recovery_set, whole_runs, Held};
+use crate::model::tags::{
+    TAG_DEVICE, TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RUN_ID, TAG_SET_SIZE, TAG_SOURCE_SNAPSHOT,
+};
+use crate::vault::plan::keep::{
+    intake, plan_keeping, recovery_set, vault_report, whole_runs, Held, Intake,
+};
 
 /// The fleet's copies in this region of the vault, with their locks.
 async fn held(app: &App, keeping: &VaultKeeping) -> Result<Vec<Held>, Error> {
@@ -44,6 +54,7 @@ async fn held(app: &App, keeping: &VaultKeeping) -> Result<Vec<Held>, Error> {
             run_id: f.tags.get(TAG_RUN_ID).cloned(),
             set_size: f.tags.get(TAG_SET_SIZE).and_then(|n| n.parse().ok()),
             device: f.tags.get(TAG_DEVICE).cloned(),
+            source_snapshot_id: f.tags.get(TAG_SOURCE_SNAPSHOT).cloned(),
             started: f.start_time,
             state: f.state,
             snapshot_id: f.snapshot_id,
@@ -51,10 +62,73 @@ async fn held(app: &App, keeping: &VaultKeeping) -> Result<Vec<Held>, Error> {
         .collect())
 }
 
+/// What EC2 lists in the vault now, and the catalog once it has taken it in: new copies
+/// recorded, intruders and copies deleted by someone else named in the log and counted
+/// (`VaultIntruders`, `VaultCopiesDeletedOutside`). A dry run writes nothing.
+async fn take_in(
+    app: &App,
+    keeping: &VaultKeeping,
+    dry_run: bool,
+) -> Result<(Intake, Vec<Held>), Error> {
+    let records = app.aws.catalog.held_records().await?;
+    let held = held(app, keeping).await?;
+    let intake = intake(records, &held, chrono::Utc::now());
+    if !dry_run && !intake.changed.is_empty() {
+        app.aws.catalog.put_held(&intake.changed).await?;
+    }
+    for r in &intake.changed {
+        if let Some(at) = r.vanished {
+            warn!(snapshot_id = %r.snapshot_id, instance_id = %r.instance_id, run_id = %r.run_id, noticed = %at.to_rfc3339(), "vault copy deleted by someone else: it is no longer in the vault, and this deployment did not delete it");
+        } else if let Some(why) = &r.intruder {
+            warn!(snapshot_id = %r.snapshot_id, instance_id = %r.instance_id, run_id = %r.run_id, why = %why, "vault copy is not part of its run's set: recorded as an intruder, never shared as the set");
+        }
+    }
+    if !intake.unrecordable.is_empty() {
+        warn!(copies = ?intake.unrecordable.keys().collect::<Vec<_>>(), "completed copies with no server, run or set size to record them by: kept, never deleted");
+    }
+    info!(
+        dry_run,
+        held = held.len(),
+        recorded = intake.recorded,
+        intruders = intake.intruders,
+        vanished = intake.vanished,
+        "vault intake: {} new copies recorded",
+        intake.recorded
+    );
+    emit_metrics(
+        app,
+        &[
+            ("VaultCopiesRecorded", intake.recorded),
+            ("VaultIntruders", intake.intruders),
+            ("VaultCopiesDeletedOutside", intake.vanished),
+        ],
+        &[("Event", "vault-intake")],
+    );
+    Ok((intake, held))
+}
+
+/// The copies newly found deleted by someone else, for an answer.
+fn vanished_ids(intake: &Intake) -> Vec<&str> {
+    intake
+        .changed
+        .iter()
+        .filter(|r| r.vanished.is_some())
+        .map(|r| r.snapshot_id.as_str())
+        .collect()
+}
+
+/// The vault's schedule: takes in, applies retention, and reports the fleet.
+pub async fn scheduled(app: &App, keeping: &VaultKeeping) -> Result<Value, Error> {
+    let retention = retention(app, keeping, app.config.dry_run).await?;
+    let report = report(app).await?;
+    Ok(json!({"retention": retention, "report": report}))
+}
+
 /// The vault's retention: see the module documentation. Answers the plan and what was deleted.
 pub async fn retention(app: &App, keeping: &VaultKeeping, dry_run: bool) -> Result<Value, Error> {
-    let held = held(app, keeping).await?;
+    let (intake, held) = take_in(app, keeping, dry_run).await?;
     let plan = plan_keeping(
+        &intake.records,
         &held,
         chrono::Utc::now(),
         keeping.retain_days,
@@ -84,6 +158,13 @@ pub async fn retention(app: &App, keeping: &VaultKeeping, dry_run: bool) -> Resu
             }
         }
     }
+    // What this deployment deleted leaves its catalog (what someone else deleted stays, marked).
+    let gone: Vec<&HeldRecord> = intake
+        .records
+        .iter()
+        .filter(|r| deleted.contains(&r.snapshot_id))
+        .collect();
+    app.aws.catalog.forget_held(&gone).await?;
     let planned = plan.iter().filter(|d| d.delete).count();
     emit_metrics(
         app,
@@ -112,9 +193,48 @@ pub async fn retention(app: &App, keeping: &VaultKeeping, dry_run: bool) -> Resu
     Ok(json!({
         "dry_run": dry_run,
         "held": held.len(),
+        "recorded": intake.recorded,
+        "intruders": intake.intruders,
+        "deleted_outside": vanished_ids(&intake),
         "deleted": deleted,
         "failed": failed,
         "plan": plan,
+    }))
+}
+
+/// The vault's report: each server its catalog holds, against `RPO_HOURS` (`VaultServersStale`
+/// counts those whose newest whole set is older, or who have none).
+pub async fn report(app: &App) -> Result<Value, Error> {
+    let records = app.aws.catalog.held_records().await?;
+    let rpo_hours = app.config.rpo_hours;
+    let servers = vault_report(&records, chrono::Utc::now(), rpo_hours);
+    let stale: Vec<&str> = servers
+        .iter()
+        .filter(|s| !s.within_rpo)
+        .map(|s| s.instance_id.as_str())
+        .collect();
+    let intruders: usize = servers.iter().map(|s| s.intruders).sum();
+    let vanished: usize = servers.iter().map(|s| s.vanished).sum();
+    emit_metrics(
+        app,
+        &[
+            ("VaultServers", servers.len()),
+            ("VaultServersStale", stale.len()),
+        ],
+        &[("Event", "vault-report")],
+    );
+    if stale.is_empty() {
+        info!(
+            servers = servers.len(),
+            rpo_hours, "vault report: every server's newest whole set is within {rpo_hours} h"
+        );
+    } else {
+        warn!(servers = servers.len(), stale = ?stale, rpo_hours, "vault report: {} of {} servers have no whole set in the vault within {rpo_hours} h", stale.len(), servers.len());
+    }
+    Ok(json!({
+        "rpo_hours": rpo_hours,
+        "totals": {"servers": servers.len(), "stale": stale.len(), "intruders": intruders, "deleted_outside": vanished},
+        "servers": servers,
     }))
 }
 
@@ -131,21 +251,21 @@ pub async fn recover(
             keeping.recovery_accounts.join(", ")
         )));
     }
-    let held = held(app, keeping).await?;
+    let dry_run = request.dry_run.unwrap_or(false);
+    let (intake, held) = take_in(app, keeping, dry_run).await?;
     // Nothing is chosen for the operator: without a run, the whole ones are listed.
     let Some(run_id) = request.run_id.clone() else {
-        let runs = whole_runs(&held, &request.instance_id);
+        let runs = whole_runs(&intake.records, &request.instance_id);
         info!(instance_id = %request.instance_id, whole_runs = runs.len(), "vault sets listed for a recovery: none shared until one is chosen");
         return Ok(json!({
             "instance_id": request.instance_id,
             "shared": false,
             "whole_runs": runs,
-            "choose": "add \"run_id\" to share that set; after a compromise of the fleet account, choose one copied before it (the copies' tags are written by the fleet's role)",
+            "choose": "add \"run_id\" to share that set; after a compromise of the fleet account, choose one copied before it (the copies' tags are written by the fleet's role; `copied_at` is EC2's time)",
         }));
     };
-    let set = recovery_set(&held, &request.instance_id, &run_id)
+    let set = recovery_set(&intake.records, &held, &request.instance_id, &run_id)
         .map_err(|why| Error::Event(format!("field `run_id`: {why}")))?;
-    let dry_run = request.dry_run.unwrap_or(false);
     if !dry_run {
         for copy in &set {
             snapshots::share_with(&app.aws.ec2, &copy.snapshot_id, &request.account, true).await?;
@@ -159,6 +279,6 @@ pub async fn recover(
         "run_id": run_id,
         "account": request.account,
         "region": app.config.region,
-        "snapshots": set.iter().map(|h| json!({"snapshot_id": h.snapshot_id, "device": h.device})).collect::<Vec<_>>(),
+        "snapshots": set.iter().map(|r| json!({"snapshot_id": r.snapshot_id, "device": r.device})).collect::<Vec<_>>(),
     }))
 }
