@@ -48,7 +48,7 @@ lint: setup
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(VENV)/bin/cfn-lint template.yaml vault.yaml
-	$(VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f template.yaml
+	$(VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f template.yaml -f vault.yaml
 	$(VENV)/bin/python scripts/check_template.py template.yaml vault.yaml
 	$(VENV)/bin/python scripts/check_layout.py functions/consistent-snapshot/src
 

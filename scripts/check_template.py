@@ -377,7 +377,7 @@ def check_vault(template: dict) -> list[str]:
         granted = actions(s)
         if s.get("Effect") == "Allow":
             for action in granted:
-                if action in VAULT_NEVER or "*" in action or action.startswith(("iam:", "kms:")):
+                if action in VAULT_NEVER or "*" in action or action.startswith(("iam:", "kms:", "dynamodb:")):
                     problems.append(f"VaultAccessRole {s.get('Sid')}: allows {action}")
             if "ec2:LockSnapshot" in granted and "ec2:SnapshotLockDuration" not in text(s.get("Condition")):
                 problems.append(f"VaultAccessRole {s.get('Sid')}: locks without a bounded duration")
@@ -404,6 +404,21 @@ def check_vault(template: dict) -> list[str]:
             cond = text(st.get("Condition"))
             if "RecoveryAccounts" not in cond or "ec2:Add/group" not in cond:
                 problems.append(f"VaultFunction {st.get('Sid')}: may share with others than the recovery accounts")
+    # Its own catalog, which only it writes, and its alarms.
+    resources = template["Resources"]
+    table = resources.get("VaultCatalog", {}).get("Properties", {})
+    if function.get("Environment", {}).get("Variables", {}).get("CATALOG_TABLE") != {"Ref": "VaultCatalog"}:
+        problems.append("VaultFunction: CATALOG_TABLE is not the vault's own catalog (VaultCatalog)")
+    if not table.get("PointInTimeRecoverySpecification", {}).get("PointInTimeRecoveryEnabled") \
+            or not table.get("DeletionProtectionEnabled") or not table.get("SSESpecification", {}).get("SSEEnabled"):
+        problems.append("VaultCatalog: needs point-in-time recovery, deletion protection and encryption")
+    if "VaultFunctionRole" not in text(table.get("ResourcePolicy")):
+        problems.append("VaultCatalog: others than the vault function may write it (resource policy)")
+    watched = {r.get("Properties", {}).get("MetricName") for r in resources.values()
+               if r.get("Type") == "AWS::CloudWatch::Alarm"}
+    for metric in ("VaultCopiesDeletedOutside", "VaultIntruders", "VaultServersStale"):
+        if metric not in watched:
+            problems.append(f"no alarm watches {metric}")
     fixture = Path(__file__).resolve().parent.parent / VAULT_FIXTURE
     policy = resolved(documents[0] if documents else {}, template.get("Parameters", {}))
     if "--write-vault-fixture" in sys.argv:
