@@ -8,7 +8,7 @@ checkov check.
 Also vault.yaml (the vault account's side): its role never deletes, unlocks, shares or
 archives, and its policy is the one the end-to-end tests use (tests/fixtures/).
 
-Usage: check_template.py [template.yaml] [vault.yaml] [--write-vault-fixture]; exits 1 and
+Usage: check_template.py [template.yaml] [vault.yaml] [--write-fixtures]; exits 1 and
 lists every broken guarantee.
 """
 
@@ -98,9 +98,12 @@ def check(template: dict) -> list[str]:
                 if not steps or any(st.get("action") != "aws:runPowerShellScript" for st in steps):
                     problems.append(f"the readiness probe document {name} runs something other than its own PowerShell script")
 
+    # Deletes: this deployment's snapshots (ManagedBy), or its vault transit copies
+    # (VaultTransit, with the same value).
     delete = [s for s in stmts if "ec2:DeleteSnapshot" in actions(s)]
     if not delete or not all(
-        "aws:ResourceTag/ConsistentSnapshot:ManagedBy" in text(s.get("Condition")) for s in delete
+        any(f"aws:ResourceTag/ConsistentSnapshot:{k}" in text(s.get("Condition"))
+            for k in ("ManagedBy", "VaultTransit")) for s in delete
     ):
         problems.append("ec2:DeleteSnapshot is not limited to snapshots tagged with this deployment's ManagedBy")
 
@@ -330,10 +333,24 @@ def check(template: dict) -> list[str]:
                 problems.append(f"{s.get('Sid')}: may share snapshots with accounts other than the vault")
             if "ec2:Add/group" not in cond.get("Null", {}):
                 problems.append(f"{s.get('Sid')}: may make snapshots public (no Null ec2:Add/group)")
-            if "ManagedBy" not in text(cond.get("StringEquals")):
+            tagged = cond.get("StringEquals", {})
+            if not any(f"aws:ResourceTag/ConsistentSnapshot:{k}" in tagged for k in ("ManagedBy", "VaultTransit")):
                 problems.append(f"{s.get('Sid')}: may share snapshots of other deployments")
         if "sts:AssumeRole" in actions(s) and s.get("Resource") != {"Ref": "VaultRoleArn"}:
             problems.append(f"{s.get('Sid')}: may assume roles other than the vault's")
+
+    # The transit key: the vault account may only decrypt with it, through EC2.
+    transit = template["Resources"].get("VaultTransitKey", {}).get("Properties", {})
+    for st in transit.get("KeyPolicy", {}).get("Statement", []):
+        if "VaultAccountId" in text(st.get("Principal")):
+            if set(actions(st)) - {"kms:Decrypt", "kms:DescribeKey", "kms:CreateGrant", "kms:ReEncryptFrom"}:
+                problems.append(f"VaultTransitKey {st.get('Sid')}: the vault account may do more than decrypt with it")
+            if "kms:ViaService" not in text(st.get("Condition")):
+                problems.append(f"VaultTransitKey {st.get('Sid')}: the vault account may use it outside EC2")
+    if transit:
+        policy = resolved(transit.get("KeyPolicy", {}), template.get("Parameters", {}),
+                          {"AWS::AccountId": "123456789012", "VaultAccountId": "222222222222"})
+        problems.extend(fixture_problems(TRANSIT_KEY_FIXTURE, policy, "VaultTransitKey's key policy"))
 
     for name, resource in template["Resources"].items():
         skips = resource.get("Metadata", {}).get("checkov", {}).get("skip", [])
@@ -346,18 +363,50 @@ def check(template: dict) -> list[str]:
 VAULT_NEVER = ("ec2:DeleteSnapshot", "ec2:UnlockSnapshot", "ec2:ModifySnapshotAttribute",
                "ec2:ModifySnapshotTier")
 VAULT_FIXTURE = "tests/fixtures/vault-access-policy.json"
+TRANSIT_KEY_FIXTURE = "tests/fixtures/vault-transit-key-policy.json"
+VAULT_DECRYPT = ("kms:Decrypt", "kms:DescribeKey", "kms:CreateGrant", "kms:ReEncryptFrom")
+#: What `!Sub` makes of the pseudo parameters and of those without a default, in the fixture:
+#: the end-to-end tests' partition and fleet account.
+FIXTURE_VALUES = {"AWS::Partition": "aws", "FleetAccountId": "123456789012"}
 
 
-def resolved(value: Any, parameters: dict) -> Any:
+def resolved(value: Any, parameters: dict, values: dict | None = None) -> Any:
     """The policy with each `Ref` to a parameter replaced by its default, as CloudFormation
     gives it (a string, whatever the parameter's type): as the tests use it."""
     if isinstance(value, dict):
         if set(value) == {"Ref"} and value["Ref"] in parameters:
             return str(parameters[value["Ref"]].get("Default"))
-        return {k: resolved(v, parameters) for k, v in value.items()}
+        if set(value) == {"Fn::Sub"} and isinstance(value["Fn::Sub"], str):
+            import re
+
+            def one(m: "re.Match[str]") -> str:
+                name = m.group(1)
+                given = FIXTURE_VALUES | (values or {})
+                if name in given:
+                    return given[name]
+                return str(parameters.get(name, {}).get("Default", m.group(0)))
+
+            return re.sub(r"\$\{([^}]+)\}", one, value["Fn::Sub"])
+        return {k: resolved(v, parameters, values) for k, v in value.items()}
     if isinstance(value, list):
-        return [resolved(v, parameters) for v in value]
+        return [resolved(v, parameters, values) for v in value]
     return value
+
+
+def fixture_problems(relative: str, value: Any, what: str) -> list[str]:
+    """`value` (a policy as a template makes it, for the tests' accounts) must equal the
+    fixture the end-to-end tests give the emulator; `--write-fixtures` rewrites it."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / relative
+    if "--write-fixtures" in sys.argv:
+        path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+        return []
+    if not path.exists() or json.loads(path.read_text(encoding="utf-8")) != value:
+        return [f"{what} differs from {relative} (the tests' copy): rewrite it with "
+                "scripts/check_template.py template.yaml vault.yaml --write-fixtures"]
+    return []
 
 
 def check_vault(template: dict) -> list[str]:
@@ -376,7 +425,12 @@ def check_vault(template: dict) -> list[str]:
     for s in stmts:
         granted = actions(s)
         if s.get("Effect") == "Allow":
+            # KMS: only decrypting the fleet account's keys, through EC2 (a shared set).
+            fleet_keys_only = "FleetAccountId" in text(s.get("Resource")) and ":key/" in text(s.get("Resource")) \
+                and "*" != s.get("Resource") and "kms:ViaService" in text(s.get("Condition"))
             for action in granted:
+                if action in VAULT_DECRYPT and fleet_keys_only:
+                    continue
                 if action in VAULT_NEVER or "*" in action or action.startswith(("iam:", "kms:", "dynamodb:")):
                     problems.append(f"VaultAccessRole {s.get('Sid')}: allows {action}")
             if "ec2:LockSnapshot" in granted and "ec2:SnapshotLockDuration" not in text(s.get("Condition")):
@@ -419,13 +473,8 @@ def check_vault(template: dict) -> list[str]:
     for metric in ("VaultCopiesDeletedOutside", "VaultIntruders", "VaultServersStale"):
         if metric not in watched:
             problems.append(f"no alarm watches {metric}")
-    fixture = Path(__file__).resolve().parent.parent / VAULT_FIXTURE
     policy = resolved(documents[0] if documents else {}, template.get("Parameters", {}))
-    if "--write-vault-fixture" in sys.argv:
-        fixture.write_text(json.dumps(policy, indent=2) + "\n", encoding="utf-8")
-    elif not fixture.exists() or json.loads(fixture.read_text(encoding="utf-8")) != policy:
-        problems.append(f"VaultAccessRole's policy differs from {VAULT_FIXTURE} (the tests' vault role): "
-                        "rewrite it with scripts/check_template.py vault.yaml --write-vault-fixture")
+    problems.extend(fixture_problems(VAULT_FIXTURE, policy, "VaultAccessRole's policy"))
     return problems
 
 

@@ -640,3 +640,180 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
         "{retention:#?}"
     );
 }
+
+/// The fleet's snapshots at home carrying `key` (any value).
+async fn at_home_tagged(fleet: &aws_sdk_ec2::Client, key: &str) -> Vec<String> {
+    let out = fleet
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag-key")
+                .values(key)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("snapshots at home");
+    out.snapshots()
+        .iter()
+        .filter_map(|s| s.snapshot_id().map(str::to_string))
+        .collect()
+}
+
+/// Servers whose volumes use the default EBS key (`aws/ebs`, which cannot be shared): without
+/// a transit key their sets are refused by EC2 and reported, while an unencrypted server's set
+/// still reaches the vault; with the template's transit key (its key policy as
+/// `template.yaml` makes it) each encrypted snapshot goes through a transit copy that the vault
+/// role may decrypt (its `vault.yaml` policy), every set reaches the vault, and no transit copy
+/// is left at home.
+#[tokio::test]
+async fn encrypted_sets_reach_the_vault_through_transit_copies() {
+    let world = World::start(1).await.expect("world");
+    let emulator = &world.emulator;
+    let ids = world
+        .seed(&[
+            ServerSpec::windows("sql01", 1).encrypted(),
+            ServerSpec::windows("files01", 0),
+        ])
+        .await
+        .expect("seed");
+    let (sql, files) = (&ids[0], &ids[1]);
+    let role_arn = emulator
+        .create_role_in(VAULT, ROLE, &vault_policy())
+        .await
+        .expect("the vault role");
+    let transit_policy: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/vault-transit-key-policy.json"
+        ))
+        .expect("tests/fixtures/vault-transit-key-policy.json"),
+    )
+    .expect("a key policy");
+    let transit_key = emulator
+        .kms_key("123456789012", HOME, &transit_policy)
+        .expect("the transit key");
+    let vault_settings = [
+        ("VAULT_ACCOUNT_ID", VAULT),
+        ("VAULT_ROLE_ARN", role_arn.as_str()),
+        ("VAULT_REGIONS", VAULT_REGION),
+        ("VAULT_KMS_KEY_IDS", "eu-west-1=alias/vault"),
+    ];
+    let metrics = Metrics::default();
+    let as_is = metrics.attach(world.app(&vault_settings).expect("app"));
+    let admin = emulator
+        .ec2_as(
+            &format!("arn:aws:iam::{VAULT}:role/administrator"),
+            VAULT_REGION,
+        )
+        .await;
+    let fleet = emulator.ec2_in(HOME);
+
+    // As they are: the encrypted set cannot be shared; the other server's set is not held up.
+    let first = world
+        .nightly(&as_is, &Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .await
+        .expect("night one");
+    let sets = |id: &String| {
+        let id = id.clone();
+        let run = first.clone();
+        async move { harness::sets_of(emulator, HOME, &id).await[&run].clone() }
+    };
+    let (sql_first, files_first) = (sets(sql).await, sets(files).await);
+    let copies = vault_copies(&admin, &first).await;
+    assert_eq!(
+        copies.keys().cloned().collect::<Vec<_>>(),
+        files_first,
+        "only the unencrypted set is in the vault"
+    );
+    let vault = metrics.of("vault", Some(&first));
+    assert_eq!(vault[0]["VaultCopiesFailed"], json!(2), "{vault:#?}");
+    let said = world.logs.messages_starting("vault copies need attention");
+    let line = said
+        .iter()
+        .find(|l| l["run_id"] == first.as_str())
+        .expect("the vault step's summary");
+    for snapshot in &sql_first {
+        assert!(
+            line["vault"].as_str().is_some_and(
+                |v| v.contains(snapshot.as_str()) && v.contains("OperationNotPermitted")
+            ),
+            "{snapshot} named with EC2's code: {line:#}"
+        );
+    }
+
+    // With the transit key: every snapshot of the night's sets reaches the vault.
+    a_day_passes(emulator, &ids).await;
+    let mut with_transit = vault_settings.to_vec();
+    with_transit.push(("VAULT_TRANSIT_KMS_KEY_ID", &transit_key));
+    let app = metrics.attach(world.app(&with_transit).expect("app"));
+    let second = world
+        .nightly(&app, &Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .await
+        .expect("night two");
+    assert!(world
+        .logs
+        .run_report(&second)
+        .expect("summary")
+        .all_consistent());
+    let mut sources: Vec<String> = Vec::new();
+    for id in &ids {
+        sources.extend(harness::sets_of(emulator, HOME, id).await[&second].clone());
+    }
+    sources.sort();
+    let copies = vault_copies(&admin, &second).await;
+    assert_eq!(copies.keys().cloned().collect::<Vec<_>>(), sources);
+    let described = admin
+        .describe_snapshots()
+        .set_snapshot_ids(Some(copies.values().map(|(c, _)| c.clone()).collect()))
+        .send()
+        .await
+        .expect("the vault copies");
+    for copy in described.snapshots() {
+        assert_eq!(
+            copy.state().map(|s| s.as_str()),
+            Some("completed"),
+            "{copy:?}"
+        );
+        assert_eq!(
+            copy.kms_key_id(),
+            Some("alias/vault"),
+            "re-encrypted with the vault key: {copy:?}"
+        );
+    }
+    let vault = metrics.of("vault", Some(&second));
+    assert_eq!(vault[0]["VaultCopies"], json!(3), "{vault:#?}");
+    assert_eq!(vault[0]["VaultCopiesFailed"], json!(0), "{vault:#?}");
+    // The transit copies are gone, and were never counted as foreign by retention.
+    assert_eq!(
+        at_home_tagged(&fleet, "ConsistentSnapshot:VaultTransit").await,
+        Vec::<String>::new()
+    );
+    let retention = metrics.of("retention", Some(&second));
+    assert!(
+        retention
+            .iter()
+            .all(|m| m.get("ForeignSnapshots").is_none_or(|n| n == 0)),
+        "{retention:#?}"
+    );
+    let started = world.logs.messages_starting("transit copy started");
+    assert_eq!(
+        started.len(),
+        2,
+        "one transit copy per encrypted snapshot: {started:#?}"
+    );
+    assert_eq!(
+        world.logs.messages_starting("transit copy deleted").len(),
+        2
+    );
+    // The report shows both servers' newest sets in the vault.
+    let report = world.report(&app).await.expect("report");
+    for server in report["instances"].as_array().expect("instances") {
+        assert_eq!(
+            server["vault"]["newest_set_vaulted"],
+            json!(true),
+            "{server:#}"
+        );
+    }
+}

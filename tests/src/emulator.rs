@@ -300,6 +300,14 @@ impl Emulator {
         Ok(role.role().map(|r| r.arn().to_string()).unwrap_or_default())
     }
 
+    /// A customer-managed KMS key in `account` and `region` with this key policy (as the
+    /// templates' `AWS::KMS::Key` resources make them): its ARN.
+    pub fn kms_key(&self, account: &str, region: &str, policy: &Value) -> Result<String> {
+        let spec = json!({"account": account, "region": region, "policy": policy});
+        let answer = self.http("POST", "/_sim/kms-key", &spec)?;
+        Ok(answer["arn"].as_str().unwrap_or_default().to_string())
+    }
+
     /// Sets how EBS behaves from now on.
     pub fn simulate_ebs(&self, ebs: &Ebs) -> Result<()> {
         self.http("POST", "/_sim/ebs", &serde_json::to_value(ebs)?)

@@ -52,6 +52,8 @@ pub struct ServerSpec {
     pub bare_role: bool,
     /// Launched into a subnet with no route out and no ec2 endpoint.
     pub private_subnet: bool,
+    /// Its volumes encrypted with the account's default EBS key (`aws/ebs`).
+    pub encrypted: bool,
 }
 
 impl ServerSpec {
@@ -68,7 +70,14 @@ impl ServerSpec {
             no_instance_profile: false,
             bare_role: false,
             private_subnet: false,
+            encrypted: false,
         }
+    }
+
+    /// Its volumes encrypted with the default EBS key, as EBS encryption by default makes them.
+    pub fn encrypted(mut self) -> Self {
+        self.encrypted = true;
+        self
     }
 
     pub fn instance_type(mut self, instance_type: &str) -> Self {
@@ -143,7 +152,7 @@ pub async fn image_ids(ec2: &aws_sdk_ec2::Client) -> Result<(String, String)> {
     Ok((windows.to_string(), linux.to_string()))
 }
 
-fn mappings(data_volumes: usize) -> Vec<BlockDeviceMapping> {
+fn mappings(data_volumes: usize, encrypted: bool) -> Vec<BlockDeviceMapping> {
     // moto creates no root volume when mappings are given: list the root device too.
     std::iter::once("/dev/sda1")
         .chain(DATA_DEVICES.iter().copied().take(data_volumes))
@@ -154,6 +163,7 @@ fn mappings(data_volumes: usize) -> Vec<BlockDeviceMapping> {
                 .ebs(
                     EbsBlockDevice::builder()
                         .volume_size(if i == 0 { 50 } else { 100 })
+                        .encrypted(encrypted)
                         .build(),
                 )
                 .build()
@@ -223,7 +233,7 @@ pub async fn seed(emulator: &Emulator, servers: &[ServerSpec]) -> Result<Vec<Str
         let out = launch
             .min_count(1)
             .max_count(1)
-            .set_block_device_mappings(Some(mappings(server.data_volumes)))
+            .set_block_device_mappings(Some(mappings(server.data_volumes, server.encrypted)))
             .tag_specifications(
                 TagSpecification::builder()
                     .resource_type(ResourceType::Instance)
@@ -282,7 +292,7 @@ pub async fn seed_bulk(
             .image_id(&windows)
             .min_count(n)
             .max_count(n)
-            .set_block_device_mappings(Some(mappings(data_volumes)))
+            .set_block_device_mappings(Some(mappings(data_volumes, false)))
             .tag_specifications(
                 TagSpecification::builder()
                     .resource_type(ResourceType::Instance)

@@ -244,6 +244,12 @@ pub struct Vault {
     /// (default 30): the lock laid on each vault copy by the function.
     pub lock_mode: LockMode,
     pub lock_days: u32,
+    /// `VAULT_TRANSIT_KMS_KEY_ID`: a key of this account in the home region that the vault
+    /// account may use. An encrypted snapshot with another key (the default `aws/ebs` key
+    /// cannot be shared at all) is first copied at home, re-encrypted with it, and that
+    /// *transit copy* is shared and copied into the vault, then deleted. `None`: snapshots are
+    /// shared as they are (unencrypted, or with a key the vault account may already use).
+    pub transit_kms_key_id: Option<String>,
 }
 
 impl Config {
@@ -641,6 +647,8 @@ impl<G: Fn(&str) -> Option<String>> Settings<G> {
                 .lock_mode("VAULT_LOCK_MODE")
                 .unwrap_or(LockMode::Governance),
             lock_days: self.number("VAULT_LOCK_DAYS", "30", 1, 36_500),
+            transit_kms_key_id: Some(self.text("VAULT_TRANSIT_KMS_KEY_ID", ""))
+                .filter(|k| !k.is_empty()),
         };
         self.problems.extend(vault_problems(&vault));
         Some(vault)

@@ -101,7 +101,7 @@ const THROTTLING_CODES: [&str; 12] = [
 ];
 
 /// Error codes with which AWS refuses a call that no retry will make succeed.
-const PERMANENT_CODES: [&str; 14] = [
+const PERMANENT_CODES: [&str; 15] = [
     "AccessDenied",
     "AccessDeniedException",
     "UnauthorizedOperation",
@@ -116,6 +116,9 @@ const PERMANENT_CODES: [&str; 14] = [
     "MissingParameter",
     "KMSKeyNotAccessibleFault",
     "DisabledException",
+    // EC2: not allowed for this resource as it is (sharing a snapshot encrypted with the
+    // default aws/ebs key, …).
+    "OperationNotPermitted",
 ];
 
 /// Whether an AWS error code refuses the call for good (`PERMANENT_CODES`, or EC2's
@@ -202,6 +205,7 @@ mod tests {
             "InvalidParameterValue",
             "KMSKeyNotAccessibleFault",
             "InvalidKmsKey.NotFound",
+            "OperationNotPermitted",
         ] {
             assert!(is_permanent(Some(code)), "{code}");
             assert!(!is_throttling(Some(code)), "{code}");

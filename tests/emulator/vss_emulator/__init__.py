@@ -3,7 +3,7 @@ project depends on it (see `server.py` for what and why).
 
 * `model`: the simulated Windows side (`SIM`);
 * `ssm`, `ec2`, `iam`, `sqs`: one module per patched service (`accounts`: other accounts'
-  roles enforced on EC2) (`protection`: Snapshot Lock and the
+  roles enforced on EC2; `keys`: KMS keys as EBS uses them across accounts) (`protection`: Snapshot Lock and the
   Recycle Bin; `tiering`: the archive tier; `blocks`: the EBS direct APIs' block lists); each
   one's `REPLACES` lists every moto
   behaviour it replaces, and its `install()` applies them;
@@ -11,10 +11,10 @@ project depends on it (see `server.py` for what and why).
 * `routes`: moto's routes and the `/_sim/...` control API.
 """
 
-from . import accounts, blocks, ec2, iam, protection, sqs, ssm, tiering
+from . import accounts, blocks, ec2, iam, keys, protection, sqs, ssm, tiering
 
 
 def install() -> None:
     """Applies every patch, once, before the server starts."""
-    for service in (ssm, ec2, iam, accounts, protection, sqs, tiering, blocks):
+    for service in (ssm, ec2, iam, accounts, keys, protection, sqs, tiering, blocks):
         service.install()

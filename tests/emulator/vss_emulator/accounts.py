@@ -7,6 +7,7 @@ tested against: it may copy, tag, describe and lock, and never delete."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from moto.ec2.exceptions import EC2ClientError
@@ -52,9 +53,20 @@ def _context(response: Any, action: str) -> dict[str, list[str]]:
     return context
 
 
+#: The assumed role (and its enforced statements) of the EC2 request being answered, for the
+#: backends' checks that depend on the caller (`keys`): `(role_arn, statements)`.
+CALLER = threading.local()
+
+
+def caller() -> tuple[str | None, list[dict] | None]:
+    """The assumed role of the request being answered and its statements, if IAM enforces it."""
+    return getattr(CALLER, "role", (None, None))
+
+
 def _call_action(self: Any) -> Any:
     role_arn = _assumed_role_arn(self)
     statements = _statements(role_arn) if role_arn else None
+    CALLER.role = (role_arn, statements)
     if statements is not None:
         action = self._get_action()
         decision = evaluate(statements, f"ec2:{action}", "*", _context(self, action))

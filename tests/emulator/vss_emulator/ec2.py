@@ -16,6 +16,8 @@ from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, get_prefix
 
+from .accounts import caller
+from .keys import NOT_ACCESSIBLE, may_use
 from .model import SIM
 
 _original_copy_snapshot = EBSBackend.copy_snapshot
@@ -95,6 +97,12 @@ def _copy_shared(self: Any, source_snapshot_id: str, source_region: str, descrip
     snapshot = Snapshot(self, snapshot_id, volume=source.volume, description=description,
                         encrypted=source.encrypted or kms_key_id is not None,
                         kms_key_id=kms_key_id)
+    # The source's key must be one this account may use (`keys`): else the copy fails.
+    role_arn, statements = caller()
+    if source.encrypted and not may_use(source.kms_key_id or "", self.account_id,
+                                        self.region_name, statements, role_arn):
+        snapshot.final_status = "error"
+        snapshot.state_message = NOT_ACCESSIBLE
     self.snapshots[snapshot_id] = snapshot
     return snapshot
 

@@ -15,6 +15,7 @@ from werkzeug.wrappers import Request, Response
 
 from .model import SIM
 from .blocks import block_versions
+from .keys import create_key
 from .protection import PROTECTION
 from .tiering import TIMING
 from .seeding import age_snapshots, landing_zone, seed_history
@@ -54,6 +55,8 @@ class App:
                     "snapshots": sum(len(m["snapshots"]) + len(m["copies"]) for m in made),
                     "sets": made,
                 }
+            elif path == "/_sim/kms-key" and request.method == "POST":
+                body = create_key(json.loads(request.get_data() or b"{}"))
             elif path == "/_sim/landing-zone" and request.method == "POST":
                 body = landing_zone(json.loads(request.get_data() or b"{}"))
             elif path == "/_sim/copies":

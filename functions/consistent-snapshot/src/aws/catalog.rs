@@ -12,6 +12,7 @@
 //! | `restore#<instance id>` | `<restore id>#created#<vol>`, `#detached#<vol>` | the volumes it made / took off | 90 days (TTL) |
 //! | `set#<instance id>`| `copy#<region>#<run id>#<snapshot>`  | a copy the function made (`CopyRecord`) | with the copy  |
 //! | `run#<run id>`     | `set#<instance id>`, `copy#…`        | the run's view of its sets and copies | 15 days (TTL)  |
+//! | `run#<run id>`     | `transit#<source snapshot>`          | a vault transit copy (`TransitRecord`) | 15 days (TTL) |
 //!
 //! A vault deployment (`MODE=vault`) keeps its own table, with one kind of item:
 //!
@@ -39,7 +40,7 @@ use crate::error::Error;
 use crate::jobs::{RestoreJob, RunJob};
 use crate::model::catalog::{
     CatalogIndex, CopyRecord, CopyTargets, HeldRecord, InstanceReport, ManifestEntry, SetRecord,
-    VaultRecord,
+    TransitRecord, VaultRecord,
 };
 use crate::model::cost::{CostCount, InstanceCost, Pair};
 use crate::model::markers::{
@@ -78,6 +79,7 @@ const HELD: &str = "held";
 /// How long a vault deployment keeps the record of a copy someone else deleted there.
 const KEEP_VANISHED_DAYS: i64 = 400;
 const RUN_VAULT: &str = "run-vault";
+const RUN_TRANSIT: &str = "run-transit";
 const MANIFEST: &str = "manifest";
 const REPORT: &str = "report";
 const RECORD: &str = "run-record";
@@ -783,6 +785,33 @@ impl Catalog {
             ]
         });
         self.batch(requests.filter_map(put_request), "vault copies")
+            .await
+    }
+
+    /// The run's vault transit copies.
+    pub async fn transit_copies(&self, run_id: &str) -> Result<Vec<TransitRecord>, Error> {
+        let what = format!("vault transit copies of run {run_id}");
+        Ok(self
+            .query(run_pk(run_id), "transit#", &what)
+            .await?
+            .iter()
+            .filter_map(body_of)
+            .collect())
+    }
+
+    /// Records (or records again, as they now stand) vault transit copies of a run.
+    pub async fn record_transits(&self, transits: &[TransitRecord]) -> Result<(), Error> {
+        let expires = expiry(Utc::now());
+        let requests = transits.iter().map(|t| {
+            item(
+                run_pk(&t.run_id),
+                format!("transit#{}", t.source_snapshot_id),
+                RUN_TRANSIT,
+                t,
+                Some(expires.clone()),
+            )
+        });
+        self.batch(requests.filter_map(put_request), "vault transit copies")
             .await
     }
 

@@ -32,6 +32,10 @@ fn facts_of(snapshot: &Snapshot) -> Option<SnapshotFacts> {
             .filter(|m| !m.is_empty())
             .map(str::to_string),
         archived: archived(snapshot.storage_tier()),
+        encrypted_with: snapshot
+            .encrypted()
+            .unwrap_or(false)
+            .then(|| snapshot.kms_key_id().unwrap_or_default().to_string()),
     })
 }
 
@@ -133,10 +137,19 @@ pub async fn tagged_copies(
     run_id: &str,
     subject: &str,
 ) -> Result<Vec<(SnapshotFacts, String)>, Error> {
+    tagged_described(ec2, (TAG_RUN_ID, run_id), subject).await
+}
+
+/// The account's own snapshots tagged `key` = `value`, each with its description.
+pub async fn tagged_described(
+    ec2: &aws_sdk_ec2::Client,
+    (key, value): (&str, &str),
+    subject: &str,
+) -> Result<Vec<(SnapshotFacts, String)>, Error> {
     let pages = ec2
         .describe_snapshots()
         .owner_ids("self")
-        .filters(ec2_filter(&format!("tag:{TAG_RUN_ID}"), [run_id]))
+        .filters(ec2_filter(&format!("tag:{key}"), [value]))
         .max_results(1000)
         .into_paginator()
         .send();
@@ -365,6 +378,7 @@ pub async fn create_for_instance(
                 tags: tag_map(s.tags()),
                 state_message: None,
                 archived: false,
+                encrypted_with: None,
             })
         })
         .collect())

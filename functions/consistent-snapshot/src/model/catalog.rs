@@ -237,6 +237,20 @@ pub struct HeldRecord {
     pub vanished: Option<DateTime<Utc>>,
 }
 
+/// A vault transit copy: one of the run's encrypted snapshots copied at home, re-encrypted
+/// with a key the vault account may use (`VAULT_TRANSIT_KMS_KEY_ID`), shared and copied into
+/// the vault in its stead, and deleted when the vault step is over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitRecord {
+    pub run_id: String,
+    pub source_snapshot_id: String,
+    pub snapshot_id: String,
+    pub started_at: DateTime<Utc>,
+    /// Deleted by the vault step (or found gone) once it was over.
+    #[serde(default)]
+    pub deleted: bool,
+}
+
 /// A copy's final state as the copy step saw it in EC2.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeenFinal {
@@ -761,6 +775,7 @@ mod tests {
                 .collect(),
             state_message: None,
             archived: false,
+            encrypted_with: None,
         }
     }
 

@@ -28,6 +28,9 @@ pub struct SnapshotFacts {
     /// until restored (a temporarily restored snapshot is `standard` until it is archived
     /// again).
     pub archived: bool,
+    /// Encrypted, with this KMS key as EC2 names it (empty when it names none); `None`: not
+    /// encrypted.
+    pub encrypted_with: Option<String>,
 }
 
 impl SnapshotFacts {
@@ -261,6 +264,7 @@ mod tests {
             .collect(),
             state_message: None,
             archived: false,
+            encrypted_with: None,
         };
         let mut interner = TagInterner::default();
         let a = SnapshotInfo::from_facts(facts("snap-1"), &mut interner).expect("view");

@@ -14,6 +14,10 @@ pub const TAG_SOURCE_SNAPSHOT: &str = "ConsistentSnapshot:SourceSnapshotId";
 pub const TAG_SOURCE_REGION: &str = "ConsistentSnapshot:SourceRegion";
 /// On a vault copy: how many snapshots its set has (a recovery shares only a whole set).
 pub const TAG_SET_SIZE: &str = "ConsistentSnapshot:SetSize";
+/// On a vault transit copy (an encrypted snapshot copied at home with a key the vault may use,
+/// deleted once copied into the vault): the deployment that made it. Not `TAG_MANAGED_BY`:
+/// it is no backup, and retention never sees it.
+pub const TAG_VAULT_TRANSIT: &str = "ConsistentSnapshot:VaultTransit";
 /// On a set's snapshots and copies: `FileSystem` when the set was taken with `NoWriters`
 /// (file-system consistent, not application consistent), `CrashFallback` on the function's
 /// own crash-consistent fallback. For operators; decisions read the catalog's verdict.

@@ -10,28 +10,35 @@
 //! every copy is final, or at the step's deadline, every snapshot of the run is unshared and
 //! the step ends with one summary.
 //!
+//! An encrypted snapshot whose key the vault may not use (with `VAULT_TRANSIT_KMS_KEY_ID`) is
+//! first copied at home with the transit key; that transit copy is shared and copied in its
+//! stead (`plan::transit`), and deleted when the step is over.
+//!
 //! The role the function assumes may copy, tag, describe and lock in the vault, and nothing
 //! else (`vault.yaml`): nothing this account does, the function included, deletes there.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
 use crate::app::{dispatched_run, emit_metrics, requeue, App};
 use crate::aws::catalog::RunMarkerStore;
-use crate::aws::snapshots::{self, CopyRequest};
+use crate::aws::snapshots::{self, CopyRequest, Deletion};
 use crate::config::Vault;
 use crate::copy::plan::{copy_tags, RegionFault};
 use crate::error::Error;
 use crate::jobs::{Job, VaultJob};
-use crate::model::catalog::{admit, CatalogIndex, VaultRecord};
+use crate::model::catalog::{admit, CatalogIndex, TransitRecord, VaultRecord};
 use crate::model::pace::Pace;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::SnapshotState;
 use crate::model::stop_time;
-use crate::model::tags::TAG_SET_SIZE;
+use crate::model::tags::{TAG_SET_SIZE, TAG_VAULT_TRANSIT};
 use crate::run::plan::claim::{decide_vault, CopyClaim};
+use crate::vault::plan::transit::{
+    needs_transit, transit_description, transit_tags, transits, Transit,
+};
 use crate::vault::plan::{
     plan_vault, vault_description, vault_sources, VaultPlan, VaultSource, VaultSummary,
 };
@@ -79,10 +86,12 @@ pub async fn vault_job(
         info!(run_id = %job.run_id, started = pass.started, pending = pass.plan.pending.values().sum::<usize>(), "vault copies in progress");
         return Ok(());
     }
-    // Over: nothing of the run stays shared, whatever became of its copies.
+    // Over: nothing of the run stays shared, whatever became of its copies, and no transit
+    // copy is kept.
     unshare_all(app, &vault, &job.run_id).await?;
+    let transits_left = delete_transits(app, &job.run_id).await?;
     if store.mark_vaulted().await? {
-        report_vault(app, &vault, &job.run_id, &pass, timed_out);
+        report_vault(app, &vault, &job.run_id, (&pass, transits_left), timed_out);
     }
     Ok(())
 }
@@ -189,9 +198,12 @@ async fn start_copies(
             }
         }
     }
+    let transit_key = vault.transit_kms_key_id.as_deref();
+    let mut transit = transit_states(app, run_id, transit_key, &plan.to_copy, &sources).await?;
     let mut started = 0;
     let mut records = Vec::new();
     let mut shared: std::collections::HashSet<String> = Default::default();
+    let mut refused: BTreeMap<String, String> = BTreeMap::new();
     let mut pace = Pace::until(stop_at);
     for (region, source) in std::mem::take(&mut plan.to_copy) {
         let began = Utc::now();
@@ -214,25 +226,64 @@ async fn start_copies(
             *plan.pending.entry(region).or_default() += 1;
             continue;
         }
-        if !shared.contains(&source.snapshot_id) {
-            let share =
-                snapshots::share_with(&app.aws.ec2, &source.snapshot_id, &vault.account_id, true)
-                    .await;
+        // What is shared and copied: the snapshot, or its transit copy.
+        let from = if needs_transit(facts, transit_key) {
+            let state = transit
+                .get(&source.snapshot_id)
+                .cloned()
+                .unwrap_or(Transit::Start);
+            match state {
+                Transit::Ready(id) => id,
+                Transit::Pending => {
+                    *plan.pending.entry(region).or_default() += 1;
+                    continue;
+                }
+                Transit::Failed(why) => {
+                    warn!(run_id, region = %region, source = %source.snapshot_id, why = %why, "transit copy failed: the snapshot does not reach the vault in this run");
+                    plan.failed.push((region, source.snapshot_id.clone(), why));
+                    continue;
+                }
+                Transit::Start => {
+                    let next = start_transit(app, run_id, facts, transit_key).await;
+                    if let Transit::Failed(why) = &next {
+                        plan.failed
+                            .push((region.clone(), source.snapshot_id.clone(), why.clone()));
+                    } else {
+                        *plan.pending.entry(region).or_default() += 1;
+                    }
+                    transit.insert(source.snapshot_id.clone(), next);
+                    pace.took(began, Utc::now());
+                    continue;
+                }
+            }
+        } else {
+            source.snapshot_id.clone()
+        };
+        if let Some(why) = refused.get(&from) {
+            plan.failed
+                .push((region, source.snapshot_id.clone(), why.clone()));
+            continue;
+        }
+        if !shared.contains(&from) {
+            let share = snapshots::share_with(&app.aws.ec2, &from, &vault.account_id, true).await;
             if let Err(err) = share {
-                // Not shared, not copied: the region waits for the next pass, or is reported
-                // failed when the refusal is for good (a permission, an encrypted set's key).
+                // Not shared, not copied: a refusal for good (the default aws/ebs key cannot be
+                // shared, a permission) fails this snapshot in every region, never the others;
+                // else the next pass tries again.
                 let fault = RegionFault::of(&err);
-                warn!(run_id, region = %region, source = %source.snapshot_id, code = %fault.code, permanent = fault.permanent, error = %err, "set not shared with the vault account: not copied there");
+                warn!(run_id, region = %region, source = %source.snapshot_id, code = %fault.code, permanent = fault.permanent, error = %err, "snapshot not shared with the vault account: not copied there");
                 if fault.permanent {
-                    faults.insert(region, fault);
+                    let why = format!("not shared with the vault account ({})", fault.code);
+                    refused.insert(from.clone(), why.clone());
+                    plan.failed.push((region, source.snapshot_id.clone(), why));
                 } else {
                     *plan.pending.entry(region).or_default() += 1;
                 }
                 continue;
             }
-            shared.insert(source.snapshot_id.clone());
+            shared.insert(from.clone());
         }
-        match copy_one(app, vault, run_id, &region, &source, facts).await {
+        match copy_one(app, (vault, run_id, &region), (&source, facts, &from)).await {
             Ok(record) => {
                 info!(run_id, region = %region, account = %vault.account_id, source = %source.snapshot_id, copy = %record.snapshot_id, "vault copy started");
                 started += 1;
@@ -256,20 +307,132 @@ async fn start_copies(
     Ok((started, records))
 }
 
-/// One CopySnapshot by the vault's role, and its record in the catalog.
+/// Each source's transit copy that this pass needs (none when no snapshot to copy needs
+/// one): recorded, or found at home by its description (and recorded), or to start.
+async fn transit_states(
+    app: &App,
+    run_id: &str,
+    transit_key: Option<&str>,
+    to_copy: &[(String, VaultSource)],
+    sources: &BTreeMap<String, SnapshotFacts>,
+) -> Result<BTreeMap<String, Transit>, Error> {
+    let needing: BTreeSet<&str> = to_copy
+        .iter()
+        .filter_map(|(_, s)| sources.get(&s.snapshot_id))
+        .filter(|f| f.state == SnapshotState::Completed && needs_transit(f, transit_key))
+        .map(|f| f.snapshot_id.as_str())
+        .collect();
+    if needing.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let recorded = app.aws.catalog.transit_copies(run_id).await?;
+    let listed = snapshots::tagged_described(
+        &app.aws.ec2,
+        (TAG_VAULT_TRANSIT, &app.config.managed_by),
+        &format!("vault transit copies of run {run_id}"),
+    )
+    .await?;
+    let (states, adopted) = transits(run_id, &needing, &recorded, &listed, Utc::now());
+    for t in &adopted {
+        info!(run_id, source = %t.source_snapshot_id, transit = %t.snapshot_id, "a transit copy whose CopySnapshot answer was lost: recorded");
+    }
+    app.aws.catalog.record_transits(&adopted).await?;
+    Ok(states)
+}
+
+/// Starts a source's transit copy at home, re-encrypted with the transit key, and records it;
+/// answers how it then stands (pending, or failed with AWS's code when refused for good; a
+/// lost answer is found by the next pass by its description).
+async fn start_transit(
+    app: &App,
+    run_id: &str,
+    facts: &SnapshotFacts,
+    transit_key: Option<&str>,
+) -> Transit {
+    let home = app.config.region.as_str();
+    let request = CopyRequest {
+        source_region: home,
+        source_snapshot_id: &facts.snapshot_id,
+        description: transit_description(&facts.snapshot_id, run_id),
+        tags: transit_tags(facts, &app.config.managed_by),
+        kms_key_id: transit_key,
+    };
+    match snapshots::copy(&app.aws.ec2, home, request).await {
+        Ok(copy_id) => {
+            let record = TransitRecord {
+                run_id: run_id.to_string(),
+                source_snapshot_id: facts.snapshot_id.clone(),
+                snapshot_id: copy_id,
+                started_at: Utc::now(),
+                deleted: false,
+            };
+            info!(run_id, source = %record.source_snapshot_id, transit = %record.snapshot_id, "transit copy started, re-encrypted with the transit key");
+            match app
+                .aws
+                .catalog
+                .record_transits(std::slice::from_ref(&record))
+                .await
+            {
+                Ok(()) => Transit::Pending,
+                // Not recorded: the next pass finds it by its description.
+                Err(err) => {
+                    warn!(run_id, transit = %record.snapshot_id, error = %err, "transit copy not recorded: the next pass finds it");
+                    Transit::Pending
+                }
+            }
+        }
+        Err(err) if err.is_permanent() => {
+            let code = err.aws_code().unwrap_or("Unknown").to_string();
+            warn!(run_id, source = %facts.snapshot_id, code = %code, error = %err, "transit copy refused: the snapshot does not reach the vault in this run");
+            Transit::Failed(format!("transit copy refused ({code})"))
+        }
+        Err(err) => {
+            warn!(run_id, source = %facts.snapshot_id, error = %err, "transit copy not confirmed: the next pass looks again");
+            Transit::Pending
+        }
+    }
+}
+
+/// Deletes the run's transit copies (only those the catalog records); answers how many are
+/// left (in use by a copy still going, or refused), each named in the log.
+async fn delete_transits(app: &App, run_id: &str) -> Result<usize, Error> {
+    let recorded = app.aws.catalog.transit_copies(run_id).await?;
+    let mut done = Vec::new();
+    let mut left = 0;
+    for mut t in recorded.into_iter().filter(|t| !t.deleted) {
+        let subject = format!("transit copy {} of run {run_id}", t.snapshot_id);
+        match snapshots::delete(&app.aws.ec2, &t.snapshot_id, &subject).await {
+            Deletion::Deleted | Deletion::AlreadyGone => {
+                info!(run_id, transit = %t.snapshot_id, source = %t.source_snapshot_id, "transit copy deleted");
+                t.deleted = true;
+                done.push(t);
+            }
+            Deletion::InUse => {
+                warn!(run_id, transit = %t.snapshot_id, "transit copy in use (a copy still going): left; delete it once the vault copy is final");
+                left += 1;
+            }
+            Deletion::Failed(err) => {
+                warn!(run_id, transit = %t.snapshot_id, code = err.aws_code().unwrap_or(""), error = %err, "transit copy not deleted");
+                left += 1;
+            }
+        }
+    }
+    app.aws.catalog.record_transits(&done).await?;
+    Ok(left)
+}
+
+/// One CopySnapshot by the vault's role (of the source, or of its transit copy `from`), and
+/// its record in the catalog.
 async fn copy_one(
     app: &App,
-    vault: &Vault,
-    run_id: &str,
-    region: &str,
-    source: &VaultSource,
-    facts: &SnapshotFacts,
+    (vault, run_id, region): (&Vault, &str, &str),
+    (source, facts, from): (&VaultSource, &SnapshotFacts, &str),
 ) -> Result<VaultRecord, Error> {
     let home = app.config.region.as_str();
     let ec2 = app.aws.vault_ec2(&vault.role_arn, region).await;
     let request = CopyRequest {
         source_region: home,
-        source_snapshot_id: &source.snapshot_id,
+        source_snapshot_id: from,
         description: vault_description(&source.snapshot_id, home, run_id),
         tags: {
             let mut tags = copy_tags(facts, home);
@@ -335,17 +498,35 @@ async fn lock_copies(
 }
 
 /// Unshares every snapshot of the run's backups from the vault account (idempotent; a snapshot
-/// deleted meanwhile is no longer shared).
+/// deleted meanwhile is no longer shared). One that went through a transit copy was never
+/// shared (its transit copy is deleted).
 async fn unshare_all(app: &App, vault: &Vault, run_id: &str) -> Result<(), Error> {
     let (sets, _) = app.aws.catalog.vault_view(run_id).await?;
+    let transited: BTreeSet<String> = app
+        .aws
+        .catalog
+        .transit_copies(run_id)
+        .await?
+        .into_iter()
+        .map(|t| t.source_snapshot_id)
+        .collect();
     for source in vault_sources(&sets) {
+        if transited.contains(&source.snapshot_id) {
+            continue;
+        }
         snapshots::share_with(&app.aws.ec2, &source.snapshot_id, &vault.account_id, false).await?;
     }
     Ok(())
 }
 
 /// The vault step's one summary: a log line and its metrics.
-fn report_vault(app: &App, vault: &Vault, run_id: &str, pass: &Pass, timed_out: bool) {
+fn report_vault(
+    app: &App,
+    vault: &Vault,
+    run_id: &str,
+    (pass, transits_left): (&Pass, usize),
+    timed_out: bool,
+) {
     let summary = VaultSummary {
         run_id: run_id.to_string(),
         account: vault.account_id.clone(),
@@ -358,6 +539,7 @@ fn report_vault(app: &App, vault: &Vault, run_id: &str, pass: &Pass, timed_out: 
             .map(|(region, f)| (region.clone(), f.code.clone()))
             .collect(),
         not_locked: pass.not_locked,
+        transits_left,
         timed_out,
     };
     let text = serde_json::to_string(&summary).unwrap_or_default();
@@ -376,7 +558,12 @@ fn report_vault(app: &App, vault: &Vault, run_id: &str, pass: &Pass, timed_out: 
         ],
         &[("RunId", run_id), ("Event", "vault")],
     );
-    if failed == 0 && summary.regions_failed.is_empty() && !timed_out && summary.not_locked == 0 {
+    if failed == 0
+        && summary.regions_failed.is_empty()
+        && !timed_out
+        && summary.not_locked == 0
+        && transits_left == 0
+    {
         info!(run_id, vault = %text, "vault: {done} copies completed in account {}", vault.account_id);
     } else {
         warn!(run_id, vault = %text, "vault copies need attention: {done} completed, {failed} failed, {pending} not final, regions refused: {:?}, timed out: {timed_out}", summary.regions_failed);

@@ -162,6 +162,7 @@ mod tests {
                 .collect(),
             state_message: None,
             archived: false,
+            encrypted_with: None,
         }
     }
 

@@ -254,6 +254,7 @@ mod tests {
             .collect(),
             state_message: None,
             archived: false,
+            encrypted_with: None,
         }
     }
 

@@ -8,6 +8,7 @@
 //! writes; anything else there is not this function's and is left alone.
 
 pub mod keep;
+pub mod transit;
 
 use std::collections::BTreeMap;
 
@@ -197,6 +198,8 @@ pub struct VaultSummary {
     /// Regions the vault's role could not read or copy into, with AWS's code.
     pub regions_failed: BTreeMap<String, String>,
     pub not_locked: usize,
+    /// Transit copies the step could not delete (each named in the log).
+    pub transits_left: usize,
     pub timed_out: bool,
 }
 
