@@ -46,6 +46,17 @@ pub fn is_scheduled_run_id(id: &str) -> bool {
         && b[17..].iter().all(u8::is_ascii_hexdigit)
 }
 
+/// The scheduled time a scheduled run's id names (`is_scheduled_run_id`); `None` for any
+/// other id.
+pub fn scheduled_run_time(id: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    if !is_scheduled_run_id(id) {
+        return None;
+    }
+    chrono::NaiveDateTime::parse_from_str(&id[..15], "%Y%m%dT%H%M%S")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
 /// An AWS account id: twelve digits.
 pub fn is_account_id(id: &str) -> bool {
     id.len() == 12 && id.chars().all(|c| c.is_ascii_digit())

@@ -9,7 +9,7 @@
 //!   EC2 started them, and only up to the first one still pending: the copies that first make it
 //!   whole (as many as their set size says, one per device) are its set, once and for all. A
 //!   copy claiming that run afterwards, or disagreeing with it (another set size, a device
-//!   twice), is an *intruder*: recorded, counted, never shared as part of the set. A recorded
+//!   twice), or started before its scheduled run's time, is an *intruder*: recorded, counted, never shared as part of the set. A recorded
 //!   copy EC2 no longer lists, which the vault did not delete, is marked *vanished*, once.
 //! * **Retention** (`plan_keeping`): a copy is deleted only when the catalog records it, EC2
 //!   still reports the start time recorded and says it is older than `retain_days`, it is not
@@ -25,6 +25,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use crate::model::catalog::HeldRecord;
+use crate::model::ids::scheduled_run_time;
 use crate::model::state::SnapshotState;
 
 /// One of the fleet's copies in the vault, as EC2 reports it there (its tags as written).
@@ -66,8 +67,21 @@ fn whole(members: &[&HeldRecord]) -> bool {
     })
 }
 
+/// How long before its scheduled run's time a copy may seem to start (clocks): none really
+/// does, since a copy is made of the run's own snapshots.
+const BEFORE_ITS_RUN: Duration = Duration::minutes(5);
+
 /// Why `copy` cannot join the run whose members (so far) are `members`; `None`: it joins.
 fn intruder_why(members: &[&HeldRecord], copy: &HeldRecord) -> Option<String> {
+    if let Some(scheduled) = scheduled_run_time(&copy.run_id) {
+        if copy.started < scheduled - BEFORE_ITS_RUN {
+            return Some(format!(
+                "started {} in the vault, before its run {} was scheduled",
+                copy.started.to_rfc3339(),
+                copy.run_id
+            ));
+        }
+    }
     let first = members.first()?;
     if whole(members) {
         let since = members
@@ -550,6 +564,29 @@ mod tests {
         let ids: Vec<&str> = set.iter().map(|r| r.snapshot_id.as_str()).collect();
         assert_eq!(ids, ["v-a", "v-b"]);
         assert_eq!(twice.intruders, 1);
+    }
+
+    #[test]
+    fn a_copy_older_than_its_scheduled_run_is_an_intruder() {
+        // Made ahead for a scheduled run that has not happened yet (its id is predictable):
+        // the real copies, started after the run, then make the set.
+        let run = "20270115T020000Z-00a3b4a6";
+        let scheduled = scheduled_run_time(run).expect("a scheduled run's time");
+        let copy = |id: &str, started: DateTime<Utc>, device: &str| Held {
+            started: Some(started),
+            ..of_two(held(id, "i-1", run, 0), device)
+        };
+        let copies = [
+            copy("v-early-a", scheduled - Duration::days(1), "xvda"),
+            copy("v-early-b", scheduled - Duration::days(1), "xvdf"),
+            copy("v-a", scheduled + Duration::minutes(20), "xvda"),
+            copy("v-b", scheduled + Duration::minutes(21), "xvdf"),
+        ];
+        let taken = intake(Vec::new(), &copies, scheduled + Duration::hours(1));
+        assert_eq!(taken.intruders, 2, "{taken:#?}");
+        let set = recovery_set(&taken.records, &copies, "i-1", run).expect("whole");
+        let ids: Vec<&str> = set.iter().map(|r| r.snapshot_id.as_str()).collect();
+        assert_eq!(ids, ["v-a", "v-b"]);
     }
 
     #[test]
