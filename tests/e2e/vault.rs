@@ -666,7 +666,7 @@ async fn at_home_tagged(fleet: &aws_sdk_ec2::Client, key: &str) -> Vec<String> {
 /// still reaches the vault; with the template's transit key (its key policy as
 /// `template.yaml` makes it) each encrypted snapshot goes through a transit copy that the vault
 /// role may decrypt (its `vault.yaml` policy), every set reaches the vault, and no transit copy
-/// is left at home.
+/// is left at home; night one's refused set is copied then too (the step's backlog).
 #[tokio::test]
 async fn encrypted_sets_reach_the_vault_through_transit_copies() {
     let world = World::start(1).await.expect("world");
@@ -797,15 +797,27 @@ async fn encrypted_sets_reach_the_vault_through_transit_copies() {
             .all(|m| m.get("ForeignSnapshots").is_none_or(|n| n == 0)),
         "{retention:#?}"
     );
+    // Night one's refused sets are the step's backlog: they reach the vault too, through
+    // transit copies of their own.
+    let mut first_sources: Vec<String> = files_first.iter().chain(&sql_first).cloned().collect();
+    first_sources.sort();
+    assert_eq!(
+        vault_copies(&admin, &first)
+            .await
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>(),
+        first_sources
+    );
     let started = world.logs.messages_starting("transit copy started");
     assert_eq!(
         started.len(),
-        2,
-        "one transit copy per encrypted snapshot: {started:#?}"
+        4,
+        "one transit copy per encrypted snapshot of the two nights: {started:#?}"
     );
     assert_eq!(
         world.logs.messages_starting("transit copy deleted").len(),
-        2
+        4
     );
     // The report shows both servers' newest sets in the vault.
     let report = world.report(&app).await.expect("report");
@@ -815,5 +827,142 @@ async fn encrypted_sets_reach_the_vault_through_transit_copies() {
             json!(true),
             "{server:#}"
         );
+    }
+}
+
+/// A night the vault refused (its role not deployed as `vault.yaml` makes it yet: it may not
+/// even list the vault) is reported, and the next night's vault step copies that night's sets
+/// too, once: a third night finds nothing left and copies nothing twice.
+#[tokio::test]
+async fn a_night_the_vault_refused_is_copied_by_the_next() {
+    let world = World::start(1).await.expect("world");
+    let emulator = &world.emulator;
+    let ids = world
+        .seed(&[
+            ServerSpec::windows("sql01", 1),
+            ServerSpec::windows("files01", 0),
+        ])
+        .await
+        .expect("seed");
+    let half_deployed = emulator
+        .create_role_in(
+            VAULT,
+            "vault-access-before-its-policy",
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ec2:DescribeLockedSnapshots","Resource":"*"}]}"#,
+        )
+        .await
+        .expect("a role without its policy");
+    let role_arn = emulator
+        .create_role_in(VAULT, ROLE, &vault_policy())
+        .await
+        .expect("the vault role");
+    let settings = |role: &str| {
+        world
+            .app(&[
+                ("VAULT_ACCOUNT_ID", VAULT),
+                ("VAULT_ROLE_ARN", role),
+                ("VAULT_REGIONS", VAULT_REGION),
+                ("VAULT_KMS_KEY_IDS", "eu-west-1=alias/vault"),
+            ])
+            .expect("app")
+    };
+    let metrics = Metrics::default();
+    let admin = emulator
+        .ec2_as(
+            &format!("arn:aws:iam::{VAULT}:role/administrator"),
+            VAULT_REGION,
+        )
+        .await;
+    let (world, ids) = (&world, &ids);
+    let night = |app| async move {
+        let time = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        world.nightly(app, &time).await.expect("a night")
+    };
+    let sources_of = |run: String| async move {
+        let mut all = Vec::new();
+        for id in ids {
+            all.extend(harness::sets_of(emulator, HOME, id).await[&run].clone());
+        }
+        all.sort();
+        all
+    };
+
+    let refused = metrics.attach(settings(&half_deployed));
+    let first = night(&refused).await;
+    assert!(vault_copies(&admin, &first).await.is_empty());
+    let said = world.logs.messages_starting("vault copies need attention");
+    assert!(
+        said.iter().any(|l| l["run_id"] == first.as_str()
+            && l["vault"]
+                .as_str()
+                .is_some_and(|v| v.contains("UnauthorizedOperation"))),
+        "the refusal named with its code: {said:#?}"
+    );
+
+    a_day_passes(emulator, ids).await;
+    let app = metrics.attach(settings(&role_arn));
+    let second = night(&app).await;
+    let backlog = world
+        .logs
+        .messages_starting("earlier runs have backups not in the vault");
+    assert!(
+        backlog.iter().any(|l| l["run_id"] == second.as_str()
+            && l["backlog"]
+                .as_str()
+                .is_some_and(|b| b.contains(first.as_str()))),
+        "{backlog:#?}"
+    );
+    let locks = admin
+        .describe_locked_snapshots()
+        .send()
+        .await
+        .expect("vault locks");
+    let mut held = BTreeMap::new();
+    for run in [&first, &second] {
+        let copies = vault_copies(&admin, run).await;
+        assert_eq!(
+            copies.keys().cloned().collect::<Vec<_>>(),
+            sources_of(run.clone()).await,
+            "{run}: one vault copy of each snapshot"
+        );
+        for (copy, state) in copies.values() {
+            assert_eq!(state, "completed", "{copy}");
+            assert!(
+                locks
+                    .snapshots()
+                    .iter()
+                    .any(|l| l.snapshot_id() == Some(copy.as_str())),
+                "{copy} locked"
+            );
+        }
+        held.insert(run.clone(), copies);
+    }
+    let fleet = emulator.ec2_in(HOME);
+    for source in sources_of(first.clone()).await {
+        let shared = fleet
+            .describe_snapshot_attribute()
+            .snapshot_id(&source)
+            .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
+            .send()
+            .await
+            .expect("attribute");
+        assert!(
+            shared.create_volume_permissions().is_empty(),
+            "{source} still shared"
+        );
+    }
+
+    // Nothing is left: the next night takes no earlier run, and copies nothing twice.
+    a_day_passes(emulator, ids).await;
+    let third = night(&app).await;
+    let backlog = world
+        .logs
+        .messages_starting("earlier runs have backups not in the vault");
+    assert!(
+        !backlog.iter().any(|l| l["run_id"] == third.as_str()),
+        "{backlog:#?}"
+    );
+    for (run, copies) in &held {
+        assert_eq!(&vault_copies(&admin, run).await, copies, "{run}");
     }
 }

@@ -503,6 +503,15 @@ impl Emulator {
             })
             .collect();
         catalog.put_sets(&aged, &[]).await?;
+        // And the runs' own views of them, for the runs the function dispatched (seeded
+        // history has none).
+        let mut viewed = Vec::new();
+        for set in aged {
+            if catalog.run(&set.run_id).await?.is_some() {
+                viewed.push(set);
+            }
+        }
+        catalog.put_run_views(&viewed).await?;
         Ok(())
     }
 

@@ -219,6 +219,11 @@ pub struct VaultJob {
     /// Vault copies not final by then are reported as timed out, and the sets unshared.
     pub deadline: DateTime<Utc>,
     pub attempt: u32,
+    /// Earlier runs whose backups are not all in the vault (found by the first pass, as the
+    /// copy step's backlog): this step copies them too. Only references, read and confirmed
+    /// like the step's own run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backlog: Vec<String>,
 }
 
 impl VaultJob {
@@ -228,6 +233,7 @@ impl VaultJob {
             run_id: run_id.to_string(),
             deadline: now + chrono::Duration::seconds(i64::from(completion_timeout_seconds)),
             attempt: 0,
+            backlog: Vec::new(),
         }
     }
 

@@ -198,6 +198,17 @@ fn set_or_copy_sort_keys(
     }
 }
 
+/// A set as its run's own view holds it (`run#…`/`set#…`), expiring with the run's items.
+fn run_view_item(set: &SetRecord) -> HashMap<String, AttributeValue> {
+    item(
+        run_pk(&set.run_id),
+        format!("set#{}", set.instance_id),
+        RUN_SET,
+        set,
+        Some(expiry(Utc::now())),
+    )
+}
+
 fn held_pk(instance_id: &str) -> String {
     format!("held#{instance_id}")
 }
@@ -679,18 +690,18 @@ impl Catalog {
         };
         // The run's own view of its sets, for its copy step (one query); it expires with
         // the run's other items.
-        self.put(
-            item(
-                run_pk(&record.run_id),
-                format!("set#{}", record.instance_id),
-                RUN_SET,
-                &recorded,
-                Some(expiry(Utc::now())),
-            ),
-            &what,
-        )
-        .await?;
+        self.put(run_view_item(&recorded), &what).await?;
         Ok(recorded)
+    }
+
+    /// Writes the runs' own views of these sets again, as `record_set` does (sets recorded
+    /// again as they now stand).
+    pub async fn put_run_views(&self, sets: &[SetRecord]) -> Result<(), Error> {
+        self.batch(
+            sets.iter().map(run_view_item).filter_map(put_request),
+            "the runs' views of their sets",
+        )
+        .await
     }
 
     async fn put(&self, item: HashMap<String, AttributeValue>, what: &str) -> Result<(), Error> {

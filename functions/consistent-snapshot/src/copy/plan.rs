@@ -257,15 +257,24 @@ impl Backlog {
     }
 
     pub fn add_copy(&mut self, copy: &CopyRecord) {
+        self.add_copy_at(
+            (&copy.instance_id, &copy.run_id, &copy.region),
+            copy.started_at,
+        );
+    }
+
+    /// A copy of the instance's set of the run in the region, started then (the copy step's,
+    /// or a vault copy).
+    pub fn add_copy_at(
+        &mut self,
+        (instance, run, region): (&str, &str, &str),
+        started_at: DateTime<Utc>,
+    ) {
         // A copy is started after its set: an older copy is of an older set.
-        if self.since.is_none_or(|since| copy.started_at >= since) {
+        if self.since.is_none_or(|since| started_at >= since) {
             *self
                 .copies
-                .entry((
-                    copy.instance_id.clone(),
-                    copy.run_id.clone(),
-                    copy.region.clone(),
-                ))
+                .entry((instance.to_string(), run.to_string(), region.to_string()))
                 .or_default() += 1;
         }
     }

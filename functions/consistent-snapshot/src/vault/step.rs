@@ -26,7 +26,7 @@ use crate::app::{dispatched_run, emit_metrics, requeue, App};
 use crate::aws::catalog::RunMarkerStore;
 use crate::aws::snapshots::{self, CopyRequest, Deletion};
 use crate::config::Vault;
-use crate::copy::plan::{copy_tags, RegionFault};
+use crate::copy::plan::{copy_tags, Backlog, RegionFault};
 use crate::error::Error;
 use crate::jobs::{Job, VaultJob};
 use crate::model::catalog::{admit, CatalogIndex, TransitRecord, VaultRecord};
@@ -46,7 +46,7 @@ use crate::vault::plan::{
 /// One pass of the vault step; see the module documentation.
 pub async fn vault_job(
     app: &App,
-    job: VaultJob,
+    mut job: VaultJob,
     (deadline, lease_until): (DateTime<Utc>, DateTime<Utc>),
     message_id: &str,
 ) -> Result<(), Error> {
@@ -54,7 +54,7 @@ pub async fn vault_job(
         warn!(run_id = %job.run_id, "a vault job, but no vault is configured (VAULT_ACCOUNT_ID): dropped");
         return Ok(());
     };
-    dispatched_run(app, &job.run_id, "vault").await?;
+    let run = dispatched_run(app, &job.run_id, "vault").await?;
     let store = RunMarkerStore::new(&app.aws.catalog, &job.run_id);
     let claim = decide_vault(&store.read().await?, Utc::now());
     if claim == CopyClaim::Final {
@@ -64,6 +64,17 @@ pub async fn vault_job(
     if !store.claim_vault_pass(job.attempt, message_id).await? {
         info!(run_id = %job.run_id, pass = job.attempt, "vault pass already taken by another message");
         return Ok(());
+    }
+    if job.attempt == 0 {
+        // Found once, by the first pass; its successors carry it. Not found, the run's own
+        // copies go on without it.
+        job.backlog = match backlog_runs(app, &vault, &job.run_id, run.started_at).await {
+            Ok(runs) => runs,
+            Err(err) => {
+                warn!(run_id = %job.run_id, error = %err, "earlier runs not looked at for sets missing from the vault: this step copies its own run only");
+                Vec::new()
+            }
+        };
     }
     // The successor first, so that a pass stopped half-way still has one; none past the
     // deadline, so that no chain outlives it.
@@ -76,24 +87,96 @@ pub async fn vault_job(
     if !store.take_vault_lease(epoch, lease_until).await? {
         return Ok(());
     }
-    let pass = vault_pass(app, &vault, &job.run_id, stop_time(Utc::now(), deadline)).await;
+    let stop_at = stop_time(Utc::now(), deadline);
+    let pass = vault_pass(app, &vault, &job.run_id, stop_at).await;
+    // The earlier runs after the step's own, each on its own: one that fails is left to the
+    // next pass (and named), never stopping the run's own copies.
+    let mut earlier = Vec::new();
+    if pass.is_ok() {
+        for run_id in &job.backlog {
+            match vault_pass(app, &vault, run_id, stop_at).await {
+                Ok(p) => earlier.push((run_id.clone(), p)),
+                Err(err) => {
+                    warn!(run_id = %job.run_id, backlog_run = %run_id, error = %err, "an earlier run's vault copies not looked at in this pass");
+                }
+            }
+        }
+    }
     store.drop_vault_lease(epoch).await?;
     let pass = pass?;
     let timed_out = Utc::now() > job.deadline;
     // A region refused for good is reported failed; one that may come back is looked at again.
-    let over = pass.plan.is_final() && pass.faults.values().all(|f| f.permanent);
+    let is_over = |p: &Pass| p.plan.is_final() && p.faults.values().all(|f| f.permanent);
+    let over = is_over(&pass)
+        && earlier.iter().all(|(_, p)| is_over(p))
+        && earlier.len() == job.backlog.len();
     if !over && !timed_out {
-        info!(run_id = %job.run_id, started = pass.started, pending = pass.plan.pending.values().sum::<usize>(), "vault copies in progress");
+        info!(run_id = %job.run_id, started = pass.started, pending = pass.plan.pending.values().sum::<usize>(), backlog = job.backlog.len(), "vault copies in progress");
         return Ok(());
     }
-    // Over: nothing of the run stays shared, whatever became of its copies, and no transit
+    // Over: nothing of the runs stays shared, whatever became of their copies, and no transit
     // copy is kept.
-    unshare_all(app, &vault, &job.run_id).await?;
-    let transits_left = delete_transits(app, &job.run_id).await?;
+    let mut transits_left = 0;
+    for run_id in std::iter::once(&job.run_id).chain(&job.backlog) {
+        unshare_all(app, &vault, run_id).await?;
+        transits_left += delete_transits(app, run_id).await?;
+    }
     if store.mark_vaulted().await? {
+        for (run_id, p) in &earlier {
+            let done: usize = p.plan.completed.values().sum();
+            info!(run_id = %job.run_id, backlog_run = %run_id, completed = done, failed = p.plan.failed.len(), "vault backlog: an earlier run's copies, {done} completed");
+        }
         report_vault(app, &vault, &job.run_id, (&pass, transits_left), timed_out);
     }
     Ok(())
+}
+
+/// Earlier runs with backups whose vault copies were never made or never seen final (in the
+/// copy step's backlog window, at most its number of runs, newest first), from one read of the
+/// catalog's sets and one of its vault copies: a night the vault refused (its role not yet deployed, a region down, the
+/// step's deadline) is copied by the next nights. A run whose own vault step is not over is
+/// left to it, so that no two steps copy the same snapshot at once.
+async fn backlog_runs(
+    app: &App,
+    vault: &Vault,
+    run_id: &str,
+    started_at: DateTime<Utc>,
+) -> Result<Vec<String>, Error> {
+    let mut backlog = Backlog::since(started_at);
+    app.aws
+        .catalog
+        .scan_sets(|set, _| {
+            if let Some(set) = set {
+                backlog.add_set(&set);
+            }
+        })
+        .await?;
+    app.aws
+        .catalog
+        .scan_vault_copies(|copy| {
+            // A copy that ended (completed, or failed in EC2 and reported so by its own night)
+            // is not made again; one never started, or not seen final, is looked at.
+            if copy.seen_final.is_some() {
+                backlog.add_copy_at(
+                    (&copy.instance_id, &copy.run_id, &copy.region),
+                    copy.started_at,
+                );
+            }
+        })
+        .await?;
+    let mut runs = Vec::new();
+    for earlier in backlog.runs(run_id, &vault.regions, usize::MAX) {
+        let markers = RunMarkerStore::new(&app.aws.catalog, &earlier)
+            .read()
+            .await?;
+        if markers.vaulted {
+            runs.push(earlier);
+        }
+    }
+    if !runs.is_empty() {
+        info!(run_id, backlog = ?runs, "earlier runs have backups not in the vault: this vault step copies them too");
+    }
+    Ok(runs)
 }
 
 /// What one pass did.
