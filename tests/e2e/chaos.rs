@@ -63,26 +63,18 @@ async fn end_state(emulator: &Emulator, logs: &Logs, run_id: &str) -> EndState {
         })
         .count();
     let reports = logs.run_reports(run_id);
-    let copies = emulator
-        .ec2_in(COPY_REGION)
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag:ConsistentSnapshot:RunId")
-                .values(run_id)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("copies");
+    let copies = harness::snapshots_where(
+        &emulator.ec2_in(COPY_REGION),
+        ("tag:ConsistentSnapshot:RunId", run_id),
+    )
+    .await;
     let mut per_source: BTreeMap<String, usize> = BTreeMap::new();
-    for copy in copies.snapshots() {
+    for copy in &copies {
         let source = snapshot_tag(copy, "ConsistentSnapshot:SourceSnapshotId").unwrap_or("none");
         *per_source.entry(source.to_string()).or_default() += 1;
     }
     EndState {
-        copies: copies.snapshots().len(),
+        copies: copies.len(),
         max_copies_of_one: per_source.values().copied().max().unwrap_or(0),
         outcomes: reports
             .first()

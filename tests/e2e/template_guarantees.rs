@@ -1,5 +1,6 @@
-//! The template's guarantees (scripts/check_template.py): the key IAM conditions, the alarms
-//! and the checkov justifications hold on template.yaml, and dropping any one of them is caught.
+//! The templates' guarantees (scripts/check_template.py): the key IAM conditions, the alarms
+//! and the checkov justifications hold on template.yaml and vault.yaml, and dropping any one of
+//! them is caught.
 
 use std::process::Command;
 
@@ -86,9 +87,27 @@ fn the_template_keeps_its_iam_conditions_alarms_and_justifications() {
         ),
         (
             "kms-anywhere",
-            "kms:ViaService: ec2.*.amazonaws.com",
-            "kms:CallerAccount2: x",
+            "kms:ViaService: ec2.*.amazonaws.com\n                StringEquals:",
+            "kms:CallerAccount2: x\n                StringEquals:",
             "KMS use not limited to EC2",
+        ),
+        (
+            "vault-decrypts-anywhere",
+            "kms:ViaService: ec2.*.amazonaws.com\n\n  SnapshotFunction:",
+            "kms:CallerAccount2: x\n\n  SnapshotFunction:",
+            "the vault account may use it outside EC2",
+        ),
+        (
+            "vault-encrypts-with-the-transit-key",
+            "Action: [kms:Decrypt, kms:DescribeKey, kms:CreateGrant, kms:ReEncryptFrom]",
+            "Action: [kms:Decrypt, kms:DescribeKey, kms:CreateGrant, kms:ReEncryptFrom, kms:Encrypt]",
+            "the vault account may do more than decrypt with it",
+        ),
+        (
+            "transit-copies-shared-anywhere",
+            "aws:ResourceTag/ConsistentSnapshot:VaultTransit: !If [ManagedByGiven, !Ref ManagedBy, !Sub \"${AWS::StackName}-${AWS::Region}-${AWS::AccountId}\"]\n                  ForAllValues:StringEquals:\n                    ec2:Add/userId: [!Ref VaultAccountId]",
+            "aws:ResourceTag/ConsistentSnapshot:VaultTransit: !If [ManagedByGiven, !Ref ManagedBy, !Sub \"${AWS::StackName}-${AWS::Region}-${AWS::AccountId}\"]\n                  ForAllValues:StringEquals:\n                    ec2:Add/userId: [\"444444444444\"]",
+            "may share snapshots with accounts other than the vault",
         ),
         (
             "silent-report",
@@ -115,6 +134,60 @@ fn the_template_keeps_its_iam_conditions_alarms_and_justifications() {
 
 /// The template's probe script writes every field of the line the function reads
 /// (`run::plan::probe::ProbeFacts`), in the format version it reads, and only reads.
+#[test]
+fn the_vault_template_keeps_its_guarantees() {
+    let template =
+        std::fs::read_to_string(workspace_root().join("vault.yaml")).expect("vault.yaml");
+    let (ok, out) = check(&template, "vault-as-is");
+    assert!(ok, "{out}");
+    let mutations = [
+        (
+            "role-deletes",
+            "- Sid: NeverDeleteUnlockShareOrArchive\n                Effect: Deny",
+            "- Sid: NeverDeleteUnlockShareOrArchive\n                Effect: Allow",
+            "allows ec2:DeleteSnapshot",
+        ),
+        (
+            "role-decrypts-any-key",
+            "Resource: !Sub arn:${AWS::Partition}:kms:*:${FleetAccountId}:key/*",
+            "Resource: \"*\"",
+            "allows kms:Decrypt",
+        ),
+        (
+            "function-deletes-anything",
+            "aws:ResourceTag/ConsistentSnapshot:ManagedBy: !Ref FleetManagedBy\n            - !If",
+            "aws:ResourceTag/Other: x\n            - !If",
+            "deletes snapshots that are not the fleet's copies",
+        ),
+        (
+            "catalog-elsewhere",
+            "CATALOG_TABLE: !Ref VaultCatalog",
+            "CATALOG_TABLE: some-table",
+            "CATALOG_TABLE is not the vault's own catalog",
+        ),
+        (
+            "catalog-writable-by-all",
+            "aws:PrincipalArn: !GetAtt VaultFunctionRole.Arn",
+            "aws:PrincipalArn: arn:aws:iam::111111111111:role/x",
+            "others than the vault function may write it",
+        ),
+        (
+            "stale-unwatched",
+            "MetricName: VaultServersStale",
+            "MetricName: Nothing",
+            "no alarm watches VaultServersStale",
+        ),
+    ];
+    for (name, from, to, expected) in mutations {
+        assert!(
+            template.contains(from),
+            "{name}: vault.yaml no longer has {from:?}"
+        );
+        let (ok, out) = check(&template.replacen(from, to, 1), name);
+        assert!(!ok && out.contains(expected), "{name}: {out}");
+    }
+}
+
 #[test]
 fn the_probe_script_prints_every_field_the_function_reads() {
     let script = harness::emulator::probe_document_content().expect("the probe document");

@@ -38,26 +38,11 @@ async fn vault_copies(
     ec2: &aws_sdk_ec2::Client,
     run_id: &str,
 ) -> BTreeMap<String, (String, String)> {
-    let out = ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag:ConsistentSnapshot:RunId")
-                .values(run_id)
-                .build(),
-        )
-        .send()
+    harness::snapshots_where(ec2, ("tag:ConsistentSnapshot:RunId", run_id))
         .await
-        .expect("vault snapshots");
-    out.snapshots()
         .iter()
         .map(|s| {
-            let source = s
-                .tags()
-                .iter()
-                .find(|t| t.key() == Some("ConsistentSnapshot:SourceSnapshotId"))
-                .and_then(|t| t.value())
+            let source = harness::snapshot_tag(s, "ConsistentSnapshot:SourceSnapshotId")
                 .unwrap_or_default()
                 .to_string();
             (
@@ -338,6 +323,7 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
                     ("VAULT_RETAIN_DAYS", "35"),
                     ("VAULT_KEEP_NEWEST", "1"),
                     ("RECOVERY_ACCOUNTS", RECOVERY),
+                    ("RECOVERY_SHARE_DAYS", "1"),
                     ("RPO_HOURS", "26"),
                 ],
             )
@@ -422,6 +408,7 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
         .await
         .expect("recover");
     assert_eq!(shared["run_id"], json!(newest), "{shared:#}");
+    assert!(shared["shared_until"].is_string(), "{shared:#}");
     let mut expected: Vec<String> = newest_sets[server]
         .iter()
         .map(|source| newest_copies[source].0.clone())
@@ -486,6 +473,39 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
             .send()
             .await;
         assert!(volume.is_err(), "{copy} of another server was not shared");
+    }
+    // A day and an hour on (RECOVERY_SHARE_DAYS=1), the vault's schedule ends the share: the
+    // recovery account can no longer make volumes from the set.
+    emulator
+        .age_vault_copies(&vault_sdk, (VAULT, VAULT_CATALOG), &expected, 25)
+        .await
+        .expect("a day on");
+    let scheduled = world
+        .invoke(
+            &keeper,
+            harness::scheduled_event(
+                "vault",
+                &Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            ),
+        )
+        .await
+        .expect("the vault's schedule");
+    let mut ended: Vec<String> = scheduled["shares_ended"]
+        .as_array()
+        .expect("shares ended")
+        .iter()
+        .filter_map(|s| s["snapshot_id"].as_str().map(str::to_string))
+        .collect();
+    ended.sort();
+    assert_eq!(ended, expected, "{scheduled:#}");
+    for copy in &expected {
+        let volume = recovery
+            .create_volume()
+            .snapshot_id(copy)
+            .availability_zone(format!("{VAULT_REGION}a"))
+            .send()
+            .await;
+        assert!(volume.is_err(), "{copy}: the share is over");
     }
 
     // The vault's retention: nothing is old yet, and the copies are locked. Forty days on,
@@ -641,26 +661,6 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
     );
 }
 
-/// The fleet's snapshots at home carrying `key` (any value).
-async fn at_home_tagged(fleet: &aws_sdk_ec2::Client, key: &str) -> Vec<String> {
-    let out = fleet
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag-key")
-                .values(key)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("snapshots at home");
-    out.snapshots()
-        .iter()
-        .filter_map(|s| s.snapshot_id().map(str::to_string))
-        .collect()
-}
-
 /// Servers whose volumes use the default EBS key (`aws/ebs`, which cannot be shared): without
 /// a transit key their sets are refused by EC2 and reported, while an unencrypted server's set
 /// still reaches the vault; with the template's transit key (its key policy as
@@ -787,8 +787,11 @@ async fn encrypted_sets_reach_the_vault_through_transit_copies() {
     assert_eq!(vault[0]["VaultCopiesFailed"], json!(0), "{vault:#?}");
     // The transit copies are gone, and were never counted as foreign by retention.
     assert_eq!(
-        at_home_tagged(&fleet, "ConsistentSnapshot:VaultTransit").await,
-        Vec::<String>::new()
+        harness::snapshots_where(&fleet, ("tag-key", "ConsistentSnapshot:VaultTransit"))
+            .await
+            .len(),
+        0,
+        "no transit copy left at home"
     );
     let retention = metrics.of("retention", Some(&second));
     assert!(

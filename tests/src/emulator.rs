@@ -456,6 +456,9 @@ impl Emulator {
             .map(|mut r| {
                 r.started -= back;
                 r.first_seen -= back;
+                for until in r.shared_with.values_mut() {
+                    *until -= back;
+                }
                 r
             })
             .collect();

@@ -120,6 +120,28 @@ pub async fn own_snapshots(
     Ok(out.snapshots().to_vec())
 }
 
+/// The caller's own snapshots (as `ec2` signs: the fleet, or another account's role) that
+/// match one DescribeSnapshots filter, e.g. `("tag:ConsistentSnapshot:RunId", run)` or
+/// `("tag-key", key)`.
+pub async fn snapshots_where(
+    ec2: &aws_sdk_ec2::Client,
+    (filter, value): (&str, &str),
+) -> Vec<aws_sdk_ec2::types::Snapshot> {
+    let out = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name(filter)
+                .values(value)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("DescribeSnapshots where {filter}={value}: {e}"));
+    out.snapshots().to_vec()
+}
+
 /// How many items the catalog holds under a run's partition (its record, markers, manifest,
 /// reports, sets and copies).
 pub async fn run_items(emulator: &Emulator, run_id: &str) -> Result<usize> {

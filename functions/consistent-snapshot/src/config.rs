@@ -224,6 +224,9 @@ pub struct VaultKeeping {
     pub keep_newest: u32,
     /// `RECOVERY_ACCOUNTS`: the only accounts a set may be shared with for a recovery.
     pub recovery_accounts: Vec<String>,
+    /// `RECOVERY_SHARE_DAYS` (default 7): a set shared for a recovery is unshared by the
+    /// vault's schedule this long after (time to copy it or make its volumes there).
+    pub recovery_share_days: u32,
 }
 
 /// The vault account, and how the function copies into it: each consistent set is shared
@@ -613,6 +616,7 @@ impl<G: Fn(&str) -> Option<String>> Settings<G> {
                 .filter(|a| !a.is_empty())
                 .map(str::to_string)
                 .collect(),
+            recovery_share_days: self.number("RECOVERY_SHARE_DAYS", "7", 1, 365),
         };
         if keeping.fleet_managed_by.is_empty() {
             self.problems.push(

@@ -235,6 +235,9 @@ pub struct HeldRecord {
     /// When the vault deployment found it gone, not having deleted it itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vanished: Option<DateTime<Utc>>,
+    /// The recovery accounts it is shared with, and until when (`RECOVERY_SHARE_DAYS`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shared_with: BTreeMap<String, DateTime<Utc>>,
 }
 
 /// A vault transit copy: one of the run's encrypted snapshots copied at home, re-encrypted

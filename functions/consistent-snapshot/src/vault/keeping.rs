@@ -4,7 +4,8 @@
 //! fleet's `ManagedBy` tag), and decides with `plan::keep` from that catalog and what EC2
 //! reports. Every action first takes in what is new (`take_in`).
 //!
-//! * On its schedule: takes in, applies retention, and reports the fleet against the RPO.
+//! * On its schedule: takes in, applies retention, ends the recovery shares whose
+//!   `RECOVERY_SHARE_DAYS` are over, and reports the fleet against the RPO.
 //! * `{"action":"retention","dry_run"?}`: deletes the recorded copies the plan lets go (older
 //!   than `VAULT_RETAIN_DAYS` by EC2's own start time, not locked, not of their server's newest
 //!   `VAULT_KEEP_NEWEST` whole sets), each named with its reason.
@@ -29,7 +30,7 @@ use crate::model::tags::{
     TAG_DEVICE, TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RUN_ID, TAG_SET_SIZE, TAG_SOURCE_SNAPSHOT,
 };
 use crate::vault::plan::keep::{
-    intake, plan_keeping, recovery_set, vault_report, whole_runs, Held, Intake,
+    intake, plan_keeping, recovery_set, shares_over, vault_report, whole_runs, Held, Intake,
 };
 
 /// The fleet's copies in this region of the vault, with their locks.
@@ -117,11 +118,46 @@ fn vanished_ids(intake: &Intake) -> Vec<&str> {
         .collect()
 }
 
-/// The vault's schedule: takes in, applies retention, and reports the fleet.
+/// The vault's schedule: takes in, applies retention, ends the recovery shares whose time is
+/// over, and reports the fleet.
 pub async fn scheduled(app: &App, keeping: &VaultKeeping) -> Result<Value, Error> {
     let retention = retention(app, keeping, app.config.dry_run).await?;
+    let shares_ended = end_shares(app, app.config.dry_run).await?;
     let report = report(app).await?;
-    Ok(json!({"retention": retention, "report": report}))
+    Ok(json!({"retention": retention, "shares_ended": shares_ended, "report": report}))
+}
+
+/// Unshares each recovery share whose time is over (`RECOVERY_SHARE_DAYS`) and records it
+/// ended; one refused is named and tried again by the next schedule. Answers those ended.
+async fn end_shares(app: &App, dry_run: bool) -> Result<Vec<Value>, Error> {
+    let mut records = app.aws.catalog.held_records().await?;
+    let over = shares_over(&records, chrono::Utc::now());
+    let mut ended = Vec::new();
+    for (snapshot_id, account) in over {
+        if !dry_run {
+            if let Err(err) =
+                snapshots::share_with(&app.aws.ec2, &snapshot_id, &account, false).await
+            {
+                warn!(snapshot_id = %snapshot_id, account = %account, code = err.aws_code().unwrap_or(""), error = %err, "recovery share not ended: the next schedule tries again");
+                continue;
+            }
+            if let Some(record) = records.iter_mut().find(|r| r.snapshot_id == snapshot_id) {
+                record.shared_with.remove(&account);
+                app.aws
+                    .catalog
+                    .put_held(std::slice::from_ref(record))
+                    .await?;
+            }
+        }
+        info!(snapshot_id = %snapshot_id, account = %account, dry_run, "recovery share ended: the account can no longer use the vault copy");
+        ended.push(json!({"snapshot_id": snapshot_id, "account": account}));
+    }
+    emit_metrics(
+        app,
+        &[("VaultSharesEnded", ended.len())],
+        &[("Event", "vault-shares")],
+    );
+    Ok(ended)
 }
 
 /// The vault's retention: see the module documentation. Answers the plan and what was deleted.
@@ -266,18 +302,27 @@ pub async fn recover(
     };
     let set = recovery_set(&intake.records, &held, &request.instance_id, &run_id)
         .map_err(|why| Error::Event(format!("field `run_id`: {why}")))?;
+    let until = chrono::Utc::now() + chrono::Duration::days(i64::from(keeping.recovery_share_days));
     if !dry_run {
+        // Each share recorded as it is made, so that the schedule ends every one of them.
         for copy in &set {
+            let mut record = (*copy).clone();
+            record.shared_with.insert(request.account.clone(), until);
+            app.aws
+                .catalog
+                .put_held(std::slice::from_ref(&record))
+                .await?;
             snapshots::share_with(&app.aws.ec2, &copy.snapshot_id, &request.account, true).await?;
         }
     }
-    info!(instance_id = %request.instance_id, run_id = %run_id, account = %request.account, snapshots = set.len(), dry_run, "vault set shared with the recovery account");
+    info!(instance_id = %request.instance_id, run_id = %run_id, account = %request.account, snapshots = set.len(), until = %until.to_rfc3339(), dry_run, "vault set shared with the recovery account");
     Ok(json!({
         "dry_run": dry_run,
         "shared": !dry_run,
         "instance_id": request.instance_id,
         "run_id": run_id,
         "account": request.account,
+        "shared_until": until,
         "region": app.config.region,
         "snapshots": set.iter().map(|r| json!({"snapshot_id": r.snapshot_id, "device": r.device})).collect::<Vec<_>>(),
     }))

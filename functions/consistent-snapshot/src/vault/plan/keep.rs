@@ -175,6 +175,7 @@ pub fn intake(records: Vec<HeldRecord>, held: &[Held], now: DateTime<Utc>) -> In
                 first_seen: now,
                 intruder: None,
                 vanished: None,
+                shared_with: BTreeMap::new(),
             };
             let members: Vec<&HeldRecord> = records
                 .iter()
@@ -371,6 +372,20 @@ pub fn plan_keeping(
                 delete,
                 reason,
             }
+        })
+        .collect()
+}
+
+/// The recovery shares whose time is over at `now`: `(snapshot id, account)`, to unshare.
+pub fn shares_over(records: &[HeldRecord], now: DateTime<Utc>) -> Vec<(String, String)> {
+    records
+        .iter()
+        .filter(|r| r.vanished.is_none())
+        .flat_map(|r| {
+            r.shared_with
+                .iter()
+                .filter(move |(_, until)| **until <= now)
+                .map(move |(account, _)| (r.snapshot_id.clone(), account.clone()))
         })
         .collect()
 }
@@ -587,6 +602,18 @@ mod tests {
         let set = recovery_set(&taken.records, &copies, "i-1", run).expect("whole");
         let ids: Vec<&str> = set.iter().map(|r| r.snapshot_id.as_str()).collect();
         assert_eq!(ids, ["v-a", "v-b"]);
+    }
+
+    #[test]
+    fn recovery_shares_end_when_their_time_is_over() {
+        let copies = [held("v-a", "i-1", "r1", 2), held("v-b", "i-2", "r1", 2)];
+        let mut records = taken(&copies);
+        records[0].shared_with.insert("333333333333".into(), at(1));
+        records[1].shared_with.insert("333333333333".into(), at(-1));
+        assert_eq!(
+            shares_over(&records, at(0)),
+            [("v-a".to_string(), "333333333333".to_string())]
+        );
     }
 
     #[test]
