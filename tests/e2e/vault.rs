@@ -82,26 +82,60 @@ async fn a_day_passes(emulator: &Emulator, ids: &[String]) {
     emulator.age_snapshots(HOME, &all, 24).await.expect("age");
 }
 
-#[tokio::test]
-async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
+/// What each test here starts from: two servers (sql01 with a data volume, on the default EBS
+/// key when `sql_encrypted`; files01 with its boot volume only), the vault's role as
+/// `vault.yaml` makes it, and the vault administrator's EC2 in the vault region.
+struct Start {
+    world: World,
+    ids: Vec<String>,
+    role_arn: String,
+    admin: aws_sdk_ec2::Client,
+}
+
+async fn start(sql_encrypted: bool) -> Start {
     let world = World::start(1).await.expect("world");
-    let emulator = &world.emulator;
+    let sql = ServerSpec::windows("sql01", 1);
     let ids = world
         .seed(&[
-            ServerSpec::windows("sql01", 1),
+            if sql_encrypted { sql.encrypted() } else { sql },
             ServerSpec::windows("files01", 0),
         ])
         .await
         .expect("seed");
+    let role_arn = world
+        .emulator
+        .create_role_in(VAULT, ROLE, &vault_policy())
+        .await
+        .expect("the vault role");
+    let admin = world
+        .emulator
+        .ec2_as(
+            &format!("arn:aws:iam::{VAULT}:role/administrator"),
+            VAULT_REGION,
+        )
+        .await;
+    Start {
+        world,
+        ids,
+        role_arn,
+        admin,
+    }
+}
+
+#[tokio::test]
+async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
+    let Start {
+        world,
+        ids,
+        role_arn,
+        admin,
+    } = start(false).await;
+    let emulator = &world.emulator;
     // Three earlier nights, a day apart, as the function recorded them.
     emulator
         .seed_history(&harness::History::nightly(HOME, &ids, 3))
         .await
         .expect("history");
-    let role_arn = emulator
-        .create_role_in(VAULT, ROLE, &vault_policy())
-        .await
-        .expect("the vault role");
     emulator
         .recycle_bin_rule(HOME, 7, &[("ConsistentSnapshot:ManagedBy", "vss-test")])
         .expect("Recycle Bin rule");
@@ -119,12 +153,6 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
             ])
             .expect("app"),
     );
-    let admin = emulator
-        .ec2_as(
-            &format!("arn:aws:iam::{VAULT}:role/administrator"),
-            VAULT_REGION,
-        )
-        .await;
     let fleet = emulator.ec2_in(HOME);
 
     let mut nights = Vec::new();
@@ -669,20 +697,14 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
 /// is left at home; night one's refused set is copied then too (the step's backlog).
 #[tokio::test]
 async fn encrypted_sets_reach_the_vault_through_transit_copies() {
-    let world = World::start(1).await.expect("world");
+    let Start {
+        world,
+        ids,
+        role_arn,
+        admin,
+    } = start(true).await;
     let emulator = &world.emulator;
-    let ids = world
-        .seed(&[
-            ServerSpec::windows("sql01", 1).encrypted(),
-            ServerSpec::windows("files01", 0),
-        ])
-        .await
-        .expect("seed");
     let (sql, files) = (&ids[0], &ids[1]);
-    let role_arn = emulator
-        .create_role_in(VAULT, ROLE, &vault_policy())
-        .await
-        .expect("the vault role");
     let transit_policy: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -702,12 +724,6 @@ async fn encrypted_sets_reach_the_vault_through_transit_copies() {
     ];
     let metrics = Metrics::default();
     let as_is = metrics.attach(world.app(&vault_settings).expect("app"));
-    let admin = emulator
-        .ec2_as(
-            &format!("arn:aws:iam::{VAULT}:role/administrator"),
-            VAULT_REGION,
-        )
-        .await;
     let fleet = emulator.ec2_in(HOME);
 
     // As they are: the encrypted set cannot be shared; the other server's set is not held up.
@@ -838,15 +854,13 @@ async fn encrypted_sets_reach_the_vault_through_transit_copies() {
 /// too, once: a third night finds nothing left and copies nothing twice.
 #[tokio::test]
 async fn a_night_the_vault_refused_is_copied_by_the_next() {
-    let world = World::start(1).await.expect("world");
+    let Start {
+        world,
+        ids,
+        role_arn,
+        admin,
+    } = start(false).await;
     let emulator = &world.emulator;
-    let ids = world
-        .seed(&[
-            ServerSpec::windows("sql01", 1),
-            ServerSpec::windows("files01", 0),
-        ])
-        .await
-        .expect("seed");
     let half_deployed = emulator
         .create_role_in(
             VAULT,
@@ -855,10 +869,6 @@ async fn a_night_the_vault_refused_is_copied_by_the_next() {
         )
         .await
         .expect("a role without its policy");
-    let role_arn = emulator
-        .create_role_in(VAULT, ROLE, &vault_policy())
-        .await
-        .expect("the vault role");
     let settings = |role: &str| {
         world
             .app(&[
@@ -870,12 +880,6 @@ async fn a_night_the_vault_refused_is_copied_by_the_next() {
             .expect("app")
     };
     let metrics = Metrics::default();
-    let admin = emulator
-        .ec2_as(
-            &format!("arn:aws:iam::{VAULT}:role/administrator"),
-            VAULT_REGION,
-        )
-        .await;
     let (world, ids) = (&world, &ids);
     let night = |app| async move {
         let time = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();

@@ -96,15 +96,19 @@ async fn take_in(
         "vault intake: {} new copies recorded",
         intake.recorded
     );
-    emit_metrics(
-        app,
-        &[
-            ("VaultCopiesRecorded", intake.recorded),
-            ("VaultIntruders", intake.intruders),
-            ("VaultCopiesDeletedOutside", intake.vanished),
-        ],
-        &[("Event", "vault-intake")],
-    );
+    // Counted when recorded: a dry run's findings are found (and counted) again by the next
+    // intake that writes.
+    if !dry_run {
+        emit_metrics(
+            app,
+            &[
+                ("VaultCopiesRecorded", intake.recorded),
+                ("VaultIntruders", intake.intruders),
+                ("VaultCopiesDeletedOutside", intake.vanished),
+            ],
+            &[("Event", "vault-intake")],
+        );
+    }
     Ok((intake, held))
 }
 
