@@ -826,43 +826,42 @@ impl Catalog {
             .await
     }
 
-    /// Every instance's vault copies (the fleet report's coverage), page by page.
-    pub async fn scan_vault_copies(&self, mut each: impl FnMut(VaultRecord)) -> Result<(), Error> {
+    /// Every item of one kind in the table, each as its record, page by page.
+    async fn scan_kind<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+        what: &str,
+        mut each: impl FnMut(T),
+    ) -> Result<(), Error> {
         let pages = self
             .client
             .scan()
             .table_name(&self.table)
             .expression_attribute_names("#k", KIND)
-            .expression_attribute_values(":vault", s(VAULT))
-            .filter_expression("#k = :vault")
+            .expression_attribute_values(":kind", s(kind))
+            .filter_expression("#k = :kind")
             .into_paginator()
             .send();
-        each_page(pages, "Scan", &self.subject("vault copies"), |page| {
+        each_page(pages, "Scan", &self.subject(what), |page| {
             for item in page.items.unwrap_or_default() {
-                if let Some(copy) = body_of(&item) {
-                    each(copy);
+                if let Some(record) = body_of(&item) {
+                    each(record);
                 }
             }
         })
         .await
     }
 
-    /// A vault deployment's records of the fleet copies it holds, page by page.
+    /// Every instance's vault copies (the fleet report's coverage), page by page.
+    pub async fn scan_vault_copies(&self, each: impl FnMut(VaultRecord)) -> Result<(), Error> {
+        self.scan_kind(VAULT, "vault copies", each).await
+    }
+
+    /// A vault deployment's records of the fleet copies it holds.
     pub async fn held_records(&self) -> Result<Vec<HeldRecord>, Error> {
-        let pages = self
-            .client
-            .scan()
-            .table_name(&self.table)
-            .expression_attribute_names("#k", KIND)
-            .expression_attribute_values(":held", s(HELD))
-            .filter_expression("#k = :held")
-            .into_paginator()
-            .send();
         let mut records = Vec::new();
-        each_page(pages, "Scan", &self.subject("the vault's copies"), |page| {
-            records.extend(page.items.unwrap_or_default().iter().filter_map(body_of));
-        })
-        .await?;
+        self.scan_kind(HELD, "the vault's copies", |r| records.push(r))
+            .await?;
         Ok(records)
     }
 

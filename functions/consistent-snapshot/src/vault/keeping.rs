@@ -124,18 +124,23 @@ fn vanished_ids(intake: &Intake) -> Vec<&str> {
 
 /// The vault's schedule: takes in, applies retention, ends the recovery shares whose time is
 /// over, and reports the fleet.
+/// One read of the catalog (the intake's) serves all three.
 pub async fn scheduled(app: &App, keeping: &VaultKeeping) -> Result<Value, Error> {
-    let retention = retention(app, keeping, app.config.dry_run).await?;
-    let shares_ended = end_shares(app, app.config.dry_run).await?;
-    let report = report(app).await?;
+    let dry_run = app.config.dry_run;
+    let (retention, mut records) = apply_retention(app, keeping, dry_run).await?;
+    let shares_ended = end_shares(app, dry_run, &mut records).await?;
+    let report = report_of(app, &records);
     Ok(json!({"retention": retention, "shares_ended": shares_ended, "report": report}))
 }
 
 /// Unshares each recovery share whose time is over (`RECOVERY_SHARE_DAYS`) and records it
 /// ended; one refused is named and tried again by the next schedule. Answers those ended.
-async fn end_shares(app: &App, dry_run: bool) -> Result<Vec<Value>, Error> {
-    let mut records = app.aws.catalog.held_records().await?;
-    let over = shares_over(&records, chrono::Utc::now());
+async fn end_shares(
+    app: &App,
+    dry_run: bool,
+    records: &mut [HeldRecord],
+) -> Result<Vec<Value>, Error> {
+    let over = shares_over(records, chrono::Utc::now());
     let mut ended = Vec::new();
     for (snapshot_id, account) in over {
         if !dry_run {
@@ -166,6 +171,15 @@ async fn end_shares(app: &App, dry_run: bool) -> Result<Vec<Value>, Error> {
 
 /// The vault's retention: see the module documentation. Answers the plan and what was deleted.
 pub async fn retention(app: &App, keeping: &VaultKeeping, dry_run: bool) -> Result<Value, Error> {
+    Ok(apply_retention(app, keeping, dry_run).await?.0)
+}
+
+/// `retention`'s answer, and the catalog's records of the copies still held after it.
+async fn apply_retention(
+    app: &App,
+    keeping: &VaultKeeping,
+    dry_run: bool,
+) -> Result<(Value, Vec<HeldRecord>), Error> {
     let (intake, held) = take_in(app, keeping, dry_run).await?;
     let plan = plan_keeping(
         &intake.records,
@@ -230,7 +244,7 @@ pub async fn retention(app: &App, keeping: &VaultKeeping, dry_run: bool) -> Resu
             "deleted"
         }
     );
-    Ok(json!({
+    let answer = json!({
         "dry_run": dry_run,
         "held": held.len(),
         "recorded": intake.recorded,
@@ -239,15 +253,23 @@ pub async fn retention(app: &App, keeping: &VaultKeeping, dry_run: bool) -> Resu
         "deleted": deleted,
         "failed": failed,
         "plan": plan,
-    }))
+    });
+    let mut records = intake.records;
+    records.retain(|r| !deleted.contains(&r.snapshot_id));
+    Ok((answer, records))
 }
 
 /// The vault's report: each server its catalog holds, against `RPO_HOURS` (`VaultServersStale`
 /// counts those whose newest whole set is older, or who have none).
 pub async fn report(app: &App) -> Result<Value, Error> {
     let records = app.aws.catalog.held_records().await?;
+    Ok(report_of(app, &records))
+}
+
+/// `report` of these records.
+fn report_of(app: &App, records: &[HeldRecord]) -> Value {
     let rpo_hours = app.config.rpo_hours;
-    let servers = vault_report(&records, chrono::Utc::now(), rpo_hours);
+    let servers = vault_report(records, chrono::Utc::now(), rpo_hours);
     let stale: Vec<&str> = servers
         .iter()
         .filter(|s| !s.within_rpo)
@@ -271,11 +293,11 @@ pub async fn report(app: &App) -> Result<Value, Error> {
     } else {
         warn!(servers = servers.len(), stale = ?stale, rpo_hours, "vault report: {} of {} servers have no whole set in the vault within {rpo_hours} h", stale.len(), servers.len());
     }
-    Ok(json!({
+    json!({
         "rpo_hours": rpo_hours,
         "totals": {"servers": servers.len(), "stale": stale.len(), "intruders": intruders, "deleted_outside": vanished},
         "servers": servers,
-    }))
+    })
 }
 
 /// Shares a whole set with a recovery account: see the module documentation.
