@@ -82,6 +82,19 @@ async fn a_day_passes(emulator: &Emulator, ids: &[String]) {
     emulator.age_snapshots(HOME, &all, 24).await.expect("age");
 }
 
+/// Now, as a schedule's event carries it.
+fn now_text() -> String {
+    Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// The vault deployment invoked by its schedule, now.
+async fn on_its_schedule(world: &World, keeper: &consistent_snapshot::App) -> serde_json::Value {
+    world
+        .invoke(keeper, harness::scheduled_event("vault", &now_text()))
+        .await
+        .expect("the vault's schedule")
+}
+
 /// What each test here starts from: two servers (sql01 with a data volume, on the default EBS
 /// key when `sql_encrypted`; files01 with its boot volume only), the vault's role as
 /// `vault.yaml` makes it, and the vault administrator's EC2 in the vault region.
@@ -160,7 +173,7 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
         if n > 0 {
             a_day_passes(emulator, &ids).await;
         }
-        let time = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let time = now_text();
         let night = world.nightly(&app, &time).await.expect("night");
         assert!(world
             .logs
@@ -508,16 +521,7 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
         .age_vault_copies(&vault_sdk, (VAULT, VAULT_CATALOG), &expected, 25)
         .await
         .expect("a day on");
-    let scheduled = world
-        .invoke(
-            &keeper,
-            harness::scheduled_event(
-                "vault",
-                &Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-            ),
-        )
-        .await
-        .expect("the vault's schedule");
+    let scheduled = on_its_schedule(&world, &keeper).await;
     let mut ended: Vec<String> = scheduled["shares_ended"]
         .as_array()
         .expect("shares ended")
@@ -629,16 +633,7 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
         .await
         .expect("vault retention");
     assert_eq!(seen["deleted_outside"], json!([taken]), "{seen:#}");
-    let scheduled = world
-        .invoke(
-            &keeper,
-            harness::scheduled_event(
-                "vault",
-                &Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-            ),
-        )
-        .await
-        .expect("the vault's schedule");
+    let scheduled = on_its_schedule(&world, &keeper).await;
     assert_eq!(
         scheduled["retention"]["deleted_outside"],
         json!([taken]),
@@ -680,7 +675,7 @@ async fn a_compromised_fleet_account_cannot_touch_the_vault_copies() {
 
     // The next night reports every deletion at home it did not make.
     a_day_passes(emulator, &ids).await;
-    let time = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let time = now_text();
     let third = world.nightly(&app, &time).await.expect("night three");
     let retention = metrics.of("retention", Some(&third));
     assert_eq!(
@@ -727,10 +722,7 @@ async fn encrypted_sets_reach_the_vault_through_transit_copies() {
     let fleet = emulator.ec2_in(HOME);
 
     // As they are: the encrypted set cannot be shared; the other server's set is not held up.
-    let first = world
-        .nightly(&as_is, &Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .await
-        .expect("night one");
+    let first = world.nightly(&as_is, &now_text()).await.expect("night one");
     let sets = |id: &String| {
         let id = id.clone();
         let run = first.clone();
@@ -764,10 +756,7 @@ async fn encrypted_sets_reach_the_vault_through_transit_copies() {
     let mut with_transit = vault_settings.to_vec();
     with_transit.push(("VAULT_TRANSIT_KMS_KEY_ID", &transit_key));
     let app = metrics.attach(world.app(&with_transit).expect("app"));
-    let second = world
-        .nightly(&app, &Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .await
-        .expect("night two");
+    let second = world.nightly(&app, &now_text()).await.expect("night two");
     assert!(world
         .logs
         .run_report(&second)
@@ -882,7 +871,7 @@ async fn a_night_the_vault_refused_is_copied_by_the_next() {
     let metrics = Metrics::default();
     let (world, ids) = (&world, &ids);
     let night = |app| async move {
-        let time = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let time = now_text();
         world.nightly(app, &time).await.expect("a night")
     };
     let sources_of = |run: String| async move {
