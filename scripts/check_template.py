@@ -225,6 +225,40 @@ def check(template: dict) -> list[str]:
         for r in queue_policies
     ):
         problems.append("TrackingQueue: no queue policy denying sqs:SendMessage to all but the function's role")
+    # Besides the function's role, only EventBridge delivering for the completion events rule
+    # may send to the tracking queue, and that rule passes on SSM's events of the VSS document.
+    for r in queue_policies:
+        if "TrackingQueue" not in text(r.get("Properties", {}).get("Queues")):
+            continue
+        for st in as_list(r["Properties"].get("PolicyDocument", {}).get("Statement")):
+            if st.get("Effect") != "Allow":
+                continue
+            if st.get("Principal") != {"Service": "events.amazonaws.com"} or text(
+                st.get("Condition", {}).get("ArnEquals", {}).get("aws:SourceArn")
+            ) != text({"Fn::GetAtt": ["CompletionEventsRule", "Arn"]}):
+                problems.append(f"TrackingQueue {st.get('Sid', '?')}: allows senders other than the completion events rule")
+        for st in as_list(r["Properties"].get("PolicyDocument", {}).get("Statement")):
+            if st.get("Effect") == "Deny":
+                keys = st.get("Condition", {}).get("ArnNotEquals", {})
+                if set(keys) - {"aws:PrincipalArn", "aws:SourceArn"} or (
+                    "aws:SourceArn" in keys
+                    and text(keys["aws:SourceArn"]) != text({"Fn::GetAtt": ["CompletionEventsRule", "Arn"]})
+                ):
+                    problems.append(f"TrackingQueue {st.get('Sid', '?')}: the deny lets through more than the function and the completion events rule")
+    rule = resources.get("CompletionEventsRule", {}).get("Properties", {})
+    if rule:
+        pattern = rule.get("EventPattern", {})
+        if pattern.get("source") != ["aws.ssm"] or pattern.get("detail-type") != [
+            "EC2 Command Invocation Status-change Notification"
+        ] or pattern.get("detail", {}).get("document-name") != [{"Ref": "SsmDocument"}]:
+            problems.append("CompletionEventsRule: passes on events other than SSM's for the VSS document")
+        if any("TrackingQueue" not in text(t.get("Arn")) for t in rule.get("Targets", [])):
+            problems.append("CompletionEventsRule: a target other than the tracking queue")
+        env = resources.get("SnapshotFunction", {}).get("Properties", {}).get("Environment", {}).get("Variables", {})
+        if str(env.get("COMPLETION_EVENTS")).lower() != "true":
+            problems.append("CompletionEventsRule exists but COMPLETION_EVENTS is not \"true\"")
+        problems.extend(fixture_problems(
+            EVENTS_FIXTURE, resolved(pattern, template.get("Parameters", {})), "CompletionEventsRule's pattern"))
 
     for s in (s for s in stmts if {"ec2:StopInstances", "ec2:StartInstances"} & set(actions(s))):
         if "aws:ResourceTag/ConsistentSnapshot" not in text(s.get("Condition")):
@@ -364,6 +398,7 @@ VAULT_NEVER = ("ec2:DeleteSnapshot", "ec2:UnlockSnapshot", "ec2:ModifySnapshotAt
                "ec2:ModifySnapshotTier")
 VAULT_FIXTURE = "tests/fixtures/vault-access-policy.json"
 TRANSIT_KEY_FIXTURE = "tests/fixtures/vault-transit-key-policy.json"
+EVENTS_FIXTURE = "tests/fixtures/completion-events-pattern.json"
 VAULT_DECRYPT = ("kms:Decrypt", "kms:DescribeKey", "kms:CreateGrant", "kms:ReEncryptFrom")
 #: What `!Sub` makes of the pseudo parameters and of those without a default, in the fixture:
 #: the end-to-end tests' partition and fleet account.

@@ -5,6 +5,7 @@
 //! `cargo test -p harness --test e2e -- chaos` runs one module.
 
 mod chaos;
+mod completion_events;
 mod copy_limit;
 mod copy_retention;
 mod cost;

@@ -16,6 +16,7 @@ use consistent_snapshot::catalog::{Catalog, CopyRecord, RecordedSnapshot, SetRec
 use consistent_snapshot::{App, Config, MetricsOut, RunJob};
 use serde_json::{json, Value};
 
+use crate::faults::{Endpoint, FaultProxy, Stop};
 use crate::sim::{Ebs, History, Windows};
 use crate::source::queue_arn;
 use crate::Result;
@@ -306,6 +307,34 @@ impl Emulator {
         let spec = json!({"account": account, "region": region, "policy": policy});
         let answer = self.http("POST", "/_sim/kms-key", &spec)?;
         Ok(answer["arn"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// The template's `CompletionEventsRule` (its pattern as `check_template.py` keeps it in
+    /// tests/fixtures/), delivering SSM's events to the queue at `queue_url`.
+    pub fn completion_events(&self, queue_url: &str) -> Result<()> {
+        let path = workspace_root().join("tests/fixtures/completion-events-pattern.json");
+        let pattern: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+        let spec = json!({
+            "region": REGION,
+            "name": "CompletionEventsRule",
+            "pattern": pattern,
+            "target": queue_arn(queue_url),
+        });
+        self.http("POST", "/_sim/events-rule", &spec).map(|_| ())
+    }
+
+    /// The function with its AWS calls counted: it signs through a proxy that faults nothing
+    /// and counts each action (`FaultProxy::stats`); the endpoint lives as long as it is kept.
+    pub async fn counted_app(
+        &self,
+        queue_url: &str,
+        overrides: &[(&str, &str)],
+    ) -> Result<(FaultProxy, Endpoint, App)> {
+        let proxy = FaultProxy::new(self.port, 0.0, 1);
+        let endpoint = proxy.endpoint(Stop::Never).await?;
+        let sdk = sdk_config(endpoint.port).await;
+        let app = self.app_as(&sdk, queue_url, overrides)?;
+        Ok((proxy, endpoint, app))
     }
 
     /// Sets how EBS behaves from now on.
@@ -628,6 +657,7 @@ impl Emulator {
                 skipped: vec![],
                 unsent: vec![],
                 attempt: 0,
+                early: false,
             };
             catalog.put_run(&run, chrono::Utc::now()).await?;
         }

@@ -29,9 +29,9 @@ pub use probes::{
 };
 pub use sim::{Agent, CopyStats, Ebs, History, VssOutcome, Windows};
 pub use source::{
-    batch_failures, deadline_in, drain, drain_with, invoke, invoke_within, nightly_run,
-    peek_bodies, queue_arn, queue_depth, queue_is_empty, receive, scheduled_event, sqs_records,
-    Drained, FUNCTION_TIMEOUT,
+    batch_failures, deadline_in, deliver_until, drain, drain_with, invoke, invoke_within,
+    nightly_run, peek_bodies, queue_arn, queue_depth, queue_is_empty, receive, scheduled_event,
+    sqs_records, Drained, FUNCTION_TIMEOUT,
 };
 pub use world::World;
 

@@ -78,40 +78,79 @@ where
     Fut: std::future::Future<Output = Result<Value>>,
 {
     let sqs = emulator.sqs();
-    let arn = queue_arn(queue_url);
     let started = Instant::now();
     let mut drained = Drained::default();
     loop {
         if started.elapsed() > limit {
             return Err(format!("queue not drained within {limit:?}: {drained:?}").into());
         }
-        let messages = receive(&sqs, queue_url, batch_size, 1).await?;
-        let messages = messages.as_slice();
-        if messages.is_empty() {
-            if queue_is_empty(&sqs, queue_url).await? {
-                return Ok(drained);
-            }
-            continue;
-        }
-        let records = sqs_records(messages, &arn);
-        let response = invoke(json!({ "Records": records })).await?;
-        let failed = batch_failures(&response);
-        drained.invocations += 1;
-        drained.messages += messages.len();
-        drained.failures += failed.len();
-        for m in messages {
-            if failed.iter().any(|f| Some(f.as_str()) == m.message_id()) {
-                continue;
-            }
-            if let Some(handle) = m.receipt_handle() {
-                sqs.delete_message()
-                    .queue_url(queue_url)
-                    .receipt_handle(handle)
-                    .send()
-                    .await?;
-            }
+        if !deliver_once(&sqs, queue_url, batch_size, &mut drained, &mut invoke).await?
+            && queue_is_empty(&sqs, queue_url).await?
+        {
+            return Ok(drained);
         }
     }
+}
+
+/// The event source mapping for `limit` at most, or until `done` says so (asked after each
+/// batch, and each second the queue has nothing to deliver): answers what it delivered and
+/// whether `done` said so. Unlike `drain`, it does not wait for delayed messages.
+pub async fn deliver_until(
+    emulator: &Emulator,
+    app: &App,
+    queue_url: &str,
+    limit: Duration,
+    done: impl Fn() -> bool,
+) -> Result<(Drained, bool)> {
+    let sqs = emulator.sqs();
+    let started = Instant::now();
+    let mut drained = Drained::default();
+    let mut invoke_app = |event| invoke(app, event);
+    while started.elapsed() < limit {
+        if done() {
+            return Ok((drained, true));
+        }
+        deliver_once(&sqs, queue_url, 10, &mut drained, &mut invoke_app).await?;
+    }
+    Ok((drained, done()))
+}
+
+/// One receive (waiting a second at most) and, if it got messages, one invocation with them;
+/// what succeeded is deleted. Answers whether there were messages.
+async fn deliver_once<F, Fut>(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    batch_size: i32,
+    drained: &mut Drained,
+    invoke: &mut F,
+) -> Result<bool>
+where
+    F: FnMut(Value) -> Fut,
+    Fut: std::future::Future<Output = Result<Value>>,
+{
+    let messages = receive(sqs, queue_url, batch_size, 1).await?;
+    if messages.is_empty() {
+        return Ok(false);
+    }
+    let records = sqs_records(&messages, &queue_arn(queue_url));
+    let response = invoke(json!({ "Records": records })).await?;
+    let failed = batch_failures(&response);
+    drained.invocations += 1;
+    drained.messages += messages.len();
+    drained.failures += failed.len();
+    for m in &messages {
+        if failed.iter().any(|f| Some(f.as_str()) == m.message_id()) {
+            continue;
+        }
+        if let Some(handle) = m.receipt_handle() {
+            sqs.delete_message()
+                .queue_url(queue_url)
+                .receipt_handle(handle)
+                .send()
+                .await?;
+        }
+    }
+    Ok(true)
 }
 
 /// A nightly run end to end: the scheduled event for `time`, then the queue to the end;

@@ -11,7 +11,7 @@ use tracing::subscriber::DefaultGuard;
 use crate::capture::Logs;
 use crate::emulator::Emulator;
 use crate::fleet::{seed, ServerSpec};
-use crate::source::{drain, invoke, nightly_run, Drained};
+use crate::source::{deliver_until, drain, invoke, nightly_run, Drained};
 use crate::Result;
 
 /// How long `drain` waits for the queue to empty unless a test says otherwise.
@@ -78,6 +78,17 @@ impl World {
     /// The event source mapping until the queue is empty (batches of 10).
     pub async fn drain(&self, app: &App) -> Result<Drained> {
         self.drain_within(app, DRAIN_LIMIT).await
+    }
+
+    /// The event source mapping for `limit` at most, or until `done`: answers what it
+    /// delivered and whether `done` said so (delayed messages are not waited for).
+    pub async fn deliver_until(
+        &self,
+        app: &App,
+        limit: Duration,
+        done: impl Fn() -> bool,
+    ) -> Result<(Drained, bool)> {
+        deliver_until(&self.emulator, app, &self.queue, limit, done).await
     }
 
     /// A night: the schedule's event at `time`, then every message to the end; answers the

@@ -144,6 +144,10 @@ pub struct Config {
     /// First delay before a tracking message looks again; doubled each time up to the maximum.
     pub poll_initial_seconds: u32,
     pub poll_max_seconds: u32,
+    /// `COMPLETION_EVENTS`: SSM's status-change events reach the tracking queue (the template's
+    /// `CompletionEventsRule`). An instance's polling look then first asks the catalog whether
+    /// the event's look already recorded its end, and asks SSM only when it did not.
+    pub completion_events: bool,
     /// How long SSM may try to deliver the command to an agent (`TimeoutSeconds`).
     pub command_delivery_timeout_seconds: u32,
     /// The document's `executionTimeout`: how long the snapshot step may run on the instance.
@@ -256,6 +260,11 @@ pub struct Vault {
 }
 
 impl Config {
+    /// The account of the tracking queue (its ARN's fifth field): the deployment's own.
+    pub fn account_of_queue(&self) -> &str {
+        self.queue_arn.split(':').nth(4).unwrap_or_default()
+    }
+
     /// Reads the configuration through `get` (the process environment in the Lambda); the
     /// error lists every problem, each naming its setting.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
@@ -341,6 +350,7 @@ impl Config {
             dry_run: s.flag("DRY_RUN", "false"),
             poll_initial_seconds: s.number("TRACK_POLL_INITIAL_SECONDS", "30", 1, 900),
             poll_max_seconds: s.number("TRACK_POLL_MAX_SECONDS", "900", 1, 900),
+            completion_events: s.flag("COMPLETION_EVENTS", "false"),
             command_delivery_timeout_seconds: s.number(
                 "COMMAND_DELIVERY_TIMEOUT_SECONDS",
                 "600",

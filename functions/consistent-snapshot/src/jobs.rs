@@ -28,6 +28,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::fleet::{AttachedVolume, SkipReason};
+use crate::model::ids::{is_command_id, is_instance_id};
 use crate::model::is_zero;
 use crate::model::requests::RestoreMode;
 use crate::model::restore::ChosenSet;
@@ -69,6 +70,78 @@ pub enum Job {
     /// After a run's summary, when a freeze timed out: starts the retry's run of those
     /// servers once the pause is over.
     Retry(RetryJob),
+    /// SSM's event that an invocation ended, handed back because the dispatch had not yet
+    /// recorded its command (the event itself comes as EventBridge puts it, `ended_event`).
+    Ended(EndedJob),
+}
+
+/// What EventBridge names SSM's event for one instance's invocation changing status.
+pub const COMMAND_EVENT: &str = "EC2 Command Invocation Status-change Notification";
+
+/// SSM's word that the invocation of `command_id` on `instance_id` ended: a hint only. The
+/// command must be one the catalog holds for this deployment's run, and the outcome is SSM's
+/// own answer to `GetCommandInvocation`, never the event's status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedJob {
+    pub command_id: String,
+    pub instance_id: String,
+    /// The status the event named, for logs.
+    pub status: String,
+    /// Times handed back already (the event came before the dispatch recorded its command).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+}
+
+/// How often an event that came before its dispatch's records is handed back, and the first
+/// wait (doubling: 10, 20, 40, 80, 160 s, five minutes in all); then the instance's own
+/// polling look, which never stops for want of an event, finds its end.
+pub const ENDED_ATTEMPTS: u32 = 5;
+pub const ENDED_WAIT_SECONDS: u32 = 10;
+
+fn text(value: Option<&serde_json::Value>) -> &str {
+    value.and_then(serde_json::Value::as_str).unwrap_or("")
+}
+
+/// Reads a message body as the SSM event an EventBridge rule puts on the queue. `None`: the
+/// body is not an EventBridge event (no `detail-type`); an error says why an event is not
+/// taken (another event, another account or region, a malformed field).
+pub fn ended_event(body: &str, account: &str, region: &str) -> Option<Result<EndedJob, String>> {
+    let value: serde_json::Value = serde_json::from_str(body).ok()?;
+    let detail_type = value.get("detail-type")?;
+    Some((|| {
+        if detail_type.as_str() != Some(COMMAND_EVENT) || text(value.get("source")) != "aws.ssm" {
+            return Err(format!(
+                "event {:?} from {:?}: only SSM's {COMMAND_EVENT:?} is taken from the queue",
+                text(Some(detail_type)),
+                text(value.get("source"))
+            ));
+        }
+        let (from, at) = (text(value.get("account")), text(value.get("region")));
+        if from != account || at != region {
+            return Err(format!(
+                "event of account {from:?} in {at:?}: only this deployment's ({account}, {region}) are taken"
+            ));
+        }
+        let detail = value.get("detail");
+        let field = |name: &str| text(detail.and_then(|d| d.get(name)));
+        let (command_id, instance_id) = (field("command-id"), field("instance-id"));
+        if !is_command_id(command_id) {
+            return Err(format!(
+                "detail.command-id {command_id:?} is not an SSM command id"
+            ));
+        }
+        if !is_instance_id(instance_id) {
+            return Err(format!(
+                "detail.instance-id {instance_id:?} is not an EC2 instance id"
+            ));
+        }
+        Ok(EndedJob {
+            command_id: command_id.to_string(),
+            instance_id: instance_id.to_string(),
+            status: field("status").chars().take(32).collect(),
+            attempt: 0,
+        })
+    })())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +203,10 @@ pub struct RunJob {
     pub skipped: Vec<Skipped>,
     pub unsent: Vec<Unsent>,
     pub attempt: u32,
+    /// A look queued when the run's last instance ended (`tracking::count_final`), not on the
+    /// backoff: it finishes the run if it can, and otherwise leaves it to the backoff's looks.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub early: bool,
 }
 
 impl RunJob {
@@ -326,6 +403,7 @@ impl Job {
             Job::Restore(_) => "restore",
             Job::Verify(_) => "verify",
             Job::Retry(_) => "retry",
+            Job::Ended(_) => "ended",
         }
     }
 
@@ -340,6 +418,7 @@ impl Job {
             Job::Restore(j) => &j.restore_id,
             Job::Verify(j) => &j.verify_id,
             Job::Retry(j) => &j.run_id,
+            Job::Ended(j) => &j.command_id,
         }
     }
 
@@ -347,6 +426,8 @@ impl Job {
     pub fn delay_seconds(&self, now: DateTime<Utc>, initial: u32, max: u32) -> i32 {
         match self {
             Job::Instance(j) => backoff_seconds(j.attempt, initial, max),
+            // A run's early look is the moment its last instance ended: at once.
+            Job::Run(j) if j.early && j.attempt == 0 => 0,
             Job::Run(j) => backoff_seconds(j.attempt, initial, max),
             Job::Watch(j) => (j.check_at - now).num_seconds().clamp(0, 900) as i32,
             Job::Copy(j) if j.soon => {
@@ -359,6 +440,7 @@ impl Job {
             Job::Restore(j) => backoff_seconds(j.attempt, initial, max),
             Job::Verify(j) => backoff_seconds(j.attempt, initial, max),
             Job::Retry(j) => (j.start_at - now).num_seconds().clamp(0, 900) as i32,
+            Job::Ended(j) => backoff_seconds(j.attempt.saturating_sub(1), ENDED_WAIT_SECONDS, 900),
         }
     }
 }
@@ -560,5 +642,136 @@ mod tests {
         assert_eq!(backoff_seconds(5, 30, 900), 900);
         assert_eq!(backoff_seconds(40, 30, 120), 120);
         assert_eq!(backoff_seconds(3, 1, 2), 2);
+    }
+
+    fn ssm_event(change: impl FnOnce(&mut serde_json::Value)) -> String {
+        // As EventBridge puts SSM's event on a queue (AWS's example, this deployment's ids).
+        let mut event = serde_json::json!({
+            "version": "0",
+            "id": "6a7e8feb-b491-4cf7-a9f1-bf3703467718",
+            "detail-type": "EC2 Command Invocation Status-change Notification",
+            "source": "aws.ssm",
+            "account": "123456789012",
+            "time": "2026-12-06T02:00:31Z",
+            "region": "us-east-1",
+            "resources": ["arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"],
+            "detail": {
+                "command-id": "e8d3c0e4-71f7-4491-898f-c9b35bee5f3b",
+                "document-name": "AWSEC2-CreateVssSnapshot",
+                "instance-id": "i-0123456789abcdef0",
+                "requested-date-time": "2026-12-06T02:00:00.049Z",
+                "status": "Success"
+            }
+        });
+        change(&mut event);
+        event.to_string()
+    }
+
+    fn read(body: &str) -> Option<Result<EndedJob, String>> {
+        ended_event(body, "123456789012", "us-east-1")
+    }
+
+    #[test]
+    fn ssm_s_event_is_read_as_the_end_of_one_invocation() {
+        let ended = read(&ssm_event(|_| {})).expect("an event").expect("taken");
+        assert_eq!(
+            ended,
+            EndedJob {
+                command_id: "e8d3c0e4-71f7-4491-898f-c9b35bee5f3b".into(),
+                instance_id: "i-0123456789abcdef0".into(),
+                status: "Success".into(),
+                attempt: 0,
+            }
+        );
+        // Handed back, it is a job like any other, delayed 10, 20, 40… s.
+        let again = Envelope::new(Job::Ended(EndedJob {
+            attempt: 1,
+            ..ended.clone()
+        }));
+        assert_eq!(Envelope::from_body(&again.to_body()), Ok(again.clone()));
+        let now = Utc::now();
+        assert_eq!(again.job.delay_seconds(now, 30, 900), 10);
+        let third = Job::Ended(EndedJob {
+            attempt: 3,
+            ..ended
+        });
+        assert_eq!(third.delay_seconds(now, 30, 900), 40);
+        // A job's own body is not an event.
+        assert!(read(&again.to_body()).is_none());
+        assert!(read("not json").is_none());
+    }
+
+    #[test]
+    fn an_event_of_another_kind_account_or_region_or_with_bad_ids_is_not_taken() {
+        let refused: Vec<(&str, String)> = vec![
+            (
+                "another detail-type",
+                ssm_event(|e| e["detail-type"] = "Scheduled Event".into()),
+            ),
+            (
+                "another source",
+                ssm_event(|e| e["source"] = "my.app".into()),
+            ),
+            (
+                "another account",
+                ssm_event(|e| e["account"] = "210987654321".into()),
+            ),
+            (
+                "another region",
+                ssm_event(|e| e["region"] = "eu-west-1".into()),
+            ),
+            (
+                "no account",
+                ssm_event(|e| {
+                    e.as_object_mut().map(|o| o.remove("account"));
+                }),
+            ),
+            (
+                "a command id that is not one",
+                ssm_event(|e| e["detail"]["command-id"] = "../x".into()),
+            ),
+            (
+                "no instance",
+                ssm_event(|e| e["detail"]["instance-id"] = serde_json::Value::Null),
+            ),
+            (
+                "an instance id that is not one",
+                ssm_event(|e| e["detail"]["instance-id"] = "i-XYZ".into()),
+            ),
+        ];
+        for (what, body) in refused {
+            match read(&body) {
+                Some(Err(why)) => assert!(!why.is_empty(), "{what}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_run_s_early_look_is_delivered_at_once_and_its_next_on_the_backoff() {
+        let run = RunJob {
+            run_id: "r".into(),
+            started_at: Utc::now(),
+            deadline: Utc::now(),
+            commands: vec![],
+            skipped: vec![],
+            unsent: vec![],
+            attempt: 0,
+            early: true,
+        };
+        let now = Utc::now();
+        assert_eq!(Job::Run(run.clone()).delay_seconds(now, 30, 900), 0);
+        let next = RunJob {
+            attempt: 1,
+            ..run.clone()
+        };
+        assert_eq!(Job::Run(next).delay_seconds(now, 30, 900), 60);
+        let regular = RunJob {
+            early: false,
+            ..run
+        };
+        assert_eq!(Job::Run(regular.clone()).delay_seconds(now, 30, 900), 30);
+        // A message of a regular look does not say `early` (older messages read the same).
+        assert!(!Envelope::new(Job::Run(regular)).to_body().contains("early"));
     }
 }

@@ -15,6 +15,8 @@ from typing import Any
 from moto.ec2.models import ec2_backends
 from moto.ssm.exceptions import SSMException as RESTError
 
+from .events import publish_ended
+
 VSS_DOCUMENTS = {"AWSEC2-CreateVssSnapshot", "AWSEC2-VssInstallAndSnapshot"}
 RESERVED_TAG_KEYS = {"Device", "AppConsistent", "AwsVssConfig"}
 # Characters the documents accept in their `tags` parameter.
@@ -110,6 +112,9 @@ class Simulation:
         self.instance_seconds = 0.0
         self.creating: dict[str, float] = {}
         self.transitions: list[tuple[float, Any, str, int]] = []
+        # Invocations that became final since the last tick, whose status-change events SSM
+        # publishes to EventBridge (`events.publish_ended`, outside the lock).
+        self.ended: list[SimInvocation] = []
 
     def reset(self) -> None:
         with self.lock:
@@ -126,6 +131,7 @@ class Simulation:
             self.volume_seconds = self.instance_seconds = 0.0
             self.creating.clear()
             self.transitions.clear()
+            self.ended.clear()
 
     def configure_ebs(self, spec: dict[str, Any]) -> None:
         with self.lock:
@@ -277,6 +283,14 @@ class Simulation:
                 self.invocations[(command.command_id, instance_id)] = inv
 
     def tick(self) -> None:
+        try:
+            self._tick()
+        finally:
+            with self.lock:
+                ended, self.ended = self.ended, []
+            publish_ended(ended)
+
+    def _tick(self) -> None:
         now = time.monotonic()
         with self.lock:
             still = []
@@ -303,6 +317,7 @@ class Simulation:
                         limit = float(inv.timeout_seconds)
                     if elapsed >= limit:
                         inv.status, inv.status_details = "TimedOut", "DeliveryTimedOut"
+                        self.ended.append(inv)
                     continue
                 if elapsed < inv.sim.lag:
                     continue
@@ -412,6 +427,7 @@ class Simulation:
         return self._finish(inv, "Success", 0, line, "")
 
     def _finish(self, inv: SimInvocation, status: str, code: int, out: str, err: str) -> None:
+        self.ended.append(inv)
         inv.status = status
         inv.status_details = status
         inv.response_code = code
@@ -502,6 +518,7 @@ class Simulation:
                     "parameters": inv.parameters,
                     "status": inv.status,
                     "snapshots": inv.snapshots,
+                    "ended": iso(inv.ended) if inv.ended and inv.status in FINAL else None,
                 }
                 for inv in self.invocations.values()
             ]

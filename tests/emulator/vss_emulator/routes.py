@@ -15,6 +15,7 @@ from werkzeug.wrappers import Request, Response
 
 from .model import SIM
 from .blocks import block_versions
+from .events import events_rule
 from .keys import create_key
 from .protection import PROTECTION
 from .tiering import TIMING
@@ -57,6 +58,8 @@ class App:
                 }
             elif path == "/_sim/kms-key" and request.method == "POST":
                 body = create_key(json.loads(request.get_data() or b"{}"))
+            elif path == "/_sim/events-rule" and request.method == "POST":
+                body = events_rule(json.loads(request.get_data() or b"{}"))
             elif path == "/_sim/landing-zone" and request.method == "POST":
                 body = landing_zone(json.loads(request.get_data() or b"{}"))
             elif path == "/_sim/copies":

@@ -7,6 +7,8 @@
 //! | `run#<run id>`     | `marker#<leaf>`                      | a run marker (`model::markers`)       | 15 days (TTL)  |
 //! | `run#<run id>`     | `instance#<instance id>`             | the manifest: command, volumes        | 15 days (TTL)  |
 //! | `run#<run id>`     | `report#<instance id>`               | SSM's final result for the instance   | 15 days (TTL)  |
+//! | `run#<run id>`     | `finals`                             | reports counted, and how many are due | 15 days (TTL)  |
+//! | `command#<command id>` | `command`                        | the run that sent the command         | 15 days (TTL)  |
 //! | `set#<instance id>`| `run#<run id>`                       | the verified set (`SetRecord`)        | with its snapshots |
 //! | `restore#<instance id>` | `<restore id>`                  | a restore as requested (`RestoreJob`) | 15 days (TTL)  |
 //! | `restore#<instance id>` | `<restore id>#created#<vol>`, `#detached#<vol>` | the volumes it made / took off | 90 days (TTL) |
@@ -82,6 +84,14 @@ const RUN_VAULT: &str = "run-vault";
 const RUN_TRANSIT: &str = "run-transit";
 const MANIFEST: &str = "manifest";
 const REPORT: &str = "report";
+/// A run's count of its instances' reports (`FINALS_COUNT`) and how many it dispatched
+/// (`FINALS_DUE`, once its dispatch is recorded).
+const FINALS: &str = "finals";
+const FINALS_COUNT: &str = "reported";
+const FINALS_DUE: &str = "due";
+/// The run a command was sent for: what an SSM event, which names only the command, is
+/// matched by.
+const COMMAND: &str = "command";
 const RECORD: &str = "run-record";
 const COST_COUNT: &str = "cost-count";
 /// The partition (and kind) of the instances' cost summaries.
@@ -171,6 +181,33 @@ fn run_pk(run_id: &str) -> String {
 fn put_request(item: HashMap<String, AttributeValue>) -> Option<WriteRequest> {
     let put = PutRequest::builder().set_item(Some(item)).build().ok()?;
     Some(WriteRequest::builder().put_request(put).build())
+}
+
+/// How many of a run's instances have a recorded end, and how many it dispatched (`None`
+/// until its dispatch is recorded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Finals {
+    pub reported: u64,
+    pub due: Option<u64>,
+}
+
+impl Finals {
+    /// Every dispatched instance has a recorded end.
+    pub fn complete(&self) -> bool {
+        self.due.is_some_and(|due| self.reported >= due)
+    }
+}
+
+fn finals_of(item: Option<&HashMap<String, AttributeValue>>) -> Finals {
+    let number = |name: &str| {
+        item.and_then(|i| i.get(name))
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    Finals {
+        reported: number(FINALS_COUNT).unwrap_or(0),
+        due: number(FINALS_DUE),
+    }
 }
 
 /// A finished run's full record: its summary, page by page.
@@ -956,6 +993,98 @@ impl Catalog {
         self.create(put, &what).await
     }
 
+    /// Whether an instance's final result in the run is recorded.
+    pub async fn has_report(&self, run_id: &str, instance_id: &str) -> Result<bool, Error> {
+        let found = self
+            .get(
+                run_pk(run_id),
+                format!("report#{instance_id}"),
+                &format!("final result of {instance_id} in run {run_id}"),
+            )
+            .await?;
+        Ok(found.is_some())
+    }
+
+    /// Counts one more recorded end among the run's instances (call once per new report);
+    /// answers the count as it now stands.
+    pub async fn count_final(&self, run_id: &str) -> Result<Finals, Error> {
+        self.update_finals(
+            run_id,
+            "ADD #r :one SET",
+            FINALS_COUNT,
+            AttributeValue::N("1".into()),
+        )
+        .await
+    }
+
+    /// Records how many instances the run dispatched; answers the count as it now stands.
+    pub async fn expect_finals(&self, run_id: &str, due: usize) -> Result<Finals, Error> {
+        self.update_finals(
+            run_id,
+            "SET #r = :one,",
+            FINALS_DUE,
+            AttributeValue::N(due.to_string()),
+        )
+        .await
+    }
+
+    async fn update_finals(
+        &self,
+        run_id: &str,
+        expression: &str,
+        name: &str,
+        value: AttributeValue,
+    ) -> Result<Finals, Error> {
+        let what = format!("count of final results of run {run_id}");
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, s(run_pk(run_id)))
+            .key(SK, s(FINALS))
+            .update_expression(format!("{expression} #k = :k, #e = :e"))
+            .expression_attribute_names("#r", name)
+            .expression_attribute_names("#k", KIND)
+            .expression_attribute_names("#e", EXPIRES)
+            .expression_attribute_values(":one", value)
+            .expression_attribute_values(":k", s(FINALS))
+            .expression_attribute_values(":e", expiry(Utc::now()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| aws("UpdateItem", self.subject(&what), e))?;
+        Ok(finals_of(out.attributes.as_ref()))
+    }
+
+    /// Records the run that sent `command_id`, for SSM's events about it.
+    pub async fn put_command(&self, command_id: &str, run_id: &str) -> Result<(), Error> {
+        let what = format!("command {command_id} of run {run_id}");
+        self.put(
+            item(
+                format!("{COMMAND}#{command_id}"),
+                COMMAND.into(),
+                COMMAND,
+                &serde_json::json!({ "run_id": run_id }),
+                Some(expiry(Utc::now())),
+            ),
+            &what,
+        )
+        .await
+    }
+
+    /// The run that sent `command_id`, if this deployment sent it.
+    pub async fn command_run(&self, command_id: &str) -> Result<Option<String>, Error> {
+        let found = self
+            .get(
+                format!("{COMMAND}#{command_id}"),
+                COMMAND.into(),
+                &format!("command {command_id}"),
+            )
+            .await?;
+        let body: Option<serde_json::Value> = found.as_ref().and_then(body_of);
+        Ok(body.and_then(|b| b["run_id"].as_str().map(str::to_string)))
+    }
+
     /// One instance's recorded sets and copies.
     pub async fn sets_of(
         &self,
@@ -1396,6 +1525,13 @@ impl<'a> RunMarkerStore<'a> {
     /// `claim_copy_pass` claims a copy pass.
     pub async fn claim_run_look(&self, look: u32, message_id: &str) -> Result<bool, Error> {
         self.claim_for(&format!("{RUN_LOOK}{look}"), message_id)
+            .await
+    }
+
+    /// Claims look `look` of the run's early looks (`RunJob::early`), which are numbered apart
+    /// from the backoff's.
+    pub async fn claim_early_look(&self, look: u32, message_id: &str) -> Result<bool, Error> {
+        self.claim_for(&format!("{RUN_LOOK}early-{look}"), message_id)
             .await
     }
 

@@ -8,7 +8,7 @@ use tracing::{error, info, warn};
 use crate::app::{refuse, App};
 use crate::aws::queue;
 use crate::error::Error;
-use crate::jobs::{Envelope, Job};
+use crate::jobs::{ended_event, Envelope, Job};
 use crate::run::step::start::{self, LEASE_MARGIN_SECONDS};
 use crate::run::step::tracking;
 use crate::{copy, restore, retention};
@@ -73,7 +73,18 @@ pub async fn process_batch(
             }
             continue;
         }
-        let envelope = match Envelope::from_body(body) {
+        // SSM's status-change events come as EventBridge puts them on the queue.
+        let event = ended_event(body, app.config.account_of_queue(), &app.config.region);
+        let envelope = match event.map(|e| e.map(|job| Envelope::new(Job::Ended(job)))) {
+            Some(Ok(envelope)) => Ok(envelope),
+            Some(Err(why)) => {
+                let _ = refuse(app, format!("message {id}: {why}"));
+                response.add_failure(id);
+                continue;
+            }
+            None => Envelope::from_body(body),
+        };
+        let envelope = match envelope {
             Ok(envelope) => envelope,
             Err(why) => {
                 error!(message_id = %id, reason = %why, "poison message: left to the queue's redrive policy");
@@ -137,5 +148,6 @@ async fn process_job(
         Job::Restore(job) => restore::step::restore::restore_job(app, job, deadline).await,
         Job::Verify(job) => restore::step::verify::verify_job(app, job).await,
         Job::Retry(job) => crate::run::step::retry::retry_job(app, job, lease_until).await,
+        Job::Ended(job) => tracking::track_ended(app, job).await,
     }
 }

@@ -21,6 +21,15 @@ pub fn is_instance_id(id: &str) -> bool {
     })
 }
 
+/// An SSM command id: a UUID, 36 characters of hex digits and dashes (8-4-4-4-12).
+pub fn is_command_id(id: &str) -> bool {
+    id.len() == 36
+        && id.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
 /// 1 to 64 letters, digits, `-`, `_` or `.`: safe in a tag, a comment and a parameter name.
 pub fn is_run_id(id: &str) -> bool {
     !id.is_empty()
@@ -164,6 +173,15 @@ impl fmt::Display for AgentVersion {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_command_id_is_a_uuid() {
+        assert!(is_command_id("e8d3c0e4-71f7-4491-898f-c9b35bee5f3b"));
+        assert!(!is_command_id("e8d3c0e4-71f7-4491-898f-c9b35bee5f3"));
+        assert!(!is_command_id("e8d3c0e4x71f7-4491-898f-c9b35bee5f3b"));
+        assert!(!is_command_id("g8d3c0e4-71f7-4491-898f-c9b35bee5f3b"));
+        assert!(!is_command_id(""));
+    }
+
     use super::*;
 
     #[test]

@@ -426,6 +426,7 @@ pub fn run_job(
         skipped: start.skipped.clone(),
         unsent: start.unsent.clone(),
         attempt: 0,
+        early: false,
     }
 }
 

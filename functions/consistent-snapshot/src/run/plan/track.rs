@@ -562,6 +562,7 @@ mod tests {
                 error: "AccessDenied".into(),
             }],
             attempt: 3,
+            early: false,
         }
     }
 

@@ -30,6 +30,7 @@ use crate::run::plan::dispatch::{
     RunStart, StartStatus, INVALID_INSTANCE_CODE,
 };
 use crate::run::plan::preflight::preflight;
+use crate::run::step::tracking;
 
 /// How long past its invocation's deadline a lease still holds: a call sent just before the
 /// Lambda was stopped has landed by then.
@@ -343,6 +344,20 @@ async fn dispatch_claimed(
         .await?;
     let run = run_job(&start, request.started_at, command_deadline, completion);
     app.aws.catalog.put_run(&run, now).await?;
+    // The instances' ends are counted as they are recorded; should they all be already (SSM's
+    // events came during the dispatch), the run's look is queued now.
+    let due = start
+        .dispatched
+        .iter()
+        .filter(|d| d.command_id.is_some())
+        .count();
+    match app.aws.catalog.expect_finals(run_id, due).await {
+        Ok(finals) if finals.complete() => tracking::queue_early_look(app, run_id).await,
+        Ok(_) => {}
+        Err(err) => {
+            warn!(run_id, error = %err, code = err.aws_code().unwrap_or(""), "the run's count of ends not set: its own looks finish it");
+        }
+    }
     let last = Envelope::new(Job::Run(run.as_reference()));
     enqueue_each(
         app,
@@ -388,6 +403,11 @@ async fn send_all(
             match commands::send(&app.aws.ssm, &app.config, request).await {
                 Ok(command_id) => {
                     info!(run_id = %run_id, command_id = %command_id, instances = plan.targets.len(), exclude_boot_volume = plan.exclude_boot_volume, "command sent");
+                    // What SSM's events about the command are matched by (they name only
+                    // the command); without it, the instances' polling looks find their end.
+                    if let Err(err) = app.aws.catalog.put_command(&command_id, &run_id).await {
+                        warn!(run_id = %run_id, command_id = %command_id, error = %err, code = err.aws_code().unwrap_or(""), "command not recorded for SSM's events");
+                    }
                     start.commands.push(RunCommand {
                         command_id: command_id.clone(),
                         exclude_boot_volume: plan.exclude_boot_volume,

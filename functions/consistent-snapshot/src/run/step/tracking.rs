@@ -10,7 +10,9 @@ use crate::app::{dispatched_run, emit_metrics, enqueue, refuse, requeue, App};
 use crate::aws::catalog::RunMarkerStore;
 use crate::aws::{commands, notify, snapshots};
 use crate::error::Error;
-use crate::jobs::{CopyJob, Envelope, InstanceJob, Job, RetryJob, RunJob, VaultJob};
+use crate::jobs::{
+    CopyJob, EndedJob, Envelope, InstanceJob, Job, RetryJob, RunJob, VaultJob, ENDED_ATTEMPTS,
+};
 use crate::model::catalog::{reported_snapshots, ForeignSnapshot, SetRecord, Verdict};
 use crate::model::pace::Pace;
 use crate::model::snapshot::SnapshotFacts;
@@ -46,6 +48,14 @@ pub async fn track_instance(app: &App, message: InstanceJob) -> Result<(), Error
             ),
         ));
     };
+    if app.config.completion_events
+        && catalog
+            .has_report(&message.run_id, &message.instance_id)
+            .await?
+    {
+        info!(run_id = %message.run_id, instance_id = %message.instance_id, "invocation's end already recorded from SSM's event");
+        return Ok(());
+    }
     let job = InstanceJob {
         name: manifest.name,
         volumes: manifest.volumes,
@@ -62,12 +72,118 @@ pub async fn track_instance(app: &App, message: InstanceJob) -> Result<(), Error
             log_outcome(&job.run_id, &outcome);
             Ok(())
         }
-        Next::Report(report) => {
-            let new = catalog.record_report(&report).await?;
-            let reported = reported_snapshots(&report.invocation.output).len();
-            info!(run_id = %job.run_id, instance_id = %job.instance_id, name = %job.name, status = %report.invocation.status, reported, duplicate = !new, "invocation final: the run's look verifies and records the set");
+        Next::Report(report) => record_final(app, &report, "polling").await,
+    }
+}
+
+/// Records an instance's final result (once, whoever sees it first: its polling look or
+/// SSM's event) and counts it; the run's last one queues the run's early look.
+async fn record_final(
+    app: &App,
+    report: &crate::model::catalog::InstanceReport,
+    seen_by: &str,
+) -> Result<(), Error> {
+    let new = app.aws.catalog.record_report(report).await?;
+    let reported = reported_snapshots(&report.invocation.output).len();
+    info!(run_id = %report.run_id, instance_id = %report.instance_id, status = %report.invocation.status, reported, duplicate = !new, seen_by, "invocation final: the run's look verifies and records the set");
+    if new {
+        count_final(app, &report.run_id).await;
+    }
+    Ok(())
+}
+
+/// Counts one more instance of the run with a recorded end; when it is the last, queues the
+/// run's early look, so that a run whose servers are done is verified and recorded at once,
+/// not at its next look on the backoff. Best effort: what fails here is logged, and the
+/// backoff's looks finish the run as they would without it.
+pub async fn count_final(app: &App, run_id: &str) {
+    match app.aws.catalog.count_final(run_id).await {
+        Ok(finals) if finals.complete() => queue_early_look(app, run_id).await,
+        Ok(_) => {}
+        Err(err) => {
+            warn!(run_id, error = %err, code = err.aws_code().unwrap_or(""), "final result not counted: the run's own looks finish it");
+        }
+    }
+}
+
+/// Queues the run's early look (the run as the catalog holds it, as a reference).
+pub async fn queue_early_look(app: &App, run_id: &str) {
+    let queued = match app.aws.catalog.run(run_id).await {
+        Ok(Some(run)) => {
+            let look = RunJob {
+                early: true,
+                attempt: 0,
+                ..run.as_reference()
+            };
+            enqueue(app, &[Envelope::new(Job::Run(look))]).await
+        }
+        Ok(None) => Ok(()),
+        Err(err) => Err(err),
+    };
+    match queued {
+        Ok(()) => info!(
+            run_id,
+            "every instance of the run has ended: its look is queued now"
+        ),
+        Err(err) => {
+            warn!(run_id, error = %err, code = err.aws_code().unwrap_or(""), "early look not queued: the run's own looks finish it");
+        }
+    }
+}
+
+/// SSM's event that an instance's invocation ended: a hint. It counts only for a command the
+/// catalog records as this deployment's, sent in the run to that instance, and what is
+/// recorded is SSM's own answer to one look, as the instance's polling look would record it.
+/// The dispatch records a command as soon as SendCommand answers, but its run's manifest only
+/// once every command is sent: an event that comes in between is handed back (at most
+/// `ENDED_ATTEMPTS` times). An event of any other command (an operator running the document
+/// by hand) is let go at once. The instance's polling look goes on either way: an event that
+/// never comes costs time, never a result.
+pub async fn track_ended(app: &App, ended: EndedJob) -> Result<(), Error> {
+    let catalog = &app.aws.catalog;
+    let Some(run_id) = catalog.command_run(&ended.command_id).await? else {
+        info!(command_id = %ended.command_id, instance_id = %ended.instance_id, "SSM event of a command this deployment did not send: let go");
+        emit_metrics(app, &[("EventsNotOurs", 1)], &[("Event", "ended")]);
+        return Ok(());
+    };
+    let manifest = catalog
+        .manifest_entry(&run_id, &ended.instance_id)
+        .await?
+        .filter(|m| m.command_id == ended.command_id);
+    let Some(manifest) = manifest else {
+        if ended.attempt < ENDED_ATTEMPTS {
+            info!(run_id = %run_id, command_id = %ended.command_id, instance_id = %ended.instance_id, attempt = ended.attempt, "SSM event before the run's manifest is written: looked at again later");
+            return requeue(
+                app,
+                Job::Ended(EndedJob {
+                    attempt: ended.attempt + 1,
+                    ..ended
+                }),
+            )
+            .await;
+        }
+        info!(run_id = %run_id, command_id = %ended.command_id, instance_id = %ended.instance_id, "SSM event of an instance the run's manifest does not hold: let go, its polling look goes on");
+        emit_metrics(app, &[("EventsNotOurs", 1)], &[("Event", "ended")]);
+        return Ok(());
+    };
+    let job = InstanceJob {
+        run_id,
+        instance_id: ended.instance_id.clone(),
+        name: manifest.name,
+        command_id: ended.command_id.clone(),
+        volumes: manifest.volumes,
+        // Only a final look is acted on here; the deadline is the polling look's to keep.
+        stage_deadline: Utc::now() + chrono::Duration::days(1),
+        attempt: 0,
+    };
+    let look = commands::look(&app.aws.ssm, &job.command_id, &job.instance_id).await?;
+    match next_instance_step(&job, &look, Utc::now()) {
+        Next::Report(report) => record_final(app, &report, "event").await,
+        Next::Wait { why, .. } => {
+            info!(run_id = %job.run_id, instance_id = %job.instance_id, event_status = %ended.status, ssm = %why, "SSM event says ended, SSM's look does not (yet): the polling look goes on");
             Ok(())
         }
+        Next::TimedOut(_) => Ok(()),
     }
 }
 
@@ -246,12 +362,18 @@ pub async fn track_run(
         info!(run_id = %message.run_id, look = message.attempt, "the run's summary is already written (a duplicate delivery)");
         return Ok(());
     }
-    if !store.claim_run_look(message.attempt, message_id).await? {
+    let claimed = if message.early {
+        store.claim_early_look(message.attempt, message_id).await?
+    } else {
+        store.claim_run_look(message.attempt, message_id).await?
+    };
+    if !claimed {
         info!(run_id = %message.run_id, look = message.attempt, "run look already taken by another message");
         return Ok(());
     }
     let job = RunJob {
         attempt: message.attempt,
+        early: message.early,
         ..dispatched
     };
     let mut listed = Vec::new();
@@ -293,6 +415,11 @@ pub async fn track_run(
             None => (&listed, None),
         };
         match next_run_step(&job, invocations, pending, now) {
+            RunNext::Wait { job, why } if job.early => {
+                // The backoff's looks go on; an early look is one more, never a chain.
+                info!(run_id = %job.run_id, why = ?why, "early look: the run is not final yet, its own looks go on");
+                return Ok(());
+            }
             RunNext::Wait { job, why } => {
                 match why {
                     RunWait::Invocations { open } => {
