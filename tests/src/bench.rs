@@ -87,9 +87,9 @@ pub fn lower_bounds(f: &Fleet) -> Vec<Bound> {
         ),
         bound(
             "ssm:ListCommands",
-            1,
+            2,
             Kind::Work,
-            "one page of the command history (dispatch is check-then-act)".into(),
+            "one page of the command history per VSS document, 2 (dispatch is check-then-act, and a server running either document must not be frozen twice)".into(),
         ),
         bound(
             "ssm:SendCommand",

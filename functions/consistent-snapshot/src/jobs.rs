@@ -9,7 +9,8 @@
 //! |-----------|---------------------------------------------|-------------------------------------------------------|---------------------------------------------------------|---------------------------|
 //! | watch     | a run's start, before it claims the run     | the claimant's lease to end (`check_at`)              | takes the dispatch over if not `dispatched`; closes it after 3 failures, `abandoned` after one more | itself while a lease lives |
 //! | instance  | the dispatch, one per instance sent to      | the invocation to be final, then its snapshots        | the verified set (catalog), `InstanceId`/`Name` tags    | — (the run sums up)       |
-//! | run       | the dispatch, after the instance jobs       | every invocation final and every snapshot completed   | sets not yet recorded, marker `reported`, the summary   | copy (queued first)       |
+//! | run       | the dispatch, after the instance jobs; an early one when the run's last instance ended | every invocation final and every snapshot completed (an early look does not wait) | sets not yet recorded, marker `reported`, the summary   | copy (queued first)       |
+//! | ended     | EventBridge (SSM's status-change event); handed back while the run's manifest is not written | ≤ 5 times, 10 s doubling                  | the instance's final result (SSM's own answer)          | the run's early look, after its last instance |
 //! | copy      | the run; each pass queues its successor     | copies pending; one message per pass (`copy-pass-n`)  | copies (the run's and earlier runs' not copied yet) and their records, `copy-lease-n`, `copied` | retention (queued first)  |
 //! | retention | the copy step; a pass with deletions left   | nothing                                               | deletions by the plan, marker `retained`, release       | itself until done, or 3 passes delete nothing |
 //! | restore   | an on-demand restore; each waiting pass     | volumes creating, the instance stopping or starting   | volumes created, tagged, detached, attached             | itself until done/failed  |
@@ -92,9 +93,9 @@ pub struct EndedJob {
     pub attempt: u32,
 }
 
-/// How often an event that came before its dispatch's records is handed back, and the first
-/// wait (doubling: 10, 20, 40, 80, 160 s, five minutes in all); then the instance's own
-/// polling look, which never stops for want of an event, finds its end.
+/// How often an event that came before its run's manifest is handed back, and the first wait
+/// (doubling: 10, 20, 40, 80, 160 s, five minutes in all); then the instance's own polling
+/// look, which never stops for want of an event, finds its end.
 pub const ENDED_ATTEMPTS: u32 = 5;
 pub const ENDED_WAIT_SECONDS: u32 = 10;
 

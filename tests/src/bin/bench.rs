@@ -11,7 +11,10 @@
 //!    nothing.
 //! 3. The dispatch of `BENCH_DISPATCH_INSTANCES` (10,000) servers and the first tracking
 //!    batches: peak RSS and time of the invocation whose work grows with the fleet.
-//! 4. A retention plan (dry run) over `BENCH_PLAN_SNAPSHOTS` (100,000) snapshots.
+//! 4. Completion: `BENCH_COMPLETION_INSTANCES` (200) servers whose commands take 2 to 12 s,
+//!    one night with SSM's events on the queue and one polling only, each with the
+//!    deployment's backoff: from each command's end to its set's record, and the polling calls.
+//! 5. A retention plan (dry run) over `BENCH_PLAN_SNAPSHOTS` (100,000) snapshots.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -366,6 +369,109 @@ async fn full_run(binary: &Path, instances: u64) -> Result<FullRun> {
     })
 }
 
+/// How soon a run's sets are recorded after its commands end, and what watching them costs.
+struct Completion {
+    /// Seconds from each server's command end (SSM's) to its set's record (the catalog's).
+    latencies: Vec<f64>,
+    /// Looks at SSM and the polling messages between them (GetCommandInvocation,
+    /// ListCommandInvocations, SendMessage).
+    polling: u64,
+    looks: u64,
+    /// From the dispatch's start to the last set recorded.
+    recorded_after: f64,
+}
+
+/// Percentile `p` (0–1) of sorted samples.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// One night of `instances` servers whose VSS commands take 2 to 12 s, with the deployment's
+/// own backoff (30 s doubling to 900 s), with SSM's events on the queue (the template's rule)
+/// or without them: when each server's set is recorded, against when its command ended.
+async fn completion(binary: &Path, instances: u64, events: bool) -> Result<Completion> {
+    let how = if events {
+        "with SSM's events"
+    } else {
+        "polling only"
+    };
+    println!("==> completion, {how}: {instances} servers, commands of 2 to 12 s");
+    let emulator = Emulator::start().await?;
+    let queue = emulator.create_queue("bench-completion", 60).await?;
+    let ids = seed_bulk(&emulator, instances as usize, 250, 1).await?;
+    let timing: BTreeMap<String, Windows> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.clone(), Windows::timing(0.5, 1.5 + (i % 11) as f64)))
+        .collect();
+    emulator.simulate(&timing)?;
+    if events {
+        emulator.completion_events(&queue)?;
+    }
+    let proxy = FaultProxy::new(emulator.port, 0.0, 1);
+    let endpoint = proxy.endpoint(Stop::Never).await?;
+    let mut env = function_env(endpoint.port, &queue, false);
+    env.retain(|(k, _)| !k.starts_with("TRACK_POLL_"));
+    env.push(("COMPLETION_EVENTS", events.to_string()));
+    let log = log_dir()?.join(format!(
+        "completion-{}.log",
+        if events { "events" } else { "polling" }
+    ));
+    let function = Function::start(binary, &env, &log).await?;
+    let started = chrono::Utc::now();
+    let answer = function.invoke(nightly_event(), FUNCTION_TIMEOUT).await?;
+    let run_id = answer["run_id"].as_str().ok_or("no run id")?.to_string();
+    drain_with(&emulator, &queue, 10, Duration::from_secs(1800), |event| {
+        function.invoke(event, FUNCTION_TIMEOUT)
+    })
+    .await?;
+    let ended: BTreeMap<String, chrono::DateTime<Utc>> = emulator
+        .invocations()?
+        .iter()
+        .filter_map(|i| {
+            let at = chrono::DateTime::parse_from_rfc3339(i["ended"].as_str()?).ok()?;
+            Some((
+                i["instance_id"].as_str()?.to_string(),
+                at.with_timezone(&Utc),
+            ))
+        })
+        .collect();
+    let catalog = emulator.catalog();
+    let mut latencies = Vec::new();
+    let mut last = started;
+    for id in &ids {
+        let (sets, _) = catalog.sets_of(id).await?;
+        let set = sets
+            .iter()
+            .find(|s| s.run_id == run_id && s.is_consistent())
+            .ok_or_else(|| format!("{id}: no consistent set recorded (log: {})", log.display()))?;
+        let end = ended
+            .get(id)
+            .ok_or_else(|| format!("{id}: no command ended"))?;
+        latencies.push((set.verified_at - *end).num_milliseconds() as f64 / 1000.0);
+        last = last.max(set.verified_at);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let stats = proxy.stats();
+    let looks = stats.calls_of("ssm:GetCommandInvocation");
+    let polling =
+        looks + stats.calls_of("ssm:ListCommandInvocations") + stats.calls_of("sqs:SendMessage");
+    println!(
+        "    every set consistent ✓; median {:.1} s from a command's end to its set recorded; {:.2} polling calls per server",
+        percentile(&latencies, 0.5),
+        polling as f64 / instances as f64
+    );
+    Ok(Completion {
+        latencies,
+        polling,
+        looks,
+        recorded_after: (last - started).num_milliseconds() as f64 / 1000.0,
+    })
+}
+
 struct Measured {
     seconds: f64,
     peak_rss_mib: f64,
@@ -627,7 +733,8 @@ async fn main() -> Result<()> {
     let instances = setting("BENCH_INSTANCES", 1_000)?;
     let dispatch_instances = setting("BENCH_DISPATCH_INSTANCES", 10_000)?;
     let plan_snapshots = setting("BENCH_PLAN_SNAPSHOTS", 100_000)?;
-    // A comma list of phases to run (init, run, dispatch, plan); all by default. BENCHMARKS.md
+    let completion_instances = setting("BENCH_COMPLETION_INSTANCES", 200)?;
+    // A comma list of phases to run (init, run, completion, dispatch, plan); all by default. BENCHMARKS.md
     // is written only when all ran.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let wanted = |phase: &str| only.is_empty() || only.split(',').any(|p| p.trim() == phase);
@@ -687,6 +794,56 @@ async fn main() -> Result<()> {
         report.fleet = Some(run.fleet);
         report.calls = run.calls;
         report.calls_by_region = run.regional;
+    }
+    if wanted("completion") {
+        let per = |c: &Completion| c.polling as f64 / completion_instances.max(1) as f64;
+        let events = completion(&binary, completion_instances, true).await?;
+        let polling = completion(&binary, completion_instances, false).await?;
+        let line = |c: &Completion| {
+            format!(
+                "median {:.1} s, p90 {:.1} s, max {:.1} s; all recorded {:.1} s after the dispatch began",
+                percentile(&c.latencies, 0.5),
+                percentile(&c.latencies, 0.9),
+                percentile(&c.latencies, 1.0),
+                c.recorded_after
+            )
+        };
+        budgets.push(Budget {
+            what: format!(
+                "time from a command's end to its set recorded, with SSM's events ({completion_instances} servers, commands of 2–12 s, median)"
+            ),
+            measured: percentile(&events.latencies, 0.5),
+            unit: "s",
+            target: Some(10.0),
+            note: line(&events),
+        });
+        budgets.push(Budget {
+            what: "the same, polling only (TRACK_POLL_INITIAL_SECONDS 30, median)".into(),
+            measured: percentile(&polling.latencies, 0.5),
+            unit: "s",
+            target: None,
+            note: line(&polling),
+        });
+        budgets.push(Budget {
+            what: "polling calls per server, with SSM's events".into(),
+            measured: per(&events),
+            unit: "",
+            target: Some(1.1),
+            note: format!(
+                "{} looks at SSM for {completion_instances} servers (GetCommandInvocation), {} polling calls in all",
+                events.looks, events.polling
+            ),
+        });
+        budgets.push(Budget {
+            what: "polling calls per server, polling only".into(),
+            measured: per(&polling),
+            unit: "",
+            target: None,
+            note: format!(
+                "{} looks at SSM, {} polling calls in all",
+                polling.looks, polling.polling
+            ),
+        });
     }
     if wanted("dispatch") {
         let dispatch = large_dispatch(&binary, dispatch_instances).await?;
