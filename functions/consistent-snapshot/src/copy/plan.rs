@@ -8,12 +8,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::model::catalog::{CopyRecord, CopyTargets, SeenFinal, SetRecord, Verdict};
-use crate::model::ids::parse_regions;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::SnapshotState;
 use crate::model::tags::{
-    cut_chars, DESCRIPTION_MAX_CHARS, TAG_COPY_REGIONS, TAG_NAME, TAG_RUN_ID, TAG_SOURCE_REGION,
-    TAG_SOURCE_SNAPSHOT,
+    cut_chars, DESCRIPTION_MAX_CHARS, TAG_NAME, TAG_RUN_ID, TAG_SOURCE_REGION, TAG_SOURCE_SNAPSHOT,
 };
 
 /// A copy already in a destination region.
@@ -182,37 +180,7 @@ impl CopyPlan {
     }
 }
 
-/// The regions an instance's sets are copied to: its override tag, else the configured ones.
-/// A tag may name only regions of `configured` or `allowed` (`COPY_REGIONS_ALLOWED`): a stray
-/// or forged tag must not send the instance's backups, nor the function's reads, anywhere
-/// else; such a tag is refused for that instance, with the regions it named.
-pub fn copy_regions_of(
-    tags: &BTreeMap<String, String>,
-    configured: &[String],
-    allowed: &[String],
-    home: &str,
-) -> Result<Vec<String>, String> {
-    let Some(value) = tags.get(TAG_COPY_REGIONS) else {
-        return Ok(configured.to_vec());
-    };
-    let regions: Vec<String> = parse_regions(value)
-        .map_err(|why| format!("tag {TAG_COPY_REGIONS}={value:?}: {why}"))?
-        .into_iter()
-        .filter(|r| r != home)
-        .collect();
-    let outside: Vec<&str> = regions
-        .iter()
-        .filter(|r| !configured.contains(r) && !allowed.contains(r))
-        .map(String::as_str)
-        .collect();
-    if !outside.is_empty() {
-        return Err(format!(
-            "tag {TAG_COPY_REGIONS}={value:?}: {} not in COPY_REGIONS or COPY_REGIONS_ALLOWED",
-            outside.join(", ")
-        ));
-    }
-    Ok(regions)
-}
+pub use crate::model::tags::copy_regions_of;
 
 /// How far back a run's copy step looks for earlier sets that are not copied yet.
 pub const BACKLOG_DAYS: i64 = 7;
@@ -546,7 +514,7 @@ pub fn copy_description(source: &SnapshotFacts, home: &str) -> String {
 mod tests {
     use super::*;
     use crate::model::catalog::{CopyTargets, RecordedSnapshot, Verdict};
-    use crate::model::tags::TAG_INSTANCE_ID;
+    use crate::model::tags::{TAG_COPY_REGIONS, TAG_INSTANCE_ID};
 
     /// A set's snapshot as planned, in this state (`""` for not described yet).
     fn planned(id: &str, state: &str) -> Source {

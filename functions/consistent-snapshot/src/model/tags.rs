@@ -3,6 +3,10 @@
 //! Tags are for operators (search, console, cost). The keys below are a contract with them and
 //! with the IAM conditions of the template; renaming one is a breaking change.
 
+use std::collections::BTreeMap;
+
+use crate::model::ids::parse_regions;
+
 /// The run a snapshot belongs to.
 pub const TAG_RUN_ID: &str = "ConsistentSnapshot:RunId";
 /// The instance a snapshot (or a restored volume) belongs to.
@@ -107,6 +111,38 @@ pub fn sanitize_tag_text(text: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The regions an instance's sets are copied to: its override tag, else the configured ones.
+/// A tag may name only regions of `configured` or `allowed` (`COPY_REGIONS_ALLOWED`): a stray
+/// or forged tag must not send the instance's backups, nor the function's reads, anywhere
+/// else; such a tag is refused for that instance, with the regions it named.
+pub fn copy_regions_of(
+    tags: &BTreeMap<String, String>,
+    configured: &[String],
+    allowed: &[String],
+    home: &str,
+) -> Result<Vec<String>, String> {
+    let Some(value) = tags.get(TAG_COPY_REGIONS) else {
+        return Ok(configured.to_vec());
+    };
+    let regions: Vec<String> = parse_regions(value)
+        .map_err(|why| format!("tag {TAG_COPY_REGIONS}={value:?}: {why}"))?
+        .into_iter()
+        .filter(|r| r != home)
+        .collect();
+    let outside: Vec<&str> = regions
+        .iter()
+        .filter(|r| !configured.contains(r) && !allowed.contains(r))
+        .map(String::as_str)
+        .collect();
+    if !outside.is_empty() {
+        return Err(format!(
+            "tag {TAG_COPY_REGIONS}={value:?}: {} not in COPY_REGIONS or COPY_REGIONS_ALLOWED",
+            outside.join(", ")
+        ));
+    }
+    Ok(regions)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! watch message finishes a dispatch whose invocation was stopped, and the history
 //! (`run::plan::dispatch`) keeps the finishing invocation from sending what was already sent.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
@@ -19,9 +19,11 @@ use crate::aws::commands::{self, CommandRequest, SendFailure};
 use crate::aws::instances;
 use crate::error::Error;
 use crate::jobs::{Envelope, Job, RunCommand, Skipped, Unsent, WatchJob};
+use crate::model::catalog::CopyTargets;
 use crate::model::fleet::{SkipReason, Target};
 use crate::model::state::InstanceState;
 use crate::model::stop_time;
+use crate::model::tags::copy_regions_of;
 use crate::run::plan::claim::{self, Claim, DispatchMode};
 use crate::run::plan::cluster::{leave_out_secondaries, plan_clusters, ClusterPlan};
 use crate::run::plan::dispatch::{
@@ -49,14 +51,40 @@ pub struct RunRequest {
     pub lease_until: DateTime<Utc>,
 }
 
-/// Discovers the fleet (or the instances asked for) and preflights it: the targets, and
-/// every other instance with the reason it is skipped.
+/// What the dispatch read of the fleet: the targets, every other instance with the reason it
+/// is skipped, and where each instance's sets are to be copied.
+struct Preflight {
+    targets: Vec<Target>,
+    skipped: Vec<Skipped>,
+    copies: Vec<CopyTargets>,
+}
+
+/// Discovers the fleet (or the instances asked for) and preflights it. The copy regions are
+/// decided here from the tags the dispatch read (and recorded with the run), so that the
+/// run's copy step need not read the fleet again; none without copy regions configured.
 async fn preflight_fleet(
     app: &App,
     run_id: &str,
     ids: Option<&[String]>,
-) -> Result<(Vec<Target>, Vec<Skipped>), Error> {
+) -> Result<Preflight, Error> {
     let instances = instances::discover(&app.aws.ec2, &app.config, ids).await?;
+    let config = &app.config;
+    let copies = if config.copy_regions.is_empty() && config.copy_regions_allowed.is_empty() {
+        Vec::new()
+    } else {
+        instances
+            .iter()
+            .map(|i| {
+                let regions = copy_regions_of(
+                    &i.tags,
+                    &config.copy_regions,
+                    &config.copy_regions_allowed,
+                    &config.region,
+                );
+                CopyTargets::new(&i.instance_id, regions)
+            })
+            .collect()
+    };
     let mut skipped: Vec<Skipped> = Vec::new();
     if let Some(ids) = ids {
         for id in ids
@@ -99,14 +127,22 @@ async fn preflight_fleet(
         skipped = skipped.len(),
         "preflight done"
     );
-    Ok((targets, skipped))
+    Ok(Preflight {
+        targets,
+        skipped,
+        copies,
+    })
 }
 
 /// Starts a run, or recognises a duplicate of one; see the module documentation.
 pub async fn start_run(app: &App, request: &RunRequest) -> Result<RunStart, Error> {
     let run_id = request.run_id.as_str();
     let now = Utc::now();
-    let (targets, skipped) = preflight_fleet(app, run_id, request.instance_ids.as_deref()).await?;
+    let Preflight {
+        targets,
+        skipped,
+        copies,
+    } = preflight_fleet(app, run_id, request.instance_ids.as_deref()).await?;
     let since = history_since(request.started_at, now, in_flight_window(&app.config));
     let documents = vss_documents(&app.config.ssm_document);
 
@@ -183,6 +219,7 @@ pub async fn start_run(app: &App, request: &RunRequest) -> Result<RunStart, Erro
         request,
         targets,
         skipped,
+        copies,
         since,
         documents: &documents,
         closing,
@@ -284,6 +321,7 @@ struct Dispatch<'a> {
     request: &'a RunRequest,
     targets: Vec<Target>,
     skipped: Vec<Skipped>,
+    copies: Vec<CopyTargets>,
     since: DateTime<Utc>,
     documents: &'a [&'a str],
     /// Why the dispatch is closed (`DispatchMode::Close`): nothing more is sent.
@@ -301,6 +339,7 @@ async fn dispatch_claimed(
         request,
         targets,
         skipped,
+        copies,
         since,
         documents,
         closing,
@@ -344,6 +383,7 @@ async fn dispatch_claimed(
         .await?;
     let run = run_job(&start, request.started_at, command_deadline, completion);
     app.aws.catalog.put_run(&run, now).await?;
+    record_copy_targets(app, &start, copies).await;
     // The instances' ends are counted as they are recorded; should they all be already (SSM's
     // events came during the dispatch), the run's look is queued now.
     let due = start
@@ -375,6 +415,28 @@ async fn dispatch_claimed(
         "run dispatched"
     );
     Ok(start)
+}
+
+/// Records where the dispatched instances' sets are to be copied, as decided from the tags
+/// the dispatch read. Should it fail, the copy step decides them itself (reading the fleet).
+async fn record_copy_targets(app: &App, start: &RunStart, copies: Vec<CopyTargets>) {
+    let sent: HashSet<&str> = start
+        .dispatched
+        .iter()
+        .filter(|d| d.command_id.is_some())
+        .map(|d| d.instance_id.as_str())
+        .collect();
+    let copies: Vec<CopyTargets> = copies
+        .into_iter()
+        .filter(|c| sent.contains(c.instance_id.as_str()))
+        .collect();
+    if copies.is_empty() {
+        return;
+    }
+    let run_id = start.run_id.as_str();
+    if let Err(err) = app.aws.catalog.record_copy_targets(run_id, &copies).await {
+        warn!(run_id, instances = copies.len(), error = %err, code = err.aws_code().unwrap_or(""), "copy regions not recorded: the copy step decides them");
+    }
 }
 
 /// Sends the command to `targets`, at most 50 a call. A throttled call is tried again after
