@@ -110,6 +110,30 @@ fn the_template_keeps_its_iam_conditions_alarms_and_justifications() {
             "may share snapshots with accounts other than the vault",
         ),
         (
+            "queue-open-to-any-rule",
+            "            Condition:\n              ArnEquals:\n                aws:SourceArn: !GetAtt CompletionEventsRule.Arn\n\n  # SSM's own word",
+            "\n  # SSM's own word",
+            "allows senders other than the completion events rule",
+        ),
+        (
+            "queue-deny-lets-the-account-through",
+            "                aws:SourceArn: !GetAtt CompletionEventsRule.Arn\n          - Sid: SsmCompletionEvents",
+            "                aws:SourceAccount: !Ref AWS::AccountId\n          - Sid: SsmCompletionEvents",
+            "the deny lets through more than the function and the completion events rule",
+        ),
+        (
+            "events-of-anyone",
+            "        source: [aws.ssm]",
+            "        source: [aws.ssm, my.app]",
+            "passes on events other than SSM's for the VSS document",
+        ),
+        (
+            "events-unread",
+            "          COMPLETION_EVENTS: \"true\"",
+            "          COMPLETION_EVENTS: \"false\"",
+            "COMPLETION_EVENTS is not",
+        ),
+        (
             "silent-report",
             "      TreatMissingData: breaching",
             "      TreatMissingData: notBreaching",
