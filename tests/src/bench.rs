@@ -359,8 +359,8 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(
         md,
         "Written by `make bench` on {}. Re-run with `make bench` (about 20 minutes after a \
-         warm release build; `BENCH_INSTANCES`, `BENCH_DISPATCH_INSTANCES` and \
-         `BENCH_PLAN_SNAPSHOTS` scale the three fleets). Every number comes from the release \
+         warm release build; `BENCH_INSTANCES`, `BENCH_DISPATCH_INSTANCES`, \
+         `BENCH_COMPLETION_INSTANCES` and `BENCH_PLAN_SNAPSHOTS` scale the four fleets). Every number comes from the release \
          binary, started as Lambda starts it (a local runtime API on loopback) against the \
          emulator, its AWS calls counted by a proxy on loopback.\n",
         report.date
@@ -375,14 +375,18 @@ pub fn render(report: &Report) -> String {
     for b in &report.budgets {
         let target = b
             .target
-            .map(|t| format!("≤ {t} {}", b.unit))
+            .map(|t| format!("≤ {t} {}", b.unit).trim_end().to_string())
             .unwrap_or_else(|| "-".into());
+        // A count per server (no unit) reads to two places: 1.02 is not 1.0.
+        let measured = if b.unit.is_empty() {
+            format!("{:.2}", b.measured)
+        } else {
+            format!("{:.1} {}", b.measured, b.unit)
+        };
         let _ = writeln!(
             md,
-            "| {} | {:.1} {} | {target} | {} | {} |",
+            "| {} | {measured} | {target} | {} | {} |",
             b.what,
-            b.measured,
-            b.unit,
             b.verdict(),
             b.note
         );

@@ -49,11 +49,14 @@ async fn main() -> harness::Result<()> {
         println!("    {id}  {:<12} {}", server.name, notes.join(", "));
     }
 
+    // As the template deploys it: SSM's completion events reach the tracking queue.
+    emulator.completion_events(&queue)?;
     let app = emulator.app(
         &queue,
         &[
             ("MANAGED_BY", "consistent-snapshot-demo"),
             ("COPY_REGIONS", DR_REGION),
+            ("COMPLETION_EVENTS", "true"),
             // The deployment's defaults (the harness turns them off for tests about other
             // things); the retry's pause shortened from 120 s for the demo.
             ("CRASH_CONSISTENT_FALLBACK", "true"),
