@@ -7,7 +7,9 @@
 use std::time::{Duration, Instant};
 
 use consistent_snapshot::OutcomeKind;
-use harness::{invoke, queue_depth, scheduled_event, ServerSpec, VssOutcome, Windows, World};
+use harness::{
+    invoke, queue_depth, scheduled_event, Metrics, ServerSpec, VssOutcome, Windows, World,
+};
 use serde_json::json;
 
 const NIGHT: &str = "2026-12-06T02:00:00Z";
@@ -116,12 +118,8 @@ async fn ssm_s_events_finish_a_run_long_before_its_first_polling_look() {
                    "instance-id": ids[3], "status": "Success",
                    "document-name": "AWSEC2-CreateVssSnapshot"}
     });
-    emulator
-        .sqs()
-        .send_message()
-        .queue_url(&world.queue)
-        .message_body(forged.to_string())
-        .send()
+    world
+        .send_raw(&forged.to_string())
         .await
         .expect("forged message");
     let refused = || !logs.messages_starting("refused").is_empty();
@@ -144,11 +142,19 @@ async fn with_events_on_but_none_coming_the_polling_looks_finish_the_run() {
     let world = World::start(3).await.expect("world");
     world.seed(&fleet()).await.expect("seed");
     // No rule: the events are lost, as EventBridge may lose them.
-    let app = world.app(&[("COMPLETION_EVENTS", "true")]).expect("app");
+    let metrics = Metrics::default();
+    let app = metrics.attach(world.app(&[("COMPLETION_EVENTS", "true")]).expect("app"));
     let run_id = world.nightly(&app, NIGHT).await.expect("night");
     let report = world.logs.run_report(&run_id).expect("summary");
     assert_eq!(report.count(OutcomeKind::Consistent), 3, "{report:?}");
     assert_eq!(report.outcomes.len(), 4);
+    // Each end found by polling is counted: the rule delivers nothing here.
+    let by_polling: u64 = metrics
+        .of("ended", Some(&run_id))
+        .iter()
+        .filter_map(|l| l["EndsFoundByPolling"].as_u64())
+        .sum();
+    assert_eq!(by_polling, 4);
     assert_eq!(
         queue_depth(&world.emulator, "tracking-dlq")
             .await

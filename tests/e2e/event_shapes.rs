@@ -145,24 +145,18 @@ async fn malformed_payloads_are_errors_that_name_the_field() {
 #[tokio::test]
 async fn poison_messages_fail_alone_and_the_rest_of_the_batch_goes_on() {
     let world = World::start(1).await.expect("world");
-    let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
+    let (emulator, logs) = (&world.emulator, &world.logs);
     world
         .seed(&[ServerSpec::windows("web01", 1)])
         .await
         .expect("seed");
     let app = world.app(&[]).expect("app");
-    let sqs = emulator.sqs();
     for body in [
         "not json",
         r#"{"v":99,"kind":"instance"}"#,
         r#"{"v":1,"kind":"instance"}"#,
     ] {
-        sqs.send_message()
-            .queue_url(queue)
-            .message_body(body)
-            .send()
-            .await
-            .expect("send");
+        world.send_raw(body).await.expect("send");
     }
     invoke(&app, json!({"action": "snapshot", "run_id": "with-poison"}))
         .await
@@ -178,6 +172,7 @@ async fn poison_messages_fail_alone_and_the_rest_of_the_batch_goes_on() {
         logs.run_report("with-poison").is_some(),
         "the run finished despite the poison"
     );
+    let sqs = emulator.sqs();
     let dlq = sqs
         .get_queue_url()
         .queue_name("tracking-dlq")

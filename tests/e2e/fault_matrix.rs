@@ -428,15 +428,7 @@ async fn forge_jobs(world: &World, victim: &str) {
         "attempt": 0
     });
     for job in [restore, run] {
-        world
-            .emulator
-            .sqs()
-            .send_message()
-            .queue_url(&world.queue)
-            .message_body(job.to_string())
-            .send()
-            .await
-            .expect("SendMessage");
+        world.send_raw(&job.to_string()).await.expect("SendMessage");
     }
 }
 

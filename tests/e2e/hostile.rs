@@ -204,14 +204,8 @@ async fn a_hostile_fleet_cannot_turn_the_backups_against_the_fleet() {
         "v": 1, "kind": "watch", "run_id": tomorrow, "started_at": "2026-11-26T00:00:00Z",
         "instance_ids": null, "check_at": "2026-11-26T00:00:00Z"
     });
-    let sqs = emulator.sqs();
     for job in [&restore, &run_job, &watch_job] {
-        sqs.send_message()
-            .queue_url(&world.queue)
-            .message_body(job.to_string())
-            .send()
-            .await
-            .expect("SendMessage");
+        world.send_raw(&job.to_string()).await.expect("SendMessage");
     }
     let other_queue = queue_arn("http://127.0.0.1/123456789012/someone-elses");
     let answer = invoke(&app, sqs_event(&other_queue, &restore))

@@ -511,12 +511,8 @@ async fn a_freeze_that_timed_out_is_tried_again_in_a_run_of_its_own() {
         "instance_ids": [id("writer01"), id("sql01")],
         "start_at": "2026-11-23T02:10:00Z",
     });
-    emulator
-        .sqs()
-        .send_message()
-        .queue_url(&world.queue)
-        .message_body(forged.to_string())
-        .send()
+    world
+        .send_raw(&forged.to_string())
         .await
         .expect("SendMessage");
     world.drain(&app).await.expect("drain");

@@ -91,6 +91,19 @@ impl World {
         deliver_until(&self.emulator, app, &self.queue, limit, done).await
     }
 
+    /// Puts `body` on the tracking queue as another principal would (one that got past the
+    /// queue's policy): a forged job or event.
+    pub async fn send_raw(&self, body: &str) -> Result<()> {
+        self.emulator
+            .sqs()
+            .send_message()
+            .queue_url(&self.queue)
+            .message_body(body)
+            .send()
+            .await?;
+        Ok(())
+    }
+
     /// A night: the schedule's event at `time`, then every message to the end; answers the
     /// run id.
     pub async fn nightly(&self, app: &App, time: &str) -> Result<String> {

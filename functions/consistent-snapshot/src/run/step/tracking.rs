@@ -72,7 +72,19 @@ pub async fn track_instance(app: &App, message: InstanceJob) -> Result<(), Error
             log_outcome(&job.run_id, &outcome);
             Ok(())
         }
-        Next::Report(report) => record_final(app, &report, "polling").await,
+        Next::Report(report) => {
+            let recorded = record_final(app, &report, "polling").await;
+            if app.config.completion_events {
+                // SSM's event did not bring this end: a few are expected (best-effort
+                // delivery); all of them means the rule delivers nothing.
+                emit_metrics(
+                    app,
+                    &[("EndsFoundByPolling", 1)],
+                    &[("RunId", &report.run_id), ("Event", "ended")],
+                );
+            }
+            recorded
+        }
     }
 }
 
