@@ -1010,7 +1010,7 @@ impl Catalog {
     pub async fn count_final(&self, run_id: &str) -> Result<Finals, Error> {
         self.update_finals(
             run_id,
-            "ADD #r :one SET",
+            "ADD #n :n SET #k = :k, #e = :e",
             FINALS_COUNT,
             AttributeValue::N("1".into()),
         )
@@ -1021,13 +1021,15 @@ impl Catalog {
     pub async fn expect_finals(&self, run_id: &str, due: usize) -> Result<Finals, Error> {
         self.update_finals(
             run_id,
-            "SET #r = :one,",
+            "SET #n = :n, #k = :k, #e = :e",
             FINALS_DUE,
             AttributeValue::N(due.to_string()),
         )
         .await
     }
 
+    /// Applies `expression` to the run's `finals` item (`#n`/`:n`: the count `name` and its
+    /// operand; `#k`, `#e`: its kind and expiry), answering the item as it then stands.
     async fn update_finals(
         &self,
         run_id: &str,
@@ -1042,11 +1044,11 @@ impl Catalog {
             .table_name(&self.table)
             .key(PK, s(run_pk(run_id)))
             .key(SK, s(FINALS))
-            .update_expression(format!("{expression} #k = :k, #e = :e"))
-            .expression_attribute_names("#r", name)
+            .update_expression(expression)
+            .expression_attribute_names("#n", name)
             .expression_attribute_names("#k", KIND)
             .expression_attribute_names("#e", EXPIRES)
-            .expression_attribute_values(":one", value)
+            .expression_attribute_values(":n", value)
             .expression_attribute_values(":k", s(FINALS))
             .expression_attribute_values(":e", expiry(Utc::now()))
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
