@@ -181,18 +181,22 @@ fn function_env(endpoint_port: u16, queue_url: &str, copy: bool) -> Vec<(&'stati
 }
 
 /// The function started with every AWS call through a counting proxy (no fault), its log in
-/// .emulator/bench/`log_name`. The endpoint must outlive the function's calls.
+/// .emulator/bench/`log_name`; `settings` replace or add to `function_env`'s. The endpoint
+/// must outlive the function's calls.
 async fn counted(
     emulator: &Emulator,
     binary: &Path,
-    queue: &str,
-    copy: bool,
+    (queue, copy): (&str, bool),
+    settings: &[(&'static str, String)],
     log_name: &str,
 ) -> Result<(FaultProxy, Endpoint, Function, PathBuf)> {
     let proxy = FaultProxy::new(emulator.port, 0.0, 1);
     let endpoint = proxy.endpoint(Stop::Never).await?;
     let log = log_dir()?.join(log_name);
-    let function = Function::start(binary, &function_env(endpoint.port, queue, copy), &log).await?;
+    let mut env = function_env(endpoint.port, queue, copy);
+    env.retain(|(k, _)| !settings.iter().any(|(s, _)| s == k));
+    env.extend(settings.iter().cloned());
+    let function = Function::start(binary, &env, &log).await?;
     Ok((proxy, endpoint, function, log))
 }
 
@@ -295,7 +299,7 @@ async fn full_run(binary: &Path, instances: u64) -> Result<FullRun> {
     println!("    seeded; history: {made} snapshots");
 
     let (proxy, _endpoint, function, log) =
-        counted(&emulator, binary, &queue, true, "full-run.log").await?;
+        counted(&emulator, binary, (&queue, true), &[], "full-run.log").await?;
     let started = Instant::now();
     let answer = function.invoke(nightly_event(), FUNCTION_TIMEOUT).await?;
     let dispatch = started.elapsed();
@@ -411,16 +415,18 @@ async fn completion(binary: &Path, instances: u64, events: bool) -> Result<Compl
     if events {
         emulator.completion_events(&queue)?;
     }
-    let proxy = FaultProxy::new(emulator.port, 0.0, 1);
-    let endpoint = proxy.endpoint(Stop::Never).await?;
-    let mut env = function_env(endpoint.port, &queue, false);
-    env.retain(|(k, _)| !k.starts_with("TRACK_POLL_"));
-    env.push(("COMPLETION_EVENTS", events.to_string()));
-    let log = log_dir()?.join(format!(
+    // The deployment's backoff, not the other phases' 1 s.
+    let settings = [
+        ("TRACK_POLL_INITIAL_SECONDS", "30".to_string()),
+        ("TRACK_POLL_MAX_SECONDS", "900".to_string()),
+        ("COMPLETION_EVENTS", events.to_string()),
+    ];
+    let log_name = format!(
         "completion-{}.log",
         if events { "events" } else { "polling" }
-    ));
-    let function = Function::start(binary, &env, &log).await?;
+    );
+    let (proxy, _endpoint, function, log) =
+        counted(&emulator, binary, (&queue, false), &settings, &log_name).await?;
     let started = chrono::Utc::now();
     let answer = function.invoke(nightly_event(), FUNCTION_TIMEOUT).await?;
     let run_id = answer["run_id"].as_str().ok_or("no run id")?.to_string();
@@ -498,8 +504,14 @@ async fn large_dispatch(binary: &Path, instances: u64) -> Result<Measured> {
         })
         .collect();
     emulator.simulate(&busy)?;
-    let (proxy, _endpoint, function, _) =
-        counted(&emulator, binary, &queue, false, "large-dispatch.log").await?;
+    let (proxy, _endpoint, function, _) = counted(
+        &emulator,
+        binary,
+        (&queue, false),
+        &[],
+        "large-dispatch.log",
+    )
+    .await?;
     let started = Instant::now();
     // Measured with Lambda's longest timeout, so that its time is known even past the template's.
     let answer = function
@@ -565,7 +577,7 @@ async fn large_plan(binary: &Path, snapshots: u64) -> Result<Measured> {
     };
     let made = emulator.seed_history(&history).await?;
     let (proxy, _endpoint, function, _) =
-        counted(&emulator, binary, &queue, false, "large-plan.log").await?;
+        counted(&emulator, binary, (&queue, false), &[], "large-plan.log").await?;
     let started = Instant::now();
     let answer = function
         .invoke(
