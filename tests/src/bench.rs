@@ -317,6 +317,170 @@ impl Budget {
     }
 }
 
+/// Lambda's longest invocation, in seconds.
+pub const LAMBDA_MAX_SECONDS: f64 = 900.0;
+
+/// What one side of the comparison with the peer cost for the same night of the same fleet.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Side {
+    /// AWS calls by action, and by (action, region).
+    pub calls: BTreeMap<String, u64>,
+    pub calls_by_region: BTreeMap<(String, String), u64>,
+    pub invocations: usize,
+    /// Each invocation's duration, as Lambda bills it (rounded up to the millisecond).
+    pub invocation_ms: Vec<u64>,
+    /// From the first invocation's start to the last one's end.
+    pub wall_seconds: f64,
+    pub cpu_seconds: f64,
+    pub peak_rss_mib: f64,
+    /// Process start to ready (median).
+    pub init_ms: f64,
+}
+
+impl Side {
+    pub fn all_calls(&self) -> u64 {
+        self.calls.values().sum()
+    }
+
+    /// Calls to the catalog (DynamoDB): the peer makes none.
+    pub fn catalog_calls(&self) -> u64 {
+        self.calls
+            .iter()
+            .filter(|(a, _)| a.starts_with("dynamodb:"))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub fn billed_seconds(&self) -> f64 {
+        self.invocation_ms.iter().sum::<u64>() as f64 / 1000.0
+    }
+
+    /// Billed GB-s: every invocation's duration × the memory it is configured with.
+    pub fn gb_seconds(&self, memory_mb: u64) -> f64 {
+        self.billed_seconds() * memory_mb as f64 / 1024.0
+    }
+
+    /// The longest invocation, in seconds.
+    pub fn longest_seconds(&self) -> f64 {
+        self.invocation_ms.iter().max().copied().unwrap_or(0) as f64 / 1000.0
+    }
+
+    /// The least time the rate-limited calls take at EC2's documented rates, if one invocation
+    /// made them one after another (as the peer does): each action's and region's bucket
+    /// drained in turn.
+    pub fn serial_seconds_at_rates(&self) -> f64 {
+        self.calls_by_region
+            .iter()
+            .filter_map(|((action, _), n)| seconds_at_rate(action, *n))
+            .sum()
+    }
+}
+
+/// The function and the peer on the same fleet, in the same bench run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerComparison {
+    pub instances: u64,
+    /// The memory both are billed at (the template's `MemorySize`).
+    pub memory_mb: u64,
+    pub function: Side,
+    pub peer: Side,
+}
+
+impl PeerComparison {
+    /// The side-by-side rows: figure, the function's, the peer's, peer ÷ function.
+    pub fn rows(&self) -> Vec<[String; 4]> {
+        let per_1000 = 1000.0 / self.instances.max(1) as f64;
+        let (f, p) = (&self.function, &self.peer);
+        let ratio = |a: f64, b: f64| {
+            if a > 0.0 {
+                format!("{:.2}", b / a)
+            } else {
+                "-".into()
+            }
+        };
+        let row = |what: &str, a: f64, b: f64, show: &dyn Fn(f64) -> String| {
+            [what.to_string(), show(a), show(b), ratio(a, b)]
+        };
+        let count = |v: f64| thousands(v.round() as u64);
+        let secs = |v: f64| format!("{v:.1} s");
+        vec![
+            row(
+                "AWS calls in all",
+                f.all_calls() as f64,
+                p.all_calls() as f64,
+                &count,
+            ),
+            row(
+                "of which the catalog (DynamoDB)",
+                f.catalog_calls() as f64,
+                p.catalog_calls() as f64,
+                &count,
+            ),
+            row(
+                "AWS calls but the catalog's",
+                (f.all_calls() - f.catalog_calls()) as f64,
+                (p.all_calls() - p.catalog_calls()) as f64,
+                &count,
+            ),
+            row(
+                "invocations",
+                f.invocations as f64,
+                p.invocations as f64,
+                &count,
+            ),
+            row(
+                "wall, first invocation's start to last one's end",
+                f.wall_seconds,
+                p.wall_seconds,
+                &secs,
+            ),
+            row(
+                "time in invocations (billed duration)",
+                f.billed_seconds(),
+                p.billed_seconds(),
+                &secs,
+            ),
+            row(
+                "longest invocation",
+                f.longest_seconds(),
+                p.longest_seconds(),
+                &secs,
+            ),
+            row("CPU (user + system)", f.cpu_seconds, p.cpu_seconds, &secs),
+            row("peak RSS", f.peak_rss_mib, p.peak_rss_mib, &|v| {
+                format!("{v:.1} MiB")
+            }),
+            row(
+                "init, process start to ready (median)",
+                f.init_ms,
+                p.init_ms,
+                &|v| format!("{v:.1} ms"),
+            ),
+            row(
+                &format!("billed GB-s per 1,000 servers, at {} MB", self.memory_mb),
+                f.gb_seconds(self.memory_mb) * per_1000,
+                p.gb_seconds(self.memory_mb) * per_1000,
+                &|v| format!("{v:.1}"),
+            ),
+        ]
+    }
+
+    /// Every action either side called: (action, the function's calls, the peer's).
+    pub fn actions(&self) -> Vec<(String, u64, u64)> {
+        let mut names: Vec<&String> = self.function.calls.keys().collect();
+        names.extend(self.peer.calls.keys());
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|a| {
+                let of = |s: &Side| s.calls.get(a).copied().unwrap_or(0);
+                (a.clone(), of(&self.function), of(&self.peer))
+            })
+            .collect()
+    }
+}
+
 /// Everything BENCHMARKS.md shows.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -328,6 +492,7 @@ pub struct Report {
     pub budgets: Vec<Budget>,
     /// Criterion's medians: (benchmark, nanoseconds).
     pub criterion: Vec<(String, f64)>,
+    pub peer: Option<PeerComparison>,
     pub notes: Vec<String>,
 }
 
@@ -472,6 +637,9 @@ pub fn render(report: &Report) -> String {
             );
         }
     }
+    if let Some(peer) = &report.peer {
+        render_peer(&mut md, peer);
+    }
     if !report.criterion.is_empty() {
         let _ = writeln!(md, "\n## criterion (median)\n");
         let _ = writeln!(md, "| benchmark | median |");
@@ -487,6 +655,51 @@ pub fn render(report: &Report) -> String {
         }
     }
     md
+}
+
+fn render_peer(md: &mut String, c: &PeerComparison) {
+    let _ = writeln!(
+        md,
+        "\n## The peer: the same night as an operator would script it\n\n\
+         `tests/peer/nightly_vss.py`: one Python Lambda with boto3, after AWS's samples for \
+         AWSEC2-CreateVssSnapshot (SendCommand per 50, GetCommandInvocation every 5 s inside \
+         the invocation until final, DescribeSnapshots per instance, CopySnapshot per snapshot, \
+         DeleteSnapshot by age from a full scan of each region). Same emulator, same fleet of \
+         {} servers with the same history, same counting proxy, started as Lambda starts it, in \
+         this same bench run; both end states checked before any number was written. Both are \
+         billed at the template's {} MB. The peer checks nothing: it records no set, verifies \
+         no snapshot, trusts every tag, and deletes by age whatever carries the tag.\n",
+        thousands(c.instances),
+        c.memory_mb
+    );
+    let _ = writeln!(
+        md,
+        "| figure | this function | the peer | peer ÷ function |"
+    );
+    let _ = writeln!(md, "| --- | --- | --- | --- |");
+    for [what, f, p, r] in c.rows() {
+        let _ = writeln!(md, "| {what} | {f} | {p} | {r} |");
+    }
+    let serial = c.peer.serial_seconds_at_rates();
+    let _ = writeln!(
+        md,
+        "\nAt EC2's documented request rates the peer's one invocation needs at least {serial:.0} s \
+         for its rate-limited calls, one after another{}. The function does the same work in \
+         passes through its queue, each within its own timeout.\n",
+        if serial > LAMBDA_MAX_SECONDS {
+            format!(
+                ": past Lambda's {LAMBDA_MAX_SECONDS:.0} s limit, so at this size it is cut off \
+                 before its deletions end, every night"
+            )
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(md, "| action | this function | the peer |");
+    let _ = writeln!(md, "| --- | --- | --- |");
+    for (action, f, p) in c.actions() {
+        let _ = writeln!(md, "| {action} | {} | {} |", thousands(f), thousands(p));
+    }
 }
 
 #[cfg(test)]
@@ -622,5 +835,82 @@ mod tests {
         assert!(md.contains("| init | 12.0 ms | ≤ 50 ms | met |"), "{md}");
         assert!(md.contains("| retention/plan | 250.00 ms |"), "{md}");
         assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn the_peer_is_set_beside_the_function_per_1000_servers() {
+        let side = |calls: &[(&str, &str, u64)], ms: Vec<u64>| Side {
+            calls: calls.iter().fold(BTreeMap::new(), |mut m, (a, _, n)| {
+                *m.entry(a.to_string()).or_default() += n;
+                m
+            }),
+            calls_by_region: calls
+                .iter()
+                .map(|(a, r, n)| ((a.to_string(), r.to_string()), *n))
+                .collect(),
+            invocations: ms.len(),
+            invocation_ms: ms,
+            ..Side::default()
+        };
+        let function = side(
+            &[
+                ("ec2:DeleteSnapshot", "us-east-1", 3000),
+                ("dynamodb:PutItem", "us-east-1", 500),
+            ],
+            vec![1500, 500, 2000],
+        );
+        let peer = side(
+            &[
+                ("ec2:DeleteSnapshot", "us-east-1", 3100),
+                ("ec2:DeleteSnapshot", "eu-west-1", 3100),
+                ("ec2:DescribeSnapshots", "us-east-1", 2000),
+            ],
+            vec![16_000],
+        );
+        let c = PeerComparison {
+            instances: 500,
+            memory_mb: 256,
+            function,
+            peer,
+        };
+        let rows = c.rows();
+        let row = |what: &str| rows.iter().find(|r| r[0].starts_with(what)).cloned();
+        assert_eq!(
+            row("AWS calls in all"),
+            Some([
+                "AWS calls in all".into(),
+                "3,500".into(),
+                "8,200".into(),
+                "2.34".into()
+            ])
+        );
+        assert_eq!(
+            row("of which the catalog").map(|r| r[2].clone()),
+            Some("0".into())
+        );
+        // 4 s and 16 s at 256 MB, doubled for 1,000 servers.
+        assert_eq!(
+            row("billed GB-s").map(|r| (r[1].clone(), r[2].clone(), r[3].clone())),
+            Some(("2.0".into(), "8.0".into(), "4.00".into()))
+        );
+        assert_eq!(
+            row("longest invocation").map(|r| r[1].clone()),
+            Some("2.0 s".into())
+        );
+        // 3,000 after the burst of 100 at 5 a second, twice, and 1,900 at 20 a second.
+        assert_eq!(c.peer.serial_seconds_at_rates(), 600.0 + 600.0 + 95.0);
+        assert!(c
+            .actions()
+            .contains(&("ec2:DescribeSnapshots".into(), 0, 2000)));
+        let md = render(&Report {
+            peer: Some(c),
+            ..Report::default()
+        });
+        assert!(md.contains("at least 1295 s"), "{md}");
+        assert!(md.contains("past Lambda's 900 s limit"), "{md}");
+        assert!(
+            md.contains("| ec2:DeleteSnapshot | 3,000 | 6,200 |"),
+            "{md}"
+        );
     }
 }

@@ -15,6 +15,9 @@
 //!    one night with SSM's events on the queue and one polling only, each with the
 //!    deployment's backoff: from each command's end to its set's record, and the polling calls.
 //! 5. A retention plan (dry run) over `BENCH_PLAN_SNAPSHOTS` (100,000) snapshots.
+//! 6. The peer (`tests/peer/nightly_vss.py`): the same night of the same fleet as step 2, as an
+//!    operator would script it in one Python Lambda with boto3, started and counted the same
+//!    way, its end state checked too; set beside step 2's run.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{Timelike, Utc};
-use harness::bench::{self, Budget, Fleet, Report};
+use harness::bench::{self, Budget, Fleet, PeerComparison, Report, Side};
 use harness::faults::{Endpoint, FaultProxy, Stop};
 use harness::runtime::LocalRuntime;
 use harness::{
@@ -37,6 +40,8 @@ const MANAGED_BY: &str = "consistent-snapshot-bench";
 const FUNCTION_TIMEOUT: Duration = Duration::from_secs(120);
 const VOLUMES: u64 = 3;
 const RETAIN_COUNT: u64 = 7;
+/// The function's memory in template.yaml: what both it and the peer are billed at.
+const MEMORY_MB: u64 = 256;
 
 fn setting(name: &str, default: u64) -> Result<u64> {
     match std::env::var(name) {
@@ -81,10 +86,21 @@ struct Function {
 
 impl Function {
     async fn start(binary: &Path, env: &[(&str, String)], log: &Path) -> Result<Self> {
+        Self::start_program(binary, &[], env, log).await
+    }
+
+    /// `program args…` as Lambda starts a function: its own environment, a runtime API.
+    async fn start_program(
+        program: &Path,
+        args: &[&Path],
+        env: &[(&str, String)],
+        log: &Path,
+    ) -> Result<Self> {
         let runtime = LocalRuntime::start().await?;
         let log = std::fs::File::create(log)?;
-        let mut command = Command::new(binary);
+        let mut command = Command::new(program);
         command
+            .args(args)
             .env_clear()
             .env("AWS_LAMBDA_RUNTIME_API", runtime.addr.to_string())
             .env("AWS_LAMBDA_FUNCTION_NAME", "consistent-snapshot")
@@ -106,7 +122,8 @@ impl Function {
             runtime,
             started,
         };
-        function.runtime.wait_ready(Duration::from_secs(10)).await?;
+        // A Python interpreter importing boto3 takes longer to be ready than the binary.
+        function.runtime.wait_ready(Duration::from_secs(30)).await?;
         Ok(function)
     }
 
@@ -269,8 +286,48 @@ struct FullRun {
     dispatch: Duration,
     total: Duration,
     invocations: usize,
+    /// Each invocation's duration, rounded up to the millisecond as Lambda bills it.
+    invocation_ms: Vec<u64>,
     cpu_seconds: f64,
     peak_rss_mib: f64,
+}
+
+/// A duration as Lambda bills it: whole milliseconds, rounded up.
+fn billed_ms(d: Duration) -> u64 {
+    d.as_micros().div_ceil(1000) as u64
+}
+
+/// The full run's fleet: `instances` servers with their earlier nightly sets, home and copy.
+async fn seed_night(emulator: &Emulator, instances: u64) -> Result<()> {
+    let ids = seed_bulk(emulator, instances as usize, 250, (VOLUMES - 1) as usize).await?;
+    let history = History {
+        region: HOME.into(),
+        managed_by: MANAGED_BY.into(),
+        instance_ids: ids,
+        sets: RETAIN_COUNT,
+        hours_apart: 24.0,
+        newest_hours: 24.0,
+        copy_region: Some(COPY_REGION.into()),
+        crash_consistent: vec![],
+    };
+    let made = emulator.seed_history(&history).await?;
+    println!("    seeded; history: {made} snapshots");
+    Ok(())
+}
+
+/// The run checked against what it must have left: `(what, got, expected)` each.
+fn check(log: &Path, checks: &[(&str, u64, u64)]) -> Result<()> {
+    for (what, got, want) in checks {
+        if got != want {
+            return Err(format!(
+                "the run did not do its job: {what} {got}, expected {want} (log: {})",
+                log.display()
+            )
+            .into());
+        }
+        println!("    {what}: {got} ✓");
+    }
+    Ok(())
 }
 
 async fn full_run(binary: &Path, instances: u64) -> Result<FullRun> {
@@ -284,25 +341,14 @@ async fn full_run(binary: &Path, instances: u64) -> Result<FullRun> {
     println!("==> full run: {instances} servers × {VOLUMES} volumes, {RETAIN_COUNT} earlier sets in {HOME} and {COPY_REGION}");
     let emulator = Emulator::start().await?;
     let queue = emulator.create_queue("bench-tracking", 60).await?;
-    let ids = seed_bulk(&emulator, instances as usize, 250, (VOLUMES - 1) as usize).await?;
-    let history = History {
-        region: HOME.into(),
-        managed_by: MANAGED_BY.into(),
-        instance_ids: ids.clone(),
-        sets: RETAIN_COUNT,
-        hours_apart: 24.0,
-        newest_hours: 24.0,
-        copy_region: Some(COPY_REGION.into()),
-        crash_consistent: vec![],
-    };
-    let made = emulator.seed_history(&history).await?;
-    println!("    seeded; history: {made} snapshots");
+    seed_night(&emulator, instances).await?;
 
     let (proxy, _endpoint, function, log) =
         counted(&emulator, binary, (&queue, true), &[], "full-run.log").await?;
     let started = Instant::now();
     let answer = function.invoke(nightly_event(), FUNCTION_TIMEOUT).await?;
     let dispatch = started.elapsed();
+    let invocation_ms = std::sync::Mutex::new(vec![billed_ms(dispatch)]);
     // The answer lists at most 1,000 servers and counts the rest in `left_out`.
     let dispatched = answer["dispatched"].as_array().map_or(0, Vec::len) as u64
         + answer["left_out"]["dispatched"].as_u64().unwrap_or(0);
@@ -311,10 +357,19 @@ async fn full_run(binary: &Path, instances: u64) -> Result<FullRun> {
         dispatch.as_secs_f64()
     );
     let drained = drain_with(&emulator, &queue, 10, Duration::from_secs(3600), |event| {
-        function.invoke(event, FUNCTION_TIMEOUT)
+        let (function, invocation_ms) = (&function, &invocation_ms);
+        async move {
+            let began = Instant::now();
+            let answer = function.invoke(event, FUNCTION_TIMEOUT).await;
+            if let Ok(mut ms) = invocation_ms.lock() {
+                ms.push(billed_ms(began.elapsed()));
+            }
+            answer
+        }
     })
     .await?;
     let total = started.elapsed();
+    let invocation_ms = invocation_ms.into_inner().map_err(|_| "poisoned")?;
     let cpu_seconds = function.cpu_seconds()?;
     let peak_rss_mib = function.peak_rss_mib()?;
 
@@ -350,16 +405,7 @@ async fn full_run(binary: &Path, instances: u64) -> Result<FullRun> {
             RETAIN_COUNT * s,
         ),
     ];
-    for (what, got, want) in checks {
-        if got != want {
-            return Err(format!(
-                "the run did not do its job: {what} {got}, expected {want} (log: {})",
-                log.display()
-            )
-            .into());
-        }
-        println!("    {what}: {got} ✓");
-    }
+    check(&log, &checks)?;
     let stats = proxy.stats();
     Ok(FullRun {
         fleet,
@@ -368,8 +414,87 @@ async fn full_run(binary: &Path, instances: u64) -> Result<FullRun> {
         dispatch,
         total,
         invocations: drained.invocations + 1,
+        invocation_ms,
         cpu_seconds,
         peak_rss_mib,
+    })
+}
+
+/// The peer (`tests/peer/nightly_vss.py`) on the full run's fleet, in the venv's Python:
+/// its calls, time, CPU, memory and init (median of `inits` starts), its end state checked.
+async fn peer_run(instances: u64, inits: usize) -> Result<Side> {
+    println!("==> the peer: the same night in one Python Lambda with boto3");
+    let root = workspace_root();
+    let python = root.join(".venv/bin/python");
+    let script = root.join("tests/peer/nightly_vss.py");
+    let emulator = Emulator::start().await?;
+    seed_night(&emulator, instances).await?;
+    let proxy = FaultProxy::new(emulator.port, 0.0, 1);
+    let endpoint = proxy.endpoint(Stop::Never).await?;
+    let env = [
+        (
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", endpoint.port),
+        ),
+        ("COPY_REGIONS", COPY_REGION.to_string()),
+        ("MANAGED_BY", MANAGED_BY.to_string()),
+        // Sets a day apart: the newest RETAIN_COUNT are the ones younger than RETAIN_COUNT days.
+        ("RETAIN_DAYS", RETAIN_COUNT.to_string()),
+    ];
+    let log = log_dir()?.join("peer.log");
+    let mut samples = Vec::new();
+    for _ in 0..inits.max(1) {
+        let started = Function::start_program(&python, &[&script], &env, &log).await?;
+        samples.push(started.init().ok_or("no init time")?.as_secs_f64() * 1000.0);
+    }
+    samples.sort_by(f64::total_cmp);
+    let peer = Function::start_program(&python, &[&script], &env, &log).await?;
+    let started = Instant::now();
+    let answer = peer
+        .invoke(nightly_event(), Duration::from_secs(900))
+        .await?;
+    let took = started.elapsed();
+    println!("    {answer} in {:.1} s", took.as_secs_f64());
+    let fleet = Fleet {
+        instances,
+        volumes: VOLUMES,
+        copy_regions: 1,
+        history_sets: RETAIN_COUNT,
+        retain_count: RETAIN_COUNT,
+    };
+    let s = fleet.snapshots();
+    let of = |k: &str| answer[k].as_u64().unwrap_or(u64::MAX);
+    let checks = [
+        ("servers succeeded", of("succeeded"), instances),
+        ("servers not final", of("not_final"), 0),
+        ("snapshots copied", of("copied"), s),
+        (
+            "snapshots deleted",
+            of("deleted"),
+            2 * fleet.expired_per_region(),
+        ),
+        (
+            "snapshots kept in the home region",
+            managed_snapshots(&emulator, HOME).await? as u64,
+            RETAIN_COUNT * s,
+        ),
+        (
+            "snapshots kept in the copy region",
+            managed_snapshots(&emulator, COPY_REGION).await? as u64,
+            RETAIN_COUNT * s,
+        ),
+    ];
+    check(&log, &checks)?;
+    let stats = proxy.stats();
+    Ok(Side {
+        calls: stats.calls,
+        calls_by_region: stats.regional,
+        invocations: 1,
+        invocation_ms: vec![billed_ms(took)],
+        wall_seconds: took.as_secs_f64(),
+        cpu_seconds: peer.cpu_seconds()?,
+        peak_rss_mib: peer.peak_rss_mib()?,
+        init_ms: samples[samples.len() / 2],
     })
 }
 
@@ -746,7 +871,8 @@ async fn main() -> Result<()> {
     let dispatch_instances = setting("BENCH_DISPATCH_INSTANCES", 10_000)?;
     let plan_snapshots = setting("BENCH_PLAN_SNAPSHOTS", 100_000)?;
     let completion_instances = setting("BENCH_COMPLETION_INSTANCES", 200)?;
-    // A comma list of phases to run (init, run, completion, dispatch, plan); all by default. BENCHMARKS.md
+    // A comma list of phases to run (init, run, peer, completion, dispatch, plan); all by
+    // default; the peer is set beside the run, so runs only with it. BENCHMARKS.md
     // is written only when all ran.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let wanted = |phase: &str| only.is_empty() || only.split(',').any(|p| p.trim() == phase);
@@ -759,10 +885,12 @@ async fn main() -> Result<()> {
         ..Report::default()
     };
 
+    let mut init_median = None;
     if wanted("init") {
         println!("==> init time of {}", binary.display());
         let inits = measure_init(&binary, 10).await?;
         let (min, median, max) = (inits[0], inits[inits.len() / 2], inits[inits.len() - 1]);
+        init_median = Some(median);
         println!("    median {median:.1} ms (min {min:.1}, max {max:.1})");
         budgets.push(Budget {
             what: "init: process start to ready (median of 10)".into(),
@@ -803,6 +931,48 @@ async fn main() -> Result<()> {
                 run.dispatch.as_secs_f64()
             ),
         });
+        let init_ms = match init_median {
+            Some(ms) => ms,
+            None => {
+                let inits = measure_init(&binary, 5).await?;
+                inits[inits.len() / 2]
+            }
+        };
+        let function = Side {
+            calls: run.calls.clone(),
+            calls_by_region: run.regional.clone(),
+            invocations: run.invocations,
+            invocation_ms: run.invocation_ms,
+            wall_seconds: run.total.as_secs_f64(),
+            cpu_seconds: run.cpu_seconds,
+            peak_rss_mib: run.peak_rss_mib,
+            init_ms,
+        };
+        budgets.push(Budget {
+            what: format!("billed GB-s per 1,000 servers, full run (at {MEMORY_MB} MB)"),
+            measured: function.gb_seconds(MEMORY_MB) * 1000.0 / instances.max(1) as f64,
+            unit: "GB-s",
+            target: None,
+            note: format!(
+                "{} invocations, {:.1} s in them{}",
+                function.invocations,
+                function.billed_seconds(),
+                if wanted("peer") {
+                    "; the peer's beside it below"
+                } else {
+                    ""
+                }
+            ),
+        });
+        if wanted("peer") {
+            let peer = peer_run(instances, 5).await?;
+            report.peer = Some(PeerComparison {
+                instances,
+                memory_mb: MEMORY_MB,
+                function,
+                peer,
+            });
+        }
         report.fleet = Some(run.fleet);
         report.calls = run.calls;
         report.calls_by_region = run.regional;
