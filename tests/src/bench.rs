@@ -191,22 +191,11 @@ pub fn looks_at_most(initial: u32, max: u32, window: u32) -> u32 {
     looks
 }
 
-/// EC2's token buckets per account and region (burst, refill a second) for the actions that
-/// set a full run's pace, as EC2 documents them (burst, then refill a second).
-pub fn ec2_bucket(action: &str) -> Option<(u64, u64)> {
-    match action {
-        "ec2:CreateTags" => Some((100, 10)),
-        "ec2:CopySnapshot" => Some((50, 5)),
-        "ec2:DeleteSnapshot" => Some((100, 5)),
-        "ec2:DescribeSnapshots" | "ec2:DescribeInstances" | "ec2:DescribeImages" => Some((100, 20)),
-        _ => None,
-    }
-}
-
-/// The least time `calls` of `action` take in one region at EC2's documented rate.
+/// The least time `calls` of `action` take in one region at EC2's documented rate (the
+/// bucket of a narrowed call: this project's describes all are).
 pub fn seconds_at_rate(action: &str, calls: u64) -> Option<f64> {
-    let (burst, rate) = ec2_bucket(action)?;
-    Some(calls.saturating_sub(burst) as f64 / rate as f64)
+    let bucket = crate::throttle::bucket_of(action, true)?;
+    Some(crate::throttle::least_seconds(bucket, calls, 1.0))
 }
 
 /// The kind of an action that has no floor of its own (the polling actions all have one).
@@ -496,7 +485,7 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
-fn thousands(n: u64) -> String {
+pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

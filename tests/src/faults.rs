@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -26,6 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use crate::throttle::{self, TokenBuckets};
 use crate::Result;
 
 /// The faults the proxy injects, in the order of `Fault::ALL`.
@@ -77,12 +78,25 @@ pub struct ProxyStats {
     pub copy_snapshot_faults: u64,
     /// Faults injected into the catalog's calls (DynamoDB).
     pub catalog_faults: u64,
+    /// Calls EC2's token buckets refused (`FaultProxy::throttle`), by (action, region):
+    /// counted in `calls` and `regional` too, as attempts.
+    pub throttled: BTreeMap<(String, String), u64>,
+    /// When a call of each action last went through to the emulator.
+    pub last_at: BTreeMap<String, Instant>,
 }
 
 impl ProxyStats {
     /// How many calls of `action` (`ssm:SendCommand`) went through the proxy, faulted or not.
     pub fn calls_of(&self, action: &str) -> u64 {
         self.calls.get(action).copied().unwrap_or(0)
+    }
+
+    /// Calls by (action, region) that EC2's buckets let through.
+    pub fn admitted(&self) -> BTreeMap<(String, String), u64> {
+        self.regional
+            .iter()
+            .map(|(k, n)| (k.clone(), n - self.throttled.get(k).copied().unwrap_or(0)))
+            .collect()
     }
 }
 
@@ -110,6 +124,8 @@ struct Shared {
     /// Milliseconds the calls of one action wait besides (`ec2:DeleteSnapshot`: a slow EBS).
     action_latency_ms: Mutex<BTreeMap<String, u64>>,
     rng: Mutex<fastrand::Rng>,
+    /// EC2's request buckets, when the proxy plays them.
+    buckets: Mutex<Option<TokenBuckets>>,
     stats: Mutex<ProxyStats>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
@@ -182,6 +198,7 @@ impl FaultProxy {
                 latency_ms: AtomicU32::new(0),
                 action_latency_ms: Mutex::new(BTreeMap::new()),
                 rng: Mutex::new(fastrand::Rng::with_seed(seed)),
+                buckets: Mutex::new(None),
                 stats: Mutex::new(ProxyStats::default()),
                 client,
             }),
@@ -198,6 +215,14 @@ impl FaultProxy {
     pub fn set_kinds(&self, kinds: &[Fault]) {
         if let Ok(mut k) = self.shared.kinds.lock() {
             *k = kinds.to_vec();
+        }
+    }
+
+    /// EC2's request buckets from now on, full, refilled at `scale` × AWS's documented rates:
+    /// a call finding its bucket empty is answered `RequestLimitExceeded`.
+    pub fn throttle(&self, scale: f64) {
+        if let Ok(mut buckets) = self.shared.buckets.lock() {
+            *buckets = Some(TokenBuckets::new(scale));
         }
     }
 
@@ -366,12 +391,35 @@ async fn handle(
                 .then(|| kinds[rng.usize(0..kinds.len())])
         }
     };
+    // EC2's buckets, for a call no fault has already answered.
+    let throttled = fault.is_none()
+        && shared
+            .buckets
+            .lock()
+            .ok()
+            .and_then(|mut buckets| {
+                let buckets = buckets.as_mut()?;
+                let narrowed = throttle::is_narrowed(&String::from_utf8_lossy(&body));
+                let bucket = throttle::bucket_of(&protocol.action, narrowed)?;
+                Some(!buckets.take(bucket, &protocol.region, Instant::now()))
+            })
+            .unwrap_or(false);
     if let Ok(mut stats) = shared.stats.lock() {
         *stats.calls.entry(protocol.action.clone()).or_default() += 1;
         *stats
             .regional
             .entry((protocol.action.clone(), protocol.region.clone()))
             .or_default() += 1;
+        if throttled {
+            *stats
+                .throttled
+                .entry((protocol.action.clone(), protocol.region.clone()))
+                .or_default() += 1;
+        } else if fault.is_none() {
+            stats
+                .last_at
+                .insert(protocol.action.clone(), Instant::now());
+        }
         if let Some(fault) = fault {
             *stats.faults.entry(fault).or_default() += 1;
             match protocol.action.as_str() {
@@ -381,6 +429,9 @@ async fn handle(
                 _ => {}
             }
         }
+    }
+    if throttled {
+        return Ok(protocol.error(true));
     }
     match fault {
         Some(Fault::Throttled) => return Ok(protocol.error(true)),

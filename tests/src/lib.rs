@@ -16,6 +16,7 @@ pub mod probes;
 pub mod runtime;
 pub mod sim;
 pub mod source;
+pub mod throttle;
 pub mod world;
 
 pub use capture::{Logs, Metrics};

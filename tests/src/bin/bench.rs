@@ -28,6 +28,7 @@ use chrono::{Timelike, Utc};
 use harness::bench::{self, Budget, Fleet, PeerComparison, Report, Side};
 use harness::faults::{Endpoint, FaultProxy, Stop};
 use harness::runtime::LocalRuntime;
+use harness::throttle;
 use harness::{
     drain_with, scheduled_event, seed_bulk, workspace_root, Emulator, History, Result, Windows,
 };
@@ -315,6 +316,55 @@ async fn seed_night(emulator: &Emulator, instances: u64) -> Result<()> {
     Ok(())
 }
 
+/// The fleet of the full run: `instances` servers, their volumes, one copy region, the
+/// earlier sets.
+fn night_fleet(instances: u64) -> Fleet {
+    Fleet {
+        instances,
+        volumes: VOLUMES,
+        copy_regions: 1,
+        history_sets: RETAIN_COUNT,
+        retain_count: RETAIN_COUNT,
+    }
+}
+
+/// The function's night on `fleet` checked by what it logged and what EC2 holds: every server
+/// consistent, every snapshot copied, exactly the expired sets deleted in both regions.
+async fn night_done(emulator: &Emulator, log: &Path, fleet: &Fleet) -> Result<()> {
+    let run = emf(log, "run")?;
+    let copies = emf(log, "copies")?;
+    let retention = emf(log, "retention")?;
+    let s = fleet.snapshots();
+    let checks = [
+        (
+            "servers consistent",
+            metric_sum(&run, "Consistent"),
+            fleet.instances,
+        ),
+        (
+            "snapshots copied",
+            metric_sum(&copies, "SnapshotsCopied"),
+            s,
+        ),
+        (
+            "snapshots deleted",
+            metric_sum(&retention, "SnapshotsDeleted"),
+            2 * fleet.expired_per_region(),
+        ),
+        (
+            "snapshots kept in the home region",
+            managed_snapshots(emulator, HOME).await? as u64,
+            RETAIN_COUNT * s,
+        ),
+        (
+            "snapshots kept in the copy region",
+            managed_snapshots(emulator, COPY_REGION).await? as u64,
+            RETAIN_COUNT * s,
+        ),
+    ];
+    check(log, &checks)
+}
+
 /// The run checked against what it must have left: `(what, got, expected)` each.
 fn check(log: &Path, checks: &[(&str, u64, u64)]) -> Result<()> {
     for (what, got, want) in checks {
@@ -331,13 +381,7 @@ fn check(log: &Path, checks: &[(&str, u64, u64)]) -> Result<()> {
 }
 
 async fn full_run(binary: &Path, instances: u64) -> Result<FullRun> {
-    let fleet = Fleet {
-        instances,
-        volumes: VOLUMES,
-        copy_regions: 1,
-        history_sets: RETAIN_COUNT,
-        retain_count: RETAIN_COUNT,
-    };
+    let fleet = night_fleet(instances);
     println!("==> full run: {instances} servers × {VOLUMES} volumes, {RETAIN_COUNT} earlier sets in {HOME} and {COPY_REGION}");
     let emulator = Emulator::start().await?;
     let queue = emulator.create_queue("bench-tracking", 60).await?;
@@ -374,38 +418,7 @@ async fn full_run(binary: &Path, instances: u64) -> Result<FullRun> {
     let peak_rss_mib = function.peak_rss_mib()?;
 
     // The run did its job, or nothing here means anything.
-    let run = emf(&log, "run")?;
-    let copies = emf(&log, "copies")?;
-    let retention = emf(&log, "retention")?;
-    let s = fleet.snapshots();
-    let checks = [
-        (
-            "servers consistent",
-            metric_sum(&run, "Consistent"),
-            instances,
-        ),
-        (
-            "snapshots copied",
-            metric_sum(&copies, "SnapshotsCopied"),
-            s,
-        ),
-        (
-            "snapshots deleted",
-            metric_sum(&retention, "SnapshotsDeleted"),
-            2 * fleet.expired_per_region(),
-        ),
-        (
-            "snapshots kept in the home region",
-            managed_snapshots(&emulator, HOME).await? as u64,
-            RETAIN_COUNT * s,
-        ),
-        (
-            "snapshots kept in the copy region",
-            managed_snapshots(&emulator, COPY_REGION).await? as u64,
-            RETAIN_COUNT * s,
-        ),
-    ];
-    check(&log, &checks)?;
+    night_done(&emulator, &log, &fleet).await?;
     let stats = proxy.stats();
     Ok(FullRun {
         fleet,
@@ -417,6 +430,95 @@ async fn full_run(binary: &Path, instances: u64) -> Result<FullRun> {
         invocation_ms,
         cpu_seconds,
         peak_rss_mib,
+    })
+}
+
+/// A full run under EC2's request throttling, set against its rate floor.
+struct Throttled {
+    /// From the dispatch's start to the last EC2 call that went through.
+    wall: f64,
+    /// The slowest bucket's least time, and which bucket and region that is.
+    floor: f64,
+    slowest: String,
+    /// Every bucket's least time, one after another.
+    serial_floor: f64,
+    /// Refused attempts by action.
+    throttled: BTreeMap<String, u64>,
+    invocations: usize,
+}
+
+/// The full run's night on `instances` servers with the proxy playing EC2's request buckets
+/// at `scale` × AWS's documented rates, its end state checked: how long it took against the
+/// least time its calls could take at those rates.
+async fn throttled_run(binary: &Path, instances: u64, scale: f64) -> Result<Throttled> {
+    println!("==> throttled: {instances} servers, EC2's request buckets at {scale} × AWS's rates");
+    let fleet = night_fleet(instances);
+    let emulator = Emulator::start().await?;
+    let queue = emulator.create_queue("bench-throttled", 60).await?;
+    seed_night(&emulator, instances).await?;
+    let (proxy, _endpoint, function, log) =
+        counted(&emulator, binary, (&queue, true), &[], "throttled.log").await?;
+    proxy.throttle(scale);
+    let started = Instant::now();
+    function.invoke(nightly_event(), FUNCTION_TIMEOUT).await?;
+    let drained = drain_with(
+        &emulator,
+        &queue,
+        10,
+        Duration::from_secs(3 * 3600),
+        |event| function.invoke(event, FUNCTION_TIMEOUT),
+    )
+    .await?;
+    night_done(&emulator, &log, &fleet).await?;
+    let stats = proxy.stats();
+    let wall = stats
+        .last_at
+        .iter()
+        .filter(|(action, _)| action.starts_with("ec2:"))
+        .map(|(_, at)| at.saturating_duration_since(started).as_secs_f64())
+        .fold(0.0, f64::max);
+    // The calls each bucket let through, per region.
+    let mut per_bucket: BTreeMap<(throttle::Bucket, String), u64> = BTreeMap::new();
+    for ((action, region), n) in stats.admitted() {
+        // This project's describes all name ids, filters or a page size.
+        if let Some(bucket) = throttle::bucket_of(&action, true) {
+            *per_bucket.entry((bucket, region)).or_default() += n;
+        }
+    }
+    let least = |((bucket, _), n): (&(throttle::Bucket, String), &u64)| {
+        throttle::least_seconds(*bucket, *n, scale)
+    };
+    let serial_floor: f64 = per_bucket.iter().map(least).sum();
+    let (floor, slowest) = per_bucket
+        .iter()
+        .map(|entry| {
+            let ((bucket, region), n) = entry;
+            (
+                least(entry),
+                format!(
+                    "{} in {region}, {} calls",
+                    bucket.name,
+                    bench::thousands(*n)
+                ),
+            )
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .unwrap_or((0.0, "none".into()));
+    let mut throttled: BTreeMap<String, u64> = BTreeMap::new();
+    for ((action, _), n) in &stats.throttled {
+        *throttled.entry(action.clone()).or_default() += n;
+    }
+    println!(
+        "    {wall:.0} s to the last EC2 call; rate floor {floor:.0} s ({slowest}); {} attempts throttled",
+        throttled.values().sum::<u64>()
+    );
+    Ok(Throttled {
+        wall,
+        floor,
+        slowest,
+        serial_floor,
+        throttled,
+        invocations: drained.invocations + 1,
     })
 }
 
@@ -455,13 +557,7 @@ async fn peer_run(instances: u64, inits: usize) -> Result<Side> {
         .await?;
     let took = started.elapsed();
     println!("    {answer} in {:.1} s", took.as_secs_f64());
-    let fleet = Fleet {
-        instances,
-        volumes: VOLUMES,
-        copy_regions: 1,
-        history_sets: RETAIN_COUNT,
-        retain_count: RETAIN_COUNT,
-    };
+    let fleet = night_fleet(instances);
     let s = fleet.snapshots();
     let of = |k: &str| answer[k].as_u64().unwrap_or(u64::MAX);
     let checks = [
@@ -871,7 +967,10 @@ async fn main() -> Result<()> {
     let dispatch_instances = setting("BENCH_DISPATCH_INSTANCES", 10_000)?;
     let plan_snapshots = setting("BENCH_PLAN_SNAPSHOTS", 100_000)?;
     let completion_instances = setting("BENCH_COMPLETION_INSTANCES", 200)?;
-    // A comma list of phases to run (init, run, peer, completion, dispatch, plan); all by
+    let throttled_instances = setting("BENCH_THROTTLED_INSTANCES", 200)?;
+    // 1: AWS's documented rates; more only to try a larger fleet in less time.
+    let rate_scale = setting("BENCH_RATE_SCALE", 1)? as f64;
+    // A comma list of phases to run (init, run, peer, throttled, completion, dispatch, plan); all by
     // default; the peer is set beside the run, so runs only with it. BENCHMARKS.md
     // is written only when all ran.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
@@ -976,6 +1075,32 @@ async fn main() -> Result<()> {
         report.fleet = Some(run.fleet);
         report.calls = run.calls;
         report.calls_by_region = run.regional;
+    }
+    if wanted("throttled") {
+        let t = throttled_run(&binary, throttled_instances, rate_scale).await?;
+        let refused = t
+            .throttled
+            .iter()
+            .map(|(a, n)| format!("{a} {}", bench::thousands(*n)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        budgets.push(Budget {
+            what: format!(
+                "wall of a {throttled_instances}-server run under EC2's request buckets (at {rate_scale} × AWS's rates), × its rate floor"
+            ),
+            measured: t.wall / t.floor.max(f64::MIN_POSITIVE),
+            unit: "",
+            target: Some(1.25),
+            note: format!(
+                "{:.0} s to the last EC2 call; floor {:.0} s, the slowest bucket ({}); {:.0} s if every bucket went one after another; {} invocations; throttled attempts: {}",
+                t.wall,
+                t.floor,
+                t.slowest,
+                t.serial_floor,
+                t.invocations,
+                if refused.is_empty() { "none".to_string() } else { refused }
+            ),
+        });
     }
     if wanted("completion") {
         let per = |c: &Completion| c.polling as f64 / completion_instances.max(1) as f64;

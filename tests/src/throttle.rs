@@ -1,0 +1,195 @@
+//! EC2's request throttling as AWS documents it (AWS-FACTS.md): a token bucket per account,
+//! region and kind of action, each with its burst (the bucket's size) and its refill a second.
+//! A call takes a token; with none left EC2 answers `RequestLimitExceeded`. The fault proxy
+//! plays these buckets in front of the emulator (moto throttles nothing), and the bench sets
+//! a run's calls against them: the least time the calls of one bucket can take is
+//! (calls − burst) ÷ refill.
+//!
+//! SSM's, SQS's and DynamoDB's request rates are not published as buckets: their calls are
+//! not throttled here.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// One of EC2's request buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Bucket {
+    pub name: &'static str,
+    /// Tokens the bucket holds when full: calls that may go at once.
+    pub burst: u64,
+    /// Tokens added a second.
+    pub refill: u64,
+}
+
+const NON_MUTATING: Bucket = Bucket {
+    name: "non-mutating",
+    burst: 100,
+    refill: 20,
+};
+const UNFILTERED: Bucket = Bucket {
+    name: "unfiltered and unpaginated describes",
+    burst: 50,
+    refill: 10,
+};
+const MUTATING: Bucket = Bucket {
+    name: "mutating",
+    burst: 50,
+    refill: 5,
+};
+const CREATE_SNAPSHOTS: Bucket = Bucket {
+    name: "CreateSnapshot(s)",
+    burst: 100,
+    refill: 5,
+};
+const DELETE_SNAPSHOT: Bucket = Bucket {
+    name: "DeleteSnapshot",
+    burst: 100,
+    refill: 5,
+};
+const CREATE_TAGS: Bucket = Bucket {
+    name: "CreateTags",
+    burst: 100,
+    refill: 10,
+};
+
+/// The bucket an EC2 call (`ec2:DeleteSnapshot`) draws from; `narrowed` when a non-mutating
+/// call names ids, filters or a page size (an unfiltered, unpaginated describe draws from a
+/// smaller bucket). None for other services' calls.
+pub fn bucket_of(action: &str, narrowed: bool) -> Option<Bucket> {
+    let name = action.strip_prefix("ec2:")?;
+    Some(match name {
+        "CreateTags" => CREATE_TAGS,
+        "DeleteSnapshot" => DELETE_SNAPSHOT,
+        "CreateSnapshot" | "CreateSnapshots" => CREATE_SNAPSHOTS,
+        n if n.starts_with("Describe") || n.starts_with("Get") || n.starts_with("List") => {
+            if narrowed {
+                NON_MUTATING
+            } else {
+                UNFILTERED
+            }
+        }
+        _ => MUTATING,
+    })
+}
+
+/// Whether a query-protocol body narrows its call: ids, filters or a page size.
+pub fn is_narrowed(body: &str) -> bool {
+    body.split('&').any(|kv| {
+        let key = kv.split('=').next().unwrap_or("");
+        key.starts_with("Filter.")
+            || key == "MaxResults"
+            || key == "NextToken"
+            || (key.contains("Id.") && key.ends_with(|c: char| c.is_ascii_digit()))
+    })
+}
+
+/// The buckets of every region, full at first. `scale` multiplies every refill (1: AWS's
+/// rates).
+#[derive(Debug)]
+pub struct TokenBuckets {
+    scale: f64,
+    /// (bucket, region) → (tokens, when they were counted).
+    levels: HashMap<(&'static str, String), (f64, Instant)>,
+}
+
+impl TokenBuckets {
+    pub fn new(scale: f64) -> Self {
+        TokenBuckets {
+            scale: scale.max(f64::MIN_POSITIVE),
+            levels: HashMap::new(),
+        }
+    }
+
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// Takes a token for a call to `bucket` in `region` at `now`: false when the bucket is
+    /// empty (the call is throttled and takes nothing).
+    pub fn take(&mut self, bucket: Bucket, region: &str, now: Instant) -> bool {
+        let burst = bucket.burst as f64;
+        let (tokens, at) = self
+            .levels
+            .entry((bucket.name, region.to_string()))
+            .or_insert((burst, now));
+        let refilled =
+            now.saturating_duration_since(*at).as_secs_f64() * bucket.refill as f64 * self.scale;
+        *tokens = (*tokens + refilled).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The least time `calls` calls of one bucket take at its refill × `scale`, in seconds.
+pub fn least_seconds(bucket: Bucket, calls: u64, scale: f64) -> f64 {
+    calls.saturating_sub(bucket.burst) as f64 / (bucket.refill as f64 * scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn each_call_draws_from_its_documented_bucket() {
+        assert_eq!(bucket_of("ec2:CreateTags", false), Some(CREATE_TAGS));
+        assert_eq!(
+            bucket_of("ec2:DeleteSnapshot", false),
+            Some(DELETE_SNAPSHOT)
+        );
+        assert_eq!(bucket_of("ec2:CopySnapshot", false), Some(MUTATING));
+        assert_eq!(
+            bucket_of("ec2:CreateSnapshots", false),
+            Some(CREATE_SNAPSHOTS)
+        );
+        assert_eq!(bucket_of("ec2:DescribeSnapshots", true), Some(NON_MUTATING));
+        assert_eq!(bucket_of("ec2:DescribeSnapshots", false), Some(UNFILTERED));
+        assert_eq!(bucket_of("ssm:SendCommand", false), None);
+        assert!(is_narrowed(
+            "Action=DescribeSnapshots&Filter.1.Name=tag%3AX"
+        ));
+        assert!(is_narrowed("Action=DescribeSnapshots&SnapshotId.1=snap-1"));
+        assert!(is_narrowed("Action=DescribeInstances&MaxResults=1000"));
+        assert!(!is_narrowed("Action=DescribeSnapshots&OwnerId.Self=self"));
+        assert!(!is_narrowed("Action=DescribeImages&Version=2016-11-15"));
+    }
+
+    #[test]
+    fn a_bucket_gives_its_burst_then_its_refill_a_second() {
+        let start = Instant::now();
+        let mut buckets = TokenBuckets::new(1.0);
+        let taken = (0..120)
+            .filter(|_| buckets.take(DELETE_SNAPSHOT, "us-east-1", start))
+            .count();
+        assert_eq!(taken, 100);
+        // Another region has its own bucket.
+        assert!(buckets.take(DELETE_SNAPSHOT, "eu-west-1", start));
+        // One second refills 5.
+        let later = start + Duration::from_secs(1);
+        let taken = (0..10)
+            .filter(|_| buckets.take(DELETE_SNAPSHOT, "us-east-1", later))
+            .count();
+        assert_eq!(taken, 5);
+        // At ten times the rate, one second refills 50, never more than the burst.
+        let mut fast = TokenBuckets::new(10.0);
+        for _ in 0..100 {
+            fast.take(DELETE_SNAPSHOT, "us-east-1", start);
+        }
+        let taken = (0..60)
+            .filter(|_| fast.take(DELETE_SNAPSHOT, "us-east-1", later))
+            .count();
+        assert_eq!(taken, 50);
+        let much_later = start + Duration::from_secs(3600);
+        let taken = (0..300)
+            .filter(|_| fast.take(DELETE_SNAPSHOT, "us-east-1", much_later))
+            .count();
+        assert_eq!(taken, 100);
+        assert_eq!(least_seconds(DELETE_SNAPSHOT, 3100, 1.0), 600.0);
+        assert_eq!(least_seconds(DELETE_SNAPSHOT, 50, 1.0), 0.0);
+    }
+}
