@@ -56,7 +56,8 @@ demo: setup
 	cargo run --quiet -p harness --bin demo
 
 # The release binary, started as Lambda starts it, against the emulator: a full run of 1,000
-# servers with its AWS calls counted, a 10,000-server dispatch, a 100,000-snapshot retention
+# servers with its AWS calls counted, and the same night by the Python peer and under EC2's
+# request buckets, a 20,000-server dispatch, a 100,000-snapshot retention
 # plan, init time; then criterion's benchmarks of the planner and of message handling.
 # Writes BENCHMARKS.md. About 20 minutes after a warm release build.
 bench: setup

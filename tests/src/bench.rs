@@ -512,11 +512,12 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
         md,
-        "Written by `make bench` on {}. Re-run with `make bench` (about 20 minutes after a \
-         warm release build; `BENCH_INSTANCES`, `BENCH_DISPATCH_INSTANCES`, \
-         `BENCH_COMPLETION_INSTANCES` and `BENCH_PLAN_SNAPSHOTS` scale the four fleets). Every number comes from the release \
-         binary, started as Lambda starts it (a local runtime API on loopback) against the \
-         emulator, its AWS calls counted by a proxy on loopback.\n",
+        "Written by `make bench` on {}. Re-run with `make bench` (about 35 minutes after a \
+         warm release build; `BENCH_INSTANCES`, `BENCH_THROTTLED_INSTANCES`, \
+         `BENCH_DISPATCH_INSTANCES`, `BENCH_COMPLETION_INSTANCES` and `BENCH_PLAN_SNAPSHOTS` \
+         scale the five fleets, `BENCH_RATE_SCALE` multiplies AWS's request rates). Every \
+         number comes from the release binary, started as Lambda starts it (a local runtime \
+         API on loopback) against the emulator, its AWS calls counted by a proxy on loopback.\n",
         report.date
     );
     let _ = writeln!(md, "## Machine\n");
