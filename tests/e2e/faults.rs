@@ -1,8 +1,8 @@
 //! Faults of the whole fleet, which `fault_matrix` cannot compare with a clean run, and
 //! retention's faults in detail (each is also a row of the matrix): a locked set held whole
 //! and planned as held, Recycle Bin deletions reported recoverable, a refusal of every
-//! deletion named, counted and ended, and a dispatch that fails for good abandoned after its
-//! cap, not taken over forever.
+//! deletion named, counted and ended, a dispatch that fails for good abandoned after its
+//! cap, not taken over forever, and a night at EC2's own request rates.
 
 use std::time::Duration;
 
@@ -269,4 +269,96 @@ async fn a_dispatch_that_fails_for_good_is_abandoned_once_not_taken_over_forever
     assert!(harness::queue_is_empty(&emulator.sqs(), &world.queue)
         .await
         .expect("queue"));
+}
+
+/// EC2's own request rates (its token buckets per region, played by the proxy, AWS-FACTS.md):
+/// a night whose copies and deletions are more than the buckets' bursts is slowed, never
+/// wrong. Every server consistent, each snapshot copied once, exactly the expired sets deleted
+/// in both regions, no message failed; every refused attempt retried and counted.
+#[tokio::test]
+async fn at_ec2_s_own_request_rates_a_night_is_slowed_never_wrong() {
+    const HOME: &str = "us-east-1";
+    const COPY: &str = "eu-west-1";
+    let world = World::start(1).await.expect("world");
+    let emulator = &world.emulator;
+    // 30 servers × 2 volumes: 60 copies (the mutating bucket holds 50), and two expired sets
+    // of 60 in each region (the DeleteSnapshot bucket holds 100).
+    let ids = harness::seed_bulk(emulator, 30, 30, 1)
+        .await
+        .expect("fleet");
+    emulator
+        .seed_history(&harness::History {
+            copy_region: Some(COPY.into()),
+            ..harness::History::nightly(HOME, &ids, 3)
+        })
+        .await
+        .expect("history");
+    let (proxy, _endpoint, app) = emulator
+        .counted_app(
+            &world.queue,
+            &[("RETAIN_COUNT", "2"), ("COPY_REGIONS", COPY)],
+        )
+        .await
+        .expect("app");
+    let metrics = Metrics::default();
+    let app = metrics.attach(app);
+    proxy.throttle(1.0);
+
+    let started = world
+        .invoke(&app, scheduled_event("nightly", "2026-11-23T00:00:00Z"))
+        .await
+        .expect("schedule");
+    let run_id = started["run_id"].as_str().expect("run id").to_string();
+    let drained = world.drain(&app).await.expect("drain");
+    assert_eq!(drained.failures, 0, "no message failed: {drained:?}");
+    assert!(world
+        .logs
+        .run_report(&run_id)
+        .expect("summary")
+        .all_consistent());
+
+    // The buckets were hit: copies and deletions were refused, and retried.
+    let stats = proxy.stats();
+    let refused = |action: &str| -> u64 {
+        stats
+            .throttled
+            .iter()
+            .filter(|((a, _), _)| a == action)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    assert!(refused("ec2:CopySnapshot") > 0, "{:?}", stats.throttled);
+    assert!(refused("ec2:DeleteSnapshot") > 0, "{:?}", stats.throttled);
+    // Each snapshot copied once: no refused copy was made, none made twice.
+    let admitted = stats.admitted();
+    assert_eq!(
+        admitted.get(&("ec2:CopySnapshot".to_string(), COPY.to_string())),
+        Some(&60)
+    );
+    // Every server keeps exactly its two newest sets, tonight's among them, in both regions.
+    for region in [HOME, COPY] {
+        for id in &ids {
+            let sets = sets_of(emulator, region, id).await;
+            assert_eq!(sets.len(), 2, "{id} in {region}: {sets:?}");
+            assert!(sets.contains_key(&run_id), "{id} in {region}: {sets:?}");
+            assert!(sets.values().all(|s| s.len() == 2), "{id} in {region}");
+        }
+    }
+    assert_eq!(
+        admitted
+            .iter()
+            .filter(|((a, _), _)| a == "ec2:DeleteSnapshot")
+            .map(|(_, n)| n)
+            .sum::<u64>(),
+        2 * 2 * 60,
+        "each expired snapshot deleted once"
+    );
+    // What AWS refused is what the function counted (the alarm's metric).
+    let counted: u64 = metrics
+        .of("aws", None)
+        .iter()
+        .filter_map(|l| l["ApiThrottled"].as_u64())
+        .sum();
+    let all_refused: u64 = stats.throttled.values().sum();
+    assert_eq!(counted, all_refused, "{:?}", stats.throttled);
 }

@@ -522,10 +522,27 @@ async fn throttled_run(binary: &Path, instances: u64, scale: f64) -> Result<Thro
     })
 }
 
-/// The peer (`tests/peer/nightly_vss.py`) on the full run's fleet, in the venv's Python:
-/// its calls, time, CPU, memory and init (median of `inits` starts), its end state checked.
-async fn peer_run(instances: u64, inits: usize) -> Result<Side> {
-    println!("==> the peer: the same night in one Python Lambda with boto3");
+/// The peer's night: its answer (or what it failed with), how long it took, what it called,
+/// and the emulator it ran against, to be checked.
+struct PeerNight {
+    answer: Result<Value>,
+    took: Duration,
+    stats: harness::faults::ProxyStats,
+    emulator: Emulator,
+    peer: Function,
+    log: PathBuf,
+    init_ms: f64,
+}
+
+/// The peer (`tests/peer/nightly_vss.py`) on the full run's fleet, in the venv's Python,
+/// behind a counting proxy (playing EC2's buckets at `throttle` × AWS's rates, when given);
+/// its init is the median of `inits` starts besides the one measured.
+async fn peer_night(
+    instances: u64,
+    throttle: Option<f64>,
+    inits: usize,
+    log_name: &str,
+) -> Result<PeerNight> {
     let root = workspace_root();
     let python = root.join(".venv/bin/python");
     let script = root.join("tests/peer/nightly_vss.py");
@@ -543,24 +560,47 @@ async fn peer_run(instances: u64, inits: usize) -> Result<Side> {
         // Sets a day apart: the newest RETAIN_COUNT are the ones younger than RETAIN_COUNT days.
         ("RETAIN_DAYS", RETAIN_COUNT.to_string()),
     ];
-    let log = log_dir()?.join("peer.log");
+    let log = log_dir()?.join(log_name);
     let mut samples = Vec::new();
-    for _ in 0..inits.max(1) {
+    for _ in 0..inits {
         let started = Function::start_program(&python, &[&script], &env, &log).await?;
         samples.push(started.init().ok_or("no init time")?.as_secs_f64() * 1000.0);
     }
-    samples.sort_by(f64::total_cmp);
     let peer = Function::start_program(&python, &[&script], &env, &log).await?;
+    samples.push(peer.init().ok_or("no init time")?.as_secs_f64() * 1000.0);
+    samples.sort_by(f64::total_cmp);
+    if let Some(scale) = throttle {
+        proxy.throttle(scale);
+    }
     let started = Instant::now();
-    let answer = peer
-        .invoke(nightly_event(), Duration::from_secs(900))
-        .await?;
+    let answer = peer.invoke(nightly_event(), Duration::from_secs(900)).await;
     let took = started.elapsed();
-    println!("    {answer} in {:.1} s", took.as_secs_f64());
+    match &answer {
+        Ok(answer) => println!("    {answer} in {:.1} s", took.as_secs_f64()),
+        Err(err) => println!("    failed after {:.1} s: {err}", took.as_secs_f64()),
+    }
+    Ok(PeerNight {
+        answer,
+        took,
+        stats: proxy.stats(),
+        emulator,
+        peer,
+        log,
+        init_ms: samples[samples.len() / 2],
+    })
+}
+
+/// What the peer's night must have left, as `check` takes it: every server snapshotted, every
+/// snapshot copied, exactly the expired ones deleted.
+async fn peer_checks(
+    night: &PeerNight,
+    answer: &Value,
+    instances: u64,
+) -> Result<Vec<(&'static str, u64, u64)>> {
     let fleet = night_fleet(instances);
     let s = fleet.snapshots();
     let of = |k: &str| answer[k].as_u64().unwrap_or(u64::MAX);
-    let checks = [
+    Ok(vec![
         ("servers succeeded", of("succeeded"), instances),
         ("servers not final", of("not_final"), 0),
         ("snapshots copied", of("copied"), s),
@@ -571,27 +611,64 @@ async fn peer_run(instances: u64, inits: usize) -> Result<Side> {
         ),
         (
             "snapshots kept in the home region",
-            managed_snapshots(&emulator, HOME).await? as u64,
+            managed_snapshots(&night.emulator, HOME).await? as u64,
             RETAIN_COUNT * s,
         ),
         (
             "snapshots kept in the copy region",
-            managed_snapshots(&emulator, COPY_REGION).await? as u64,
+            managed_snapshots(&night.emulator, COPY_REGION).await? as u64,
             RETAIN_COUNT * s,
         ),
-    ];
-    check(&log, &checks)?;
-    let stats = proxy.stats();
+    ])
+}
+
+/// The peer's night on the full run's fleet, its end state checked: its side of the comparison.
+async fn peer_run(instances: u64, inits: usize) -> Result<Side> {
+    println!("==> the peer: the same night in one Python Lambda with boto3");
+    let night = peer_night(instances, None, inits, "peer.log").await?;
+    let answer = night.answer.as_ref().map_err(|e| e.to_string())?;
+    check(&night.log, &peer_checks(&night, answer, instances).await?)?;
     Ok(Side {
-        calls: stats.calls,
-        calls_by_region: stats.regional,
+        calls: night.stats.calls.clone(),
+        calls_by_region: night.stats.regional.clone(),
         invocations: 1,
-        invocation_ms: vec![billed_ms(took)],
-        wall_seconds: took.as_secs_f64(),
-        cpu_seconds: peer.cpu_seconds()?,
-        peak_rss_mib: peer.peak_rss_mib()?,
-        init_ms: samples[samples.len() / 2],
+        invocation_ms: vec![billed_ms(night.took)],
+        wall_seconds: night.took.as_secs_f64(),
+        cpu_seconds: night.peer.cpu_seconds()?,
+        peak_rss_mib: night.peer.peak_rss_mib()?,
+        init_ms: night.init_ms,
     })
+}
+
+/// The peer's night under EC2's buckets: how long it took, and whether it did its job (an
+/// operator's script is not expected to; what it did is reported, not refused).
+async fn peer_throttled(instances: u64, scale: f64) -> Result<(f64, String)> {
+    println!("==> the peer under EC2's request buckets at {scale} × AWS's rates");
+    let night = peer_night(instances, Some(scale), 0, "peer-throttled.log").await?;
+    let refused: u64 = night.stats.throttled.values().sum();
+    let outcome = match &night.answer {
+        Ok(answer) => {
+            let wrong: Vec<String> = peer_checks(&night, answer, instances)
+                .await?
+                .into_iter()
+                .filter(|(_, got, want)| got != want)
+                .map(|(what, got, want)| format!("{what} {got}, expected {want}"))
+                .collect();
+            if wrong.is_empty() {
+                "it did its job".to_string()
+            } else {
+                format!("it ended without doing its job: {}", wrong.join(", "))
+            }
+        }
+        Err(err) => format!("it failed: {err}"),
+    };
+    Ok((
+        night.took.as_secs_f64(),
+        format!(
+            "{outcome}; {} attempts throttled",
+            bench::thousands(refused)
+        ),
+    ))
 }
 
 /// How soon a run's sets are recorded after its commands end, and what watching them costs.
@@ -1108,6 +1185,18 @@ async fn main() -> Result<()> {
                 if refused.is_empty() { "none".to_string() } else { refused }
             ),
         });
+        if wanted("peer") {
+            let (seconds, outcome) = peer_throttled(throttled_instances, rate_scale).await?;
+            budgets.push(Budget {
+                what: format!(
+                    "the peer's same night under the same buckets ({throttled_instances} servers), × the function's rate floor"
+                ),
+                measured: seconds / t.floor.max(f64::MIN_POSITIVE),
+                unit: "",
+                target: None,
+                note: format!("{seconds:.0} s in its one invocation; {outcome}"),
+            });
+        }
     }
     if wanted("completion") {
         let per = |c: &Completion| c.polling as f64 / completion_instances.max(1) as f64;
