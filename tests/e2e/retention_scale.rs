@@ -87,6 +87,7 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
         stalled: 0,
         locked_before: 0,
         deleted_outside_before: None,
+        throttled: false,
     });
     emulator
         .sqs()

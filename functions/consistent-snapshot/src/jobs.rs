@@ -348,7 +348,15 @@ pub struct RetentionJob {
     /// would be counted again by every pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_outside_before: Option<usize>,
+    /// The pass before stopped deleting in a region because EC2 throttled it (the account's
+    /// DeleteSnapshot budget there was spent): this pass waits for the budget to refill.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub throttled: bool,
 }
+
+/// How long a retention pass waits after one that EC2 throttled: EC2's DeleteSnapshot bucket
+/// holds 100 calls and refills 5 a second, so 20 s refill it whole.
+pub const RETENTION_THROTTLED_WAIT_SECONDS: i32 = 20;
 
 /// How many more passes a run's retention makes for deletions that failed for a reason that
 /// may pass, before it reports them failed (the next run tries them again).
@@ -436,6 +444,7 @@ impl Job {
                 backoff_seconds(j.attempt, initial, max.min(soon))
             }
             Job::Copy(j) => backoff_seconds(j.attempt, initial, max),
+            Job::Retention(j) if j.throttled => RETENTION_THROTTLED_WAIT_SECONDS,
             Job::Retention(_) => 0,
             Job::Vault(j) => backoff_seconds(j.attempt, initial, max),
             Job::Restore(j) => backoff_seconds(j.attempt, initial, max),

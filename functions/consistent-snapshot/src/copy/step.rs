@@ -122,6 +122,7 @@ pub async fn copy_job(
                 stalled: 0,
                 locked_before: 0,
                 deleted_outside_before: None,
+                throttled: false,
             }))],
         )
         .await?;

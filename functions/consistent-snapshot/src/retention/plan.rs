@@ -907,6 +907,10 @@ pub struct RetentionOutcome {
     /// nothing in the home region that has a copy there (it may still be being made).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub regions_unreadable: Vec<String>,
+    /// Regions where EC2 throttled a deletion (after the SDK's retries): the pass deleted no
+    /// more there, and what it left (in `unfinished`) waits for the next pass.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub regions_throttled: Vec<String>,
 }
 
 /// The most sets an on-demand answer lists (Lambda answers at most 6 MB), and the most a log
@@ -939,6 +943,7 @@ pub fn next_pass(job: &RetentionJob, outcome: &RetentionOutcome) -> Option<Reten
         ),
         retries: job.retries + u32::from(retry),
         stalled,
+        throttled: !outcome.regions_throttled.is_empty(),
         ..job.clone()
     })
 }
@@ -1126,6 +1131,7 @@ impl RetentionOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::{Job, RETENTION_THROTTLED_WAIT_SECONDS};
     use chrono::{NaiveDate, TimeZone};
     use proptest::prelude::*;
 
@@ -1138,6 +1144,7 @@ mod tests {
             stalled: 0,
             locked_before: 0,
             deleted_outside_before: None,
+            throttled: false,
         };
         let pass = |deleted: usize, unfinished: usize, transient: usize| RetentionOutcome {
             deleted: (0..deleted).map(|i| format!("snap-{i}")).collect(),
@@ -1188,6 +1195,52 @@ mod tests {
             assert_eq!(retry.retries, n);
         }
         assert_eq!(next_pass(&retry, &pass(0, 0, 2)), None);
+    }
+
+    #[test]
+    fn a_pass_ec2_throttled_is_followed_by_one_that_waits_for_the_budget() {
+        let job = RetentionJob {
+            run_id: "r".into(),
+            deleted_before: 0,
+            retries: 0,
+            stalled: 0,
+            locked_before: 0,
+            deleted_outside_before: None,
+            throttled: false,
+        };
+        let now = t0();
+        let delay = |j: &RetentionJob| Job::Retention(j.clone()).delay_seconds(now, 30, 900);
+        assert_eq!(delay(&job), 0, "a pass for lack of time comes at once");
+        // Throttled in one region after 120 deletions, 480 left there: not failures, not a
+        // retry, but the next pass waits for the region's budget.
+        let throttled = RetentionOutcome {
+            deleted: (0..120).map(|i| format!("snap-{i}")).collect(),
+            unfinished: 480,
+            regions_throttled: vec!["us-east-1".into()],
+            ..RetentionOutcome::default()
+        };
+        let next = next_pass(&job, &throttled).expect("goes on");
+        assert!(next.throttled);
+        assert_eq!((next.retries, next.stalled), (0, 0));
+        assert_eq!(delay(&next), RETENTION_THROTTLED_WAIT_SECONDS);
+        // And the pass after one that was not throttled comes at once again.
+        let on = RetentionOutcome {
+            deleted: vec!["snap-x".into()],
+            unfinished: 10,
+            ..RetentionOutcome::default()
+        };
+        let after = next_pass(&next, &on).expect("goes on");
+        assert!(!after.throttled);
+        assert_eq!(delay(&after), 0);
+        // Throttled from its first deletion, a pass is stalled: such passes end the chain too.
+        let nothing = RetentionOutcome {
+            unfinished: 600,
+            regions_throttled: vec!["us-east-1".into()],
+            ..RetentionOutcome::default()
+        };
+        let one = next_pass(&job, &nothing).expect("a first");
+        let two = next_pass(&one, &nothing).expect("a second");
+        assert_eq!(next_pass(&two, &nothing), None);
     }
 
     fn t0() -> DateTime<Utc> {

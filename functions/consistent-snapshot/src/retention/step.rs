@@ -449,6 +449,9 @@ pub async fn apply_retention(
             lay_locks(app, plan, (&mut pace, &mut tried), stop_at, &mut outcome).await;
         }
         let deleted_from = outcome.deleted.len();
+        // EC2 throttled a deletion here (its retries spent): the rest waits for the next pass,
+        // which comes once the region's budget has refilled, rather than failing one by one.
+        let mut throttled = false;
         for (instance_id, set) in plan.deletions() {
             let mut gone: Vec<&String> = Vec::new();
             // Once one snapshot of a set is refused (locked, in use, an error), the rest of the
@@ -466,7 +469,7 @@ pub async fn apply_retention(
                 }
                 // At least one deletion a pass, however short: every pass makes progress.
                 let began = Utc::now();
-                if tried > 0 && !pace.fits(began) {
+                if throttled || (tried > 0 && !pace.fits(began)) {
                     outcome.unfinished += 1;
                     continue;
                 }
@@ -488,6 +491,12 @@ pub async fn apply_retention(
                         refused = true;
                         warn!(region = %plan.region, instance_id, snapshot_id = %snapshot_id, "kept: in use (by an AMI)");
                         outcome.kept.push(format!("{at}: in use"));
+                    }
+                    Deletion::Failed(err) if err.is_throttling() => {
+                        warn!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), "deletions in the region throttled: the rest waits for the next pass");
+                        throttled = true;
+                        outcome.unfinished += 1;
+                        outcome.regions_throttled.push(plan.region.clone());
                     }
                     Deletion::Failed(err) => {
                         refused = true;
@@ -789,7 +798,7 @@ pub async fn retention_job(
     // It does not fail the job: five failed tries would only add a DLQ message a night.
     let store = RunMarkerStore::new(&app.aws.catalog, &job.run_id);
     if outcome.unfinished > 0 {
-        error!(run_id = %job.run_id, left = outcome.unfinished, "retention stopped: {RETENTION_STALLED_PASSES} passes in a row deleted nothing (planning alone takes the invocation's time); {} deletions are left for the next run", outcome.unfinished);
+        error!(run_id = %job.run_id, left = outcome.unfinished, "retention stopped: {RETENTION_STALLED_PASSES} passes in a row deleted nothing (planning alone takes the invocation's time, or EC2 throttled every deletion); {} deletions are left for the next run", outcome.unfinished);
     }
     if store.mark_retained().await? {
         let mut counts = outcome.metric_counts().to_vec();
