@@ -6,10 +6,29 @@
 
 use std::time::Duration;
 
+use consistent_snapshot::App;
 use harness::chaos::{Chaos, ChaosOptions, Ended};
 use harness::faults::Fault;
 use harness::faults::Stop;
 use harness::{scheduled_event, sets_of, Metrics, ServerSpec, World};
+
+/// Tonight's run end to end: its id, once the queue is empty, no message failed and every
+/// server is reported consistent.
+async fn consistent_night(world: &World, app: &App) -> String {
+    let started = world
+        .invoke(app, scheduled_event("nightly", "2026-11-23T00:00:00Z"))
+        .await
+        .expect("schedule");
+    let run_id = started["run_id"].as_str().expect("run id").to_string();
+    let drained = world.drain(app).await.expect("drain");
+    assert_eq!(drained.failures, 0, "no message failed: {drained:?}");
+    assert!(world
+        .logs
+        .run_report(&run_id)
+        .expect("summary")
+        .all_consistent());
+    run_id
+}
 
 #[tokio::test]
 async fn a_locked_set_is_held_and_a_recycle_bin_deletion_is_reported_recoverable() {
@@ -43,18 +62,7 @@ async fn a_locked_set_is_held_and_a_recycle_bin_deletion_is_reported_recoverable
 
     let metrics = Metrics::default();
     let app = metrics.attach(world.app(&[("RETAIN_COUNT", "2")]).expect("app"));
-    let started = world
-        .invoke(&app, scheduled_event("nightly", "2026-11-23T00:00:00Z"))
-        .await
-        .expect("schedule");
-    let run_id = started["run_id"].as_str().expect("run id").to_string();
-    let drained = world.drain(&app).await.expect("drain");
-    assert_eq!(drained.failures, 0, "no message failed: {drained:?}");
-    assert!(world
-        .logs
-        .run_report(&run_id)
-        .expect("summary")
-        .all_consistent());
+    let run_id = consistent_night(&world, &app).await;
 
     // sql01: the locked set is kept whole, the next oldest deleted, the newest two kept.
     let after = sets_of(emulator, "us-east-1", &sql).await;
@@ -304,18 +312,7 @@ async fn at_ec2_s_own_request_rates_a_night_is_slowed_never_wrong() {
     let app = metrics.attach(app);
     proxy.throttle(1.0);
 
-    let started = world
-        .invoke(&app, scheduled_event("nightly", "2026-11-23T00:00:00Z"))
-        .await
-        .expect("schedule");
-    let run_id = started["run_id"].as_str().expect("run id").to_string();
-    let drained = world.drain(&app).await.expect("drain");
-    assert_eq!(drained.failures, 0, "no message failed: {drained:?}");
-    assert!(world
-        .logs
-        .run_report(&run_id)
-        .expect("summary")
-        .all_consistent());
+    let run_id = consistent_night(&world, &app).await;
 
     // The buckets were hit: copies and deletions were refused, and retried.
     let stats = proxy.stats();

@@ -80,15 +80,7 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
     // The retention of the newest of those nights' runs.
     let newest = before.iter().max().cloned().expect("a run");
     let run_id = newest.as_str();
-    let job = Job::Retention(RetentionJob {
-        run_id: run_id.into(),
-        deleted_before: 0,
-        retries: 0,
-        stalled: 0,
-        locked_before: 0,
-        deleted_outside_before: None,
-        throttled: false,
-    });
+    let job = Job::Retention(RetentionJob::first(run_id));
     emulator
         .sqs()
         .send_message()

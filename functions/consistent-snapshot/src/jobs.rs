@@ -354,6 +354,21 @@ pub struct RetentionJob {
     pub throttled: bool,
 }
 
+impl RetentionJob {
+    /// A run's retention, before its first pass.
+    pub fn first(run_id: &str) -> Self {
+        RetentionJob {
+            run_id: run_id.to_string(),
+            deleted_before: 0,
+            retries: 0,
+            stalled: 0,
+            locked_before: 0,
+            deleted_outside_before: None,
+            throttled: false,
+        }
+    }
+}
+
 /// How long a retention pass waits after one that EC2 throttled: EC2's DeleteSnapshot bucket
 /// holds 100 calls and refills 5 a second, so 20 s refill it whole.
 pub const RETENTION_THROTTLED_WAIT_SECONDS: i32 = 20;

@@ -115,15 +115,9 @@ pub async fn copy_job(
     if (plan.is_final() && started == 0 && !limited) || timed_out {
         enqueue(
             app,
-            &[Envelope::new(Job::Retention(RetentionJob {
-                run_id: job.run_id.clone(),
-                deleted_before: 0,
-                retries: 0,
-                stalled: 0,
-                locked_before: 0,
-                deleted_outside_before: None,
-                throttled: false,
-            }))],
+            &[Envelope::new(Job::Retention(RetentionJob::first(
+                &job.run_id,
+            )))],
         )
         .await?;
         if store.mark_copied().await? {

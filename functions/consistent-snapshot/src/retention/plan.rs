@@ -1137,15 +1137,7 @@ mod tests {
 
     #[test]
     fn a_run_s_retention_goes_on_while_it_deletes_and_ends_when_it_no_longer_can() {
-        let job = RetentionJob {
-            run_id: "r".into(),
-            deleted_before: 0,
-            retries: 0,
-            stalled: 0,
-            locked_before: 0,
-            deleted_outside_before: None,
-            throttled: false,
-        };
+        let job = RetentionJob::first("r");
         let pass = |deleted: usize, unfinished: usize, transient: usize| RetentionOutcome {
             deleted: (0..deleted).map(|i| format!("snap-{i}")).collect(),
             unfinished,
@@ -1199,15 +1191,7 @@ mod tests {
 
     #[test]
     fn a_pass_ec2_throttled_is_followed_by_one_that_waits_for_the_budget() {
-        let job = RetentionJob {
-            run_id: "r".into(),
-            deleted_before: 0,
-            retries: 0,
-            stalled: 0,
-            locked_before: 0,
-            deleted_outside_before: None,
-            throttled: false,
-        };
+        let job = RetentionJob::first("r");
         let now = t0();
         let delay = |j: &RetentionJob| Job::Retention(j.clone()).delay_seconds(now, 30, 900);
         assert_eq!(delay(&job), 0, "a pass for lack of time comes at once");
