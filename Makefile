@@ -59,7 +59,7 @@ demo: setup
 # servers with its AWS calls counted, and the same night by the Python peer and under EC2's
 # request buckets, a 20,000-server dispatch, a 100,000-snapshot retention
 # plan, init time; then criterion's benchmarks of the planner and of message handling.
-# Writes BENCHMARKS.md. About 20 minutes after a warm release build.
+# Writes BENCHMARKS.md. About 45 minutes after a warm release build.
 bench: setup
 	cargo build --release -p consistent-snapshot
 	cargo bench -p consistent-snapshot --bench hot_paths

@@ -512,7 +512,7 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
         md,
-        "Written by `make bench` on {}. Re-run with `make bench` (about 35 minutes after a \
+        "Written by `make bench` on {}. Re-run with `make bench` (about 45 minutes after a \
          warm release build; `BENCH_INSTANCES`, `BENCH_THROTTLED_INSTANCES`, \
          `BENCH_DISPATCH_INSTANCES`, `BENCH_COMPLETION_INSTANCES` and `BENCH_PLAN_SNAPSHOTS` \
          scale the five fleets, `BENCH_RATE_SCALE` multiplies AWS's request rates). Every \
