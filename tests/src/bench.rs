@@ -355,12 +355,11 @@ impl Side {
     }
 
     /// The least time the rate-limited calls take at EC2's documented rates, if one invocation
-    /// made them one after another (as the peer does): each action's and region's bucket
-    /// drained in turn.
+    /// made them one after another (as the peer does): each region's buckets drained in turn.
     pub fn serial_seconds_at_rates(&self) -> f64 {
-        self.calls_by_region
+        crate::throttle::per_bucket(&self.calls_by_region)
             .iter()
-            .filter_map(|((action, _), n)| seconds_at_rate(action, *n))
+            .map(|((bucket, _), n)| crate::throttle::least_seconds(*bucket, *n, 1.0))
             .sum()
     }
 }

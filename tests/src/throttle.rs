@@ -8,7 +8,7 @@
 //! SSM's, SQS's and DynamoDB's request rates are not published as buckets: their calls are
 //! not throttled here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 /// One of EC2's request buckets.
@@ -125,6 +125,19 @@ impl TokenBuckets {
     }
 }
 
+/// Calls by (action, region) gathered by the bucket and region they draw from (calls of other
+/// services left out); every describe counted as narrowed, as this project's and the peer's
+/// all are.
+pub fn per_bucket(calls: &BTreeMap<(String, String), u64>) -> BTreeMap<(Bucket, String), u64> {
+    let mut buckets = BTreeMap::new();
+    for ((action, region), n) in calls {
+        if let Some(bucket) = bucket_of(action, true) {
+            *buckets.entry((bucket, region.clone())).or_default() += n;
+        }
+    }
+    buckets
+}
+
 /// The least time `calls` calls of one bucket take at its refill × `scale`, in seconds.
 pub fn least_seconds(bucket: Bucket, calls: u64, scale: f64) -> f64 {
     calls.saturating_sub(bucket.burst) as f64 / (bucket.refill as f64 * scale)
@@ -190,6 +203,19 @@ mod tests {
             .count();
         assert_eq!(taken, 100);
         assert_eq!(least_seconds(DELETE_SNAPSHOT, 3100, 1.0), 600.0);
+        // Two actions of one bucket share its burst; another service draws from none.
+        let calls: BTreeMap<(String, String), u64> = [
+            ("ec2:DescribeSnapshots", "us-east-1", 150),
+            ("ec2:DescribeInstances", "us-east-1", 10),
+            ("ec2:DescribeSnapshots", "eu-west-1", 5),
+            ("ssm:SendCommand", "us-east-1", 20),
+        ]
+        .into_iter()
+        .map(|(a, r, n)| ((a.to_string(), r.to_string()), n))
+        .collect();
+        let gathered = per_bucket(&calls);
+        assert_eq!(gathered.len(), 2);
+        assert_eq!(gathered[&(NON_MUTATING, "us-east-1".to_string())], 160);
         assert_eq!(least_seconds(DELETE_SNAPSHOT, 50, 1.0), 0.0);
     }
 }

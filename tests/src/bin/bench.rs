@@ -380,15 +380,35 @@ fn check(log: &Path, checks: &[(&str, u64, u64)]) -> Result<()> {
     Ok(())
 }
 
-async fn full_run(binary: &Path, instances: u64) -> Result<FullRun> {
+/// The function's night on the full run's fleet of `instances` servers: started as Lambda
+/// starts it behind a counting proxy (playing EC2's buckets at `throttle` × AWS's rates, when
+/// given), the nightly event, the queue drained (for `limit` at most), the end state checked.
+struct Night {
+    fleet: Fleet,
+    proxy: FaultProxy,
+    function: Function,
+    started: Instant,
+    dispatch: Duration,
+    total: Duration,
+    /// Each invocation's duration, rounded up to the millisecond as Lambda bills it.
+    invocation_ms: Vec<u64>,
+}
+
+async fn night(
+    binary: &Path,
+    instances: u64,
+    throttle: Option<f64>,
+    (log_name, limit): (&str, Duration),
+) -> Result<Night> {
     let fleet = night_fleet(instances);
-    println!("==> full run: {instances} servers × {VOLUMES} volumes, {RETAIN_COUNT} earlier sets in {HOME} and {COPY_REGION}");
     let emulator = Emulator::start().await?;
     let queue = emulator.create_queue("bench-tracking", 60).await?;
     seed_night(&emulator, instances).await?;
-
     let (proxy, _endpoint, function, log) =
-        counted(&emulator, binary, (&queue, true), &[], "full-run.log").await?;
+        counted(&emulator, binary, (&queue, true), &[], log_name).await?;
+    if let Some(scale) = throttle {
+        proxy.throttle(scale);
+    }
     let started = Instant::now();
     let answer = function.invoke(nightly_event(), FUNCTION_TIMEOUT).await?;
     let dispatch = started.elapsed();
@@ -400,7 +420,7 @@ async fn full_run(binary: &Path, instances: u64) -> Result<FullRun> {
         "    dispatched {dispatched} in {:.1} s; tracking…",
         dispatch.as_secs_f64()
     );
-    let drained = drain_with(&emulator, &queue, 10, Duration::from_secs(3600), |event| {
+    drain_with(&emulator, &queue, 10, limit, |event| {
         let (function, invocation_ms) = (&function, &invocation_ms);
         async move {
             let began = Instant::now();
@@ -414,22 +434,39 @@ async fn full_run(binary: &Path, instances: u64) -> Result<FullRun> {
     .await?;
     let total = started.elapsed();
     let invocation_ms = invocation_ms.into_inner().map_err(|_| "poisoned")?;
-    let cpu_seconds = function.cpu_seconds()?;
-    let peak_rss_mib = function.peak_rss_mib()?;
-
     // The run did its job, or nothing here means anything.
     night_done(&emulator, &log, &fleet).await?;
-    let stats = proxy.stats();
-    Ok(FullRun {
+    Ok(Night {
         fleet,
-        calls: stats.calls,
-        regional: stats.regional,
+        proxy,
+        function,
+        started,
         dispatch,
         total,
-        invocations: drained.invocations + 1,
         invocation_ms,
-        cpu_seconds,
-        peak_rss_mib,
+    })
+}
+
+async fn full_run(binary: &Path, instances: u64) -> Result<FullRun> {
+    println!("==> full run: {instances} servers × {VOLUMES} volumes, {RETAIN_COUNT} earlier sets in {HOME} and {COPY_REGION}");
+    let night = night(
+        binary,
+        instances,
+        None,
+        ("full-run.log", Duration::from_secs(3600)),
+    )
+    .await?;
+    let stats = night.proxy.stats();
+    Ok(FullRun {
+        fleet: night.fleet,
+        calls: stats.calls,
+        regional: stats.regional,
+        dispatch: night.dispatch,
+        total: night.total,
+        invocations: night.invocation_ms.len(),
+        cpu_seconds: night.function.cpu_seconds()?,
+        peak_rss_mib: night.function.peak_rss_mib()?,
+        invocation_ms: night.invocation_ms,
     })
 }
 
@@ -452,24 +489,14 @@ struct Throttled {
 /// least time its calls could take at those rates.
 async fn throttled_run(binary: &Path, instances: u64, scale: f64) -> Result<Throttled> {
     println!("==> throttled: {instances} servers, EC2's request buckets at {scale} × AWS's rates");
-    let fleet = night_fleet(instances);
-    let emulator = Emulator::start().await?;
-    let queue = emulator.create_queue("bench-throttled", 60).await?;
-    seed_night(&emulator, instances).await?;
-    let (proxy, _endpoint, function, log) =
-        counted(&emulator, binary, (&queue, true), &[], "throttled.log").await?;
-    proxy.throttle(scale);
-    let started = Instant::now();
-    function.invoke(nightly_event(), FUNCTION_TIMEOUT).await?;
-    let drained = drain_with(
-        &emulator,
-        &queue,
-        10,
-        Duration::from_secs(3 * 3600),
-        |event| function.invoke(event, FUNCTION_TIMEOUT),
+    let night = night(
+        binary,
+        instances,
+        Some(scale),
+        ("throttled.log", Duration::from_secs(3 * 3600)),
     )
     .await?;
-    night_done(&emulator, &log, &fleet).await?;
+    let (proxy, started) = (&night.proxy, night.started);
     let stats = proxy.stats();
     let wall = stats
         .last_at
@@ -478,13 +505,7 @@ async fn throttled_run(binary: &Path, instances: u64, scale: f64) -> Result<Thro
         .map(|(_, at)| at.saturating_duration_since(started).as_secs_f64())
         .fold(0.0, f64::max);
     // The calls each bucket let through, per region.
-    let mut per_bucket: BTreeMap<(throttle::Bucket, String), u64> = BTreeMap::new();
-    for ((action, region), n) in stats.admitted() {
-        // This project's describes all name ids, filters or a page size.
-        if let Some(bucket) = throttle::bucket_of(&action, true) {
-            *per_bucket.entry((bucket, region)).or_default() += n;
-        }
-    }
+    let per_bucket = throttle::per_bucket(&stats.admitted());
     let least = |((bucket, _), n): (&(throttle::Bucket, String), &u64)| {
         throttle::least_seconds(*bucket, *n, scale)
     };
@@ -518,7 +539,7 @@ async fn throttled_run(binary: &Path, instances: u64, scale: f64) -> Result<Thro
         slowest,
         serial_floor,
         throttled,
-        invocations: drained.invocations + 1,
+        invocations: night.invocation_ms.len(),
     })
 }
 
