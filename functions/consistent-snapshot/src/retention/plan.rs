@@ -498,7 +498,7 @@ fn decide_instance(
                 started_at,
                 deleted_after,
                 policy.archive_after_days,
-                now,
+                (now, policy.zone),
             );
         if archive {
             reason = format!("{reason}; archived: only the monthly or yearly tier keeps it");
@@ -531,21 +531,31 @@ fn decide_instance(
 
 /// Whether a kept set goes to the archive tier: only the monthly or yearly tier keeps it (a
 /// daily or weekly set is read and copied too often), it is at least `after_days` old, and its
-/// earliest deletion is `ARCHIVE_MINIMUM_DAYS` away or more.
+/// earliest deletion is `ARCHIVE_MINIMUM_DAYS` away or more. A crash-consistent set standing
+/// in for a month or year still under way is not: the first consistent set taken later in it
+/// takes its place, and the stand-in would be deleted days after it was archived (and billed
+/// the archive tier's 90 days).
 fn archive_due(
     standing: &[Standing],
     started_at: DateTime<Utc>,
     deleted_after: Option<DateTime<Utc>>,
     after_days: Option<u32>,
-    now: DateTime<Utc>,
+    (now, zone): (DateTime<Utc>, Tz),
 ) -> bool {
     let Some(after_days) = after_days else {
         return false;
+    };
+    let open = |s: &Standing| {
+        s.period
+            .and_then(|p| p.after(1))
+            .and_then(|next| next.start(zone))
+            .is_none_or(|ends| ends > now)
     };
     !standing.is_empty()
         && standing
             .iter()
             .all(|s| matches!(s.tier, Tier::Monthly | Tier::Yearly))
+        && !standing.iter().any(|s| s.stand_in && open(s))
         && now - started_at >= Duration::days(i64::from(after_days))
         && deleted_after.is_some_and(|end| end - now >= Duration::days(ARCHIVE_MINIMUM_DAYS))
 }
