@@ -83,6 +83,9 @@ pub struct ProxyStats {
     pub throttled: BTreeMap<(String, String), u64>,
     /// When a call of each action last went through to the emulator.
     pub last_at: BTreeMap<String, Instant>,
+    /// How long the emulator took to answer each action's calls, summed: where a run's wall
+    /// time went, the emulator's share.
+    pub upstream: BTreeMap<String, Duration>,
 }
 
 impl ProxyStats {
@@ -455,9 +458,13 @@ async fn handle(
         forward = forward.header(name, value);
     }
     let forward = forward.body(Full::new(body)).map_err(|_| Dropped)?;
+    let sent = Instant::now();
     let answer = shared.client.request(forward).await.map_err(|_| Dropped)?;
     let (parts, body) = answer.into_parts();
     let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
+    if let Ok(mut stats) = shared.stats.lock() {
+        *stats.upstream.entry(protocol.action.clone()).or_default() += sent.elapsed();
+    }
     if matches!(&state.stop, Stop::After(action) if *action == protocol.action) {
         state.armed.store(true, Ordering::SeqCst);
     }

@@ -10,7 +10,7 @@ from typing import Any
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
 
-from .model import utcnow
+from .model import instances_by_id, utcnow
 from .protection import PROTECTION
 
 def seed_history(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -31,6 +31,7 @@ def seed_history(spec: dict[str, Any]) -> list[dict[str, Any]]:
     now = utcnow().replace(microsecond=0)
     made: list[dict[str, Any]] = []
     crash = {int(k) for k in spec.get("crash_consistent", [])}
+    instances = instances_by_id(ec2, set(spec["instance_ids"]))
     for k in range(int(spec["sets"])):
         taken = now - dt.timedelta(
             hours=float(spec["newest_hours"]) + k * float(spec["hours_apart"])
@@ -38,7 +39,7 @@ def seed_history(spec: dict[str, Any]) -> list[dict[str, Any]]:
         taken = taken.replace(microsecond=0)
         run_id = taken.strftime("%Y%m%dT%H%M%SZ") + "-0b0b0b0b"
         for instance_id in spec["instance_ids"]:
-            instance = ec2.get_instance(instance_id)
+            instance = instances[instance_id]
             made_set: dict[str, Any] = {
                 "run_id": run_id, "instance_id": instance_id,
                 "taken": taken.strftime("%Y-%m-%dT%H:%M:%SZ"), "snapshots": [], "copies": [],

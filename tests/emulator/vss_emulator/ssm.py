@@ -15,7 +15,7 @@ from moto.ssm import models as ssm_models
 from moto.ssm import responses as ssm_responses
 from moto.ssm.exceptions import SSMException as RESTError
 
-from .model import FINAL, SIM, VSS_DOCUMENTS
+from .model import FINAL, SIM, VSS_DOCUMENTS, instances_by_id
 
 _original_targets = ssm_models.Command._get_instance_ids_from_targets
 
@@ -98,12 +98,16 @@ def _describe_instance_information(self: Any) -> ActionResult:
     rows = []
     ec2 = ec2_backends[self.current_account][self.region]
     with SIM.lock:
-        for instance_id, sim in sorted(SIM.instances.items()):
-            if sim.ssm == "unmanaged" or (wanted is not None and instance_id not in wanted):
-                continue
-            try:
-                instance = ec2.get_instance(instance_id)
-            except Exception:  # noqa: BLE001 - not an instance of this region
+        simulated = (
+            sorted(SIM.instances.items())
+            if wanted is None
+            else sorted((i, SIM.instances[i]) for i in wanted if i in SIM.instances)
+        )
+        here = instances_by_id(ec2, {i for i, _ in simulated})
+        for instance_id, sim in simulated:
+            instance = here.get(instance_id)
+            if sim.ssm == "unmanaged" or instance is None:
+                # Unmanaged, or not an instance of this region.
                 continue
             tags = {t["key"]: t["value"] for t in instance.get_tags()}
             name = tags.get("Name", instance_id)

@@ -837,6 +837,7 @@ async fn large_dispatch(binary: &Path, instances: u64) -> Result<Measured> {
         .invoke(nightly_event(), Duration::from_secs(900))
         .await?;
     let seconds = started.elapsed().as_secs_f64();
+    let waited = emulator_time(&proxy.stats().upstream, 4);
     let dispatched = answer["dispatched"].as_array().map_or(0, Vec::len) as u64
         + answer["left_out"]["dispatched"].as_u64().unwrap_or(0);
     if dispatched != instances {
@@ -861,6 +862,7 @@ async fn large_dispatch(binary: &Path, instances: u64) -> Result<Measured> {
     .map(|a| format!("{a} {}", calls.get(*a).copied().unwrap_or(0)))
     .collect::<Vec<_>>()
     .join(", ");
+    let detail = format!("{detail}; {waited}");
     let peak_rss_mib = function.peak_rss_mib()?;
     println!(
         "    dispatched {dispatched} in {seconds:.1} s ({detail}), peak RSS {peak_rss_mib:.1} MiB"
@@ -871,6 +873,21 @@ async fn large_dispatch(binary: &Path, instances: u64) -> Result<Measured> {
         cpu_seconds: function.cpu_seconds()?,
         detail,
     })
+}
+
+/// How long the emulator took to answer, in all and for the `top` slowest actions: the
+/// emulator's share of a wall time.
+fn emulator_time(upstream: &BTreeMap<String, Duration>, top: usize) -> String {
+    let total: f64 = upstream.values().map(Duration::as_secs_f64).sum();
+    let mut slowest: Vec<(&String, &Duration)> = upstream.iter().collect();
+    slowest.sort_by(|a, b| b.1.cmp(a.1));
+    let named = slowest
+        .iter()
+        .take(top)
+        .map(|(action, d)| format!("{action} {:.1} s", d.as_secs_f64()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("the emulator answered in {total:.1} s ({named})")
 }
 
 /// A retention dry run over at least `snapshots` snapshots of 2,000 servers.
