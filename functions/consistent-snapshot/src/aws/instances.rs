@@ -1,7 +1,7 @@
 //! EC2 instances: the tagged fleet, instances by id, one instance as a restore sees it, and
 //! stopping and starting one.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use aws_sdk_ec2::types::{Filter, Instance, InstanceType};
 
@@ -60,15 +60,7 @@ pub async fn discover(
     config: &Config,
     ids: Option<&[String]>,
 ) -> Result<Vec<InstanceFacts>, Error> {
-    let tag = ec2_filter(
-        &format!("tag:{}", config.target_tag_key),
-        [config.target_tag_value.as_str()],
-    );
-    let states = ec2_filter(
-        "instance-state-name",
-        ["pending", "running", "stopping", "stopped"],
-    );
-    describe(ec2, &[tag, states], ids, config.describe_page_size).await
+    describe(ec2, &fleet_filters(config), ids, config.describe_page_size).await
 }
 
 /// DescribeInstances with these filters (and these ids, when given), every page followed;
@@ -79,42 +71,141 @@ async fn describe(
     ids: Option<&[String]>,
     page_size: i32,
 ) -> Result<Vec<InstanceFacts>, Error> {
-    // DescribeInstances takes at most 200 values in one filter.
-    let id_chunks: Vec<Option<&[String]>> = match ids {
-        None => vec![None],
-        Some(ids) => ids.chunks(IDS_PER_DESCRIBE).map(Some).collect(),
-    };
+    let mut pages = Pages::new(ec2, filters.to_vec(), ids, page_size);
     let mut found = Vec::new();
-    for chunk in id_chunks {
-        let mut request = ec2
-            .describe_instances()
-            .set_filters(Some(filters.to_vec()))
-            .max_results(page_size);
-        let subject = match chunk {
-            Some(chunk) => {
-                request = request.filters(ec2_filter("instance-id", chunk.iter().cloned()));
-                format!(
-                    "{} instances from {}",
-                    chunk.len(),
-                    chunk.first().map(String::as_str).unwrap_or("-")
-                )
-            }
-            None => "the tagged fleet".to_string(),
-        };
-        let pages = request.into_paginator().send();
-        each_page(pages, "DescribeInstances", &subject, |page| {
-            found.extend(
-                page.reservations()
-                    .iter()
-                    .flat_map(|r| r.instances())
-                    .filter_map(facts_of),
-            );
-        })
-        .await?;
+    while let Some(page) = pages.next_page().await? {
+        found.extend(page);
     }
     found.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
-    found.dedup_by(|a, b| a.instance_id == b.instance_id);
     Ok(found)
+}
+
+/// The tagged fleet (or the instances of it asked for) a page at a time, for a caller that
+/// need not hold the whole fleet's descriptions at once: a dispatch of 20,000 servers keeps
+/// one page of 1,000.
+pub fn discover_pages<'a>(
+    ec2: &'a aws_sdk_ec2::Client,
+    config: &Config,
+    ids: Option<&[String]>,
+) -> Pages<'a> {
+    Pages::new(ec2, fleet_filters(config), ids, config.describe_page_size)
+}
+
+fn fleet_filters(config: &Config) -> Vec<Filter> {
+    let tag = ec2_filter(
+        &format!("tag:{}", config.target_tag_key),
+        [config.target_tag_value.as_str()],
+    );
+    let states = ec2_filter(
+        "instance-state-name",
+        ["pending", "running", "stopping", "stopped"],
+    );
+    vec![tag, states]
+}
+
+/// DescribeInstances, a page at a time: every page of the filters (per 200 ids, when ids are
+/// given), each instance handed over once.
+pub struct Pages<'a> {
+    ec2: &'a aws_sdk_ec2::Client,
+    filters: Vec<Filter>,
+    page_size: i32,
+    /// The id chunks not described yet (one `None` for no ids).
+    chunks: std::vec::IntoIter<Option<Vec<String>>>,
+    current: Option<(DescribePages, String)>,
+    seen: HashSet<String>,
+}
+
+type DescribePages = aws_smithy_async::future::pagination_stream::PaginationStream<
+    Result<
+        aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput,
+        aws_sdk_ec2::error::SdkError<
+            aws_sdk_ec2::operation::describe_instances::DescribeInstancesError,
+            aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+        >,
+    >,
+>;
+
+impl<'a> Pages<'a> {
+    fn new(
+        ec2: &'a aws_sdk_ec2::Client,
+        filters: Vec<Filter>,
+        ids: Option<&[String]>,
+        page_size: i32,
+    ) -> Self {
+        // DescribeInstances takes at most 200 values in one filter.
+        let chunks: Vec<Option<Vec<String>>> = match ids {
+            None => vec![None],
+            Some(ids) => {
+                let unique: Vec<String> = ids
+                    .iter()
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                unique
+                    .chunks(IDS_PER_DESCRIBE)
+                    .map(|c| Some(c.to_vec()))
+                    .collect()
+            }
+        };
+        Pages {
+            ec2,
+            filters,
+            page_size,
+            chunks: chunks.into_iter(),
+            current: None,
+            seen: HashSet::new(),
+        }
+    }
+
+    /// The next page's instances not handed over before (possibly none); `None` once every
+    /// page was read.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<InstanceFacts>>, Error> {
+        loop {
+            if let Some((pages, subject)) = self.current.as_mut() {
+                match pages.next().await {
+                    Some(page) => {
+                        let page =
+                            page.map_err(|e| aws("DescribeInstances", subject.as_str(), e))?;
+                        let facts: Vec<InstanceFacts> = page
+                            .reservations()
+                            .iter()
+                            .flat_map(|r| r.instances())
+                            .filter_map(facts_of)
+                            .filter(|f| self.seen.insert(f.instance_id.clone()))
+                            .collect();
+                        return Ok(Some(facts));
+                    }
+                    None => self.current = None,
+                }
+            }
+            let Some(chunk) = self.chunks.next() else {
+                return Ok(None);
+            };
+            let mut request = self
+                .ec2
+                .describe_instances()
+                .set_filters(Some(self.filters.clone()))
+                .max_results(self.page_size);
+            let subject = match &chunk {
+                Some(chunk) => {
+                    request = request.filters(ec2_filter("instance-id", chunk.iter().cloned()));
+                    format!(
+                        "{} instances from {}",
+                        chunk.len(),
+                        chunk.first().map(String::as_str).unwrap_or("-")
+                    )
+                }
+                None => "the tagged fleet".to_string(),
+            };
+            self.current = Some((request.into_paginator().send(), subject));
+        }
+    }
+
+    /// Whether an instance of this id was handed over.
+    pub fn found(&self, instance_id: &str) -> bool {
+        self.seen.contains(instance_id)
+    }
 }
 
 /// The instances with these ids that still exist, by id, each described once (none asked: no

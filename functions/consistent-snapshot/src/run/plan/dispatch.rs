@@ -3,7 +3,7 @@
 //! sent to them) and which to leave alone (another VSS command is running there: VSS takes one
 //! shadow copy at a time, and an instance is not frozen twice).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
@@ -28,21 +28,27 @@ pub struct CommandPlan {
 
 /// Groups targets by the parameters they need (in a fixed order: the deployment's common case
 /// first) and cuts each group into commands of at most 50.
-pub fn plan_commands(targets: &[Target]) -> Vec<CommandPlan> {
+pub fn plan_commands(targets: Vec<Target>) -> Vec<CommandPlan> {
+    // The targets are moved, not copied: a dispatch of many thousand servers holds them once.
     let mut groups: BTreeMap<(bool, VssOptions), Vec<Target>> = BTreeMap::new();
     for target in targets {
         groups
             .entry((target.exclude_boot_volume, target.options))
             .or_default()
-            .push(target.clone());
+            .push(target);
     }
     let mut plans = Vec::new();
     for ((exclude_boot_volume, options), group) in groups {
-        for chunk in group.chunks(MAX_INSTANCES_PER_COMMAND) {
+        let mut group = group.into_iter();
+        loop {
+            let chunk: Vec<Target> = group.by_ref().take(MAX_INSTANCES_PER_COMMAND).collect();
+            if chunk.is_empty() {
+                break;
+            }
             plans.push(CommandPlan {
                 exclude_boot_volume,
                 options,
-                targets: chunk.to_vec(),
+                targets: chunk,
             });
         }
     }
@@ -151,13 +157,21 @@ pub struct DispatchPlan {
 
 /// Decides, for each target, whether to send, to track what this run already sent, or to
 /// leave the instance to the VSS command already running there.
-pub fn plan_dispatch(run_id: &str, targets: &[Target], history: &[PastCommand]) -> DispatchPlan {
+pub fn plan_dispatch(run_id: &str, targets: Vec<Target>, history: &[PastCommand]) -> DispatchPlan {
     let mut ours: Vec<&PastCommand> = history
         .iter()
         .filter(|c| c.run_id.as_deref() == Some(run_id))
         .collect();
     // The first command of the run to reach an instance is the one tracked.
     ours.sort_by(|a, b| (a.requested_at, &a.command_id).cmp(&(b.requested_at, &b.command_id)));
+    // Each instance's first command of the run, found by id: a takeover of a large run looks
+    // up thousands of instances among hundreds of commands.
+    let mut first: HashMap<&str, &PastCommand> = HashMap::new();
+    for command in &ours {
+        for id in &command.instance_ids {
+            first.entry(id.as_str()).or_insert(command);
+        }
+    }
     let mut plan = DispatchPlan {
         run_commands: ours
             .iter()
@@ -167,20 +181,16 @@ pub fn plan_dispatch(run_id: &str, targets: &[Target], history: &[PastCommand]) 
                 instances: c.instance_ids.len(),
             })
             .collect(),
-        run_instances: ours
-            .iter()
-            .flat_map(|c| c.instance_ids.iter().cloned())
-            .collect(),
+        run_instances: first.keys().map(|id| id.to_string()).collect(),
         ..DispatchPlan::default()
     };
-    for target in targets {
+    for mut target in targets {
         let id = target.instance_id.as_str();
-        if let Some(command) = ours.iter().find(|c| c.instance_ids.iter().any(|i| i == id)) {
+        if let Some(command) = first.get(id) {
             // What the command was sent with, not what the tags say now: the manifest records
             // whether its set can be application consistent.
-            let mut sent = target.clone();
-            sent.options.no_writers = command.no_writers;
-            plan.reuse.push((sent, command.command_id.clone()));
+            target.options.no_writers = command.no_writers;
+            plan.reuse.push((target, command.command_id.clone()));
             continue;
         }
         let running = history
@@ -188,14 +198,14 @@ pub fn plan_dispatch(run_id: &str, targets: &[Target], history: &[PastCommand]) 
             .filter(|c| c.run_id.as_deref() != Some(run_id) && c.busy_on(id))
             .min_by(|a, b| (a.requested_at, &a.command_id).cmp(&(b.requested_at, &b.command_id)));
         match running {
-            Some(other) => plan.busy.push((
-                target.clone(),
-                SkipReason::VssInProgress {
+            Some(other) => {
+                let reason = SkipReason::VssInProgress {
                     command_id: other.command_id.clone(),
                     run_id: other.run_id.clone(),
-                },
-            )),
-            None => plan.send.push(target.clone()),
+                };
+                plan.busy.push((target, reason));
+            }
+            None => plan.send.push(target),
         }
     }
     plan
@@ -342,13 +352,18 @@ impl RunStart {
 }
 
 pub fn dispatched(target: &Target, command_id: Option<&str>, reused: bool) -> Dispatched {
+    dispatched_from(target.clone(), command_id, reused)
+}
+
+/// As `dispatched`, moving the target's names and volumes rather than copying them.
+pub fn dispatched_from(target: Target, command_id: Option<&str>, reused: bool) -> Dispatched {
     Dispatched {
-        instance_id: target.instance_id.clone(),
-        name: target.name.clone(),
-        volumes: target.volumes.clone(),
+        instance_id: target.instance_id,
+        name: target.name,
+        volumes: target.volumes,
         command_id: command_id.map(str::to_string),
         reused,
-        cost_tags: target.cost_tags.clone(),
+        cost_tags: target.cost_tags,
         no_writers: target.options.no_writers,
     }
 }
@@ -515,7 +530,7 @@ mod tests {
     #[test]
     fn commands_hold_at_most_fifty_instances_of_one_parameter_set() {
         let targets: Vec<Target> = (0..120).map(|i| target(i, i % 4 == 0)).collect();
-        let plans = plan_commands(&targets);
+        let plans = plan_commands(targets.clone());
         assert!(plans
             .iter()
             .all(|p| !p.targets.is_empty() && p.targets.len() <= 50));
@@ -527,7 +542,7 @@ mod tests {
         assert_eq!(total, 120);
         // 90 keep the boot volume (2 commands), 30 exclude it (1 command).
         assert_eq!(plans.len(), 3);
-        assert!(plan_commands(&[]).is_empty());
+        assert!(plan_commands(Vec::new()).is_empty());
     }
 
     #[test]
@@ -552,7 +567,7 @@ mod tests {
             with(3, copy_only),
             with(4, VssOptions::default()),
         ];
-        let plans = plan_commands(&targets);
+        let plans = plan_commands(targets.clone());
         assert_eq!(plans.len(), 3, "{plans:#?}");
         assert!(plans
             .iter()
@@ -688,7 +703,7 @@ mod tests {
     #[test]
     fn with_no_history_every_target_is_sent() {
         let targets = [history_target(1), history_target(2)];
-        let plan = plan_dispatch("r1", &targets, &[]);
+        let plan = plan_dispatch("r1", targets.to_vec(), &[]);
         assert_eq!(plan.send, targets.to_vec());
         assert!(plan.reuse.is_empty() && plan.busy.is_empty() && plan.run_commands.is_empty());
     }
@@ -701,7 +716,7 @@ mod tests {
         ];
         let plan = plan_dispatch(
             "r1",
-            &[history_target(1), history_target(2), history_target(3)],
+            vec![history_target(1), history_target(2), history_target(3)],
             &history,
         );
         assert_eq!(plan.send, vec![history_target(3)]);
@@ -726,12 +741,12 @@ mod tests {
         sent.no_writers = true;
         let mut tagged_since = history_target(2);
         tagged_since.options.no_writers = false;
-        let plan = plan_dispatch("r1", &[history_target(1), tagged_since], &[sent]);
+        let plan = plan_dispatch("r1", vec![history_target(1), tagged_since], &[sent]);
         assert!(plan.reuse.iter().all(|(t, _)| t.options.no_writers));
         let plain = command("c-2", Some("r2"), 2, &[1]);
         let mut untagged_since = history_target(1);
         untagged_since.options.no_writers = true;
-        let plan = plan_dispatch("r2", &[untagged_since], &[plain]);
+        let plan = plan_dispatch("r2", vec![untagged_since], &[plain]);
         assert!(!plan.reuse[0].0.options.no_writers);
     }
 
@@ -742,7 +757,7 @@ mod tests {
         let mut manual = command("c-manual", None, 3, &[3]);
         let plan = plan_dispatch(
             "r1",
-            &[history_target(1), history_target(2), history_target(3)],
+            vec![history_target(1), history_target(2), history_target(3)],
             &[other, manual.clone()],
         );
         assert_eq!(plan.send, vec![history_target(2)]);
@@ -766,7 +781,7 @@ mod tests {
             ]
         );
         manual.finished = true;
-        let plan = plan_dispatch("r1", &[history_target(3)], &[manual]);
+        let plan = plan_dispatch("r1", vec![history_target(3)], &[manual]);
         assert_eq!(plan.send, vec![history_target(3)]);
     }
 
@@ -791,7 +806,7 @@ mod tests {
         busy.in_flight_on = Some([format!("i-{:08x}", 3)].into());
         let history = [history[0].clone(), busy];
         let targets = [history_target(1), history_target(2), history_target(3)];
-        let plan = plan_dispatch("r1", &targets, &history);
+        let plan = plan_dispatch("r1", targets.to_vec(), &history);
         let start = dry_run_start("r1", plan, vec![]);
         assert_eq!((start.status, start.dry_run), (StartStatus::DryRun, true));
         let sent: Vec<(&str, Option<&str>, bool)> = start
@@ -813,7 +828,7 @@ mod tests {
     #[test]
     fn a_claimed_run_tracks_what_it_sent_and_no_longer_skips_those_instances() {
         let history = [command("c-early", Some("r1"), 2, &[1])];
-        let plan = plan_dispatch("r1", &[history_target(2)], &history);
+        let plan = plan_dispatch("r1", vec![history_target(2)], &history);
         // i-00000001 is now stopped, so preflight skips it; but this run's command reached it.
         let skipped = vec![Skipped {
             instance_id: "i-00000001".into(),

@@ -27,9 +27,9 @@ use crate::model::tags::copy_regions_of;
 use crate::run::plan::claim::{self, Claim, DispatchMode};
 use crate::run::plan::cluster::{leave_out_secondaries, plan_clusters, ClusterPlan};
 use crate::run::plan::dispatch::{
-    claimed_start, command_parameters, dispatched, dry_run_start, history_since, in_flight_window,
-    instance_jobs, manifest, plan_commands, plan_dispatch, run_job, vss_documents, CommandPlan,
-    RunStart, StartStatus, INVALID_INSTANCE_CODE,
+    claimed_start, command_parameters, dispatched, dispatched_from, dry_run_start, history_since,
+    in_flight_window, instance_jobs, manifest, plan_commands, plan_dispatch, run_job,
+    vss_documents, CommandPlan, RunStart, StartStatus, INVALID_INSTANCE_CODE,
 };
 use crate::run::plan::preflight::preflight;
 use crate::run::step::tracking;
@@ -59,7 +59,9 @@ struct Preflight {
     copies: Vec<CopyTargets>,
 }
 
-/// Discovers the fleet (or the instances asked for) and preflights it. The copy regions are
+/// Discovers the fleet (or the instances asked for) and preflights it, a page of EC2's
+/// answer at a time: a page's descriptions are dropped once its instances are preflighted, so
+/// that a dispatch holds the fleet's targets, not its descriptions. The copy regions are
 /// decided here from the tags the dispatch read (and recorded with the run), so that the
 /// run's copy step need not read the fleet again; none without copy regions configured.
 async fn preflight_fleet(
@@ -67,14 +69,17 @@ async fn preflight_fleet(
     run_id: &str,
     ids: Option<&[String]>,
 ) -> Result<Preflight, Error> {
-    let instances = instances::discover(&app.aws.ec2, &app.config, ids).await?;
     let config = &app.config;
-    let copies = if config.copy_regions.is_empty() && config.copy_regions_allowed.is_empty() {
-        Vec::new()
-    } else {
-        instances
-            .iter()
-            .map(|i| {
+    let copying = !(config.copy_regions.is_empty() && config.copy_regions_allowed.is_empty());
+    let mut pages = instances::discover_pages(&app.aws.ec2, config, ids);
+    let mut targets: Vec<Target> = Vec::new();
+    let mut skipped: Vec<Skipped> = Vec::new();
+    let mut copies: Vec<CopyTargets> = Vec::new();
+    let mut tagged = 0usize;
+    while let Some(page) = pages.next_page().await? {
+        tagged += page.len();
+        if copying {
+            copies.extend(page.iter().map(|i| {
                 let regions = copy_regions_of(
                     &i.tags,
                     &config.copy_regions,
@@ -82,47 +87,45 @@ async fn preflight_fleet(
                     &config.region,
                 );
                 CopyTargets::new(&i.instance_id, regions)
-            })
-            .collect()
-    };
-    let mut skipped: Vec<Skipped> = Vec::new();
-    if let Some(ids) = ids {
-        for id in ids
-            .iter()
-            .filter(|id| !instances.iter().any(|i| &i.instance_id == *id))
-        {
-            skipped.push(Skipped {
-                instance_id: id.clone(),
-                name: id.clone(),
-                reason: SkipReason::NotTargeted,
-            });
+            }));
         }
-    }
-    // Ask SSM only about running instances: no other state can pass preflight. Platform is
-    // not filtered here, since SSM's PlatformType is one way Windows is recognised.
-    let candidates: Vec<String> = instances
-        .iter()
-        .filter(|i| i.state == InstanceState::Running)
-        .map(|i| i.instance_id.clone())
-        .collect();
-    let agents = commands::agents(&app.aws.ssm, &candidates).await?;
-    let mut targets: Vec<Target> = Vec::new();
-    for instance in &instances {
-        match preflight(instance, agents.get(&instance.instance_id), &app.config) {
-            Ok(target) => targets.push(target),
-            Err(reason) => {
-                info!(run_id, instance_id = %instance.instance_id, reason = %reason, "skipped");
-                skipped.push(Skipped {
-                    instance_id: instance.instance_id.clone(),
-                    name: instance.display_name().to_string(),
-                    reason,
-                });
+        // Ask SSM only about running instances: no other state can pass preflight. Platform
+        // is not filtered here, since SSM's PlatformType is one way Windows is recognised.
+        let candidates: Vec<String> = page
+            .iter()
+            .filter(|i| i.state == InstanceState::Running)
+            .map(|i| i.instance_id.clone())
+            .collect();
+        let agents = commands::agents(&app.aws.ssm, &candidates).await?;
+        for instance in page {
+            match preflight(&instance, agents.get(&instance.instance_id), config) {
+                Ok(target) => targets.push(target),
+                Err(reason) => {
+                    info!(run_id, instance_id = %instance.instance_id, reason = %reason, "skipped");
+                    skipped.push(Skipped {
+                        instance_id: instance.instance_id.clone(),
+                        name: instance.display_name().to_string(),
+                        reason,
+                    });
+                }
             }
         }
     }
+    // In instance id order, whatever order EC2's pages came in.
+    targets.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    skipped.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    copies.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    if let Some(ids) = ids {
+        let not_targeted = ids.iter().filter(|id| !pages.found(id)).map(|id| Skipped {
+            instance_id: id.clone(),
+            name: id.clone(),
+            reason: SkipReason::NotTargeted,
+        });
+        skipped.splice(0..0, not_targeted);
+    }
     info!(
         run_id,
-        tagged = instances.len(),
+        tagged,
         targets = targets.len(),
         skipped = skipped.len(),
         "preflight done"
@@ -148,7 +151,7 @@ pub async fn start_run(app: &App, request: &RunRequest) -> Result<RunStart, Erro
 
     if request.dry_run {
         let past = commands::read(&app.aws.ssm, &documents, since, run_id).await?;
-        let plan = plan_dispatch(run_id, &targets, &past);
+        let plan = plan_dispatch(run_id, targets, &past);
         info!(
             run_id,
             would_send = plan.send.len(),
@@ -346,7 +349,7 @@ async fn dispatch_claimed(
     } = dispatch;
     let run_id = request.run_id.as_str();
     let past = commands::read(&app.aws.ssm, documents, since, run_id).await?;
-    let plan = plan_dispatch(run_id, &targets, &past);
+    let plan = plan_dispatch(run_id, targets, &past);
     if !plan.reuse.is_empty() {
         info!(
             run_id,
@@ -455,7 +458,7 @@ async fn send_all(
         let mut again: Vec<Target> = Vec::new();
         let mut unknown = false;
         let mut last_error = None;
-        let mut queue: VecDeque<CommandPlan> = plan_commands(&targets).into();
+        let mut queue: VecDeque<CommandPlan> = plan_commands(std::mem::take(&mut targets)).into();
         while let Some(plan) = queue.pop_front() {
             let request = CommandRequest {
                 run_id: &run_id,
@@ -477,8 +480,8 @@ async fn send_all(
                     });
                     start.dispatched.extend(
                         plan.targets
-                            .iter()
-                            .map(|t| dispatched(t, Some(&command_id), false)),
+                            .into_iter()
+                            .map(|t| dispatched_from(t, Some(&command_id), false)),
                     );
                 }
                 Err(SendFailure::Refused(err))
@@ -527,7 +530,7 @@ async fn send_all(
             &run_id,
         )
         .await?;
-        let plan = plan_dispatch(&run_id, &again, &past);
+        let plan = plan_dispatch(&run_id, again, &past);
         for (target, command_id) in &plan.reuse {
             info!(run_id = %run_id, instance_id = %target.instance_id, command_id = %command_id, "unanswered command did reach the instance");
             start
