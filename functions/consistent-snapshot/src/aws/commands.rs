@@ -14,8 +14,8 @@ use crate::error::{is_throttling, Error};
 use crate::model::command::{
     comment, run_id_of_comment, FinalInvocation, Invocation, Look, PastCommand,
 };
-use crate::model::fleet::AgentFacts;
-use crate::model::state::CommandStatus;
+use crate::model::fleet::{AgentFacts, InstanceFacts};
+use crate::model::state::{CommandStatus, InstanceState};
 
 /// One SendCommand as planned: the instances and the document's parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,6 +347,21 @@ pub async fn look(
             }
         }
     }
+}
+
+/// SSM's view of the agents of the running ones of these instances: no other state can pass
+/// preflight or be reported ready. Platform is not filtered, since SSM's PlatformType is one
+/// way Windows is recognised.
+pub async fn running_agents(
+    ssm: &aws_sdk_ssm::Client,
+    instances: &[InstanceFacts],
+) -> Result<HashMap<String, AgentFacts>, Error> {
+    let running: Vec<String> = instances
+        .iter()
+        .filter(|i| i.state == InstanceState::Running)
+        .map(|i| i.instance_id.clone())
+        .collect();
+    agents(ssm, &running).await
 }
 
 /// SSM's view of the agents of these instances; an instance missing from the map is not

@@ -205,6 +205,11 @@ impl Period {
         })
     }
 
+    /// When the period ends: the next one's first instant in `zone`.
+    pub fn end(self, zone: Tz) -> Option<DateTime<Utc>> {
+        self.after(1)?.start(zone)
+    }
+
     /// When the period begins: its first day's first instant in `zone` (the first instant
     /// after midnight where a DST change skips it).
     pub fn start(self, zone: Tz) -> Option<DateTime<Utc>> {

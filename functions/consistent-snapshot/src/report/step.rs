@@ -38,12 +38,7 @@ use crate::run::plan::summary::RecordPage;
 pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
     let now = Utc::now();
     let fleet = instances::discover(&app.aws.ec2, &app.config, None).await?;
-    let running: Vec<String> = fleet
-        .iter()
-        .filter(|i| i.state == InstanceState::Running)
-        .map(|i| i.instance_id.clone())
-        .collect();
-    let agents = commands::agents(&app.aws.ssm, &running).await?;
+    let agents = commands::running_agents(&app.aws.ssm, &fleet).await?;
     let home = &app.config.region;
     let copy_regions: BTreeMap<String, Result<Vec<String>, String>> = fleet
         .iter()

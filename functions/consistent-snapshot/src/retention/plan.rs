@@ -498,7 +498,8 @@ fn decide_instance(
                 started_at,
                 deleted_after,
                 policy.archive_after_days,
-                (now, policy.zone),
+                now,
+                policy.zone,
             );
         if archive {
             reason = format!("{reason}; archived: only the monthly or yearly tier keeps it");
@@ -540,16 +541,16 @@ fn archive_due(
     started_at: DateTime<Utc>,
     deleted_after: Option<DateTime<Utc>>,
     after_days: Option<u32>,
-    (now, zone): (DateTime<Utc>, Tz),
+    now: DateTime<Utc>,
+    zone: Tz,
 ) -> bool {
     let Some(after_days) = after_days else {
         return false;
     };
     let open = |s: &Standing| {
         s.period
-            .and_then(|p| p.after(1))
-            .and_then(|next| next.start(zone))
-            .is_none_or(|ends| ends > now)
+            .and_then(|p| p.end(zone))
+            .is_none_or(|end| end > now)
     };
     !standing.is_empty()
         && standing

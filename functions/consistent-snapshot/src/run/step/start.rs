@@ -21,7 +21,6 @@ use crate::error::Error;
 use crate::jobs::{Envelope, Job, RunCommand, Skipped, Unsent, WatchJob};
 use crate::model::catalog::CopyTargets;
 use crate::model::fleet::{SkipReason, Target};
-use crate::model::state::InstanceState;
 use crate::model::stop_time;
 use crate::model::tags::copy_regions_of;
 use crate::run::plan::claim::{self, Claim, DispatchMode};
@@ -89,14 +88,7 @@ async fn preflight_fleet(
                 CopyTargets::new(&i.instance_id, regions)
             }));
         }
-        // Ask SSM only about running instances: no other state can pass preflight. Platform
-        // is not filtered here, since SSM's PlatformType is one way Windows is recognised.
-        let candidates: Vec<String> = page
-            .iter()
-            .filter(|i| i.state == InstanceState::Running)
-            .map(|i| i.instance_id.clone())
-            .collect();
-        let agents = commands::agents(&app.aws.ssm, &candidates).await?;
+        let agents = commands::running_agents(&app.aws.ssm, &page).await?;
         for instance in page {
             match preflight(&instance, agents.get(&instance.instance_id), config) {
                 Ok(target) => targets.push(target),
