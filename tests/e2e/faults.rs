@@ -201,7 +201,7 @@ async fn a_refused_deletion_is_named_and_counted_and_the_retention_job_ends() {
     );
     assert_eq!(refused, 1, "one try, no retry of a permanent refusal");
     // The job ends after its one pass: a permanent refusal is not a reason for another.
-    let passes = world.logs.messages_starting("retention planned");
+    let passes = world.logs.messages_starting("retention pass done");
     assert_eq!(passes.len(), 1, "one retention pass: {passes:#?}");
     // The night's other messages (tracking, copies, watches) depend on the machine's speed
     // (7 here; more polls on a loaded one): bounded, not counted exactly.

@@ -121,3 +121,301 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["SnapshotsDeleted"], json!(1800));
 }
+
+/// The deployment's snapshots in `region` as (snapshot id, run id) pairs, by the catalog's
+/// records of `instance` (not by tags, which this test rewrites).
+async fn recorded_of(emulator: &Emulator, instance: &str, region: &str) -> BTreeSet<String> {
+    let (sets, copies) = emulator.catalog().sets_of(instance).await.expect("catalog");
+    sets.iter()
+        .filter(|s| s.region == region)
+        .flat_map(|s| s.snapshots.iter().map(|x| x.snapshot_id.clone()))
+        .chain(
+            copies
+                .iter()
+                .filter(|c| c.region == region)
+                .map(|c| c.snapshot_id.clone()),
+        )
+        .collect()
+}
+
+/// Every snapshot id of the account in `region`.
+async fn existing(emulator: &Emulator, region: &str) -> BTreeSet<String> {
+    harness::own_snapshots(emulator, region)
+        .await
+        .expect("DescribeSnapshots")
+        .iter()
+        .filter_map(|s| s.snapshot_id().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn retention_a_part_of_the_fleet_at_a_time_deletes_exactly_and_a_rewritten_tag_hides_nothing()
+{
+    const COPY: &str = "us-west-2";
+    let world = World::start(1).await.expect("world");
+    let (emulator, logs) = (&world.emulator, &world.logs);
+    // 12 servers × 5 nightly sets × 1 volume, each copied to us-west-2: 10 recorded snapshots
+    // a server, so with parts of at most 4 snapshots every server is a part of its own.
+    let ids = seed_bulk(emulator, 12, 12, 0).await.expect("seed");
+    let made = emulator
+        .seed_history(&History {
+            copy_region: Some(COPY.into()),
+            ..History::nightly("us-east-1", &ids, 5)
+        })
+        .await
+        .expect("history");
+    assert_eq!(made, 120, "60 snapshots and their 60 copies");
+    let runs: BTreeSet<String> = managed(emulator)
+        .await
+        .into_iter()
+        .map(|(run, _)| run)
+        .collect();
+    let (oldest, newest) = (
+        runs.iter().next().cloned().expect("runs"),
+        runs.iter().next_back().cloned().expect("runs"),
+    );
+    let of_run = |instance: &str, run: &str| {
+        let (instance, run) = (instance.to_string(), run.to_string());
+        async move {
+            let (sets, _) = emulator
+                .catalog()
+                .sets_of(&instance)
+                .await
+                .expect("catalog");
+            sets.into_iter()
+                .find(|s| s.run_id == run)
+                .map(|s| s.snapshots[0].snapshot_id.clone())
+                .expect("a recorded set")
+        }
+    };
+    // Someone rewrites the oldest set of server 0 as server 11's (another part), and strips
+    // the deployment's tags from the newest set of server 5: neither may change what
+    // retention does with them.
+    let moved = of_run(&ids[0], &oldest).await;
+    let stripped = of_run(&ids[5], &newest).await;
+    let ec2 = emulator.ec2();
+    ec2.create_tags()
+        .resources(&moved)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("ConsistentSnapshot:InstanceId")
+                .value(&ids[11])
+                .build(),
+        )
+        .send()
+        .await
+        .expect("CreateTags");
+    ec2.delete_tags()
+        .resources(&stripped)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("ConsistentSnapshot:ManagedBy")
+                .build(),
+        )
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("ConsistentSnapshot:InstanceId")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DeleteTags");
+    // And two snapshots nobody recorded carry the deployment's tag: one claims a recorded
+    // server, one a server the catalog never heard of.
+    let volume = harness::attached_volumes(emulator, &ids[3])
+        .await
+        .expect("volumes")
+        .into_iter()
+        .next()
+        .map(|(v, _)| v)
+        .expect("a volume");
+    let mut foreign = Vec::new();
+    for claims in [ids[3].as_str(), "i-0123456789abcdef0"] {
+        foreign.push(
+            harness::plant_snapshot(
+                emulator,
+                &volume,
+                &[
+                    ("ConsistentSnapshot:ManagedBy", MANAGED_BY),
+                    ("ConsistentSnapshot:InstanceId", claims),
+                    ("ConsistentSnapshot:RunId", &oldest),
+                    ("AppConsistent", "True"),
+                ],
+            )
+            .await
+            .expect("CreateSnapshot"),
+        );
+    }
+    let metrics = Metrics::default();
+    let app = metrics.attach(
+        world
+            .app(&[
+                ("RETAIN_COUNT", "2"),
+                ("COPY_REGIONS", COPY),
+                ("RETENTION_PART_SNAPSHOTS", "4"),
+            ])
+            .expect("app"),
+    );
+    let home_before = existing(emulator, "us-east-1").await;
+    let copy_before = existing(emulator, COPY).await;
+
+    // The dry run plans every server once, the moved and stripped snapshots as recorded.
+    let dry = world
+        .invoke(&app, json!({"action": "retention", "dry_run": true}))
+        .await
+        .expect("dry run");
+    let plans = dry["plans"]
+        .as_array()
+        .expect("whole plans under 2,000 sets");
+    assert_eq!(plans.len(), 2, "{dry}");
+    for plan in plans {
+        let instances = plan["instances"].as_object().expect("instances");
+        assert_eq!(instances.len(), 12, "every server, once: {plan}");
+        for (id, sets) in instances {
+            let deleting: Vec<&str> = sets
+                .as_array()
+                .expect("sets")
+                .iter()
+                .filter(|s| s["action"] == "delete")
+                .filter_map(|s| s["run_id"].as_str())
+                .collect();
+            assert_eq!(deleting.len(), 3, "{id}: the 3 oldest of 5 sets: {sets}");
+        }
+    }
+    assert_eq!(
+        logs.messages_starting("retention: part planned and applied")
+            .len(),
+        12,
+        "one part a server"
+    );
+    assert_eq!(
+        existing(emulator, "us-east-1").await,
+        home_before,
+        "a dry run deletes nothing"
+    );
+
+    let answer = world
+        .invoke(&app, json!({"action": "retention"}))
+        .await
+        .expect("retention");
+    assert_eq!(
+        answer["deleted"].as_array().map(Vec::len),
+        Some(72),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["deleted_outside"],
+        json!(null),
+        "nothing deleted outside: {answer}"
+    );
+    assert_eq!(answer["instances_left"], json!(null), "{answer}");
+    // Exactly the 3 oldest sets of every server are gone, at home and in the copy region.
+    let home_after = existing(emulator, "us-east-1").await;
+    let copy_after = existing(emulator, COPY).await;
+    for id in &ids {
+        assert_eq!(
+            recorded_of(emulator, id, "us-east-1").await.len(),
+            2,
+            "{id}"
+        );
+        assert_eq!(recorded_of(emulator, id, COPY).await.len(), 2, "{id}");
+    }
+    assert_eq!(home_before.len() - home_after.len(), 36);
+    assert_eq!(copy_before.len() - copy_after.len(), 36);
+    assert!(
+        !home_after.contains(&moved),
+        "server 0's oldest set is deleted, its tag moved or not"
+    );
+    assert!(
+        home_after.contains(&stripped),
+        "server 5's newest set is kept without its tags"
+    );
+    assert!(
+        recorded_of(emulator, &ids[5], "us-east-1")
+            .await
+            .contains(&stripped),
+        "and still recorded: not forgotten as deleted by someone else"
+    );
+    for f in &foreign {
+        assert!(
+            home_after.contains(f),
+            "a foreign snapshot is never deleted"
+        );
+    }
+    // The two foreign snapshots are counted by both passes (the dry run emits no metrics).
+    let counted: Vec<u64> = metrics
+        .of("retention", None)
+        .iter()
+        .filter_map(|l| l["ForeignSnapshots"].as_u64())
+        .collect();
+    assert_eq!(counted, vec![2, 2], "{:?}", metrics.lines());
+}
+
+#[tokio::test]
+async fn a_run_s_retention_out_of_time_between_parts_goes_on_after_the_last_part_it_finished() {
+    let world = World::start(2).await.expect("world");
+    let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
+    // 16 servers × 4 sets, RETAIN_COUNT 2, parts of one server each; every DescribeSnapshots
+    // takes 1.5 s, so a part takes at least that and a pass of 12 s cannot plan them all.
+    let ids = seed_bulk(emulator, 16, 16, 0).await.expect("seed");
+    emulator
+        .seed_history(&History {
+            managed_by: MANAGED_BY.into(),
+            ..History::nightly("us-east-1", &ids, 4)
+        })
+        .await
+        .expect("history");
+    let runs: BTreeSet<String> = managed(emulator)
+        .await
+        .into_iter()
+        .map(|(run, _)| run)
+        .collect();
+    let metrics = Metrics::default();
+    let chaos = Chaos::new(
+        emulator,
+        queue,
+        &[("RETAIN_COUNT", "2"), ("RETENTION_PART_SNAPSHOTS", "1")],
+        ChaosOptions::calm(1),
+    )
+    .expect("chaos")
+    .with_metrics(&metrics)
+    .with_timeout(Duration::from_secs(12));
+    chaos
+        .proxy
+        .set_latency_of("ec2:DescribeSnapshots", Duration::from_millis(1500));
+    let newest = runs.iter().max().cloned().expect("a run");
+    emulator
+        .sqs()
+        .send_message()
+        .queue_url(queue)
+        .message_body(Envelope::new(Job::Retention(RetentionJob::first(&newest))).to_body())
+        .send()
+        .await
+        .expect("SendMessage");
+    let drained = chaos
+        .drain(10, Duration::from_secs(300))
+        .await
+        .expect("drain");
+    assert_eq!(drained.failures, 0, "no pass ran out of time: {drained:?}");
+    assert!(
+        drained.invocations >= 2,
+        "16 parts in one pass of 12 s: {drained:?}"
+    );
+    // Every server's part was planned once: a pass goes on after the last part finished.
+    let planned: usize = logs
+        .messages_starting("retention: part planned and applied")
+        .len();
+    assert_eq!(
+        planned, 16,
+        "each part once over {} passes",
+        drained.invocations
+    );
+    let left = managed(emulator).await;
+    for id in &ids {
+        let sets = left.iter().filter(|(_, instance)| instance == id).count();
+        assert_eq!(sets, 2, "{id}: its 2 newest sets");
+    }
+    let lines = metrics.of("retention", Some(&newest));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["SnapshotsDeleted"], json!(32));
+}

@@ -156,6 +156,10 @@ pub struct Config {
     pub snapshot_completion_timeout_seconds: u32,
     /// Page size of DescribeInstances (5–1000).
     pub describe_page_size: i32,
+    /// The most recorded snapshots retention plans at once (`RETENTION_PART_SNAPSHOTS`): a
+    /// part of the fleet is read, planned and applied before the next, so a pass's memory is
+    /// bounded by a part, not by the inventory.
+    pub retention_part_snapshots: usize,
     /// The region the function runs in (and the fleet lives in).
     pub region: String,
     /// What the home region keeps of each instance: the newest `daily` consistent sets
@@ -370,6 +374,8 @@ impl Config {
                 1_209_600,
             ),
             describe_page_size: s.number("DESCRIBE_PAGE_SIZE", "1000", 5, 1000) as i32,
+            retention_part_snapshots: s.number("RETENTION_PART_SNAPSHOTS", "10000", 1, 100_000)
+                as usize,
             region,
             retain: home,
             schedule_zone,

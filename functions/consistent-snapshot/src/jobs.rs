@@ -352,6 +352,14 @@ pub struct RetentionJob {
     /// DeleteSnapshot budget there was spent): this pass waits for the budget to refill.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub throttled: bool,
+    /// The pass before planned and applied the fleet's parts up to this instance (in id
+    /// order) and ran out of time: this pass begins after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_after: Option<String>,
+    /// Snapshots deleted by someone else were looked for up to this instance: this pass looks
+    /// only after it (one in the Recycle Bin stays recorded, and would be counted again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_through: Option<String>,
 }
 
 impl RetentionJob {
@@ -365,6 +373,8 @@ impl RetentionJob {
             locked_before: 0,
             deleted_outside_before: None,
             throttled: false,
+            resume_after: None,
+            missing_through: None,
         }
     }
 }

@@ -33,6 +33,7 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use chrono::{DateTime, Duration, Utc};
+use futures_util::stream::{self, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{info, warn};
@@ -41,8 +42,8 @@ use crate::aws::{aws, code_of, each_page, SdkConfig};
 use crate::error::Error;
 use crate::jobs::{RestoreJob, RunJob};
 use crate::model::catalog::{
-    CatalogIndex, CopyRecord, CopyTargets, HeldRecord, InstanceReport, ManifestEntry, SetRecord,
-    TransitRecord, VaultRecord,
+    CatalogIndex, CopyRecord, CopyTargets, HeldRecord, InstanceReport, ManifestEntry, Recorded,
+    SetRecord, TransitRecord, VaultRecord,
 };
 use crate::model::cost::{CostCount, InstanceCost, Pair};
 use crate::model::markers::{
@@ -100,6 +101,8 @@ const COST_SUMMARY: &str = "cost-summary";
 const KEEP_COST_DAYS: i64 = 400;
 /// BatchWriteItem takes at most 25 requests; unprocessed ones are sent again this many times.
 const BATCH: usize = 25;
+/// Instances whose records `index_of` reads at once.
+const INDEX_QUERIES: usize = 8;
 const BATCH_ROUNDS: u32 = 5;
 /// How long the volumes a restore created or detached stay recorded: a rollback or a
 /// clean-up within this time finds them.
@@ -1176,6 +1179,52 @@ impl Catalog {
             Scanned::Targets(..) => {}
         })
         .await?;
+        Ok(index)
+    }
+
+    /// What the catalog records, as ids only (`Recorded`), in one scan.
+    pub async fn recorded(&self) -> Result<Recorded, Error> {
+        let mut recorded = Recorded::default();
+        self.scan_kinds(false, |scanned, _| match scanned {
+            Scanned::Set(set) => recorded.add_set(&set),
+            Scanned::Copy(copy) => recorded.add_copy(&copy),
+            Scanned::Targets(..) => {}
+        })
+        .await?;
+        recorded.finish();
+        Ok(recorded)
+    }
+
+    /// What the catalog vouches for of these instances only: each one's sets and copies, read
+    /// by its own key, `INDEX_QUERIES` instances at a time.
+    pub async fn index_of(&self, instance_ids: &[String]) -> Result<CatalogIndex, Error> {
+        let mut index = CatalogIndex::default();
+        let mut answers =
+            stream::iter(instance_ids.iter().map(|id| async move {
+                self.query(set_pk(id), "", &format!("sets of {id}")).await
+            }))
+            .buffered(INDEX_QUERIES);
+        while let Some(items) = answers.next().await {
+            for item in items? {
+                let kind = item
+                    .get(KIND)
+                    .and_then(|k| k.as_s().ok())
+                    .map(String::as_str);
+                match kind {
+                    Some(SET) => {
+                        if let Some(set) = body_of::<SetRecord>(&item) {
+                            index.add_set_in_tiers(&set, tiers_of(&item));
+                        }
+                    }
+                    Some(COPY) => {
+                        if let Some(copy) = body_of::<CopyRecord>(&item) {
+                            index.add_copy_in_tiers(&copy, tiers_of(&item));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
         Ok(index)
     }
 

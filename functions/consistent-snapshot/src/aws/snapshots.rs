@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::model::snapshot::{
     LockMode, SnapshotFacts, SnapshotInfo, SnapshotLock, TagInterner, TierStatus,
 };
-use crate::model::tags::{TAG_MANAGED_BY, TAG_RUN_ID};
+use crate::model::tags::{TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_RUN_ID};
 
 /// Reads an SDK snapshot into plain facts.
 fn facts_of(snapshot: &Snapshot) -> Option<SnapshotFacts> {
@@ -49,7 +49,8 @@ pub async fn own_tagged<T>(
     subject: &str,
     keep: impl FnMut(SnapshotFacts) -> Option<T>,
 ) -> Result<Vec<T>, Error> {
-    own_tagged_into(ec2, (key, value), volume_ids, subject, Vec::new(), keep).await
+    let also = volume_ids.map(|ids| ("volume-id".to_string(), ids));
+    own_tagged_into(ec2, (key, value), also, subject, Vec::new(), keep).await
 }
 
 /// `own_tagged`, into `found` (made with the capacity the caller expects to need: a list of
@@ -57,7 +58,7 @@ pub async fn own_tagged<T>(
 async fn own_tagged_into<T>(
     ec2: &aws_sdk_ec2::Client,
     (key, value): (&str, &str),
-    volume_ids: Option<Vec<String>>,
+    also: Option<(String, Vec<String>)>,
     subject: &str,
     mut found: Vec<T>,
     mut keep: impl FnMut(SnapshotFacts) -> Option<T>,
@@ -66,8 +67,8 @@ async fn own_tagged_into<T>(
         .describe_snapshots()
         .owner_ids("self")
         .filters(ec2_filter(&format!("tag:{key}"), [value]));
-    if let Some(ids) = volume_ids {
-        request = request.filters(ec2_filter("volume-id", ids));
+    if let Some((name, values)) = also {
+        request = request.filters(ec2_filter(&name, values));
     }
     let pages = request.max_results(1000).into_paginator().send();
     each_page(pages, "DescribeSnapshots", subject, |page| {
@@ -90,7 +91,7 @@ pub async fn by_ids(
     subject: &str,
 ) -> Result<Vec<SnapshotFacts>, Error> {
     let mut found = Vec::new();
-    for chunk in ids.chunks(200) {
+    for chunk in ids.chunks(FILTER_VALUES) {
         let pages = ec2
             .describe_snapshots()
             .owner_ids("self")
@@ -210,6 +211,38 @@ pub async fn managed(
     )
     .await
 }
+
+/// `managed`, of these instances only as the snapshots' `ConsistentSnapshot:InstanceId` tag
+/// names them (`FILTER_VALUES` at a time): the part of the fleet retention plans at once. A
+/// tag is a hint here, not a decision: `admit` still decides, and what the catalog records of
+/// these instances and the tag no longer names is read by id (`by_ids`) by the caller.
+pub async fn managed_of(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    managed_by: &str,
+    instance_ids: &[String],
+    mut admit: impl FnMut(SnapshotFacts) -> Option<SnapshotFacts>,
+) -> Result<Vec<SnapshotInfo>, Error> {
+    let subject = format!("{managed_by} in {region}");
+    let mut interner = TagInterner::default();
+    let mut found = Vec::new();
+    for chunk in instance_ids.chunks(FILTER_VALUES) {
+        let also = Some((format!("tag:{TAG_INSTANCE_ID}"), chunk.to_vec()));
+        found = own_tagged_into(
+            ec2,
+            (TAG_MANAGED_BY, managed_by),
+            also,
+            &subject,
+            found,
+            |s| SnapshotInfo::from_facts(admit(s)?, &mut interner),
+        )
+        .await?;
+    }
+    Ok(found)
+}
+
+/// The most values EC2 takes in one filter.
+pub const FILTER_VALUES: usize = 200;
 
 /// Writes these tags on one snapshot; `subject` names it in an error.
 pub async fn tag(

@@ -606,6 +606,127 @@ impl CatalogIndex {
     }
 }
 
+/// What the catalog records, in the least memory, for retention to plan a part of the fleet at
+/// a time: each region's recorded snapshot ids (an id of EC2's form in 16 bytes, sorted), and
+/// how many snapshots each instance has recorded (its sets and its copies, in every region).
+/// A million recorded snapshots take some 16 MiB here, where the whole `CatalogIndex` of them
+/// would not fit a function of 64 MiB.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    by_region: HashMap<String, RecordedIds>,
+    instances: BTreeMap<String, usize>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct RecordedIds {
+    packed: Vec<u128>,
+    other: HashSet<String>,
+}
+
+impl Recorded {
+    /// A recorded set's snapshots, in its region.
+    pub fn add_set(&mut self, set: &SetRecord) {
+        self.add(
+            &set.instance_id,
+            &set.region,
+            set.snapshots.iter().map(|s| s.snapshot_id.as_str()),
+        );
+    }
+
+    /// A recorded copy, in its region.
+    pub fn add_copy(&mut self, copy: &CopyRecord) {
+        self.add(
+            &copy.instance_id,
+            &copy.region,
+            std::iter::once(copy.snapshot_id.as_str()),
+        );
+    }
+
+    fn add<'a>(&mut self, instance_id: &str, region: &str, ids: impl Iterator<Item = &'a str>) {
+        if !self.by_region.contains_key(region) {
+            self.by_region
+                .insert(region.to_string(), RecordedIds::default());
+        }
+        let Some(recorded) = self.by_region.get_mut(region) else {
+            return;
+        };
+        let mut added = 0;
+        for id in ids {
+            match packed_id(id) {
+                Some(key) => recorded.packed.push(key),
+                None => {
+                    recorded.other.insert(id.to_string());
+                }
+            }
+            added += 1;
+        }
+        match self.instances.get_mut(instance_id) {
+            Some(count) => *count += added,
+            None => {
+                self.instances.insert(instance_id.to_string(), added);
+            }
+        }
+    }
+
+    /// Sorts the ids for `contains`: once every record is added.
+    pub fn finish(&mut self) {
+        for recorded in self.by_region.values_mut() {
+            recorded.packed.sort_unstable();
+            recorded.packed.dedup();
+            recorded.packed.shrink_to_fit();
+        }
+    }
+
+    /// Whether the catalog records `snapshot_id` in `region` (after `finish`).
+    pub fn contains(&self, region: &str, snapshot_id: &str) -> bool {
+        let Some(recorded) = self.by_region.get(region) else {
+            return false;
+        };
+        match packed_id(snapshot_id) {
+            Some(key) => recorded.packed.binary_search(&key).is_ok(),
+            None => recorded.other.contains(snapshot_id),
+        }
+    }
+
+    /// The instances with recorded snapshots, in id order, with how many each has.
+    pub fn instances(&self) -> &BTreeMap<String, usize> {
+        &self.instances
+    }
+
+    /// The instances in parts planned one at a time, in id order: a part holds at most
+    /// `max_instances` instances and, unless one instance alone has more, at most
+    /// `max_snapshots` recorded snapshots. Only instances after `after` (a pass resumed), and
+    /// only those `only` names when given.
+    pub fn parts(
+        &self,
+        (max_snapshots, max_instances): (usize, usize),
+        after: Option<&str>,
+        only: Option<&[String]>,
+    ) -> Vec<Vec<String>> {
+        let mut parts: Vec<Vec<String>> = Vec::new();
+        let mut current: Vec<String> = Vec::new();
+        let mut snapshots = 0usize;
+        let wanted = self.instances.iter().filter(|(id, _)| {
+            after.is_none_or(|after| id.as_str() > after)
+                && only.is_none_or(|only| only.iter().any(|o| o == *id))
+        });
+        for (id, count) in wanted {
+            let full = current.len() >= max_instances.max(1)
+                || (!current.is_empty() && snapshots + count > max_snapshots);
+            if full {
+                parts.push(std::mem::take(&mut current));
+                snapshots = 0;
+            }
+            current.push(id.clone());
+            snapshots += count;
+        }
+        if !current.is_empty() {
+            parts.push(current);
+        }
+        parts
+    }
+}
+
 /// Admits a snapshot EC2 listed (owner self) in `region` when the catalog vouches for it and
 /// EC2 still reports it as recorded; its decision tags (instance, run, deployment,
 /// consistency, source) are then the catalog's, whatever the snapshot's own tags say.
@@ -730,6 +851,82 @@ fn is_id(word: &str, prefix: &str) -> bool {
 mod tests {
     use super::*;
     use crate::model::state::SnapshotState;
+
+    #[test]
+    fn recorded_ids_answer_by_region_and_parts_follow_the_snapshot_budget() {
+        let mut recorded = Recorded::default();
+        let mut add = |instance: &str, region: &str, ids: &[&str]| {
+            let mut record = set(true);
+            record.instance_id = instance.into();
+            record.region = region.into();
+            record.snapshots = ids
+                .iter()
+                .map(|id| RecordedSnapshot {
+                    snapshot_id: id.to_string(),
+                    volume_id: "vol-1".into(),
+                    device: "/dev/sda1".into(),
+                    start_time: t(5),
+                })
+                .collect();
+            recorded.add_set(&record);
+        };
+        add("i-1", "eu-west-1", &["snap-0a", "snap-03"]);
+        add("i-2", "eu-west-1", &["snap-0b", "snap-odd-form"]);
+        add("i-3", "eu-west-1", &["snap-0c"; 6]);
+        add("i-4", "eu-west-1", &["snap-0d"]);
+        recorded.add_copy(&CopyRecord {
+            run_id: "r1".into(),
+            instance_id: "i-5".into(),
+            region: "us-east-1".into(),
+            source_snapshot_id: "snap-0a".into(),
+            snapshot_id: "snap-0e".into(),
+            started_at: t(10),
+            consistent: true,
+            file_system: false,
+            imported: false,
+            set_size: 1,
+            seen_final: None,
+            device: None,
+        });
+        recorded.finish();
+        assert!(recorded.contains("eu-west-1", "snap-0a"));
+        assert!(recorded.contains("eu-west-1", "snap-odd-form"));
+        assert!(
+            !recorded.contains("eu-west-1", "snap-a"),
+            "snap-a is not snap-0a"
+        );
+        assert!(
+            !recorded.contains("us-east-1", "snap-0a"),
+            "recorded in its own region only"
+        );
+        assert!(recorded.contains("us-east-1", "snap-0e"));
+        assert_eq!(recorded.instances().get("i-3"), Some(&6));
+        // At most 4 snapshots a part: i-3 alone is more, and takes a part of its own.
+        let parts = recorded.parts((4, 200), None, None);
+        fn names(parts: &[Vec<String>]) -> Vec<Vec<&str>> {
+            parts
+                .iter()
+                .map(|p| p.iter().map(String::as_str).collect())
+                .collect()
+        }
+        assert_eq!(
+            names(&parts),
+            vec![vec!["i-1", "i-2"], vec!["i-3"], vec!["i-4", "i-5"]]
+        );
+        assert_eq!(
+            names(&recorded.parts((100, 2), None, None)),
+            vec![vec!["i-1", "i-2"], vec!["i-3", "i-4"], vec!["i-5"]]
+        );
+        assert_eq!(
+            names(&recorded.parts((4, 200), Some("i-2"), None)),
+            vec![vec!["i-3"], vec!["i-4", "i-5"]]
+        );
+        let only = ["i-5".to_string(), "i-1".to_string()];
+        assert_eq!(
+            names(&recorded.parts((4, 200), None, Some(&only))),
+            vec![vec!["i-1", "i-5"]]
+        );
+    }
 
     fn t(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap_or_default()

@@ -863,7 +863,25 @@ fn is_zero_count(n: &usize) -> bool {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RetentionOutcome {
     pub dry_run: bool,
+    /// The plans of every part of the fleet planned, merged by region (`absorb`): whole while
+    /// they hold at most `ANSWER_SETS` sets, then only their first sets to delete.
     pub plans: Vec<RegionPlan>,
+    /// Each region's counts over every part planned.
+    #[serde(skip)]
+    tallies: Vec<RegionTally>,
+    /// `plans` no longer holds every set (see `absorb`).
+    #[serde(skip)]
+    trimmed: bool,
+    /// Instances not planned by this pass: its time ran out first. The next pass begins after
+    /// `planned_through`.
+    #[serde(skip_serializing_if = "is_zero_count")]
+    pub instances_left: usize,
+    #[serde(skip)]
+    pub planned_through: Option<String>,
+    /// The last instance whose part this pass (or an earlier one) looked for snapshots
+    /// deleted by someone else: a later pass of the same retention looks only after it.
+    #[serde(skip)]
+    pub missing_through: Option<String>,
     /// `region/snapshot`: deleted now.
     pub deleted: Vec<String>,
     /// Planned for deletion but kept, with why (an AMI uses it, …).
@@ -939,14 +957,27 @@ pub fn next_pass(job: &RetentionJob, outcome: &RetentionOutcome) -> Option<Reten
     let retry = outcome.unfinished == 0
         && outcome.transient_failures > 0
         && job.retries < RETENTION_RETRIES;
-    let left = outcome.unfinished + outcome.locks_left;
-    let stalled = if left > 0 && outcome.deleted.is_empty() && outcome.locks_laid.is_empty() {
-        job.stalled + 1
-    } else {
-        0
-    };
+    let left = outcome.unfinished + outcome.locks_left + outcome.instances_left;
+    let advanced = outcome.planned_through.is_some() && outcome.planned_through != job.resume_after;
+    let stalled =
+        if left > 0 && outcome.deleted.is_empty() && outcome.locks_laid.is_empty() && !advanced {
+            job.stalled + 1
+        } else {
+            0
+        };
     let go_on = left > 0 && stalled < RETENTION_STALLED_PASSES;
+    // Work left goes on after the last part this pass finished; a retry of failures begins
+    // again at the first part.
+    let resume_after = if go_on {
+        outcome.planned_through.clone()
+    } else {
+        None
+    };
+    let missing_through =
+        std::cmp::max(job.missing_through.clone(), outcome.missing_through.clone());
     (go_on || retry).then(|| RetentionJob {
+        resume_after,
+        missing_through,
         deleted_before: job.deleted_before + outcome.deleted.len(),
         locked_before: job.locked_before + outcome.locks_laid.len(),
         deleted_outside_before: Some(
@@ -978,38 +1009,113 @@ pub fn region_policy(config: &Config, home: bool) -> Policy {
     }
 }
 
+/// One region's counts over every part of the fleet retention planned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct RegionTally {
+    region: String,
+    instances: usize,
+    sets: usize,
+    sets_to_delete: usize,
+    locks_to_lay: usize,
+    snapshots_to_delete: usize,
+    unattributed: usize,
+}
+
 impl RetentionOutcome {
+    pub fn new(dry_run: bool) -> Self {
+        RetentionOutcome {
+            dry_run,
+            ..RetentionOutcome::default()
+        }
+    }
+
+    /// Takes in the plans of one part of the fleet (applied or not): counted per region, and
+    /// merged into `plans` while these hold at most `keep_sets` sets. Past that, `plans` keeps
+    /// only the first `keep_sets` sets to delete (what an answer lists) and the counts say the
+    /// rest, so that a pass over a million snapshots holds one part's plans at a time.
+    pub fn absorb(&mut self, plans: Vec<RegionPlan>, keep_sets: usize) {
+        for mut plan in plans {
+            let tally = match self.tallies.iter_mut().find(|t| t.region == plan.region) {
+                Some(tally) => tally,
+                None => {
+                    self.tallies.push(RegionTally {
+                        region: plan.region.clone(),
+                        ..RegionTally::default()
+                    });
+                    let last = self.tallies.len() - 1;
+                    &mut self.tallies[last]
+                }
+            };
+            tally.instances += plan.instances.len();
+            tally.sets += plan.instances.values().map(Vec::len).sum::<usize>();
+            tally.sets_to_delete += plan.deletions().count();
+            tally.locks_to_lay += plan
+                .locks
+                .iter()
+                .map(|c| c.snapshot_ids.len())
+                .sum::<usize>();
+            tally.snapshots_to_delete += plan.snapshots_to_delete();
+            tally.unattributed += plan.unattributed.len();
+            plan.missing = Vec::new();
+            match self.plans.iter_mut().find(|p| p.region == plan.region) {
+                Some(merged) => {
+                    merged.instances.append(&mut plan.instances);
+                    merged.unattributed.append(&mut plan.unattributed);
+                    merged.locks.append(&mut plan.locks);
+                }
+                None => self.plans.push(plan),
+            }
+        }
+        if self.trimmed || self.sets() > keep_sets {
+            self.trim(keep_sets);
+        }
+    }
+
+    /// Keeps of `plans` only their first `keep_sets` sets to delete.
+    fn trim(&mut self, keep_sets: usize) {
+        self.trimmed = true;
+        let mut left = keep_sets;
+        for plan in &mut self.plans {
+            plan.locks = Vec::new();
+            plan.unattributed = Vec::new();
+            plan.instances.retain(|_, sets| {
+                sets.retain(|s| s.action == Action::Delete);
+                sets.truncate(left);
+                left -= sets.len();
+                !sets.is_empty()
+            });
+        }
+    }
+
+    /// Sets planned, over every part.
     fn sets(&self) -> usize {
-        self.plans
-            .iter()
-            .map(|p| p.instances.values().map(Vec::len).sum::<usize>())
-            .sum()
+        self.tallies.iter().map(|t| t.sets).sum()
     }
 
     /// The outcome as JSON: the whole plan when it has at most `max_sets` sets; above that,
     /// each region's counts, the first `max_sets` sets to delete and the first `max_sets`
     /// snapshots of each list, with how many were left out.
     pub fn to_bounded_json(&self, max_sets: usize) -> Value {
-        if self.sets() <= max_sets {
+        if !self.trimmed && self.sets() <= max_sets {
             return serde_json::to_value(self)
                 .unwrap_or_else(|e| json!({ "error": e.to_string() }));
         }
         let regions: Vec<Value> = self
-            .plans
+            .tallies
             .iter()
-            .map(|p| {
+            .map(|t| {
                 json!({
-                    "region": p.region,
-                    "instances": p.instances.len(),
-                    "sets": p.instances.values().map(Vec::len).sum::<usize>(),
-                    "sets_to_delete": p.deletions().count(),
-                    "locks_to_lay": p.locks.iter().map(|c| c.snapshot_ids.len()).sum::<usize>(),
-                    "snapshots_to_delete": p.snapshots_to_delete(),
-                    "unattributed": p.unattributed.len(),
+                    "region": t.region,
+                    "instances": t.instances,
+                    "sets": t.sets,
+                    "sets_to_delete": t.sets_to_delete,
+                    "locks_to_lay": t.locks_to_lay,
+                    "snapshots_to_delete": t.snapshots_to_delete,
+                    "unattributed": t.unattributed,
                 })
             })
             .collect();
-        let to_delete: usize = self.plans.iter().map(|p| p.deletions().count()).sum();
+        let to_delete: usize = self.tallies.iter().map(|t| t.sets_to_delete).sum();
         let deletions: Vec<Value> = self
             .plans
             .iter()
@@ -1050,6 +1156,7 @@ impl RetentionOutcome {
             "deleted_outside_count": self.deleted_outside.len(),
             "deleted_outside": first(&self.deleted_outside),
             "unfinished": self.unfinished,
+            "instances_left": self.instances_left,
         })
     }
 
@@ -1077,12 +1184,20 @@ impl RetentionOutcome {
     }
 
     pub fn summary_line(&self) -> String {
-        let planned: usize = self.plans.iter().map(RegionPlan::snapshots_to_delete).sum();
+        let planned: usize = self.tallies.iter().map(|t| t.snapshots_to_delete).sum();
         let sets = self.sets();
+        let regions = self.tallies.len();
+        let not_planned = if self.instances_left > 0 {
+            format!(
+                "; {} instance(s) not planned (time ran out)",
+                self.instances_left
+            )
+        } else {
+            String::new()
+        };
         if self.dry_run {
             return format!(
-                "retention (dry run): {sets} sets in {} region(s), {planned} snapshots would be deleted",
-                self.plans.len()
+                "retention (dry run): {sets} sets in {regions} region(s), {planned} snapshots would be deleted{not_planned}"
             );
         }
         let unreadable = if self.regions_unreadable.is_empty() {
@@ -1130,8 +1245,7 @@ impl RetentionOutcome {
             None => "0 failed".to_string(),
         };
         format!(
-            "retention: {sets} sets in {} region(s), {} snapshots deleted{held}, {} kept although planned, {failed}, {} left for the next pass{unreadable}",
-            self.plans.len(),
+            "retention: {sets} sets in {regions} region(s), {} snapshots deleted{held}, {} kept although planned, {failed}, {} left for the next pass{not_planned}{unreadable}",
             self.deleted_before + self.deleted.len(),
             self.kept.len(),
             self.unfinished
@@ -1198,6 +1312,38 @@ mod tests {
             assert_eq!(retry.retries, n);
         }
         assert_eq!(next_pass(&retry, &pass(0, 0, 2)), None);
+    }
+
+    #[test]
+    fn a_pass_out_of_time_before_its_last_part_is_followed_by_one_that_begins_after_it() {
+        let job = RetentionJob::first("r");
+        // Planned through i-05 (nothing to delete there), 40 servers not planned yet.
+        let planning = |through: Option<&str>, missing: Option<&str>| RetentionOutcome {
+            instances_left: 40,
+            planned_through: through.map(str::to_string),
+            missing_through: missing.map(str::to_string),
+            ..RetentionOutcome::default()
+        };
+        let second = next_pass(&job, &planning(Some("i-05"), Some("i-05"))).expect("goes on");
+        assert_eq!(second.resume_after.as_deref(), Some("i-05"));
+        assert_eq!(second.missing_through.as_deref(), Some("i-05"));
+        assert_eq!(second.stalled, 0, "planning further is progress");
+        // A pass that could not finish even its first part did not advance: stalled.
+        let third = next_pass(&second, &planning(Some("i-05"), Some("i-05"))).expect("goes on");
+        assert_eq!(
+            (third.resume_after.as_deref(), third.stalled),
+            (Some("i-05"), 1)
+        );
+        // Where missing snapshots were looked for is never moved back.
+        let fourth = next_pass(&third, &planning(Some("i-09"), None)).expect("goes on");
+        assert_eq!(fourth.missing_through.as_deref(), Some("i-05"));
+        assert_eq!(fourth.stalled, 0);
+        // A retry of failures begins at the first part again.
+        let mut failed = planning(Some("i-99"), None);
+        failed.instances_left = 0;
+        failed.transient_failures = 2;
+        let retry = next_pass(&fourth, &failed).expect("a retry");
+        assert_eq!(retry.resume_after, None);
     }
 
     #[test]
@@ -1874,14 +2020,71 @@ mod tests {
             locks: vec![],
             missing: vec![],
         };
-        RetentionOutcome {
+        let mut outcome = RetentionOutcome {
             deleted: plan
                 .deletions()
                 .flat_map(|(_, s)| s.snapshots.iter().map(|id| format!("us-east-1/{id}")))
                 .collect(),
-            plans: vec![plan],
             ..RetentionOutcome::default()
+        };
+        outcome.absorb(vec![plan], ANSWER_SETS);
+        outcome
+    }
+
+    #[test]
+    fn parts_absorbed_past_the_answer_keep_their_counts_and_only_the_first_deletions() {
+        // Three parts of 100 instances × 4 sets (2 to delete each), kept to 50 sets.
+        let mut whole = RetentionOutcome::default();
+        for part in 0..3 {
+            let mut plan = outcome(100, 4).plans.remove(0);
+            plan.instances = std::mem::take(&mut plan.instances)
+                .into_iter()
+                .map(|(id, sets)| (format!("{id}-{part}"), sets))
+                .collect();
+            whole.absorb(vec![plan], 50);
         }
+        let kept: usize = whole
+            .plans
+            .iter()
+            .map(|p| p.instances.values().map(Vec::len).sum::<usize>())
+            .sum();
+        assert_eq!(kept, 50, "only the first deletions are held");
+        assert!(whole.plans.iter().all(|p| p
+            .instances
+            .values()
+            .flatten()
+            .all(|s| s.action == Action::Delete)));
+        let answer = whole.to_bounded_json(50);
+        assert_eq!(answer["plan_summary"][0]["instances"], json!(300));
+        assert_eq!(answer["plan_summary"][0]["sets"], json!(1200));
+        assert_eq!(answer["plan_summary"][0]["sets_to_delete"], json!(600));
+        assert_eq!(answer["deletions"].as_array().map(Vec::len), Some(50));
+        assert_eq!(answer["deletions_not_listed"], json!(550));
+        assert!(
+            whole.summary_line().contains("1200 sets in 1 region(s)"),
+            "{}",
+            whole.summary_line()
+        );
+        // Below the bound, parts merge whole, and the answer is the merged plan.
+        let mut small = RetentionOutcome::default();
+        small.absorb(outcome(2, 3).plans, ANSWER_SETS);
+        small.absorb(
+            outcome(1, 3)
+                .plans
+                .into_iter()
+                .map(|mut p| {
+                    p.instances = std::mem::take(&mut p.instances)
+                        .into_iter()
+                        .map(|(id, s)| (format!("{id}-b"), s))
+                        .collect();
+                    p
+                })
+                .collect(),
+            ANSWER_SETS,
+        );
+        assert_eq!(small.plans.len(), 1);
+        assert_eq!(small.plans[0].instances.len(), 3);
+        assert!(small.to_bounded_json(ANSWER_SETS).get("plans").is_some());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Retention against AWS: read this deployment's snapshots, the AMIs and the instances of
-//! every region it uses, plan with `retention::plan::plan`, and delete what the plan says,
-//! logging each deletion with its reason. At the end of every run, and on demand.
+//! every region it uses, plan with `retention::plan::plan` a part of the fleet at a time, and
+//! delete what the plan says, logging each deletion with its reason. At the end of every run,
+//! and on demand.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -11,17 +12,17 @@ use tracing::{error, info, warn};
 use crate::app::{dispatched_run, emit_metrics, requeue, App};
 use crate::aws::catalog::{CopyKey, RunMarkerStore};
 use crate::aws::instances;
-use crate::aws::snapshots::{self, Archival, Deletion};
+use crate::aws::snapshots::{self, Archival, Deletion, FILTER_VALUES};
 use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
 use crate::jobs::{Job, RetentionJob, RETENTION_STALLED_PASSES};
-use crate::model::catalog::{admit, CatalogIndex, Missing};
+use crate::model::catalog::{admit, CatalogIndex, Missing, Recorded};
 use crate::model::fleet::InstanceFacts;
 use crate::model::pace::Pace;
-use crate::model::snapshot::{SnapshotFacts, SnapshotInfo};
+use crate::model::snapshot::{SnapshotFacts, SnapshotInfo, TagInterner};
 use crate::model::state::SnapshotState;
 use crate::model::stop_time;
-use crate::model::tags::{TAG_INSTANCE_ID, TAG_SOURCE_SNAPSHOT, TAG_TIERS};
+use crate::model::tags::{TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_SOURCE_SNAPSHOT, TAG_TIERS};
 use crate::model::tiers::{Tier, TierChange};
 use crate::retention::plan::{
     hold_locked, instance_state, locks_due, next_pass, note_locks, plan, region_policy,
@@ -101,42 +102,237 @@ pub async fn vouched_snapshots(
     Ok((snapshots, foreign))
 }
 
-/// Plans retention in every region, over the snapshots the catalog vouches for (and EC2
-/// confirms); every other snapshot carrying this deployment's tag is foreign: logged,
-/// counted, never deleted.
+/// Which parts of a pass look for snapshots deleted by someone else (`report_missing`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MissingLook {
+    Everywhere,
+    /// Only after this instance: an earlier pass of the same retention looked up to it.
+    After(String),
+    Nowhere,
+}
+
+/// One retention pass, as asked.
+#[derive(Debug, Clone)]
+pub struct Pass<'a> {
+    pub dry_run: bool,
+    /// A dry run of these instances only.
+    pub only: Option<&'a [String]>,
+    /// Begin after this instance, in id order (a run's retention resumed).
+    pub resume_after: Option<String>,
+    pub missing: MissingLook,
+}
+
+/// What a pass reads once, before its parts: the regions, which of them could not be read
+/// (`region (AWS code)`), and the AMIs using each region's snapshots.
+struct Survey {
+    regions: Vec<String>,
+    unreadable: BTreeMap<String, String>,
+    images: HashMap<String, BTreeMap<String, Vec<String>>>,
+}
+
+/// One retention pass over every region: the regions surveyed once (their AMIs, their foreign
+/// snapshots), then the fleet a part at a time, each part planned over the snapshots the
+/// catalog vouches for and EC2 confirms, and applied (`Applying`) before the next part is read.
+/// Every snapshot carrying this deployment's tag that the catalog does not vouch for is
+/// foreign: logged, counted, never deleted.
 /// A region that cannot be read is left as it is and named, with its AWS code, in
-/// `unreadable`; the other regions are planned as usual, but a home snapshot with a copy
+/// `regions_unreadable`; the other regions are planned as usual, but a home snapshot with a copy
 /// recorded in an unreadable region is kept (that copy may still be being made from it).
-pub async fn plan_retention(app: &App) -> Result<(Vec<RegionPlan>, Vec<String>), Error> {
+/// Parts stop at `stop_at`: the instances not planned are counted in `instances_left`, and a
+/// run's next pass begins after `planned_through`.
+pub async fn retention_pass(
+    app: &App,
+    pass: Pass<'_>,
+    stop_at: DateTime<Utc>,
+) -> Result<RetentionOutcome, Error> {
     let now = Utc::now();
     let started = std::time::Instant::now();
     let (regions, fleet) = retention_regions(app).await?;
-    let index = app.aws.catalog.index().await?;
-    let indexed_ms = started.elapsed().as_millis();
-    let mut per_region: Vec<(String, Vec<SnapshotInfo>)> = Vec::new();
-    let mut missing: BTreeMap<String, Vec<Missing>> = BTreeMap::new();
+    let fleet: HashMap<String, InstanceFacts> = fleet
+        .into_iter()
+        .map(|f| (f.instance_id.clone(), f))
+        .collect();
+    let recorded = app.aws.catalog.recorded().await?;
+    let catalog_ms = started.elapsed().as_millis();
+    let mut survey = Survey {
+        regions,
+        unreadable: BTreeMap::new(),
+        images: HashMap::new(),
+    };
     let mut foreign = 0usize;
-    let mut unreadable: Vec<String> = Vec::new();
-    // A source snapshot with a copy still pending anywhere is kept, and so is one with a copy
-    // in a region that cannot be read.
-    let mut copying: BTreeMap<String, usize> = BTreeMap::new();
-    for region in &regions {
-        match region_snapshots(app, region, &index).await {
-            Ok((snapshots, foreign_here)) => {
+    for region in &survey.regions {
+        match survey_region(app, region, &recorded).await {
+            Ok((images, foreign_here)) => {
                 foreign += foreign_here;
-                let listed: HashSet<&str> =
-                    snapshots.iter().map(|s| s.snapshot_id.as_str()).collect();
-                let gone = index.missing_in(region, &listed, MAX_MISSING);
-                drop(listed);
-                if !gone.is_empty() {
-                    missing.insert(region.clone(), gone);
-                }
-                per_region.push((region.clone(), snapshots));
+                survey.images.insert(region.clone(), images);
             }
             Err(err) => {
                 let code = err.aws_code().unwrap_or("Unknown").to_string();
                 warn!(region = %region, code = %code, error = %err, "region not readable: retention leaves it as it is");
-                unreadable.push(format!("{region} ({code})"));
+                survey.unreadable.insert(region.clone(), code);
+            }
+        }
+    }
+    let parts = recorded.parts(
+        (app.config.retention_part_snapshots, FILTER_VALUES),
+        pass.resume_after.as_deref(),
+        pass.only,
+    );
+    drop(recorded);
+    let instances_total: usize = parts.iter().map(Vec::len).sum();
+    let mut applying = Applying::new(pass.dry_run, stop_at);
+    applying.outcome.planned_through = pass.resume_after.clone();
+    let mut planned = 0usize;
+    let mut whole_so_far = true;
+    // A part is begun only while twice the longest planning of one so far fits.
+    let mut pace = Pace::until(stop_at);
+    for (n, part) in parts.iter().enumerate() {
+        // At least one part a pass: every pass makes progress.
+        let began = Utc::now();
+        if n > 0 && (!pace.fits(began) || (!pass.dry_run && !whole_so_far)) {
+            break;
+        }
+        let look = !pass.dry_run
+            && match &pass.missing {
+                MissingLook::Everywhere => true,
+                MissingLook::After(after) => part.first().is_some_and(|first| first > after),
+                MissingLook::Nowhere => false,
+            };
+        let planned_part = plan_part(app, part, &survey, &fleet, now, look).await?;
+        pace.took(began, Utc::now());
+        foreign += planned_part.foreign;
+        for region in planned_part.unreadable {
+            if !applying.outcome.regions_unreadable.contains(&region) {
+                applying.outcome.regions_unreadable.push(region);
+            }
+        }
+        let left_before = applying.left();
+        applying.apply(app, planned_part.plans).await;
+        planned += part.len();
+        if look {
+            applying.outcome.missing_through = part.last().cloned();
+        }
+        whole_so_far = whole_so_far && applying.left() == left_before;
+        if whole_so_far {
+            applying.outcome.planned_through = part.last().cloned();
+        }
+        info!(
+            part = n + 1,
+            parts = parts.len(),
+            instances = part.len(),
+            planned,
+            of = instances_total,
+            "retention: part planned and applied"
+        );
+    }
+    for (region, code) in &survey.unreadable {
+        let named = format!("{region} ({code})");
+        if !applying.outcome.regions_unreadable.contains(&named) {
+            applying.outcome.regions_unreadable.push(named);
+        }
+    }
+    applying.outcome.instances_left = instances_total - planned;
+    if foreign > 0 {
+        emit_metrics(
+            app,
+            &[("ForeignSnapshots", foreign)],
+            &[("Event", "retention")],
+        );
+    }
+    info!(
+        regions = survey.regions.len(),
+        parts = parts.len(),
+        instances = planned,
+        instances_left = applying.outcome.instances_left,
+        foreign,
+        catalog_ms,
+        total_ms = started.elapsed().as_millis(),
+        "retention pass done"
+    );
+    Ok(applying.outcome)
+}
+
+/// A region read once a pass: the AMIs that use its snapshots, and the snapshots carrying this
+/// deployment's tag that the catalog records nowhere in it (foreign: each logged, the first
+/// `MAX_FOREIGN`, and counted). The listing is read a page at a time and nothing of it is kept.
+async fn survey_region(
+    app: &App,
+    region: &str,
+    recorded: &Recorded,
+) -> Result<(BTreeMap<String, Vec<String>>, usize), Error> {
+    let ec2 = app.aws.ec2_in(region);
+    let managed_by = app.config.managed_by.as_str();
+    let mut foreign = 0usize;
+    snapshots::own_tagged(
+        &ec2,
+        (TAG_MANAGED_BY, managed_by),
+        None,
+        &format!("{managed_by} in {region}"),
+        |facts| {
+            if !recorded.contains(region, &facts.snapshot_id) {
+                if foreign < MAX_FOREIGN {
+                    warn!(region = %region, snapshot_id = %facts.snapshot_id, claims_instance = facts.tags.get(TAG_INSTANCE_ID).map(String::as_str).unwrap_or(""), why = "not in the catalog", "foreign snapshot: carries this deployment's tag, not recorded; never deleted, copied or restored");
+                }
+                foreign += 1;
+            }
+            None::<()>
+        },
+    )
+    .await?;
+    let images = snapshots::used_by_images(&ec2, region).await?;
+    Ok((images, foreign))
+}
+
+/// One part of the fleet, planned in every region.
+struct PlannedPart {
+    plans: Vec<RegionPlan>,
+    /// Recorded snapshots of the part that EC2 reports otherwise than recorded.
+    foreign: usize,
+    /// Regions not readable for this part (`region (AWS code)`).
+    unreadable: Vec<String>,
+}
+
+/// Plans one part of the fleet (`part`, instance ids) in every region: what the catalog
+/// records of these instances (read by their keys), the snapshots EC2 lists of them, and the
+/// instances as EC2 describes them. With `look_for_missing`, what the catalog records and EC2
+/// no longer has goes in each plan's `missing`.
+async fn plan_part(
+    app: &App,
+    part: &[String],
+    survey: &Survey,
+    fleet: &HashMap<String, InstanceFacts>,
+    now: DateTime<Utc>,
+    look_for_missing: bool,
+) -> Result<PlannedPart, Error> {
+    let index = app.aws.catalog.index_of(part).await?;
+    let mut per_region: Vec<(String, Vec<SnapshotInfo>)> = Vec::new();
+    let mut missing: BTreeMap<String, Vec<Missing>> = BTreeMap::new();
+    let mut foreign = 0usize;
+    let mut unreadable = Vec::new();
+    // A source snapshot with a copy still pending anywhere is kept, and so is one with a copy
+    // in a region that cannot be read.
+    let mut copying: BTreeMap<String, usize> = BTreeMap::new();
+    for region in &survey.regions {
+        let read = match survey.unreadable.get(region) {
+            Some(code) => Err(code.clone()),
+            None => part_snapshots(app, region, part, &index, survey.images.get(region))
+                .await
+                .map_err(|err| {
+                    let code = err.aws_code().unwrap_or("Unknown").to_string();
+                    warn!(region = %region, code = %code, error = %err, instances = part.len(), "region not readable for a part of the fleet: retention leaves it as it is");
+                    unreadable.push(format!("{region} ({code})"));
+                    code
+                }),
+        };
+        match read {
+            Ok((snapshots, gone, foreign_here)) => {
+                foreign += foreign_here;
+                if look_for_missing && !gone.is_empty() {
+                    missing.insert(region.clone(), gone);
+                }
+                per_region.push((region.clone(), snapshots));
+            }
+            Err(_) => {
                 if *region != app.config.region {
                     for source in index.sources_copied_to(region) {
                         *copying.entry(source.to_string()).or_default() += 1;
@@ -145,6 +341,7 @@ pub async fn plan_retention(app: &App) -> Result<(Vec<RegionPlan>, Vec<String>),
             }
         }
     }
+    drop(index);
     let home_read = per_region
         .first()
         .is_some_and(|(region, _)| *region == app.config.region);
@@ -170,23 +367,20 @@ pub async fn plan_retention(app: &App) -> Result<(Vec<RegionPlan>, Vec<String>),
         .flat_map(|(_, snapshots)| snapshots.iter())
         .filter_map(|s| s.tags.get(TAG_INSTANCE_ID).map(str::to_string))
         .collect();
-    // The index has done its work (admitting): its memory goes before the plans take theirs.
-    drop(index);
-    // The tagged fleet was read for the regions: only the servers with snapshots that are not
-    // in it (untagged since, terminated) are described by id.
-    let asked: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
-    let facts = instances::by_id_from_fleet(&app.aws.ec2, &app.config, Some(fleet), &asked).await?;
+    // The tagged fleet was read once for the pass: only the servers with snapshots that are
+    // not in it (untagged since, terminated) are described by id.
+    let others = instances::by_id(
+        &app.aws.ec2,
+        &app.config,
+        ids.iter()
+            .map(String::as_str)
+            .filter(|id| !fleet.contains_key(*id)),
+    )
+    .await?;
     let target = (
         app.config.target_tag_key.as_str(),
         app.config.target_tag_value.as_str(),
     );
-    if foreign > 0 {
-        emit_metrics(
-            app,
-            &[("ForeignSnapshots", foreign)],
-            &[("Event", "retention")],
-        );
-    }
     let mut plans = Vec::new();
     // Each region's snapshots are dropped once its plan is made.
     for (region, snapshots) in per_region {
@@ -200,7 +394,8 @@ pub async fn plan_retention(app: &App) -> Result<(Vec<RegionPlan>, Vec<String>),
         let instances = ids
             .iter()
             .map(|id| {
-                let state = instance_state(facts.get(id), target, policy.retain, overrides);
+                let facts = fleet.get(id).or_else(|| others.get(id));
+                let state = instance_state(facts, target, policy.retain, overrides);
                 (id.clone(), state)
             })
             .collect();
@@ -210,14 +405,11 @@ pub async fn plan_retention(app: &App) -> Result<(Vec<RegionPlan>, Vec<String>),
         read_locks(app, &mut region_plan, now).await;
         plans.push(region_plan);
     }
-    info!(
-        regions = regions.len(),
+    Ok(PlannedPart {
+        plans,
         foreign,
-        catalog_ms = indexed_ms,
-        total_ms = started.elapsed().as_millis(),
-        "retention planned"
-    );
-    Ok((plans, unreadable))
+        unreadable,
+    })
 }
 
 /// Rule 7 at the edge: reads the locks EC2 reports on what `plan` would delete and keeps the
@@ -405,48 +597,149 @@ async fn report_missing(app: &App, plan: &RegionPlan, outcome: &mut RetentionOut
     }
 }
 
-/// One region's snapshots that the catalog vouches for, with the AMIs that use them, and how
-/// many foreign ones were met.
-async fn region_snapshots(
+/// One part's snapshots in `region` that the catalog vouches for (its imported sets left
+/// out: retention never decides on them), with the AMIs that use them; the part's recorded
+/// snapshots EC2 no longer has (at most `MAX_MISSING`); and how many of the part's recorded
+/// snapshots EC2 reports otherwise than recorded (foreign, each logged).
+/// The snapshots are listed by their instance tag; a recorded one the listing did not find
+/// (its tags rewritten or removed by someone else) is read by its id: a tag must not hide a
+/// backup from retention, nor make the catalog forget it.
+async fn part_snapshots(
     app: &App,
     region: &str,
+    part: &[String],
     index: &CatalogIndex,
-) -> Result<(Vec<SnapshotInfo>, usize), Error> {
+    images: Option<&BTreeMap<String, Vec<String>>>,
+) -> Result<(Vec<SnapshotInfo>, Vec<Missing>, usize), Error> {
     let ec2 = app.aws.ec2_in(region);
-    let (mut snapshots, foreign) = vouched_snapshots(app, region, index, true).await?;
-    let images = snapshots::used_by_images(&ec2, region).await?;
-    for s in &mut snapshots {
-        s.used_by_images = images
-            .get(&s.snapshot_id)
-            .map(|ids| ids.clone().into_boxed_slice())
-            .unwrap_or_default();
+    let managed_by = app.config.managed_by.as_str();
+    let mut foreign = 0usize;
+    let mut admit_here = |facts: SnapshotFacts| {
+        // Not recorded for this part: another part's, or foreign (counted by the survey).
+        let vouched = index.get(region, &facts.snapshot_id)?;
+        if vouched.imported {
+            return None;
+        }
+        match admit(facts, region, index, managed_by) {
+            Ok(admitted) => Some(admitted),
+            Err(f) => {
+                if foreign < MAX_FOREIGN {
+                    warn!(region = %region, snapshot_id = %f.snapshot_id, claims_instance = f.claims_instance.as_deref().unwrap_or(""), why = %f.why, "foreign snapshot: carries this deployment's tag, not recorded; never deleted, copied or restored");
+                }
+                foreign += 1;
+                None
+            }
+        }
+    };
+    let mut snapshots =
+        snapshots::managed_of(&ec2, region, managed_by, part, &mut admit_here).await?;
+    let listed: HashSet<&str> = snapshots.iter().map(|s| s.snapshot_id.as_str()).collect();
+    let unlisted = index.missing_in(region, &listed, usize::MAX);
+    drop(listed);
+    let mut gone = Vec::new();
+    if !unlisted.is_empty() {
+        let ids: Vec<String> = unlisted.iter().map(|m| m.snapshot_id.clone()).collect();
+        let subject = format!(
+            "recorded snapshots of {} instance(s) in {region}",
+            part.len()
+        );
+        let found = snapshots::by_ids(&ec2, &ids, &subject).await?;
+        let found_ids: HashSet<String> = found.iter().map(|f| f.snapshot_id.clone()).collect();
+        let mut interner = TagInterner::default();
+        for facts in found {
+            info!(region = %region, snapshot_id = %facts.snapshot_id, "recorded snapshot not listed under its instance's tag (rewritten or removed): read by its id");
+            if let Some(info) =
+                admit_here(facts).and_then(|a| SnapshotInfo::from_facts(a, &mut interner))
+            {
+                snapshots.push(info);
+            }
+        }
+        gone = unlisted
+            .into_iter()
+            .filter(|m| !found_ids.contains(&m.snapshot_id))
+            .take(MAX_MISSING)
+            .collect();
     }
-    Ok((snapshots, foreign))
+    if let Some(images) = images {
+        for s in &mut snapshots {
+            s.used_by_images = images
+                .get(&s.snapshot_id)
+                .map(|ids| ids.clone().into_boxed_slice())
+                .unwrap_or_default();
+        }
+    }
+    Ok((snapshots, gone, foreign))
 }
 
-/// Deletes what the plans say, one snapshot at a time, each logged with its reason.
-///
-/// Deletions stop at `stop_at`: those left are counted in `unfinished`, for the next pass
-/// (deleting is slow at scale: EC2 allows about 5 DeleteSnapshot calls a second).
-pub async fn apply_retention(
-    app: &App,
-    plans: Vec<RegionPlan>,
-    dry_run: bool,
+/// A pass's applying, part after part: what it did so far, and the pace and time its
+/// deletions and locks share.
+struct Applying {
+    outcome: RetentionOutcome,
+    /// Deletions and locks tried by the pass.
+    tried: usize,
+    pace: Pace,
     stop_at: DateTime<Utc>,
-) -> RetentionOutcome {
-    let mut outcome = RetentionOutcome {
-        dry_run,
-        ..RetentionOutcome::default()
-    };
-    let mut tried = 0usize;
-    let mut pace = Pace::until(stop_at);
-    for plan in &plans {
+    /// Archive operations started by the pass, per region (`ARCHIVE_PER_PASS`).
+    archiving: HashMap<String, usize>,
+}
+
+impl Applying {
+    fn new(dry_run: bool, stop_at: DateTime<Utc>) -> Self {
+        Applying {
+            outcome: RetentionOutcome::new(dry_run),
+            tried: 0,
+            pace: Pace::until(stop_at),
+            stop_at,
+            archiving: HashMap::new(),
+        }
+    }
+
+    /// Deletions and locks left for the next pass so far.
+    fn left(&self) -> usize {
+        self.outcome.unfinished + self.outcome.locks_left
+    }
+
+    /// Deletes what one part's plans say, one snapshot at a time, each logged with its reason.
+    ///
+    /// Deletions stop at `stop_at`: those left are counted in `unfinished`, for the next pass
+    /// (deleting is slow at scale: EC2 allows about 5 DeleteSnapshot calls a second).
+    async fn apply(&mut self, app: &App, plans: Vec<RegionPlan>) {
+        let Applying {
+            outcome,
+            tried,
+            pace,
+            stop_at,
+            archiving,
+        } = self;
+        let (dry_run, stop_at) = (outcome.dry_run, *stop_at);
+        apply_plans(
+            app,
+            &plans,
+            (dry_run, stop_at),
+            (pace, tried),
+            archiving,
+            outcome,
+        )
+        .await;
+        outcome.absorb(plans, ANSWER_SETS);
+    }
+}
+
+async fn apply_plans(
+    app: &App,
+    plans: &[RegionPlan],
+    (dry_run, stop_at): (bool, DateTime<Utc>),
+    (pace, tried): (&mut Pace, &mut usize),
+    archiving: &mut HashMap<String, usize>,
+    outcome: &mut RetentionOutcome,
+) {
+    for plan in plans {
         let ec2 = app.aws.ec2_in(&plan.region);
         let home = plan.region == app.config.region;
         if !dry_run {
-            report_missing(app, plan, &mut outcome).await;
+            report_missing(app, plan, outcome).await;
             // What is kept is locked before anything is deleted: protection first.
-            lay_locks(app, plan, (&mut pace, &mut tried), stop_at, &mut outcome).await;
+            lay_locks(app, plan, (&mut *pace, &mut *tried), stop_at, outcome).await;
         }
         let deleted_from = outcome.deleted.len();
         // EC2 throttled a deletion here (its retries spent): the rest waits for the next pass,
@@ -469,11 +762,11 @@ pub async fn apply_retention(
                 }
                 // At least one deletion a pass, however short: every pass makes progress.
                 let began = Utc::now();
-                if throttled || (tried > 0 && !pace.fits(began)) {
+                if throttled || (*tried > 0 && !pace.fits(began)) {
                     outcome.unfinished += 1;
                     continue;
                 }
-                tried += 1;
+                *tried += 1;
                 let subject = format!("{snapshot_id} of {instance_id} in {}", plan.region);
                 let deletion = snapshots::delete(&ec2, snapshot_id, &subject).await;
                 pace.took(began, Utc::now());
@@ -546,7 +839,7 @@ pub async fn apply_retention(
             }
         }
         if !dry_run {
-            binned(app, &plan.region, &mut outcome, deleted_from).await;
+            binned(app, &plan.region, outcome, deleted_from).await;
             let home = plan.region == app.config.region;
             let changes = tier_changes(plan, region_policy(&app.config, home).retain, home);
             if !changes.is_empty() {
@@ -559,7 +852,8 @@ pub async fn apply_retention(
                 outcome.tiers_labelled += labelled;
                 outcome.unfinished += left;
             }
-            archive_sets(app, plan, stop_at, &mut outcome).await;
+            let started = archiving.entry(plan.region.clone()).or_default();
+            archive_sets(app, plan, (stop_at, started), outcome).await;
         }
         for (instance_id, sets) in &plan.instances {
             for set in sets.iter().filter(|s| s.action == Action::Keep) {
@@ -578,8 +872,6 @@ pub async fn apply_retention(
             }
         }
     }
-    outcome.plans = plans;
-    outcome
 }
 
 /// Brings each kept set's tiers up to date where they changed (`tier_changes`), `LABEL_CHUNK`
@@ -633,7 +925,7 @@ async fn label_tiers(
 async fn archive_sets(
     app: &App,
     plan: &RegionPlan,
-    stop_at: DateTime<Utc>,
+    (stop_at, started): (DateTime<Utc>, &mut usize),
     outcome: &mut RetentionOutcome,
 ) {
     let wanted: Vec<(&str, &SetDecision)> = plan
@@ -649,17 +941,16 @@ async fn archive_sets(
         return;
     }
     let ec2 = app.aws.ec2_in(&plan.region);
-    let mut started = 0usize;
     for (instance_id, set) in wanted {
         for snapshot_id in &set.snapshots {
-            if started >= ARCHIVE_PER_PASS || Utc::now() >= stop_at {
+            if *started >= ARCHIVE_PER_PASS || Utc::now() >= stop_at {
                 info!(region = %plan.region, started, "archiving goes on in the next retention");
                 return;
             }
             let subject = format!("{snapshot_id} of {instance_id} in {}", plan.region);
             match snapshots::archive(&ec2, snapshot_id, &subject).await {
                 Archival::Started => {
-                    started += 1;
+                    *started += 1;
                     info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, reason = %set.reason, "snapshot moved to the archive tier");
                     outcome
                         .archived
@@ -671,7 +962,7 @@ async fn archive_sets(
                     return;
                 }
                 Archival::Failed(err) => {
-                    started += 1;
+                    *started += 1;
                     warn!(region = %plan.region, instance_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), error = %err, "snapshot not archived: the next retention tries again");
                     outcome
                         .archive_failed
@@ -745,16 +1036,14 @@ pub async fn on_demand(
     (dry_run, only): (bool, Option<&[String]>),
     deadline: DateTime<Utc>,
 ) -> Result<Value, Error> {
-    let (mut plans, unreadable) = plan_retention(app).await?;
-    if let (true, Some(only)) = (dry_run, only) {
-        for plan in &mut plans {
-            plan.instances.retain(|id, _| only.contains(id));
-            plan.unattributed.clear();
-        }
-    }
     let stop_at = stop_time(Utc::now(), deadline);
-    let mut outcome = apply_retention(app, plans, dry_run, stop_at).await;
-    outcome.regions_unreadable = unreadable;
+    let pass = Pass {
+        dry_run,
+        only: only.filter(|_| dry_run),
+        resume_after: None,
+        missing: MissingLook::Everywhere,
+    };
+    let outcome = retention_pass(app, pass, stop_at).await?;
     if !dry_run {
         emit_metrics(app, &outcome.metric_counts(), &[("Event", "retention")]);
     }
@@ -772,16 +1061,22 @@ pub async fn retention_job(
     deadline: DateTime<Utc>,
 ) -> Result<(), Error> {
     dispatched_run(app, &job.run_id, "retention").await?;
-    let (mut plans, unreadable) = plan_retention(app).await?;
-    if job.deleted_outside_before.is_some() {
-        // Reported by the first pass (see `RetentionJob::deleted_outside_before`).
-        for plan in &mut plans {
-            plan.missing.clear();
-        }
-    }
+    // Snapshots deleted by someone else are looked for once a retention, by its first pass
+    // and, where that one did not reach, by the passes that go on from where it stopped
+    // (`RetentionJob::missing_through`).
+    let missing = match (&job.deleted_outside_before, &job.missing_through) {
+        (None, _) => MissingLook::Everywhere,
+        (Some(_), Some(after)) => MissingLook::After(after.clone()),
+        (Some(_), None) => MissingLook::Nowhere,
+    };
+    let pass = Pass {
+        dry_run: false,
+        only: None,
+        resume_after: job.resume_after.clone(),
+        missing,
+    };
     let stop_at = stop_time(Utc::now(), deadline);
-    let mut outcome = apply_retention(app, plans, false, stop_at).await;
-    outcome.regions_unreadable = unreadable;
+    let mut outcome = retention_pass(app, pass, stop_at).await?;
     outcome.deleted_before = job.deleted_before;
     outcome.locks_laid_before = job.locked_before;
     outcome.deleted_outside_before = job.deleted_outside_before.unwrap_or(0);
@@ -789,7 +1084,7 @@ pub async fn retention_job(
         if next.retries > job.retries {
             info!(run_id = %job.run_id, failed = outcome.transient_failures, retries = next.retries, "deletions failed for a reason that may pass: retention tries again in the next pass");
         } else {
-            info!(run_id = %job.run_id, deleted = outcome.deleted.len(), left = outcome.unfinished, stalled = next.stalled, "retention continues in the next pass");
+            info!(run_id = %job.run_id, deleted = outcome.deleted.len(), left = outcome.unfinished, instances_left = outcome.instances_left, stalled = next.stalled, "retention continues in the next pass");
         }
         return requeue(app, Job::Retention(next)).await;
     }
