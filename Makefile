@@ -58,11 +58,13 @@ demo: setup
 # The release binary, started as Lambda starts it, against the emulator: a full run of 1,000
 # servers with its AWS calls counted, and the same night by the Python peer and under EC2's
 # request buckets, a 20,000-server dispatch, a 100,000-snapshot retention
-# plan, init time; then criterion's benchmarks of the planner and of message handling.
+# plan, init time; then criterion's benchmarks of the planner and of message handling, and
+# retention's planning over 1,000,000 catalog entries (time and peak RSS, `plan_million`).
 # Writes BENCHMARKS.md. About 45 minutes after a warm release build.
 bench: setup
 	cargo build --release -p consistent-snapshot
 	cargo bench -p consistent-snapshot --bench hot_paths
+	cargo bench -p consistent-snapshot --bench plan_million
 	cargo run --quiet -p harness --bin bench
 
 # A long-lived emulator on 127.0.0.1:$(LOCAL_PORT) seeded with the demo fleet (once).

@@ -54,9 +54,12 @@ pub mod catalog {
 
 /// The pure decisions the benches measure.
 pub mod plans {
+    pub use crate::model::catalog::{admit, CatalogIndex, Recorded};
     pub use crate::model::requests::RestoreMode;
     pub use crate::model::tiers::Retain;
     pub use crate::restore::plan::restore_id;
-    pub use crate::retention::plan::{plan as retention, InstanceStanding, Policy};
+    pub use crate::retention::plan::{
+        plan as retention, InstanceStanding, Policy, RetentionOutcome, ANSWER_SETS,
+    };
     pub use crate::run::plan::track::{next_instance_step, Next};
 }

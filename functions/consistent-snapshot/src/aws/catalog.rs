@@ -1182,17 +1182,42 @@ impl Catalog {
         Ok(index)
     }
 
-    /// What the catalog records, as ids only (`Recorded`), in one scan.
-    pub async fn recorded(&self) -> Result<Recorded, Error> {
+    /// What the catalog records, as ids only (`Recorded`), in one scan; and, while the catalog
+    /// holds at most `whole_up_to` snapshots, the whole `CatalogIndex` from the same scan (a
+    /// deployment that fits one part of retention needs no other read of the catalog).
+    pub async fn recorded(
+        &self,
+        whole_up_to: usize,
+    ) -> Result<(Recorded, Option<CatalogIndex>), Error> {
         let mut recorded = Recorded::default();
-        self.scan_kinds(false, |scanned, _| match scanned {
-            Scanned::Set(set) => recorded.add_set(&set),
-            Scanned::Copy(copy) => recorded.add_copy(&copy),
-            Scanned::Targets(..) => {}
+        let mut whole = Some(CatalogIndex::default());
+        let mut count = 0usize;
+        self.scan_kinds(false, |scanned, tiers| {
+            match &scanned {
+                Scanned::Set(set) => {
+                    recorded.add_set(set);
+                    count += set.snapshots.len();
+                }
+                Scanned::Copy(copy) => {
+                    recorded.add_copy(copy);
+                    count += 1;
+                }
+                Scanned::Targets(..) => {}
+            }
+            if count > whole_up_to {
+                whole = None;
+            }
+            if let Some(index) = whole.as_mut() {
+                match scanned {
+                    Scanned::Set(set) => index.add_set_in_tiers(&set, tiers),
+                    Scanned::Copy(copy) => index.add_copy_in_tiers(&copy, tiers),
+                    Scanned::Targets(..) => {}
+                }
+            }
         })
         .await?;
         recorded.finish();
-        Ok(recorded)
+        Ok((recorded, whole))
     }
 
     /// What the catalog vouches for of these instances only: each one's sets and copies, read

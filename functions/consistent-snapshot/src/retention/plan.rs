@@ -878,6 +878,10 @@ pub struct RetentionOutcome {
     pub instances_left: usize,
     #[serde(skip)]
     pub planned_through: Option<String>,
+    /// Parts of the fleet that could not be planned (`n server(s) first…last: error`): the
+    /// next pass, or the next run, plans them again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts_failed: Vec<String>,
     /// The last instance whose part this pass (or an earlier one) looked for snapshots
     /// deleted by someone else: a later pass of the same retention looks only after it.
     #[serde(skip)]
@@ -1157,6 +1161,7 @@ impl RetentionOutcome {
             "deleted_outside": first(&self.deleted_outside),
             "unfinished": self.unfinished,
             "instances_left": self.instances_left,
+            "parts_failed": first(&self.parts_failed),
         })
     }
 
@@ -1187,7 +1192,7 @@ impl RetentionOutcome {
         let planned: usize = self.tallies.iter().map(|t| t.snapshots_to_delete).sum();
         let sets = self.sets();
         let regions = self.tallies.len();
-        let not_planned = if self.instances_left > 0 {
+        let mut not_planned = if self.instances_left > 0 {
             format!(
                 "; {} instance(s) not planned (time ran out)",
                 self.instances_left
@@ -1195,6 +1200,12 @@ impl RetentionOutcome {
         } else {
             String::new()
         };
+        if let Some(first) = self.parts_failed.first() {
+            not_planned += &format!(
+                "; {} part(s) of the fleet not read (first: {first})",
+                self.parts_failed.len()
+            );
+        }
         if self.dry_run {
             return format!(
                 "retention (dry run): {sets} sets in {regions} region(s), {planned} snapshots would be deleted{not_planned}"

@@ -152,8 +152,19 @@ pub async fn retention_pass(
         .into_iter()
         .map(|f| (f.instance_id.clone(), f))
         .collect();
-    let recorded = app.aws.catalog.recorded().await?;
+    let part_snapshots = app.config.retention_part_snapshots;
+    let (recorded, whole) = app.aws.catalog.recorded(part_snapshots).await?;
     let catalog_ms = started.elapsed().as_millis();
+    let parts = recorded.parts(
+        (part_snapshots, FILTER_VALUES),
+        pass.resume_after.as_deref(),
+        pass.only,
+    );
+    // Every recorded server in one part (most deployments): the scan's index serves it, and
+    // each region's survey keeps its listing for it, so nothing is read twice.
+    let mut whole = whole
+        .filter(|_| parts.len() == 1 && parts[0].len() == recorded.instances().len())
+        .map(|index| (index, HashMap::new()));
     let mut survey = Survey {
         regions,
         unreadable: BTreeMap::new(),
@@ -161,10 +172,14 @@ pub async fn retention_pass(
     };
     let mut foreign = 0usize;
     for region in &survey.regions {
-        match survey_region(app, region, &recorded).await {
-            Ok((images, foreign_here)) => {
+        let index = whole.as_ref().map(|(index, _)| index);
+        match survey_region(app, region, &recorded, index).await {
+            Ok((images, foreign_here, listed)) => {
                 foreign += foreign_here;
                 survey.images.insert(region.clone(), images);
+                if let (Some((_, listings)), Some(listed)) = (whole.as_mut(), listed) {
+                    listings.insert(region.clone(), listed);
+                }
             }
             Err(err) => {
                 let code = err.aws_code().unwrap_or("Unknown").to_string();
@@ -173,23 +188,36 @@ pub async fn retention_pass(
             }
         }
     }
-    let parts = recorded.parts(
-        (app.config.retention_part_snapshots, FILTER_VALUES),
-        pass.resume_after.as_deref(),
-        pass.only,
-    );
     drop(recorded);
     let instances_total: usize = parts.iter().map(Vec::len).sum();
     let mut applying = Applying::new(pass.dry_run, stop_at);
     applying.outcome.planned_through = pass.resume_after.clone();
+    // Every region read has a plan, if only an empty one.
+    let readable = survey
+        .regions
+        .iter()
+        .filter(|r| !survey.unreadable.contains_key(*r))
+        .map(|region| RegionPlan {
+            region: region.clone(),
+            ..RegionPlan::default()
+        })
+        .collect();
+    applying.outcome.absorb(readable, ANSWER_SETS);
     let mut planned = 0usize;
     let mut whole_so_far = true;
     // A part is begun only while twice the longest planning of one so far fits.
     let mut pace = Pace::until(stop_at);
     for (n, part) in parts.iter().enumerate() {
-        // At least one part a pass: every pass makes progress.
+        // A part a pass at least, if the survey left any time: every pass makes progress.
+        // Once deletions or locks are left for lack of time, planning more would only be done
+        // again.
         let began = Utc::now();
-        if n > 0 && (!pace.fits(began) || (!pass.dry_run && !whole_so_far)) {
+        let out_of_time = if n == 0 {
+            began >= stop_at
+        } else {
+            !pace.fits(began)
+        };
+        if out_of_time || (!pass.dry_run && applying.left() > 0) {
             break;
         }
         let look = !pass.dry_run
@@ -198,7 +226,29 @@ pub async fn retention_pass(
                 MissingLook::After(after) => part.first().is_some_and(|first| first > after),
                 MissingLook::Nowhere => false,
             };
-        let planned_part = plan_part(app, part, &survey, &fleet, now, look).await?;
+        let planned_part = match plan_part(app, part, &survey, &fleet, (now, look), whole.take())
+            .await
+        {
+            Ok(planned_part) => planned_part,
+            Err(err) => {
+                // One part that cannot be read never stops the others: the next pass (or
+                // the next run) plans it again.
+                let (first, last) = (part.first(), part.last());
+                let named = format!(
+                    "{} server(s) {}…{}: {err}",
+                    part.len(),
+                    first.map_or("", String::as_str),
+                    last.map_or("", String::as_str)
+                );
+                warn!(instances = part.len(), code = err.aws_code().unwrap_or("Unknown"), error = %err, "a part of the fleet not planned: retention tries it again");
+                if !err.is_permanent() {
+                    applying.outcome.transient_failures += 1;
+                }
+                applying.outcome.parts_failed.push(named);
+                whole_so_far = false;
+                continue;
+            }
+        };
         pace.took(began, Utc::now());
         foreign += planned_part.foreign;
         for region in planned_part.unreadable {
@@ -254,14 +304,28 @@ pub async fn retention_pass(
 
 /// A region read once a pass: the AMIs that use its snapshots, and the snapshots carrying this
 /// deployment's tag that the catalog records nowhere in it (foreign: each logged, the first
-/// `MAX_FOREIGN`, and counted). The listing is read a page at a time and nothing of it is kept.
+/// `MAX_FOREIGN`, and counted). The listing is read a page at a time; with the whole catalog's
+/// `index` (one part), what it vouches for is kept, as that part's listing.
 async fn survey_region(
     app: &App,
     region: &str,
     recorded: &Recorded,
-) -> Result<(BTreeMap<String, Vec<String>>, usize), Error> {
+    index: Option<&CatalogIndex>,
+) -> Result<
+    (
+        BTreeMap<String, Vec<String>>,
+        usize,
+        Option<Vec<SnapshotInfo>>,
+    ),
+    Error,
+> {
     let ec2 = app.aws.ec2_in(region);
     let managed_by = app.config.managed_by.as_str();
+    if let Some(index) = index {
+        let (listed, foreign) = vouched_snapshots(app, region, index, true).await?;
+        let images = snapshots::used_by_images(&ec2, region).await?;
+        return Ok((images, foreign, Some(listed)));
+    }
     let mut foreign = 0usize;
     snapshots::own_tagged(
         &ec2,
@@ -280,7 +344,7 @@ async fn survey_region(
     )
     .await?;
     let images = snapshots::used_by_images(&ec2, region).await?;
-    Ok((images, foreign))
+    Ok((images, foreign, None))
 }
 
 /// One part of the fleet, planned in every region.
@@ -293,18 +357,22 @@ struct PlannedPart {
 }
 
 /// Plans one part of the fleet (`part`, instance ids) in every region: what the catalog
-/// records of these instances (read by their keys), the snapshots EC2 lists of them, and the
-/// instances as EC2 describes them. With `look_for_missing`, what the catalog records and EC2
-/// no longer has goes in each plan's `missing`.
+/// records of these instances (read by their keys, unless `whole` holds the whole catalog's
+/// index and each region's listing), the snapshots EC2 lists of them, and the instances as
+/// EC2 describes them. With `look_for_missing`, what the catalog records and EC2 no longer has
+/// goes in each plan's `missing`.
 async fn plan_part(
     app: &App,
     part: &[String],
     survey: &Survey,
     fleet: &HashMap<String, InstanceFacts>,
-    now: DateTime<Utc>,
-    look_for_missing: bool,
+    (now, look_for_missing): (DateTime<Utc>, bool),
+    whole: Option<(CatalogIndex, HashMap<String, Vec<SnapshotInfo>>)>,
 ) -> Result<PlannedPart, Error> {
-    let index = app.aws.catalog.index_of(part).await?;
+    let (index, mut listings) = match whole {
+        Some((index, listings)) => (index, Some(listings)),
+        None => (app.aws.catalog.index_of(part).await?, None),
+    };
     let mut per_region: Vec<(String, Vec<SnapshotInfo>)> = Vec::new();
     let mut missing: BTreeMap<String, Vec<Missing>> = BTreeMap::new();
     let mut foreign = 0usize;
@@ -315,9 +383,12 @@ async fn plan_part(
     for region in &survey.regions {
         let read = match survey.unreadable.get(region) {
             Some(code) => Err(code.clone()),
-            None => part_snapshots(app, region, part, &index, survey.images.get(region))
-                .await
-                .map_err(|err| {
+            None => {
+                let listed = listings.as_mut().and_then(|l| l.remove(region));
+                let images = survey.images.get(region);
+                part_snapshots(app, region, (part, listed), &index, images).await
+            }
+            .map_err(|err| {
                     let code = err.aws_code().unwrap_or("Unknown").to_string();
                     warn!(region = %region, code = %code, error = %err, instances = part.len(), "region not readable for a part of the fleet: retention leaves it as it is");
                     unreadable.push(format!("{region} ({code})"));
@@ -601,13 +672,14 @@ async fn report_missing(app: &App, plan: &RegionPlan, outcome: &mut RetentionOut
 /// out: retention never decides on them), with the AMIs that use them; the part's recorded
 /// snapshots EC2 no longer has (at most `MAX_MISSING`); and how many of the part's recorded
 /// snapshots EC2 reports otherwise than recorded (foreign, each logged).
-/// The snapshots are listed by their instance tag; a recorded one the listing did not find
-/// (its tags rewritten or removed by someone else) is read by its id: a tag must not hide a
-/// backup from retention, nor make the catalog forget it.
+/// The snapshots are listed by their instance tag (or were, by the deployment's tag, in the
+/// region's survey: `listed`); a recorded one the listing did not find (its tags rewritten or
+/// removed by someone else) is read by its id: a tag must not hide a backup from retention,
+/// nor make the catalog forget it.
 async fn part_snapshots(
     app: &App,
     region: &str,
-    part: &[String],
+    (part, listed): (&[String], Option<Vec<SnapshotInfo>>),
     index: &CatalogIndex,
     images: Option<&BTreeMap<String, Vec<String>>>,
 ) -> Result<(Vec<SnapshotInfo>, Vec<Missing>, usize), Error> {
@@ -631,8 +703,10 @@ async fn part_snapshots(
             }
         }
     };
-    let mut snapshots =
-        snapshots::managed_of(&ec2, region, managed_by, part, &mut admit_here).await?;
+    let mut snapshots = match listed {
+        Some(listed) => listed,
+        None => snapshots::managed_of(&ec2, region, managed_by, part, &mut admit_here).await?,
+    };
     let listed: HashSet<&str> = snapshots.iter().map(|s| s.snapshot_id.as_str()).collect();
     let unlisted = index.missing_in(region, &listed, usize::MAX);
     drop(listed);
@@ -1105,7 +1179,10 @@ pub async fn retention_job(
             &[("RunId", &job.run_id), ("Event", "retention")],
         );
         let summary = outcome.to_bounded_json(LOG_LINE_SETS).to_string();
-        if outcome.regions_unreadable.is_empty() && outcome.failed.is_empty() {
+        if outcome.regions_unreadable.is_empty()
+            && outcome.failed.is_empty()
+            && outcome.parts_failed.is_empty()
+        {
             info!(run_id = %job.run_id, retention = %summary, "{}", outcome.summary_line());
         } else {
             warn!(run_id = %job.run_id, retention = %summary, "{}", outcome.summary_line());
