@@ -7,7 +7,7 @@ use std::time::Duration;
 use aws_sdk_ec2::types::Filter;
 use consistent_snapshot::{Envelope, Job, RetentionJob};
 use harness::chaos::{Chaos, ChaosOptions};
-use harness::{seed_bulk, snapshot_tag, Emulator, History, Metrics, World};
+use harness::{seed_bulk, snapshot_tag, Drained, Emulator, History, Metrics, World};
 use serde_json::json;
 
 const MANAGED_BY: &str = "vss-test";
@@ -38,6 +38,29 @@ async fn managed(emulator: &Emulator) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// Queues the retention of `run_id` as the run's end queues it, and runs the event source until
+/// the queue is empty (at most 300 s).
+async fn retention_of(
+    emulator: &Emulator,
+    queue: &str,
+    chaos: &Chaos<'_>,
+    run_id: &str,
+) -> Drained {
+    let job = Job::Retention(RetentionJob::first(run_id));
+    emulator
+        .sqs()
+        .send_message()
+        .queue_url(queue)
+        .message_body(Envelope::new(job).to_body())
+        .send()
+        .await
+        .expect("SendMessage");
+    chaos
+        .drain(10, Duration::from_secs(300))
+        .await
+        .expect("drain")
 }
 
 #[tokio::test]
@@ -80,20 +103,7 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
     // The retention of the newest of those nights' runs.
     let newest = before.iter().max().cloned().expect("a run");
     let run_id = newest.as_str();
-    let job = Job::Retention(RetentionJob::first(run_id));
-    emulator
-        .sqs()
-        .send_message()
-        .queue_url(queue)
-        .message_body(Envelope::new(job).to_body())
-        .send()
-        .await
-        .expect("SendMessage");
-
-    let drained = chaos
-        .drain(10, Duration::from_secs(300))
-        .await
-        .expect("drain");
+    let drained = retention_of(emulator, queue, &chaos, run_id).await;
     assert_eq!(drained.failures, 0, "no pass ran out of time: {drained:?}");
     assert!(
         drained.invocations >= 2,
@@ -384,18 +394,7 @@ async fn a_run_s_retention_out_of_time_between_parts_goes_on_after_the_last_part
         .proxy
         .set_latency_of("ec2:DescribeSnapshots", Duration::from_millis(1500));
     let newest = runs.iter().max().cloned().expect("a run");
-    emulator
-        .sqs()
-        .send_message()
-        .queue_url(queue)
-        .message_body(Envelope::new(Job::Retention(RetentionJob::first(&newest))).to_body())
-        .send()
-        .await
-        .expect("SendMessage");
-    let drained = chaos
-        .drain(10, Duration::from_secs(300))
-        .await
-        .expect("drain");
+    let drained = retention_of(emulator, queue, &chaos, &newest).await;
     assert_eq!(drained.failures, 0, "no pass ran out of time: {drained:?}");
     assert!(
         drained.invocations >= 2,

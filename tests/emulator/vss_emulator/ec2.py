@@ -4,6 +4,7 @@ DescribeInstances, and tags looked up by resource id."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from moto.core.responses import ActionResult
@@ -14,11 +15,27 @@ from moto.ec2.models.instances import Instance
 from moto.ec2.models.tags import TagBackend
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 from moto.ec2.responses.instances import InstanceResponse
+from moto.ec2 import utils as ec2_utils
 from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, get_prefix
 
 from .accounts import caller
 from .keys import NOT_ACCESSIBLE, may_use
 from .model import SIM
+
+_original_is_filter_matching = ec2_utils.is_filter_matching
+_WILDCARD = re.compile(r"[*?\[]")
+
+
+def _is_filter_matching(obj: Any, name: str, values: Any) -> bool:
+    """A text attribute against a list of values without wildcards: one membership test, as
+    the values mean (moto: an fnmatch per value and object, which makes a filter of 200
+    instance ids over 100,000 snapshots take seconds a page)."""
+    if isinstance(values, list) and len(values) > 1 and not _WILDCARD.search("".join(values)):
+        value = obj.get_filter_value(name)
+        if isinstance(value, str):
+            return value in values
+    return _original_is_filter_matching(obj, name, values)
+
 
 _original_copy_snapshot = EBSBackend.copy_snapshot
 _original_create_tags = TagBackend.create_tags
@@ -235,6 +252,7 @@ REPLACES = (
     "CreateTags and CopySnapshot refuse tags and descriptions past EC2's lengths (moto: any length)",
     "a resource's tags are looked up by its id (moto: scans every tag of the region per resource)",
     "a DescribeInstances page holds at most MaxResults instances (moto: counts reservations)",
+    "a filter of many literal values is one membership test per object (moto: an fnmatch per value)",
 )
 
 
@@ -250,3 +268,4 @@ def install() -> None:
     ElasticBlockStore.describe_snapshots = _describe_snapshots
     TaggedEC2Resource.get_tags = _get_tags
     InstanceResponse.describe_instances = _describe_instances
+    ec2_utils.is_filter_matching = _is_filter_matching

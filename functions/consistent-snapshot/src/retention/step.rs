@@ -79,16 +79,7 @@ pub async fn vouched_snapshots(
         {
             return None;
         }
-        match admit(facts, region, index, managed_by) {
-            Ok(admitted) => Some(admitted),
-            Err(f) => {
-                if foreign < MAX_FOREIGN {
-                    warn!(region = %region, snapshot_id = %f.snapshot_id, claims_instance = f.claims_instance.as_deref().unwrap_or(""), why = %f.why, "foreign snapshot: carries this deployment's tag, not recorded; never deleted, copied or restored");
-                }
-                foreign += 1;
-                None
-            }
-        }
+        admitted(facts, (region, index, managed_by), &mut foreign)
     };
     let expected = index.count_in(region);
     let snapshots = snapshots::managed(
@@ -100,6 +91,25 @@ pub async fn vouched_snapshots(
     )
     .await?;
     Ok((snapshots, foreign))
+}
+
+/// `admit`, with a snapshot it refuses logged as foreign (the first `MAX_FOREIGN` of a
+/// region) and counted in `foreign`.
+fn admitted(
+    facts: SnapshotFacts,
+    (region, index, managed_by): (&str, &CatalogIndex, &str),
+    foreign: &mut usize,
+) -> Option<SnapshotFacts> {
+    match admit(facts, region, index, managed_by) {
+        Ok(admitted) => Some(admitted),
+        Err(f) => {
+            if *foreign < MAX_FOREIGN {
+                warn!(region = %region, snapshot_id = %f.snapshot_id, claims_instance = f.claims_instance.as_deref().unwrap_or(""), why = %f.why, "foreign snapshot: carries this deployment's tag, not recorded; never deleted, copied or restored");
+            }
+            *foreign += 1;
+            None
+        }
+    }
 }
 
 /// Which parts of a pass look for snapshots deleted by someone else (`report_missing`).
@@ -692,16 +702,7 @@ async fn part_snapshots(
         if vouched.imported {
             return None;
         }
-        match admit(facts, region, index, managed_by) {
-            Ok(admitted) => Some(admitted),
-            Err(f) => {
-                if foreign < MAX_FOREIGN {
-                    warn!(region = %region, snapshot_id = %f.snapshot_id, claims_instance = f.claims_instance.as_deref().unwrap_or(""), why = %f.why, "foreign snapshot: carries this deployment's tag, not recorded; never deleted, copied or restored");
-                }
-                foreign += 1;
-                None
-            }
-        }
+        admitted(facts, (region, index, managed_by), &mut foreign)
     };
     let mut snapshots = match listed {
         Some(listed) => listed,
