@@ -235,19 +235,18 @@ pub async fn by_id<'a>(
 /// fleet (1,000 a page) first costs fewer calls than describing them all by id.
 const IDS_PER_DESCRIBE: usize = 200;
 
-/// As `by_id`, for ids that are mostly the tagged fleet's: those found in `fleet` (the tagged
-/// fleet, read by the caller or here when more than one call by id would be needed) come from
+/// As `by_id`, for ids that are mostly the tagged fleet's: when more than one call by id would
+/// be needed, the tagged fleet is read first (1,000 a page) and those found in it come from
 /// it; only the others (untagged since, terminated) are described by id.
 pub async fn by_id_from_fleet(
     ec2: &aws_sdk_ec2::Client,
     config: &Config,
-    fleet: Option<Vec<InstanceFacts>>,
     ids: &BTreeSet<&str>,
 ) -> Result<HashMap<String, InstanceFacts>, Error> {
-    let fleet = match fleet {
-        Some(fleet) => fleet,
-        None if ids.len() > IDS_PER_DESCRIBE => discover(ec2, config, None).await?,
-        None => Vec::new(),
+    let fleet = if ids.len() > IDS_PER_DESCRIBE {
+        discover(ec2, config, None).await?
+    } else {
+        Vec::new()
     };
     let mut found: HashMap<String, InstanceFacts> = fleet
         .into_iter()

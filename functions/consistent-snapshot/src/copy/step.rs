@@ -601,7 +601,7 @@ async fn copy_targets(
         return Ok(targets);
     }
     // The run's servers were tagged when it started: read as the tagged fleet when many.
-    let facts = instances::by_id_from_fleet(&app.aws.ec2, &app.config, None, &missing).await?;
+    let facts = instances::by_id_from_fleet(&app.aws.ec2, &app.config, &missing).await?;
     let decided: Vec<CopyTargets> = missing
         .iter()
         .map(|instance_id| {
