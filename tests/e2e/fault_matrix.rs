@@ -806,10 +806,19 @@ fn every_fault_is_contained_named_counted_alarmed_and_bounded() {
                 }));
                 match ran {
                     Ok((_, line)) => done.lock().expect("lines").push(line),
-                    Err(_) => failed
-                        .lock()
-                        .expect("failures")
-                        .push(format!("{:?}", row.case)),
+                    // The panic's own words too: a CI log cut in the middle keeps the end.
+                    Err(panic) => {
+                        let why = panic
+                            .downcast_ref::<String>()
+                            .map(String::as_str)
+                            .or_else(|| panic.downcast_ref::<&str>().copied())
+                            .unwrap_or("(no message)");
+                        let why: String = why.chars().take(2_000).collect();
+                        failed
+                            .lock()
+                            .expect("failures")
+                            .push(format!("{:?}: {why}", row.case))
+                    }
                 }
             });
         }
@@ -819,10 +828,7 @@ fn every_fault_is_contained_named_counted_alarmed_and_bounded() {
         done.lock().map(|d| d.join("\n")).unwrap_or_default()
     );
     let failed = failed.into_inner().unwrap_or_default();
-    assert!(
-        failed.is_empty(),
-        "rows failed (their panics are above): {failed:?}"
-    );
+    assert!(failed.is_empty(), "rows failed: {failed:#?}");
 }
 
 /// One row: its world, its night, the matrix's checks and its own; answers how the three

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use futures_util::future::{join_all, try_join};
 use serde_json::Value;
 use tracing::{error, info, warn};
 
@@ -181,9 +182,17 @@ pub async fn retention_pass(
         images: HashMap::new(),
     };
     let mut foreign = 0usize;
-    for region in &survey.regions {
-        let index = whole.as_ref().map(|(index, _)| index);
-        match survey_region(app, region, &recorded, index).await {
+    // The regions are read at once: a pass's latency is its slowest region's, not their sum.
+    let index = whole.as_ref().map(|(index, _)| index);
+    let surveyed = join_all(
+        survey
+            .regions
+            .iter()
+            .map(|region| survey_region(app, region, &recorded, index)),
+    )
+    .await;
+    for (region, read) in survey.regions.iter().zip(surveyed) {
+        match read {
             Ok((images, foreign_here, listed)) => {
                 foreign += foreign_here;
                 survey.images.insert(region.clone(), images);
@@ -332,16 +341,20 @@ async fn survey_region(
     let ec2 = app.aws.ec2_in(region);
     let managed_by = app.config.managed_by.as_str();
     if let Some(index) = index {
-        let (listed, foreign) = vouched_snapshots(app, region, index, true).await?;
-        let images = snapshots::used_by_images(&ec2, region).await?;
+        let ((listed, foreign), images) = try_join(
+            vouched_snapshots(app, region, index, true),
+            snapshots::used_by_images(&ec2, region),
+        )
+        .await?;
         return Ok((images, foreign, Some(listed)));
     }
     let mut foreign = 0usize;
-    snapshots::own_tagged(
+    let subject = format!("{managed_by} in {region}");
+    let listing = snapshots::own_tagged(
         &ec2,
         (TAG_MANAGED_BY, managed_by),
         None,
-        &format!("{managed_by} in {region}"),
+        &subject,
         |facts| {
             if !recorded.contains(region, &facts.snapshot_id) {
                 if foreign < MAX_FOREIGN {
@@ -351,9 +364,8 @@ async fn survey_region(
             }
             None::<()>
         },
-    )
-    .await?;
-    let images = snapshots::used_by_images(&ec2, region).await?;
+    );
+    let (_, images) = try_join(listing, snapshots::used_by_images(&ec2, region)).await?;
     Ok((images, foreign, None))
 }
 
@@ -390,30 +402,40 @@ async fn plan_part(
     // A source snapshot with a copy still pending anywhere is kept, and so is one with a copy
     // in a region that cannot be read.
     let mut copying: BTreeMap<String, usize> = BTreeMap::new();
-    for region in &survey.regions {
-        let read = match survey.unreadable.get(region) {
-            Some(code) => Err(code.clone()),
-            None => {
-                let listed = listings.as_mut().and_then(|l| l.remove(region));
-                let images = survey.images.get(region);
-                part_snapshots(app, region, (part, listed), &index, images).await
+    // Every readable region at once, as the survey.
+    let reads = join_all(survey.regions.iter().map(|region| {
+        let listed = listings.as_mut().and_then(|l| l.remove(region));
+        let (index, images) = (&index, survey.images.get(region));
+        // None: the survey found the region unreadable (and named it).
+        let readable = !survey.unreadable.contains_key(region);
+        async move {
+            match readable {
+                true => Some(part_snapshots(app, region, (part, listed), index, images).await),
+                false => None,
             }
-            .map_err(|err| {
-                    let code = err.aws_code().unwrap_or("Unknown").to_string();
-                    warn!(region = %region, code = %code, error = %err, instances = part.len(), "region not readable for a part of the fleet: retention leaves it as it is");
-                    unreadable.push(format!("{region} ({code})"));
-                    code
-                }),
+        }
+    }))
+    .await;
+    for (region, read) in survey.regions.iter().zip(reads) {
+        let read = match read {
+            None => None,
+            Some(Ok(read)) => Some(read),
+            Some(Err(err)) => {
+                let code = err.aws_code().unwrap_or("Unknown").to_string();
+                warn!(region = %region, code = %code, error = %err, instances = part.len(), "region not readable for a part of the fleet: retention leaves it as it is");
+                unreadable.push(format!("{region} ({code})"));
+                None
+            }
         };
         match read {
-            Ok((snapshots, gone, foreign_here)) => {
+            Some((snapshots, gone, foreign_here)) => {
                 foreign += foreign_here;
                 if look_for_missing && !gone.is_empty() {
                     missing.insert(region.clone(), gone);
                 }
                 per_region.push((region.clone(), snapshots));
             }
-            Err(_) => {
+            None => {
                 if *region != app.config.region {
                     for source in index.sources_copied_to(region) {
                         *copying.entry(source.to_string()).or_default() += 1;
@@ -483,9 +505,9 @@ async fn plan_part(
         let mut region_plan = plan(&region, &snapshots, &instances, &policy, now);
         drop(snapshots);
         region_plan.missing = missing.remove(&region).unwrap_or_default();
-        read_locks(app, &mut region_plan, now).await;
         plans.push(region_plan);
     }
+    join_all(plans.iter_mut().map(|plan| read_locks(app, plan, now))).await;
     Ok(PlannedPart {
         plans,
         foreign,
