@@ -131,6 +131,10 @@ pub struct Pass<'a> {
     /// Begin after this instance, in id order (a run's retention resumed).
     pub resume_after: Option<String>,
     pub missing: MissingLook,
+    /// Count (and log) the snapshots carrying the deployment's tag that the catalog does not
+    /// record: a full listing of every region when the catalog is more than one part, so a
+    /// run's retention does it in its first pass only.
+    pub foreign: bool,
 }
 
 /// What a pass reads once, before its parts: the regions, which of them could not be read
@@ -188,7 +192,7 @@ pub async fn retention_pass(
         survey
             .regions
             .iter()
-            .map(|region| survey_region(app, region, &recorded, index)),
+            .map(|region| survey_region(app, region, (&recorded, pass.foreign), index)),
     )
     .await;
     for (region, read) in survey.regions.iter().zip(surveyed) {
@@ -301,7 +305,7 @@ pub async fn retention_pass(
         }
     }
     applying.outcome.instances_left = instances_total - planned;
-    if foreign > 0 {
+    if pass.foreign && foreign > 0 {
         emit_metrics(
             app,
             &[("ForeignSnapshots", foreign)],
@@ -328,7 +332,7 @@ pub async fn retention_pass(
 async fn survey_region(
     app: &App,
     region: &str,
-    recorded: &Recorded,
+    (recorded, count_foreign): (&Recorded, bool),
     index: Option<&CatalogIndex>,
 ) -> Result<
     (
@@ -347,6 +351,10 @@ async fn survey_region(
         )
         .await?;
         return Ok((images, foreign, Some(listed)));
+    }
+    if !count_foreign {
+        let images = snapshots::used_by_images(&ec2, region).await?;
+        return Ok((images, 0, None));
     }
     let mut foreign = 0usize;
     let subject = format!("{managed_by} in {region}");
@@ -1139,6 +1147,7 @@ pub async fn on_demand(
         only: only.filter(|_| dry_run),
         resume_after: None,
         missing: MissingLook::Everywhere,
+        foreign: true,
     };
     let outcome = retention_pass(app, pass, stop_at).await?;
     if !dry_run {
@@ -1171,6 +1180,7 @@ pub async fn retention_job(
         only: None,
         resume_after: job.resume_after.clone(),
         missing,
+        foreign: job.deleted_outside_before.is_none(),
     };
     let stop_at = stop_time(Utc::now(), deadline);
     let mut outcome = retention_pass(app, pass, stop_at).await?;
