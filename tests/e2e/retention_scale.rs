@@ -40,23 +40,27 @@ async fn managed(emulator: &Emulator) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Queues the retention of `run_id` as the run's end queues it, and runs the event source until
-/// the queue is empty (at most 300 s).
+/// Queues the retention of `run_id` as the run's end queues it, `sends` times (more than once:
+/// a send whose answer was lost, sent again), and runs the event source until the queue is
+/// empty (at most 300 s).
 async fn retention_of(
     emulator: &Emulator,
     queue: &str,
     chaos: &Chaos<'_>,
-    run_id: &str,
+    (run_id, sends): (&str, usize),
 ) -> Drained {
     let job = Job::Retention(RetentionJob::first(run_id));
-    emulator
-        .sqs()
-        .send_message()
-        .queue_url(queue)
-        .message_body(Envelope::new(job).to_body())
-        .send()
-        .await
-        .expect("SendMessage");
+    let body = Envelope::new(job).to_body();
+    for _ in 0..sends {
+        emulator
+            .sqs()
+            .send_message()
+            .queue_url(queue)
+            .message_body(body.clone())
+            .send()
+            .await
+            .expect("SendMessage");
+    }
     chaos
         .drain(10, Duration::from_secs(300))
         .await
@@ -103,7 +107,7 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
     // The retention of the newest of those nights' runs.
     let newest = before.iter().max().cloned().expect("a run");
     let run_id = newest.as_str();
-    let drained = retention_of(emulator, queue, &chaos, run_id).await;
+    let drained = retention_of(emulator, queue, &chaos, (run_id, 1)).await;
     assert_eq!(drained.failures, 0, "no pass ran out of time: {drained:?}");
     assert!(
         drained.invocations >= 2,
@@ -362,7 +366,8 @@ async fn retention_a_part_of_the_fleet_at_a_time_deletes_exactly_and_a_rewritten
 }
 
 #[tokio::test]
-async fn a_run_s_retention_out_of_time_between_parts_goes_on_after_the_last_part_it_finished() {
+async fn a_run_s_retention_out_of_time_between_parts_goes_on_after_the_last_part_it_finished_once()
+{
     let world = World::start(2).await.expect("world");
     let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
     // 16 servers × 4 sets, RETAIN_COUNT 2, parts of one server each; every DescribeSnapshots
@@ -394,7 +399,8 @@ async fn a_run_s_retention_out_of_time_between_parts_goes_on_after_the_last_part
         .proxy
         .set_latency_of("ec2:DescribeSnapshots", Duration::from_millis(1500));
     let newest = runs.iter().max().cloned().expect("a run");
-    let drained = retention_of(emulator, queue, &chaos, &newest).await;
+    // The retention is queued twice: the second chain of passes ends at its first pass.
+    let drained = retention_of(emulator, queue, &chaos, (&newest, 2)).await;
     assert_eq!(drained.failures, 0, "no pass ran out of time: {drained:?}");
     assert!(
         drained.invocations >= 2,
@@ -408,6 +414,11 @@ async fn a_run_s_retention_out_of_time_between_parts_goes_on_after_the_last_part
         planned, 16,
         "each part once over {} passes",
         drained.invocations
+    );
+    assert_eq!(
+        logs.messages_starting("retention pass already taken").len(),
+        1,
+        "the duplicate's chain ended at once"
     );
     let left = managed(emulator).await;
     for id in &ids {

@@ -327,6 +327,9 @@ impl VaultJob {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetentionJob {
     pub run_id: String,
+    /// This pass's number (0 for the first): one message takes each (`retention-pass-<n>`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pass: u32,
     /// Snapshots deleted by the earlier passes of this run's retention (a large fleet's
     /// deletions take more than one invocation).
     #[serde(default)]
@@ -367,6 +370,7 @@ impl RetentionJob {
     pub fn first(run_id: &str) -> Self {
         RetentionJob {
             run_id: run_id.to_string(),
+            pass: 0,
             deleted_before: 0,
             retries: 0,
             stalled: 0,

@@ -49,7 +49,7 @@ use crate::model::cost::{CostCount, InstanceCost, Pair};
 use crate::model::markers::{
     parse_markers, to_release, MarkerValue, RunMarkers, ABANDONED, COPIED, COPY_LEASE, COPY_PASS,
     COPY_UNSURE, DISPATCHED, DISPATCH_ERROR, FALLBACK, FALLBACK_UNSURE, KEEP_RUN_DAYS, LEASE,
-    REPORTED, RETAINED, RUN_LOOK, VAULTED, VAULT_LEASE, VAULT_PASS,
+    REPORTED, RETAINED, RETENTION_PASS, RUN_LOOK, VAULTED, VAULT_LEASE, VAULT_PASS,
 };
 use crate::model::tiers::{Tier, TierChange};
 
@@ -1659,6 +1659,13 @@ impl<'a> RunMarkerStore<'a> {
     /// the summary).
     pub async fn mark_reported(&self) -> Result<bool, Error> {
         self.create(REPORTED, None).await
+    }
+
+    /// Claims pass `pass` of the run's retention for the message `message_id`, as
+    /// `claim_copy_pass` claims a copy pass.
+    pub async fn claim_retention_pass(&self, pass: u32, message_id: &str) -> Result<bool, Error> {
+        self.claim_for(&format!("{RETENTION_PASS}{pass}"), message_id)
+            .await
     }
 
     /// Marks the run's retention done; answers whether this invocation was the first to (and

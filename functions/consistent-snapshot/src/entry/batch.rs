@@ -141,7 +141,7 @@ async fn process_job(
         Job::Run(job) => tracking::track_run(app, job, deadline, message_id).await,
         Job::Watch(job) => start::watch_run(app, job, lease_until).await,
         Job::Copy(job) => copy::step::copy_job(app, job, (deadline, lease_until), message_id).await,
-        Job::Retention(job) => retention::step::retention_job(app, job, deadline).await,
+        Job::Retention(job) => retention::step::retention_job(app, job, deadline, message_id).await,
         Job::Vault(job) => {
             crate::vault::step::vault_job(app, job, (deadline, lease_until), message_id).await
         }

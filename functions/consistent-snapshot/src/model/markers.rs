@@ -12,8 +12,10 @@
 //! * `reported`: the run's summary is written (so a duplicated final message writes nothing).
 //! * `run-look-<n>`: look `n` at the whole run is taken by one message (the others, duplicate
 //!   deliveries' successors, end there), so the run's chain never multiplies.
-//! * `copy-lease-<n>`, `copy-pass-<n>`, `copied`, `retained`: the same for the copy step and
-//!   retention.
+//! * `copy-lease-<n>`, `copy-pass-<n>`, `copied`: the same for the copy step.
+//! * `retention-pass-<n>`, `retained`: the same for retention: a pass is taken by one message,
+//!   so a duplicate of a pass's message (or of its successor's) does not start a second chain
+//!   of passes, which a retention of many parts would go on multiplying.
 //! * `vault-lease-<n>`, `vault-pass-<n>`, `vaulted`: the same for the vault step.
 //! * `copy-unsure`: a copy pass may have started copies it did not record (it is written
 //!   before a pass's first CopySnapshot and deleted when every copy it started is recorded);
@@ -36,6 +38,7 @@ pub const COPY_UNSURE: &str = "copy-unsure";
 pub const RUN_LOOK: &str = "run-look-";
 pub const VAULT_LEASE: &str = "vault-lease-";
 pub const VAULT_PASS: &str = "vault-pass-";
+pub const RETENTION_PASS: &str = "retention-pass-";
 pub const VAULTED: &str = "vaulted";
 pub const DISPATCH_ERROR: &str = "dispatch-error-";
 /// `fallback-<instance id>`: the run's look is about to call CreateSnapshots for that
@@ -74,6 +77,8 @@ pub struct RunMarkers {
     /// Leases of the vault step, and whether every vault copy of the run is final.
     pub vault_leases: Vec<(u32, Option<DateTime<Utc>>)>,
     pub vaulted: bool,
+    /// The run's retention is over (its summary written).
+    pub retained: bool,
     /// A copy pass ended without saying that every copy it started is recorded.
     pub copy_unsure: bool,
     /// The errors the dispatch gave up with, by lease epoch.
@@ -98,6 +103,8 @@ pub fn parse_markers<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -
             markers.copied = true;
         } else if leaf == VAULTED {
             markers.vaulted = true;
+        } else if leaf == RETAINED {
+            markers.retained = true;
         } else if leaf == COPY_UNSURE {
             markers.copy_unsure = true;
         } else {

@@ -980,6 +980,7 @@ pub fn next_pass(job: &RetentionJob, outcome: &RetentionOutcome) -> Option<Reten
     let missing_through =
         std::cmp::max(job.missing_through.clone(), outcome.missing_through.clone());
     (go_on || retry).then(|| RetentionJob {
+        pass: job.pass + 1,
         resume_after,
         missing_through,
         deleted_before: job.deleted_before + outcome.deleted.len(),
@@ -1355,6 +1356,9 @@ mod tests {
         failed.transient_failures = 2;
         let retry = next_pass(&fourth, &failed).expect("a retry");
         assert_eq!(retry.resume_after, None);
+        // Every next pass has a number of its own, which one message claims.
+        let passes = [&job, &second, &third, &fourth, &retry].map(|j| j.pass);
+        assert_eq!(passes, [0, 1, 2, 3, 4]);
     }
 
     #[test]

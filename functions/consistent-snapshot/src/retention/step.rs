@@ -1165,8 +1165,20 @@ pub async fn retention_job(
     app: &App,
     job: RetentionJob,
     deadline: DateTime<Utc>,
+    message_id: &str,
 ) -> Result<(), Error> {
     dispatched_run(app, &job.run_id, "retention").await?;
+    // A duplicate message ends here: after the retention (its markers may be released, so
+    // the claim below could be taken again), or when another message took this pass.
+    let store = RunMarkerStore::new(&app.aws.catalog, &job.run_id);
+    if store.read().await?.retained {
+        info!(run_id = %job.run_id, pass = job.pass, "retention already done (a duplicate delivery)");
+        return Ok(());
+    }
+    if !store.claim_retention_pass(job.pass, message_id).await? {
+        info!(run_id = %job.run_id, pass = job.pass, "retention pass already taken by another message");
+        return Ok(());
+    }
     // Snapshots deleted by someone else are looked for once a retention, by its first pass
     // and, where that one did not reach, by the passes that go on from where it stopped
     // (`RetentionJob::missing_through`).
@@ -1198,7 +1210,6 @@ pub async fn retention_job(
     // A failed deletion is named (with its AWS code) in the summary and counted in the
     // DeletionsFailed metric, which an alarm watches; the next run's retention tries it again.
     // It does not fail the job: five failed tries would only add a DLQ message a night.
-    let store = RunMarkerStore::new(&app.aws.catalog, &job.run_id);
     if outcome.unfinished > 0 {
         error!(run_id = %job.run_id, left = outcome.unfinished, "retention stopped: {RETENTION_STALLED_PASSES} passes in a row deleted nothing (planning alone takes the invocation's time, or EC2 throttled every deletion); {} deletions are left for the next run", outcome.unfinished);
     }
