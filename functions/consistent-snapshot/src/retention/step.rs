@@ -417,9 +417,10 @@ async fn plan_part(
         // None: the survey found the region unreadable (and named it).
         let readable = !survey.unreadable.contains_key(region);
         async move {
-            match readable {
-                true => Some(part_snapshots(app, region, (part, listed), index, images).await),
-                false => None,
+            if readable {
+                Some(part_snapshots(app, region, (part, listed), index, images).await)
+            } else {
+                None
             }
         }
     }))
