@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from moto.core.responses import ActionResult
-from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.exceptions import EC2ClientError, InvalidVolumeIdError
 from moto.ec2.models.core import TaggedEC2Resource
 from moto.ec2.models.elastic_block_store import EBSBackend, Volume
 from moto.ec2.models.instances import Instance
@@ -16,7 +16,7 @@ from moto.ec2.models.tags import TagBackend
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2 import utils as ec2_utils
-from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, get_prefix
+from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, generic_filter, get_prefix
 
 from .accounts import caller
 from .keys import NOT_ACCESSIBLE, may_use
@@ -154,6 +154,23 @@ def _attach_volume(self: Any, volume_id: str, *args: Any, **kwargs: Any) -> Any:
     return _original_attach_volume(self, volume_id, *args, **kwargs)
 
 
+_original_describe_volumes = EBSBackend.describe_volumes
+
+
+def _describe_volumes(self: Any, volume_ids: Any = None, filters: Any = None) -> Any:
+    """Volumes asked by id are looked up by id (moto: walks every volume of the region for
+    each call, and RunInstances calls it once per new volume, so seeding 20,000 servers of
+    three volumes took over 30 s a RunInstances call by its end)."""
+    if not volume_ids:
+        return _original_describe_volumes(self, volume_ids, filters)
+    wanted = list(dict.fromkeys(volume_ids))
+    unknown = [v for v in wanted if v not in self.volumes]
+    if unknown:
+        raise InvalidVolumeIdError(", ".join(unknown))
+    matches = [self.volumes[v] for v in wanted]
+    return generic_filter(filters, matches) if filters else matches
+
+
 def _volume_status(self: Any) -> str:
     if SIM.is_creating(self.id):
         return "creating"
@@ -253,6 +270,7 @@ REPLACES = (
     "a resource's tags are looked up by its id (moto: scans every tag of the region per resource)",
     "a DescribeInstances page holds at most MaxResults instances (moto: counts reservations)",
     "a filter of many literal values is one membership test per object (moto: an fnmatch per value)",
+    "DescribeVolumes by id looks each id up (moto: walks every volume of the region per call)",
 )
 
 
@@ -263,6 +281,7 @@ def install() -> None:
     EBSBackend.create_volume = _create_volume
     EBSBackend.attach_volume = _attach_volume
     Volume.status = property(_volume_status)
+    EBSBackend.describe_volumes = _describe_volumes
     Instance.stop = _stop
     Instance.start = _start
     ElasticBlockStore.describe_snapshots = _describe_snapshots
