@@ -1174,6 +1174,8 @@ pub async fn retention_job(
     let store = RunMarkerStore::new(&app.aws.catalog, &job.run_id);
     if store.read().await?.retained {
         info!(run_id = %job.run_id, pass = job.pass, "retention already done (a duplicate delivery)");
+        // The pass that ended it may have been stopped before it released the run's markers.
+        store.release_finished().await;
         return Ok(());
     }
     if !store.claim_retention_pass(job.pass, message_id).await? {
