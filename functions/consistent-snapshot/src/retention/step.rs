@@ -131,10 +131,16 @@ pub struct Pass<'a> {
     /// Begin after this instance, in id order (a run's retention resumed).
     pub resume_after: Option<String>,
     pub missing: MissingLook,
-    /// Count (and log) the snapshots carrying the deployment's tag that the catalog does not
-    /// record: a full listing of every region when the catalog is more than one part, so a
-    /// run's retention does it in its first pass only.
-    pub foreign: bool,
+}
+
+impl Pass<'_> {
+    /// Whether this pass counts (and logs) the snapshots carrying the deployment's tag that
+    /// the catalog does not record: a full listing of every region when the catalog is more
+    /// than one part, so only the first pass of a retention does it (the one that looks for
+    /// missing snapshots everywhere; an on-demand pass is always a first).
+    fn counts_foreign(&self) -> bool {
+        self.missing == MissingLook::Everywhere
+    }
 }
 
 /// What a pass reads once, before its parts: the regions, which of them could not be read
@@ -192,7 +198,7 @@ pub async fn retention_pass(
         survey
             .regions
             .iter()
-            .map(|region| survey_region(app, region, (&recorded, pass.foreign), index)),
+            .map(|region| survey_region(app, region, (&recorded, pass.counts_foreign()), index)),
     )
     .await;
     for (region, read) in survey.regions.iter().zip(surveyed) {
@@ -305,7 +311,7 @@ pub async fn retention_pass(
         }
     }
     applying.outcome.instances_left = instances_total - planned;
-    if pass.foreign && foreign > 0 {
+    if pass.counts_foreign() && foreign > 0 {
         emit_metrics(
             app,
             &[("ForeignSnapshots", foreign)],
@@ -426,25 +432,20 @@ async fn plan_part(
     }))
     .await;
     for (region, read) in survey.regions.iter().zip(reads) {
-        let read = match read {
-            None => None,
-            Some(Ok(read)) => Some(read),
-            Some(Err(err)) => {
-                let code = err.aws_code().unwrap_or("Unknown").to_string();
-                warn!(region = %region, code = %code, error = %err, instances = part.len(), "region not readable for a part of the fleet: retention leaves it as it is");
-                unreadable.push(format!("{region} ({code})"));
-                None
-            }
-        };
         match read {
-            Some((snapshots, gone, foreign_here)) => {
+            Some(Ok((snapshots, gone, foreign_here))) => {
                 foreign += foreign_here;
                 if look_for_missing && !gone.is_empty() {
                     missing.insert(region.clone(), gone);
                 }
                 per_region.push((region.clone(), snapshots));
             }
-            None => {
+            not_read => {
+                if let Some(Err(err)) = not_read {
+                    let code = err.aws_code().unwrap_or("Unknown").to_string();
+                    warn!(region = %region, code = %code, error = %err, instances = part.len(), "region not readable for a part of the fleet: retention leaves it as it is");
+                    unreadable.push(format!("{region} ({code})"));
+                }
                 if *region != app.config.region {
                     for source in index.sources_copied_to(region) {
                         *copying.entry(source.to_string()).or_default() += 1;
@@ -1148,7 +1149,6 @@ pub async fn on_demand(
         only: only.filter(|_| dry_run),
         resume_after: None,
         missing: MissingLook::Everywhere,
-        foreign: true,
     };
     let outcome = retention_pass(app, pass, stop_at).await?;
     if !dry_run {
@@ -1195,7 +1195,6 @@ pub async fn retention_job(
         only: None,
         resume_after: job.resume_after.clone(),
         missing,
-        foreign: job.deleted_outside_before.is_none(),
     };
     let stop_at = stop_time(Utc::now(), deadline);
     let mut outcome = retention_pass(app, pass, stop_at).await?;
