@@ -284,6 +284,31 @@ async fn report_metrics_and_notification_tell_an_operator_what_needs_attention()
         lost["lost_tag"][0]["latest_consistent"]["run_id"],
         json!(run_id)
     );
+    // Read a server at a time (a part of the fleet each, as a catalog of millions of
+    // snapshots is read), the report is the same: statuses, copies, failures, totals, and the
+    // server that lost its tag.
+    let in_parts = emulator
+        .app(
+            queue,
+            &[
+                ("COPY_REGIONS", COPY_REGION),
+                ("NOTIFY_TOPIC_ARN", &topic),
+                ("RETENTION_PART_SNAPSHOTS", "1"),
+            ],
+        )
+        .expect("app");
+    let parted = invoke(&in_parts, json!({"action": "report"}))
+        .await
+        .expect("report in parts");
+    assert_eq!(
+        harness::report_without_clock(&parted),
+        harness::report_without_clock(&lost)
+    );
+    assert_eq!(
+        logs.messages_starting("fleet report: part read").len(),
+        5,
+        "four tagged servers and exch01, a part each"
+    );
     let report_lines = metrics.of("report", None);
     assert_eq!(count(&report_lines[2], "InstancesLostTag"), 1);
     assert_eq!(count(&report_lines[1], "InstancesLostTag"), 0);

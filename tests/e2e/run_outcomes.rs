@@ -630,6 +630,20 @@ async fn only_the_node_that_owns_a_clusters_disks_gets_the_vss_command() {
     );
     assert!(status("app01").get("cluster_secondary").is_none());
     assert_eq!(fleet["totals"]["within_rpo"], 6, "{fleet}");
+    // Read a part at a time (a server each, a cluster's nodes together): the same report.
+    let in_parts = world
+        .app(&[("RETENTION_PART_SNAPSHOTS", "1")])
+        .expect("app");
+    let parted = world.report(&in_parts).await.expect("report in parts");
+    assert_eq!(
+        harness::report_without_clock(&parted),
+        harness::report_without_clock(&fleet)
+    );
+    assert_eq!(
+        logs.messages_starting("fleet report: part read").len(),
+        4,
+        "files01, app01, and each cluster's nodes together"
+    );
 
     // Without the probe document, the secondary is sent the command and fails there.
     let bare = world.app(&[("PROBE_DOCUMENT", "")]).expect("app");

@@ -26,7 +26,8 @@ pub use fleet::{
 };
 pub use probes::{
     attached_volumes, commands_per_instance, own_snapshots, plant_snapshot, readiness_checks,
-    report_entry, run_items, run_snapshots, sets_of, snapshot_tag, snapshots_where,
+    report_entry, report_without_clock, run_items, run_snapshots, sets_of, snapshot_tag,
+    snapshots_where,
 };
 pub use sim::{Agent, CopyStats, Ebs, History, VssOutcome, Windows};
 pub use source::{

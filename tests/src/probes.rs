@@ -207,6 +207,25 @@ pub fn report_entry(report: &Value, instance_id: &str) -> Value {
         .unwrap_or_default()
 }
 
+/// A fleet report as two reports of the same fleet at different moments compare: without
+/// when it was made and how old each set was then.
+pub fn report_without_clock(report: &Value) -> Value {
+    fn strip(value: &mut Value) {
+        match value {
+            Value::Object(fields) => {
+                fields.remove("generated_at");
+                fields.remove("age_hours");
+                fields.values_mut().for_each(strip);
+            }
+            Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut report = report.clone();
+    strip(&mut report);
+    report
+}
+
 /// One server's checks of a readiness answer with this `result` (`fail`, `warn`, …), each as
 /// `check:cause`, or `check` where none is named.
 pub fn readiness_checks(server: &Value, result: &str) -> Vec<String> {

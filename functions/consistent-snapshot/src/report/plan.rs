@@ -3,7 +3,7 @@
 //!
 //! `build` is a pure function of what EC2 and SSM said; `report::step` reads it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
@@ -15,8 +15,8 @@ use crate::model::fleet::{InstanceFacts, SkipReason};
 use crate::model::snapshot::SnapshotInfo;
 use crate::model::state::{CommandStatus, SnapshotState};
 use crate::model::tags::{
-    is_app_consistent, CONSISTENCY_CRASH_FALLBACK, TAG_APP_CONSISTENT, TAG_CONSISTENCY, TAG_DEVICE,
-    TAG_SOURCE_SNAPSHOT,
+    is_app_consistent, CONSISTENCY_CRASH_FALLBACK, TAG_APP_CONSISTENT, TAG_CLUSTER,
+    TAG_CONSISTENCY, TAG_DEVICE, TAG_SOURCE_SNAPSHOT,
 };
 use crate::retention::plan::{sets_by_instance, SetKind, SnapshotSet};
 use crate::run::plan::outcome::failure_reason;
@@ -297,6 +297,42 @@ pub struct Totals {
     pub causes: BTreeMap<Cause, usize>,
 }
 
+impl Totals {
+    /// Adds another part's counts to these; `regions_unreadable` is the report's, not a
+    /// part's (`Gathered::finish` sets it).
+    pub fn add(&mut self, other: &Totals) {
+        let Totals {
+            instances,
+            within_rpo,
+            out_of_rpo,
+            never_backed_up,
+            unresolved_failures,
+            not_ready,
+            copies_missing,
+            regions_unreadable: _,
+            lost_tag,
+            file_system_only,
+            on_fallback,
+            vault_missing,
+            causes,
+        } = other;
+        self.instances += instances;
+        self.within_rpo += within_rpo;
+        self.out_of_rpo += out_of_rpo;
+        self.never_backed_up += never_backed_up;
+        self.unresolved_failures += unresolved_failures;
+        self.not_ready += not_ready;
+        self.copies_missing += copies_missing;
+        self.lost_tag += lost_tag;
+        self.file_system_only += file_system_only;
+        self.on_fallback += on_fallback;
+        self.vault_missing += vault_missing;
+        for (cause, n) in causes {
+            *self.causes.entry(*cause).or_insert(0) += n;
+        }
+    }
+}
+
 fn is_zero(n: &usize) -> bool {
     *n == 0
 }
@@ -309,8 +345,13 @@ pub struct FleetReport {
     /// `region (AWS code)` of each copy region that could not be read.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub regions_unreadable: Vec<String>,
+    /// The servers in the report's order (out of RPO first), at most `REPORT_LISTED`.
     pub instances: Vec<InstanceStatus>,
-    /// Servers with backups that are no longer tagged for this deployment.
+    /// The servers counted in `totals` but not listed in `instances` (past `REPORT_LISTED`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub instances_left_out: usize,
+    /// Servers with backups that are no longer tagged for this deployment, at most
+    /// `REPORT_LISTED` (`totals.lost_tag` counts them all).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lost_tag: Vec<LostTag>,
 }
@@ -336,7 +377,7 @@ impl FleetReport {
                 .take(LOST_TAG_NAMED)
                 .map(|l| format!("{} ({})", l.name, l.instance_id))
                 .collect();
-            let more = self.lost_tag.len().saturating_sub(LOST_TAG_NAMED);
+            let more = t.lost_tag.saturating_sub(named.len());
             let more = if more > 0 {
                 format!(" and {more} more")
             } else {
@@ -344,7 +385,7 @@ impl FleetReport {
             };
             format!(
                 "; {} server(s) with backups lost their tag and are no longer backed up: {}{more}",
-                self.lost_tag.len(),
+                t.lost_tag,
                 named.join(", ")
             )
         };
@@ -385,6 +426,19 @@ impl FleetReport {
 /// first of all, then oldest first), then by name.
 pub fn build(input: &ReportInput) -> FleetReport {
     let (sets, _) = sets_by_instance(input.snapshots, input.managed_by);
+    // Each copy region's completed copies by their source, looked up once per source.
+    let copied: BTreeMap<&str, HashSet<&str>> = input
+        .copies
+        .iter()
+        .map(|(region, copies)| {
+            let sources = copies
+                .iter()
+                .filter(|c| c.state == SnapshotState::Completed)
+                .filter_map(|c| c.tags.get(TAG_SOURCE_SNAPSHOT))
+                .collect();
+            (region.as_str(), sources)
+        })
+        .collect();
     let rpo = chrono::Duration::hours(i64::from(input.rpo_hours));
     let mut statuses = Vec::new();
     for (facts, skip) in &input.instances {
@@ -441,7 +495,7 @@ pub fn build(input: &ReportInput) -> FleetReport {
                     .into_iter()
                     .filter(|r| !input.regions_unreadable.contains_key(r))
                     .collect(),
-                input.copies,
+                &copied,
             ),
             None => BTreeMap::new(),
         };
@@ -478,10 +532,7 @@ pub fn build(input: &ReportInput) -> FleetReport {
             vault,
         });
     }
-    statuses.sort_by(|a, b| {
-        let taken = |s: &InstanceStatus| s.latest_consistent.as_ref().map(|l| l.taken_at);
-        (a.rpo, taken(a), &a.name, &a.instance_id).cmp(&(b.rpo, taken(b), &b.name, &b.instance_id))
-    });
+    statuses.sort_by(in_report_order);
     let lost_tag: Vec<LostTag> = input
         .lost_tag
         .iter()
@@ -511,8 +562,148 @@ pub fn build(input: &ReportInput) -> FleetReport {
             .map(|(region, code)| format!("{region} ({code})"))
             .collect(),
         instances: statuses,
+        instances_left_out: 0,
         lost_tag,
     }
+}
+
+/// The report's order: never backed up first, then out of RPO, oldest first; then by name.
+fn in_report_order(a: &InstanceStatus, b: &InstanceStatus) -> std::cmp::Ordering {
+    let taken = |s: &InstanceStatus| s.latest_consistent.as_ref().map(|l| l.taken_at);
+    (a.rpo, taken(a), &a.name, &a.instance_id).cmp(&(b.rpo, taken(b), &b.name, &b.instance_id))
+}
+
+/// Servers (and servers that lost their tag) a report lists at most, those that need
+/// attention first; its totals count every one. A Lambda answer holds at most 6 MB, and what
+/// a report holds in memory is bounded by what it lists, not by the fleet.
+pub const REPORT_LISTED: usize = 1_000;
+
+/// A fleet report gathered a part of the fleet at a time (`report_parts`): every part's
+/// totals added, and of its servers only the first `listed` in the report's order kept.
+#[derive(Debug)]
+pub struct Gathered {
+    listed: usize,
+    totals: Totals,
+    instances: Vec<InstanceStatus>,
+    lost_tag: Vec<LostTag>,
+}
+
+impl Gathered {
+    pub fn new(listed: usize) -> Self {
+        Gathered {
+            listed,
+            totals: Totals::default(),
+            instances: Vec::new(),
+            lost_tag: Vec::new(),
+        }
+    }
+
+    /// One part's report (`build` of that part's servers).
+    pub fn add(&mut self, part: FleetReport) {
+        self.totals.add(&part.totals);
+        self.instances.extend(part.instances);
+        self.instances.sort_by(in_report_order);
+        self.instances.truncate(self.listed);
+        self.lost_tag.extend(part.lost_tag);
+        self.lost_tag
+            .sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        self.lost_tag.truncate(self.listed);
+    }
+
+    /// The report of every part, with the copy regions that could not be read in any of them.
+    pub fn finish(
+        self,
+        now: DateTime<Utc>,
+        rpo_hours: u32,
+        regions_unreadable: &BTreeMap<String, String>,
+    ) -> FleetReport {
+        let Gathered {
+            mut totals,
+            instances,
+            lost_tag,
+            ..
+        } = self;
+        totals.regions_unreadable = regions_unreadable.len();
+        FleetReport {
+            generated_at: now,
+            rpo_hours,
+            instances_left_out: totals.instances.saturating_sub(instances.len()),
+            totals,
+            regions_unreadable: regions_unreadable
+                .iter()
+                .map(|(region, code)| format!("{region} ({code})"))
+                .collect(),
+            instances,
+            lost_tag,
+        }
+    }
+}
+
+/// The tagged fleet's failover clusters (`ConsistentSnapshot:Cluster`, case aside) of more than
+/// one node, each with its nodes in id order.
+pub fn clusters_of<'a>(
+    fleet: impl IntoIterator<Item = &'a InstanceFacts>,
+) -> BTreeMap<String, Vec<&'a str>> {
+    let mut clusters: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for instance in fleet {
+        if let Some(name) = instance.tags.get(TAG_CLUSTER) {
+            clusters
+                .entry(name.to_ascii_lowercase())
+                .or_default()
+                .push(&instance.instance_id);
+        }
+    }
+    clusters.retain(|_, nodes| nodes.len() > 1);
+    for nodes in clusters.values_mut() {
+        nodes.sort_unstable();
+    }
+    clusters
+}
+
+/// The report's servers in parts read one at a time, so that its memory is a part's, not the
+/// catalog's: each failover cluster's nodes together in one part (a secondary stands on its
+/// owner's set), then every other server, tagged (`tagged`) or with snapshots recorded
+/// (`recorded`, with how many), in id order. A part holds at most `max_instances` servers and,
+/// unless one cluster or server alone has more, at most `max_snapshots` recorded snapshots.
+pub fn report_parts<'a>(
+    recorded: &'a BTreeMap<String, usize>,
+    clusters: &BTreeMap<String, Vec<&'a str>>,
+    tagged: impl IntoIterator<Item = &'a str>,
+    (max_snapshots, max_instances): (usize, usize),
+) -> Vec<Vec<String>> {
+    let in_cluster: HashSet<&str> = clusters.values().flatten().copied().collect();
+    let others: BTreeSet<&str> = recorded
+        .keys()
+        .map(String::as_str)
+        .chain(tagged)
+        .filter(|id| !in_cluster.contains(id))
+        .collect();
+    let groups = clusters
+        .values()
+        .map(Vec::as_slice)
+        .chain(others.iter().map(std::slice::from_ref));
+    let mut parts: Vec<Vec<String>> = Vec::new();
+    let mut current: Vec<String> = Vec::new();
+    let mut snapshots = 0usize;
+    for group in groups {
+        let count: usize = group
+            .iter()
+            .map(|id| recorded.get(*id).copied().unwrap_or(0))
+            .sum();
+        let full = !current.is_empty()
+            && (current.len() + group.len() > max_instances.max(1)
+                || snapshots + count > max_snapshots);
+        if full {
+            parts.push(std::mem::take(&mut current));
+            snapshots = 0;
+        }
+        current.extend(group.iter().map(|id| id.to_string()));
+        snapshots += count;
+    }
+    if !current.is_empty() {
+        parts.push(current);
+    }
+    parts
 }
 
 /// A consistent set as the report shows it: when it was taken, how old it is, its snapshots.
@@ -537,25 +728,21 @@ fn set_summary(set: &SnapshotSet, now: DateTime<Utc>) -> SetSummary {
     }
 }
 
-/// How many of a set's snapshots have a completed copy in each of its copy regions.
+/// How many of a set's snapshots have a completed copy in each of its copy regions;
+/// `copied`: per region, the sources of its completed copies.
 fn copy_statuses(
     set: &SnapshotSet,
     regions: Vec<String>,
-    copies: &BTreeMap<String, Vec<SnapshotInfo>>,
+    copied: &BTreeMap<&str, HashSet<&str>>,
 ) -> BTreeMap<String, CopyStatus> {
     let mut statuses = BTreeMap::new();
     for region in regions {
-        let in_region = copies.get(&region).map(Vec::as_slice);
-        let completed = set
-            .snapshots
-            .iter()
-            .filter(|source| {
-                in_region.unwrap_or_default().iter().any(|c| {
-                    c.state == SnapshotState::Completed
-                        && c.tags.get(TAG_SOURCE_SNAPSHOT) == Some(source.snapshot_id.as_str())
-                })
-            })
-            .count();
+        let completed = copied.get(region.as_str()).map_or(0, |sources| {
+            set.snapshots
+                .iter()
+                .filter(|source| sources.contains(source.snapshot_id.as_str()))
+                .count()
+        });
         statuses.insert(
             region,
             CopyStatus {
@@ -1095,5 +1282,114 @@ mod tests {
         });
         assert!(vault_status(newest, &regions, &all).newest_set_vaulted);
         assert!(!vault_status(None, &regions, &all).newest_set_vaulted);
+    }
+
+    #[test]
+    fn a_report_gathered_in_parts_is_the_report_built_at_once() {
+        // 40 servers: every fifth never backed up, every third stale, the others fresh; each
+        // with a failure, and copies of half of them.
+        let fleet: Vec<InstanceFacts> = (0..40)
+            .map(|n| instance(&format!("i-{n:02}"), &format!("srv{:02}", 39 - n)))
+            .collect();
+        let mut snapshots = Vec::new();
+        let mut copies = Vec::new();
+        for (n, server) in fleet.iter().enumerate().filter(|(n, _)| n % 5 != 0) {
+            let hours = if n % 3 == 0 { 30 + n as i64 } else { n as i64 };
+            let id = format!("snap-{n}");
+            snapshots.push(snap(&id, &server.instance_id, "r1", hours, n % 7 != 0));
+            if n % 2 == 0 {
+                copies.push(copy_of(&format!("snap-c{n}"), &id));
+            }
+        }
+        let failures: Vec<FailedInvocation> = fleet
+            .iter()
+            .map(|server| FailedInvocation {
+                instance_id: server.instance_id.clone(),
+                command_id: "c-1".into(),
+                run_id: Some("r0".into()),
+                at: now() - Duration::hours(20),
+                reason: "Failed: Thaw pipe connection timed out".into(),
+                cause: Some(Cause::FreezeTimeout),
+            })
+            .collect();
+        let lost = instance("i-99", "gone01");
+        snapshots.push(snap("snap-99", "i-99", "r1", 3, true));
+        let copies = BTreeMap::from([("eu-west-1".to_string(), copies)]);
+        let readable = BTreeMap::new();
+        let regions: BTreeMap<String, Result<Vec<String>, String>> = fleet
+            .iter()
+            .map(|i| (i.instance_id.clone(), Ok(vec!["eu-west-1".to_string()])))
+            .collect();
+        let report_of = |servers: &[InstanceFacts], lost_tag: Vec<&InstanceFacts>| {
+            build(&ReportInput {
+                now: now(),
+                rpo_hours: 26,
+                managed_by: "prod",
+                instances: servers.iter().map(|i| (i, None)).collect(),
+                snapshots: &snapshots,
+                copy_regions: regions.clone(),
+                copies: &copies,
+                failures: &failures,
+                regions_unreadable: &readable,
+                lost_tag,
+                target_key: "ConsistentSnapshot",
+                secondaries: BTreeMap::new(),
+                vault: None,
+            })
+        };
+        let whole = report_of(&fleet, vec![&lost]);
+        assert_eq!(whole.totals.instances, 40);
+        assert!(whole.totals.out_of_rpo > 8 && whole.totals.copies_missing > 0);
+        for listed in [1_000, 7] {
+            let mut gathered = Gathered::new(listed);
+            for (n, part) in fleet.chunks(9).enumerate() {
+                gathered.add(report_of(part, if n == 2 { vec![&lost] } else { vec![] }));
+            }
+            let parts = gathered.finish(now(), 26, &readable);
+            assert_eq!(parts.totals, whole.totals, "listing {listed}");
+            let shown = whole.instances.len().min(listed);
+            assert_eq!(
+                parts.instances,
+                whole.instances[..shown],
+                "listing {listed}"
+            );
+            assert_eq!(parts.instances_left_out, 40 - shown);
+            assert_eq!(parts.lost_tag, whole.lost_tag);
+            assert_eq!(parts.summary_line(), whole.summary_line());
+        }
+    }
+
+    #[test]
+    fn parts_keep_a_clusters_nodes_together_and_follow_the_snapshot_budget() {
+        let mut sqlnode1 = instance("i-5", "sqlnode1");
+        sqlnode1.tags.insert(TAG_CLUSTER.into(), "SQLCLU".into());
+        let mut sqlnode2 = instance("i-1", "sqlnode2");
+        sqlnode2.tags.insert(TAG_CLUSTER.into(), "sqlclu".into());
+        let mut lone = instance("i-3", "app01");
+        lone.tags.insert(TAG_CLUSTER.into(), "LONE".into());
+        let fleet = [sqlnode1, sqlnode2, lone, instance("i-2", "never01")];
+        let clusters = clusters_of(&fleet);
+        assert_eq!(
+            clusters,
+            BTreeMap::from([("sqlclu".to_string(), vec!["i-1", "i-5"])]),
+            "a cluster of one node is no cluster"
+        );
+        // Recorded: i-4 lost its tag; i-2 has nothing recorded.
+        let recorded: BTreeMap<String, usize> = [("i-1", 2), ("i-3", 4), ("i-4", 3), ("i-5", 6)]
+            .into_iter()
+            .map(|(id, n)| (id.to_string(), n))
+            .collect();
+        let tagged = || fleet.iter().map(|i| i.instance_id.as_str());
+        let parts = |budget| report_parts(&recorded, &clusters, tagged(), budget);
+        assert_eq!(parts((100, 200)), [["i-1", "i-5", "i-2", "i-3", "i-4"]]);
+        // A cluster over the budget is still one part; every server is in exactly one part.
+        assert_eq!(
+            parts((5, 200)),
+            vec![vec!["i-1", "i-5"], vec!["i-2", "i-3"], vec!["i-4"]]
+        );
+        assert_eq!(
+            parts((100, 2)),
+            vec![vec!["i-1", "i-5"], vec!["i-2", "i-3"], vec!["i-4"]]
+        );
     }
 }

@@ -3,17 +3,19 @@
 //! `report::plan::build`. `{"action":"report"}`, and the hourly report schedule; and the
 //! fleet's readiness before the night (`{"action":"readiness"}`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
+use futures_util::future::{join, join_all};
 use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::app::{emit_metrics, probe_servers, to_json, App};
+use crate::aws::snapshots::FILTER_VALUES;
 use crate::aws::{commands, iam, instances};
 use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
-use crate::model::catalog::VaultRecord;
+use crate::model::catalog::{CatalogIndex, VaultRecord};
 use crate::model::cost::InstanceCost;
 use crate::model::fleet::SkipReason;
 use crate::model::fleet::{AgentFacts, InstanceFacts, RouteFacts};
@@ -21,22 +23,47 @@ use crate::model::markers::KEEP_RUN_DAYS;
 use crate::model::permissions::{denied, vss_document_needs, RoleFacts};
 use crate::model::probe::{probe_targets, ProbeResult};
 use crate::model::requests::ReadinessRequest;
+use crate::model::snapshot::SnapshotInfo;
 use crate::model::state::{CommandStatus, InstanceState};
 use crate::model::stop_time;
-use crate::model::tags::{TAG_CLUSTER, TAG_INSTANCE_ID};
+use crate::model::tags::TAG_INSTANCE_ID;
 use crate::report::plan::{
-    build, failed_invocations, failures_since, FailedInvocation, FleetReport, InstanceStatus,
-    ReadinessBrief, ReportInput, RpoStatus, Secondary,
+    build, clusters_of, failed_invocations, failures_since, report_parts, FailedInvocation,
+    FleetReport, Gathered, InstanceStatus, ReadinessBrief, ReportInput, RpoStatus, Secondary,
+    VaultInput, REPORT_LISTED,
 };
-use crate::retention::step::vouched_snapshots;
+use crate::retention::step::{part_snapshots, vouched_snapshots};
 use crate::run::plan::dispatch::vss_documents;
 use crate::run::plan::preflight::preflight;
 use crate::run::plan::readiness::{Readiness, Verdict as ReadinessVerdict};
 use crate::run::plan::summary::RecordPage;
 
-/// Reads the fleet and builds its report.
+/// What every part of a report reads once: the tagged fleet and what it says of each server.
+struct Fleet<'a> {
+    now: DateTime<Utc>,
+    by_id: HashMap<&'a str, &'a InstanceFacts>,
+    agents: &'a HashMap<String, AgentFacts>,
+    copy_regions: &'a BTreeMap<String, Result<Vec<String>, String>>,
+    failures: &'a [FailedInvocation],
+    vault: Option<VaultInput<'a>>,
+}
+
+/// What one part of the report reads of AWS: its servers' snapshots that the catalog vouches
+/// for, at home and in each of their copy regions, and those of its servers that have backups
+/// but are no longer tagged.
+struct PartReads {
+    home: Vec<SnapshotInfo>,
+    copies: BTreeMap<String, Vec<SnapshotInfo>>,
+    lost_tag: Vec<InstanceFacts>,
+}
+
+/// Reads the fleet and builds its report, a part of the fleet at a time
+/// (`RETENTION_PART_SNAPSHOTS` recorded snapshots at most, as retention): a part's snapshots
+/// are read, its servers' statuses built and counted, and only the first `REPORT_LISTED` kept,
+/// so the report's memory is a part's and what it lists, not the catalog's.
 pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
     let now = Utc::now();
+    let started = std::time::Instant::now();
     let fleet = instances::discover(&app.aws.ec2, &app.config, None).await?;
     let agents = commands::running_agents(&app.aws.ssm, &fleet).await?;
     let home = &app.config.region;
@@ -52,58 +79,6 @@ pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
             (i.instance_id.clone(), regions)
         })
         .collect();
-    let managed_by = app.config.managed_by.as_str();
-    // Only what the catalog vouches for counts as a backup: a forged or re-tagged snapshot
-    // never puts a server within its RPO.
-    let index = app.aws.catalog.index().await?;
-    let (home_snapshots, _) = vouched_snapshots(app, home, &index, false).await?;
-    // A copy region that cannot be read is named with its code; the others are reported.
-    let mut copies = BTreeMap::new();
-    let mut regions_unreadable = BTreeMap::new();
-    let regions = copy_regions.values().flat_map(|r| r.iter().flatten());
-    for region in regions {
-        if copies.contains_key(region) || regions_unreadable.contains_key(region) {
-            continue;
-        }
-        match vouched_snapshots(app, region, &index, false).await {
-            Ok((found, _)) => {
-                copies.insert(region.clone(), found);
-            }
-            Err(err) => {
-                let code = err.aws_code().unwrap_or("Unknown").to_string();
-                warn!(region = %region, code = %code, error = %err, "copy region not readable: its copies are reported as unknown");
-                regions_unreadable.insert(region.clone(), code);
-            }
-        }
-    }
-    // Servers with backups that are alive but no longer tagged (the tag removed or mistyped):
-    // named, so that they do not vanish from the report as they did from discovery.
-    let tagged: HashSet<&str> = fleet.iter().map(|i| i.instance_id.as_str()).collect();
-    let backed_up: BTreeSet<&str> = home_snapshots
-        .iter()
-        .filter_map(|s| s.tags.get(TAG_INSTANCE_ID))
-        .filter(|id| !tagged.contains(id))
-        .collect();
-    let untagged = if backed_up.is_empty() {
-        HashMap::new()
-    } else {
-        instances::by_id(&app.aws.ec2, &app.config, backed_up.iter().copied())
-            .await
-            .unwrap_or_else(|err| {
-                warn!(code = err.aws_code().unwrap_or("Unknown"), error = %err, "instances with backups not readable: servers that lost their tag are not reported");
-                HashMap::new()
-            })
-    };
-    let mut lost_tag: Vec<&InstanceFacts> = untagged
-        .values()
-        .filter(|i| {
-            !matches!(
-                i.state,
-                InstanceState::Terminated | InstanceState::ShuttingDown
-            )
-        })
-        .collect();
-    lost_tag.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
     // The failures' reasons only explain; without them the report still stands.
     let failures = recent_failures(app, now).await.unwrap_or_else(|err| {
         warn!(code = err.aws_code().unwrap_or("Unknown"), error = %err, "failed commands not readable: the report gives no reasons from SSM");
@@ -128,50 +103,69 @@ pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
         }
         None => None,
     };
-    let input = ReportInput {
+    // Only what the catalog vouches for counts as a backup: a forged or re-tagged snapshot
+    // never puts a server within its RPO.
+    let part_snapshots = app.config.retention_part_snapshots;
+    let (recorded, whole) = app.aws.catalog.recorded(part_snapshots).await?;
+    let clusters = clusters_of(&fleet);
+    let parts = report_parts(
+        recorded.instances(),
+        &clusters,
+        fleet.iter().map(|i| i.instance_id.as_str()),
+        (part_snapshots, FILTER_VALUES),
+    );
+    drop(recorded);
+    // The whole catalog in one part (most deployments): its index serves it, and each region
+    // is listed once by the deployment's tag.
+    let mut whole = whole.filter(|_| parts.len() <= 1);
+    let context = Fleet {
         now,
-        rpo_hours: app.config.rpo_hours,
-        managed_by,
-        instances: fleet
-            .iter()
-            .map(|i| {
-                let skip = preflight(i, agents.get(&i.instance_id), &app.config).err();
-                (i, skip)
-            })
-            .collect(),
-        snapshots: &home_snapshots,
-        copy_regions,
-        copies: &copies,
+        by_id: fleet.iter().map(|i| (i.instance_id.as_str(), i)).collect(),
+        agents: &agents,
+        copy_regions: &copy_regions,
         failures: &failures,
-        regions_unreadable: &regions_unreadable,
-        lost_tag,
-        target_key: &app.config.target_tag_key,
-        secondaries: BTreeMap::new(),
         vault: vault
             .as_ref()
             .map(|(regions, copies)| (regions.as_slice(), copies)),
     };
-    let mut report = build(&input);
-    // Cluster secondaries out of RPO: were they left out by their owner's newest run?
-    let secondaries = cluster_secondaries(app, &fleet, &report).await;
-    if !secondaries.is_empty() {
-        let input = ReportInput {
-            secondaries,
-            ..input
-        };
-        report = build(&input);
+    let mut gathered = Gathered::new(REPORT_LISTED);
+    let mut unreadable = BTreeMap::new();
+    let mut clusters_left = MAX_CLUSTERS_READ;
+    for (n, part) in parts.iter().enumerate() {
+        let reads = read_part(app, part, &context, whole.take(), &mut unreadable).await?;
+        let report =
+            part_report(app, part, &context, &reads, &unreadable, &mut clusters_left).await;
+        drop(reads);
+        gathered.add(report);
+        if parts.len() > 1 {
+            info!(
+                part = n + 1,
+                parts = parts.len(),
+                instances = part.len(),
+                "fleet report: part read"
+            );
+        }
     }
-    // Each server's readiness; without the routes, their check reads unknown.
-    let routes = instances::ec2_routes(&app.aws.ec2, &fleet, home)
+    let mut report = gathered.finish(now, app.config.rpo_hours, &unreadable);
+    // Each listed server's readiness; without the routes, their check reads unknown.
+    let listed: Vec<InstanceFacts> = report
+        .instances
+        .iter()
+        .filter_map(|s| {
+            context
+                .by_id
+                .get(s.instance_id.as_str())
+                .map(|f| (*f).clone())
+        })
+        .collect();
+    let routes = instances::ec2_routes(&app.aws.ec2, &listed, home)
         .await
         .unwrap_or_else(|err| {
             warn!(code = err.aws_code().unwrap_or("Unknown"), error = %err, "routes not readable: readiness reports the route to EC2 as unknown");
             RouteFacts::default()
         });
-    let by_id: HashMap<&str, &InstanceFacts> =
-        fleet.iter().map(|i| (i.instance_id.as_str(), i)).collect();
     for status in &mut report.instances {
-        if let Some(facts) = by_id.get(status.instance_id.as_str()) {
+        if let Some(facts) = context.by_id.get(status.instance_id.as_str()) {
             let checked = crate::run::plan::readiness::readiness(
                 facts,
                 agents.get(&status.instance_id),
@@ -183,7 +177,157 @@ pub async fn fleet_report(app: &App) -> Result<FleetReport, Error> {
             status.readiness = Some(ReadinessBrief::of(&checked));
         }
     }
+    info!(
+        parts = parts.len(),
+        instances = report.totals.instances,
+        listed = report.instances.len(),
+        total_ms = started.elapsed().as_millis(),
+        "fleet report built"
+    );
     Ok(report)
+}
+
+/// Reads one part of the report (`part`, instance ids): what the catalog records of it (by its
+/// keys, unless `whole` holds the whole catalog's index), its snapshots at home and in its
+/// servers' copy regions, all at once, and its servers with backups that lost their tag. A copy
+/// region that cannot be read is named in `unreadable` with its code and not read again by
+/// later parts; the home region not readable fails the report.
+async fn read_part(
+    app: &App,
+    part: &[String],
+    fleet: &Fleet<'_>,
+    whole: Option<CatalogIndex>,
+    unreadable: &mut BTreeMap<String, String>,
+) -> Result<PartReads, Error> {
+    let listed_whole = whole.is_some();
+    let index = match whole {
+        Some(index) => index,
+        None => app.aws.catalog.index_of(part).await?,
+    };
+    let home = app.config.region.as_str();
+    let copy_regions: BTreeSet<&str> = part
+        .iter()
+        .filter_map(|id| fleet.copy_regions.get(id))
+        .flat_map(|regions| regions.iter().flatten())
+        .map(String::as_str)
+        .filter(|region| !unreadable.contains_key(*region))
+        .collect();
+    let read = |region: &str| {
+        let (index, region) = (&index, region.to_string());
+        async move {
+            let listed = if listed_whole {
+                Some(vouched_snapshots(app, &region, index, false).await?.0)
+            } else {
+                None
+            };
+            part_snapshots(app, &region, (part, listed, false), index, None)
+                .await
+                .map(|(snapshots, _, _)| snapshots)
+        }
+    };
+    let (home_read, copy_reads) = join(
+        read(home),
+        join_all(copy_regions.iter().map(|region| read(region))),
+    )
+    .await;
+    let home_snapshots = home_read?;
+    let mut copies = BTreeMap::new();
+    for (region, read) in copy_regions.iter().zip(copy_reads) {
+        match read {
+            Ok(found) => {
+                copies.insert(region.to_string(), found);
+            }
+            Err(err) => {
+                let code = err.aws_code().unwrap_or("Unknown").to_string();
+                warn!(region = %region, code = %code, error = %err, "copy region not readable: its copies are reported as unknown");
+                unreadable.insert(region.to_string(), code);
+            }
+        }
+    }
+    // Servers with backups that are alive but no longer tagged (the tag removed or mistyped):
+    // named, so that they do not vanish from the report as they did from discovery.
+    let backed_up: BTreeSet<&str> = home_snapshots
+        .iter()
+        .filter_map(|s| s.tags.get(TAG_INSTANCE_ID))
+        .filter(|id| !fleet.by_id.contains_key(id))
+        .collect();
+    let untagged = if backed_up.is_empty() {
+        HashMap::new()
+    } else {
+        instances::by_id(&app.aws.ec2, &app.config, backed_up.iter().copied())
+            .await
+            .unwrap_or_else(|err| {
+                warn!(code = err.aws_code().unwrap_or("Unknown"), error = %err, "instances with backups not readable: servers that lost their tag are not reported");
+                HashMap::new()
+            })
+    };
+    let lost_tag = untagged
+        .into_values()
+        .filter(|i| {
+            !matches!(
+                i.state,
+                InstanceState::Terminated | InstanceState::ShuttingDown
+            )
+        })
+        .collect();
+    Ok(PartReads {
+        home: home_snapshots,
+        copies,
+        lost_tag,
+    })
+}
+
+/// One part's report: each of its tagged servers against the RPO, from what `read_part` read;
+/// its cluster secondaries out of RPO stand on their owner's set where that run left them out.
+async fn part_report(
+    app: &App,
+    part: &[String],
+    fleet: &Fleet<'_>,
+    reads: &PartReads,
+    unreadable: &BTreeMap<String, String>,
+    clusters_left: &mut usize,
+) -> FleetReport {
+    let tagged: Vec<&InstanceFacts> = part
+        .iter()
+        .filter_map(|id| fleet.by_id.get(id.as_str()).copied())
+        .collect();
+    let mut lost_tag: Vec<&InstanceFacts> = reads.lost_tag.iter().collect();
+    lost_tag.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    let input = ReportInput {
+        now: fleet.now,
+        rpo_hours: app.config.rpo_hours,
+        managed_by: app.config.managed_by.as_str(),
+        instances: tagged
+            .iter()
+            .map(|i| {
+                let skip = preflight(i, fleet.agents.get(&i.instance_id), &app.config).err();
+                (*i, skip)
+            })
+            .collect(),
+        snapshots: &reads.home,
+        copy_regions: part
+            .iter()
+            .filter_map(|id| Some((id.clone(), fleet.copy_regions.get(id)?.clone())))
+            .collect(),
+        copies: &reads.copies,
+        failures: fleet.failures,
+        regions_unreadable: unreadable,
+        lost_tag,
+        target_key: &app.config.target_tag_key,
+        secondaries: BTreeMap::new(),
+        vault: fleet.vault,
+    };
+    let report = build(&input);
+    // Cluster secondaries out of RPO: were they left out by their owner's newest run? (A
+    // cluster's nodes are in one part.)
+    let secondaries = cluster_secondaries(app, &tagged, &report, clusters_left).await;
+    if secondaries.is_empty() {
+        return report;
+    }
+    build(&ReportInput {
+        secondaries,
+        ..input
+    })
 }
 
 /// At most this many clusters' runs are read per report.
@@ -191,35 +335,32 @@ const MAX_CLUSTERS_READ: usize = 100;
 
 /// The failover cluster nodes out of RPO that the run of their cluster's newest set left out
 /// as secondaries (that run's record in the catalog says so, naming the owner): one read of a
-/// run per cluster, at most `MAX_CLUSTERS_READ`. A run not readable leaves its nodes as they
-/// are (out of RPO), never covered.
+/// run per cluster, at most `clusters_left` (of `MAX_CLUSTERS_READ` a report). A run not
+/// readable leaves its nodes as they are (out of RPO), never covered.
 async fn cluster_secondaries(
     app: &App,
-    fleet: &[InstanceFacts],
+    fleet: &[&InstanceFacts],
     report: &FleetReport,
+    clusters_left: &mut usize,
 ) -> BTreeMap<String, Secondary> {
     let status: HashMap<&str, &InstanceStatus> = report
         .instances
         .iter()
         .map(|s| (s.instance_id.as_str(), s))
         .collect();
-    let mut clusters: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-    for instance in fleet {
-        if let Some(name) = instance.tags.get(TAG_CLUSTER) {
-            clusters
-                .entry(name.to_ascii_lowercase())
-                .or_default()
-                .push(&instance.instance_id);
-        }
-    }
     let mut found = BTreeMap::new();
-    let needing = clusters.into_values().filter(|nodes| {
-        nodes.len() > 1
-            && nodes
+    let needing: Vec<Vec<&str>> = clusters_of(fleet.iter().copied())
+        .into_values()
+        .filter(|nodes| {
+            nodes
                 .iter()
                 .any(|n| status.get(n).is_some_and(|s| s.rpo != RpoStatus::WithinRpo))
-    });
-    for nodes in needing.take(MAX_CLUSTERS_READ) {
+        })
+        .collect();
+    for nodes in needing {
+        if *clusters_left == 0 {
+            break;
+        }
         // The node with the newest set: its run is the one that would have left the others out.
         let Some((owner, run_id)) = nodes
             .iter()
@@ -232,6 +373,7 @@ async fn cluster_secondaries(
         else {
             continue;
         };
+        *clusters_left -= 1;
         let run = match app.aws.catalog.run(&run_id).await {
             Ok(Some(run)) => run,
             Ok(None) => continue,

@@ -424,7 +424,7 @@ async fn plan_part(
         let readable = !survey.unreadable.contains_key(region);
         async move {
             if readable {
-                Some(part_snapshots(app, region, (part, listed), index, images).await)
+                Some(part_snapshots(app, region, (part, listed, true), index, images).await)
             } else {
                 None
             }
@@ -710,18 +710,19 @@ async fn report_missing(app: &App, plan: &RegionPlan, outcome: &mut RetentionOut
     }
 }
 
-/// One part's snapshots in `region` that the catalog vouches for (its imported sets left
-/// out: retention never decides on them), with the AMIs that use them; the part's recorded
+/// One part's snapshots in `region` that the catalog vouches for (with `skip_imported`, its
+/// imported sets left out: retention never decides on them), with the AMIs that use them
+/// (`images`, when given); the part's recorded
 /// snapshots EC2 no longer has (at most `MAX_MISSING`); and how many of the part's recorded
 /// snapshots EC2 reports otherwise than recorded (foreign, each logged).
 /// The snapshots are listed by their instance tag (or were, by the deployment's tag, in the
 /// region's survey: `listed`); a recorded one the listing did not find (its tags rewritten or
 /// removed by someone else) is read by its id: a tag must not hide a backup from retention,
 /// nor make the catalog forget it.
-async fn part_snapshots(
+pub async fn part_snapshots(
     app: &App,
     region: &str,
-    (part, listed): (&[String], Option<Vec<SnapshotInfo>>),
+    (part, listed, skip_imported): (&[String], Option<Vec<SnapshotInfo>>, bool),
     index: &CatalogIndex,
     images: Option<&BTreeMap<String, Vec<String>>>,
 ) -> Result<(Vec<SnapshotInfo>, Vec<Missing>, usize), Error> {
@@ -731,7 +732,7 @@ async fn part_snapshots(
     let mut admit_here = |facts: SnapshotFacts| {
         // Not recorded for this part: another part's, or foreign (counted by the survey).
         let vouched = index.get(region, &facts.snapshot_id)?;
-        if vouched.imported {
+        if skip_imported && vouched.imported {
             return None;
         }
         admitted(facts, (region, index, managed_by), &mut foreign)
