@@ -890,8 +890,9 @@ fn emulator_time(upstream: &BTreeMap<String, Duration>, top: usize) -> String {
     format!("the emulator answered in {total:.1} s ({named})")
 }
 
-/// A retention dry run over at least `snapshots` snapshots of 2,000 servers.
-async fn large_plan(binary: &Path, snapshots: u64) -> Result<Measured> {
+/// A retention dry run over at least `snapshots` snapshots of 2,000 servers, then the fleet
+/// report over them.
+async fn large_plan(binary: &Path, snapshots: u64) -> Result<(Measured, Measured)> {
     let servers = 2_000u64;
     let sets = snapshots.div_ceil(servers * VOLUMES);
     println!(
@@ -944,12 +945,54 @@ async fn large_plan(binary: &Path, snapshots: u64) -> Result<Measured> {
     );
     let peak_rss_mib = function.peak_rss_mib()?;
     println!("    {detail}, {seconds:.1} s, peak RSS {peak_rss_mib:.1} MiB");
-    Ok(Measured {
+    let plan = Measured {
         seconds,
         peak_rss_mib,
         cpu_seconds: function.cpu_seconds()?,
         detail,
-    })
+    };
+    drop(function);
+    // The fleet report over the same catalog, in a process of its own (its peak is its own).
+    println!("==> fleet report over the same {made} snapshots");
+    let (proxy, _endpoint, function, log) =
+        counted(&emulator, binary, (&queue, false), &[], "large-report.log").await?;
+    let started = Instant::now();
+    let answer = function
+        .invoke(json!({"action": "report"}), Duration::from_secs(900))
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    // Every server's newest set is a day old: all within the RPO, all counted.
+    let totals = &answer["totals"];
+    if totals["instances"] != json!(servers) || totals["within_rpo"] != json!(servers) {
+        return Err(format!(
+            "the report does not count {servers} servers within the RPO: {totals}"
+        )
+        .into());
+    }
+    let parts = std::fs::read_to_string(&log)?
+        .lines()
+        .filter(|l| l.contains("fleet report: part read"))
+        .count();
+    let describes = proxy
+        .stats()
+        .calls
+        .get("ec2:DescribeSnapshots")
+        .copied()
+        .unwrap_or(0);
+    let detail = format!(
+        "{servers} servers, {parts} parts, {} listed, {describes} DescribeSnapshots pages, answer {:.1} MB",
+        answer["instances"].as_array().map_or(0, Vec::len),
+        answer.to_string().len() as f64 / 1e6
+    );
+    let peak_rss_mib = function.peak_rss_mib()?;
+    println!("    {detail}, {seconds:.1} s, peak RSS {peak_rss_mib:.1} MiB");
+    let report = Measured {
+        seconds,
+        peak_rss_mib,
+        cpu_seconds: function.cpu_seconds()?,
+        detail,
+    };
+    Ok((plan, report))
 }
 
 /// What `cargo bench --bench plan_million` measured (`<target>/plan-million.json`).
@@ -1316,7 +1359,7 @@ async fn main() -> Result<()> {
         });
     }
     if wanted("plan") {
-        let plan = large_plan(&binary, plan_snapshots).await?;
+        let (plan, fleet_report) = large_plan(&binary, plan_snapshots).await?;
         budgets.push(Budget {
             what: format!("peak RSS, retention plan (dry run) over {plan_snapshots}+ snapshots"),
             measured: plan.peak_rss_mib,
@@ -1325,6 +1368,16 @@ async fn main() -> Result<()> {
             note: format!(
                 "{:.1} s, {:.2} s CPU; {}",
                 plan.seconds, plan.cpu_seconds, plan.detail
+            ),
+        });
+        budgets.push(Budget {
+            what: format!("peak RSS, fleet report over the same {plan_snapshots}+ snapshots"),
+            measured: fleet_report.peak_rss_mib,
+            unit: "MiB",
+            target: Some(64.0),
+            note: format!(
+                "{:.1} s, {:.2} s CPU; {}",
+                fleet_report.seconds, fleet_report.cpu_seconds, fleet_report.detail
             ),
         });
     }
