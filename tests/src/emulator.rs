@@ -369,25 +369,49 @@ impl Emulator {
         Ok((topic_arn, inbox_url))
     }
 
-    /// A plain HTTP call to the emulator's own API (/_sim/..., /moto-api/...).
+    /// A plain HTTP call to the emulator's own API (/_sim/..., /moto-api/...), answered within
+    /// 30 s.
     pub fn http(&self, method: &str, path: &str, body: &Value) -> Result<Value> {
+        self.http_within(method, path, body, Duration::from_secs(30))
+    }
+
+    /// `http`, answered within `wait` (a bulk seeding of tens of thousands of snapshots takes
+    /// longer than an ordinary call); a call not answered in time is named with its wait.
+    pub fn http_within(
+        &self,
+        method: &str,
+        path: &str,
+        body: &Value,
+        wait: Duration,
+    ) -> Result<Value> {
+        let named = |err: std::io::Error| -> Box<dyn std::error::Error + Send + Sync> {
+            match err.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!(
+                    "{method} {path}: the emulator did not answer within {} s",
+                    wait.as_secs()
+                )
+                .into(),
+                _ => format!("{method} {path}: {err}").into(),
+            }
+        };
         let body = if method == "GET" {
             String::new()
         } else {
             body.to_string()
         };
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).map_err(named)?;
+        stream.set_read_timeout(Some(wait)).map_err(named)?;
         write!(
             stream,
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
-        )?;
+        )
+        .map_err(named)?;
         // Half-close: the server (werkzeug) drains the socket after answering and must see EOF,
         // or both sides wait for each other.
-        stream.shutdown(std::net::Shutdown::Write)?;
+        stream.shutdown(std::net::Shutdown::Write).map_err(named)?;
         let mut response = String::new();
-        stream.read_to_string(&mut response)?;
+        stream.read_to_string(&mut response).map_err(named)?;
         let (head, payload) = response
             .split_once("\r\n\r\n")
             .ok_or("malformed HTTP answer")?;
@@ -578,7 +602,13 @@ impl Emulator {
     /// `/_sim/history`), recorded in the catalog as the function recorded them on those
     /// nights; answers how many snapshots were made.
     pub async fn seed_history(&self, history: &History) -> Result<u64> {
-        let made = self.http("POST", "/_sim/history", &serde_json::to_value(history)?)?;
+        // Tens of thousands of snapshots at once: minutes on a busy 2-core machine.
+        let made = self.http_within(
+            "POST",
+            "/_sim/history",
+            &serde_json::to_value(history)?,
+            Duration::from_secs(600),
+        )?;
         let count = made["snapshots"]
             .as_u64()
             .ok_or_else(|| format!("/_sim/history answered {made}"))?;
