@@ -804,6 +804,25 @@ struct Measured {
     detail: String,
 }
 
+impl Measured {
+    /// What `function` used in all, after `seconds` of the measured invocation; printed.
+    fn of(function: &Function, seconds: f64, detail: String) -> Result<Self> {
+        let peak_rss_mib = function.peak_rss_mib()?;
+        println!("    {detail}, {seconds:.1} s, peak RSS {peak_rss_mib:.1} MiB");
+        Ok(Measured {
+            seconds,
+            peak_rss_mib,
+            cpu_seconds: function.cpu_seconds()?,
+            detail,
+        })
+    }
+}
+
+/// How many calls of `action` went through `proxy`.
+fn calls_of(proxy: &FaultProxy, action: &str) -> u64 {
+    proxy.stats().calls.get(action).copied().unwrap_or(0)
+}
+
 /// The dispatch of a large fleet and the first tracking batches after it.
 async fn large_dispatch(binary: &Path, instances: u64) -> Result<Measured> {
     println!("==> dispatch of {instances} servers × {VOLUMES} volumes");
@@ -932,25 +951,13 @@ async fn large_plan(binary: &Path, snapshots: u64) -> Result<(Measured, Measured
     if planned != expected_sets {
         return Err(format!("the plan covers {planned} sets, expected {expected_sets}").into());
     }
-    let describes = proxy
-        .stats()
-        .calls
-        .get("ec2:DescribeSnapshots")
-        .copied()
-        .unwrap_or(0);
+    let describes = calls_of(&proxy, "ec2:DescribeSnapshots");
     let answer_bytes = answer.to_string().len();
     let detail = format!(
         "{made} snapshots, {planned} sets planned, {describes} DescribeSnapshots pages, answer {:.1} MB",
         answer_bytes as f64 / 1e6
     );
-    let peak_rss_mib = function.peak_rss_mib()?;
-    println!("    {detail}, {seconds:.1} s, peak RSS {peak_rss_mib:.1} MiB");
-    let plan = Measured {
-        seconds,
-        peak_rss_mib,
-        cpu_seconds: function.cpu_seconds()?,
-        detail,
-    };
+    let plan = Measured::of(&function, seconds, detail)?;
     drop(function);
     // The fleet report over the same catalog, in a process of its own (its peak is its own).
     println!("==> fleet report over the same {made} snapshots");
@@ -973,25 +980,13 @@ async fn large_plan(binary: &Path, snapshots: u64) -> Result<(Measured, Measured
         .lines()
         .filter(|l| l.contains("fleet report: part read"))
         .count();
-    let describes = proxy
-        .stats()
-        .calls
-        .get("ec2:DescribeSnapshots")
-        .copied()
-        .unwrap_or(0);
+    let describes = calls_of(&proxy, "ec2:DescribeSnapshots");
     let detail = format!(
         "{servers} servers, {parts} parts, {} listed, {describes} DescribeSnapshots pages, answer {:.1} MB",
         answer["instances"].as_array().map_or(0, Vec::len),
         answer.to_string().len() as f64 / 1e6
     );
-    let peak_rss_mib = function.peak_rss_mib()?;
-    println!("    {detail}, {seconds:.1} s, peak RSS {peak_rss_mib:.1} MiB");
-    let report = Measured {
-        seconds,
-        peak_rss_mib,
-        cpu_seconds: function.cpu_seconds()?,
-        detail,
-    };
+    let report = Measured::of(&function, seconds, detail)?;
     Ok((plan, report))
 }
 
