@@ -156,9 +156,8 @@ async fn a_refused_deletion_is_named_and_counted_and_the_retention_job_ends() {
     )
     .expect("chaos")
     .with_metrics(&metrics)
-    // Time enough that a loaded machine never leaves the refused set for a second pass,
-    // which would try it again (measured once under the full suite at the tests' 6 s).
-    .with_timeout(Duration::from_secs(20));
+    // Time enough that a loaded machine is not stopped half-way through the pass.
+    .with_timeout(Duration::from_secs(30));
     // A permission boundary refuses every DeleteSnapshot.
     chaos.proxy.force(
         "ec2:DeleteSnapshot@us-east-1",
@@ -200,9 +199,12 @@ async fn a_refused_deletion_is_named_and_counted_and_the_retention_job_ends() {
         drained.messages
     );
     assert_eq!(refused, 1, "one try, no retry of a permanent refusal");
-    // The job ends after its one pass: a permanent refusal is not a reason for another.
-    let passes = world.logs.messages_starting("retention pass done");
-    assert_eq!(passes.len(), 1, "one retention pass: {passes:#?}");
+    // A permanent refusal is not a reason for another pass (a loaded machine may still take
+    // more than one for lack of time, and none tries the refused deletion again: above).
+    let again = world
+        .logs
+        .messages_starting("deletions failed for a reason that may pass");
+    assert!(again.is_empty(), "{again:#?}");
     // The night's other messages (tracking, copies, watches) depend on the machine's speed
     // (7 here; more polls on a loaded one): bounded, not counted exactly.
     assert!(drained.messages <= 30, "{drained:?}");

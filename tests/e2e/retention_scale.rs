@@ -75,7 +75,8 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
     // 1,800 DeleteSnapshot calls, more than an invocation of 20 s has time for: each takes at
     // least 20 ms here (EC2 allows about 5 a second), so a pass deletes at most 750 in the
     // 15 s before it stops, however idle the machine (the emulator alone deletes 40 to 150 a
-    // second, and an idle machine once did all 1,800 in one pass).
+    // second, and an idle machine once did all 1,800 in one pass). Parts of 360 recorded
+    // snapshots are 10 servers: the first pass finishes its first part before its time ends.
     let ids = seed_bulk(emulator, 100, 100, 2).await.expect("seed");
     let made = emulator
         .seed_history(&History {
@@ -95,7 +96,7 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
     let chaos = Chaos::new(
         emulator,
         queue,
-        &[("RETAIN_COUNT", "6")],
+        &[("RETAIN_COUNT", "6"), ("RETENTION_PART_SNAPSHOTS", "360")],
         ChaosOptions::calm(1),
     )
     .expect("chaos")
@@ -104,6 +105,13 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
     chaos
         .proxy
         .set_latency_of("ec2:DeleteSnapshot", Duration::from_millis(20));
+    // The first deletion of the first pass is refused for good (a permission boundary on
+    // that snapshot): the rest of its set is left whole, and no later pass tries it again.
+    chaos.proxy.force(
+        "ec2:DeleteSnapshot",
+        harness::faults::Fault::AccessDenied,
+        1,
+    );
     // The retention of the newest of those nights' runs.
     let newest = before.iter().max().cloned().expect("a run");
     let run_id = newest.as_str();
@@ -119,21 +127,46 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
         drained.invocations - 1
     );
 
-    // Exactly the 6 newest sets of every server are left.
+    // Exactly the 6 newest sets of every server are left, and the refused set whole.
     let left = managed(emulator).await;
-    assert_eq!(left.len(), 1800);
+    assert_eq!(left.len(), 1803);
     let newest: BTreeSet<String> = before.iter().rev().take(6).cloned().collect();
-    let runs_left: BTreeSet<String> = left.iter().map(|(run, _)| run.clone()).collect();
-    assert_eq!(runs_left, newest);
+    let refused: BTreeSet<(String, String)> = left
+        .iter()
+        .filter(|(run, _)| !newest.contains(run))
+        .cloned()
+        .collect();
+    assert_eq!(refused.len(), 1, "one set of 3 snapshots: {refused:?}");
     for id in &ids {
         let sets = left.iter().filter(|(_, instance)| instance == id).count();
-        assert_eq!(sets, 18, "{id}: 6 sets of 3 snapshots");
+        let expected = if refused.iter().any(|(_, i)| i == id) {
+            21
+        } else {
+            18
+        };
+        assert_eq!(sets, expected, "{id}: 6 sets of 3 snapshots (7 if refused)");
     }
+    // Each deletion tried once: the refused one is not tried again by the later passes.
+    let tried = chaos.proxy.stats().calls_of("ec2:DeleteSnapshot");
+    assert_eq!(tried, 1798, "1,797 deleted and 1 refused");
 
-    // One retention line for the run, counting the deletions of every pass.
+    // One retention line for the run, counting the deletions of every pass, and the refusal
+    // of the first pass, which the last pass never saw.
     let lines = metrics.of("retention", Some(run_id));
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert_eq!(lines[0]["SnapshotsDeleted"], json!(1800));
+    assert_eq!(lines[0]["SnapshotsDeleted"], json!(1797));
+    assert_eq!(lines[0]["DeletionsFailed"], json!(1));
+    let summary = logs.messages_starting("retention: ");
+    assert!(
+        summary
+            .iter()
+            .any(|l| l["message"].as_str().is_some_and(|m| {
+                m.contains("1797 snapshots deleted")
+                    && m.contains("1 failed (first: us-east-1/snap-")
+                    && m.contains("UnauthorizedOperation")
+            })),
+        "{summary:#?}"
+    );
 }
 
 /// The deployment's snapshots in `region` as (snapshot id, run id) pairs, by the catalog's

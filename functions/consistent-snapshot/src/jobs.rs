@@ -363,6 +363,37 @@ pub struct RetentionJob {
     /// only after it (one in the Recycle Bin stays recorded, and would be counted again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing_through: Option<String>,
+    /// What the earlier passes did and saw that no later pass does or sees again.
+    #[serde(default, skip_serializing_if = "EarlierPasses::is_empty")]
+    pub earlier: EarlierPasses,
+}
+
+/// What the earlier passes of a run's retention did and saw that a later pass neither does nor
+/// sees again, for the last pass's summary and metrics: an alarm watches `DeletionsFailed`, so a
+/// deletion refused by the first of many passes must reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EarlierPasses {
+    /// Deleted into the Recycle Bin, and moved to the archive tier: done, never planned again.
+    pub recoverable: usize,
+    pub archived: usize,
+    /// Seen in the parts of the fleet those passes planned and applied whole, which the later
+    /// passes of the retention do not plan again (a retry of failures plans every part again,
+    /// and sees them again): deletions that failed, were held back (an AMI, in use) or were
+    /// held by a lock; locks and archivings that failed.
+    pub failed: usize,
+    /// The first of those failed deletions (`region/snapshot: error`), for the summary.
+    pub first_failed: Option<String>,
+    pub held_back: usize,
+    pub locked: usize,
+    pub lock_failed: usize,
+    pub archive_failed: usize,
+}
+
+impl EarlierPasses {
+    pub fn is_empty(&self) -> bool {
+        *self == EarlierPasses::default()
+    }
 }
 
 impl RetentionJob {
@@ -379,6 +410,7 @@ impl RetentionJob {
             throttled: false,
             resume_after: None,
             missing_through: None,
+            earlier: EarlierPasses::default(),
         }
     }
 }

@@ -36,7 +36,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::jobs::{RetentionJob, RETENTION_RETRIES, RETENTION_STALLED_PASSES};
+use crate::jobs::{EarlierPasses, RetentionJob, RETENTION_RETRIES, RETENTION_STALLED_PASSES};
 use crate::model::catalog::Missing;
 use crate::model::fleet::InstanceFacts;
 use crate::model::snapshot::{LockMode, SnapshotInfo, SnapshotLock};
@@ -936,6 +936,13 @@ pub struct RetentionOutcome {
     pub locks_laid_before: usize,
     #[serde(skip)]
     pub deleted_outside_before: usize,
+    /// What earlier passes did and saw that this one neither does nor sees again.
+    #[serde(skip_serializing_if = "EarlierPasses::is_empty")]
+    pub earlier: EarlierPasses,
+    /// What this pass saw in the parts it planned and applied whole, up to `planned_through`
+    /// (`settle`): the next pass, which begins after it, carries it on.
+    #[serde(skip)]
+    settled: EarlierPasses,
     /// Regions that could not be read (`region (AWS code)`): nothing was deleted there, and
     /// nothing in the home region that has a copy there (it may still be being made).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -980,6 +987,7 @@ pub fn next_pass(job: &RetentionJob, outcome: &RetentionOutcome) -> Option<Reten
     let missing_through =
         std::cmp::max(job.missing_through.clone(), outcome.missing_through.clone());
     (go_on || retry).then(|| RetentionJob {
+        earlier: outcome.carried(&job.earlier, go_on),
         pass: job.pass + 1,
         resume_after,
         missing_through,
@@ -1163,28 +1171,70 @@ impl RetentionOutcome {
             "unfinished": self.unfinished,
             "instances_left": self.instances_left,
             "parts_failed": first(&self.parts_failed),
+            "earlier": (!self.earlier.is_empty()).then_some(&self.earlier),
         })
+    }
+
+    /// Records what this pass has seen so far as settled: called once the parts up to
+    /// `planned_through` are planned and applied whole.
+    pub fn settle(&mut self) {
+        self.settled = EarlierPasses {
+            recoverable: 0,
+            archived: 0,
+            failed: self.failed.len(),
+            first_failed: self.failed.first().cloned(),
+            held_back: self.kept.len(),
+            locked: self.locked.len(),
+            lock_failed: self.lock_failed.len(),
+            archive_failed: self.archive_failed.len(),
+        };
+    }
+
+    /// What the next pass carries on from `earlier` and this pass: what was done (deleted
+    /// into the Recycle Bin, archived) always; what was seen in the settled parts only when
+    /// the next pass goes on after them (`continuing`), not when it plans every part again.
+    fn carried(&self, earlier: &EarlierPasses, continuing: bool) -> EarlierPasses {
+        let seen = |before: usize, now: usize| if continuing { before + now } else { 0 };
+        let settled = &self.settled;
+        EarlierPasses {
+            recoverable: earlier.recoverable + self.recoverable.len(),
+            archived: earlier.archived + self.archived.len(),
+            failed: seen(earlier.failed, settled.failed),
+            first_failed: earlier
+                .first_failed
+                .clone()
+                .or_else(|| settled.first_failed.clone())
+                .filter(|_| continuing),
+            held_back: seen(earlier.held_back, settled.held_back),
+            locked: seen(earlier.locked, settled.locked),
+            lock_failed: seen(earlier.lock_failed, settled.lock_failed),
+            archive_failed: seen(earlier.archive_failed, settled.archive_failed),
+        }
     }
 
     /// The metrics of an applied retention: snapshots deleted, deleted into the Recycle Bin,
     /// planned but kept (by an AMI, by a lock), deletions failed, regions not read.
     pub fn metric_counts(&self) -> [(&'static str, usize); 10] {
+        let earlier = &self.earlier;
         [
             (
                 "SnapshotsLocked",
                 self.locks_laid_before + self.locks_laid.len(),
             ),
-            ("LocksFailed", self.lock_failed.len()),
+            ("LocksFailed", earlier.lock_failed + self.lock_failed.len()),
             (
                 "SnapshotsDeletedOutside",
                 self.deleted_outside_before + self.deleted_outside.len(),
             ),
-            ("SnapshotsArchived", self.archived.len()),
+            ("SnapshotsArchived", earlier.archived + self.archived.len()),
             ("SnapshotsDeleted", self.deleted_before + self.deleted.len()),
-            ("SnapshotsInRecycleBin", self.recoverable.len()),
-            ("DeletionsHeldBack", self.kept.len()),
-            ("DeletionsLocked", self.locked.len()),
-            ("DeletionsFailed", self.failed.len()),
+            (
+                "SnapshotsInRecycleBin",
+                earlier.recoverable + self.recoverable.len(),
+            ),
+            ("DeletionsHeldBack", earlier.held_back + self.kept.len()),
+            ("DeletionsLocked", earlier.locked + self.locked.len()),
+            ("DeletionsFailed", earlier.failed + self.failed.len()),
             ("RegionsUnreadable", self.regions_unreadable.len()),
         ]
     }
@@ -1220,21 +1270,21 @@ impl RetentionOutcome {
                 self.regions_unreadable.join(", ")
             )
         };
+        let earlier = &self.earlier;
         let mut held = String::new();
-        if !self.locked.is_empty() {
-            held += &format!(", {} held by a snapshot lock", self.locked.len());
+        let locked = earlier.locked + self.locked.len();
+        if locked > 0 {
+            held += &format!(", {locked} held by a snapshot lock");
         }
-        if !self.recoverable.is_empty() {
-            held += &format!(
-                ", {} in the Recycle Bin (billed, recoverable)",
-                self.recoverable.len()
-            );
+        let recoverable = earlier.recoverable + self.recoverable.len();
+        if recoverable > 0 {
+            held += &format!(", {recoverable} in the Recycle Bin (billed, recoverable)");
         }
-        if !self.locks_laid.is_empty() || !self.lock_failed.is_empty() {
+        let lock_failed = earlier.lock_failed + self.lock_failed.len();
+        if self.locks_laid_before + self.locks_laid.len() > 0 || lock_failed > 0 {
             held += &format!(
-                ", {} locked or their lock extended ({} not, {} left)",
-                self.locks_laid.len(),
-                self.lock_failed.len(),
+                ", {} locked or their lock extended ({lock_failed} not, {} left)",
+                self.locks_laid_before + self.locks_laid.len(),
                 self.locks_left
             );
         }
@@ -1245,21 +1295,22 @@ impl RetentionOutcome {
                 self.deleted_outside[0]
             );
         }
-        if !self.archived.is_empty() || !self.archive_failed.is_empty() {
-            held += &format!(
-                ", {} moved to the archive tier ({} not)",
-                self.archived.len(),
-                self.archive_failed.len()
-            );
+        let archived = earlier.archived + self.archived.len();
+        let archive_failed = earlier.archive_failed + self.archive_failed.len();
+        if archived > 0 || archive_failed > 0 {
+            held += &format!(", {archived} moved to the archive tier ({archive_failed} not)");
         }
-        let failed = match self.failed.first() {
-            Some(first) => format!("{} failed (first: {first})", self.failed.len()),
+        let failed = match earlier.first_failed.as_ref().or(self.failed.first()) {
+            Some(first) => format!(
+                "{} failed (first: {first})",
+                earlier.failed + self.failed.len()
+            ),
             None => "0 failed".to_string(),
         };
         format!(
             "retention: {sets} sets in {regions} region(s), {} snapshots deleted{held}, {} kept although planned, {failed}, {} left for the next pass{not_planned}{unreadable}",
             self.deleted_before + self.deleted.len(),
-            self.kept.len(),
+            earlier.held_back + self.kept.len(),
             self.unfinished
         )
     }
@@ -1324,6 +1375,79 @@ mod tests {
             assert_eq!(retry.retries, n);
         }
         assert_eq!(next_pass(&retry, &pass(0, 0, 2)), None);
+    }
+
+    #[test]
+    fn what_an_early_pass_saw_in_parts_it_finished_reaches_the_last_pass_s_metrics_once() {
+        let refused = "us-east-1/snap-1: UnauthorizedOperation".to_string();
+        // The first pass: a part applied whole (one deletion refused, one held back by an
+        // AMI, one into the Recycle Bin), then a part begun but not finished (another refusal).
+        let mut first = RetentionOutcome {
+            deleted: vec!["us-east-1/snap-0".into()],
+            failed: vec![refused.clone()],
+            kept: vec!["us-east-1/snap-2: in use".into()],
+            recoverable: vec!["us-east-1/snap-3: recoverable until …".into()],
+            ..RetentionOutcome::default()
+        };
+        first.settle();
+        first
+            .failed
+            .push("us-east-1/snap-4: UnauthorizedOperation".into());
+        first.unfinished = 7;
+        let job = RetentionJob::first("r");
+        let second = next_pass(&job, &first).expect("deletions left");
+        // The unfinished part is planned again by the next pass, which sees its refusal again:
+        // only the finished part's count is carried.
+        assert_eq!(second.earlier.failed, 1);
+        assert_eq!(second.earlier.held_back, 1);
+        assert_eq!(second.earlier.recoverable, 1);
+        assert_eq!(second.earlier.first_failed.as_ref(), Some(&refused));
+        // The message carries it.
+        let body = crate::jobs::Envelope::new(crate::jobs::Job::Retention(second.clone()));
+        let read = crate::jobs::Envelope::from_body(&body.to_body()).expect("the job reads back");
+        assert_eq!(read, body);
+        // The last pass (it sees the unfinished part's refusal again): both refusals, once each.
+        let mut last = RetentionOutcome {
+            failed: vec!["us-east-1/snap-4: UnauthorizedOperation".into()],
+            earlier: second.earlier.clone(),
+            ..RetentionOutcome::default()
+        };
+        last.settle();
+        let metrics: BTreeMap<&str, usize> = last.metric_counts().into_iter().collect();
+        assert_eq!(
+            (
+                metrics["DeletionsFailed"],
+                metrics["DeletionsHeldBack"],
+                metrics["SnapshotsInRecycleBin"]
+            ),
+            (2, 1, 1)
+        );
+        let line = last.summary_line();
+        assert!(
+            line.contains(&format!("2 failed (first: {refused})"))
+                && line.contains("1 kept although planned")
+                && line.contains("1 in the Recycle Bin"),
+            "{line}"
+        );
+        assert_eq!(last.to_bounded_json(0)["earlier"]["failed"], json!(1));
+        // A retry plans every part again and sees what it saw again: only what was done is
+        // carried to it.
+        let mut retried = RetentionOutcome {
+            failed: vec!["us-east-1/snap-5: RequestLimitExceeded".into()],
+            transient_failures: 1,
+            earlier: second.earlier.clone(),
+            ..RetentionOutcome::default()
+        };
+        retried.settle();
+        let retry = next_pass(&second, &retried).expect("a retry");
+        assert_eq!(retry.resume_after, None);
+        assert_eq!(
+            retry.earlier,
+            EarlierPasses {
+                recoverable: 1,
+                ..EarlierPasses::default()
+            }
+        );
     }
 
     #[test]

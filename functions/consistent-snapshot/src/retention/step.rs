@@ -294,6 +294,7 @@ pub async fn retention_pass(
         whole_so_far = whole_so_far && applying.left() == left_before;
         if whole_so_far {
             applying.outcome.planned_through = part.last().cloned();
+            applying.outcome.settle();
         }
         info!(
             part = n + 1,
@@ -1202,6 +1203,7 @@ pub async fn retention_job(
     outcome.deleted_before = job.deleted_before;
     outcome.locks_laid_before = job.locked_before;
     outcome.deleted_outside_before = job.deleted_outside_before.unwrap_or(0);
+    outcome.earlier = job.earlier.clone();
     if let Some(next) = next_pass(&job, &outcome) {
         if next.retries > job.retries {
             info!(run_id = %job.run_id, failed = outcome.transient_failures, retries = next.retries, "deletions failed for a reason that may pass: retention tries again in the next pass");
