@@ -818,11 +818,6 @@ impl Measured {
     }
 }
 
-/// How many calls of `action` went through `proxy`.
-fn calls_of(proxy: &FaultProxy, action: &str) -> u64 {
-    proxy.stats().calls.get(action).copied().unwrap_or(0)
-}
-
 /// The dispatch of a large fleet and the first tracking batches after it.
 async fn large_dispatch(binary: &Path, instances: u64) -> Result<Measured> {
     println!("==> dispatch of {instances} servers × {VOLUMES} volumes");
@@ -952,7 +947,7 @@ async fn large_plan(binary: &Path, snapshots: u64) -> Result<(Measured, Measured
     if planned != expected_sets {
         return Err(format!("the plan covers {planned} sets, expected {expected_sets}").into());
     }
-    let describes = calls_of(&proxy, "ec2:DescribeSnapshots");
+    let describes = proxy.stats().calls_of("ec2:DescribeSnapshots");
     let answer_bytes = answer.to_string().len();
     let detail = format!(
         "{made} snapshots, {planned} sets planned, {describes} DescribeSnapshots pages, answer {:.1} MB",
@@ -981,7 +976,7 @@ async fn large_plan(binary: &Path, snapshots: u64) -> Result<(Measured, Measured
         .lines()
         .filter(|l| l.contains("fleet report: part read"))
         .count();
-    let describes = calls_of(&proxy, "ec2:DescribeSnapshots");
+    let describes = proxy.stats().calls_of("ec2:DescribeSnapshots");
     let detail = format!(
         "{servers} servers, {parts} parts, {} listed, {describes} DescribeSnapshots pages, answer {:.1} MB",
         answer["instances"].as_array().map_or(0, Vec::len),
