@@ -394,6 +394,31 @@ impl EarlierPasses {
     pub fn is_empty(&self) -> bool {
         *self == EarlierPasses::default()
     }
+
+    /// These counts and `later`'s, the first failure the earliest (destructured: a field
+    /// added cannot be left out).
+    pub fn and(&self, later: &EarlierPasses) -> EarlierPasses {
+        let EarlierPasses {
+            recoverable,
+            archived,
+            failed,
+            first_failed,
+            held_back,
+            locked,
+            lock_failed,
+            archive_failed,
+        } = later;
+        EarlierPasses {
+            recoverable: self.recoverable + recoverable,
+            archived: self.archived + archived,
+            failed: self.failed + failed,
+            first_failed: self.first_failed.clone().or_else(|| first_failed.clone()),
+            held_back: self.held_back + held_back,
+            locked: self.locked + locked,
+            lock_failed: self.lock_failed + lock_failed,
+            archive_failed: self.archive_failed + archive_failed,
+        }
+    }
 }
 
 impl RetentionJob {

@@ -1175,66 +1175,76 @@ impl RetentionOutcome {
         })
     }
 
-    /// Records what this pass has seen so far as settled: called once the parts up to
-    /// `planned_through` are planned and applied whole.
-    pub fn settle(&mut self) {
-        self.settled = EarlierPasses {
-            recoverable: 0,
-            archived: 0,
+    /// What this pass did and saw so far, counted.
+    fn this_pass(&self) -> EarlierPasses {
+        EarlierPasses {
+            recoverable: self.recoverable.len(),
+            archived: self.archived.len(),
             failed: self.failed.len(),
             first_failed: self.failed.first().cloned(),
             held_back: self.kept.len(),
             locked: self.locked.len(),
             lock_failed: self.lock_failed.len(),
             archive_failed: self.archive_failed.len(),
+        }
+    }
+
+    /// What the earlier passes and this one did and saw: the run's retention so far.
+    fn so_far(&self) -> EarlierPasses {
+        self.earlier.and(&self.this_pass())
+    }
+
+    /// Records what this pass has seen so far as settled: called once the parts up to
+    /// `planned_through` are planned and applied whole. What was done (deleted into the
+    /// Recycle Bin, archived) is carried whatever the next pass plans: not part of it.
+    pub fn settle(&mut self) {
+        self.settled = EarlierPasses {
+            recoverable: 0,
+            archived: 0,
+            ..self.this_pass()
         };
     }
 
-    /// What the next pass carries on from `earlier` and this pass: what was done (deleted
-    /// into the Recycle Bin, archived) always; what was seen in the settled parts only when
-    /// the next pass goes on after them (`continuing`), not when it plans every part again.
+    /// What the next pass carries on from `earlier` and this pass: what was done always;
+    /// what was seen in the settled parts only when the next pass goes on after them
+    /// (`continuing`), not when it plans every part again.
     fn carried(&self, earlier: &EarlierPasses, continuing: bool) -> EarlierPasses {
-        let seen = |before: usize, now: usize| if continuing { before + now } else { 0 };
-        let settled = &self.settled;
-        EarlierPasses {
-            recoverable: earlier.recoverable + self.recoverable.len(),
-            archived: earlier.archived + self.archived.len(),
-            failed: seen(earlier.failed, settled.failed),
-            first_failed: earlier
-                .first_failed
-                .clone()
-                .or_else(|| settled.first_failed.clone())
-                .filter(|_| continuing),
-            held_back: seen(earlier.held_back, settled.held_back),
-            locked: seen(earlier.locked, settled.locked),
-            lock_failed: seen(earlier.lock_failed, settled.lock_failed),
-            archive_failed: seen(earlier.archive_failed, settled.archive_failed),
-        }
+        let before = if continuing {
+            earlier.and(&self.settled)
+        } else {
+            EarlierPasses {
+                recoverable: earlier.recoverable,
+                archived: earlier.archived,
+                ..EarlierPasses::default()
+            }
+        };
+        before.and(&EarlierPasses {
+            recoverable: self.recoverable.len(),
+            archived: self.archived.len(),
+            ..EarlierPasses::default()
+        })
     }
 
     /// The metrics of an applied retention: snapshots deleted, deleted into the Recycle Bin,
     /// planned but kept (by an AMI, by a lock), deletions failed, regions not read.
     pub fn metric_counts(&self) -> [(&'static str, usize); 10] {
-        let earlier = &self.earlier;
+        let so_far = self.so_far();
         [
             (
                 "SnapshotsLocked",
                 self.locks_laid_before + self.locks_laid.len(),
             ),
-            ("LocksFailed", earlier.lock_failed + self.lock_failed.len()),
+            ("LocksFailed", so_far.lock_failed),
             (
                 "SnapshotsDeletedOutside",
                 self.deleted_outside_before + self.deleted_outside.len(),
             ),
-            ("SnapshotsArchived", earlier.archived + self.archived.len()),
+            ("SnapshotsArchived", so_far.archived),
             ("SnapshotsDeleted", self.deleted_before + self.deleted.len()),
-            (
-                "SnapshotsInRecycleBin",
-                earlier.recoverable + self.recoverable.len(),
-            ),
-            ("DeletionsHeldBack", earlier.held_back + self.kept.len()),
-            ("DeletionsLocked", earlier.locked + self.locked.len()),
-            ("DeletionsFailed", earlier.failed + self.failed.len()),
+            ("SnapshotsInRecycleBin", so_far.recoverable),
+            ("DeletionsHeldBack", so_far.held_back),
+            ("DeletionsLocked", so_far.locked),
+            ("DeletionsFailed", so_far.failed),
             ("RegionsUnreadable", self.regions_unreadable.len()),
         ]
     }
@@ -1270,17 +1280,18 @@ impl RetentionOutcome {
                 self.regions_unreadable.join(", ")
             )
         };
-        let earlier = &self.earlier;
+        let so_far = self.so_far();
         let mut held = String::new();
-        let locked = earlier.locked + self.locked.len();
-        if locked > 0 {
-            held += &format!(", {locked} held by a snapshot lock");
+        if so_far.locked > 0 {
+            held += &format!(", {} held by a snapshot lock", so_far.locked);
         }
-        let recoverable = earlier.recoverable + self.recoverable.len();
-        if recoverable > 0 {
-            held += &format!(", {recoverable} in the Recycle Bin (billed, recoverable)");
+        if so_far.recoverable > 0 {
+            held += &format!(
+                ", {} in the Recycle Bin (billed, recoverable)",
+                so_far.recoverable
+            );
         }
-        let lock_failed = earlier.lock_failed + self.lock_failed.len();
+        let lock_failed = so_far.lock_failed;
         if self.locks_laid_before + self.locks_laid.len() > 0 || lock_failed > 0 {
             held += &format!(
                 ", {} locked or their lock extended ({lock_failed} not, {} left)",
@@ -1295,22 +1306,18 @@ impl RetentionOutcome {
                 self.deleted_outside[0]
             );
         }
-        let archived = earlier.archived + self.archived.len();
-        let archive_failed = earlier.archive_failed + self.archive_failed.len();
+        let (archived, archive_failed) = (so_far.archived, so_far.archive_failed);
         if archived > 0 || archive_failed > 0 {
             held += &format!(", {archived} moved to the archive tier ({archive_failed} not)");
         }
-        let failed = match earlier.first_failed.as_ref().or(self.failed.first()) {
-            Some(first) => format!(
-                "{} failed (first: {first})",
-                earlier.failed + self.failed.len()
-            ),
+        let failed = match &so_far.first_failed {
+            Some(first) => format!("{} failed (first: {first})", so_far.failed),
             None => "0 failed".to_string(),
         };
         format!(
             "retention: {sets} sets in {regions} region(s), {} snapshots deleted{held}, {} kept although planned, {failed}, {} left for the next pass{not_planned}{unreadable}",
             self.deleted_before + self.deleted.len(),
-            earlier.held_back + self.kept.len(),
+            so_far.held_back,
             self.unfinished
         )
     }
