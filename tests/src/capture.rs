@@ -34,14 +34,20 @@ impl Write for LogWriter {
 
 impl Logs {
     /// Installs JSON logging for the current thread (tests run the function on their own
-    /// current-thread runtime); a copy goes to `file` when given.
+    /// current-thread runtime); a copy is appended to `file` when given (appended: a test
+    /// with several worlds, each capturing its own thread, keeps every world's lines).
     pub fn capture(
         file: Option<&std::path::Path>,
     ) -> Result<(Self, tracing::subscriber::DefaultGuard)> {
         let logs = Logs::default();
         let buf = logs.0.clone();
         let file = match file {
-            Some(path) => Some(Arc::new(Mutex::new(std::fs::File::create(path)?))),
+            Some(path) => Some(Arc::new(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ))),
             None => None,
         };
         let subscriber = tracing_subscriber::fmt()
