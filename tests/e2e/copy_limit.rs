@@ -202,3 +202,106 @@ async fn copies_at_the_regions_limit_all_land_and_a_partial_set_never_counts() {
     );
     assert!(ids.len() == fleet);
 }
+
+/// A large night's copies (more than one DescribeSnapshots call by id holds) are looked at
+/// from the run's listing in the copy region; the listing only chooses what is read: a copy
+/// whose run tag someone removed while it was pending is still looked at, by its id, seen
+/// completed and counted, and never copied a second time.
+#[tokio::test]
+async fn a_large_nights_copies_are_looked_at_by_the_runs_tag_and_an_untagged_one_by_its_id() {
+    // 70 servers × 3 volumes: 210 copies, two calls by id, one page of the listing.
+    const FLEET: usize = 70;
+    let copies = FLEET * (1 + DATA_VOLUMES);
+    let world = World::start(3).await.expect("world");
+    let (emulator, queue) = (&world.emulator, &world.queue);
+    let metrics = Metrics::default();
+    seed_bulk(emulator, FLEET, 10, DATA_VOLUMES)
+        .await
+        .expect("seed");
+    let app = metrics.attach(
+        world
+            .app(&[("COPY_REGIONS", COPY_REGION), ("RETAIN_COUNT", "1")])
+            .expect("app"),
+    );
+    // Copies stay pending for 4 s: the copy step's looks find them unfinished.
+    emulator
+        .simulate_ebs(&Ebs {
+            copy_seconds: Some(4.0),
+            ..Ebs::default()
+        })
+        .expect("EBS simulation");
+    let timeout = Duration::from_secs(20);
+    let answer = invoke_within(
+        &app,
+        scheduled_event("nightly", "2026-11-23T00:00:00Z"),
+        timeout,
+    )
+    .await
+    .expect("the night");
+    let run_id = answer["run_id"].as_str().expect("run id").to_string();
+    // Before each invocation, once: the run tag of one pending copy is removed.
+    let untagged: Mutex<Option<String>> = Mutex::new(None);
+    drain_with(emulator, queue, 10, Duration::from_secs(300), |event| {
+        let (app, untagged, run_id) = (&app, &untagged, &run_id);
+        async move {
+            if untagged.lock().map(|u| u.is_none()).unwrap_or(false) {
+                let pending = own_snapshots(emulator, COPY_REGION)
+                    .await?
+                    .into_iter()
+                    .find(|s| {
+                        snapshot_tag(s, "ConsistentSnapshot:RunId") == Some(run_id.as_str())
+                            && s.state().map(|st| st.as_str()) == Some("pending")
+                    });
+                if let Some(id) = pending.and_then(|s| s.snapshot_id().map(str::to_string)) {
+                    emulator
+                        .ec2_in(COPY_REGION)
+                        .delete_tags()
+                        .resources(&id)
+                        .tags(
+                            aws_sdk_ec2::types::Tag::builder()
+                                .key("ConsistentSnapshot:RunId")
+                                .build(),
+                        )
+                        .send()
+                        .await?;
+                    if let Ok(mut u) = untagged.lock() {
+                        *u = Some(id);
+                    }
+                }
+            }
+            invoke_within(app, event, timeout).await
+        }
+    })
+    .await
+    .expect("the night drained");
+    let untagged = untagged
+        .into_inner()
+        .ok()
+        .flatten()
+        .expect("a copy was still pending when the copy step looked");
+
+    // Every copy made once, the untagged one too; all completed and counted.
+    let made: Vec<_> = own_snapshots(emulator, COPY_REGION)
+        .await
+        .expect("copies")
+        .into_iter()
+        .filter(|s| snapshot_tag(s, "ConsistentSnapshot:ManagedBy").is_some())
+        .collect();
+    let sources: BTreeSet<&str> = made
+        .iter()
+        .filter_map(|s| snapshot_tag(s, "ConsistentSnapshot:SourceSnapshotId"))
+        .collect();
+    assert_eq!(made.len(), copies, "one copy per snapshot of the night");
+    assert_eq!(sources.len(), copies, "no snapshot copied twice");
+    let copy = made
+        .iter()
+        .find(|s| s.snapshot_id() == Some(untagged.as_str()))
+        .expect("the untagged copy is kept");
+    assert_eq!(snapshot_tag(copy, "ConsistentSnapshot:RunId"), None);
+    assert_eq!(copy.state().map(|s| s.as_str()), Some("completed"));
+    let summary = metrics.of("copies", Some(&run_id));
+    assert_eq!(summary.len(), 1, "one copy summary: {summary:#?}");
+    assert_eq!(summary[0]["SnapshotsCopied"], copies);
+    assert_eq!(summary[0]["CopiesTimedOut"], 0);
+    assert_eq!(summary[0]["CopiesFailed"], 0);
+}

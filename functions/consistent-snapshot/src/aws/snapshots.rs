@@ -1,7 +1,7 @@
 //! EBS snapshots: this account's own, found by tag; tags written on them; copies started into
 //! other regions; deletions; and the AMIs that use them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use aws_sdk_ec2::error::SdkError;
 use aws_sdk_ec2::types::{InstanceSpecification, ResourceType, Snapshot, TagSpecification};
@@ -70,7 +70,10 @@ async fn own_tagged_into<T>(
     if let Some((name, values)) = also {
         request = request.filters(ec2_filter(&name, values));
     }
-    let pages = request.max_results(1000).into_paginator().send();
+    let pages = request
+        .max_results(LIST_PAGE as i32)
+        .into_paginator()
+        .send();
     each_page(pages, "DescribeSnapshots", subject, |page| {
         found.extend(
             page.snapshots()
@@ -102,6 +105,48 @@ pub async fn by_ids(
             found.extend(page.snapshots().iter().filter_map(facts_of));
         })
         .await?;
+    }
+    Ok(found)
+}
+
+/// Snapshots a page of a listing holds (DescribeSnapshots' largest `MaxResults`).
+const LIST_PAGE: usize = 1000;
+
+/// Whether `ids` are read in fewer calls from a listing of the `tagged` snapshots that carry a
+/// tag (`LIST_PAGE` a page) than by id (`FILTER_VALUES` a call).
+fn list_rather_than_ask(ids: usize, tagged: usize) -> bool {
+    tagged.div_ceil(LIST_PAGE).max(1) < ids.div_ceil(FILTER_VALUES)
+}
+
+/// The account's own snapshots with these ids (those that no longer exist are simply not
+/// answered), read in the fewer calls: by id, or from the listing of the snapshots tagged
+/// `key` = `value` (about `tagged` of them), of which only these ids are kept, and then by id
+/// those the listing did not find. The tag only chooses what is listed, never what is
+/// believed: each snapshot answered is EC2's report of its own id, and one whose tag was
+/// rewritten or removed is still read, by its id. `subject` names them in an error.
+pub async fn by_ids_or_tag(
+    ec2: &aws_sdk_ec2::Client,
+    ids: &[String],
+    (key, value): (&str, &str),
+    tagged: usize,
+    subject: &str,
+) -> Result<Vec<SnapshotFacts>, Error> {
+    if !list_rather_than_ask(ids.len(), tagged) {
+        return by_ids(ec2, ids, subject).await;
+    }
+    let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut found = own_tagged(ec2, (key, value), None, subject, |facts| {
+        wanted.contains(facts.snapshot_id.as_str()).then_some(facts)
+    })
+    .await?;
+    let listed: HashSet<String> = found.iter().map(|f| f.snapshot_id.clone()).collect();
+    let unlisted: Vec<String> = ids
+        .iter()
+        .filter(|id| !listed.contains(id.as_str()))
+        .cloned()
+        .collect();
+    if !unlisted.is_empty() {
+        found.extend(by_ids(ec2, &unlisted, subject).await?);
     }
     Ok(found)
 }
@@ -740,4 +785,26 @@ pub async fn used_by_images(
     })
     .await?;
     Ok(used)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_listed_by_their_tag_only_when_that_takes_fewer_calls() {
+        // One call by id holds 200 ids: a listing is never fewer.
+        assert!(!list_rather_than_ask(0, 0));
+        assert!(!list_rather_than_ask(200, 200));
+        // 201 ids are two calls by id, one page of a listing of up to 1,000.
+        assert!(list_rather_than_ask(201, 201));
+        assert!(list_rather_than_ask(201, 1000));
+        assert!(!list_rather_than_ask(201, 1001));
+        // A night's 3,000 copies in a region: 3 pages instead of 15 calls.
+        assert!(list_rather_than_ask(3000, 3000));
+        // A few ids left to look at among many tagged: by id.
+        assert!(!list_rather_than_ask(150, 3000));
+        assert!(!list_rather_than_ask(400, 3000));
+        assert!(list_rather_than_ask(700, 3000));
+    }
 }

@@ -37,7 +37,7 @@ use crate::model::pace::Pace;
 use crate::model::snapshot::SnapshotFacts;
 use crate::model::state::SnapshotState;
 use crate::model::stop_time;
-use crate::model::tags::{TAG_DEVICE, TAG_INSTANCE_ID, TAG_SOURCE_SNAPSHOT};
+use crate::model::tags::{TAG_DEVICE, TAG_INSTANCE_ID, TAG_RUN_ID, TAG_SOURCE_SNAPSHOT};
 use crate::run::plan::claim::{decide_copy, CopyClaim};
 
 /// Unconfirmed copies (no answer, a 5xx) after which a pass starts no more copies in a region.
@@ -316,8 +316,9 @@ async fn runs_pass(
     Ok(pass)
 }
 
-/// Snapshots a pass describes at once, ahead of the copies it is about to start.
-const LOOK_AHEAD: usize = 100;
+/// Snapshots a pass describes at once, ahead of the copies it is about to start: as many as
+/// one DescribeSnapshots call asks for by id.
+const LOOK_AHEAD: usize = snapshots::FILTER_VALUES;
 
 /// Reads the run's recorded sets and copies from the catalog, describes the copies not yet
 /// seen final, starts the missing copies until `stop_at` (each source described right before,
@@ -650,7 +651,11 @@ async fn region_copies(
     let ids: Vec<String> = unseen.iter().map(|c| c.snapshot_id.clone()).collect();
     let ec2 = app.aws.ec2_in(region);
     if !look.lost_answers {
-        let found = snapshots::by_ids(&ec2, &ids, &subject).await?;
+        // Many copies not yet seen final (a large night's): listed by the run's tag, 1,000 a
+        // page, rather than asked for by id, 200 a call.
+        let found =
+            snapshots::by_ids_or_tag(&ec2, &ids, (TAG_RUN_ID, run_id), recorded.len(), &subject)
+                .await?;
         let mut existing = seen_copies(&seen);
         existing.extend(existing_copies(&unseen, &found));
         return Ok((existing, newly_final(&unseen, &found)));
