@@ -691,6 +691,28 @@ pub async fn locks(
     locks_by_id(ec2, region, ids).await
 }
 
+/// Every EBS Snapshot Lock in force in `region`, when they fit one page of 1,000 (the usual
+/// case: locks are an operator's exception); `None` when there are more, which are then asked
+/// for the snapshots concerned (`locks`).
+pub async fn few_locks(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+) -> Result<Option<BTreeMap<String, SnapshotLock>>, Error> {
+    let page = ec2
+        .describe_locked_snapshots()
+        .filters(ec2_filter("lock-state", LOCKS_IN_FORCE.map(String::from)))
+        .max_results(LOCKS_PER_PAGE)
+        .send()
+        .await
+        .map_err(|e| aws("DescribeLockedSnapshots", region, e))?;
+    if page.next_token().is_some_and(|t| !t.is_empty()) {
+        return Ok(None);
+    }
+    let mut found = BTreeMap::new();
+    collect_locks(page.snapshots(), |_| true, &mut found);
+    Ok(Some(found))
+}
+
 /// The locks in force on these snapshots of `region`, asked by id, 100 a call.
 pub async fn locks_by_id(
     ec2: &aws_sdk_ec2::Client,

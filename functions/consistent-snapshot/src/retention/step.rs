@@ -20,7 +20,7 @@ use crate::jobs::{Job, RetentionJob, RETENTION_STALLED_PASSES};
 use crate::model::catalog::{admit, CatalogIndex, Missing, Recorded};
 use crate::model::fleet::InstanceFacts;
 use crate::model::pace::Pace;
-use crate::model::snapshot::{SnapshotFacts, SnapshotInfo, TagInterner};
+use crate::model::snapshot::{SnapshotFacts, SnapshotInfo, SnapshotLock, TagInterner};
 use crate::model::state::SnapshotState;
 use crate::model::stop_time;
 use crate::model::tags::{TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_SOURCE_SNAPSHOT, TAG_TIERS};
@@ -149,6 +149,11 @@ struct Survey {
     regions: Vec<String>,
     unreadable: BTreeMap<String, String>,
     images: HashMap<String, BTreeMap<String, Vec<String>>>,
+    /// The regions whose locks in force were read whole (one page) for the pass, with them:
+    /// every part of the pass reads its locks there. Only without `LOCK_MODE`: a deployment
+    /// that lays locks reads them right before, part by part (a lock laid over one read
+    /// earlier could shorten it).
+    locks: HashMap<String, BTreeMap<String, SnapshotLock>>,
 }
 
 /// One retention pass over every region: the regions surveyed once (their AMIs, their foreign
@@ -190,6 +195,7 @@ pub async fn retention_pass(
         regions,
         unreadable: BTreeMap::new(),
         images: HashMap::new(),
+        locks: HashMap::new(),
     };
     let mut foreign = 0usize;
     // The regions are read at once: a pass's latency is its slowest region's, not their sum.
@@ -218,6 +224,9 @@ pub async fn retention_pass(
         }
     }
     drop(recorded);
+    if app.config.lock_mode.is_none() {
+        survey.locks = few_locks(app, &survey).await;
+    }
     let instances_total: usize = parts.iter().map(Vec::len).sum();
     let mut applying = Applying::new(pass.dry_run, stop_at);
     applying.outcome.planned_through = pass.resume_after.clone();
@@ -384,6 +393,27 @@ async fn survey_region(
     Ok((images, foreign, None))
 }
 
+/// The locks in force of each readable region that has few (one page), read at once: its
+/// parts then need no read of their own. A region with more, or whose locks cannot be read
+/// now, is left out (each part reads its own, and names a failure).
+async fn few_locks(app: &App, survey: &Survey) -> HashMap<String, BTreeMap<String, SnapshotLock>> {
+    let readable: Vec<&String> = survey
+        .regions
+        .iter()
+        .filter(|r| !survey.unreadable.contains_key(*r))
+        .collect();
+    let read =
+        join_all(readable.iter().map(|region| async move {
+            snapshots::few_locks(&app.aws.ec2_in(region), region).await
+        }))
+        .await;
+    readable
+        .into_iter()
+        .zip(read)
+        .filter_map(|(region, locks)| Some((region.clone(), locks.ok()??)))
+        .collect()
+}
+
 /// One part of the fleet, planned in every region.
 struct PlannedPart {
     plans: Vec<RegionPlan>,
@@ -518,7 +548,11 @@ async fn plan_part(
         region_plan.missing = missing.remove(&region).unwrap_or_default();
         plans.push(region_plan);
     }
-    join_all(plans.iter_mut().map(|plan| read_locks(app, plan, now))).await;
+    join_all(plans.iter_mut().map(|plan| {
+        let read = survey.locks.get(&plan.region);
+        read_locks(app, plan, read, now)
+    }))
+    .await;
     Ok(PlannedPart {
         plans,
         foreign,
@@ -526,13 +560,18 @@ async fn plan_part(
     })
 }
 
-/// Rule 7 at the edge: reads the locks EC2 reports on what `plan` would delete and keeps the
-/// sets they hold; where the deployment locks what it keeps (`LOCK_MODE`), reads those too and
+/// Rule 7 at the edge: reads the locks EC2 reports on what `plan` would delete (from `read`,
+/// the region's locks read whole for the pass, when there) and keeps the sets they hold; where the deployment locks what it keeps (`LOCK_MODE`), reads those too and
 /// plans the locks to lay or extend (`locks_due`). Should the locks not be readable, the plan
 /// stands (EC2 refuses to delete a locked snapshot, and `apply_retention` reads the lock of any
 /// refused deletion again) and no lock is laid this pass: laying one over a lock not read
 /// could shorten it.
-async fn read_locks(app: &App, plan: &mut RegionPlan, now: DateTime<Utc>) {
+async fn read_locks(
+    app: &App,
+    plan: &mut RegionPlan,
+    read: Option<&BTreeMap<String, SnapshotLock>>,
+    now: DateTime<Utc>,
+) {
     let mode = app.config.lock_mode;
     let wanted: Vec<String> = plan
         .instances
@@ -544,7 +583,15 @@ async fn read_locks(app: &App, plan: &mut RegionPlan, now: DateTime<Utc>) {
     if wanted.is_empty() {
         return;
     }
-    match snapshots::locks(&app.aws.ec2_in(&plan.region), &plan.region, &wanted).await {
+    let locks = match read {
+        // The region's locks in force, read whole for the pass: those of these snapshots.
+        Some(read) => Ok(wanted
+            .iter()
+            .filter_map(|id| Some((id.clone(), read.get(id)?.clone())))
+            .collect()),
+        None => snapshots::locks(&app.aws.ec2_in(&plan.region), &plan.region, &wanted).await,
+    };
+    match locks {
         Ok(locks) => {
             let held = hold_locked(plan, &locks);
             if held > 0 {
