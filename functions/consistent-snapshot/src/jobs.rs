@@ -388,6 +388,9 @@ pub struct EarlierPasses {
     pub locked: usize,
     pub lock_failed: usize,
     pub archive_failed: usize,
+    /// The regions (`region (AWS code)`) those parts could not be read in: their deletions
+    /// there wait for the next run, which `RegionsUnreadable` must say.
+    pub regions_unreadable: Vec<String>,
 }
 
 impl EarlierPasses {
@@ -407,7 +410,14 @@ impl EarlierPasses {
             locked,
             lock_failed,
             archive_failed,
+            regions_unreadable,
         } = later;
+        let mut unreadable = self.regions_unreadable.clone();
+        for region in regions_unreadable {
+            if !unreadable.contains(region) {
+                unreadable.push(region.clone());
+            }
+        }
         EarlierPasses {
             recoverable: self.recoverable + recoverable,
             archived: self.archived + archived,
@@ -417,6 +427,7 @@ impl EarlierPasses {
             locked: self.locked + locked,
             lock_failed: self.lock_failed + lock_failed,
             archive_failed: self.archive_failed + archive_failed,
+            regions_unreadable: unreadable,
         }
     }
 }

@@ -1186,6 +1186,7 @@ impl RetentionOutcome {
             locked: self.locked.len(),
             lock_failed: self.lock_failed.len(),
             archive_failed: self.archive_failed.len(),
+            regions_unreadable: self.regions_unreadable.clone(),
         }
     }
 
@@ -1245,8 +1246,15 @@ impl RetentionOutcome {
             ("DeletionsHeldBack", so_far.held_back),
             ("DeletionsLocked", so_far.locked),
             ("DeletionsFailed", so_far.failed),
-            ("RegionsUnreadable", self.regions_unreadable.len()),
+            ("RegionsUnreadable", so_far.regions_unreadable.len()),
         ]
+    }
+
+    /// Whether the run's retention so far left something for an operator to look at: a
+    /// deletion failed, a region or a part of the fleet not read.
+    pub fn needs_attention(&self) -> bool {
+        let so_far = self.so_far();
+        so_far.failed > 0 || !so_far.regions_unreadable.is_empty() || !self.parts_failed.is_empty()
     }
 
     pub fn summary_line(&self) -> String {
@@ -1272,15 +1280,15 @@ impl RetentionOutcome {
                 "retention (dry run): {sets} sets in {regions} region(s), {planned} snapshots would be deleted{not_planned}"
             );
         }
-        let unreadable = if self.regions_unreadable.is_empty() {
+        let so_far = self.so_far();
+        let unreadable = if so_far.regions_unreadable.is_empty() {
             String::new()
         } else {
             format!(
                 "; not readable, left as they are: {}",
-                self.regions_unreadable.join(", ")
+                so_far.regions_unreadable.join(", ")
             )
         };
-        let so_far = self.so_far();
         let mut held = String::new();
         if so_far.locked > 0 {
             held += &format!(", {} held by a snapshot lock", so_far.locked);
@@ -1455,6 +1463,58 @@ mod tests {
                 ..EarlierPasses::default()
             }
         );
+    }
+
+    #[test]
+    fn a_region_an_early_pass_could_not_read_is_in_the_run_s_metric_and_summary() {
+        let unreadable = "eu-west-1 (RequestLimitExceeded)".to_string();
+        // The first pass applied a part without eu-west-1 (not readable then), and ran out
+        // of time; the next one begins after that part and reads eu-west-1.
+        let mut first = RetentionOutcome {
+            deleted: vec!["us-east-1/snap-0".into()],
+            regions_unreadable: vec![unreadable.clone()],
+            planned_through: Some("i-05".into()),
+            instances_left: 40,
+            ..RetentionOutcome::default()
+        };
+        first.settle();
+        let job = RetentionJob::first("r");
+        let second = next_pass(&job, &first).expect("goes on");
+        assert_eq!(second.earlier.regions_unreadable, vec![unreadable.clone()]);
+        let last = RetentionOutcome {
+            deleted: vec!["eu-west-1/snap-1".into()],
+            earlier: second.earlier.clone(),
+            ..RetentionOutcome::default()
+        };
+        let metrics: BTreeMap<&str, usize> = last.metric_counts().into_iter().collect();
+        assert_eq!(metrics["RegionsUnreadable"], 1);
+        assert!(last.needs_attention());
+        let line = last.summary_line();
+        assert!(
+            line.contains(&format!("not readable, left as they are: {unreadable}")),
+            "{line}"
+        );
+        // Unreadable in both: named once.
+        let again = RetentionOutcome {
+            regions_unreadable: vec![unreadable.clone()],
+            earlier: second.earlier.clone(),
+            ..RetentionOutcome::default()
+        };
+        let metrics: BTreeMap<&str, usize> = again.metric_counts().into_iter().collect();
+        assert_eq!(metrics["RegionsUnreadable"], 1);
+        // A retry reads every region again for every part: nothing of it is carried.
+        let mut retried = RetentionOutcome {
+            failed: vec!["us-east-1/snap-5: RequestLimitExceeded".into()],
+            transient_failures: 1,
+            regions_unreadable: vec![unreadable.clone()],
+            earlier: second.earlier.clone(),
+            ..RetentionOutcome::default()
+        };
+        retried.settle();
+        let retry = next_pass(&second, &retried).expect("a retry");
+        assert!(retry.earlier.regions_unreadable.is_empty(), "{retry:?}");
+        // Nothing unreadable anywhere: nothing to look at.
+        assert!(!RetentionOutcome::default().needs_attention());
     }
 
     #[test]

@@ -230,6 +230,14 @@ pub async fn retention_pass(
     let instances_total: usize = parts.iter().map(Vec::len).sum();
     let mut applying = Applying::new(pass.dry_run, stop_at);
     applying.outcome.planned_through = pass.resume_after.clone();
+    // Named before any part: each part this pass applies is applied without these regions,
+    // which its settling carries to the run's metric.
+    for (region, code) in &survey.unreadable {
+        applying
+            .outcome
+            .regions_unreadable
+            .push(format!("{region} ({code})"));
+    }
     // Every region read has a plan, if only an empty one.
     let readable = survey
         .regions
@@ -313,12 +321,6 @@ pub async fn retention_pass(
             of = instances_total,
             "retention: part planned and applied"
         );
-    }
-    for (region, code) in &survey.unreadable {
-        let named = format!("{region} ({code})");
-        if !applying.outcome.regions_unreadable.contains(&named) {
-            applying.outcome.regions_unreadable.push(named);
-        }
     }
     applying.outcome.instances_left = instances_total - planned;
     if pass.counts_foreign() && foreign > 0 {
@@ -1275,10 +1277,7 @@ pub async fn retention_job(
             &[("RunId", &job.run_id), ("Event", "retention")],
         );
         let summary = outcome.to_bounded_json(LOG_LINE_SETS).to_string();
-        if outcome.regions_unreadable.is_empty()
-            && outcome.failed.is_empty()
-            && outcome.parts_failed.is_empty()
-        {
+        if !outcome.needs_attention() {
             info!(run_id = %job.run_id, retention = %summary, "{}", outcome.summary_line());
         } else {
             warn!(run_id = %job.run_id, retention = %summary, "{}", outcome.summary_line());
