@@ -4,6 +4,7 @@
 //! and on demand.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use futures_util::future::{join_all, try_join};
@@ -149,12 +150,16 @@ struct Survey {
     regions: Vec<String>,
     unreadable: BTreeMap<String, String>,
     images: HashMap<String, BTreeMap<String, Vec<String>>>,
-    /// The regions whose locks in force were read whole (one page) for the pass, with them:
-    /// every part of the pass reads its locks there. Only without `LOCK_MODE`: a deployment
+    /// Each region's locks in force, read whole (one page) by the first part of the pass that
+    /// needs them, for the parts after it; `None` for a region with more (or not readable
+    /// then): each part reads its own. Only without `LOCK_MODE` (`None` here): a deployment
     /// that lays locks reads them right before, part by part (a lock laid over one read
     /// earlier could shorten it).
-    locks: HashMap<String, BTreeMap<String, SnapshotLock>>,
+    locks: Option<Mutex<HashMap<String, Option<RegionLocks>>>>,
 }
+
+/// A region's locks in force, by snapshot id, shared by the parts of a pass.
+type RegionLocks = Arc<BTreeMap<String, SnapshotLock>>;
 
 /// One retention pass over every region: the regions surveyed once (their AMIs, their foreign
 /// snapshots), then the fleet a part at a time, each part planned over the snapshots the
@@ -195,7 +200,11 @@ pub async fn retention_pass(
         regions,
         unreadable: BTreeMap::new(),
         images: HashMap::new(),
-        locks: HashMap::new(),
+        locks: app
+            .config
+            .lock_mode
+            .is_none()
+            .then(|| Mutex::new(HashMap::new())),
     };
     let mut foreign = 0usize;
     // The regions are read at once: a pass's latency is its slowest region's, not their sum.
@@ -224,9 +233,6 @@ pub async fn retention_pass(
         }
     }
     drop(recorded);
-    if app.config.lock_mode.is_none() {
-        survey.locks = few_locks(app, &survey).await;
-    }
     let instances_total: usize = parts.iter().map(Vec::len).sum();
     let mut applying = Applying::new(pass.dry_run, stop_at);
     applying.outcome.planned_through = pass.resume_after.clone();
@@ -395,27 +401,6 @@ async fn survey_region(
     Ok((images, foreign, None))
 }
 
-/// The locks in force of each readable region that has few (one page), read at once: its
-/// parts then need no read of their own. A region with more, or whose locks cannot be read
-/// now, is left out (each part reads its own, and names a failure).
-async fn few_locks(app: &App, survey: &Survey) -> HashMap<String, BTreeMap<String, SnapshotLock>> {
-    let readable: Vec<&String> = survey
-        .regions
-        .iter()
-        .filter(|r| !survey.unreadable.contains_key(*r))
-        .collect();
-    let read =
-        join_all(readable.iter().map(|region| async move {
-            snapshots::few_locks(&app.aws.ec2_in(region), region).await
-        }))
-        .await;
-    readable
-        .into_iter()
-        .zip(read)
-        .filter_map(|(region, locks)| Some((region.clone(), locks.ok()??)))
-        .collect()
-}
-
 /// One part of the fleet, planned in every region.
 struct PlannedPart {
     plans: Vec<RegionPlan>,
@@ -550,10 +535,11 @@ async fn plan_part(
         region_plan.missing = missing.remove(&region).unwrap_or_default();
         plans.push(region_plan);
     }
-    join_all(plans.iter_mut().map(|plan| {
-        let read = survey.locks.get(&plan.region);
-        read_locks(app, plan, read, now)
-    }))
+    join_all(
+        plans
+            .iter_mut()
+            .map(|plan| read_locks(app, plan, survey.locks.as_ref(), now)),
+    )
     .await;
     Ok(PlannedPart {
         plans,
@@ -562,8 +548,9 @@ async fn plan_part(
     })
 }
 
-/// Rule 7 at the edge: reads the locks EC2 reports on what `plan` would delete (from `read`,
-/// the region's locks read whole for the pass, when there) and keeps the sets they hold; where the deployment locks what it keeps (`LOCK_MODE`), reads those too and
+/// Rule 7 at the edge: reads the locks EC2 reports on what `plan` would delete (from the
+/// region's locks read whole once a pass, `few`, when they fit one page) and keeps the sets
+/// they hold; where the deployment locks what it keeps (`LOCK_MODE`), reads those too and
 /// plans the locks to lay or extend (`locks_due`). Should the locks not be readable, the plan
 /// stands (EC2 refuses to delete a locked snapshot, and `apply_retention` reads the lock of any
 /// refused deletion again) and no lock is laid this pass: laying one over a lock not read
@@ -571,7 +558,7 @@ async fn plan_part(
 async fn read_locks(
     app: &App,
     plan: &mut RegionPlan,
-    read: Option<&BTreeMap<String, SnapshotLock>>,
+    few: Option<&Mutex<HashMap<String, Option<RegionLocks>>>>,
     now: DateTime<Utc>,
 ) {
     let mode = app.config.lock_mode;
@@ -585,6 +572,10 @@ async fn read_locks(
     if wanted.is_empty() {
         return;
     }
+    let read = match few {
+        Some(few) => region_locks(app, &plan.region, few).await,
+        None => None,
+    };
     let locks = match read {
         // The region's locks in force, read whole for the pass: those of these snapshots.
         Some(read) => Ok(wanted
@@ -608,6 +599,28 @@ async fn read_locks(
             warn!(region = %plan.region, code = err.aws_code().unwrap_or("Unknown"), error = %err, "snapshot locks not readable: a locked snapshot's deletion will be refused and reported, and no lock is laid or extended this pass");
         }
     }
+}
+
+/// The region's locks in force as the pass read them whole, read now if this is the pass's
+/// first part to need them; `None` when they are more than one page or could not be read (the
+/// part then reads its own, and names a failure).
+async fn region_locks(
+    app: &App,
+    region: &str,
+    few: &Mutex<HashMap<String, Option<RegionLocks>>>,
+) -> Option<RegionLocks> {
+    if let Some(known) = few.lock().ok().and_then(|f| f.get(region).cloned()) {
+        return known;
+    }
+    let read = snapshots::few_locks(&app.aws.ec2_in(region), region)
+        .await
+        .ok()
+        .flatten()
+        .map(Arc::new);
+    if let Ok(mut f) = few.lock() {
+        f.insert(region.to_string(), read.clone());
+    }
+    read
 }
 
 /// Lays the locks `plan` plans (`locks_due`), one LockSnapshot a snapshot, paced with the
