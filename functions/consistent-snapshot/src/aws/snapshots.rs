@@ -135,20 +135,11 @@ pub async fn by_ids_or_tag(
         return by_ids(ec2, ids, subject).await;
     }
     let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
-    let mut found = own_tagged(ec2, (key, value), None, subject, |facts| {
+    let listed = own_tagged(ec2, (key, value), None, subject, |facts| {
         wanted.contains(facts.snapshot_id.as_str()).then_some(facts)
     })
     .await?;
-    let listed: HashSet<String> = found.iter().map(|f| f.snapshot_id.clone()).collect();
-    let unlisted: Vec<String> = ids
-        .iter()
-        .filter(|id| !listed.contains(id.as_str()))
-        .cloned()
-        .collect();
-    if !unlisted.is_empty() {
-        found.extend(by_ids(ec2, &unlisted, subject).await?);
-    }
-    Ok(found)
+    with_ids(ec2, &listed, ids, subject).await
 }
 
 /// Of `listed` (snapshots already read by a tag, a page of 1,000 a call), those with these
@@ -671,14 +662,7 @@ pub async fn locks(
     let mut token: Option<String> = None;
     let pages = LOCK_PAGES_MAX.max(2 * ids.len().div_ceil(LOCKS_PER_PAGE as usize));
     for _ in 0..pages {
-        let page = ec2
-            .describe_locked_snapshots()
-            .filters(ec2_filter("lock-state", LOCKS_IN_FORCE.map(String::from)))
-            .max_results(LOCKS_PER_PAGE)
-            .set_next_token(token.take())
-            .send()
-            .await
-            .map_err(|e| aws("DescribeLockedSnapshots", region, e))?;
+        let page = locks_in_force(ec2, region, token.take()).await?;
         collect_locks(page.snapshots(), |id| wanted.contains(id), &mut found);
         token = page
             .next_token()
@@ -698,19 +682,29 @@ pub async fn few_locks(
     ec2: &aws_sdk_ec2::Client,
     region: &str,
 ) -> Result<Option<BTreeMap<String, SnapshotLock>>, Error> {
-    let page = ec2
-        .describe_locked_snapshots()
-        .filters(ec2_filter("lock-state", LOCKS_IN_FORCE.map(String::from)))
-        .max_results(LOCKS_PER_PAGE)
-        .send()
-        .await
-        .map_err(|e| aws("DescribeLockedSnapshots", region, e))?;
+    let page = locks_in_force(ec2, region, None).await?;
     if page.next_token().is_some_and(|t| !t.is_empty()) {
         return Ok(None);
     }
     let mut found = BTreeMap::new();
     collect_locks(page.snapshots(), |_| true, &mut found);
     Ok(Some(found))
+}
+
+/// One page (`LOCKS_PER_PAGE`) of the locks in force in `region`, from `token`.
+async fn locks_in_force(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    token: Option<String>,
+) -> Result<aws_sdk_ec2::operation::describe_locked_snapshots::DescribeLockedSnapshotsOutput, Error>
+{
+    ec2.describe_locked_snapshots()
+        .filters(ec2_filter("lock-state", LOCKS_IN_FORCE.map(String::from)))
+        .max_results(LOCKS_PER_PAGE)
+        .set_next_token(token)
+        .send()
+        .await
+        .map_err(|e| aws("DescribeLockedSnapshots", region, e))
 }
 
 /// The locks in force on these snapshots of `region`, asked by id, 100 a call.

@@ -4,7 +4,7 @@
 //! and on demand.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use futures_util::future::{join_all, try_join};
@@ -155,11 +155,12 @@ struct Survey {
     /// then): each part reads its own. Only without `LOCK_MODE` (`None` here): a deployment
     /// that lays locks reads them right before, part by part (a lock laid over one read
     /// earlier could shorten it).
-    locks: Option<Mutex<HashMap<String, Option<RegionLocks>>>>,
+    locks: Option<PassLocks>,
 }
 
-/// A region's locks in force, by snapshot id, shared by the parts of a pass.
-type RegionLocks = Arc<BTreeMap<String, SnapshotLock>>;
+/// Each region's locks in force as a pass read them whole, by snapshot id (`None`: more than
+/// a page, or not readable).
+type PassLocks = Mutex<HashMap<String, Option<BTreeMap<String, SnapshotLock>>>>;
 
 /// One retention pass over every region: the regions surveyed once (their AMIs, their foreign
 /// snapshots), then the fleet a part at a time, each part planned over the snapshots the
@@ -555,12 +556,7 @@ async fn plan_part(
 /// stands (EC2 refuses to delete a locked snapshot, and `apply_retention` reads the lock of any
 /// refused deletion again) and no lock is laid this pass: laying one over a lock not read
 /// could shorten it.
-async fn read_locks(
-    app: &App,
-    plan: &mut RegionPlan,
-    few: Option<&Mutex<HashMap<String, Option<RegionLocks>>>>,
-    now: DateTime<Utc>,
-) {
+async fn read_locks(app: &App, plan: &mut RegionPlan, few: Option<&PassLocks>, now: DateTime<Utc>) {
     let mode = app.config.lock_mode;
     let wanted: Vec<String> = plan
         .instances
@@ -573,15 +569,11 @@ async fn read_locks(
         return;
     }
     let read = match few {
-        Some(few) => region_locks(app, &plan.region, few).await,
+        Some(few) => region_locks(app, &plan.region, few, &wanted).await,
         None => None,
     };
     let locks = match read {
-        // The region's locks in force, read whole for the pass: those of these snapshots.
-        Some(read) => Ok(wanted
-            .iter()
-            .filter_map(|id| Some((id.clone(), read.get(id)?.clone())))
-            .collect()),
+        Some(read) => Ok(read),
         None => snapshots::locks(&app.aws.ec2_in(&plan.region), &plan.region, &wanted).await,
     };
     match locks {
@@ -601,26 +593,32 @@ async fn read_locks(
     }
 }
 
-/// The region's locks in force as the pass read them whole, read now if this is the pass's
-/// first part to need them; `None` when they are more than one page or could not be read (the
-/// part then reads its own, and names a failure).
+/// The locks in force on `wanted` snapshots of the region, from its locks as the pass read
+/// them whole, read now if this is the pass's first part to need them; `None` when they are
+/// more than one page or could not be read (the part then reads its own, and names a
+/// failure).
 async fn region_locks(
     app: &App,
     region: &str,
-    few: &Mutex<HashMap<String, Option<RegionLocks>>>,
-) -> Option<RegionLocks> {
-    if let Some(known) = few.lock().ok().and_then(|f| f.get(region).cloned()) {
-        return known;
+    few: &PassLocks,
+    wanted: &[String],
+) -> Option<BTreeMap<String, SnapshotLock>> {
+    let known = few.lock().ok()?.contains_key(region);
+    if !known {
+        let read = snapshots::few_locks(&app.aws.ec2_in(region), region)
+            .await
+            .ok()
+            .flatten();
+        few.lock().ok()?.insert(region.to_string(), read);
     }
-    let read = snapshots::few_locks(&app.aws.ec2_in(region), region)
-        .await
-        .ok()
-        .flatten()
-        .map(Arc::new);
-    if let Ok(mut f) = few.lock() {
-        f.insert(region.to_string(), read.clone());
-    }
-    read
+    let few = few.lock().ok()?;
+    let read = few.get(region)?.as_ref()?;
+    Some(
+        wanted
+            .iter()
+            .filter_map(|id| Some((id.clone(), read.get(id)?.clone())))
+            .collect(),
+    )
 }
 
 /// Lays the locks `plan` plans (`locks_due`), one LockSnapshot a snapshot, paced with the
