@@ -1,14 +1,17 @@
 //! End to end: boot-volume exclusion and the document's other options per instance, a fleet
-//! larger than one SendCommand, pagination.
+//! larger than one SendCommand, pagination, a dispatch's calls in flight.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use consistent_snapshot::OutcomeKind;
+use harness::chaos::{Chaos, ChaosOptions, Ended};
+use harness::faults::Fault;
 use harness::{
-    invoke, own_snapshots, run_snapshots, scheduled_event, seed_bulk, snapshot_tag, ServerSpec,
-    World,
+    commands_per_instance, invoke, own_snapshots, run_snapshots, scheduled_event, seed_bulk,
+    snapshot_tag, ServerSpec, World,
 };
+use serde_json::json;
 
 #[tokio::test]
 async fn exclude_boot_volume_by_setting_and_by_instance_tag() {
@@ -448,5 +451,78 @@ async fn no_writers_sets_are_file_system_consistent_labelled_copied_and_kept_as_
         ),
         (Some(third.as_str()), Some(true)),
         "{restore}"
+    );
+}
+
+/// A dispatch of 230 servers, every call 60 ms slow: it keeps a few calls of each kind in
+/// flight (SendCommand, SSM's agent reads, the manifest's writes, the tracking messages),
+/// never more than its bounds, and still freezes every server once, though in one wave of
+/// commands one answer is lost (the history shows the command went) and another is
+/// throttled (it did not).
+#[tokio::test]
+async fn a_large_dispatch_keeps_a_few_calls_in_flight_and_freezes_each_server_once() {
+    let world = World::start(3).await.expect("world");
+    let mut ids = seed_bulk(&world.emulator, 230, 50, 0).await.expect("seed");
+    ids.sort();
+    let chaos = Chaos::new(&world.emulator, &world.queue, &[], ChaosOptions::calm(11))
+        .expect("chaos")
+        .with_timeout(Duration::from_secs(60));
+    chaos.proxy.set_latency(Duration::from_millis(60));
+    // Commands go out in instance id order, 50 a command: the second and third of the first
+    // wave of four.
+    chaos
+        .proxy
+        .force_matching("ssm:SendCommand", &ids[50], Fault::DroppedAfter, 1);
+    chaos
+        .proxy
+        .force_matching("ssm:SendCommand", &ids[100], Fault::Throttled, 1);
+    let Ended::Answered(start) = chaos
+        .invoke(json!({"action": "snapshot", "run_id": "wide"}))
+        .await
+        .expect("invoke")
+    else {
+        panic!("the dispatch must answer")
+    };
+    let stats = chaos.proxy.stats();
+    assert_eq!(start["status"], "dispatched", "{start}");
+    let dispatched = start["dispatched"].as_array().expect("dispatched");
+    assert_eq!(dispatched.len(), 230, "{start}");
+    let reused = dispatched.iter().filter(|d| d["reused"] == true).count();
+    assert_eq!(
+        reused, 50,
+        "the lost answer's command is tracked, not sent again"
+    );
+    assert_eq!(stats.send_command_faults, 2);
+
+    // Bounded, and more than one at a time: what the dispatch keeps in flight per kind.
+    let peak = |action: &str| stats.peak_in_flight.get(action).copied().unwrap_or(0);
+    for (action, bound) in [
+        ("ssm:SendCommand", 4),
+        ("ssm:DescribeInstanceInformation", 4),
+        ("dynamodb:BatchWriteItem", 8),
+        ("sqs:SendMessageBatch", 8),
+    ] {
+        let at_once = peak(action);
+        assert!(
+            (2..=bound).contains(&at_once),
+            "{action}: {at_once} in flight at most (bound {bound}): {:?}",
+            stats.peak_in_flight
+        );
+    }
+
+    chaos.proxy.set_latency(Duration::ZERO);
+    chaos
+        .drain(10, Duration::from_secs(180))
+        .await
+        .expect("drain");
+    let per = commands_per_instance(&world.emulator.invocations().expect("invocations"), "wide");
+    assert_eq!(per.len(), 230, "{per:?}");
+    assert!(per.values().all(|n| *n == 1), "{per:?}");
+    let report = world.logs.run_report("wide").expect("report");
+    assert_eq!(
+        report.count(OutcomeKind::Consistent),
+        230,
+        "{}",
+        report.summary_line()
     );
 }

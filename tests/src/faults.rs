@@ -86,6 +86,11 @@ pub struct ProxyStats {
     /// How long the emulator took to answer each action's calls, summed: where a run's wall
     /// time went, the emulator's share.
     pub upstream: BTreeMap<String, Duration>,
+    /// The most calls of each action the proxy held at once (from their arrival to their
+    /// answer): how many a caller keeps in flight.
+    pub peak_in_flight: BTreeMap<String, u64>,
+    /// Calls of each action held now.
+    in_flight: BTreeMap<String, u64>,
 }
 
 impl ProxyStats {
@@ -339,6 +344,38 @@ impl std::fmt::Display for Dropped {
 
 impl std::error::Error for Dropped {}
 
+/// A call the proxy holds, from its arrival to its answer (or its fault, or its drop).
+struct InFlight<'a> {
+    shared: &'a Shared,
+    action: String,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(shared: &'a Shared, action: &str) -> Self {
+        if let Ok(mut stats) = shared.stats.lock() {
+            let now = stats.in_flight.entry(action.to_string()).or_default();
+            *now += 1;
+            let now = *now;
+            let peak = stats.peak_in_flight.entry(action.to_string()).or_default();
+            *peak = (*peak).max(now);
+        }
+        InFlight {
+            shared,
+            action: action.to_string(),
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut stats) = self.shared.stats.lock() {
+            if let Some(now) = stats.in_flight.get_mut(&self.action) {
+                *now = now.saturating_sub(1);
+            }
+        }
+    }
+}
+
 async fn handle(
     shared: &Shared,
     state: &EndpointState,
@@ -353,13 +390,14 @@ async fn handle(
         state.notify.notify_waiters();
         return Err(Dropped);
     }
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
+    let protocol = Protocol::of(&parts.headers, &body);
+    let _held = InFlight::new(shared, &protocol.action);
     let latency = shared.latency_ms.load(Ordering::SeqCst);
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(u64::from(latency))).await;
     }
-    let (parts, body) = request.into_parts();
-    let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
-    let protocol = Protocol::of(&parts.headers, &body);
     let slow = shared
         .action_latency_ms
         .lock()

@@ -104,6 +104,9 @@ const BATCH: usize = 25;
 /// Instances whose records `index_of` reads at once.
 const INDEX_QUERIES: usize = 8;
 const BATCH_ROUNDS: u32 = 5;
+/// BatchWriteItem calls a write keeps in flight: a dispatch of 20,000 servers writes 800 of
+/// them for its manifest, which one after another take about 800 round trips.
+const BATCHES_AT_ONCE: usize = 8;
 /// How long the volumes a restore created or detached stay recorded: a rollback or a
 /// clean-up within this time finds them.
 const KEEP_RESTORE_DAYS: i64 = 90;
@@ -400,46 +403,56 @@ impl Catalog {
         Ok(items)
     }
 
-    /// Puts or deletes items, 25 a call; what DynamoDB leaves unprocessed is sent again a
-    /// bounded number of times, then reported.
-    /// Writes `requests` in batches of `BATCH`, each built only when it is written (a run's
-    /// manifest of 10,000 servers is never held as items all at once).
+    /// Puts or deletes items, 25 a call, `BATCHES_AT_ONCE` calls in flight; what DynamoDB
+    /// leaves unprocessed is sent again a bounded number of times, then reported. Each batch
+    /// is built only when it is written (a run's manifest of 20,000 servers is never held as
+    /// items all at once). The first failure ends the writing: writes are puts and deletes by
+    /// key, so whoever writes them again (a redelivery, the next pass) converges.
     async fn batch(
         &self,
         requests: impl IntoIterator<Item = WriteRequest>,
         what: &str,
     ) -> Result<(), Error> {
         let mut requests = requests.into_iter();
-        loop {
-            let mut pending: Vec<WriteRequest> = requests.by_ref().take(BATCH).collect();
-            if pending.is_empty() {
-                break;
+        let batches = std::iter::from_fn(move || {
+            let batch: Vec<WriteRequest> = requests.by_ref().take(BATCH).collect();
+            (!batch.is_empty()).then_some(batch)
+        });
+        let mut written = stream::iter(batches)
+            .map(|batch| self.write_batch(batch, what))
+            .buffer_unordered(BATCHES_AT_ONCE);
+        while let Some(done) = written.next().await {
+            done?;
+        }
+        Ok(())
+    }
+
+    /// One BatchWriteItem of at most 25 requests, and its unprocessed ones again.
+    async fn write_batch(&self, mut pending: Vec<WriteRequest>, what: &str) -> Result<(), Error> {
+        let mut round = 0;
+        while !pending.is_empty() {
+            if round >= BATCH_ROUNDS {
+                return Err(Error::Catalog(format!(
+                    "{}: {} write(s) left unprocessed after {BATCH_ROUNDS} rounds",
+                    self.subject(what),
+                    pending.len()
+                )));
             }
-            let mut round = 0;
-            while !pending.is_empty() {
-                if round >= BATCH_ROUNDS {
-                    return Err(Error::Catalog(format!(
-                        "{}: {} write(s) left unprocessed after {BATCH_ROUNDS} rounds",
-                        self.subject(what),
-                        pending.len()
-                    )));
-                }
-                if round > 0 {
-                    tokio::time::sleep(std::time::Duration::from_millis(100 << round)).await;
-                }
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.table, pending)
-                    .send()
-                    .await
-                    .map_err(|e| aws("BatchWriteItem", self.subject(what), e))?;
-                pending = out
-                    .unprocessed_items
-                    .and_then(|mut left| left.remove(&self.table))
-                    .unwrap_or_default();
-                round += 1;
+            if round > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(100 << round)).await;
             }
+            let out = self
+                .client
+                .batch_write_item()
+                .request_items(&self.table, pending)
+                .send()
+                .await
+                .map_err(|e| aws("BatchWriteItem", self.subject(what), e))?;
+            pending = out
+                .unprocessed_items
+                .and_then(|mut left| left.remove(&self.table))
+                .unwrap_or_default();
+            round += 1;
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use aws_sdk_ssm::config::retry::RetryConfig;
 use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ssm::types::{CommandFilter, CommandFilterKey, InstanceInformationStringFilter};
 use chrono::{DateTime, Utc};
+use futures_util::stream::{self, StreamExt};
 
 use crate::aws::{aws, each_page, utc};
 use crate::config::Config;
@@ -364,6 +365,11 @@ pub async fn running_agents(
     agents(ssm, &running).await
 }
 
+/// DescribeInstanceInformation calls `agents` keeps in flight (each names at most 50
+/// instances: a fleet of 20,000 takes 400 of them). SSM publishes no rate for it; the SDK
+/// retries what it throttles.
+const AGENT_READS_AT_ONCE: usize = 4;
+
 /// SSM's view of the agents of these instances; an instance missing from the map is not
 /// registered with SSM.
 pub async fn agents(
@@ -372,44 +378,57 @@ pub async fn agents(
 ) -> Result<HashMap<String, AgentFacts>, Error> {
     let mut agents = HashMap::new();
     // The InstanceIds filter takes at most 50 values.
-    for chunk in instance_ids.chunks(50) {
-        let filter = InstanceInformationStringFilter::builder()
-            .key("InstanceIds")
-            .set_values(Some(chunk.to_vec()))
-            .build()
-            .map_err(|e| Error::Event(format!("building the SSM filter: {e}")))?;
-        let pages = ssm
-            .describe_instance_information()
-            .filters(filter)
-            .max_results(50)
-            .into_paginator()
-            .send();
-        let subject = format!(
-            "{} instances from {}",
-            chunk.len(),
-            chunk.first().map(String::as_str).unwrap_or("-")
-        );
-        each_page(pages, "DescribeInstanceInformation", &subject, |page| {
-            for info in page.instance_information_list() {
-                let Some(id) = info.instance_id() else {
-                    continue;
-                };
-                agents.insert(
-                    id.to_string(),
-                    AgentFacts {
-                        ping_status: info
-                            .ping_status()
-                            .map(|p| p.as_str())
-                            .unwrap_or_default()
-                            .into(),
-                        agent_version: info.agent_version().unwrap_or_default().to_string(),
-                        platform_type: info.platform_type().map(|p| p.as_str().to_string()),
-                        platform_version: info.platform_version().map(str::to_string),
-                    },
-                );
-            }
-        })
-        .await?;
+    let mut reads = stream::iter(instance_ids.chunks(50))
+        .map(|chunk| agents_of(ssm, chunk))
+        .buffer_unordered(AGENT_READS_AT_ONCE);
+    while let Some(read) = reads.next().await {
+        agents.extend(read?);
     }
+    Ok(agents)
+}
+
+/// SSM's view of the agents of at most 50 instances.
+async fn agents_of(
+    ssm: &aws_sdk_ssm::Client,
+    chunk: &[String],
+) -> Result<Vec<(String, AgentFacts)>, Error> {
+    let filter = InstanceInformationStringFilter::builder()
+        .key("InstanceIds")
+        .set_values(Some(chunk.to_vec()))
+        .build()
+        .map_err(|e| Error::Event(format!("building the SSM filter: {e}")))?;
+    let pages = ssm
+        .describe_instance_information()
+        .filters(filter)
+        .max_results(50)
+        .into_paginator()
+        .send();
+    let subject = format!(
+        "{} instances from {}",
+        chunk.len(),
+        chunk.first().map(String::as_str).unwrap_or("-")
+    );
+    let mut agents = Vec::new();
+    each_page(pages, "DescribeInstanceInformation", &subject, |page| {
+        for info in page.instance_information_list() {
+            let Some(id) = info.instance_id() else {
+                continue;
+            };
+            agents.push((
+                id.to_string(),
+                AgentFacts {
+                    ping_status: info
+                        .ping_status()
+                        .map(|p| p.as_str())
+                        .unwrap_or_default()
+                        .into(),
+                    agent_version: info.agent_version().unwrap_or_default().to_string(),
+                    platform_type: info.platform_type().map(|p| p.as_str().to_string()),
+                    platform_version: info.platform_version().map(str::to_string),
+                },
+            ));
+        }
+    })
+    .await?;
     Ok(agents)
 }

@@ -11,6 +11,7 @@ use std::collections::{HashSet, VecDeque};
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
+use futures_util::future::join_all;
 use tracing::{error, info, warn};
 
 use crate::app::{emit_metrics, enqueue, enqueue_each, probe_servers, refuse, requeue, App};
@@ -38,6 +39,10 @@ use crate::run::step::tracking;
 pub const LEASE_MARGIN_SECONDS: i64 = 10;
 /// SendCommand attempts before the dispatch gives up and leaves the run to its watch.
 const SEND_ATTEMPTS: u32 = 4;
+/// SendCommand calls in flight at once: a dispatch of 20,000 servers sends 400 commands,
+/// which one after another take 400 of SSM's round trips. SSM publishes no rate for it; the
+/// SDK retries what it throttles, and a throttled command was not sent.
+const SENDS_AT_ONCE: usize = 4;
 
 /// What starts a run: a schedule, an on-demand call, or a watch taking over.
 #[derive(Debug, Clone)]
@@ -75,7 +80,16 @@ async fn preflight_fleet(
     let mut skipped: Vec<Skipped> = Vec::new();
     let mut copies: Vec<CopyTargets> = Vec::new();
     let mut tagged = 0usize;
-    while let Some(page) = pages.next_page().await? {
+    let mut next = pages.next_page().await?;
+    while let Some(page) = next {
+        // SSM's view of this page's agents is read while EC2 answers the next page: two
+        // pages' descriptions are held at most.
+        let (agents, following) = tokio::join!(
+            commands::running_agents(&app.aws.ssm, &page),
+            pages.next_page()
+        );
+        let agents = agents?;
+        next = following?;
         tagged += page.len();
         if copying {
             copies.extend(page.iter().map(|i| {
@@ -88,7 +102,6 @@ async fn preflight_fleet(
                 CopyTargets::new(&i.instance_id, regions)
             }));
         }
-        let agents = commands::running_agents(&app.aws.ssm, &page).await?;
         for instance in page {
             match preflight(&instance, agents.get(&instance.instance_id), config) {
                 Ok(target) => targets.push(target),
@@ -434,7 +447,8 @@ async fn record_copy_targets(app: &App, start: &RunStart, copies: Vec<CopyTarget
     }
 }
 
-/// Sends the command to `targets`, at most 50 a call. A throttled call is tried again after
+/// Sends the command to `targets`, at most 50 a call, `SENDS_AT_ONCE` calls at a time (their
+/// answers taken in order, so that a halved call's halves go next). A throttled call is tried again after
 /// a pause; a call whose outcome is unknown is tried again only for the instances the
 /// history does not show it reached. If calls still fail, the error ends the invocation
 /// and the run's watch finishes the dispatch once this invocation's lease is over.
@@ -451,55 +465,54 @@ async fn send_all(
         let mut unknown = false;
         let mut last_error = None;
         let mut queue: VecDeque<CommandPlan> = plan_commands(std::mem::take(&mut targets)).into();
-        while let Some(plan) = queue.pop_front() {
-            let request = CommandRequest {
-                run_id: &run_id,
-                instance_ids: plan.targets.iter().map(|t| t.instance_id.clone()).collect(),
-                parameters: command_parameters(&plan, &app.config, &run_id),
-            };
-            match commands::send(&app.aws.ssm, &app.config, request).await {
-                Ok(command_id) => {
-                    info!(run_id = %run_id, command_id = %command_id, instances = plan.targets.len(), exclude_boot_volume = plan.exclude_boot_volume, "command sent");
-                    // What SSM's events about the command are matched by (they name only
-                    // the command); without it, the instances' polling looks find their end.
-                    if let Err(err) = app.aws.catalog.put_command(&command_id, &run_id).await {
-                        warn!(run_id = %run_id, command_id = %command_id, error = %err, code = err.aws_code().unwrap_or(""), "command not recorded for SSM's events");
+        while !queue.is_empty() {
+            // A few commands at a time; their answers are then taken in order.
+            let wave: Vec<CommandPlan> = queue.drain(..queue.len().min(SENDS_AT_ONCE)).collect();
+            let answers = join_all(wave.into_iter().map(|plan| async {
+                let sent = send_one(app, &run_id, &plan).await;
+                (plan, sent)
+            }))
+            .await;
+            for (plan, sent) in answers {
+                match sent {
+                    Ok(command_id) => {
+                        start.commands.push(RunCommand {
+                            command_id: command_id.clone(),
+                            exclude_boot_volume: plan.exclude_boot_volume,
+                            instances: plan.targets.len(),
+                        });
+                        start.dispatched.extend(
+                            plan.targets
+                                .into_iter()
+                                .map(|t| dispatched_from(t, Some(&command_id), false)),
+                        );
                     }
-                    start.commands.push(RunCommand {
-                        command_id: command_id.clone(),
-                        exclude_boot_volume: plan.exclude_boot_volume,
-                        instances: plan.targets.len(),
-                    });
-                    start.dispatched.extend(
-                        plan.targets
-                            .into_iter()
-                            .map(|t| dispatched_from(t, Some(&command_id), false)),
-                    );
-                }
-                Err(SendFailure::Refused(err))
-                    if err.aws_code() == Some(INVALID_INSTANCE_CODE) && plan.targets.len() > 1 =>
-                {
-                    // One instance SSM cannot reach refuses the whole call: halve it, so that
-                    // only the instances at fault stay unsent.
-                    warn!(run_id = %run_id, instances = plan.targets.len(), code = INVALID_INSTANCE_CODE, "command refused for one of its instances: sending it in halves");
-                    if let Some((first, second)) = plan.halves() {
-                        queue.push_front(second);
-                        queue.push_front(first);
+                    Err(SendFailure::Refused(err))
+                        if err.aws_code() == Some(INVALID_INSTANCE_CODE)
+                            && plan.targets.len() > 1 =>
+                    {
+                        // One instance SSM cannot reach refuses the whole call: halve it, so that
+                        // only the instances at fault stay unsent.
+                        warn!(run_id = %run_id, instances = plan.targets.len(), code = INVALID_INSTANCE_CODE, "command refused for one of its instances: sending it in halves");
+                        if let Some((first, second)) = plan.halves() {
+                            queue.push_front(second);
+                            queue.push_front(first);
+                        }
                     }
-                }
-                Err(SendFailure::Refused(err)) => {
-                    error!(run_id = %run_id, error = %err, "command refused");
-                    start.unsent.extend(plan.targets.iter().map(|t| Unsent {
-                        instance_id: t.instance_id.clone(),
-                        name: t.name.clone(),
-                        error: err.to_string(),
-                    }));
-                }
-                Err(failure) => {
-                    unknown |= matches!(failure, SendFailure::Unknown(_));
-                    warn!(run_id = %run_id, error = %failure.error(), attempt, "command not confirmed");
-                    again.extend(plan.targets);
-                    last_error = Some(failure);
+                    Err(SendFailure::Refused(err)) => {
+                        error!(run_id = %run_id, error = %err, "command refused");
+                        start.unsent.extend(plan.targets.iter().map(|t| Unsent {
+                            instance_id: t.instance_id.clone(),
+                            name: t.name.clone(),
+                            error: err.to_string(),
+                        }));
+                    }
+                    Err(failure) => {
+                        unknown |= matches!(failure, SendFailure::Unknown(_));
+                        warn!(run_id = %run_id, error = %failure.error(), attempt, "command not confirmed");
+                        again.extend(plan.targets);
+                        last_error = Some(failure);
+                    }
                 }
             }
         }
@@ -548,6 +561,23 @@ async fn send_all(
         targets = plan.send;
     }
     Ok(())
+}
+
+/// Sends one planned command and records it for SSM's events.
+async fn send_one(app: &App, run_id: &str, plan: &CommandPlan) -> Result<String, SendFailure> {
+    let request = CommandRequest {
+        run_id,
+        instance_ids: plan.targets.iter().map(|t| t.instance_id.clone()).collect(),
+        parameters: command_parameters(plan, &app.config, run_id),
+    };
+    let command_id = commands::send(&app.aws.ssm, &app.config, request).await?;
+    info!(run_id, command_id = %command_id, instances = plan.targets.len(), exclude_boot_volume = plan.exclude_boot_volume, "command sent");
+    // What SSM's events about the command are matched by (they name only the command);
+    // without it, the instances' polling looks find their end.
+    if let Err(err) = app.aws.catalog.put_command(&command_id, run_id).await {
+        warn!(run_id, command_id = %command_id, error = %err, code = err.aws_code().unwrap_or(""), "command not recorded for SSM's events");
+    }
+    Ok(command_id)
 }
 
 /// A watch message: nothing to do if the run is dispatched; look again when a live lease
