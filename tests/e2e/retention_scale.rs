@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::Filter;
 use consistent_snapshot::{Envelope, Job, RetentionJob};
-use harness::chaos::{Chaos, ChaosOptions};
+use harness::chaos::{Chaos, ChaosOptions, Ended};
 use harness::{seed_bulk, snapshot_tag, Drained, Emulator, History, Metrics, World};
 use serde_json::json;
 
@@ -461,4 +461,77 @@ async fn a_run_s_retention_out_of_time_between_parts_goes_on_after_the_last_part
     let lines = metrics.of("retention", Some(&newest));
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["SnapshotsDeleted"], json!(32));
+}
+
+/// A pass applies its regions at once (EC2's DeleteSnapshot budget is per region): with each
+/// deletion 150 ms slow, the home region's deletions and the copy region's are in flight
+/// together, one at a time in each, and exactly the expired sets go in both.
+#[tokio::test]
+async fn a_pass_deletes_in_every_region_at_once_one_snapshot_at_a_time_in_each() {
+    const COPY: &str = "us-west-2";
+    let world = World::start(1).await.expect("world");
+    let emulator = &world.emulator;
+    // 10 servers × 5 nightly sets × 1 volume, each copied: RETAIN_COUNT 2 deletes 3 sets of
+    // every server in each region, 30 snapshots a region.
+    let ids = seed_bulk(emulator, 10, 10, 0).await.expect("seed");
+    let made = emulator
+        .seed_history(&History {
+            copy_region: Some(COPY.into()),
+            ..History::nightly("us-east-1", &ids, 5)
+        })
+        .await
+        .expect("history");
+    assert_eq!(made, 100, "50 snapshots and their 50 copies");
+    let chaos = Chaos::new(
+        emulator,
+        &world.queue,
+        &[("RETAIN_COUNT", "2"), ("COPY_REGIONS", COPY)],
+        ChaosOptions::calm(5),
+    )
+    .expect("chaos")
+    .with_timeout(Duration::from_secs(60));
+    chaos
+        .proxy
+        .set_latency_of("ec2:DeleteSnapshot", Duration::from_millis(150));
+    let home_before = existing(emulator, "us-east-1").await;
+    let copy_before = existing(emulator, COPY).await;
+
+    let Ended::Answered(answer) = chaos
+        .invoke(json!({"action": "retention"}))
+        .await
+        .expect("retention")
+    else {
+        panic!("the retention must answer")
+    };
+    assert_eq!(
+        answer["deleted"].as_array().map(Vec::len),
+        Some(60),
+        "{answer}"
+    );
+    assert_eq!(answer["unfinished"], json!(0), "{answer}");
+    assert_eq!(
+        home_before.len() - existing(emulator, "us-east-1").await.len(),
+        30
+    );
+    assert_eq!(copy_before.len() - existing(emulator, COPY).await.len(), 30);
+    for id in &ids {
+        assert_eq!(
+            recorded_of(emulator, id, "us-east-1").await.len(),
+            2,
+            "{id}"
+        );
+        assert_eq!(recorded_of(emulator, id, COPY).await.len(), 2, "{id}");
+    }
+    let stats = chaos.proxy.stats();
+    assert_eq!(
+        stats.calls_of("ec2:DeleteSnapshot"),
+        60,
+        "each deletion once"
+    );
+    assert_eq!(
+        stats.peak_in_flight.get("ec2:DeleteSnapshot"),
+        Some(&2),
+        "one at a time in each of the 2 regions, both at once: {:?}",
+        stats.peak_in_flight
+    );
 }

@@ -29,6 +29,11 @@ impl Pace {
         self.longest = self.longest.max(ended - began);
     }
 
+    /// Takes in the steps another loop ran towards the same stop time (its longest).
+    pub fn absorb(&mut self, other: &Pace) {
+        self.longest = self.longest.max(other.longest);
+    }
+
     pub fn longest(&self) -> Duration {
         self.longest
     }
@@ -51,5 +56,12 @@ mod tests {
         // A shorter step does not shorten the longest.
         pace.took(now, now + Duration::milliseconds(100));
         assert_eq!(pace.longest(), Duration::seconds(2));
+        // Loops run beside each other: the longest of either.
+        let mut other = Pace::until(now + Duration::seconds(10));
+        other.took(now, now + Duration::seconds(3));
+        pace.absorb(&other);
+        assert_eq!(pace.longest(), Duration::seconds(3));
+        other.absorb(&Pace::until(now));
+        assert_eq!(other.longest(), Duration::seconds(3));
     }
 }

@@ -1042,6 +1042,64 @@ impl RetentionOutcome {
         }
     }
 
+    /// Takes in what applying one region's plan did, which went into an outcome of its own
+    /// (`region`): a part's regions are applied at once. Everything applying touches is
+    /// added; the destructuring names every field, so that one added later is decided here.
+    pub fn take_applied(&mut self, region: RetentionOutcome) {
+        let RetentionOutcome {
+            dry_run: _,
+            plans: _,
+            tallies: _,
+            trimmed: _,
+            instances_left: _,
+            planned_through: _,
+            parts_failed,
+            missing_through: _,
+            deleted,
+            kept,
+            failed,
+            locked,
+            recoverable,
+            unfinished,
+            archived,
+            archive_failed,
+            locks_laid,
+            lock_failed,
+            locks_left,
+            deleted_outside,
+            tiers_labelled,
+            transient_failures,
+            deleted_before: _,
+            locks_laid_before: _,
+            deleted_outside_before: _,
+            earlier: _,
+            settled: _,
+            regions_unreadable,
+            regions_throttled,
+        } = region;
+        self.parts_failed.extend(parts_failed);
+        self.deleted.extend(deleted);
+        self.kept.extend(kept);
+        self.failed.extend(failed);
+        self.locked.extend(locked);
+        self.recoverable.extend(recoverable);
+        self.unfinished += unfinished;
+        self.archived.extend(archived);
+        self.archive_failed.extend(archive_failed);
+        self.locks_laid.extend(locks_laid);
+        self.lock_failed.extend(lock_failed);
+        self.locks_left += locks_left;
+        self.deleted_outside.extend(deleted_outside);
+        self.tiers_labelled += tiers_labelled;
+        self.transient_failures += transient_failures;
+        self.regions_throttled.extend(regions_throttled);
+        for region in regions_unreadable {
+            if !self.regions_unreadable.contains(&region) {
+                self.regions_unreadable.push(region);
+            }
+        }
+    }
+
     /// Takes in the plans of one part of the fleet (applied or not): counted per region, and
     /// merged into `plans` while these hold at most `keep_sets` sets. Past that, `plans` keeps
     /// only the first `keep_sets` sets to delete (what an answer lists) and the counts say the
@@ -1463,6 +1521,62 @@ mod tests {
                 ..EarlierPasses::default()
             }
         );
+    }
+
+    #[test]
+    fn regions_applied_at_once_add_up_to_what_one_after_another_would_have_done() {
+        // What the pass had before this part, then what each region did on its own.
+        let mut pass = RetentionOutcome {
+            deleted: vec!["us-east-1/snap-0".into()],
+            unfinished: 1,
+            planned_through: Some("i-01".into()),
+            ..RetentionOutcome::new(false)
+        };
+        let home = RetentionOutcome {
+            deleted: vec!["us-east-1/snap-1".into(), "us-east-1/snap-2".into()],
+            recoverable: vec!["us-east-1/snap-2: recoverable until …".into()],
+            locks_laid: vec!["us-east-1/snap-3: locked".into()],
+            tiers_labelled: 2,
+            ..RetentionOutcome::new(false)
+        };
+        let copy = RetentionOutcome {
+            deleted: vec!["eu-west-1/snap-4".into()],
+            failed: vec!["eu-west-1/snap-5: RequestLimitExceeded".into()],
+            transient_failures: 1,
+            unfinished: 3,
+            locks_left: 1,
+            regions_throttled: vec!["eu-west-1".into()],
+            archived: vec!["eu-west-1/snap-6".into()],
+            ..RetentionOutcome::new(false)
+        };
+        pass.take_applied(home);
+        pass.take_applied(copy);
+        assert_eq!(
+            pass.deleted,
+            [
+                "us-east-1/snap-0",
+                "us-east-1/snap-1",
+                "us-east-1/snap-2",
+                "eu-west-1/snap-4"
+            ]
+        );
+        assert_eq!(pass.unfinished, 4);
+        assert_eq!(pass.locks_left, 1);
+        assert_eq!(pass.transient_failures, 1);
+        assert_eq!(pass.tiers_labelled, 2);
+        assert_eq!(pass.regions_throttled, ["eu-west-1"]);
+        assert_eq!(
+            (
+                pass.recoverable.len(),
+                pass.locks_laid.len(),
+                pass.archived.len(),
+                pass.failed.len()
+            ),
+            (1, 1, 1, 1)
+        );
+        // What the pass itself keeps track of is its own.
+        assert_eq!(pass.planned_through.as_deref(), Some("i-01"));
+        assert!(!pass.dry_run);
     }
 
     #[test]

@@ -894,6 +894,10 @@ impl Applying {
     }
 }
 
+/// Applies one part's plans, its regions at once: EC2's request budgets (DeleteSnapshot's
+/// among them) are per region, so a pass deletes at the sum of its regions' rates, not at
+/// one region's after another's. Within a region one call at a time, as before; each region
+/// applies into an outcome, pace and count of its own, taken into the pass's afterwards.
 async fn apply_plans(
     app: &App,
     plans: &[RegionPlan],
@@ -902,142 +906,185 @@ async fn apply_plans(
     archiving: &mut HashMap<String, usize>,
     outcome: &mut RetentionOutcome,
 ) {
-    for plan in plans {
-        let ec2 = app.aws.ec2_in(&plan.region);
-        let home = plan.region == app.config.region;
-        if !dry_run {
-            report_missing(app, plan, outcome).await;
-            // What is kept is locked before anything is deleted: protection first.
-            lay_locks(app, plan, (&mut *pace, &mut *tried), stop_at, outcome).await;
+    let (pace_before, tried_before) = (*pace, *tried);
+    let applied = join_all(plans.iter().map(|plan| {
+        let mut region = RegionApplying {
+            outcome: RetentionOutcome::new(dry_run),
+            pace: pace_before,
+            tried: tried_before,
+            archiving: archiving.get(&plan.region).copied().unwrap_or(0),
+        };
+        async move {
+            apply_region(app, plan, (dry_run, stop_at), &mut region).await;
+            region
         }
-        let deleted_from = outcome.deleted.len();
-        // EC2 throttled a deletion here (its retries spent): the rest waits for the next pass,
-        // which comes once the region's budget has refilled, rather than failing one by one.
-        let mut throttled = false;
-        for (instance_id, set) in plan.deletions() {
-            let mut gone: Vec<&String> = Vec::new();
-            // Once one snapshot of a set is refused (locked, in use, an error), the rest of the
-            // set is left as it is: a set is deleted whole or kept as whole as it can be.
-            let mut refused = false;
-            for snapshot_id in &set.snapshots {
-                let at = format!("{}/{snapshot_id}", plan.region);
-                if dry_run {
-                    info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, reason = %set.reason, "would delete (dry run)");
-                    continue;
+    }))
+    .await;
+    for (plan, region) in plans.iter().zip(applied) {
+        pace.absorb(&region.pace);
+        *tried += region.tried - tried_before;
+        archiving.insert(plan.region.clone(), region.archiving);
+        outcome.take_applied(region.outcome);
+    }
+}
+
+/// What applying one region's plan did, and how far it got.
+struct RegionApplying {
+    outcome: RetentionOutcome,
+    pace: Pace,
+    /// Deletions and locks tried by the pass, this region's with those of the parts before.
+    tried: usize,
+    /// Archive operations started in the region by the pass (`ARCHIVE_PER_PASS`).
+    archiving: usize,
+}
+
+/// Applies one region's plan (`apply_plans`): its locks, its deletions one at a time, each
+/// logged with its reason, its tiers and archiving, then what it keeps for a reason.
+async fn apply_region(
+    app: &App,
+    plan: &RegionPlan,
+    (dry_run, stop_at): (bool, DateTime<Utc>),
+    region: &mut RegionApplying,
+) {
+    let RegionApplying {
+        outcome,
+        pace,
+        tried,
+        archiving,
+    } = region;
+    let ec2 = app.aws.ec2_in(&plan.region);
+    let home = plan.region == app.config.region;
+    if !dry_run {
+        report_missing(app, plan, outcome).await;
+        // What is kept is locked before anything is deleted: protection first.
+        lay_locks(app, plan, (&mut *pace, &mut *tried), stop_at, outcome).await;
+    }
+    let deleted_from = outcome.deleted.len();
+    // EC2 throttled a deletion here (its retries spent): the rest waits for the next pass,
+    // which comes once the region's budget has refilled, rather than failing one by one.
+    let mut throttled = false;
+    for (instance_id, set) in plan.deletions() {
+        let mut gone: Vec<&String> = Vec::new();
+        // Once one snapshot of a set is refused (locked, in use, an error), the rest of the
+        // set is left as it is: a set is deleted whole or kept as whole as it can be.
+        let mut refused = false;
+        for snapshot_id in &set.snapshots {
+            let at = format!("{}/{snapshot_id}", plan.region);
+            if dry_run {
+                info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, reason = %set.reason, "would delete (dry run)");
+                continue;
+            }
+            if refused {
+                info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, "kept: another snapshot of its set could not be deleted");
+                continue;
+            }
+            // At least one deletion a pass, however short: every pass makes progress.
+            let began = Utc::now();
+            if throttled || (*tried > 0 && !pace.fits(began)) {
+                outcome.unfinished += 1;
+                continue;
+            }
+            *tried += 1;
+            let subject = format!("{snapshot_id} of {instance_id} in {}", plan.region);
+            let deletion = snapshots::delete(&ec2, snapshot_id, &subject).await;
+            pace.took(began, Utc::now());
+            match deletion {
+                Deletion::Deleted => {
+                    info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, reason = %set.reason, "snapshot deleted");
+                    outcome.deleted.push(at);
+                    gone.push(snapshot_id);
                 }
-                if refused {
-                    info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, "kept: another snapshot of its set could not be deleted");
-                    continue;
+                Deletion::AlreadyGone => {
+                    info!(region = %plan.region, snapshot_id = %snapshot_id, "already deleted");
+                    gone.push(snapshot_id);
                 }
-                // At least one deletion a pass, however short: every pass makes progress.
-                let began = Utc::now();
-                if throttled || (*tried > 0 && !pace.fits(began)) {
+                Deletion::InUse => {
+                    refused = true;
+                    warn!(region = %plan.region, instance_id, snapshot_id = %snapshot_id, "kept: in use (by an AMI)");
+                    outcome.kept.push(format!("{at}: in use"));
+                }
+                Deletion::Failed(err) if err.is_throttling() => {
+                    warn!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), "deletions in the region throttled: the rest waits for the next pass");
+                    throttled = true;
                     outcome.unfinished += 1;
-                    continue;
+                    outcome.regions_throttled.push(plan.region.clone());
                 }
-                *tried += 1;
-                let subject = format!("{snapshot_id} of {instance_id} in {}", plan.region);
-                let deletion = snapshots::delete(&ec2, snapshot_id, &subject).await;
-                pace.took(began, Utc::now());
-                match deletion {
-                    Deletion::Deleted => {
-                        info!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, reason = %set.reason, "snapshot deleted");
-                        outcome.deleted.push(at);
-                        gone.push(snapshot_id);
-                    }
-                    Deletion::AlreadyGone => {
-                        info!(region = %plan.region, snapshot_id = %snapshot_id, "already deleted");
-                        gone.push(snapshot_id);
-                    }
-                    Deletion::InUse => {
-                        refused = true;
-                        warn!(region = %plan.region, instance_id, snapshot_id = %snapshot_id, "kept: in use (by an AMI)");
-                        outcome.kept.push(format!("{at}: in use"));
-                    }
-                    Deletion::Failed(err) if err.is_throttling() => {
-                        warn!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), "deletions in the region throttled: the rest waits for the next pass");
-                        throttled = true;
-                        outcome.unfinished += 1;
-                        outcome.regions_throttled.push(plan.region.clone());
-                    }
-                    Deletion::Failed(err) => {
-                        refused = true;
-                        // Locked since the plan read the locks (or they were not readable)?
-                        let ids = [snapshot_id.clone()];
-                        let lock = snapshots::locks_by_id(&ec2, &plan.region, &ids).await;
-                        match lock.ok().and_then(|mut l| l.remove(snapshot_id)) {
-                            Some(lock) => {
-                                let lock = lock.describe();
-                                warn!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), "kept: {lock}");
-                                outcome.locked.push(format!("{at}: {lock}"));
+                Deletion::Failed(err) => {
+                    refused = true;
+                    // Locked since the plan read the locks (or they were not readable)?
+                    let ids = [snapshot_id.clone()];
+                    let lock = snapshots::locks_by_id(&ec2, &plan.region, &ids).await;
+                    match lock.ok().and_then(|mut l| l.remove(snapshot_id)) {
+                        Some(lock) => {
+                            let lock = lock.describe();
+                            warn!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), "kept: {lock}");
+                            outcome.locked.push(format!("{at}: {lock}"));
+                        }
+                        None => {
+                            warn!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), error = %err, "snapshot not deleted");
+                            if !err.is_permanent() {
+                                outcome.transient_failures += 1;
                             }
-                            None => {
-                                warn!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), error = %err, "snapshot not deleted");
-                                if !err.is_permanent() {
-                                    outcome.transient_failures += 1;
-                                }
-                                outcome.failed.push(format!("{at}: {err}"));
-                            }
+                            outcome.failed.push(format!("{at}: {err}"));
                         }
                     }
                 }
             }
-            // What is deleted leaves the catalog at once (inside the pass's time): a set once
-            // all of it is gone, a copy with its snapshot. Should this fail, the records are
-            // only stale: nothing is admitted that EC2 no longer lists.
-            let forget = if home {
-                let whole = gone.len() == set.snapshots.len();
-                let sets = [(instance_id.to_string(), set.run_id.clone())];
-                (whole, sets.to_vec(), Vec::new())
+        }
+        // What is deleted leaves the catalog at once (inside the pass's time): a set once
+        // all of it is gone, a copy with its snapshot. Should this fail, the records are
+        // only stale: nothing is admitted that EC2 no longer lists.
+        let forget = if home {
+            let whole = gone.len() == set.snapshots.len();
+            let sets = [(instance_id.to_string(), set.run_id.clone())];
+            (whole, sets.to_vec(), Vec::new())
+        } else {
+            let copies: Vec<CopyKey> = gone
+                .iter()
+                .map(|snapshot_id| CopyKey {
+                    instance_id: instance_id.to_string(),
+                    region: plan.region.clone(),
+                    run_id: set.run_id.clone(),
+                    snapshot_id: snapshot_id.to_string(),
+                })
+                .collect();
+            (!copies.is_empty(), Vec::new(), copies)
+        };
+        if let (true, sets, copies) = forget {
+            if let Err(err) = app.aws.catalog.forget(&sets, &copies).await {
+                warn!(error = %err, run_id = %set.run_id, instance_id, "deleted set not removed from the catalog");
+            }
+        }
+    }
+    if !dry_run {
+        binned(app, &plan.region, outcome, deleted_from).await;
+        let home = plan.region == app.config.region;
+        let changes = tier_changes(plan, region_policy(&app.config, home).retain, home);
+        if !changes.is_empty() {
+            // Out of time, what is left is for the next pass, which plans again.
+            let (labelled, left) = if Utc::now() < stop_at {
+                label_tiers(app, &plan.region, &changes, stop_at).await
             } else {
-                let copies: Vec<CopyKey> = gone
-                    .iter()
-                    .map(|snapshot_id| CopyKey {
-                        instance_id: instance_id.to_string(),
-                        region: plan.region.clone(),
-                        run_id: set.run_id.clone(),
-                        snapshot_id: snapshot_id.to_string(),
-                    })
-                    .collect();
-                (!copies.is_empty(), Vec::new(), copies)
+                (0, changes.len())
             };
-            if let (true, sets, copies) = forget {
-                if let Err(err) = app.aws.catalog.forget(&sets, &copies).await {
-                    warn!(error = %err, run_id = %set.run_id, instance_id, "deleted set not removed from the catalog");
-                }
-            }
+            outcome.tiers_labelled += labelled;
+            outcome.unfinished += left;
         }
-        if !dry_run {
-            binned(app, &plan.region, outcome, deleted_from).await;
-            let home = plan.region == app.config.region;
-            let changes = tier_changes(plan, region_policy(&app.config, home).retain, home);
-            if !changes.is_empty() {
-                // Out of time, what is left is for the next pass, which plans again.
-                let (labelled, left) = if Utc::now() < stop_at {
-                    label_tiers(app, &plan.region, &changes, stop_at).await
-                } else {
-                    (0, changes.len())
-                };
-                outcome.tiers_labelled += labelled;
-                outcome.unfinished += left;
-            }
-            let started = archiving.entry(plan.region.clone()).or_default();
-            archive_sets(app, plan, (stop_at, started), outcome).await;
-        }
-        for (instance_id, sets) in &plan.instances {
-            for set in sets.iter().filter(|s| s.action == Action::Keep) {
-                let line = format!("{}/{}: {}", plan.region, set.run_id, set.reason);
-                match set.held {
-                    Some(Held::Image) => {
-                        warn!(region = %plan.region, instance_id, run_id = %set.run_id, reason = %set.reason, "set kept: used by an AMI");
-                        outcome.kept.push(line);
-                    }
-                    Some(Held::Lock) => {
-                        info!(region = %plan.region, instance_id, run_id = %set.run_id, reason = %set.reason, "set kept: under a snapshot lock");
-                        outcome.locked.push(line);
-                    }
-                    None => {}
+        archive_sets(app, plan, (stop_at, archiving), outcome).await;
+    }
+    for (instance_id, sets) in &plan.instances {
+        for set in sets.iter().filter(|s| s.action == Action::Keep) {
+            let line = format!("{}/{}: {}", plan.region, set.run_id, set.reason);
+            match set.held {
+                Some(Held::Image) => {
+                    warn!(region = %plan.region, instance_id, run_id = %set.run_id, reason = %set.reason, "set kept: used by an AMI");
+                    outcome.kept.push(line);
                 }
+                Some(Held::Lock) => {
+                    info!(region = %plan.region, instance_id, run_id = %set.run_id, reason = %set.reason, "set kept: under a snapshot lock");
+                    outcome.locked.push(line);
+                }
+                None => {}
             }
         }
     }
