@@ -896,8 +896,9 @@ async fn large_dispatch(binary: &Path, instances: u64, round_trip: Duration) -> 
     })
 }
 
-/// How long the emulator took to answer, in all and for the `top` slowest actions: the
-/// emulator's share of a wall time.
+/// How long the emulator took to answer, summed over the calls, in all and for the `top`
+/// slowest actions: the emulator's share of a wall time when calls go one at a time (calls in
+/// flight together overlap, and their sum can pass the wall time).
 fn emulator_time(upstream: &BTreeMap<String, Duration>, top: usize) -> String {
     let total: f64 = upstream.values().map(Duration::as_secs_f64).sum();
     let mut slowest: Vec<(&String, &Duration)> = upstream.iter().collect();
@@ -908,7 +909,7 @@ fn emulator_time(upstream: &BTreeMap<String, Duration>, top: usize) -> String {
         .map(|(action, d)| format!("{action} {:.1} s", d.as_secs_f64()))
         .collect::<Vec<_>>()
         .join(", ");
-    format!("the emulator answered in {total:.1} s ({named})")
+    format!("the emulator's answers took {total:.1} s summed over calls ({named})")
 }
 
 /// A retention dry run over at least `snapshots` snapshots of 2,000 servers, then the fleet
