@@ -448,9 +448,9 @@ async fn record_copy_targets(app: &App, start: &RunStart, copies: Vec<CopyTarget
 }
 
 /// Sends the command to `targets`, at most 50 a call, `SENDS_AT_ONCE` calls at a time (their
-/// answers taken in order, so that a halved call's halves go next). A throttled call is tried again after
-/// a pause; a call whose outcome is unknown is tried again only for the instances the
-/// history does not show it reached. If calls still fail, the error ends the invocation
+/// answers taken in order, so that a halved call's halves go next). A throttled call is tried
+/// again after a pause; a call whose outcome is unknown is tried again only for the instances
+/// the history does not show it reached. If calls still fail, the error ends the invocation
 /// and the run's watch finishes the dispatch once this invocation's lease is over.
 async fn send_all(
     app: &App,
