@@ -91,6 +91,12 @@ pub struct ProxyStats {
     pub peak_in_flight: BTreeMap<String, u64>,
     /// Calls of each action held now.
     in_flight: BTreeMap<String, u64>,
+    /// How long at least one call was with the emulator: its share of a wall time, whether
+    /// the calls went one at a time or overlapped (`upstream` sums them).
+    pub upstream_busy: Duration,
+    /// Calls with the emulator now, and since when it has had one.
+    upstream_open: u64,
+    upstream_since: Option<Instant>,
 }
 
 impl ProxyStats {
@@ -376,6 +382,36 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// A call with the emulator, from its forwarding to its answer: the emulator's busy time.
+struct Upstream<'a> {
+    shared: &'a Shared,
+}
+
+impl<'a> Upstream<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        if let Ok(mut stats) = shared.stats.lock() {
+            if stats.upstream_open == 0 {
+                stats.upstream_since = Some(Instant::now());
+            }
+            stats.upstream_open += 1;
+        }
+        Upstream { shared }
+    }
+}
+
+impl Drop for Upstream<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut stats) = self.shared.stats.lock() {
+            stats.upstream_open = stats.upstream_open.saturating_sub(1);
+            if stats.upstream_open == 0 {
+                if let Some(since) = stats.upstream_since.take() {
+                    stats.upstream_busy += since.elapsed();
+                }
+            }
+        }
+    }
+}
+
 async fn handle(
     shared: &Shared,
     state: &EndpointState,
@@ -497,9 +533,11 @@ async fn handle(
     }
     let forward = forward.body(Full::new(body)).map_err(|_| Dropped)?;
     let sent = Instant::now();
+    let upstream = Upstream::new(shared);
     let answer = shared.client.request(forward).await.map_err(|_| Dropped)?;
     let (parts, body) = answer.into_parts();
     let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
+    drop(upstream);
     if let Ok(mut stats) = shared.stats.lock() {
         *stats.upstream.entry(protocol.action.clone()).or_default() += sent.elapsed();
     }

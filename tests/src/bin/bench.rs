@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{Timelike, Utc};
 use harness::bench::{self, Budget, Fleet, PeerComparison, Report, Side};
-use harness::faults::{Endpoint, FaultProxy, Stop};
+use harness::faults::{Endpoint, FaultProxy, ProxyStats, Stop};
 use harness::runtime::LocalRuntime;
 use harness::throttle;
 use harness::{
@@ -548,7 +548,7 @@ async fn throttled_run(binary: &Path, instances: u64, scale: f64) -> Result<Thro
 struct PeerNight {
     answer: Result<Value>,
     took: Duration,
-    stats: harness::faults::ProxyStats,
+    stats: ProxyStats,
     emulator: Emulator,
     peer: Function,
     log: PathBuf,
@@ -858,7 +858,7 @@ async fn large_dispatch(binary: &Path, instances: u64, round_trip: Duration) -> 
         .invoke(nightly_event(), Duration::from_secs(900))
         .await?;
     let seconds = started.elapsed().as_secs_f64();
-    let waited = emulator_time(&proxy.stats().upstream, 4);
+    let waited = emulator_time(&proxy.stats(), 4);
     let dispatched = answer["dispatched"].as_array().map_or(0, Vec::len) as u64
         + answer["left_out"]["dispatched"].as_u64().unwrap_or(0);
     if dispatched != instances {
@@ -896,10 +896,12 @@ async fn large_dispatch(binary: &Path, instances: u64, round_trip: Duration) -> 
     })
 }
 
-/// How long the emulator took to answer, summed over the calls, in all and for the `top`
-/// slowest actions: the emulator's share of a wall time when calls go one at a time (calls in
-/// flight together overlap, and their sum can pass the wall time).
-fn emulator_time(upstream: &BTreeMap<String, Duration>, top: usize) -> String {
+/// How long the emulator had at least one call (its share of a wall time), and its answers'
+/// time summed over the calls, in all and for the `top` slowest actions (calls in flight
+/// together overlap: their sum can pass the wall time).
+fn emulator_time(stats: &ProxyStats, top: usize) -> String {
+    let busy = stats.upstream_busy.as_secs_f64();
+    let upstream = &stats.upstream;
     let total: f64 = upstream.values().map(Duration::as_secs_f64).sum();
     let mut slowest: Vec<(&String, &Duration)> = upstream.iter().collect();
     slowest.sort_by(|a, b| b.1.cmp(a.1));
@@ -909,7 +911,10 @@ fn emulator_time(upstream: &BTreeMap<String, Duration>, top: usize) -> String {
         .map(|(action, d)| format!("{action} {:.1} s", d.as_secs_f64()))
         .collect::<Vec<_>>()
         .join(", ");
-    format!("the emulator's answers took {total:.1} s summed over calls ({named})")
+    format!(
+        "the emulator had calls {busy:.1} s of it; its answers took {total:.1} s summed over \
+         calls ({named})"
+    )
 }
 
 /// A retention dry run over at least `snapshots` snapshots of 2,000 servers, then the fleet
