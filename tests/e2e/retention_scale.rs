@@ -195,6 +195,27 @@ async fn existing(emulator: &Emulator, region: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// `servers` servers of one volume with 5 nightly sets each, every snapshot copied to `copy`;
+/// answers their instance ids.
+async fn copied_nights(emulator: &Emulator, servers: usize, copy: &str) -> Vec<String> {
+    let ids = seed_bulk(emulator, servers, servers, 0)
+        .await
+        .expect("seed");
+    let made = emulator
+        .seed_history(&History {
+            copy_region: Some(copy.into()),
+            ..History::nightly("us-east-1", &ids, 5)
+        })
+        .await
+        .expect("history");
+    assert_eq!(
+        made,
+        servers as u64 * 10,
+        "5 snapshots a server and their copies"
+    );
+    ids
+}
+
 #[tokio::test]
 async fn retention_a_part_of_the_fleet_at_a_time_deletes_exactly_and_a_rewritten_tag_hides_nothing()
 {
@@ -203,15 +224,7 @@ async fn retention_a_part_of_the_fleet_at_a_time_deletes_exactly_and_a_rewritten
     let (emulator, logs) = (&world.emulator, &world.logs);
     // 12 servers × 5 nightly sets × 1 volume, each copied to us-west-2: 10 recorded snapshots
     // a server, so with parts of at most 4 snapshots every server is a part of its own.
-    let ids = seed_bulk(emulator, 12, 12, 0).await.expect("seed");
-    let made = emulator
-        .seed_history(&History {
-            copy_region: Some(COPY.into()),
-            ..History::nightly("us-east-1", &ids, 5)
-        })
-        .await
-        .expect("history");
-    assert_eq!(made, 120, "60 snapshots and their 60 copies");
+    let ids = copied_nights(emulator, 12, COPY).await;
     let runs: BTreeSet<String> = managed(emulator)
         .await
         .into_iter()
@@ -473,15 +486,7 @@ async fn a_pass_deletes_in_every_region_at_once_one_snapshot_at_a_time_in_each()
     let emulator = &world.emulator;
     // 10 servers × 5 nightly sets × 1 volume, each copied: RETAIN_COUNT 2 deletes 3 sets of
     // every server in each region, 30 snapshots a region.
-    let ids = seed_bulk(emulator, 10, 10, 0).await.expect("seed");
-    let made = emulator
-        .seed_history(&History {
-            copy_region: Some(COPY.into()),
-            ..History::nightly("us-east-1", &ids, 5)
-        })
-        .await
-        .expect("history");
-    assert_eq!(made, 100, "50 snapshots and their 50 copies");
+    let ids = copied_nights(emulator, 10, COPY).await;
     let chaos = Chaos::new(
         emulator,
         &world.queue,
