@@ -958,6 +958,10 @@ async fn apply_region(
         report_missing(app, plan, outcome).await;
         // What is kept is locked before anything is deleted: protection first.
         lay_locks(app, plan, (&mut *pace, &mut *tried), stop_at, outcome).await;
+        // Then the archive, before the deletions: at most `ARCHIVE_PER_PASS` calls, and what
+        // a pass out of time leaves of it waits for the next night, while deletions left go
+        // on in the next pass.
+        archive_sets(app, plan, (stop_at, &mut *archiving), outcome).await;
     }
     let deleted_from = outcome.deleted.len();
     // EC2 throttled a deletion here (its retries spent): the rest waits for the next pass,
@@ -1070,7 +1074,6 @@ async fn apply_region(
             outcome.tiers_labelled += labelled;
             outcome.unfinished += left;
         }
-        archive_sets(app, plan, (stop_at, archiving), outcome).await;
     }
     for (instance_id, sets) in &plan.instances {
         for set in sets.iter().filter(|s| s.action == Action::Keep) {
