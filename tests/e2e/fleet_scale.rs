@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_config::retry::RetryConfig;
 use consistent_snapshot::OutcomeKind;
 use harness::faults::{Fault, FaultProxy, Stop};
 use harness::{
@@ -467,21 +466,7 @@ async fn a_large_dispatch_keeps_a_few_calls_in_flight_and_freezes_each_server_on
     ids.sort();
     let proxy = FaultProxy::new(emulator.port, 0.0, 11);
     let endpoint = proxy.endpoint(Stop::Never).await.expect("proxy");
-    // The SDK's standard retry, not the adaptive mode the function runs with: the adaptive
-    // client rate limiter is shared by every client of a service in a process, so throttles
-    // that other tests of this binary meet would pace this one's calls (a Lambda instance
-    // is a process of its own).
-    let sdk = emulator
-        .sdk
-        .to_builder()
-        .endpoint_url(format!("http://127.0.0.1:{}", endpoint.port))
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(5)
-                .with_initial_backoff(Duration::from_millis(20))
-                .with_max_backoff(Duration::from_millis(200)),
-        )
-        .build();
+    let sdk = emulator.sdk_through(endpoint.port);
     let app = emulator.app_as(&sdk, &world.queue, &[]).expect("app");
     proxy.set_latency(Duration::from_millis(60));
     // Commands go out in instance id order, 50 a command: the second and third of the first

@@ -8,7 +8,6 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use aws_config::retry::RetryConfig;
 use consistent_snapshot::MetricsOut;
 use consistent_snapshot::{App, Config};
 use serde_json::{json, Value};
@@ -137,20 +136,9 @@ impl<'a> Chaos<'a> {
     }
 
     /// A fresh Lambda instance whose AWS calls go through its own proxy endpoint, with the
-    /// SDK retrying as in production (adaptive, 5 attempts), on short backoffs.
+    /// SDK retrying as in production.
     fn app(&self, endpoint: &Endpoint) -> App {
-        let sdk = self
-            .emulator
-            .sdk
-            .to_builder()
-            .endpoint_url(format!("http://127.0.0.1:{}", endpoint.port))
-            .retry_config(
-                RetryConfig::adaptive()
-                    .with_max_attempts(5)
-                    .with_initial_backoff(Duration::from_millis(20))
-                    .with_max_backoff(Duration::from_millis(200)),
-            )
-            .build();
+        let sdk = self.emulator.sdk_through(endpoint.port);
         let app = App::new(self.config.clone(), &sdk);
         match &self.metrics {
             Some(metrics) => metrics.attach(app),

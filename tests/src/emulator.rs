@@ -100,6 +100,23 @@ impl Emulator {
         Ok(emulator)
     }
 
+    /// The SDK configuration of a Lambda instance whose calls go through a proxy on
+    /// 127.0.0.1:`port`: retrying as the function does in production (adaptive, 5 attempts),
+    /// on short backoffs. Each App made from it keeps its own retry limiters (the function names
+    /// its retry partitions per set of clients), as a Lambda instance is a process of its own.
+    pub fn sdk_through(&self, port: u16) -> SdkConfig {
+        self.sdk
+            .to_builder()
+            .endpoint_url(format!("http://127.0.0.1:{port}"))
+            .retry_config(
+                RetryConfig::adaptive()
+                    .with_max_attempts(5)
+                    .with_initial_backoff(Duration::from_millis(20))
+                    .with_max_backoff(Duration::from_millis(200)),
+            )
+            .build()
+    }
+
     /// The readiness probe document as the template creates it (its `Content`, verbatim).
     pub async fn create_probe_document(&self) -> Result<()> {
         use aws_sdk_ssm::types::{DocumentFormat, DocumentType};

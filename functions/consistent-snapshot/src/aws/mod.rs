@@ -17,6 +17,7 @@ pub mod snapshots;
 pub mod throttles;
 pub mod volumes;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
@@ -27,6 +28,7 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 pub use aws_config::SdkConfig;
+use aws_sdk_ec2::config::retry::RetryPartition;
 
 use crate::error::Error;
 
@@ -50,31 +52,51 @@ pub struct Clients {
     /// EC2 in the vault account, as the vault's role (`vault_ec2`): made on first use, its
     /// credentials assumed then and renewed by the SDK before they expire.
     vault: std::sync::Arc<tokio::sync::OnceCell<aws_sdk_ec2::Client>>,
+    /// This set of clients' number in the process: its retry partitions carry it.
+    id: u64,
+}
+
+/// How many sets of clients this process made.
+static CLIENTS_MADE: AtomicU64 = AtomicU64::new(0);
+
+/// The retry partition of `service` in `region` for the clients numbered `id`. The SDK keeps a
+/// partition's retry token bucket and adaptive rate limiter for the whole process, by name; its
+/// own names are per service and region (`ec2-eu-west-1`), as AWS's throttling is. A Lambda
+/// instance is one process with one set of clients, where the number changes nothing; two sets
+/// in one process (the tests' Lambda instances) must not pace each other's calls.
+fn partition(service: &str, region: &str, id: u64) -> RetryPartition {
+    RetryPartition::new(format!("{service}-{region}-{id}"))
 }
 
 impl Clients {
     pub fn new(sdk: &SdkConfig, region: &str, catalog_table: &str) -> Self {
+        let id = CLIENTS_MADE.fetch_add(1, Ordering::Relaxed);
         let throttles = throttles::Throttles::default();
         let counted = throttles.interceptor();
         macro_rules! client {
-            ($sdk_crate:ident) => {{
+            ($sdk_crate:ident, $service:literal) => {{
                 let mut config = $sdk_crate::config::Builder::from(sdk);
                 config.push_interceptor(counted.clone());
+                config.set_retry_partition(Some(partition($service, region, id)));
                 $sdk_crate::Client::from_conf(config.build())
             }};
         }
         Clients {
-            ec2: client!(aws_sdk_ec2),
-            ssm: client!(aws_sdk_ssm),
-            sqs: client!(aws_sdk_sqs),
-            sns: client!(aws_sdk_sns),
-            iam: client!(aws_sdk_iam),
-            ebs: client!(aws_sdk_ebs),
-            catalog: catalog::Catalog::with_client(client!(aws_sdk_dynamodb), catalog_table),
+            ec2: client!(aws_sdk_ec2, "ec2"),
+            ssm: client!(aws_sdk_ssm, "ssm"),
+            sqs: client!(aws_sdk_sqs, "sqs"),
+            sns: client!(aws_sdk_sns, "sns"),
+            iam: client!(aws_sdk_iam, "iam"),
+            ebs: client!(aws_sdk_ebs, "ebs"),
+            catalog: catalog::Catalog::with_client(
+                client!(aws_sdk_dynamodb, "dynamodb"),
+                catalog_table,
+            ),
             region: region.to_string(),
             throttles,
             sdk: sdk.clone(),
             vault: Default::default(),
+            id,
         }
     }
 
@@ -97,10 +119,12 @@ impl Clients {
                 aws_sdk_ec2::Client::from_conf(config.build())
             })
             .await;
+        // Another account: AWS throttles it apart from this one.
         let config = base
             .config()
             .to_builder()
             .region(aws_sdk_ec2::config::Region::new(region.to_string()))
+            .retry_partition(partition("ec2-vault", region, self.id))
             .build();
         aws_sdk_ec2::Client::from_conf(config)
     }
@@ -115,6 +139,7 @@ impl Clients {
             .config()
             .to_builder()
             .region(aws_sdk_ec2::config::Region::new(region.to_string()))
+            .retry_partition(partition("ec2", region, self.id))
             .build();
         aws_sdk_ec2::Client::from_conf(config)
     }
@@ -131,6 +156,7 @@ impl Clients {
             .config()
             .to_builder()
             .region(aws_sdk_ebs::config::Region::new(region.to_string()))
+            .retry_partition(partition("ebs", region, self.id))
             .build();
         aws_sdk_ebs::Client::from_conf(config)
     }
@@ -223,4 +249,40 @@ pub(crate) fn ec2_filter<S: Into<String>>(
 /// An SDK timestamp as a UTC time (to the second, as EC2 and SSM report them).
 pub(crate) fn utc(t: &aws_smithy_types::DateTime) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp(t.secs(), 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(partition: Option<&RetryPartition>) -> String {
+        partition.map(ToString::to_string).unwrap_or_default()
+    }
+
+    #[test]
+    fn each_set_of_clients_retries_on_its_own_per_service_and_region() {
+        let sdk = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .build();
+        let one = Clients::new(&sdk, "us-east-1", "catalog");
+        let other = Clients::new(&sdk, "us-east-1", "catalog");
+        let home = name(one.ec2.config().retry_partition());
+        assert!(home.starts_with("ec2-us-east-1-"), "{home}");
+        assert_ne!(home, name(other.ec2.config().retry_partition()));
+        assert_eq!(
+            home,
+            name(one.ec2_in("us-east-1").config().retry_partition())
+        );
+        let away = name(one.ec2_in("eu-west-1").config().retry_partition());
+        assert!(away.starts_with("ec2-eu-west-1-"), "{away}");
+        assert_ne!(
+            away,
+            name(other.ec2_in("eu-west-1").config().retry_partition())
+        );
+        let ssm = name(one.ssm.config().retry_partition());
+        assert!(ssm.starts_with("ssm-us-east-1-"), "{ssm}");
+        let ebs = name(one.ebs_in("eu-west-1").config().retry_partition());
+        assert!(ebs.starts_with("ebs-eu-west-1-"), "{ebs}");
+    }
 }
