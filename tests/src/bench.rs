@@ -473,6 +473,8 @@ impl PeerComparison {
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub date: String,
+    /// How long the whole bench took, from its first phase to this report.
+    pub took: std::time::Duration,
     pub machine: Vec<(String, String)>,
     pub fleet: Option<Fleet>,
     pub calls: BTreeMap<String, u64>,
@@ -511,13 +513,15 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
         md,
-        "Written by `make bench` on {}. Re-run with `make bench` (about 45 minutes after a \
-         warm release build; `BENCH_INSTANCES`, `BENCH_THROTTLED_INSTANCES`, \
+        "Written by `make bench` on {}; its phases against the emulator took {:.0} minutes \
+         (after a warm release build and criterion's benchmarks). Re-run with `make bench` \
+         (`BENCH_INSTANCES`, `BENCH_THROTTLED_INSTANCES`, \
          `BENCH_DISPATCH_INSTANCES`, `BENCH_COMPLETION_INSTANCES` and `BENCH_PLAN_SNAPSHOTS` \
          scale the five fleets, `BENCH_RATE_SCALE` multiplies AWS's request rates). Every \
          number comes from the release binary, started as Lambda starts it (a local runtime \
          API on loopback) against the emulator, its AWS calls counted by a proxy on loopback.\n",
-        report.date
+        report.date,
+        report.took.as_secs_f64() / 60.0
     );
     let _ = writeln!(md, "## Machine\n");
     for (k, v) in &report.machine {

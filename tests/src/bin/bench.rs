@@ -1137,6 +1137,7 @@ fn notes() -> Vec<String> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let began = Instant::now();
     let instances = setting("BENCH_INSTANCES", 1_000)?;
     let dispatch_instances = setting("BENCH_DISPATCH_INSTANCES", 20_000)?;
     let plan_snapshots = setting("BENCH_PLAN_SNAPSHOTS", 100_000)?;
@@ -1457,6 +1458,7 @@ async fn main() -> Result<()> {
     }
     report.budgets = budgets;
     report.notes = notes();
+    report.took = began.elapsed();
     let markdown = bench::render(&report);
     if only.is_empty() {
         let path = workspace_root().join("BENCHMARKS.md");
