@@ -9,7 +9,7 @@ use harness::chaos::{Chaos, ChaosOptions, Ended};
 use harness::faults::{Fault, Stop};
 use harness::{
     commands_per_instance, invoke, own_snapshots, queue_depth, run_snapshots, scheduled_event,
-    snapshot_tag, ServerSpec, Windows, World,
+    seed_bulk, snapshot_tag, ServerSpec, Windows, World,
 };
 use serde_json::{json, Value};
 
@@ -203,6 +203,79 @@ async fn a_dispatch_stopped_after_sending_is_finished_by_its_watch_without_sendi
             .expect("snapshots")
             .len(),
         7
+    );
+}
+
+/// The dispatch queues its tracking messages 8 batches at a time: a Lambda that dies while
+/// some batches are answered and the others not yet sent leaves part of the run on the queue
+/// and no dispatch marker. The watch finishes it from the command history: nothing frozen
+/// twice, every server's set recorded once, one summary.
+#[tokio::test]
+async fn a_dispatch_stopped_between_its_queue_batches_freezes_each_server_once() {
+    const SERVERS: usize = 100;
+    let world = World::start(3).await.expect("world");
+    let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
+    seed_bulk(emulator, SERVERS, 50, 0).await.expect("seed");
+    let chaos = Chaos::new(emulator, queue, &[], ChaosOptions::calm(7))
+        .expect("chaos")
+        .with_timeout(Duration::from_secs(60));
+    // Slow enough that a wave of batches is all in flight when its first answers come; the
+    // run's first SendMessageBatch (its watch) goes before them: the stop comes after the
+    // second answer of the tracking messages' first wave.
+    chaos.proxy.set_latency(Duration::from_millis(100));
+    let ended = chaos
+        .invoke_stopping(
+            scheduled_event("nightly", "2026-11-23T00:00:00Z"),
+            Stop::AfterNth("sqs:SendMessageBatch".into(), 3),
+        )
+        .await
+        .expect("invoke");
+    assert!(matches!(ended, Ended::Stopped), "{ended:?}");
+    let stats = chaos.proxy.stats();
+    let batches = stats.calls_of("sqs:SendMessageBatch");
+    let at_once = stats
+        .peak_in_flight
+        .get("sqs:SendMessageBatch")
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        at_once >= 2 && (batches as usize) < SERVERS / 10,
+        "stopped with batches in flight at once ({at_once}) and some never sent ({batches} of {})",
+        SERVERS / 10
+    );
+    let invocations = emulator.invocations().expect("invocations");
+    assert_eq!(invocations.len(), SERVERS);
+    chaos.proxy.set_latency(Duration::ZERO);
+
+    chaos
+        .drain(10, Duration::from_secs(180))
+        .await
+        .expect("drain");
+    assert!(!logs
+        .messages_starting("watch: the run's dispatch was interrupted")
+        .is_empty());
+    let invocations = emulator.invocations().expect("invocations");
+    assert_eq!(invocations.len(), SERVERS, "not sent again");
+    let run_id = invocations[0]["comment"]
+        .as_str()
+        .and_then(|c| c.strip_prefix("ConsistentSnapshot run "))
+        .expect("run id in the comment")
+        .to_string();
+    let per = commands_per_instance(&invocations, &run_id);
+    assert!(
+        per.len() == SERVERS && per.values().all(|n| *n == 1),
+        "{per:?}"
+    );
+    let reports = logs.run_reports(&run_id);
+    assert_eq!(reports.len(), 1, "one summary");
+    assert_eq!(reports[0].count(OutcomeKind::Consistent), SERVERS);
+    assert_eq!(
+        run_snapshots(emulator, &run_id)
+            .await
+            .expect("snapshots")
+            .len(),
+        SERVERS,
+        "one root volume each, snapshotted once"
     );
 }
 

@@ -122,6 +122,9 @@ pub enum Stop {
     AtCall(u32),
     /// At the first call after a call of this action (`ssm:SendCommand`) went through.
     After(String),
+    /// At the first call after the n-th call of this action went through (calls of it
+    /// already in flight still go through).
+    AfterNth(String, u32),
 }
 
 struct Shared {
@@ -170,6 +173,8 @@ pub struct Endpoint {
 struct EndpointState {
     calls: AtomicU32,
     stop: Stop,
+    /// Calls of `Stop::AfterNth`'s action that went through.
+    passed: AtomicU32,
     /// The action of `Stop::After` went through: the next call stops the invocation.
     armed: AtomicBool,
     stopped: AtomicBool,
@@ -311,6 +316,7 @@ impl FaultProxy {
         let state = Arc::new(EndpointState {
             calls: AtomicU32::new(0),
             stop,
+            passed: AtomicU32::new(0),
             armed: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             notify: Notify::new(),
@@ -541,7 +547,14 @@ async fn handle(
     if let Ok(mut stats) = shared.stats.lock() {
         *stats.upstream.entry(protocol.action.clone()).or_default() += sent.elapsed();
     }
-    if matches!(&state.stop, Stop::After(action) if *action == protocol.action) {
+    let arms = match &state.stop {
+        Stop::After(action) => *action == protocol.action,
+        Stop::AfterNth(action, n) => {
+            *action == protocol.action && state.passed.fetch_add(1, Ordering::SeqCst) + 1 >= *n
+        }
+        Stop::Never | Stop::AtCall(_) => false,
+    };
+    if arms {
         state.armed.store(true, Ordering::SeqCst);
     }
     if fault == Some(Fault::DroppedAfter) {
