@@ -156,6 +156,28 @@ async fn an_overlapping_run_does_not_freeze_an_instance_twice() {
         .is_some_and(|r| r.contains("still running"))));
 }
 
+/// Drains the queue of a run whose dispatch was stopped after its commands went: its watch
+/// must take it over without sending a command again (`sent` in all). Answers the run id.
+async fn taken_over_by_its_watch(
+    chaos: &Chaos<'_>,
+    world: &World,
+    sent: usize,
+    limit: Duration,
+) -> String {
+    chaos.drain(10, limit).await.expect("drain");
+    assert!(!world
+        .logs
+        .messages_starting("watch: the run's dispatch was interrupted")
+        .is_empty());
+    let invocations = world.emulator.invocations().expect("invocations");
+    assert_eq!(invocations.len(), sent, "not sent again: {invocations:?}");
+    invocations[0]["comment"]
+        .as_str()
+        .and_then(|c| c.strip_prefix("ConsistentSnapshot run "))
+        .expect("run id in the comment")
+        .to_string()
+}
+
 #[tokio::test]
 async fn a_dispatch_stopped_after_sending_is_finished_by_its_watch_without_sending_again() {
     let world = World::start(3).await.expect("world");
@@ -180,20 +202,7 @@ async fn a_dispatch_stopped_after_sending_is_finished_by_its_watch_without_sendi
     assert_eq!(emulator.invocations().expect("invocations").len(), 3);
 
     // Once its lease is over, the watch message takes the run over.
-    chaos
-        .drain(10, Duration::from_secs(90))
-        .await
-        .expect("drain");
-    assert!(!logs
-        .messages_starting("watch: the run's dispatch was interrupted")
-        .is_empty());
-    let invocations = emulator.invocations().expect("invocations");
-    assert_eq!(invocations.len(), 3, "not sent again: {invocations:?}");
-    let run_id = invocations[0]["comment"]
-        .as_str()
-        .and_then(|c| c.strip_prefix("ConsistentSnapshot run "))
-        .expect("run id in the comment")
-        .to_string();
+    let run_id = taken_over_by_its_watch(&chaos, &world, 3, Duration::from_secs(90)).await;
     let reports = logs.run_reports(&run_id);
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0].count(OutcomeKind::Consistent), 3);
@@ -247,21 +256,8 @@ async fn a_dispatch_stopped_between_its_queue_batches_freezes_each_server_once()
     assert_eq!(invocations.len(), SERVERS);
     chaos.proxy.set_latency(Duration::ZERO);
 
-    chaos
-        .drain(10, Duration::from_secs(180))
-        .await
-        .expect("drain");
-    assert!(!logs
-        .messages_starting("watch: the run's dispatch was interrupted")
-        .is_empty());
-    let invocations = emulator.invocations().expect("invocations");
-    assert_eq!(invocations.len(), SERVERS, "not sent again");
-    let run_id = invocations[0]["comment"]
-        .as_str()
-        .and_then(|c| c.strip_prefix("ConsistentSnapshot run "))
-        .expect("run id in the comment")
-        .to_string();
-    let per = commands_per_instance(&invocations, &run_id);
+    let run_id = taken_over_by_its_watch(&chaos, &world, SERVERS, Duration::from_secs(180)).await;
+    let per = commands_per_instance(&emulator.invocations().expect("invocations"), &run_id);
     assert!(
         per.len() == SERVERS && per.values().all(|n| *n == 1),
         "{per:?}"
