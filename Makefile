@@ -60,7 +60,7 @@ demo: setup
 # request buckets, a 20,000-server dispatch, a 100,000-snapshot retention
 # plan, init time; then criterion's benchmarks of the planner and of message handling, and
 # retention's planning over 1,000,000 catalog entries (time and peak RSS, `plan_million`).
-# Writes BENCHMARKS.md (the time it took is written in it: about 80 minutes on 2 cores).
+# Writes BENCHMARKS.md (the time it took is written in it: about 75 minutes on 2 cores).
 bench: setup
 	cargo build --release -p consistent-snapshot
 	cargo bench -p consistent-snapshot --bench hot_paths
