@@ -492,14 +492,13 @@ async fn a_large_dispatch_keeps_a_few_calls_in_flight_and_freezes_each_server_on
     assert_eq!(stats.send_command_faults, 2);
 
     // Bounded, and more than one at a time: what the dispatch keeps in flight per kind.
-    let peak = |action: &str| stats.peak_in_flight.get(action).copied().unwrap_or(0);
     for (action, bound) in [
         ("ssm:SendCommand", 4),
         ("ssm:DescribeInstanceInformation", 4),
         ("dynamodb:BatchWriteItem", 8),
         ("sqs:SendMessageBatch", 8),
     ] {
-        let at_once = peak(action);
+        let at_once = stats.peak_of(action);
         assert!(
             (2..=bound).contains(&at_once),
             "{action}: {at_once} in flight at most (bound {bound}): {:?}",

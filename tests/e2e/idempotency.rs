@@ -242,11 +242,7 @@ async fn a_dispatch_stopped_between_its_queue_batches_freezes_each_server_once()
     assert!(matches!(ended, Ended::Stopped), "{ended:?}");
     let stats = chaos.proxy.stats();
     let batches = stats.calls_of("sqs:SendMessageBatch");
-    let at_once = stats
-        .peak_in_flight
-        .get("sqs:SendMessageBatch")
-        .copied()
-        .unwrap_or(0);
+    let at_once = stats.peak_of("sqs:SendMessageBatch");
     assert!(
         at_once >= 2 && (batches as usize) < SERVERS / 10,
         "stopped with batches in flight at once ({at_once}) and some never sent ({batches} of {})",

@@ -534,8 +534,8 @@ async fn a_pass_deletes_in_every_region_at_once_one_snapshot_at_a_time_in_each()
         "each deletion once"
     );
     assert_eq!(
-        stats.peak_in_flight.get("ec2:DeleteSnapshot"),
-        Some(&2),
+        stats.peak_of("ec2:DeleteSnapshot"),
+        2,
         "one at a time in each of the 2 regions, both at once: {:?}",
         stats.peak_in_flight
     );

@@ -105,6 +105,11 @@ impl ProxyStats {
         self.calls.get(action).copied().unwrap_or(0)
     }
 
+    /// The most calls of `action` the proxy held at once (0: none went through it).
+    pub fn peak_of(&self, action: &str) -> u64 {
+        self.peak_in_flight.get(action).copied().unwrap_or(0)
+    }
+
     /// Calls by (action, region) that EC2's buckets let through.
     pub fn admitted(&self) -> BTreeMap<(String, String), u64> {
         self.regional
@@ -120,7 +125,8 @@ pub enum Stop {
     Never,
     /// At its n-th AWS call (1-based): that call and every later one are dropped.
     AtCall(u32),
-    /// At the first call after a call of this action (`ssm:SendCommand`) went through.
+    /// At the first call after a call of this action (`ssm:SendCommand`) went through: as
+    /// `AfterNth` with 1.
     After(String),
     /// At the first call after the n-th call of this action went through (calls of it
     /// already in flight still go through).
@@ -173,9 +179,9 @@ pub struct Endpoint {
 struct EndpointState {
     calls: AtomicU32,
     stop: Stop,
-    /// Calls of `Stop::AfterNth`'s action that went through.
+    /// Calls of `Stop::After`'s or `Stop::AfterNth`'s action that went through.
     passed: AtomicU32,
-    /// The action of `Stop::After` went through: the next call stops the invocation.
+    /// Enough calls of that action went through: the next call stops the invocation.
     armed: AtomicBool,
     stopped: AtomicBool,
     notify: Notify,
@@ -547,14 +553,14 @@ async fn handle(
     if let Ok(mut stats) = shared.stats.lock() {
         *stats.upstream.entry(protocol.action.clone()).or_default() += sent.elapsed();
     }
-    let arms = match &state.stop {
-        Stop::After(action) => *action == protocol.action,
-        Stop::AfterNth(action, n) => {
-            *action == protocol.action && state.passed.fetch_add(1, Ordering::SeqCst) + 1 >= *n
-        }
-        Stop::Never | Stop::AtCall(_) => false,
+    let after = match &state.stop {
+        Stop::After(action) => Some((action, 1)),
+        Stop::AfterNth(action, n) => Some((action, *n)),
+        Stop::Never | Stop::AtCall(_) => None,
     };
-    if arms {
+    if after.is_some_and(|(action, n)| {
+        *action == protocol.action && state.passed.fetch_add(1, Ordering::SeqCst) + 1 >= n
+    }) {
         state.armed.store(true, Ordering::SeqCst);
     }
     if fault == Some(Fault::DroppedAfter) {
