@@ -513,8 +513,8 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
         md,
-        "Written by `make bench` on {}; its phases against the emulator took {:.0} minutes \
-         (after a warm release build and criterion's benchmarks). Re-run with `make bench` \
+        "Written by `make bench` on {}; its phases against the emulator took the {:.0} minutes \
+         before (after a warm release build and criterion's benchmarks). Re-run with `make bench` \
          (`BENCH_INSTANCES`, `BENCH_THROTTLED_INSTANCES`, \
          `BENCH_DISPATCH_INSTANCES`, `BENCH_COMPLETION_INSTANCES` and `BENCH_PLAN_SNAPSHOTS` \
          scale the five fleets, `BENCH_RATE_SCALE` multiplies AWS's request rates). Every \

@@ -81,8 +81,9 @@ pub struct ProxyStats {
     /// Calls EC2's token buckets refused (`FaultProxy::throttle`), by (action, region):
     /// counted in `calls` and `regional` too, as attempts.
     pub throttled: BTreeMap<(String, String), u64>,
-    /// When a call of each action last went through to the emulator.
-    pub last_at: BTreeMap<String, Instant>,
+    /// When the first and the last call of each action went through to the emulator, by
+    /// (action, region): where in a run's wall time each of its rate buckets was busy.
+    pub through: BTreeMap<(String, String), (Instant, Instant)>,
     /// How long the emulator took to answer each action's calls, summed: where a run's wall
     /// time went, the emulator's share.
     pub upstream: BTreeMap<String, Duration>,
@@ -505,9 +506,12 @@ async fn handle(
                 .entry((protocol.action.clone(), protocol.region.clone()))
                 .or_default() += 1;
         } else if fault.is_none() {
+            let now = Instant::now();
             stats
-                .last_at
-                .insert(protocol.action.clone(), Instant::now());
+                .through
+                .entry((protocol.action.clone(), protocol.region.clone()))
+                .and_modify(|(_, last)| *last = now)
+                .or_insert((now, now));
         }
         if let Some(fault) = fault {
             *stats.faults.entry(fault).or_default() += 1;

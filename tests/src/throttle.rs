@@ -138,6 +138,54 @@ pub fn per_bucket(calls: &BTreeMap<(String, String), u64>) -> BTreeMap<(Bucket, 
     buckets
 }
 
+/// Where in a run each bucket that cost time (more calls than its burst) was busy: from its
+/// first call to its last, in seconds after `started`, with its calls, earliest first. Read
+/// beside the floor, it shows which buckets waited on each other (the run's critical path).
+pub fn busy_windows(
+    through: &BTreeMap<(String, String), (Instant, Instant)>,
+    calls: &BTreeMap<(Bucket, String), u64>,
+    started: Instant,
+) -> Vec<BusyWindow> {
+    let mut spans: BTreeMap<(Bucket, String), (Instant, Instant)> = BTreeMap::new();
+    for ((action, region), (first, last)) in through {
+        let Some(bucket) = bucket_of(action, true) else {
+            continue;
+        };
+        spans
+            .entry((bucket, region.clone()))
+            .and_modify(|(f, l)| {
+                *f = (*f).min(*first);
+                *l = (*l).max(*last);
+            })
+            .or_insert((*first, *last));
+    }
+    let mut windows: Vec<BusyWindow> = spans
+        .into_iter()
+        .filter_map(|((bucket, region), (first, last))| {
+            let n = calls.get(&(bucket, region.clone())).copied().unwrap_or(0);
+            (n > bucket.burst).then(|| BusyWindow {
+                bucket,
+                region,
+                from: first.saturating_duration_since(started).as_secs_f64(),
+                to: last.saturating_duration_since(started).as_secs_f64(),
+                calls: n,
+            })
+        })
+        .collect();
+    windows.sort_by(|a, b| a.from.total_cmp(&b.from));
+    windows
+}
+
+/// One bucket's busy window in a run (`busy_windows`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusyWindow {
+    pub bucket: Bucket,
+    pub region: String,
+    pub from: f64,
+    pub to: f64,
+    pub calls: u64,
+}
+
 /// The least time `calls` calls of one bucket take at its refill × `scale`, in seconds.
 pub fn least_seconds(bucket: Bucket, calls: u64, scale: f64) -> f64 {
     calls.saturating_sub(bucket.burst) as f64 / (bucket.refill as f64 * scale)
@@ -170,6 +218,43 @@ mod tests {
         assert!(is_narrowed("Action=DescribeInstances&MaxResults=1000"));
         assert!(!is_narrowed("Action=DescribeSnapshots&OwnerId.Self=self"));
         assert!(!is_narrowed("Action=DescribeImages&Version=2016-11-15"));
+    }
+
+    #[test]
+    fn a_window_spans_its_buckets_first_to_last_call_and_skips_those_within_their_burst() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let key = |a: &str, r: &str| (a.to_string(), r.to_string());
+        let through = BTreeMap::from([
+            (key("ec2:CopySnapshot", "eu-west-1"), (at(60), at(180))),
+            // Another action of the same bucket widens its window.
+            (key("ec2:ModifySnapshotTier", "eu-west-1"), (at(50), at(70))),
+            (key("ec2:DeleteSnapshot", "eu-west-1"), (at(185), at(300))),
+            (key("ec2:DeleteSnapshot", "us-east-1"), (at(185), at(290))),
+            // Within its burst: it cost no time, and is left out.
+            (key("ec2:DescribeSnapshots", "us-east-1"), (at(1), at(290))),
+            (key("ssm:SendCommand", "us-east-1"), (at(0), at(1))),
+        ]);
+        let calls = per_bucket(&BTreeMap::from([
+            (key("ec2:CopySnapshot", "eu-west-1"), 590),
+            (key("ec2:ModifySnapshotTier", "eu-west-1"), 10),
+            (key("ec2:DeleteSnapshot", "eu-west-1"), 600),
+            (key("ec2:DeleteSnapshot", "us-east-1"), 600),
+            (key("ec2:DescribeSnapshots", "us-east-1"), 40),
+        ]));
+        let windows = busy_windows(&through, &calls, t0);
+        let seen: Vec<(&str, &str, f64, f64, u64)> = windows
+            .iter()
+            .map(|w| (w.bucket.name, w.region.as_str(), w.from, w.to, w.calls))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("mutating", "eu-west-1", 50.0, 180.0, 600),
+                ("DeleteSnapshot", "eu-west-1", 185.0, 300.0, 600),
+                ("DeleteSnapshot", "us-east-1", 185.0, 290.0, 600),
+            ]
+        );
     }
 
     #[test]

@@ -481,6 +481,8 @@ struct Throttled {
     serial_floor: f64,
     /// Refused attempts by action.
     throttled: BTreeMap<String, u64>,
+    /// Each bucket that cost time, busy from when to when (`throttle::busy_windows`).
+    busy: String,
     invocations: usize,
 }
 
@@ -499,10 +501,10 @@ async fn throttled_run(binary: &Path, instances: u64, scale: f64) -> Result<Thro
     let (proxy, started) = (&night.proxy, night.started);
     let stats = proxy.stats();
     let wall = stats
-        .last_at
+        .through
         .iter()
-        .filter(|(action, _)| action.starts_with("ec2:"))
-        .map(|(_, at)| at.saturating_duration_since(started).as_secs_f64())
+        .filter(|((action, _), _)| action.starts_with("ec2:"))
+        .map(|(_, (_, last))| last.saturating_duration_since(started).as_secs_f64())
         .fold(0.0, f64::max);
     // The calls each bucket let through, per region.
     let per_bucket = throttle::per_bucket(&stats.admitted());
@@ -529,8 +531,22 @@ async fn throttled_run(binary: &Path, instances: u64, scale: f64) -> Result<Thro
     for ((action, _), n) in &stats.throttled {
         *throttled.entry(action.clone()).or_default() += n;
     }
+    let busy = throttle::busy_windows(&stats.through, &per_bucket, started)
+        .iter()
+        .map(|w| {
+            format!(
+                "{} in {} {:.0}–{:.0} s ({} calls)",
+                w.bucket.name,
+                w.region,
+                w.from,
+                w.to,
+                bench::thousands(w.calls)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     println!(
-        "    {wall:.0} s to the last EC2 call; rate floor {floor:.0} s ({slowest}); {} attempts throttled",
+        "    {wall:.0} s to the last EC2 call; rate floor {floor:.0} s ({slowest}); {} attempts throttled; busy: {busy}",
         throttled.values().sum::<u64>()
     );
     Ok(Throttled {
@@ -539,6 +555,7 @@ async fn throttled_run(binary: &Path, instances: u64, scale: f64) -> Result<Thro
         slowest,
         serial_floor,
         throttled,
+        busy,
         invocations: night.invocation_ms.len(),
     })
 }
@@ -1156,7 +1173,6 @@ async fn main() -> Result<()> {
     let size_mib = std::fs::metadata(&binary)?.len() as f64 / 1024.0 / 1024.0;
     let mut budgets = Vec::new();
     let mut report = Report {
-        date: Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
         machine: machine(),
         ..Report::default()
     };
@@ -1269,13 +1285,14 @@ async fn main() -> Result<()> {
             unit: "",
             target: Some(1.25),
             note: format!(
-                "{:.0} s to the last EC2 call; floor {:.0} s, the slowest bucket ({}); {:.0} s if every bucket went one after another; {} invocations; throttled attempts: {}",
+                "{:.0} s to the last EC2 call; floor {:.0} s, the slowest bucket ({}); {:.0} s if every bucket went one after another; {} invocations; throttled attempts: {}; each bucket busy (first to last call, after the dispatch began): {}",
                 t.wall,
                 t.floor,
                 t.slowest,
                 t.serial_floor,
                 t.invocations,
-                if refused.is_empty() { "none".to_string() } else { refused }
+                if refused.is_empty() { "none".to_string() } else { refused },
+                if t.busy.is_empty() { "none".to_string() } else { t.busy.clone() }
             ),
         });
         if wanted("peer") {
@@ -1459,6 +1476,8 @@ async fn main() -> Result<()> {
     report.budgets = budgets;
     report.notes = notes();
     report.took = began.elapsed();
+    // When the file is written: the phases began `took` before.
+    report.date = Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
     let markdown = bench::render(&report);
     if only.is_empty() {
         let path = workspace_root().join("BENCHMARKS.md");
