@@ -479,6 +479,8 @@ pub struct Report {
     pub fleet: Option<Fleet>,
     pub calls: BTreeMap<String, u64>,
     pub calls_by_region: BTreeMap<(String, String), u64>,
+    /// The full run's EC2 describes by (action, what they ask by).
+    pub describes: BTreeMap<(String, String), u64>,
     pub budgets: Vec<Budget>,
     /// Criterion's medians: (benchmark, nanoseconds).
     pub criterion: Vec<(String, f64)>,
@@ -505,6 +507,27 @@ fn duration(ns: f64) -> String {
         ns if ns >= 1e3 => format!("{:.2} µs", ns / 1e3),
         ns => format!("{ns:.0} ns"),
     }
+}
+
+/// `ec2:DescribeSnapshots by ids: 9, by tag:ManagedBy: 110; ec2:DescribeImages …`: each
+/// action's calls by what they ask, most first.
+pub fn describes_line(describes: &BTreeMap<(String, String), u64>) -> String {
+    let mut by_action: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
+    for ((action, asked), n) in describes {
+        by_action.entry(action).or_default().push((asked, *n));
+    }
+    by_action
+        .into_iter()
+        .map(|(action, mut asks)| {
+            asks.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            let asks: Vec<String> = asks
+                .iter()
+                .map(|(asked, n)| format!("by {asked}: {}", thousands(*n)))
+                .collect();
+            format!("{action} {}", asks.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// BENCHMARKS.md.
@@ -627,6 +650,13 @@ pub fn render(report: &Report) -> String {
                 md,
                 "\nOf these, outside the home region: {}.",
                 regional.join(", ")
+            );
+        }
+        if !report.describes.is_empty() {
+            let _ = writeln!(
+                md,
+                "\nEC2's describes by what they ask (every region): {}.",
+                describes_line(&report.describes)
             );
         }
     }
@@ -818,9 +848,24 @@ mod tests {
                 note: String::new(),
             }],
             criterion: vec![("retention/plan".into(), 2.5e8)],
+            describes: [
+                (("ec2:DescribeSnapshots", "ids"), 9),
+                (("ec2:DescribeSnapshots", "tag:ManagedBy"), 110),
+                (("ec2:DescribeImages", "everything"), 2),
+            ]
+            .into_iter()
+            .map(|((a, by), n)| ((a.to_string(), by.to_string()), n))
+            .collect(),
             ..Report::default()
         };
         let md = render(&report);
+        assert!(
+            md.contains(
+                "EC2's describes by what they ask (every region): ec2:DescribeImages by \
+                 everything: 2; ec2:DescribeSnapshots by tag:ManagedBy: 110, by ids: 9."
+            ),
+            "{md}"
+        );
         assert!(
             md.contains("| ec2:CreateTags | Work | 3,000 | 3,000 | 1.00 |"),
             "{md}"

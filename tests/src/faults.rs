@@ -71,6 +71,8 @@ pub struct ProxyStats {
     pub calls: BTreeMap<String, u64>,
     /// The same calls by (action, region), the region read from the call's signature.
     pub regional: BTreeMap<(String, String), u64>,
+    /// EC2's describe calls by (action, what they ask by: `throttle::asked_by`), every region.
+    pub describes: BTreeMap<(String, String), u64>,
     pub faults: BTreeMap<Fault, u64>,
     /// Faults injected into SendCommand and CopySnapshot, the calls that must never take
     /// effect twice.
@@ -494,8 +496,19 @@ async fn handle(
                 Some(!buckets.take(bucket, &protocol.region, Instant::now()))
             })
             .unwrap_or(false);
+    // EC2's describes, told apart by what they ask (one action serves several steps).
+    let asked = protocol
+        .action
+        .starts_with("ec2:Describe")
+        .then(|| throttle::asked_by(&String::from_utf8_lossy(&body)));
     if let Ok(mut stats) = shared.stats.lock() {
         *stats.calls.entry(protocol.action.clone()).or_default() += 1;
+        if let Some(asked) = asked {
+            *stats
+                .describes
+                .entry((protocol.action.clone(), asked))
+                .or_default() += 1;
+        }
         *stats
             .regional
             .entry((protocol.action.clone(), protocol.region.clone()))

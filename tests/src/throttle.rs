@@ -83,6 +83,59 @@ pub fn is_narrowed(body: &str) -> bool {
     })
 }
 
+/// What a query-protocol describe asks by, for telling its calls apart: the names of its
+/// filters (`tag:ConsistentSnapshot:RunId`, decoded, sorted, each once), `ids` when it names
+/// ids, joined by ` + `; `everything` when neither (a page size or token alone).
+pub fn asked_by(body: &str) -> String {
+    let mut by: Vec<String> = Vec::new();
+    for kv in body.split('&') {
+        let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+        let named = if key.starts_with("Filter.") && key.ends_with(".Name") {
+            decoded(value)
+        } else if key.contains("Id.") && key.ends_with(|c: char| c.is_ascii_digit()) {
+            "ids".to_string()
+        } else {
+            continue;
+        };
+        if !by.contains(&named) {
+            by.push(named);
+        }
+    }
+    by.sort();
+    if by.is_empty() {
+        "everything".to_string()
+    } else {
+        by.join(" + ")
+    }
+}
+
+/// A form-encoded value decoded (`%3A` → `:`, `+` → space); a broken escape kept as it is.
+fn decoded(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The buckets of every region, full at first. `scale` multiplies every refill (1: AWS's
 /// rates).
 #[derive(Debug)]
@@ -254,6 +307,25 @@ mod tests {
                 ("DeleteSnapshot", "eu-west-1", 185.0, 300.0, 600),
                 ("DeleteSnapshot", "us-east-1", 185.0, 290.0, 600),
             ]
+        );
+    }
+
+    #[test]
+    fn a_describe_is_told_apart_by_its_filters_names_and_ids() {
+        let run = "Action=DescribeSnapshots&Filter.1.Name=tag%3AConsistentSnapshot%3ARunId\
+                   &Filter.1.Value.1=r-1&Filter.2.Name=owner-id&Filter.2.Value.1=self\
+                   &MaxResults=1000";
+        assert_eq!(asked_by(run), "owner-id + tag:ConsistentSnapshot:RunId");
+        let ids = "Action=DescribeSnapshots&SnapshotId.1=snap-1&SnapshotId.2=snap-2";
+        assert_eq!(asked_by(ids), "ids");
+        assert_eq!(
+            asked_by("Action=DescribeImages&MaxResults=1000"),
+            "everything"
+        );
+        // A broken escape is kept as it is, not a panic.
+        assert_eq!(
+            asked_by("Action=DescribeSnapshots&Filter.1.Name=tag%3&Filter.1.Value.1=x"),
+            "tag%3"
         );
     }
 

@@ -284,6 +284,7 @@ struct FullRun {
     fleet: Fleet,
     calls: BTreeMap<String, u64>,
     regional: BTreeMap<(String, String), u64>,
+    describes: BTreeMap<(String, String), u64>,
     dispatch: Duration,
     total: Duration,
     invocations: usize,
@@ -461,6 +462,7 @@ async fn full_run(binary: &Path, instances: u64) -> Result<FullRun> {
         fleet: night.fleet,
         calls: stats.calls,
         regional: stats.regional,
+        describes: stats.describes,
         dispatch: night.dispatch,
         total: night.total,
         invocations: night.invocation_ms.len(),
@@ -1268,6 +1270,7 @@ async fn main() -> Result<()> {
         report.fleet = Some(run.fleet);
         report.calls = run.calls;
         report.calls_by_region = run.regional;
+        report.describes = run.describes;
     }
     if wanted("throttled") {
         let t = throttled_run(&binary, throttled_instances, rate_scale).await?;
