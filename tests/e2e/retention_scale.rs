@@ -540,3 +540,159 @@ async fn a_pass_deletes_in_every_region_at_once_one_snapshot_at_a_time_in_each()
         stats.peak_in_flight
     );
 }
+
+/// A run's retention is planned once: a pass out of time records the deletions it planned and
+/// did not do, and the passes after it do them without reading EC2 again (no describe of
+/// snapshots, instances, AMIs or locks), each once. What EC2 knows better still wins: a snapshot
+/// an operator locks between two passes is refused by EC2, kept, and reported as locked.
+#[tokio::test]
+async fn later_passes_delete_what_the_first_planned_without_reading_ec2_again() {
+    let world = World::start(2).await.expect("world");
+    let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
+    // 40 servers × 3 volumes × 12 nightly sets; RETAIN_COUNT 6 deletes 6 sets of each: 720
+    // DeleteSnapshot calls of at least 20 ms, more than a pass of 12 s has time for. The whole
+    // catalog is one part.
+    let ids = seed_bulk(emulator, 40, 40, 2).await.expect("seed");
+    let made = emulator
+        .seed_history(&History {
+            managed_by: MANAGED_BY.into(),
+            ..History::nightly("us-east-1", &ids, 12)
+        })
+        .await
+        .expect("history");
+    assert_eq!(made, 1440);
+    let before = managed(emulator).await;
+    let runs: BTreeSet<String> = before.iter().map(|(run, _)| run.clone()).collect();
+    let newest: BTreeSet<String> = runs.iter().rev().take(6).cloned().collect();
+    let metrics = Metrics::default();
+    let chaos = Chaos::new(
+        emulator,
+        queue,
+        &[("RETAIN_COUNT", "6")],
+        ChaosOptions::calm(3),
+    )
+    .expect("chaos")
+    .with_metrics(&metrics)
+    .with_timeout(Duration::from_secs(12));
+    chaos
+        .proxy
+        .set_latency_of("ec2:DeleteSnapshot", Duration::from_millis(20));
+    let run_id = newest.iter().max().cloned().expect("a run");
+    let body = Envelope::new(Job::Retention(RetentionJob::first(&run_id))).to_body();
+    emulator
+        .sqs()
+        .send_message()
+        .queue_url(queue)
+        .message_body(body)
+        .send()
+        .await
+        .expect("SendMessage");
+
+    // The first pass: plans, deletes until its time ends, records what it left.
+    let (delivered, failed) = chaos.deliver_batch(10).await.expect("first pass");
+    assert_eq!((delivered.len(), failed.len()), (1, 0));
+    assert_eq!(
+        logs.messages_starting("deletions left recorded").len(),
+        1,
+        "the first pass must run out of time with deletions left"
+    );
+    let reads = [
+        "ec2:DescribeSnapshots",
+        "ec2:DescribeInstances",
+        "ec2:DescribeImages",
+        "ec2:DescribeLockedSnapshots",
+    ];
+    let first = chaos.proxy.stats();
+    let read_by_first: Vec<u64> = reads.iter().map(|a| first.calls_of(a)).collect();
+    assert!(read_by_first[0] > 0, "{:?}", first.calls);
+
+    // An operator locks a snapshot of a set the first pass left whole.
+    let after_first = managed(emulator).await;
+    let old_sets_left: BTreeSet<(String, String)> = after_first
+        .iter()
+        .filter(|(run, _)| !newest.contains(run))
+        .cloned()
+        .collect();
+    let whole = old_sets_left
+        .iter()
+        .find(|set| after_first.iter().filter(|s| s == set).count() == 3)
+        .cloned()
+        .expect("a set the first pass did not reach");
+    let locked_id = emulator
+        .ec2()
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            Filter::builder()
+                .name("tag:ConsistentSnapshot:RunId")
+                .values(&whole.0)
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("tag:ConsistentSnapshot:InstanceId")
+                .values(&whole.1)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeSnapshots")
+        .snapshots()
+        .iter()
+        .filter_map(|s| s.snapshot_id().map(str::to_string))
+        .min()
+        .expect("a snapshot of the set");
+    emulator
+        .lock_snapshot(&locked_id, 1)
+        .await
+        .expect("LockSnapshot");
+
+    let drained = chaos
+        .drain(10, Duration::from_secs(300))
+        .await
+        .expect("drain");
+    assert_eq!(drained.failures, 0, "{drained:?}");
+    assert!(!logs
+        .messages_starting("retention: deleting what the pass before planned")
+        .is_empty());
+
+    // Nothing read again after the first pass, but the one lock looked up on EC2's refusal.
+    let stats = chaos.proxy.stats();
+    let read_after: Vec<u64> = reads
+        .iter()
+        .zip(&read_by_first)
+        .map(|(a, n)| stats.calls_of(a) - n)
+        .collect();
+    assert_eq!(read_after, vec![0, 0, 0, 1], "{:?}", stats.calls);
+
+    // Exactly the 6 newest sets of every server are left, and what the lock holds.
+    let left = managed(emulator).await;
+    assert!(
+        left.iter().all(|s| newest.contains(&s.0) || *s == whole),
+        "{left:?}"
+    );
+    assert_eq!(
+        left.iter().filter(|s| newest.contains(&s.0)).count(),
+        720,
+        "6 sets of 3 snapshots of 40 servers"
+    );
+    let held = left.iter().filter(|s| **s == whole).count();
+    assert!((1..=3).contains(&held), "{held}");
+    assert!(
+        emulator
+            .ec2()
+            .describe_snapshots()
+            .snapshot_ids(&locked_id)
+            .send()
+            .await
+            .is_ok(),
+        "the locked snapshot is kept"
+    );
+    // Each deletion tried once: those done, and the one EC2 refused.
+    let deleted = before.len() - left.len();
+    assert_eq!(stats.calls_of("ec2:DeleteSnapshot"), deleted as u64 + 1);
+    let lines = metrics.of("retention", Some(&run_id));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["SnapshotsDeleted"], json!(deleted));
+    assert_eq!(lines[0]["DeletionsLocked"], json!(1), "{lines:?}");
+}

@@ -366,6 +366,11 @@ pub struct RetentionJob {
     /// What the earlier passes did and saw that no later pass does or sees again.
     #[serde(default, skip_serializing_if = "EarlierPasses::is_empty")]
     pub earlier: EarlierPasses,
+    /// The pass before (this number) ran out of time with deletions it had planned and not
+    /// done, and recorded them in the catalog under its number: this pass does them first,
+    /// without planning again. Only a pointer: what is deleted comes from the catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_from: Option<u32>,
 }
 
 /// What the earlier passes of a run's retention did and saw that a later pass neither does nor
@@ -447,6 +452,7 @@ impl RetentionJob {
             resume_after: None,
             missing_through: None,
             earlier: EarlierPasses::default(),
+            left_from: None,
         }
     }
 }

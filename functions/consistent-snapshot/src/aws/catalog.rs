@@ -94,6 +94,8 @@ const FINALS_DUE: &str = "due";
 /// matched by.
 const COMMAND: &str = "command";
 const RECORD: &str = "run-record";
+/// The kind of the items that hold the deletions a retention pass left for the next.
+const RETENTION_LEFT: &str = "retention-left";
 const COST_COUNT: &str = "cost-count";
 /// The partition (and kind) of the instances' cost summaries.
 const COST_SUMMARY: &str = "cost-summary";
@@ -219,6 +221,12 @@ fn finals_of(item: Option<&HashMap<String, AttributeValue>>) -> Finals {
 /// A finished run's full record: its summary, page by page.
 fn record_pk(run_id: &str) -> String {
     format!("record#{run_id}")
+}
+
+/// The sort key of page `page` of the deletions retention pass `pass` left (under the run's
+/// record).
+fn left_sk(pass: u32, page: usize) -> String {
+    format!("retention-left#{pass:05}#{page:05}")
 }
 
 fn cost_pk(region: &str, instance_id: &str) -> String {
@@ -528,6 +536,59 @@ impl Catalog {
                 record_pk(run_id),
                 format!("page#{page:05}"),
                 &format!("record of run {run_id}"),
+            )
+            .await?;
+        Ok(found.as_ref().and_then(body_of))
+    }
+
+    /// Records the deletions retention pass `pass` of a run planned and left for the next pass
+    /// (`pages`, each one item; what a page holds is the caller's), replacing what an earlier
+    /// delivery of the same pass recorded (each page says how many there are). Kept as long as
+    /// the run's record.
+    pub async fn put_retention_left<T: Serialize>(
+        &self,
+        run_id: &str,
+        pass: u32,
+        pages: &[T],
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let requests: Vec<WriteRequest> = pages
+            .iter()
+            .enumerate()
+            .filter_map(|(n, page)| {
+                put_request(item(
+                    record_pk(run_id),
+                    left_sk(pass, n),
+                    RETENTION_LEFT,
+                    page,
+                    Some(expiry(now)),
+                ))
+            })
+            .collect();
+        if requests.len() != pages.len() {
+            return Err(Error::Catalog(format!(
+                "deletions left by retention pass {pass} of run {run_id}: a page could not be made an item"
+            )));
+        }
+        self.batch(
+            requests,
+            &format!("deletions left by retention pass {pass} of run {run_id}"),
+        )
+        .await
+    }
+
+    /// Page `page` of the deletions retention pass `pass` of a run left, if recorded.
+    pub async fn retention_left<T: DeserializeOwned>(
+        &self,
+        run_id: &str,
+        pass: u32,
+        page: usize,
+    ) -> Result<Option<T>, Error> {
+        let found = self
+            .get(
+                record_pk(run_id),
+                left_sk(pass, page),
+                &format!("deletions left by retention pass {pass} of run {run_id}"),
             )
             .await?;
         Ok(found.as_ref().and_then(body_of))

@@ -32,7 +32,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::Config;
@@ -111,7 +111,7 @@ pub enum Storage {
     Partial,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SetKind {
     Consistent,
@@ -235,6 +235,93 @@ impl RegionPlan {
     pub fn snapshots_to_delete(&self) -> usize {
         self.deletions().map(|(_, s)| s.snapshots.len()).sum()
     }
+}
+
+/// A set a pass planned to delete and had no time for (its snapshots not deleted yet): the
+/// next pass of the same retention deletes it from the catalog's record of this, without
+/// planning again (`left_plans`). What keeps a set that EC2 knows of (a lock, an AMI) is still
+/// EC2's to refuse, and is reported as in any pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftDeletion {
+    pub region: String,
+    pub instance_id: String,
+    pub run_id: String,
+    pub kind: SetKind,
+    pub started_at: DateTime<Utc>,
+    pub reason: String,
+    /// Its snapshots not deleted yet, in the set's order.
+    pub snapshots: Vec<String>,
+}
+
+/// One page of the deletions a pass left, as the catalog holds it: page 0 says how many pages
+/// this pass wrote (a later delivery of the same pass may write fewer than an earlier one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftPage {
+    pub pages: usize,
+    pub sets: Vec<LeftDeletion>,
+}
+
+/// Left deletions a page of the catalog at a time: a set is some 300 bytes, about 900 with
+/// the most volumes an instance takes, and an item at most 400 KB.
+pub const LEFT_PAGE_SETS: usize = 200;
+/// The most pages of left deletions a pass records (100,000 sets; a pass plans one part of
+/// the fleet, `RETENTION_PART_SNAPSHOTS` snapshots, at a time): past it, the next pass plans
+/// again.
+pub const LEFT_PAGES: usize = 500;
+
+/// `left` in pages of `LEFT_PAGE_SETS`, each saying how many there are; `None` past
+/// `LEFT_PAGES`.
+pub fn left_pages(left: &[LeftDeletion]) -> Option<Vec<LeftPage>> {
+    let pages = left.len().div_ceil(LEFT_PAGE_SETS);
+    (pages <= LEFT_PAGES).then(|| {
+        left.chunks(LEFT_PAGE_SETS)
+            .map(|sets| LeftPage {
+                pages,
+                sets: sets.to_vec(),
+            })
+            .collect()
+    })
+}
+
+/// The deletions a pass left, as plans to apply: per region, in the order they were planned,
+/// each set to delete for the reason it was planned; nothing else (no set kept, no lock, no
+/// tier to record).
+pub fn left_plans(left: Vec<LeftDeletion>) -> Vec<RegionPlan> {
+    let mut plans: Vec<RegionPlan> = Vec::new();
+    for l in left {
+        let at = match plans.iter().position(|p| p.region == l.region) {
+            Some(at) => at,
+            None => {
+                plans.push(RegionPlan {
+                    region: l.region.clone(),
+                    ..RegionPlan::default()
+                });
+                plans.len() - 1
+            }
+        };
+        plans[at]
+            .instances
+            .entry(l.instance_id)
+            .or_default()
+            .push(SetDecision {
+                run_id: l.run_id,
+                kind: l.kind,
+                started_at: l.started_at,
+                snapshots: l.snapshots,
+                action: Action::Delete,
+                reason: l.reason,
+                held: None,
+                tiers: Tiers::default(),
+                recorded_tiers: Tiers::default(),
+                next_change: None,
+                deleted_after: None,
+                storage: Storage::Standard,
+                archive: false,
+                lock_until: None,
+                locked_until: None,
+            });
+    }
+    plans
 }
 
 /// The snapshots of one instance taken by one run: the unit retention keeps or deletes.
@@ -951,6 +1038,13 @@ pub struct RetentionOutcome {
     /// more there, and what it left (in `unfinished`) waits for the next pass.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub regions_throttled: Vec<String>,
+    /// Sets this pass planned to delete and had no time for, as they are left.
+    #[serde(skip)]
+    pub left: Vec<LeftDeletion>,
+    /// `left` is recorded in the catalog under this pass's number, and the parts it came from
+    /// are settled: the next pass deletes them without planning again.
+    #[serde(skip)]
+    pub left_stored: bool,
 }
 
 /// The most sets an on-demand answer lists (Lambda answers at most 6 MB), and the most a log
@@ -960,7 +1054,8 @@ pub const ANSWER_SETS: usize = 2_000;
 pub const LOG_LINE_SETS: usize = 200;
 
 /// What a run's retention does after one pass: the next pass's job, or `None` when it ends.
-/// Deletions and locks left for lack of time go on in the next pass (which plans again); those that
+/// Deletions and locks left for lack of time go on in the next pass (which does the deletions
+/// the pass recorded, `left_from`, and plans again the rest); those that
 /// failed for a reason that may pass get one more pass, at most `RETENTION_RETRIES` of them;
 /// and `RETENTION_STALLED_PASSES` passes in a row that deleted nothing end the chain, which
 /// would otherwise go on for ever where planning alone fills the invocation.
@@ -999,6 +1094,7 @@ pub fn next_pass(job: &RetentionJob, outcome: &RetentionOutcome) -> Option<Reten
         retries: job.retries + u32::from(retry),
         stalled,
         throttled: !outcome.regions_throttled.is_empty(),
+        left_from: (go_on && outcome.left_stored).then_some(job.pass),
         ..job.clone()
     })
 }
@@ -1076,6 +1172,8 @@ impl RetentionOutcome {
             settled: _,
             regions_unreadable,
             regions_throttled,
+            left,
+            left_stored: _,
         } = region;
         self.parts_failed.extend(parts_failed);
         self.deleted.extend(deleted);
@@ -1093,6 +1191,7 @@ impl RetentionOutcome {
         self.tiers_labelled += tiers_labelled;
         self.transient_failures += transient_failures;
         self.regions_throttled.extend(regions_throttled);
+        self.left.extend(left);
         for region in regions_unreadable {
             if !self.regions_unreadable.contains(&region) {
                 self.regions_unreadable.push(region);
@@ -1308,6 +1407,13 @@ impl RetentionOutcome {
         ]
     }
 
+    /// Whether all this pass left undone are deletions it planned (`left`): no lock, no
+    /// tier to record, which only a plan made again can say.
+    pub fn only_deletions_left(&self) -> bool {
+        self.locks_left == 0
+            && self.unfinished == self.left.iter().map(|l| l.snapshots.len()).sum::<usize>()
+    }
+
     /// Whether the run's retention so far left something for an operator to look at: a
     /// deletion failed, a region or a part of the fleet not read.
     pub fn needs_attention(&self) -> bool {
@@ -1395,6 +1501,124 @@ mod tests {
     use crate::jobs::{Job, RETENTION_THROTTLED_WAIT_SECONDS};
     use chrono::{NaiveDate, TimeZone};
     use proptest::prelude::*;
+
+    fn left_deletion(region: &str, instance: &str, run: &str, snapshots: &[&str]) -> LeftDeletion {
+        LeftDeletion {
+            region: region.into(),
+            instance_id: instance.into(),
+            run_id: run.into(),
+            kind: SetKind::Consistent,
+            started_at: Utc.with_ymd_and_hms(2026, 11, 1, 23, 0, 0).unwrap(),
+            reason: "older than the 7 newest".into(),
+            snapshots: snapshots.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn deletions_left_become_plans_that_delete_them_and_nothing_else() {
+        let plans = left_plans(vec![
+            left_deletion("us-east-1", "i-1", "r-1", &["snap-2", "snap-3"]),
+            left_deletion("eu-west-1", "i-1", "r-1", &["snap-9"]),
+            left_deletion("us-east-1", "i-2", "r-1", &["snap-5"]),
+            left_deletion("us-east-1", "i-1", "r-2", &["snap-7"]),
+        ]);
+        let regions: Vec<&str> = plans.iter().map(|p| p.region.as_str()).collect();
+        assert_eq!(regions, ["us-east-1", "eu-west-1"]);
+        let home = &plans[0];
+        let deletions: Vec<(&str, &str, &[String])> = home
+            .deletions()
+            .map(|(i, s)| (i, s.run_id.as_str(), s.snapshots.as_slice()))
+            .collect();
+        assert_eq!(
+            deletions,
+            [
+                (
+                    "i-1",
+                    "r-1",
+                    &["snap-2".to_string(), "snap-3".to_string()][..]
+                ),
+                ("i-1", "r-2", &["snap-7".to_string()][..]),
+                ("i-2", "r-1", &["snap-5".to_string()][..]),
+            ]
+        );
+        assert_eq!(home.snapshots_to_delete(), 4);
+        // Nothing kept, locked, archived or relabelled: only the deletions.
+        for plan in &plans {
+            assert!(plan.locks.is_empty() && plan.unattributed.is_empty());
+            assert!(plan
+                .instances
+                .values()
+                .flatten()
+                .all(|s| s.action == Action::Delete && !s.archive && s.lock_until.is_none()));
+            let calendar = Retain {
+                daily: 7,
+                weekly: 4,
+                monthly: 12,
+                yearly: 1,
+                days: None,
+            };
+            assert!(tier_changes(plan, calendar, true).is_empty());
+        }
+        assert_eq!(
+            plans[0].instances["i-1"][0].reason,
+            "older than the 7 newest"
+        );
+    }
+
+    #[test]
+    fn deletions_left_are_paged_each_page_saying_how_many_and_bounded() {
+        let set = left_deletion("us-east-1", "i-1", "r-1", &["snap-1"]);
+        let pages = left_pages(&vec![set.clone(); LEFT_PAGE_SETS * 2 + 1]).expect("pages");
+        assert_eq!(pages.len(), 3);
+        assert!(pages.iter().all(|p| p.pages == 3));
+        assert_eq!(pages[2].sets.len(), 1);
+        // A page round-trips through the catalog's JSON.
+        let text = serde_json::to_string(&pages[2]).expect("json");
+        assert_eq!(
+            serde_json::from_str::<LeftPage>(&text).expect("read"),
+            pages[2]
+        );
+        assert!(left_pages(&[]).expect("none").is_empty());
+        assert!(left_pages(&vec![set; LEFT_PAGE_SETS * LEFT_PAGES + 1]).is_none());
+    }
+
+    #[test]
+    fn a_pass_that_recorded_its_deletions_left_points_the_next_pass_at_them() {
+        let job = RetentionJob {
+            pass: 3,
+            ..RetentionJob::first("r")
+        };
+        let mut outcome = RetentionOutcome {
+            deleted: vec!["us-east-1/snap-1".into()],
+            unfinished: 3,
+            left: vec![left_deletion(
+                "us-east-1",
+                "i-1",
+                "r-1",
+                &["snap-2", "snap-3", "snap-4"],
+            )],
+            ..RetentionOutcome::default()
+        };
+        assert!(outcome.only_deletions_left());
+        let next = next_pass(&job, &outcome).expect("goes on");
+        assert_eq!(next.left_from, None, "not recorded: planned again");
+        outcome.left_stored = true;
+        let next = next_pass(&job, &outcome).expect("goes on");
+        assert_eq!((next.pass, next.left_from), (4, Some(3)));
+        // A tier label or a lock left needs the plan again.
+        outcome.unfinished = 4;
+        assert!(!outcome.only_deletions_left());
+        outcome.unfinished = 3;
+        outcome.locks_left = 1;
+        assert!(!outcome.only_deletions_left());
+        // Nothing left: the chain ends, whatever was recorded.
+        let done = RetentionOutcome {
+            deleted: vec!["us-east-1/snap-1".into()],
+            left_stored: true,
+            ..RetentionOutcome::default()
+        };
+        assert_eq!(next_pass(&job, &done), None);
+    }
 
     #[test]
     fn a_run_s_retention_goes_on_while_it_deletes_and_ends_when_it_no_longer_can() {

@@ -27,9 +27,9 @@ use crate::model::stop_time;
 use crate::model::tags::{TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_SOURCE_SNAPSHOT, TAG_TIERS};
 use crate::model::tiers::{Tier, TierChange};
 use crate::retention::plan::{
-    hold_locked, instance_state, locks_due, next_pass, note_locks, plan, region_policy,
-    tier_changes, Action, Held, Overrides, RegionPlan, RetentionOutcome, SetDecision, ANSWER_SETS,
-    LOG_LINE_SETS,
+    hold_locked, instance_state, left_pages, left_plans, locks_due, next_pass, note_locks, plan,
+    region_policy, tier_changes, Action, Held, LeftDeletion, LeftPage, Overrides, RegionPlan,
+    RetentionOutcome, SetDecision, ANSWER_SETS, LEFT_PAGES, LOG_LINE_SETS,
 };
 use crate::run::plan::summary::MAX_FOREIGN;
 
@@ -132,6 +132,12 @@ pub struct Pass<'a> {
     /// Begin after this instance, in id order (a run's retention resumed).
     pub resume_after: Option<String>,
     pub missing: MissingLook,
+    /// A run's retention: its run id and this pass's number, under which deletions the pass
+    /// plans and has no time for are recorded for the next pass (`None`: on demand, where
+    /// nothing comes after).
+    pub carry: Option<(&'a str, u32)>,
+    /// Do first the deletions the pass of this number recorded as left (`LeftDeletion`).
+    pub left_from: Option<u32>,
 }
 
 impl Pass<'_> {
@@ -179,11 +185,11 @@ pub async fn retention_pass(
 ) -> Result<RetentionOutcome, Error> {
     let now = Utc::now();
     let started = std::time::Instant::now();
-    let (regions, fleet) = retention_regions(app).await?;
-    let fleet: HashMap<String, InstanceFacts> = fleet
-        .into_iter()
-        .map(|f| (f.instance_id.clone(), f))
-        .collect();
+    let mut applying = Applying::new(pass.dry_run, stop_at);
+    applying.outcome.planned_through = pass.resume_after.clone();
+    if !apply_left(app, &pass, &mut applying).await? {
+        return Ok(applying.outcome);
+    }
     let part_snapshots = app.config.retention_part_snapshots;
     let (recorded, whole) = app.aws.catalog.recorded(part_snapshots).await?;
     let catalog_ms = started.elapsed().as_millis();
@@ -192,6 +198,19 @@ pub async fn retention_pass(
         pass.resume_after.as_deref(),
         pass.only,
     );
+    if parts.is_empty() && pass.resume_after.is_some() {
+        // The passes before planned every part: nothing to read again.
+        info!(
+            deleted = applying.outcome.deleted.len(),
+            catalog_ms, "retention pass done: every part was planned by the passes before"
+        );
+        return Ok(applying.outcome);
+    }
+    let (regions, fleet) = retention_regions(app).await?;
+    let fleet: HashMap<String, InstanceFacts> = fleet
+        .into_iter()
+        .map(|f| (f.instance_id.clone(), f))
+        .collect();
     // Every recorded server in one part (most deployments): the scan's index serves it, and
     // each region's survey keeps its listing for it, so nothing is read twice.
     let mut whole = whole
@@ -235,8 +254,6 @@ pub async fn retention_pass(
     }
     drop(recorded);
     let instances_total: usize = parts.iter().map(Vec::len).sum();
-    let mut applying = Applying::new(pass.dry_run, stop_at);
-    applying.outcome.planned_through = pass.resume_after.clone();
     // Named before any part: each part this pass applies is applied without these regions,
     // which its settling carries to the run's metric.
     for (region, code) in &survey.unreadable {
@@ -315,7 +332,17 @@ pub async fn retention_pass(
         if look {
             applying.outcome.missing_through = part.last().cloned();
         }
+        let whole_before = whole_so_far;
         whole_so_far = whole_so_far && applying.left() == left_before;
+        // Out of time with only deletions of this part left: recorded for the next pass,
+        // which does them without planning this part again; the part is then done.
+        if whole_before
+            && !whole_so_far
+            && left_before == 0
+            && applying.outcome.only_deletions_left()
+        {
+            whole_so_far = carry_left(app, &pass, &mut applying.outcome).await;
+        }
         if whole_so_far {
             applying.outcome.planned_through = part.last().cloned();
             applying.outcome.settle();
@@ -348,6 +375,96 @@ pub async fn retention_pass(
         "retention pass done"
     );
     Ok(applying.outcome)
+}
+
+/// The deletions the pass before recorded as left (`Pass::left_from`), done first, as that
+/// pass planned them (EC2 still refuses a locked snapshot or one an AMI uses, reported as in any
+/// pass). Answers whether the pass goes on to plan: all were done, or none was recorded. Out of
+/// time again, what is still left is recorded under this pass, for the next; should that fail,
+/// the error fails the pass, whose message comes back and does them again (those done since
+/// are found already deleted).
+async fn apply_left(app: &App, pass: &Pass<'_>, applying: &mut Applying) -> Result<bool, Error> {
+    let (Some(from), Some((run_id, _))) = (pass.left_from, pass.carry) else {
+        return Ok(true);
+    };
+    if pass.dry_run {
+        return Ok(true);
+    }
+    let mut left: Vec<LeftDeletion> = Vec::new();
+    let mut pages = 1;
+    let mut page = 0;
+    while page < pages.min(LEFT_PAGES) {
+        let Some(read) = app
+            .aws
+            .catalog
+            .retention_left::<LeftPage>(run_id, from, page)
+            .await?
+        else {
+            break;
+        };
+        if page == 0 {
+            pages = read.pages;
+        }
+        left.extend(read.sets);
+        page += 1;
+    }
+    if left.is_empty() {
+        return Ok(true);
+    }
+    let snapshots: usize = left.iter().map(|l| l.snapshots.len()).sum();
+    info!(run_id, from_pass = from, sets = left.len(), snapshots, "retention: deleting what the pass before planned and had no time for, without planning again");
+    applying.apply(app, left_plans(left)).await;
+    if applying.left() == 0 {
+        applying.outcome.settle();
+        return Ok(true);
+    }
+    if !carry_left(app, pass, &mut applying.outcome).await {
+        return Err(Error::Catalog(format!(
+            "retention of run {run_id}: {} deletion(s) left by pass {from} and not done could not be recorded for the next pass",
+            applying.outcome.unfinished
+        )));
+    }
+    applying.outcome.settle();
+    Ok(false)
+}
+
+/// Records the deletions this pass planned and left (`RetentionOutcome::left`) for the next
+/// pass of the run's retention (`Pass::carry`), and marks them recorded; answers whether they
+/// are. Not for a dry run or on demand (nothing comes after), nor past `LEFT_PAGES`.
+async fn carry_left(app: &App, pass: &Pass<'_>, outcome: &mut RetentionOutcome) -> bool {
+    let Some((run_id, this)) = pass.carry.filter(|_| !pass.dry_run) else {
+        return false;
+    };
+    let Some(pages) = left_pages(&outcome.left) else {
+        info!(
+            run_id,
+            sets = outcome.left.len(),
+            "deletions left are too many to record: the next pass plans their part again"
+        );
+        return false;
+    };
+    match app
+        .aws
+        .catalog
+        .put_retention_left(run_id, this, &pages, Utc::now())
+        .await
+    {
+        Ok(()) => {
+            info!(
+                run_id,
+                pass = this,
+                sets = outcome.left.len(),
+                snapshots = outcome.unfinished,
+                "deletions left recorded: the next pass does them without planning again"
+            );
+            outcome.left_stored = true;
+            true
+        }
+        Err(err) => {
+            warn!(run_id, pass = this, code = err.aws_code().unwrap_or("Unknown"), error = %err, "deletions left not recorded: the next pass plans their part again");
+            false
+        }
+    }
 }
 
 /// A region read once a pass: the AMIs that use its snapshots, and the snapshots carrying this
@@ -969,6 +1086,8 @@ async fn apply_region(
     let mut throttled = false;
     for (instance_id, set) in plan.deletions() {
         let mut gone: Vec<&String> = Vec::new();
+        // Its snapshots left for lack of time (or because EC2 throttled the region).
+        let mut left: Vec<String> = Vec::new();
         // Once one snapshot of a set is refused (locked, in use, an error), the rest of the
         // set is left as it is: a set is deleted whole or kept as whole as it can be.
         let mut refused = false;
@@ -986,6 +1105,7 @@ async fn apply_region(
             let began = Utc::now();
             if throttled || (*tried > 0 && !pace.fits(began)) {
                 outcome.unfinished += 1;
+                left.push(snapshot_id.clone());
                 continue;
             }
             *tried += 1;
@@ -1011,6 +1131,7 @@ async fn apply_region(
                     warn!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), "deletions in the region throttled: the rest waits for the next pass");
                     throttled = true;
                     outcome.unfinished += 1;
+                    left.push(snapshot_id.clone());
                     outcome.regions_throttled.push(plan.region.clone());
                 }
                 Deletion::Failed(err) => {
@@ -1034,6 +1155,17 @@ async fn apply_region(
                     }
                 }
             }
+        }
+        if !left.is_empty() {
+            outcome.left.push(LeftDeletion {
+                region: plan.region.clone(),
+                instance_id: instance_id.to_string(),
+                run_id: set.run_id.clone(),
+                kind: set.kind,
+                started_at: set.started_at,
+                reason: set.reason.clone(),
+                snapshots: left,
+            });
         }
         // What is deleted leaves the catalog at once (inside the pass's time): a set once
         // all of it is gone, a copy with its snapshot. Should this fail, the records are
@@ -1261,6 +1393,8 @@ pub async fn on_demand(
         only: only.filter(|_| dry_run),
         resume_after: None,
         missing: MissingLook::Everywhere,
+        carry: None,
+        left_from: None,
     };
     let outcome = retention_pass(app, pass, stop_at).await?;
     if !dry_run {
@@ -1272,8 +1406,10 @@ pub async fn on_demand(
 
 /// The run's last step: retention in every region, then the run's markers are released.
 /// One pass: plans, deletes until a few seconds before `deadline`, and if deletions are
-/// left, queues the next pass (which plans again, so nothing is deleted twice and nothing
-/// the next plan keeps is deleted). The run's retention is over with the last pass.
+/// left, queues the next pass. Deletions it planned and had no time for are recorded in the
+/// catalog, and the next pass does them first, without reading EC2 again (a plan is made
+/// once a run); anything else left (a lock to lay, a tier to record) is planned again. Each
+/// snapshot is deleted once. The run's retention is over with the last pass.
 pub async fn retention_job(
     app: &App,
     job: RetentionJob,
@@ -1307,6 +1443,8 @@ pub async fn retention_job(
         only: None,
         resume_after: job.resume_after.clone(),
         missing,
+        carry: Some((&job.run_id, job.pass)),
+        left_from: job.left_from,
     };
     let stop_at = stop_time(Utc::now(), deadline);
     let mut outcome = retention_pass(app, pass, stop_at).await?;
