@@ -40,6 +40,23 @@ async fn managed(emulator: &Emulator) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `servers` servers of 3 volumes, each with `nights` nightly sets of this deployment in the
+/// home region; answers their instance ids.
+async fn nightly_sets(emulator: &Emulator, servers: usize, nights: u64) -> Vec<String> {
+    let ids = seed_bulk(emulator, servers, servers, 2)
+        .await
+        .expect("seed");
+    let made = emulator
+        .seed_history(&History {
+            managed_by: MANAGED_BY.into(),
+            ..History::nightly("us-east-1", &ids, nights)
+        })
+        .await
+        .expect("history");
+    assert_eq!(made, servers as u64 * nights * 3);
+    ids
+}
+
 /// Queues the retention of `run_id` as the run's end queues it, `sends` times (more than once:
 /// a send whose answer was lost, sent again), and runs the event source until the queue is
 /// empty (at most 300 s).
@@ -77,15 +94,7 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
     // 15 s before it stops, however idle the machine (the emulator alone deletes 40 to 150 a
     // second, and an idle machine once did all 1,800 in one pass). Parts of 360 recorded
     // snapshots are 10 servers: the first pass finishes its first part before its time ends.
-    let ids = seed_bulk(emulator, 100, 100, 2).await.expect("seed");
-    let made = emulator
-        .seed_history(&History {
-            managed_by: MANAGED_BY.into(),
-            ..History::nightly("us-east-1", &ids, 12)
-        })
-        .await
-        .expect("history");
-    assert_eq!(made, 3600);
+    let ids = nightly_sets(emulator, 100, 12).await;
     let before: BTreeSet<String> = managed(emulator)
         .await
         .into_iter()
@@ -552,15 +561,7 @@ async fn later_passes_delete_what_the_first_planned_without_reading_ec2_again() 
     // 40 servers × 3 volumes × 12 nightly sets; RETAIN_COUNT 6 deletes 6 sets of each: 720
     // DeleteSnapshot calls of at least 20 ms, more than a pass of 12 s has time for. The whole
     // catalog is one part.
-    let ids = seed_bulk(emulator, 40, 40, 2).await.expect("seed");
-    let made = emulator
-        .seed_history(&History {
-            managed_by: MANAGED_BY.into(),
-            ..History::nightly("us-east-1", &ids, 12)
-        })
-        .await
-        .expect("history");
-    assert_eq!(made, 1440);
+    nightly_sets(emulator, 40, 12).await;
     let before = managed(emulator).await;
     let runs: BTreeSet<String> = before.iter().map(|(run, _)| run.clone()).collect();
     let newest: BTreeSet<String> = runs.iter().rev().take(6).cloned().collect();
@@ -695,4 +696,14 @@ async fn later_passes_delete_what_the_first_planned_without_reading_ec2_again() 
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["SnapshotsDeleted"], json!(deleted));
     assert_eq!(lines[0]["DeletionsLocked"], json!(1), "{lines:?}");
+    // The last pass's summary counts what the first planned (40 servers × 12 sets), not the
+    // few sets it did itself.
+    let summary = logs.messages_starting("retention: ");
+    let wanted = format!("retention: 480 sets in 1 region(s), {deleted} snapshots deleted, 1 held by a snapshot lock");
+    assert!(
+        summary.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(&wanted))),
+        "{summary:#?}"
+    );
 }

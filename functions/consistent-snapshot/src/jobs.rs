@@ -396,6 +396,10 @@ pub struct EarlierPasses {
     /// The regions (`region (AWS code)`) those parts could not be read in: their deletions
     /// there wait for the next run, which `RegionsUnreadable` must say.
     pub regions_unreadable: Vec<String>,
+    /// The sets those parts hold, and in how many regions (the most of any pass): the run's
+    /// summary counts what its retention planned, not only what its last pass did.
+    pub sets: usize,
+    pub regions: usize,
 }
 
 impl EarlierPasses {
@@ -416,6 +420,8 @@ impl EarlierPasses {
             lock_failed,
             archive_failed,
             regions_unreadable,
+            sets,
+            regions,
         } = later;
         let mut unreadable = self.regions_unreadable.clone();
         for region in regions_unreadable {
@@ -433,6 +439,8 @@ impl EarlierPasses {
             lock_failed: self.lock_failed + lock_failed,
             archive_failed: self.archive_failed + archive_failed,
             regions_unreadable: unreadable,
+            sets: self.sets + sets,
+            regions: self.regions.max(*regions),
         }
     }
 }

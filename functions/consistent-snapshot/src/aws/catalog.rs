@@ -508,21 +508,44 @@ impl Catalog {
         pages: &[T],
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
+        let what = format!("record of run {run_id}");
+        self.put_record_pages(
+            run_id,
+            (RECORD, |n| format!("page#{n:05}")),
+            pages,
+            (now, &what),
+        )
+        .await
+    }
+
+    /// Pages under a run's record, each an item of `kind` at the sort key `sk` makes of its
+    /// number, kept as long as the record.
+    async fn put_record_pages<T: Serialize>(
+        &self,
+        run_id: &str,
+        (kind, sk): (&str, impl Fn(usize) -> String),
+        pages: &[T],
+        (now, what): (DateTime<Utc>, &str),
+    ) -> Result<(), Error> {
         let requests: Vec<WriteRequest> = pages
             .iter()
             .enumerate()
             .filter_map(|(n, page)| {
                 put_request(item(
                     record_pk(run_id),
-                    format!("page#{n:05}"),
-                    RECORD,
+                    sk(n),
+                    kind,
                     page,
                     Some(expiry(now)),
                 ))
             })
             .collect();
-        self.batch(requests, &format!("record of run {run_id}"))
-            .await
+        if requests.len() != pages.len() {
+            return Err(Error::Catalog(format!(
+                "{what}: a page could not be made an item"
+            )));
+        }
+        self.batch(requests, what).await
     }
 
     /// Page `page` of a finished run's record, if the catalog holds it.
@@ -552,29 +575,10 @@ impl Catalog {
         pages: &[T],
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let requests: Vec<WriteRequest> = pages
-            .iter()
-            .enumerate()
-            .filter_map(|(n, page)| {
-                put_request(item(
-                    record_pk(run_id),
-                    left_sk(pass, n),
-                    RETENTION_LEFT,
-                    page,
-                    Some(expiry(now)),
-                ))
-            })
-            .collect();
-        if requests.len() != pages.len() {
-            return Err(Error::Catalog(format!(
-                "deletions left by retention pass {pass} of run {run_id}: a page could not be made an item"
-            )));
-        }
-        self.batch(
-            requests,
-            &format!("deletions left by retention pass {pass} of run {run_id}"),
-        )
-        .await
+        let what = format!("deletions left by retention pass {pass} of run {run_id}");
+        let sk = |n| left_sk(pass, n);
+        self.put_record_pages(run_id, (RETENTION_LEFT, sk), pages, (now, &what))
+            .await
     }
 
     /// Page `page` of the deletions retention pass `pass` of a run left, if recorded.

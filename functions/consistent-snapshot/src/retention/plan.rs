@@ -187,6 +187,34 @@ pub struct SetDecision {
     pub locked_until: Option<DateTime<Utc>>,
 }
 
+impl SetDecision {
+    /// A set to delete for `reason`, with nothing else said of it (no tier, lock or archive).
+    pub fn deletion(
+        run_id: String,
+        (kind, started_at): (SetKind, DateTime<Utc>),
+        snapshots: Vec<String>,
+        reason: String,
+    ) -> Self {
+        SetDecision {
+            run_id,
+            kind,
+            started_at,
+            snapshots,
+            action: Action::Delete,
+            reason,
+            held: None,
+            tiers: Tiers::default(),
+            recorded_tiers: Tiers::default(),
+            next_change: None,
+            deleted_after: None,
+            storage: Storage::Standard,
+            archive: false,
+            lock_until: None,
+            locked_until: None,
+        }
+    }
+}
+
 /// The plan of one region: per instance, every set with its decision, newest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RegionPlan {
@@ -303,23 +331,12 @@ pub fn left_plans(left: Vec<LeftDeletion>) -> Vec<RegionPlan> {
             .instances
             .entry(l.instance_id)
             .or_default()
-            .push(SetDecision {
-                run_id: l.run_id,
-                kind: l.kind,
-                started_at: l.started_at,
-                snapshots: l.snapshots,
-                action: Action::Delete,
-                reason: l.reason,
-                held: None,
-                tiers: Tiers::default(),
-                recorded_tiers: Tiers::default(),
-                next_change: None,
-                deleted_after: None,
-                storage: Storage::Standard,
-                archive: false,
-                lock_until: None,
-                locked_until: None,
-            });
+            .push(SetDecision::deletion(
+                l.run_id,
+                (l.kind, l.started_at),
+                l.snapshots,
+                l.reason,
+            ));
     }
     plans
 }
@@ -1344,6 +1361,8 @@ impl RetentionOutcome {
             lock_failed: self.lock_failed.len(),
             archive_failed: self.archive_failed.len(),
             regions_unreadable: self.regions_unreadable.clone(),
+            sets: self.sets(),
+            regions: self.tallies.len(),
         }
     }
 
@@ -1423,8 +1442,8 @@ impl RetentionOutcome {
 
     pub fn summary_line(&self) -> String {
         let planned: usize = self.tallies.iter().map(|t| t.snapshots_to_delete).sum();
-        let sets = self.sets();
-        let regions = self.tallies.len();
+        // The sets of every part the run's retention planned, by this pass or those before.
+        let EarlierPasses { sets, regions, .. } = self.so_far();
         let mut not_planned = if self.instances_left > 0 {
             format!(
                 "; {} instance(s) not planned (time ran out)",
@@ -1562,6 +1581,52 @@ mod tests {
         assert_eq!(
             plans[0].instances["i-1"][0].reason,
             "older than the 7 newest"
+        );
+    }
+
+    #[test]
+    fn the_last_pass_s_summary_counts_the_sets_every_pass_planned() {
+        let plan = |region: &str, sets: usize| RegionPlan {
+            region: region.into(),
+            instances: BTreeMap::from([(
+                "i-1".to_string(),
+                (0..sets)
+                    .map(|k| {
+                        SetDecision::deletion(
+                            format!("r-{k}"),
+                            (SetKind::Consistent, Utc::now()),
+                            vec![format!("snap-{region}-{k}")],
+                            "old".into(),
+                        )
+                    })
+                    .collect(),
+            )]),
+            ..RegionPlan::default()
+        };
+        // The first pass plans 10 sets in 2 regions, and leaves some of their deletions.
+        let mut first = RetentionOutcome::new(false);
+        first.absorb(
+            vec![plan("us-east-1", 6), plan("eu-west-1", 4)],
+            ANSWER_SETS,
+        );
+        first.deleted = vec!["us-east-1/snap-us-east-1-0".into()];
+        first.unfinished = 9;
+        first.left_stored = true;
+        first.planned_through = Some("i-1".into());
+        first.settle();
+        let job = RetentionJob::first("r");
+        let second = next_pass(&job, &first).expect("goes on");
+        // The last pass does what was left, planning nothing.
+        let last = RetentionOutcome {
+            earlier: second.earlier.clone(),
+            deleted_before: second.deleted_before,
+            deleted: (1..10).map(|k| format!("snap-{k}")).collect(),
+            ..RetentionOutcome::new(false)
+        };
+        let line = last.summary_line();
+        assert!(
+            line.starts_with("retention: 10 sets in 2 region(s), 10 snapshots deleted"),
+            "{line}"
         );
     }
 
@@ -2539,21 +2604,13 @@ mod tests {
 
     fn outcome(instances: usize, sets: usize) -> RetentionOutcome {
         let set = |i: usize, k: usize| SetDecision {
-            run_id: format!("run-{k:02}"),
-            kind: SetKind::Consistent,
-            started_at: Utc::now(),
-            snapshots: vec![format!("snap-{i}-{k}")],
             action: if k >= 2 { Action::Delete } else { Action::Keep },
-            reason: "older than the newest 2 consistent sets".into(),
-            held: None,
-            tiers: Tiers::default(),
-            recorded_tiers: Tiers::default(),
-            next_change: None,
-            deleted_after: None,
-            storage: Storage::Standard,
-            archive: false,
-            lock_until: None,
-            locked_until: None,
+            ..SetDecision::deletion(
+                format!("run-{k:02}"),
+                (SetKind::Consistent, Utc::now()),
+                vec![format!("snap-{i}-{k}")],
+                "older than the newest 2 consistent sets".into(),
+            )
         };
         let plan = RegionPlan {
             region: "us-east-1".into(),

@@ -413,7 +413,8 @@ async fn apply_left(app: &App, pass: &Pass<'_>, applying: &mut Applying) -> Resu
     }
     let snapshots: usize = left.iter().map(|l| l.snapshots.len()).sum();
     info!(run_id, from_pass = from, sets = left.len(), snapshots, "retention: deleting what the pass before planned and had no time for, without planning again");
-    applying.apply(app, left_plans(left)).await;
+    // Counted by the pass that planned them: not taken into this pass's plans again.
+    applying.apply_planned(app, &left_plans(left)).await;
     if applying.left() == 0 {
         applying.outcome.settle();
         return Ok(true);
@@ -990,6 +991,12 @@ impl Applying {
     /// Deletions stop at `stop_at`: those left are counted in `unfinished`, for the next pass
     /// (deleting is slow at scale: EC2 allows about 5 DeleteSnapshot calls a second).
     async fn apply(&mut self, app: &App, plans: Vec<RegionPlan>) {
+        self.apply_planned(app, &plans).await;
+        self.outcome.absorb(plans, ANSWER_SETS);
+    }
+
+    /// Applies plans an earlier pass made and counted (`apply` without taking them in).
+    async fn apply_planned(&mut self, app: &App, plans: &[RegionPlan]) {
         let Applying {
             outcome,
             tried,
@@ -1000,14 +1007,13 @@ impl Applying {
         let (dry_run, stop_at) = (outcome.dry_run, *stop_at);
         apply_plans(
             app,
-            &plans,
+            plans,
             (dry_run, stop_at),
             (pace, tried),
             archiving,
             outcome,
         )
         .await;
-        outcome.absorb(plans, ANSWER_SETS);
     }
 }
 
