@@ -483,6 +483,7 @@ async fn handle(
                 .then(|| kinds[rng.usize(0..kinds.len())])
         }
     };
+    let text = String::from_utf8_lossy(&body);
     // EC2's buckets, for a call no fault has already answered.
     let throttled = fault.is_none()
         && shared
@@ -491,7 +492,7 @@ async fn handle(
             .ok()
             .and_then(|mut buckets| {
                 let buckets = buckets.as_mut()?;
-                let narrowed = throttle::is_narrowed(&String::from_utf8_lossy(&body));
+                let narrowed = throttle::is_narrowed(&text);
                 let bucket = throttle::bucket_of(&protocol.action, narrowed)?;
                 Some(!buckets.take(bucket, &protocol.region, Instant::now()))
             })
@@ -500,7 +501,7 @@ async fn handle(
     let asked = protocol
         .action
         .starts_with("ec2:Describe")
-        .then(|| throttle::asked_by(&String::from_utf8_lossy(&body)));
+        .then(|| throttle::asked_by(&text));
     if let Ok(mut stats) = shared.stats.lock() {
         *stats.calls.entry(protocol.action.clone()).or_default() += 1;
         if let Some(asked) = asked {

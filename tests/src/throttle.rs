@@ -74,13 +74,14 @@ pub fn bucket_of(action: &str, narrowed: bool) -> Option<Bucket> {
 
 /// Whether a query-protocol body narrows its call: ids, filters or a page size.
 pub fn is_narrowed(body: &str) -> bool {
-    body.split('&').any(|kv| {
-        let key = kv.split('=').next().unwrap_or("");
-        key.starts_with("Filter.")
-            || key == "MaxResults"
-            || key == "NextToken"
-            || (key.contains("Id.") && key.ends_with(|c: char| c.is_ascii_digit()))
+    form_urlencoded::parse(body.as_bytes()).any(|(key, _)| {
+        key.starts_with("Filter.") || key == "MaxResults" || key == "NextToken" || names_ids(&key)
     })
+}
+
+/// Whether a query-protocol key names one of the call's ids (`SnapshotId.1`).
+fn names_ids(key: &str) -> bool {
+    key.contains("Id.") && key.ends_with(|c: char| c.is_ascii_digit())
 }
 
 /// What a query-protocol describe asks by, for telling its calls apart: the names of its
@@ -88,11 +89,10 @@ pub fn is_narrowed(body: &str) -> bool {
 /// ids, joined by ` + `; `everything` when neither (a page size or token alone).
 pub fn asked_by(body: &str) -> String {
     let mut by: Vec<String> = Vec::new();
-    for kv in body.split('&') {
-        let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+    for (key, value) in form_urlencoded::parse(body.as_bytes()) {
         let named = if key.starts_with("Filter.") && key.ends_with(".Name") {
-            decoded(value)
-        } else if key.contains("Id.") && key.ends_with(|c: char| c.is_ascii_digit()) {
+            value.into_owned()
+        } else if names_ids(&key) {
             "ids".to_string()
         } else {
             continue;
@@ -107,33 +107,6 @@ pub fn asked_by(body: &str) -> String {
     } else {
         by.join(" + ")
     }
-}
-
-/// A form-encoded value decoded (`%3A` → `:`, `+` → space); a broken escape kept as it is.
-fn decoded(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok());
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The buckets of every region, full at first. `scale` multiplies every refill (1: AWS's
