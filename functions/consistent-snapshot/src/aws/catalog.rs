@@ -554,13 +554,19 @@ impl Catalog {
         run_id: &str,
         page: usize,
     ) -> Result<Option<T>, Error> {
-        let found = self
-            .get(
-                record_pk(run_id),
-                format!("page#{page:05}"),
-                &format!("record of run {run_id}"),
-            )
-            .await?;
+        let what = format!("record of run {run_id}");
+        self.record_page(run_id, format!("page#{page:05}"), &what)
+            .await
+    }
+
+    /// The page under a run's record at sort key `sk`, if the catalog holds it.
+    async fn record_page<T: DeserializeOwned>(
+        &self,
+        run_id: &str,
+        sk: String,
+        what: &str,
+    ) -> Result<Option<T>, Error> {
+        let found = self.get(record_pk(run_id), sk, what).await?;
         Ok(found.as_ref().and_then(body_of))
     }
 
@@ -588,14 +594,8 @@ impl Catalog {
         pass: u32,
         page: usize,
     ) -> Result<Option<T>, Error> {
-        let found = self
-            .get(
-                record_pk(run_id),
-                left_sk(pass, page),
-                &format!("deletions left by retention pass {pass} of run {run_id}"),
-            )
-            .await?;
-        Ok(found.as_ref().and_then(body_of))
+        let what = format!("deletions left by retention pass {pass} of run {run_id}");
+        self.record_page(run_id, left_sk(pass, page), &what).await
     }
 
     /// The run as dispatched, if this deployment dispatched it.
