@@ -707,3 +707,108 @@ async fn later_passes_delete_what_the_first_planned_without_reading_ec2_again() 
         "{summary:#?}"
     );
 }
+
+/// A run's retention plans its parts ahead of their deletions: the first pass plans every part
+/// of the fleet over one read of the instances, the AMIs and the locks, and the deletions
+/// (more than a pass has time for) follow pass after pass from the record, each once, without
+/// any of them read again. Planned and deleted part by part, each part would wait for the
+/// deletions of the one before and be planned by a pass of its own, reading them again.
+#[tokio::test]
+async fn a_run_s_retention_plans_every_part_before_deleting_and_reads_the_fleet_once() {
+    let world = World::start(2).await.expect("world");
+    let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
+    // 40 servers × 3 volumes × 12 nightly sets in parts of 360 recorded snapshots (10
+    // servers): 4 parts. RETAIN_COUNT 6 deletes 6 sets of each: 720 DeleteSnapshot calls of
+    // at least 50 ms, 36 s, three times a pass of 12 s.
+    let ids = nightly_sets(emulator, 40, 12).await;
+    let before = managed(emulator).await;
+    let runs: BTreeSet<String> = before.iter().map(|(run, _)| run.clone()).collect();
+    let newest: BTreeSet<String> = runs.iter().rev().take(6).cloned().collect();
+    let metrics = Metrics::default();
+    let chaos = Chaos::new(
+        emulator,
+        queue,
+        &[("RETAIN_COUNT", "6"), ("RETENTION_PART_SNAPSHOTS", "360")],
+        ChaosOptions::calm(3),
+    )
+    .expect("chaos")
+    .with_metrics(&metrics)
+    .with_timeout(Duration::from_secs(12));
+    chaos
+        .proxy
+        .set_latency_of("ec2:DeleteSnapshot", Duration::from_millis(50));
+    let run_id = newest.iter().max().cloned().expect("a run");
+    let body = Envelope::new(Job::Retention(RetentionJob::first(&run_id))).to_body();
+    emulator
+        .sqs()
+        .send_message()
+        .queue_url(queue)
+        .message_body(body)
+        .send()
+        .await
+        .expect("SendMessage");
+
+    // The first pass plans the 4 parts, then deletes until its time ends.
+    let (delivered, failed) = chaos.deliver_batch(10).await.expect("first pass");
+    assert_eq!((delivered.len(), failed.len()), (1, 0));
+    assert_eq!(
+        logs.messages_starting("retention: part planned and applied")
+            .len(),
+        4,
+        "every part planned by the first pass"
+    );
+    assert_eq!(
+        logs.messages_starting("deletions left recorded").len(),
+        1,
+        "the first pass must run out of time with deletions left"
+    );
+    let drained = chaos
+        .drain(10, Duration::from_secs(300))
+        .await
+        .expect("drain");
+    assert_eq!(drained.failures, 0, "{drained:?}");
+    assert!(drained.invocations >= 2, "{drained:?}");
+
+    // Each part planned once, and the fleet, the AMIs and the locks read once: by the first
+    // pass, for all of them.
+    assert_eq!(
+        logs.messages_starting("retention: part planned and applied")
+            .len(),
+        4
+    );
+    let stats = chaos.proxy.stats();
+    let reads: Vec<u64> = [
+        "ec2:DescribeInstances",
+        "ec2:DescribeImages",
+        "ec2:DescribeLockedSnapshots",
+    ]
+    .iter()
+    .map(|a| stats.calls_of(a))
+    .collect();
+    assert_eq!(reads, vec![1, 1, 1], "{:?}", stats.calls);
+
+    // Exactly the 6 newest sets of every server are left, each deletion tried once.
+    let left = managed(emulator).await;
+    assert!(left.iter().all(|s| newest.contains(&s.0)), "{left:?}");
+    for id in &ids {
+        let sets = left.iter().filter(|(_, instance)| instance == id).count();
+        assert_eq!(sets, 18, "{id}: 6 sets of 3 snapshots");
+    }
+    assert_eq!(before.len() - left.len(), 720);
+    assert_eq!(
+        stats.calls_of("ec2:DeleteSnapshot"),
+        720,
+        "each deletion once"
+    );
+    let lines = metrics.of("retention", Some(&run_id));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["SnapshotsDeleted"], json!(720));
+    assert_eq!(lines[0]["DeletionsFailed"], json!(0));
+    let summary = logs.messages_starting("retention: ");
+    assert!(
+        summary.iter().any(|l| l["message"].as_str().is_some_and(
+            |m| m.starts_with("retention: 480 sets in 1 region(s), 720 snapshots deleted")
+        )),
+        "{summary:#?}"
+    );
+}

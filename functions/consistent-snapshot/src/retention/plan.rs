@@ -297,6 +297,12 @@ pub const LEFT_PAGE_SETS: usize = 200;
 /// again.
 pub const LEFT_PAGES: usize = 500;
 
+/// The most deletion sets a run's retention pass plans ahead of doing them (`left`, held in
+/// memory, some 300 bytes each, and recorded for the next pass if the pass has no time for
+/// them): a part is planned ahead only while these and its catalog entries (each at most one
+/// set to delete) fit.
+pub const PLAN_AHEAD_ROOM: usize = 20_000;
+
 /// `left` in pages of `LEFT_PAGE_SETS`, each saying how many there are; `None` past
 /// `LEFT_PAGES`.
 pub fn left_pages(left: &[LeftDeletion]) -> Option<Vec<LeftPage>> {
@@ -1216,6 +1222,18 @@ impl RetentionOutcome {
         }
     }
 
+    /// Takes in what doing the deletions a pass planned ahead did (`done`): the parts they come
+    /// from are settled, so what doing them saw is settled with them.
+    pub fn take_deferred(&mut self, done: RetentionOutcome) {
+        let seen = EarlierPasses {
+            recoverable: 0,
+            archived: 0,
+            ..done.this_pass()
+        };
+        self.settled = self.settled.and(&seen);
+        self.take_applied(done);
+    }
+
     /// Takes in the plans of one part of the fleet (applied or not): counted per region, and
     /// merged into `plans` while these hold at most `keep_sets` sets. Past that, `plans` keeps
     /// only the first `keep_sets` sets to delete (what an answer lists) and the counts say the
@@ -1627,6 +1645,33 @@ mod tests {
         assert!(
             line.starts_with("retention: 10 sets in 2 region(s), 10 snapshots deleted"),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn what_doing_the_deletions_planned_ahead_saw_is_settled_with_their_parts() {
+        // A part planned whole, its deletions planned ahead.
+        let mut outcome = RetentionOutcome::new(false);
+        outcome.planned_through = Some("i-1".into());
+        outcome.settle();
+        // A part after it not whole (a lock left for lack of time): the next pass plans it
+        // again and sees again what it saw.
+        outcome.kept.push("us-east-1/r-9: used by an AMI".into());
+        outcome.locks_left = 1;
+        // The settled part's deletions, done after: one deleted, one refused for good.
+        let done = RetentionOutcome {
+            deleted: vec!["us-east-1/snap-1".into()],
+            failed: vec!["us-east-1/snap-2: UnauthorizedOperation".into()],
+            ..RetentionOutcome::new(false)
+        };
+        outcome.take_deferred(done);
+        assert_eq!((outcome.deleted.len(), outcome.failed.len()), (1, 1));
+        let next = next_pass(&RetentionJob::first("r"), &outcome).expect("goes on");
+        assert_eq!(next.deleted_before, 1);
+        assert_eq!(next.earlier.failed, 1, "the refusal reaches the last pass");
+        assert_eq!(
+            next.earlier.held_back, 0,
+            "the part planned again is not carried"
         );
     }
 

@@ -29,7 +29,7 @@ use crate::model::tiers::{Tier, TierChange};
 use crate::retention::plan::{
     hold_locked, instance_state, left_pages, left_plans, locks_due, next_pass, note_locks, plan,
     region_policy, tier_changes, Action, Held, LeftDeletion, LeftPage, Overrides, RegionPlan,
-    RetentionOutcome, SetDecision, ANSWER_SETS, LEFT_PAGES, LOG_LINE_SETS,
+    RetentionOutcome, SetDecision, ANSWER_SETS, LEFT_PAGES, LOG_LINE_SETS, PLAN_AHEAD_ROOM,
 };
 use crate::run::plan::summary::MAX_FOREIGN;
 
@@ -275,19 +275,30 @@ pub async fn retention_pass(
     applying.outcome.absorb(readable, ANSWER_SETS);
     let mut planned = 0usize;
     let mut whole_so_far = true;
+    // A run's retention plans ahead: each part's deletions wait until the parts this pass
+    // has time to plan are planned, so that the fleet, the AMIs and the locks it read serve
+    // them all (at AWS's rates a part's deletions alone outlast an invocation, and each part
+    // would otherwise be planned by a pass of its own, reading them again).
+    applying.defer = pass.carry.is_some() && !pass.dry_run && part_snapshots <= PLAN_AHEAD_ROOM;
     // A part is begun only while twice the longest planning of one so far fits.
     let mut pace = Pace::until(stop_at);
     for (n, part) in parts.iter().enumerate() {
         // A part a pass at least, if the survey left any time: every pass makes progress.
         // Once deletions or locks are left for lack of time, planning more would only be done
-        // again.
+        // again; deletions planned ahead are not left, they are yet to be done.
         let began = Utc::now();
         let out_of_time = if n == 0 {
             began >= stop_at
         } else {
             !pace.fits(began)
         };
-        if out_of_time || (!pass.dry_run && applying.left() > 0) {
+        if out_of_time || (!pass.dry_run && !applying.defer && applying.left() > 0) {
+            break;
+        }
+        if applying.defer && n > 0 && applying.outcome.left.len() + part_snapshots > PLAN_AHEAD_ROOM
+        {
+            // As many deletions planned ahead as a pass holds and records: the next pass goes
+            // on planning after this part, once they are done.
             break;
         }
         let look = !pass.dry_run
@@ -301,6 +312,10 @@ pub async fn retention_pass(
         {
             Ok(planned_part) => planned_part,
             Err(err) => {
+                // The parts planned so far are whole: their deletions are done (or recorded)
+                // before this one is named, and the parts after it are applied as they are
+                // planned (they are planned again, after it, by the next pass).
+                applying.flush_deferred(app, &pass).await?;
                 // One part that cannot be read never stops the others: the next pass (or
                 // the next run) plans it again.
                 let (first, last) = (part.first(), part.last());
@@ -327,13 +342,24 @@ pub async fn retention_pass(
             }
         }
         let left_before = applying.left();
+        let deferred_before = applying.outcome.left.len();
         applying.apply(app, planned_part.plans).await;
         planned += part.len();
         if look {
             applying.outcome.missing_through = part.last().cloned();
         }
+        let deferred_now = applying.deferred_since(deferred_before);
         let whole_before = whole_so_far;
-        whole_so_far = whole_so_far && applying.left() == left_before;
+        whole_so_far = whole_so_far && applying.left() == left_before + deferred_now;
+        if applying.defer && !whole_so_far {
+            // A lock or a tier left for lack of time: this part is planned again by the next
+            // pass. The deletions of the parts before it are done (or recorded) first; its
+            // own are tried now, as a pass that does not plan ahead tries them.
+            let own = applying.outcome.left.split_off(deferred_before);
+            applying.outcome.unfinished -= deferred_now;
+            applying.flush_deferred(app, &pass).await?;
+            applying.apply_planned(app, &left_plans(own)).await;
+        }
         // Out of time with only deletions of this part left: recorded for the next pass,
         // which does them without planning this part again; the part is then done.
         if whole_before
@@ -356,6 +382,9 @@ pub async fn retention_pass(
             "retention: part planned and applied"
         );
     }
+    // The deletions planned ahead, done until the pass's time ends; those left are recorded
+    // for the next pass.
+    applying.flush_deferred(app, &pass).await?;
     applying.outcome.instances_left = instances_total - planned;
     if pass.counts_foreign() && foreign > 0 {
         emit_metrics(
@@ -962,6 +991,9 @@ pub async fn part_snapshots(
 /// deletions and locks share.
 struct Applying {
     outcome: RetentionOutcome,
+    /// Deletions are planned ahead (a run's retention): each part's go to `outcome.left`
+    /// untried, and are done once the pass has planned its parts (`flush_deferred`).
+    defer: bool,
     /// Deletions and locks tried by the pass.
     tried: usize,
     pace: Pace,
@@ -974,6 +1006,7 @@ impl Applying {
     fn new(dry_run: bool, stop_at: DateTime<Utc>) -> Self {
         Applying {
             outcome: RetentionOutcome::new(dry_run),
+            defer: false,
             tried: 0,
             pace: Pace::until(stop_at),
             stop_at,
@@ -999,22 +1032,67 @@ impl Applying {
     async fn apply_planned(&mut self, app: &App, plans: &[RegionPlan]) {
         let Applying {
             outcome,
+            defer,
             tried,
             pace,
             stop_at,
             archiving,
         } = self;
-        let (dry_run, stop_at) = (outcome.dry_run, *stop_at);
-        apply_plans(
-            app,
-            plans,
-            (dry_run, stop_at),
-            (pace, tried),
-            archiving,
-            outcome,
-        )
-        .await;
+        let mode = Mode {
+            dry_run: outcome.dry_run,
+            defer: *defer,
+            stop_at: *stop_at,
+        };
+        apply_plans(app, plans, mode, (pace, tried), archiving, outcome).await;
     }
+
+    /// Snapshots of the deletions planned ahead since `from` (an index of `outcome.left`).
+    fn deferred_since(&self, from: usize) -> usize {
+        if !self.defer {
+            return 0;
+        }
+        self.outcome.left[from..]
+            .iter()
+            .map(|l| l.snapshots.len())
+            .sum()
+    }
+
+    /// Does the deletions planned ahead, until the pass's time ends, and ends planning ahead
+    /// for the rest of the pass. What doing them saw is settled with the parts they came from;
+    /// what is left is recorded for the next pass, which does it first. Should that record
+    /// fail, the pass fails: its message comes back and plans those parts again (what was
+    /// deleted since is no longer listed).
+    async fn flush_deferred(&mut self, app: &App, pass: &Pass<'_>) -> Result<(), Error> {
+        if !self.defer {
+            return Ok(());
+        }
+        self.defer = false;
+        let deferred = std::mem::take(&mut self.outcome.left);
+        if deferred.is_empty() {
+            return Ok(());
+        }
+        self.outcome.unfinished -= deferred.iter().map(|l| l.snapshots.len()).sum::<usize>();
+        let planned = std::mem::replace(&mut self.outcome, RetentionOutcome::new(false));
+        self.apply_planned(app, &left_plans(deferred)).await;
+        let done = std::mem::replace(&mut self.outcome, planned);
+        self.outcome.take_deferred(done);
+        if self.outcome.left.is_empty() || carry_left(app, pass, &mut self.outcome).await {
+            return Ok(());
+        }
+        Err(Error::Catalog(format!(
+            "retention: {} deletion(s) planned by this pass and not done could not be recorded for the next pass",
+            self.outcome.unfinished
+        )))
+    }
+}
+
+/// How a pass applies plans: for real or not, deletions done now or planned ahead
+/// (`Applying::defer`), until when.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    dry_run: bool,
+    defer: bool,
+    stop_at: DateTime<Utc>,
 }
 
 /// Applies one part's plans, its regions at once: EC2's request budgets (DeleteSnapshot's
@@ -1024,7 +1102,7 @@ impl Applying {
 async fn apply_plans(
     app: &App,
     plans: &[RegionPlan],
-    (dry_run, stop_at): (bool, DateTime<Utc>),
+    mode: Mode,
     (pace, tried): (&mut Pace, &mut usize),
     archiving: &mut HashMap<String, usize>,
     outcome: &mut RetentionOutcome,
@@ -1032,13 +1110,13 @@ async fn apply_plans(
     let (pace_before, tried_before) = (*pace, *tried);
     let applied = join_all(plans.iter().map(|plan| {
         let mut region = RegionApplying {
-            outcome: RetentionOutcome::new(dry_run),
+            outcome: RetentionOutcome::new(mode.dry_run),
             pace: pace_before,
             tried: tried_before,
             archiving: archiving.get(&plan.region).copied().unwrap_or(0),
         };
         async move {
-            apply_region(app, plan, (dry_run, stop_at), &mut region).await;
+            apply_region(app, plan, mode, &mut region).await;
             region
         }
     }))
@@ -1063,12 +1141,12 @@ struct RegionApplying {
 
 /// Applies one region's plan (`apply_plans`): its locks, its deletions one at a time, each
 /// logged with its reason, its tiers and archiving, then what it keeps for a reason.
-async fn apply_region(
-    app: &App,
-    plan: &RegionPlan,
-    (dry_run, stop_at): (bool, DateTime<Utc>),
-    region: &mut RegionApplying,
-) {
+async fn apply_region(app: &App, plan: &RegionPlan, mode: Mode, region: &mut RegionApplying) {
+    let Mode {
+        dry_run,
+        defer,
+        stop_at,
+    } = mode;
     let RegionApplying {
         outcome,
         pace,
@@ -1109,7 +1187,7 @@ async fn apply_region(
             }
             // At least one deletion a pass, however short: every pass makes progress.
             let began = Utc::now();
-            if throttled || (*tried > 0 && !pace.fits(began)) {
+            if defer || throttled || (*tried > 0 && !pace.fits(began)) {
                 outcome.unfinished += 1;
                 left.push(snapshot_id.clone());
                 continue;
