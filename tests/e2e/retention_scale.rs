@@ -812,3 +812,86 @@ async fn a_run_s_retention_plans_every_part_before_deleting_and_reads_the_fleet_
         "{summary:#?}"
     );
 }
+
+/// A deletion that fails for a reason that may pass (EC2 answers 500 through every attempt of
+/// the SDK) in a pass that leaves deletions for the next is tried again by that next pass, with
+/// the rest of its set: every expired set goes, the run's retention counts nothing failed, and
+/// no one waits for the next night (before, it was counted in the alarmed `DeletionsFailed` and
+/// its set kept, part deleted, until the next run).
+#[tokio::test]
+async fn a_deletion_that_fails_for_a_reason_that_may_pass_is_tried_again_by_the_next_pass() {
+    let world = World::start(2).await.expect("world");
+    let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
+    // 40 servers × 3 volumes × 12 nightly sets; RETAIN_COUNT 6 deletes 720 snapshots of at
+    // least 20 ms each, more than a pass of 20 s has time for.
+    let ids = nightly_sets(emulator, 40, 12).await;
+    let before = managed(emulator).await;
+    let runs: BTreeSet<String> = before.iter().map(|(run, _)| run.clone()).collect();
+    let newest: BTreeSet<String> = runs.iter().rev().take(6).cloned().collect();
+    let oldest = runs.iter().min().cloned().expect("a run");
+    let first = ids.iter().min().cloned().expect("a server");
+    // A snapshot of the first server's oldest set: EC2 answers 500 to its deletion through
+    // the SDK's 5 attempts, once.
+    let failing = emulator
+        .ec2()
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            Filter::builder()
+                .name("tag:ConsistentSnapshot:RunId")
+                .values(&oldest)
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("tag:ConsistentSnapshot:InstanceId")
+                .values(&first)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeSnapshots")
+        .snapshots()
+        .iter()
+        .filter_map(|s| s.snapshot_id().map(str::to_string))
+        .min()
+        .expect("a snapshot of the set");
+    let metrics = Metrics::default();
+    let chaos = Chaos::new(
+        emulator,
+        queue,
+        &[("RETAIN_COUNT", "6")],
+        ChaosOptions::calm(1),
+    )
+    .expect("chaos")
+    .with_metrics(&metrics)
+    .with_timeout(Duration::from_secs(20));
+    chaos
+        .proxy
+        .set_latency_of("ec2:DeleteSnapshot", Duration::from_millis(20));
+    chaos.proxy.force_matching(
+        "ec2:DeleteSnapshot",
+        &failing,
+        harness::faults::Fault::ServerError,
+        5,
+    );
+    let run_id = newest.iter().max().cloned().expect("a run");
+    let drained = retention_of(emulator, queue, &chaos, (&run_id, 1)).await;
+    assert_eq!(drained.failures, 0, "{drained:?}");
+
+    // Every expired set is gone, the failed one's too; each deletion done once, the failing
+    // one after its 5 refused attempts.
+    let left = managed(emulator).await;
+    assert!(left.iter().all(|s| newest.contains(&s.0)), "{left:?}");
+    assert_eq!(left.len(), 720, "6 sets of 3 snapshots of 40 servers");
+    assert_eq!(chaos.proxy.stats().calls_of("ec2:DeleteSnapshot"), 720 + 5);
+    let lines = metrics.of("retention", Some(&run_id));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["SnapshotsDeleted"], json!(720));
+    assert_eq!(lines[0]["DeletionsFailed"], json!(0), "{lines:?}");
+    assert_eq!(
+        logs.messages_starting("deletion failed for a reason that may pass")
+            .len(),
+        1
+    );
+}

@@ -1039,6 +1039,11 @@ pub struct RetentionOutcome {
     /// answer): the run's retention makes another pass for them.
     #[serde(skip)]
     pub transient_failures: usize,
+    /// Deletions that failed for a reason that may pass and were left, with the rest of their
+    /// sets, for the run's next pass to try again (`Pass::retry_failures`): in `unfinished`
+    /// and `left`, not in `failed`.
+    #[serde(skip)]
+    pub retried: usize,
     /// Snapshots deleted by earlier passes of the same retention.
     pub deleted_before: usize,
     /// Locks laid, and recorded backups found deleted by someone else, by earlier passes.
@@ -1114,7 +1119,9 @@ pub fn next_pass(job: &RetentionJob, outcome: &RetentionOutcome) -> Option<Reten
         deleted_outside_before: Some(
             job.deleted_outside_before.unwrap_or(0) + outcome.deleted_outside.len(),
         ),
-        retries: job.retries + u32::from(retry),
+        // A pass that left failed deletions to try again spends a retry as one that plans
+        // every part again for them: at `RETENTION_RETRIES`, failures are reported instead.
+        retries: job.retries + u32::from(retry || outcome.retried > 0),
         stalled,
         throttled: !outcome.regions_throttled.is_empty(),
         left_from: (go_on && outcome.left_stored).then_some(job.pass),
@@ -1188,6 +1195,7 @@ impl RetentionOutcome {
             deleted_outside,
             tiers_labelled,
             transient_failures,
+            retried,
             deleted_before: _,
             locks_laid_before: _,
             deleted_outside_before: _,
@@ -1213,6 +1221,7 @@ impl RetentionOutcome {
         self.deleted_outside.extend(deleted_outside);
         self.tiers_labelled += tiers_labelled;
         self.transient_failures += transient_failures;
+        self.retried += retried;
         self.regions_throttled.extend(regions_throttled);
         self.left.extend(left);
         for region in regions_unreadable {
@@ -1673,6 +1682,37 @@ mod tests {
             next.earlier.held_back, 0,
             "the part planned again is not carried"
         );
+    }
+
+    #[test]
+    fn a_pass_that_left_failed_deletions_to_try_again_spends_a_retry() {
+        let job = RetentionJob::first("r");
+        let outcome = RetentionOutcome {
+            unfinished: 2,
+            retried: 1,
+            left: vec![left_deletion(
+                "us-east-1",
+                "i-1",
+                "r-1",
+                &["snap-1", "snap-2"],
+            )],
+            left_stored: true,
+            ..RetentionOutcome::default()
+        };
+        let next = next_pass(&job, &outcome).expect("goes on");
+        assert_eq!((next.retries, next.left_from), (1, Some(0)));
+        let last = RetentionJob {
+            retries: RETENTION_RETRIES - 1,
+            ..job.clone()
+        };
+        let next = next_pass(&last, &outcome).expect("goes on");
+        assert_eq!(next.retries, RETENTION_RETRIES, "the last retry is spent");
+        // A pass that only ran out of time spends none.
+        let out_of_time = RetentionOutcome {
+            retried: 0,
+            ..outcome
+        };
+        assert_eq!(next_pass(&job, &out_of_time).expect("goes on").retries, 0);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::aws::instances;
 use crate::aws::snapshots::{self, Archival, Deletion, FILTER_VALUES};
 use crate::copy::plan::copy_regions_of;
 use crate::error::Error;
-use crate::jobs::{Job, RetentionJob, RETENTION_STALLED_PASSES};
+use crate::jobs::{Job, RetentionJob, RETENTION_RETRIES, RETENTION_STALLED_PASSES};
 use crate::model::catalog::{admit, CatalogIndex, Missing, Recorded};
 use crate::model::fleet::InstanceFacts;
 use crate::model::pace::Pace;
@@ -138,6 +138,10 @@ pub struct Pass<'a> {
     pub carry: Option<(&'a str, u32)>,
     /// Do first the deletions the pass of this number recorded as left (`LeftDeletion`).
     pub left_from: Option<u32>,
+    /// A run's retention with retries left (`RETENTION_RETRIES`): a deletion that fails for a
+    /// reason that may pass (a 5xx, no answer) is left, with the rest of its set, for the next
+    /// pass to try again, rather than reported failed until the next run.
+    pub retry_failures: bool,
 }
 
 impl Pass<'_> {
@@ -186,6 +190,7 @@ pub async fn retention_pass(
     let now = Utc::now();
     let started = std::time::Instant::now();
     let mut applying = Applying::new(pass.dry_run, stop_at);
+    applying.retry = pass.retry_failures && pass.carry.is_some() && !pass.dry_run;
     applying.outcome.planned_through = pass.resume_after.clone();
     if !apply_left(app, &pass, &mut applying).await? {
         return Ok(applying.outcome);
@@ -994,6 +999,9 @@ struct Applying {
     /// Deletions are planned ahead (a run's retention): each part's go to `outcome.left`
     /// untried, and are done once the pass has planned its parts (`flush_deferred`).
     defer: bool,
+    /// A deletion failed for a reason that may pass is left for the next pass
+    /// (`Pass::retry_failures`).
+    retry: bool,
     /// Deletions and locks tried by the pass.
     tried: usize,
     pace: Pace,
@@ -1007,6 +1015,7 @@ impl Applying {
         Applying {
             outcome: RetentionOutcome::new(dry_run),
             defer: false,
+            retry: false,
             tried: 0,
             pace: Pace::until(stop_at),
             stop_at,
@@ -1033,6 +1042,7 @@ impl Applying {
         let Applying {
             outcome,
             defer,
+            retry,
             tried,
             pace,
             stop_at,
@@ -1041,6 +1051,7 @@ impl Applying {
         let mode = Mode {
             dry_run: outcome.dry_run,
             defer: *defer,
+            retry: *retry,
             stop_at: *stop_at,
         };
         apply_plans(app, plans, mode, (pace, tried), archiving, outcome).await;
@@ -1087,11 +1098,13 @@ impl Applying {
 }
 
 /// How a pass applies plans: for real or not, deletions done now or planned ahead
-/// (`Applying::defer`), until when.
+/// (`Applying::defer`), failures that may pass left for the next pass (`Applying::retry`),
+/// until when.
 #[derive(Debug, Clone, Copy)]
 struct Mode {
     dry_run: bool,
     defer: bool,
+    retry: bool,
     stop_at: DateTime<Utc>,
 }
 
@@ -1145,6 +1158,7 @@ async fn apply_region(app: &App, plan: &RegionPlan, mode: Mode, region: &mut Reg
     let Mode {
         dry_run,
         defer,
+        retry,
         stop_at,
     } = mode;
     let RegionApplying {
@@ -1175,6 +1189,9 @@ async fn apply_region(app: &App, plan: &RegionPlan, mode: Mode, region: &mut Reg
         // Once one snapshot of a set is refused (locked, in use, an error), the rest of the
         // set is left as it is: a set is deleted whole or kept as whole as it can be.
         let mut refused = false;
+        // Once one failed for a reason that may pass, the rest of the set goes with it to the
+        // next pass (`Mode::retry`).
+        let mut retrying = false;
         for snapshot_id in &set.snapshots {
             let at = format!("{}/{snapshot_id}", plan.region);
             if dry_run {
@@ -1187,7 +1204,7 @@ async fn apply_region(app: &App, plan: &RegionPlan, mode: Mode, region: &mut Reg
             }
             // At least one deletion a pass, however short: every pass makes progress.
             let began = Utc::now();
-            if defer || throttled || (*tried > 0 && !pace.fits(began)) {
+            if defer || throttled || retrying || (*tried > 0 && !pace.fits(began)) {
                 outcome.unfinished += 1;
                 left.push(snapshot_id.clone());
                 continue;
@@ -1217,6 +1234,14 @@ async fn apply_region(app: &App, plan: &RegionPlan, mode: Mode, region: &mut Reg
                     outcome.unfinished += 1;
                     left.push(snapshot_id.clone());
                     outcome.regions_throttled.push(plan.region.clone());
+                }
+                // A 5xx, no answer (after the SDK's retries): the next pass tries the set again.
+                Deletion::Failed(err) if retry && !err.is_permanent() => {
+                    warn!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), error = %err, "deletion failed for a reason that may pass: the next pass tries the set again");
+                    retrying = true;
+                    outcome.retried += 1;
+                    outcome.unfinished += 1;
+                    left.push(snapshot_id.clone());
                 }
                 Deletion::Failed(err) => {
                     refused = true;
@@ -1479,6 +1504,7 @@ pub async fn on_demand(
         missing: MissingLook::Everywhere,
         carry: None,
         left_from: None,
+        retry_failures: false,
     };
     let outcome = retention_pass(app, pass, stop_at).await?;
     if !dry_run {
@@ -1529,6 +1555,7 @@ pub async fn retention_job(
         missing,
         carry: Some((&job.run_id, job.pass)),
         left_from: job.left_from,
+        retry_failures: job.retries < RETENTION_RETRIES,
     };
     let stop_at = stop_time(Utc::now(), deadline);
     let mut outcome = retention_pass(app, pass, stop_at).await?;
@@ -1538,7 +1565,7 @@ pub async fn retention_job(
     outcome.earlier = job.earlier.clone();
     if let Some(next) = next_pass(&job, &outcome) {
         if next.retries > job.retries {
-            info!(run_id = %job.run_id, failed = outcome.transient_failures, retries = next.retries, "deletions failed for a reason that may pass: retention tries again in the next pass");
+            info!(run_id = %job.run_id, failed = outcome.transient_failures + outcome.retried, retries = next.retries, "deletions failed for a reason that may pass: retention tries again in the next pass");
         } else {
             info!(run_id = %job.run_id, deleted = outcome.deleted.len(), left = outcome.unfinished, instances_left = outcome.instances_left, stalled = next.stalled, "retention continues in the next pass");
         }
