@@ -361,7 +361,7 @@ pub async fn retention_pass(
             // pass. The deletions of the parts before it are done (or recorded) first; its
             // own are tried now, as a pass that does not plan ahead tries them.
             let own = applying.outcome.left.split_off(deferred_before);
-            applying.outcome.unfinished -= deferred_now;
+            applying.outcome.unfinished = applying.outcome.unfinished.saturating_sub(deferred_now);
             applying.flush_deferred(app, &pass).await?;
             applying.apply_planned(app, &left_plans(own)).await;
         }
@@ -1082,7 +1082,8 @@ impl Applying {
         if deferred.is_empty() {
             return Ok(());
         }
-        self.outcome.unfinished -= deferred.iter().map(|l| l.snapshots.len()).sum::<usize>();
+        let deferred_snapshots: usize = deferred.iter().map(|l| l.snapshots.len()).sum();
+        self.outcome.unfinished = self.outcome.unfinished.saturating_sub(deferred_snapshots);
         let planned = std::mem::replace(&mut self.outcome, RetentionOutcome::new(false));
         self.apply_planned(app, &left_plans(deferred)).await;
         let done = std::mem::replace(&mut self.outcome, planned);
