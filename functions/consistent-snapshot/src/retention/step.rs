@@ -1236,24 +1236,26 @@ async fn apply_region(app: &App, plan: &RegionPlan, mode: Mode, region: &mut Reg
                     left.push(snapshot_id.clone());
                     outcome.regions_throttled.push(plan.region.clone());
                 }
-                // A 5xx, no answer (after the SDK's retries): the next pass tries the set again.
-                Deletion::Failed(err) if retry && !err.is_permanent() => {
-                    warn!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), error = %err, "deletion failed for a reason that may pass: the next pass tries the set again");
-                    retrying = true;
-                    outcome.retried += 1;
-                    outcome.unfinished += 1;
-                    left.push(snapshot_id.clone());
-                }
                 Deletion::Failed(err) => {
-                    refused = true;
                     // Locked since the plan read the locks (or they were not readable)?
                     let ids = [snapshot_id.clone()];
                     let lock = snapshots::locks_by_id(&ec2, &plan.region, &ids).await;
-                    match lock.ok().and_then(|mut l| l.remove(snapshot_id)) {
+                    let lock = lock.ok().and_then(|mut l| l.remove(snapshot_id));
+                    refused = lock.is_some() || !retry || err.is_permanent();
+                    match lock {
                         Some(lock) => {
                             let lock = lock.describe();
                             warn!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), "kept: {lock}");
                             outcome.locked.push(format!("{at}: {lock}"));
+                        }
+                        // Not locked, and a reason that may pass (a 5xx, no answer, after the
+                        // SDK's retries): the next pass tries the set again.
+                        None if !refused => {
+                            warn!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), error = %err, "deletion failed for a reason that may pass: the next pass tries the set again");
+                            retrying = true;
+                            outcome.retried += 1;
+                            outcome.unfinished += 1;
+                            left.push(snapshot_id.clone());
                         }
                         None => {
                             warn!(region = %plan.region, instance_id, run_id = %set.run_id, snapshot_id = %snapshot_id, code = err.aws_code().unwrap_or("Unknown"), error = %err, "snapshot not deleted");
