@@ -57,6 +57,97 @@ async fn nightly_sets(emulator: &Emulator, servers: usize, nights: u64) -> Vec<S
     ids
 }
 
+/// 40 servers × 3 volumes × 12 nightly sets of the deployment, as `nightly_sets` makes them:
+/// their ids, every snapshot as (run id, instance id), and the 6 newest runs (what
+/// `RETAIN_COUNT=6` keeps).
+struct FortyServers {
+    ids: Vec<String>,
+    before: Vec<(String, String)>,
+    runs: BTreeSet<String>,
+    newest: BTreeSet<String>,
+}
+
+async fn forty_servers(emulator: &Emulator) -> FortyServers {
+    let ids = nightly_sets(emulator, 40, 12).await;
+    let before = managed(emulator).await;
+    let runs: BTreeSet<String> = before.iter().map(|(run, _)| run.clone()).collect();
+    let newest: BTreeSet<String> = runs.iter().rev().take(6).cloned().collect();
+    FortyServers {
+        ids,
+        before,
+        runs,
+        newest,
+    }
+}
+
+/// Asserts that the function logged a retention line beginning with `wanted`.
+fn assert_retention_line(logs: &harness::Logs, wanted: &str) {
+    let summary = logs.messages_starting("retention: ");
+    assert!(
+        summary
+            .iter()
+            .any(|l| l["message"].as_str().is_some_and(|m| m.starts_with(wanted))),
+        "{wanted}: {summary:#?}"
+    );
+}
+
+/// A calm event source with `settings`, each invocation `timeout` long, every DeleteSnapshot
+/// at least `deletion` slow (EC2 allows about 5 a second), its metrics in `metrics`.
+fn slow_deletions<'a>(
+    (emulator, queue): (&'a Emulator, &str),
+    settings: &[(&str, &str)],
+    (deletion, timeout): (Duration, Duration),
+    metrics: &Metrics,
+) -> Chaos<'a> {
+    let chaos = Chaos::new(emulator, queue, settings, ChaosOptions::calm(3))
+        .expect("chaos")
+        .with_metrics(metrics)
+        .with_timeout(timeout);
+    chaos.proxy.set_latency_of("ec2:DeleteSnapshot", deletion);
+    chaos
+}
+
+/// Queues the first pass of the retention of `run_id`, as the run's end queues it.
+async fn queue_retention(emulator: &Emulator, queue: &str, run_id: &str) {
+    let body = Envelope::new(Job::Retention(RetentionJob::first(run_id))).to_body();
+    emulator
+        .sqs()
+        .send_message()
+        .queue_url(queue)
+        .message_body(body)
+        .send()
+        .await
+        .expect("SendMessage");
+}
+
+/// The lowest snapshot id of `instance`'s set of `run` in the home region, by its tags.
+async fn a_snapshot_of(emulator: &Emulator, run: &str, instance: &str) -> String {
+    emulator
+        .ec2()
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            Filter::builder()
+                .name("tag:ConsistentSnapshot:RunId")
+                .values(run)
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("tag:ConsistentSnapshot:InstanceId")
+                .values(instance)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeSnapshots")
+        .snapshots()
+        .iter()
+        .filter_map(|s| s.snapshot_id().map(str::to_string))
+        .min()
+        .expect("a snapshot of the set")
+}
+
 /// Queues the retention of `run_id` as the run's end queues it, `sends` times (more than once:
 /// a send whose answer was lost, sent again), and runs the event source until the queue is
 /// empty (at most 300 s).
@@ -66,17 +157,8 @@ async fn retention_of(
     chaos: &Chaos<'_>,
     (run_id, sends): (&str, usize),
 ) -> Drained {
-    let job = Job::Retention(RetentionJob::first(run_id));
-    let body = Envelope::new(job).to_body();
     for _ in 0..sends {
-        emulator
-            .sqs()
-            .send_message()
-            .queue_url(queue)
-            .message_body(body.clone())
-            .send()
-            .await
-            .expect("SendMessage");
+        queue_retention(emulator, queue, run_id).await;
     }
     chaos
         .drain(10, Duration::from_secs(300))
@@ -102,18 +184,12 @@ async fn a_retention_longer_than_an_invocation_goes_on_in_passes() {
         .collect();
     assert_eq!(before.len(), 12);
     let metrics = Metrics::default();
-    let chaos = Chaos::new(
-        emulator,
-        queue,
+    let chaos = slow_deletions(
+        (emulator, queue),
         &[("RETAIN_COUNT", "6"), ("RETENTION_PART_SNAPSHOTS", "360")],
-        ChaosOptions::calm(1),
-    )
-    .expect("chaos")
-    .with_metrics(&metrics)
-    .with_timeout(Duration::from_secs(20));
-    chaos
-        .proxy
-        .set_latency_of("ec2:DeleteSnapshot", Duration::from_millis(20));
+        (Duration::from_millis(20), Duration::from_secs(20)),
+        &metrics,
+    );
     // The first deletion of the first pass is refused for good (a permission boundary on
     // that snapshot): the rest of its set is left whole, and no later pass tries it again.
     chaos.proxy.force(
@@ -561,33 +637,16 @@ async fn later_passes_delete_what_the_first_planned_without_reading_ec2_again() 
     // 40 servers × 3 volumes × 12 nightly sets; RETAIN_COUNT 6 deletes 6 sets of each: 720
     // DeleteSnapshot calls of at least 20 ms, more than a pass of 12 s has time for. The whole
     // catalog is one part.
-    nightly_sets(emulator, 40, 12).await;
-    let before = managed(emulator).await;
-    let runs: BTreeSet<String> = before.iter().map(|(run, _)| run.clone()).collect();
-    let newest: BTreeSet<String> = runs.iter().rev().take(6).cloned().collect();
+    let FortyServers { before, newest, .. } = forty_servers(emulator).await;
     let metrics = Metrics::default();
-    let chaos = Chaos::new(
-        emulator,
-        queue,
+    let chaos = slow_deletions(
+        (emulator, queue),
         &[("RETAIN_COUNT", "6")],
-        ChaosOptions::calm(3),
-    )
-    .expect("chaos")
-    .with_metrics(&metrics)
-    .with_timeout(Duration::from_secs(12));
-    chaos
-        .proxy
-        .set_latency_of("ec2:DeleteSnapshot", Duration::from_millis(20));
+        (Duration::from_millis(20), Duration::from_secs(12)),
+        &metrics,
+    );
     let run_id = newest.iter().max().cloned().expect("a run");
-    let body = Envelope::new(Job::Retention(RetentionJob::first(&run_id))).to_body();
-    emulator
-        .sqs()
-        .send_message()
-        .queue_url(queue)
-        .message_body(body)
-        .send()
-        .await
-        .expect("SendMessage");
+    queue_retention(emulator, queue, &run_id).await;
 
     // The first pass: plans, deletes until its time ends, records what it left.
     let (delivered, failed) = chaos.deliver_batch(10).await.expect("first pass");
@@ -619,30 +678,7 @@ async fn later_passes_delete_what_the_first_planned_without_reading_ec2_again() 
         .find(|set| after_first.iter().filter(|s| s == set).count() == 3)
         .cloned()
         .expect("a set the first pass did not reach");
-    let locked_id = emulator
-        .ec2()
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(
-            Filter::builder()
-                .name("tag:ConsistentSnapshot:RunId")
-                .values(&whole.0)
-                .build(),
-        )
-        .filters(
-            Filter::builder()
-                .name("tag:ConsistentSnapshot:InstanceId")
-                .values(&whole.1)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("DescribeSnapshots")
-        .snapshots()
-        .iter()
-        .filter_map(|s| s.snapshot_id().map(str::to_string))
-        .min()
-        .expect("a snapshot of the set");
+    let locked_id = a_snapshot_of(emulator, &whole.0, &whole.1).await;
     emulator
         .lock_snapshot(&locked_id, 1)
         .await
@@ -698,13 +734,9 @@ async fn later_passes_delete_what_the_first_planned_without_reading_ec2_again() 
     assert_eq!(lines[0]["DeletionsLocked"], json!(1), "{lines:?}");
     // The last pass's summary counts what the first planned (40 servers × 12 sets), not the
     // few sets it did itself.
-    let summary = logs.messages_starting("retention: ");
-    let wanted = format!("retention: 480 sets in 1 region(s), {deleted} snapshots deleted, 1 held by a snapshot lock");
-    assert!(
-        summary.iter().any(|l| l["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with(&wanted))),
-        "{summary:#?}"
+    assert_retention_line(
+        logs,
+        &format!("retention: 480 sets in 1 region(s), {deleted} snapshots deleted, 1 held by a snapshot lock"),
     );
 }
 
@@ -720,33 +752,21 @@ async fn a_run_s_retention_plans_every_part_before_deleting_and_reads_the_fleet_
     // 40 servers × 3 volumes × 12 nightly sets in parts of 360 recorded snapshots (10
     // servers): 4 parts. RETAIN_COUNT 6 deletes 6 sets of each: 720 DeleteSnapshot calls of
     // at least 50 ms, 36 s, three times a pass of 12 s.
-    let ids = nightly_sets(emulator, 40, 12).await;
-    let before = managed(emulator).await;
-    let runs: BTreeSet<String> = before.iter().map(|(run, _)| run.clone()).collect();
-    let newest: BTreeSet<String> = runs.iter().rev().take(6).cloned().collect();
+    let FortyServers {
+        ids,
+        before,
+        newest,
+        ..
+    } = forty_servers(emulator).await;
     let metrics = Metrics::default();
-    let chaos = Chaos::new(
-        emulator,
-        queue,
+    let chaos = slow_deletions(
+        (emulator, queue),
         &[("RETAIN_COUNT", "6"), ("RETENTION_PART_SNAPSHOTS", "360")],
-        ChaosOptions::calm(3),
-    )
-    .expect("chaos")
-    .with_metrics(&metrics)
-    .with_timeout(Duration::from_secs(12));
-    chaos
-        .proxy
-        .set_latency_of("ec2:DeleteSnapshot", Duration::from_millis(50));
+        (Duration::from_millis(50), Duration::from_secs(12)),
+        &metrics,
+    );
     let run_id = newest.iter().max().cloned().expect("a run");
-    let body = Envelope::new(Job::Retention(RetentionJob::first(&run_id))).to_body();
-    emulator
-        .sqs()
-        .send_message()
-        .queue_url(queue)
-        .message_body(body)
-        .send()
-        .await
-        .expect("SendMessage");
+    queue_retention(emulator, queue, &run_id).await;
 
     // The first pass plans the 4 parts, then deletes until its time ends.
     let (delivered, failed) = chaos.deliver_batch(10).await.expect("first pass");
@@ -804,12 +824,9 @@ async fn a_run_s_retention_plans_every_part_before_deleting_and_reads_the_fleet_
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["SnapshotsDeleted"], json!(720));
     assert_eq!(lines[0]["DeletionsFailed"], json!(0));
-    let summary = logs.messages_starting("retention: ");
-    assert!(
-        summary.iter().any(|l| l["message"].as_str().is_some_and(
-            |m| m.starts_with("retention: 480 sets in 1 region(s), 720 snapshots deleted")
-        )),
-        "{summary:#?}"
+    assert_retention_line(
+        logs,
+        "retention: 480 sets in 1 region(s), 720 snapshots deleted",
     );
 }
 
@@ -824,51 +841,21 @@ async fn a_deletion_that_fails_for_a_reason_that_may_pass_is_tried_again_by_the_
     let (emulator, queue, logs) = (&world.emulator, &world.queue, &world.logs);
     // 40 servers × 3 volumes × 12 nightly sets; RETAIN_COUNT 6 deletes 720 snapshots of at
     // least 20 ms each, more than a pass of 20 s has time for.
-    let ids = nightly_sets(emulator, 40, 12).await;
-    let before = managed(emulator).await;
-    let runs: BTreeSet<String> = before.iter().map(|(run, _)| run.clone()).collect();
-    let newest: BTreeSet<String> = runs.iter().rev().take(6).cloned().collect();
+    let FortyServers {
+        ids, runs, newest, ..
+    } = forty_servers(emulator).await;
     let oldest = runs.iter().min().cloned().expect("a run");
     let first = ids.iter().min().cloned().expect("a server");
     // A snapshot of the first server's oldest set: EC2 answers 500 to its deletion through
     // the SDK's 5 attempts, once.
-    let failing = emulator
-        .ec2()
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(
-            Filter::builder()
-                .name("tag:ConsistentSnapshot:RunId")
-                .values(&oldest)
-                .build(),
-        )
-        .filters(
-            Filter::builder()
-                .name("tag:ConsistentSnapshot:InstanceId")
-                .values(&first)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("DescribeSnapshots")
-        .snapshots()
-        .iter()
-        .filter_map(|s| s.snapshot_id().map(str::to_string))
-        .min()
-        .expect("a snapshot of the set");
+    let failing = a_snapshot_of(emulator, &oldest, &first).await;
     let metrics = Metrics::default();
-    let chaos = Chaos::new(
-        emulator,
-        queue,
+    let chaos = slow_deletions(
+        (emulator, queue),
         &[("RETAIN_COUNT", "6")],
-        ChaosOptions::calm(1),
-    )
-    .expect("chaos")
-    .with_metrics(&metrics)
-    .with_timeout(Duration::from_secs(20));
-    chaos
-        .proxy
-        .set_latency_of("ec2:DeleteSnapshot", Duration::from_millis(20));
+        (Duration::from_millis(20), Duration::from_secs(20)),
+        &metrics,
+    );
     chaos.proxy.force_matching(
         "ec2:DeleteSnapshot",
         &failing,
