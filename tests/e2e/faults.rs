@@ -281,12 +281,12 @@ async fn a_dispatch_that_fails_for_good_is_abandoned_once_not_taken_over_forever
         .expect("queue"));
 }
 
-/// EC2's own request rates (its token buckets per region, played by the proxy, AWS-FACTS.md):
-/// a night whose copies and deletions are more than the buckets' bursts is slowed, never
-/// wrong. Every server consistent, each snapshot copied once, exactly the expired sets deleted
-/// in both regions, no message failed; every refused attempt retried and counted.
+/// EC2's request buckets (per region, played by the proxy, AWS-FACTS.md): a night whose copies
+/// and deletions are more than the buckets' bursts is slowed, never wrong. Every server
+/// consistent, each snapshot copied once, exactly the expired sets deleted in both regions, no
+/// message failed; every refused attempt retried and counted.
 #[tokio::test]
-async fn at_ec2_s_own_request_rates_a_night_is_slowed_never_wrong() {
+async fn under_ec2_s_request_buckets_a_night_is_slowed_never_wrong() {
     const HOME: &str = "us-east-1";
     const COPY: &str = "eu-west-1";
     let world = World::start(1).await.expect("world");
@@ -312,7 +312,11 @@ async fn at_ec2_s_own_request_rates_a_night_is_slowed_never_wrong() {
         .expect("app");
     let metrics = Metrics::default();
     let app = metrics.attach(app);
-    proxy.throttle(1.0);
+    // EC2's buckets (their bursts as AWS's) refilled at a quarter of AWS's rate: the premise,
+    // more copies and deletions than the bursts arriving faster than the refill, then holds
+    // however slowly a loaded machine starts them (at AWS's refill the 60 copies had to start
+    // within 2.2 s, and once did not).
+    proxy.throttle(0.25);
 
     let run_id = consistent_night(&world, &app).await;
 
