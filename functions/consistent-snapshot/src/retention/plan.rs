@@ -303,6 +303,11 @@ pub const LEFT_PAGES: usize = 500;
 /// set to delete) fit.
 pub const PLAN_AHEAD_ROOM: usize = 20_000;
 
+/// The snapshots of these left deletions.
+pub fn left_snapshots(left: &[LeftDeletion]) -> usize {
+    left.iter().map(|l| l.snapshots.len()).sum()
+}
+
 /// `left` in pages of `LEFT_PAGE_SETS`, each saying how many there are; `None` past
 /// `LEFT_PAGES`.
 pub fn left_pages(left: &[LeftDeletion]) -> Option<Vec<LeftPage>> {
@@ -1234,12 +1239,7 @@ impl RetentionOutcome {
     /// Takes in what doing the deletions a pass planned ahead did (`done`): the parts they come
     /// from are settled, so what doing them saw is settled with them.
     pub fn take_deferred(&mut self, done: RetentionOutcome) {
-        let seen = EarlierPasses {
-            recoverable: 0,
-            archived: 0,
-            ..done.this_pass()
-        };
-        self.settled = self.settled.and(&seen);
+        self.settled = self.settled.and(&done.seen());
         self.take_applied(done);
     }
 
@@ -1402,11 +1402,17 @@ impl RetentionOutcome {
     /// `planned_through` are planned and applied whole. What was done (deleted into the
     /// Recycle Bin, archived) is carried whatever the next pass plans: not part of it.
     pub fn settle(&mut self) {
-        self.settled = EarlierPasses {
+        self.settled = self.seen();
+    }
+
+    /// What this pass saw, not what it did (deleted into the Recycle Bin, archived: carried
+    /// whatever the next pass plans).
+    fn seen(&self) -> EarlierPasses {
+        EarlierPasses {
             recoverable: 0,
             archived: 0,
             ..self.this_pass()
-        };
+        }
     }
 
     /// What the next pass carries on from `earlier` and this pass: what was done always;
@@ -1456,8 +1462,7 @@ impl RetentionOutcome {
     /// Whether all this pass left undone are deletions it planned (`left`): no lock, no
     /// tier to record, which only a plan made again can say.
     pub fn only_deletions_left(&self) -> bool {
-        self.locks_left == 0
-            && self.unfinished == self.left.iter().map(|l| l.snapshots.len()).sum::<usize>()
+        self.locks_left == 0 && self.unfinished == left_snapshots(&self.left)
     }
 
     /// Whether the run's retention so far left something for an operator to look at: a

@@ -27,9 +27,10 @@ use crate::model::stop_time;
 use crate::model::tags::{TAG_INSTANCE_ID, TAG_MANAGED_BY, TAG_SOURCE_SNAPSHOT, TAG_TIERS};
 use crate::model::tiers::{Tier, TierChange};
 use crate::retention::plan::{
-    hold_locked, instance_state, left_pages, left_plans, locks_due, next_pass, note_locks, plan,
-    region_policy, tier_changes, Action, Held, LeftDeletion, LeftPage, Overrides, RegionPlan,
-    RetentionOutcome, SetDecision, ANSWER_SETS, LEFT_PAGES, LOG_LINE_SETS, PLAN_AHEAD_ROOM,
+    hold_locked, instance_state, left_pages, left_plans, left_snapshots, locks_due, next_pass,
+    note_locks, plan, region_policy, tier_changes, Action, Held, LeftDeletion, LeftPage, Overrides,
+    RegionPlan, RetentionOutcome, SetDecision, ANSWER_SETS, LEFT_PAGES, LOG_LINE_SETS,
+    PLAN_AHEAD_ROOM,
 };
 use crate::run::plan::summary::MAX_FOREIGN;
 
@@ -152,6 +153,13 @@ impl Pass<'_> {
     fn counts_foreign(&self) -> bool {
         self.missing == MissingLook::Everywhere
     }
+
+    /// A run's retention that applies (not a dry run): its run id and this pass's number, under
+    /// which what it leaves is recorded for the next pass. `None` on demand or for a dry run,
+    /// where nothing comes after: nothing is recorded, planned ahead or left to retry.
+    fn run(&self) -> Option<(&str, u32)> {
+        self.carry.filter(|_| !self.dry_run)
+    }
 }
 
 /// What a pass reads once, before its parts: the regions, which of them could not be read
@@ -190,7 +198,7 @@ pub async fn retention_pass(
     let now = Utc::now();
     let started = std::time::Instant::now();
     let mut applying = Applying::new(pass.dry_run, stop_at);
-    applying.retry = pass.retry_failures && pass.carry.is_some() && !pass.dry_run;
+    applying.retry = pass.retry_failures && pass.run().is_some();
     applying.outcome.planned_through = pass.resume_after.clone();
     if !apply_left(app, &pass, &mut applying).await? {
         return Ok(applying.outcome);
@@ -284,7 +292,7 @@ pub async fn retention_pass(
     // has time to plan are planned, so that the fleet, the AMIs and the locks it read serve
     // them all (at AWS's rates a part's deletions alone outlast an invocation, and each part
     // would otherwise be planned by a pass of its own, reading them again).
-    applying.defer = pass.carry.is_some() && !pass.dry_run && part_snapshots <= PLAN_AHEAD_ROOM;
+    applying.defer = pass.run().is_some() && part_snapshots <= PLAN_AHEAD_ROOM;
     // A part is begun only while twice the longest planning of one so far fits.
     let mut pace = Pace::until(stop_at);
     for (n, part) in parts.iter().enumerate() {
@@ -418,12 +426,9 @@ pub async fn retention_pass(
 /// the error fails the pass, whose message comes back and does them again (those done since
 /// are found already deleted).
 async fn apply_left(app: &App, pass: &Pass<'_>, applying: &mut Applying) -> Result<bool, Error> {
-    let (Some(from), Some((run_id, _))) = (pass.left_from, pass.carry) else {
+    let (Some(from), Some((run_id, _))) = (pass.left_from, pass.run()) else {
         return Ok(true);
     };
-    if pass.dry_run {
-        return Ok(true);
-    }
     let mut left: Vec<LeftDeletion> = Vec::new();
     let mut pages = 1;
     let mut page = 0;
@@ -445,7 +450,7 @@ async fn apply_left(app: &App, pass: &Pass<'_>, applying: &mut Applying) -> Resu
     if left.is_empty() {
         return Ok(true);
     }
-    let snapshots: usize = left.iter().map(|l| l.snapshots.len()).sum();
+    let snapshots = left_snapshots(&left);
     info!(run_id, from_pass = from, sets = left.len(), snapshots, "retention: deleting what the pass before planned and had no time for, without planning again");
     // Counted by the pass that planned them: not taken into this pass's plans again.
     applying.apply_planned(app, &left_plans(left)).await;
@@ -467,7 +472,7 @@ async fn apply_left(app: &App, pass: &Pass<'_>, applying: &mut Applying) -> Resu
 /// pass of the run's retention (`Pass::carry`), and marks them recorded; answers whether they
 /// are. Not for a dry run or on demand (nothing comes after), nor past `LEFT_PAGES`.
 async fn carry_left(app: &App, pass: &Pass<'_>, outcome: &mut RetentionOutcome) -> bool {
-    let Some((run_id, this)) = pass.carry.filter(|_| !pass.dry_run) else {
+    let Some((run_id, this)) = pass.run() else {
         return false;
     };
     let Some(pages) = left_pages(&outcome.left) else {
@@ -1062,10 +1067,7 @@ impl Applying {
         if !self.defer {
             return 0;
         }
-        self.outcome.left[from..]
-            .iter()
-            .map(|l| l.snapshots.len())
-            .sum()
+        left_snapshots(&self.outcome.left[from..])
     }
 
     /// Does the deletions planned ahead, until the pass's time ends, and ends planning ahead
@@ -1082,8 +1084,10 @@ impl Applying {
         if deferred.is_empty() {
             return Ok(());
         }
-        let deferred_snapshots: usize = deferred.iter().map(|l| l.snapshots.len()).sum();
-        self.outcome.unfinished = self.outcome.unfinished.saturating_sub(deferred_snapshots);
+        self.outcome.unfinished = self
+            .outcome
+            .unfinished
+            .saturating_sub(left_snapshots(&deferred));
         let planned = std::mem::replace(&mut self.outcome, RetentionOutcome::new(false));
         self.apply_planned(app, &left_plans(deferred)).await;
         let done = std::mem::replace(&mut self.outcome, planned);
